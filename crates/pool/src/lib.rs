@@ -1,0 +1,21 @@
+//! Server connections for shardgate.
+//!
+//! A [`ServerConn`] is a raw protocol connection to one Postgres node: the proxy
+//! forwards client bytes over it without a driver in between. A [`Pool`] holds
+//! them per (node, user, database); [`Pools`] creates pools lazily.
+//!
+//! Why not bb8: bb8 opens connections in background tasks and reports their
+//! failures only to an error sink, so a client waiting for a connection to a
+//! database that does not exist, or to a node that is down, waits the whole
+//! timeout and then sees "timed out" instead of the server's error (3D000,
+//! 28P01, connection refused). Here the waiting client opens the connection
+//! itself and gets the real error at once; waiting for a free slot is a fair
+//! (FIFO) semaphore bounded by `pool_timeout`.
+
+mod conn;
+mod pool;
+mod prepared;
+
+pub use conn::{CancelHandle, ConnectError, ConnectParams, ServerConn};
+pub use pool::{Pool, PoolConfig, PoolError, PoolKey, PoolStats, PooledConn, Pools};
+pub use prepared::PreparedSet;

@@ -1,0 +1,234 @@
+//! Recognising statements that change session state (`SET`, `RESET`,
+//! `DISCARD`, `DEALLOCATE`), so a transaction pooler can track and replay them.
+
+use crate::lexer::{Lexer, Token, TokenKind};
+
+/// The value part of a `SET`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetValue {
+    /// The value as written, e.g. `'UTC'` or `public, "$user"` or `DEFAULT`.
+    pub text: String,
+}
+
+impl SetValue {
+    /// The value with one level of single quotes removed (`'a''b'` → `a'b`),
+    /// or the bare word/number as written.
+    pub fn unquoted(&self) -> String {
+        let t = self.text.trim();
+        match t.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')) {
+            Some(inner) => inner.replace("''", "'"),
+            None => t.to_owned(),
+        }
+    }
+
+    /// Whether the value is the keyword DEFAULT.
+    pub fn is_default(&self) -> bool {
+        self.text.trim().eq_ignore_ascii_case("default")
+    }
+}
+
+/// A statement that affects session state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionCommand {
+    /// `SET [SESSION] name ...`: replaying `statement` restores the setting.
+    Set {
+        /// Parameter name, lower case (`timezone` for `SET TIME ZONE`).
+        name: String,
+        /// The value as written.
+        value: SetValue,
+        /// Statement that re-applies it on another connection.
+        statement: String,
+    },
+    /// `SET LOCAL ...`: lasts until the end of the transaction only.
+    SetLocal {
+        /// Parameter name, lower case.
+        name: String,
+        /// The value as written.
+        value: SetValue,
+    },
+    /// `RESET name`.
+    Reset {
+        /// Parameter name, lower case.
+        name: String,
+    },
+    /// `RESET ALL`.
+    ResetAll,
+    /// `DISCARD ALL`.
+    DiscardAll,
+    /// `DEALLOCATE [PREPARE] name`, or `None` for `DEALLOCATE ALL`.
+    Deallocate(Option<String>),
+}
+
+fn ident(t: &Token<'_>) -> Option<String> {
+    match t.kind {
+        TokenKind::Word => Some(t.text.to_ascii_lowercase()),
+        TokenKind::QuotedIdent => Some(t.text[1..t.text.len().saturating_sub(1)].replace("\"\"", "\"")),
+        _ => None,
+    }
+}
+
+/// Reads a possibly dotted parameter name starting at `toks[i]`; returns it and the next index.
+fn dotted_name(toks: &[Token<'_>], mut i: usize) -> Option<(String, usize)> {
+    let mut name = ident(toks.get(i)?)?;
+    i += 1;
+    while toks.get(i).is_some_and(|t| t.is_punct(".")) {
+        name.push('.');
+        name.push_str(&ident(toks.get(i + 1)?)?);
+        i += 2;
+    }
+    Some((name, i))
+}
+
+impl SessionCommand {
+    /// Recognises one statement (no trailing semicolon); `None` if it does not
+    /// change session state this way.
+    pub fn parse(stmt: &str) -> Option<SessionCommand> {
+        let toks: Vec<Token<'_>> = Lexer::new(stmt)
+            .filter(|t| t.kind != TokenKind::BlockComment && t.kind != TokenKind::Semicolon)
+            .collect();
+        let first = toks.first()?;
+        if first.is_keyword("set") {
+            Self::parse_set(stmt, &toks)
+        } else if first.is_keyword("reset") {
+            let second = toks.get(1)?;
+            if second.is_keyword("all") && toks.len() == 2 {
+                return Some(SessionCommand::ResetAll);
+            }
+            let name = match (second, toks.get(2)) {
+                (s, Some(z)) if s.is_keyword("time") && z.is_keyword("zone") => "timezone".into(),
+                (s, Some(a)) if s.is_keyword("session") && a.is_keyword("authorization") => {
+                    "session_authorization".into()
+                }
+                _ => dotted_name(&toks, 1)?.0,
+            };
+            Some(SessionCommand::Reset { name })
+        } else if first.is_keyword("discard") {
+            toks.get(1)
+                .filter(|t| t.is_keyword("all") && toks.len() == 2)
+                .map(|_| SessionCommand::DiscardAll)
+        } else if first.is_keyword("deallocate") {
+            let mut i = 1;
+            if toks.get(i).is_some_and(|t| t.is_keyword("prepare")) {
+                i += 1;
+            }
+            let t = toks.get(i)?;
+            if t.is_keyword("all") {
+                Some(SessionCommand::Deallocate(None))
+            } else {
+                Some(SessionCommand::Deallocate(Some(ident(t)?)))
+            }
+        } else {
+            None
+        }
+    }
+
+    fn parse_set(stmt: &str, toks: &[Token<'_>]) -> Option<SessionCommand> {
+        let mut i = 1;
+        let mut local = false;
+        match toks.get(i) {
+            Some(t) if t.is_keyword("local") => {
+                local = true;
+                i += 1;
+            }
+            Some(t) if t.is_keyword("session") => {
+                let next = toks.get(i + 1)?;
+                if next.is_keyword("characteristics") {
+                    let statement = stmt.trim().to_owned();
+                    return Some(SessionCommand::Set {
+                        name: "session characteristics".into(),
+                        value: SetValue {
+                            text: stmt[next.offset..].trim().to_owned(),
+                        },
+                        statement,
+                    });
+                }
+                if !next.is_keyword("authorization") {
+                    i += 1;
+                }
+            }
+            _ => {}
+        }
+        let head = toks.get(i)?;
+        // Transaction-scoped forms are not session state.
+        if head.is_keyword("transaction") || head.is_keyword("constraints") {
+            return None;
+        }
+        let (name, value_start) = if head.is_keyword("time") && toks.get(i + 1)?.is_keyword("zone") {
+            ("timezone".to_owned(), toks.get(i + 2)?.offset)
+        } else if head.is_keyword("schema") {
+            ("search_path".to_owned(), toks.get(i + 1)?.offset)
+        } else if head.is_keyword("names") {
+            ("client_encoding".to_owned(), toks.get(i + 1)?.offset)
+        } else if head.is_keyword("role") {
+            ("role".to_owned(), toks.get(i + 1)?.offset)
+        } else if head.is_keyword("session") && toks.get(i + 1)?.is_keyword("authorization") {
+            ("session_authorization".to_owned(), toks.get(i + 2)?.offset)
+        } else {
+            let (name, j) = dotted_name(toks, i)?;
+            let sep = toks.get(j)?;
+            if !(sep.is_keyword("to") || sep.is_punct("=")) {
+                return None;
+            }
+            (name, toks.get(j + 1)?.offset)
+        };
+        let value = SetValue {
+            text: stmt[value_start..].trim().trim_end_matches(';').trim_end().to_owned(),
+        };
+        if local {
+            return Some(SessionCommand::SetLocal { name, value });
+        }
+        Some(SessionCommand::Set {
+            name,
+            value,
+            statement: stmt.trim().trim_end_matches(';').trim_end().to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(stmt: &str) -> (String, String) {
+        match SessionCommand::parse(stmt) {
+            Some(SessionCommand::Set { name, value, .. }) => (name, value.text),
+            other => panic!("{stmt}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn recognises_set_forms() {
+        assert_eq!(set("SET search_path TO a, \"B\""), ("search_path".into(), "a, \"B\"".into()));
+        assert_eq!(set("set SESSION TimeZone = 'UTC'"), ("timezone".into(), "'UTC'".into()));
+        assert_eq!(set("SET TIME ZONE 'Europe/Paris'"), ("timezone".into(), "'Europe/Paris'".into()));
+        assert_eq!(set("SET shardgate.consistency = strong"), ("shardgate.consistency".into(), "strong".into()));
+        assert_eq!(set("SET SCHEMA 'x'"), ("search_path".into(), "'x'".into()));
+        assert_eq!(set("SET ROLE app"), ("role".into(), "app".into()));
+        assert_eq!(set("/* c */ SET application_name TO 'a;b'"), ("application_name".into(), "'a;b'".into()));
+        assert!(matches!(SessionCommand::parse("SET LOCAL x = 1"), Some(SessionCommand::SetLocal { .. })));
+        assert_eq!(SessionCommand::parse("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"), None);
+        assert_eq!(SessionCommand::parse("SELECT 1"), None);
+    }
+
+    #[test]
+    fn recognises_reset_discard_deallocate() {
+        assert_eq!(SessionCommand::parse("RESET ALL"), Some(SessionCommand::ResetAll));
+        assert_eq!(
+            SessionCommand::parse("reset Search_Path"),
+            Some(SessionCommand::Reset { name: "search_path".into() })
+        );
+        assert_eq!(SessionCommand::parse("DISCARD ALL"), Some(SessionCommand::DiscardAll));
+        assert_eq!(SessionCommand::parse("DISCARD PLANS"), None);
+        assert_eq!(
+            SessionCommand::parse("DEALLOCATE PREPARE \"_pg3_1\""),
+            Some(SessionCommand::Deallocate(Some("_pg3_1".into())))
+        );
+        assert_eq!(SessionCommand::parse("deallocate all"), Some(SessionCommand::Deallocate(None)));
+    }
+
+    #[test]
+    fn unquoting() {
+        let v = SetValue { text: "'it''s'".into() };
+        assert_eq!(v.unquoted(), "it's");
+    }
+}
