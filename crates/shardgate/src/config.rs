@@ -1,0 +1,512 @@
+//! `proxy.toml`: the configuration file, its defaults and its validation.
+//!
+//! Unknown keys and wrong types are errors that name the key and its line.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// A configuration problem, located in the file where possible.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// File path.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// Syntax error, unknown key or wrong type.
+    #[error("{file}:{line}: {message}")]
+    Parse {
+        /// File name.
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+    /// A value that parses but makes no sense.
+    #[error("{file}:{line}: `{key}`: {message}")]
+    Invalid {
+        /// File name.
+        file: String,
+        /// 1-based line (0 when the key is absent from the file).
+        line: usize,
+        /// Dotted key, e.g. `proxy.pool_size` or `users[1].password`.
+        key: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listener, pooling and limits.
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+    /// Who may log in.
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+    /// The shards, in order: shard 0, 1, ...
+    #[serde(default)]
+    pub shards: Vec<ShardConfig>,
+}
+
+/// How server connections are shared between clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// A server connection is lent for one transaction.
+    Transaction,
+    /// A server connection is lent for the whole client session.
+    Session,
+}
+
+/// How a client proves who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum AuthMethod {
+    /// SCRAM-SHA-256 (default).
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    /// md5 challenge/response.
+    #[serde(rename = "md5")]
+    Md5,
+    /// No password.
+    #[serde(rename = "trust")]
+    Trust,
+}
+
+/// `[proxy]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// Transaction (default) or session pooling.
+    pub pool_mode: PoolMode,
+    /// Server connections per node, user and database.
+    pub pool_size: usize,
+    /// Database name that opens the admin console.
+    pub admin_database: String,
+    /// How long a client waits for a free server connection.
+    #[serde(deserialize_with = "duration")]
+    pub pool_timeout: Duration,
+    /// Limit on opening and logging in to a server connection.
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// Idle server connections older than this are closed.
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// Server connections older than this are closed when returned.
+    #[serde(deserialize_with = "duration")]
+    pub server_lifetime: Duration,
+    /// How long running transactions may take to finish after SIGTERM.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_timeout: Duration,
+    /// Largest message a client may send, in bytes.
+    pub max_message_size: usize,
+    /// Most client connections at once.
+    pub max_client_connections: usize,
+    /// Runtime worker threads; 0 means one per CPU core.
+    pub workers: usize,
+    /// PEM certificate chain for TLS to clients.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS to clients.
+    pub tls_key: Option<PathBuf>,
+    /// Prepared statements kept per server connection (LRU).
+    pub prepared_statements_cache: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: "127.0.0.1:6432".into(),
+            pool_mode: PoolMode::Transaction,
+            pool_size: 20,
+            admin_database: "shardgate".into(),
+            pool_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(600),
+            server_lifetime: Duration::from_secs(3600),
+            shutdown_timeout: Duration::from_secs(30),
+            max_message_size: 256 << 20,
+            max_client_connections: 10_000,
+            workers: 0,
+            tls_cert: None,
+            tls_key: None,
+            prepared_statements_cache: 1000,
+        }
+    }
+}
+
+/// `[[users]]`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// Login name.
+    pub name: String,
+    /// Plain text, a SCRAM-SHA-256 verifier, or an md5 hash (`md5...`).
+    pub password: Option<String>,
+    /// Authentication method.
+    #[serde(default = "default_auth")]
+    pub auth: AuthMethod,
+    /// Role shardgate logs in to Postgres as (default: `name`).
+    pub server_user: Option<String>,
+    /// Password for `server_user` (default: `password` when it is plain text).
+    pub server_password: Option<String>,
+    /// Override of `proxy.pool_size` for this user.
+    pub pool_size: Option<usize>,
+    /// May open the admin console.
+    #[serde(default)]
+    pub admin: bool,
+}
+
+impl std::fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("name", &self.name)
+            .field("auth", &self.auth)
+            .field("server_user", &self.server_user)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_auth() -> AuthMethod {
+    AuthMethod::ScramSha256
+}
+
+impl UserConfig {
+    /// Role used on the servers.
+    pub fn server_user(&self) -> &str {
+        self.server_user.as_deref().unwrap_or(&self.name)
+    }
+
+    /// Password used on the servers, if any.
+    pub fn server_password(&self) -> Option<&str> {
+        self.server_password.as_deref().or_else(|| {
+            self.password
+                .as_deref()
+                .filter(|p| !is_scram_verifier(p) && !is_md5_hash(p))
+        })
+    }
+}
+
+/// Whether a stored password is a SCRAM-SHA-256 verifier.
+pub fn is_scram_verifier(p: &str) -> bool {
+    p.starts_with("SCRAM-SHA-256$")
+}
+
+/// Whether a stored password is an md5 hash.
+pub fn is_md5_hash(p: &str) -> bool {
+    p.len() == 35 && p.starts_with("md5") && p[3..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// `[[shards]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardConfig {
+    /// `host:port` of the primary.
+    pub primary: String,
+    /// `host:port` of each streaming replica.
+    #[serde(default)]
+    pub replicas: Vec<String>,
+    /// Relative share of the hash ring.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Accepts an integer number of milliseconds or a string such as `"250ms"`, `"5s"`, `"2m"`.
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Millis(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Millis(ms) => Ok(Duration::from_millis(ms)),
+        Raw::Text(s) => parse_duration(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?}: use milliseconds (5000) or a string like \"5s\", \"250ms\", \"2m\""
+            ))
+        }),
+    }
+}
+
+/// Parses `"250ms"`, `"5s"`, `"2m"`, `"1h"` or a bare number of milliseconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let ms = match unit.trim() {
+        "" | "ms" => n,
+        "s" => n.checked_mul(1000)?,
+        "m" | "min" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(ms))
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates configuration text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| parse_error(e, text, file))?;
+        config.validate(text, file)?;
+        Ok(config)
+    }
+
+    /// The listen address.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.proxy
+            .listen
+            .parse()
+            .expect("validated when the configuration was loaded")
+    }
+
+    /// The user named `name`.
+    pub fn user(&self, name: &str) -> Option<&UserConfig> {
+        self.users.iter().find(|u| u.name == name)
+    }
+
+    fn validate(&self, text: &str, file: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            file: file.to_owned(),
+            line: locate(text, key),
+            key: key.to_owned(),
+            message,
+        };
+        let p = &self.proxy;
+        if p.listen.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "proxy.listen",
+                format!("{:?} is not an address like \"127.0.0.1:6432\"", p.listen),
+            ));
+        }
+        if p.pool_size == 0 {
+            return Err(invalid("proxy.pool_size", "must be at least 1".into()));
+        }
+        if p.max_message_size < 1024 {
+            return Err(invalid("proxy.max_message_size", "must be at least 1024 bytes".into()));
+        }
+        if p.admin_database.is_empty() {
+            return Err(invalid("proxy.admin_database", "must not be empty".into()));
+        }
+        if p.tls_cert.is_some() != p.tls_key.is_some() {
+            return Err(invalid(
+                if p.tls_cert.is_some() { "proxy.tls_key" } else { "proxy.tls_cert" },
+                "tls_cert and tls_key must be set together".into(),
+            ));
+        }
+        if self.users.is_empty() {
+            return Err(invalid("users", "at least one [[users]] entry is required".into()));
+        }
+        for (i, u) in self.users.iter().enumerate() {
+            let key = |k: &str| format!("users[{i}].{k}");
+            if u.name.is_empty() {
+                return Err(invalid(&key("name"), "must not be empty".into()));
+            }
+            if self.users[..i].iter().any(|o| o.name == u.name) {
+                return Err(invalid(&key("name"), format!("user {:?} is defined twice", u.name)));
+            }
+            match (u.auth, u.password.as_deref()) {
+                (AuthMethod::Trust, _) => {}
+                (_, None) => {
+                    return Err(invalid(
+                        &key("password"),
+                        format!("user {:?} needs a password unless auth = \"trust\"", u.name),
+                    ))
+                }
+                (AuthMethod::Md5, Some(pw)) if is_scram_verifier(pw) => {
+                    return Err(invalid(
+                        &key("password"),
+                        "md5 authentication needs the plain-text password or its md5 hash, not a SCRAM verifier".into(),
+                    ))
+                }
+                (AuthMethod::ScramSha256, Some(pw)) if is_md5_hash(pw) => {
+                    return Err(invalid(
+                        &key("password"),
+                        "SCRAM authentication needs the plain-text password or a SCRAM verifier, not an md5 hash".into(),
+                    ))
+                }
+                (AuthMethod::ScramSha256, Some(pw)) if is_scram_verifier(pw) => {
+                    shardgate_protocol::auth::scram::Verifier::parse(pw)
+                        .map_err(|e| invalid(&key("password"), e.to_string()))?;
+                }
+                _ => {}
+            }
+            if u.pool_size == Some(0) {
+                return Err(invalid(&key("pool_size"), "must be at least 1".into()));
+            }
+        }
+        if self.shards.is_empty() {
+            return Err(invalid("shards", "at least one [[shards]] entry is required".into()));
+        }
+        for (i, s) in self.shards.iter().enumerate() {
+            for (k, addr) in std::iter::once(("primary", &s.primary))
+                .chain(s.replicas.iter().map(|r| ("replicas", r)))
+            {
+                if !is_host_port(addr) {
+                    return Err(invalid(
+                        &format!("shards[{i}].{k}"),
+                        format!("{addr:?} is not an address like \"127.0.0.1:5432\""),
+                    ));
+                }
+            }
+            if s.weight == 0 {
+                return Err(invalid(&format!("shards[{i}].weight"), "must be at least 1".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_host_port(s: &str) -> bool {
+    s.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+fn parse_error(e: toml::de::Error, text: &str, file: &str) -> ConfigError {
+    let span = e.span();
+    let line = span.as_ref().map_or(0, |s| line_of(text, s.start));
+    let mut message = e.message().trim().to_owned();
+    // Name the key for type errors, whose span points at the value.
+    if let Some(s) = span {
+        let line_start = text[..s.start.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+        let line_text = &text[line_start..];
+        if let Some((key, _)) = line_text.lines().next().and_then(|l| l.split_once('=')) {
+            let key = key.trim();
+            if !key.is_empty() && !message.contains(key) {
+                message = format!("key `{key}`: {message}");
+            }
+        }
+    }
+    ConfigError::Parse {
+        file: file.to_owned(),
+        line,
+        message,
+    }
+}
+
+/// Finds the line of a dotted key such as `proxy.pool_size` or `users[1].password`
+/// (or of its table when the key itself is absent); 0 when not found.
+pub fn locate(text: &str, key: &str) -> usize {
+    let (table, field) = key.split_once('.').unwrap_or((key, ""));
+    let (table, index) = match table.split_once('[') {
+        Some((t, rest)) => (t, rest.trim_end_matches(']').parse::<usize>().unwrap_or(0)),
+        None => (table, 0),
+    };
+    let single = format!("[{table}]");
+    let array = format!("[[{table}]]");
+    let mut seen = 0usize;
+    let mut in_table = false;
+    let mut table_line = 0;
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.starts_with('[') {
+            in_table = false;
+            if line.starts_with(&array) || line.starts_with(&single) {
+                if seen == index {
+                    in_table = true;
+                    table_line = n + 1;
+                }
+                seen += 1;
+            }
+            continue;
+        }
+        if in_table && !field.is_empty() {
+            if let Some((k, _)) = line.split_once('=') {
+                if k.trim() == field {
+                    return n + 1;
+                }
+            }
+        }
+    }
+    table_line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[proxy]
+listen = "127.0.0.1:6432"
+
+[[users]]
+name = "app"
+password = "secret"
+
+[[shards]]
+primary = "127.0.0.1:5432"
+"#;
+
+    #[test]
+    fn minimal_with_defaults() {
+        let c = Config::parse(MINIMAL, "t.toml").unwrap();
+        assert_eq!(c.proxy.pool_size, 20);
+        assert_eq!(c.proxy.pool_mode, PoolMode::Transaction);
+        assert_eq!(c.users[0].auth, AuthMethod::ScramSha256);
+        assert_eq!(c.users[0].server_password(), Some("secret"));
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = MINIMAL.replace("listen = ", "pool_sise = 3\nlisten = ");
+        let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(e.starts_with("t.toml:3:"), "{e}");
+        assert!(e.contains("pool_sise"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_key_and_line() {
+        let text = MINIMAL.replace("listen = ", "pool_size = \"ten\"\nlisten = ");
+        let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(e.starts_with("t.toml:3:") && e.contains("pool_size"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_name_key_and_line() {
+        let text = MINIMAL.replace("password = \"secret\"", "auth = \"md5\"");
+        let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("users[0].password") && e.starts_with("t.toml:5:"), "{e}");
+        let text = MINIMAL.replace("127.0.0.1:5432", "nowhere");
+        let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("shards[0].primary") && e.starts_with("t.toml:10:"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1500"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("fast"), None);
+        let text = MINIMAL.replace("listen = ", "pool_timeout = \"3s\"\nlisten = ");
+        assert_eq!(Config::parse(&text, "t").unwrap().proxy.pool_timeout, Duration::from_secs(3));
+    }
+}

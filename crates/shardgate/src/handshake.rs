@@ -1,0 +1,302 @@
+//! A new client connection: TLS negotiation, startup packet, cancel requests,
+//! authentication, then the session.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use shardgate_protocol::startup::StartupPacket;
+use shardgate_protocol::PgError;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::client_io::{fill, ClientStream};
+use crate::proxy::Proxy;
+use crate::session::{Session, SessionError};
+use crate::state::SessionState;
+
+/// Startup parameters the proxy consumes instead of replaying on servers.
+const CONNECTION_PARAMS: &[&str] = &["user", "database", "options", "replication"];
+
+/// Tells a client over the connection limit to go away.
+pub async fn refuse_too_many(mut socket: TcpStream) {
+    let mut out = BytesMut::new();
+    PgError::fatal("53300", "sorry, too many clients already (max_client_connections)")
+        .encode(&mut out);
+    let _ = socket.write_all(&out).await;
+}
+
+async fn send_fatal(stream: &mut ClientStream, err: &PgError) {
+    let mut out = BytesMut::new();
+    err.encode(&mut out);
+    let _ = stream.write_all(&out).await;
+    let _ = stream.flush().await;
+}
+
+/// Serves one client connection from its first byte to its last.
+pub async fn handle_client(proxy: Arc<Proxy>, socket: TcpStream, peer: SocketAddr) {
+    let _ = socket.set_nodelay(true);
+    let mut buf = BytesMut::with_capacity(1024);
+    let (stream, startup) = read_startup(&proxy, ClientStream::Plain(socket), &mut buf).await;
+    let (mut stream, params) = match (stream, startup) {
+        (Some(stream), Ok(Startup::Login(params))) => (stream, params),
+        (Some(mut stream), Err(e)) => {
+            tracing::info!(%peer, error = %e, "bad startup packet");
+            send_fatal(&mut stream, &e).await;
+            return;
+        }
+        (_, Ok(Startup::Cancelled)) | (None, _) => return,
+    };
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let Some(user_name) = get("user").filter(|u| !u.is_empty()).map(str::to_owned) else {
+        send_fatal(
+            &mut stream,
+            &PgError::fatal("28000", "no PostgreSQL user name specified in startup packet"),
+        )
+        .await;
+        return;
+    };
+    let database = get("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or(&user_name)
+        .to_owned();
+    if get("replication").is_some_and(|r| r != "false" && r != "0" && r != "off") {
+        send_fatal(
+            &mut stream,
+            &PgError::fatal("0A000", "shardgate does not proxy replication connections")
+                .with_hint("Connect replication clients to the servers directly."),
+        )
+        .await;
+        return;
+    }
+    if proxy.shutting_down() {
+        send_fatal(
+            &mut stream,
+            &PgError::fatal("57P03", "shardgate is shutting down"),
+        )
+        .await;
+        return;
+    }
+    let user = match proxy
+        .users
+        .authenticate(&mut stream, &mut buf, &user_name)
+        .await
+    {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::info!(%peer, user = %user_name, error = %e, "login failed");
+            send_fatal(&mut stream, &e.to_pg_error()).await;
+            return;
+        }
+    };
+    if database == proxy.config.proxy.admin_database {
+        send_fatal(
+            &mut stream,
+            &PgError::fatal("3D000", "the admin console is not available in this build")
+                .with_hint("Connect to an application database."),
+        )
+        .await;
+        return;
+    }
+    let session_params = match session_params(&params) {
+        Ok(p) => p,
+        Err(e) => {
+            send_fatal(&mut stream, &e).await;
+            return;
+        }
+    };
+    let primary = proxy.config.shards[0].primary.clone();
+    let pool = proxy.pool(&primary, &user, &database);
+    let cancel = proxy.cancels.register();
+    let state = SessionState::from_startup(&session_params);
+    tracing::info!(%peer, user = %user_name, %database, tls = stream.is_tls(), "client connected");
+    let session = Session::new(proxy.clone(), user, stream, buf, pool, state, cancel);
+    match session.run().await {
+        Ok(()) => tracing::info!(%peer, user = %user_name, "client disconnected"),
+        Err(e) => log_end(&peer, &user_name, &e),
+    }
+}
+
+fn log_end(peer: &SocketAddr, user: &str, e: &SessionError) {
+    match e {
+        SessionError::ClientIo(io) => {
+            tracing::info!(%peer, %user, error = %io, "client connection closed")
+        }
+        other => tracing::info!(%peer, %user, error = %other, "client session ended with error"),
+    }
+}
+
+/// What the startup phase ended with.
+enum Startup {
+    /// A StartupMessage with these parameters.
+    Login(Vec<(String, String)>),
+    /// A CancelRequest was handled; close the connection.
+    Cancelled,
+}
+
+/// Reads startup packets until a StartupMessage; handles SSL/GSS negotiation
+/// (upgrading the stream to TLS) and CancelRequest. Returns the stream when
+/// it is still usable.
+async fn read_startup(
+    proxy: &Proxy,
+    mut stream: ClientStream,
+    buf: &mut BytesMut,
+) -> (Option<ClientStream>, Result<Startup, PgError>) {
+    let io_err = |e: std::io::Error| PgError::fatal("08006", format!("client connection: {e}"));
+    loop {
+        let decoded = loop {
+            match StartupPacket::decode(buf) {
+                Ok(Some(p)) => break Ok(p),
+                Ok(None) => {
+                    if let Err(e) = fill(&mut stream, buf).await {
+                        return (None, Err(io_err(e)));
+                    }
+                }
+                Err(e) => break Err(e.to_pg_error()),
+            }
+        };
+        let (packet, len) = match decoded {
+            Ok(p) => p,
+            Err(e) => return (Some(stream), Err(e)),
+        };
+        buf.advance(len);
+        match packet {
+            StartupPacket::SslRequest => {
+                let mut tcp = match stream {
+                    ClientStream::Plain(tcp) => tcp,
+                    tls => {
+                        let e = PgError::fatal("08P01", "SSLRequest after TLS was established");
+                        return (Some(tls), Err(e));
+                    }
+                };
+                if !buf.is_empty() {
+                    // Bytes sent before the TLS handshake could have been injected.
+                    let e = PgError::fatal("08P01", "received unencrypted data after SSL request");
+                    return (Some(ClientStream::Plain(tcp)), Err(e));
+                }
+                let answer: &[u8] = if proxy.tls.is_some() { b"S" } else { b"N" };
+                if let Err(e) = tcp.write_all(answer).await {
+                    return (None, Err(io_err(e)));
+                }
+                stream = match &proxy.tls {
+                    Some(acceptor) => match acceptor.accept(tcp).await {
+                        Ok(tls) => ClientStream::Tls(Box::new(tls)),
+                        Err(e) => return (None, Err(io_err(e))),
+                    },
+                    None => ClientStream::Plain(tcp),
+                };
+            }
+            StartupPacket::GssEncRequest => {
+                if let Err(e) = stream.write_all(b"N").await {
+                    return (None, Err(io_err(e)));
+                }
+            }
+            StartupPacket::Cancel { pid, secret } => {
+                proxy.cancels.cancel(pid, secret).await;
+                return (Some(stream), Ok(Startup::Cancelled));
+            }
+            StartupPacket::Startup { params, .. } => {
+                return (Some(stream), Ok(Startup::Login(params)))
+            }
+        }
+    }
+}
+
+/// The session parameters of a startup packet: everything but the connection
+/// parameters, plus `-c name=value` settings from `options`.
+fn session_params(params: &[(String, String)]) -> Result<Vec<(String, String)>, PgError> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (k, v) in params {
+        if k == "options" {
+            for (name, value) in parse_options(v)? {
+                out.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
+                out.push((name, value));
+            }
+        } else if !CONNECTION_PARAMS.contains(&k.as_str()) && !k.starts_with("_pq_.") {
+            out.retain(|(n, _)| !n.eq_ignore_ascii_case(k));
+            out.push((k.clone(), v.clone()));
+        }
+    }
+    Ok(out)
+}
+
+/// Parses the `options` startup parameter (`-c a=b --c=d`, backslash escapes).
+fn parse_options(options: &str) -> Result<Vec<(String, String)>, PgError> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            c if c.is_whitespace() => {
+                if !cur.is_empty() {
+                    words.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        words.push(cur);
+    }
+    let bad = |w: &str| {
+        PgError::fatal("22023", format!("invalid command-line argument for server process: {w}"))
+            .with_hint("Only -c name=value and --name=value are supported in options.")
+    };
+    let mut out = Vec::new();
+    let mut it = words.iter();
+    while let Some(w) = it.next() {
+        let setting = if w == "-c" {
+            it.next().ok_or_else(|| bad(w))?.as_str()
+        } else if let Some(rest) = w.strip_prefix("-c") {
+            rest
+        } else if let Some(rest) = w.strip_prefix("--") {
+            rest
+        } else {
+            return Err(bad(w));
+        };
+        let (name, value) = setting.split_once('=').ok_or_else(|| bad(w))?;
+        out.push((name.replace('-', "_"), value.to_owned()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_parsed() {
+        assert_eq!(
+            parse_options("-c search_path=a,b --statement-timeout=5s -csome.x=1\\ 2").unwrap(),
+            vec![
+                ("search_path".into(), "a,b".into()),
+                ("statement_timeout".into(), "5s".into()),
+                ("some.x".into(), "1 2".into())
+            ]
+        );
+        assert!(parse_options("-x").is_err());
+    }
+
+    #[test]
+    fn connection_params_are_not_session_state() {
+        let p = session_params(&[
+            ("user".into(), "u".into()),
+            ("database".into(), "d".into()),
+            ("application_name".into(), "psql".into()),
+            ("options".into(), "-c TimeZone=UTC".into()),
+        ])
+        .unwrap();
+        assert_eq!(
+            p,
+            vec![
+                ("application_name".into(), "psql".into()),
+                ("TimeZone".into(), "UTC".into())
+            ]
+        );
+    }
+}

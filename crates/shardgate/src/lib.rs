@@ -1,0 +1,74 @@
+//! shardgate: a PostgreSQL sharding and replica-routing proxy.
+//!
+//! The binary wires the pieces together: configuration, the listener, one
+//! session task per client, and the pools of server connections.
+
+pub mod auth;
+pub mod cancel;
+pub mod cli;
+pub mod client_io;
+pub mod config;
+pub mod demo;
+pub mod handshake;
+pub mod prepared;
+pub mod proxy;
+pub mod relay;
+pub mod session;
+pub mod state;
+pub mod tls;
+
+use config::Config;
+
+/// Sets up tracing from `RUST_LOG` (default `info`), one line per event.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
+/// Builds the runtime `config` asks for and serves until SIGTERM or SIGINT.
+pub fn run_blocking(config: Config) -> Result<(), String> {
+    let workers = match config.proxy.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let runtime = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+    }
+    .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let listener = proxy::bind(&config).await.map_err(|e| e.to_string())?;
+        tracing::info!(listen = %config.proxy.listen, workers, pool_mode = ?config.proxy.pool_mode, "shardgate listening");
+        proxy::serve(config, listener, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install SIGTERM handler");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

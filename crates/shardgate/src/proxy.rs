@@ -1,0 +1,188 @@
+//! The proxy's shared state and its listener: accepting clients, graceful shutdown.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use shardgate_pool::{ConnectParams, Pool, PoolConfig, PoolKey, Pools};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+use tokio_rustls::TlsAcceptor;
+
+use crate::auth::{User, UserDirectory};
+use crate::cancel::CancelRegistry;
+use crate::config::Config;
+use crate::prepared::StatementRegistry;
+
+/// Everything sessions share.
+pub struct Proxy {
+    /// The loaded configuration.
+    pub config: Config,
+    /// Users and their secrets.
+    pub users: UserDirectory,
+    /// Server connection pools.
+    pub pools: Pools,
+    /// Clients' cancel keys.
+    pub cancels: Arc<CancelRegistry>,
+    /// Distinct prepared statements.
+    pub statements: StatementRegistry,
+    /// TLS for clients, when configured.
+    pub tls: Option<TlsAcceptor>,
+    /// Becomes `true` when the proxy is shutting down.
+    pub shutdown: watch::Receiver<bool>,
+    active: AtomicUsize,
+    idle: Notify,
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// TLS files unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// Could not bind the listen address.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+}
+
+impl Proxy {
+    /// Builds the shared state from a validated configuration.
+    pub fn new(config: Config, shutdown: watch::Receiver<bool>) -> Result<Proxy, StartError> {
+        let tls = match (&config.proxy.tls_cert, &config.proxy.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+            _ => None,
+        };
+        Ok(Proxy {
+            users: UserDirectory::new(&config),
+            config,
+            pools: Pools::new(),
+            cancels: Arc::new(CancelRegistry::default()),
+            statements: StatementRegistry::default(),
+            tls,
+            shutdown,
+            active: AtomicUsize::new(0),
+            idle: Notify::new(),
+        })
+    }
+
+    /// The pool of connections to `addr` for `user` and `database`.
+    pub fn pool(&self, addr: &str, user: &User, database: &str) -> Pool {
+        let key = PoolKey {
+            addr: addr.to_owned(),
+            user: user.config.server_user().to_owned(),
+            database: database.to_owned(),
+        };
+        let p = &self.config.proxy;
+        self.pools.get_or_create(&key, || {
+            (
+                ConnectParams {
+                    addr: addr.to_owned(),
+                    user: user.config.server_user().to_owned(),
+                    password: user.config.server_password().map(str::to_owned),
+                    database: database.to_owned(),
+                    connect_timeout: p.connect_timeout,
+                    prepared_capacity: p.prepared_statements_cache,
+                },
+                PoolConfig {
+                    max_size: user.config.pool_size.unwrap_or(p.pool_size),
+                    checkout_timeout: p.pool_timeout,
+                    idle_timeout: p.idle_timeout,
+                    max_lifetime: p.server_lifetime,
+                },
+            )
+        })
+    }
+
+    /// Whether shutdown has begun.
+    pub fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Number of client connections open now.
+    pub fn active_clients(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a client connection while it lives.
+struct ActiveGuard(Arc<Proxy>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Accepts clients until `stop` resolves, then stops listening, lets open
+/// transactions finish for up to `shutdown_timeout` and returns.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), StartError> {
+    let (tx, rx) = watch::channel(false);
+    let proxy = Arc::new(Proxy::new(config, rx)?);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    if proxy.active_clients() >= proxy.config.proxy.max_client_connections {
+                        tokio::spawn(crate::handshake::refuse_too_many(socket));
+                        continue;
+                    }
+                    proxy.active.fetch_add(1, Ordering::AcqRel);
+                    let guard = ActiveGuard(proxy.clone());
+                    tokio::spawn(async move {
+                        crate::handshake::handle_client(guard.0.clone(), socket, peer).await;
+                        drop(guard);
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            _ = &mut stop => break,
+        }
+    }
+    drop(listener);
+    let timeout = proxy.config.proxy.shutdown_timeout;
+    tracing::info!(clients = proxy.active_clients(), timeout_ms = timeout.as_millis() as u64, "shutting down: no new connections; waiting for open transactions");
+    let _ = tx.send(true);
+    let drained = tokio::time::timeout(timeout, async {
+        loop {
+            let notified = proxy.idle.notified();
+            if proxy.active_clients() == 0 {
+                break;
+            }
+            notified.await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(clients = proxy.active_clients(), "shutdown_timeout reached; closing remaining connections");
+    }
+    for pool in proxy.pools.all() {
+        pool.drain_idle();
+    }
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// Binds the listen address of `config`.
+pub async fn bind(config: &Config) -> Result<TcpListener, StartError> {
+    TcpListener::bind(config.listen_addr())
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.proxy.listen.clone(),
+            source,
+        })
+}

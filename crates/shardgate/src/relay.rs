@@ -1,0 +1,405 @@
+//! Relaying one server connection's responses to the client.
+//!
+//! Every request the proxy sends to a server is recorded as an [`Expect`], in
+//! order. Responses are matched against the queue by message type only (bodies
+//! are not decoded, except ReadyForQuery's status and the rare messages session
+//! tracking needs), which lets the proxy hide responses to requests it added
+//! itself (replaying session state, preparing a statement on this connection),
+//! insert responses it answers itself (ParseComplete for a statement that is
+//! already prepared), and know exactly when the connection is idle again.
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+use shardgate_pool::ServerConn;
+use shardgate_protocol::backend::{self, tag, ErrorFields};
+use shardgate_protocol::{Header, ProtocolError};
+
+use std::sync::Arc;
+
+use crate::prepared::{ClientStatements, Statement};
+use crate::state::{SessionState, DIRTY};
+
+/// Largest message accepted from a server (Postgres's own limit is 1 GB).
+pub const MAX_SERVER_MESSAGE: usize = 1 << 30;
+
+/// A response the proxy is waiting for, or one it will produce itself.
+#[derive(Debug)]
+pub enum Expect {
+    /// A simple Query (or FunctionCall): everything up to ReadyForQuery.
+    /// `forward = false` for queries the proxy injected (state replay).
+    Query {
+        /// Pass responses to the client.
+        forward: bool,
+    },
+    /// An injected failing Query whose error is replaced by the proxy's own.
+    QueryError(Bytes),
+    /// ParseComplete.
+    Parse {
+        /// Pass the response to the client (false for injected Parse).
+        forward: bool,
+        /// Proxy statement, when prepared under a proxy name.
+        stmt: Option<Arc<Statement>>,
+        /// Client statement name to forget if the Parse fails.
+        client_name: Option<String>,
+    },
+    /// An injected failing Parse whose error is replaced by the proxy's own.
+    ParseError(Bytes),
+    /// BindComplete.
+    Bind,
+    /// ParameterDescription (statements) then RowDescription or NoData.
+    Describe,
+    /// Rows or COPY data, then CommandComplete, EmptyQueryResponse or PortalSuspended.
+    Execute {
+        /// A SET/RESET statement this Execute runs, for session tracking.
+        set_stmt: Option<String>,
+    },
+    /// CloseComplete.
+    Close {
+        /// Pass the response to the client (false for evictions).
+        forward: bool,
+    },
+    /// ReadyForQuery after Sync.
+    Sync,
+    /// Bytes the proxy sends the client itself at this point in the stream.
+    Synthetic {
+        /// The message(s).
+        bytes: Bytes,
+        /// Client statement name to forget if the server skips this point.
+        client_name: Option<String>,
+    },
+}
+
+/// Request/response bookkeeping of one attached server connection.
+#[derive(Debug)]
+pub struct Exchange {
+    /// Outstanding expectations, oldest first.
+    pub expect: VecDeque<Expect>,
+    /// Transaction status from the last ReadyForQuery.
+    pub status: u8,
+    /// The client sent extended-protocol messages not yet followed by Sync.
+    pub unsynced: bool,
+    /// An error before any Sync: the server ignores messages until Sync.
+    pub skipping: bool,
+    /// Error of an injected (hidden) query, e.g. a failed state replay.
+    pub hidden_error: Option<ErrorFields>,
+}
+
+impl Default for Exchange {
+    fn default() -> Self {
+        Exchange {
+            expect: VecDeque::with_capacity(8),
+            status: b'I',
+            unsynced: false,
+            skipping: false,
+            hidden_error: None,
+        }
+    }
+}
+
+impl Exchange {
+    /// Whether the connection can go back to the pool (transaction pooling).
+    #[inline]
+    pub fn idle(&self) -> bool {
+        self.expect.is_empty() && self.status == b'I' && !self.unsynced && !self.skipping
+    }
+
+    /// Queues an expectation; synthetic responses at the head go out at once.
+    pub fn push(&mut self, e: Expect, cout: &mut BytesMut) {
+        self.expect.push_back(e);
+        self.drain_synthetic(cout);
+    }
+
+    /// Sends every synthetic response that is now at the head of the queue.
+    pub fn drain_synthetic(&mut self, cout: &mut BytesMut) {
+        while let Some(Expect::Synthetic { .. }) = self.expect.front() {
+            if let Some(Expect::Synthetic { bytes, .. }) = self.expect.pop_front() {
+                cout.extend_from_slice(&bytes);
+            }
+        }
+    }
+
+    fn forwarding_async(&self) -> bool {
+        !matches!(
+            self.expect.front(),
+            Some(Expect::Query { forward: false }) | Some(Expect::Parse { forward: false, .. })
+        )
+    }
+}
+
+/// Everything the relay may touch besides the server connection.
+pub struct RelayContext<'a> {
+    /// Bytes for the client.
+    pub cout: &'a mut BytesMut,
+    /// Session state tracking.
+    pub state: &'a mut SessionState,
+    /// The client's statement names (transaction pooling).
+    pub statements: &'a mut ClientStatements,
+}
+
+/// Relays every complete message in the server's read buffer.
+pub fn relay(
+    conn: &mut ServerConn,
+    ex: &mut Exchange,
+    cx: &mut RelayContext<'_>,
+) -> Result<(), ProtocolError> {
+    // Taken out while relaying so the connection's other fields stay usable.
+    let mut rbuf = std::mem::take(&mut conn.read_buf);
+    let mut pos = 0;
+    let result = loop {
+        ex.drain_synthetic(cx.cout);
+        let buf = &rbuf[pos..];
+        let h = match Header::complete(buf, MAX_SERVER_MESSAGE) {
+            Ok(Some(h)) => h,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        };
+        let msg = &buf[..h.total];
+        pos += h.total;
+        match h.tag {
+            tag::NOTICE_RESPONSE | tag::NOTIFICATION => {
+                if ex.forwarding_async() {
+                    cx.cout.extend_from_slice(msg);
+                }
+            }
+            tag::PARAMETER_STATUS => {
+                if let Ok((k, v)) = backend::decode_parameter_status(&msg[5..]) {
+                    match conn.server_params.iter_mut().find(|(name, _)| name == k) {
+                        Some(entry) => entry.1 = v.to_owned(),
+                        None => conn.server_params.push((k.to_owned(), v.to_owned())),
+                    }
+                }
+                if ex.forwarding_async() {
+                    cx.cout.extend_from_slice(msg);
+                }
+            }
+            t => {
+                if let Err(e) = response(conn, ex, cx, t, msg) {
+                    break Err(e);
+                }
+            }
+        }
+    };
+    bytes::Buf::advance(&mut rbuf, pos);
+    conn.read_buf = rbuf;
+    ex.drain_synthetic(cx.cout);
+    result
+}
+
+fn response(
+    conn: &mut ServerConn,
+    ex: &mut Exchange,
+    cx: &mut RelayContext<'_>,
+    t: u8,
+    msg: &[u8],
+) -> Result<(), ProtocolError> {
+    let Some(front) = ex.expect.front() else {
+        // Nothing outstanding: a FATAL before the server closes, say.
+        if t == tag::ERROR_RESPONSE {
+            cx.cout.extend_from_slice(msg);
+            conn.broken = true;
+        } else {
+            tracing::warn!(server = %conn.addr, tag = %(t as char), "unexpected message from server");
+        }
+        return Ok(());
+    };
+    match front {
+        Expect::Query { forward } => {
+            let forward = *forward;
+            match t {
+                tag::READY_FOR_QUERY => {
+                    ex.expect.pop_front();
+                    ready_for_query(conn, ex, cx, msg, forward)?;
+                }
+                tag::ERROR_RESPONSE if !forward => {
+                    ex.hidden_error = ErrorFields::decode(&msg[5..]).ok();
+                }
+                tag::ERROR_RESPONSE => cx.state.note_error(),
+                tag::COMMAND_COMPLETE if forward => cx.state.note_command_tag(&msg[5..]),
+                _ => {}
+            }
+            if forward {
+                cx.cout.extend_from_slice(msg);
+            }
+        }
+        Expect::QueryError(replacement) => match t {
+            tag::ERROR_RESPONSE => {
+                cx.cout.extend_from_slice(replacement);
+                cx.state.note_error();
+            }
+            tag::READY_FOR_QUERY => {
+                ex.expect.pop_front();
+                ready_for_query(conn, ex, cx, msg, true)?;
+                cx.cout.extend_from_slice(msg);
+            }
+            _ => {}
+        },
+        Expect::Parse { forward, stmt, .. } => {
+            let forward = *forward;
+            match t {
+                tag::PARSE_COMPLETE => {
+                    if let Some(s) = stmt {
+                        s.mark_validated();
+                    }
+                    ex.expect.pop_front();
+                    if forward {
+                        cx.cout.extend_from_slice(msg);
+                    }
+                }
+                tag::ERROR_RESPONSE => extended_error(conn, ex, cx, msg),
+                _ => unexpected(conn, t),
+            }
+        }
+        Expect::ParseError(_) => match t {
+            tag::ERROR_RESPONSE => {
+                if let Some(Expect::ParseError(replacement)) = ex.expect.front() {
+                    let replacement = replacement.clone();
+                    extended_error(conn, ex, cx, &replacement);
+                }
+            }
+            _ => unexpected(conn, t),
+        },
+        Expect::Bind => single(conn, ex, cx, t, msg, tag::BIND_COMPLETE),
+        Expect::Close { forward } => {
+            let forward = *forward;
+            match t {
+                tag::CLOSE_COMPLETE => {
+                    ex.expect.pop_front();
+                    if forward {
+                        cx.cout.extend_from_slice(msg);
+                    }
+                }
+                tag::ERROR_RESPONSE => extended_error(conn, ex, cx, msg),
+                _ => unexpected(conn, t),
+            }
+        }
+        Expect::Describe => match t {
+            tag::PARAMETER_DESCRIPTION => cx.cout.extend_from_slice(msg),
+            tag::ROW_DESCRIPTION | tag::NO_DATA => {
+                ex.expect.pop_front();
+                cx.cout.extend_from_slice(msg);
+            }
+            tag::ERROR_RESPONSE => extended_error(conn, ex, cx, msg),
+            _ => unexpected(conn, t),
+        },
+        Expect::Execute { .. } => match t {
+            tag::COMMAND_COMPLETE | tag::EMPTY_QUERY | tag::PORTAL_SUSPENDED => {
+                if let Some(Expect::Execute {
+                    set_stmt: Some(stmt),
+                }) = ex.expect.pop_front()
+                {
+                    if t == tag::COMMAND_COMPLETE {
+                        cx.state.note_statement(&stmt);
+                    }
+                }
+                if t == tag::COMMAND_COMPLETE {
+                    cx.state.note_command_tag(&msg[5..]);
+                }
+                cx.cout.extend_from_slice(msg);
+            }
+            tag::ERROR_RESPONSE => extended_error(conn, ex, cx, msg),
+            _ => cx.cout.extend_from_slice(msg),
+        },
+        Expect::Sync => {
+            match t {
+                tag::READY_FOR_QUERY => {
+                    ex.expect.pop_front();
+                    ready_for_query(conn, ex, cx, msg, true)?;
+                }
+                tag::ERROR_RESPONSE => cx.state.note_error(),
+                _ => {}
+            }
+            cx.cout.extend_from_slice(msg);
+        }
+        Expect::Synthetic { .. } => unreachable!("synthetic expectations are drained first"),
+    }
+    Ok(())
+}
+
+fn single(
+    conn: &mut ServerConn,
+    ex: &mut Exchange,
+    cx: &mut RelayContext<'_>,
+    t: u8,
+    msg: &[u8],
+    want: u8,
+) {
+    if t == want {
+        ex.expect.pop_front();
+        cx.cout.extend_from_slice(msg);
+    } else if t == tag::ERROR_RESPONSE {
+        extended_error(conn, ex, cx, msg);
+    } else {
+        unexpected(conn, t);
+    }
+}
+
+fn unexpected(conn: &mut ServerConn, t: u8) {
+    tracing::warn!(server = %conn.addr, tag = %(t as char), "unexpected response from server; connection will be discarded");
+    conn.broken = true;
+}
+
+fn ready_for_query(
+    conn: &mut ServerConn,
+    ex: &mut Exchange,
+    cx: &mut RelayContext<'_>,
+    msg: &[u8],
+    client_cycle: bool,
+) -> Result<(), ProtocolError> {
+    let status = *msg
+        .get(5)
+        .ok_or(ProtocolError::Malformed("ReadyForQuery", "missing status"))?;
+    ex.status = status;
+    ex.skipping = false;
+    if client_cycle {
+        let outcome = cx.state.end_cycle(status);
+        if outcome.untracked || outcome.server_reset {
+            conn.state_fingerprint = DIRTY;
+        } else if outcome.changed {
+            conn.state_fingerprint = cx.state.fingerprint();
+        }
+    }
+    Ok(())
+}
+
+/// An ErrorResponse in the extended protocol: the server now ignores every
+/// message up to the next Sync, so the expectations for them go too.
+fn extended_error(conn: &mut ServerConn, ex: &mut Exchange, cx: &mut RelayContext<'_>, msg: &[u8]) {
+    cx.cout.extend_from_slice(msg);
+    cx.state.note_error();
+    while let Some(front) = ex.expect.front() {
+        if matches!(front, Expect::Sync | Expect::Query { .. } | Expect::QueryError(_)) {
+            return;
+        }
+        if let Some(dropped) = ex.expect.pop_front() {
+            undo(conn, cx, dropped);
+        }
+    }
+    ex.skipping = true;
+}
+
+/// Reverts the bookkeeping of a request the server failed or skipped.
+fn undo(conn: &mut ServerConn, cx: &mut RelayContext<'_>, e: Expect) {
+    match e {
+        Expect::Parse {
+            stmt, client_name, ..
+        } => {
+            if let Some(s) = stmt {
+                conn.prepared.remove(s.id);
+            }
+            if let Some(name) = client_name {
+                cx.statements.remove(&name);
+            }
+        }
+        Expect::Synthetic {
+            client_name: Some(name),
+            ..
+        } => {
+            cx.statements.remove(&name);
+        }
+        // A skipped eviction leaves a statement on the server we no longer
+        // track; discard the connection rather than risk a name clash.
+        Expect::Close { forward: false } => conn.broken = true,
+        _ => {}
+    }
+}

@@ -1,0 +1,289 @@
+//! Session state a client sets (startup parameters and `SET`), tracked so it
+//! can be replayed on whichever server connection serves the client next.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+
+use shardgate_router::lexer::{first_keyword, split_statements};
+use shardgate_router::SessionCommand;
+
+/// Fingerprint of a server connection that has only server defaults.
+pub const FRESH: u64 = 0;
+/// Fingerprint of a server connection whose state is unknown.
+pub const DIRTY: u64 = u64::MAX;
+
+/// Quotes a string as an SQL literal.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Quotes a parameter name unless it is a plain (possibly dotted) identifier.
+fn quote_name(name: &str) -> String {
+    let plain = name
+        .split('.')
+        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+    if plain {
+        name.to_owned()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+/// Effects of statements on session state, pending until their transaction ends.
+pub type Changes = Vec<SessionCommand>;
+
+/// What the client wants the server session to look like.
+#[derive(Debug, Clone, Default)]
+pub struct SessionState {
+    /// Parameters from the startup packet: the values `RESET` returns to.
+    baseline: BTreeMap<String, String>,
+    /// Current parameters: name → statement that applies it.
+    params: BTreeMap<String, String>,
+    fingerprint: u64,
+    /// Changes of the current transaction, applied when it commits.
+    tx_changes: Changes,
+    /// Changes of the current query cycle (up to the next ReadyForQuery).
+    cycle_changes: Changes,
+    cycle_error: bool,
+    cycle_rolled_back: bool,
+    /// A statement changed state in a way that is not tracked.
+    untracked: bool,
+}
+
+impl SessionState {
+    /// State from the startup parameters (`options` already expanded).
+    pub fn from_startup(params: &[(String, String)]) -> SessionState {
+        let mut s = SessionState::default();
+        for (name, value) in params {
+            let name = name.to_ascii_lowercase();
+            let stmt = format!("SET {} TO {}", quote_name(&name), quote_literal(value));
+            s.baseline.insert(name, stmt);
+        }
+        s.params = s.baseline.clone();
+        s.refresh_fingerprint();
+        s
+    }
+
+    /// Fingerprint of the wanted state; equal fingerprints need no replay.
+    #[inline]
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    fn refresh_fingerprint(&mut self) {
+        if self.params.is_empty() {
+            self.fingerprint = FRESH;
+            return;
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.params.hash(&mut h);
+        self.fingerprint = match h.finish() {
+            FRESH | DIRTY => 1,
+            f => f,
+        };
+    }
+
+    /// SQL that turns a server session with fingerprint `from` into this state.
+    pub fn replay_sql(&self, from: u64) -> String {
+        let mut sql = String::new();
+        if from != FRESH {
+            sql.push_str("RESET ALL;");
+        }
+        for stmt in self.params.values() {
+            sql.push_str(stmt);
+            sql.push(';');
+        }
+        sql
+    }
+
+    /// Scans a simple query for statements that change session state and
+    /// records them as pending in the current cycle.
+    pub fn note_query(&mut self, sql: &str) {
+        if !might_change_state(sql) {
+            return;
+        }
+        for stmt in split_statements(sql) {
+            self.note_statement(stmt);
+        }
+    }
+
+    /// Records one statement (from Query or an executed Parse) as pending.
+    pub fn note_statement(&mut self, stmt: &str) {
+        match SessionCommand::parse(stmt) {
+            Some(cmd @ (SessionCommand::Set { .. } | SessionCommand::Reset { .. } | SessionCommand::ResetAll)) => {
+                self.cycle_changes.push(cmd)
+            }
+            Some(_) => {}
+            None => {
+                if first_keyword(stmt).is_some_and(|k| k.eq_ignore_ascii_case("set") || k.eq_ignore_ascii_case("reset")) {
+                    // SET LOCAL, SET TRANSACTION and friends end with the transaction.
+                    let transient = matches!(
+                        SessionCommand::parse(stmt),
+                        Some(SessionCommand::SetLocal { .. })
+                    ) || stmt.to_ascii_lowercase().contains("transaction")
+                        || stmt.to_ascii_lowercase().contains("constraints");
+                    if !transient {
+                        self.untracked = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// An ErrorResponse arrived in the current cycle.
+    pub fn note_error(&mut self) {
+        self.cycle_error = true;
+    }
+
+    /// A CommandComplete arrived; `ROLLBACK` means the transaction was undone.
+    pub fn note_command_tag(&mut self, tag: &[u8]) {
+        if tag.starts_with(b"ROLLBACK") {
+            self.cycle_rolled_back = true;
+        } else if tag.starts_with(b"COMMIT") {
+            self.cycle_rolled_back = false;
+        }
+    }
+
+    /// ReadyForQuery ended a cycle with transaction status `status`.
+    ///
+    /// Returns whether the tracked state changed (the server connection then
+    /// has exactly this state) and whether its state is now unknown.
+    pub fn end_cycle(&mut self, status: u8) -> CycleOutcome {
+        let cycle = std::mem::take(&mut self.cycle_changes);
+        if !self.cycle_error {
+            self.tx_changes.extend(cycle);
+        }
+        self.cycle_error = false;
+        let mut outcome = CycleOutcome::default();
+        if status == b'I' {
+            let changes = std::mem::take(&mut self.tx_changes);
+            if !self.cycle_rolled_back && !changes.is_empty() {
+                for c in changes {
+                    if matches!(c, SessionCommand::ResetAll) {
+                        outcome.server_reset = true;
+                    }
+                    self.apply(c);
+                }
+                self.refresh_fingerprint();
+                outcome.changed = true;
+            }
+            self.cycle_rolled_back = false;
+            outcome.untracked = std::mem::take(&mut self.untracked);
+        }
+        outcome
+    }
+
+    fn apply(&mut self, cmd: SessionCommand) {
+        match cmd {
+            SessionCommand::Set {
+                name,
+                value,
+                statement,
+            } => {
+                if value.is_default() {
+                    self.reset(&name);
+                } else {
+                    self.params.insert(name, statement);
+                }
+            }
+            SessionCommand::Reset { name } => self.reset(&name),
+            SessionCommand::ResetAll => self.params = self.baseline.clone(),
+            _ => {}
+        }
+    }
+
+    fn reset(&mut self, name: &str) {
+        match self.baseline.get(name) {
+            Some(stmt) => {
+                self.params.insert(name.to_owned(), stmt.clone());
+            }
+            None => {
+                self.params.remove(name);
+            }
+        }
+    }
+
+    /// Back to the startup state (`DISCARD ALL`).
+    pub fn discard_all(&mut self) {
+        self.params = self.baseline.clone();
+        self.tx_changes.clear();
+        self.cycle_changes.clear();
+        self.refresh_fingerprint();
+    }
+}
+
+/// What ending a query cycle did to the tracked state.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CycleOutcome {
+    /// The tracked state changed.
+    pub changed: bool,
+    /// A statement changed state in a way shardgate cannot replay.
+    pub untracked: bool,
+    /// `RESET ALL` ran on the server: it dropped the replayed startup values.
+    pub server_reset: bool,
+}
+
+/// Cheap pre-check: can this query text contain SET or RESET at all?
+fn might_change_state(sql: &str) -> bool {
+    let b = sql.as_bytes();
+    b.windows(3).any(|w| w.eq_ignore_ascii_case(b"set"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn startup() -> SessionState {
+        SessionState::from_startup(&[("application_name".into(), "psql".into())])
+    }
+
+    #[test]
+    fn autocommit_set_applies_and_changes_fingerprint() {
+        let mut s = startup();
+        let before = s.fingerprint();
+        s.note_query("SET search_path TO a, b");
+        assert!(s.end_cycle(b'I').changed);
+        assert_ne!(s.fingerprint(), before);
+        assert!(s.replay_sql(7).contains("SET search_path TO a, b;"));
+        assert!(s.replay_sql(7).starts_with("RESET ALL;"));
+        assert!(!s.replay_sql(FRESH).contains("RESET ALL"));
+    }
+
+    #[test]
+    fn rolled_back_or_failed_sets_do_not_apply() {
+        let mut s = startup();
+        let f = s.fingerprint();
+        s.note_query("BEGIN; SET search_path TO x");
+        s.end_cycle(b'T');
+        s.note_command_tag(b"ROLLBACK");
+        s.end_cycle(b'I');
+        assert_eq!(s.fingerprint(), f);
+        s.note_query("SET search_path TO y; SELECT 1/0");
+        s.note_error();
+        s.end_cycle(b'I');
+        assert_eq!(s.fingerprint(), f);
+    }
+
+    #[test]
+    fn committed_transaction_applies_and_reset_returns_to_baseline() {
+        let mut s = startup();
+        let f = s.fingerprint();
+        s.note_query("BEGIN");
+        s.end_cycle(b'T');
+        s.note_query("SET application_name = 'x'");
+        s.end_cycle(b'T');
+        s.note_command_tag(b"COMMIT");
+        s.end_cycle(b'I');
+        assert_ne!(s.fingerprint(), f);
+        s.note_query("RESET application_name");
+        s.end_cycle(b'I');
+        assert_eq!(s.fingerprint(), f);
+    }
+
+    #[test]
+    fn empty_state_is_fresh() {
+        let s = SessionState::from_startup(&[]);
+        assert_eq!(s.fingerprint(), FRESH);
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+}
