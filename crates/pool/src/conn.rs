@@ -268,11 +268,17 @@ impl ServerConn {
                 frontend::encode_password(&payload, &mut out);
             }
             auth_code::SASL => {
-                let offered = r.rest().split(|&b| b == 0).any(|m| m == SCRAM_SHA_256.as_bytes());
+                let offered = r
+                    .rest()
+                    .split(|&b| b == 0)
+                    .any(|m| m == SCRAM_SHA_256.as_bytes());
                 if !offered {
-                    return Err(self.protocol_error("server offers no SASL mechanism shardgate supports"));
+                    return Err(
+                        self.protocol_error("server offers no SASL mechanism shardgate supports")
+                    );
                 }
-                let client = ScramSha256::new(password()?.as_bytes(), ChannelBinding::unsupported());
+                let client =
+                    ScramSha256::new(password()?.as_bytes(), ChannelBinding::unsupported());
                 frontend::encode_sasl_initial(SCRAM_SHA_256, client.message(), &mut out);
                 *scram = Some(client);
             }
@@ -292,10 +298,12 @@ impl ServerConn {
                 let client = scram
                     .as_mut()
                     .ok_or_else(|| self.protocol_error("SASL final without SASL start"))?;
-                client.finish(r.rest()).map_err(|e| ConnectError::Protocol {
-                    addr: params.addr.clone(),
-                    reason: format!("SCRAM server signature: {e}"),
-                })?;
+                client
+                    .finish(r.rest())
+                    .map_err(|e| ConnectError::Protocol {
+                        addr: params.addr.clone(),
+                        reason: format!("SCRAM server signature: {e}"),
+                    })?;
                 return Ok(());
             }
             other => {

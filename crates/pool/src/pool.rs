@@ -37,7 +37,9 @@ pub struct PoolConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
     /// Every connection stayed busy for the whole `pool_timeout`.
-    #[error("no server connection to {addr} became free within {timeout_ms} ms (pool_size {size})")]
+    #[error(
+        "no server connection to {addr} became free within {timeout_ms} ms (pool_size {size})"
+    )]
     Timeout {
         /// Node address.
         addr: String,
@@ -89,7 +91,9 @@ pub struct Pool {
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool").field("key", &self.inner.key).finish()
+        f.debug_struct("Pool")
+            .field("key", &self.inner.key)
+            .finish()
     }
 }
 
@@ -186,7 +190,8 @@ impl Pool {
 
     /// Closes every idle connection (used when a node goes down or at shutdown).
     pub fn drain_idle(&self) {
-        let drained: Vec<ServerConn> = std::mem::take(&mut *self.inner.idle.lock().expect("pool lock"));
+        let drained: Vec<ServerConn> =
+            std::mem::take(&mut *self.inner.idle.lock().expect("pool lock"));
         self.inner
             .open
             .fetch_sub(drained.len() as u64, Ordering::Relaxed);
@@ -279,6 +284,11 @@ impl Pools {
 
     /// A snapshot of every pool.
     pub fn all(&self) -> Vec<Pool> {
-        self.pools.read().expect("pools lock").values().cloned().collect()
+        self.pools
+            .read()
+            .expect("pools lock")
+            .values()
+            .cloned()
+            .collect()
     }
 }

@@ -25,6 +25,9 @@ pub enum ProtocolError {
     /// A startup packet the proxy does not understand.
     #[error("unsupported frontend protocol {0}.{1}: server supports 3.0")]
     UnsupportedProtocol(u16, u16),
+    /// The connection ended in the middle of a message.
+    #[error("incomplete message from client")]
+    Incomplete,
     /// A string that is not valid UTF-8 where text is required.
     #[error("invalid UTF-8 in {0}")]
     InvalidUtf8(&'static str),
@@ -125,7 +128,13 @@ impl PgError {
 
 impl std::fmt::Display for PgError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.severity.as_str(), self.code, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.severity.as_str(),
+            self.code,
+            self.message
+        )
     }
 }
 

@@ -155,7 +155,13 @@ mod tests {
             Err(ProtocolError::TooLarge { .. })
         ));
         let h = Header::peek(b"Q\0\0\0\x05x", 100).unwrap().unwrap();
-        assert_eq!(h, Header { tag: b'Q', total: 6 });
+        assert_eq!(
+            h,
+            Header {
+                tag: b'Q',
+                total: 6
+            }
+        );
         assert_eq!(Header::complete(b"Q\0\0\0\x06x", 100), Ok(None));
     }
 

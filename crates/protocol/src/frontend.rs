@@ -150,7 +150,10 @@ impl<'a> Bind<'a> {
         for _ in 0..param_count {
             let len = r.i32()?;
             if len < -1 {
-                return Err(ProtocolError::Malformed("Bind", "negative parameter length"));
+                return Err(ProtocolError::Malformed(
+                    "Bind",
+                    "negative parameter length",
+                ));
             }
             if len > 0 {
                 r.bytes(len as usize)?;

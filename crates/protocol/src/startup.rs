@@ -139,7 +139,10 @@ mod tests {
             p,
             StartupPacket::Startup {
                 minor: 0,
-                params: vec![("user".into(), "app".into()), ("database".into(), "db".into())]
+                params: vec![
+                    ("user".into(), "app".into()),
+                    ("database".into(), "db".into())
+                ]
             }
         );
     }

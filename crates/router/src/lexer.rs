@@ -194,8 +194,7 @@ impl<'a> Iterator for Lexer<'a> {
             }
             c if c.is_ascii_digit() || (c == b'.' && next.is_some_and(|n| n.is_ascii_digit())) => {
                 let mut i = start;
-                while i < b.len()
-                    && (b[i].is_ascii_alphanumeric() || b[i] == b'.' || b[i] == b'_')
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.' || b[i] == b'_')
                 {
                     // exponent sign: 1e-5
                     i += 1;
@@ -337,7 +336,9 @@ mod tests {
 
     #[test]
     fn unterminated_and_unicode_never_panic() {
-        for s in ["'abc", "\"abc", "/* abc", "$a$ abc", "é'", "'é", "$", "e'\\", "1e", "ü/*ü"] {
+        for s in [
+            "'abc", "\"abc", "/* abc", "$a$ abc", "é'", "'é", "$", "e'\\", "1e", "ü/*ü",
+        ] {
             let _ = kinds(s);
             let _ = split_statements(s);
         }

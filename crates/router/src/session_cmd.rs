@@ -62,7 +62,9 @@ pub enum SessionCommand {
 fn ident(t: &Token<'_>) -> Option<String> {
     match t.kind {
         TokenKind::Word => Some(t.text.to_ascii_lowercase()),
-        TokenKind::QuotedIdent => Some(t.text[1..t.text.len().saturating_sub(1)].replace("\"\"", "\"")),
+        TokenKind::QuotedIdent => {
+            Some(t.text[1..t.text.len().saturating_sub(1)].replace("\"\"", "\""))
+        }
         _ => None,
     }
 }
@@ -153,7 +155,8 @@ impl SessionCommand {
         if head.is_keyword("transaction") || head.is_keyword("constraints") {
             return None;
         }
-        let (name, value_start) = if head.is_keyword("time") && toks.get(i + 1)?.is_keyword("zone") {
+        let (name, value_start) = if head.is_keyword("time") && toks.get(i + 1)?.is_keyword("zone")
+        {
             ("timezone".to_owned(), toks.get(i + 2)?.offset)
         } else if head.is_keyword("schema") {
             ("search_path".to_owned(), toks.get(i + 1)?.offset)
@@ -172,7 +175,11 @@ impl SessionCommand {
             (name, toks.get(j + 1)?.offset)
         };
         let value = SetValue {
-            text: stmt[value_start..].trim().trim_end_matches(';').trim_end().to_owned(),
+            text: stmt[value_start..]
+                .trim()
+                .trim_end_matches(';')
+                .trim_end()
+                .to_owned(),
         };
         if local {
             return Some(SessionCommand::SetLocal { name, value });
@@ -198,37 +205,71 @@ mod tests {
 
     #[test]
     fn recognises_set_forms() {
-        assert_eq!(set("SET search_path TO a, \"B\""), ("search_path".into(), "a, \"B\"".into()));
-        assert_eq!(set("set SESSION TimeZone = 'UTC'"), ("timezone".into(), "'UTC'".into()));
-        assert_eq!(set("SET TIME ZONE 'Europe/Paris'"), ("timezone".into(), "'Europe/Paris'".into()));
-        assert_eq!(set("SET shardgate.consistency = strong"), ("shardgate.consistency".into(), "strong".into()));
+        assert_eq!(
+            set("SET search_path TO a, \"B\""),
+            ("search_path".into(), "a, \"B\"".into())
+        );
+        assert_eq!(
+            set("set SESSION TimeZone = 'UTC'"),
+            ("timezone".into(), "'UTC'".into())
+        );
+        assert_eq!(
+            set("SET TIME ZONE 'Europe/Paris'"),
+            ("timezone".into(), "'Europe/Paris'".into())
+        );
+        assert_eq!(
+            set("SET shardgate.consistency = strong"),
+            ("shardgate.consistency".into(), "strong".into())
+        );
         assert_eq!(set("SET SCHEMA 'x'"), ("search_path".into(), "'x'".into()));
         assert_eq!(set("SET ROLE app"), ("role".into(), "app".into()));
-        assert_eq!(set("/* c */ SET application_name TO 'a;b'"), ("application_name".into(), "'a;b'".into()));
-        assert!(matches!(SessionCommand::parse("SET LOCAL x = 1"), Some(SessionCommand::SetLocal { .. })));
-        assert_eq!(SessionCommand::parse("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"), None);
+        assert_eq!(
+            set("/* c */ SET application_name TO 'a;b'"),
+            ("application_name".into(), "'a;b'".into())
+        );
+        assert!(matches!(
+            SessionCommand::parse("SET LOCAL x = 1"),
+            Some(SessionCommand::SetLocal { .. })
+        ));
+        assert_eq!(
+            SessionCommand::parse("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
+            None
+        );
         assert_eq!(SessionCommand::parse("SELECT 1"), None);
     }
 
     #[test]
     fn recognises_reset_discard_deallocate() {
-        assert_eq!(SessionCommand::parse("RESET ALL"), Some(SessionCommand::ResetAll));
+        assert_eq!(
+            SessionCommand::parse("RESET ALL"),
+            Some(SessionCommand::ResetAll)
+        );
         assert_eq!(
             SessionCommand::parse("reset Search_Path"),
-            Some(SessionCommand::Reset { name: "search_path".into() })
+            Some(SessionCommand::Reset {
+                name: "search_path".into()
+            })
         );
-        assert_eq!(SessionCommand::parse("DISCARD ALL"), Some(SessionCommand::DiscardAll));
+        assert_eq!(
+            SessionCommand::parse("DISCARD ALL"),
+            Some(SessionCommand::DiscardAll)
+        );
         assert_eq!(SessionCommand::parse("DISCARD PLANS"), None);
         assert_eq!(
             SessionCommand::parse("DEALLOCATE PREPARE \"_pg3_1\""),
             Some(SessionCommand::Deallocate(Some("_pg3_1".into())))
         );
-        assert_eq!(SessionCommand::parse("deallocate all"), Some(SessionCommand::Deallocate(None)));
+        assert_eq!(
+            SessionCommand::parse("deallocate all"),
+            Some(SessionCommand::Deallocate(None))
+        );
     }
 
     #[test]
     fn unquoting() {
-        let v = SetValue { text: "'it''s'".into() };
+        let v = SetValue {
+            text: "'it''s'".into(),
+        };
         assert_eq!(v.unquoted(), "it's");
     }
 }

@@ -28,7 +28,9 @@ pub struct User {
 
 impl std::fmt::Debug for User {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("User").field("name", &self.config.name).finish()
+        f.debug_struct("User")
+            .field("name", &self.config.name)
+            .finish()
     }
 }
 
@@ -94,9 +96,9 @@ impl UserDirectory {
                 let pw = u.password.clone().unwrap_or_default();
                 let secret = match u.auth {
                     AuthMethod::Trust => Secret::Trust,
-                    AuthMethod::ScramSha256 if is_scram_verifier(&pw) => {
-                        Secret::Scram(Verifier::parse(&pw).expect("validated with the configuration"))
-                    }
+                    AuthMethod::ScramSha256 if is_scram_verifier(&pw) => Secret::Scram(
+                        Verifier::parse(&pw).expect("validated with the configuration"),
+                    ),
                     AuthMethod::ScramSha256 => Secret::Scram(Verifier::from_password(&pw)),
                     AuthMethod::Md5 if is_md5_hash(&pw) => Secret::Md5(pw),
                     AuthMethod::Md5 => Secret::Md5(md5::stored_hash(&pw, &u.name)),

@@ -94,9 +94,18 @@ mod tests {
     #[test]
     fn parses_commands() {
         assert_eq!(p(&[]), Ok(Command::Run("proxy.toml".into())));
-        assert_eq!(p(&["--config", "x.toml"]), Ok(Command::Run("x.toml".into())));
-        assert_eq!(p(&["check-config", "y.toml"]), Ok(Command::CheckConfig("y.toml".into())));
-        assert_eq!(p(&["demo", "--port", "7000"]), Ok(Command::Demo { port: 7000 }));
+        assert_eq!(
+            p(&["--config", "x.toml"]),
+            Ok(Command::Run("x.toml".into()))
+        );
+        assert_eq!(
+            p(&["check-config", "y.toml"]),
+            Ok(Command::CheckConfig("y.toml".into()))
+        );
+        assert_eq!(
+            p(&["demo", "--port", "7000"]),
+            Ok(Command::Demo { port: 7000 })
+        );
         assert_eq!(p(&["--help"]), Ok(Command::Help));
         assert!(p(&["--config"]).is_err());
         assert!(p(&["bogus"]).is_err());

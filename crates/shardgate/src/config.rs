@@ -307,19 +307,29 @@ impl Config {
             return Err(invalid("proxy.pool_size", "must be at least 1".into()));
         }
         if p.max_message_size < 1024 {
-            return Err(invalid("proxy.max_message_size", "must be at least 1024 bytes".into()));
+            return Err(invalid(
+                "proxy.max_message_size",
+                "must be at least 1024 bytes".into(),
+            ));
         }
         if p.admin_database.is_empty() {
             return Err(invalid("proxy.admin_database", "must not be empty".into()));
         }
         if p.tls_cert.is_some() != p.tls_key.is_some() {
             return Err(invalid(
-                if p.tls_cert.is_some() { "proxy.tls_key" } else { "proxy.tls_cert" },
+                if p.tls_cert.is_some() {
+                    "proxy.tls_key"
+                } else {
+                    "proxy.tls_cert"
+                },
                 "tls_cert and tls_key must be set together".into(),
             ));
         }
         if self.users.is_empty() {
-            return Err(invalid("users", "at least one [[users]] entry is required".into()));
+            return Err(invalid(
+                "users",
+                "at least one [[users]] entry is required".into(),
+            ));
         }
         for (i, u) in self.users.iter().enumerate() {
             let key = |k: &str| format!("users[{i}].{k}");
@@ -327,7 +337,10 @@ impl Config {
                 return Err(invalid(&key("name"), "must not be empty".into()));
             }
             if self.users[..i].iter().any(|o| o.name == u.name) {
-                return Err(invalid(&key("name"), format!("user {:?} is defined twice", u.name)));
+                return Err(invalid(
+                    &key("name"),
+                    format!("user {:?} is defined twice", u.name),
+                ));
             }
             match (u.auth, u.password.as_deref()) {
                 (AuthMethod::Trust, _) => {}
@@ -360,7 +373,10 @@ impl Config {
             }
         }
         if self.shards.is_empty() {
-            return Err(invalid("shards", "at least one [[shards]] entry is required".into()));
+            return Err(invalid(
+                "shards",
+                "at least one [[shards]] entry is required".into(),
+            ));
         }
         for (i, s) in self.shards.iter().enumerate() {
             for (k, addr) in std::iter::once(("primary", &s.primary))
@@ -374,7 +390,10 @@ impl Config {
                 }
             }
             if s.weight == 0 {
-                return Err(invalid(&format!("shards[{i}].weight"), "must be at least 1".into()));
+                return Err(invalid(
+                    &format!("shards[{i}].weight"),
+                    "must be at least 1".into(),
+                ));
             }
         }
         Ok(())
@@ -396,7 +415,9 @@ fn parse_error(e: toml::de::Error, text: &str, file: &str) -> ConfigError {
     let mut message = e.message().trim().to_owned();
     // Name the key for type errors, whose span points at the value.
     if let Some(s) = span {
-        let line_start = text[..s.start.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+        let line_start = text[..s.start.min(text.len())]
+            .rfind('\n')
+            .map_or(0, |i| i + 1);
         let line_text = &text[line_start..];
         if let Some((key, _)) = line_text.lines().next().and_then(|l| l.split_once('=')) {
             let key = key.trim();
@@ -493,10 +514,16 @@ primary = "127.0.0.1:5432"
     fn semantic_errors_name_key_and_line() {
         let text = MINIMAL.replace("password = \"secret\"", "auth = \"md5\"");
         let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
-        assert!(e.contains("users[0].password") && e.starts_with("t.toml:5:"), "{e}");
+        assert!(
+            e.contains("users[0].password") && e.starts_with("t.toml:5:"),
+            "{e}"
+        );
         let text = MINIMAL.replace("127.0.0.1:5432", "nowhere");
         let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
-        assert!(e.contains("shards[0].primary") && e.starts_with("t.toml:10:"), "{e}");
+        assert!(
+            e.contains("shards[0].primary") && e.starts_with("t.toml:10:"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -507,6 +534,9 @@ primary = "127.0.0.1:5432"
         assert_eq!(parse_duration("1500"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_duration("fast"), None);
         let text = MINIMAL.replace("listen = ", "pool_timeout = \"3s\"\nlisten = ");
-        assert_eq!(Config::parse(&text, "t").unwrap().proxy.pool_timeout, Duration::from_secs(3));
+        assert_eq!(
+            Config::parse(&text, "t").unwrap().proxy.pool_timeout,
+            Duration::from_secs(3)
+        );
     }
 }

@@ -21,8 +21,11 @@ const CONNECTION_PARAMS: &[&str] = &["user", "database", "options", "replication
 /// Tells a client over the connection limit to go away.
 pub async fn refuse_too_many(mut socket: TcpStream) {
     let mut out = BytesMut::new();
-    PgError::fatal("53300", "sorry, too many clients already (max_client_connections)")
-        .encode(&mut out);
+    PgError::fatal(
+        "53300",
+        "sorry, too many clients already (max_client_connections)",
+    )
+    .encode(&mut out);
     let _ = socket.write_all(&out).await;
 }
 
@@ -51,7 +54,10 @@ pub async fn handle_client(proxy: Arc<Proxy>, socket: TcpStream, peer: SocketAdd
     let Some(user_name) = get("user").filter(|u| !u.is_empty()).map(str::to_owned) else {
         send_fatal(
             &mut stream,
-            &PgError::fatal("28000", "no PostgreSQL user name specified in startup packet"),
+            &PgError::fatal(
+                "28000",
+                "no PostgreSQL user name specified in startup packet",
+            ),
         )
         .await;
         return;
@@ -244,8 +250,11 @@ fn parse_options(options: &str) -> Result<Vec<(String, String)>, PgError> {
         words.push(cur);
     }
     let bad = |w: &str| {
-        PgError::fatal("22023", format!("invalid command-line argument for server process: {w}"))
-            .with_hint("Only -c name=value and --name=value are supported in options.")
+        PgError::fatal(
+            "22023",
+            format!("invalid command-line argument for server process: {w}"),
+        )
+        .with_hint("Only -c name=value and --name=value are supported in options.")
     };
     let mut out = Vec::new();
     let mut it = words.iter();

@@ -29,7 +29,8 @@ impl Statement {
 
     /// Records that a server parsed it successfully.
     pub fn mark_validated(&self) {
-        self.validated.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.validated
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -1,7 +1,8 @@
 //! The proxy's shared state and its listener: accepting clients, graceful shutdown.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shardgate_pool::{ConnectParams, Pool, PoolConfig, PoolKey, Pools};
@@ -32,7 +33,14 @@ pub struct Proxy {
     pub shutdown: watch::Receiver<bool>,
     active: AtomicUsize,
     idle: Notify,
+    login_params: Mutex<HashMap<(PoolKey, u64), ServerParams>>,
 }
+
+/// ParameterStatus values as (name, value) pairs.
+pub type ServerParams = Arc<Vec<(String, String)>>;
+
+/// Most remembered ParameterStatus sets (one per pool and session state).
+const LOGIN_PARAMS_CAPACITY: usize = 1024;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +75,7 @@ impl Proxy {
             shutdown,
             active: AtomicUsize::new(0),
             idle: Notify::new(),
+            login_params: Mutex::new(HashMap::new()),
         })
     }
 
@@ -96,6 +105,34 @@ impl Proxy {
                 },
             )
         })
+    }
+
+    /// The ParameterStatus values a previous login to `pool` with session
+    /// state `fingerprint` received, so the next one needs no server connection.
+    pub fn login_params(
+        &self,
+        pool: &PoolKey,
+        fingerprint: u64,
+    ) -> Option<Arc<Vec<(String, String)>>> {
+        self.login_params
+            .lock()
+            .expect("login params lock")
+            .get(&(pool.clone(), fingerprint))
+            .cloned()
+    }
+
+    /// Remembers the ParameterStatus values of a successful login.
+    pub fn remember_login_params(
+        &self,
+        pool: &PoolKey,
+        fingerprint: u64,
+        params: Vec<(String, String)>,
+    ) {
+        let mut map = self.login_params.lock().expect("login params lock");
+        if map.len() >= LOGIN_PARAMS_CAPACITY {
+            map.clear();
+        }
+        map.insert((pool.clone(), fingerprint), Arc::new(params));
     }
 
     /// Whether shutdown has begun.
@@ -155,7 +192,11 @@ pub async fn serve(
     }
     drop(listener);
     let timeout = proxy.config.proxy.shutdown_timeout;
-    tracing::info!(clients = proxy.active_clients(), timeout_ms = timeout.as_millis() as u64, "shutting down: no new connections; waiting for open transactions");
+    tracing::info!(
+        clients = proxy.active_clients(),
+        timeout_ms = timeout.as_millis() as u64,
+        "shutting down: no new connections; waiting for open transactions"
+    );
     let _ = tx.send(true);
     let drained = tokio::time::timeout(timeout, async {
         loop {
@@ -168,7 +209,10 @@ pub async fn serve(
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(clients = proxy.active_clients(), "shutdown_timeout reached; closing remaining connections");
+        tracing::warn!(
+            clients = proxy.active_clients(),
+            "shutdown_timeout reached; closing remaining connections"
+        );
     }
     for pool in proxy.pools.all() {
         pool.drain_idle();

@@ -368,7 +368,10 @@ fn extended_error(conn: &mut ServerConn, ex: &mut Exchange, cx: &mut RelayContex
     cx.cout.extend_from_slice(msg);
     cx.state.note_error();
     while let Some(front) = ex.expect.front() {
-        if matches!(front, Expect::Sync | Expect::Query { .. } | Expect::QueryError(_)) {
+        if matches!(
+            front,
+            Expect::Sync | Expect::Query { .. } | Expect::QueryError(_)
+        ) {
             return;
         }
         if let Some(dropped) = ex.expect.pop_front() {

@@ -89,6 +89,8 @@ pub struct Session {
     unnamed_set: Option<String>,
     /// Portal bound to a SET/RESET statement.
     bound_set: Option<(String, String)>,
+    /// Login finished (errors of hidden queries are then only logged).
+    logged_in: bool,
 }
 
 impl Session {
@@ -124,6 +126,7 @@ impl Session {
             skip_until_sync: false,
             unnamed_set: None,
             bound_set: None,
+            logged_in: false,
         }
     }
 
@@ -131,6 +134,31 @@ impl Session {
     /// connection (which also proves the database exists) and sends
     /// ParameterStatus, BackendKeyData and ReadyForQuery.
     async fn login(&mut self) -> Result<(), SessionError> {
+        let fingerprint = self.state.fingerprint();
+        let params = match self.proxy.login_params(self.pool.key(), fingerprint) {
+            Some(params) => params,
+            None => {
+                let params = self.login_on_server().await?;
+                self.proxy
+                    .remember_login_params(self.pool.key(), fingerprint, params.clone());
+                Arc::new(params)
+            }
+        };
+        self.cout.clear();
+        for (k, v) in params.iter() {
+            backend::parameter_status(k, v, &mut self.cout);
+        }
+        backend::backend_key_data(self.cancel.pid, self.cancel.secret, &mut self.cout);
+        backend::ready_for_query(b'I', &mut self.cout);
+        self.flush_client().await?;
+        self.logged_in = true;
+        Ok(())
+    }
+
+    /// Applies the client's session state on a server connection (which also
+    /// proves the database exists and the settings are valid) and returns the
+    /// ParameterStatus values the client should see.
+    async fn login_on_server(&mut self) -> Result<Vec<(String, String)>, SessionError> {
         let conn = self.pool.get().await.map_err(|e| {
             let mut pg = pool_error(&e);
             pg.severity = shardgate_protocol::Severity::Fatal;
@@ -139,7 +167,11 @@ impl Session {
         self.install(conn);
         self.flush_server().await?;
         // Wait for the replayed state (if any) to be acknowledged.
-        while self.backend.as_ref().is_some_and(|b| !b.ex.expect.is_empty()) {
+        while self
+            .backend
+            .as_ref()
+            .is_some_and(|b| !b.ex.expect.is_empty())
+        {
             match self.wait().await {
                 Event::Server(Ok(n)) if n > 0 => self.handle_server_input()?,
                 Event::Server(_) => {
@@ -150,7 +182,9 @@ impl Session {
                 }
                 Event::Client(Ok(n)) if n > 0 => {}
                 Event::Client(Ok(_)) => {
-                    return Err(SessionError::ClientIo(std::io::ErrorKind::UnexpectedEof.into()))
+                    return Err(SessionError::ClientIo(
+                        std::io::ErrorKind::UnexpectedEof.into(),
+                    ))
                 }
                 Event::Client(Err(e)) => return Err(SessionError::ClientIo(e)),
                 Event::Shutdown => {}
@@ -162,15 +196,10 @@ impl Session {
             let code = static_code(&err.code);
             return Err(SessionError::Fatal(PgError::fatal(code, err.message)));
         }
+        let params = b.conn.server_params.clone();
         self.cout.clear();
-        for (k, v) in &b.conn.server_params {
-            backend::parameter_status(k, v, &mut self.cout);
-        }
-        backend::backend_key_data(self.cancel.pid, self.cancel.secret, &mut self.cout);
-        backend::ready_for_query(b'I', &mut self.cout);
         self.maybe_release();
-        self.flush_client().await?;
-        Ok(())
+        Ok(params)
     }
 
     /// Logs the client in and serves it until it leaves; returns why it ended.
@@ -207,7 +236,8 @@ impl Session {
                 return Err(SessionError::Fatal(shutdown_error()));
             }
             match self.wait().await {
-                Event::Client(Ok(0)) => return Ok(()),
+                Event::Client(Ok(0)) if self.cbuf.is_empty() => return Ok(()),
+                Event::Client(Ok(0)) => return Err(ProtocolError::Incomplete.into()),
                 Event::Client(Ok(_)) => {
                     if self.handle_client_input().await? == Flow::Stop {
                         return Ok(());
@@ -407,8 +437,11 @@ impl Session {
                 if self.statements.remove(&name) {
                     backend::command_complete("DEALLOCATE", &mut out);
                 } else {
-                    PgError::error("26000", format!("prepared statement \"{name}\" does not exist"))
-                        .encode(&mut out);
+                    PgError::error(
+                        "26000",
+                        format!("prepared statement \"{name}\" does not exist"),
+                    )
+                    .encode(&mut out);
                     if status == b'T' {
                         // Postgres would abort the transaction; let the server do it.
                         return self.fail_in_server(out.freeze(), Proto::Simple);
@@ -440,8 +473,11 @@ impl Session {
         }
         if self.statements.contains(p.name) {
             let mut err = BytesMut::new();
-            PgError::error("42P05", format!("prepared statement \"{}\" already exists", p.name))
-                .encode(&mut err);
+            PgError::error(
+                "42P05",
+                format!("prepared statement \"{}\" already exists", p.name),
+            )
+            .encode(&mut err);
             self.refuse_extended(err.freeze()).await?;
             return Ok(());
         }
@@ -479,7 +515,12 @@ impl Session {
     }
 
     /// Sends Parse for a proxy-named statement on the attached connection.
-    fn prepare_on_server(&mut self, stmt: &Arc<Statement>, forward: bool, client_name: Option<String>) {
+    fn prepare_on_server(
+        &mut self,
+        stmt: &Arc<Statement>,
+        forward: bool,
+        client_name: Option<String>,
+    ) {
         let b = self.backend.as_mut().expect("attached");
         if let Some(evicted) = b.conn.prepared.insert(stmt.id) {
             let mut close = BytesMut::new();
@@ -491,7 +532,12 @@ impl Session {
             self.sout.extend_from_slice(&close);
             b.ex.push(Expect::Close { forward: false }, &mut self.cout);
         }
-        frontend::encode_parse(&stmt.server_name, &stmt.query, &stmt.param_types, &mut self.sout);
+        frontend::encode_parse(
+            &stmt.server_name,
+            &stmt.query,
+            &stmt.param_types,
+            &mut self.sout,
+        );
         b.ex.unsynced = true;
         b.ex.push(
             Expect::Parse {
@@ -547,7 +593,8 @@ impl Session {
         if !self.attach(Proto::Extended).await? {
             return Ok(());
         }
-        if self.mode == PoolMode::Transaction && d.target == Target::Statement && !d.name.is_empty() {
+        if self.mode == PoolMode::Transaction && d.target == Target::Statement && !d.name.is_empty()
+        {
             if let Some(stmt) = self.ensure_prepared(d.name) {
                 let mut out = BytesMut::new();
                 d.encode_as(tag::DESCRIBE, &stmt.server_name, &mut out);
@@ -691,7 +738,7 @@ impl Session {
         } else if b.ex.skipping {
             self.skip_until_sync = true;
         }
-        if let Some(err) = b.ex.hidden_error.take() {
+        if let Some(err) = b.ex.hidden_error.take_if(|_| self.logged_in) {
             tracing::warn!(server = %b.conn.addr, code = %err.code, message = %err.message, "replaying session state failed");
             b.conn.state_fingerprint = crate::state::DIRTY;
         }
@@ -723,8 +770,11 @@ impl Session {
         self.cancel.slot.clear();
         b.conn.broken = true;
         tracing::warn!(server = %b.conn.addr, user = %self.user.config.name, reason = %why, "server connection lost");
-        let err = PgError::error("08006", format!("connection to server {} was lost: {why}", b.conn.addr))
-            .with_hint("The transaction, if any, was rolled back. Retry it.");
+        let err = PgError::error(
+            "08006",
+            format!("connection to server {} was lost: {why}", b.conn.addr),
+        )
+        .with_hint("The transaction, if any, was rolled back. Retry it.");
         if b.ex.status != b'I' {
             return Err(SessionError::Fatal(PgError {
                 severity: shardgate_protocol::Severity::Fatal,
@@ -733,7 +783,10 @@ impl Session {
         }
         err.encode(&mut self.cout);
         for e in &b.ex.expect {
-            if matches!(e, Expect::Sync | Expect::Query { forward: true } | Expect::QueryError(_)) {
+            if matches!(
+                e,
+                Expect::Sync | Expect::Query { forward: true } | Expect::QueryError(_)
+            ) {
                 backend::ready_for_query(b'I', &mut self.cout);
             }
         }
@@ -804,11 +857,15 @@ fn reserve(buf: &mut BytesMut) {
 }
 
 fn is_set_statement(sql: &str) -> bool {
-    first_keyword(sql).is_some_and(|k| k.eq_ignore_ascii_case("set") || k.eq_ignore_ascii_case("reset"))
+    first_keyword(sql)
+        .is_some_and(|k| k.eq_ignore_ascii_case("set") || k.eq_ignore_ascii_case("reset"))
 }
 
 fn shutdown_error() -> PgError {
-    PgError::fatal("57P01", "terminating connection because shardgate is shutting down")
+    PgError::fatal(
+        "57P01",
+        "terminating connection because shardgate is shutting down",
+    )
 }
 
 /// SQLSTATEs are five ASCII characters; anything else becomes XX000.

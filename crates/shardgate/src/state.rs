@@ -110,12 +110,16 @@ impl SessionState {
     /// Records one statement (from Query or an executed Parse) as pending.
     pub fn note_statement(&mut self, stmt: &str) {
         match SessionCommand::parse(stmt) {
-            Some(cmd @ (SessionCommand::Set { .. } | SessionCommand::Reset { .. } | SessionCommand::ResetAll)) => {
-                self.cycle_changes.push(cmd)
-            }
+            Some(
+                cmd @ (SessionCommand::Set { .. }
+                | SessionCommand::Reset { .. }
+                | SessionCommand::ResetAll),
+            ) => self.cycle_changes.push(cmd),
             Some(_) => {}
             None => {
-                if first_keyword(stmt).is_some_and(|k| k.eq_ignore_ascii_case("set") || k.eq_ignore_ascii_case("reset")) {
+                if first_keyword(stmt).is_some_and(|k| {
+                    k.eq_ignore_ascii_case("set") || k.eq_ignore_ascii_case("reset")
+                }) {
                     // SET LOCAL, SET TRANSACTION and friends end with the transaction.
                     let transient = matches!(
                         SessionCommand::parse(stmt),

@@ -24,10 +24,13 @@ pub fn stored_hash(password: &str, user: &str) -> String {
 
 /// What a client must answer to the challenge `salt` given the stored hash.
 pub fn expected_response(stored: &str, salt: [u8; 4]) -> Result<String, AuthError> {
-    let inner = stored
-        .strip_prefix("md5")
-        .filter(|h| h.len() == 32)
-        .ok_or(AuthError::BadSecret("md5 hash must be 'md5' followed by 32 hex digits"))?;
+    let inner =
+        stored
+            .strip_prefix("md5")
+            .filter(|h| h.len() == 32)
+            .ok_or(AuthError::BadSecret(
+                "md5 hash must be 'md5' followed by 32 hex digits",
+            ))?;
     let mut h = Md5::new();
     h.update(inner.as_bytes());
     h.update(salt);

@@ -56,7 +56,9 @@ impl Verifier {
     pub fn parse(s: &str) -> Result<Verifier, AuthError> {
         let rest = s
             .strip_prefix("SCRAM-SHA-256$")
-            .ok_or(AuthError::BadSecret("verifier must start with SCRAM-SHA-256$"))?;
+            .ok_or(AuthError::BadSecret(
+                "verifier must start with SCRAM-SHA-256$",
+            ))?;
         let (params, keys) = rest
             .split_once('$')
             .ok_or(AuthError::BadSecret("verifier lacks '$' before the keys"))?;
@@ -121,9 +123,13 @@ impl Exchange {
             .split(',')
             .find_map(|a| a.strip_prefix("r="))
             .filter(|n| !n.is_empty() && n.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b','))
-            .ok_or(AuthError::MalformedScram("client-first-message lacks a nonce"))?;
+            .ok_or(AuthError::MalformedScram(
+                "client-first-message lacks a nonce",
+            ))?;
         if bare.split(',').any(|a| a.starts_with("m=")) {
-            return Err(AuthError::MalformedScram("mandatory extensions are not supported"));
+            return Err(AuthError::MalformedScram(
+                "mandatory extensions are not supported",
+            ));
         }
         let mut raw = [0u8; 18];
         rand::rng().fill_bytes(&mut raw);
@@ -147,9 +153,9 @@ impl Exchange {
     pub fn finish(self, client_final: &[u8]) -> Result<String, AuthError> {
         let msg = std::str::from_utf8(client_final)
             .map_err(|_| AuthError::MalformedScram("client-final-message is not UTF-8"))?;
-        let (without_proof, proof) = msg
-            .rsplit_once(",p=")
-            .ok_or(AuthError::MalformedScram("client-final-message lacks a proof"))?;
+        let (without_proof, proof) = msg.rsplit_once(",p=").ok_or(AuthError::MalformedScram(
+            "client-final-message lacks a proof",
+        ))?;
         let mut attrs = without_proof.split(',');
         let binding = attrs
             .next()
@@ -217,7 +223,8 @@ mod tests {
 
     fn run(password_stored: &str, password_client: &str) -> Result<(), AuthError> {
         let verifier = Verifier::from_password(password_stored);
-        let mut client = ScramSha256::new(password_client.as_bytes(), ChannelBinding::unsupported());
+        let mut client =
+            ScramSha256::new(password_client.as_bytes(), ChannelBinding::unsupported());
         let (ex, server_first) = Exchange::start(verifier, client.message())?;
         client
             .update(server_first.as_bytes())

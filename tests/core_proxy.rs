@@ -1,0 +1,722 @@
+//! Core proxy behaviour against real Postgres through the real binary: the
+//! protocol, pooling, prepared statements, session state, cancel, auth, TLS,
+//! bad input and shutdown.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shardgate_harness::{ClusterSpec, Node};
+use support::*;
+
+const LONG: Duration = Duration::from_secs(300);
+
+fn start(
+    spec: ClusterSpec,
+    proxy_extra: &str,
+    users_extra: &str,
+) -> (shardgate_harness::Cluster, Proxy) {
+    let c = cluster(spec);
+    let port = free_port();
+    let proxy = Proxy::start(c.dir(), port, &config(&c, port, proxy_extra, users_extra));
+    (c, proxy)
+}
+
+fn primary(c: &shardgate_harness::Cluster) -> &Node {
+    &c.shard(0).primary
+}
+
+/// Item 1: pgbench in every protocol mode and TPC-B through transaction pooling
+/// with fewer server connections than clients.
+#[test]
+fn pgbench_modes_with_transaction_pooling() {
+    let (_c, proxy) = start(ClusterSpec::new(1, 0), "pool_size = 10", "");
+    let ci = proxy.app();
+    let init = run(pgbench(&ci).args(["-i", "-s", "10", "-q"]), LONG);
+    assert_success(&init, "pgbench -i");
+    for mode in [
+        &["-S", "-M", "simple"][..],
+        &["-S", "-M", "extended"][..],
+        &["-S", "-M", "prepared"][..],
+        &["-M", "prepared"][..],
+    ] {
+        let out = run(
+            pgbench(&ci)
+                .args(["-c", "32", "-j", "2", "-T", "5"])
+                .args(mode),
+            LONG,
+        );
+        assert_success(&out, &format!("pgbench {mode:?}"));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stdout.contains("number of failed transactions: 0 (0.000%)"),
+            "pgbench {mode:?} had failures:\n{stdout}\n{stderr}"
+        );
+        assert!(
+            !stderr.to_lowercase().contains("error"),
+            "pgbench {mode:?} printed errors:\n{stderr}"
+        );
+        let processed = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+            .and_then(|n| n.split('/').next())
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        assert!(
+            processed > 100,
+            "pgbench {mode:?} processed only {processed}:\n{stdout}"
+        );
+    }
+}
+
+/// Item 2: psql: catalog queries, \copy both ways, binary COPY, multi-statement
+/// queries, an error inside a transaction followed by ROLLBACK.
+#[test]
+fn psql_catalog_copy_multistatement_and_errors() {
+    let (c, proxy) = start(ClusterSpec::new(1, 0), "", "");
+    let ci = proxy.app();
+    let dir = c.dir();
+    psql_ok(
+        &ci,
+        "CREATE TABLE items (id int PRIMARY KEY, name text, price numeric(10,2), data bytea)",
+    );
+    let d = run(psql(&ci).args(["-c", "\\d items"]), LONG);
+    assert_success(&d, "\\d");
+    let d = String::from_utf8_lossy(&d.stdout);
+    assert!(
+        d.contains("Table \"public.items\"") && d.contains("price"),
+        "{d}"
+    );
+    let dt = run(psql(&ci).args(["-c", "\\dt"]), LONG);
+    assert!(String::from_utf8_lossy(&dt.stdout).contains("items"));
+
+    // \copy in from CSV, then out, and compare.
+    let csv_in = dir.join("items_in.csv");
+    let mut text = String::new();
+    for i in 1..=2000 {
+        text.push_str(&format!(
+            "{i},\"name, {i}\",{}.{:02},\\x{:04x}\n",
+            i,
+            i % 100,
+            i
+        ));
+    }
+    std::fs::write(&csv_in, &text).unwrap();
+    let load = run(
+        psql(&ci).args([
+            "-c",
+            &format!("\\copy items from '{}' (format csv)", csv_in.display()),
+        ]),
+        LONG,
+    );
+    assert_success(&load, "\\copy from");
+    assert!(String::from_utf8_lossy(&load.stdout).contains("COPY 2000"));
+    let csv_out = dir.join("items_out.csv");
+    let dump = run(
+        psql(&ci).args([
+            "-c",
+            &format!(
+                "\\copy (SELECT * FROM items ORDER BY id) to '{}' (format csv)",
+                csv_out.display()
+            ),
+        ]),
+        LONG,
+    );
+    assert_success(&dump, "\\copy to");
+    assert_eq!(std::fs::read_to_string(&csv_out).unwrap(), text);
+
+    // Binary COPY out of one table and into another.
+    let bin = dir.join("items.bin");
+    assert_success(
+        &run(
+            psql(&ci).args([
+                "-c",
+                &format!("\\copy items to '{}' (format binary)", bin.display()),
+            ]),
+            LONG,
+        ),
+        "binary copy out",
+    );
+    assert!(std::fs::read(&bin)
+        .unwrap()
+        .starts_with(b"PGCOPY\n\xff\r\n\0"));
+    psql_ok(&ci, "CREATE TABLE items2 (LIKE items)");
+    assert_success(
+        &run(
+            psql(&ci).args([
+                "-c",
+                &format!("\\copy items2 from '{}' (format binary)", bin.display()),
+            ]),
+            LONG,
+        ),
+        "binary copy in",
+    );
+    let same = psql_ok(
+        &ci,
+        "SELECT count(*) FROM (SELECT * FROM items EXCEPT SELECT * FROM items2) x",
+    );
+    assert_eq!(same, "0");
+    assert_eq!(psql_ok(&ci, "SELECT count(*) FROM items2"), "2000");
+
+    // Several statements in one simple Query: all run, the last result shows.
+    let multi = psql_ok(
+        &ci,
+        "INSERT INTO items VALUES (5001, 'a'); INSERT INTO items VALUES (5002, 'b'); SELECT count(*) FROM items WHERE id > 5000",
+    );
+    assert_eq!(
+        multi.lines().collect::<Vec<_>>(),
+        ["INSERT 0 1", "INSERT 0 1", "2"]
+    );
+
+    // An error inside a transaction, then ROLLBACK: nothing of it remains.
+    let script = "BEGIN;\nINSERT INTO items VALUES (6001, 'x');\nSELECT 1/0;\nSELECT 1;\nROLLBACK;\nSELECT count(*) FROM items WHERE id = 6001;\n";
+    let mut child = psql(&ci)
+        .args(["-A", "-t", "-v", "ON_ERROR_STOP=0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("division by zero"), "{stderr}");
+    assert!(
+        stderr.contains("current transaction is aborted"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).trim().ends_with('0'));
+    assert_eq!(
+        primary(&c)
+            .psql("app", "SELECT count(*) FROM items WHERE id = 6001")
+            .unwrap(),
+        "0"
+    );
+}
+
+/// Item 3: Cancel through the proxy stops only the cancelled client's query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_reaches_only_the_right_query() {
+    let (_c, proxy) = start(ClusterSpec::new(1, 0), "", "");
+    let victim = connect(&proxy.app()).await;
+    let bystander = connect(&proxy.app()).await;
+    let token = victim.cancel_token();
+    let other = tokio::spawn(async move {
+        bystander
+            .query_one("SELECT pg_sleep(1.5)::text, 42::int4", &[])
+            .await
+            .map(|r| r.get::<_, i32>(1))
+    });
+    let sleeper = tokio::spawn(async move { victim.simple_query("SELECT pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let cancelled_at = Instant::now();
+    token
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("send cancel");
+    let result = tokio::time::timeout(Duration::from_secs(10), sleeper)
+        .await
+        .expect("cancelled query returned")
+        .unwrap();
+    let err = result.expect_err("query must be cancelled");
+    assert_eq!(sqlstate(&err).as_deref(), Some("57014"), "{err}");
+    assert!(
+        cancelled_at.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        cancelled_at.elapsed()
+    );
+    assert_eq!(other.await.unwrap().expect("bystander unaffected"), 42);
+}
+
+/// Item 4: Named prepared statements survive transaction pooling: tokio-postgres
+/// with 500 statements on 2 server connections (and a 100-entry server cache,
+/// so statements are evicted and re-prepared), and psycopg 3 with
+/// server-side prepared statements.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statements_across_server_connections() {
+    let (_c, proxy) = start(
+        ClusterSpec::new(1, 0),
+        "pool_size = 2\nprepared_statements_cache = 100",
+        "",
+    );
+    let ci = proxy.app();
+    let mut tasks = Vec::new();
+    for worker in 0..3i64 {
+        let ci = ci.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = connect(&ci).await;
+            let mut stmts = Vec::new();
+            for i in 0..500 {
+                stmts.push(
+                    client
+                        .prepare(&format!("SELECT $1::int8 + {i}, 'w{worker}'"))
+                        .await
+                        .expect("prepare"),
+                );
+            }
+            for round in 0..3i64 {
+                for (i, s) in stmts.iter().enumerate() {
+                    let tx = client.transaction().await.expect("begin");
+                    let row = tx.query_one(s, &[&round]).await.expect("execute prepared");
+                    assert_eq!(row.get::<_, i64>(0), round + i as i64);
+                    assert_eq!(row.get::<_, String>(1), format!("w{worker}"));
+                    tx.commit().await.expect("commit");
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("worker");
+    }
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/clients/psycopg_prepared.py"
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        run(Command::new("python3").arg(script).arg(&ci), LONG)
+    })
+    .await
+    .unwrap();
+    assert_success(&out, "psycopg prepared statements");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok 1500"));
+}
+
+/// Item 5: Two clients sharing one server connection keep their own settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_state_follows_the_client() {
+    let (_c, proxy) = start(ClusterSpec::new(1, 0), "pool_size = 1", "");
+    let mut a = connect(&proxy.app()).await;
+    let mut b = connect(&proxy.app()).await;
+    a.batch_execute("CREATE SCHEMA IF NOT EXISTS sa; CREATE SCHEMA IF NOT EXISTS sb")
+        .await
+        .unwrap();
+    a.batch_execute("SET search_path TO sa, public; SET application_name = 'client_a'; SET TimeZone = 'Asia/Tokyo'")
+        .await
+        .unwrap();
+    b.batch_execute("SET search_path TO sb; SET application_name TO 'client_b'; SET TIME ZONE 'America/New_York'")
+        .await
+        .unwrap();
+    let want_a = ("sa, public", "client_a", "Asia/Tokyo");
+    let want_b = ("sb", "client_b", "America/New_York");
+    for i in 0..100 {
+        let (client, want) = if i % 2 == 0 {
+            (&mut a, want_a)
+        } else {
+            (&mut b, want_b)
+        };
+        let tx = client.transaction().await.unwrap();
+        let row = tx
+            .query_one(
+                "SELECT current_setting('search_path'), current_setting('application_name'), current_setting('TimeZone')",
+                &[],
+            )
+            .await
+            .unwrap();
+        let got: (String, String, String) = (row.get(0), row.get(1), row.get(2));
+        assert_eq!(
+            (got.0.as_str(), got.1.as_str(), got.2.as_str()),
+            want,
+            "iteration {i}"
+        );
+        tx.commit().await.unwrap();
+    }
+    // A SET that is rolled back does not stick.
+    a.batch_execute("BEGIN; SET search_path TO public; ROLLBACK")
+        .await
+        .unwrap();
+    let row = a
+        .query_one("SELECT current_setting('search_path')", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "sa, public");
+}
+
+/// Item 6: A client killed inside a transaction leaves nothing behind.
+#[test]
+fn killed_client_rolls_back_and_frees_the_server() {
+    let (c, proxy) = start(ClusterSpec::new(1, 0), "", "");
+    psql_ok(&proxy.app(), "CREATE TABLE t6 (id int)");
+    let mut child = psql(&proxy.app())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(b"BEGIN;\nINSERT INTO t6 VALUES (1);\n")
+        .unwrap();
+    stdin.flush().unwrap();
+    let idle_in_tx = "SELECT count(*) FROM pg_stat_activity WHERE datname = 'app' AND state LIKE 'idle in transaction%'";
+    assert!(
+        eventually(Duration::from_secs(20), || primary(&c)
+            .psql("app", idle_in_tx)
+            .unwrap()
+            == "1"),
+        "the transaction never started"
+    );
+    child.kill().unwrap();
+    let _ = child.wait();
+    let killed = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(2), || primary(&c)
+            .psql("app", idle_in_tx)
+            .unwrap()
+            == "0"),
+        "server session still idle in transaction"
+    );
+    assert!(killed.elapsed() <= Duration::from_secs(3));
+    assert_eq!(
+        primary(&c).psql("app", "SELECT count(*) FROM t6").unwrap(),
+        "0"
+    );
+    drop(stdin);
+}
+
+/// Item 7: Many clients on a small pool; pool exhaustion gives a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_small_pool_and_pool_timeout() {
+    let (c, proxy) = start(ClusterSpec::new(1, 0), "pool_size = 5", "");
+    let ci = proxy.app();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let ci = ci.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = connect(&ci).await;
+            let tx = client.transaction().await?;
+            tx.batch_execute("SELECT pg_sleep(0.01)").await?;
+            let v: i32 = tx.query_one("SELECT $1::int4", &[&i]).await?.get(0);
+            tx.commit().await?;
+            Ok::<i32, tokio_postgres::Error>(v)
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        assert_eq!(t.await.unwrap().expect("client succeeded"), i as i32);
+    }
+
+    // A second proxy on the same cluster with 2 connections and a tiny wait.
+    let port = free_port();
+    let tiny = Proxy::start(
+        c.dir(),
+        port,
+        &config(&c, port, "pool_size = 2\npool_timeout = \"200ms\"", ""),
+    );
+    let ci = tiny.app();
+    let holder1 = connect(&ci).await;
+    let holder2 = connect(&ci).await;
+    holder1.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    holder2.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let waiter = connect(&ci).await;
+    let started = Instant::now();
+    let err = waiter
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("pool is exhausted");
+    assert_eq!(sqlstate(&err).as_deref(), Some("53300"), "{err}");
+    let message = err
+        .as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_default();
+    assert!(message.contains("pool_timeout"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    holder1.batch_execute("COMMIT").await.unwrap();
+    holder2.batch_execute("COMMIT").await.unwrap();
+    // The waiter's connection still works, and so do new clients.
+    let rows = waiter
+        .query("SELECT 7::int4", &[])
+        .await
+        .expect("after the error");
+    assert_eq!(rows[0].get::<_, i32>(0), 7);
+    let fresh = connect(&ci).await;
+    fresh.simple_query("SELECT 1").await.expect("fresh client");
+}
+
+fn make_cert(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let cert = dir.join("server.crt");
+    let key = dir.join("server.key");
+    let out = run(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+            ])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+        Duration::from_secs(60),
+    );
+    assert_success(&out, "openssl req");
+    (cert, key)
+}
+
+/// Item 8: SCRAM, md5 and trust; uniform failure for wrong password and unknown
+/// user; 3D000 for an unknown database; TLS with sslmode=require.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authentication_methods_and_tls() {
+    let c = cluster(ClusterSpec::new(1, 0));
+    let (cert, key) = make_cert(c.dir());
+    let port = free_port();
+    let users = "\n[[users]]\nname = \"md5user\"\npassword = \"md5pass\"\nauth = \"md5\"\nserver_user = \"app\"\nserver_password = \"secret\"\n\n[[users]]\nname = \"trusted\"\nauth = \"trust\"\nserver_user = \"app\"\nserver_password = \"secret\"\n";
+    let extra = format!(
+        "tls_cert = {:?}\ntls_key = {:?}",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let proxy = Proxy::start(c.dir(), port, &config(&c, port, &extra, users));
+
+    for (user, password) in [("app", "secret"), ("md5user", "md5pass"), ("trusted", "")] {
+        let ci = format!("host=127.0.0.1 port={port} user={user} dbname=app sslmode=disable password='{password}'");
+        assert_eq!(
+            psql_ok(&ci, "SELECT current_user"),
+            "app",
+            "login as {user}"
+        );
+    }
+    // SCRAM is what psql negotiated for app: a wrong password and an unknown
+    // user fail the same way.
+    let mut messages = Vec::new();
+    for (user, password) in [("app", "wrong"), ("ghost", "secret"), ("md5user", "nope")] {
+        let ci = format!(
+            "host=127.0.0.1 port={port} user={user} dbname=app sslmode=disable password={password}"
+        );
+        let err = tokio_postgres::connect(&ci, tokio_postgres::NoTls)
+            .await
+            .err()
+            .expect("login must fail");
+        assert_eq!(sqlstate(&err).as_deref(), Some("28P01"), "{user}: {err}");
+        messages.push(err.as_db_error().unwrap().message().replace(user, "USER"));
+        let out = run(psql(&ci).args(["-c", "SELECT 1"]), LONG);
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(&format!(
+                "password authentication failed for user \"{user}\""
+            )),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(messages.windows(2).all(|w| w[0] == w[1]), "{messages:?}");
+    let err = tokio_postgres::connect(
+        &proxy.conninfo("app", "secret", "no_such_db"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .err()
+    .expect("unknown database");
+    assert_eq!(sqlstate(&err).as_deref(), Some("3D000"), "{err}");
+
+    // TLS.
+    let ci =
+        format!("host=127.0.0.1 port={port} user=app password=secret dbname=app sslmode=require");
+    assert_eq!(psql_ok(&ci, "SELECT 40 + 2"), "42");
+    let info = run(psql(&ci).args(["-c", "\\conninfo"]), LONG);
+    assert!(String::from_utf8_lossy(&info.stdout).contains("SSL connection"));
+    assert!(proxy.log_text().contains("tls=true"));
+    // Without TLS configured the proxy answers N, so sslmode=require fails cleanly.
+    let c2port = free_port();
+    let plain = Proxy::start(c.dir(), c2port, &config(&c, c2port, "", ""));
+    let ci =
+        format!("host=127.0.0.1 port={c2port} user=app password=secret dbname=app sslmode=require");
+    let out = run(psql(&ci).args(["-c", "SELECT 1"]), LONG);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not support SSL"));
+    drop(plain);
+}
+
+/// Logs in over a raw socket as the trust user and reads up to ReadyForQuery.
+fn raw_login(port: u16) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut startup = Vec::new();
+    startup.extend_from_slice(&196608i32.to_be_bytes());
+    for kv in ["user", "trusted", "database", "app"] {
+        startup.extend_from_slice(kv.as_bytes());
+        startup.push(0);
+    }
+    startup.push(0);
+    let mut msg = ((startup.len() + 4) as i32).to_be_bytes().to_vec();
+    msg.extend_from_slice(&startup);
+    s.write_all(&msg).unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.windows(6).any(|w| w == b"Z\0\0\0\x05I") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "connection closed during login");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    s
+}
+
+/// Reads until EOF; returns everything received.
+fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    all
+}
+
+fn assert_protocol_error(reply: &[u8], what: &str) {
+    assert!(
+        reply.first() == Some(&b'E'),
+        "{what}: expected ErrorResponse, got {reply:?}"
+    );
+    let text = String::from_utf8_lossy(reply);
+    assert!(text.contains("C08P01"), "{what}: {text}");
+}
+
+/// Item 9: Malformed input gets 08P01 and a closed connection; other clients are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_without_harming_others() {
+    let users = "\n[[users]]\nname = \"trusted\"\nauth = \"trust\"\nserver_user = \"app\"\nserver_password = \"secret\"\n";
+    let (_c, proxy) = start(ClusterSpec::new(1, 0), "max_message_size = 65536", users);
+    let port = proxy.port;
+    let bystander = connect(&proxy.app()).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let load = tokio::spawn(async move {
+        let mut n = 0u64;
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            let v: i64 = bystander
+                .query_one("SELECT $1::int8 * 2", &[&(n as i64)])
+                .await?
+                .get(0);
+            assert_eq!(v, 2 * n as i64);
+            n += 1;
+        }
+        Ok::<u64, tokio_postgres::Error>(n)
+    });
+
+    let cases: Vec<(&str, bool, Vec<u8>)> = vec![
+        (
+            "garbage before startup",
+            false,
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
+        (
+            "TLS hello without SSLRequest",
+            false,
+            vec![0x16, 3, 1, 2, 0, 1, 0, 1, 0xfc, 3, 3, 0x42],
+        ),
+        ("length over max_message_size", true, {
+            let mut m = vec![b'Q'];
+            m.extend_from_slice(&(1_000_000i32).to_be_bytes());
+            m.extend_from_slice(b"SELECT 1");
+            m
+        }),
+        ("unknown message type", true, vec![0x01, 0, 0, 0, 4]),
+        ("query without NUL", true, {
+            let mut m = vec![b'Q'];
+            m.extend_from_slice(&12i32.to_be_bytes());
+            m.extend_from_slice(b"SELECT 1");
+            m
+        }),
+        ("bind overrunning its length", true, {
+            let mut body = Vec::new();
+            body.extend_from_slice(b"\0\0");
+            body.extend_from_slice(&0i16.to_be_bytes());
+            body.extend_from_slice(&1i16.to_be_bytes());
+            body.extend_from_slice(&1000i32.to_be_bytes());
+            body.extend_from_slice(b"abc");
+            body.extend_from_slice(&0i16.to_be_bytes());
+            let mut m = vec![b'B'];
+            m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+            m.extend_from_slice(&body);
+            m
+        }),
+        ("negative length", true, vec![b'Q', 0xff, 0xff, 0xff, 0xf0]),
+    ];
+    for (what, after_login, bytes) in cases {
+        let mut s = if after_login {
+            raw_login(port)
+        } else {
+            let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s
+        };
+        s.write_all(&bytes).unwrap();
+        let reply = read_to_close(&mut s);
+        assert_protocol_error(&reply, what);
+    }
+    // A message cut short by the client closing its side.
+    let mut s = raw_login(port);
+    let mut m = vec![b'Q'];
+    m.extend_from_slice(&100i32.to_be_bytes());
+    m.extend_from_slice(b"SELECT");
+    s.write_all(&m).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_protocol_error(&read_to_close(&mut s), "truncated message");
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let n = load.await.unwrap().expect("bystander saw no error");
+    assert!(n > 0);
+    assert!(
+        !proxy.log_text().contains("panicked"),
+        "{}",
+        proxy.log_tail()
+    );
+    connect(&proxy.app())
+        .await
+        .simple_query("SELECT 1")
+        .await
+        .unwrap();
+}
+
+/// Item 10: SIGTERM: the open transaction finishes, new connections are refused,
+/// the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_running_transactions_finish() {
+    let (c, mut proxy) = start(ClusterSpec::new(1, 0), "shutdown_timeout = \"20s\"", "");
+    let client = connect(&proxy.app()).await;
+    client
+        .batch_execute("CREATE TABLE t10 (id int)")
+        .await
+        .unwrap();
+    client
+        .batch_execute("BEGIN; INSERT INTO t10 VALUES (1)")
+        .await
+        .unwrap();
+    proxy.terminate();
+    let port = proxy.port;
+    let refused = tokio::task::spawn_blocking(move || {
+        eventually(Duration::from_secs(5), || {
+            TcpStream::connect(("127.0.0.1", port)).is_err()
+        })
+    })
+    .await
+    .unwrap();
+    assert!(refused, "new connections still accepted after SIGTERM");
+    assert!(proxy.is_running(), "exited while a transaction was open");
+    client
+        .batch_execute("INSERT INTO t10 VALUES (2); COMMIT")
+        .await
+        .expect("open transaction completes");
+    let status = tokio::task::spawn_blocking(move || {
+        let s = proxy.wait_exit(Duration::from_secs(15));
+        (s, proxy)
+    })
+    .await
+    .unwrap();
+    let (status, proxy) = status;
+    let status = status.unwrap_or_else(|| panic!("did not exit:\n{}", proxy.log_tail()));
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(
+        primary(&c).psql("app", "SELECT count(*) FROM t10").unwrap(),
+        "2"
+    );
+}

@@ -1,0 +1,310 @@
+//! Shared helpers for the integration tests: a real Postgres cluster (from the
+//! harness), the real `shardgate` binary configured for it, and real clients.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use shardgate_harness::{Cluster, ClusterSpec};
+
+/// Password of the `app` role every test cluster has.
+pub const APP_PASSWORD: &str = "secret";
+
+/// A cluster with an `app` role (password `secret`) owning database `app`.
+pub fn cluster(spec: ClusterSpec) -> Cluster {
+    let cluster = Cluster::start(spec).expect("start cluster");
+    cluster
+        .execute_on_primaries("CREATE ROLE app LOGIN SUPERUSER PASSWORD 'secret'")
+        .expect("create role");
+    cluster
+        .execute_on_primaries("CREATE DATABASE app OWNER app")
+        .expect("create database");
+    cluster
+        .wait_replicas_caught_up(Duration::from_secs(60))
+        .expect("replicas catch up");
+    cluster
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// `[[shards]]` sections for every shard of `cluster`.
+pub fn shards_toml(cluster: &Cluster) -> String {
+    let mut s = String::new();
+    for shard in cluster.shards() {
+        let replicas: Vec<String> = shard
+            .replicas
+            .iter()
+            .map(|r| format!("{:?}", r.addr()))
+            .collect();
+        s.push_str(&format!(
+            "\n[[shards]]\nprimary = {:?}\nreplicas = [{}]\n",
+            shard.primary.addr(),
+            replicas.join(", ")
+        ));
+    }
+    s
+}
+
+/// A complete configuration: `[proxy]` with `proxy_extra` lines, the `app`
+/// user (SCRAM) plus `users_extra`, and the cluster's shards.
+pub fn config(cluster: &Cluster, port: u16, proxy_extra: &str, users_extra: &str) -> String {
+    format!(
+        "[proxy]\nlisten = \"127.0.0.1:{port}\"\n{proxy_extra}\n\n[[users]]\nname = \"app\"\npassword = \"secret\"\n{users_extra}\n{}",
+        shards_toml(cluster)
+    )
+}
+
+/// A running `shardgate` process; killed on drop.
+pub struct Proxy {
+    child: Option<Child>,
+    /// Port it listens on.
+    pub port: u16,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+/// Path of the `shardgate` binary under test.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_shardgate"))
+}
+
+impl Proxy {
+    /// Writes `config` into `dir`, starts the proxy and waits until it accepts connections.
+    pub fn start(dir: &Path, port: u16, config: &str) -> Proxy {
+        let stamp = format!("{}-{}", port, std::process::id());
+        let config_path = dir.join(format!("proxy-{stamp}.toml"));
+        std::fs::write(&config_path, config).expect("write config");
+        let log = dir.join(format!("proxy-{stamp}.log"));
+        let log_file = std::fs::File::create(&log).expect("create log");
+        let child = Command::new(binary())
+            .arg("--config")
+            .arg(&config_path)
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_PROXY_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn shardgate");
+        let mut proxy = Proxy {
+            child: Some(child),
+            port,
+            log,
+        };
+        proxy.wait_listening();
+        proxy
+    }
+
+    fn wait_listening(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "shardgate exited with {status} before listening:\n{}",
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "shardgate did not listen on {} within 30 s:\n{}",
+            self.port,
+            self.log_tail()
+        );
+    }
+
+    /// The last lines of the proxy's log.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
+    /// The whole log.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// libpq connection string through the proxy.
+    pub fn conninfo(&self, user: &str, password: &str, database: &str) -> String {
+        format!("host=127.0.0.1 port={} user={user} password={password} dbname={database} sslmode=disable", self.port)
+    }
+
+    /// Connection string for `app`/`secret` on database `app`.
+    pub fn app(&self) -> String {
+        self.conninfo("app", APP_PASSWORD, "app")
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit (up to `timeout`).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut()?.try_wait().ok().flatten() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- shardgate log ----\n{}", self.log_tail());
+        }
+    }
+}
+
+/// Runs a client program with a time limit; returns its output.
+pub fn run(cmd: &mut Command, timeout: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out_thread = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stdout.read_to_end(&mut v);
+        v
+    });
+    let err_thread = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stderr.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: out_thread.join().unwrap_or_default(),
+        stderr: err_thread.join().unwrap_or_default(),
+    }
+}
+
+/// `psql` with the given connection string and extra arguments.
+pub fn psql(conninfo: &str) -> Command {
+    let mut c = Command::new(shardgate_harness::pg_bin("psql"));
+    c.arg("-X")
+        .arg("-v")
+        .arg("ON_ERROR_STOP=1")
+        .arg("-d")
+        .arg(conninfo);
+    c
+}
+
+/// `pgbench` with the given connection string.
+pub fn pgbench(conninfo: &str) -> Command {
+    let mut c = Command::new(shardgate_harness::pg_bin("pgbench"));
+    c.arg("-d").arg(conninfo);
+    c
+}
+
+/// Runs SQL through psql and returns trimmed unaligned output; panics on failure.
+pub fn psql_ok(conninfo: &str, sql: &str) -> String {
+    let out = run(
+        psql(conninfo).args(["-A", "-t", "-c", sql]),
+        Duration::from_secs(120),
+    );
+    assert!(
+        out.status.success(),
+        "psql failed for {sql:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Connects with tokio-postgres (no TLS) and drives the connection in the background.
+pub async fn connect(conninfo: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect {conninfo}: {e} {:?}", e.as_db_error()));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// The SQLSTATE of a tokio-postgres error, if it came from the server.
+pub fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
+    e.as_db_error().map(|d| d.code().code().to_owned())
+}
+
+/// Polls `f` until it returns true or `timeout` passes; returns whether it did.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Asserts a client process succeeded, showing its output otherwise.
+pub fn assert_success(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
