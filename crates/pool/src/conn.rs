@@ -1,6 +1,7 @@
 //! One raw protocol connection to a Postgres node: startup and authentication.
 
 use std::io;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -88,6 +89,8 @@ pub struct ServerConn {
     pub read_buf: BytesMut,
     /// Process id and secret for CancelRequest.
     pub backend_key: (i32, i32),
+    /// Cancels what this connection runs (shared, so lending it costs no allocation).
+    pub cancel: Arc<CancelHandle>,
     /// ParameterStatus values the server reported at login.
     pub server_params: Vec<(String, String)>,
     /// `host:port` this connection goes to.
@@ -127,6 +130,11 @@ impl ServerConn {
             stream,
             read_buf: BytesMut::with_capacity(8192),
             backend_key: (0, 0),
+            cancel: Arc::new(CancelHandle {
+                addr: params.addr.clone(),
+                pid: 0,
+                secret: 0,
+            }),
             server_params: Vec::new(),
             addr: params.addr.clone(),
             broken: false,
@@ -210,7 +218,14 @@ impl ServerConn {
                     self.backend_key = backend::decode_backend_key_data(&body)
                         .map_err(|e| self.protocol_error(e.to_string()))?;
                 }
-                tag::READY_FOR_QUERY => return Ok(()),
+                tag::READY_FOR_QUERY => {
+                    self.cancel = Arc::new(CancelHandle {
+                        addr: self.addr.clone(),
+                        pid: self.backend_key.0,
+                        secret: self.backend_key.1,
+                    });
+                    return Ok(());
+                }
                 tag::ERROR_RESPONSE => {
                     let fields = ErrorFields::decode(&body)
                         .map_err(|e| self.protocol_error(e.to_string()))?;
@@ -329,15 +344,6 @@ impl ServerConn {
             Ok(_) => false,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
             Err(_) => false,
-        }
-    }
-
-    /// Sends a CancelRequest for whatever this connection is running.
-    pub fn cancel_handle(&self) -> CancelHandle {
-        CancelHandle {
-            addr: self.addr.clone(),
-            pid: self.backend_key.0,
-            secret: self.backend_key.1,
         }
     }
 }

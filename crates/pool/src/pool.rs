@@ -9,6 +9,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{ConnectError, ConnectParams, ServerConn};
 
+/// Idle connections are probed for a closed socket only after this long.
+const HEALTH_PROBE_AFTER: Duration = Duration::from_millis(500);
+
 /// Identifies one pool.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
@@ -137,8 +140,11 @@ impl Pool {
             let candidate = inner.idle.lock().expect("pool lock").pop();
             match candidate {
                 Some(mut conn) => {
-                    let stale = now.duration_since(conn.last_used) > inner.config.idle_timeout;
-                    if stale || !conn.looks_healthy() {
+                    let idle_for = now.duration_since(conn.last_used);
+                    let stale = idle_for > inner.config.idle_timeout;
+                    // A connection used moments ago is alive; probing it would
+                    // cost a system call per transaction.
+                    if stale || (idle_for > HEALTH_PROBE_AFTER && !conn.looks_healthy()) {
                         inner.open.fetch_sub(1, Ordering::Relaxed);
                         continue;
                     }

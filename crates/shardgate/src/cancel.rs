@@ -11,13 +11,23 @@ use shardgate_pool::CancelHandle;
 /// connection it currently holds).
 #[derive(Debug, Default)]
 pub struct CancelSlot {
-    targets: Mutex<Vec<CancelHandle>>,
+    targets: Mutex<Vec<Arc<CancelHandle>>>,
 }
 
 impl CancelSlot {
-    /// Records the server connections now serving the client.
-    pub fn set(&self, targets: Vec<CancelHandle>) {
-        *self.targets.lock().expect("cancel slot lock") = targets;
+    /// Records the one server connection now serving the client.
+    pub fn set_one(&self, target: &Arc<CancelHandle>) {
+        let mut t = self.targets.lock().expect("cancel slot lock");
+        t.clear();
+        t.push(target.clone());
+    }
+
+    /// Adds a server connection now serving the client.
+    pub fn add(&self, target: &Arc<CancelHandle>) {
+        self.targets
+            .lock()
+            .expect("cancel slot lock")
+            .push(target.clone());
     }
 
     /// The client holds no server connection any more.
@@ -25,7 +35,7 @@ impl CancelSlot {
         self.targets.lock().expect("cancel slot lock").clear();
     }
 
-    fn snapshot(&self) -> Vec<CancelHandle> {
+    fn snapshot(&self) -> Vec<Arc<CancelHandle>> {
         self.targets.lock().expect("cancel slot lock").clone()
     }
 }

@@ -88,7 +88,7 @@ pub struct Exchange {
 impl Default for Exchange {
     fn default() -> Self {
         Exchange {
-            expect: VecDeque::with_capacity(8),
+            expect: VecDeque::new(),
             status: b'I',
             unsynced: false,
             skipping: false,

@@ -91,6 +91,9 @@ pub struct Session {
     bound_set: Option<(String, String)>,
     /// Login finished (errors of hidden queries are then only logged).
     logged_in: bool,
+    /// The expectation queue of the last released connection, kept so
+    /// lending a connection allocates nothing.
+    spare_queue: std::collections::VecDeque<Expect>,
 }
 
 impl Session {
@@ -127,6 +130,7 @@ impl Session {
             unnamed_set: None,
             bound_set: None,
             logged_in: false,
+            spare_queue: std::collections::VecDeque::with_capacity(8),
         }
     }
 
@@ -707,7 +711,10 @@ impl Session {
 
     /// Adopts a server connection: replays session state it lacks.
     fn install(&mut self, mut conn: PooledConn) {
-        let mut ex = Exchange::default();
+        let mut ex = Exchange {
+            expect: std::mem::take(&mut self.spare_queue),
+            ..Exchange::default()
+        };
         let wanted = self.state.fingerprint();
         if conn.state_fingerprint != wanted {
             let sql = self.state.replay_sql(conn.state_fingerprint);
@@ -715,7 +722,7 @@ impl Session {
             ex.expect.push_back(Expect::Query { forward: false });
             conn.state_fingerprint = wanted;
         }
-        self.cancel.slot.set(vec![conn.cancel_handle()]);
+        self.cancel.slot.set_one(&conn.cancel);
         self.backend = Some(Backend { conn, ex });
     }
 
@@ -756,7 +763,9 @@ impl Session {
         if let Some(b) = &self.backend {
             if b.ex.idle() && self.sout.is_empty() && b.conn.read_buf.is_empty() {
                 self.cancel.slot.clear();
-                self.backend = None;
+                if let Some(mut b) = self.backend.take() {
+                    self.spare_queue = std::mem::take(&mut b.ex.expect);
+                }
             }
         }
     }
@@ -805,7 +814,7 @@ impl Session {
         };
         if !b.ex.idle() || !b.conn.read_buf.is_empty() {
             if !b.ex.expect.is_empty() {
-                let handle = b.conn.cancel_handle();
+                let handle = b.conn.cancel.clone();
                 tokio::spawn(async move {
                     let _ = handle.cancel().await;
                 });
