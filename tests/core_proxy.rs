@@ -35,7 +35,7 @@ fn primary(c: &shardgate_harness::Cluster) -> &Node {
 fn pgbench_modes_with_transaction_pooling() {
     let (_c, proxy) = start(ClusterSpec::new(1, 0), "pool_size = 10", "");
     let ci = proxy.app();
-    let init = run(pgbench(&ci).args(["-i", "-s", "10", "-q"]), LONG);
+    let init = run(pgbench(&ci).args(["-i", "-s", "10", "-q"]).command(), LONG);
     assert_success(&init, "pgbench -i");
     for mode in [
         &["-S", "-M", "simple"][..],
@@ -46,7 +46,8 @@ fn pgbench_modes_with_transaction_pooling() {
         let out = run(
             pgbench(&ci)
                 .args(["-c", "32", "-j", "2", "-T", "5"])
-                .args(mode),
+                .args(mode)
+                .command(),
             LONG,
         );
         assert_success(&out, &format!("pgbench {mode:?}"));

@@ -192,7 +192,19 @@ impl Drop for Proxy {
             let _ = child.wait();
         }
         if std::thread::panicking() {
-            eprintln!("---- shardgate log ----\n{}", self.log_tail());
+            let text = self.log_text();
+            let notable: Vec<&str> = text
+                .lines()
+                .filter(|l| {
+                    l.contains("WARN") || l.contains("ERROR") || l.contains("ended with error")
+                })
+                .take(200)
+                .collect();
+            eprintln!(
+                "---- shardgate log: warnings and errors ----\n{}\n---- shardgate log: tail ----\n{}",
+                notable.join("\n"),
+                self.log_tail()
+            );
         }
     }
 }
@@ -247,11 +259,35 @@ pub fn psql(conninfo: &str) -> Command {
     c
 }
 
-/// `pgbench` with the given connection string.
-pub fn pgbench(conninfo: &str) -> Command {
-    let mut c = Command::new(shardgate_harness::pg_bin("pgbench"));
-    c.arg("-d").arg(conninfo);
-    c
+/// `pgbench` with the given connection string (passed as the database
+/// name, which libpq expands; `-d` would mean `--debug`).
+pub fn pgbench(conninfo: &str) -> PgBench {
+    PgBench {
+        conninfo: conninfo.to_owned(),
+        cmd: Command::new(shardgate_harness::pg_bin("pgbench")),
+    }
+}
+
+/// A pgbench invocation; the connection string goes last.
+pub struct PgBench {
+    conninfo: String,
+    cmd: Command,
+}
+
+impl PgBench {
+    /// Adds options.
+    pub fn args<I: IntoIterator<Item = S>, S: AsRef<std::ffi::OsStr>>(
+        &mut self,
+        args: I,
+    ) -> &mut Self {
+        self.cmd.args(args);
+        self
+    }
+
+    /// The command, ready to run.
+    pub fn command(&mut self) -> &mut Command {
+        self.cmd.arg(&self.conninfo)
+    }
 }
 
 /// Runs SQL through psql and returns trimmed unaligned output; panics on failure.

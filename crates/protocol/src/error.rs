@@ -58,13 +58,45 @@ impl Severity {
     }
 }
 
+/// A five-character SQLSTATE code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SqlState([u8; 5]);
+
+impl SqlState {
+    /// The code for `s`, or `XX000` (internal error) if `s` is not five ASCII
+    /// letters and digits.
+    pub fn new(s: &str) -> SqlState {
+        match <[u8; 5]>::try_from(s.as_bytes()) {
+            Ok(b) if b.iter().all(u8::is_ascii_alphanumeric) => SqlState(b),
+            _ => SqlState(*b"XX000"),
+        }
+    }
+
+    /// The code as text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("ASCII by construction")
+    }
+}
+
+impl std::fmt::Display for SqlState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for SqlState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// An error the proxy reports to a client as an ErrorResponse.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PgError {
     /// ERROR or FATAL.
     pub severity: Severity,
-    /// Five-character SQLSTATE.
-    pub code: &'static str,
+    /// SQLSTATE.
+    pub code: SqlState,
     /// Primary message.
     pub message: String,
     /// Optional detail line.
@@ -75,10 +107,10 @@ pub struct PgError {
 
 impl PgError {
     /// An ERROR with the given SQLSTATE and message.
-    pub fn error(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn error(code: &str, message: impl Into<String>) -> Self {
         PgError {
             severity: Severity::Error,
-            code,
+            code: SqlState::new(code),
             message: message.into(),
             detail: None,
             hint: None,
@@ -86,7 +118,7 @@ impl PgError {
     }
 
     /// A FATAL error: the connection closes after it.
-    pub fn fatal(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn fatal(code: &str, message: impl Into<String>) -> Self {
         PgError {
             severity: Severity::Fatal,
             ..PgError::error(code, message)
@@ -113,7 +145,7 @@ impl PgError {
         let sev = self.severity.as_str();
         put_field(out, b'S', sev);
         put_field(out, b'V', sev);
-        put_field(out, b'C', self.code);
+        put_field(out, b'C', self.code.as_str());
         put_field(out, b'M', &self.message);
         if let Some(detail) = &self.detail {
             put_field(out, b'D', detail);

@@ -15,5 +15,5 @@ pub mod frame;
 pub mod frontend;
 pub mod startup;
 
-pub use error::{PgError, ProtocolError, Severity};
+pub use error::{PgError, ProtocolError, Severity, SqlState};
 pub use frame::{Header, MessageReader};

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
+use shardgate_router::Consistency;
 
 /// A configuration problem, located in the file where possible.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +57,76 @@ pub struct Config {
     /// The shards, in order: shard 0, 1, ...
     #[serde(default)]
     pub shards: Vec<ShardConfig>,
+    /// Replica routing, health and lag monitoring.
+    #[serde(default)]
+    pub routing: RoutingConfig,
+}
+
+/// `[routing]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Consistency level of reads unless the user, session or statement says otherwise.
+    #[serde(deserialize_with = "from_str")]
+    pub default_consistency: Consistency,
+    /// Staleness bound of `bounded` reads, in milliseconds.
+    pub max_lag_ms: u64,
+    /// How often every node is polled for its WAL position (also a health check).
+    pub lag_poll_ms: u64,
+    /// A node that does not answer a check within this long fails it.
+    pub health_check_ms: u64,
+    /// How long a failed node gets no traffic before it is probed again.
+    pub ban_ms: u64,
+    /// "static" (roles as configured) or "auto" (a promoted replica takes writes).
+    pub role_detection: RoleDetectionConfig,
+    /// Functions that write (calls route to the primary), besides the built-in list.
+    pub write_functions: Vec<String>,
+    /// Role the monitor logs in as (default: the first user's server role).
+    pub monitor_user: Option<String>,
+    /// Its password (default: that user's server password).
+    pub monitor_password: Option<String>,
+    /// Database the monitor connects to.
+    pub monitor_database: String,
+    /// Routing decisions cached by normalised statement text.
+    pub classifier_cache: usize,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            default_consistency: Consistency::Eventual,
+            max_lag_ms: 1000,
+            lag_poll_ms: 100,
+            health_check_ms: 1000,
+            ban_ms: 5000,
+            role_detection: RoleDetectionConfig::Static,
+            write_functions: Vec::new(),
+            monitor_user: None,
+            monitor_password: None,
+            monitor_database: "postgres".into(),
+            classifier_cache: 10_000,
+        }
+    }
+}
+
+/// `routing.role_detection`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleDetectionConfig {
+    /// Roles as configured.
+    Static,
+    /// A replica that reports `pg_is_in_recovery() = false` takes over writes.
+    Auto,
+}
+
+/// Deserializes any type with `FromStr` from a string.
+fn from_str<'de, D: Deserializer<'de>, T>(d: D) -> Result<T, D::Error>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    let s = String::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
 }
 
 /// How server connections are shared between clients.
@@ -165,6 +236,19 @@ pub struct UserConfig {
     /// May open the admin console.
     #[serde(default)]
     pub admin: bool,
+    /// This user's default consistency level (overrides `routing.default_consistency`).
+    #[serde(default, deserialize_with = "opt_from_str")]
+    pub consistency: Option<Consistency>,
+    /// This user's staleness bound (overrides `routing.max_lag_ms`).
+    pub max_lag_ms: Option<u64>,
+}
+
+fn opt_from_str<'de, D: Deserializer<'de>, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    from_str(d).map(Some)
 }
 
 impl std::fmt::Debug for UserConfig {
@@ -371,6 +455,22 @@ impl Config {
             if u.pool_size == Some(0) {
                 return Err(invalid(&key("pool_size"), "must be at least 1".into()));
             }
+        }
+        let r = &self.routing;
+        if r.lag_poll_ms == 0 {
+            return Err(invalid("routing.lag_poll_ms", "must be at least 1".into()));
+        }
+        if r.health_check_ms == 0 {
+            return Err(invalid(
+                "routing.health_check_ms",
+                "must be at least 1".into(),
+            ));
+        }
+        if r.classifier_cache == 0 {
+            return Err(invalid(
+                "routing.classifier_cache",
+                "must be at least 1".into(),
+            ));
         }
         if self.shards.is_empty() {
             return Err(invalid(

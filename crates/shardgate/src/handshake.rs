@@ -10,9 +10,11 @@ use shardgate_protocol::PgError;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::auth::User;
 use crate::client_io::{fill, ClientStream};
 use crate::proxy::Proxy;
-use crate::session::{Session, SessionError};
+use crate::routing::{ReadLevel, RoutingState};
+use crate::session::{Session, SessionError, SessionSetup};
 use crate::state::SessionState;
 
 /// Startup parameters the proxy consumes instead of replaying on servers.
@@ -96,27 +98,31 @@ pub async fn handle_client(proxy: Arc<Proxy>, socket: TcpStream, peer: SocketAdd
         }
     };
     if database == proxy.config.proxy.admin_database {
-        send_fatal(
-            &mut stream,
-            &PgError::fatal("3D000", "the admin console is not available in this build")
-                .with_hint("Connect to an application database."),
-        )
-        .await;
+        tracing::info!(%peer, user = %user_name, "admin console connected");
+        crate::admin::serve(proxy.clone(), user, stream, buf).await;
         return;
     }
-    let session_params = match session_params(&params) {
-        Ok(p) => p,
-        Err(e) => {
-            send_fatal(&mut stream, &e).await;
-            return;
-        }
-    };
-    let primary = proxy.config.shards[0].primary.clone();
-    let pool = proxy.pool(&primary, &user, &database);
+    let (session_params, routing) =
+        match session_params(&params).and_then(|p| split_routing(p, routing_base(&proxy, &user))) {
+            Ok(p) => p,
+            Err(e) => {
+                send_fatal(&mut stream, &e).await;
+                return;
+            }
+        };
     let cancel = proxy.cancels.register();
     let state = SessionState::from_startup(&session_params);
     tracing::info!(%peer, user = %user_name, %database, tls = stream.is_tls(), "client connected");
-    let session = Session::new(proxy.clone(), user, stream, buf, pool, state, cancel);
+    let session = Session::new(SessionSetup {
+        proxy: proxy.clone(),
+        user,
+        database,
+        client: stream,
+        cbuf: buf,
+        state,
+        routing,
+        cancel,
+    });
     match session.run().await {
         Ok(()) => tracing::info!(%peer, user = %user_name, "client disconnected"),
         Err(e) => log_end(&peer, &user_name, &e),
@@ -206,6 +212,54 @@ async fn read_startup(
             }
         }
     }
+}
+
+/// The consistency settings from configuration and the user entry.
+fn routing_base(proxy: &Proxy, user: &User) -> ReadLevel {
+    let r = &proxy.config.routing;
+    ReadLevel {
+        consistency: user.config.consistency.unwrap_or(r.default_consistency),
+        max_lag_ms: user.config.max_lag_ms.unwrap_or(r.max_lag_ms),
+    }
+}
+
+/// Takes `shardgate.*` startup options (`-c shardgate.consistency=...`) out
+/// of the session parameters and applies them over `base`.
+fn split_routing(
+    params: Vec<(String, String)>,
+    mut base: ReadLevel,
+) -> Result<(Vec<(String, String)>, RoutingState), PgError> {
+    let mut rest = Vec::with_capacity(params.len());
+    for (k, v) in params {
+        match k.to_ascii_lowercase().as_str() {
+            "shardgate.consistency" => {
+                base.consistency = v.parse().map_err(|_| {
+                    PgError::fatal(
+                        "22023",
+                        format!("invalid value for parameter \"shardgate.consistency\": \"{v}\""),
+                    )
+                    .with_hint("Valid values are strong, bounded, eventual and session.")
+                })?;
+            }
+            "shardgate.max_lag_ms" => {
+                base.max_lag_ms = shardgate_router::parse_max_lag_ms(&v).map_err(|_| {
+                    PgError::fatal(
+                        "22023",
+                        format!("invalid value for parameter \"shardgate.max_lag_ms\": \"{v}\""),
+                    )
+                    .with_hint("Use a whole number of milliseconds, e.g. 500.")
+                })?;
+            }
+            name if name.starts_with("shardgate.") => {
+                return Err(PgError::fatal(
+                    "42704",
+                    format!("unrecognized configuration parameter \"{k}\""),
+                ))
+            }
+            _ => rest.push((k, v)),
+        }
+    }
+    Ok((rest, RoutingState::new(base)))
 }
 
 /// The session parameters of a startup packet: everything but the connection

@@ -3,6 +3,7 @@
 //! The binary wires the pieces together: configuration, the listener, one
 //! session task per client, and the pools of server connections.
 
+pub mod admin;
 pub mod auth;
 pub mod cancel;
 pub mod cli;
@@ -13,6 +14,7 @@ pub mod handshake;
 pub mod prepared;
 pub mod proxy;
 pub mod relay;
+pub mod routing;
 pub mod session;
 pub mod state;
 pub mod tls;

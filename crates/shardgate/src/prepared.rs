@@ -5,6 +5,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use shardgate_router::Classifier;
+
+use crate::routing::StatementRouting;
+
 /// One distinct statement known to the proxy.
 #[derive(Debug)]
 pub struct Statement {
@@ -19,9 +23,16 @@ pub struct Statement {
     /// Some server accepted this statement, so a Parse of it outside a
     /// transaction can be answered without a server connection.
     validated: std::sync::atomic::AtomicBool,
+    routing: std::sync::OnceLock<StatementRouting>,
 }
 
 impl Statement {
+    /// How the statement routes (computed on first use).
+    pub fn routing(&self, classifier: &Classifier) -> &StatementRouting {
+        self.routing
+            .get_or_init(|| StatementRouting::of(&self.query, classifier))
+    }
+
     /// Whether a server has parsed this statement successfully.
     pub fn is_validated(&self) -> bool {
         self.validated.load(std::sync::atomic::Ordering::Relaxed)
@@ -60,6 +71,7 @@ impl StatementRegistry {
             param_types: param_types.to_vec(),
             server_name: format!("sg_{id}"),
             validated: Default::default(),
+            routing: Default::default(),
         });
         map.entry(query.to_owned()).or_default().push(stmt.clone());
         stmt

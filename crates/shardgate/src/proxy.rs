@@ -12,8 +12,10 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{User, UserDirectory};
 use crate::cancel::CancelRegistry;
-use crate::config::Config;
+use crate::config::{Config, RoleDetectionConfig};
 use crate::prepared::StatementRegistry;
+use shardgate_jobs::{spawn_monitors, MonitorConfig, RoleDetection, Topology};
+use shardgate_router::Classifier;
 
 /// Everything sessions share.
 pub struct Proxy {
@@ -33,8 +35,16 @@ pub struct Proxy {
     pub shutdown: watch::Receiver<bool>,
     active: AtomicUsize,
     idle: Notify,
-    login_params: Mutex<HashMap<(PoolKey, u64), ServerParams>>,
+    login_params: Mutex<HashMap<LoginKey, ServerParams>>,
+    /// Live state of every node (health, roles, lag).
+    pub topology: Arc<Topology>,
+    /// Statement classification (cached).
+    pub classifier: Classifier,
 }
+
+/// Identifies logins that see the same ParameterStatus values:
+/// (database, user, session state fingerprint).
+pub type LoginKey = (String, String, u64);
 
 /// ParameterStatus values as (name, value) pairs.
 pub type ServerParams = Arc<Vec<(String, String)>>;
@@ -65,6 +75,17 @@ impl Proxy {
             (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
             _ => None,
         };
+        let topology = Arc::new(Topology::new(
+            &config
+                .shards
+                .iter()
+                .map(|s| (s.primary.clone(), s.replicas.clone()))
+                .collect::<Vec<_>>(),
+        ));
+        let classifier = Classifier::new(
+            &config.routing.write_functions,
+            config.routing.classifier_cache,
+        );
         Ok(Proxy {
             users: UserDirectory::new(&config),
             config,
@@ -76,6 +97,8 @@ impl Proxy {
             active: AtomicUsize::new(0),
             idle: Notify::new(),
             login_params: Mutex::new(HashMap::new()),
+            topology,
+            classifier,
         })
     }
 
@@ -107,32 +130,52 @@ impl Proxy {
         })
     }
 
-    /// The ParameterStatus values a previous login to `pool` with session
-    /// state `fingerprint` received, so the next one needs no server connection.
-    pub fn login_params(
-        &self,
-        pool: &PoolKey,
-        fingerprint: u64,
-    ) -> Option<Arc<Vec<(String, String)>>> {
+    /// The ParameterStatus values a previous login with the same database,
+    /// user and session state received, so the next one needs no server connection.
+    pub fn login_params(&self, key: &LoginKey) -> Option<ServerParams> {
         self.login_params
             .lock()
             .expect("login params lock")
-            .get(&(pool.clone(), fingerprint))
+            .get(key)
             .cloned()
     }
 
     /// Remembers the ParameterStatus values of a successful login.
-    pub fn remember_login_params(
-        &self,
-        pool: &PoolKey,
-        fingerprint: u64,
-        params: Vec<(String, String)>,
-    ) {
+    pub fn remember_login_params(&self, key: LoginKey, params: Vec<(String, String)>) {
         let mut map = self.login_params.lock().expect("login params lock");
         if map.len() >= LOGIN_PARAMS_CAPACITY {
             map.clear();
         }
-        map.insert((pool.clone(), fingerprint), Arc::new(params));
+        map.insert(key, Arc::new(params));
+    }
+
+    /// How long a failed node is banned.
+    pub fn ban_ms(&self) -> u64 {
+        self.config.routing.ban_ms
+    }
+
+    /// Settings of the health and lag monitor.
+    pub fn monitor_config(&self) -> MonitorConfig {
+        let r = &self.config.routing;
+        let first = &self.config.users[0];
+        MonitorConfig {
+            lag_poll: Duration::from_millis(r.lag_poll_ms),
+            health_check: Duration::from_millis(r.health_check_ms),
+            ban: Duration::from_millis(r.ban_ms),
+            role_detection: match r.role_detection {
+                RoleDetectionConfig::Static => RoleDetection::Static,
+                RoleDetectionConfig::Auto => RoleDetection::Auto,
+            },
+            user: r
+                .monitor_user
+                .clone()
+                .unwrap_or_else(|| first.server_user().to_owned()),
+            password: r
+                .monitor_password
+                .clone()
+                .or_else(|| first.server_password().map(str::to_owned)),
+            database: r.monitor_database.clone(),
+        }
     }
 
     /// Whether shutdown has begun.
@@ -166,6 +209,7 @@ pub async fn serve(
 ) -> Result<(), StartError> {
     let (tx, rx) = watch::channel(false);
     let proxy = Arc::new(Proxy::new(config, rx)?);
+    let monitors = spawn_monitors(proxy.topology.clone(), proxy.monitor_config());
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -213,6 +257,9 @@ pub async fn serve(
             clients = proxy.active_clients(),
             "shutdown_timeout reached; closing remaining connections"
         );
+    }
+    for m in monitors {
+        m.abort();
     }
     for pool in proxy.pools.all() {
         pool.drain_idle();

@@ -61,6 +61,12 @@ pub enum Expect {
     },
     /// ReadyForQuery after Sync.
     Sync,
+    /// The hidden `SELECT pg_current_wal_lsn()` after a cycle on the primary
+    /// (read your writes); `lsn` is filled in from its row.
+    CommitLsn {
+        /// The position returned.
+        lsn: Option<u64>,
+    },
     /// Bytes the proxy sends the client itself at this point in the stream.
     Synthetic {
         /// The message(s).
@@ -83,6 +89,12 @@ pub struct Exchange {
     pub skipping: bool,
     /// Error of an injected (hidden) query, e.g. a failed state replay.
     pub hidden_error: Option<ErrorFields>,
+    /// A client cycle just ended with the transaction status idle.
+    pub cycle_done: bool,
+    /// The server sent FATAL or PANIC: it is ending the session.
+    pub fatal: Option<ErrorFields>,
+    /// Part of a response (not just notices) was passed to the client.
+    pub answered: bool,
 }
 
 impl Default for Exchange {
@@ -93,6 +105,9 @@ impl Default for Exchange {
             unsynced: false,
             skipping: false,
             hidden_error: None,
+            cycle_done: false,
+            fatal: None,
+            answered: false,
         }
     }
 }
@@ -122,7 +137,9 @@ impl Exchange {
     fn forwarding_async(&self) -> bool {
         !matches!(
             self.expect.front(),
-            Some(Expect::Query { forward: false }) | Some(Expect::Parse { forward: false, .. })
+            Some(Expect::Query { forward: false })
+                | Some(Expect::Parse { forward: false, .. })
+                | Some(Expect::CommitLsn { .. })
         )
     }
 }
@@ -135,6 +152,8 @@ pub struct RelayContext<'a> {
     pub state: &'a mut SessionState,
     /// The client's statement names (transaction pooling).
     pub statements: &'a mut ClientStatements,
+    /// Where the client's last commit position is recorded.
+    pub commit_lsn: &'a mut u64,
 }
 
 /// Relays every complete message in the server's read buffer.
@@ -157,6 +176,11 @@ pub fn relay(
         let msg = &buf[..h.total];
         pos += h.total;
         match h.tag {
+            tag::NOTICE_RESPONSE if is_shutdown_warning(&msg[5..]) => {
+                // "terminating connection due to ... shutdown": the server is
+                // going away; the session decides what the client sees.
+                conn.broken = true;
+            }
             tag::NOTICE_RESPONSE | tag::NOTIFICATION => {
                 if ex.forwarding_async() {
                     cx.cout.extend_from_slice(msg);
@@ -173,9 +197,19 @@ pub fn relay(
                     cx.cout.extend_from_slice(msg);
                 }
             }
+            tag::ERROR_RESPONSE if is_fatal(&msg[5..]) => {
+                // The server is ending the session (shutdown, crash, terminate):
+                // the session decides what the client sees (a retry, or an error).
+                ex.fatal = ErrorFields::decode(&msg[5..]).ok();
+                conn.broken = true;
+            }
             t => {
+                let before = cx.cout.len();
                 if let Err(e) = response(conn, ex, cx, t, msg) {
                     break Err(e);
+                }
+                if cx.cout.len() != before {
+                    ex.answered = true;
                 }
             }
         }
@@ -311,9 +345,50 @@ fn response(
             }
             cx.cout.extend_from_slice(msg);
         }
+        Expect::CommitLsn { .. } => match t {
+            tag::DATA_ROW => {
+                let value = first_column_text(&msg[5..]).and_then(shardgate_jobs::lsn::parse_lsn);
+                if let Some(Expect::CommitLsn { lsn }) = ex.expect.front_mut() {
+                    *lsn = value;
+                }
+            }
+            tag::READY_FOR_QUERY => {
+                if let Some(Expect::CommitLsn { lsn: Some(lsn) }) = ex.expect.pop_front() {
+                    if msg.get(5) == Some(&b'I') {
+                        *cx.commit_lsn = (*cx.commit_lsn).max(lsn);
+                    }
+                }
+                ready_for_query(conn, ex, cx, msg, false)?;
+            }
+            _ => {}
+        },
         Expect::Synthetic { .. } => unreachable!("synthetic expectations are drained first"),
     }
     Ok(())
+}
+
+/// Whether an ErrorResponse body has severity FATAL or PANIC.
+fn is_fatal(body: &[u8]) -> bool {
+    body.starts_with(b"SFATAL\0") || body.starts_with(b"SPANIC\0")
+}
+
+/// Whether a NoticeResponse is the warning a server sends before it drops
+/// the connection for a shutdown or crash (SQLSTATE class 57P0x).
+fn is_shutdown_warning(body: &[u8]) -> bool {
+    ErrorFields::decode(body).is_ok_and(|f| f.code.starts_with("57P0"))
+}
+
+/// The first column of a DataRow as text, if present and not NULL.
+fn first_column_text(body: &[u8]) -> Option<&str> {
+    let mut r = shardgate_protocol::MessageReader::new(body, "DataRow");
+    if r.count16().ok()? == 0 {
+        return None;
+    }
+    let len = r.i32().ok()?;
+    if len < 0 {
+        return None;
+    }
+    std::str::from_utf8(r.bytes(len as usize).ok()?).ok()
 }
 
 fn single(
@@ -352,6 +427,7 @@ fn ready_for_query(
     ex.status = status;
     ex.skipping = false;
     if client_cycle {
+        ex.cycle_done = status == b'I';
         let outcome = cx.state.end_cycle(status);
         if outcome.untracked || outcome.server_reset {
             conn.state_fingerprint = DIRTY;

@@ -1,0 +1,1004 @@
+//! pgbench throughput and latency directly against Postgres, through shardgate and through
+//! PgBouncer, plus the proxies' memory use.
+//!
+//! Run with `cargo bench -p shardgate --bench pgbench` (see `benches/README.md`). The program
+//! starts one harness cluster (1 shard, no replicas), loads it with `pgbench -i`, starts
+//! shardgate and PgBouncer in transaction mode with the same pool size, then runs every
+//! mode against every target, interleaved (round by round, mode by mode, target by target)
+//! so machine noise hits all targets alike. It prints a markdown table of the means over
+//! the rounds on stdout and per-run numbers on stderr as it goes.
+//!
+//! Environment (defaults in brackets): `BENCH_ROUNDS` [2], `BENCH_SECONDS` [20] per run,
+//! `BENCH_CLIENTS` [32], `BENCH_POOL` [20] server connections per proxy, `BENCH_SCALE` [10],
+//! `BENCH_WORKERS` [0] shardgate runtime threads (0 = one per core), `BENCH_MODES` and
+//! `BENCH_TARGETS`: comma-separated filters on the names in [`MODES`] and [`TARGETS`].
+//!
+//! More modes or targets (e.g. shardgate with another configuration or over several
+//! shards) are added as entries of [`MODES`] and [`TARGETS`].
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::str::FromStr;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use shardgate_harness::{pg_bin, postgres_command, Cluster, ClusterSpec};
+
+const USER: &str = "app";
+const PASSWORD: &str = "secret";
+const DATABASE: &str = "app";
+const PGBOUNCER: &str = "/usr/sbin/pgbouncer";
+/// pgbench threads (`-j`).
+const JOBS: usize = 2;
+/// Clients and duration of the run that measures the proxies' memory with many clients.
+const RSS_CLIENTS: usize = 100;
+const RSS_SECONDS: u64 = 5;
+/// Postgres `max_connections`: room for the direct clients plus both proxies' pools.
+const MAX_CONNECTIONS: &str = "300";
+/// How long a proxy may take to accept connections after it was started.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a proxy may take to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a pgbench run gets beyond its `-T` (connecting, reporting) before it is killed.
+const PGBENCH_GRACE: Duration = Duration::from_secs(120);
+/// Time limit for `pgbench -i`.
+const INIT_TIMEOUT: Duration = Duration::from_secs(1800);
+/// How often a running pgbench is polled (and the proxies' memory sampled).
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Lines of a log or of pgbench's output quoted when something fails.
+const TAIL_LINES: usize = 20;
+
+/// One pgbench workload.
+struct Mode {
+    /// Name used in the table and in `BENCH_MODES`.
+    name: &'static str,
+    /// pgbench arguments selecting the script and the query protocol.
+    args: &'static [&'static str],
+}
+
+/// The workloads, in table order.
+const MODES: &[Mode] = &[
+    Mode {
+        name: "select-simple",
+        args: &["-S", "-M", "simple"],
+    },
+    Mode {
+        name: "select-extended",
+        args: &["-S", "-M", "extended"],
+    },
+    Mode {
+        name: "select-prepared",
+        args: &["-S", "-M", "prepared"],
+    },
+    Mode {
+        name: "tpcb-simple",
+        args: &["-M", "simple"],
+    },
+    Mode {
+        name: "tpcb-prepared",
+        args: &["-M", "prepared"],
+    },
+];
+
+impl Mode {
+    /// Whether the mode uses named prepared statements (`-M prepared`).
+    fn uses_named_prepared(&self) -> bool {
+        self.args.windows(2).any(|pair| pair == ["-M", "prepared"])
+    }
+}
+
+/// How to start one kind of target.
+struct TargetDef {
+    /// Name used in the table and in `BENCH_TARGETS`.
+    name: &'static str,
+    /// Whether it serves named prepared statements (`-M prepared`); modes that need them
+    /// are reported as n/a otherwise.
+    named_prepared: bool,
+    /// Starts it for the cluster.
+    start: fn(&Cluster, &Params) -> Started,
+    /// Its configuration, for the parameters printed after the table.
+    describe: fn(&Params) -> String,
+}
+
+/// The targets, in table order.
+const TARGETS: &[TargetDef] = &[
+    TargetDef {
+        name: "direct",
+        named_prepared: true,
+        start: start_direct,
+        describe: describe_direct,
+    },
+    TargetDef {
+        name: "shardgate",
+        named_prepared: true,
+        start: start_shardgate,
+        describe: describe_shardgate,
+    },
+    TargetDef {
+        // PgBouncer before 1.21 has no `max_prepared_statements`, so named prepared
+        // statements do not survive transaction pooling.
+        name: "pgbouncer",
+        named_prepared: false,
+        start: start_pgbouncer,
+        describe: describe_pgbouncer,
+    },
+];
+
+/// Throughput ratios shown in the table (numerator, denominator), when both are selected.
+const RATIOS: &[(&str, &str)] = &[("shardgate", "direct"), ("shardgate", "pgbouncer")];
+
+/// What a target's start function returns.
+struct Started {
+    port: u16,
+    process: Option<Process>,
+}
+
+/// A running target: where pgbench connects, and the proxy process if there is one.
+struct Target {
+    name: &'static str,
+    port: u16,
+    named_prepared: bool,
+    /// Stopped when the target is dropped.
+    process: Option<Process>,
+}
+
+impl Target {
+    fn start(def: &TargetDef, cluster: &Cluster, params: &Params) -> Target {
+        let Started { port, process } = (def.start)(cluster, params);
+        Target {
+            name: def.name,
+            port,
+            named_prepared: def.named_prepared,
+            process,
+        }
+    }
+
+    /// The proxy's process id (not that of a `runuser` wrapper).
+    fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(|process| process.pid)
+    }
+
+    fn supports(&self, mode: &Mode) -> bool {
+        self.named_prepared || !mode.uses_named_prepared()
+    }
+}
+
+/// Benchmark parameters, from the environment.
+struct Params {
+    rounds: usize,
+    seconds: u64,
+    clients: usize,
+    pool: usize,
+    scale: usize,
+    workers: usize,
+    modes: Vec<&'static Mode>,
+    targets: Vec<&'static TargetDef>,
+}
+
+impl Params {
+    fn from_env() -> Params {
+        Params {
+            rounds: env_number("BENCH_ROUNDS", 2),
+            seconds: env_number("BENCH_SECONDS", 20),
+            clients: env_number("BENCH_CLIENTS", 32),
+            pool: env_number("BENCH_POOL", 20),
+            scale: env_number("BENCH_SCALE", 10),
+            workers: env_number("BENCH_WORKERS", 0),
+            modes: env_selection("BENCH_MODES", MODES, |mode| mode.name),
+            targets: env_selection("BENCH_TARGETS", TARGETS, |target| target.name),
+        }
+    }
+
+    /// pgbench threads: `-j` may not exceed `-c`.
+    fn jobs(&self, clients: usize) -> usize {
+        JOBS.min(clients).max(1)
+    }
+}
+
+/// `$name` parsed as a number, or `default` when unset or empty.
+fn env_number<T: FromStr>(name: &str, default: T) -> T
+where
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(name) {
+        Ok(value) if !value.trim().is_empty() => value
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{name}={value:?} is not a valid number: {e}")),
+        _ => default,
+    }
+}
+
+/// The entries of `all` named in the comma-separated `$name`, in `all`'s order; all of
+/// them when unset or empty. Unknown names are an error, so a typo cannot empty the run.
+fn env_selection<T>(name: &str, all: &'static [T], key: fn(&T) -> &'static str) -> Vec<&'static T> {
+    let value = std::env::var(name).unwrap_or_default();
+    let wanted: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if wanted.is_empty() {
+        return all.iter().collect();
+    }
+    let known: Vec<&str> = all.iter().map(key).collect();
+    if let Some(unknown) = wanted.iter().find(|w| !known.contains(w)) {
+        panic!(
+            "{name}: unknown name {unknown:?}; known: {}",
+            known.join(",")
+        );
+    }
+    all.iter().filter(|t| wanted.contains(&key(t))).collect()
+}
+
+fn main() {
+    // `cargo test --benches` runs bench targets without `--bench`: skip the long run then.
+    if !std::env::args().any(|arg| arg == "--bench") {
+        eprintln!("pgbench bench: skipped (run it with `cargo bench`)");
+        return;
+    }
+    let params = Params::from_env();
+    let cluster = start_cluster(&params);
+    let targets: Vec<Target> = params
+        .targets
+        .iter()
+        .map(|def| Target::start(def, &cluster, &params))
+        .collect();
+    let results = run_rounds(&params, &targets);
+    let peaks = peak_rss(&targets);
+    let with_clients = rss_with_clients(&params, &targets);
+    print_table(&params, &targets, &results);
+    print_memory(&peaks, &with_clients);
+    print_parameters(&params, &cluster, &targets);
+    // `targets` (stopping the proxies) is dropped before `cluster` (stopping Postgres).
+}
+
+// ---------------------------------------------------------------------------------------
+// Cluster and targets
+// ---------------------------------------------------------------------------------------
+
+/// One shard without replicas, with the `app` role and database, loaded by `pgbench -i`.
+fn start_cluster(params: &Params) -> Cluster {
+    eprintln!("starting the cluster");
+    let cluster =
+        Cluster::start(ClusterSpec::new(1, 0).setting("max_connections", MAX_CONNECTIONS))
+            .expect("start the cluster");
+    cluster
+        .execute_on_primaries(&format!(
+            "CREATE ROLE {USER} LOGIN SUPERUSER PASSWORD '{PASSWORD}'"
+        ))
+        .expect("create the app role");
+    cluster
+        .execute_on_primaries(&format!("CREATE DATABASE {DATABASE} OWNER {USER}"))
+        .expect("create the app database");
+    eprintln!("pgbench -i -s {}", params.scale);
+    let scale = params.scale.to_string();
+    let init = run(
+        pgbench(cluster.shard(0).primary.port(), &["-i", "-q", "-s", &scale]),
+        INIT_TIMEOUT,
+        || {},
+    )
+    .and_then(|finished| finished.check());
+    if let Err(e) = init {
+        panic!("pgbench -i failed: {e}");
+    }
+    cluster
+}
+
+fn start_direct(cluster: &Cluster, _params: &Params) -> Started {
+    Started {
+        port: cluster.shard(0).primary.port(),
+        process: None,
+    }
+}
+
+fn describe_direct(_params: &Params) -> String {
+    "PostgreSQL itself, no proxy".to_owned()
+}
+
+fn start_shardgate(cluster: &Cluster, params: &Params) -> Started {
+    let port = free_port();
+    let config = cluster.dir().join("shardgate-bench.toml");
+    write_readable(&config, &shardgate_config(cluster, params, port));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_shardgate"));
+    command.arg("--config").arg(&config);
+    let mut process = Process::spawn("shardgate", command, &cluster.dir().join("shardgate.log"));
+    process.wait_listening(port);
+    Started {
+        port,
+        process: Some(process),
+    }
+}
+
+/// shardgate in transaction mode with the `app` user (SCRAM) over every shard.
+fn shardgate_config(cluster: &Cluster, params: &Params, port: u16) -> String {
+    let mut config = format!(
+        "[proxy]\nlisten = \"127.0.0.1:{port}\"\npool_mode = \"transaction\"\n\
+         pool_size = {}\nworkers = {}\n\n\
+         [[users]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n",
+        params.pool, params.workers
+    );
+    for shard in cluster.shards() {
+        let replicas: Vec<String> = shard
+            .replicas
+            .iter()
+            .map(|replica| format!("{:?}", replica.addr()))
+            .collect();
+        let _ = write!(
+            config,
+            "\n[[shards]]\nprimary = {:?}\nreplicas = [{}]\n",
+            shard.primary.addr(),
+            replicas.join(", ")
+        );
+    }
+    config
+}
+
+fn describe_shardgate(params: &Params) -> String {
+    format!(
+        "transaction mode, pool_size={}, workers={} (0 = one per core), SCRAM",
+        params.pool, params.workers
+    )
+}
+
+/// PgBouncer as the `postgres` OS user (it refuses to run as root), with its files in the
+/// cluster directory, which that user owns.
+fn start_pgbouncer(cluster: &Cluster, params: &Params) -> Started {
+    let port = free_port();
+    let dir = cluster.dir();
+    let users = dir.join("pgbouncer-users.txt");
+    let pidfile = dir.join("pgbouncer.pid");
+    let config = dir.join("pgbouncer.ini");
+    write_readable(&users, &format!("\"{USER}\" \"{PASSWORD}\"\n"));
+    let text = pgbouncer_config(cluster, params, port, &users, &pidfile);
+    write_readable(&config, &text);
+    let mut command = postgres_command(Path::new(PGBOUNCER));
+    command.arg(&config);
+    let mut process = Process::spawn("pgbouncer", command, &dir.join("pgbouncer.log"));
+    process.wait_listening(port);
+    // Under `runuser` the child is the wrapper; memory is read from PgBouncer itself.
+    process.pid = fs::read_to_string(&pidfile)
+        .ok()
+        .and_then(|pid| pid.trim().parse().ok())
+        .unwrap_or_else(|| panic!("read PgBouncer's pid from {}", pidfile.display()));
+    Started {
+        port,
+        process: Some(process),
+    }
+}
+
+fn pgbouncer_config(
+    cluster: &Cluster,
+    params: &Params,
+    port: u16,
+    users: &Path,
+    pidfile: &Path,
+) -> String {
+    format!(
+        "[databases]\n\
+         {DATABASE} = host=127.0.0.1 port={server_port} dbname={DATABASE}\n\
+         \n\
+         [pgbouncer]\n\
+         listen_addr = 127.0.0.1\n\
+         listen_port = {port}\n\
+         unix_socket_dir =\n\
+         pidfile = {pidfile}\n\
+         auth_type = scram-sha-256\n\
+         auth_file = {users}\n\
+         pool_mode = transaction\n\
+         default_pool_size = {pool}\n\
+         min_pool_size = 0\n\
+         reserve_pool_size = 0\n\
+         max_client_conn = 5000\n\
+         ignore_startup_parameters = extra_float_digits\n",
+        server_port = cluster.shard(0).primary.port(),
+        pidfile = pidfile.display(),
+        users = users.display(),
+        pool = params.pool,
+    )
+}
+
+fn describe_pgbouncer(params: &Params) -> String {
+    format!(
+        "{}, transaction mode, default_pool_size={}, scram-sha-256; -M prepared is n/a \
+         (no prepared statement support in transaction mode before 1.21)",
+        pgbouncer_version(),
+        params.pool
+    )
+}
+
+/// Writes `path` readable by everyone (PgBouncer reads it as another OS user).
+fn write_readable(path: &Path, text: &str) {
+    fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    fs::set_permissions(path, fs::Permissions::from_mode(0o644))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+}
+
+/// A free TCP port on 127.0.0.1.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("find a free port")
+}
+
+// ---------------------------------------------------------------------------------------
+// Proxy processes
+// ---------------------------------------------------------------------------------------
+
+/// A proxy process; stopped (SIGTERM, then SIGKILL) when dropped, also during a panic.
+struct Process {
+    name: &'static str,
+    child: Child,
+    /// The proxy itself; differs from the child's pid when it runs under `runuser`.
+    pid: u32,
+    log: PathBuf,
+}
+
+impl Process {
+    /// Starts `command` with stdout and stderr going to `log`.
+    fn spawn(name: &'static str, mut command: Command, log: &Path) -> Process {
+        let log_file = fs::File::create(log)
+            .unwrap_or_else(|e| panic!("create {name} log {}: {e}", log.display()));
+        let stdout = log_file
+            .try_clone()
+            .unwrap_or_else(|e| panic!("duplicate {name} log handle: {e}"));
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name} ({command:?}): {e}"));
+        Process {
+            name,
+            pid: child.id(),
+            child,
+            log: log.to_owned(),
+        }
+    }
+
+    /// Waits until the proxy accepts TCP connections on `port`.
+    fn wait_listening(&mut self, port: u16) {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "{} exited with {status} before listening:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{} did not listen on port {port} within {STARTUP_TIMEOUT:?}:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        format!("--- tail of {} ---\n{}", self.log.display(), tail(&text))
+    }
+
+    fn has_exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits up to `timeout` for the child to exit; returns whether it did.
+    fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.has_exited() {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        // Only signal `pid` while the child still runs, so a reused pid is never hit.
+        if !self.has_exited() {
+            signal(self.pid, "TERM");
+            if !self.wait_exit(STOP_TIMEOUT) {
+                eprintln!("{} did not exit after SIGTERM; killing it", self.name);
+                signal(self.pid, "KILL");
+                let _ = self.child.kill();
+            }
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `SIG<name>` to `pid`; failures (e.g. the process is gone) are ignored.
+fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status();
+}
+
+// ---------------------------------------------------------------------------------------
+// Running pgbench
+// ---------------------------------------------------------------------------------------
+
+/// A `pgbench` command with `args` against 127.0.0.1:`port` as the app user.
+fn pgbench(port: u16, args: &[&str]) -> Command {
+    let mut command = Command::new(pg_bin("pgbench"));
+    command.args(args).arg(conninfo(port));
+    command
+}
+
+/// The connection string used for every target.
+fn conninfo(port: u16) -> String {
+    format!(
+        "host=127.0.0.1 port={port} user={USER} password={PASSWORD} dbname={DATABASE} \
+         sslmode=disable"
+    )
+}
+
+/// A finished command.
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Finished {
+    /// Err with the command's output unless it exited successfully.
+    fn check(self) -> Result<Finished, String> {
+        if self.status.success() {
+            Ok(self)
+        } else {
+            Err(format!(
+                "exited with {}\nstdout:\n{}\nstderr:\n{}",
+                self.status,
+                tail(&self.stdout),
+                tail(&self.stderr)
+            ))
+        }
+    }
+}
+
+/// Runs `command`, calling `poll` every [`POLL_INTERVAL`] while it runs; kills it after
+/// `timeout`.
+fn run(
+    mut command: Command,
+    timeout: Duration,
+    mut poll: impl FnMut(),
+) -> Result<Finished, String> {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {command:?}: {e}"))?;
+    let stdout = read_in_background(child.stdout.take());
+    let stderr = read_in_background(child.stderr.take());
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(e) => return Err(format!("waiting for {command:?}: {e}")),
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{command:?} did not finish within {timeout:?}"));
+        }
+        poll();
+        thread::sleep(POLL_INTERVAL);
+    };
+    Ok(Finished {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
+}
+
+fn read_in_background(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<String> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// What one pgbench run measured.
+#[derive(Debug, Clone, Copy)]
+struct Stats {
+    tps: f64,
+    latency_ms: f64,
+    failed_transactions: u64,
+}
+
+/// A run's stats, or why it failed.
+type Outcome = Result<Stats, String>;
+
+/// One timed pgbench run of `mode` against `target` with the benchmark's client count.
+fn bench_once(params: &Params, target: &Target, mode: &Mode) -> Outcome {
+    let clients = params.clients.to_string();
+    let jobs = params.jobs(params.clients).to_string();
+    let seconds = params.seconds.to_string();
+    let mut args = vec!["-c", &clients, "-j", &jobs, "-T", &seconds, "-n"];
+    args.extend(mode.args);
+    let timeout = Duration::from_secs(params.seconds) + PGBENCH_GRACE;
+    let finished = run(pgbench(target.port, &args), timeout, || {})?.check()?;
+    if finished.stderr.to_lowercase().contains("error") {
+        return Err(format!(
+            "pgbench reported errors:\n{}",
+            tail(&finished.stderr)
+        ));
+    }
+    parse_stats(&finished.stdout)
+}
+
+/// Reads TPS, average latency and failed transactions from pgbench's report.
+fn parse_stats(stdout: &str) -> Outcome {
+    let tps = stdout
+        .lines()
+        .find(|line| line.contains("without initial connection time"))
+        .and_then(|line| number_after(line, "tps = "));
+    let latency = stdout
+        .lines()
+        .find_map(|line| number_after(line, "latency average = "));
+    let failed = stdout
+        .lines()
+        .find_map(|line| number_after(line, "number of failed transactions: "));
+    match (tps, latency, failed) {
+        (Some(tps), Some(latency_ms), Some(failed)) => Ok(Stats {
+            tps,
+            latency_ms,
+            failed_transactions: failed as u64,
+        }),
+        _ => Err(format!(
+            "could not read tps, latency average and failed transactions from:\n{stdout}"
+        )),
+    }
+}
+
+/// The number right after `prefix` at the start of `line`.
+fn number_after(line: &str, prefix: &str) -> Option<f64> {
+    line.trim()
+        .strip_prefix(prefix)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The last [`TAIL_LINES`] lines of `text`.
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
+}
+
+// ---------------------------------------------------------------------------------------
+// The benchmark
+// ---------------------------------------------------------------------------------------
+
+/// Outcomes per mode (in `params.modes` order), per target (in `targets` order), per round.
+/// Modes a target does not support have no outcomes.
+struct Results(Vec<Vec<Vec<Outcome>>>);
+
+/// Every round runs every mode against every target in turn.
+fn run_rounds(params: &Params, targets: &[Target]) -> Results {
+    let mut results = Results(vec![vec![Vec::new(); targets.len()]; params.modes.len()]);
+    for round in 1..=params.rounds {
+        for (m, mode) in params.modes.iter().enumerate() {
+            for (t, target) in targets.iter().enumerate() {
+                if !target.supports(mode) {
+                    continue;
+                }
+                let outcome = bench_once(params, target, mode);
+                report_run(params, round, mode, target, &outcome);
+                results.0[m][t].push(outcome);
+            }
+        }
+    }
+    results
+}
+
+/// Prints one run's numbers (or its failure, with the proxy's log) to stderr.
+fn report_run(params: &Params, round: usize, mode: &Mode, target: &Target, outcome: &Outcome) {
+    let run = format!(
+        "round {round}/{} {:<16} {:<10}",
+        params.rounds, mode.name, target.name
+    );
+    match outcome {
+        Ok(stats) => eprintln!(
+            "{run} {:>10.0} tps {:>8.3} ms avg latency {} failed",
+            stats.tps, stats.latency_ms, stats.failed_transactions
+        ),
+        Err(e) => {
+            eprintln!("{run} FAILED: {e}");
+            if let Some(process) = &target.process {
+                eprintln!("{}", process.log_tail());
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Memory
+// ---------------------------------------------------------------------------------------
+
+/// A `kB` field of `/proc/<pid>/status`, e.g. `VmHWM` (peak RSS) or `VmRSS`.
+fn status_kb(pid: u32, field: &str) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))?;
+    line.split_whitespace().next()?.parse().ok()
+}
+
+fn mib(kb: Option<u64>) -> String {
+    kb.map_or("unknown".to_owned(), |kb| {
+        format!("{:.1} MiB", kb as f64 / 1024.0)
+    })
+}
+
+/// Peak RSS (`VmHWM`) of every proxy after the main run.
+fn peak_rss(targets: &[Target]) -> Vec<(&'static str, Option<u64>)> {
+    targets
+        .iter()
+        .filter_map(|target| Some((target.name, status_kb(target.pid()?, "VmHWM"))))
+        .collect()
+}
+
+/// Memory of one proxy during a run with [`RSS_CLIENTS`] clients.
+struct ClientsRss {
+    name: &'static str,
+    /// The pgbench arguments used.
+    args: String,
+    /// Largest `VmRSS` sampled while the clients were connected.
+    max_rss_kb: Option<u64>,
+    /// `VmHWM` afterwards (includes the main run's peak).
+    hwm_kb: Option<u64>,
+    /// Why the pgbench run failed, if it did.
+    error: Option<String>,
+}
+
+/// Runs `pgbench -c 100 -S` against every proxy in turn, sampling its `VmRSS`.
+fn rss_with_clients(params: &Params, targets: &[Target]) -> Vec<ClientsRss> {
+    targets
+        .iter()
+        .filter_map(|target| Some(clients_rss(params, target, target.pid()?)))
+        .collect()
+}
+
+fn clients_rss(params: &Params, target: &Target, pid: u32) -> ClientsRss {
+    let clients = RSS_CLIENTS.to_string();
+    let jobs = params.jobs(RSS_CLIENTS).to_string();
+    let seconds = RSS_SECONDS.to_string();
+    let args = ["-c", &clients, "-j", &jobs, "-T", &seconds, "-n", "-S"];
+    eprintln!(
+        "{} with {RSS_CLIENTS} clients: measuring memory",
+        target.name
+    );
+    let mut max_rss_kb = None;
+    let sample = || max_rss_kb = max_rss_kb.max(status_kb(pid, "VmRSS"));
+    let timeout = Duration::from_secs(RSS_SECONDS) + PGBENCH_GRACE;
+    let error = run(pgbench(target.port, &args), timeout, sample)
+        .and_then(Finished::check)
+        .err();
+    if let Some(e) = &error {
+        eprintln!("{} with {RSS_CLIENTS} clients FAILED: {e}", target.name);
+    }
+    ClientsRss {
+        name: target.name,
+        args: args.join(" "),
+        max_rss_kb,
+        hwm_kb: status_kb(pid, "VmHWM"),
+        error,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Report
+// ---------------------------------------------------------------------------------------
+
+/// Means over the rounds of one mode against one target.
+struct Summary {
+    tps: Option<f64>,
+    latency_ms: Option<f64>,
+    failed_transactions: u64,
+    failed_runs: usize,
+    runs: usize,
+}
+
+impl Summary {
+    fn of(outcomes: &[Outcome]) -> Summary {
+        let ok: Vec<&Stats> = outcomes.iter().filter_map(|o| o.as_ref().ok()).collect();
+        Summary {
+            tps: mean(ok.iter().map(|s| s.tps)),
+            latency_ms: mean(ok.iter().map(|s| s.latency_ms)),
+            failed_transactions: ok.iter().map(|s| s.failed_transactions).sum(),
+            failed_runs: outcomes.len() - ok.len(),
+            runs: outcomes.len(),
+        }
+    }
+
+    /// Mean TPS, with failed runs and failed transactions spelled out.
+    fn tps_text(&self) -> String {
+        let mut text = match self.tps {
+            Some(tps) => format!("{tps:.0}"),
+            None if self.runs == 0 => "-".to_owned(),
+            None => "FAILED".to_owned(),
+        };
+        if self.failed_runs > 0 && self.tps.is_some() {
+            let _ = write!(text, " ({}/{} runs FAILED)", self.failed_runs, self.runs);
+        }
+        if self.failed_transactions > 0 {
+            let _ = write!(text, " ({} failed txns)", self.failed_transactions);
+        }
+        text
+    }
+
+    fn latency_text(&self) -> String {
+        match self.latency_ms {
+            Some(ms) => format!("{ms:.3}"),
+            None if self.runs == 0 => "-".to_owned(),
+            None => "FAILED".to_owned(),
+        }
+    }
+}
+
+fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let (sum, count) = values.fold((0.0, 0usize), |(sum, count), v| (sum + v, count + 1));
+    (count > 0).then(|| sum / count as f64)
+}
+
+/// One table row: the summaries of a mode per target (`None`: not applicable).
+fn row_text(ratios: &[(usize, usize)], row: &[Option<Summary>]) -> String {
+    let mut cells: Vec<String> = row
+        .iter()
+        .map(|s| s.as_ref().map_or("n/a".to_owned(), Summary::tps_text))
+        .collect();
+    for &(num, den) in ratios {
+        cells.push(ratio_text(&row[num], &row[den]));
+    }
+    let latencies: Vec<String> = row
+        .iter()
+        .map(|s| s.as_ref().map_or("n/a".to_owned(), Summary::latency_text))
+        .collect();
+    cells.push(latencies.join(" / "));
+    cells.join(" | ")
+}
+
+fn ratio_text(numerator: &Option<Summary>, denominator: &Option<Summary>) -> String {
+    match (numerator, denominator) {
+        (Some(n), Some(d)) => match (n.tps, d.tps) {
+            (Some(n), Some(d)) if d > 0.0 => format!("{:.2}", n / d),
+            _ => "-".to_owned(),
+        },
+        _ => "n/a".to_owned(),
+    }
+}
+
+/// The markdown table of means over the rounds.
+fn print_table(params: &Params, targets: &[Target], results: &Results) {
+    let index = |name: &str| targets.iter().position(|t| t.name == name);
+    let ratios: Vec<(usize, usize)> = RATIOS
+        .iter()
+        .filter_map(|&(num, den)| Some((index(num)?, index(den)?)))
+        .collect();
+    let mut header = vec!["mode".to_owned()];
+    header.extend(targets.iter().map(|t| format!("{} TPS", t.name)));
+    header.extend(
+        ratios
+            .iter()
+            .map(|&(num, den)| format!("{}/{}", targets[num].name, targets[den].name)),
+    );
+    let names: Vec<&str> = targets.iter().map(|t| t.name).collect();
+    header.push(format!("avg latency (ms) {}", names.join("/")));
+    println!();
+    println!("| {} |", header.join(" | "));
+    println!("|{}", "---|".repeat(header.len()));
+    for (m, mode) in params.modes.iter().enumerate() {
+        let row: Vec<Option<Summary>> = targets
+            .iter()
+            .zip(&results.0[m])
+            .map(|(target, outcomes)| target.supports(mode).then(|| Summary::of(outcomes)))
+            .collect();
+        println!("| {} | {} |", mode.name, row_text(&ratios, &row));
+    }
+    println!();
+}
+
+fn print_memory(peaks: &[(&str, Option<u64>)], with_clients: &[ClientsRss]) {
+    for (name, hwm) in peaks {
+        println!(
+            "- {name} peak RSS after the main run (VmHWM): {}",
+            mib(*hwm)
+        );
+    }
+    for rss in with_clients {
+        let status = match &rss.error {
+            Some(_) => " (pgbench FAILED, see stderr)",
+            None => "",
+        };
+        println!(
+            "- {} with {RSS_CLIENTS} clients (pgbench {}): \
+             max VmRSS {}, VmHWM afterwards {}{status}",
+            rss.name,
+            rss.args,
+            mib(rss.max_rss_kb),
+            mib(rss.hwm_kb)
+        );
+    }
+    println!();
+}
+
+fn print_parameters(params: &Params, cluster: &Cluster, targets: &[Target]) {
+    let names = |items: Vec<&str>| items.join(",");
+    let postgres = cluster
+        .shard(0)
+        .primary
+        .psql("postgres", "show server_version")
+        .unwrap_or_else(|e| format!("unknown ({e})"));
+    println!("Parameters:");
+    println!(
+        "- BENCH_ROUNDS={} BENCH_SECONDS={} BENCH_CLIENTS={} BENCH_POOL={} BENCH_SCALE={} \
+         BENCH_WORKERS={} BENCH_MODES={} BENCH_TARGETS={}",
+        params.rounds,
+        params.seconds,
+        params.clients,
+        params.pool,
+        params.scale,
+        params.workers,
+        names(params.modes.iter().map(|m| m.name).collect()),
+        names(targets.iter().map(|t| t.name).collect()),
+    );
+    println!(
+        "- each cell: pgbench -c {} -j {} -T {} -n <mode flags> \"{}\"; means over {} round(s), \
+         targets interleaved",
+        params.clients,
+        params.jobs(params.clients),
+        params.seconds,
+        conninfo(0).replace("port=0", "port=<target>"),
+        params.rounds
+    );
+    for mode in &params.modes {
+        println!("- {}: {}", mode.name, mode.args.join(" "));
+    }
+    println!(
+        "- cluster: 1 shard, 0 replicas, max_connections={MAX_CONNECTIONS}, PostgreSQL {postgres}, \
+         data loaded with pgbench -i -s {}",
+        params.scale
+    );
+    for def in &params.targets {
+        println!("- {}: {}", def.name, (def.describe)(params));
+    }
+    println!(
+        "- machine: {} CPU(s)",
+        thread::available_parallelism().map_or(0, |n| n.get())
+    );
+}
+
+fn pgbouncer_version() -> String {
+    Command::new(PGBOUNCER)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|out| {
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.lines().next().map(str::to_owned)
+        })
+        .unwrap_or_else(|| "PgBouncer (unknown version)".to_owned())
+}

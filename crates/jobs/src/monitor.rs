@@ -1,0 +1,220 @@
+//! Health and lag monitoring: one task per node polls it every `lag_poll`
+//! over its own tokio-postgres connection. The poll is also the health check:
+//! a node that fails it or does not answer within `health_check` is banned
+//! for `ban`, and used again after the ban once a poll succeeds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use crate::lsn::parse_lsn;
+use crate::topology::{NodeState, ShardState, Topology};
+
+/// Whether a promoted replica takes over writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoleDetection {
+    /// Roles are as configured.
+    Static,
+    /// A replica that leaves recovery becomes the shard's write target.
+    Auto,
+}
+
+/// Settings of the monitor tasks.
+#[derive(Clone)]
+pub struct MonitorConfig {
+    /// Poll interval.
+    pub lag_poll: Duration,
+    /// Limit on one check (connect and query).
+    pub health_check: Duration,
+    /// How long a failed node is kept out of rotation.
+    pub ban: Duration,
+    /// Static or automatic roles.
+    pub role_detection: RoleDetection,
+    /// Role the monitor logs in as.
+    pub user: String,
+    /// Its password.
+    pub password: Option<String>,
+    /// Database it connects to.
+    pub database: String,
+}
+
+impl std::fmt::Debug for MonitorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MonitorConfig")
+            .field("lag_poll", &self.lag_poll)
+            .field("health_check", &self.health_check)
+            .field("ban", &self.ban)
+            .field("role_detection", &self.role_detection)
+            .field("user", &self.user)
+            .field("database", &self.database)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Starts one monitor task per node; abort the handles to stop them.
+pub fn spawn_monitors(topology: Arc<Topology>, config: MonitorConfig) -> Vec<JoinHandle<()>> {
+    let config = Arc::new(config);
+    let mut handles = Vec::new();
+    for shard in &topology.shards {
+        for node in &shard.nodes {
+            handles.push(tokio::spawn(watch_node(
+                topology.clone(),
+                shard.clone(),
+                node.clone(),
+                config.clone(),
+            )));
+        }
+    }
+    handles
+}
+
+/// What one poll learned.
+struct Sample {
+    in_recovery: bool,
+    lsn: u64,
+}
+
+/// Why a poll failed.
+#[derive(Debug, thiserror::Error)]
+enum ProbeError {
+    #[error("{0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("no answer within {0} ms")]
+    Timeout(u128),
+    #[error("unexpected answer: {0}")]
+    Answer(String),
+}
+
+const PROBE_SQL: &str = "SELECT pg_is_in_recovery()::text, \
+     (CASE WHEN pg_is_in_recovery() THEN coalesce(pg_last_wal_replay_lsn(), '0/0') ELSE pg_current_wal_lsn() END)::text";
+
+async fn watch_node(
+    topology: Arc<Topology>,
+    shard: Arc<ShardState>,
+    node: Arc<NodeState>,
+    config: Arc<MonitorConfig>,
+) {
+    let mut client: Option<tokio_postgres::Client> = None;
+    let mut tick = tokio::time::interval(config.lag_poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned_static = false;
+    loop {
+        tick.tick().await;
+        let outcome =
+            match tokio::time::timeout(config.health_check, probe(&node, &mut client, &config))
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(ProbeError::Timeout(config.health_check.as_millis())),
+            };
+        let now = topology.now_ms();
+        match outcome {
+            Ok(sample) => {
+                node.check_passed(now);
+                node.record_recovery(sample.in_recovery);
+                apply_sample(&shard, &node, &sample, now, &config, &mut warned_static);
+            }
+            Err(e) => {
+                client = None;
+                node.ban(
+                    now,
+                    config.ban.as_millis() as u64,
+                    &format!("health check failed: {e}"),
+                );
+            }
+        }
+    }
+}
+
+fn apply_sample(
+    shard: &ShardState,
+    node: &NodeState,
+    sample: &Sample,
+    now: u64,
+    config: &MonitorConfig,
+    warned_static: &mut bool,
+) {
+    let is_writer = shard.writer_index() == node.index;
+    if sample.in_recovery {
+        if !is_writer {
+            let lag = shard.lag_of(now, sample.lsn);
+            node.record_lag(sample.lsn, lag);
+        }
+        return;
+    }
+    if is_writer {
+        shard.record_primary_sample(now, sample.lsn);
+        node.record_primary_lsn(sample.lsn);
+        return;
+    }
+    if node.is_fenced() {
+        return;
+    }
+    match config.role_detection {
+        RoleDetection::Auto => {
+            shard.promote(node.index);
+            shard.record_primary_sample(now, sample.lsn);
+            node.record_primary_lsn(sample.lsn);
+        }
+        RoleDetection::Static => {
+            if !*warned_static {
+                tracing::warn!(node = %node.addr, shard = shard.index,
+                    "replica is not in recovery (promoted?); with role_detection = \"static\" it is not used for writes");
+                *warned_static = true;
+            }
+        }
+    }
+}
+
+async fn probe(
+    node: &NodeState,
+    client: &mut Option<tokio_postgres::Client>,
+    config: &MonitorConfig,
+) -> Result<Sample, ProbeError> {
+    if client.as_ref().is_none_or(|c| c.is_closed()) {
+        *client = Some(connect(node, config).await?);
+    }
+    let c = client.as_ref().expect("connected above");
+    let rows = c.simple_query(PROBE_SQL).await?;
+    let row = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .ok_or_else(|| ProbeError::Answer("no row".into()))?;
+    let in_recovery = row.get(0) == Some("true");
+    let lsn_text = row.get(1).unwrap_or("0/0");
+    let lsn =
+        parse_lsn(lsn_text).ok_or_else(|| ProbeError::Answer(format!("bad LSN {lsn_text:?}")))?;
+    Ok(Sample { in_recovery, lsn })
+}
+
+async fn connect(
+    node: &NodeState,
+    config: &MonitorConfig,
+) -> Result<tokio_postgres::Client, ProbeError> {
+    let (host, port) = node
+        .addr
+        .rsplit_once(':')
+        .ok_or_else(|| ProbeError::Answer(format!("bad address {:?}", node.addr)))?;
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(host)
+        .port(
+            port.parse()
+                .map_err(|_| ProbeError::Answer(format!("bad port in {:?}", node.addr)))?,
+        )
+        .user(&config.user)
+        .dbname(&config.database)
+        .application_name("shardgate-monitor")
+        .connect_timeout(config.health_check);
+    if let Some(pw) = &config.password {
+        pg.password(pw);
+    }
+    let (client, connection) = pg.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}

@@ -1,0 +1,498 @@
+//! The live state of every node: role, health, bans, load, replay position
+//! and lag. Written by the monitor tasks and sessions, read on every routing
+//! decision without locks.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::select::{Candidate, ReadPolicy};
+
+/// Role of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Accepts writes.
+    Primary,
+    /// Streaming replica (hot standby).
+    Replica,
+}
+
+const RECOVERY_UNKNOWN: u8 = 0;
+const RECOVERY_YES: u8 = 1;
+const RECOVERY_NO: u8 = 2;
+
+/// One Postgres server as the proxy sees it.
+#[derive(Debug)]
+pub struct NodeState {
+    /// Shard index.
+    pub shard: usize,
+    /// Index within the shard (0 is the configured primary).
+    pub index: usize,
+    /// `host:port`.
+    pub addr: String,
+    /// Role in the configuration.
+    pub configured_role: Role,
+    recovery: AtomicU8,
+    banned_until_ms: AtomicU64,
+    fenced: AtomicBool,
+    in_flight: AtomicU32,
+    replay_lsn: AtomicU64,
+    lag_bytes: AtomicU64,
+    /// When the primary was last seen at or before this node's replayed
+    /// position: everything missing here was written after it.
+    seen_at_ms: AtomicU64,
+    caught_up: AtomicBool,
+    last_error: Mutex<Option<String>>,
+}
+
+impl NodeState {
+    fn new(shard: usize, index: usize, addr: String, role: Role) -> NodeState {
+        NodeState {
+            shard,
+            index,
+            addr,
+            configured_role: role,
+            recovery: AtomicU8::new(RECOVERY_UNKNOWN),
+            banned_until_ms: AtomicU64::new(0),
+            fenced: AtomicBool::new(false),
+            in_flight: AtomicU32::new(0),
+            replay_lsn: AtomicU64::new(0),
+            lag_bytes: AtomicU64::new(0),
+            seen_at_ms: AtomicU64::new(0),
+            caught_up: AtomicBool::new(true),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    /// Whether the node is banned at `now_ms`.
+    pub fn is_banned(&self, now_ms: u64) -> bool {
+        self.banned_until_ms.load(Ordering::Relaxed) > now_ms
+    }
+
+    /// Whether the node may get traffic at `now_ms`.
+    pub fn is_usable(&self, now_ms: u64) -> bool {
+        !self.is_banned(now_ms) && !self.fenced.load(Ordering::Relaxed)
+    }
+
+    /// Whether the node was replaced as primary and must not be used.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Relaxed)
+    }
+
+    /// Whether the node last reported being in recovery (`None` if unknown).
+    pub fn in_recovery(&self) -> Option<bool> {
+        match self.recovery.load(Ordering::Relaxed) {
+            RECOVERY_YES => Some(true),
+            RECOVERY_NO => Some(false),
+            _ => None,
+        }
+    }
+
+    /// Queries shardgate runs on this node now.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a query (or transaction) on this node until the guard drops.
+    pub fn begin_use(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Replayed WAL position (replicas) or current position (primary).
+    pub fn replay_lsn(&self) -> u64 {
+        self.replay_lsn.load(Ordering::Relaxed)
+    }
+
+    /// Replication lag in bytes at the last sample.
+    pub fn lag_bytes(&self) -> u64 {
+        self.lag_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Replication lag in milliseconds at `now_ms`: 0 for a replica that had
+    /// replayed everything the primary had at the last sample; otherwise how
+    /// long ago the primary was last seen at or before the replayed position,
+    /// growing with wall time until the next sample.
+    pub fn lag_ms(&self, now_ms: u64) -> u64 {
+        if self.caught_up.load(Ordering::Relaxed) {
+            return 0;
+        }
+        now_ms.saturating_sub(self.seen_at_ms.load(Ordering::Relaxed))
+    }
+
+    /// An upper bound on how stale a read here can be at `now_ms`: how long
+    /// ago the primary was last seen at or before the replayed position (for
+    /// a caught-up replica, the time since that primary sample). When the
+    /// primary is down nothing new can be written, so a caught-up replica is
+    /// as fresh as it gets.
+    pub fn staleness_ms(&self, now_ms: u64, primary_down: bool) -> u64 {
+        if primary_down && self.caught_up.load(Ordering::Relaxed) {
+            return 0;
+        }
+        now_ms.saturating_sub(self.seen_at_ms.load(Ordering::Relaxed))
+    }
+
+    /// The last error that banned the node.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().expect("node error lock").clone()
+    }
+
+    /// Bans the node until `now_ms + ban_ms`; returns whether it was usable before.
+    pub fn ban(&self, now_ms: u64, ban_ms: u64, reason: &str) -> bool {
+        let was = !self.is_banned(now_ms);
+        self.banned_until_ms
+            .store(now_ms + ban_ms.max(1), Ordering::Relaxed);
+        *self.last_error.lock().expect("node error lock") = Some(reason.to_owned());
+        if was {
+            tracing::warn!(node = %self.addr, shard = self.shard, ban_ms, reason, "node banned");
+        }
+        was
+    }
+
+    /// A health check succeeded at `now_ms`: lifts an expired ban.
+    pub fn check_passed(&self, now_ms: u64) {
+        let until = self.banned_until_ms.load(Ordering::Relaxed);
+        if until != 0 && until <= now_ms {
+            self.banned_until_ms.store(0, Ordering::Relaxed);
+            *self.last_error.lock().expect("node error lock") = None;
+            tracing::info!(node = %self.addr, shard = self.shard, "node healthy again; ban lifted");
+        }
+    }
+
+    /// Records a health/role sample.
+    pub fn record_recovery(&self, in_recovery: bool) {
+        self.recovery.store(
+            if in_recovery {
+                RECOVERY_YES
+            } else {
+                RECOVERY_NO
+            },
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Records a replica's replay position and its lag.
+    pub fn record_lag(&self, replay_lsn: u64, lag: Lag) {
+        self.replay_lsn.store(replay_lsn, Ordering::Relaxed);
+        self.lag_bytes.store(lag.bytes, Ordering::Relaxed);
+        self.seen_at_ms.store(lag.seen_at_ms, Ordering::Relaxed);
+        self.caught_up.store(lag.caught_up, Ordering::Relaxed);
+    }
+
+    /// Records the primary's current position.
+    pub fn record_primary_lsn(&self, lsn: u64) {
+        self.replay_lsn.store(lsn, Ordering::Relaxed);
+        self.lag_bytes.store(0, Ordering::Relaxed);
+        self.caught_up.store(true, Ordering::Relaxed);
+    }
+
+    fn fence(&self) {
+        self.fenced.store(true, Ordering::Relaxed);
+    }
+
+    /// Lifts the fence (operator action after a failover).
+    pub fn unfence(&self) {
+        self.fenced.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Decrements a node's in-flight count when dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<NodeState>);
+
+impl InFlight {
+    /// The node being used.
+    pub fn node(&self) -> &Arc<NodeState> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Lag of a replica at one sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Lag {
+    /// WAL bytes behind the primary's last sample.
+    pub bytes: u64,
+    /// When the primary was last seen at or before the replayed position
+    /// (the latest primary sample when caught up).
+    pub seen_at_ms: u64,
+    /// The replica had replayed everything the primary had at its last sample.
+    pub caught_up: bool,
+}
+
+/// How long primary positions are remembered for lag computation.
+const HISTORY: Duration = Duration::from_secs(300);
+
+/// One shard: its nodes, which one takes writes, and the primary's recent positions.
+#[derive(Debug)]
+pub struct ShardState {
+    /// Shard index.
+    pub index: usize,
+    /// Nodes; 0 is the configured primary.
+    pub nodes: Vec<Arc<NodeState>>,
+    writer: AtomicUsize,
+    turn: AtomicUsize,
+    history: Mutex<VecDeque<(u64, u64)>>,
+}
+
+impl ShardState {
+    /// The node that takes writes, even if it is down (`None` only if fenced away).
+    pub fn writer(&self) -> &Arc<NodeState> {
+        &self.nodes[self.writer.load(Ordering::Relaxed)]
+    }
+
+    /// Index of the write target.
+    pub fn writer_index(&self) -> usize {
+        self.writer.load(Ordering::Relaxed)
+    }
+
+    /// Makes `index` the write target and fences the previous one.
+    pub fn promote(&self, index: usize) {
+        let old = self.writer.swap(index, Ordering::Relaxed);
+        if old != index {
+            self.nodes[old].fence();
+            tracing::warn!(shard = self.index, new_primary = %self.nodes[index].addr, old_primary = %self.nodes[old].addr,
+                "replica promoted: it now takes writes; the old primary is fenced until an operator lifts it (restart or RELOAD)");
+        }
+    }
+
+    /// The replica that should serve a read under `policy` at `now_ms`, if any.
+    pub fn choose_replica(&self, policy: &ReadPolicy, now_ms: u64) -> Option<&Arc<NodeState>> {
+        let writer = self.writer_index();
+        let primary_down = !self.nodes[writer].is_usable(now_ms);
+        let mut candidates = [Candidate {
+            node: 0,
+            in_flight: 0,
+            lag_ms: 0,
+            replay_lsn: 0,
+        }; 16];
+        let mut n = 0;
+        for node in &self.nodes {
+            if node.index == writer || !node.is_usable(now_ms) || node.in_recovery() == Some(false)
+            {
+                continue;
+            }
+            if n == candidates.len() {
+                break;
+            }
+            candidates[n] = Candidate {
+                node: node.index,
+                in_flight: node.in_flight(),
+                lag_ms: node.staleness_ms(now_ms, primary_down),
+                replay_lsn: node.replay_lsn(),
+            };
+            n += 1;
+        }
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        policy
+            .choose(&candidates[..n], turn)
+            .map(|i| &self.nodes[i])
+    }
+
+    /// Records the primary's position at `now_ms`.
+    pub fn record_primary_sample(&self, now_ms: u64, lsn: u64) {
+        let mut h = self.history.lock().expect("history lock");
+        if h.back().is_some_and(|&(_, last)| lsn < last) {
+            // A different timeline (failover): old positions no longer compare.
+            h.clear();
+        }
+        h.push_back((now_ms, lsn));
+        let horizon = now_ms.saturating_sub(HISTORY.as_millis() as u64);
+        while h.len() > 2 && h.front().is_some_and(|&(t, _)| t < horizon) {
+            h.pop_front();
+        }
+    }
+
+    /// Lag of a replica that has replayed `replay_lsn` at `now_ms`.
+    pub fn lag_of(&self, now_ms: u64, replay_lsn: u64) -> Lag {
+        let h = self.history.lock().expect("history lock");
+        let Some(&(latest_at, latest)) = h.back() else {
+            // No primary sample yet: nothing known to be missing.
+            return Lag {
+                bytes: 0,
+                seen_at_ms: now_ms,
+                caught_up: true,
+            };
+        };
+        if replay_lsn >= latest {
+            return Lag {
+                bytes: 0,
+                seen_at_ms: latest_at,
+                caught_up: true,
+            };
+        }
+        // The last time the primary was seen not beyond the replayed position:
+        // everything written since may be missing on the replica.
+        let seen = h
+            .iter()
+            .rev()
+            .find(|&&(_, lsn)| lsn <= replay_lsn)
+            .or_else(|| h.front())
+            .map(|&(t, _)| t)
+            .unwrap_or(now_ms);
+        Lag {
+            bytes: latest - replay_lsn,
+            seen_at_ms: seen,
+            caught_up: false,
+        }
+    }
+}
+
+/// Every shard's live state.
+#[derive(Debug)]
+pub struct Topology {
+    /// Shards in configuration order.
+    pub shards: Vec<Arc<ShardState>>,
+    epoch: Instant,
+}
+
+impl Topology {
+    /// Builds the state from `(primary, replicas)` per shard.
+    pub fn new(shards: &[(String, Vec<String>)]) -> Topology {
+        let shards = shards
+            .iter()
+            .enumerate()
+            .map(|(si, (primary, replicas))| {
+                let mut nodes = vec![Arc::new(NodeState::new(
+                    si,
+                    0,
+                    primary.clone(),
+                    Role::Primary,
+                ))];
+                for (ri, r) in replicas.iter().enumerate() {
+                    nodes.push(Arc::new(NodeState::new(
+                        si,
+                        ri + 1,
+                        r.clone(),
+                        Role::Replica,
+                    )));
+                }
+                Arc::new(ShardState {
+                    index: si,
+                    nodes,
+                    writer: AtomicUsize::new(0),
+                    turn: AtomicUsize::new(0),
+                    history: Mutex::new(VecDeque::new()),
+                })
+            })
+            .collect();
+        Topology {
+            shards,
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Milliseconds since the topology was created (the clock of bans and lag).
+    pub fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Every node of every shard.
+    pub fn nodes(&self) -> impl Iterator<Item = &Arc<NodeState>> {
+        self.shards.iter().flat_map(|s| s.nodes.iter())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::select::Consistency;
+
+    fn topo() -> Topology {
+        Topology::new(&[("p:1".into(), vec!["r1:1".into(), "r2:1".into()])])
+    }
+
+    #[test]
+    fn lag_is_zero_when_caught_up_and_grows_when_behind() {
+        let t = topo();
+        let s = &t.shards[0];
+        s.record_primary_sample(0, 100);
+        s.record_primary_sample(100, 100);
+        let caught_up = s.lag_of(150, 100);
+        assert!(caught_up.caught_up);
+        let r = &s.nodes[1];
+        r.record_lag(100, caught_up);
+        assert_eq!(r.lag_ms(150), 0);
+        assert_eq!(r.staleness_ms(150, false), 50);
+        assert_eq!(r.staleness_ms(150, true), 0);
+        s.record_primary_sample(200, 300);
+        s.record_primary_sample(300, 500);
+        let lag = s.lag_of(350, 100);
+        assert_eq!(
+            lag,
+            Lag {
+                bytes: 400,
+                seen_at_ms: 100,
+                caught_up: false
+            }
+        );
+        r.record_lag(100, lag);
+        assert_eq!(r.lag_ms(350), 250);
+        assert_eq!(r.lag_ms(1350), 1250);
+    }
+
+    #[test]
+    fn bounded_skips_lagging_and_banned_replicas() {
+        let t = topo();
+        let s = &t.shards[0];
+        s.nodes[1].record_lag(
+            0,
+            Lag {
+                bytes: 10,
+                seen_at_ms: 0,
+                caught_up: false,
+            },
+        );
+        s.nodes[2].record_lag(
+            0,
+            Lag {
+                bytes: 0,
+                seen_at_ms: 900,
+                caught_up: true,
+            },
+        );
+        let p = ReadPolicy {
+            consistency: Consistency::Bounded,
+            max_lag_ms: 500,
+            min_lsn: 0,
+        };
+        for _ in 0..4 {
+            assert_eq!(s.choose_replica(&p, 1000).unwrap().index, 2);
+        }
+        s.nodes[2].ban(1000, 1000, "test");
+        assert!(s.choose_replica(&p, 1010).is_none());
+        s.nodes[2].check_passed(2000);
+        s.nodes[2].record_lag(
+            0,
+            Lag {
+                bytes: 0,
+                seen_at_ms: 1990,
+                caught_up: true,
+            },
+        );
+        assert_eq!(s.choose_replica(&p, 2000).unwrap().index, 2);
+    }
+
+    #[test]
+    fn promotion_fences_the_old_primary() {
+        let t = topo();
+        let s = &t.shards[0];
+        s.promote(1);
+        assert_eq!(s.writer().index, 1);
+        assert!(s.nodes[0].is_fenced());
+        let p = ReadPolicy {
+            consistency: Consistency::Eventual,
+            max_lag_ms: 0,
+            min_lsn: 0,
+        };
+        for _ in 0..4 {
+            assert_eq!(s.choose_replica(&p, 0).unwrap().index, 2);
+        }
+    }
+}

@@ -1,0 +1,725 @@
+//! Deciding where a statement may run: on a replica (reads), on the primary
+//! (writes and anything not understood), or whether it starts or ends a
+//! transaction or only changes session state (DESIGN.md §2).
+//!
+//! How a statement is decided:
+//! 1. The query string is split into statements with the [lexer](crate::lexer)
+//!    (top-level semicolons; strings, comments and dollar quotes respected).
+//! 2. Each statement's tokens are scanned for calls of writing functions
+//!    (`nextval(`, `pg_catalog.pg_advisory_lock(`, configured names, ...) and
+//!    for locking clauses (`FOR UPDATE`, `FOR NO KEY UPDATE`, `FOR SHARE`,
+//!    `FOR KEY SHARE`); either makes it a [`Route::Write`]. This works whether
+//!    or not sqlparser understands the statement.
+//! 3. Statements whose first keyword always writes (`INSERT`, `CREATE`,
+//!    `VACUUM`, `DO`, ...) are writes without parsing.
+//! 4. Everything else is parsed with sqlparser's PostgreSQL dialect and
+//!    decided from its structure (writing CTEs, `SELECT INTO`, `COPY ... TO`
+//!    versus `FROM`, `EXPLAIN` of a read, transaction modes, ...).
+//! 5. What sqlparser rejects goes to the primary, except forms the lexer
+//!    recognises: `BEGIN`/`START TRANSACTION` with modes, `COMMIT`/`ROLLBACK`
+//!    variants, `PREPARE TRANSACTION`, `SET`/`RESET`/`DISCARD`, `SHOW` and
+//!    `TABLE name`.
+//!
+//! The parsed tree is only looked at, never printed: the proxy forwards the
+//! client's original text (DESIGN.md §8).
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use sqlparser::ast::{
+    CopySource, Query, SetExpr, Statement, TransactionAccessMode, TransactionMode,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+use crate::hints::{mentions_shardgate, parse_hints, HintError, Hints};
+use crate::lexer::{split_statements, Lexer, Token, TokenKind};
+
+/// Where a statement (or a query string of several statements) may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// May run on a replica (reads).
+    Read,
+    /// Must run on the primary: writes, DDL, locking reads, write functions,
+    /// `COPY FROM`, anything that does not parse, ...
+    Write,
+    /// Starts an explicit transaction; `read_only` for `BEGIN READ ONLY` /
+    /// `START TRANSACTION READ ONLY` (with any other modes, e.g.
+    /// `BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY, DEFERRABLE`).
+    Begin {
+        /// The transaction was declared `READ ONLY` (and nothing after the
+        /// `BEGIN` in the same query string writes).
+        read_only: bool,
+    },
+    /// Ends a transaction or handles savepoints or prepared transactions:
+    /// `COMMIT`, `END`, `ROLLBACK`, `ABORT`, `SAVEPOINT`, `RELEASE`,
+    /// `ROLLBACK TO`, `PREPARE TRANSACTION`, `COMMIT PREPARED`,
+    /// `ROLLBACK PREPARED`.
+    TransactionControl,
+    /// Only changes session state: `SET` (including `SET LOCAL`,
+    /// `SET TRANSACTION`, `SET CONSTRAINTS`), `RESET`, `DISCARD`. (`SHOW` is a
+    /// [`Route::Read`].)
+    Session,
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Route::Read => "read",
+            Route::Write => "write",
+            Route::Begin { read_only: true } => "begin read only",
+            Route::Begin { read_only: false } => "begin",
+            Route::TransactionControl => "transaction control",
+            Route::Session => "session",
+        })
+    }
+}
+
+/// The decision for one query string. Cheap to clone (no heap data except a
+/// shared pointer to hints, present only when the text has hint comments).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classification {
+    /// Where the query string may run.
+    pub route: Route,
+    /// Number of statements in the string (empty ones, like `;;`, not counted).
+    pub statements: usize,
+    /// At least one statement changes session state (`SET`, `RESET`,
+    /// `DISCARD`), so a transaction pooler should look at it.
+    pub changes_session: bool,
+    /// sqlparser rejected at least one statement and the lexer fallback
+    /// decided it (see the module documentation); useful for metrics and logs.
+    pub fallback: bool,
+    /// Hint comments: `None` when the text has none.
+    hints: Option<Arc<Result<Hints, HintError>>>,
+}
+
+static NO_HINTS: Hints = Hints::EMPTY;
+
+impl Classification {
+    /// The `/* shardgate: ... */` hints of the query string (the same as
+    /// [`parse_hints`] on the text, but cached with the decision).
+    pub fn hints(&self) -> Result<&Hints, &HintError> {
+        match self.hints.as_deref() {
+            None => Ok(&NO_HINTS),
+            Some(Ok(h)) => Ok(h),
+            Some(Err(e)) => Err(e),
+        }
+    }
+
+    /// Whether the route lets a replica serve it (`Read`, or `Begin` of a
+    /// read-only transaction).
+    pub fn is_read(&self) -> bool {
+        matches!(self.route, Route::Read | Route::Begin { read_only: true })
+    }
+}
+
+/// Functions that write, take locks, assign a transaction id or change
+/// session state, so a `SELECT` calling them must run on the primary.
+/// Matched ASCII case-insensitively on the last component of the name
+/// (`pg_catalog.nextval(...)` matches `nextval`).
+pub const BUILTIN_WRITE_FUNCTIONS: &[&str] = &[
+    // Sequences.
+    "nextval",
+    "setval",
+    "currval",
+    "lastval",
+    // Advisory locks.
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+    "pg_advisory_xact_lock",
+    "pg_advisory_xact_lock_shared",
+    "pg_try_advisory_xact_lock",
+    "pg_try_advisory_xact_lock_shared",
+    "pg_advisory_unlock",
+    "pg_advisory_unlock_shared",
+    "pg_advisory_unlock_all",
+    // Session state, transaction ids, notifications.
+    "set_config",
+    "txid_current",
+    "pg_current_xact_id",
+    "pg_notify",
+    // Large objects.
+    "lo_create",
+    "lo_creat",
+    "lo_import",
+    "lo_unlink",
+    "lo_put",
+    "lo_from_bytea",
+    "lowrite",
+    "lo_truncate",
+    "lo_truncate64",
+    // Only valid on a primary (they fail during recovery).
+    "pg_current_wal_lsn",
+    "pg_current_wal_insert_lsn",
+    "pg_current_wal_flush_lsn",
+    "pg_switch_wal",
+    "pg_create_restore_point",
+];
+
+/// First keywords of statements that always need the primary, whatever follows
+/// (`PREPARE` is handled apart: `PREPARE TRANSACTION` is transaction control).
+const WRITE_KEYWORDS: &[&str] = &[
+    "insert",
+    "update",
+    "delete",
+    "merge",
+    "truncate",
+    "create",
+    "alter",
+    "drop",
+    "grant",
+    "revoke",
+    "vacuum",
+    "analyze",
+    "analyse",
+    "cluster",
+    "reindex",
+    "checkpoint",
+    "call",
+    "do",
+    "listen",
+    "unlisten",
+    "notify",
+    "lock",
+    "execute",
+    "deallocate",
+    "comment",
+    "refresh",
+    "security",
+    "import",
+    "reassign",
+    "load",
+];
+
+/// Statements longer than this are classified without the cache (their keys
+/// would be large and they are unlikely to repeat).
+pub const MAX_CACHED_SQL: usize = 8 * 1024;
+
+/// Decides routes for statements, caching decisions by normalised text.
+///
+/// The decision is a pure function of the text and the configured write
+/// functions, so the cache can never return a stale answer.
+pub struct Classifier {
+    write_functions: HashSet<Box<str>>,
+    cache: Option<Cache>,
+}
+
+impl fmt::Debug for Classifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Classifier")
+            .field("write_functions", &self.write_functions.len())
+            .field(
+                "cache_capacity",
+                &self.cache.as_ref().map_or(0, |c| c.capacity),
+            )
+            .field("cache_len", &self.cache_len())
+            .finish()
+    }
+}
+
+impl Default for Classifier {
+    /// No extra write functions and a cache of 10,000 entries.
+    fn default() -> Self {
+        Classifier::new(&[], 10_000)
+    }
+}
+
+impl Classifier {
+    /// A classifier that also treats `write_functions` (names, ASCII
+    /// case-insensitive; a qualified name like `app.f` counts as `f`) as
+    /// writing, with a cache of at most `cache_capacity` decisions (0 turns
+    /// the cache off).
+    pub fn new(write_functions: &[String], cache_capacity: usize) -> Classifier {
+        let write_functions = BUILTIN_WRITE_FUNCTIONS
+            .iter()
+            .copied()
+            .chain(write_functions.iter().map(String::as_str))
+            .filter_map(|name| {
+                let last = name.rsplit('.').next().unwrap_or(name).trim();
+                let last = last.trim_matches('"');
+                (!last.is_empty()).then(|| last.to_ascii_lowercase().into_boxed_str())
+            })
+            .collect();
+        Classifier {
+            write_functions,
+            cache: (cache_capacity > 0).then(|| Cache::new(cache_capacity)),
+        }
+    }
+
+    /// Number of cached decisions.
+    pub fn cache_len(&self) -> usize {
+        self.cache.as_ref().map_or(0, Cache::len)
+    }
+
+    /// Classifies a query string (one statement, or several separated by
+    /// semicolons as the simple query protocol allows). Never panics.
+    pub fn classify(&self, sql: &str) -> Classification {
+        let Some(cache) = &self.cache else {
+            return self.classify_uncached(sql);
+        };
+        if sql.len() > MAX_CACHED_SQL {
+            return self.classify_uncached(sql);
+        }
+        KEY_BUF.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut buf) => self.classify_cached(cache, sql, &mut buf),
+            Err(_) => self.classify_cached(cache, sql, &mut String::new()),
+        })
+    }
+
+    fn classify_cached(&self, cache: &Cache, sql: &str, key: &mut String) -> Classification {
+        cache_key(sql, key);
+        if let Some(c) = cache.get(key) {
+            return c;
+        }
+        let c = self.classify_uncached(sql);
+        cache.insert(key, c.clone());
+        c
+    }
+
+    /// Classifies without looking at or filling the cache.
+    pub fn classify_uncached(&self, sql: &str) -> Classification {
+        let stmts = split_statements(sql);
+        let mut routes = Vec::with_capacity(stmts.len());
+        let mut fallback = false;
+        for stmt in &stmts {
+            let (route, fb) = self.classify_statement(stmt);
+            routes.push(route);
+            fallback |= fb;
+        }
+        let hints = if mentions_shardgate(sql) {
+            match parse_hints(sql) {
+                Ok(h) if h.is_empty() => None,
+                r => Some(Arc::new(r)),
+            }
+        } else {
+            None
+        };
+        Classification {
+            route: combine(&routes),
+            statements: stmts.len(),
+            changes_session: routes.contains(&Route::Session),
+            fallback,
+            hints,
+        }
+    }
+
+    /// One statement (no semicolon): its route and whether the lexer fallback decided it.
+    fn classify_statement(&self, stmt: &str) -> (Route, bool) {
+        let toks: Vec<Token<'_>> = Lexer::new(stmt)
+            .filter(|t| t.kind != TokenKind::BlockComment)
+            .collect();
+        if self.calls_write_function(&toks) || has_locking_clause(&toks) {
+            return (Route::Write, false);
+        }
+        let first = toks.iter().find(|t| !t.is_punct("("));
+        if let Some(first) = first.filter(|t| t.kind == TokenKind::Word) {
+            if first.is_keyword("prepare") {
+                return if is_prepare_transaction(&toks) {
+                    (Route::TransactionControl, false)
+                } else {
+                    (Route::Write, false)
+                };
+            }
+            if WRITE_KEYWORDS.iter().any(|k| first.is_keyword(k)) {
+                return (Route::Write, false);
+            }
+        }
+        let parsed = if operator_count(&toks) > MAX_PARSE_OPERATORS {
+            None
+        } else {
+            parse(stmt)
+        };
+        match parsed {
+            Some(parsed) if !parsed.is_empty() => {
+                let routes: Vec<Route> = parsed.iter().map(statement_route).collect();
+                (combine(&routes), false)
+            }
+            _ => (fallback_route(&toks), true),
+        }
+    }
+
+    /// Whether a token sequence calls a writing function: a name (last
+    /// component of a dotted name) directly followed by `(`.
+    fn calls_write_function(&self, toks: &[Token<'_>]) -> bool {
+        toks.windows(2).any(|w| {
+            w[1].is_punct("(")
+                && match w[0].kind {
+                    TokenKind::Word => self.is_write_function(w[0].text),
+                    TokenKind::QuotedIdent => {
+                        let inner = w[0].text.strip_prefix('"').unwrap_or(w[0].text);
+                        let inner = inner.strip_suffix('"').unwrap_or(inner);
+                        self.is_write_function(&inner.replace("\"\"", "\""))
+                    }
+                    _ => false,
+                }
+        })
+    }
+
+    fn is_write_function(&self, name: &str) -> bool {
+        let mut buf = [0u8; 64];
+        if name.len() <= buf.len() {
+            let b = &mut buf[..name.len()];
+            b.copy_from_slice(name.as_bytes());
+            b.make_ascii_lowercase();
+            // ASCII lower-casing keeps UTF-8 valid.
+            std::str::from_utf8(b).is_ok_and(|s| self.write_functions.contains(s))
+        } else {
+            self.write_functions
+                .contains(name.to_ascii_lowercase().as_str())
+        }
+    }
+}
+
+thread_local! {
+    /// Reused buffer for cache keys, so a cache hit allocates nothing.
+    static KEY_BUF: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Placeholders for literals in cache keys. No token can have this text (a
+/// one-character punctuation token is one character, operator runs are made
+/// of operator characters only, and no other token starts with `\u{1}`).
+const NUMBER_PLACEHOLDER: &str = "\u{1}N";
+const STRING_PLACEHOLDER: &str = "\u{1}S";
+
+/// Builds the cache key of `sql` into `out`: tokens separated by one space,
+/// numeric and string literals replaced by placeholders, `--` comments and
+/// block comments that cannot hold hints (no `shardgate` in them) dropped,
+/// other block comments kept verbatim. Literals never change a route, and
+/// hint values stay in the key.
+fn cache_key(sql: &str, out: &mut String) {
+    out.clear();
+    for t in Lexer::new(sql) {
+        let piece = match t.kind {
+            TokenKind::Number => NUMBER_PLACEHOLDER,
+            TokenKind::String => STRING_PLACEHOLDER,
+            TokenKind::BlockComment if !mentions_shardgate(t.text) => continue,
+            _ => t.text,
+        };
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(piece);
+    }
+}
+
+fn parse(stmt: &str) -> Option<Vec<Statement>> {
+    // sqlparser limits its recursion depth; catching a panic guards against
+    // parser bugs on odd input (the statement then goes to the fallback).
+    catch_unwind(AssertUnwindSafe(|| {
+        Parser::parse_sql(&PostgreSqlDialect {}, stmt).ok()
+    }))
+    .ok()
+    .flatten()
+}
+
+/// Statements with more operators than this are not given to sqlparser (they
+/// take the lexer fallback): it builds chains like `a + b + ...` or
+/// `SELECT .. UNION SELECT ..` as left-deep trees, and dropping a tree tens of
+/// thousands of levels deep overflows a 2 MiB thread stack.
+pub const MAX_PARSE_OPERATORS: usize = 2000;
+
+/// Infix operators and keywords, each of which may add a level to a parsed tree.
+fn operator_count(toks: &[Token<'_>]) -> usize {
+    const KEYWORDS: &[&str] = &[
+        "and",
+        "or",
+        "not",
+        "is",
+        "in",
+        "like",
+        "ilike",
+        "similar",
+        "between",
+        "collate",
+        "at",
+        "overlaps",
+        "union",
+        "intersect",
+        "except",
+    ];
+    toks.iter()
+        .filter(|t| match t.kind {
+            TokenKind::Punct => !matches!(t.text, "(" | ")" | "," | "." | "[" | "]"),
+            TokenKind::Word => KEYWORDS.iter().any(|k| t.text.eq_ignore_ascii_case(k)),
+            _ => false,
+        })
+        .count()
+}
+
+/// `FOR UPDATE`, `FOR NO KEY UPDATE`, `FOR SHARE`, `FOR KEY SHARE` anywhere
+/// (also in subqueries, and where sqlparser cannot parse the statement).
+fn has_locking_clause(toks: &[Token<'_>]) -> bool {
+    toks.iter().enumerate().any(|(i, t)| {
+        if !t.is_keyword("for") {
+            return false;
+        }
+        let kw = |j: usize, k: &str| toks.get(i + j).is_some_and(|t| t.is_keyword(k));
+        kw(1, "update")
+            || kw(1, "share")
+            || (kw(1, "no") && kw(2, "key") && kw(3, "update"))
+            || (kw(1, "key") && kw(2, "share"))
+    })
+}
+
+fn is_prepare_transaction(toks: &[Token<'_>]) -> bool {
+    toks.len() >= 2 && toks[0].is_keyword("prepare") && toks[1].is_keyword("transaction")
+}
+
+/// Route of one statement parsed by sqlparser.
+fn statement_route(stmt: &Statement) -> Route {
+    match stmt {
+        Statement::Query(q) => read_unless(query_writes(q)),
+        // EXPLAIN of a read is a read; anything else (EXPLAIN [ANALYZE] of a
+        // write) goes to the primary.
+        Statement::Explain { statement, .. } => match statement_route(statement) {
+            Route::Read => Route::Read,
+            _ => Route::Write,
+        },
+        Statement::Copy { source, to, .. } => match (to, source) {
+            (false, _) => Route::Write,
+            (true, CopySource::Table { .. }) => Route::Read,
+            (true, CopySource::Query(q)) => read_unless(query_writes(q)),
+        },
+        Statement::StartTransaction {
+            modes,
+            statements,
+            exception,
+            ..
+        } if statements.is_empty() && exception.is_none() => Route::Begin {
+            read_only: modes.iter().rev().find_map(|m| match m {
+                TransactionMode::AccessMode(a) => Some(*a == TransactionAccessMode::ReadOnly),
+                TransactionMode::IsolationLevel(_) => None,
+            }) == Some(true),
+        },
+        Statement::Commit { .. }
+        | Statement::Rollback { .. }
+        | Statement::Savepoint { .. }
+        | Statement::ReleaseSavepoint { .. } => Route::TransactionControl,
+        Statement::Set(_) | Statement::Reset(_) | Statement::Discard { .. } => Route::Session,
+        Statement::ShowVariable { .. } | Statement::ShowVariables { .. } => Route::Read,
+        _ => Route::Write,
+    }
+}
+
+fn read_unless(writes: bool) -> Route {
+    if writes {
+        Route::Write
+    } else {
+        Route::Read
+    }
+}
+
+/// Whether a query writes: locking clause, a data-modifying CTE, a DML body
+/// (`WITH ... INSERT`), `SELECT INTO`.
+fn query_writes(q: &Query) -> bool {
+    !q.locks.is_empty()
+        || q.with
+            .as_ref()
+            .is_some_and(|w| w.cte_tables.iter().any(|c| query_writes(&c.query)))
+        || set_expr_writes(&q.body)
+}
+
+fn set_expr_writes(e: &SetExpr) -> bool {
+    match e {
+        SetExpr::Select(s) => s.into.is_some(),
+        SetExpr::Query(q) => query_writes(q),
+        SetExpr::SetOperation { left, right, .. } => {
+            set_expr_writes(left) || set_expr_writes(right)
+        }
+        SetExpr::Values(_) | SetExpr::Table(_) => false,
+        _ => true,
+    }
+}
+
+/// Route of a statement sqlparser rejected, from its tokens (comments removed).
+fn fallback_route(toks: &[Token<'_>]) -> Route {
+    let Some(first) = toks.first().filter(|t| t.kind == TokenKind::Word) else {
+        // `(TABLE t)` and the like.
+        return match toks.iter().find(|t| !t.is_punct("(")) {
+            Some(t) if t.is_keyword("table") => Route::Read,
+            _ => Route::Write,
+        };
+    };
+    let kw = |k: &str| first.is_keyword(k);
+    if kw("begin") || kw("start") {
+        begin_modes(toks).unwrap_or(Route::Write)
+    } else if kw("commit")
+        || kw("end")
+        || kw("rollback")
+        || kw("abort")
+        || kw("savepoint")
+        || kw("release")
+        || is_prepare_transaction(toks)
+    {
+        Route::TransactionControl
+    } else if kw("set") || kw("reset") || kw("discard") {
+        Route::Session
+    } else if kw("show") || kw("table") {
+        Route::Read
+    } else {
+        Route::Write
+    }
+}
+
+/// `BEGIN [WORK | TRANSACTION] [modes]` or `START TRANSACTION [modes]`, modes
+/// separated by optional commas; `None` if it is not well formed.
+fn begin_modes(toks: &[Token<'_>]) -> Option<Route> {
+    let kw = |i: usize, k: &str| toks.get(i).is_some_and(|t| t.is_keyword(k));
+    let mut i = if kw(0, "start") {
+        kw(1, "transaction").then_some(2)?
+    } else if kw(1, "work") || kw(1, "transaction") {
+        2
+    } else {
+        1
+    };
+    let mut read_only = false;
+    while i < toks.len() {
+        if toks[i].is_punct(",") {
+            i += 1;
+        } else if kw(i, "isolation") && kw(i + 1, "level") {
+            i += 2;
+            if kw(i, "serializable") {
+                i += 1;
+            } else if (kw(i, "repeatable") && kw(i + 1, "read"))
+                || (kw(i, "read") && (kw(i + 1, "committed") || kw(i + 1, "uncommitted")))
+            {
+                i += 2;
+            } else {
+                return None;
+            }
+        } else if kw(i, "read") && kw(i + 1, "only") {
+            read_only = true;
+            i += 2;
+        } else if kw(i, "read") && kw(i + 1, "write") {
+            read_only = false;
+            i += 2;
+        } else if kw(i, "deferrable") {
+            i += 1;
+        } else if kw(i, "not") && kw(i + 1, "deferrable") {
+            i += 2;
+        } else {
+            return None;
+        }
+    }
+    Some(Route::Begin { read_only })
+}
+
+/// Route of a query string from the routes of its statements: a leading
+/// `BEGIN` decides (read only only if nothing after it writes); otherwise any
+/// write makes it a write; reads and session statements make a read (only
+/// session statements: session); only transaction control stays transaction
+/// control; other mixes (`COMMIT; SELECT 1`) go to the primary.
+fn combine(routes: &[Route]) -> Route {
+    match routes {
+        [] => Route::Read,
+        [one] => *one,
+        [Route::Begin { read_only }, rest @ ..] => Route::Begin {
+            read_only: *read_only
+                && rest.iter().all(|r| {
+                    matches!(
+                        r,
+                        Route::Read
+                            | Route::Session
+                            | Route::TransactionControl
+                            | Route::Begin { read_only: true }
+                    )
+                }),
+        },
+        _ if routes.contains(&Route::Write) => Route::Write,
+        _ if routes
+            .iter()
+            .all(|r| matches!(r, Route::Read | Route::Session)) =>
+        {
+            if routes.contains(&Route::Read) {
+                Route::Read
+            } else {
+                Route::Session
+            }
+        }
+        _ if routes.iter().all(|r| *r == Route::TransactionControl) => Route::TransactionControl,
+        _ => Route::Write,
+    }
+}
+
+/// A bounded map of decisions in two generations: lookups check the current
+/// generation, then the previous one (moving a hit back into the current);
+/// when the current generation is full it becomes the previous one and the
+/// old previous one is dropped. Recently used entries survive, the total
+/// stays within the capacity, and every operation is O(1).
+struct Cache {
+    capacity: usize,
+    generation_limit: usize,
+    /// Bytes of keys per generation before it is rotated (bounds memory even
+    /// when statements are long).
+    generation_bytes: usize,
+    inner: Mutex<Generations>,
+}
+
+#[derive(Default)]
+struct Generations {
+    current: HashMap<Box<str>, Classification>,
+    current_bytes: usize,
+    previous: HashMap<Box<str>, Classification>,
+}
+
+/// Average key size the byte budget allows per entry.
+const BYTES_PER_ENTRY: usize = 1024;
+
+impl Cache {
+    fn new(capacity: usize) -> Cache {
+        let generation_limit = (capacity / 2).max(1);
+        Cache {
+            capacity,
+            generation_limit,
+            generation_bytes: generation_limit.saturating_mul(BYTES_PER_ENTRY),
+            inner: Mutex::new(Generations::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Generations> {
+        // Nothing panics while the lock is held, but never propagate poison.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn len(&self) -> usize {
+        let g = self.lock();
+        g.current.len() + g.previous.len()
+    }
+
+    fn get(&self, key: &str) -> Option<Classification> {
+        let mut g = self.lock();
+        if let Some(c) = g.current.get(key) {
+            return Some(c.clone());
+        }
+        let (k, c) = g.previous.remove_entry(key)?;
+        self.put(&mut g, k, c.clone());
+        Some(c)
+    }
+
+    fn insert(&self, key: &str, c: Classification) {
+        let mut g = self.lock();
+        if !g.current.contains_key(key) {
+            self.put(&mut g, key.into(), c);
+        }
+    }
+
+    fn put(&self, g: &mut Generations, key: Box<str>, c: Classification) {
+        if g.current.len() >= self.generation_limit || g.current_bytes >= self.generation_bytes {
+            g.previous = std::mem::take(&mut g.current);
+            g.current_bytes = 0;
+            if g.previous.len() >= self.capacity {
+                g.previous.clear();
+            }
+        }
+        g.current_bytes += key.len();
+        g.current.insert(key, c);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,361 @@
+//! The extended query protocol: Parse, Bind, Describe, Execute, Close, Flush,
+//! Sync, with named prepared statements renamed per server connection.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use shardgate_protocol::backend::{self, tag as btag};
+use shardgate_protocol::frontend::{self, tag, Bind, DescribeOrClose, Execute, Parse, Target};
+use shardgate_protocol::{Header, PgError};
+use shardgate_router::lexer::first_keyword;
+
+use super::{Proto, Session, SessionError, FAILING_SQL};
+use crate::config::PoolMode;
+use crate::prepared::Statement;
+use crate::relay::Expect;
+use crate::routing::{StatementRouting, Want};
+
+impl Session {
+    /// What the statement a Bind or Describe names needs.
+    fn want_of_statement(&self, name: &str) -> Want {
+        if name.is_empty() {
+            return match &self.unnamed_route {
+                Some(r) if self.route_reads => self.routing.want(r.route, &r.hints),
+                _ => Want::Primary,
+            };
+        }
+        match self.statements.get(name) {
+            Some(s) if self.route_reads => {
+                let r = s.routing(&self.proxy.classifier);
+                self.routing.want(r.route, &r.hints)
+            }
+            _ => Want::Primary,
+        }
+    }
+
+    /// Raises `first` to the primary if any message already received after it
+    /// in the same pipeline needs the primary (a pipelined batch runs on one
+    /// connection).
+    fn batch_want(&self, first: Want, rest: &[u8]) -> Want {
+        if first == Want::Primary || !self.route_reads {
+            return first;
+        }
+        let mut pos = 0;
+        while let Ok(Some(h)) = Header::complete(&rest[pos..], self.max_message) {
+            let body = &rest[pos + 5..pos + h.total];
+            pos += h.total;
+            let want = match h.tag {
+                tag::PARSE => Parse::decode(body)
+                    .ok()
+                    .map(|p| self.want_for(p.query).unwrap_or(Want::Primary)),
+                tag::BIND => Bind::decode(body)
+                    .ok()
+                    .filter(|b| !b.statement.is_empty())
+                    .map(|b| self.want_of_statement(b.statement)),
+                tag::QUERY => frontend::parse_query(body)
+                    .ok()
+                    .map(|q| self.want_for(q).unwrap_or(Want::Primary)),
+                _ => None,
+            };
+            if want == Some(Want::Primary) {
+                return Want::Primary;
+            }
+        }
+        first
+    }
+
+    /// Attaches for an extended-protocol message whose statement needs `want`.
+    async fn attach_extended(
+        &mut self,
+        msg: &Bytes,
+        want: Want,
+        rest: &[u8],
+    ) -> Result<bool, SessionError> {
+        if self.backend.is_some() {
+            return Ok(true);
+        }
+        let want = self.batch_want(want, rest);
+        if !self.attach(Proto::Extended, want).await? {
+            return Ok(false);
+        }
+        self.start_retry(msg);
+        Ok(true)
+    }
+
+    pub(super) async fn on_parse(&mut self, msg: &Bytes, rest: &[u8]) -> Result<(), SessionError> {
+        let p = Parse::decode(&msg[5..])?;
+        if self.parse_virtual(&p)? {
+            return Ok(());
+        }
+        let want = match self.want_for(p.query) {
+            Ok(w) => w,
+            Err(e) => return self.refuse_pg(e),
+        };
+        if self.mode == PoolMode::Session || p.name.is_empty() {
+            self.unnamed_set = is_set_statement(p.query).then(|| p.query.to_owned());
+            if p.name.is_empty() && self.route_reads {
+                self.unnamed_route = Some(StatementRouting::of(p.query, &self.proxy.classifier));
+            }
+            if self.attach_extended(msg, want, rest).await? {
+                self.forward(
+                    msg,
+                    Expect::Parse {
+                        forward: true,
+                        stmt: None,
+                        client_name: None,
+                    },
+                );
+            }
+            return Ok(());
+        }
+        if self.statements.contains(p.name) {
+            let err = PgError::error(
+                "42P05",
+                format!("prepared statement \"{}\" already exists", p.name),
+            );
+            return self.refuse_pg(err);
+        }
+        let stmt = self.proxy.statements.intern(p.query, p.param_types);
+        let name = p.name.to_owned();
+        if self.backend.is_none() && stmt.is_validated() {
+            // Known good statement and no transaction: no server needed until
+            // it is bound. (A client such as pgbench that prepares with a
+            // blocking call while its other connections hold every server
+            // connection in open transactions would otherwise deadlock.)
+            self.statements.insert(&name, stmt);
+            backend::empty(btag::PARSE_COMPLETE, &mut self.cout);
+            return Ok(());
+        }
+        if !self.attach_extended(msg, want, rest).await? {
+            return Ok(());
+        }
+        self.statements.insert(&name, stmt.clone());
+        let b = self.backend.as_mut().expect("attached");
+        b.cycle_names.push(name.clone());
+        if b.conn.prepared.touch(stmt.id) {
+            let mut bytes = BytesMut::new();
+            backend::empty(btag::PARSE_COMPLETE, &mut bytes);
+            b.ex.unsynced = true;
+            self.push_expect(Expect::Synthetic {
+                bytes: bytes.freeze(),
+                client_name: Some(name),
+            });
+        } else {
+            self.prepare_on_server(&stmt, true, Some(name));
+        }
+        Ok(())
+    }
+
+    /// Sends Parse for a proxy-named statement on the attached connection.
+    fn prepare_on_server(
+        &mut self,
+        stmt: &Arc<Statement>,
+        forward: bool,
+        client_name: Option<String>,
+    ) {
+        let b = self.backend.as_mut().expect("attached");
+        if let Some(evicted) = b.conn.prepared.insert(stmt.id) {
+            let mut close = BytesMut::new();
+            let target = DescribeOrClose {
+                target: Target::Statement,
+                name: "",
+            };
+            target.encode_as(tag::CLOSE, &format!("sg_{evicted}"), &mut close);
+            self.sout.extend_from_slice(&close);
+            self.push_expect(Expect::Close { forward: false });
+        }
+        frontend::encode_parse(
+            &stmt.server_name,
+            &stmt.query,
+            &stmt.param_types,
+            &mut self.sout,
+        );
+        self.backend.as_mut().expect("attached").ex.unsynced = true;
+        self.push_expect(Expect::Parse {
+            forward,
+            stmt: Some(stmt.clone()),
+            client_name,
+        });
+    }
+
+    /// Makes sure the client's statement `name` exists on the attached
+    /// connection; returns it, or `None` if the client never prepared it (the
+    /// server then reports the error itself).
+    fn ensure_prepared(&mut self, name: &str) -> Option<Arc<Statement>> {
+        let stmt = self.statements.get(name)?.clone();
+        let b = self.backend.as_mut().expect("attached");
+        if !b.conn.prepared.touch(stmt.id) {
+            self.prepare_on_server(&stmt, false, None);
+        }
+        Some(stmt)
+    }
+
+    pub(super) async fn on_bind(&mut self, msg: &Bytes, rest: &[u8]) -> Result<(), SessionError> {
+        let bind = Bind::decode(&msg[5..])?;
+        if self.bind_virtual(&bind) {
+            return Ok(());
+        }
+        let want = self.want_of_statement(bind.statement);
+        if !self.attach_extended(msg, want, rest).await? {
+            return Ok(());
+        }
+        if self.mode == PoolMode::Session || bind.statement.is_empty() {
+            self.bound_set = self
+                .unnamed_set
+                .as_ref()
+                .filter(|_| bind.statement.is_empty())
+                .map(|s| (bind.portal.to_owned(), s.clone()));
+            self.forward(msg, Expect::Bind);
+            return Ok(());
+        }
+        match self.ensure_prepared(bind.statement) {
+            Some(stmt) => {
+                self.bound_set = is_set_statement(&stmt.query)
+                    .then(|| (bind.portal.to_owned(), stmt.query.clone()));
+                let mut out = BytesMut::with_capacity(msg.len() + 8);
+                bind.encode_with_statement(&stmt.server_name, &mut out);
+                self.forward(&out, Expect::Bind);
+            }
+            None => self.forward(msg, Expect::Bind),
+        }
+        Ok(())
+    }
+
+    pub(super) async fn on_describe(
+        &mut self,
+        msg: &Bytes,
+        rest: &[u8],
+    ) -> Result<(), SessionError> {
+        let d = DescribeOrClose::decode(&msg[5..], "Describe")?;
+        if self.describe_virtual(&d) {
+            return Ok(());
+        }
+        let want = match d.target {
+            Target::Statement => self.want_of_statement(d.name),
+            Target::Portal => Want::Primary,
+        };
+        if !self.attach_extended(msg, want, rest).await? {
+            return Ok(());
+        }
+        if self.mode == PoolMode::Transaction && d.target == Target::Statement && !d.name.is_empty()
+        {
+            if let Some(stmt) = self.ensure_prepared(d.name) {
+                let mut out = BytesMut::new();
+                d.encode_as(tag::DESCRIBE, &stmt.server_name, &mut out);
+                self.forward(&out, Expect::Describe);
+                return Ok(());
+            }
+        }
+        self.forward(msg, Expect::Describe);
+        Ok(())
+    }
+
+    pub(super) async fn on_execute(
+        &mut self,
+        msg: &Bytes,
+        rest: &[u8],
+    ) -> Result<(), SessionError> {
+        let portal = Execute::decode(&msg[5..])?.portal;
+        if self.execute_virtual(portal) {
+            return Ok(());
+        }
+        if !self.attach_extended(msg, Want::Primary, rest).await? {
+            return Ok(());
+        }
+        let set_stmt = match self.bound_set.take() {
+            Some((p, stmt)) if p == portal => Some(stmt),
+            _ => None,
+        };
+        self.forward(msg, Expect::Execute { set_stmt });
+        Ok(())
+    }
+
+    pub(super) async fn on_close(&mut self, msg: &Bytes) -> Result<(), SessionError> {
+        let c = DescribeOrClose::decode(&msg[5..], "Close")?;
+        if self.close_virtual(&c) {
+            return Ok(());
+        }
+        let local = self.mode == PoolMode::Transaction
+            && c.target == Target::Statement
+            && !c.name.is_empty();
+        if local {
+            self.statements.remove(c.name);
+        }
+        if local || self.backend.is_none() {
+            // Nothing to close on a server: answer in order.
+            let mut bytes = BytesMut::new();
+            backend::empty(btag::CLOSE_COMPLETE, &mut bytes);
+            self.emit_local(bytes.freeze());
+            return Ok(());
+        }
+        self.forward(msg, Expect::Close { forward: true });
+        Ok(())
+    }
+
+    pub(super) fn on_flush(&mut self, msg: &Bytes) {
+        if let Some(b) = self.backend.as_mut() {
+            b.ex.unsynced = true;
+            self.sout.extend_from_slice(msg);
+        }
+    }
+
+    pub(super) fn on_sync(&mut self, msg: &Bytes) {
+        self.skip_until_sync = false;
+        self.virtual_stmts.end_of_batch();
+        if self.backend.is_some() {
+            self.backend.as_mut().expect("attached").ex.unsynced = false;
+            self.forward(msg, Expect::Sync);
+        } else {
+            backend::ready_for_query(b'I', &mut self.cout);
+        }
+    }
+
+    /// Sends the client bytes the proxy produced, in order with server responses.
+    pub(super) fn emit_local(&mut self, bytes: Bytes) {
+        if self.backend.is_some() {
+            self.backend.as_mut().expect("attached").ex.unsynced = true;
+            self.push_expect(Expect::Synthetic {
+                bytes,
+                client_name: None,
+            });
+        } else {
+            self.cout.extend_from_slice(&bytes);
+        }
+    }
+
+    /// Reports a proxy-detected error inside an extended batch.
+    pub(super) fn refuse_pg(&mut self, err: PgError) -> Result<(), SessionError> {
+        let mut bytes = BytesMut::new();
+        err.encode(&mut bytes);
+        if self.backend.is_some() {
+            self.fail_in_server(bytes.freeze(), Proto::Extended);
+        } else {
+            self.cout.extend_from_slice(&bytes);
+            self.skip_until_sync = true;
+        }
+        Ok(())
+    }
+
+    /// Sends the server a statement that fails, replacing its error with
+    /// `err`, so the transaction fails on the server exactly as the client is told.
+    pub(super) fn fail_in_server(&mut self, err: Bytes, proto: Proto) -> bool {
+        match proto {
+            Proto::Simple => {
+                frontend::encode_query(FAILING_SQL, &mut self.sout);
+                self.push_expect(Expect::QueryError(err));
+            }
+            Proto::Extended => {
+                frontend::encode_parse("", FAILING_SQL, &[], &mut self.sout);
+                self.backend.as_mut().expect("attached").ex.unsynced = true;
+                self.push_expect(Expect::ParseError(err));
+                self.skip_until_sync = true;
+            }
+        }
+        true
+    }
+}
+
+pub(super) fn is_set_statement(sql: &str) -> bool {
+    first_keyword(sql)
+        .is_some_and(|k| k.eq_ignore_ascii_case("set") || k.eq_ignore_ascii_case("reset"))
+}

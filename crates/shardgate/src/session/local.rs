@@ -1,0 +1,416 @@
+//! Statements the proxy answers itself: `SET`/`RESET`/`SHOW` of shardgate
+//! settings (simple and extended protocol), and `DISCARD ALL`/`DEALLOCATE`
+//! in transaction pooling.
+
+use std::collections::HashMap;
+
+use bytes::{Bytes, BytesMut};
+use shardgate_protocol::backend::{self, tag as btag};
+use shardgate_protocol::frontend::{Bind, DescribeOrClose, Parse, Target};
+use shardgate_protocol::PgError;
+use shardgate_router::lexer::{first_keyword, split_statements, Lexer, TokenKind};
+use shardgate_router::{parse_max_lag_ms, Consistency, SessionCommand};
+
+use super::{Proto, Session};
+
+/// A setting the proxy owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    /// `shardgate.consistency`.
+    Consistency,
+    /// `shardgate.max_lag_ms`.
+    MaxLagMs,
+}
+
+impl Setting {
+    fn from_name(name: &str) -> Result<Setting, PgError> {
+        match name {
+            "shardgate.consistency" => Ok(Setting::Consistency),
+            "shardgate.max_lag_ms" => Ok(Setting::MaxLagMs),
+            other => Err(PgError::error(
+                "42704",
+                format!("unrecognized configuration parameter \"{other}\""),
+            )
+            .with_hint("shardgate settings: shardgate.consistency, shardgate.max_lag_ms.")),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Setting::Consistency => "shardgate.consistency",
+            Setting::MaxLagMs => "shardgate.max_lag_ms",
+        }
+    }
+}
+
+/// `SET`, `RESET` or `SHOW` of a shardgate setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardgateCommand {
+    /// `SET shardgate.x = value`.
+    Set(Setting, String),
+    /// `RESET shardgate.x`.
+    Reset(Setting),
+    /// `SHOW shardgate.x`.
+    Show(Setting),
+}
+
+impl ShardgateCommand {
+    /// Recognises a statement that is a shardgate command; `Some(Err)` for a
+    /// shardgate name that does not exist.
+    pub fn parse(stmt: &str) -> Option<Result<ShardgateCommand, PgError>> {
+        if !contains_shardgate(stmt) {
+            return None;
+        }
+        match SessionCommand::parse(stmt) {
+            Some(SessionCommand::Set { name, value, .. }) if name.starts_with("shardgate.") => {
+                Some(Setting::from_name(&name).map(|s| ShardgateCommand::Set(s, value.unquoted())))
+            }
+            Some(SessionCommand::SetLocal { name, .. }) if name.starts_with("shardgate.") => Some(
+                Err(
+                    PgError::error("0A000", "SET LOCAL is not supported for shardgate settings")
+                        .with_hint("Use SET, or a /* shardgate: ... */ comment on the statement."),
+                ),
+            ),
+            Some(SessionCommand::Reset { name }) if name.starts_with("shardgate.") => {
+                Some(Setting::from_name(&name).map(ShardgateCommand::Reset))
+            }
+            _ => {
+                let toks: Vec<_> = Lexer::new(stmt)
+                    .filter(|t| t.kind != TokenKind::BlockComment && t.kind != TokenKind::Semicolon)
+                    .collect();
+                match toks.as_slice() {
+                    [show, a, dot, b]
+                        if show.is_keyword("show")
+                            && a.is_keyword("shardgate")
+                            && dot.is_punct(".") =>
+                    {
+                        let name = format!("shardgate.{}", b.text.to_ascii_lowercase());
+                        Some(Setting::from_name(&name).map(ShardgateCommand::Show))
+                    }
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    /// The rows it returns: a column name for SHOW.
+    fn column(&self) -> Option<&'static str> {
+        match self {
+            ShardgateCommand::Show(s) => Some(s.name()),
+            _ => None,
+        }
+    }
+}
+
+fn contains_shardgate(sql: &str) -> bool {
+    sql.as_bytes()
+        .windows(9)
+        .any(|w| w.eq_ignore_ascii_case(b"shardgate"))
+}
+
+/// Statements and portals of shardgate commands in the extended protocol.
+#[derive(Debug, Default)]
+pub struct VirtualStatements {
+    named: HashMap<String, ShardgateCommand>,
+    unnamed: Option<ShardgateCommand>,
+    portals: HashMap<String, ShardgateCommand>,
+}
+
+impl VirtualStatements {
+    /// Unnamed portals end with the batch (named ones with the transaction;
+    /// they are dropped here too, as shardgate commands run no transaction).
+    pub fn end_of_batch(&mut self) {
+        self.portals.clear();
+    }
+
+    fn statement(&self, name: &str) -> Option<&ShardgateCommand> {
+        if name.is_empty() {
+            self.unnamed.as_ref()
+        } else {
+            self.named.get(name)
+        }
+    }
+}
+
+impl Session {
+    /// Runs a shardgate command; returns the response messages without ReadyForQuery.
+    fn run_shardgate(&mut self, cmd: &ShardgateCommand) -> Result<BytesMut, PgError> {
+        let mut out = BytesMut::new();
+        match cmd {
+            ShardgateCommand::Set(Setting::Consistency, v) => {
+                let c: Consistency = v
+                    .parse()
+                    .map_err(|_| invalid_value(Setting::Consistency, v))?;
+                self.routing.set_consistency(c);
+                backend::command_complete("SET", &mut out);
+            }
+            ShardgateCommand::Set(Setting::MaxLagMs, v) => {
+                let ms = parse_max_lag_ms(v).map_err(|_| invalid_value(Setting::MaxLagMs, v))?;
+                self.routing.set_max_lag_ms(ms);
+                backend::command_complete("SET", &mut out);
+            }
+            ShardgateCommand::Reset(Setting::Consistency) => {
+                self.routing.reset_consistency();
+                backend::command_complete("RESET", &mut out);
+            }
+            ShardgateCommand::Reset(Setting::MaxLagMs) => {
+                self.routing.reset_max_lag_ms();
+                backend::command_complete("RESET", &mut out);
+            }
+            ShardgateCommand::Show(s) => {
+                let value = match s {
+                    Setting::Consistency => self.routing.level().consistency.to_string(),
+                    Setting::MaxLagMs => self.routing.level().max_lag_ms.to_string(),
+                };
+                backend::data_row(&[Some(value)], &mut out);
+                backend::command_complete("SHOW", &mut out);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Answers a simple query that is a shardgate command; false if it is not one.
+    pub(super) fn answer_shardgate_query(&mut self, sql: &str) -> bool {
+        if !contains_shardgate(sql) {
+            return false;
+        }
+        let stmts = split_statements(sql);
+        let result = match stmts.as_slice() {
+            [one] => match ShardgateCommand::parse(one) {
+                None => return false,
+                Some(Err(e)) => Err(e),
+                Some(Ok(cmd)) => {
+                    let mut out = BytesMut::new();
+                    if let Some(col) = cmd.column() {
+                        backend::row_description(&[(col, 25)], &mut out);
+                    }
+                    self.run_shardgate(&cmd).map(|body| {
+                        out.extend_from_slice(&body);
+                        out
+                    })
+                }
+            },
+            many => {
+                if !many.iter().any(|s| ShardgateCommand::parse(s).is_some()) {
+                    return false;
+                }
+                Err(PgError::error(
+                    "0A000",
+                    "shardgate settings must be sent as a statement of their own",
+                )
+                .with_hint("Send SET/SHOW shardgate.* in a separate query."))
+            }
+        };
+        self.reply_simple(result);
+        true
+    }
+
+    /// Finishes a locally answered simple query with ReadyForQuery; an error
+    /// inside a transaction fails that transaction on the server too.
+    fn reply_simple(&mut self, result: Result<BytesMut, PgError>) {
+        let status = self.backend.as_ref().map_or(b'I', |b| b.ex.status);
+        match result {
+            Ok(mut out) => {
+                backend::ready_for_query(status, &mut out);
+                self.emit_local(out.freeze());
+            }
+            Err(e) => {
+                let mut out = BytesMut::new();
+                e.encode(&mut out);
+                if self.backend.is_some() && status != b'I' {
+                    self.fail_in_server(out.freeze(), Proto::Simple);
+                } else {
+                    backend::ready_for_query(status, &mut out);
+                    self.emit_local(out.freeze());
+                }
+            }
+        }
+        if let Some(b) = self.backend.as_mut() {
+            // A locally answered simple query is not an open batch.
+            b.ex.unsynced = false;
+        }
+    }
+
+    /// Handles `DISCARD ALL` and `DEALLOCATE` in transaction pooling, which
+    /// concern the client's own statements and state, not the server's.
+    pub(super) fn answer_locally(&mut self, sql: &str) -> bool {
+        if !first_keyword(sql).is_some_and(|k| {
+            k.eq_ignore_ascii_case("discard") || k.eq_ignore_ascii_case("deallocate")
+        }) {
+            return false;
+        }
+        let stmts = split_statements(sql);
+        let [stmt] = stmts.as_slice() else {
+            return false;
+        };
+        let Some(cmd) = SessionCommand::parse(stmt) else {
+            return false;
+        };
+        let in_tx = self.backend.as_ref().is_some_and(|b| b.ex.status != b'I');
+        let mut out = BytesMut::new();
+        let result = match cmd {
+            SessionCommand::DiscardAll if in_tx => return false,
+            SessionCommand::DiscardAll => {
+                self.statements.clear();
+                self.state.discard_all();
+                backend::command_complete("DISCARD ALL", &mut out);
+                Ok(out)
+            }
+            SessionCommand::Deallocate(None) => {
+                self.statements.clear();
+                backend::command_complete("DEALLOCATE ALL", &mut out);
+                Ok(out)
+            }
+            SessionCommand::Deallocate(Some(name)) => {
+                if self.statements.remove(&name) {
+                    backend::command_complete("DEALLOCATE", &mut out);
+                    Ok(out)
+                } else {
+                    Err(PgError::error(
+                        "26000",
+                        format!("prepared statement \"{name}\" does not exist"),
+                    ))
+                }
+            }
+            _ => return false,
+        };
+        self.reply_simple(result);
+        true
+    }
+
+    /// Parse of a shardgate command: remembered, answered locally.
+    pub(super) fn parse_virtual(&mut self, p: &Parse<'_>) -> Result<bool, super::SessionError> {
+        let cmd = match ShardgateCommand::parse(p.query) {
+            None => {
+                if p.name.is_empty() {
+                    self.virtual_stmts.unnamed = None;
+                } else {
+                    self.virtual_stmts.named.remove(p.name);
+                }
+                return Ok(false);
+            }
+            Some(Err(e)) => {
+                self.refuse_pg(e)?;
+                return Ok(true);
+            }
+            Some(Ok(cmd)) => cmd,
+        };
+        if p.name.is_empty() {
+            self.virtual_stmts.unnamed = Some(cmd);
+        } else {
+            self.virtual_stmts.named.insert(p.name.to_owned(), cmd);
+        }
+        self.emit_empty(btag::PARSE_COMPLETE);
+        Ok(true)
+    }
+
+    pub(super) fn bind_virtual(&mut self, b: &Bind<'_>) -> bool {
+        let Some(cmd) = self.virtual_stmts.statement(b.statement).cloned() else {
+            return false;
+        };
+        self.virtual_stmts.portals.insert(b.portal.to_owned(), cmd);
+        self.emit_empty(btag::BIND_COMPLETE);
+        true
+    }
+
+    pub(super) fn describe_virtual(&mut self, d: &DescribeOrClose<'_>) -> bool {
+        let cmd = match d.target {
+            Target::Statement => self.virtual_stmts.statement(d.name),
+            Target::Portal => self.virtual_stmts.portals.get(d.name),
+        };
+        let Some(cmd) = cmd.cloned() else {
+            return false;
+        };
+        let mut out = BytesMut::new();
+        if d.target == Target::Statement {
+            // ParameterDescription with no parameters.
+            out.extend_from_slice(&[btag::PARAMETER_DESCRIPTION, 0, 0, 0, 6, 0, 0]);
+        }
+        match cmd.column() {
+            Some(col) => backend::row_description(&[(col, 25)], &mut out),
+            None => backend::empty(btag::NO_DATA, &mut out),
+        }
+        self.emit_local(out.freeze());
+        true
+    }
+
+    pub(super) fn execute_virtual(&mut self, portal: &str) -> bool {
+        let Some(cmd) = self.virtual_stmts.portals.get(portal).cloned() else {
+            return false;
+        };
+        match self.run_shardgate(&cmd) {
+            Ok(out) => self.emit_local(out.freeze()),
+            Err(e) => {
+                let _ = self.refuse_pg(e);
+            }
+        }
+        true
+    }
+
+    pub(super) fn close_virtual(&mut self, c: &DescribeOrClose<'_>) -> bool {
+        let existed = match c.target {
+            Target::Statement if c.name.is_empty() => self.virtual_stmts.unnamed.take().is_some(),
+            Target::Statement => self.virtual_stmts.named.remove(c.name).is_some(),
+            Target::Portal => self.virtual_stmts.portals.remove(c.name).is_some(),
+        };
+        if existed {
+            self.emit_empty(btag::CLOSE_COMPLETE);
+        }
+        existed
+    }
+
+    fn emit_empty(&mut self, t: u8) {
+        let mut out = BytesMut::new();
+        backend::empty(t, &mut out);
+        self.emit_local(Bytes::from(out));
+    }
+}
+
+fn invalid_value(setting: Setting, value: &str) -> PgError {
+    let valid = match setting {
+        Setting::Consistency => "Valid values are strong, bounded, eventual and session.",
+        Setting::MaxLagMs => "Use a whole number of milliseconds, e.g. 500.",
+    };
+    PgError::error(
+        "22023",
+        format!(
+            "invalid value for parameter \"{}\": \"{value}\"",
+            setting.name()
+        ),
+    )
+    .with_hint(valid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_shardgate_commands() {
+        assert_eq!(
+            ShardgateCommand::parse("SET shardgate.consistency = 'strong'"),
+            Some(Ok(ShardgateCommand::Set(
+                Setting::Consistency,
+                "strong".into()
+            )))
+        );
+        assert_eq!(
+            ShardgateCommand::parse("set shardgate.max_lag_ms to 250"),
+            Some(Ok(ShardgateCommand::Set(Setting::MaxLagMs, "250".into())))
+        );
+        assert_eq!(
+            ShardgateCommand::parse("SHOW shardgate.consistency"),
+            Some(Ok(ShardgateCommand::Show(Setting::Consistency)))
+        );
+        assert_eq!(
+            ShardgateCommand::parse("RESET shardgate.consistency"),
+            Some(Ok(ShardgateCommand::Reset(Setting::Consistency)))
+        );
+        assert!(matches!(
+            ShardgateCommand::parse("SET shardgate.nope = 1"),
+            Some(Err(_))
+        ));
+        assert_eq!(ShardgateCommand::parse("SELECT 'shardgate'"), None);
+        assert_eq!(ShardgateCommand::parse("SET search_path = shardgate"), None);
+    }
+}

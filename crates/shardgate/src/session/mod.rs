@@ -1,0 +1,537 @@
+//! One client session after login: reads client messages, lends it a server
+//! connection for each transaction (or the whole session), relays responses.
+//!
+//! - `login`: finishing the startup (ParameterStatus, BackendKeyData).
+//! - `extended`: the extended query protocol and prepared statements.
+//! - `local`: statements the proxy answers itself (shardgate settings,
+//!   DISCARD/DEALLOCATE in transaction pooling).
+//! - `server`: lending, replaying state on, releasing and losing server connections.
+
+mod extended;
+mod local;
+mod login;
+mod server;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use shardgate_jobs::topology::InFlight;
+use shardgate_jobs::{ShardState, Topology};
+use shardgate_pool::{ConnectError, Pool, PoolError, PooledConn};
+use shardgate_protocol::frontend::{self, tag};
+use shardgate_protocol::{Header, PgError, ProtocolError};
+use shardgate_router::parse_hints;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use crate::auth::User;
+use crate::cancel::CancelKey;
+use crate::client_io::ClientStream;
+use crate::config::PoolMode;
+use crate::prepared::ClientStatements;
+use crate::proxy::Proxy;
+use crate::relay::{Exchange, Expect};
+use crate::routing::{RoutingState, Want};
+use crate::state::SessionState;
+
+/// SQL the server rejects, sent to fail a transaction where the proxy itself
+/// reports an error, so the client and server agree the transaction failed.
+const FAILING_SQL: &str = "shardgate proxy error";
+
+/// Client messages of one read kept for a retry are capped at this many bytes.
+const RETRY_LIMIT: usize = 256 * 1024;
+
+/// Why a session ended abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The client socket failed or closed.
+    #[error("client connection: {0}")]
+    ClientIo(#[from] std::io::Error),
+    /// The client broke the protocol.
+    #[error("client protocol violation: {0}")]
+    ClientProtocol(#[from] ProtocolError),
+    /// The session must end with this error sent to the client.
+    #[error("{0}")]
+    Fatal(PgError),
+}
+
+/// A server connection lent to this session.
+struct Backend {
+    conn: PooledConn,
+    ex: Exchange,
+    /// Counts the session on the node while it holds the connection.
+    node: InFlight,
+    /// What the transaction needed when the node was chosen.
+    want: Want,
+    /// Client messages of a read not yet answered, to run it elsewhere if
+    /// the node fails first; `None` once that is no longer possible.
+    retry: Option<Vec<Bytes>>,
+    /// Names the client prepared in this cycle (forgotten before a retry).
+    cycle_names: Vec<String>,
+    /// Record the commit position after each cycle (read your writes).
+    track_lsn: bool,
+    /// A commit position is still to be asked for.
+    lsn_due: bool,
+}
+
+enum Event {
+    Client(std::io::Result<usize>),
+    Server(std::io::Result<usize>),
+    Shutdown,
+}
+
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
+/// Which protocol a failed request came from, to finish the reply correctly.
+#[derive(Clone, Copy)]
+enum Proto {
+    Simple,
+    Extended,
+}
+
+/// Everything a session needs that is fixed at login.
+pub struct SessionSetup {
+    /// Shared proxy state.
+    pub proxy: Arc<Proxy>,
+    /// The authenticated user.
+    pub user: Arc<User>,
+    /// Database on the servers.
+    pub database: String,
+    /// The client connection.
+    pub client: ClientStream,
+    /// Bytes already read from the client.
+    pub cbuf: BytesMut,
+    /// Session state from the startup packet.
+    pub state: SessionState,
+    /// Consistency settings from configuration, user and startup options.
+    pub routing: RoutingState,
+    /// The client's cancel key.
+    pub cancel: CancelKey,
+}
+
+/// A logged-in client.
+pub struct Session {
+    proxy: Arc<Proxy>,
+    user: Arc<User>,
+    database: String,
+    client: ClientStream,
+    cbuf: BytesMut,
+    cout: BytesMut,
+    sout: BytesMut,
+    backend: Option<Backend>,
+    topology: Arc<Topology>,
+    shard: Arc<ShardState>,
+    /// Pools of the shard's nodes, looked up on first use.
+    pools: Vec<Option<Pool>>,
+    state: SessionState,
+    routing: RoutingState,
+    /// The shard has replicas, so statements are classified.
+    route_reads: bool,
+    statements: ClientStatements,
+    cancel: CancelKey,
+    mode: PoolMode,
+    max_message: usize,
+    shutdown: watch::Receiver<bool>,
+    /// The proxy refused a message of the current extended batch: drop
+    /// client messages until Sync.
+    skip_until_sync: bool,
+    /// Route of the unnamed statement.
+    unnamed_route: Option<crate::routing::StatementRouting>,
+    /// The unnamed statement is a SET/RESET (session tracking in extended protocol).
+    unnamed_set: Option<String>,
+    /// Portal bound to a SET/RESET statement.
+    bound_set: Option<(String, String)>,
+    /// Statements and portals the proxy answers itself (extended protocol).
+    virtual_stmts: local::VirtualStatements,
+    /// Login finished (errors of hidden queries are then only logged).
+    logged_in: bool,
+    /// A read whose node failed before answering, to run again.
+    pending_retry: Option<server::PendingRetry>,
+    /// How often the current read was retried.
+    retry_attempt: usize,
+    /// The expectation queue of the last released connection, kept so
+    /// lending a connection allocates nothing.
+    spare_queue: VecDeque<Expect>,
+}
+
+impl Session {
+    /// A session for an authenticated client.
+    pub fn new(setup: SessionSetup) -> Session {
+        let SessionSetup {
+            proxy,
+            user,
+            database,
+            client,
+            cbuf,
+            state,
+            routing,
+            cancel,
+        } = setup;
+        let mode = proxy.config.proxy.pool_mode;
+        let max_message = proxy.config.proxy.max_message_size;
+        let shutdown = proxy.shutdown.clone();
+        let topology = proxy.topology.clone();
+        let shard = topology.shards[0].clone();
+        let route_reads = shard.nodes.len() > 1;
+        Session {
+            pools: vec![None; shard.nodes.len()],
+            proxy,
+            user,
+            database,
+            client,
+            cbuf,
+            cout: BytesMut::with_capacity(4096),
+            sout: BytesMut::with_capacity(1024),
+            backend: None,
+            topology,
+            shard,
+            state,
+            routing,
+            route_reads,
+            statements: ClientStatements::default(),
+            cancel,
+            mode,
+            max_message,
+            shutdown,
+            skip_until_sync: false,
+            unnamed_route: None,
+            unnamed_set: None,
+            bound_set: None,
+            virtual_stmts: Default::default(),
+            logged_in: false,
+            pending_retry: None,
+            retry_attempt: 0,
+            spare_queue: VecDeque::with_capacity(8),
+        }
+    }
+
+    /// Logs the client in and serves it until it leaves; returns why it ended.
+    pub async fn run(mut self) -> Result<(), SessionError> {
+        let result = match self.login().await {
+            Ok(()) => self.serve().await,
+            Err(e) => Err(e),
+        };
+        let result = match result {
+            Err(SessionError::ClientProtocol(e)) => {
+                let mut out = BytesMut::new();
+                e.to_pg_error().encode(&mut out);
+                let _ = self.client.write_all(&out).await;
+                Err(SessionError::ClientProtocol(e))
+            }
+            Err(SessionError::Fatal(e)) => {
+                let mut out = std::mem::take(&mut self.cout);
+                e.encode(&mut out);
+                let _ = self.client.write_all(&out).await;
+                let _ = self.client.flush().await;
+                Err(SessionError::Fatal(e))
+            }
+            other => other,
+        };
+        self.detach_at_end().await;
+        let _ = self.client.shutdown().await;
+        result
+    }
+
+    async fn serve(&mut self) -> Result<(), SessionError> {
+        loop {
+            if let Some(retry) = self.pending_retry.take() {
+                self.retry_read(retry).await?;
+            }
+            self.flush_client().await?;
+            if self.backend.is_none() && self.proxy.shutting_down() {
+                return Err(SessionError::Fatal(shutdown_error()));
+            }
+            match self.wait().await {
+                Event::Client(Ok(0)) if self.cbuf.is_empty() => return Ok(()),
+                Event::Client(Ok(0)) => return Err(ProtocolError::Incomplete.into()),
+                Event::Client(Ok(_)) => {
+                    if self.handle_client_input().await? == Flow::Stop {
+                        return Ok(());
+                    }
+                }
+                Event::Client(Err(e)) => return Err(SessionError::ClientIo(e)),
+                Event::Server(Ok(0)) => {
+                    self.server_lost("server closed the connection unexpectedly".into())?
+                }
+                Event::Server(Ok(_)) => {
+                    self.handle_server_input()?;
+                    self.record_commit_position().await?;
+                }
+                Event::Server(Err(e)) => self.server_lost(e.to_string())?,
+                Event::Shutdown => {}
+            }
+            self.maybe_release();
+        }
+    }
+
+    async fn wait(&mut self) -> Event {
+        reserve(&mut self.cbuf);
+        let client = &mut self.client;
+        let cbuf = &mut self.cbuf;
+        match &mut self.backend {
+            Some(b) => {
+                let conn = &mut *b.conn;
+                reserve(&mut conn.read_buf);
+                tokio::select! {
+                    biased;
+                    r = conn.stream.read_buf(&mut conn.read_buf) => Event::Server(r),
+                    r = client.read_buf(cbuf) => Event::Client(r),
+                }
+            }
+            None => {
+                let shutdown = &mut self.shutdown;
+                tokio::select! {
+                    r = client.read_buf(cbuf) => Event::Client(r),
+                    _ = shutdown.changed() => Event::Shutdown,
+                }
+            }
+        }
+    }
+
+    async fn flush_client(&mut self) -> Result<(), SessionError> {
+        if !self.cout.is_empty() {
+            self.client.write_all(&self.cout).await?;
+            self.cout.clear();
+            if self.client.is_tls() {
+                self.client.flush().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush_server(&mut self) -> Result<(), SessionError> {
+        if self.sout.is_empty() {
+            return Ok(());
+        }
+        let Some(b) = self.backend.as_mut() else {
+            self.sout.clear();
+            return Ok(());
+        };
+        let written = b.conn.stream.write_all(&self.sout).await;
+        self.sout.clear();
+        if let Err(e) = written {
+            self.server_lost(e.to_string())?;
+        }
+        Ok(())
+    }
+
+    // ---- client side -------------------------------------------------------
+
+    async fn handle_client_input(&mut self) -> Result<Flow, SessionError> {
+        let mut buf = std::mem::take(&mut self.cbuf);
+        let result = self.process_client_buffer(&mut buf).await;
+        self.cbuf = buf;
+        let flow = result?;
+        self.flush_server().await?;
+        Ok(flow)
+    }
+
+    async fn process_client_buffer(&mut self, buf: &mut BytesMut) -> Result<Flow, SessionError> {
+        while let Some(h) = Header::complete(buf, self.max_message)? {
+            let msg = buf.split_to(h.total).freeze();
+            if self.on_client_message(h.tag, msg, buf).await? == Flow::Stop {
+                return Ok(Flow::Stop);
+            }
+            if self.sout.len() >= 64 * 1024 {
+                self.flush_server().await?;
+            }
+        }
+        // Reject an oversized message as soon as its header is in.
+        Header::peek(buf, self.max_message)?;
+        Ok(Flow::Continue)
+    }
+
+    /// Handles one client message; `rest` holds the messages after it that
+    /// have already arrived (to route a pipelined batch as a whole).
+    async fn on_client_message(
+        &mut self,
+        t: u8,
+        msg: Bytes,
+        rest: &[u8],
+    ) -> Result<Flow, SessionError> {
+        let body = &msg[5..];
+        frontend::validate(t, body)?;
+        if self.skip_until_sync && t != tag::SYNC && t != tag::TERMINATE {
+            return Ok(Flow::Continue);
+        }
+        self.keep_for_retry(&msg);
+        match t {
+            tag::QUERY => self.on_query(&msg).await?,
+            tag::PARSE => self.on_parse(&msg, rest).await?,
+            tag::BIND => self.on_bind(&msg, rest).await?,
+            tag::DESCRIBE => self.on_describe(&msg, rest).await?,
+            tag::CLOSE => self.on_close(&msg).await?,
+            tag::EXECUTE => self.on_execute(&msg, rest).await?,
+            tag::FLUSH => self.on_flush(&msg),
+            tag::SYNC => self.on_sync(&msg),
+            tag::TERMINATE => return Ok(Flow::Stop),
+            tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => {
+                // Outside COPY these are ignored, as Postgres does.
+                if self.backend.is_some() {
+                    self.sout.extend_from_slice(&msg);
+                }
+            }
+            tag::FUNCTION_CALL => {
+                if self.attach(Proto::Simple, Want::Primary).await? {
+                    self.forward(&msg, Expect::Query { forward: true });
+                }
+            }
+            other => return Err(ProtocolError::UnknownType(other).into()),
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Appends a client message for the server with its expectation.
+    fn forward(&mut self, msg: &[u8], e: Expect) {
+        let b = self.backend.as_mut().expect("attached before forwarding");
+        if !matches!(e, Expect::Query { .. } | Expect::Sync) {
+            b.ex.unsynced = true;
+        }
+        self.sout.extend_from_slice(msg);
+        self.push_expect(e);
+    }
+
+    /// After a write committed on the primary for a read-your-writes client,
+    /// asks the primary for its WAL position. The client already has its
+    /// answer; only the connection's return to the pool waits for this.
+    async fn record_commit_position(&mut self) -> Result<(), SessionError> {
+        let Some(b) = self.backend.as_mut() else {
+            return Ok(());
+        };
+        if std::mem::take(&mut b.ex.cycle_done) && b.track_lsn {
+            b.lsn_due = true;
+        }
+        if b.lsn_due && b.ex.expect.is_empty() && !b.ex.unsynced {
+            b.lsn_due = false;
+            frontend::encode_query(COMMIT_LSN_SQL, &mut self.sout);
+            b.ex.expect.push_back(Expect::CommitLsn { lsn: None });
+            self.flush_server().await?;
+        }
+        Ok(())
+    }
+
+    /// Queues an expectation; a synthetic response emitted at once means the
+    /// client has seen part of the answer, so the read can no longer be retried.
+    fn push_expect(&mut self, e: Expect) {
+        let b = self.backend.as_mut().expect("attached");
+        let before = self.cout.len();
+        b.ex.push(e, &mut self.cout);
+        if self.cout.len() != before {
+            b.retry = None;
+        }
+    }
+
+    /// Keeps a copy of a client message while its read may still be retried.
+    fn keep_for_retry(&mut self, msg: &Bytes) {
+        if let Some(b) = self.backend.as_mut() {
+            if let Some(kept) = b.retry.as_mut() {
+                if kept.iter().map(Bytes::len).sum::<usize>() + msg.len() > RETRY_LIMIT {
+                    b.retry = None;
+                } else {
+                    kept.push(msg.clone());
+                }
+            }
+        }
+    }
+
+    /// What a statement needs, from its classification and hint comments.
+    fn want_for(&self, sql: &str) -> Result<Want, PgError> {
+        if !self.route_reads {
+            // Only hints need checking: everything goes to the primary.
+            parse_hints(sql).map_err(hint_error)?;
+            return Ok(Want::Primary);
+        }
+        let c = self.proxy.classifier.classify(sql);
+        let hints = c.hints().map_err(|e| hint_error(e.clone()))?;
+        Ok(self.routing.want(c.route, hints))
+    }
+
+    async fn on_query(&mut self, msg: &Bytes) -> Result<(), SessionError> {
+        let sql = frontend::parse_query(&msg[5..])?;
+        if self.answer_shardgate_query(sql) {
+            return Ok(());
+        }
+        if self.mode == PoolMode::Transaction {
+            if self.answer_locally(sql) {
+                return Ok(());
+            }
+            self.state.note_query(sql);
+        }
+        if self.backend.is_none() {
+            let want = match self.want_for(sql) {
+                Ok(w) => w,
+                Err(e) => {
+                    e.encode(&mut self.cout);
+                    shardgate_protocol::backend::ready_for_query(b'I', &mut self.cout);
+                    return Ok(());
+                }
+            };
+            if !self.attach(Proto::Simple, want).await? {
+                return Ok(());
+            }
+            self.start_retry(msg);
+        }
+        self.forward(msg, Expect::Query { forward: true });
+        Ok(())
+    }
+}
+
+fn hint_error(e: shardgate_router::HintError) -> PgError {
+    PgError::error("22023", e.to_string())
+        .with_hint("Hints look like /* shardgate: consistency=strong */.")
+}
+
+/// Asks the primary for its WAL position right after a client's cycle: the
+/// answer is at or past the client's commit, and costs the client no round trip.
+const COMMIT_LSN_SQL: &str = "SELECT pg_current_wal_lsn()::text";
+
+#[inline]
+fn reserve(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < 2048 {
+        buf.reserve(16 * 1024);
+    }
+}
+
+fn shutdown_error() -> PgError {
+    PgError::fatal(
+        "57P01",
+        "terminating connection because shardgate is shutting down",
+    )
+}
+
+/// What a client is told when no server connection could be had.
+pub fn pool_error(e: &PoolError) -> PgError {
+    match e {
+        PoolError::Timeout { addr, timeout_ms, size } => PgError::error(
+            "53300",
+            format!(
+                "shardgate: no server connection to {addr} became free within pool_timeout ({timeout_ms} ms); all {size} are busy"
+            ),
+        )
+        .with_hint("Retry, raise pool_size or pool_timeout in proxy.toml, or shorten long transactions."),
+        PoolError::Connect(ConnectError::Refused { fields, .. }) => {
+            PgError::error(&fields.code, fields.message.clone())
+        }
+        PoolError::Connect(c) => PgError::error("08006", format!("shardgate: {c}"))
+            .with_hint("Check that the server is running and reachable, and the [[shards]] addresses in proxy.toml."),
+        PoolError::Closed(_) => shutdown_error(),
+    }
+}
+
+/// Whether a pool error means the node itself is unreachable (not an
+/// authentication or database problem, and not a busy pool).
+fn node_unreachable(e: &PoolError) -> bool {
+    match e {
+        PoolError::Connect(ConnectError::Io { .. } | ConnectError::Timeout(_)) => true,
+        PoolError::Connect(ConnectError::Refused { fields, .. }) => {
+            // Shutting down, starting up, in recovery crash: the node, not the login.
+            matches!(fields.code.as_str(), "57P01" | "57P02" | "57P03")
+        }
+        _ => false,
+    }
+}

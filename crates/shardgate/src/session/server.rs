@@ -1,0 +1,316 @@
+//! Lending server connections: choosing the node, replaying session state,
+//! relaying responses, releasing, and what happens when a server fails.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use shardgate_pool::{Pool, PooledConn};
+use shardgate_protocol::backend::{self, tag as btag};
+use shardgate_protocol::frontend;
+use shardgate_protocol::{Header, PgError, Severity};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{node_unreachable, pool_error, reserve, Backend, Proto, Session, SessionError};
+use crate::config::PoolMode;
+use crate::relay::{relay, Exchange, Expect, RelayContext};
+use crate::routing::{choose, Choice, Want};
+use crate::state::{DIRTY, FRESH};
+use shardgate_router::Consistency;
+
+/// A read to run again on another node, and how often it was tried.
+pub(super) struct PendingRetry {
+    pub msgs: Vec<Bytes>,
+    pub names: Vec<String>,
+    pub attempt: usize,
+}
+
+impl Session {
+    /// The pool for node `index` of the shard.
+    fn pool_for(&mut self, index: usize) -> Pool {
+        if let Some(p) = &self.pools[index] {
+            return p.clone();
+        }
+        let addr = self.shard.nodes[index].addr.clone();
+        let pool = self.proxy.pool(&addr, &self.user, &self.database);
+        self.pools[index] = Some(pool.clone());
+        pool
+    }
+
+    /// Chooses a node for `want` and gets a connection to it; an unreachable
+    /// node is banned and, for reads, another one is tried.
+    pub(super) async fn checkout(&mut self, want: Want) -> Result<(PooledConn, Choice), PgError> {
+        let attempts = self.shard.nodes.len();
+        let mut last_err = None;
+        for _ in 0..attempts {
+            let now = self.topology.now_ms();
+            let choice = match choose(&self.shard, want, self.routing.min_lsn, now) {
+                Ok(c) => c,
+                Err(e) => return Err(last_err.unwrap_or(e)),
+            };
+            let pool = self.pool_for(choice.node.index);
+            match pool.get().await {
+                Ok(conn) => return Ok((conn, choice)),
+                Err(e) if node_unreachable(&e) => {
+                    choice
+                        .node
+                        .ban(self.topology.now_ms(), self.proxy.ban_ms(), &e.to_string());
+                    pool.drain_idle();
+                    last_err = Some(pool_error(&e));
+                    if !choice.replica && want == Want::Primary {
+                        break;
+                    }
+                }
+                Err(e) => return Err(pool_error(&e)),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| PgError::error("08006", "shardgate: no server available")))
+    }
+
+    /// Makes sure a server connection is attached. On failure the client has
+    /// been sent the error (and, for a simple query, ReadyForQuery) and
+    /// `false` is returned.
+    pub(super) async fn attach(&mut self, proto: Proto, want: Want) -> Result<bool, SessionError> {
+        if self.backend.is_some() {
+            return Ok(true);
+        }
+        match self.checkout(want).await {
+            Ok((conn, choice)) => {
+                self.install(conn, choice, want);
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::warn!(user = %self.user.config.name, error = %e, "no server connection");
+                e.encode(&mut self.cout);
+                match proto {
+                    Proto::Simple => backend::ready_for_query(b'I', &mut self.cout),
+                    Proto::Extended => self.skip_until_sync = true,
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// Adopts a server connection: replays session state it lacks.
+    pub(super) fn install(&mut self, mut conn: PooledConn, choice: Choice, want: Want) {
+        let mut ex = Exchange {
+            expect: std::mem::take(&mut self.spare_queue),
+            ..Exchange::default()
+        };
+        let wanted = self.state.fingerprint();
+        if conn.state_fingerprint != wanted {
+            let sql = self.state.replay_sql(conn.state_fingerprint);
+            frontend::encode_query(&sql, &mut self.sout);
+            ex.expect.push_back(Expect::Query { forward: false });
+            conn.state_fingerprint = wanted;
+        }
+        self.cancel.slot.set_one(&conn.cancel);
+        let track_lsn = !choice.replica
+            && want == Want::Primary
+            && self.route_reads
+            && self.routing.level().consistency == Consistency::Session;
+        self.backend = Some(Backend {
+            conn,
+            ex,
+            node: choice.node.begin_use(),
+            want,
+            retry: None,
+            cycle_names: Vec::new(),
+            track_lsn,
+            lsn_due: false,
+        });
+    }
+
+    /// Starts keeping the client messages of a replica read so it can be
+    /// retried elsewhere; `first` is the message that attached the connection.
+    pub(super) fn start_retry(&mut self, first: &Bytes) {
+        if let Some(b) = self.backend.as_mut() {
+            if matches!(b.want, Want::Read(_)) && b.ex.status == b'I' {
+                b.retry = Some(vec![first.clone()]);
+            }
+        }
+    }
+
+    pub(super) fn handle_server_input(&mut self) -> Result<(), SessionError> {
+        let Some(b) = self.backend.as_mut() else {
+            return Ok(());
+        };
+        let mut cx = RelayContext {
+            cout: &mut self.cout,
+            state: &mut self.state,
+            statements: &mut self.statements,
+            commit_lsn: &mut self.routing.min_lsn,
+        };
+        if let Err(e) = relay(&mut b.conn, &mut b.ex, &mut cx) {
+            tracing::error!(server = %b.conn.addr, error = %e, "server broke the protocol");
+            return self.server_lost(format!("protocol error from server: {e}"));
+        }
+        if b.ex.answered {
+            b.retry = None;
+        }
+        if b.ex.skipping && !b.ex.unsynced {
+            // The client's Sync is already queued; nothing to skip.
+            b.ex.skipping = false;
+        } else if b.ex.skipping {
+            self.skip_until_sync = true;
+        }
+        if let Some(err) = b.ex.hidden_error.take_if(|_| self.logged_in) {
+            tracing::warn!(server = %b.conn.addr, code = %err.code, message = %err.message, "replaying session state failed");
+            b.conn.state_fingerprint = DIRTY;
+        }
+        if let Some(fatal) = b.ex.fatal.take() {
+            return self.server_lost(format!("{} ({})", fatal.message, fatal.code));
+        }
+        if b.conn.broken && b.ex.expect.is_empty() {
+            self.server_lost("server ended the session".into())?;
+        }
+        Ok(())
+    }
+
+    /// Returns the server connection to its pool when the transaction is over.
+    pub(super) fn maybe_release(&mut self) {
+        if self.mode != PoolMode::Transaction {
+            return;
+        }
+        if let Some(b) = &self.backend {
+            if b.ex.idle() && self.sout.is_empty() && b.conn.read_buf.is_empty() {
+                self.cancel.slot.clear();
+                self.retry_attempt = 0;
+                if let Some(mut b) = self.backend.take() {
+                    self.spare_queue = std::mem::take(&mut b.ex.expect);
+                }
+            }
+        }
+    }
+
+    /// The server connection failed. A replica read nobody has seen an answer
+    /// to yet runs again on another node. Otherwise, outside a transaction
+    /// the client gets an error and may go on; inside one the session ends,
+    /// as with Postgres.
+    pub(super) fn server_lost(&mut self, why: String) -> Result<(), SessionError> {
+        let Some(mut b) = self.backend.take() else {
+            return Ok(());
+        };
+        self.cancel.slot.clear();
+        b.conn.broken = true;
+        let node = b.node.node().clone();
+        tracing::warn!(server = %b.conn.addr, user = %self.user.config.name, reason = %why, "server connection lost");
+        node.ban(self.topology.now_ms(), self.proxy.ban_ms(), &why);
+        if let Some(pool) = self.pools[node.index].as_ref() {
+            pool.drain_idle();
+        }
+        let attempt = self.retry_attempt + 1;
+        tracing::debug!(retryable = b.retry.is_some(), status = %(b.ex.status as char), attempt, "deciding whether to retry");
+        if let Some(msgs) = b.retry.take() {
+            if b.ex.status == b'I' && attempt < self.shard.nodes.len() {
+                tracing::info!(server = %b.conn.addr, "retrying the read on another node");
+                self.sout.clear();
+                self.pending_retry = Some(PendingRetry {
+                    msgs,
+                    names: std::mem::take(&mut b.cycle_names),
+                    attempt,
+                });
+                return Ok(());
+            }
+        }
+        if b.ex.idle() {
+            // Nothing was outstanding: the client lost nothing.
+            self.sout.clear();
+            return Ok(());
+        }
+        let err = PgError::error(
+            "08006",
+            format!("connection to server {} was lost: {why}", b.conn.addr),
+        )
+        .with_hint("The transaction, if any, was rolled back. Retry it.");
+        if b.ex.status != b'I' {
+            return Err(SessionError::Fatal(PgError {
+                severity: Severity::Fatal,
+                ..err
+            }));
+        }
+        err.encode(&mut self.cout);
+        for e in &b.ex.expect {
+            if matches!(
+                e,
+                Expect::Sync | Expect::Query { forward: true } | Expect::QueryError(_)
+            ) {
+                backend::ready_for_query(b'I', &mut self.cout);
+            }
+        }
+        if b.ex.unsynced {
+            self.skip_until_sync = true;
+        }
+        self.sout.clear();
+        Ok(())
+    }
+
+    /// Runs a read again after its node failed before answering.
+    pub(super) async fn retry_read(&mut self, retry: PendingRetry) -> Result<(), SessionError> {
+        self.skip_until_sync = false;
+        for name in &retry.names {
+            self.statements.remove(name);
+        }
+        self.retry_attempt = retry.attempt;
+        let mut rest = BytesMut::new();
+        for m in &retry.msgs {
+            rest.extend_from_slice(m);
+        }
+        for m in retry.msgs {
+            bytes::Buf::advance(&mut rest, m.len());
+            self.on_client_message(m[0], m, &rest).await?;
+        }
+        self.flush_server().await?;
+        Ok(())
+    }
+
+    /// The client is gone: return a clean connection, discard any other.
+    pub(super) async fn detach_at_end(&mut self) {
+        self.cancel.slot.clear();
+        let Some(mut b) = self.backend.take() else {
+            return;
+        };
+        if !b.ex.idle() || !b.conn.read_buf.is_empty() {
+            if !b.ex.expect.is_empty() {
+                let handle = b.conn.cancel.clone();
+                tokio::spawn(async move {
+                    let _ = handle.cancel().await;
+                });
+            }
+            b.conn.broken = true;
+            tracing::info!(user = %self.user.config.name, "client left mid-transaction; server connection discarded (rolled back)");
+            return;
+        }
+        if self.mode == PoolMode::Session {
+            reset_session_connection(&mut b.conn).await;
+        }
+    }
+}
+
+/// Cleans a session-pooled connection for the next client, or marks it broken.
+async fn reset_session_connection(conn: &mut PooledConn) {
+    let conn: &mut shardgate_pool::ServerConn = conn;
+    let mut out = BytesMut::new();
+    frontend::encode_query("DISCARD ALL", &mut out);
+    let ok = tokio::time::timeout(Duration::from_secs(2), async {
+        conn.stream.write_all(&out).await.ok()?;
+        loop {
+            reserve(&mut conn.read_buf);
+            if conn.stream.read_buf(&mut conn.read_buf).await.ok()? == 0 {
+                return None;
+            }
+            while let Some(h) = Header::complete(&conn.read_buf, 1 << 20).ok()? {
+                let msg = conn.read_buf.split_to(h.total);
+                if h.tag == btag::READY_FOR_QUERY {
+                    return (msg.get(5) == Some(&b'I') && conn.read_buf.is_empty()).then_some(());
+                }
+            }
+        }
+    })
+    .await;
+    if matches!(ok, Ok(Some(()))) {
+        conn.prepared.clear();
+        conn.state_fingerprint = FRESH;
+    } else {
+        conn.broken = true;
+    }
+}
