@@ -75,6 +75,13 @@ impl NodeState {
         !self.is_banned(now_ms) && !self.fenced.load(Ordering::Relaxed)
     }
 
+    /// Whether the node was never banned and is not fenced: usable without
+    /// reading the clock.
+    #[inline]
+    pub fn is_clear(&self) -> bool {
+        self.banned_until_ms.load(Ordering::Relaxed) == 0 && !self.fenced.load(Ordering::Relaxed)
+    }
+
     /// Whether the node was replaced as primary and must not be used.
     pub fn is_fenced(&self) -> bool {
         self.fenced.load(Ordering::Relaxed)

@@ -105,8 +105,10 @@ pub struct ServerConn {
     pub pending_closes: Vec<u64>,
     /// When it was opened.
     pub created: Instant,
-    /// When it was last returned to its pool.
+    /// When it was last handed out by its pool.
     pub last_used: Instant,
+    /// When its pool closes it instead of handing it out (`server_lifetime`).
+    pub retire_at: Instant,
 }
 
 impl ServerConn {
@@ -143,6 +145,7 @@ impl ServerConn {
             pending_closes: Vec::new(),
             created: now,
             last_used: now,
+            retire_at: now + Duration::from_secs(86400 * 365),
         };
         let mut out = BytesMut::new();
         encode_startup(

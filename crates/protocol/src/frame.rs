@@ -69,10 +69,8 @@ impl<'a> MessageReader<'a> {
     /// A NUL-terminated string, without its NUL.
     pub fn cstr(&mut self) -> Result<&'a [u8], ProtocolError> {
         let rest = &self.buf[self.pos..];
-        let end = rest
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or_else(|| self.malformed("string is not terminated"))?;
+        let end =
+            memchr::memchr(0, rest).ok_or_else(|| self.malformed("string is not terminated"))?;
         self.pos += end + 1;
         Ok(&rest[..end])
     }

@@ -96,8 +96,8 @@ pub fn mentions_shardgate(sql: &str) -> bool {
     if b.len() < MARKER.len() {
         return false;
     }
-    (0..=b.len() - MARKER.len())
-        .any(|i| (b[i] | 0x20) == b's' && b[i..i + MARKER.len()].eq_ignore_ascii_case(MARKER))
+    memchr::memchr2_iter(b's', b'S', &b[..=b.len() - MARKER.len()])
+        .any(|i| b[i..i + MARKER.len()].eq_ignore_ascii_case(MARKER))
 }
 
 /// Reads the shardgate hint comments of a statement (or of a query string

@@ -14,6 +14,7 @@ pub mod classify;
 pub mod consistency;
 pub mod hints;
 pub mod lexer;
+pub mod scan;
 pub mod session_cmd;
 
 pub use classify::{
@@ -22,4 +23,5 @@ pub use classify::{
 pub use consistency::{parse_max_lag_ms, Consistency, ParseConsistencyError, ParseLagError};
 pub use hints::{parse_hints, HintError, Hints};
 pub use lexer::{Lexer, Token, TokenKind};
+pub use scan::{quick_scan, QuickScan};
 pub use session_cmd::{SessionCommand, SetValue};

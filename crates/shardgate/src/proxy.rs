@@ -33,6 +33,9 @@ pub struct Proxy {
     pub tls: Option<TlsAcceptor>,
     /// Becomes `true` when the proxy is shutting down.
     pub shutdown: watch::Receiver<bool>,
+    /// Woken when shutdown begins (sessions wait on it between transactions).
+    pub shutdown_notify: Arc<Notify>,
+    stopping: std::sync::atomic::AtomicBool,
     active: AtomicUsize,
     idle: Notify,
     login_params: Mutex<HashMap<LoginKey, ServerParams>>,
@@ -94,6 +97,8 @@ impl Proxy {
             statements: StatementRegistry::default(),
             tls,
             shutdown,
+            shutdown_notify: Arc::new(Notify::new()),
+            stopping: Default::default(),
             active: AtomicUsize::new(0),
             idle: Notify::new(),
             login_params: Mutex::new(HashMap::new()),
@@ -180,7 +185,7 @@ impl Proxy {
 
     /// Whether shutdown has begun.
     pub fn shutting_down(&self) -> bool {
-        *self.shutdown.borrow()
+        self.stopping.load(Ordering::Relaxed)
     }
 
     /// Number of client connections open now.
@@ -242,6 +247,8 @@ pub async fn serve(
         "shutting down: no new connections; waiting for open transactions"
     );
     let _ = tx.send(true);
+    proxy.stopping.store(true, Ordering::Relaxed);
+    proxy.shutdown_notify.notify_waiters();
     let drained = tokio::time::timeout(timeout, async {
         loop {
             let notified = proxy.idle.notified();

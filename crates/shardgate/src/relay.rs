@@ -88,11 +88,11 @@ pub struct Exchange {
     /// An error before any Sync: the server ignores messages until Sync.
     pub skipping: bool,
     /// Error of an injected (hidden) query, e.g. a failed state replay.
-    pub hidden_error: Option<ErrorFields>,
+    pub hidden_error: Option<Box<ErrorFields>>,
     /// A client cycle just ended with the transaction status idle.
     pub cycle_done: bool,
     /// The server sent FATAL or PANIC: it is ending the session.
-    pub fatal: Option<ErrorFields>,
+    pub fatal: Option<Box<ErrorFields>>,
     /// Part of a response (not just notices) was passed to the client.
     pub answered: bool,
 }
@@ -126,7 +126,15 @@ impl Exchange {
     }
 
     /// Sends every synthetic response that is now at the head of the queue.
+    #[inline]
     pub fn drain_synthetic(&mut self, cout: &mut BytesMut) {
+        if matches!(self.expect.front(), Some(Expect::Synthetic { .. })) {
+            self.drain_synthetic_slow(cout);
+        }
+    }
+
+    #[cold]
+    fn drain_synthetic_slow(&mut self, cout: &mut BytesMut) {
         while let Some(Expect::Synthetic { .. }) = self.expect.front() {
             if let Some(Expect::Synthetic { bytes, .. }) = self.expect.pop_front() {
                 cout.extend_from_slice(&bytes);
@@ -200,7 +208,7 @@ pub fn relay(
             tag::ERROR_RESPONSE if is_fatal(&msg[5..]) => {
                 // The server is ending the session (shutdown, crash, terminate):
                 // the session decides what the client sees (a retry, or an error).
-                ex.fatal = ErrorFields::decode(&msg[5..]).ok();
+                ex.fatal = ErrorFields::decode(&msg[5..]).ok().map(Box::new);
                 conn.broken = true;
             }
             t => {
@@ -246,7 +254,7 @@ fn response(
                     ready_for_query(conn, ex, cx, msg, forward)?;
                 }
                 tag::ERROR_RESPONSE if !forward => {
-                    ex.hidden_error = ErrorFields::decode(&msg[5..]).ok();
+                    ex.hidden_error = ErrorFields::decode(&msg[5..]).ok().map(Box::new);
                 }
                 tag::ERROR_RESPONSE => cx.state.note_error(),
                 tag::COMMAND_COMPLETE if forward => cx.state.note_command_tag(&msg[5..]),

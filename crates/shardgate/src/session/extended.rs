@@ -67,7 +67,7 @@ impl Session {
     /// Attaches for an extended-protocol message whose statement needs `want`.
     async fn attach_extended(
         &mut self,
-        msg: &Bytes,
+        msg: &[u8],
         want: Want,
         rest: &[u8],
     ) -> Result<bool, SessionError> {
@@ -82,7 +82,7 @@ impl Session {
         Ok(true)
     }
 
-    pub(super) async fn on_parse(&mut self, msg: &Bytes, rest: &[u8]) -> Result<(), SessionError> {
+    pub(super) async fn on_parse(&mut self, msg: &[u8], rest: &[u8]) -> Result<(), SessionError> {
         let p = Parse::decode(&msg[5..])?;
         if self.parse_virtual(&p)? {
             return Ok(());
@@ -190,7 +190,7 @@ impl Session {
         Some(stmt)
     }
 
-    pub(super) async fn on_bind(&mut self, msg: &Bytes, rest: &[u8]) -> Result<(), SessionError> {
+    pub(super) async fn on_bind(&mut self, msg: &[u8], rest: &[u8]) -> Result<(), SessionError> {
         let bind = Bind::decode(&msg[5..])?;
         if self.bind_virtual(&bind) {
             return Ok(());
@@ -223,7 +223,7 @@ impl Session {
 
     pub(super) async fn on_describe(
         &mut self,
-        msg: &Bytes,
+        msg: &[u8],
         rest: &[u8],
     ) -> Result<(), SessionError> {
         let d = DescribeOrClose::decode(&msg[5..], "Describe")?;
@@ -250,11 +250,7 @@ impl Session {
         Ok(())
     }
 
-    pub(super) async fn on_execute(
-        &mut self,
-        msg: &Bytes,
-        rest: &[u8],
-    ) -> Result<(), SessionError> {
+    pub(super) async fn on_execute(&mut self, msg: &[u8], rest: &[u8]) -> Result<(), SessionError> {
         let portal = Execute::decode(&msg[5..])?.portal;
         if self.execute_virtual(portal) {
             return Ok(());
@@ -270,7 +266,7 @@ impl Session {
         Ok(())
     }
 
-    pub(super) async fn on_close(&mut self, msg: &Bytes) -> Result<(), SessionError> {
+    pub(super) async fn on_close(&mut self, msg: &[u8]) -> Result<(), SessionError> {
         let c = DescribeOrClose::decode(&msg[5..], "Close")?;
         if self.close_virtual(&c) {
             return Ok(());
@@ -292,14 +288,14 @@ impl Session {
         Ok(())
     }
 
-    pub(super) fn on_flush(&mut self, msg: &Bytes) {
+    pub(super) fn on_flush(&mut self, msg: &[u8]) {
         if let Some(b) = self.backend.as_mut() {
             b.ex.unsynced = true;
             self.sout.extend_from_slice(msg);
         }
     }
 
-    pub(super) fn on_sync(&mut self, msg: &Bytes) {
+    pub(super) fn on_sync(&mut self, msg: &[u8]) {
         self.skip_until_sync = false;
         self.virtual_stmts.end_of_batch();
         if self.backend.is_some() {

@@ -8,6 +8,7 @@ use bytes::{Bytes, BytesMut};
 use shardgate_protocol::backend::{self, tag as btag};
 use shardgate_protocol::frontend::{Bind, DescribeOrClose, Parse, Target};
 use shardgate_protocol::PgError;
+use shardgate_router::hints::mentions_shardgate;
 use shardgate_router::lexer::{first_keyword, split_statements, Lexer, TokenKind};
 use shardgate_router::{parse_max_lag_ms, Consistency, SessionCommand};
 
@@ -58,7 +59,7 @@ impl ShardgateCommand {
     /// Recognises a statement that is a shardgate command; `Some(Err)` for a
     /// shardgate name that does not exist.
     pub fn parse(stmt: &str) -> Option<Result<ShardgateCommand, PgError>> {
-        if !contains_shardgate(stmt) {
+        if !mentions_shardgate(stmt) {
             return None;
         }
         match SessionCommand::parse(stmt) {
@@ -100,12 +101,6 @@ impl ShardgateCommand {
             _ => None,
         }
     }
-}
-
-fn contains_shardgate(sql: &str) -> bool {
-    sql.as_bytes()
-        .windows(9)
-        .any(|w| w.eq_ignore_ascii_case(b"shardgate"))
 }
 
 /// Statements and portals of shardgate commands in the extended protocol.
@@ -171,7 +166,7 @@ impl Session {
 
     /// Answers a simple query that is a shardgate command; false if it is not one.
     pub(super) fn answer_shardgate_query(&mut self, sql: &str) -> bool {
-        if !contains_shardgate(sql) {
+        if !mentions_shardgate(sql) {
             return false;
         }
         let stmts = split_statements(sql);

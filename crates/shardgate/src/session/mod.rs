@@ -21,9 +21,12 @@ use shardgate_jobs::{ShardState, Topology};
 use shardgate_pool::{ConnectError, Pool, PoolError, PooledConn};
 use shardgate_protocol::frontend::{self, tag};
 use shardgate_protocol::{Header, PgError, ProtocolError};
-use shardgate_router::parse_hints;
+use shardgate_router::hints::mentions_shardgate;
+use shardgate_router::{parse_hints, quick_scan};
+use std::pin::Pin;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
+use tokio::sync::futures::OwnedNotified;
 
 use crate::auth::User;
 use crate::cancel::CancelKey;
@@ -136,7 +139,8 @@ pub struct Session {
     cancel: CancelKey,
     mode: PoolMode,
     max_message: usize,
-    shutdown: watch::Receiver<bool>,
+    /// Completes when the proxy starts shutting down (registered once).
+    shutdown: Pin<Box<OwnedNotified>>,
     /// The proxy refused a message of the current extended batch: drop
     /// client messages until Sync.
     skip_until_sync: bool,
@@ -174,7 +178,7 @@ impl Session {
         } = setup;
         let mode = proxy.config.proxy.pool_mode;
         let max_message = proxy.config.proxy.max_message_size;
-        let shutdown = proxy.shutdown.clone();
+        let shutdown = Box::pin(proxy.shutdown_notify.clone().notified_owned());
         let topology = proxy.topology.clone();
         let shard = topology.shards[0].clone();
         let route_reads = shard.nodes.len() > 1;
@@ -284,10 +288,10 @@ impl Session {
                 }
             }
             None => {
-                let shutdown = &mut self.shutdown;
+                let shutdown = self.shutdown.as_mut();
                 tokio::select! {
                     r = client.read_buf(cbuf) => Event::Client(r),
-                    _ = shutdown.changed() => Event::Shutdown,
+                    _ = shutdown => Event::Shutdown,
                 }
             }
         }
@@ -333,8 +337,10 @@ impl Session {
 
     async fn process_client_buffer(&mut self, buf: &mut BytesMut) -> Result<Flow, SessionError> {
         while let Some(h) = Header::complete(buf, self.max_message)? {
-            let msg = buf.split_to(h.total).freeze();
-            if self.on_client_message(h.tag, msg, buf).await? == Flow::Stop {
+            let (msg, rest) = buf.split_at(h.total);
+            let flow = self.on_client_message(h.tag, msg, rest).await?;
+            bytes::Buf::advance(buf, h.total);
+            if flow == Flow::Stop {
                 return Ok(Flow::Stop);
             }
             if self.sout.len() >= 64 * 1024 {
@@ -351,34 +357,40 @@ impl Session {
     async fn on_client_message(
         &mut self,
         t: u8,
-        msg: Bytes,
+        msg: &[u8],
         rest: &[u8],
     ) -> Result<Flow, SessionError> {
-        let body = &msg[5..];
-        frontend::validate(t, body)?;
+        if !matches!(
+            t,
+            tag::QUERY | tag::PARSE | tag::BIND | tag::DESCRIBE | tag::CLOSE | tag::EXECUTE
+        ) {
+            // The others are decoded (and so validated) by their handlers.
+            frontend::validate(t, &msg[5..])?;
+        }
         if self.skip_until_sync && t != tag::SYNC && t != tag::TERMINATE {
+            frontend::validate(t, &msg[5..])?;
             return Ok(Flow::Continue);
         }
-        self.keep_for_retry(&msg);
+        self.keep_for_retry(msg);
         match t {
-            tag::QUERY => self.on_query(&msg).await?,
-            tag::PARSE => self.on_parse(&msg, rest).await?,
-            tag::BIND => self.on_bind(&msg, rest).await?,
-            tag::DESCRIBE => self.on_describe(&msg, rest).await?,
-            tag::CLOSE => self.on_close(&msg).await?,
-            tag::EXECUTE => self.on_execute(&msg, rest).await?,
-            tag::FLUSH => self.on_flush(&msg),
-            tag::SYNC => self.on_sync(&msg),
+            tag::QUERY => self.on_query(msg).await?,
+            tag::PARSE => self.on_parse(msg, rest).await?,
+            tag::BIND => self.on_bind(msg, rest).await?,
+            tag::DESCRIBE => self.on_describe(msg, rest).await?,
+            tag::CLOSE => self.on_close(msg).await?,
+            tag::EXECUTE => self.on_execute(msg, rest).await?,
+            tag::FLUSH => self.on_flush(msg),
+            tag::SYNC => self.on_sync(msg),
             tag::TERMINATE => return Ok(Flow::Stop),
             tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => {
                 // Outside COPY these are ignored, as Postgres does.
                 if self.backend.is_some() {
-                    self.sout.extend_from_slice(&msg);
+                    self.sout.extend_from_slice(msg);
                 }
             }
             tag::FUNCTION_CALL => {
                 if self.attach(Proto::Simple, Want::Primary).await? {
-                    self.forward(&msg, Expect::Query { forward: true });
+                    self.forward(msg, Expect::Query { forward: true });
                 }
             }
             other => return Err(ProtocolError::UnknownType(other).into()),
@@ -427,13 +439,13 @@ impl Session {
     }
 
     /// Keeps a copy of a client message while its read may still be retried.
-    fn keep_for_retry(&mut self, msg: &Bytes) {
+    fn keep_for_retry(&mut self, msg: &[u8]) {
         if let Some(b) = self.backend.as_mut() {
             if let Some(kept) = b.retry.as_mut() {
                 if kept.iter().map(Bytes::len).sum::<usize>() + msg.len() > RETRY_LIMIT {
                     b.retry = None;
                 } else {
-                    kept.push(msg.clone());
+                    kept.push(Bytes::copy_from_slice(msg));
                 }
             }
         }
@@ -441,9 +453,16 @@ impl Session {
 
     /// What a statement needs, from its classification and hint comments.
     fn want_for(&self, sql: &str) -> Result<Want, PgError> {
+        self.want_for_scanned(sql, mentions_shardgate(sql))
+    }
+
+    /// [`Session::want_for`] when it is already known whether `sql` mentions shardgate.
+    fn want_for_scanned(&self, sql: &str, mentions: bool) -> Result<Want, PgError> {
         if !self.route_reads {
             // Only hints need checking: everything goes to the primary.
-            parse_hints(sql).map_err(hint_error)?;
+            if mentions {
+                parse_hints(sql).map_err(hint_error)?;
+            }
             return Ok(Want::Primary);
         }
         let c = self.proxy.classifier.classify(sql);
@@ -451,19 +470,22 @@ impl Session {
         Ok(self.routing.want(c.route, hints))
     }
 
-    async fn on_query(&mut self, msg: &Bytes) -> Result<(), SessionError> {
+    async fn on_query(&mut self, msg: &[u8]) -> Result<(), SessionError> {
         let sql = frontend::parse_query(&msg[5..])?;
-        if self.answer_shardgate_query(sql) {
+        let scan = quick_scan(sql);
+        if scan.shardgate && self.answer_shardgate_query(sql) {
             return Ok(());
         }
         if self.mode == PoolMode::Transaction {
-            if self.answer_locally(sql) {
+            if scan.discard_or_deallocate && self.answer_locally(sql) {
                 return Ok(());
             }
-            self.state.note_query(sql);
+            if scan.set {
+                self.state.note_query(sql);
+            }
         }
         if self.backend.is_none() {
-            let want = match self.want_for(sql) {
+            let want = match self.want_for_scanned(sql, scan.shardgate) {
                 Ok(w) => w,
                 Err(e) => {
                     e.encode(&mut self.cout);

@@ -42,11 +42,24 @@ impl Session {
         let attempts = self.shard.nodes.len();
         let mut last_err = None;
         for _ in 0..attempts {
-            let now = self.topology.now_ms();
-            let choice = match choose(&self.shard, want, self.routing.min_lsn, now) {
-                Ok(c) => c,
-                Err(e) => return Err(last_err.unwrap_or(e)),
+            let choice = if want == Want::Primary && self.shard.writer().is_clear() {
+                // The common case needs no clock.
+                Choice {
+                    node: self.shard.writer().clone(),
+                    replica: false,
+                }
+            } else {
+                match choose(
+                    &self.shard,
+                    want,
+                    self.routing.min_lsn,
+                    self.topology.now_ms(),
+                ) {
+                    Ok(c) => c,
+                    Err(e) => return Err(last_err.unwrap_or(e)),
+                }
             };
+
             let pool = self.pool_for(choice.node.index);
             match pool.get().await {
                 Ok(conn) => return Ok((conn, choice)),
@@ -122,10 +135,10 @@ impl Session {
 
     /// Starts keeping the client messages of a replica read so it can be
     /// retried elsewhere; `first` is the message that attached the connection.
-    pub(super) fn start_retry(&mut self, first: &Bytes) {
+    pub(super) fn start_retry(&mut self, first: &[u8]) {
         if let Some(b) = self.backend.as_mut() {
             if matches!(b.want, Want::Read(_)) && b.ex.status == b'I' {
-                b.retry = Some(vec![first.clone()]);
+                b.retry = Some(vec![Bytes::copy_from_slice(first)]);
             }
         }
     }
@@ -257,7 +270,7 @@ impl Session {
         }
         for m in retry.msgs {
             bytes::Buf::advance(&mut rest, m.len());
-            self.on_client_message(m[0], m, &rest).await?;
+            self.on_client_message(m[0], &m, &rest).await?;
         }
         self.flush_server().await?;
         Ok(())
