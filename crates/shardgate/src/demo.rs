@@ -8,8 +8,8 @@ use crate::config::Config;
 
 /// Shards in the demo cluster.
 pub const DEMO_SHARDS: usize = 1;
-/// Replicas per shard in the demo cluster.
-pub const DEMO_REPLICAS: usize = 1;
+/// Replicas per shard in the demo cluster (two, so lag-aware routing shows).
+pub const DEMO_REPLICAS: usize = 2;
 
 /// Writes the demo configuration for `cluster` with the proxy on `port`.
 pub fn demo_config(cluster: &Cluster, port: u16) -> String {
@@ -25,6 +25,19 @@ admin_database = "shardgate"
 name = "app"
 password = "secret"
 auth = "scram-sha-256"
+
+# Connect to the admin console with: psql -h 127.0.0.1 -p {port} -U admin shardgate
+[[users]]
+name = "admin"
+password = "admin"
+admin = true
+server_user = "app"
+server_password = "secret"
+
+[routing]
+default_consistency = "eventual"
+max_lag_ms = 1000
+lag_poll_ms = 100
 "#
     );
     for shard in cluster.shards() {
@@ -53,7 +66,7 @@ pub fn start_cluster() -> Result<Cluster, shardgate_harness::HarnessError> {
 
 /// Runs the demo until Ctrl-C or SIGTERM; removes the cluster afterwards.
 pub fn run(port: u16) -> Result<(), String> {
-    eprintln!("shardgate demo: starting a local cluster ({DEMO_SHARDS} shard, primary + {DEMO_REPLICAS} replica)...");
+    eprintln!("shardgate demo: starting a local cluster ({DEMO_SHARDS} shard, primary + {DEMO_REPLICAS} replicas)...");
     let cluster = start_cluster().map_err(|e| format!("cannot start the demo cluster: {e}"))?;
     let text = demo_config(&cluster, port);
     let path = cluster.dir().join("proxy.toml");
@@ -64,7 +77,7 @@ pub fn run(port: u16) -> Result<(), String> {
         nodes.push_str(&format!("    {:<18} {}\n", n.name(), n.addr()));
     }
     println!(
-        "\nshardgate demo is running.\n\n  Servers:\n{nodes}\n  Proxy:   127.0.0.1:{port}  (config: {path})\n\n  Connect:\n    PGPASSWORD=secret psql -h 127.0.0.1 -p {port} -U app app\n    PGPASSWORD=secret pgbench -h 127.0.0.1 -p {port} -U app -i -s 1 app\n    PGPASSWORD=secret pgbench -h 127.0.0.1 -p {port} -U app -c 8 -T 10 -S app\n\n  Press Ctrl-C to stop; the cluster and its files are removed.\n",
+        "\nshardgate demo is running.\n\n  Servers:\n{nodes}\n  Proxy:   127.0.0.1:{port}  (config: {path})\n\n  Connect:\n    PGPASSWORD=secret psql -h 127.0.0.1 -p {port} -U app app\n    PGPASSWORD=secret pgbench -h 127.0.0.1 -p {port} -U app -i -s 1 app\n    PGPASSWORD=secret pgbench -h 127.0.0.1 -p {port} -U app -c 8 -T 10 -S app\n    PGPASSWORD=admin psql -h 127.0.0.1 -p {port} -U admin shardgate -c 'SHOW REPLICATION'\n\n  Try the consistency levels (SELECT inet_server_port() names the node that answered):\n    SET shardgate.consistency = strong;   -- the primary\n    SET shardgate.consistency = eventual; -- a replica, least loaded first\n    SET shardgate.consistency = bounded;  -- a replica at most shardgate.max_lag_ms behind\n    SET shardgate.consistency = session;  -- read your own writes\n\n  Press Ctrl-C to stop; the cluster and its files are removed.\n",
         path = path.display()
     );
     let result = crate::run_blocking(config);
