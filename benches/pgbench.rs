@@ -1,12 +1,15 @@
-//! pgbench throughput and latency directly against Postgres, through shardgate and through
-//! PgBouncer, plus the proxies' memory use.
+//! pgbench throughput and latency directly against Postgres, through shardgate (bare, and
+//! with replica routing at two consistency levels) and through PgBouncer, plus the proxies'
+//! memory use.
 //!
 //! Run with `cargo bench -p shardgate --bench pgbench` (see `benches/README.md`). The program
-//! starts one harness cluster (1 shard, no replicas), loads it with `pgbench -i`, starts
-//! shardgate and PgBouncer in transaction mode with the same pool size, then runs every
-//! mode against every target, interleaved (round by round, mode by mode, target by target)
-//! so machine noise hits all targets alike. It prints a markdown table of the means over
-//! the rounds on stdout and per-run numbers on stderr as it goes.
+//! starts one harness cluster (1 shard: a primary and [`REPLICAS`] streaming replicas), loads
+//! it with `pgbench -i` and waits for the replicas to catch up, starts the proxies in
+//! transaction mode with the same pool size (`direct`, `shardgate` and `pgbouncer` use the
+//! primary only; `shardgate-strong` and `shardgate-eventual` list the replicas too), then
+//! runs every mode against every target, interleaved (round by round, mode by mode, target
+//! by target) so machine noise hits all targets alike. It prints a markdown table of the
+//! means over the rounds on stdout and per-run numbers on stderr as it goes.
 //!
 //! Environment (defaults in brackets): `BENCH_ROUNDS` [2], `BENCH_SECONDS` [20] per run,
 //! `BENCH_CLIENTS` [32], `BENCH_POOL` [20] server connections per proxy, `BENCH_SCALE` [10],
@@ -38,8 +41,13 @@ const JOBS: usize = 2;
 /// Clients and duration of the run that measures the proxies' memory with many clients.
 const RSS_CLIENTS: usize = 100;
 const RSS_SECONDS: u64 = 5;
-/// Postgres `max_connections`: room for the direct clients plus both proxies' pools.
+/// Streaming replicas of the one shard (used by the replica-routing targets only).
+const REPLICAS: usize = 2;
+/// Postgres `max_connections` (every node): room for the direct clients plus every proxy's
+/// pool and monitor connections.
 const MAX_CONNECTIONS: &str = "300";
+/// How long the replicas may take to replay the data loaded by `pgbench -i`.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a proxy may take to accept connections after it was started.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a proxy may take to exit after SIGTERM before it is killed.
@@ -103,6 +111,9 @@ struct TargetDef {
     start: fn(&Cluster, &Params) -> Started,
     /// Its configuration, for the parameters printed after the table.
     describe: fn(&Params) -> String,
+    /// Whether its memory is reported (peak RSS, and RSS with [`RSS_CLIENTS`] clients);
+    /// only for targets with a process of their own.
+    rss: bool,
 }
 
 /// The targets, in table order.
@@ -112,12 +123,34 @@ const TARGETS: &[TargetDef] = &[
         named_prepared: true,
         start: start_direct,
         describe: describe_direct,
+        rss: false,
     },
     TargetDef {
+        // The primary only: a shard without replicas skips statement classification, so
+        // this is the bare proxy.
         name: "shardgate",
         named_prepared: true,
         start: start_shardgate,
         describe: describe_shardgate,
+        rss: true,
+    },
+    TargetDef {
+        // Primary and replicas, reads strong: every statement is classified and still goes
+        // to the primary, so the difference to `shardgate` is the classification overhead.
+        name: "shardgate-strong",
+        named_prepared: true,
+        start: start_shardgate_strong,
+        describe: describe_shardgate_strong,
+        rss: false,
+    },
+    TargetDef {
+        // Primary and replicas, reads eventual: reads go to the least loaded replica;
+        // explicit transactions (the TPC-B script) stay on the primary.
+        name: "shardgate-eventual",
+        named_prepared: true,
+        start: start_shardgate_eventual,
+        describe: describe_shardgate_eventual,
+        rss: false,
     },
     TargetDef {
         // PgBouncer before 1.21 has no `max_prepared_statements`, so named prepared
@@ -126,11 +159,37 @@ const TARGETS: &[TargetDef] = &[
         named_prepared: false,
         start: start_pgbouncer,
         describe: describe_pgbouncer,
+        rss: true,
     },
 ];
 
-/// Throughput ratios shown in the table (numerator, denominator), when both are selected.
-const RATIOS: &[(&str, &str)] = &[("shardgate", "direct"), ("shardgate", "pgbouncer")];
+/// A throughput ratio shown in the table when both targets are selected.
+struct Ratio {
+    /// Column header.
+    label: &'static str,
+    /// Target names.
+    numerator: &'static str,
+    denominator: &'static str,
+}
+
+/// The ratios, in table order.
+const RATIOS: &[Ratio] = &[
+    Ratio {
+        label: "shardgate/direct",
+        numerator: "shardgate",
+        denominator: "direct",
+    },
+    Ratio {
+        label: "shardgate/pgbouncer",
+        numerator: "shardgate",
+        denominator: "pgbouncer",
+    },
+    Ratio {
+        label: "eventual/strong",
+        numerator: "shardgate-eventual",
+        denominator: "shardgate-strong",
+    },
+];
 
 /// What a target's start function returns.
 struct Started {
@@ -143,6 +202,7 @@ struct Target {
     name: &'static str,
     port: u16,
     named_prepared: bool,
+    rss: bool,
     /// Stopped when the target is dropped.
     process: Option<Process>,
 }
@@ -154,6 +214,7 @@ impl Target {
             name: def.name,
             port,
             named_prepared: def.named_prepared,
+            rss: def.rss,
             process,
         }
     }
@@ -161,6 +222,11 @@ impl Target {
     /// The proxy's process id (not that of a `runuser` wrapper).
     fn pid(&self) -> Option<u32> {
         self.process.as_ref().map(|process| process.pid)
+    }
+
+    /// The process id of a proxy whose memory is reported.
+    fn rss_pid(&self) -> Option<u32> {
+        self.pid().filter(|_| self.rss)
     }
 
     fn supports(&self, mode: &Mode) -> bool {
@@ -262,11 +328,12 @@ fn main() {
 // Cluster and targets
 // ---------------------------------------------------------------------------------------
 
-/// One shard without replicas, with the `app` role and database, loaded by `pgbench -i`.
+/// One shard with [`REPLICAS`] replicas, with the `app` role and database, loaded by
+/// `pgbench -i` on the primary and replayed by the replicas.
 fn start_cluster(params: &Params) -> Cluster {
     eprintln!("starting the cluster");
     let cluster =
-        Cluster::start(ClusterSpec::new(1, 0).setting("max_connections", MAX_CONNECTIONS))
+        Cluster::start(ClusterSpec::new(1, REPLICAS).setting("max_connections", MAX_CONNECTIONS))
             .expect("start the cluster");
     cluster
         .execute_on_primaries(&format!(
@@ -287,6 +354,10 @@ fn start_cluster(params: &Params) -> Cluster {
     if let Err(e) = init {
         panic!("pgbench -i failed: {e}");
     }
+    eprintln!("waiting for the replicas to catch up");
+    cluster
+        .wait_replicas_caught_up(CATCH_UP_TIMEOUT)
+        .expect("replicas catch up after pgbench -i");
     cluster
 }
 
@@ -301,13 +372,48 @@ fn describe_direct(_params: &Params) -> String {
     "PostgreSQL itself, no proxy".to_owned()
 }
 
+/// The nodes a shardgate configuration lists, and its routing.
+#[derive(Clone, Copy)]
+enum Routing {
+    /// Each shard's primary only (`replicas = []`): no statement classification.
+    PrimaryOnly,
+    /// Primary and replicas, with `[routing] default_consistency = "<level>"`.
+    Replicas { consistency: &'static str },
+}
+
 fn start_shardgate(cluster: &Cluster, params: &Params) -> Started {
+    spawn_shardgate("shardgate", cluster, params, Routing::PrimaryOnly)
+}
+
+fn start_shardgate_strong(cluster: &Cluster, params: &Params) -> Started {
+    let routing = Routing::Replicas {
+        consistency: "strong",
+    };
+    spawn_shardgate("shardgate-strong", cluster, params, routing)
+}
+
+fn start_shardgate_eventual(cluster: &Cluster, params: &Params) -> Started {
+    let routing = Routing::Replicas {
+        consistency: "eventual",
+    };
+    spawn_shardgate("shardgate-eventual", cluster, params, routing)
+}
+
+/// Starts a shardgate process named `name` (its config and log files in the cluster
+/// directory are named after it) on a port of its own.
+fn spawn_shardgate(
+    name: &'static str,
+    cluster: &Cluster,
+    params: &Params,
+    routing: Routing,
+) -> Started {
     let port = free_port();
-    let config = cluster.dir().join("shardgate-bench.toml");
-    write_readable(&config, &shardgate_config(cluster, params, port));
+    let config = cluster.dir().join(format!("{name}-bench.toml"));
+    write_readable(&config, &shardgate_config(cluster, params, port, routing));
     let mut command = Command::new(env!("CARGO_BIN_EXE_shardgate"));
     command.arg("--config").arg(&config);
-    let mut process = Process::spawn("shardgate", command, &cluster.dir().join("shardgate.log"));
+    let log = cluster.dir().join(format!("{name}.log"));
+    let mut process = Process::spawn(name, command, &log);
     process.wait_listening(port);
     Started {
         port,
@@ -315,20 +421,30 @@ fn start_shardgate(cluster: &Cluster, params: &Params) -> Started {
     }
 }
 
-/// shardgate in transaction mode with the `app` user (SCRAM) over every shard.
-fn shardgate_config(cluster: &Cluster, params: &Params, port: u16) -> String {
+/// shardgate in transaction mode with the `app` user (SCRAM) over every shard, with the
+/// nodes and routing of `routing`.
+fn shardgate_config(cluster: &Cluster, params: &Params, port: u16, routing: Routing) -> String {
     let mut config = format!(
         "[proxy]\nlisten = \"127.0.0.1:{port}\"\npool_mode = \"transaction\"\n\
          pool_size = {}\nworkers = {}\n\n\
          [[users]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n",
         params.pool, params.workers
     );
+    if let Routing::Replicas { consistency } = routing {
+        let _ = write!(
+            config,
+            "\n[routing]\ndefault_consistency = \"{consistency}\"\n"
+        );
+    }
     for shard in cluster.shards() {
-        let replicas: Vec<String> = shard
-            .replicas
-            .iter()
-            .map(|replica| format!("{:?}", replica.addr()))
-            .collect();
+        let replicas: Vec<String> = match routing {
+            Routing::PrimaryOnly => Vec::new(),
+            Routing::Replicas { .. } => shard
+                .replicas
+                .iter()
+                .map(|replica| format!("{:?}", replica.addr()))
+                .collect(),
+        };
         let _ = write!(
             config,
             "\n[[shards]]\nprimary = {:?}\nreplicas = [{}]\n",
@@ -341,8 +457,27 @@ fn shardgate_config(cluster: &Cluster, params: &Params, port: u16) -> String {
 
 fn describe_shardgate(params: &Params) -> String {
     format!(
-        "transaction mode, pool_size={}, workers={} (0 = one per core), SCRAM",
+        "transaction mode, pool_size={}, workers={} (0 = one per core), SCRAM; \
+         config lists the primary only (replicas = []), so no statement classification",
         params.pool, params.workers
+    )
+}
+
+fn describe_shardgate_strong(params: &Params) -> String {
+    format!(
+        "as shardgate, but the config lists the primary and {REPLICAS} replicas with \
+         [routing] default_consistency = \"strong\": every statement is classified, all \
+         run on the primary (pool_size={} per node)",
+        params.pool
+    )
+}
+
+fn describe_shardgate_eventual(params: &Params) -> String {
+    format!(
+        "as shardgate-strong, but default_consistency = \"eventual\": reads go to the least \
+         loaded of the {REPLICAS} replicas, explicit transactions (TPC-B) to the primary \
+         (pool_size={} per node)",
+        params.pool
     )
 }
 
@@ -717,7 +852,7 @@ fn run_rounds(params: &Params, targets: &[Target]) -> Results {
 /// Prints one run's numbers (or its failure, with the proxy's log) to stderr.
 fn report_run(params: &Params, round: usize, mode: &Mode, target: &Target, outcome: &Outcome) {
     let run = format!(
-        "round {round}/{} {:<16} {:<10}",
+        "round {round}/{} {:<16} {:<18}",
         params.rounds, mode.name, target.name
     );
     match outcome {
@@ -753,11 +888,11 @@ fn mib(kb: Option<u64>) -> String {
     })
 }
 
-/// Peak RSS (`VmHWM`) of every proxy after the main run.
+/// Peak RSS (`VmHWM`) after the main run of every proxy whose memory is reported.
 fn peak_rss(targets: &[Target]) -> Vec<(&'static str, Option<u64>)> {
     targets
         .iter()
-        .filter_map(|target| Some((target.name, status_kb(target.pid()?, "VmHWM"))))
+        .filter_map(|target| Some((target.name, status_kb(target.rss_pid()?, "VmHWM"))))
         .collect()
 }
 
@@ -774,11 +909,12 @@ struct ClientsRss {
     error: Option<String>,
 }
 
-/// Runs `pgbench -c 100 -S` against every proxy in turn, sampling its `VmRSS`.
+/// Runs `pgbench -c 100 -S` against every proxy whose memory is reported, in turn,
+/// sampling its `VmRSS`.
 fn rss_with_clients(params: &Params, targets: &[Target]) -> Vec<ClientsRss> {
     targets
         .iter()
-        .filter_map(|target| Some(clients_rss(params, target, target.pid()?)))
+        .filter_map(|target| Some(clients_rss(params, target, target.rss_pid()?)))
         .collect()
 }
 
@@ -894,17 +1030,14 @@ fn ratio_text(numerator: &Option<Summary>, denominator: &Option<Summary>) -> Str
 /// The markdown table of means over the rounds.
 fn print_table(params: &Params, targets: &[Target], results: &Results) {
     let index = |name: &str| targets.iter().position(|t| t.name == name);
-    let ratios: Vec<(usize, usize)> = RATIOS
+    let selected: Vec<(&Ratio, (usize, usize))> = RATIOS
         .iter()
-        .filter_map(|&(num, den)| Some((index(num)?, index(den)?)))
+        .filter_map(|r| Some((r, (index(r.numerator)?, index(r.denominator)?))))
         .collect();
+    let ratios: Vec<(usize, usize)> = selected.iter().map(|&(_, pair)| pair).collect();
     let mut header = vec!["mode".to_owned()];
     header.extend(targets.iter().map(|t| format!("{} TPS", t.name)));
-    header.extend(
-        ratios
-            .iter()
-            .map(|&(num, den)| format!("{}/{}", targets[num].name, targets[den].name)),
-    );
+    header.extend(selected.iter().map(|(r, _)| r.label.to_owned()));
     let names: Vec<&str> = targets.iter().map(|t| t.name).collect();
     header.push(format!("avg latency (ms) {}", names.join("/")));
     println!();
@@ -978,10 +1111,21 @@ fn print_parameters(params: &Params, cluster: &Cluster, targets: &[Target]) {
         println!("- {}: {}", mode.name, mode.args.join(" "));
     }
     println!(
-        "- cluster: 1 shard, 0 replicas, max_connections={MAX_CONNECTIONS}, PostgreSQL {postgres}, \
-         data loaded with pgbench -i -s {}",
+        "- cluster: 1 shard, primary + {REPLICAS} streaming replicas (same machine), \
+         max_connections={MAX_CONNECTIONS}, PostgreSQL {postgres}, data loaded with \
+         pgbench -i -s {} on the primary; direct, shardgate and pgbouncer use the primary only",
         params.scale
     );
+    let selected = |name: &str| targets.iter().any(|t| t.name == name);
+    for ratio in RATIOS
+        .iter()
+        .filter(|r| selected(r.numerator) && selected(r.denominator))
+    {
+        println!(
+            "- {}: {} TPS / {} TPS",
+            ratio.label, ratio.numerator, ratio.denominator
+        );
+    }
     for def in &params.targets {
         println!("- {}: {}", def.name, (def.describe)(params));
     }

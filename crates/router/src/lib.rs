@@ -6,22 +6,35 @@
 //! - [`parse_hints`] reads `/* shardgate: ... */` hint comments ([`Hints`]).
 //! - [`Consistency`] and [`parse_max_lag_ms`] parse consistency settings.
 //! - [`SessionCommand`] recognises statements that change session state.
+//! - [`shard::plan`] and [`ShardPlanner`] tell which shard-key values a
+//!   statement is restricted to ([`ShardPlan`]).
+//! - [`copy::parse_copy`] reads `COPY` statements and [`CopySplitter`] cuts
+//!   `COPY FROM STDIN` data into rows with their shard key.
 //! - [`lexer`] is the PostgreSQL-aware tokenizer underneath.
 
 #![warn(missing_docs)]
 
 pub mod classify;
 pub mod consistency;
+pub mod copy;
 pub mod hints;
 pub mod lexer;
 pub mod scan;
 pub mod session_cmd;
+pub mod shard;
 
 pub use classify::{
     Classification, Classifier, Route, BUILTIN_WRITE_FUNCTIONS, MAX_CACHED_SQL, MAX_PARSE_OPERATORS,
 };
 pub use consistency::{parse_max_lag_ms, Consistency, ParseConsistencyError, ParseLagError};
+pub use copy::{
+    parse_copy, CopyError, CopyFormat, CopyRow, CopySplitter, CopyStatement, FieldValue,
+};
 pub use hints::{parse_hints, HintError, Hints};
 pub use lexer::{Lexer, Token, TokenKind};
 pub use scan::{quick_scan, QuickScan};
 pub use session_cmd::{SessionCommand, SetValue};
+pub use shard::{
+    plan as plan_shards, InsertPlan, InsertRow, KeyFilter, ShardPlan, ShardPlanner, ShardedTable,
+    TableLookup, ValueSource,
+};

@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 use shardgate_router::Consistency;
+use shardgate_shardmap::{
+    Function, KeyType, ListEntry, MapError, RangeEntry, ShardKey, ShardMap, ShardMapConfig,
+    TableName, TableRule,
+};
 
 /// A configuration problem, located in the file where possible.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +64,94 @@ pub struct Config {
     /// Replica routing, health and lag monitoring.
     #[serde(default)]
     pub routing: RoutingConfig,
+    /// Hash ring settings and where unsharded tables live.
+    #[serde(default)]
+    pub sharding: ShardingConfig,
+    /// Tables split across shards by a key column.
+    #[serde(default)]
+    pub sharded_tables: Vec<ShardedTableConfig>,
+    /// Tables copied on every shard.
+    #[serde(default)]
+    pub reference_tables: Vec<ReferenceTableConfig>,
+}
+
+/// `[sharding]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShardingConfig {
+    /// Virtual nodes per unit of weight on the hash ring.
+    pub vnodes: u32,
+    /// Shard of tables that are neither sharded nor reference tables.
+    pub default_shard: usize,
+}
+
+impl Default for ShardingConfig {
+    fn default() -> Self {
+        ShardingConfig {
+            vnodes: 256,
+            default_shard: 0,
+        }
+    }
+}
+
+/// `[[sharded_tables]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardedTableConfig {
+    /// Table name, optionally schema-qualified.
+    pub table: String,
+    /// Shard key column.
+    pub column: String,
+    /// "hash", "range" or "list".
+    #[serde(default = "default_function")]
+    pub function: String,
+    /// "bigint", "text" or "uuid".
+    #[serde(default = "default_key_type")]
+    pub key_type: String,
+    /// Range sharding: `[start, end)` per shard.
+    #[serde(default)]
+    pub ranges: Vec<RangeConfig>,
+    /// List sharding: values per shard.
+    #[serde(default)]
+    pub lists: Vec<ListConfig>,
+}
+
+fn default_function() -> String {
+    "hash".into()
+}
+
+fn default_key_type() -> String {
+    "bigint".into()
+}
+
+/// One range of a range-sharded table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RangeConfig {
+    /// Shard that holds the range.
+    pub shard: usize,
+    /// First key (inclusive).
+    pub start: i64,
+    /// End key (exclusive).
+    pub end: i64,
+}
+
+/// The values one shard holds in a list-sharded table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListConfig {
+    /// Shard that holds the values.
+    pub shard: usize,
+    /// Key values (strings or integers).
+    pub values: Vec<toml::Value>,
+}
+
+/// `[[reference_tables]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceTableConfig {
+    /// Table name, optionally schema-qualified.
+    pub table: String,
 }
 
 /// `[routing]`.
@@ -496,7 +588,145 @@ impl Config {
                 ));
             }
         }
+        if self.sharding.default_shard >= self.shards.len().max(1) {
+            return Err(invalid(
+                "sharding.default_shard",
+                format!(
+                    "there are only {} shards (numbered from 0)",
+                    self.shards.len()
+                ),
+            ));
+        }
+        if let Err(e) = self.shard_map() {
+            let key = match &e {
+                ShardMapBuildError::Table { index, .. } => format!("sharded_tables[{index}]"),
+                ShardMapBuildError::Map(_) => "sharded_tables".to_owned(),
+            };
+            return Err(invalid(&key, e.to_string()));
+        }
         Ok(())
+    }
+}
+
+/// Why the shard map could not be built from the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardMapBuildError {
+    /// One `[[sharded_tables]]` entry is wrong.
+    #[error("table {table}: {message}")]
+    Table {
+        /// Position in `[[sharded_tables]]`.
+        index: usize,
+        /// The table as written.
+        table: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The map as a whole is inconsistent.
+    #[error(transparent)]
+    Map(#[from] MapError),
+}
+
+/// Splits `schema.table` (parts may be double-quoted; unquoted parts are
+/// lower-cased as Postgres folds them).
+pub fn parse_table_name(s: &str) -> TableName {
+    let fold = |p: &str| {
+        let p = p.trim();
+        match p.strip_prefix('"').and_then(|q| q.strip_suffix('"')) {
+            Some(q) => q.replace("\"\"", "\""),
+            None => p.to_ascii_lowercase(),
+        }
+    };
+    match s.split_once('.') {
+        Some((schema, name)) => TableName::new(Some(&fold(schema)), &fold(name)),
+        None => TableName::new(None, &fold(s)),
+    }
+}
+
+impl Config {
+    /// Whether statements need shard routing at all (several shards, or
+    /// sharded or reference tables).
+    pub fn sharding_enabled(&self) -> bool {
+        self.shards.len() > 1
+            || !self.sharded_tables.is_empty()
+            || !self.reference_tables.is_empty()
+    }
+
+    /// The shard map this configuration describes (version 1).
+    pub fn shard_map(&self) -> Result<ShardMap, ShardMapBuildError> {
+        let mut tables = Vec::new();
+        for (index, t) in self.sharded_tables.iter().enumerate() {
+            let err = |message: String| ShardMapBuildError::Table {
+                index,
+                table: t.table.clone(),
+                message,
+            };
+            let key_type: KeyType = t
+                .key_type
+                .parse()
+                .map_err(|e: shardgate_shardmap::KeyError| err(e.to_string()))?;
+            let function = match t.function.to_ascii_lowercase().as_str() {
+                "hash" => Function::Hash,
+                "range" => Function::Range(
+                    t.ranges
+                        .iter()
+                        .map(|r| RangeEntry {
+                            shard: r.shard,
+                            start: r.start,
+                            end: r.end,
+                        })
+                        .collect(),
+                ),
+                "list" => {
+                    let mut entries = Vec::new();
+                    for l in &t.lists {
+                        let mut values = Vec::new();
+                        for v in &l.values {
+                            let text = match v {
+                                toml::Value::String(s) => s.clone(),
+                                toml::Value::Integer(i) => i.to_string(),
+                                other => {
+                                    return Err(err(format!(
+                                        "list value {other} must be a string or an integer"
+                                    )))
+                                }
+                            };
+                            values.push(
+                                ShardKey::parse_text(key_type, &text)
+                                    .map_err(|e| err(e.to_string()))?,
+                            );
+                        }
+                        entries.push(ListEntry {
+                            shard: l.shard,
+                            values,
+                        });
+                    }
+                    Function::List(entries)
+                }
+                other => {
+                    return Err(err(format!(
+                        "function {other:?} must be \"hash\", \"range\" or \"list\""
+                    )))
+                }
+            };
+            tables.push(TableRule {
+                table: parse_table_name(&t.table),
+                column: t.column.to_ascii_lowercase(),
+                key_type,
+                function,
+            });
+        }
+        let cfg = ShardMapConfig {
+            weights: self.shards.iter().map(|s| s.weight).collect(),
+            vnodes: self.sharding.vnodes,
+            default_shard: self.sharding.default_shard,
+            tables,
+            reference_tables: self
+                .reference_tables
+                .iter()
+                .map(|r| parse_table_name(&r.table))
+                .collect(),
+        };
+        Ok(ShardMap::new(cfg, 1)?)
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod auth;
 pub mod cancel;
+pub mod catalog;
 pub mod cli;
 pub mod client_io;
 pub mod config;

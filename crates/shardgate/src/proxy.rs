@@ -15,7 +15,11 @@ use crate::cancel::CancelRegistry;
 use crate::config::{Config, RoleDetectionConfig};
 use crate::prepared::StatementRegistry;
 use shardgate_jobs::{spawn_monitors, MonitorConfig, RoleDetection, Topology};
+use shardgate_router::shard::ShardPlanner;
 use shardgate_router::Classifier;
+use shardgate_shardmap::ShardMap;
+
+use crate::catalog::Catalog;
 
 /// Everything sessions share.
 pub struct Proxy {
@@ -43,6 +47,18 @@ pub struct Proxy {
     pub topology: Arc<Topology>,
     /// Statement classification (cached).
     pub classifier: Classifier,
+    /// The shard map and its planner; `None` for a single unsharded shard.
+    pub sharding: Option<Sharding>,
+}
+
+/// What routing by shard key needs.
+pub struct Sharding {
+    /// The shard map.
+    pub map: Arc<ShardMap>,
+    /// Statement plans (cached).
+    pub planner: ShardPlanner,
+    /// Column order of tables.
+    pub catalog: Catalog,
 }
 
 /// Identifies logins that see the same ParameterStatus values:
@@ -89,6 +105,15 @@ impl Proxy {
             &config.routing.write_functions,
             config.routing.classifier_cache,
         );
+        let sharding = config.sharding_enabled().then(|| Sharding {
+            map: Arc::new(
+                config
+                    .shard_map()
+                    .expect("validated with the configuration"),
+            ),
+            planner: ShardPlanner::new(config.routing.classifier_cache),
+            catalog: Catalog::default(),
+        });
         Ok(Proxy {
             users: UserDirectory::new(&config),
             config,
@@ -104,6 +129,7 @@ impl Proxy {
             login_params: Mutex::new(HashMap::new()),
             topology,
             classifier,
+            sharding,
         })
     }
 
@@ -152,6 +178,11 @@ impl Proxy {
             map.clear();
         }
         map.insert(key, Arc::new(params));
+    }
+
+    /// The shard unrouted statements go to.
+    pub fn default_shard(&self) -> usize {
+        self.sharding.as_ref().map_or(0, |s| s.map.default_shard())
     }
 
     /// How long a failed node is banned.

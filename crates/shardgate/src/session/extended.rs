@@ -87,6 +87,9 @@ impl Session {
         if self.parse_virtual(&p)? {
             return Ok(());
         }
+        if self.sharded {
+            return self.parse_sharded(&p);
+        }
         let want = match self.want_for(p.query) {
             Ok(w) => w,
             Err(e) => return self.refuse_pg(e),
@@ -195,6 +198,9 @@ impl Session {
         if self.bind_virtual(&bind) {
             return Ok(());
         }
+        if self.sharded {
+            return self.bind_sharded(msg, &bind, rest).await;
+        }
         let want = self.want_of_statement(bind.statement);
         if !self.attach_extended(msg, want, rest).await? {
             return Ok(());
@@ -208,17 +214,25 @@ impl Session {
             self.forward(msg, Expect::Bind);
             return Ok(());
         }
-        match self.ensure_prepared(bind.statement) {
-            Some(stmt) => {
-                self.bound_set = is_set_statement(&stmt.query)
-                    .then(|| (bind.portal.to_owned(), stmt.query.clone()));
-                let mut out = BytesMut::with_capacity(msg.len() + 8);
-                bind.encode_with_statement(&stmt.server_name, &mut out);
-                self.forward(&out, Expect::Bind);
-            }
+        match self.statements.get(bind.statement).cloned() {
+            Some(stmt) => self.bind_prepared(msg, &bind, &stmt),
             None => self.forward(msg, Expect::Bind),
         }
         Ok(())
+    }
+
+    /// Forwards a Bind of the client's statement `stmt` under its proxy name,
+    /// preparing it on the attached connection first if needed.
+    pub(super) fn bind_prepared(&mut self, msg: &[u8], bind: &Bind<'_>, stmt: &Arc<Statement>) {
+        let b = self.backend.as_mut().expect("attached");
+        if !b.conn.prepared.touch(stmt.id) {
+            self.prepare_on_server(stmt, false, None);
+        }
+        self.bound_set =
+            is_set_statement(&stmt.query).then(|| (bind.portal.to_owned(), stmt.query.clone()));
+        let mut out = BytesMut::with_capacity(msg.len() + 8);
+        bind.encode_with_statement(&stmt.server_name, &mut out);
+        self.forward(&out, Expect::Bind);
     }
 
     pub(super) async fn on_describe(
@@ -229,6 +243,9 @@ impl Session {
         let d = DescribeOrClose::decode(&msg[5..], "Describe")?;
         if self.describe_virtual(&d) {
             return Ok(());
+        }
+        if self.sharded {
+            self.target_for_unrouted();
         }
         let want = match d.target {
             Target::Statement => self.want_of_statement(d.name),
@@ -252,8 +269,11 @@ impl Session {
 
     pub(super) async fn on_execute(&mut self, msg: &[u8], rest: &[u8]) -> Result<(), SessionError> {
         let portal = Execute::decode(&msg[5..])?.portal;
-        if self.execute_virtual(portal) {
+        if self.execute_virtual(portal).await? {
             return Ok(());
+        }
+        if self.sharded {
+            self.target_for_unrouted();
         }
         if !self.attach_extended(msg, Want::Primary, rest).await? {
             return Ok(());
@@ -302,7 +322,7 @@ impl Session {
             self.backend.as_mut().expect("attached").ex.unsynced = false;
             self.forward(msg, Expect::Sync);
         } else {
-            backend::ready_for_query(b'I', &mut self.cout);
+            backend::ready_for_query(self.client_status(), &mut self.cout);
         }
     }
 

@@ -21,6 +21,10 @@ pub enum Setting {
     Consistency,
     /// `shardgate.max_lag_ms`.
     MaxLagMs,
+    /// `shardgate.shard`: send every statement to this shard.
+    Shard,
+    /// `shardgate.sharding_key`: route by this key value.
+    ShardingKey,
 }
 
 impl Setting {
@@ -28,11 +32,13 @@ impl Setting {
         match name {
             "shardgate.consistency" => Ok(Setting::Consistency),
             "shardgate.max_lag_ms" => Ok(Setting::MaxLagMs),
+            "shardgate.shard" => Ok(Setting::Shard),
+            "shardgate.sharding_key" => Ok(Setting::ShardingKey),
             other => Err(PgError::error(
                 "42704",
                 format!("unrecognized configuration parameter \"{other}\""),
             )
-            .with_hint("shardgate settings: shardgate.consistency, shardgate.max_lag_ms.")),
+            .with_hint("shardgate settings: shardgate.consistency, shardgate.max_lag_ms, shardgate.shard, shardgate.sharding_key.")),
         }
     }
 
@@ -40,6 +46,8 @@ impl Setting {
         match self {
             Setting::Consistency => "shardgate.consistency",
             Setting::MaxLagMs => "shardgate.max_lag_ms",
+            Setting::Shard => "shardgate.shard",
+            Setting::ShardingKey => "shardgate.sharding_key",
         }
     }
 }
@@ -53,6 +61,11 @@ pub enum ShardgateCommand {
     Reset(Setting),
     /// `SHOW shardgate.x`.
     Show(Setting),
+    /// `BEGIN`/`START TRANSACTION` in the extended protocol with sharding:
+    /// the proxy opens the transaction on each shard as it is used.
+    Begin(String),
+    /// `COMMIT`/`END` (`true`) or `ROLLBACK`/`ABORT` (`false`) with sharding.
+    End(bool),
 }
 
 impl ShardgateCommand {
@@ -152,10 +165,46 @@ impl Session {
                 self.routing.reset_max_lag_ms();
                 backend::command_complete("RESET", &mut out);
             }
+            ShardgateCommand::Set(Setting::Shard, v) => {
+                let count = self.shards.len();
+                let n: usize = v
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| *n < count)
+                    .ok_or_else(|| {
+                        invalid_value(Setting::Shard, v).with_hint(format!(
+                            "Shards are numbered 0 to {}.",
+                            count.saturating_sub(1)
+                        ))
+                    })?;
+                self.shard_hint = Some(n);
+                backend::command_complete("SET", &mut out);
+            }
+            ShardgateCommand::Set(Setting::ShardingKey, v) => {
+                self.key_hint = Some(v.clone());
+                backend::command_complete("SET", &mut out);
+            }
+            ShardgateCommand::Reset(Setting::Shard) => {
+                self.shard_hint = None;
+                backend::command_complete("RESET", &mut out);
+            }
+            ShardgateCommand::Reset(Setting::ShardingKey) => {
+                self.key_hint = None;
+                backend::command_complete("RESET", &mut out);
+            }
+            ShardgateCommand::Begin(_) | ShardgateCommand::End(_) => {
+                return Err(PgError::error(
+                    "XX000",
+                    "transaction control runs elsewhere",
+                ))
+            }
             ShardgateCommand::Show(s) => {
                 let value = match s {
                     Setting::Consistency => self.routing.level().consistency.to_string(),
                     Setting::MaxLagMs => self.routing.level().max_lag_ms.to_string(),
+                    Setting::Shard => self.shard_hint.map(|n| n.to_string()).unwrap_or_default(),
+                    Setting::ShardingKey => self.key_hint.clone().unwrap_or_default(),
                 };
                 backend::data_row(&[Some(value)], &mut out);
                 backend::command_complete("SHOW", &mut out);
@@ -275,7 +324,20 @@ impl Session {
 
     /// Parse of a shardgate command: remembered, answered locally.
     pub(super) fn parse_virtual(&mut self, p: &Parse<'_>) -> Result<bool, super::SessionError> {
-        let cmd = match ShardgateCommand::parse(p.query) {
+        let local = if self.sharded {
+            match super::sharded::tx_control(p.query) {
+                Some(super::sharded::TxControl::Begin) => {
+                    Some(Ok(ShardgateCommand::Begin(p.query.to_owned())))
+                }
+                Some(super::sharded::TxControl::End(commit)) => {
+                    Some(Ok(ShardgateCommand::End(commit)))
+                }
+                _ => None,
+            }
+        } else {
+            None
+        };
+        let cmd = match local.or_else(|| ShardgateCommand::parse(p.query)) {
             None => {
                 if p.name.is_empty() {
                     self.virtual_stmts.unnamed = None;
@@ -329,17 +391,33 @@ impl Session {
         true
     }
 
-    pub(super) fn execute_virtual(&mut self, portal: &str) -> bool {
+    pub(super) async fn execute_virtual(
+        &mut self,
+        portal: &str,
+    ) -> Result<bool, super::SessionError> {
         let Some(cmd) = self.virtual_stmts.portals.get(portal).cloned() else {
-            return false;
+            return Ok(false);
         };
+        match &cmd {
+            ShardgateCommand::Begin(sql) => {
+                let mut out = BytesMut::new();
+                self.begin_virtual(sql, &mut out);
+                self.emit_local(out.freeze());
+                return Ok(true);
+            }
+            ShardgateCommand::End(commit) => {
+                self.end_virtual(*commit, false).await?;
+                return Ok(true);
+            }
+            _ => {}
+        }
         match self.run_shardgate(&cmd) {
             Ok(out) => self.emit_local(out.freeze()),
             Err(e) => {
                 let _ = self.refuse_pg(e);
             }
         }
-        true
+        Ok(true)
     }
 
     pub(super) fn close_virtual(&mut self, c: &DescribeOrClose<'_>) -> bool {
@@ -365,6 +443,8 @@ fn invalid_value(setting: Setting, value: &str) -> PgError {
     let valid = match setting {
         Setting::Consistency => "Valid values are strong, bounded, eventual and session.",
         Setting::MaxLagMs => "Use a whole number of milliseconds, e.g. 500.",
+        Setting::Shard => "Use a shard number.",
+        Setting::ShardingKey => "Use a key value.",
     };
     PgError::error(
         "22023",

@@ -42,16 +42,21 @@ impl Session {
 
     async fn login_on_server(&mut self) -> Result<Vec<(String, String)>, SessionError> {
         // Any healthy node will do; prefer the primary.
-        let want = if self.shard.writer().is_usable(self.topology.now_ms()) || !self.route_reads {
+        self.target = self.default_shard();
+        let want = if self.shards[self.target]
+            .writer()
+            .is_usable(self.topology.now_ms())
+            || !self.route_reads
+        {
             Want::Primary
         } else {
             Want::Read(self.routing.level())
         };
-        let (conn, choice) = self.checkout(want).await.map_err(|mut e| {
+        let (conn, choice) = self.checkout(self.target, want).await.map_err(|mut e| {
             e.severity = Severity::Fatal;
             SessionError::Fatal(e)
         })?;
-        self.install(conn, choice, want);
+        self.install(conn, choice, want, self.target);
         self.flush_server().await?;
         // Wait for the replayed state (if any) to be acknowledged.
         while self

@@ -8,9 +8,11 @@
 //! - `server`: lending, replaying state on, releasing and losing server connections.
 
 mod extended;
+mod fanout;
 mod local;
 mod login;
 mod server;
+mod sharded;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -23,6 +25,8 @@ use shardgate_protocol::frontend::{self, tag};
 use shardgate_protocol::{Header, PgError, ProtocolError};
 use shardgate_router::hints::mentions_shardgate;
 use shardgate_router::{parse_hints, quick_scan};
+#[allow(unused_imports)]
+use std::collections::BTreeSet;
 use std::pin::Pin;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -61,6 +65,8 @@ pub enum SessionError {
 
 /// A server connection lent to this session.
 struct Backend {
+    /// Shard it belongs to.
+    shard: usize,
     conn: PooledConn,
     ex: Exchange,
     /// Counts the session on the node while it holds the connection.
@@ -97,6 +103,18 @@ enum Proto {
     Extended,
 }
 
+/// A client transaction spread over shards: BEGIN is sent to each shard
+/// when the transaction first uses it.
+#[derive(Debug, Clone)]
+pub(crate) struct VirtualTx {
+    /// The client's BEGIN statement, replayed on each shard.
+    pub begin: String,
+    /// A statement failed: COMMIT becomes ROLLBACK everywhere.
+    pub failed: bool,
+    /// `BEGIN READ ONLY`: each shard's part may run on a replica.
+    pub read_only: bool,
+}
+
 /// Everything a session needs that is fixed at login.
 pub struct SessionSetup {
     /// Shared proxy state.
@@ -126,11 +144,30 @@ pub struct Session {
     cbuf: BytesMut,
     cout: BytesMut,
     sout: BytesMut,
+    /// The connection the current statement runs on.
     backend: Option<Backend>,
+    /// Other connections held in a transaction that touched several shards.
+    parked: Vec<Backend>,
     topology: Arc<Topology>,
-    shard: Arc<ShardState>,
-    /// Pools of the shard's nodes, looked up on first use.
-    pools: Vec<Option<Pool>>,
+    /// Every shard's live state.
+    shards: Vec<Arc<ShardState>>,
+    /// Shard the next statement goes to.
+    target: usize,
+    /// Pools of every shard's nodes, looked up on first use.
+    pools: Vec<Vec<Option<Pool>>>,
+    /// A transaction the proxy opened on behalf of the client (sharding):
+    /// BEGIN reaches each shard when the transaction first uses it.
+    vtx: Option<VirtualTx>,
+    /// A request running on several shards, parked while the client sends COPY data.
+    fanout_state: Option<fanout::Fanout>,
+    /// Statements are routed by shard key (several shards or sharded tables).
+    sharded: bool,
+    /// `SET shardgate.shard`.
+    shard_hint: Option<usize>,
+    /// `SET shardgate.sharding_key`.
+    key_hint: Option<String>,
+    /// Bytes after the current message that its handler consumed too.
+    extra_consumed: usize,
     state: SessionState,
     routing: RoutingState,
     /// The shard has replicas, so statements are classified.
@@ -180,10 +217,18 @@ impl Session {
         let max_message = proxy.config.proxy.max_message_size;
         let shutdown = Box::pin(proxy.shutdown_notify.clone().notified_owned());
         let topology = proxy.topology.clone();
-        let shard = topology.shards[0].clone();
-        let route_reads = shard.nodes.len() > 1;
+        let shards = topology.shards.clone();
+        let route_reads = shards.iter().any(|s| s.nodes.len() > 1);
         Session {
-            pools: vec![None; shard.nodes.len()],
+            pools: shards.iter().map(|s| vec![None; s.nodes.len()]).collect(),
+            target: 0,
+            parked: Vec::new(),
+            vtx: None,
+            fanout_state: None,
+            sharded: proxy.sharding.is_some(),
+            shard_hint: None,
+            key_hint: None,
+            extra_consumed: 0,
             proxy,
             user,
             database,
@@ -193,7 +238,7 @@ impl Session {
             sout: BytesMut::with_capacity(1024),
             backend: None,
             topology,
-            shard,
+            shards,
             state,
             routing,
             route_reads,
@@ -339,7 +384,8 @@ impl Session {
         while let Some(h) = Header::complete(buf, self.max_message)? {
             let (msg, rest) = buf.split_at(h.total);
             let flow = self.on_client_message(h.tag, msg, rest).await?;
-            bytes::Buf::advance(buf, h.total);
+            let extra = std::mem::take(&mut self.extra_consumed);
+            bytes::Buf::advance(buf, h.total + extra);
             if flow == Flow::Stop {
                 return Ok(Flow::Stop);
             }
@@ -382,6 +428,9 @@ impl Session {
             tag::FLUSH => self.on_flush(msg),
             tag::SYNC => self.on_sync(msg),
             tag::TERMINATE => return Ok(Flow::Stop),
+            tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL if self.fanout_state.is_some() => {
+                self.copy_message(t, msg).await?
+            }
             tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => {
                 // Outside COPY these are ignored, as Postgres does.
                 if self.backend.is_some() {
@@ -483,6 +532,9 @@ impl Session {
             if scan.set {
                 self.state.note_query(sql);
             }
+        }
+        if self.sharded {
+            return self.on_query_sharded(msg, sql).await;
         }
         if self.backend.is_none() {
             let want = match self.want_for_scanned(sql, scan.shardgate) {

@@ -25,42 +25,46 @@ pub(super) struct PendingRetry {
 }
 
 impl Session {
-    /// The pool for node `index` of the shard.
-    fn pool_for(&mut self, index: usize) -> Pool {
-        if let Some(p) = &self.pools[index] {
+    /// The shard unrouted statements go to.
+    pub(super) fn default_shard(&self) -> usize {
+        self.proxy.default_shard()
+    }
+
+    /// The pool for node `index` of `shard`.
+    fn pool_for(&mut self, shard: usize, index: usize) -> Pool {
+        if let Some(p) = &self.pools[shard][index] {
             return p.clone();
         }
-        let addr = self.shard.nodes[index].addr.clone();
+        let addr = self.shards[shard].nodes[index].addr.clone();
         let pool = self.proxy.pool(&addr, &self.user, &self.database);
-        self.pools[index] = Some(pool.clone());
+        self.pools[shard][index] = Some(pool.clone());
         pool
     }
 
-    /// Chooses a node for `want` and gets a connection to it; an unreachable
-    /// node is banned and, for reads, another one is tried.
-    pub(super) async fn checkout(&mut self, want: Want) -> Result<(PooledConn, Choice), PgError> {
-        let attempts = self.shard.nodes.len();
+    /// Chooses a node of `shard` for `want` and gets a connection to it; an
+    /// unreachable node is banned and, for reads, another one is tried.
+    pub(super) async fn checkout(
+        &mut self,
+        shard: usize,
+        want: Want,
+    ) -> Result<(PooledConn, Choice), PgError> {
+        let state = self.shards[shard].clone();
+        let attempts = state.nodes.len();
         let mut last_err = None;
         for _ in 0..attempts {
-            let choice = if want == Want::Primary && self.shard.writer().is_clear() {
+            let choice = if want == Want::Primary && state.writer().is_clear() {
                 // The common case needs no clock.
                 Choice {
-                    node: self.shard.writer().clone(),
+                    node: state.writer().clone(),
                     replica: false,
                 }
             } else {
-                match choose(
-                    &self.shard,
-                    want,
-                    self.routing.min_lsn,
-                    self.topology.now_ms(),
-                ) {
+                match choose(&state, want, self.routing.min_lsn, self.topology.now_ms()) {
                     Ok(c) => c,
                     Err(e) => return Err(last_err.unwrap_or(e)),
                 }
             };
-
-            let pool = self.pool_for(choice.node.index);
+            let pool = self.pool_for(shard, choice.node.index);
             match pool.get().await {
                 Ok(conn) => return Ok((conn, choice)),
                 Err(e) if node_unreachable(&e) => {
@@ -83,12 +87,20 @@ impl Session {
     /// been sent the error (and, for a simple query, ReadyForQuery) and
     /// `false` is returned.
     pub(super) async fn attach(&mut self, proto: Proto, want: Want) -> Result<bool, SessionError> {
-        if self.backend.is_some() {
+        let shard = self.target;
+        match self.backend.as_ref().map(|b| b.shard) {
+            Some(current) if current == shard => return Ok(true),
+            Some(_) if !self.switch_away(proto).await? => return Ok(false),
+            _ => {}
+        }
+        if let Some(i) = self.parked.iter().position(|b| b.shard == shard) {
+            let b = self.parked.swap_remove(i);
+            self.backend = Some(b);
             return Ok(true);
         }
-        match self.checkout(want).await {
+        match self.checkout(shard, want).await {
             Ok((conn, choice)) => {
-                self.install(conn, choice, want);
+                self.install(conn, choice, want, shard);
                 Ok(true)
             }
             Err(e) => {
@@ -103,8 +115,93 @@ impl Session {
         }
     }
 
-    /// Adopts a server connection: replays session state it lacks.
-    pub(super) fn install(&mut self, mut conn: PooledConn, choice: Choice, want: Want) {
+    /// Puts the current connection aside before a statement for another
+    /// shard: waits for its outstanding answers first. A pipelined batch that
+    /// spans shards (no Sync in between) cannot be split and is refused.
+    async fn switch_away(&mut self, proto: Proto) -> Result<bool, SessionError> {
+        if self.backend.as_ref().is_some_and(|b| b.ex.unsynced) {
+            let err = PgError::error(
+                "0A000",
+                "an extended-protocol batch cannot span several shards",
+            )
+            .with_hint("Send Sync between statements that go to different shards.");
+            match proto {
+                Proto::Simple => {
+                    err.encode(&mut self.cout);
+                    backend::ready_for_query(self.client_status(), &mut self.cout);
+                }
+                Proto::Extended => {
+                    self.refuse_pg(err)?;
+                }
+            }
+            return Ok(false);
+        }
+        self.drain_current().await?;
+        if let Some(b) = self.backend.take() {
+            if b.ex.status == b'I' && self.vtx.is_none() && self.mode == PoolMode::Transaction {
+                self.spare_queue = b.ex.expect;
+            } else {
+                self.parked.push(b);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Waits until the current connection has answered everything sent to it,
+    /// relaying the answers to the client.
+    pub(super) async fn drain_current(&mut self) -> Result<(), SessionError> {
+        self.flush_server().await?;
+        while self
+            .backend
+            .as_ref()
+            .is_some_and(|b| !b.ex.expect.is_empty())
+        {
+            let b = self.backend.as_mut().expect("checked");
+            let conn = &mut *b.conn;
+            reserve(&mut conn.read_buf);
+            match conn.stream.read_buf(&mut conn.read_buf).await {
+                Ok(0) => self.server_lost("server closed the connection unexpectedly".into())?,
+                Ok(_) => self.handle_server_input()?,
+                Err(e) => self.server_lost(e.to_string())?,
+            }
+            self.flush_client().await?;
+        }
+        Ok(())
+    }
+
+    /// The transaction status the client should see.
+    pub(super) fn client_status(&self) -> u8 {
+        if self.vtx.as_ref().is_some_and(|v| v.failed) {
+            return b'E';
+        }
+        match (&self.backend, &self.vtx) {
+            (Some(b), _) if b.ex.status != b'I' => b.ex.status,
+            (_, Some(v)) if v.failed => b'E',
+            (_, Some(_)) => b'T',
+            (Some(b), None) => b.ex.status,
+            (None, None) => b'I',
+        }
+    }
+
+    /// Adopts a server connection as the current one.
+    pub(super) fn install(&mut self, conn: PooledConn, choice: Choice, want: Want, shard: usize) {
+        let mut out = std::mem::take(&mut self.sout);
+        let b = self.make_backend(conn, choice, want, shard, &mut out);
+        self.sout = out;
+        self.backend = Some(b);
+    }
+
+    /// Wraps a server connection for this session; writes to `out` what the
+    /// connection must run first (session state it lacks, the client's BEGIN
+    /// when a transaction spread over shards reaches it).
+    pub(super) fn make_backend(
+        &mut self,
+        mut conn: PooledConn,
+        choice: Choice,
+        want: Want,
+        shard: usize,
+        out: &mut BytesMut,
+    ) -> Backend {
         let mut ex = Exchange {
             expect: std::mem::take(&mut self.spare_queue),
             ..Exchange::default()
@@ -112,16 +209,26 @@ impl Session {
         let wanted = self.state.fingerprint();
         if conn.state_fingerprint != wanted {
             let sql = self.state.replay_sql(conn.state_fingerprint);
-            frontend::encode_query(&sql, &mut self.sout);
+            frontend::encode_query(&sql, out);
             ex.expect.push_back(Expect::Query { forward: false });
             conn.state_fingerprint = wanted;
         }
-        self.cancel.slot.set_one(&conn.cancel);
+        if let Some(v) = &self.vtx {
+            // The client's transaction reaches this shard now.
+            frontend::encode_query(&v.begin, out);
+            ex.expect.push_back(Expect::Query { forward: false });
+        }
+        if self.parked.is_empty() && self.backend.is_none() {
+            self.cancel.slot.set_one(&conn.cancel);
+        } else {
+            self.cancel.slot.add(&conn.cancel);
+        }
         let track_lsn = !choice.replica
             && want == Want::Primary
             && self.route_reads
             && self.routing.level().consistency == Consistency::Session;
-        self.backend = Some(Backend {
+        Backend {
+            shard,
             conn,
             ex,
             node: choice.node.begin_use(),
@@ -130,7 +237,7 @@ impl Session {
             cycle_names: Vec::new(),
             track_lsn,
             lsn_due: false,
-        });
+        }
     }
 
     /// Starts keeping the client messages of a replica read so it can be
@@ -181,15 +288,20 @@ impl Session {
 
     /// Returns the server connection to its pool when the transaction is over.
     pub(super) fn maybe_release(&mut self) {
-        if self.mode != PoolMode::Transaction {
+        if self.mode != PoolMode::Transaction || self.vtx.is_some() {
             return;
         }
         if let Some(b) = &self.backend {
             if b.ex.idle() && self.sout.is_empty() && b.conn.read_buf.is_empty() {
-                self.cancel.slot.clear();
                 self.retry_attempt = 0;
                 if let Some(mut b) = self.backend.take() {
                     self.spare_queue = std::mem::take(&mut b.ex.expect);
+                }
+                // Connections kept for a finished multi-shard transaction go too.
+                self.parked
+                    .retain(|p| !(p.ex.idle() && p.conn.read_buf.is_empty()));
+                if self.parked.is_empty() {
+                    self.cancel.slot.clear();
                 }
             }
         }
@@ -208,13 +320,13 @@ impl Session {
         let node = b.node.node().clone();
         tracing::warn!(server = %b.conn.addr, user = %self.user.config.name, reason = %why, "server connection lost");
         node.ban(self.topology.now_ms(), self.proxy.ban_ms(), &why);
-        if let Some(pool) = self.pools[node.index].as_ref() {
+        if let Some(pool) = self.pools[b.shard][node.index].as_ref() {
             pool.drain_idle();
         }
         let attempt = self.retry_attempt + 1;
         tracing::debug!(retryable = b.retry.is_some(), status = %(b.ex.status as char), attempt, "deciding whether to retry");
         if let Some(msgs) = b.retry.take() {
-            if b.ex.status == b'I' && attempt < self.shard.nodes.len() {
+            if b.ex.status == b'I' && attempt < self.shards[b.shard].nodes.len() {
                 tracing::info!(server = %b.conn.addr, "retrying the read on another node");
                 self.sout.clear();
                 self.pending_retry = Some(PendingRetry {
@@ -279,9 +391,14 @@ impl Session {
     /// The client is gone: return a clean connection, discard any other.
     pub(super) async fn detach_at_end(&mut self) {
         self.cancel.slot.clear();
-        let Some(mut b) = self.backend.take() else {
-            return;
-        };
+        let mut all: Vec<Backend> = std::mem::take(&mut self.parked);
+        all.extend(self.backend.take());
+        for b in all {
+            self.detach_one(b).await;
+        }
+    }
+
+    async fn detach_one(&mut self, mut b: Backend) {
         if !b.ex.idle() || !b.conn.read_buf.is_empty() {
             if !b.ex.expect.is_empty() {
                 let handle = b.conn.cancel.clone();

@@ -1,0 +1,106 @@
+//! Byte spans of an `INSERT ... VALUES` in the original text, found with the
+//! lexer (strings, comments and dollar quotes respected), so per-shard
+//! statements can be rebuilt without printing the parsed tree.
+
+use std::ops::Range;
+
+use crate::lexer::{Lexer, Token, TokenKind};
+
+/// Spans of an `INSERT ... VALUES` statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct InsertSpans {
+    /// Up to and including `VALUES` and the whitespace after it.
+    pub prefix: Range<usize>,
+    /// Each `( ... )` row, parentheses included.
+    pub rows: Vec<Range<usize>>,
+    /// From the first token after the last row to the end (maybe empty).
+    pub suffix: Range<usize>,
+}
+
+/// Finds the top-level `VALUES` after the top-level `INSERT`, its rows and
+/// what follows them. `None` if the text does not have that shape.
+pub(super) fn locate(sql: &str) -> Option<InsertSpans> {
+    let toks: Vec<Token<'_>> = Lexer::new(sql)
+        .filter(|t| t.kind != TokenKind::BlockComment)
+        .collect();
+    let mut depth = 0usize;
+    let mut seen_insert = false;
+    let mut values_at = None;
+    for (i, t) in toks.iter().enumerate() {
+        if t.is_punct("(") {
+            depth += 1;
+        } else if t.is_punct(")") {
+            depth = depth.saturating_sub(1);
+        } else if depth == 0 && t.kind == TokenKind::Word {
+            if !seen_insert {
+                seen_insert = t.is_keyword("insert");
+            } else if t.is_keyword("values") {
+                values_at = Some(i);
+                break;
+            }
+        }
+    }
+    let v = values_at?;
+    let bytes = sql.as_bytes();
+    let mut p = toks[v].offset + toks[v].text.len();
+    while p < bytes.len() && bytes[p].is_ascii_whitespace() {
+        p += 1;
+    }
+    let mut rows = Vec::new();
+    let mut i = v + 1;
+    loop {
+        let open = toks.get(i).filter(|t| t.is_punct("("))?;
+        let mut depth = 0usize;
+        let mut j = i;
+        let close = loop {
+            let t = toks.get(j)?;
+            if t.is_punct("(") {
+                depth += 1;
+            } else if t.is_punct(")") {
+                depth -= 1;
+                if depth == 0 {
+                    break t;
+                }
+            }
+            j += 1;
+        };
+        rows.push(open.offset..close.offset + 1);
+        i = j + 1;
+        if toks.get(i).is_some_and(|t| t.is_punct(",")) {
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    let suffix = match toks.get(i) {
+        Some(t) => t.offset..sql.len(),
+        None => sql.len()..sql.len(),
+    };
+    Some(InsertSpans {
+        prefix: 0..p,
+        rows,
+        suffix,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans() {
+        let sql = "/* c */ INSERT INTO t (a, b) VALUES\n  (1, 'x)'), ( (2), $$)$$ ) ON CONFLICT DO NOTHING;";
+        let s = locate(sql).unwrap();
+        assert_eq!(
+            &sql[s.prefix.clone()],
+            "/* c */ INSERT INTO t (a, b) VALUES\n  "
+        );
+        let rows: Vec<&str> = s.rows.iter().map(|r| &sql[r.clone()]).collect();
+        assert_eq!(rows, ["(1, 'x)')", "( (2), $$)$$ )"]);
+        assert_eq!(&sql[s.suffix], "ON CONFLICT DO NOTHING;");
+        assert!(locate("INSERT INTO t SELECT 1").is_none());
+        assert!(locate("INSERT INTO t VALUES (1").is_none());
+        let s = locate("insert into t values(1)").unwrap();
+        assert_eq!(s.suffix, 23..23);
+    }
+}

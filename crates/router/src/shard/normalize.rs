@@ -1,0 +1,329 @@
+//! Literal normalisation for plan caching: every numeric and string literal
+//! becomes a placeholder `$n` numbered above the highest `$n` of the text,
+//! so `... WHERE aid = 123` and `... WHERE aid = 456` share one text (and one
+//! cached plan), and the literal values are returned apart.
+//!
+//! The normalised text keeps the tokens of the original, drops comments and
+//! collapses whitespace (one space where the original had whitespace or a
+//! comment, none where tokens touched), so it parses like the original
+//! wherever a placeholder may stand for a literal.
+//!
+//! A unary minus before a number is folded into the literal (`aid = -5`
+//! gives the literal `-5`) when it follows an operator, `(`, `,`, nothing, or
+//! a keyword after which a value starts (`AND`, `THEN`, `BETWEEN`, ...). An
+//! operator the lexer read together with the minus (`=-5`) is split the way
+//! PostgreSQL does (an operator made only of `+-*/<>=` cannot end in `-`).
+
+use std::fmt::Write as _;
+
+use crate::lexer::{Lexer, Token, TokenKind};
+
+/// Keywords after which a `-` is a sign, not a subtraction.
+const VALUE_KEYWORDS: &[&str] = &[
+    "and",
+    "or",
+    "not",
+    "between",
+    "then",
+    "else",
+    "when",
+    "case",
+    "select",
+    "where",
+    "having",
+    "on",
+    "by",
+    "limit",
+    "offset",
+    "returning",
+    "like",
+    "ilike",
+    "distinct",
+    "all",
+    "any",
+    "some",
+    "values",
+    "in",
+    "is",
+    "return",
+    "set",
+    "using",
+    "escape",
+];
+
+/// Result of [`normalize`].
+pub(super) struct Normalized {
+    /// Highest `$n` of the original text (placeholder `$k` with `k > base`
+    /// stands for literal `k - base - 1`).
+    pub base: usize,
+    /// The text has a statement after a semicolon.
+    pub multi: bool,
+}
+
+/// Writes the normalised text of `sql` into `out` and its literals
+/// (decoded: numbers as written with a folded sign, strings unquoted and
+/// unescaped) into `literals`. `None` if parameter numbers overflow.
+pub(super) fn normalize(
+    sql: &str,
+    out: &mut String,
+    literals: &mut Vec<String>,
+) -> Option<Normalized> {
+    out.clear();
+    literals.clear();
+    let mut base = 0usize;
+    let mut multi = false;
+    let mut after_semicolon = false;
+    for t in Lexer::new(sql) {
+        match t.kind {
+            TokenKind::Param => base = base.max(t.text[1..].parse::<usize>().ok()?),
+            TokenKind::Semicolon => after_semicolon = true,
+            TokenKind::BlockComment => {}
+            _ if after_semicolon => multi = true,
+            _ => {}
+        }
+    }
+    let mut lx = Lexer::new(sql);
+    let mut prev_end = 0usize;
+    // Whether a `-` here would be a sign.
+    let mut sign_ok = true;
+    while let Some(t) = lx.next() {
+        if t.kind == TokenKind::BlockComment {
+            continue;
+        }
+        let gap = t.offset > prev_end;
+        let sep = |out: &mut String| {
+            if gap && !out.is_empty() {
+                out.push(' ');
+            }
+        };
+        match t.kind {
+            TokenKind::Number => {
+                sep(out);
+                push_literal(out, literals, base, t.text.to_owned())?;
+                sign_ok = false;
+            }
+            TokenKind::String => {
+                sep(out);
+                push_literal(out, literals, base, decode_string(t.text))?;
+                sign_ok = false;
+            }
+            TokenKind::Punct => {
+                let (op, minus) = split_trailing_minus(t.text);
+                if minus && sign_ok_after(op, sign_ok) {
+                    if let Some(num) = next_number(&mut lx) {
+                        sep(out);
+                        out.push_str(op);
+                        if !op.is_empty() && num.offset > t.offset + t.text.len() {
+                            out.push(' ');
+                        }
+                        push_literal(out, literals, base, format!("-{}", num.text))?;
+                        prev_end = num.offset + num.text.len();
+                        sign_ok = false;
+                        continue;
+                    }
+                }
+                sep(out);
+                out.push_str(t.text);
+                sign_ok = !matches!(t.text, ")" | "]");
+            }
+            TokenKind::Word => {
+                sep(out);
+                out.push_str(t.text);
+                sign_ok = VALUE_KEYWORDS
+                    .iter()
+                    .any(|k| t.text.eq_ignore_ascii_case(k));
+            }
+            _ => {
+                sep(out);
+                out.push_str(t.text);
+                sign_ok = t.kind == TokenKind::Semicolon;
+            }
+        }
+        prev_end = t.offset + t.text.len();
+    }
+    Some(Normalized { base, multi })
+}
+
+fn push_literal(
+    out: &mut String,
+    literals: &mut Vec<String>,
+    base: usize,
+    lit: String,
+) -> Option<()> {
+    let n = base.checked_add(literals.len())?.checked_add(1)?;
+    let _ = write!(out, "${n}");
+    literals.push(lit);
+    Some(())
+}
+
+/// `op` without a trailing `-` PostgreSQL would split off, and whether one
+/// was there. A lone `-` gives `("", true)`.
+fn split_trailing_minus(op: &str) -> (&str, bool) {
+    match op.strip_suffix('-') {
+        Some("") => ("", true),
+        Some(rest) if !rest.bytes().any(|c| b"~!@#%^&|`?".contains(&c)) => (rest, true),
+        _ => (op, false),
+    }
+}
+
+/// Whether a `-` after `op` (the part of the same token before it, maybe
+/// empty) is a sign.
+fn sign_ok_after(op: &str, before: bool) -> bool {
+    if op.is_empty() {
+        before
+    } else {
+        true
+    }
+}
+
+/// The next non-comment token if it is a number (consumed), else `None`
+/// (nothing consumed).
+fn next_number<'a>(lx: &mut Lexer<'a>) -> Option<Token<'a>> {
+    let mut peek = lx.clone();
+    let t = peek.find(|t| t.kind != TokenKind::BlockComment)?;
+    if t.kind == TokenKind::Number {
+        *lx = peek;
+        Some(t)
+    } else {
+        None
+    }
+}
+
+/// The value of a string literal token: quotes removed, doubled quotes
+/// undone, `E'...'` escapes decoded, dollar quotes stripped. `B'..'`,
+/// `X'..'` and `U&'..'` keep their inner text as written.
+pub(crate) fn decode_string(text: &str) -> String {
+    if let Some(after) = text.strip_prefix('$') {
+        let tag_end = after.find('$').map_or(text.len(), |p| p + 2);
+        let tag = &text[..tag_end.min(text.len())];
+        let body = &text[tag.len()..];
+        return body.strip_suffix(tag).unwrap_or(body).to_owned();
+    }
+    let (escapes, quoted) = match text.as_bytes().first() {
+        Some(b'e' | b'E') => (true, &text[1..]),
+        Some(b'b' | b'B' | b'x' | b'X' | b'n' | b'N') => (false, &text[1..]),
+        Some(b'u' | b'U') if text[1..].starts_with('&') => (false, &text[2..]),
+        _ => (false, text),
+    };
+    let inner = quoted.strip_prefix('\'').unwrap_or(quoted);
+    let inner = if !inner.is_empty() && inner.ends_with('\'') {
+        &inner[..inner.len() - 1]
+    } else {
+        inner
+    };
+    if !escapes {
+        return inner.replace("''", "'");
+    }
+    decode_escapes(inner)
+}
+
+/// PostgreSQL `E'...'` escapes.
+fn decode_escapes(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out: Vec<u8> = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'\'' && b.get(i + 1) == Some(&b'\'') {
+            out.push(b'\'');
+            i += 2;
+            continue;
+        }
+        if c != b'\\' || i + 1 >= b.len() {
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        let e = b[i + 1];
+        i += 2;
+        match e {
+            b'b' => out.push(8),
+            b'f' => out.push(12),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'0'..=b'7' => {
+                let mut v = u32::from(e - b'0');
+                let mut n = 1;
+                while n < 3 && i < b.len() && (b'0'..=b'7').contains(&b[i]) {
+                    v = v * 8 + u32::from(b[i] - b'0');
+                    i += 1;
+                    n += 1;
+                }
+                out.push((v & 0xff) as u8);
+            }
+            b'x' if i < b.len() && b[i].is_ascii_hexdigit() => {
+                let mut v = 0u32;
+                let mut n = 0;
+                while n < 2 && i < b.len() && b[i].is_ascii_hexdigit() {
+                    v = v * 16 + (b[i] as char).to_digit(16).unwrap_or(0);
+                    i += 1;
+                    n += 1;
+                }
+                out.push(v as u8);
+            }
+            b'u' | b'U' => {
+                let len = if e == b'u' { 4 } else { 8 };
+                let hex = s
+                    .get(i..i + len)
+                    .filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()));
+                match hex
+                    .and_then(|h| u32::from_str_radix(h, 16).ok())
+                    .and_then(char::from_u32)
+                {
+                    Some(ch) => {
+                        let mut buf = [0u8; 4];
+                        out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+                        i += len;
+                    }
+                    None => out.push(e),
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(sql: &str) -> (String, Vec<String>) {
+        let mut out = String::new();
+        let mut lits = Vec::new();
+        normalize(sql, &mut out, &mut lits).unwrap();
+        (out, lits)
+    }
+
+    #[test]
+    fn literals_become_placeholders() {
+        assert_eq!(
+            norm("SELECT abalance FROM pgbench_accounts WHERE aid = 123;"),
+            (
+                "SELECT abalance FROM pgbench_accounts WHERE aid = $1;".into(),
+                vec!["123".into()]
+            )
+        );
+        assert_eq!(
+            norm("select * from t where a = $2 and b = 'x''y' /* c */ and c=-5"),
+            (
+                "select * from t where a = $2 and b = $3 and c=$4".into(),
+                vec!["x'y".into(), "-5".into()]
+            )
+        );
+        assert_eq!(
+            norm("SELECT a - 5, (a) -5, x IN (-1, - 2)").1,
+            ["5", "5", "-1", "-2"]
+        );
+        assert_eq!(
+            norm("SELECT a::int, E'a\\nb', $q$x$q$").0,
+            "SELECT a::int, $1, $2"
+        );
+        assert_eq!(
+            norm("SELECT E'a\\nb\\x41\\101\\u00e9', $q$x$q$").1,
+            ["a\nbAAé", "x"]
+        );
+        assert_eq!(norm("x BETWEEN -1 AND -2").1, ["-1", "-2"]);
+    }
+}

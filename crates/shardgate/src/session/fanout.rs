@@ -1,0 +1,517 @@
+//! Running one client request on several shards at once and merging the
+//! answers into what one server would have sent.
+//!
+//! Every shard runs the same statement shape (the same text, or per-shard
+//! parts of a split INSERT), so their answers line up message by message:
+//! rows are forwarded as they arrive from any shard (concatenation), and each
+//! control message (ParseComplete, RowDescription, CommandComplete, ...) is
+//! sent once when every shard has reached it, with row counts summed. Memory
+//! stays bounded by one read buffer per shard.
+
+use std::future::poll_fn;
+use std::task::Poll;
+
+use bytes::BytesMut;
+use shardgate_protocol::backend::{self, tag as btag};
+use shardgate_protocol::frontend;
+use shardgate_protocol::{Header, PgError};
+use tokio::io::AsyncWriteExt;
+
+use super::sharded::CopyRoute;
+use super::{reserve, Backend, Session, SessionError};
+use crate::relay::MAX_SERVER_MESSAGE;
+use crate::routing::Want;
+
+/// One shard's part of a fan-out.
+pub(super) struct Part {
+    pub b: Backend,
+    /// Answers of hidden queries (state replay, BEGIN, COMMIT) still to skip.
+    hidden: usize,
+    /// A control message waiting until every shard has reached its own.
+    pending: Option<BytesMut>,
+    /// ParseComplete answers of a Parse the proxy added, still to drop.
+    skip_parse: usize,
+    /// Only hidden queries remain (the closing COMMIT/ROLLBACK): done after them.
+    closing: bool,
+    /// ReadyForQuery status once this shard has answered everything.
+    done: Option<u8>,
+}
+
+impl Part {
+    fn needs_data(&self) -> bool {
+        self.pending.is_none() && self.done.is_none()
+    }
+}
+
+/// A request in progress on several shards.
+pub(super) struct Fanout {
+    pub parts: Vec<Part>,
+    /// Bytes still to send to each part (same order as `parts`).
+    pub outs: Vec<BytesMut>,
+    /// The proxy opened a transaction on every shard for an autocommit
+    /// write, so it commits or rolls back everywhere.
+    wrap: bool,
+    /// A shard failed: what remains is drained, not forwarded.
+    pub errored: bool,
+    /// Row counts are summed (each shard holds different rows); otherwise
+    /// the shards hold copies and the first count stands.
+    sum: bool,
+    /// The request reached the COPY FROM STDIN stage.
+    pub copy_in: bool,
+    /// How COPY FROM STDIN rows are spread over the parts.
+    pub copy: Option<CopyRoute>,
+    /// Send ReadyForQuery at the end (the request ended with Sync or was a
+    /// simple query, not a statement inside an extended batch).
+    ready: bool,
+}
+
+/// How a fan-out runs.
+pub(super) struct FanOpts {
+    /// What each shard's node must be.
+    pub want: Want,
+    /// Wrap an autocommit request in a transaction on every shard.
+    pub wrap: bool,
+    /// End with ReadyForQuery.
+    pub ready: bool,
+    /// Sum row counts (partitioned rows) instead of taking the first (copies).
+    pub sum: bool,
+    /// ParseComplete answers to drop per shard (a Parse the proxy added).
+    pub skip_parse: usize,
+    /// COPY FROM STDIN routing.
+    pub copy: Option<CopyRoute>,
+}
+
+impl FanOpts {
+    /// Defaults: no wrap, ReadyForQuery at the end, counts summed.
+    pub fn new(want: Want) -> FanOpts {
+        FanOpts {
+            want,
+            wrap: false,
+            ready: true,
+            sum: true,
+            skip_parse: 0,
+            copy: None,
+        }
+    }
+}
+
+/// How a fan-out stage ended.
+enum Stage {
+    /// Every shard answered.
+    Done,
+    /// Every shard waits for COPY data from the client.
+    CopyIn,
+}
+
+impl Session {
+    /// Runs `requests` (per shard: a simple Query, or an extended batch
+    /// ending with Sync) on their shards and sends the client one merged
+    /// answer, as `opts` says.
+    pub(super) async fn fanout(
+        &mut self,
+        requests: Vec<(usize, BytesMut)>,
+        opts: FanOpts,
+    ) -> Result<(), SessionError> {
+        let FanOpts {
+            want,
+            wrap,
+            ready,
+            sum,
+            skip_parse,
+            copy,
+        } = opts;
+        self.drain_current().await?;
+        let wrap = wrap && self.vtx.is_none();
+        let mut parts = Vec::with_capacity(requests.len());
+        let mut outs = Vec::with_capacity(requests.len());
+        for (shard, request) in requests {
+            match self.part_for(shard, want).await {
+                Ok((mut part, mut out)) => {
+                    part.skip_parse = skip_parse;
+                    if wrap {
+                        frontend::encode_query("BEGIN", &mut out);
+                        part.hidden += 1;
+                    }
+                    out.extend_from_slice(&request);
+                    parts.push(part);
+                    outs.push(out);
+                }
+                Err(e) => {
+                    // Nothing was sent yet: give back what was taken.
+                    for p in parts {
+                        self.return_part(p.b);
+                    }
+                    e.encode(&mut self.cout);
+                    if ready {
+                        backend::ready_for_query(self.client_status(), &mut self.cout);
+                    } else {
+                        self.skip_until_sync = true;
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        let mut fan = Fanout {
+            parts,
+            outs,
+            sum,
+            wrap,
+            errored: false,
+            copy_in: false,
+            copy,
+            ready,
+        };
+        self.write_parts(&mut fan).await;
+        self.continue_fanout(fan).await
+    }
+
+    /// Sends every part what is queued for it.
+    pub(super) async fn write_parts(&mut self, fan: &mut Fanout) {
+        for (part, out) in fan.parts.iter_mut().zip(fan.outs.iter_mut()) {
+            if out.is_empty() || part.b.conn.broken {
+                out.clear();
+                continue;
+            }
+            if let Err(e) = part.b.conn.stream.write_all(out).await {
+                fail_part(
+                    part,
+                    &format!("write failed: {e}"),
+                    &mut self.cout,
+                    &mut fan.errored,
+                );
+            }
+            out.clear();
+        }
+    }
+
+    /// Drives a fan-out until it ends, or parks it while the client streams
+    /// COPY data.
+    pub(super) async fn continue_fanout(&mut self, mut fan: Fanout) -> Result<(), SessionError> {
+        match self.drive(&mut fan).await? {
+            Stage::CopyIn => {
+                fan.copy_in = true;
+                self.fanout_state = Some(fan);
+                self.flush_client().await?;
+                return Ok(());
+            }
+            Stage::Done => {}
+        }
+        let mut status = combined_status(&fan);
+        if fan.wrap {
+            let end = if fan.errored || status != b'T' {
+                "ROLLBACK"
+            } else {
+                "COMMIT"
+            };
+            for (part, out) in fan.parts.iter_mut().zip(fan.outs.iter_mut()) {
+                if part.b.conn.broken {
+                    continue;
+                }
+                frontend::encode_query(end, out);
+                part.hidden = 1;
+                part.closing = true;
+                part.done = None;
+            }
+            self.write_parts(&mut fan).await;
+            self.drive(&mut fan).await?;
+            status = b'I';
+        }
+        if let Some(v) = self.vtx.as_mut() {
+            if fan.errored {
+                v.failed = true;
+            }
+            status = if v.failed { b'E' } else { b'T' };
+        } else if fan.errored && status == b'T' {
+            status = b'E';
+        }
+        if fan.ready {
+            backend::ready_for_query(status, &mut self.cout);
+        }
+        for p in fan.parts {
+            self.return_part(p.b);
+        }
+        self.flush_client().await?;
+        Ok(())
+    }
+
+    /// Takes (or opens) the connection to `shard` for a fan-out; returns it
+    /// with the bytes that must precede the request on it.
+    async fn part_for(&mut self, shard: usize, want: Want) -> Result<(Part, BytesMut), PgError> {
+        let mut out = BytesMut::new();
+        if self.backend.as_ref().is_some_and(|b| b.shard == shard) {
+            let b = self.backend.take().expect("checked");
+            return Ok((Part::ready(b), out));
+        }
+        if let Some(i) = self.parked.iter().position(|b| b.shard == shard) {
+            let b = self.parked.swap_remove(i);
+            return Ok((Part::ready(b), out));
+        }
+        let (conn, choice) = self.checkout(shard, want).await?;
+        let mut b = self.make_backend(conn, choice, want, shard, &mut out);
+        let hidden = b.ex.expect.len();
+        b.ex.expect.clear();
+        Ok((
+            Part {
+                b,
+                hidden,
+                pending: None,
+                skip_parse: 0,
+                closing: false,
+                done: None,
+            },
+            out,
+        ))
+    }
+
+    /// Keeps a connection for the rest of the transaction, or releases it.
+    fn return_part(&mut self, b: Backend) {
+        if b.conn.broken {
+            return;
+        }
+        if self.vtx.is_some() || b.ex.status != b'I' {
+            self.parked.push(b);
+        }
+    }
+
+    /// Reads and merges until every part answered (or all wait for COPY data).
+    async fn drive(&mut self, fan: &mut Fanout) -> Result<Stage, SessionError> {
+        loop {
+            for i in 0..fan.parts.len() {
+                self.consume(fan, i);
+            }
+            if fan.parts.iter().all(|p| p.done.is_some()) {
+                self.flush_client().await?;
+                return Ok(Stage::Done);
+            }
+            if fan.parts.iter().all(|p| !p.needs_data()) {
+                if let Some(stage) = self.step(fan) {
+                    self.flush_client().await?;
+                    return Ok(stage);
+                }
+                continue;
+            }
+            self.flush_client().await?;
+            let (i, read) = poll_fn(|cx| {
+                for (i, p) in fan.parts.iter_mut().enumerate() {
+                    if !p.needs_data() {
+                        continue;
+                    }
+                    let conn = &mut *p.b.conn;
+                    reserve(&mut conn.read_buf);
+                    if let Poll::Ready(r) = tokio_util::io::poll_read_buf(
+                        std::pin::Pin::new(&mut conn.stream),
+                        cx,
+                        &mut conn.read_buf,
+                    ) {
+                        return Poll::Ready((i, r));
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            match read {
+                Ok(0) => fail_part(
+                    &mut fan.parts[i],
+                    "server closed the connection unexpectedly",
+                    &mut self.cout,
+                    &mut fan.errored,
+                ),
+                Ok(_) => {}
+                Err(e) => fail_part(
+                    &mut fan.parts[i],
+                    &e.to_string(),
+                    &mut self.cout,
+                    &mut fan.errored,
+                ),
+            }
+        }
+    }
+
+    /// Handles the complete messages part `i` has buffered, up to its next
+    /// control message.
+    fn consume(&mut self, fan: &mut Fanout, i: usize) {
+        let part = &mut fan.parts[i];
+        while part.needs_data() {
+            let buf = &mut part.b.conn.read_buf;
+            let h = match Header::complete(buf, MAX_SERVER_MESSAGE) {
+                Ok(Some(h)) => h,
+                Ok(None) => return,
+                Err(e) => {
+                    let why = format!("protocol error from server: {e}");
+                    fail_part(part, &why, &mut self.cout, &mut fan.errored);
+                    return;
+                }
+            };
+            let msg = buf.split_to(h.total);
+            if part.hidden > 0 {
+                match h.tag {
+                    btag::READY_FOR_QUERY => {
+                        part.hidden -= 1;
+                        if part.hidden == 0 && part.closing {
+                            let status = msg.get(5).copied().unwrap_or(b'E');
+                            part.b.ex.status = status;
+                            part.done = Some(status);
+                        }
+                    }
+                    btag::ERROR_RESPONSE => {
+                        if !fan.errored {
+                            self.cout.extend_from_slice(&msg);
+                        }
+                        fan.errored = true;
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            match h.tag {
+                btag::PARSE_COMPLETE if part.skip_parse > 0 => part.skip_parse -= 1,
+                btag::NOTICE_RESPONSE | btag::NOTIFICATION => self.cout.extend_from_slice(&msg),
+                btag::PARAMETER_STATUS => {}
+                btag::DATA_ROW | btag::COPY_DATA => {
+                    if !fan.errored {
+                        self.cout.extend_from_slice(&msg);
+                    }
+                }
+                btag::READY_FOR_QUERY => {
+                    let status = msg.get(5).copied().unwrap_or(b'E');
+                    part.b.ex.status = status;
+                    part.done = Some(status);
+                }
+                _ => part.pending = Some(msg),
+            }
+        }
+    }
+
+    /// Every part waits at a control message (or is done): sends the merged
+    /// message once. Returns a stage end when the request waits for COPY data.
+    fn step(&mut self, fan: &mut Fanout) -> Option<Stage> {
+        let pending: Vec<BytesMut> = fan
+            .parts
+            .iter_mut()
+            .filter_map(|p| p.pending.take())
+            .collect();
+        let first = pending.first()?;
+        if fan.errored {
+            return None;
+        }
+        if let Some(err) = pending.iter().find(|m| m[0] == btag::ERROR_RESPONSE) {
+            self.cout.extend_from_slice(err);
+            fan.errored = true;
+            return None;
+        }
+        let finished = fan.parts.iter().any(|p| p.done.is_some());
+        if finished || pending.iter().any(|m| m[0] != first[0]) {
+            PgError::error(
+                "XX000",
+                "shardgate: shards answered the same request differently",
+            )
+            .encode(&mut self.cout);
+            fan.errored = true;
+            return None;
+        }
+        match first[0] {
+            btag::COMMAND_COMPLETE if fan.sum => {
+                let tags: Vec<&[u8]> = pending.iter().map(|m| &m[5..]).collect();
+                backend::command_complete(&sum_tags(&tags), &mut self.cout);
+            }
+            btag::COPY_IN => {
+                self.cout.extend_from_slice(first);
+                return Some(Stage::CopyIn);
+            }
+            _ => self.cout.extend_from_slice(first),
+        }
+        None
+    }
+}
+
+impl Part {
+    fn ready(b: Backend) -> Part {
+        Part {
+            b,
+            hidden: 0,
+            pending: None,
+            skip_parse: 0,
+            closing: false,
+            done: None,
+        }
+    }
+}
+
+/// A shard's connection failed during a fan-out: the client hears about it
+/// once, and the part counts as done with a failed transaction.
+fn fail_part(part: &mut Part, why: &str, cout: &mut BytesMut, errored: &mut bool) {
+    part.b.conn.broken = true;
+    part.b.conn.read_buf.clear();
+    part.pending = None;
+    part.hidden = 0;
+    part.done = Some(b'E');
+    if !*errored {
+        PgError::error(
+            "08006",
+            format!("connection to server {} was lost: {why}", part.b.conn.addr),
+        )
+        .with_hint("The statement failed on that shard; if it wrote, check the other shards.")
+        .encode(cout);
+    }
+    *errored = true;
+}
+
+/// The transaction status the shards ended in together.
+fn combined_status(fan: &Fanout) -> u8 {
+    let statuses = fan.parts.iter().filter_map(|p| p.done);
+    let mut out = b'I';
+    for s in statuses {
+        match s {
+            b'E' => return b'E',
+            b'T' => out = b'T',
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Merges CommandComplete tags: row counts are summed (`INSERT 0 n`,
+/// `UPDATE n`, `DELETE n`, `SELECT n`, `COPY n`, `MERGE n`, ...); tags
+/// without a count are taken from the first shard.
+pub fn sum_tags(tags: &[&[u8]]) -> String {
+    let texts: Vec<&str> = tags
+        .iter()
+        .map(|t| std::str::from_utf8(t).unwrap_or("").trim_end_matches('\0'))
+        .collect();
+    let first = texts.first().copied().unwrap_or("");
+    let split = |t: &str| {
+        t.rsplit_once(' ')
+            .and_then(|(head, n)| n.parse::<u64>().ok().map(|n| (head.to_owned(), n)))
+    };
+    let Some((head, _)) = split(first) else {
+        return first.to_owned();
+    };
+    let mut total = 0u64;
+    for t in &texts {
+        match split(t) {
+            Some((h, n)) if h == head => total += n,
+            _ => return first.to_owned(),
+        }
+    }
+    format!("{head} {total}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sum_tags;
+
+    #[test]
+    fn tags_sum_counts() {
+        assert_eq!(sum_tags(&[b"INSERT 0 2", b"INSERT 0 3"]), "INSERT 0 5");
+        assert_eq!(sum_tags(&[b"UPDATE 1", b"UPDATE 0"]), "UPDATE 1");
+        assert_eq!(
+            sum_tags(&[b"CREATE TABLE", b"CREATE TABLE"]),
+            "CREATE TABLE"
+        );
+        assert_eq!(sum_tags(&[b"COPY 10\0", b"COPY 5\0"]), "COPY 15");
+        assert_eq!(
+            sum_tags(&[b"SELECT 4", b"SELECT 6", b"SELECT 0"]),
+            "SELECT 10"
+        );
+    }
+}

@@ -1,0 +1,1173 @@
+//! Statements on a sharded cluster: which shard(s) a statement goes to,
+//! transactions that span shards, multi-shard writes, COPY split by key.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use shardgate_protocol::backend;
+use shardgate_protocol::frontend::{self, tag, Bind, DescribeOrClose, Execute, Parse};
+use shardgate_protocol::{Header, PgError};
+use shardgate_router::copy::{parse_copy, CopyRow, CopySplitter, FieldValue};
+use shardgate_router::lexer::{first_keyword, split_statements, Lexer, TokenKind};
+use shardgate_router::shard::{KeyFilter, ShardPlan, ShardedTable, TableLookup, ValueSource};
+use shardgate_router::{parse_hints, Hints};
+use shardgate_shardmap::{Function, KeyType, ShardKey, ShardMap, TableRule};
+
+use super::fanout::FanOpts;
+use super::{Proto, Session, SessionError, VirtualTx};
+
+/// Whether the shards of a multi-shard statement hold different rows or copies.
+enum DestKind {
+    Rows,
+    Copies,
+}
+use crate::catalog::CatalogSource;
+use crate::routing::Want;
+
+/// A statement recognised as transaction control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TxControl {
+    /// BEGIN / START TRANSACTION.
+    Begin,
+    /// COMMIT/END (`true`) or ROLLBACK/ABORT (`false`).
+    End(bool),
+    /// SAVEPOINT, RELEASE, ROLLBACK TO.
+    Savepoint,
+    /// Two-phase commit commands, which the proxy does not pass through.
+    TwoPhase,
+}
+
+/// Recognises transaction control statements by their leading keywords.
+pub(crate) fn tx_control(sql: &str) -> Option<TxControl> {
+    let words: Vec<String> = Lexer::new(sql)
+        .filter(|t| t.kind != TokenKind::BlockComment)
+        .take(2)
+        .filter(|t| t.kind == TokenKind::Word)
+        .map(|t| t.text.to_ascii_lowercase())
+        .collect();
+    let second = words.get(1).map(String::as_str);
+    match words.first().map(String::as_str)? {
+        "begin" | "start" => Some(TxControl::Begin),
+        "commit" | "end" if second == Some("prepared") => Some(TxControl::TwoPhase),
+        "commit" | "end" => Some(TxControl::End(true)),
+        "rollback" if second == Some("prepared") => Some(TxControl::TwoPhase),
+        "rollback" if second == Some("to") => Some(TxControl::Savepoint),
+        "rollback" | "abort" => Some(TxControl::End(false)),
+        "savepoint" | "release" => Some(TxControl::Savepoint),
+        "prepare" if second == Some("transaction") => Some(TxControl::TwoPhase),
+        _ => None,
+    }
+}
+
+/// Where a statement must run.
+#[derive(Debug, Clone)]
+pub(super) enum Dest {
+    /// One shard.
+    One(usize),
+    /// The same statement on several shards, each holding different rows.
+    Many(Vec<usize>),
+    /// The same statement on every shard, each holding a copy (DDL,
+    /// reference tables).
+    Everywhere(Vec<usize>),
+    /// A different statement per shard (a split multi-row INSERT).
+    Split(Vec<(usize, String)>),
+}
+
+/// The shard map as the statement planner sees it.
+pub(crate) struct MapLookup<'a>(pub &'a ShardMap);
+
+impl TableLookup for MapLookup<'_> {
+    fn sharded(&self, schema: Option<&str>, name: &str) -> Option<ShardedTable> {
+        self.0.table(schema, name).map(|r| ShardedTable {
+            column: r.column.clone(),
+            ranged: matches!(r.function, Function::Range(_)),
+        })
+    }
+
+    fn is_reference(&self, schema: Option<&str>, name: &str) -> bool {
+        self.0.is_reference(schema, name)
+    }
+
+    fn version(&self) -> u64 {
+        self.0.version()
+    }
+}
+
+/// Bind parameters, when the statement came through the extended protocol.
+type Params<'a> = Option<&'a Bind<'a>>;
+
+/// A key value could not be determined (an expression, a missing parameter).
+struct Unknown;
+
+fn not_null(table: &str, column: &str) -> PgError {
+    PgError::error(
+        "23502",
+        format!("shard key {column} of sharded table {table} must not be NULL"),
+    )
+}
+
+fn bad_key(rule: &TableRule, e: impl std::fmt::Display) -> PgError {
+    PgError::error(
+        "22P02",
+        format!("invalid shard key for {}.{}: {e}", rule.table, rule.column),
+    )
+}
+
+/// The key a value source denotes (`Ok(None)` for SQL NULL).
+fn key_from(
+    rule: &TableRule,
+    src: &ValueSource,
+    params: Params<'_>,
+) -> Result<Result<Option<ShardKey>, Unknown>, PgError> {
+    match src {
+        ValueSource::Literal(text) => ShardKey::parse_text(rule.key_type, text)
+            .map(|k| Ok(Some(k)))
+            .map_err(|e| bad_key(rule, e)),
+        ValueSource::Param(n) => {
+            let Some(bind) = params else {
+                return Ok(Err(Unknown));
+            };
+            let i = n.saturating_sub(1);
+            if i >= bind.param_count() {
+                return Ok(Err(Unknown));
+            }
+            let Some(raw) = bind.param(i) else {
+                return Ok(Ok(None));
+            };
+            let key = if bind.param_format(i) == 1 {
+                ShardKey::parse_binary(rule.key_type, raw)
+            } else {
+                match std::str::from_utf8(raw) {
+                    Ok(t) => ShardKey::parse_text(rule.key_type, t),
+                    Err(_) => return Err(bad_key(rule, "parameter is not valid UTF-8")),
+                }
+            };
+            key.map(|k| Ok(Some(k))).map_err(|e| bad_key(rule, e))
+        }
+        ValueSource::LiteralIndex(_) | ValueSource::Other => Ok(Err(Unknown)),
+    }
+}
+
+/// The shard of a row key (errors for keys no range/list entry accepts).
+fn shard_of_key(map: &ShardMap, rule: &TableRule, key: &ShardKey) -> Result<usize, PgError> {
+    map.shard_for(rule, key).map_err(|e| {
+        PgError::error("23514", e.to_string())
+            .with_hint("Add the value to the table's ranges or lists in proxy.toml.")
+    })
+}
+
+/// Keywords and aggregates whose results concatenation across shards would get wrong.
+fn merge_blocker(sql: &str) -> Option<String> {
+    let toks: Vec<_> = Lexer::new(sql).collect();
+    for (i, t) in toks.iter().enumerate() {
+        if t.kind != TokenKind::Word {
+            continue;
+        }
+        let w = t.text.to_ascii_lowercase();
+        let call = toks.get(i + 1).is_some_and(|n| n.is_punct("("));
+        match w.as_str() {
+            "order" | "limit" | "offset" | "group" | "having" | "distinct" | "fetch" | "over" => {
+                return Some(w.to_ascii_uppercase())
+            }
+            "count" | "sum" | "avg" | "min" | "max" | "bool_and" | "bool_or" | "every"
+            | "array_agg" | "string_agg"
+                if call =>
+            {
+                return Some(format!("aggregate {w}()"))
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Statements that cannot run inside a transaction block.
+fn non_transactional(sql: &str) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    matches!(
+        first_keyword(sql).map(str::to_ascii_lowercase).as_deref(),
+        Some("vacuum" | "checkpoint" | "cluster" | "reindex")
+    ) || lower.contains("concurrently")
+        || lower.contains("database")
+        || lower.contains("tablespace")
+        || lower.contains("alter system")
+}
+
+impl Session {
+    fn map(&self) -> Arc<ShardMap> {
+        self.proxy
+            .sharding
+            .as_ref()
+            .expect("sharded session")
+            .map
+            .clone()
+    }
+
+    /// The shard a shard hint names, checked.
+    fn hinted_shard(&self, n: u32) -> Result<usize, PgError> {
+        let count = self.shards.len();
+        usize::try_from(n)
+            .ok()
+            .filter(|n| *n < count)
+            .ok_or_else(|| {
+                PgError::error("22023", format!("shard hint {n} names no shard")).with_hint(
+                    format!("Shards are numbered 0 to {}.", count.saturating_sub(1)),
+                )
+            })
+    }
+
+    /// The shard of a sharding-key hint: mapped with the rule of the
+    /// statement's sharded table, or of the first sharded table.
+    fn key_hint_shard(
+        &self,
+        map: &ShardMap,
+        plan: &ShardPlan,
+        key: &str,
+    ) -> Result<usize, PgError> {
+        let table = match plan {
+            ShardPlan::Keyed { table, .. } => Some((table.0.clone(), table.1.clone())),
+            ShardPlan::Insert(p) => Some(p.table.clone()),
+            _ => None,
+        };
+        let rule = table
+            .and_then(|(s, n)| map.table(s.as_deref(), &n).cloned())
+            .or_else(|| map.tables().first().cloned())
+            .ok_or_else(|| {
+                PgError::error(
+                    "22023",
+                    "shardgate.sharding_key needs a sharded table in the configuration",
+                )
+            })?;
+        let key = ShardKey::parse_text(rule.key_type, key).map_err(|e| bad_key(&rule, e))?;
+        shard_of_key(map, &rule, &key)
+    }
+
+    /// Where one statement goes. `Err` is what the client is told instead.
+    pub(super) async fn dest_for(
+        &mut self,
+        sql: &str,
+        plan: &ShardPlan,
+        hints: &Hints,
+        params: Params<'_>,
+    ) -> Result<Dest, PgError> {
+        let map = self.map();
+        if let Some(n) = hints.shard {
+            return self.hinted_shard(n).map(Dest::One);
+        }
+        if let Some(k) = hints.sharding_key.clone().or_else(|| self.key_hint.clone()) {
+            return self.key_hint_shard(&map, plan, &k).map(Dest::One);
+        }
+        if let Some(n) = self.shard_hint {
+            return Ok(Dest::One(n));
+        }
+        let default = map.default_shard();
+        match plan {
+            ShardPlan::Unsharded | ShardPlan::NoTable => Ok(Dest::One(default)),
+            ShardPlan::ReferenceRead => Ok(Dest::One(
+                self.backend
+                    .as_ref()
+                    .map(|b| b.shard)
+                    .or_else(|| self.parked.first().map(|b| b.shard))
+                    .unwrap_or(default),
+            )),
+            ShardPlan::ReferenceWrite | ShardPlan::Broadcast => {
+                if matches!(plan, ShardPlan::Broadcast) {
+                    if let Some(s) = &self.proxy.sharding {
+                        s.catalog.clear();
+                    }
+                }
+                Ok(Dest::Everywhere(map.all_shards()))
+            }
+            ShardPlan::Keyed { table, filter } => {
+                let rule = map
+                    .table(table.0.as_deref(), &table.1)
+                    .cloned()
+                    .ok_or_else(|| PgError::error("XX000", format!("no rule for {}", table.1)))?;
+                match shards_of_filter(&map, &rule, filter, params)? {
+                    None => Err(no_key(&rule.table.to_string())),
+                    Some(set) => match set.len() {
+                        0 => Ok(Dest::One(default)),
+                        1 => Ok(Dest::One(set[0])),
+                        _ => {
+                            let read = self.proxy.classifier.classify(sql).route
+                                == shardgate_router::Route::Read;
+                            if read {
+                                if let Some(c) = merge_blocker(sql) {
+                                    return Err(PgError::error(
+                                        "0A000",
+                                        format!("{c} over rows of several shards is not supported yet"),
+                                    )
+                                    .with_hint("Restrict the query to one shard key value, or add a /* shardgate: shard=N */ hint."));
+                                }
+                            }
+                            Ok(Dest::Many(set))
+                        }
+                    },
+                }
+            }
+            ShardPlan::Insert(ins) => self.insert_dest(&map, sql, ins, params).await,
+            ShardPlan::NoKey { table } => Err(no_key(table)),
+            ShardPlan::Unsupported { construct } => Err(PgError::error(
+                "0A000",
+                format!("not supported across shards: {construct}"),
+            )),
+        }
+    }
+
+    /// The column order of a table, from the catalog of the default shard.
+    async fn table_columns(
+        &mut self,
+        schema: Option<&str>,
+        name: &str,
+    ) -> Result<Arc<Vec<String>>, PgError> {
+        let qualified = match schema {
+            Some(s) => format!("{}.{}", quote_ident(s), quote_ident(name)),
+            None => quote_ident(name),
+        };
+        let addr = self.shards[self.map().default_shard()]
+            .writer()
+            .addr
+            .clone();
+        let user = self.user.config.server_user().to_owned();
+        let password = self.user.config.server_password().map(str::to_owned);
+        let sharding = self.proxy.sharding.as_ref().expect("sharded session");
+        let src = CatalogSource {
+            addr: &addr,
+            user: &user,
+            password: password.as_deref(),
+            database: &self.database,
+        };
+        sharding.catalog.columns(&src, &qualified).await
+    }
+
+    async fn insert_dest(
+        &mut self,
+        map: &ShardMap,
+        sql: &str,
+        ins: &shardgate_router::shard::InsertPlan,
+        params: Params<'_>,
+    ) -> Result<Dest, PgError> {
+        let rule = map
+            .table(ins.table.0.as_deref(), &ins.table.1)
+            .cloned()
+            .ok_or_else(|| PgError::error("XX000", format!("no rule for {}", ins.table.1)))?;
+        if ins.from_select || ins.rows.is_empty() {
+            return Err(PgError::error(
+                "0A000",
+                format!(
+                    "INSERT ... SELECT or DEFAULT VALUES into sharded table {} is not supported",
+                    rule.table
+                ),
+            )
+            .with_hint("Insert rows with VALUES so each can be sent to its shard."));
+        }
+        let index = match &ins.columns {
+            Some(cols) => cols.iter().position(|c| *c == rule.column),
+            None => self
+                .table_columns(ins.table.0.as_deref(), &ins.table.1)
+                .await?
+                .iter()
+                .position(|c| *c == rule.column),
+        }
+        .ok_or_else(|| {
+            PgError::error(
+                "0A000",
+                format!(
+                    "INSERT into sharded table {} must give its shard key {}",
+                    rule.table, rule.column
+                ),
+            )
+        })?;
+        let mut by_shard: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (r, row) in ins.rows.iter().enumerate() {
+            let src = row.values.get(index).unwrap_or(&ValueSource::Other);
+            let key = match key_from(&rule, src, params)? {
+                Ok(Some(k)) => k,
+                Ok(None) => return Err(not_null(&rule.table.to_string(), &rule.column)),
+                Err(Unknown) => {
+                    return Err(PgError::error(
+                        "0A000",
+                        format!(
+                            "the shard key {} of {} must be a constant or a parameter in INSERT",
+                            rule.column, rule.table
+                        ),
+                    ))
+                }
+            };
+            by_shard
+                .entry(shard_of_key(map, &rule, &key)?)
+                .or_default()
+                .push(r);
+        }
+        if by_shard.len() == 1 {
+            return Ok(Dest::One(*by_shard.keys().next().expect("one shard")));
+        }
+        if params.is_some() {
+            return Err(PgError::error(
+                "0A000",
+                "a multi-row INSERT with parameters whose rows belong to different shards is not supported",
+            )
+            .with_hint("Send one row per statement, or the rows as literals."));
+        }
+        let prefix = sql.get(ins.prefix.clone()).unwrap_or("");
+        let suffix = sql.get(ins.suffix.clone()).unwrap_or("");
+        let parts = by_shard
+            .into_iter()
+            .map(|(shard, rows)| {
+                let rows: Vec<&str> = rows
+                    .iter()
+                    .map(|&r| sql.get(ins.rows[r].span.clone()).unwrap_or(""))
+                    .collect();
+                let mut text = format!("{prefix}{}", rows.join(", "));
+                if !suffix.is_empty() {
+                    text.push(' ');
+                    text.push_str(suffix);
+                }
+                (shard, text)
+            })
+            .collect();
+        Ok(Dest::Split(parts))
+    }
+
+    /// What the statement needs from each shard's node, inside or outside a
+    /// transaction spread over shards.
+    fn want_sharded(&self, sql: &str) -> Want {
+        match &self.vtx {
+            Some(v) if v.read_only => match self.routing.want(
+                shardgate_router::Route::Begin { read_only: true },
+                &Hints::default(),
+            ) {
+                w @ Want::ReadOnlyTx(_) => w,
+                _ => Want::Primary,
+            },
+            Some(_) => Want::Primary,
+            None => self.want_for(sql).unwrap_or(Want::Primary),
+        }
+    }
+
+    /// A simple query on a sharded cluster.
+    pub(super) async fn on_query_sharded(
+        &mut self,
+        msg: &[u8],
+        sql: &str,
+    ) -> Result<(), SessionError> {
+        let stmts = split_statements(sql);
+        if let [one] = stmts.as_slice() {
+            if let Some(tc) = tx_control(one) {
+                return self.tx_control_simple(msg, one, tc).await;
+            }
+        }
+        if self.vtx.as_ref().is_some_and(|v| v.failed)
+            || self.backend.as_ref().is_some_and(|b| b.ex.status == b'E') && self.vtx.is_some()
+        {
+            return self.reply_error(aborted());
+        }
+        if stmts.len() == 1
+            && first_keyword(stmts[0]).is_some_and(|k| k.eq_ignore_ascii_case("copy"))
+        {
+            if let Some(done) = self.copy_sharded(msg, stmts[0]).await? {
+                return Ok(done);
+            }
+        }
+        let hints = match parse_hints(sql) {
+            Ok(h) => h,
+            Err(e) => return self.reply_error(super::hint_error(e)),
+        };
+        let mut dest = None;
+        for stmt in &stmts {
+            let plan = self.plan_of(stmt);
+            let d = match self.dest_for(stmt, &plan, &hints, None).await {
+                Ok(d) => d,
+                Err(e) => return self.reply_error(e),
+            };
+            dest = match (dest, d) {
+                (None, d) => Some(d),
+                (Some(Dest::One(a)), Dest::One(b)) if a == b => Some(Dest::One(a)),
+                (Some(Dest::Everywhere(a)), Dest::Everywhere(b)) if a == b => {
+                    Some(Dest::Everywhere(a))
+                }
+                _ => return self.reply_error(
+                    PgError::error(
+                        "0A000",
+                        "a query string whose statements go to different shards is not supported",
+                    )
+                    .with_hint("Send the statements one at a time."),
+                ),
+            };
+        }
+        let want = self.want_sharded(sql);
+        let dest = dest.unwrap_or(Dest::One(self.default_shard()));
+        let d_kind = if matches!(dest, Dest::Everywhere(_)) {
+            DestKind::Copies
+        } else {
+            DestKind::Rows
+        };
+        match dest {
+            Dest::One(s) => {
+                self.target = s;
+                if self.attach(Proto::Simple, want).await? {
+                    if self.vtx.is_none() {
+                        self.start_retry(msg);
+                    }
+                    self.forward(msg, crate::relay::Expect::Query { forward: true });
+                }
+                Ok(())
+            }
+            Dest::Many(shards) | Dest::Everywhere(shards) => {
+                let copies = matches!(d_kind, DestKind::Copies);
+                let wrap = self.is_write(sql) && !non_transactional(sql);
+                let mut q = BytesMut::new();
+                frontend::encode_query(sql, &mut q);
+                let requests = shards.into_iter().map(|s| (s, q.clone())).collect();
+                let mut opts = FanOpts::new(want);
+                opts.wrap = wrap;
+                opts.sum = !copies;
+                self.fanout(requests, opts).await
+            }
+            Dest::Split(parts) => {
+                let requests = parts
+                    .into_iter()
+                    .map(|(s, text)| {
+                        let mut q = BytesMut::new();
+                        frontend::encode_query(&text, &mut q);
+                        (s, q)
+                    })
+                    .collect();
+                let mut opts = FanOpts::new(want);
+                opts.wrap = true;
+                self.fanout(requests, opts).await
+            }
+        }
+    }
+
+    fn is_write(&self, sql: &str) -> bool {
+        self.proxy.classifier.classify(sql).route != shardgate_router::Route::Read
+    }
+
+    /// The cached plan of one statement, literals resolved.
+    pub(super) fn plan_of(&self, sql: &str) -> ShardPlan {
+        let sharding = self.proxy.sharding.as_ref().expect("sharded session");
+        let (plan, literals) = sharding.planner.plan_cached(sql, &MapLookup(&sharding.map));
+        plan.resolve_literals(&literals)
+    }
+
+    /// An error answering a simple query (the transaction, if any, fails).
+    fn reply_error(&mut self, e: PgError) -> Result<(), SessionError> {
+        if let Some(v) = self.vtx.as_mut() {
+            v.failed = true;
+        }
+        e.encode(&mut self.cout);
+        backend::ready_for_query(self.client_status(), &mut self.cout);
+        Ok(())
+    }
+
+    /// BEGIN, COMMIT, ROLLBACK, SAVEPOINT in the simple protocol.
+    async fn tx_control_simple(
+        &mut self,
+        msg: &[u8],
+        sql: &str,
+        tc: TxControl,
+    ) -> Result<(), SessionError> {
+        match tc {
+            TxControl::Begin => {
+                let mut out = BytesMut::new();
+                self.begin_virtual(sql, &mut out);
+                backend::ready_for_query(self.client_status(), &mut out);
+                self.cout.extend_from_slice(&out);
+                Ok(())
+            }
+            TxControl::End(commit) => self.end_virtual(commit, true).await,
+            TxControl::Savepoint => {
+                let mut shards: Vec<usize> = self.parked.iter().map(|b| b.shard).collect();
+                shards.extend(self.backend.as_ref().map(|b| b.shard));
+                if shards.len() <= 1 {
+                    self.target = shards.first().copied().unwrap_or_else(|| self.default_shard());
+                    if self.attach(Proto::Simple, Want::Primary).await? {
+                        self.forward(msg, crate::relay::Expect::Query { forward: true });
+                    }
+                    return Ok(());
+                }
+                let mut q = BytesMut::new();
+                frontend::encode_query(sql, &mut q);
+                let requests = shards.into_iter().map(|s| (s, q.clone())).collect();
+                self.fanout(requests, FanOpts::new(Want::Primary)).await
+            }
+            TxControl::TwoPhase => self.reply_error(
+                PgError::error("0A000", "PREPARE TRANSACTION and COMMIT/ROLLBACK PREPARED are not passed through shardgate")
+                    .with_hint("shardgate coordinates multi-shard commits itself."),
+            ),
+        }
+    }
+
+    /// Starts a client transaction; BEGIN reaches each shard on first use.
+    pub(super) fn begin_virtual(&mut self, sql: &str, out: &mut BytesMut) {
+        if self.vtx.is_some() || self.backend.as_ref().is_some_and(|b| b.ex.status != b'I') {
+            backend::notice("25001", "there is already a transaction in progress", out);
+        } else {
+            let read_only = matches!(
+                self.proxy.classifier.classify(sql).route,
+                shardgate_router::Route::Begin { read_only: true }
+            );
+            self.vtx = Some(VirtualTx {
+                begin: sql.to_owned(),
+                failed: false,
+                read_only,
+            });
+        }
+        backend::command_complete("BEGIN", out);
+    }
+
+    /// Ends the client transaction on every shard it used: COMMIT, or
+    /// ROLLBACK if any statement failed. `ready`: also send ReadyForQuery
+    /// (simple protocol; in the extended protocol Sync does).
+    pub(super) async fn end_virtual(
+        &mut self,
+        commit: bool,
+        ready: bool,
+    ) -> Result<(), SessionError> {
+        self.drain_current().await?;
+        let Some(v) = self.vtx.take() else {
+            let mut out = BytesMut::new();
+            backend::notice("25P01", "there is no transaction in progress", &mut out);
+            backend::command_complete(if commit { "COMMIT" } else { "ROLLBACK" }, &mut out);
+            if ready {
+                backend::ready_for_query(self.client_status(), &mut out);
+            }
+            self.cout.extend_from_slice(&out);
+            return Ok(());
+        };
+        let mut shards: Vec<usize> = self.parked.iter().map(|b| b.shard).collect();
+        shards.extend(self.backend.as_ref().map(|b| b.shard));
+        let failed = v.failed
+            || self.parked.iter().any(|b| b.ex.status == b'E')
+            || self.backend.as_ref().is_some_and(|b| b.ex.status == b'E');
+        let end = if commit && !failed {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        };
+        if shards.is_empty() {
+            let mut out = BytesMut::new();
+            backend::command_complete(end, &mut out);
+            if ready {
+                backend::ready_for_query(b'I', &mut out);
+            }
+            self.cout.extend_from_slice(&out);
+            return Ok(());
+        }
+        let mut q = BytesMut::new();
+        frontend::encode_query(end, &mut q);
+        let requests = shards.into_iter().map(|s| (s, q.clone())).collect();
+        let mut opts = FanOpts::new(Want::Primary);
+        opts.ready = ready;
+        self.fanout(requests, opts).await
+    }
+
+    /// Parse in the extended protocol: answered by the proxy; the statement
+    /// is prepared on whichever shard a Bind sends it to.
+    pub(super) fn parse_sharded(&mut self, p: &Parse<'_>) -> Result<(), SessionError> {
+        if !p.name.is_empty() && self.statements.contains(p.name) {
+            let err = PgError::error(
+                "42P05",
+                format!("prepared statement \"{}\" already exists", p.name),
+            );
+            return self.refuse_pg(err);
+        }
+        if let Err(e) = parse_hints(p.query) {
+            return self.refuse_pg(super::hint_error(e));
+        }
+        let stmt = self.proxy.statements.intern(p.query, p.param_types);
+        self.statements.insert(p.name, stmt);
+        let mut out = BytesMut::new();
+        backend::empty(backend::tag::PARSE_COMPLETE, &mut out);
+        self.emit_local(out.freeze());
+        Ok(())
+    }
+
+    /// Bind in the extended protocol: the parameters decide the shard.
+    pub(super) async fn bind_sharded(
+        &mut self,
+        msg: &[u8],
+        bind: &Bind<'_>,
+        rest: &[u8],
+    ) -> Result<(), SessionError> {
+        let Some(stmt) = self.statements.get(bind.statement).cloned() else {
+            let err = PgError::error(
+                "26000",
+                format!("prepared statement \"{}\" does not exist", bind.statement),
+            );
+            return self.refuse_pg(err);
+        };
+        if self.vtx.as_ref().is_some_and(|v| v.failed) {
+            return self.refuse_pg(aborted());
+        }
+        let plan = self.plan_of(&stmt.query);
+        let hints = stmt.routing(&self.proxy.classifier).hints.clone();
+        let dest = match self.dest_for(&stmt.query, &plan, &hints, Some(bind)).await {
+            Ok(d) => d,
+            Err(e) => return self.refuse_pg(e),
+        };
+        let want = self.want_sharded(&stmt.query);
+        match dest {
+            Dest::One(s) => {
+                self.target = s;
+                if !self.attach(Proto::Extended, want).await? {
+                    return Ok(());
+                }
+                if self.vtx.is_none() {
+                    self.start_retry(msg);
+                }
+                self.bind_prepared(msg, bind, &stmt);
+                Ok(())
+            }
+            Dest::Many(shards) => {
+                self.bind_fanout(bind, &stmt, shards, want, true, rest)
+                    .await
+            }
+            Dest::Everywhere(shards) => {
+                self.bind_fanout(bind, &stmt, shards, want, false, rest)
+                    .await
+            }
+            Dest::Split(_) => self.refuse_pg(PgError::error(
+                "0A000",
+                "statement splitting needs literal values",
+            )),
+        }
+    }
+
+    /// Runs a Bind/[Describe]/Execute/Sync batch on several shards.
+    async fn bind_fanout(
+        &mut self,
+        bind: &Bind<'_>,
+        stmt: &crate::prepared::Statement,
+        shards: Vec<usize>,
+        want: Want,
+        sum: bool,
+        rest: &[u8],
+    ) -> Result<(), SessionError> {
+        let mut batch = BytesMut::new();
+        frontend::encode_parse("", &stmt.query, &stmt.param_types, &mut batch);
+        bind.encode_with_statement("", &mut batch);
+        let mut pos = 0;
+        loop {
+            let Ok(Some(h)) = Header::complete(&rest[pos..], self.max_message) else {
+                return self.refuse_pg(
+                    PgError::error(
+                        "0A000",
+                        "a statement for several shards must arrive with its Execute and Sync",
+                    )
+                    .with_hint("Send Bind, Execute and Sync together."),
+                );
+            };
+            let m = &rest[pos..pos + h.total];
+            match h.tag {
+                tag::DESCRIBE | tag::EXECUTE => {
+                    if h.tag == tag::DESCRIBE {
+                        DescribeOrClose::decode(&m[5..], "Describe")?;
+                    } else {
+                        Execute::decode(&m[5..])?;
+                    }
+                    batch.extend_from_slice(m);
+                    pos += h.total;
+                }
+                tag::SYNC => {
+                    batch.extend_from_slice(m);
+                    pos += h.total;
+                    break;
+                }
+                _ => return self.refuse_pg(PgError::error(
+                    "0A000",
+                    "only Describe, Execute and Sync may follow a Bind that goes to several shards",
+                )),
+            }
+        }
+        self.extra_consumed = pos;
+        let wrap = self.is_write(&stmt.query) && !non_transactional(&stmt.query);
+        let requests = shards.into_iter().map(|s| (s, batch.clone())).collect();
+        let mut opts = FanOpts::new(want);
+        opts.wrap = wrap;
+        opts.sum = sum;
+        opts.skip_parse = 1;
+        self.fanout(requests, opts).await
+    }
+
+    /// Describe or Execute with no connection yet: the default shard (or the
+    /// shard the transaction already uses).
+    pub(super) fn target_for_unrouted(&mut self) {
+        if self.backend.is_none() {
+            self.target = self
+                .parked
+                .first()
+                .map(|b| b.shard)
+                .unwrap_or_else(|| self.default_shard());
+        }
+    }
+
+    /// COPY on a sharded cluster; `None` when the statement is not COPY or
+    /// goes to one shard through the normal path.
+    async fn copy_sharded(&mut self, msg: &[u8], sql: &str) -> Result<Option<()>, SessionError> {
+        let Some(cs) = parse_copy(sql) else {
+            return Ok(None);
+        };
+        if cs.query {
+            return Ok(None);
+        }
+        let map = self.map();
+        let (schema, name) = (cs.table.0.as_deref(), cs.table.1.as_str());
+        let rule = map.table(schema, name).cloned();
+        let reference = map.is_reference(schema, name);
+        if rule.is_none() && !reference {
+            return Ok(None);
+        }
+        let _ = msg;
+        let mut q = BytesMut::new();
+        frontend::encode_query(sql, &mut q);
+        let all = map.all_shards();
+        let want = self.want_sharded(sql);
+        if cs.to {
+            if reference {
+                return Ok(None);
+            }
+            let requests = all.into_iter().map(|s| (s, q.clone())).collect();
+            self.fanout(requests, FanOpts::new(want)).await?;
+            return Ok(Some(()));
+        }
+        let route = match rule {
+            None => CopyRoute::Everywhere,
+            Some(rule) => {
+                let index = match &cs.columns {
+                    Some(cols) => cols.iter().position(|c| *c == rule.column),
+                    None => match self.table_columns(schema, name).await {
+                        Ok(cols) => cols.iter().position(|c| *c == rule.column),
+                        Err(e) => {
+                            self.reply_error(e)?;
+                            return Ok(Some(()));
+                        }
+                    },
+                };
+                let Some(index) = index else {
+                    self.reply_error(PgError::error(
+                        "0A000",
+                        format!(
+                            "COPY into sharded table {} must include its shard key {}",
+                            rule.table, rule.column
+                        ),
+                    ))?;
+                    return Ok(Some(()));
+                };
+                CopyRoute::ByKey {
+                    splitter: Box::new(CopySplitter::for_statement(&cs, Some(index))),
+                    rule,
+                    map,
+                    header_sent: false,
+                    rows: Vec::new(),
+                }
+            }
+        };
+        let requests = all.into_iter().map(|s| (s, q.clone())).collect();
+        let mut opts = FanOpts::new(want);
+        opts.wrap = true;
+        opts.sum = !matches!(route, CopyRoute::Everywhere);
+        opts.copy = Some(route);
+        self.fanout(requests, opts).await?;
+        Ok(Some(()))
+    }
+
+    /// CopyData, CopyDone or CopyFail while a COPY runs on several shards.
+    pub(super) async fn copy_message(&mut self, t: u8, msg: &[u8]) -> Result<(), SessionError> {
+        let Some(mut fan) = self.fanout_state.take() else {
+            return Ok(());
+        };
+        let outcome = match t {
+            tag::COPY_DATA => route_copy_data(&mut fan, &msg[5..]),
+            tag::COPY_DONE => finish_copy(&mut fan).map(|()| true),
+            _ => {
+                let mut fail = BytesMut::new();
+                fail.extend_from_slice(msg);
+                Err(CopyFailure::Client(fail))
+            }
+        };
+        let done = match outcome {
+            Ok(done) => done,
+            Err(CopyFailure::Client(fail)) => {
+                broadcast(&mut fan, |out| out.extend_from_slice(&fail));
+                true
+            }
+            Err(CopyFailure::Data(e)) => {
+                e.encode(&mut self.cout);
+                fan.errored = true;
+                let mut fail = BytesMut::new();
+                fail.extend_from_slice(&[tag::COPY_FAIL]);
+                fail.extend_from_slice(&0i32.to_be_bytes());
+                frontend::put_cstr(&mut fail, b"shardgate: COPY data refused");
+                shardgate_protocol::backend::patch_len(&mut fail, 0);
+                broadcast(&mut fan, |out| out.extend_from_slice(&fail));
+                true
+            }
+        };
+        self.write_parts(&mut fan).await;
+        if done {
+            fan.copy_in = false;
+            fan.copy = None;
+            self.continue_fanout(fan).await
+        } else {
+            self.fanout_state = Some(fan);
+            Ok(())
+        }
+    }
+}
+
+/// How the rows of a COPY FROM STDIN are spread over the shards.
+pub(super) enum CopyRoute {
+    /// A reference table: every row to every shard.
+    Everywhere,
+    /// A sharded table: each row to the shard of its key.
+    ByKey {
+        splitter: Box<CopySplitter>,
+        rule: Arc<TableRule>,
+        map: Arc<ShardMap>,
+        header_sent: bool,
+        rows: Vec<CopyRow>,
+    },
+}
+
+enum CopyFailure {
+    /// The client sent CopyFail.
+    Client(BytesMut),
+    /// The data could not be split.
+    Data(PgError),
+}
+
+fn copy_data_message(payload: &[u8], out: &mut BytesMut) {
+    out.extend_from_slice(&[tag::COPY_DATA]);
+    out.extend_from_slice(&((payload.len() + 4) as i32).to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+fn broadcast(fan: &mut super::fanout::Fanout, f: impl Fn(&mut BytesMut)) {
+    for out in fan.outs.iter_mut() {
+        f(out);
+    }
+}
+
+/// Routes one CopyData payload; returns whether the COPY is over.
+fn route_copy_data(fan: &mut super::fanout::Fanout, data: &[u8]) -> Result<bool, CopyFailure> {
+    let shard_index: Vec<usize> = fan.parts.iter().map(|p| p.b.shard).collect();
+    match fan.copy.as_mut() {
+        None | Some(CopyRoute::Everywhere) => {
+            broadcast(fan, |out| copy_data_message(data, out));
+            Ok(false)
+        }
+        Some(CopyRoute::ByKey {
+            splitter,
+            rule,
+            map,
+            header_sent,
+            rows,
+        }) => {
+            splitter.feed_into(data, rows).map_err(|e| {
+                CopyFailure::Data(PgError::error(
+                    "22P04",
+                    format!("COPY data for {}: {e}", rule.table),
+                ))
+            })?;
+            send_rows(
+                &mut fan.outs,
+                &shard_index,
+                splitter,
+                rule,
+                map,
+                header_sent,
+                rows,
+            )?;
+            Ok(false)
+        }
+    }
+}
+
+fn finish_copy(fan: &mut super::fanout::Fanout) -> Result<(), CopyFailure> {
+    let shard_index: Vec<usize> = fan.parts.iter().map(|p| p.b.shard).collect();
+    if let Some(CopyRoute::ByKey {
+        splitter,
+        rule,
+        map,
+        header_sent,
+        rows,
+    }) = fan.copy.as_mut()
+    {
+        let last = splitter.finish().map_err(|e| {
+            CopyFailure::Data(PgError::error(
+                "22P04",
+                format!("COPY data for {}: {e}", rule.table),
+            ))
+        })?;
+        *rows = last;
+        send_rows(
+            &mut fan.outs,
+            &shard_index,
+            splitter,
+            rule,
+            map,
+            header_sent,
+            rows,
+        )?;
+        if let Some(trailer) = splitter.binary_trailer() {
+            for out in fan.outs.iter_mut() {
+                copy_data_message(trailer, out);
+            }
+        }
+    }
+    for out in fan.outs.iter_mut() {
+        out.extend_from_slice(&[tag::COPY_DONE, 0, 0, 0, 4]);
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn send_rows(
+    outs: &mut [BytesMut],
+    shard_index: &[usize],
+    splitter: &CopySplitter,
+    rule: &TableRule,
+    map: &ShardMap,
+    header_sent: &mut bool,
+    rows: &[CopyRow],
+) -> Result<(), CopyFailure> {
+    if !*header_sent {
+        if let Some(h) = splitter.header_bytes() {
+            for out in outs.iter_mut() {
+                copy_data_message(h, out);
+            }
+            *header_sent = true;
+        }
+    }
+    for row in rows {
+        let key = match &row.key {
+            Some(FieldValue::Text(t)) => ShardKey::parse_text(rule.key_type, t),
+            Some(FieldValue::Binary(b)) => ShardKey::parse_binary(rule.key_type, b),
+            Some(FieldValue::Null) | None => {
+                return Err(CopyFailure::Data(not_null(
+                    &rule.table.to_string(),
+                    &rule.column,
+                )))
+            }
+        }
+        .map_err(|e| CopyFailure::Data(bad_key(rule, e)))?;
+        let shard = shard_of_key(map, rule, &key).map_err(CopyFailure::Data)?;
+        let i = shard_index
+            .iter()
+            .position(|s| *s == shard)
+            .ok_or_else(|| {
+                CopyFailure::Data(PgError::error("XX000", "shard missing from the COPY"))
+            })?;
+        copy_data_message(splitter.row_bytes(row), &mut outs[i]);
+    }
+    Ok(())
+}
+
+/// Shards of a key filter; `None` when a key value cannot be known.
+fn shards_of_filter(
+    map: &ShardMap,
+    rule: &TableRule,
+    filter: &KeyFilter,
+    params: Params<'_>,
+) -> Result<Option<Vec<usize>>, PgError> {
+    match filter {
+        KeyFilter::Eq(values) => {
+            let mut set = Vec::new();
+            for v in values {
+                match key_from(rule, v, params)? {
+                    Ok(Some(key)) => {
+                        // A key no shard accepts matches no row: skip it.
+                        if let Ok(s) = map.shard_for(rule, &key) {
+                            if !set.contains(&s) {
+                                set.push(s);
+                            }
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(Unknown) => return Ok(None),
+                }
+            }
+            set.sort_unstable();
+            Ok(Some(set))
+        }
+        KeyFilter::Range { lower, upper } => {
+            let bound = |b: &Option<(ValueSource, bool)>| -> Result<Option<(i64, bool)>, PgError> {
+                match b {
+                    None => Ok(None),
+                    Some((src, inclusive)) => match key_from(rule, src, params)? {
+                        Ok(Some(ShardKey::Int(v))) => Ok(Some((v, *inclusive))),
+                        _ => Ok(None),
+                    },
+                }
+            };
+            if rule.key_type != KeyType::BigInt {
+                return Ok(Some(map.all_shards()));
+            }
+            Ok(Some(map.shards_for_range(
+                rule,
+                bound(lower)?,
+                bound(upper)?,
+            )))
+        }
+    }
+}
+
+fn no_key(table: &str) -> PgError {
+    PgError::error(
+        "0A000",
+        format!("statement on sharded table {table} has no shard key: queries across all shards are not supported yet"),
+    )
+    .with_hint("Add WHERE <key> = ... (or IN (...)), or a /* shardgate: shard=N */ hint.")
+}
+
+fn aborted() -> PgError {
+    PgError::error(
+        "25P02",
+        "current transaction is aborted, commands ignored until end of transaction block",
+    )
+}
+
+fn quote_ident(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !s.as_bytes()[0].is_ascii_digit();
+    if plain {
+        s.to_owned()
+    } else {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_transaction_control() {
+        assert_eq!(tx_control("BEGIN"), Some(TxControl::Begin));
+        assert_eq!(
+            tx_control("start transaction read only"),
+            Some(TxControl::Begin)
+        );
+        assert_eq!(tx_control("END;"), Some(TxControl::End(true)));
+        assert_eq!(tx_control("rollback"), Some(TxControl::End(false)));
+        assert_eq!(
+            tx_control("ROLLBACK TO SAVEPOINT a"),
+            Some(TxControl::Savepoint)
+        );
+        assert_eq!(tx_control("COMMIT PREPARED 'x'"), Some(TxControl::TwoPhase));
+        assert_eq!(tx_control("SELECT 1"), None);
+    }
+
+    #[test]
+    fn merge_blockers() {
+        assert_eq!(merge_blocker("SELECT * FROM t WHERE id IN (1,2)"), None);
+        assert!(merge_blocker("SELECT count(*) FROM t").is_some());
+        assert!(merge_blocker("SELECT * FROM t ORDER BY id").is_some());
+        assert_eq!(merge_blocker("SELECT 'order' FROM t"), None);
+    }
+}

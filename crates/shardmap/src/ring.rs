@@ -1,0 +1,127 @@
+//! The consistent hash ring (see the crate docs for the exact algorithm).
+//!
+//! `hashring` computes every point through `BuildHasher::hash_one`, so
+//! placement would depend on `Hash` impls. Both types hashed here therefore
+//! write exactly one canonical byte string with a single `Hasher::write`:
+//! [`VNode`] its label `shard-{s}-vnode-{v}`, [`CanonicalBytes`] the key's
+//! canonical bytes (not `<[u8] as Hash>`, which adds a length prefix).
+
+use std::hash::{BuildHasher, Hash, Hasher};
+
+use hashring::HashRing;
+use twox_hash::XxHash64;
+
+/// The seed of every xxhash64 computed for placement.
+pub(crate) const SEED: u64 = 0;
+
+/// Builds xxhash64 hashers with the fixed seed [`SEED`] (never random, so
+/// every proxy and every restart computes the same ring).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct XxHash64Seed0;
+
+impl BuildHasher for XxHash64Seed0 {
+    type Hasher = XxHash64;
+
+    fn build_hasher(&self) -> XxHash64 {
+        XxHash64::with_seed(SEED)
+    }
+}
+
+/// One virtual node: the `vnode`-th point of `shard`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct VNode {
+    /// The shard owning this point.
+    pub(crate) shard: usize,
+    /// The index of the point among the shard's points.
+    pub(crate) vnode: u32,
+}
+
+impl VNode {
+    /// The bytes hashed to place this virtual node: `shard-{s}-vnode-{v}`
+    /// in ASCII, both numbers in decimal without leading zeros.
+    pub(crate) fn label(&self) -> String {
+        format!("shard-{}-vnode-{}", self.shard, self.vnode)
+    }
+}
+
+impl Hash for VNode {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write(self.label().as_bytes());
+    }
+}
+
+/// A key's canonical bytes as the ring hashes them: one `write` of exactly
+/// these bytes.
+struct CanonicalBytes<'a>(&'a [u8]);
+
+impl Hash for CanonicalBytes<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write(self.0);
+    }
+}
+
+/// A ring with `vnodes * weight` points per shard.
+pub(crate) struct Ring {
+    ring: HashRing<VNode, XxHash64Seed0>,
+}
+
+impl Ring {
+    /// Builds the ring; shard `s` gets points `0..vnodes * weights[s]`.
+    /// The caller has validated that the total is small enough.
+    pub(crate) fn new(weights: &[u32], vnodes: u32) -> Ring {
+        let nodes: Vec<VNode> = weights
+            .iter()
+            .enumerate()
+            .flat_map(|(shard, &weight)| {
+                (0..vnodes.saturating_mul(weight)).map(move |vnode| VNode { shard, vnode })
+            })
+            .collect();
+        let mut ring = HashRing::with_hasher(XxHash64Seed0);
+        ring.batch_add(nodes);
+        Ring { ring }
+    }
+
+    /// The number of points on the ring.
+    pub(crate) fn len(&self) -> usize {
+        self.ring.len()
+    }
+
+    /// The shard owning the first point at or after the hash of `bytes`
+    /// (wrapping), or `None` for an empty ring.
+    pub(crate) fn shard_of(&self, bytes: &[u8]) -> Option<usize> {
+        self.ring.get(&CanonicalBytes(bytes)).map(|node| node.shard)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashing_writes_exactly_the_canonical_bytes() {
+        let node = VNode {
+            shard: 2,
+            vnode: 17,
+        };
+        assert_eq!(node.label(), "shard-2-vnode-17");
+        assert_eq!(
+            XxHash64Seed0.hash_one(node),
+            XxHash64::oneshot(SEED, b"shard-2-vnode-17")
+        );
+        assert_eq!(
+            XxHash64Seed0.hash_one(CanonicalBytes(b"abc")),
+            XxHash64::oneshot(SEED, b"abc")
+        );
+        assert_eq!(
+            XxHash64Seed0.hash_one(CanonicalBytes(b"")),
+            XxHash64::oneshot(SEED, b"")
+        );
+    }
+
+    #[test]
+    fn ring_size_is_vnodes_times_weight() {
+        let ring = Ring::new(&[1, 2, 3], 4);
+        assert_eq!(ring.len(), 24);
+        assert!(Ring::new(&[], 4).shard_of(b"x").is_none());
+    }
+}
