@@ -596,14 +596,17 @@ async fn hints_and_cross_shard_transactions() {
         .is_err());
     assert!(tx.commit().await.is_err() || count(&c) == 2);
     assert_eq!(count(&c), 2);
-    // Without a key and without a hint: a clear error naming the table.
+    // Without a key: every shard, with the counts summed.
+    let n = client.execute("UPDATE items SET name = 'all'", &[]).await.unwrap();
+    assert_eq!(n, 2);
+    // What cannot be answered exactly across shards is refused, naming it.
     let err = client
-        .batch_execute("UPDATE items SET name = 'all'")
+        .batch_execute("SELECT string_agg(name, ',') FROM items")
         .await
-        .expect_err("no key");
+        .expect_err("string_agg across shards");
     let db = err.as_db_error().unwrap();
     assert_eq!(db.code().code(), "0A000");
-    assert!(db.message().contains("items"), "{}", db.message());
+    assert!(db.message().contains("string_agg"), "{}", db.message());
 }
 
 /// Item 7: replica routing works within each shard.

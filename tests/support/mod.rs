@@ -80,7 +80,14 @@ pub fn binary() -> PathBuf {
 impl Proxy {
     /// Writes `config` into `dir`, starts the proxy and waits until it accepts connections.
     pub fn start(dir: &Path, port: u16, config: &str) -> Proxy {
-        let stamp = format!("{}-{}", port, std::process::id());
+        Proxy::start_with_env(dir, port, config, &[])
+    }
+
+    /// [`Proxy::start`] with extra environment variables (e.g. failpoints).
+    pub fn start_with_env(dir: &Path, port: u16, config: &str, env: &[(&str, &str)]) -> Proxy {
+        static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stamp = format!("{}-{}-{n}", port, std::process::id());
         let config_path = dir.join(format!("proxy-{stamp}.toml"));
         std::fs::write(&config_path, config).expect("write config");
         let log = dir.join(format!("proxy-{stamp}.log"));

@@ -284,6 +284,10 @@ pub struct ProxyConfig {
     pub tls_key: Option<PathBuf>,
     /// Prepared statements kept per server connection (LRU).
     pub prepared_statements_cache: usize,
+    /// Commit transactions that wrote on several shards with two-phase commit.
+    pub two_phase_commit: bool,
+    /// File of durable commit decisions (two-phase commit).
+    pub two_phase_log: PathBuf,
 }
 
 impl Default for ProxyConfig {
@@ -304,6 +308,8 @@ impl Default for ProxyConfig {
             tls_cert: None,
             tls_key: None,
             prepared_statements_cache: 1000,
+            two_phase_commit: false,
+            two_phase_log: PathBuf::from("shardgate-2pc.log"),
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod routing;
 pub mod session;
 pub mod state;
 pub mod tls;
+pub mod twophase;
 
 use config::Config;
 

@@ -20,6 +20,7 @@ use shardgate_router::Classifier;
 use shardgate_shardmap::ShardMap;
 
 use crate::catalog::Catalog;
+use crate::twophase::{recover, Coordinator, RecoveryTarget};
 
 /// Everything sessions share.
 pub struct Proxy {
@@ -49,6 +50,8 @@ pub struct Proxy {
     pub classifier: Classifier,
     /// The shard map and its planner; `None` for a single unsharded shard.
     pub sharding: Option<Sharding>,
+    /// Two-phase commit coordinator, when `two_phase_commit = true`.
+    pub two_phase: Option<Arc<Coordinator>>,
 }
 
 /// What routing by shard key needs.
@@ -77,6 +80,9 @@ pub enum StartError {
     /// TLS files unusable.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// The two-phase commit log cannot be opened.
+    #[error(transparent)]
+    TwoPhaseLog(#[from] crate::twophase::LogError),
     /// Could not bind the listen address.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -105,6 +111,11 @@ impl Proxy {
             &config.routing.write_functions,
             config.routing.classifier_cache,
         );
+        let two_phase = if config.proxy.two_phase_commit {
+            Some(Arc::new(Coordinator::open(&config.proxy.two_phase_log)?))
+        } else {
+            None
+        };
         let sharding = config.sharding_enabled().then(|| Sharding {
             map: Arc::new(
                 config
@@ -130,6 +141,7 @@ impl Proxy {
             topology,
             classifier,
             sharding,
+            two_phase,
         })
     }
 
@@ -183,6 +195,17 @@ impl Proxy {
     /// The shard unrouted statements go to.
     pub fn default_shard(&self) -> usize {
         self.sharding.as_ref().map_or(0, |s| s.map.default_shard())
+    }
+
+    /// Where two-phase commit recovery looks.
+    pub fn recovery_target(&self) -> RecoveryTarget {
+        let m = self.monitor_config();
+        RecoveryTarget {
+            primaries: self.config.shards.iter().map(|s| s.primary.clone()).collect(),
+            user: m.user,
+            password: m.password,
+            database: m.database,
+        }
     }
 
     /// How long a failed node is banned.
@@ -246,6 +269,23 @@ pub async fn serve(
     let (tx, rx) = watch::channel(false);
     let proxy = Arc::new(Proxy::new(config, rx)?);
     let monitors = spawn_monitors(proxy.topology.clone(), proxy.monitor_config());
+    if let Some(coordinator) = proxy.two_phase.clone() {
+        let target = proxy.recovery_target();
+        // In-doubt transactions of an earlier run are resolved before clients come in.
+        let left = tokio::time::timeout(Duration::from_secs(30), recover(&coordinator, &target))
+            .await
+            .unwrap_or(1);
+        if left > 0 {
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    if recover(&coordinator, &target).await == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    }
     tokio::pin!(stop);
     loop {
         tokio::select! {

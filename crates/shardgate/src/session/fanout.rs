@@ -24,6 +24,7 @@ use crate::routing::Want;
 
 /// One shard's part of a fan-out.
 pub(super) struct Part {
+    /// The shard's connection.
     pub b: Backend,
     /// Answers of hidden queries (state replay, BEGIN, COMMIT) still to skip.
     hidden: usize,
@@ -31,7 +32,7 @@ pub(super) struct Part {
     pending: Option<BytesMut>,
     /// ParseComplete answers of a Parse the proxy added, still to drop.
     skip_parse: usize,
-    /// Only hidden queries remain (the closing COMMIT/ROLLBACK): done after them.
+    /// Only hidden queries remain: done after them.
     closing: bool,
     /// ReadyForQuery status once this shard has answered everything.
     done: Option<u8>,
@@ -198,22 +199,18 @@ impl Session {
         }
         let mut status = combined_status(&fan);
         if fan.wrap {
-            let end = if fan.errored || status != b'T' {
-                "ROLLBACK"
-            } else {
-                "COMMIT"
-            };
-            for (part, out) in fan.parts.iter_mut().zip(fan.outs.iter_mut()) {
-                if part.b.conn.broken {
-                    continue;
+            let commit = !fan.errored && status == b'T';
+            let mut parts: Vec<Part> = std::mem::take(&mut fan.parts)
+                .into_iter()
+                .filter(|p| !p.b.conn.broken)
+                .collect();
+            if let Some(e) = self.finish_parts(&mut parts, commit).await {
+                if !fan.errored {
+                    e.encode(&mut self.cout);
+                    fan.errored = true;
                 }
-                frontend::encode_query(end, out);
-                part.hidden = 1;
-                part.closing = true;
-                part.done = None;
             }
-            self.write_parts(&mut fan).await;
-            self.drive(&mut fan).await?;
+            fan.parts = parts;
             status = b'I';
         }
         if let Some(v) = self.vtx.as_mut() {
@@ -236,7 +233,7 @@ impl Session {
 
     /// Takes (or opens) the connection to `shard` for a fan-out; returns it
     /// with the bytes that must precede the request on it.
-    async fn part_for(&mut self, shard: usize, want: Want) -> Result<(Part, BytesMut), PgError> {
+    pub(super) async fn part_for(&mut self, shard: usize, want: Want) -> Result<(Part, BytesMut), PgError> {
         let mut out = BytesMut::new();
         if self.backend.as_ref().is_some_and(|b| b.shard == shard) {
             let b = self.backend.take().expect("checked");
@@ -264,7 +261,7 @@ impl Session {
     }
 
     /// Keeps a connection for the rest of the transaction, or releases it.
-    fn return_part(&mut self, b: Backend) {
+    pub(super) fn return_part(&mut self, b: Backend) {
         if b.conn.broken {
             return;
         }
@@ -377,6 +374,11 @@ impl Session {
                     part.b.ex.status = status;
                     part.done = Some(status);
                 }
+                btag::ERROR_RESPONSE => {
+                    part.pending = Some(msg);
+                    cancel_running(fan, i);
+                    return;
+                }
                 _ => part.pending = Some(msg),
             }
         }
@@ -425,7 +427,7 @@ impl Session {
 }
 
 impl Part {
-    fn ready(b: Backend) -> Part {
+    pub(super) fn ready(b: Backend) -> Part {
         Part {
             b,
             hidden: 0,
@@ -433,6 +435,19 @@ impl Part {
             skip_parse: 0,
             closing: false,
             done: None,
+        }
+    }
+}
+
+/// One shard failed: the statement is cancelled on the shards still
+/// running it, so none keeps working for an answer nobody will see.
+fn cancel_running(fan: &Fanout, failed: usize) {
+    for (j, p) in fan.parts.iter().enumerate() {
+        if j != failed && p.done.is_none() && p.pending.is_none() && p.hidden == 0 {
+            let handle = p.b.conn.cancel.clone();
+            tokio::spawn(async move {
+                let _ = handle.cancel().await;
+            });
         }
     }
 }

@@ -7,6 +7,7 @@
 //!   DISCARD/DEALLOCATE in transaction pooling).
 //! - `server`: lending, replaying state on, releasing and losing server connections.
 
+mod commit;
 mod extended;
 mod fanout;
 mod local;

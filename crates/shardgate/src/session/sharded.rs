@@ -307,7 +307,14 @@ impl Session {
                 }
             }
             ShardPlan::Insert(ins) => self.insert_dest(&map, sql, ins, params).await,
-            ShardPlan::NoKey { table } => Err(no_key(table)),
+            ShardPlan::NoKey { table } => {
+                if self.is_write(sql) {
+                    // UPDATE/DELETE without a key: every shard, counts summed.
+                    Ok(Dest::Many(map.all_shards()))
+                } else {
+                    Err(no_key(table))
+                }
+            }
             ShardPlan::Unsupported { construct } => Err(PgError::error(
                 "0A000",
                 format!("not supported across shards: {construct}"),
@@ -656,12 +663,27 @@ impl Session {
             self.cout.extend_from_slice(&out);
             return Ok(());
         }
-        let mut q = BytesMut::new();
-        frontend::encode_query(end, &mut q);
-        let requests = shards.into_iter().map(|s| (s, q.clone())).collect();
-        let mut opts = FanOpts::new(Want::Primary);
-        opts.ready = ready;
-        self.fanout(requests, opts).await
+        let mut parts = Vec::with_capacity(shards.len());
+        for s in shards {
+            match self.part_for(s, Want::Primary).await {
+                Ok((p, _)) => parts.push(p),
+                Err(e) => tracing::warn!(error = %e, "shard connection gone before the end of the transaction"),
+            }
+        }
+        let error = self.finish_parts(&mut parts, end == "COMMIT").await;
+        let mut out = BytesMut::new();
+        match error {
+            Some(e) => e.encode(&mut out),
+            None => backend::command_complete(end, &mut out),
+        }
+        if ready {
+            backend::ready_for_query(b'I', &mut out);
+        }
+        self.cout.extend_from_slice(&out);
+        for p in parts {
+            self.return_part(p.b);
+        }
+        self.flush_client().await
     }
 
     /// Parse in the extended protocol: answered by the proxy; the statement
