@@ -201,7 +201,12 @@ impl Proxy {
     pub fn recovery_target(&self) -> RecoveryTarget {
         let m = self.monitor_config();
         RecoveryTarget {
-            primaries: self.config.shards.iter().map(|s| s.primary.clone()).collect(),
+            primaries: self
+                .config
+                .shards
+                .iter()
+                .map(|s| s.primary.clone())
+                .collect(),
             user: m.user,
             password: m.password,
             database: m.database,

@@ -152,7 +152,11 @@ pub async fn recover(coordinator: &Coordinator, target: &RecoveryTarget) -> usiz
     unresolved
 }
 
-async fn connect(addr: &str, target: &RecoveryTarget, database: &str) -> Result<tokio_postgres::Client, String> {
+async fn connect(
+    addr: &str,
+    target: &RecoveryTarget,
+    database: &str,
+) -> Result<tokio_postgres::Client, String> {
     let (host, port) = addr.rsplit_once(':').ok_or("bad address")?;
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(host)
@@ -164,7 +168,10 @@ async fn connect(addr: &str, target: &RecoveryTarget, database: &str) -> Result<
     if let Some(pw) = &target.password {
         cfg.password(pw);
     }
-    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
+    let (client, conn) = cfg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         let _ = conn.await;
     });

@@ -17,7 +17,11 @@ type Outcome = Result<(), ErrorFields>;
 
 impl Session {
     /// Runs `sql(i)` on every part at once and waits for all of them.
-    pub(super) async fn exec_all(&mut self, parts: &mut [Part], sql: impl Fn(usize) -> String) -> Vec<Outcome> {
+    pub(super) async fn exec_all(
+        &mut self,
+        parts: &mut [Part],
+        sql: impl Fn(usize) -> String,
+    ) -> Vec<Outcome> {
         let mut sent = vec![false; parts.len()];
         for (i, p) in parts.iter_mut().enumerate() {
             if p.b.conn.broken {
@@ -45,7 +49,11 @@ impl Session {
     /// when it is enabled and several shards take part. Returns the error
     /// the client must see (then nothing was committed, unless the decision
     /// had been recorded).
-    pub(super) async fn finish_parts(&mut self, parts: &mut [Part], commit: bool) -> Option<PgError> {
+    pub(super) async fn finish_parts(
+        &mut self,
+        parts: &mut [Part],
+        commit: bool,
+    ) -> Option<PgError> {
         let coordinator = self.proxy.two_phase.clone();
         let two_phase = commit && parts.len() > 1 && coordinator.is_some();
         if !two_phase {
@@ -62,7 +70,13 @@ impl Session {
             let prepared: Vec<bool> = outcomes.iter().map(Result::is_ok).collect();
             let rollback = format!("ROLLBACK PREPARED '{gid}'");
             let _ = self
-                .exec_all(parts, |i| if prepared[i] { rollback.clone() } else { "ROLLBACK".into() })
+                .exec_all(parts, |i| {
+                    if prepared[i] {
+                        rollback.clone()
+                    } else {
+                        "ROLLBACK".into()
+                    }
+                })
                 .await;
             return Some(e);
         }

@@ -233,7 +233,11 @@ impl Session {
 
     /// Takes (or opens) the connection to `shard` for a fan-out; returns it
     /// with the bytes that must precede the request on it.
-    pub(super) async fn part_for(&mut self, shard: usize, want: Want) -> Result<(Part, BytesMut), PgError> {
+    pub(super) async fn part_for(
+        &mut self,
+        shard: usize,
+        want: Want,
+    ) -> Result<(Part, BytesMut), PgError> {
         let mut out = BytesMut::new();
         if self.backend.as_ref().is_some_and(|b| b.shard == shard) {
             let b = self.backend.take().expect("checked");

@@ -667,7 +667,9 @@ impl Session {
         for s in shards {
             match self.part_for(s, Want::Primary).await {
                 Ok((p, _)) => parts.push(p),
-                Err(e) => tracing::warn!(error = %e, "shard connection gone before the end of the transaction"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "shard connection gone before the end of the transaction")
+                }
             }
         }
         let error = self.finish_parts(&mut parts, end == "COMMIT").await;
