@@ -95,6 +95,7 @@ impl Proxy {
         let child = Command::new(binary())
             .arg("--config")
             .arg(&config_path)
+            .envs(env.iter().copied())
             .env(
                 "RUST_LOG",
                 std::env::var("TEST_PROXY_LOG").unwrap_or_else(|_| "info".into()),

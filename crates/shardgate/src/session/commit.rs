@@ -123,10 +123,8 @@ async fn read_until_ready(p: &mut Part) -> Outcome {
         while let Ok(Some(h)) = Header::complete(&conn.read_buf, MAX_SERVER_MESSAGE) {
             let msg = conn.read_buf.split_to(h.total);
             match h.tag {
-                btag::ERROR_RESPONSE => {
-                    if error.is_none() {
-                        error = ErrorFields::decode(&msg[5..]).ok();
-                    }
+                btag::ERROR_RESPONSE if error.is_none() => {
+                    error = ErrorFields::decode(&msg[5..]).ok();
                 }
                 btag::READY_FOR_QUERY => {
                     p.b.ex.status = msg.get(5).copied().unwrap_or(b'E');
