@@ -324,7 +324,6 @@ async fn rows_land_on_their_shard_however_written() {
 
 /// Item 3: pgbench -i and every pgbench mode over sharded pgbench tables.
 #[test]
-#[ignore = "pgbench needs cross-shard count(*), which arrives with the merge executor (issue 5)"]
 fn pgbench_over_sharded_tables() {
     let (c, proxy, _map) = sharded("default_consistency = \"strong\"");
     let ci = proxy.app();

@@ -134,6 +134,8 @@ pub struct Bind<'a> {
     param_count: usize,
     /// Everything after the statement name (formats, params, result formats).
     tail: &'a [u8],
+    /// Result format codes (raw, 2 bytes each).
+    results: &'a [u8],
 }
 
 impl<'a> Bind<'a> {
@@ -161,7 +163,7 @@ impl<'a> Bind<'a> {
         }
         let params = &body[params_start..r.position()];
         let nr = r.count16()?;
-        r.bytes(nr * 2)?;
+        let results = r.bytes(nr * 2)?;
         r.finish()?;
         if nf > 1 && nf != param_count {
             return Err(ProtocolError::Malformed(
@@ -176,6 +178,7 @@ impl<'a> Bind<'a> {
             params,
             param_count,
             tail,
+            results,
         })
     }
 
@@ -216,6 +219,31 @@ impl<'a> Bind<'a> {
             }
         }
         None
+    }
+
+    /// The result format codes as sent (none: all text; one: for all columns).
+    pub fn result_formats(&self) -> Vec<i16> {
+        self.results
+            .chunks_exact(2)
+            .map(|c| i16::from_be_bytes([c[0], c[1]]))
+            .collect()
+    }
+
+    /// Appends this Bind for `statement` and the unnamed portal with its
+    /// result format codes replaced by `formats`.
+    pub fn encode_with_results(&self, statement: &str, formats: &[i16], out: &mut BytesMut) {
+        let start = out.len();
+        out.put_u8(tag::BIND);
+        out.put_i32(0);
+        put_cstr(out, b"");
+        put_cstr(out, statement.as_bytes());
+        let keep = self.tail.len() - 2 - self.results.len();
+        out.extend_from_slice(&self.tail[..keep]);
+        out.put_i16(formats.len() as i16);
+        for f in formats {
+            out.put_i16(*f);
+        }
+        patch_len(out, start);
     }
 
     /// Appends this Bind with its statement name replaced by `statement`.

@@ -1,15 +1,70 @@
-//! `shardgate demo`: a local cluster, a generated configuration and the proxy.
+//! `shardgate demo`: a local cluster, a generated configuration, the proxy,
+//! and a small sharded sample schema loaded through the proxy.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use shardgate_harness::{Cluster, ClusterSpec};
+use shardgate_router::lexer::split_statements;
 
 use crate::config::Config;
 
 /// Shards in the demo cluster.
-pub const DEMO_SHARDS: usize = 1;
-/// Replicas per shard in the demo cluster (two, so lag-aware routing shows).
-pub const DEMO_REPLICAS: usize = 2;
+pub const DEMO_SHARDS: usize = 2;
+/// Replicas per shard in the demo cluster (each shard: a primary and one
+/// streaming replica, so replica routing shows within every shard).
+pub const DEMO_REPLICAS: usize = 1;
+/// Customers in the sample data (`customers.id` = 1..=DEMO_CUSTOMERS).
+pub const DEMO_CUSTOMERS: u64 = 200;
+/// Orders per customer in the sample data.
+pub const DEMO_ORDERS_PER_CUSTOMER: u64 = 3;
+
+/// DDL and the reference rows of the sample schema (run statement by
+/// statement through the proxy).
+pub const DEMO_SCHEMA: &str = include_str!("demo_schema.sql");
+
+/// Country codes of the sample data (the rows of `countries` in [`DEMO_SCHEMA`]).
+const COUNTRIES: &[&str] = &[
+    "US", "CA", "MX", "BR", "DE", "FR", "ES", "IT", "GB", "NL", "SE", "PL", "JP", "KR", "IN", "AU",
+];
+const FIRST_NAMES: &[&str] = &[
+    "Ada",
+    "Alan",
+    "Barbara",
+    "Claude",
+    "Donald",
+    "Edsger",
+    "Frances",
+    "Grace",
+    "Hedy",
+    "Ivan",
+    "John",
+    "Katherine",
+    "Leslie",
+    "Margaret",
+    "Niklaus",
+    "Radia",
+];
+const LAST_NAMES: &[&str] = &[
+    "Lovelace",
+    "Turing",
+    "Liskov",
+    "Shannon",
+    "Knuth",
+    "Dijkstra",
+    "Allen",
+    "Hopper",
+    "Lamarr",
+    "Sutherland",
+    "Backus",
+    "Johnson",
+    "Lamport",
+    "Hamilton",
+    "Wirth",
+    "Perlman",
+    "Codd",
+];
+const STATUSES: &[&str] = &["new", "paid", "shipped", "delivered"];
 
 /// Writes the demo configuration for `cluster` with the proxy on `port`.
 pub fn demo_config(cluster: &Cluster, port: u16) -> String {
@@ -38,6 +93,28 @@ server_password = "secret"
 default_consistency = "eventual"
 max_lag_ms = 1000
 lag_poll_ms = 100
+
+[sharding]
+vnodes = 256
+default_shard = 0
+
+# The sample schema: customers sharded by id, their orders co-located by
+# customer_id, countries copied on every shard. Other tables (pgbench's, a
+# table you create) live on shard 0; DDL goes to every shard.
+[[sharded_tables]]
+table = "customers"
+column = "id"
+function = "hash"
+key_type = "bigint"
+
+[[sharded_tables]]
+table = "orders"
+column = "customer_id"
+function = "hash"
+key_type = "bigint"
+
+[[reference_tables]]
+table = "countries"
 "#
     );
     for shard in cluster.shards() {
@@ -64,24 +141,172 @@ pub fn start_cluster() -> Result<Cluster, shardgate_harness::HarnessError> {
     Ok(cluster)
 }
 
+/// The statements that load the sample data, in order: the schema (DDL and
+/// reference rows, which go to every shard), then one multi-row INSERT per
+/// sharded table, which the proxy splits by shard.
+pub fn demo_statements() -> Vec<String> {
+    let mut stmts: Vec<String> = split_statements(DEMO_SCHEMA)
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let mut customers = String::from("INSERT INTO customers (id, name, country) VALUES ");
+    for id in 1..=DEMO_CUSTOMERS {
+        let i = id as usize;
+        let name = format!(
+            "{} {}",
+            FIRST_NAMES[i % FIRST_NAMES.len()],
+            LAST_NAMES[(i * 7) % LAST_NAMES.len()]
+        );
+        let country = COUNTRIES[(i * 5) % COUNTRIES.len()];
+        if id > 1 {
+            customers.push_str(", ");
+        }
+        let _ = write!(customers, "({id}, '{name}', '{country}')");
+    }
+    stmts.push(customers);
+    let mut orders = String::from("INSERT INTO orders (id, customer_id, amount, status) VALUES ");
+    for id in 1..=DEMO_CUSTOMERS * DEMO_ORDERS_PER_CUSTOMER {
+        let customer = (id - 1) % DEMO_CUSTOMERS + 1;
+        let cents = (id * 7919) % 50_000 + 500;
+        let status = STATUSES[(id as usize) % STATUSES.len()];
+        if id > 1 {
+            orders.push_str(", ");
+        }
+        let _ = write!(
+            orders,
+            "({id}, {customer}, {}.{:02}, '{status}')",
+            cents / 100,
+            cents % 100
+        );
+    }
+    stmts.push(orders);
+    stmts
+}
+
+/// Loads the sample schema and data through the proxy on `port`.
+async fn load_sample(port: u16) -> Result<(), String> {
+    let conninfo = format!("host=127.0.0.1 port={port} user=app password=secret dbname=app");
+    let (client, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| format!("cannot connect to the proxy: {e}"))?;
+    let connection = tokio::spawn(connection);
+    for sql in demo_statements() {
+        if let Err(e) = client.batch_execute(&sql).await {
+            let head: String = sql.trim().chars().take(60).collect();
+            let detail = e
+                .as_db_error()
+                .map_or(e.to_string(), |d| d.message().to_owned());
+            return Err(format!("{head}...: {detail}"));
+        }
+    }
+    drop(client);
+    let _ = connection.await;
+    Ok(())
+}
+
+/// What the demo prints once the sample data is loaded.
+fn banner(cluster: &Cluster, port: u16, path: &str) -> String {
+    let mut nodes = String::new();
+    for (i, shard) in cluster.shards().iter().enumerate() {
+        let _ = writeln!(
+            nodes,
+            "    shard {i}: primary {}  replica {}",
+            shard.primary.addr(),
+            shard
+                .replicas
+                .iter()
+                .map(|r| r.addr())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    format!(
+        "\nshardgate demo is running.\n\n  Servers:\n{nodes}\n  Proxy:   127.0.0.1:{port}  (config: {path})\n\n  \
+         Connect:\n    PGPASSWORD=secret psql -h 127.0.0.1 -p {port} -U app app\n    \
+         PGPASSWORD=secret pgbench -h 127.0.0.1 -p {port} -U app -i -s 1 app      (pgbench's tables live on shard 0)\n    \
+         PGPASSWORD=secret pgbench -h 127.0.0.1 -p {port} -U app -c 8 -T 10 -S app\n    \
+         PGPASSWORD=admin psql -h 127.0.0.1 -p {port} -U admin shardgate -c 'SHOW REPLICATION'\n\n  \
+         Sample schema: customers ({DEMO_CUSTOMERS} rows, sharded by id), orders ({} rows, sharded by customer_id),\n  \
+         countries ({} rows, a reference table on every shard). inet_server_port() names the node that answered:\n    \
+         SELECT name, country, inet_server_port() FROM customers WHERE id = 42;      -- one shard (its replica)\n    \
+         SELECT c.name, o.id, o.amount FROM customers c JOIN orders o ON o.customer_id = c.id WHERE c.id = 42;\n    \
+         /* shardgate: shard=1 */ SELECT count(*), inet_server_port() FROM customers;  -- what shard 1 holds\n    \
+         SET shardgate.sharding_key = '42';  -- route as if statements named key 42 (RESET to undo)\n\n  \
+         Consistency levels (replica routing applies within each shard):\n    \
+         SET shardgate.consistency = strong;   -- the primary\n    \
+         SET shardgate.consistency = eventual; -- the replica (the demo default)\n    \
+         SET shardgate.consistency = bounded;  -- the replica if at most shardgate.max_lag_ms behind\n    \
+         SET shardgate.consistency = session;  -- read your own writes\n\n  \
+         Press Ctrl-C to stop; the cluster and its files are removed.\n",
+        DEMO_CUSTOMERS * DEMO_ORDERS_PER_CUSTOMER,
+        COUNTRIES.len(),
+    )
+}
+
 /// Runs the demo until Ctrl-C or SIGTERM; removes the cluster afterwards.
 pub fn run(port: u16) -> Result<(), String> {
-    eprintln!("shardgate demo: starting a local cluster ({DEMO_SHARDS} shard, primary + {DEMO_REPLICAS} replicas)...");
+    eprintln!(
+        "shardgate demo: starting a local cluster ({DEMO_SHARDS} shards, each a primary + {DEMO_REPLICAS} replica)..."
+    );
     let cluster = start_cluster().map_err(|e| format!("cannot start the demo cluster: {e}"))?;
     let text = demo_config(&cluster, port);
     let path = cluster.dir().join("proxy.toml");
     std::fs::write(&path, &text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     let config = Config::parse(&text, &path.display().to_string()).map_err(|e| e.to_string())?;
-    let mut nodes = String::new();
-    for n in cluster.nodes() {
-        nodes.push_str(&format!("    {:<18} {}\n", n.name(), n.addr()));
-    }
-    println!(
-        "\nshardgate demo is running.\n\n  Servers:\n{nodes}\n  Proxy:   127.0.0.1:{port}  (config: {path})\n\n  Connect:\n    PGPASSWORD=secret psql -h 127.0.0.1 -p {port} -U app app\n    PGPASSWORD=secret pgbench -h 127.0.0.1 -p {port} -U app -i -s 1 app\n    PGPASSWORD=secret pgbench -h 127.0.0.1 -p {port} -U app -c 8 -T 10 -S app\n    PGPASSWORD=admin psql -h 127.0.0.1 -p {port} -U admin shardgate -c 'SHOW REPLICATION'\n\n  Try the consistency levels (SELECT inet_server_port() names the node that answered):\n    SET shardgate.consistency = strong;   -- the primary\n    SET shardgate.consistency = eventual; -- a replica, least loaded first\n    SET shardgate.consistency = bounded;  -- a replica at most shardgate.max_lag_ms behind\n    SET shardgate.consistency = session;  -- read your own writes\n\n  Press Ctrl-C to stop; the cluster and its files are removed.\n",
-        path = path.display()
-    );
-    let result = crate::run_blocking(config);
+    let banner = banner(&cluster, port, &path.display().to_string());
+    let result = serve_with_sample(config, port, banner);
     drop(cluster);
     eprintln!("shardgate demo: stopped and cleaned up");
     result
+}
+
+/// Runs the proxy; once it listens, loads the sample data through it and
+/// prints `banner`. A failed load stops the proxy and is the result.
+fn serve_with_sample(config: Config, port: u16, banner: String) -> Result<(), String> {
+    let workers = match config.proxy.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let listener = crate::proxy::bind(&config)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(listen = %config.proxy.listen, workers, "shardgate demo proxy listening");
+        let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
+        tokio::spawn(async move {
+            eprintln!("shardgate demo: loading the sample schema through the proxy...");
+            match load_sample(port).await {
+                Ok(()) => println!("{banner}"),
+                Err(e) => {
+                    let _ = failed_tx.send(e);
+                }
+            }
+        });
+        let mut load_error = None;
+        let stop = async {
+            tokio::select! {
+                () = crate::shutdown_signal() => {}
+                failed = failed_rx => {
+                    if let Ok(e) = failed {
+                        load_error = Some(e);
+                    } else {
+                        // Loaded: run until a signal.
+                        crate::shutdown_signal().await;
+                    }
+                }
+            }
+        };
+        let served = crate::proxy::serve(config, listener, stop)
+            .await
+            .map_err(|e| e.to_string());
+        match load_error {
+            Some(e) => Err(format!("cannot load the demo's sample schema: {e}")),
+            None => served,
+        }
+    })
 }

@@ -62,6 +62,8 @@ pub struct Sharding {
     pub planner: ShardPlanner,
     /// Column order of tables.
     pub catalog: Catalog,
+    /// Merge plans of statements that run on several shards (cached).
+    pub merges: shardgate_router::merge_plan::MergePlanner,
 }
 
 /// Identifies logins that see the same ParameterStatus values:
@@ -124,6 +126,7 @@ impl Proxy {
             ),
             planner: ShardPlanner::new(config.routing.classifier_cache),
             catalog: Catalog::default(),
+            merges: Default::default(),
         });
         Ok(Proxy {
             users: UserDirectory::new(&config),

@@ -27,15 +27,15 @@ pub(super) struct Part {
     /// The shard's connection.
     pub b: Backend,
     /// Answers of hidden queries (state replay, BEGIN, COMMIT) still to skip.
-    hidden: usize,
+    pub(super) hidden: usize,
     /// A control message waiting until every shard has reached its own.
-    pending: Option<BytesMut>,
+    pub(super) pending: Option<BytesMut>,
     /// ParseComplete answers of a Parse the proxy added, still to drop.
-    skip_parse: usize,
+    pub(super) skip_parse: usize,
     /// Only hidden queries remain: done after them.
-    closing: bool,
+    pub(super) closing: bool,
     /// ReadyForQuery status once this shard has answered everything.
-    done: Option<u8>,
+    pub(super) done: Option<u8>,
 }
 
 impl Part {
@@ -292,24 +292,7 @@ impl Session {
                 continue;
             }
             self.flush_client().await?;
-            let (i, read) = poll_fn(|cx| {
-                for (i, p) in fan.parts.iter_mut().enumerate() {
-                    if !p.needs_data() {
-                        continue;
-                    }
-                    let conn = &mut *p.b.conn;
-                    reserve(&mut conn.read_buf);
-                    if let Poll::Ready(r) = tokio_util::io::poll_read_buf(
-                        std::pin::Pin::new(&mut conn.stream),
-                        cx,
-                        &mut conn.read_buf,
-                    ) {
-                        return Poll::Ready((i, r));
-                    }
-                }
-                Poll::Pending
-            })
-            .await;
+            let (i, read) = read_any(&mut fan.parts, |_, p: &Part| p.needs_data()).await;
             match read {
                 Ok(0) => fail_part(
                     &mut fan.parts[i],
@@ -441,6 +424,32 @@ impl Part {
             done: None,
         }
     }
+}
+
+/// Waits until one of the parts `wanted` selects has read more bytes into
+/// its buffer; returns which part and the read's result.
+pub(super) async fn read_any(
+    parts: &mut [Part],
+    wanted: impl Fn(usize, &Part) -> bool,
+) -> (usize, std::io::Result<usize>) {
+    poll_fn(|cx| {
+        for (i, p) in parts.iter_mut().enumerate() {
+            if !wanted(i, p) {
+                continue;
+            }
+            let conn = &mut *p.b.conn;
+            reserve(&mut conn.read_buf);
+            if let Poll::Ready(r) = tokio_util::io::poll_read_buf(
+                std::pin::Pin::new(&mut conn.stream),
+                cx,
+                &mut conn.read_buf,
+            ) {
+                return Poll::Ready((i, r));
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// One shard failed: the statement is cancelled on the shards still

@@ -12,6 +12,7 @@ mod extended;
 mod fanout;
 mod local;
 mod login;
+mod merge;
 mod server;
 mod sharded;
 

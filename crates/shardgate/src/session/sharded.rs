@@ -10,11 +10,13 @@ use shardgate_protocol::frontend::{self, tag, Bind, DescribeOrClose, Execute, Pa
 use shardgate_protocol::{Header, PgError};
 use shardgate_router::copy::{parse_copy, CopyRow, CopySplitter, FieldValue};
 use shardgate_router::lexer::{first_keyword, split_statements, Lexer, TokenKind};
+use shardgate_router::merge_plan::{MergeMode, MergePlan};
 use shardgate_router::shard::{KeyFilter, ShardPlan, ShardedTable, TableLookup, ValueSource};
 use shardgate_router::{parse_hints, Hints};
 use shardgate_shardmap::{Function, KeyType, ShardKey, ShardMap, TableRule};
 
 use super::fanout::FanOpts;
+use super::merge::MergeRequest;
 use super::{Proto, Session, SessionError, VirtualTx};
 
 /// Whether the shards of a multi-shard statement hold different rows or copies.
@@ -72,6 +74,8 @@ pub(super) enum Dest {
     Everywhere(Vec<usize>),
     /// A different statement per shard (a split multi-row INSERT).
     Split(Vec<(usize, String)>),
+    /// A query over rows of several shards whose results are merged.
+    Merge(Vec<usize>, Arc<MergePlan>),
 }
 
 /// The shard map as the statement planner sees it.
@@ -157,29 +161,61 @@ fn shard_of_key(map: &ShardMap, rule: &TableRule, key: &ShardKey) -> Result<usiz
     })
 }
 
-/// Keywords and aggregates whose results concatenation across shards would get wrong.
-fn merge_blocker(sql: &str) -> Option<String> {
-    let toks: Vec<_> = Lexer::new(sql).collect();
-    for (i, t) in toks.iter().enumerate() {
-        if t.kind != TokenKind::Word {
-            continue;
-        }
-        let w = t.text.to_ascii_lowercase();
-        let call = toks.get(i + 1).is_some_and(|n| n.is_punct("("));
-        match w.as_str() {
-            "order" | "limit" | "offset" | "group" | "having" | "distinct" | "fetch" | "over" => {
-                return Some(w.to_ascii_uppercase())
+/// The Describe/Execute messages and the Sync that follow a Bind going to
+/// several shards.
+struct AfterBind {
+    /// The messages, Sync included.
+    batch: BytesMut,
+    /// A Describe is among them.
+    describe: bool,
+    /// An Execute asks for a limited number of rows.
+    row_limit: bool,
+    /// Bytes of `rest` they take.
+    consumed: usize,
+}
+
+fn batch_after_bind(rest: &[u8], max_message: usize) -> Result<AfterBind, PgError> {
+    let mut batch = BytesMut::new();
+    let mut describe = false;
+    let mut row_limit = false;
+    let mut pos = 0;
+    loop {
+        let Ok(Some(h)) = Header::complete(&rest[pos..], max_message) else {
+            return Err(PgError::error(
+                "0A000",
+                "a statement for several shards must arrive with its Execute and Sync",
+            )
+            .with_hint("Send Bind, Execute and Sync together."));
+        };
+        let m = &rest[pos..pos + h.total];
+        let bad = |e: shardgate_protocol::ProtocolError| PgError::error("08P01", e.to_string());
+        match h.tag {
+            tag::DESCRIBE => {
+                DescribeOrClose::decode(&m[5..], "Describe").map_err(bad)?;
+                describe = true;
             }
-            "count" | "sum" | "avg" | "min" | "max" | "bool_and" | "bool_or" | "every"
-            | "array_agg" | "string_agg"
-                if call =>
-            {
-                return Some(format!("aggregate {w}()"))
+            tag::EXECUTE => {
+                row_limit |= Execute::decode(&m[5..]).map_err(bad)?.max_rows > 0;
             }
-            _ => {}
+            tag::SYNC => {
+                batch.extend_from_slice(m);
+                return Ok(AfterBind {
+                    batch,
+                    describe,
+                    row_limit,
+                    consumed: pos + h.total,
+                });
+            }
+            _ => {
+                return Err(PgError::error(
+                    "0A000",
+                    "only Describe, Execute and Sync may follow a Bind that goes to several shards",
+                ))
+            }
         }
+        batch.extend_from_slice(m);
+        pos += h.total;
     }
-    None
 }
 
 /// Statements that cannot run inside a transaction block.
@@ -290,16 +326,8 @@ impl Session {
                         0 => Ok(Dest::One(default)),
                         1 => Ok(Dest::One(set[0])),
                         _ => {
-                            let read = self.proxy.classifier.classify(sql).route
-                                == shardgate_router::Route::Read;
-                            if read {
-                                if let Some(c) = merge_blocker(sql) {
-                                    return Err(PgError::error(
-                                        "0A000",
-                                        format!("{c} over rows of several shards is not supported yet"),
-                                    )
-                                    .with_hint("Restrict the query to one shard key value, or add a /* shardgate: shard=N */ hint."));
-                                }
+                            if !self.is_write(sql) {
+                                return self.merge_dest(sql, set);
                             }
                             Ok(Dest::Many(set))
                         }
@@ -308,11 +336,12 @@ impl Session {
             }
             ShardPlan::Insert(ins) => self.insert_dest(&map, sql, ins, params).await,
             ShardPlan::NoKey { table } => {
+                let _ = table;
                 if self.is_write(sql) {
                     // UPDATE/DELETE without a key: every shard, counts summed.
                     Ok(Dest::Many(map.all_shards()))
                 } else {
-                    Err(no_key(table))
+                    self.merge_dest(sql, map.all_shards())
                 }
             }
             ShardPlan::Unsupported { construct } => Err(PgError::error(
@@ -322,8 +351,19 @@ impl Session {
         }
     }
 
+    /// A read over several shards: concatenated, or merged as its plan says.
+    fn merge_dest(&self, sql: &str, shards: Vec<usize>) -> Result<Dest, PgError> {
+        let sharding = self.proxy.sharding.as_ref().expect("sharded session");
+        match &*sharding.merges.plan_cached(sql) {
+            Ok(plan) if plan.mode == MergeMode::Concat => Ok(Dest::Many(shards)),
+            Ok(plan) => Ok(Dest::Merge(shards, Arc::new(plan.clone()))),
+            Err(e) => Err(PgError::error("0A000", format!("not supported across shards: {}", e.construct))
+                .with_hint("Restrict the query to one shard key value, or add a /* shardgate: shard=N */ hint.")),
+        }
+    }
+
     /// The column order of a table, from the catalog of the default shard.
-    async fn table_columns(
+    pub(super) async fn table_columns(
         &mut self,
         schema: Option<&str>,
         name: &str,
@@ -531,6 +571,14 @@ impl Session {
                 opts.wrap = wrap;
                 opts.sum = !copies;
                 self.fanout(requests, opts).await
+            }
+            Dest::Merge(shards, plan) => {
+                let req = MergeRequest {
+                    bind: None,
+                    param_types: &[],
+                    describe: true,
+                };
+                self.merge_query(shards, plan, want, req).await
             }
             Dest::Split(parts) => {
                 let requests = parts
@@ -753,6 +801,26 @@ impl Session {
                 self.bind_fanout(bind, &stmt, shards, want, false, rest)
                     .await
             }
+            Dest::Merge(shards, plan) => {
+                let after = match batch_after_bind(rest, self.max_message) {
+                    Ok(b) => b,
+                    Err(e) => return self.refuse_pg(e),
+                };
+                if after.row_limit {
+                    return self.refuse_pg(PgError::error(
+                        "0A000",
+                        "fetching a merged query over several shards in batches (Execute with a row limit) is not supported",
+                    )
+                    .with_hint("Fetch all rows at once."));
+                }
+                self.extra_consumed = after.consumed;
+                let req = MergeRequest {
+                    bind: Some(bind),
+                    param_types: &stmt.param_types,
+                    describe: after.describe,
+                };
+                self.merge_query(shards, plan, want, req).await
+            }
             Dest::Split(_) => self.refuse_pg(PgError::error(
                 "0A000",
                 "statement splitting needs literal values",
@@ -773,39 +841,12 @@ impl Session {
         let mut batch = BytesMut::new();
         frontend::encode_parse("", &stmt.query, &stmt.param_types, &mut batch);
         bind.encode_with_statement("", &mut batch);
-        let mut pos = 0;
-        loop {
-            let Ok(Some(h)) = Header::complete(&rest[pos..], self.max_message) else {
-                return self.refuse_pg(
-                    PgError::error(
-                        "0A000",
-                        "a statement for several shards must arrive with its Execute and Sync",
-                    )
-                    .with_hint("Send Bind, Execute and Sync together."),
-                );
-            };
-            let m = &rest[pos..pos + h.total];
-            match h.tag {
-                tag::DESCRIBE | tag::EXECUTE => {
-                    if h.tag == tag::DESCRIBE {
-                        DescribeOrClose::decode(&m[5..], "Describe")?;
-                    } else {
-                        Execute::decode(&m[5..])?;
-                    }
-                    batch.extend_from_slice(m);
-                    pos += h.total;
-                }
-                tag::SYNC => {
-                    batch.extend_from_slice(m);
-                    pos += h.total;
-                    break;
-                }
-                _ => return self.refuse_pg(PgError::error(
-                    "0A000",
-                    "only Describe, Execute and Sync may follow a Bind that goes to several shards",
-                )),
-            }
-        }
+        let after = match batch_after_bind(rest, self.max_message) {
+            Ok(b) => b,
+            Err(e) => return self.refuse_pg(e),
+        };
+        batch.extend_from_slice(&after.batch);
+        let pos = after.consumed;
         self.extra_consumed = pos;
         let wrap = self.is_write(&stmt.query) && !non_transactional(&stmt.query);
         let requests = shards.into_iter().map(|s| (s, batch.clone())).collect();
@@ -1185,13 +1226,5 @@ mod tests {
         );
         assert_eq!(tx_control("COMMIT PREPARED 'x'"), Some(TxControl::TwoPhase));
         assert_eq!(tx_control("SELECT 1"), None);
-    }
-
-    #[test]
-    fn merge_blockers() {
-        assert_eq!(merge_blocker("SELECT * FROM t WHERE id IN (1,2)"), None);
-        assert!(merge_blocker("SELECT count(*) FROM t").is_some());
-        assert!(merge_blocker("SELECT * FROM t ORDER BY id").is_some());
-        assert_eq!(merge_blocker("SELECT 'order' FROM t"), None);
     }
 }

@@ -1,0 +1,483 @@
+//! Combining aggregate partials from several shards.
+
+use bytes::{Bytes, BytesMut};
+
+use crate::error::MergeError;
+use crate::float::{float4_text, float8_text};
+use crate::key::{decode_key, key_supported, Key};
+use crate::numeric::Numeric;
+use crate::oid;
+
+/// The aggregates the proxy can combine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AggKind {
+    /// `count(*)` / `count(x)`.
+    Count,
+    /// `sum(x)`.
+    Sum,
+    /// `avg(x)`.
+    Avg,
+    /// `min(x)`.
+    Min,
+    /// `max(x)`.
+    Max,
+    /// `bool_and(x)` (also `every(x)`).
+    BoolAnd,
+    /// `bool_or(x)`.
+    BoolOr,
+}
+
+impl AggKind {
+    /// How many partial columns the proxy pushes to each shard for this kind, in this
+    /// order: Count → [count(args)]; Sum → [sum(x)]; Avg → [sum(x), count(x), avg(x)];
+    /// Min → [min(x) binary, min(x) in the client's format]; Max → same with max;
+    /// BoolAnd → [bool_and(x)]; BoolOr → [bool_or(x)].
+    pub fn partial_count(self) -> usize {
+        match self {
+            AggKind::Avg => 3,
+            AggKind::Min | AggKind::Max => 2,
+            AggKind::Count | AggKind::Sum | AggKind::BoolAnd | AggKind::BoolOr => 1,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            AggKind::Count => "count",
+            AggKind::Sum => "sum",
+            AggKind::Avg => "avg",
+            AggKind::Min => "min",
+            AggKind::Max => "max",
+            AggKind::BoolAnd => "bool_and",
+            AggKind::BoolOr => "bool_or",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Acc {
+    /// Sum of counts.
+    Count(i64),
+    /// sum(int2/int4) → int8.
+    SumInt8(Option<i64>),
+    /// sum(int8/numeric) → numeric.
+    SumNumeric(Option<Numeric>),
+    /// sum(float4) → float4.
+    SumFloat4(Option<f32>),
+    /// sum(float8) → float8.
+    SumFloat8(Option<f64>),
+    /// avg(int2/int4/int8/numeric) → numeric; `sum_oid` is the sum partial's type.
+    AvgNumeric {
+        sum_oid: u32,
+        sum: Numeric,
+        count: i64,
+    },
+    /// avg(float8) → float8.
+    AvgFloat8 { sum: f64, count: i64 },
+    /// avg(float4) → float8, from Σ(avg_i × count_i).
+    AvgFloat4 { weighted: f64, count: i64 },
+    /// min / max: the best binary key and the same row's client-format bytes.
+    Best {
+        max: bool,
+        key_oid: u32,
+        best: Option<(Key, Option<Bytes>)>,
+    },
+    /// bool_and / bool_or.
+    Bool { and: bool, value: Option<bool> },
+}
+
+/// Combines one aggregate's partials from every shard (and from every row of one group).
+#[derive(Debug, Clone)]
+pub struct AggState {
+    kind: AggKind,
+    output_oid: u32,
+    acc: Acc,
+}
+
+fn overflow_bigint() -> MergeError {
+    MergeError::Overflow("bigint out of range".to_string())
+}
+
+fn overflow_float() -> MergeError {
+    MergeError::Overflow("value out of range: overflow".to_string())
+}
+
+fn read_i64(type_oid: u32, v: &[u8]) -> Result<i64, MergeError> {
+    match v.try_into() {
+        Ok(b) => Ok(i64::from_be_bytes(b)),
+        Err(_) => Err(MergeError::malformed(type_oid, "expected 8 bytes")),
+    }
+}
+
+fn read_f64(v: &[u8]) -> Result<f64, MergeError> {
+    match v.try_into() {
+        Ok(b) => Ok(f64::from_be_bytes(b)),
+        Err(_) => Err(MergeError::malformed(oid::FLOAT8, "expected 8 bytes")),
+    }
+}
+
+fn read_f32(v: &[u8]) -> Result<f32, MergeError> {
+    match v.try_into() {
+        Ok(b) => Ok(f32::from_be_bytes(b)),
+        Err(_) => Err(MergeError::malformed(oid::FLOAT4, "expected 4 bytes")),
+    }
+}
+
+fn read_bool(v: &[u8]) -> Result<bool, MergeError> {
+    match v {
+        [b] => Ok(*b != 0),
+        _ => Err(MergeError::malformed(oid::BOOL, "expected 1 byte")),
+    }
+}
+
+/// Postgres `float8pl`: an infinite result from finite inputs is an overflow error.
+fn add_f64(a: f64, b: f64) -> Result<f64, MergeError> {
+    let r = a + b;
+    if r.is_infinite() && a.is_finite() && b.is_finite() {
+        return Err(overflow_float());
+    }
+    Ok(r)
+}
+
+/// Postgres `float4pl`.
+fn add_f32(a: f32, b: f32) -> Result<f32, MergeError> {
+    let r = a + b;
+    if r.is_infinite() && a.is_finite() && b.is_finite() {
+        return Err(overflow_float());
+    }
+    Ok(r)
+}
+
+fn int8_value(v: i64, format: i16) -> Bytes {
+    if format == 1 {
+        Bytes::copy_from_slice(&v.to_be_bytes())
+    } else {
+        Bytes::from(v.to_string())
+    }
+}
+
+fn numeric_value(v: &Numeric, format: i16) -> Bytes {
+    if format == 1 {
+        let mut out = BytesMut::new();
+        v.to_binary(&mut out);
+        out.freeze()
+    } else {
+        Bytes::from(v.to_text())
+    }
+}
+
+fn float8_value(v: f64, format: i16) -> Bytes {
+    if format == 1 {
+        Bytes::copy_from_slice(&v.to_be_bytes())
+    } else {
+        Bytes::from(float8_text(v))
+    }
+}
+
+impl AggState {
+    /// Prepares to combine `kind` partials. `output_oid` is the type Postgres gives the
+    /// aggregate's result (from a shard's RowDescription of the original aggregate);
+    /// `partial_oids` are the types of the partial columns as the shard described them, in
+    /// [`AggKind::partial_count`] order. Unsupported combinations (e.g. sum over interval
+    /// or money, min of json) → [`MergeError::Unsupported`]; a wrong number of partials →
+    /// [`MergeError::Malformed`].
+    pub fn new(
+        kind: AggKind,
+        output_oid: u32,
+        partial_oids: &[u32],
+    ) -> Result<AggState, MergeError> {
+        if partial_oids.len() != kind.partial_count() {
+            return Err(MergeError::malformed(
+                output_oid,
+                format!(
+                    "{} expects {} partial columns, got {}",
+                    kind.name(),
+                    kind.partial_count(),
+                    partial_oids.len()
+                ),
+            ));
+        }
+        let unsupported = || MergeError::unsupported(output_oid, kind.name());
+        let acc = match kind {
+            AggKind::Count => match (output_oid, partial_oids) {
+                (oid::INT8, [oid::INT8]) => Acc::Count(0),
+                _ => return Err(unsupported()),
+            },
+            AggKind::Sum => match (output_oid, partial_oids) {
+                (oid::INT8, [oid::INT8]) => Acc::SumInt8(None),
+                (oid::NUMERIC, [oid::NUMERIC]) => Acc::SumNumeric(None),
+                (oid::FLOAT4, [oid::FLOAT4]) => Acc::SumFloat4(None),
+                (oid::FLOAT8, [oid::FLOAT8]) => Acc::SumFloat8(None),
+                _ => return Err(unsupported()),
+            },
+            AggKind::Avg => match (output_oid, partial_oids) {
+                (oid::NUMERIC, [s @ (oid::INT8 | oid::NUMERIC), oid::INT8, oid::NUMERIC]) => {
+                    Acc::AvgNumeric {
+                        sum_oid: *s,
+                        sum: Numeric::from_i64(0),
+                        count: 0,
+                    }
+                }
+                (oid::FLOAT8, [oid::FLOAT8, oid::INT8, oid::FLOAT8]) => {
+                    Acc::AvgFloat8 { sum: 0.0, count: 0 }
+                }
+                (oid::FLOAT8, [oid::FLOAT4, oid::INT8, oid::FLOAT8]) => Acc::AvgFloat4 {
+                    weighted: 0.0,
+                    count: 0,
+                },
+                _ => return Err(unsupported()),
+            },
+            AggKind::Min | AggKind::Max => match partial_oids {
+                [a, b] if a == b && key_supported(*a) => Acc::Best {
+                    max: kind == AggKind::Max,
+                    key_oid: *a,
+                    best: None,
+                },
+                _ => return Err(unsupported()),
+            },
+            AggKind::BoolAnd | AggKind::BoolOr => match (output_oid, partial_oids) {
+                (oid::BOOL, [oid::BOOL]) => Acc::Bool {
+                    and: kind == AggKind::BoolAnd,
+                    value: None,
+                },
+                _ => return Err(unsupported()),
+            },
+        };
+        Ok(AggState {
+            kind,
+            output_oid,
+            acc,
+        })
+    }
+
+    /// The aggregate kind.
+    pub fn kind(&self) -> AggKind {
+        self.kind
+    }
+
+    /// The result type OID given to [`AggState::new`].
+    pub fn output_oid(&self) -> u32 {
+        self.output_oid
+    }
+
+    /// Adds one shard row's partials: binary format for every partial except the second
+    /// Min/Max partial, which is opaque client-format bytes; `None` = NULL.
+    pub fn add(&mut self, partials: &[Option<&[u8]>]) -> Result<(), MergeError> {
+        if partials.len() != self.kind.partial_count() {
+            return Err(MergeError::malformed(
+                self.output_oid,
+                format!(
+                    "{} expects {} partial values, got {}",
+                    self.kind.name(),
+                    self.kind.partial_count(),
+                    partials.len()
+                ),
+            ));
+        }
+        match &mut self.acc {
+            Acc::Count(total) => {
+                if let Some(v) = partials[0] {
+                    let v = read_i64(oid::INT8, v)?;
+                    *total = total.checked_add(v).ok_or_else(overflow_bigint)?;
+                }
+            }
+            Acc::SumInt8(total) => {
+                if let Some(v) = partials[0] {
+                    let v = read_i64(oid::INT8, v)?;
+                    *total = Some(match total {
+                        Some(t) => t.checked_add(v).ok_or_else(overflow_bigint)?,
+                        None => v,
+                    });
+                }
+            }
+            Acc::SumNumeric(total) => {
+                if let Some(v) = partials[0] {
+                    let v = Numeric::from_binary(v)?;
+                    *total = Some(match total {
+                        Some(t) => t.add(&v),
+                        None => v,
+                    });
+                }
+            }
+            Acc::SumFloat4(total) => {
+                if let Some(v) = partials[0] {
+                    let v = read_f32(v)?;
+                    *total = Some(match total {
+                        Some(t) => add_f32(*t, v)?,
+                        None => v,
+                    });
+                }
+            }
+            Acc::SumFloat8(total) => {
+                if let Some(v) = partials[0] {
+                    let v = read_f64(v)?;
+                    *total = Some(match total {
+                        Some(t) => add_f64(*t, v)?,
+                        None => v,
+                    });
+                }
+            }
+            Acc::AvgNumeric {
+                sum_oid,
+                sum,
+                count,
+            } => {
+                let n = Self::avg_count(partials)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                let s = match partials[0] {
+                    Some(v) if *sum_oid == oid::INT8 => Numeric::from_i64(read_i64(oid::INT8, v)?),
+                    Some(v) => Numeric::from_binary(v)?,
+                    None => return Err(Self::null_sum()),
+                };
+                *sum = sum.add(&s);
+                *count = count.checked_add(n).ok_or_else(overflow_bigint)?;
+            }
+            Acc::AvgFloat8 { sum, count } => {
+                let n = Self::avg_count(partials)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                let s = read_f64(partials[0].ok_or_else(Self::null_sum)?)?;
+                *sum = add_f64(*sum, s)?;
+                *count = count.checked_add(n).ok_or_else(overflow_bigint)?;
+            }
+            Acc::AvgFloat4 { weighted, count } => {
+                let n = Self::avg_count(partials)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                let avg = read_f64(partials[2].ok_or_else(Self::null_sum)?)?;
+                *weighted = add_f64(*weighted, avg * n as f64)?;
+                *count = count.checked_add(n).ok_or_else(overflow_bigint)?;
+            }
+            Acc::Best { max, key_oid, best } => {
+                let key = decode_key(*key_oid, partials[0])?;
+                if key.is_null() {
+                    return Ok(());
+                }
+                let better = match best {
+                    None => true,
+                    Some((b, _)) => {
+                        let ord = key.cmp_value(b);
+                        if *max {
+                            ord.is_gt()
+                        } else {
+                            ord.is_lt()
+                        }
+                    }
+                };
+                if better {
+                    *best = Some((key, partials[1].map(Bytes::copy_from_slice)));
+                }
+            }
+            Acc::Bool { and, value } => {
+                if let Some(v) = partials[0] {
+                    let v = read_bool(v)?;
+                    *value = Some(match value {
+                        Some(cur) if *and => *cur && v,
+                        Some(cur) => *cur || v,
+                        None => v,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn avg_count(partials: &[Option<&[u8]>]) -> Result<i64, MergeError> {
+        let n = match partials[1] {
+            Some(v) => read_i64(oid::INT8, v)?,
+            None => 0,
+        };
+        if n < 0 {
+            return Err(MergeError::malformed(oid::INT8, "negative count"));
+        }
+        Ok(n)
+    }
+
+    fn null_sum() -> MergeError {
+        MergeError::malformed(oid::NUMERIC, "avg partial sum is NULL for a non-zero count")
+    }
+
+    /// The final avg over numeric, or `None` when the count is 0.
+    fn avg_numeric(sum: &Numeric, count: i64) -> Result<Option<Numeric>, MergeError> {
+        if count == 0 {
+            return Ok(None);
+        }
+        sum.div(&Numeric::from_i64(count)).map(Some)
+    }
+
+    /// The final value encoded for the client: `format` 0 = text, 1 = binary; `None` = NULL.
+    /// Byte-identical to what Postgres sends for the aggregate over all rows (float sums
+    /// may differ in the last bits because the additions happen in another order). For
+    /// Min/Max this is the winning row's second (client-format) partial, unchanged.
+    pub fn finish(&self, format: i16) -> Result<Option<Bytes>, MergeError> {
+        if format != 0 && format != 1 {
+            return Err(MergeError::malformed(
+                self.output_oid,
+                format!("unknown format code {format}"),
+            ));
+        }
+        Ok(match &self.acc {
+            Acc::Count(n) => Some(int8_value(*n, format)),
+            Acc::SumInt8(v) => v.map(|v| int8_value(v, format)),
+            Acc::SumNumeric(v) => v.as_ref().map(|v| numeric_value(v, format)),
+            Acc::SumFloat4(v) => v.map(|v| {
+                if format == 1 {
+                    Bytes::copy_from_slice(&v.to_be_bytes())
+                } else {
+                    Bytes::from(float4_text(v))
+                }
+            }),
+            Acc::SumFloat8(v) => v.map(|v| float8_value(v, format)),
+            Acc::AvgNumeric { sum, count, .. } => {
+                Self::avg_numeric(sum, *count)?.map(|v| numeric_value(&v, format))
+            }
+            Acc::AvgFloat8 { sum, count } => {
+                (*count > 0).then(|| float8_value(sum / *count as f64, format))
+            }
+            Acc::AvgFloat4 { weighted, count } => {
+                (*count > 0).then(|| float8_value(weighted / *count as f64, format))
+            }
+            Acc::Best { best, .. } => best.as_ref().and_then(|(_, bytes)| bytes.clone()),
+            Acc::Bool { value, .. } => value.map(|v| {
+                if format == 1 {
+                    Bytes::copy_from_slice(&[u8::from(v)])
+                } else {
+                    Bytes::from_static(if v { b"t" } else { b"f" })
+                }
+            }),
+        })
+    }
+
+    /// The final value as a [`Key`] (for HAVING and ORDER BY on the aggregate).
+    pub fn key(&self) -> Result<Key, MergeError> {
+        Ok(match &self.acc {
+            Acc::Count(n) => Key::Int(*n),
+            Acc::SumInt8(v) => v.map_or(Key::Null, Key::Int),
+            Acc::SumNumeric(v) => v.clone().map_or(Key::Null, Key::Numeric),
+            Acc::SumFloat4(v) => v.map_or(Key::Null, |v| Key::Float(v.into())),
+            Acc::SumFloat8(v) => v.map_or(Key::Null, Key::Float),
+            Acc::AvgNumeric { sum, count, .. } => {
+                Self::avg_numeric(sum, *count)?.map_or(Key::Null, Key::Numeric)
+            }
+            Acc::AvgFloat8 { sum, count } => {
+                if *count > 0 {
+                    Key::Float(sum / *count as f64)
+                } else {
+                    Key::Null
+                }
+            }
+            Acc::AvgFloat4 { weighted, count } => {
+                if *count > 0 {
+                    Key::Float(weighted / *count as f64)
+                } else {
+                    Key::Null
+                }
+            }
+            Acc::Best { best, .. } => best.as_ref().map_or(Key::Null, |(k, _)| k.clone()),
+            Acc::Bool { value, .. } => value.map_or(Key::Null, Key::Bool),
+        })
+    }
+}

@@ -1,0 +1,202 @@
+//! Recognising aggregate calls and rewriting them into per-shard partials.
+
+use sqlparser::ast::{
+    DuplicateTreatment, Expr, Function, FunctionArguments, Ident, ObjectName, ObjectNamePart,
+};
+
+use super::{refuse, Unmergeable};
+use crate::lexer::{Lexer, TokenKind};
+
+/// The aggregates the proxy combines across shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AggFunc {
+    /// `count(*)`, `count(x)`.
+    Count,
+    /// `sum(x)`.
+    Sum,
+    /// `avg(x)`: pushed down as `sum(x)`, `count(x)`, `avg(x)`.
+    Avg,
+    /// `min(x)`.
+    Min,
+    /// `max(x)`.
+    Max,
+    /// `bool_and(x)` / `every(x)`.
+    BoolAnd,
+    /// `bool_or(x)`.
+    BoolOr,
+}
+
+impl AggFunc {
+    fn from_name(name: &str) -> Option<AggFunc> {
+        Some(match name {
+            "count" => AggFunc::Count,
+            "sum" => AggFunc::Sum,
+            "avg" => AggFunc::Avg,
+            "min" => AggFunc::Min,
+            "max" => AggFunc::Max,
+            "bool_and" | "every" => AggFunc::BoolAnd,
+            "bool_or" => AggFunc::BoolOr,
+            _ => return None,
+        })
+    }
+
+    /// The partial aggregates each shard computes, in order: count → [count];
+    /// sum → [sum]; avg → [sum, count, avg]; min/max → [value (binary),
+    /// value for the client]; bool_and/bool_or → [value].
+    pub fn partials(self) -> &'static [&'static str] {
+        match self {
+            AggFunc::Count => &["count"],
+            AggFunc::Sum => &["sum"],
+            AggFunc::Avg => &["sum", "count", "avg"],
+            AggFunc::Min => &["min", "min"],
+            AggFunc::Max => &["max", "max"],
+            AggFunc::BoolAnd => &["bool_and"],
+            AggFunc::BoolOr => &["bool_or"],
+        }
+    }
+}
+
+/// Aggregates whose per-shard results cannot be combined exactly.
+const UNMERGEABLE: &[&str] = &[
+    "string_agg",
+    "array_agg",
+    "json_agg",
+    "jsonb_agg",
+    "json_object_agg",
+    "jsonb_object_agg",
+    "xmlagg",
+    "stddev",
+    "stddev_pop",
+    "stddev_samp",
+    "variance",
+    "var_pop",
+    "var_samp",
+    "corr",
+    "covar_pop",
+    "covar_samp",
+    "regr_avgx",
+    "regr_avgy",
+    "regr_count",
+    "regr_intercept",
+    "regr_r2",
+    "regr_slope",
+    "regr_sxx",
+    "regr_sxy",
+    "regr_syy",
+    "percentile_cont",
+    "percentile_disc",
+    "mode",
+    "bit_and",
+    "bit_or",
+    "bit_xor",
+    "range_agg",
+    "range_intersect_agg",
+    "any_value",
+    "grouping",
+];
+
+/// An aggregate call of the statement.
+#[derive(Debug, Clone)]
+pub(super) struct AggCall {
+    pub func: AggFunc,
+    /// The call as written (identifies equal calls).
+    pub text: String,
+    function: Function,
+}
+
+impl AggCall {
+    /// The partial aggregates as expressions, in [`AggFunc::partials`] order.
+    pub fn partial_exprs(&self) -> Vec<Expr> {
+        self.func
+            .partials()
+            .iter()
+            .map(|name| {
+                let mut f = self.function.clone();
+                f.name = ObjectName(vec![ObjectNamePart::Identifier(Ident::new(*name))]);
+                Expr::Function(f)
+            })
+            .collect()
+    }
+}
+
+fn function_name(f: &Function) -> String {
+    f.name
+        .0
+        .last()
+        .and_then(|p| p.as_ident())
+        .map(|i| {
+            if i.quote_style.is_some() {
+                i.value.clone()
+            } else {
+                i.value.to_ascii_lowercase()
+            }
+        })
+        .unwrap_or_default()
+}
+
+/// `e` when it is a bare call of an aggregate the proxy combines; an error
+/// for aggregates (and forms) it cannot combine exactly.
+pub(super) fn aggregate_call(e: &Expr) -> Result<Option<AggCall>, Unmergeable> {
+    let e = strip_nested(e);
+    let Expr::Function(f) = e else {
+        return Ok(None);
+    };
+    let name = function_name(f);
+    if UNMERGEABLE.contains(&name.as_str()) {
+        return refuse(format!("aggregate {name}()"));
+    }
+    let Some(func) = AggFunc::from_name(&name) else {
+        return Ok(None);
+    };
+    if f.over.is_some() {
+        return refuse("window functions");
+    }
+    if !f.within_group.is_empty() {
+        return refuse(format!("{name}() WITHIN GROUP"));
+    }
+    if let FunctionArguments::List(list) = &f.args {
+        if matches!(list.duplicate_treatment, Some(DuplicateTreatment::Distinct))
+            && matches!(func, AggFunc::Count | AggFunc::Sum | AggFunc::Avg)
+        {
+            return refuse(format!("{name}(DISTINCT ...)"));
+        }
+    }
+    Ok(Some(AggCall {
+        func,
+        text: e.to_string(),
+        function: f.clone(),
+    }))
+}
+
+fn strip_nested(e: &Expr) -> &Expr {
+    match e {
+        Expr::Nested(inner) => strip_nested(inner),
+        _ => e,
+    }
+}
+
+/// Whether the expression calls an aggregate anywhere (by name, followed
+/// by a parenthesis; conservative: also inside subqueries).
+pub(super) fn mentions_aggregate(e: &Expr) -> bool {
+    let text = e.to_string();
+    let toks: Vec<_> = Lexer::new(&text).collect();
+    toks.iter().enumerate().any(|(i, t)| {
+        t.kind == TokenKind::Word && toks.get(i + 1).is_some_and(|n| n.is_punct("(")) && {
+            let w = t.text.to_ascii_lowercase();
+            AggFunc::from_name(&w).is_some() || UNMERGEABLE.contains(&w.as_str())
+        }
+    })
+}
+
+/// Whether SQL text has a window function call (`OVER (` or `OVER name`).
+pub(super) fn mentions_window(text: &str) -> bool {
+    let toks: Vec<_> = Lexer::new(text).collect();
+    toks.iter().enumerate().any(|(i, t)| {
+        t.is_keyword("over")
+            && i > 0
+            && toks[i - 1].is_punct(")")
+            && toks
+                .get(i + 1)
+                .is_some_and(|n| n.is_punct("(") || n.kind == TokenKind::Word)
+    })
+}

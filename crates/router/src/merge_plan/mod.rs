@@ -1,0 +1,901 @@
+//! Planning the merge of one `SELECT` that runs on several shards
+//! (DESIGN.md §4).
+//!
+//! [`plan_merge`] rewrites the statement into what every shard runs and says
+//! how the proxy combines the shards' rows so the client sees what one
+//! unsharded Postgres would have returned:
+//!
+//! - **Concatenation** ([`MergeMode::Concat`]): no ORDER BY, LIMIT,
+//!   aggregate, GROUP BY or DISTINCT: rows are forwarded as they arrive.
+//! - **Sorted** ([`MergeMode::Sorted`]): ORDER BY and/or LIMIT/OFFSET.
+//!   Every ORDER BY expression travels as a *hidden* trailing column in
+//!   binary format (stripped before the client sees the row), each shard
+//!   sorts by them (`ORDER BY <position>`), and the proxy k-way merges.
+//!   `LIMIT l OFFSET o` becomes `LIMIT l + o` on the shards; both are applied
+//!   in the merge.
+//! - **Grouped** ([`MergeMode::Grouped`]): aggregates, GROUP BY, HAVING or
+//!   DISTINCT (DISTINCT is GROUP BY over every output column). The shards
+//!   group and return partial aggregates as hidden columns, sorted by the
+//!   group keys; the proxy merges the sorted streams and combines adjacent
+//!   rows of the same group, evaluates HAVING, then orders (streaming when
+//!   the final ORDER BY uses no aggregate, otherwise sorting the groups) and
+//!   applies LIMIT/OFFSET there.
+//!
+//! What cannot be answered exactly is refused ([`Unmergeable`], reported as
+//! SQLSTATE 0A000 naming the construct). The shard planner
+//! ([`crate::shard`]) has already refused joins and subqueries that do not
+//! resolve per shard; this module handles the top-level operators.
+
+mod aggregate;
+mod having;
+#[cfg(test)]
+mod tests;
+
+use sqlparser::ast::{
+    Distinct, Expr, GroupByExpr, Ident, LimitClause, OrderBy, OrderByExpr, OrderByKind,
+    OrderByOptions, OrderBySort, Query, Select, SelectItem, SetExpr, SetOperator, SetQuantifier,
+    Statement, TableFactor, Value,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+pub use aggregate::AggFunc;
+pub use having::{CmpOp, HavingExpr, Literal, Operand};
+
+use aggregate::{aggregate_call, mentions_aggregate, mentions_window, AggCall};
+
+/// A statement that cannot be merged exactly; `construct` names why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{construct} across shards is not supported")]
+pub struct Unmergeable {
+    /// The SQL construct, e.g. "count(DISTINCT ...)".
+    pub construct: String,
+}
+
+fn refuse<T>(construct: impl Into<String>) -> Result<T, Unmergeable> {
+    Err(Unmergeable {
+        construct: construct.into(),
+    })
+}
+
+/// How the proxy runs one statement on several shards and merges the rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MergePlan {
+    /// The statement every shard runs (hidden columns appended, ORDER BY,
+    /// LIMIT, OFFSET and HAVING rewritten as the mode needs).
+    pub shard_sql: String,
+    /// Output columns the client sees, when the select list names them all;
+    /// `None` with `SELECT *` (see [`MergePlan::star_tables`]).
+    pub visible: Option<usize>,
+    /// Tables whose columns a `*` in the select list expands to, in order,
+    /// plus `visible_fixed` other columns; used to count the visible columns.
+    pub star_tables: Vec<(Option<String>, String)>,
+    /// Columns of the select list other than `*` expansions.
+    pub visible_fixed: usize,
+    /// Hidden columns after the visible ones (binary format).
+    pub hidden: usize,
+    /// How rows are combined.
+    pub mode: MergeMode,
+    /// `LIMIT` (None: no limit).
+    pub limit: Option<RowCount>,
+    /// `OFFSET` (None: 0).
+    pub offset: Option<RowCount>,
+}
+
+/// A LIMIT or OFFSET value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowCount {
+    /// A literal number.
+    Literal(u64),
+    /// A bind parameter (0-based index).
+    Param(usize),
+}
+
+/// How rows from the shards are combined.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MergeMode {
+    /// Forward rows as they arrive.
+    Concat,
+    /// K-way merge on hidden sort keys (no keys: arrival order with LIMIT).
+    Sorted {
+        /// The sort keys, most significant first.
+        keys: Vec<SortKey>,
+    },
+    /// Aggregation and grouping.
+    Grouped(GroupPlan),
+}
+
+/// One sort key: a hidden column and its direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SortKey {
+    /// Absolute column position in the shard's row (0-based).
+    pub column: usize,
+    /// `DESC`.
+    pub desc: bool,
+    /// Where NULLs go (already resolved: ASC → last, DESC → first unless
+    /// stated).
+    pub nulls_first: bool,
+}
+
+/// How grouped rows are combined.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupPlan {
+    /// The order of the shards' rows: final-order keys first (when the
+    /// final order streams), then every group key. Empty without GROUP BY.
+    pub merge_keys: Vec<SortKey>,
+    /// Columns whose equality makes two rows the same group.
+    pub group_columns: Vec<usize>,
+    /// The aggregates to combine.
+    pub aggregates: Vec<AggSlot>,
+    /// Per visible column: where its value comes from.
+    pub outputs: Vec<OutputColumn>,
+    /// HAVING, evaluated on the combined groups.
+    pub having: Option<HavingExpr>,
+    /// The final order when it needs an aggregate (groups are sorted in
+    /// memory); empty when the merge order already is the final order.
+    pub final_sort: Vec<FinalKey>,
+    /// Without GROUP BY: exactly one output row, even over no rows.
+    pub single_row: bool,
+}
+
+/// One aggregate: its function and the columns of its partial values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AggSlot {
+    /// The aggregate.
+    pub func: AggFunc,
+    /// Absolute columns of the partials, in [`AggFunc::partials`] order.
+    pub partials: Vec<usize>,
+}
+
+/// Where a visible column's value comes from in grouped mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputColumn {
+    /// The shard's own value for the group (same for all its rows).
+    Group,
+    /// The combined aggregate in slot `n`.
+    Aggregate(usize),
+}
+
+/// A value of a combined group used for HAVING or the final order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupValue {
+    /// A per-group column of the shard rows (binary hidden column).
+    Column(usize),
+    /// The combined aggregate in slot `n`.
+    Aggregate(usize),
+}
+
+/// One key of the final (in-memory) order of groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FinalKey {
+    /// The value.
+    pub value: GroupValue,
+    /// `DESC`.
+    pub desc: bool,
+    /// NULLs first.
+    pub nulls_first: bool,
+}
+
+/// Plans the merge of `sql`, one statement that the shard planner sends to
+/// several shards. Statements other than queries are concatenated (their
+/// row counts summed by the caller).
+pub fn plan_merge(sql: &str) -> Result<MergePlan, Unmergeable> {
+    let statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+        Ok(s) => s,
+        // The shard planner decided on the lexer; nothing to rewrite.
+        Err(_) => return Ok(MergePlan::concat(sql)),
+    };
+    let [Statement::Query(query)] = statements.as_slice() else {
+        return Ok(MergePlan::concat(sql));
+    };
+    let mut query = (**query).clone();
+    Planner::default().plan(sql, &mut query)
+}
+
+impl MergePlan {
+    fn concat(sql: &str) -> MergePlan {
+        MergePlan {
+            shard_sql: sql.to_owned(),
+            visible: None,
+            star_tables: Vec::new(),
+            visible_fixed: 0,
+            hidden: 0,
+            mode: MergeMode::Concat,
+            limit: None,
+            offset: None,
+        }
+    }
+}
+
+/// The select list analysed.
+struct Projection {
+    /// Per item: its expression (None for `*`) and its output name.
+    items: Vec<(Option<Expr>, Option<String>)>,
+    star_tables: Vec<(Option<String>, String)>,
+    has_star: bool,
+}
+
+#[derive(Default)]
+struct Planner {
+    /// Hidden expressions appended to the select list.
+    hidden: Vec<Expr>,
+}
+
+impl Planner {
+    fn plan(mut self, sql: &str, query: &mut Query) -> Result<MergePlan, Unmergeable> {
+        if query.fetch.is_some() {
+            return refuse("FETCH FIRST");
+        }
+        let limit = take_limit(query)?;
+        let order: Vec<OrderByExpr> = match query.order_by.take() {
+            None => Vec::new(),
+            Some(OrderBy {
+                kind: OrderByKind::Expressions(v),
+                ..
+            }) => v,
+            Some(_) => return refuse("ORDER BY ALL"),
+        };
+        let select = match query.body.as_mut() {
+            SetExpr::Select(s) => s,
+            SetExpr::SetOperation {
+                op, set_quantifier, ..
+            } => {
+                let all = matches!(set_quantifier, SetQuantifier::All);
+                if *op == SetOperator::Union
+                    && all
+                    && order.is_empty()
+                    && limit.0.is_none()
+                    && limit.1.is_none()
+                {
+                    return Ok(MergePlan::concat(sql));
+                }
+                return refuse(
+                    format!("{op} {}", if all { "ALL" } else { "" })
+                        .trim()
+                        .to_owned()
+                        + " with ORDER BY, LIMIT or duplicate removal",
+                );
+            }
+            _ if order.is_empty() && limit.0.is_none() && limit.1.is_none() => {
+                return Ok(MergePlan::concat(sql))
+            }
+            _ => return refuse("ORDER BY or LIMIT on this kind of query"),
+        };
+        if mentions_window(&select.to_string())
+            || order.iter().any(|o| mentions_window(&o.expr.to_string()))
+        {
+            return refuse("window functions");
+        }
+        if !select.named_window.is_empty() {
+            return refuse("WINDOW clauses");
+        }
+        if matches!(select.distinct, Some(Distinct::On(_))) {
+            return refuse("DISTINCT ON");
+        }
+        let projection = analyse_projection(select)?;
+        let group_by = match &select.group_by {
+            GroupByExpr::Expressions(exprs, modifiers) => {
+                if !modifiers.is_empty() {
+                    return refuse("GROUP BY ROLLUP/CUBE");
+                }
+                exprs.clone()
+            }
+            GroupByExpr::All(_) => return refuse("GROUP BY ALL"),
+        };
+        if group_by
+            .iter()
+            .any(|e| matches!(e, Expr::Rollup(_) | Expr::Cube(_) | Expr::GroupingSets(_)))
+        {
+            return refuse("GROUP BY ROLLUP/CUBE/GROUPING SETS");
+        }
+        let aggregated = !group_by.is_empty()
+            || select.having.is_some()
+            || projection
+                .items
+                .iter()
+                .any(|(e, _)| e.as_ref().is_some_and(mentions_aggregate))
+            || order.iter().any(|o| mentions_aggregate(&o.expr));
+        let distinct = matches!(select.distinct, Some(Distinct::Distinct));
+        let visible_fixed = projection.items.iter().filter(|(e, _)| e.is_some()).count();
+        let visible = (!projection.has_star).then_some(visible_fixed);
+        let mode = if aggregated || distinct {
+            if distinct && aggregated {
+                return refuse("DISTINCT together with GROUP BY or aggregates");
+            }
+            if projection.has_star {
+                return refuse("SELECT * with GROUP BY, DISTINCT or aggregates");
+            }
+            self.grouped(
+                select,
+                &projection,
+                group_by,
+                distinct,
+                &order,
+                visible_fixed,
+            )?
+        } else if order.is_empty() && limit.0.is_none() && limit.1.is_none() {
+            return Ok(MergePlan::concat(sql));
+        } else {
+            self.sorted(
+                select,
+                &projection,
+                &order,
+                visible_fixed,
+                &mut query.order_by,
+            )?
+        };
+        if let MergeMode::Grouped(g) = &mode {
+            // LIMIT and OFFSET apply to the combined groups, in the proxy;
+            // the shards sort by the merge keys.
+            if !g.merge_keys.is_empty() {
+                query.order_by = Some(OrderBy {
+                    kind: OrderByKind::Expressions(
+                        g.merge_keys
+                            .iter()
+                            .map(|k| {
+                                position_order(k.column - visible_fixed, k.desc, k.nulls_first)
+                            })
+                            .collect(),
+                    ),
+                    interpolate: None,
+                });
+            }
+        } else if let Some(sum) = pushed_limit(&limit) {
+            query.limit_clause = Some(LimitClause::LimitOffset {
+                limit: Some(sum),
+                offset: None,
+                limit_by: Vec::new(),
+            });
+        }
+        let select = match query.body.as_mut() {
+            SetExpr::Select(s) => s,
+            _ => unreachable!("checked above"),
+        };
+        let hidden = self.hidden.len();
+        for (i, expr) in self.hidden.drain(..).enumerate() {
+            select.projection.push(SelectItem::ExprWithAlias {
+                expr,
+                alias: hidden_name(i),
+            });
+        }
+        Ok(MergePlan {
+            shard_sql: query.to_string(),
+            visible,
+            star_tables: projection.star_tables,
+            visible_fixed,
+            hidden,
+            mode,
+            limit: limit.0,
+            offset: limit.1,
+        })
+    }
+
+    /// Adds a hidden column; returns its absolute position.
+    fn hide(&mut self, visible: usize, e: Expr) -> usize {
+        let text = e.to_string();
+        if let Some(i) = self.hidden.iter().position(|h| h.to_string() == text) {
+            return visible + i;
+        }
+        self.hidden.push(e);
+        visible + self.hidden.len() - 1
+    }
+
+    /// ORDER BY and/or LIMIT without grouping.
+    fn sorted(
+        &mut self,
+        select: &Select,
+        projection: &Projection,
+        order: &[OrderByExpr],
+        visible: usize,
+        shard_order: &mut Option<OrderBy>,
+    ) -> Result<MergeMode, Unmergeable> {
+        let _ = select;
+        let mut keys = Vec::new();
+        let mut shard_keys = Vec::new();
+        for o in order {
+            let (desc, nulls_first) = direction(&o.options)?;
+            let expr = resolve_output_ref(&o.expr, projection)?;
+            let column = self.hide(visible, expr);
+            keys.push(SortKey {
+                column,
+                desc,
+                nulls_first,
+            });
+            shard_keys.push(position_order(column - visible, desc, nulls_first));
+        }
+        if !shard_keys.is_empty() {
+            *shard_order = Some(OrderBy {
+                kind: OrderByKind::Expressions(shard_keys),
+                interpolate: None,
+            });
+        }
+        Ok(MergeMode::Sorted { keys })
+    }
+
+    /// Aggregates, GROUP BY, HAVING, DISTINCT.
+    fn grouped(
+        &mut self,
+        select: &mut Select,
+        projection: &Projection,
+        group_by: Vec<Expr>,
+        distinct: bool,
+        order: &[OrderByExpr],
+        visible: usize,
+    ) -> Result<MergeMode, Unmergeable> {
+        // The group keys as expressions.
+        let group_exprs: Vec<Expr> = if distinct {
+            projection
+                .items
+                .iter()
+                .filter_map(|(e, _)| e.clone())
+                .collect()
+        } else {
+            group_by
+                .iter()
+                .map(|g| resolve_group_ref(g, projection))
+                .collect::<Result<_, _>>()?
+        };
+        let single_row = group_exprs.is_empty();
+        let mut aggregates: Vec<(String, AggSlot)> = Vec::new();
+        // Visible outputs.
+        let mut outputs = Vec::with_capacity(visible);
+        for (j, (e, _)) in projection.items.iter().enumerate() {
+            let e = e.as_ref().expect("no * in grouped mode");
+            match aggregate_call(e)? {
+                Some(call) => {
+                    let slot = self.aggregate_slot(&mut aggregates, visible, call, Some(j))?;
+                    outputs.push(OutputColumn::Aggregate(slot));
+                }
+                None if mentions_aggregate(e) => {
+                    return refuse(format!("the expression {e} over an aggregate"))
+                }
+                None => outputs.push(OutputColumn::Group),
+            }
+        }
+        // HAVING.
+        let having = match select.having.take() {
+            None => None,
+            Some(h) => Some(having::compile(&h, &mut |e: &Expr| {
+                self.group_value(&mut aggregates, visible, e, projection, &group_exprs)
+            })?),
+        };
+        // Final order.
+        let mut final_keys = Vec::new();
+        for o in order {
+            let (desc, nulls_first) = direction(&o.options)?;
+            let expr = resolve_output_ref(&o.expr, projection)?;
+            let value =
+                self.group_value(&mut aggregates, visible, &expr, projection, &group_exprs)?;
+            final_keys.push(FinalKey {
+                value,
+                desc,
+                nulls_first,
+            });
+        }
+        let streams = final_keys
+            .iter()
+            .all(|k| matches!(k.value, GroupValue::Column(_)));
+        let mut merge_keys = Vec::new();
+        let mut group_columns = Vec::new();
+        if !single_row {
+            if streams {
+                for k in &final_keys {
+                    if let GroupValue::Column(c) = k.value {
+                        merge_keys.push(SortKey {
+                            column: c,
+                            desc: k.desc,
+                            nulls_first: k.nulls_first,
+                        });
+                    }
+                }
+            }
+            for g in &group_exprs {
+                if mentions_aggregate(g) {
+                    return refuse("aggregates in GROUP BY");
+                }
+                let c = self.hide(visible, g.clone());
+                group_columns.push(c);
+                if !merge_keys.iter().any(|k| k.column == c) {
+                    merge_keys.push(SortKey {
+                        column: c,
+                        desc: false,
+                        nulls_first: false,
+                    });
+                }
+            }
+        }
+        let final_sort = if streams || single_row {
+            Vec::new()
+        } else {
+            final_keys
+        };
+        // The shards: no HAVING (it needs the combined groups), sorted by
+        // the merge keys.
+        if distinct {
+            select.distinct = Some(Distinct::Distinct);
+        }
+        Ok(MergeMode::Grouped(GroupPlan {
+            merge_keys,
+            group_columns,
+            aggregates: aggregates.into_iter().map(|(_, s)| s).collect(),
+            outputs,
+            having,
+            final_sort,
+            single_row,
+        }))
+    }
+
+    /// The slot of an aggregate call, added when new.
+    fn aggregate_slot(
+        &mut self,
+        slots: &mut Vec<(String, AggSlot)>,
+        visible: usize,
+        call: AggCall,
+        output: Option<usize>,
+    ) -> Result<usize, Unmergeable> {
+        // min/max output their winner's bytes as the client asked for them
+        // (the visible column), so each output position has its own slot.
+        let output = output.filter(|_| matches!(call.func, AggFunc::Min | AggFunc::Max));
+        let text = match output {
+            Some(j) => format!("{}#{j}", call.text),
+            None => call.text.clone(),
+        };
+        if let Some(i) = slots.iter().position(|(t, _)| *t == text) {
+            return Ok(i);
+        }
+        let mut partials: Vec<usize> = call
+            .partial_exprs()
+            .into_iter()
+            .map(|e| self.hide(visible, e))
+            .collect();
+        if let Some(j) = output {
+            partials[1] = j;
+        }
+        slots.push((
+            text,
+            AggSlot {
+                func: call.func,
+                partials,
+            },
+        ));
+        Ok(slots.len() - 1)
+    }
+
+    /// An expression of HAVING or the final ORDER BY as a per-group value.
+    fn group_value(
+        &mut self,
+        slots: &mut Vec<(String, AggSlot)>,
+        visible: usize,
+        e: &Expr,
+        projection: &Projection,
+        group_exprs: &[Expr],
+    ) -> Result<GroupValue, Unmergeable> {
+        let _ = (projection, group_exprs);
+        if let Some(call) = aggregate_call(e)? {
+            return Ok(GroupValue::Aggregate(
+                self.aggregate_slot(slots, visible, call, None)?,
+            ));
+        }
+        if mentions_aggregate(e) {
+            return refuse(format!("the expression {e} over an aggregate"));
+        }
+        // Constant per group (Postgres checked that it is grouped).
+        Ok(GroupValue::Column(self.hide(visible, e.clone())))
+    }
+}
+
+/// The name of hidden column `i` (unique, so ORDER BY on the shards finds it
+/// among the output columns whatever the select list holds).
+fn hidden_name(i: usize) -> Ident {
+    Ident::with_quote('"', format!("__shardgate_{i}"))
+}
+
+/// `ORDER BY <hidden column>` on the shards.
+fn position_order(hidden_index: usize, desc: bool, nulls_first: bool) -> OrderByExpr {
+    OrderByExpr {
+        expr: Expr::Identifier(hidden_name(hidden_index)),
+        options: OrderByOptions {
+            sort: Some(if desc {
+                OrderBySort::Desc
+            } else {
+                OrderBySort::Asc
+            }),
+            nulls_first: Some(nulls_first),
+        },
+        with_fill: None,
+    }
+}
+
+/// ASC/DESC and NULLS FIRST/LAST with Postgres's defaults.
+fn direction(o: &OrderByOptions) -> Result<(bool, bool), Unmergeable> {
+    let desc = match &o.sort {
+        None | Some(OrderBySort::Asc) => false,
+        Some(OrderBySort::Desc) => true,
+        Some(OrderBySort::Using(_)) => return refuse("ORDER BY ... USING"),
+    };
+    Ok((desc, o.nulls_first.unwrap_or(desc)))
+}
+
+/// Reads the select list.
+fn analyse_projection(select: &Select) -> Result<Projection, Unmergeable> {
+    let mut items = Vec::new();
+    let mut star_tables = Vec::new();
+    let mut has_star = false;
+    for item in &select.projection {
+        match item {
+            SelectItem::UnnamedExpr(e) => items.push((Some(e.clone()), output_name(e))),
+            SelectItem::ExprWithAlias { expr, alias } => {
+                items.push((Some(expr.clone()), Some(ident_name(alias))))
+            }
+            SelectItem::ExprWithAliases { .. } => return refuse("multiple column aliases"),
+            SelectItem::Wildcard(_) => {
+                has_star = true;
+                items.push((None, None));
+                star_tables.extend(star_sources(select, None)?);
+            }
+            SelectItem::QualifiedWildcard(kind, _) => {
+                has_star = true;
+                items.push((None, None));
+                let name = kind.to_string();
+                let name = name.trim_end_matches(".*");
+                star_tables.extend(star_sources(select, Some(name))?);
+            }
+        }
+    }
+    Ok(Projection {
+        items,
+        star_tables,
+        has_star,
+    })
+}
+
+/// The tables a `*` (or `qualifier.*`) expands; refused when the expansion
+/// cannot be counted from the catalog (derived tables, USING/NATURAL joins).
+fn star_sources(
+    select: &Select,
+    qualifier: Option<&str>,
+) -> Result<Vec<(Option<String>, String)>, Unmergeable> {
+    let mut out = Vec::new();
+    let mut factors = Vec::new();
+    for twj in &select.from {
+        factors.push(&twj.relation);
+        for j in &twj.joins {
+            use sqlparser::ast::{JoinConstraint, JoinOperator as J};
+            let constraint = match &j.join_operator {
+                J::Join(c)
+                | J::Inner(c)
+                | J::Left(c)
+                | J::LeftOuter(c)
+                | J::Right(c)
+                | J::RightOuter(c)
+                | J::FullOuter(c) => Some(c),
+                J::CrossJoin(c) => Some(c),
+                _ => None,
+            };
+            if matches!(
+                constraint,
+                Some(JoinConstraint::Using(_) | JoinConstraint::Natural)
+            ) {
+                return refuse("SELECT * over a join with USING or NATURAL");
+            }
+            factors.push(&j.relation);
+        }
+    }
+    for f in factors {
+        let TableFactor::Table { name, alias, .. } = f else {
+            if qualifier.is_none() {
+                return refuse("SELECT * over a subquery or function");
+            }
+            continue;
+        };
+        let parts: Vec<String> = name
+            .0
+            .iter()
+            .map(|p| match p.as_ident() {
+                Some(i) => ident_name(i),
+                None => p.to_string(),
+            })
+            .collect();
+        let (schema, table) = match parts.as_slice() {
+            [t] => (None, t.clone()),
+            [s, t] => (Some(s.clone()), t.clone()),
+            _ => return refuse("SELECT * over a three-part table name"),
+        };
+        if let Some(q) = qualifier {
+            let q = q.trim_matches('"').to_ascii_lowercase();
+            let matches = match alias {
+                Some(a) => ident_name(&a.name) == q,
+                None => {
+                    table == q || format!("{}.{table}", schema.clone().unwrap_or_default()) == q
+                }
+            };
+            if !matches {
+                continue;
+            }
+        }
+        out.push((schema, table));
+    }
+    if qualifier.is_some() && out.is_empty() {
+        return refuse("qualified * over a subquery");
+    }
+    Ok(out)
+}
+
+/// An identifier as Postgres folds it.
+fn ident_name(i: &Ident) -> String {
+    if i.quote_style.is_some() {
+        i.value.clone()
+    } else {
+        i.value.to_ascii_lowercase()
+    }
+}
+
+/// The output column name Postgres gives a bare column reference.
+fn output_name(e: &Expr) -> Option<String> {
+    match e {
+        Expr::Identifier(i) => Some(ident_name(i)),
+        Expr::CompoundIdentifier(v) => v.last().map(ident_name),
+        _ => None,
+    }
+}
+
+/// ORDER BY `n` or an output column name → the select-list expression
+/// (Postgres matches output names first in ORDER BY).
+fn resolve_output_ref(e: &Expr, p: &Projection) -> Result<Expr, Unmergeable> {
+    if let Some(n) = ordinal(e) {
+        return match n.checked_sub(1).and_then(|i| p.items.get(i)) {
+            Some((Some(expr), _)) if !p.has_star => Ok(expr.clone()),
+            Some(_) => refuse("ORDER BY a position with SELECT *"),
+            None => Ok(e.clone()),
+        };
+    }
+    if let Expr::Identifier(i) = e {
+        let name = ident_name(i);
+        let found: Vec<&Expr> = p
+            .items
+            .iter()
+            .filter(|(_, n)| n.as_deref() == Some(name.as_str()))
+            .filter_map(|(e, _)| e.as_ref())
+            .collect();
+        if let [one] = found.as_slice() {
+            return Ok((*one).clone());
+        }
+    }
+    Ok(e.clone())
+}
+
+/// GROUP BY `n` or an output alias → the select-list expression (Postgres
+/// matches input columns first; an alias of another expression is used
+/// only when it differs from a plain column of that name).
+fn resolve_group_ref(e: &Expr, p: &Projection) -> Result<Expr, Unmergeable> {
+    if let Some(n) = ordinal(e) {
+        return match n.checked_sub(1).and_then(|i| p.items.get(i)) {
+            Some((Some(expr), _)) => Ok(expr.clone()),
+            _ => refuse("GROUP BY position out of range"),
+        };
+    }
+    if let Expr::Identifier(i) = e {
+        let name = ident_name(i);
+        for (expr, n) in &p.items {
+            if let (Some(expr), Some(n)) = (expr, n) {
+                if *n == name && output_name(expr).as_deref() != Some(name.as_str()) {
+                    return Ok(expr.clone());
+                }
+            }
+        }
+    }
+    Ok(e.clone())
+}
+
+fn ordinal(e: &Expr) -> Option<usize> {
+    match e {
+        Expr::Value(v) => match &v.value {
+            Value::Number(n, _) => n.parse().ok(),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Takes LIMIT and OFFSET off the query.
+fn take_limit(query: &mut Query) -> Result<(Option<RowCount>, Option<RowCount>), Unmergeable> {
+    match query.limit_clause.take() {
+        None => Ok((None, None)),
+        Some(LimitClause::LimitOffset {
+            limit,
+            offset,
+            limit_by,
+        }) => {
+            if !limit_by.is_empty() {
+                return refuse("LIMIT BY");
+            }
+            let limit = match limit {
+                None => None,
+                Some(Expr::Value(v)) if v.value == Value::Null => None,
+                Some(e) => Some(row_count(&e)?),
+            };
+            let offset = match offset {
+                None => None,
+                Some(o) => Some(row_count(&o.value)?),
+            };
+            Ok((limit, offset))
+        }
+        Some(LimitClause::OffsetCommaLimit { .. }) => refuse("LIMIT offset, count"),
+    }
+}
+
+fn row_count(e: &Expr) -> Result<RowCount, Unmergeable> {
+    match e {
+        Expr::Value(v) => match &v.value {
+            Value::Number(n, _) => n
+                .parse()
+                .map(RowCount::Literal)
+                .or_else(|_| refuse("a LIMIT or OFFSET that is not a whole number")),
+            Value::Placeholder(p) => p
+                .strip_prefix('$')
+                .and_then(|n| n.parse::<usize>().ok())
+                .and_then(|n| n.checked_sub(1))
+                .map(RowCount::Param)
+                .ok_or_else(|| Unmergeable {
+                    construct: format!("LIMIT {p}"),
+                }),
+            _ => refuse("a LIMIT or OFFSET that is not a number or parameter"),
+        },
+        Expr::Cast { expr, .. } | Expr::Nested(expr) => row_count(expr),
+        _ => refuse("a LIMIT or OFFSET expression"),
+    }
+}
+
+/// `LIMIT limit + offset` for the shards (None: no limit).
+fn pushed_limit(limit: &(Option<RowCount>, Option<RowCount>)) -> Option<Expr> {
+    let render = |c: &RowCount| match c {
+        RowCount::Literal(n) => n.to_string(),
+        RowCount::Param(i) => format!("${}", i + 1),
+    };
+    let l = limit.0.as_ref()?;
+    let text = match (l, &limit.1) {
+        (RowCount::Literal(a), Some(RowCount::Literal(b))) => a.saturating_add(*b).to_string(),
+        (_, Some(o)) => format!("(({})::bigint + ({})::bigint)", render(l), render(o)),
+        (_, None) => render(l),
+    };
+    Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(&text)
+        .and_then(|mut p| p.parse_expr())
+        .ok()
+}
+
+/// [`plan_merge`] with a cache keyed by statement text (bounded; cleared
+/// when full).
+#[derive(Debug, Default)]
+pub struct MergePlanner {
+    cache: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<MergeResult>>>,
+}
+
+/// A cached planning result.
+pub type MergeResult = Result<MergePlan, Unmergeable>;
+
+/// Statements cached at most.
+const MERGE_CACHE_CAPACITY: usize = 4096;
+
+impl MergePlanner {
+    /// The plan for `sql`, from the cache when present.
+    pub fn plan_cached(&self, sql: &str) -> std::sync::Arc<MergeResult> {
+        if let Some(hit) = self.lock().get(sql) {
+            return hit.clone();
+        }
+        let plan = std::sync::Arc::new(plan_merge(sql));
+        let mut cache = self.lock();
+        if cache.len() >= MERGE_CACHE_CAPACITY {
+            cache.clear();
+        }
+        cache.insert(sql.to_owned(), plan.clone());
+        plan
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::sync::Arc<MergeResult>>>
+    {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

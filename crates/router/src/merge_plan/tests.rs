@@ -1,0 +1,140 @@
+use super::*;
+
+fn plan(sql: &str) -> MergePlan {
+    plan_merge(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+fn refused(sql: &str) -> String {
+    plan_merge(sql).expect_err(sql).construct
+}
+
+#[test]
+fn plain_selects_concatenate() {
+    let p = plan("SELECT id, name FROM t WHERE x > 1");
+    assert_eq!(p.mode, MergeMode::Concat);
+    assert_eq!(p.shard_sql, "SELECT id, name FROM t WHERE x > 1");
+    assert_eq!(plan("SELECT 1 UNION ALL SELECT 2").mode, MergeMode::Concat);
+}
+
+#[test]
+fn order_by_travels_as_hidden_columns() {
+    let p = plan("SELECT id, name FROM t ORDER BY name DESC, id LIMIT 10 OFFSET 5");
+    assert_eq!(
+        p.shard_sql,
+        "SELECT id, name, name AS \"__shardgate_0\", id AS \"__shardgate_1\" FROM t ORDER BY \"__shardgate_0\" DESC NULLS FIRST, \"__shardgate_1\" ASC NULLS LAST LIMIT 15"
+    );
+    assert_eq!(p.visible, Some(2));
+    assert_eq!(p.hidden, 2);
+    assert_eq!(
+        p.mode,
+        MergeMode::Sorted {
+            keys: vec![
+                SortKey {
+                    column: 2,
+                    desc: true,
+                    nulls_first: true
+                },
+                SortKey {
+                    column: 3,
+                    desc: false,
+                    nulls_first: false
+                },
+            ]
+        }
+    );
+    assert_eq!(p.limit, Some(RowCount::Literal(10)));
+    assert_eq!(p.offset, Some(RowCount::Literal(5)));
+}
+
+#[test]
+fn order_by_output_names_and_positions() {
+    let p = plan("SELECT a + b AS s FROM t ORDER BY s, 1 DESC");
+    assert_eq!(p.shard_sql, "SELECT a + b AS s, a + b AS \"__shardgate_0\" FROM t ORDER BY \"__shardgate_0\" ASC NULLS LAST, \"__shardgate_0\" DESC NULLS FIRST");
+    let p = plan("SELECT * FROM t ORDER BY k LIMIT $1");
+    assert_eq!(p.visible, None);
+    assert_eq!(p.star_tables, vec![(None, "t".to_owned())]);
+    assert_eq!(p.limit, Some(RowCount::Param(0)));
+    let p = plan("SELECT id FROM t ORDER BY id LIMIT $1 OFFSET $2");
+    assert!(
+        p.shard_sql.ends_with("LIMIT (($1)::BIGINT + ($2)::BIGINT)"),
+        "{}",
+        p.shard_sql
+    );
+}
+
+#[test]
+fn aggregates_push_partials() {
+    let p = plan("SELECT count(*), avg(x) FROM t");
+    assert_eq!(
+        p.shard_sql,
+        "SELECT count(*), avg(x), count(*) AS \"__shardgate_0\", sum(x) AS \"__shardgate_1\", count(x) AS \"__shardgate_2\", avg(x) AS \"__shardgate_3\" FROM t"
+    );
+    let MergeMode::Grouped(g) = p.mode else {
+        panic!()
+    };
+    assert!(g.single_row);
+    assert_eq!(g.aggregates[0].partials, vec![2]);
+    assert_eq!(g.aggregates[1].partials, vec![3, 4, 5]);
+    assert_eq!(
+        g.outputs,
+        vec![OutputColumn::Aggregate(0), OutputColumn::Aggregate(1)]
+    );
+}
+
+#[test]
+fn group_by_sorts_shards_and_keeps_having_local() {
+    let p = plan("SELECT g, max(v) FROM t GROUP BY g HAVING count(*) > 2 ORDER BY g DESC LIMIT 3");
+    assert_eq!(
+        p.shard_sql,
+        "SELECT g, max(v), max(v) AS \"__shardgate_0\", count(*) AS \"__shardgate_1\", g AS \"__shardgate_2\" FROM t GROUP BY g ORDER BY \"__shardgate_2\" DESC NULLS FIRST"
+    );
+    let MergeMode::Grouped(g) = p.mode else {
+        panic!()
+    };
+    assert_eq!(g.group_columns, vec![4]);
+    assert!(g.final_sort.is_empty());
+    assert_eq!(g.aggregates[0].partials, vec![2, 1]);
+    assert!(g.having.is_some());
+    assert_eq!(p.limit, Some(RowCount::Literal(3)));
+}
+
+#[test]
+fn order_by_aggregate_sorts_groups_in_memory() {
+    let p = plan("SELECT g FROM t GROUP BY g ORDER BY sum(v) DESC");
+    let MergeMode::Grouped(g) = p.mode else {
+        panic!()
+    };
+    assert_eq!(g.final_sort.len(), 1);
+    assert_eq!(p.shard_sql, "SELECT g, sum(v) AS \"__shardgate_0\", g AS \"__shardgate_1\" FROM t GROUP BY g ORDER BY \"__shardgate_1\" ASC NULLS LAST");
+}
+
+#[test]
+fn distinct_groups_by_every_column() {
+    let p = plan("SELECT DISTINCT a, b FROM t ORDER BY b");
+    assert_eq!(
+        p.shard_sql,
+        "SELECT DISTINCT a, b, b AS \"__shardgate_0\", a AS \"__shardgate_1\" FROM t ORDER BY \"__shardgate_0\" ASC NULLS LAST, \"__shardgate_1\" ASC NULLS LAST"
+    );
+}
+
+#[test]
+fn unmergeable_constructs_are_named() {
+    assert_eq!(
+        refused("SELECT count(DISTINCT x) FROM t"),
+        "count(DISTINCT ...)"
+    );
+    assert_eq!(
+        refused("SELECT string_agg(x, ',') FROM t"),
+        "aggregate string_agg()"
+    );
+    assert_eq!(
+        refused("SELECT row_number() OVER () FROM t"),
+        "window functions"
+    );
+    assert_eq!(
+        refused("SELECT sum(x) * 2 FROM t"),
+        "the expression sum(x) * 2 over an aggregate"
+    );
+    assert_eq!(refused("SELECT DISTINCT ON (a) a FROM t"), "DISTINCT ON");
+    assert!(refused("SELECT a FROM t UNION SELECT a FROM u").starts_with("UNION"));
+}

@@ -1,0 +1,1046 @@
+//! Cross-shard merges (DESIGN.md §4): one SELECT runs on several shards at
+//! once and the client sees what one unsharded server would have sent.
+//!
+//! The statement the shards run comes from [`shardgate_router::merge_plan`]:
+//! visible columns in the client's formats, then hidden columns in binary
+//! (sort keys, group keys, partial aggregates). Each shard gets
+//! Parse/Bind/Describe/Execute/Sync; the proxy keeps at most one decoded
+//! row per shard (the head of its stream) and emits, in order:
+//!
+//! - sorted and limited plans: the smallest head (k-way merge on the typed
+//!   sort keys), hidden columns stripped, OFFSET skipped, and once LIMIT rows
+//!   went out the shards are cancelled;
+//! - grouped plans: heads in group-key order, rows of one group combined
+//!   (partial aggregates), HAVING applied, then emitted in order, or sorted
+//!   in memory when the final ORDER BY uses an aggregate (memory bounded by
+//!   the number of groups).
+
+use std::cmp::Ordering;
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+use shardgate_merge::{decode_key, AggKind, AggState, Key, MergeError};
+use shardgate_protocol::backend::{self, tag as btag};
+use shardgate_protocol::frontend::{self, Bind};
+use shardgate_protocol::{Header, PgError};
+use shardgate_router::merge_plan::{
+    AggFunc, CmpOp, FinalKey, GroupPlan, GroupValue, HavingExpr, Literal, MergeMode, MergePlan,
+    Operand, OutputColumn, RowCount, SortKey,
+};
+use tokio::io::AsyncWriteExt;
+
+use super::fanout::{read_any, Part};
+use super::{Session, SessionError};
+use crate::relay::MAX_SERVER_MESSAGE;
+use crate::routing::Want;
+
+/// Flush rows to the client once this much is buffered.
+const FLUSH_AT: usize = 64 * 1024;
+
+/// What the client sent for a merged statement.
+pub(super) struct MergeRequest<'a> {
+    /// The Bind (extended protocol); `None` for a simple query.
+    pub bind: Option<&'a Bind<'a>>,
+    /// Parameter types of the client's Parse.
+    pub param_types: &'a [u8],
+    /// The client sent Describe for the portal (or used the simple protocol).
+    pub describe: bool,
+}
+
+/// One shard's stream during a merge.
+struct Stream {
+    /// RowDescription received.
+    desc: Option<BytesMut>,
+    /// The next row, not yet merged.
+    head: Option<Head>,
+    /// CommandComplete received: no more rows.
+    complete: bool,
+    /// The first error the shard sent.
+    error: Option<BytesMut>,
+}
+
+/// A row waiting to be merged, with its sort keys decoded.
+struct Head {
+    row: BytesMut,
+    keys: Vec<Key>,
+}
+
+/// A message of a shard's answer that matters to the merge.
+enum Step {
+    Row(BytesMut),
+    Described(BytesMut),
+    Complete,
+    Ready(u8),
+    Error(BytesMut),
+    NeedData,
+}
+
+/// The columns of one result, from the RowDescription.
+struct Columns {
+    types: Vec<u32>,
+}
+
+/// Per-group accumulation.
+struct Group {
+    first: BytesMut,
+    keys: Vec<Key>,
+    aggs: Vec<AggState>,
+}
+
+impl Session {
+    /// Runs `plan` on `shards` and sends the merged result.
+    pub(super) async fn merge_query(
+        &mut self,
+        shards: Vec<usize>,
+        plan: Arc<MergePlan>,
+        want: Want,
+        req: MergeRequest<'_>,
+    ) -> Result<(), SessionError> {
+        let extended = req.bind.is_some();
+        let prepared = match self.prepare_merge(&plan, &req).await {
+            Ok(p) => p,
+            Err(e) => return self.merge_refused(e),
+        };
+        let (batch, visible, limits) = prepared;
+        self.drain_current().await?;
+        let mut parts = Vec::with_capacity(shards.len());
+        for shard in shards {
+            match self.part_for(shard, want).await {
+                Ok((mut part, mut out)) => {
+                    part.skip_parse = 1;
+                    out.extend_from_slice(&batch);
+                    if let Err(e) = part.b.conn.stream.write_all(&out).await {
+                        part.b.conn.broken = true;
+                        for p in parts {
+                            let p: Part = p;
+                            self.return_part(p.b);
+                        }
+                        return self.merge_refused(PgError::error(
+                            "08006",
+                            format!("connection to a shard failed: {e}"),
+                        ));
+                    }
+                    parts.push(part);
+                }
+                Err(e) => {
+                    for p in parts {
+                        self.return_part(p.b);
+                    }
+                    return self.merge_refused(e);
+                }
+            }
+        }
+        let mut run = Run {
+            plan: &plan,
+            visible,
+            formats: req.bind.map(|b| b.result_formats()).unwrap_or_default(),
+            offset: limits.1,
+            limit: limits.0,
+            extended,
+            describe: req.describe,
+            streams: (0..parts.len())
+                .map(|_| Stream {
+                    desc: None,
+                    head: None,
+                    complete: false,
+                    error: None,
+                })
+                .collect(),
+            columns: None,
+            announced: false,
+            sent: 0,
+            skipped: 0,
+            stopping: false,
+            failed: false,
+            group: None,
+            sorted_groups: Vec::new(),
+        };
+        let result = self.run_merge(&mut parts, &mut run).await;
+        let status = self.finish_merge(&mut parts, &mut run);
+        for p in parts {
+            self.return_part(p.b);
+        }
+        result?;
+        backend::ready_for_query(status, &mut self.cout);
+        self.flush_client().await
+    }
+
+    /// The batch each shard runs, the visible column count and the client's
+    /// LIMIT and OFFSET values.
+    async fn prepare_merge(
+        &mut self,
+        plan: &MergePlan,
+        req: &MergeRequest<'_>,
+    ) -> Result<(BytesMut, usize, (Option<u64>, u64)), PgError> {
+        let visible = match plan.visible {
+            Some(v) => v,
+            None if plan.hidden == 0 => 0,
+            None => {
+                let mut n = plan.visible_fixed;
+                for (schema, table) in &plan.star_tables {
+                    n += self.table_columns(schema.as_deref(), table).await?.len();
+                }
+                n
+            }
+        };
+        let limit = row_count(plan.limit.as_ref(), req.bind, "LIMIT")?;
+        let offset = row_count(plan.offset.as_ref(), req.bind, "OFFSET")?.unwrap_or(0);
+        let client_formats = req.bind.map(|b| b.result_formats()).unwrap_or_default();
+        let formats: Vec<i16> = if plan.hidden == 0 {
+            client_formats
+        } else {
+            (0..visible)
+                .map(|j| format_of(&client_formats, j))
+                .chain(std::iter::repeat_n(1, plan.hidden))
+                .collect()
+        };
+        let mut batch = BytesMut::new();
+        frontend::encode_parse("", &plan.shard_sql, req.param_types, &mut batch);
+        match req.bind {
+            Some(b) => b.encode_with_results("", &formats, &mut batch),
+            None => encode_bind_no_params(&formats, &mut batch),
+        }
+        encode_describe_portal(&mut batch);
+        encode_execute_all(&mut batch);
+        frontend::encode_empty(frontend::tag::SYNC, &mut batch);
+        Ok((batch, visible, (limit, offset)))
+    }
+
+    /// Tells the client the merge cannot run (nothing was sent to a shard).
+    fn merge_refused(&mut self, e: PgError) -> Result<(), SessionError> {
+        if let Some(v) = self.vtx.as_mut() {
+            v.failed = true;
+        }
+        e.encode(&mut self.cout);
+        backend::ready_for_query(self.client_status(), &mut self.cout);
+        Ok(())
+    }
+
+    /// Reads every shard and emits merged rows until the result is complete
+    /// (or LIMIT is reached, or a shard failed).
+    async fn run_merge(
+        &mut self,
+        parts: &mut [Part],
+        run: &mut Run<'_>,
+    ) -> Result<(), SessionError> {
+        loop {
+            for (i, part) in parts.iter_mut().enumerate() {
+                run.pump(part, i, &mut self.cout);
+            }
+            if run.streams.iter().any(|s| s.error.is_some()) && !run.failed && !run.stopping {
+                run.fail(parts, &mut self.cout);
+            }
+            if run.failed || run.stopping {
+                // Drain: everything left is discarded.
+                if parts.iter().all(|p| p.done.is_some()) {
+                    return Ok(());
+                }
+            } else if !run.announced {
+                if run.streams.iter().all(|s| s.desc.is_some()) {
+                    if let Err(e) = run.describe(&mut self.cout) {
+                        e.encode(&mut self.cout);
+                        run.failed = true;
+                        cancel_parts(parts, self.vtx.is_none());
+                    }
+                    continue;
+                }
+            } else if let Some(i) = run.pick() {
+                let head = run.streams[i].head.take().expect("picked");
+                if let Err(e) = run.emit(head, &mut self.cout) {
+                    run.fail_with(e, parts, &mut self.cout, self.vtx.is_none());
+                } else if run.limit_reached() {
+                    cancel_parts(parts, self.vtx.is_none());
+                    if let Err(e) = run.end_rows(&mut self.cout) {
+                        run.fail_with(e, parts, &mut self.cout, false);
+                    }
+                    run.stopping = true;
+                }
+                if self.cout.len() >= FLUSH_AT {
+                    self.flush_client().await?;
+                }
+                continue;
+            } else if run.streams.iter().all(|s| s.complete && s.head.is_none()) {
+                if let Err(e) = run.end_rows(&mut self.cout) {
+                    run.fail_with(e, parts, &mut self.cout, self.vtx.is_none());
+                }
+                run.stopping = true;
+                if parts.iter().all(|p| p.done.is_some()) {
+                    return Ok(());
+                }
+            }
+            self.flush_client().await?;
+            let streams = &run.streams;
+            let draining = run.failed || run.stopping;
+            let wanted =
+                |i: usize, p: &Part| p.done.is_none() && (draining || streams[i].head.is_none());
+            let (i, read) = read_any(parts, wanted).await;
+            match read {
+                Ok(0) | Err(_) => {
+                    let p = &mut parts[i];
+                    p.b.conn.broken = true;
+                    p.b.conn.read_buf.clear();
+                    p.done = Some(b'E');
+                    if !run.failed && !run.stopping {
+                        PgError::error(
+                            "08006",
+                            format!("connection to server {} was lost", p.b.conn.addr),
+                        )
+                        .encode(&mut self.cout);
+                        run.failed = true;
+                        cancel_parts(parts, self.vtx.is_none());
+                    }
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// The client's transaction status after a merge; marks a failed
+    /// virtual transaction.
+    fn finish_merge(&mut self, parts: &mut [Part], run: &mut Run<'_>) -> u8 {
+        let mut status = b'I';
+        for p in parts.iter() {
+            match p.done {
+                Some(b'E') => status = b'E',
+                Some(b'T') if status != b'E' => status = b'T',
+                _ => {}
+            }
+        }
+        if let Some(v) = self.vtx.as_mut() {
+            if run.failed {
+                v.failed = true;
+            }
+            return if v.failed { b'E' } else { b'T' };
+        }
+        status
+    }
+}
+
+/// Cancels the statement on every shard still running it. Inside a
+/// transaction nothing is cancelled (that would abort the client's
+/// transaction on the shard); the rest of the rows are read and dropped.
+fn cancel_parts(parts: &[Part], allowed: bool) {
+    if !allowed {
+        return;
+    }
+    for p in parts {
+        if p.done.is_none() && p.hidden == 0 {
+            let handle = p.b.conn.cancel.clone();
+            tokio::spawn(async move {
+                let _ = handle.cancel().await;
+            });
+        }
+    }
+}
+
+/// A merge in progress.
+struct Run<'p> {
+    plan: &'p MergePlan,
+    visible: usize,
+    formats: Vec<i16>,
+    limit: Option<u64>,
+    offset: u64,
+    extended: bool,
+    describe: bool,
+    streams: Vec<Stream>,
+    columns: Option<Columns>,
+    /// BindComplete and RowDescription went to the client.
+    announced: bool,
+    /// Rows sent to the client.
+    sent: u64,
+    /// Rows skipped for OFFSET.
+    skipped: u64,
+    /// LIMIT reached or rows ended: the rest is drained.
+    stopping: bool,
+    /// An error went to the client: the rest is drained.
+    failed: bool,
+    group: Option<Group>,
+    sorted_groups: Vec<(Vec<Key>, BytesMut)>,
+}
+
+impl Run<'_> {
+    /// Handles part `i`'s buffered messages until it yields a row (kept as
+    /// its head), needs more bytes, or is done.
+    fn pump(&mut self, part: &mut Part, i: usize, cout: &mut BytesMut) {
+        let draining = self.failed || self.stopping;
+        loop {
+            if part.done.is_some() || (!draining && self.streams[i].head.is_some()) {
+                return;
+            }
+            match next_step(part, cout) {
+                Step::NeedData => return,
+                Step::Row(row) => {
+                    if draining {
+                        continue;
+                    }
+                    match self.head_of(row) {
+                        Ok(h) => self.streams[i].head = Some(h),
+                        Err(e) => {
+                            self.streams[i].error = Some(encode_error(&e));
+                        }
+                    }
+                }
+                Step::Described(d) => {
+                    if self.columns.is_none() {
+                        match parse_row_description(&d) {
+                            Ok((types, _)) => self.columns = Some(Columns { types }),
+                            Err(()) => {
+                                self.streams[i].error = Some(encode_error(&PgError::error(
+                                    "08P01",
+                                    "shardgate: a shard sent a malformed RowDescription",
+                                )))
+                            }
+                        }
+                    }
+                    self.streams[i].desc = Some(d);
+                }
+                Step::Complete => self.streams[i].complete = true,
+                Step::Ready(status) => {
+                    part.b.ex.status = status;
+                    part.done = Some(status);
+                    self.streams[i].complete = true;
+                }
+                Step::Error(e) => {
+                    self.streams[i].complete = true;
+                    if self.streams[i].error.is_none() {
+                        self.streams[i].error = Some(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A shard failed: its error goes to the client once; the others are
+    /// cancelled.
+    fn fail(&mut self, parts: &[Part], cout: &mut BytesMut) {
+        if let Some(e) = self.streams.iter().find_map(|s| s.error.clone()) {
+            cout.extend_from_slice(&e);
+        }
+        self.failed = true;
+        for s in &mut self.streams {
+            s.head = None;
+        }
+        let _ = parts;
+    }
+
+    fn fail_with(&mut self, e: PgError, parts: &[Part], cout: &mut BytesMut, cancel: bool) {
+        e.encode(cout);
+        self.failed = true;
+        for s in &mut self.streams {
+            s.head = None;
+        }
+        cancel_parts(parts, cancel);
+    }
+
+    /// All shards described the result: checks they agree and sends the
+    /// client's BindComplete and RowDescription.
+    fn describe(&mut self, cout: &mut BytesMut) -> Result<(), PgError> {
+        let desc = self.streams[0].desc.clone().expect("described");
+        let (types, ends) = parse_row_description(&desc).map_err(|_| {
+            PgError::error(
+                "08P01",
+                "shardgate: a shard sent a malformed RowDescription",
+            )
+        })?;
+        let total = types.len();
+        let visible = if self.plan.hidden == 0 {
+            total
+        } else {
+            total.checked_sub(self.plan.hidden).ok_or_else(|| {
+                PgError::error("XX000", "shardgate: a shard returned too few columns")
+            })?
+        };
+        if self.plan.hidden > 0 && self.plan.visible.is_some() && visible != self.visible {
+            return Err(PgError::error(
+                "XX000",
+                "shardgate: a shard returned an unexpected number of columns",
+            ));
+        }
+        self.visible = visible;
+        let mut client_desc = BytesMut::with_capacity(desc.len());
+        client_desc.put_u8(btag::ROW_DESCRIPTION);
+        client_desc.put_i32(0);
+        client_desc.put_i16(visible as i16);
+        let start = 7;
+        let end = if visible == 0 {
+            start
+        } else {
+            ends[visible - 1]
+        };
+        client_desc.extend_from_slice(&desc[start..end]);
+        backend::patch_len(&mut client_desc, 0);
+        if self.extended {
+            backend::empty(btag::BIND_COMPLETE, cout);
+        }
+        if self.describe {
+            cout.extend_from_slice(&client_desc);
+        }
+        self.columns = Some(Columns { types });
+        self.announced = true;
+        Ok(())
+    }
+
+    /// The next head to emit, when the order is decided.
+    fn pick(&self) -> Option<usize> {
+        let keys: &[SortKey] = match &self.plan.mode {
+            MergeMode::Sorted { keys } => keys,
+            MergeMode::Grouped(g) => &g.merge_keys,
+            MergeMode::Concat => &[],
+        };
+        if keys.is_empty() && !matches!(self.plan.mode, MergeMode::Grouped(_)) {
+            return self.streams.iter().position(|s| s.head.is_some());
+        }
+        // Every stream must show its head (or be finished) before choosing.
+        if self.streams.iter().any(|s| s.head.is_none() && !s.complete) {
+            return None;
+        }
+        let mut best: Option<usize> = None;
+        for (i, s) in self.streams.iter().enumerate() {
+            let Some(h) = &s.head else { continue };
+            best = match best {
+                None => Some(i),
+                Some(b) => {
+                    let bh = self.streams[b].head.as_ref().expect("head");
+                    if compare_keys(&h.keys, &bh.keys, keys) == Ordering::Less {
+                        Some(i)
+                    } else {
+                        Some(b)
+                    }
+                }
+            };
+        }
+        best
+    }
+
+    /// Decodes a row's merge keys.
+    fn head_of(&self, row: BytesMut) -> Result<Head, PgError> {
+        let keys: &[SortKey] = match &self.plan.mode {
+            MergeMode::Sorted { keys } => keys,
+            MergeMode::Grouped(g) => &g.merge_keys,
+            MergeMode::Concat => &[],
+        };
+        if keys.is_empty() {
+            return Ok(Head {
+                row,
+                keys: Vec::new(),
+            });
+        }
+        let columns = self.columns.as_ref().ok_or_else(|| {
+            PgError::error(
+                "08P01",
+                "shardgate: a shard sent rows before describing them",
+            )
+        })?;
+        let fields = row_fields(&row)?;
+        // With `SELECT *` the plan counted only the other visible columns.
+        let shift = match self.plan.visible {
+            Some(_) => 0,
+            None => columns
+                .types
+                .len()
+                .saturating_sub(self.plan.hidden + self.plan.visible_fixed),
+        };
+        let keys = keys
+            .iter()
+            .map(|k| key_at(&row, &fields, columns, k.column + shift))
+            .collect::<Result<_, _>>()?;
+        Ok(Head { row, keys })
+    }
+
+    fn limit_reached(&self) -> bool {
+        self.limit.is_some_and(|l| self.sent >= l)
+    }
+
+    /// Emits one merged row (sorted/concat) or adds it to its group.
+    fn emit(&mut self, head: Head, cout: &mut BytesMut) -> Result<(), PgError> {
+        match &self.plan.mode {
+            MergeMode::Grouped(g) => self.add_to_group(g, head, cout),
+            _ => self.output(cout, |visible, out| strip_hidden(&head.row, visible, out)),
+        }
+    }
+
+    /// Applies OFFSET and LIMIT to one output row built by `build`.
+    fn output(
+        &mut self,
+        cout: &mut BytesMut,
+        build: impl FnOnce(usize, &mut BytesMut) -> Result<(), PgError>,
+    ) -> Result<(), PgError> {
+        if self.limit_reached() {
+            return Ok(());
+        }
+        if self.skipped < self.offset {
+            self.skipped += 1;
+            return Ok(());
+        }
+        build(self.visible, cout)?;
+        self.sent += 1;
+        Ok(())
+    }
+
+    fn add_to_group(
+        &mut self,
+        g: &GroupPlan,
+        head: Head,
+        cout: &mut BytesMut,
+    ) -> Result<(), PgError> {
+        let fields = row_fields(&head.row)?;
+        let group_keys: Vec<Key> = {
+            let columns = self.columns.as_ref().expect("described");
+            g.group_columns
+                .iter()
+                .map(|c| key_at(&head.row, &fields, columns, *c))
+                .collect::<Result<_, _>>()?
+        };
+        let same = self.group.as_ref().is_some_and(|cur| {
+            cur.keys.len() == group_keys.len()
+                && cur.keys.iter().zip(&group_keys).all(|(a, b)| a.group_eq(b))
+        });
+        if !same {
+            if let Some(done) = self.group.take() {
+                self.finish_group(g, done, cout)?;
+            }
+            let columns = self.columns.as_ref().expect("described");
+            let aggs = g
+                .aggregates
+                .iter()
+                .map(|slot| {
+                    let oids: Vec<u32> = slot
+                        .partials
+                        .iter()
+                        .map(|c| columns.types.get(*c).copied().unwrap_or(0))
+                        .collect();
+                    AggState::new(agg_kind(slot.func), output_oid(slot.func, &oids), &oids)
+                        .map_err(merge_error)
+                })
+                .collect::<Result<_, _>>()?;
+            self.group = Some(Group {
+                first: head.row.clone(),
+                keys: group_keys,
+                aggs,
+            });
+        }
+        let cur = self.group.as_mut().expect("group");
+        for (slot, state) in g.aggregates.iter().zip(cur.aggs.iter_mut()) {
+            let values: Vec<Option<&[u8]>> = slot
+                .partials
+                .iter()
+                .map(|c| field(&head.row, &fields, *c))
+                .collect();
+            state.add(&values).map_err(merge_error)?;
+        }
+        Ok(())
+    }
+
+    /// A group is complete: HAVING, then output or keep for the final sort.
+    fn finish_group(
+        &mut self,
+        g: &GroupPlan,
+        group: Group,
+        cout: &mut BytesMut,
+    ) -> Result<(), PgError> {
+        let columns = self.columns.as_ref().expect("described");
+        let fields = row_fields(&group.first)?;
+        let value = |v: GroupValue| -> Result<Key, PgError> {
+            match v {
+                GroupValue::Column(c) => key_at(&group.first, &fields, columns, c),
+                GroupValue::Aggregate(s) => group.aggs[s].key().map_err(merge_error),
+            }
+        };
+        if let Some(h) = &g.having {
+            if eval_having(h, &value)? != Some(true) {
+                return Ok(());
+            }
+        }
+        let mut row = BytesMut::new();
+        let visible = self.visible;
+        row.put_u8(btag::DATA_ROW);
+        row.put_i32(0);
+        row.put_i16(visible as i16);
+        for (j, out) in g.outputs.iter().enumerate().take(visible) {
+            match out {
+                OutputColumn::Group => match field(&group.first, &fields, j) {
+                    Some(v) => {
+                        row.put_i32(v.len() as i32);
+                        row.extend_from_slice(v);
+                    }
+                    None => row.put_i32(-1),
+                },
+                OutputColumn::Aggregate(s) => {
+                    match group.aggs[*s]
+                        .finish(format_of(&self.formats, j))
+                        .map_err(merge_error)?
+                    {
+                        Some(v) => {
+                            row.put_i32(v.len() as i32);
+                            row.extend_from_slice(&v);
+                        }
+                        None => row.put_i32(-1),
+                    }
+                }
+            }
+        }
+        backend::patch_len(&mut row, 0);
+        if g.final_sort.is_empty() {
+            return self.output(cout, |_, out| {
+                out.extend_from_slice(&row);
+                Ok(())
+            });
+        }
+        let keys = g
+            .final_sort
+            .iter()
+            .map(|k| value(k.value))
+            .collect::<Result<_, _>>()?;
+        self.sorted_groups.push((keys, row));
+        Ok(())
+    }
+
+    /// Every shard finished its rows: the last group, the final sort, and
+    /// CommandComplete.
+    fn end_rows(&mut self, cout: &mut BytesMut) -> Result<(), PgError> {
+        if let MergeMode::Grouped(g) = &self.plan.mode {
+            if let Some(done) = self.group.take() {
+                self.finish_group(g, done, cout)?;
+            }
+            if !g.final_sort.is_empty() {
+                let order = &g.final_sort;
+                let mut groups = std::mem::take(&mut self.sorted_groups);
+                groups.sort_by(|a, b| compare_final(&a.0, &b.0, order));
+                for (_, row) in groups {
+                    self.output(cout, |_, out| {
+                        out.extend_from_slice(&row);
+                        Ok(())
+                    })?;
+                }
+            }
+        }
+        backend::command_complete(&format!("SELECT {}", self.sent), cout);
+        Ok(())
+    }
+}
+
+/// Reads the next message of a part that matters to the merge.
+fn next_step(part: &mut Part, cout: &mut BytesMut) -> Step {
+    loop {
+        let buf = &mut part.b.conn.read_buf;
+        let h = match Header::complete(buf, MAX_SERVER_MESSAGE) {
+            Ok(Some(h)) => h,
+            Ok(None) => return Step::NeedData,
+            Err(e) => {
+                part.b.conn.broken = true;
+                part.done = Some(b'E');
+                return Step::Error(encode_error(&PgError::error(
+                    "08P01",
+                    format!("protocol error from server: {e}"),
+                )));
+            }
+        };
+        let msg = buf.split_to(h.total);
+        if part.hidden > 0 {
+            match h.tag {
+                btag::READY_FOR_QUERY => part.hidden -= 1,
+                btag::ERROR_RESPONSE => return Step::Error(msg),
+                _ => {}
+            }
+            continue;
+        }
+        match h.tag {
+            btag::DATA_ROW => return Step::Row(msg),
+            btag::ROW_DESCRIPTION => return Step::Described(msg),
+            btag::COMMAND_COMPLETE | btag::EMPTY_QUERY | btag::PORTAL_SUSPENDED => {
+                return Step::Complete
+            }
+            btag::READY_FOR_QUERY => return Step::Ready(msg.get(5).copied().unwrap_or(b'E')),
+            btag::ERROR_RESPONSE => return Step::Error(msg),
+            btag::NOTICE_RESPONSE | btag::NOTIFICATION => cout.extend_from_slice(&msg),
+            btag::NO_DATA => {
+                return Step::Described({
+                    let mut d = BytesMut::new();
+                    d.put_u8(btag::ROW_DESCRIPTION);
+                    d.put_i32(6);
+                    d.put_i16(0);
+                    d
+                })
+            }
+            // ParseComplete, BindComplete, ParameterStatus, ...
+            _ => {}
+        }
+    }
+}
+
+fn encode_error(e: &PgError) -> BytesMut {
+    let mut out = BytesMut::new();
+    e.encode(&mut out);
+    out
+}
+
+fn merge_error(e: MergeError) -> PgError {
+    PgError::error(e.sqlstate(), e.to_string())
+}
+
+/// Format code of visible column `j` under the client's codes.
+fn format_of(codes: &[i16], j: usize) -> i16 {
+    match codes {
+        [] => 0,
+        [one] => *one,
+        many => many.get(j).copied().unwrap_or(0),
+    }
+}
+
+/// The value of a LIMIT or OFFSET.
+fn row_count(
+    c: Option<&RowCount>,
+    bind: Option<&Bind<'_>>,
+    what: &str,
+) -> Result<Option<u64>, PgError> {
+    let v: i64 = match c {
+        None => return Ok(None),
+        Some(RowCount::Literal(n)) => return Ok(Some(*n)),
+        Some(RowCount::Param(i)) => {
+            let Some(b) = bind else { return Ok(None) };
+            let Some(raw) = b.param(*i) else {
+                return Ok(None);
+            };
+            let parsed = if b.param_format(*i) == 1 {
+                match raw.len() {
+                    8 => Some(i64::from_be_bytes(raw.try_into().expect("8 bytes"))),
+                    4 => Some(i32::from_be_bytes(raw.try_into().expect("4 bytes")) as i64),
+                    2 => Some(i16::from_be_bytes(raw.try_into().expect("2 bytes")) as i64),
+                    _ => None,
+                }
+            } else {
+                std::str::from_utf8(raw)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+            };
+            parsed.ok_or_else(|| PgError::error("22P02", format!("invalid value for {what}")))?
+        }
+    };
+    u64::try_from(v).map(Some).map_err(|_| {
+        let code = if what == "LIMIT" { "2201W" } else { "2201X" };
+        PgError::error(code, format!("{what} must not be negative"))
+    })
+}
+
+fn encode_bind_no_params(formats: &[i16], out: &mut BytesMut) {
+    let start = out.len();
+    out.put_u8(frontend::tag::BIND);
+    out.put_i32(0);
+    out.put_u8(0);
+    out.put_u8(0);
+    out.put_i16(0);
+    out.put_i16(0);
+    out.put_i16(formats.len() as i16);
+    for f in formats {
+        out.put_i16(*f);
+    }
+    backend::patch_len(out, start);
+}
+
+fn encode_describe_portal(out: &mut BytesMut) {
+    out.put_u8(frontend::tag::DESCRIBE);
+    out.put_i32(6);
+    out.put_u8(b'P');
+    out.put_u8(0);
+}
+
+fn encode_execute_all(out: &mut BytesMut) {
+    out.put_u8(frontend::tag::EXECUTE);
+    out.put_i32(9);
+    out.put_u8(0);
+    out.put_i32(0);
+}
+
+/// Field types of a RowDescription and the end offset of each field.
+fn parse_row_description(msg: &[u8]) -> Result<(Vec<u32>, Vec<usize>), ()> {
+    let n = i16::from_be_bytes(msg.get(5..7).ok_or(())?.try_into().map_err(|_| ())?);
+    let mut pos = 7;
+    let mut types = Vec::with_capacity(n.max(0) as usize);
+    let mut ends = Vec::with_capacity(n.max(0) as usize);
+    for _ in 0..n {
+        let nul = memchr_zero(msg.get(pos..).ok_or(())?).ok_or(())?;
+        pos += nul + 1;
+        let rest = msg.get(pos..pos + 18).ok_or(())?;
+        types.push(u32::from_be_bytes(rest[6..10].try_into().map_err(|_| ())?));
+        pos += 18;
+        ends.push(pos);
+    }
+    Ok((types, ends))
+}
+
+fn memchr_zero(b: &[u8]) -> Option<usize> {
+    b.iter().position(|c| *c == 0)
+}
+
+/// Byte ranges of a DataRow's fields (`None` = NULL).
+fn row_fields(row: &[u8]) -> Result<Vec<Option<(usize, usize)>>, PgError> {
+    let bad = || PgError::error("08P01", "shardgate: a shard sent a malformed DataRow");
+    let n = i16::from_be_bytes(
+        row.get(5..7)
+            .ok_or_else(bad)?
+            .try_into()
+            .map_err(|_| bad())?,
+    );
+    let mut pos = 7;
+    let mut out = Vec::with_capacity(n.max(0) as usize);
+    for _ in 0..n {
+        let len = i32::from_be_bytes(
+            row.get(pos..pos + 4)
+                .ok_or_else(bad)?
+                .try_into()
+                .map_err(|_| bad())?,
+        );
+        pos += 4;
+        if len < 0 {
+            out.push(None);
+        } else {
+            let end = pos + len as usize;
+            if end > row.len() {
+                return Err(bad());
+            }
+            out.push(Some((pos, end)));
+            pos = end;
+        }
+    }
+    Ok(out)
+}
+
+fn field<'r>(row: &'r [u8], fields: &[Option<(usize, usize)>], c: usize) -> Option<&'r [u8]> {
+    fields.get(c).copied().flatten().map(|(a, b)| &row[a..b])
+}
+
+fn key_at(
+    row: &[u8],
+    fields: &[Option<(usize, usize)>],
+    columns: &Columns,
+    c: usize,
+) -> Result<Key, PgError> {
+    let oid = columns.types.get(c).copied().unwrap_or(0);
+    decode_key(oid, field(row, fields, c)).map_err(merge_error)
+}
+
+/// Copies a DataRow without its hidden trailing columns.
+fn strip_hidden(row: &[u8], visible: usize, out: &mut BytesMut) -> Result<(), PgError> {
+    let n = i16::from_be_bytes([row[5], row[6]]) as usize;
+    if n <= visible {
+        out.extend_from_slice(row);
+        return Ok(());
+    }
+    let fields = row_fields(row)?;
+    let mut end = 7;
+    for f in &fields[..visible] {
+        end = match f {
+            Some((_, e)) => *e,
+            None => end + 4,
+        };
+    }
+    let start = out.len();
+    out.put_u8(btag::DATA_ROW);
+    out.put_i32(0);
+    out.put_i16(visible as i16);
+    out.extend_from_slice(&row[7..end]);
+    backend::patch_len(out, start);
+    Ok(())
+}
+
+fn compare_keys(a: &[Key], b: &[Key], keys: &[SortKey]) -> Ordering {
+    for ((x, y), k) in a.iter().zip(b).zip(keys) {
+        match x.cmp_sort(y, k.desc, k.nulls_first) {
+            Ordering::Equal => continue,
+            o => return o,
+        }
+    }
+    Ordering::Equal
+}
+
+fn compare_final(a: &[Key], b: &[Key], keys: &[FinalKey]) -> Ordering {
+    for ((x, y), k) in a.iter().zip(b).zip(keys) {
+        match x.cmp_sort(y, k.desc, k.nulls_first) {
+            Ordering::Equal => continue,
+            o => return o,
+        }
+    }
+    Ordering::Equal
+}
+
+fn agg_kind(f: AggFunc) -> AggKind {
+    match f {
+        AggFunc::Count => AggKind::Count,
+        AggFunc::Sum => AggKind::Sum,
+        AggFunc::Avg => AggKind::Avg,
+        AggFunc::Min => AggKind::Min,
+        AggFunc::Max => AggKind::Max,
+        AggFunc::BoolAnd => AggKind::BoolAnd,
+        AggFunc::BoolOr => AggKind::BoolOr,
+    }
+}
+
+/// The type Postgres gives the aggregate's result, from its partials' types.
+fn output_oid(f: AggFunc, partials: &[u32]) -> u32 {
+    use shardgate_merge::oid;
+    match f {
+        AggFunc::Count => oid::INT8,
+        AggFunc::BoolAnd | AggFunc::BoolOr => oid::BOOL,
+        AggFunc::Avg => partials.get(2).copied().unwrap_or(oid::NUMERIC),
+        AggFunc::Sum | AggFunc::Min | AggFunc::Max => partials.first().copied().unwrap_or(0),
+    }
+}
+
+/// SQL three-valued HAVING.
+fn eval_having(
+    h: &HavingExpr,
+    value: &dyn Fn(GroupValue) -> Result<Key, PgError>,
+) -> Result<Option<bool>, PgError> {
+    let operand = |o: &Operand| -> Result<Key, PgError> {
+        match o {
+            Operand::Value(v) => value(*v),
+            Operand::Literal(Literal::Null) => Ok(Key::Null),
+            Operand::Literal(Literal::Bool(b)) => Ok(Key::Bool(*b)),
+            Operand::Literal(Literal::Text(t)) => {
+                Ok(Key::Bytes(bytes::Bytes::from(t.clone().into_bytes())))
+            }
+            Operand::Literal(Literal::Number(n)) => Key::from_literal_number(n)
+                .ok_or_else(|| PgError::error("22P02", format!("invalid number in HAVING: {n}"))),
+        }
+    };
+    Ok(match h {
+        HavingExpr::And(a, b) => match (eval_having(a, value)?, eval_having(b, value)?) {
+            (Some(false), _) | (_, Some(false)) => Some(false),
+            (Some(true), Some(true)) => Some(true),
+            _ => None,
+        },
+        HavingExpr::Or(a, b) => match (eval_having(a, value)?, eval_having(b, value)?) {
+            (Some(true), _) | (_, Some(true)) => Some(true),
+            (Some(false), Some(false)) => Some(false),
+            _ => None,
+        },
+        HavingExpr::Not(a) => eval_having(a, value)?.map(|b| !b),
+        HavingExpr::IsNull(o, is) => Some(matches!(operand(o)?, Key::Null) == *is),
+        HavingExpr::Truth(o) => match operand(o)? {
+            Key::Bool(b) => Some(b),
+            Key::Null => None,
+            _ => {
+                return Err(PgError::error(
+                    "42804",
+                    "argument of HAVING must be type boolean",
+                ))
+            }
+        },
+        HavingExpr::Cmp(op, a, b) => {
+            let (x, y) = (operand(a)?, operand(b)?);
+            if matches!(x, Key::Null) || matches!(y, Key::Null) {
+                None
+            } else {
+                let o = x.cmp_value(&y);
+                Some(match op {
+                    CmpOp::Eq => o == Ordering::Equal,
+                    CmpOp::NotEq => o != Ordering::Equal,
+                    CmpOp::Lt => o == Ordering::Less,
+                    CmpOp::LtEq => o != Ordering::Greater,
+                    CmpOp::Gt => o == Ordering::Greater,
+                    CmpOp::GtEq => o != Ordering::Less,
+                })
+            }
+        }
+    })
+}
