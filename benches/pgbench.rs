@@ -11,13 +11,19 @@
 //! by target) so machine noise hits all targets alike. It prints a markdown table of the
 //! means over the rounds on stdout and per-run numbers on stderr as it goes.
 //!
-//! Environment (defaults in brackets): `BENCH_ROUNDS` [2], `BENCH_SECONDS` [20] per run,
-//! `BENCH_CLIENTS` [32], `BENCH_POOL` [20] server connections per proxy, `BENCH_SCALE` [10],
-//! `BENCH_WORKERS` [0] shardgate runtime threads (0 = one per core), `BENCH_MODES` and
-//! `BENCH_TARGETS`: comma-separated filters on the names in [`MODES`] and [`TARGETS`].
+//! `BENCH_SUITE=sharding` runs the sharding comparison instead: `pgbench -S`'s query as a
+//! custom script (no `count(*)` on `pgbench_branches`) directly, through bare shardgate,
+//! through shardgate with the pgbench tables sharded over the one shard, and through
+//! shardgate over a second cluster of three shards loaded through it.
 //!
-//! More modes or targets (e.g. shardgate with another configuration or over several
-//! shards) are added as entries of [`MODES`] and [`TARGETS`].
+//! Environment (defaults in brackets): `BENCH_SUITE` [replica] (or `sharding`),
+//! `BENCH_ROUNDS` [2], `BENCH_SECONDS` [20] per run, `BENCH_CLIENTS` [32], `BENCH_POOL` [20]
+//! server connections per proxy, `BENCH_SCALE` [10], `BENCH_WORKERS` [0] shardgate runtime
+//! threads (0 = one per core), `BENCH_MODES` and `BENCH_TARGETS`: comma-separated names
+//! from [`MODES`] and [`TARGETS`] (any suite's; default: the suite's entries).
+//!
+//! More modes or targets (e.g. shardgate with another configuration) are added as entries
+//! of [`MODES`] and [`TARGETS`].
 
 use std::fmt::Write as _;
 use std::fs;
@@ -67,29 +73,72 @@ struct Mode {
     name: &'static str,
     /// pgbench arguments selecting the script and the query protocol.
     args: &'static [&'static str],
+    /// A custom script (run with `-f <file> -s $BENCH_SCALE`) instead of a built-in one.
+    script: Option<&'static str>,
+    /// The suites ([`SUITES`]) that run this mode unless `BENCH_MODES` says otherwise.
+    suites: &'static [&'static str],
 }
+
+/// `BENCH_SUITE` values: which modes and targets run unless `BENCH_MODES` and
+/// `BENCH_TARGETS` name them. The first is the default.
+const SUITES: &[&str] = &["replica", "sharding"];
+
+/// What `pgbench -S` runs, as a custom script. With `-f`, pgbench does not run its
+/// `select count(*) from pgbench_branches` (which a sharded `pgbench_branches` cannot
+/// answer before the cross-shard aggregate merge) and takes `:scale` from `-s`.
+const POINT_SELECT_SCRIPT: &str = "\\set aid random(1, 100000 * :scale)\n\
+                                   SELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n";
 
 /// The workloads, in table order.
 const MODES: &[Mode] = &[
     Mode {
         name: "select-simple",
         args: &["-S", "-M", "simple"],
+        script: None,
+        suites: &["replica"],
     },
     Mode {
         name: "select-extended",
         args: &["-S", "-M", "extended"],
+        script: None,
+        suites: &["replica"],
     },
     Mode {
         name: "select-prepared",
         args: &["-S", "-M", "prepared"],
+        script: None,
+        suites: &["replica"],
     },
     Mode {
         name: "tpcb-simple",
         args: &["-M", "simple"],
+        script: None,
+        suites: &["replica"],
     },
     Mode {
         name: "tpcb-prepared",
         args: &["-M", "prepared"],
+        script: None,
+        suites: &["replica"],
+    },
+    // `-S` as a custom script ([`POINT_SELECT_SCRIPT`]): runs over sharded pgbench tables.
+    Mode {
+        name: "key-select-simple",
+        args: &["-M", "simple"],
+        script: Some(POINT_SELECT_SCRIPT),
+        suites: &["sharding"],
+    },
+    Mode {
+        name: "key-select-extended",
+        args: &["-M", "extended"],
+        script: Some(POINT_SELECT_SCRIPT),
+        suites: &["sharding"],
+    },
+    Mode {
+        name: "key-select-prepared",
+        args: &["-M", "prepared"],
+        script: Some(POINT_SELECT_SCRIPT),
+        suites: &["sharding"],
     },
 ];
 
@@ -114,6 +163,12 @@ struct TargetDef {
     /// Whether its memory is reported (peak RSS, and RSS with [`RSS_CLIENTS`] clients);
     /// only for targets with a process of their own.
     rss: bool,
+    /// Whether it serves pgbench's built-in scripts, which start with `select count(*)
+    /// from pgbench_branches`; targets over sharded pgbench tables run custom-script
+    /// modes only (the others are n/a) until the cross-shard aggregate merge exists.
+    builtin_scripts: bool,
+    /// The suites ([`SUITES`]) that start this target unless `BENCH_TARGETS` says otherwise.
+    suites: &'static [&'static str],
 }
 
 /// The targets, in table order.
@@ -124,6 +179,8 @@ const TARGETS: &[TargetDef] = &[
         start: start_direct,
         describe: describe_direct,
         rss: false,
+        builtin_scripts: true,
+        suites: &["replica", "sharding"],
     },
     TargetDef {
         // The primary only: a shard without replicas skips statement classification, so
@@ -133,6 +190,8 @@ const TARGETS: &[TargetDef] = &[
         start: start_shardgate,
         describe: describe_shardgate,
         rss: true,
+        builtin_scripts: true,
+        suites: &["replica", "sharding"],
     },
     TargetDef {
         // Primary and replicas, reads strong: every statement is classified and still goes
@@ -142,6 +201,8 @@ const TARGETS: &[TargetDef] = &[
         start: start_shardgate_strong,
         describe: describe_shardgate_strong,
         rss: false,
+        builtin_scripts: true,
+        suites: &["replica"],
     },
     TargetDef {
         // Primary and replicas, reads eventual: reads go to the least loaded replica;
@@ -151,6 +212,8 @@ const TARGETS: &[TargetDef] = &[
         start: start_shardgate_eventual,
         describe: describe_shardgate_eventual,
         rss: false,
+        builtin_scripts: true,
+        suites: &["replica"],
     },
     TargetDef {
         // PgBouncer before 1.21 has no `max_prepared_statements`, so named prepared
@@ -160,6 +223,30 @@ const TARGETS: &[TargetDef] = &[
         start: start_pgbouncer,
         describe: describe_pgbouncer,
         rss: true,
+        builtin_scripts: true,
+        suites: &["replica"],
+    },
+    TargetDef {
+        // One shard (the primary), with the pgbench tables configured as sharded: every
+        // statement goes through shard-key planning and the shard map.
+        name: "shardgate-1shard",
+        named_prepared: true,
+        start: start_shardgate_1shard,
+        describe: describe_shardgate_1shard,
+        rss: false,
+        builtin_scripts: false,
+        suites: &["sharding"],
+    },
+    TargetDef {
+        // A cluster of its own: three shards (primaries only), the pgbench tables sharded
+        // by their keys and loaded through shardgate with `pgbench -i`.
+        name: "shardgate-3shards",
+        named_prepared: true,
+        start: start_shardgate_3shards,
+        describe: describe_shardgate_3shards,
+        rss: false,
+        builtin_scripts: false,
+        suites: &["sharding"],
     },
 ];
 
@@ -189,12 +276,29 @@ const RATIOS: &[Ratio] = &[
         numerator: "shardgate-eventual",
         denominator: "shardgate-strong",
     },
+    Ratio {
+        label: "1shard/shardgate",
+        numerator: "shardgate-1shard",
+        denominator: "shardgate",
+    },
+    Ratio {
+        label: "3shards/1shard",
+        numerator: "shardgate-3shards",
+        denominator: "shardgate-1shard",
+    },
+    Ratio {
+        label: "3shards/direct",
+        numerator: "shardgate-3shards",
+        denominator: "direct",
+    },
 ];
 
 /// What a target's start function returns.
 struct Started {
     port: u16,
     process: Option<Process>,
+    /// A cluster the target started for itself (stopped after the process).
+    cluster: Option<Cluster>,
 }
 
 /// A running target: where pgbench connects, and the proxy process if there is one.
@@ -203,19 +307,28 @@ struct Target {
     port: u16,
     named_prepared: bool,
     rss: bool,
+    builtin_scripts: bool,
     /// Stopped when the target is dropped.
     process: Option<Process>,
+    /// The target's own cluster, if it has one; removed after `process` stopped.
+    _cluster: Option<Cluster>,
 }
 
 impl Target {
     fn start(def: &TargetDef, cluster: &Cluster, params: &Params) -> Target {
-        let Started { port, process } = (def.start)(cluster, params);
+        let Started {
+            port,
+            process,
+            cluster,
+        } = (def.start)(cluster, params);
         Target {
             name: def.name,
             port,
             named_prepared: def.named_prepared,
             rss: def.rss,
+            builtin_scripts: def.builtin_scripts,
             process,
+            _cluster: cluster,
         }
     }
 
@@ -230,7 +343,8 @@ impl Target {
     }
 
     fn supports(&self, mode: &Mode) -> bool {
-        self.named_prepared || !mode.uses_named_prepared()
+        (self.named_prepared || !mode.uses_named_prepared())
+            && (self.builtin_scripts || mode.script.is_some())
     }
 }
 
@@ -242,12 +356,25 @@ struct Params {
     pool: usize,
     scale: usize,
     workers: usize,
+    suite: &'static str,
     modes: Vec<&'static Mode>,
     targets: Vec<&'static TargetDef>,
+    /// The file holding [`POINT_SELECT_SCRIPT`] (written in the cluster directory).
+    script_file: PathBuf,
 }
 
 impl Params {
     fn from_env() -> Params {
+        let suite = std::env::var("BENCH_SUITE").unwrap_or_default();
+        let suite = match suite.trim() {
+            "" => SUITES[0],
+            s => SUITES.iter().copied().find(|k| *k == s).unwrap_or_else(|| {
+                panic!(
+                    "BENCH_SUITE: unknown suite {s:?}; known: {}",
+                    SUITES.join(",")
+                )
+            }),
+        };
         Params {
             rounds: env_number("BENCH_ROUNDS", 2),
             seconds: env_number("BENCH_SECONDS", 20),
@@ -255,8 +382,20 @@ impl Params {
             pool: env_number("BENCH_POOL", 20),
             scale: env_number("BENCH_SCALE", 10),
             workers: env_number("BENCH_WORKERS", 0),
-            modes: env_selection("BENCH_MODES", MODES, |mode| mode.name),
-            targets: env_selection("BENCH_TARGETS", TARGETS, |target| target.name),
+            suite,
+            modes: env_selection(
+                "BENCH_MODES",
+                MODES,
+                |mode| mode.name,
+                |mode| mode.suites.contains(&suite),
+            ),
+            targets: env_selection(
+                "BENCH_TARGETS",
+                TARGETS,
+                |target| target.name,
+                |target| target.suites.contains(&suite),
+            ),
+            script_file: PathBuf::new(),
         }
     }
 
@@ -280,9 +419,15 @@ where
     }
 }
 
-/// The entries of `all` named in the comma-separated `$name`, in `all`'s order; all of
-/// them when unset or empty. Unknown names are an error, so a typo cannot empty the run.
-fn env_selection<T>(name: &str, all: &'static [T], key: fn(&T) -> &'static str) -> Vec<&'static T> {
+/// The entries of `all` named in the comma-separated `$name`, in `all`'s order; those
+/// `in_suite` accepts when unset or empty. Unknown names are an error, so a typo cannot
+/// empty the run.
+fn env_selection<T>(
+    name: &str,
+    all: &'static [T],
+    key: fn(&T) -> &'static str,
+    in_suite: impl Fn(&T) -> bool,
+) -> Vec<&'static T> {
     let value = std::env::var(name).unwrap_or_default();
     let wanted: Vec<&str> = value
         .split(',')
@@ -290,7 +435,7 @@ fn env_selection<T>(name: &str, all: &'static [T], key: fn(&T) -> &'static str) 
         .filter(|s| !s.is_empty())
         .collect();
     if wanted.is_empty() {
-        return all.iter().collect();
+        return all.iter().filter(|t| in_suite(t)).collect();
     }
     let known: Vec<&str> = all.iter().map(key).collect();
     if let Some(unknown) = wanted.iter().find(|w| !known.contains(w)) {
@@ -308,8 +453,10 @@ fn main() {
         eprintln!("pgbench bench: skipped (run it with `cargo bench`)");
         return;
     }
-    let params = Params::from_env();
+    let mut params = Params::from_env();
     let cluster = start_cluster(&params);
+    params.script_file = cluster.dir().join("point-select.sql");
+    write_readable(&params.script_file, POINT_SELECT_SCRIPT);
     let targets: Vec<Target> = params
         .targets
         .iter()
@@ -365,6 +512,7 @@ fn start_direct(cluster: &Cluster, _params: &Params) -> Started {
     Started {
         port: cluster.shard(0).primary.port(),
         process: None,
+        cluster: None,
     }
 }
 
@@ -379,7 +527,19 @@ enum Routing {
     PrimaryOnly,
     /// Primary and replicas, with `[routing] default_consistency = "<level>"`.
     Replicas { consistency: &'static str },
+    /// Each shard's primary only, with the pgbench tables sharded ([`SHARDED_PGBENCH`]).
+    Sharded,
 }
+
+/// The pgbench tables sharded by their keys (hash, bigint), as in `tests/sharding.rs`.
+const SHARDED_PGBENCH: &str =
+    "\n[[sharded_tables]]\ntable = \"pgbench_accounts\"\ncolumn = \"aid\"\n\
+     \n[[sharded_tables]]\ntable = \"pgbench_tellers\"\ncolumn = \"tid\"\n\
+     \n[[sharded_tables]]\ntable = \"pgbench_branches\"\ncolumn = \"bid\"\n\
+     \n[[sharded_tables]]\ntable = \"pgbench_history\"\ncolumn = \"aid\"\n";
+
+/// Shards of the `shardgate-3shards` target's cluster.
+const SHARDS: usize = 3;
 
 fn start_shardgate(cluster: &Cluster, params: &Params) -> Started {
     spawn_shardgate("shardgate", cluster, params, Routing::PrimaryOnly)
@@ -397,6 +557,58 @@ fn start_shardgate_eventual(cluster: &Cluster, params: &Params) -> Started {
         consistency: "eventual",
     };
     spawn_shardgate("shardgate-eventual", cluster, params, routing)
+}
+
+fn start_shardgate_1shard(cluster: &Cluster, params: &Params) -> Started {
+    spawn_shardgate("shardgate-1shard", cluster, params, Routing::Sharded)
+}
+
+/// A cluster of [`SHARDS`] primaries, shardgate over it with the pgbench tables sharded,
+/// and `pgbench -i` through that shardgate (so every row lands on the shard of its key).
+fn start_shardgate_3shards(_cluster: &Cluster, params: &Params) -> Started {
+    eprintln!("shardgate-3shards: starting a cluster of {SHARDS} primaries");
+    let own =
+        Cluster::start(ClusterSpec::new(SHARDS, 0).setting("max_connections", MAX_CONNECTIONS))
+            .expect("start the 3-shard cluster");
+    own.execute_on_primaries(&format!(
+        "CREATE ROLE {USER} LOGIN SUPERUSER PASSWORD '{PASSWORD}'"
+    ))
+    .expect("create the app role");
+    own.execute_on_primaries(&format!("CREATE DATABASE {DATABASE} OWNER {USER}"))
+        .expect("create the app database");
+    let started = spawn_shardgate("shardgate-3shards", &own, params, Routing::Sharded);
+    eprintln!(
+        "shardgate-3shards: pgbench -i -s {} through shardgate",
+        params.scale
+    );
+    let scale = params.scale.to_string();
+    let init = run(
+        pgbench(started.port, &["-i", "-q", "-s", &scale]),
+        INIT_TIMEOUT,
+        || {},
+    )
+    .and_then(|finished| finished.check());
+    if let Err(e) = init {
+        let log = started.process.as_ref().map(Process::log_tail);
+        panic!(
+            "pgbench -i through shardgate-3shards failed: {e}\n{}",
+            log.unwrap_or_default()
+        );
+    }
+    for (i, shard) in own.shards().iter().enumerate() {
+        let rows = shard
+            .primary
+            .psql(DATABASE, "SELECT count(*) FROM pgbench_accounts")
+            .unwrap_or_else(|e| format!("unknown ({e})"));
+        eprintln!(
+            "shardgate-3shards: shard {i} holds {} accounts",
+            rows.trim()
+        );
+    }
+    Started {
+        cluster: Some(own),
+        ..started
+    }
 }
 
 /// Starts a shardgate process named `name` (its config and log files in the cluster
@@ -418,6 +630,7 @@ fn spawn_shardgate(
     Started {
         port,
         process: Some(process),
+        cluster: None,
     }
 }
 
@@ -436,9 +649,12 @@ fn shardgate_config(cluster: &Cluster, params: &Params, port: u16, routing: Rout
             "\n[routing]\ndefault_consistency = \"{consistency}\"\n"
         );
     }
+    if let Routing::Sharded = routing {
+        config.push_str(SHARDED_PGBENCH);
+    }
     for shard in cluster.shards() {
         let replicas: Vec<String> = match routing {
-            Routing::PrimaryOnly => Vec::new(),
+            Routing::PrimaryOnly | Routing::Sharded => Vec::new(),
             Routing::Replicas { .. } => shard
                 .replicas
                 .iter()
@@ -460,6 +676,25 @@ fn describe_shardgate(params: &Params) -> String {
         "transaction mode, pool_size={}, workers={} (0 = one per core), SCRAM; \
          config lists the primary only (replicas = []), so no statement classification",
         params.pool, params.workers
+    )
+}
+
+fn describe_shardgate_1shard(params: &Params) -> String {
+    format!(
+        "as shardgate (the primary only, pool_size={}), with pgbench_accounts, _tellers, \
+         _branches and _history configured as [[sharded_tables]] (hash on aid, tid, bid, aid): \
+         every statement is planned for its shard key; built-in scripts n/a (their \
+         count(*) on pgbench_branches has no key)",
+        params.pool
+    )
+}
+
+fn describe_shardgate_3shards(params: &Params) -> String {
+    format!(
+        "its own cluster of {SHARDS} primaries (no replicas, same machine), the pgbench tables \
+         sharded as in shardgate-1shard and loaded with pgbench -i -s {} through shardgate; \
+         pool_size={} per shard; built-in scripts n/a",
+        params.scale, params.pool
     )
 }
 
@@ -504,6 +739,7 @@ fn start_pgbouncer(cluster: &Cluster, params: &Params) -> Started {
     Started {
         port,
         process: Some(process),
+        cluster: None,
     }
 }
 
@@ -771,6 +1007,11 @@ fn bench_once(params: &Params, target: &Target, mode: &Mode) -> Outcome {
     let jobs = params.jobs(params.clients).to_string();
     let seconds = params.seconds.to_string();
     let mut args = vec!["-c", &clients, "-j", &jobs, "-T", &seconds, "-n"];
+    let scale = params.scale.to_string();
+    let script = params.script_file.to_string_lossy();
+    if mode.script.is_some() {
+        args.extend(["-f", &script, "-s", &scale]);
+    }
     args.extend(mode.args);
     let timeout = Duration::from_secs(params.seconds) + PGBENCH_GRACE;
     let finished = run(pgbench(target.port, &args), timeout, || {})?.check()?;
@@ -1087,8 +1328,9 @@ fn print_parameters(params: &Params, cluster: &Cluster, targets: &[Target]) {
         .unwrap_or_else(|e| format!("unknown ({e})"));
     println!("Parameters:");
     println!(
-        "- BENCH_ROUNDS={} BENCH_SECONDS={} BENCH_CLIENTS={} BENCH_POOL={} BENCH_SCALE={} \
-         BENCH_WORKERS={} BENCH_MODES={} BENCH_TARGETS={}",
+        "- BENCH_SUITE={} BENCH_ROUNDS={} BENCH_SECONDS={} BENCH_CLIENTS={} BENCH_POOL={} \
+         BENCH_SCALE={} BENCH_WORKERS={} BENCH_MODES={} BENCH_TARGETS={}",
+        params.suite,
         params.rounds,
         params.seconds,
         params.clients,
@@ -1108,7 +1350,16 @@ fn print_parameters(params: &Params, cluster: &Cluster, targets: &[Target]) {
         params.rounds
     );
     for mode in &params.modes {
-        println!("- {}: {}", mode.name, mode.args.join(" "));
+        match mode.script {
+            None => println!("- {}: {}", mode.name, mode.args.join(" ")),
+            Some(script) => println!(
+                "- {}: -f <script> -s {} {}; script: {}",
+                mode.name,
+                params.scale,
+                mode.args.join(" "),
+                script.trim_end().replace('\n', " ")
+            ),
+        }
     }
     println!(
         "- cluster: 1 shard, primary + {REPLICAS} streaming replicas (same machine), \

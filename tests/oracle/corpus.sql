@@ -1,0 +1,563 @@
+-- Cross-shard correctness oracle corpus (run by tests/cross_shard_oracle.rs).
+--
+-- Every query runs through shardgate (three shards) and directly on one
+-- unsharded Postgres holding the same rows; both answers must be identical
+-- (column names, column types, row count, values; float4/float8 within a
+-- relative 1e-12). Each query runs in the simple protocol, the extended
+-- protocol with binary results and the extended protocol with text results.
+--
+-- Syntax
+--   * One entry per line. A line that starts with whitespace continues the
+--     previous entry. A trailing ';' is optional.
+--   * Blank lines and lines starting with '--' are comments.
+--   * '-- @name' starts a category (used in the per-category summary).
+--   * An entry may start with comma-separated flags and a colon:
+--       ordered:  compare rows in order (only when ORDER BY gives a total
+--                 order: unique sort keys or a unique column last);
+--                 without it rows are compared as multisets
+--       refuse:   the proxy must refuse with SQLSTATE 0A000 (answering
+--                 exactly the oracle's result is also accepted)
+--       tx:       run inside BEGIN ... ROLLBACK on both sides (writes)
+--     e.g.  ordered: SELECT id FROM orders ORDER BY id LIMIT 3
+--           tx,ordered: ...
+--   * Default: the proxy must return exactly the oracle's result.
+--
+-- Schema (see tests/cross_shard_oracle.rs, data generated deterministically):
+--   customers(id bigint PK, name text, country text, created timestamp, vip bool,
+--             score int2, tier int4 NOT NULL, credit numeric(10,3))          sharded by id (hash)
+--             520 rows, ids 1..500 and -1..-20
+--   orders(id bigint, customer_id bigint, amount numeric(12,2), qty int4, big int8,
+--          weight float8, ratio float4, status text, placed date, note varchar(20),
+--          small int2, price numeric (scales 0-4), paid bool)          sharded by customer_id (hash)
+--             3000 rows, id 1..3000 unique; ~2% orphan customer_id 9000..9019;
+--             big has six values near 9e18 (sum overflows int8)
+--   events(id bigint PK, kind text, value int8, ok bool, at timestamp)         sharded by id (hash)
+--             1200 rows, ids 3,6,...,3450 and -1151..-1200
+--   countries(code text PK, name text, region text)                  reference table (7 rows)
+--   empty_t(k bigint, v int4, n numeric, f float8, t text, b bool, d date)  sharded by k, empty
+-- Most columns have NULLs; customers.country has codes not in countries
+-- ('xx', 'FR'); customers, orders and events text columns have duplicates,
+-- case variants and trailing spaces.
+
+-- @concat
+-- Rows of all shards concatenated (no ORDER BY: compared as multisets).
+SELECT * FROM orders
+SELECT * FROM customers
+SELECT * FROM events
+SELECT id, status FROM orders WHERE qty > 25
+SELECT id, amount * qty AS total, amount::text AS a FROM orders WHERE status = 'paid'
+SELECT id, name FROM customers WHERE vip
+SELECT id FROM orders WHERE amount IS NULL
+SELECT id, kind, value FROM events WHERE kind = 'view ' OR value BETWEEN 0 AND 1000
+SELECT customer_id, id, price FROM orders WHERE price < 0 AND note IS NOT NULL
+SELECT 'x' AS c FROM orders LIMIT 5
+SELECT id, coalesce(note, '<none>') AS note, length(note) FROM orders WHERE small < -900
+SELECT id, created::date AS d, extract(year FROM created) AS y FROM customers WHERE score > 90
+SELECT id, weight, ratio, weight * 2 AS w2 FROM orders WHERE weight > 14000
+SELECT id, upper(kind), value / 3 AS v3, value % 7 AS v7 FROM events WHERE ok IS NULL
+SELECT * FROM orders WHERE false
+SELECT id FROM orders WHERE customer_id >= 9000
+
+-- @order
+-- ORDER BY on selected and non-selected expressions, ASC/DESC, NULLS FIRST/LAST, multi-key.
+ordered: SELECT id, amount FROM orders ORDER BY id
+ordered: SELECT id, amount FROM orders ORDER BY id DESC
+ordered: SELECT id FROM orders ORDER BY amount, id
+ordered: SELECT id, amount FROM orders ORDER BY amount DESC, id
+ordered: SELECT id, amount FROM orders ORDER BY amount ASC NULLS FIRST, id DESC
+ordered: SELECT id, amount FROM orders ORDER BY amount DESC NULLS LAST, id
+ordered: SELECT id, qty, small FROM orders ORDER BY qty NULLS FIRST, small DESC NULLS LAST, id
+ordered: SELECT id, status FROM orders ORDER BY status, id
+ordered: SELECT id, status FROM orders ORDER BY status DESC, id DESC
+ordered: SELECT id FROM orders ORDER BY status DESC NULLS LAST, placed NULLS FIRST, id
+ordered: SELECT id, weight FROM orders ORDER BY weight, id
+ordered: SELECT id, ratio FROM orders ORDER BY ratio DESC, id
+ordered: SELECT id, big FROM orders ORDER BY big, id
+ordered: SELECT id, price FROM orders ORDER BY price DESC NULLS LAST, id
+ordered: SELECT id, placed FROM orders ORDER BY placed, id
+ordered: SELECT id, paid FROM orders ORDER BY paid, id
+ordered: SELECT id, note FROM orders ORDER BY note NULLS FIRST, id
+ordered: SELECT id FROM orders ORDER BY qty * 2 DESC, id
+ordered: SELECT id, status FROM orders ORDER BY lower(status), id
+ordered: SELECT id FROM orders ORDER BY coalesce(amount, 0) DESC, id
+ordered: SELECT id, amount AS a FROM orders ORDER BY a, id
+ordered: SELECT amount, id FROM orders ORDER BY 1, 2
+ordered: SELECT id, customer_id FROM orders ORDER BY customer_id, id
+ordered: SELECT * FROM customers ORDER BY id
+ordered: SELECT id, name FROM customers ORDER BY name, id
+ordered: SELECT id, created FROM customers ORDER BY created DESC, id
+ordered: SELECT id, created FROM customers ORDER BY created NULLS FIRST, id
+ordered: SELECT id FROM customers ORDER BY vip NULLS FIRST, score DESC NULLS LAST, id
+ordered: SELECT id, credit FROM customers ORDER BY credit, id
+ordered: SELECT id, score FROM customers ORDER BY score, tier, id
+ordered: SELECT name, id FROM customers ORDER BY country DESC NULLS FIRST, name, id
+ordered: SELECT * FROM events ORDER BY id
+ordered: SELECT id, kind FROM events ORDER BY kind, id DESC
+ordered: SELECT id, value FROM events ORDER BY value DESC NULLS FIRST, id
+ordered: SELECT id, at FROM events ORDER BY at, id
+ordered: SELECT id FROM events ORDER BY abs(value), id
+ordered: SELECT id, value FROM events WHERE kind = 'buy' ORDER BY value, id
+ordered: SELECT id, ok FROM events ORDER BY ok DESC, id
+ordered: SELECT id FROM orders WHERE qty > 1000 ORDER BY id
+-- Without a total order: compared as multisets.
+SELECT id, status FROM orders ORDER BY status
+SELECT qty FROM orders ORDER BY qty DESC
+SELECT kind FROM events ORDER BY kind NULLS FIRST
+
+-- @limit
+-- LIMIT, OFFSET and both (always over a total order).
+ordered: SELECT id, amount FROM orders ORDER BY id LIMIT 10
+ordered: SELECT id, amount FROM orders ORDER BY amount DESC NULLS LAST, id LIMIT 10
+ordered: SELECT id, amount FROM orders ORDER BY amount NULLS FIRST, id LIMIT 10
+ordered: SELECT id FROM orders ORDER BY id OFFSET 2990
+ordered: SELECT id FROM orders ORDER BY id DESC OFFSET 2995
+ordered: SELECT id, weight FROM orders ORDER BY weight DESC NULLS LAST, id LIMIT 5 OFFSET 100
+ordered: SELECT id FROM orders ORDER BY id LIMIT 0
+ordered: SELECT id FROM orders ORDER BY id OFFSET 5000
+ordered: SELECT id FROM orders ORDER BY id LIMIT 3 OFFSET 5000
+ordered: SELECT id FROM orders ORDER BY id LIMIT ALL OFFSET 2998
+ordered: SELECT id FROM orders ORDER BY id FETCH FIRST 7 ROWS ONLY
+ordered: SELECT id FROM orders ORDER BY id OFFSET 10 ROWS FETCH NEXT 3 ROWS ONLY
+ordered: SELECT id, status FROM orders ORDER BY status DESC, id LIMIT 20 OFFSET 1
+ordered: SELECT id, big FROM orders ORDER BY big DESC NULLS LAST, id LIMIT 8
+ordered: SELECT id, name FROM customers ORDER BY name DESC NULLS LAST, id LIMIT 15
+ordered: SELECT id, created FROM customers ORDER BY created, id LIMIT 10 OFFSET 10
+ordered: SELECT id, value FROM events ORDER BY value, id LIMIT 25
+ordered: SELECT id FROM events ORDER BY id LIMIT 1
+ordered: SELECT id FROM customers ORDER BY id LIMIT 5 OFFSET 515
+ordered: SELECT id, price FROM orders WHERE price IS NOT NULL ORDER BY price, id LIMIT 12
+ordered: SELECT id, qty FROM orders ORDER BY qty DESC NULLS FIRST, id LIMIT 4 OFFSET 150
+ordered: SELECT id FROM orders ORDER BY placed DESC NULLS LAST, id LIMIT 9
+ordered: SELECT id FROM empty_t AS e(id) ORDER BY id LIMIT 5
+-- Unordered comparison, total order for determinism.
+SELECT id, amount FROM orders ORDER BY id LIMIT 50
+
+-- @agg-whole
+-- One aggregate at a time over a whole sharded table.
+SELECT count(small) FROM orders
+SELECT min(small) FROM orders
+SELECT max(small) FROM orders
+SELECT sum(small) FROM orders
+SELECT avg(small) FROM orders
+SELECT count(qty) FROM orders
+SELECT min(qty) FROM orders
+SELECT max(qty) FROM orders
+SELECT sum(qty) FROM orders
+SELECT avg(qty) FROM orders
+SELECT count(big) FROM orders
+SELECT min(big) FROM orders
+SELECT max(big) FROM orders
+SELECT sum(big) FROM orders
+SELECT avg(big) FROM orders
+SELECT count(amount) FROM orders
+SELECT min(amount) FROM orders
+SELECT max(amount) FROM orders
+SELECT sum(amount) FROM orders
+SELECT avg(amount) FROM orders
+SELECT count(price) FROM orders
+SELECT min(price) FROM orders
+SELECT max(price) FROM orders
+SELECT sum(price) FROM orders
+SELECT avg(price) FROM orders
+SELECT count(weight) FROM orders
+SELECT min(weight) FROM orders
+SELECT max(weight) FROM orders
+SELECT sum(weight) FROM orders
+SELECT avg(weight) FROM orders
+SELECT count(ratio) FROM orders
+SELECT min(ratio) FROM orders
+SELECT max(ratio) FROM orders
+SELECT sum(ratio) FROM orders
+SELECT avg(ratio) FROM orders
+SELECT count(status) FROM orders
+SELECT min(status) FROM orders
+SELECT max(status) FROM orders
+SELECT count(note) FROM orders
+SELECT min(note) FROM orders
+SELECT max(note) FROM orders
+SELECT count(placed) FROM orders
+SELECT min(placed) FROM orders
+SELECT max(placed) FROM orders
+SELECT count(paid) FROM orders
+SELECT bool_and(paid) FROM orders
+SELECT bool_or(paid) FROM orders
+SELECT every(paid) FROM orders
+SELECT count(score) FROM customers
+SELECT min(score) FROM customers
+SELECT max(score) FROM customers
+SELECT sum(score) FROM customers
+SELECT avg(score) FROM customers
+SELECT count(tier) FROM customers
+SELECT min(tier) FROM customers
+SELECT max(tier) FROM customers
+SELECT sum(tier) FROM customers
+SELECT avg(tier) FROM customers
+SELECT count(credit) FROM customers
+SELECT min(credit) FROM customers
+SELECT max(credit) FROM customers
+SELECT sum(credit) FROM customers
+SELECT avg(credit) FROM customers
+SELECT count(created) FROM customers
+SELECT min(created) FROM customers
+SELECT max(created) FROM customers
+SELECT count(vip) FROM customers
+SELECT bool_and(vip) FROM customers
+SELECT bool_or(vip) FROM customers
+SELECT every(vip) FROM customers
+SELECT count(name) FROM customers
+SELECT min(name) FROM customers
+SELECT max(name) FROM customers
+SELECT count(value) FROM events
+SELECT min(value) FROM events
+SELECT max(value) FROM events
+SELECT sum(value) FROM events
+SELECT avg(value) FROM events
+SELECT count(kind) FROM events
+SELECT min(kind) FROM events
+SELECT max(kind) FROM events
+SELECT count(at) FROM events
+SELECT min(at) FROM events
+SELECT max(at) FROM events
+SELECT count(ok) FROM events
+SELECT bool_and(ok) FROM events
+SELECT bool_or(ok) FROM events
+SELECT every(ok) FROM events
+
+-- @agg-multi
+-- Several aggregates per statement, with and without a filter.
+SELECT count(*), min(small), max(small), sum(small), avg(small), min(qty), max(qty), sum(qty), avg(qty), min(big), max(big), sum(big), avg(big), min(amount), max(amount), sum(amount), avg(amount), min(price), max(price), sum(price), avg(price), min(weight), max(weight), sum(weight), avg(weight), min(ratio), max(ratio), sum(ratio), avg(ratio), min(status), max(status), min(note), max(note), min(placed), max(placed), bool_and(paid), bool_or(paid) FROM orders
+SELECT count(*), min(small), max(small), sum(small), avg(small), min(qty), max(qty), sum(qty), avg(qty), min(big), max(big), sum(big), avg(big), min(amount), max(amount), sum(amount), avg(amount), min(price), max(price), sum(price), avg(price), min(weight), max(weight), sum(weight), avg(weight), min(ratio), max(ratio), sum(ratio), avg(ratio), min(status), max(status), min(note), max(note), min(placed), max(placed), bool_and(paid), bool_or(paid) FROM orders WHERE qty > 0
+SELECT count(*), min(score), max(score), sum(score), avg(score), min(tier), max(tier), sum(tier), avg(tier), min(credit), max(credit), sum(credit), avg(credit), min(created), max(created), bool_and(vip), bool_or(vip), min(name), max(name) FROM customers
+SELECT count(*), min(score), max(score), sum(score), avg(score), min(tier), max(tier), sum(tier), avg(tier), min(credit), max(credit), sum(credit), avg(credit), min(created), max(created), bool_and(vip), bool_or(vip), min(name), max(name) FROM customers WHERE tier <> 2
+SELECT count(*), min(value), max(value), sum(value), avg(value), min(kind), max(kind), min(at), max(at), bool_and(ok), bool_or(ok) FROM events
+SELECT count(*), min(value), max(value), sum(value), avg(value), min(kind), max(kind), min(at), max(at), bool_and(ok), bool_or(ok) FROM events WHERE value < 0
+
+-- @agg-grouped
+-- Every aggregate per group; groups include NULL keys.
+ordered: SELECT status, count(small), min(small), max(small), sum(small), avg(small) FROM orders GROUP BY status ORDER BY status
+ordered: SELECT status, count(qty), min(qty), max(qty), sum(qty), avg(qty) FROM orders GROUP BY status ORDER BY status
+ordered: SELECT status, count(big), min(big), max(big), sum(big), avg(big) FROM orders GROUP BY status ORDER BY status
+ordered: SELECT status, count(amount), min(amount), max(amount), sum(amount), avg(amount) FROM orders GROUP BY status ORDER BY status
+ordered: SELECT status, count(price), min(price), max(price), sum(price), avg(price) FROM orders GROUP BY status ORDER BY status
+ordered: SELECT status, count(weight), min(weight), max(weight), sum(weight), avg(weight) FROM orders GROUP BY status ORDER BY status
+ordered: SELECT status, count(ratio), min(ratio), max(ratio), sum(ratio), avg(ratio) FROM orders GROUP BY status ORDER BY status
+ordered: SELECT status, count(placed), min(placed), max(placed) FROM orders GROUP BY status ORDER BY status
+ordered: SELECT status, count(note), min(note), max(note) FROM orders GROUP BY status ORDER BY status
+ordered: SELECT status, count(paid), bool_and(paid), bool_or(paid) FROM orders GROUP BY status ORDER BY status
+ordered: SELECT tier, count(score), min(score), max(score), sum(score), avg(score) FROM customers GROUP BY tier ORDER BY tier
+ordered: SELECT tier, count(credit), min(credit), max(credit), sum(credit), avg(credit) FROM customers GROUP BY tier ORDER BY tier
+ordered: SELECT tier, count(created), min(created), max(created) FROM customers GROUP BY tier ORDER BY tier
+ordered: SELECT tier, count(vip), bool_and(vip), bool_or(vip) FROM customers GROUP BY tier ORDER BY tier
+ordered: SELECT tier, count(name), min(name), max(name) FROM customers GROUP BY tier ORDER BY tier
+ordered: SELECT tier, count(country), min(country), max(country) FROM customers GROUP BY tier ORDER BY tier
+ordered: SELECT kind, count(value), min(value), max(value), sum(value), avg(value) FROM events GROUP BY kind ORDER BY kind
+ordered: SELECT kind, count(at), min(at), max(at) FROM events GROUP BY kind ORDER BY kind
+ordered: SELECT kind, count(ok), bool_and(ok), bool_or(ok) FROM events GROUP BY kind ORDER BY kind
+ordered: SELECT kind, count(id), min(id), max(id), sum(id), avg(id) FROM events GROUP BY kind ORDER BY kind
+
+-- @group-by
+-- GROUP BY on columns (NULL group keys included), several keys, positional.
+ordered: SELECT status, count(*) FROM orders GROUP BY status ORDER BY status
+SELECT status, count(*) FROM orders GROUP BY status
+ordered: SELECT status, paid, count(*), sum(qty) FROM orders GROUP BY status, paid ORDER BY status, paid
+SELECT paid, status, count(*) FROM orders GROUP BY 1, 2
+ordered: SELECT tier, vip, count(*), avg(score) FROM customers GROUP BY tier, vip ORDER BY tier DESC, vip NULLS FIRST
+ordered: SELECT country, count(*), min(created), max(created) FROM customers GROUP BY country ORDER BY country NULLS FIRST
+ordered: SELECT kind, ok, count(*), sum(value) FROM events GROUP BY kind, ok ORDER BY kind, ok
+ordered: SELECT customer_id, count(*), sum(amount) FROM orders GROUP BY customer_id ORDER BY customer_id
+SELECT customer_id, count(*), max(placed) FROM orders GROUP BY customer_id
+ordered: SELECT qty, count(*) FROM orders GROUP BY qty ORDER BY qty NULLS FIRST
+ordered: SELECT small, count(*) FROM orders WHERE small BETWEEN -20 AND 20 GROUP BY small ORDER BY small
+ordered: SELECT placed, count(*), sum(amount) FROM orders GROUP BY placed ORDER BY placed DESC NULLS LAST
+ordered: SELECT note, count(*) FROM orders GROUP BY note ORDER BY note
+ordered: SELECT name, count(*) FROM customers GROUP BY name ORDER BY name
+ordered: SELECT ratio, count(*) FROM orders WHERE ratio > 20 GROUP BY ratio ORDER BY ratio
+ordered: SELECT status, count(*) FROM orders GROUP BY status ORDER BY count(*) DESC, status
+ordered: SELECT status, sum(amount) AS s FROM orders GROUP BY status ORDER BY s DESC NULLS LAST, status
+ordered: SELECT status FROM orders GROUP BY status ORDER BY max(id) DESC
+ordered: SELECT status, count(*) FROM orders GROUP BY status ORDER BY count(*) DESC, status LIMIT 3
+ordered: SELECT status, count(*) FROM orders GROUP BY status ORDER BY status NULLS FIRST LIMIT 2 OFFSET 2
+ordered: SELECT customer_id, sum(qty) FROM orders GROUP BY customer_id ORDER BY sum(qty) DESC NULLS LAST, customer_id LIMIT 10
+ordered: SELECT kind, count(*) FROM events GROUP BY kind ORDER BY kind DESC NULLS FIRST
+ordered: SELECT vip, count(*), bool_and(score > 0), bool_or(score > 90) FROM customers GROUP BY vip ORDER BY vip
+ordered: SELECT tier, sum(credit), avg(credit), min(credit), max(credit) FROM customers GROUP BY tier ORDER BY tier
+
+-- @group-expr
+-- GROUP BY expressions.
+ordered: SELECT date_trunc('month', created) AS m, count(*) FROM customers GROUP BY 1 ORDER BY 1
+ordered: SELECT date_trunc('month', created) AS m, count(*), min(id) FROM customers GROUP BY date_trunc('month', created) ORDER BY m DESC NULLS LAST
+ordered: SELECT date_trunc('week', at) AS w, count(*), sum(value) FROM events GROUP BY 1 ORDER BY 1
+ordered: SELECT date_trunc('month', placed::timestamp) AS m, sum(amount) FROM orders GROUP BY 1 ORDER BY 1
+ordered: SELECT qty % 3 AS r, count(*), sum(qty) FROM orders GROUP BY qty % 3 ORDER BY r
+ordered: SELECT qty % 3, count(*) FROM orders GROUP BY 1 ORDER BY 1 NULLS FIRST
+ordered: SELECT customer_id % 5 AS b, count(*), avg(amount) FROM orders GROUP BY 1 ORDER BY 1
+ordered: SELECT lower(status) AS s, count(*) FROM orders GROUP BY lower(status) ORDER BY s
+ordered: SELECT extract(dow FROM placed) AS dow, count(*) FROM orders GROUP BY 1 ORDER BY 1
+ordered: SELECT extract(year FROM created) AS y, extract(month FROM created) AS mo, count(*) FROM customers GROUP BY 1, 2 ORDER BY 1, 2
+ordered: SELECT amount > 0 AS positive, count(*), sum(amount) FROM orders GROUP BY amount > 0 ORDER BY 1
+ordered: SELECT (value / 100000) AS bucket, count(*) FROM events GROUP BY 1 ORDER BY 1
+ordered: SELECT coalesce(kind, '?') AS k, count(*) FROM events GROUP BY coalesce(kind, '?') ORDER BY k
+ordered: SELECT length(note) AS l, count(*) FROM orders GROUP BY length(note) ORDER BY l
+ordered: SELECT floor(weight / 1000) AS b, count(*), sum(weight) FROM orders GROUP BY 1 ORDER BY 1
+ordered: SELECT substr(name, 1, 5) AS p, count(*) FROM customers GROUP BY 1 ORDER BY 1
+ordered: SELECT placed - date '2023-01-01' AS day, count(*) FROM orders WHERE placed < date '2023-01-15' GROUP BY 1 ORDER BY 1
+SELECT id % 4, count(*) FROM events GROUP BY id % 4
+ordered: SELECT status IS NULL AS n, count(*) FROM orders GROUP BY 1 ORDER BY 1
+
+-- @having
+-- HAVING on aggregates, including aggregates not in the select list.
+ordered: SELECT status, count(*) FROM orders GROUP BY status HAVING count(*) > 450 ORDER BY status
+ordered: SELECT status FROM orders GROUP BY status HAVING sum(qty) > 3000 ORDER BY status
+ordered: SELECT status, avg(amount) FROM orders GROUP BY status HAVING max(amount) > 1400 ORDER BY status
+ordered: SELECT customer_id, count(*) FROM orders GROUP BY customer_id HAVING count(*) >= 10 ORDER BY customer_id
+ordered: SELECT customer_id FROM orders GROUP BY customer_id HAVING sum(amount) > 5000 ORDER BY customer_id
+SELECT customer_id FROM orders GROUP BY customer_id HAVING min(qty) < -8 AND max(qty) > 28
+ordered: SELECT tier, count(*) FROM customers GROUP BY tier HAVING avg(score) > 0 ORDER BY tier
+ordered: SELECT kind, sum(value) FROM events GROUP BY kind HAVING bool_or(ok) ORDER BY kind
+ordered: SELECT kind FROM events GROUP BY kind HAVING count(ok) > 150 ORDER BY kind
+ordered: SELECT status, count(*) FROM orders GROUP BY status HAVING count(*) > 1000000 ORDER BY status
+ordered: SELECT qty % 3 AS r, count(*) FROM orders GROUP BY 1 HAVING sum(weight) > 100 ORDER BY 1
+ordered: SELECT date_trunc('month', created) AS m FROM customers GROUP BY 1 HAVING count(*) > 40 ORDER BY 1
+ordered: SELECT status, count(*) FROM orders GROUP BY status HAVING count(*) FILTER (WHERE paid) > 100 ORDER BY status
+ordered: SELECT paid, count(*) FROM orders GROUP BY paid HAVING min(placed) < date '2023-01-03' ORDER BY paid
+ordered: SELECT country, count(*) FROM customers GROUP BY country HAVING max(name) > 'cust-5' ORDER BY country
+SELECT count(*) FROM orders HAVING count(*) > 0
+SELECT count(*) FROM orders HAVING count(*) > 10000
+
+-- @distinct
+ordered: SELECT DISTINCT status FROM orders ORDER BY status
+SELECT DISTINCT status FROM orders
+SELECT DISTINCT qty % 5 FROM orders
+ordered: SELECT DISTINCT status, paid FROM orders ORDER BY status, paid
+ordered: SELECT DISTINCT country FROM customers ORDER BY country NULLS FIRST
+ordered: SELECT DISTINCT tier FROM customers ORDER BY tier DESC
+ordered: SELECT DISTINCT kind FROM events ORDER BY kind DESC NULLS LAST
+ordered: SELECT DISTINCT customer_id FROM orders ORDER BY customer_id LIMIT 20
+ordered: SELECT DISTINCT qty FROM orders ORDER BY qty NULLS FIRST LIMIT 5 OFFSET 3
+ordered: SELECT DISTINCT placed FROM orders WHERE placed < date '2023-02-01' ORDER BY placed
+SELECT DISTINCT vip, tier FROM customers
+SELECT DISTINCT note FROM orders WHERE note LIKE 'note-1%'
+SELECT DISTINCT lower(status) FROM orders
+ordered: SELECT DISTINCT ratio FROM orders WHERE ratio < -20 ORDER BY ratio
+
+-- @filter
+-- Aggregates with FILTER (WHERE ...).
+SELECT count(*) FILTER (WHERE qty > 0), count(*) FILTER (WHERE qty IS NULL) FROM orders
+SELECT sum(amount) FILTER (WHERE status = 'paid'), avg(amount) FILTER (WHERE paid) FROM orders
+SELECT min(placed) FILTER (WHERE status = 'new'), max(placed) FILTER (WHERE status = 'new') FROM orders
+SELECT bool_and(paid) FILTER (WHERE qty > 25), bool_or(paid) FILTER (WHERE qty < -5) FROM orders
+SELECT sum(weight) FILTER (WHERE ratio > 0), avg(ratio) FILTER (WHERE weight < 100) FROM orders
+SELECT count(*) FILTER (WHERE false), sum(qty) FILTER (WHERE false), avg(qty) FILTER (WHERE false) FROM orders
+ordered: SELECT status, count(*) FILTER (WHERE paid), sum(qty) FILTER (WHERE qty > 10) FROM orders GROUP BY status ORDER BY status
+ordered: SELECT tier, count(*) FILTER (WHERE vip), max(created) FILTER (WHERE vip) FROM customers GROUP BY tier ORDER BY tier
+ordered: SELECT kind, sum(value) FILTER (WHERE ok), sum(value) FILTER (WHERE NOT ok) FROM events GROUP BY kind ORDER BY kind
+
+-- @nulls
+-- NULL sort keys, NULL group keys, aggregates over all-NULL inputs.
+SELECT sum(amount), avg(amount), min(amount), max(amount), count(amount), count(*) FROM orders WHERE amount IS NULL
+SELECT sum(weight), avg(ratio), min(note), max(placed), bool_and(paid), bool_or(paid) FROM orders WHERE id % 2 = 0 AND weight IS NULL AND ratio IS NULL AND note IS NULL AND placed IS NULL AND paid IS NULL
+ordered: SELECT status, sum(amount) FROM orders WHERE amount IS NULL GROUP BY status ORDER BY status NULLS FIRST
+ordered: SELECT id, status FROM orders WHERE status IS NULL ORDER BY id
+ordered: SELECT id, name, country FROM customers WHERE name IS NULL OR country IS NULL ORDER BY country NULLS FIRST, name NULLS FIRST, id
+SELECT count(*) FROM orders WHERE status IS NULL
+SELECT count(status), count(*) FROM orders
+refuse: SELECT count(status), count(*) - count(status) FROM orders
+ordered: SELECT kind, count(*), count(kind) FROM events GROUP BY kind ORDER BY kind NULLS FIRST
+SELECT max(created), min(created) FROM customers WHERE created IS NULL
+SELECT avg(NULL::int), sum(NULL::numeric), count(NULL::text) FROM orders
+ordered: SELECT NULL::int AS n, id FROM orders WHERE customer_id = 7 ORDER BY id
+ordered: SELECT id, amount FROM orders WHERE customer_id IN (1, 2, 3, 4, 5, 6) ORDER BY amount NULLS FIRST, id
+ordered: SELECT id, amount FROM orders WHERE customer_id IN (1, 2, 3, 4, 5, 6) ORDER BY amount DESC NULLS LAST, id
+
+-- @empty
+-- Empty tables and filters matching nothing.
+SELECT count(*) FROM empty_t
+SELECT count(*), count(v), sum(v), avg(v), min(v), max(v) FROM empty_t
+SELECT sum(n), avg(n), sum(f), avg(f), min(t), max(d), bool_and(b), bool_or(b) FROM empty_t
+SELECT v, count(*) FROM empty_t GROUP BY v
+ordered: SELECT * FROM empty_t ORDER BY k
+ordered: SELECT k, v FROM empty_t ORDER BY v DESC NULLS FIRST, k LIMIT 10 OFFSET 2
+SELECT DISTINCT t FROM empty_t
+SELECT * FROM empty_t
+SELECT count(*) FROM orders WHERE qty > 1000
+SELECT count(*), sum(amount), avg(weight), min(status), max(placed) FROM orders WHERE qty > 1000
+SELECT status, count(*) FROM orders WHERE qty > 1000 GROUP BY status
+ordered: SELECT id FROM orders WHERE qty > 1000 ORDER BY id LIMIT 5
+SELECT count(*) FROM empty_t HAVING count(*) > 0
+SELECT count(*) FILTER (WHERE v > 0) FROM empty_t
+
+-- @numeric-scale
+-- numeric with mixed scales (price has scales 0-4), int sums/averages with Postgres's result scale.
+SELECT sum(price), avg(price), min(price), max(price) FROM orders
+ordered: SELECT id, price FROM orders WHERE customer_id IN (11, 12, 13, 14, 15, 16, 17, 18) ORDER BY price NULLS FIRST, id
+ordered: SELECT id, price, price * 2 AS p2, price / 3 AS p3, round(price, 1) AS r FROM orders WHERE id % 97 = 0 ORDER BY id
+SELECT sum(price * qty), avg(price + amount) FROM orders
+ordered: SELECT status, sum(price), avg(price) FROM orders GROUP BY status ORDER BY status
+SELECT avg(qty), avg(small), avg(big), avg(customer_id) FROM orders
+SELECT avg(amount), avg(amount::numeric(14,4)), sum(amount::numeric(14,4)) FROM orders
+SELECT sum(credit), avg(credit), sum(credit * 10) FROM customers
+SELECT sum(big), avg(big), max(big), min(big) FROM orders
+ordered: SELECT id, big FROM orders WHERE big > 8000000000000000000 ORDER BY id
+SELECT sum(big::numeric / 7) FROM orders
+SELECT sum(amount), sum(-amount), avg(-amount) FROM orders WHERE amount < 0
+ordered: SELECT tier, avg(score), sum(score), avg(tier) FROM customers GROUP BY tier ORDER BY tier
+SELECT sum(0.5), sum(1.25::numeric(10,4)), avg(2.000) FROM orders
+ordered: SELECT qty, avg(price) FROM orders WHERE qty BETWEEN 0 AND 5 GROUP BY qty ORDER BY qty
+
+-- @join-colocated
+-- Joins of customers and orders (both sharded by customer id) on the key.
+SELECT c.id, c.name, o.id, o.amount FROM customers c JOIN orders o ON o.customer_id = c.id
+SELECT c.id, o.id FROM customers c JOIN orders o ON o.customer_id = c.id WHERE c.vip AND o.qty > 20
+ordered: SELECT c.id, o.id, o.amount FROM customers c JOIN orders o ON o.customer_id = c.id ORDER BY o.amount DESC NULLS LAST, o.id LIMIT 20
+ordered: SELECT c.tier, count(*), sum(o.amount) FROM customers c JOIN orders o ON o.customer_id = c.id GROUP BY c.tier ORDER BY c.tier
+ordered: SELECT c.country, count(o.id), avg(o.qty) FROM customers c LEFT JOIN orders o ON o.customer_id = c.id GROUP BY c.country ORDER BY c.country NULLS FIRST
+SELECT c.id, o.id FROM customers c LEFT JOIN orders o ON o.customer_id = c.id WHERE o.id IS NULL
+SELECT o.id, c.id FROM orders o LEFT JOIN customers c ON c.id = o.customer_id WHERE c.id IS NULL
+SELECT o.id, c.id FROM orders o FULL JOIN customers c ON c.id = o.customer_id WHERE c.id IS NULL OR o.id IS NULL
+ordered: SELECT c.id, count(o.id) AS n FROM customers c LEFT JOIN orders o ON o.customer_id = c.id GROUP BY c.id ORDER BY n DESC, c.id LIMIT 10
+SELECT c.id, sum(o.qty) FROM customers c JOIN orders o ON o.customer_id = c.id WHERE false GROUP BY c.id
+SELECT count(*) FROM customers c JOIN orders o ON o.customer_id = c.id
+SELECT c.vip, bool_and(o.paid), bool_or(o.paid), count(*) FROM customers c JOIN orders o ON c.id = o.customer_id GROUP BY c.vip
+ordered: SELECT c.name, o.status, count(*) FROM customers c JOIN orders o ON o.customer_id = c.id WHERE c.tier = 1 GROUP BY c.name, o.status HAVING count(*) > 1 ORDER BY c.name, o.status
+SELECT c.id, o.id FROM customers c, orders o WHERE o.customer_id = c.id AND c.score > 95
+ordered: SELECT DISTINCT c.country FROM customers c JOIN orders o ON o.customer_id = c.id WHERE o.amount > 1400 ORDER BY c.country
+
+-- @join-reference
+-- Joins with the reference table countries.
+SELECT c.id, k.name FROM customers c JOIN countries k ON k.code = c.country
+ordered: SELECT k.region, count(*) FROM customers c JOIN countries k ON k.code = c.country GROUP BY k.region ORDER BY k.region NULLS FIRST
+ordered: SELECT c.id, k.name FROM customers c LEFT JOIN countries k ON k.code = c.country ORDER BY c.id
+ordered: SELECT k.name, sum(o.amount), count(*) FROM orders o JOIN customers c ON c.id = o.customer_id JOIN countries k ON k.code = c.country GROUP BY k.name ORDER BY k.name
+SELECT o.id, k.region FROM orders o JOIN customers c ON c.id = o.customer_id JOIN countries k ON k.code = c.country WHERE k.region = 'asia' AND o.qty > 25
+ordered: SELECT id FROM customers WHERE country IN (SELECT code FROM countries WHERE region = 'eu') ORDER BY id
+SELECT count(*) FROM customers c WHERE EXISTS (SELECT 1 FROM countries k WHERE k.code = c.country)
+SELECT count(*) FROM customers c WHERE NOT EXISTS (SELECT 1 FROM countries k WHERE k.code = c.country)
+
+-- @reference
+-- Reads of the reference table alone (answered by one shard).
+ordered: SELECT * FROM countries ORDER BY code
+SELECT * FROM countries
+ordered: SELECT region, count(*) FROM countries GROUP BY region ORDER BY region NULLS FIRST
+SELECT string_agg(code, ',' ORDER BY code) FROM countries
+ordered: SELECT code, row_number() OVER (ORDER BY name) FROM countries ORDER BY code
+
+-- @cte-subquery
+-- CTEs, derived tables and subqueries that resolve per shard.
+ordered: WITH x AS (SELECT * FROM orders WHERE qty > 20) SELECT id, qty FROM x ORDER BY qty DESC, id
+WITH x AS (SELECT id, amount FROM orders WHERE status = 'new') SELECT * FROM x
+WITH big AS (SELECT * FROM orders WHERE amount > 1000) SELECT count(*), sum(amount) FROM big
+ordered: WITH big AS (SELECT * FROM orders WHERE amount > 1000) SELECT customer_id, count(*) FROM big GROUP BY customer_id ORDER BY customer_id
+ordered: SELECT s.id, s.total FROM (SELECT id, amount * qty AS total FROM orders WHERE paid) s WHERE s.total > 10000 ORDER BY s.total DESC, s.id
+SELECT s.customer_id, s.total FROM (SELECT customer_id, sum(amount) AS total FROM orders GROUP BY customer_id) s WHERE s.total > 3000
+ordered: SELECT s.customer_id, s.n FROM (SELECT customer_id, count(*) AS n FROM orders GROUP BY customer_id) s ORDER BY s.n DESC, s.customer_id LIMIT 10
+ordered: SELECT id, amount FROM orders WHERE customer_id IN (SELECT id FROM customers WHERE vip AND tier = 3) ORDER BY id
+SELECT count(*) FROM orders WHERE customer_id IN (SELECT id FROM customers WHERE score > 50)
+SELECT count(*) FROM orders WHERE customer_id NOT IN (SELECT id FROM customers)
+ordered: SELECT o.id FROM orders o WHERE EXISTS (SELECT 1 FROM customers c WHERE c.id = o.customer_id AND c.tier = 4) ORDER BY o.id
+SELECT count(*) FROM orders o WHERE NOT EXISTS (SELECT 1 FROM customers c WHERE c.id = o.customer_id)
+ordered: SELECT c.id, (SELECT count(*) FROM orders o WHERE o.customer_id = c.id) AS n FROM customers c ORDER BY c.id
+ordered: SELECT c.id, c.name FROM customers c WHERE (SELECT sum(amount) FROM orders o WHERE o.customer_id = c.id) > 4000 ORDER BY c.id
+ordered: WITH v AS (SELECT id FROM customers WHERE vip) SELECT o.status, count(*) FROM orders o JOIN v ON v.id = o.customer_id GROUP BY o.status ORDER BY o.status
+SELECT * FROM (SELECT id, kind FROM events WHERE value > 900000) e
+ordered: SELECT e.kind, count(*) FROM (SELECT * FROM events WHERE ok) e GROUP BY e.kind ORDER BY e.kind
+
+-- @keyed
+-- A shard key value: the whole statement goes to one shard (anything goes).
+ordered: SELECT * FROM orders WHERE customer_id = 7 ORDER BY id
+SELECT count(*), sum(amount), avg(qty), min(placed), max(status) FROM orders WHERE customer_id = 7
+ordered: SELECT status, count(*) FROM orders WHERE customer_id = 12 GROUP BY status ORDER BY status
+ordered: SELECT id, amount FROM orders WHERE customer_id = -3 ORDER BY amount DESC NULLS LAST, id LIMIT 3
+SELECT * FROM customers WHERE id = 42
+SELECT * FROM customers WHERE id = -7
+SELECT * FROM customers WHERE id = 100000
+SELECT * FROM events WHERE id = 300
+ordered: SELECT c.name, o.id, o.amount FROM customers c JOIN orders o ON o.customer_id = c.id WHERE c.id = 25 ORDER BY o.id
+SELECT string_agg(status, ',' ORDER BY id), array_agg(id ORDER BY id) FROM orders WHERE customer_id = 33
+ordered: SELECT id, sum(amount) OVER (ORDER BY id) FROM orders WHERE customer_id = 44 ORDER BY id
+SELECT count(DISTINCT status) FROM orders WHERE customer_id = 55
+ordered: SELECT DISTINCT ON (status) status, id FROM orders WHERE customer_id = 66 ORDER BY status, id
+SELECT count(*) FROM orders WHERE customer_id = 9003
+
+-- @in-list
+-- IN-lists of keys spanning shards.
+SELECT * FROM customers WHERE id IN (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
+ordered: SELECT * FROM customers WHERE id IN (1, 2, 3, 4, 5, 6, 7, 8, 9, 10) ORDER BY id
+ordered: SELECT id, name FROM customers WHERE id IN (-1, -2, 30, 40, 50) ORDER BY name NULLS FIRST, id
+SELECT count(*), sum(credit), avg(score) FROM customers WHERE id IN (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
+ordered: SELECT customer_id, count(*), sum(amount) FROM orders WHERE customer_id IN (1, 2, 3, 4, 5, 6, 7, 8, 9, 10) GROUP BY customer_id ORDER BY customer_id
+ordered: SELECT id, amount FROM orders WHERE customer_id IN (21, 22, 23, 24, 25) ORDER BY amount, id LIMIT 5
+ordered: SELECT id FROM orders WHERE customer_id IN (21, 22, 23, 24, 25) ORDER BY id OFFSET 3
+SELECT DISTINCT status FROM orders WHERE customer_id IN (100, 200, 300, 400)
+ordered: SELECT status, count(*) FROM orders WHERE customer_id IN (100, 200, 300, 400) GROUP BY status HAVING count(*) > 1 ORDER BY status
+SELECT * FROM events WHERE id IN (3, 6, 9, 12, 15, 18, 21)
+SELECT count(*) FROM events WHERE id IN (3, 6, 9, 12, 15, 18, 21, 4, 5)
+SELECT id FROM customers WHERE id IN (1, 2) OR id = 3
+SELECT id FROM customers WHERE id = ANY (ARRAY[5, 6, 7, 8])
+
+-- @dml-returning
+-- Broadcast writes, rolled back on both sides.
+tx: UPDATE orders SET qty = qty + 1 WHERE status = 'new' RETURNING id, qty
+tx: UPDATE orders SET amount = amount * 2 WHERE amount > 1450 RETURNING id, customer_id, amount
+tx: DELETE FROM events WHERE kind = 'z' RETURNING id, kind, value
+tx: DELETE FROM events WHERE value > 990000 RETURNING *
+tx: UPDATE customers SET vip = NOT vip WHERE tier = 2 RETURNING id, vip
+tx: UPDATE customers SET name = upper(name) WHERE country = 'jp' RETURNING id, name, country
+tx: DELETE FROM orders WHERE qty IS NULL
+tx: UPDATE orders SET note = 'x' WHERE small > 990
+tx: UPDATE empty_t SET v = 1 RETURNING *
+tx: DELETE FROM orders WHERE qty > 1000 RETURNING id
+tx: UPDATE orders SET amount = amount + 1 WHERE customer_id = 5 RETURNING id, amount
+tx: DELETE FROM customers WHERE id IN (1, 2, 3, 4, 5) RETURNING id, name
+tx: UPDATE orders SET price = price * 10 WHERE customer_id IN (SELECT id FROM customers WHERE tier = 0 AND vip) RETURNING id, price
+tx: UPDATE countries SET name = upper(name) RETURNING code, name
+tx: INSERT INTO orders (id, customer_id, qty, amount) VALUES (5001, 1, 1, 1.5), (5002, 2, 2, 2.25), (5003, 3, 3, NULL), (5004, 4, 4, 4) RETURNING id, customer_id, qty, amount
+tx: INSERT INTO events VALUES (90001, 'new', 1, true, NULL), (90002, 'new', 2, false, NULL), (90004, 'new', 3, NULL, NULL)
+
+-- @refuse
+-- Cannot be answered exactly by merging per-shard results: must be 0A000
+-- (an exact answer is also accepted).
+refuse: SELECT count(DISTINCT status) FROM orders
+refuse: SELECT count(DISTINCT qty), count(DISTINCT customer_id) FROM orders
+refuse: SELECT status, count(DISTINCT qty) FROM orders GROUP BY status
+refuse: SELECT sum(DISTINCT qty) FROM orders
+refuse: SELECT status, string_agg(note, ',' ORDER BY id) FROM orders GROUP BY status
+refuse: SELECT string_agg(status, ',' ORDER BY id) FROM orders
+refuse: SELECT array_agg(id ORDER BY id) FROM orders
+refuse: SELECT customer_id, array_agg(id ORDER BY id) FROM orders GROUP BY customer_id
+refuse: SELECT id, row_number() OVER (ORDER BY id) FROM orders
+refuse: SELECT id, sum(amount) OVER (PARTITION BY status ORDER BY id) FROM orders
+refuse: SELECT id, rank() OVER (ORDER BY amount) FROM orders
+refuse: SELECT customer_id, count(*) OVER () FROM orders
+refuse: SELECT o.id, e.kind FROM orders o JOIN events e ON e.id = o.id
+refuse: SELECT count(*) FROM orders o JOIN events e ON e.id = o.id
+refuse: SELECT o.id, c.name FROM orders o JOIN customers c ON c.id = o.id
+refuse: SELECT a.id, b.id FROM customers a JOIN customers b ON a.name = b.name
+refuse: SELECT count(*) FROM orders a JOIN orders b ON a.id = b.id
+refuse: SELECT c.id, o.id FROM customers c JOIN orders o ON o.qty = c.tier
+refuse: SELECT id FROM orders WHERE id IN (SELECT id FROM events)
+refuse: SELECT count(*) FROM customers c WHERE c.name IN (SELECT status FROM orders)
+refuse: SELECT id FROM customers UNION SELECT customer_id FROM orders
+refuse: SELECT status FROM orders UNION SELECT kind FROM events
+refuse: SELECT tier FROM customers UNION SELECT tier FROM customers
+refuse: SELECT id FROM customers INTERSECT SELECT customer_id FROM orders
+refuse: SELECT customer_id FROM orders EXCEPT SELECT id FROM customers
+refuse: SELECT DISTINCT ON (status) status, id FROM orders ORDER BY status, id
+refuse: SELECT DISTINCT ON (tier) tier, name FROM customers ORDER BY tier, id
+refuse: SELECT sum(qty) * 2 FROM orders
+refuse: SELECT sum(amount) / count(*) FROM orders
+refuse: SELECT status, max(qty) - min(qty) FROM orders GROUP BY status
+refuse: SELECT coalesce(sum(amount), 0) FROM orders WHERE qty > 1000
+refuse: SELECT stddev(amount) FROM orders
+refuse: SELECT variance(qty) FROM orders
+refuse: SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY amount) FROM orders
+refuse: SELECT mode() WITHIN GROUP (ORDER BY status) FROM orders
+refuse: SELECT json_agg(id ORDER BY id) FROM orders
+refuse: SELECT status, count(*) FROM orders GROUP BY ROLLUP (status)
+refuse: SELECT status, paid, count(*) FROM orders GROUP BY GROUPING SETS ((status), (paid))
+refuse: SELECT count(*) FROM (SELECT * FROM orders ORDER BY id LIMIT 10) s
+refuse: SELECT count(*) FROM (SELECT DISTINCT status FROM orders) d
+refuse: WITH s AS (SELECT status, count(*) AS n FROM orders GROUP BY status) SELECT * FROM s
+refuse: SELECT id FROM orders WHERE qty > (SELECT avg(qty) FROM orders)
+refuse: SELECT k.code, count(c.id) FROM countries k LEFT JOIN customers c ON c.country = k.code GROUP BY k.code
+refuse: SELECT k.code, c.id FROM countries k LEFT JOIN customers c ON c.country = k.code
+refuse: SELECT id FROM orders ORDER BY id FETCH FIRST 5 ROWS WITH TIES
