@@ -1,7 +1,8 @@
 //! Recognising aggregate calls and rewriting them into per-shard partials.
 
 use sqlparser::ast::{
-    DuplicateTreatment, Expr, Function, FunctionArguments, Ident, ObjectName, ObjectNamePart,
+    DuplicateTreatment, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArguments, Ident,
+    ObjectName, ObjectNamePart,
 };
 
 use super::{refuse, Unmergeable};
@@ -175,9 +176,44 @@ fn strip_nested(e: &Expr) -> &Expr {
     }
 }
 
-/// Whether the expression calls an aggregate anywhere (by name, followed
-/// by a parenthesis; conservative: also inside subqueries).
+/// Whether the expression calls an aggregate of this query level (calls
+/// inside subqueries belong to the subquery, which runs per shard).
 pub(super) fn mentions_aggregate(e: &Expr) -> bool {
+    match e {
+        Expr::Subquery(_) | Expr::Exists { .. } => false,
+        Expr::Identifier(_) | Expr::CompoundIdentifier(_) | Expr::Value(_) => false,
+        Expr::Nested(x)
+        | Expr::UnaryOp { expr: x, .. }
+        | Expr::Cast { expr: x, .. }
+        | Expr::IsNull(x)
+        | Expr::IsNotNull(x)
+        | Expr::IsTrue(x)
+        | Expr::IsFalse(x) => mentions_aggregate(x),
+        Expr::BinaryOp { left, right, .. } => mentions_aggregate(left) || mentions_aggregate(right),
+        Expr::Function(f) => {
+            let name = function_name(f);
+            if AggFunc::from_name(&name).is_some() || UNMERGEABLE.contains(&name.as_str()) {
+                return true;
+            }
+            match &f.args {
+                FunctionArguments::List(list) => list.args.iter().any(|a| match a {
+                    FunctionArg::Unnamed(FunctionArgExpr::Expr(x))
+                    | FunctionArg::Named {
+                        arg: FunctionArgExpr::Expr(x),
+                        ..
+                    } => mentions_aggregate(x),
+                    _ => false,
+                }),
+                FunctionArguments::Subquery(_) | FunctionArguments::None => false,
+            }
+        }
+        _ => mentions_aggregate_text(e),
+    }
+}
+
+/// Text fallback of [`mentions_aggregate`] for other expression kinds
+/// (conservative: also sees calls inside subqueries).
+fn mentions_aggregate_text(e: &Expr) -> bool {
     let text = e.to_string();
     let toks: Vec<_> = Lexer::new(&text).collect();
     toks.iter().enumerate().any(|(i, t)| {

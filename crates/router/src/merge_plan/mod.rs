@@ -37,6 +37,8 @@ use sqlparser::ast::{
     Statement, TableFactor, Value,
 };
 use sqlparser::dialect::PostgreSqlDialect;
+
+use crate::shard::TableLookup;
 use sqlparser::parser::Parser;
 
 pub use aggregate::AggFunc;
@@ -179,7 +181,7 @@ pub struct FinalKey {
 /// Plans the merge of `sql`, one statement that the shard planner sends to
 /// several shards. Statements other than queries are concatenated (their
 /// row counts summed by the caller).
-pub fn plan_merge(sql: &str) -> Result<MergePlan, Unmergeable> {
+pub fn plan_merge(sql: &str, tables: &dyn TableLookup) -> Result<MergePlan, Unmergeable> {
     let statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
         Ok(s) => s,
         // The shard planner decided on the lexer; nothing to rewrite.
@@ -189,7 +191,55 @@ pub fn plan_merge(sql: &str) -> Result<MergePlan, Unmergeable> {
         return Ok(MergePlan::concat(sql));
     };
     let mut query = (**query).clone();
+    if let SetExpr::Select(s) = query.body.as_ref() {
+        check_outer_joins(s, tables)?;
+    }
     Planner::default().plan(sql, &mut query)
+}
+
+/// Rows of a reference (or unsharded) table on the preserved side of an
+/// outer join with a sharded table would come back once per shard.
+fn check_outer_joins(select: &Select, tables: &dyn TableLookup) -> Result<(), Unmergeable> {
+    use sqlparser::ast::JoinOperator as J;
+    let sharded = |f: &TableFactor| match f {
+        TableFactor::Table { name, .. } => {
+            let parts: Vec<String> = name
+                .0
+                .iter()
+                .map(|p| {
+                    p.as_ident()
+                        .map(ident_name)
+                        .unwrap_or_else(|| p.to_string())
+                })
+                .collect();
+            match parts.as_slice() {
+                [t] => tables.sharded(None, t).is_some(),
+                [s, t] => tables.sharded(Some(s), t).is_some(),
+                _ => true,
+            }
+        }
+        // A derived table or function may hold sharded rows.
+        _ => true,
+    };
+    for twj in &select.from {
+        let mut left = sharded(&twj.relation);
+        for j in &twj.joins {
+            let right = sharded(&j.relation);
+            let wrong = match &j.join_operator {
+                J::Left(_) | J::LeftOuter(_) => !left && right,
+                J::Right(_) | J::RightOuter(_) => left && !right,
+                J::FullOuter(_) => left != right,
+                _ => false,
+            };
+            if wrong {
+                return refuse(
+                    "an outer join that keeps rows of a reference table unmatched by a sharded table",
+                );
+            }
+            left |= right;
+        }
+    }
+    Ok(())
 }
 
 impl MergePlan {
@@ -213,6 +263,9 @@ struct Projection {
     items: Vec<(Option<Expr>, Option<String>)>,
     star_tables: Vec<(Option<String>, String)>,
     has_star: bool,
+    /// Why the columns of a `*` cannot be counted (matters only when hidden
+    /// columns follow them).
+    star_unknown: Option<Unmergeable>,
 }
 
 #[derive(Default)]
@@ -223,10 +276,16 @@ struct Planner {
 
 impl Planner {
     fn plan(mut self, sql: &str, query: &mut Query) -> Result<MergePlan, Unmergeable> {
-        if query.fetch.is_some() {
-            return refuse("FETCH FIRST");
+        let mut limit = take_limit(query)?;
+        if let Some(fetch) = query.fetch.take() {
+            if fetch.percent || fetch.with_ties {
+                return refuse("FETCH FIRST ... PERCENT or WITH TIES");
+            }
+            limit.0 = Some(match &fetch.quantity {
+                None => RowCount::Literal(1),
+                Some(q) => row_count(q)?,
+            });
         }
-        let limit = take_limit(query)?;
         let order: Vec<OrderByExpr> = match query.order_by.take() {
             None => Vec::new(),
             Some(OrderBy {
@@ -352,6 +411,11 @@ impl Planner {
             _ => unreachable!("checked above"),
         };
         let hidden = self.hidden.len();
+        if hidden > 0 {
+            if let Some(e) = projection.star_unknown {
+                return Err(e);
+            }
+        }
         for (i, expr) in self.hidden.drain(..).enumerate() {
             select.projection.push(SelectItem::ExprWithAlias {
                 expr,
@@ -621,6 +685,7 @@ fn analyse_projection(select: &Select) -> Result<Projection, Unmergeable> {
     let mut items = Vec::new();
     let mut star_tables = Vec::new();
     let mut has_star = false;
+    let mut star_unknown = None;
     for item in &select.projection {
         match item {
             SelectItem::UnnamedExpr(e) => items.push((Some(e.clone()), output_name(e))),
@@ -631,14 +696,19 @@ fn analyse_projection(select: &Select) -> Result<Projection, Unmergeable> {
             SelectItem::Wildcard(_) => {
                 has_star = true;
                 items.push((None, None));
-                star_tables.extend(star_sources(select, None)?);
+                match star_sources(select, None) {
+                    Ok(t) => star_tables.extend(t),
+                    Err(e) => star_unknown = Some(e),
+                }
             }
             SelectItem::QualifiedWildcard(kind, _) => {
                 has_star = true;
                 items.push((None, None));
                 let name = kind.to_string();
-                let name = name.trim_end_matches(".*");
-                star_tables.extend(star_sources(select, Some(name))?);
+                match star_sources(select, Some(name.trim_end_matches(".*"))) {
+                    Ok(t) => star_tables.extend(t),
+                    Err(e) => star_unknown = Some(e),
+                }
             }
         }
     }
@@ -646,6 +716,7 @@ fn analyse_projection(select: &Select) -> Result<Projection, Unmergeable> {
         items,
         star_tables,
         has_star,
+        star_unknown,
     })
 }
 
@@ -879,11 +950,11 @@ const MERGE_CACHE_CAPACITY: usize = 4096;
 
 impl MergePlanner {
     /// The plan for `sql`, from the cache when present.
-    pub fn plan_cached(&self, sql: &str) -> std::sync::Arc<MergeResult> {
+    pub fn plan_cached(&self, sql: &str, tables: &dyn TableLookup) -> std::sync::Arc<MergeResult> {
         if let Some(hit) = self.lock().get(sql) {
             return hit.clone();
         }
-        let plan = std::sync::Arc::new(plan_merge(sql));
+        let plan = std::sync::Arc::new(plan_merge(sql, tables));
         let mut cache = self.lock();
         if cache.len() >= MERGE_CACHE_CAPACITY {
             cache.clear();

@@ -1,4 +1,27 @@
 use super::*;
+use crate::shard::{ShardedTable, TableLookup};
+
+/// `t`, `u`, `orders` are sharded; everything else is a reference table.
+struct Tables;
+
+impl TableLookup for Tables {
+    fn sharded(&self, _schema: Option<&str>, name: &str) -> Option<ShardedTable> {
+        matches!(name, "t" | "u" | "orders").then(|| ShardedTable {
+            column: "id".into(),
+            ranged: false,
+        })
+    }
+    fn is_reference(&self, _schema: Option<&str>, name: &str) -> bool {
+        !matches!(name, "t" | "u" | "orders")
+    }
+    fn version(&self) -> u64 {
+        0
+    }
+}
+
+fn plan_merge(sql: &str) -> Result<MergePlan, Unmergeable> {
+    super::plan_merge(sql, &Tables)
+}
 
 fn plan(sql: &str) -> MergePlan {
     plan_merge(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
@@ -137,4 +160,22 @@ fn unmergeable_constructs_are_named() {
     );
     assert_eq!(refused("SELECT DISTINCT ON (a) a FROM t"), "DISTINCT ON");
     assert!(refused("SELECT a FROM t UNION SELECT a FROM u").starts_with("UNION"));
+    assert!(
+        refused("SELECT * FROM countries c LEFT JOIN t ON t.c = c.code")
+            .starts_with("an outer join")
+    );
+    assert_eq!(
+        plan("SELECT * FROM t LEFT JOIN countries c ON t.c = c.code").mode,
+        MergeMode::Concat
+    );
+}
+
+#[test]
+fn fetch_first_is_a_limit_and_subquery_aggregates_are_per_shard() {
+    let p = plan("SELECT id FROM t ORDER BY id OFFSET 2 ROWS FETCH FIRST 3 ROWS ONLY");
+    assert_eq!(p.limit, Some(RowCount::Literal(3)));
+    assert_eq!(p.offset, Some(RowCount::Literal(2)));
+    assert!(p.shard_sql.ends_with("LIMIT 5"), "{}", p.shard_sql);
+    let p = plan("SELECT t.id, (SELECT count(*) FROM orders o WHERE o.id = t.id) FROM t");
+    assert_eq!(p.mode, MergeMode::Concat);
 }

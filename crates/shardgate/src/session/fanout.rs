@@ -32,6 +32,8 @@ pub(super) struct Part {
     pub(super) pending: Option<BytesMut>,
     /// ParseComplete answers of a Parse the proxy added, still to drop.
     pub(super) skip_parse: usize,
+    /// RowDescriptions this shard sent for the request so far.
+    descs: usize,
     /// Only hidden queries remain: done after them.
     pub(super) closing: bool,
     /// ReadyForQuery status once this shard has answered everything.
@@ -64,6 +66,12 @@ pub(super) struct Fanout {
     /// Send ReadyForQuery at the end (the request ended with Sync or was a
     /// simple query, not a statement inside an extended batch).
     ready: bool,
+    /// RowDescriptions sent to the client: the first shard to describe a
+    /// result describes it for all, so its rows flow at once.
+    descs_sent: usize,
+    /// Cancel requests to deliver before reading on (delivered, not just
+    /// sent, so none can reach a later statement on the connection).
+    to_cancel: Vec<std::sync::Arc<shardgate_pool::CancelHandle>>,
 }
 
 /// How a fan-out runs.
@@ -161,6 +169,8 @@ impl Session {
             copy_in: false,
             copy,
             ready,
+            descs_sent: 0,
+            to_cancel: Vec::new(),
         };
         self.write_parts(&mut fan).await;
         self.continue_fanout(fan).await
@@ -257,6 +267,7 @@ impl Session {
                 hidden,
                 pending: None,
                 skip_parse: 0,
+                descs: 0,
                 closing: false,
                 done: None,
             },
@@ -280,6 +291,7 @@ impl Session {
             for i in 0..fan.parts.len() {
                 self.consume(fan, i);
             }
+            deliver_cancels(std::mem::take(&mut fan.to_cancel)).await;
             if fan.parts.iter().all(|p| p.done.is_some()) {
                 self.flush_client().await?;
                 return Ok(Stage::Done);
@@ -352,7 +364,8 @@ impl Session {
                 btag::NOTICE_RESPONSE | btag::NOTIFICATION => self.cout.extend_from_slice(&msg),
                 btag::PARAMETER_STATUS => {}
                 btag::DATA_ROW | btag::COPY_DATA => {
-                    if !fan.errored {
+                    // Copies (reference tables) answer once, from the first shard.
+                    if !fan.errored && (fan.sum || i == 0) {
                         self.cout.extend_from_slice(&msg);
                     }
                 }
@@ -361,9 +374,27 @@ impl Session {
                     part.b.ex.status = status;
                     part.done = Some(status);
                 }
+                btag::ROW_DESCRIPTION => {
+                    part.descs += 1;
+                    if part.descs > fan.descs_sent {
+                        fan.descs_sent = part.descs;
+                        if !fan.errored {
+                            self.cout.extend_from_slice(&msg);
+                        }
+                    }
+                }
                 btag::ERROR_RESPONSE => {
+                    // The first error goes to the client at once; the other
+                    // shards are cancelled and their answers drained.
+                    let first = !fan.errored;
+                    if first {
+                        self.cout.extend_from_slice(&msg);
+                        fan.errored = true;
+                    }
                     part.pending = Some(msg);
-                    cancel_running(fan, i);
+                    if first {
+                        cancel_running(fan, i);
+                    }
                     return;
                 }
                 _ => part.pending = Some(msg),
@@ -420,6 +451,7 @@ impl Part {
             hidden: 0,
             pending: None,
             skip_parse: 0,
+            descs: 0,
             closing: false,
             done: None,
         }
@@ -454,14 +486,23 @@ pub(super) async fn read_any(
 
 /// One shard failed: the statement is cancelled on the shards still
 /// running it, so none keeps working for an answer nobody will see.
-fn cancel_running(fan: &Fanout, failed: usize) {
+fn cancel_running(fan: &mut Fanout, failed: usize) {
     for (j, p) in fan.parts.iter().enumerate() {
         if j != failed && p.done.is_none() && p.pending.is_none() && p.hidden == 0 {
-            let handle = p.b.conn.cancel.clone();
-            tokio::spawn(async move {
-                let _ = handle.cancel().await;
-            });
+            fan.to_cancel.push(p.b.conn.cancel.clone());
         }
+    }
+}
+
+/// Sends cancel requests and waits until the servers have taken them, so
+/// a late one cannot cancel the next statement on the same connection.
+pub(super) async fn deliver_cancels(handles: Vec<std::sync::Arc<shardgate_pool::CancelHandle>>) {
+    let tasks: Vec<_> = handles
+        .into_iter()
+        .map(|h| tokio::spawn(async move { h.cancel().await }))
+        .collect();
+    for t in tasks {
+        let _ = t.await;
     }
 }
 

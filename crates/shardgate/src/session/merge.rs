@@ -29,10 +29,11 @@ use shardgate_router::merge_plan::{
 };
 use tokio::io::AsyncWriteExt;
 
-use super::fanout::{read_any, Part};
+use super::fanout::{deliver_cancels, read_any, Part};
 use super::{Session, SessionError};
 use crate::relay::MAX_SERVER_MESSAGE;
 use crate::routing::Want;
+use shardgate_pool::CancelHandle;
 
 /// Flush rows to the client once this much is buffered.
 const FLUSH_AT: usize = 64 * 1024;
@@ -152,6 +153,7 @@ impl Session {
             skipped: 0,
             stopping: false,
             failed: false,
+            to_cancel: Vec::new(),
             group: None,
             sorted_groups: Vec::new(),
         };
@@ -228,7 +230,7 @@ impl Session {
                 run.pump(part, i, &mut self.cout);
             }
             if run.streams.iter().any(|s| s.error.is_some()) && !run.failed && !run.stopping {
-                run.fail(parts, &mut self.cout);
+                run.fail(parts, &mut self.cout, self.vtx.is_none());
             }
             if run.failed || run.stopping {
                 // Drain: everything left is discarded.
@@ -240,7 +242,7 @@ impl Session {
                     if let Err(e) = run.describe(&mut self.cout) {
                         e.encode(&mut self.cout);
                         run.failed = true;
-                        cancel_parts(parts, self.vtx.is_none());
+                        cancel_parts(parts, self.vtx.is_none(), &mut run.to_cancel);
                     }
                     continue;
                 }
@@ -249,7 +251,7 @@ impl Session {
                 if let Err(e) = run.emit(head, &mut self.cout) {
                     run.fail_with(e, parts, &mut self.cout, self.vtx.is_none());
                 } else if run.limit_reached() {
-                    cancel_parts(parts, self.vtx.is_none());
+                    cancel_parts(parts, self.vtx.is_none(), &mut run.to_cancel);
                     if let Err(e) = run.end_rows(&mut self.cout) {
                         run.fail_with(e, parts, &mut self.cout, false);
                     }
@@ -268,6 +270,7 @@ impl Session {
                     return Ok(());
                 }
             }
+            deliver_cancels(std::mem::take(&mut run.to_cancel)).await;
             self.flush_client().await?;
             let streams = &run.streams;
             let draining = run.failed || run.stopping;
@@ -287,7 +290,7 @@ impl Session {
                         )
                         .encode(&mut self.cout);
                         run.failed = true;
-                        cancel_parts(parts, self.vtx.is_none());
+                        cancel_parts(parts, self.vtx.is_none(), &mut run.to_cancel);
                     }
                 }
                 Ok(_) => {}
@@ -316,19 +319,16 @@ impl Session {
     }
 }
 
-/// Cancels the statement on every shard still running it. Inside a
+/// The shards still running the statement, to cancel. Inside a
 /// transaction nothing is cancelled (that would abort the client's
 /// transaction on the shard); the rest of the rows are read and dropped.
-fn cancel_parts(parts: &[Part], allowed: bool) {
+fn cancel_parts(parts: &[Part], allowed: bool, to_cancel: &mut Vec<Arc<CancelHandle>>) {
     if !allowed {
         return;
     }
     for p in parts {
         if p.done.is_none() && p.hidden == 0 {
-            let handle = p.b.conn.cancel.clone();
-            tokio::spawn(async move {
-                let _ = handle.cancel().await;
-            });
+            to_cancel.push(p.b.conn.cancel.clone());
         }
     }
 }
@@ -354,6 +354,8 @@ struct Run<'p> {
     stopping: bool,
     /// An error went to the client: the rest is drained.
     failed: bool,
+    /// Cancel requests to deliver before reading on.
+    to_cancel: Vec<Arc<CancelHandle>>,
     group: Option<Group>,
     sorted_groups: Vec<(Vec<Key>, BytesMut)>,
 }
@@ -412,7 +414,7 @@ impl Run<'_> {
 
     /// A shard failed: its error goes to the client once; the others are
     /// cancelled.
-    fn fail(&mut self, parts: &[Part], cout: &mut BytesMut) {
+    fn fail(&mut self, parts: &[Part], cout: &mut BytesMut, cancel: bool) {
         if let Some(e) = self.streams.iter().find_map(|s| s.error.clone()) {
             cout.extend_from_slice(&e);
         }
@@ -420,7 +422,7 @@ impl Run<'_> {
         for s in &mut self.streams {
             s.head = None;
         }
-        let _ = parts;
+        cancel_parts(parts, cancel, &mut self.to_cancel);
     }
 
     fn fail_with(&mut self, e: PgError, parts: &[Part], cout: &mut BytesMut, cancel: bool) {
@@ -429,7 +431,7 @@ impl Run<'_> {
         for s in &mut self.streams {
             s.head = None;
         }
-        cancel_parts(parts, cancel);
+        cancel_parts(parts, cancel, &mut self.to_cancel);
     }
 
     /// All shards described the result: checks they agree and sends the

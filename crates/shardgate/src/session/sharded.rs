@@ -354,7 +354,7 @@ impl Session {
     /// A read over several shards: concatenated, or merged as its plan says.
     fn merge_dest(&self, sql: &str, shards: Vec<usize>) -> Result<Dest, PgError> {
         let sharding = self.proxy.sharding.as_ref().expect("sharded session");
-        match &*sharding.merges.plan_cached(sql) {
+        match &*sharding.merges.plan_cached(sql, &MapLookup(&sharding.map)) {
             Ok(plan) if plan.mode == MergeMode::Concat => Ok(Dest::Many(shards)),
             Ok(plan) => Ok(Dest::Merge(shards, Arc::new(plan.clone()))),
             Err(e) => Err(PgError::error("0A000", format!("not supported across shards: {}", e.construct))
@@ -450,7 +450,7 @@ impl Session {
         if by_shard.len() == 1 {
             return Ok(Dest::One(*by_shard.keys().next().expect("one shard")));
         }
-        if params.is_some() {
+        if params.is_some_and(|b| b.param_count() > 0) {
             return Err(PgError::error(
                 "0A000",
                 "a multi-row INSERT with parameters whose rows belong to different shards is not supported",
@@ -821,10 +821,29 @@ impl Session {
                 };
                 self.merge_query(shards, plan, want, req).await
             }
-            Dest::Split(_) => self.refuse_pg(PgError::error(
-                "0A000",
-                "statement splitting needs literal values",
-            )),
+            Dest::Split(parts) => {
+                // Literal rows only (no parameters): each shard prepares
+                // its part of the statement.
+                let after = match batch_after_bind(rest, self.max_message) {
+                    Ok(b) => b,
+                    Err(e) => return self.refuse_pg(e),
+                };
+                self.extra_consumed = after.consumed;
+                let requests = parts
+                    .into_iter()
+                    .map(|(shard, text)| {
+                        let mut batch = BytesMut::new();
+                        frontend::encode_parse("", &text, &stmt.param_types, &mut batch);
+                        bind.encode_with_statement("", &mut batch);
+                        batch.extend_from_slice(&after.batch);
+                        (shard, batch)
+                    })
+                    .collect();
+                let mut opts = FanOpts::new(want);
+                opts.wrap = true;
+                opts.skip_parse = 1;
+                self.fanout(requests, opts).await
+            }
         }
     }
 
