@@ -842,3 +842,69 @@ async fn limit_stops_shard_work_early() {
     let keys: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
     assert_eq!(keys, (100..110).collect::<Vec<i64>>());
 }
+
+/// What the merge cannot compare exactly is refused, not guessed: text keys
+/// under a collation that does not order bytewise (an ICU database), and
+/// user-defined aggregates (their per-shard results cannot be combined).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collation_and_user_aggregates_are_refused_not_guessed() {
+    let env = env("");
+    for s in env.c.shards() {
+        s.primary
+            .psql(
+                "postgres",
+                "CREATE DATABASE icu OWNER app TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'",
+            )
+            .expect("create an ICU database");
+    }
+    let proxy = env.start();
+    let client = connect(&proxy.conninfo("app", "secret", "icu")).await;
+    client
+        .batch_execute("CREATE TABLE t (k bigint PRIMARY KEY, name text, v int)")
+        .await
+        .unwrap();
+    client
+        .batch_execute("INSERT INTO t VALUES (1, 'b', 1), (1001, 'a', 2), (2001, 'B', 3)")
+        .await
+        .unwrap();
+    // Numbers merge as usual.
+    let rows = client
+        .query("SELECT k FROM t ORDER BY v DESC", &[])
+        .await
+        .unwrap();
+    let ks: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(ks, vec![2001, 1001, 1]);
+    // Text order under en-US is not byte order: refused, naming the collation.
+    for sql in [
+        "SELECT name FROM t ORDER BY name",
+        "SELECT name, count(*) FROM t GROUP BY name",
+        "SELECT max(name) FROM t",
+    ] {
+        let err = client.simple_query(sql).await.expect_err(sql);
+        let db = err.as_db_error().expect("a server error");
+        assert_eq!(db.code().code(), "0A000", "{sql}");
+        assert!(
+            db.message().contains("collation"),
+            "{sql}: {}",
+            db.message()
+        );
+    }
+    // A user-defined aggregate, created through the proxy on every shard.
+    client
+        .batch_execute("CREATE AGGREGATE my_sum(int) (sfunc = int4pl, stype = int)")
+        .await
+        .unwrap();
+    let err = client
+        .simple_query("SELECT my_sum(v) FROM t")
+        .await
+        .expect_err("user-defined aggregate across shards");
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "0A000");
+    assert!(db.message().contains("my_sum"), "{}", db.message());
+    // On one shard it runs.
+    let one = client
+        .simple_query("SELECT my_sum(v) FROM t WHERE k = 1001")
+        .await
+        .unwrap();
+    assert_eq!(simple_rows(&one), vec![vec![Some("2".to_owned())]]);
+}

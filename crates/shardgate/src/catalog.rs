@@ -14,6 +14,20 @@ pub type Columns = Arc<Vec<String>>;
 #[derive(Debug, Default)]
 pub struct Catalog {
     columns: Mutex<HashMap<(String, String), Columns>>,
+    facts: Mutex<HashMap<String, Arc<DatabaseFacts>>>,
+}
+
+/// What merging rows of several shards needs to know about a database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseFacts {
+    /// The default collation orders text bytewise (`C`, `POSIX`, `C.UTF-8`),
+    /// as the merge compares text.
+    pub bytewise_collation: bool,
+    /// The database collation's name.
+    pub collation: String,
+    /// Names of aggregates outside `pg_catalog` (user-defined): their
+    /// per-shard results cannot be combined.
+    pub user_aggregates: std::collections::HashSet<String>,
 }
 
 /// How to reach a server to ask.
@@ -48,19 +62,71 @@ impl Catalog {
         Ok(cols)
     }
 
+    /// Facts about `src.database` for cross-shard merges (cached).
+    pub async fn facts(&self, src: &CatalogSource<'_>) -> Result<Arc<DatabaseFacts>, PgError> {
+        if let Some(f) = self.facts.lock().expect("catalog lock").get(src.database) {
+            return Ok(f.clone());
+        }
+        let client = connect(src, "the database's collation").await?;
+        let failed = |e: tokio_postgres::Error| {
+            PgError::error("08006", format!("shardgate: cannot read the catalog: {e}"))
+        };
+        // datlocprovider / daticulocale exist from Postgres 15 on (read
+        // through jsonb so older servers answer NULL).
+        let row = client
+            .query_one(
+                "SELECT datcollate::text, to_jsonb(d) ->> 'datlocprovider', coalesce(to_jsonb(d) ->> 'daticulocale', to_jsonb(d) ->> 'datlocale') FROM pg_catalog.pg_database d WHERE datname = current_database()",
+                &[],
+            )
+            .await
+            .map_err(failed)?;
+        let libc: String = row.get(0);
+        let provider: Option<String> = row.get(1);
+        let icu: Option<String> = row.get(2);
+        let (collation, bytewise) = match provider.as_deref() {
+            Some("i") => (format!("ICU {}", icu.unwrap_or_default()), false),
+            _ => (libc.clone(), is_bytewise(&libc)),
+        };
+        let user_aggregates = client
+            .query(
+                "SELECT DISTINCT proname::text FROM pg_catalog.pg_proc WHERE prokind = 'a' AND pronamespace <> 'pg_catalog'::regnamespace",
+                &[],
+            )
+            .await
+            .map_err(failed)?
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect();
+        let facts = Arc::new(DatabaseFacts {
+            bytewise_collation: bytewise,
+            collation,
+            user_aggregates,
+        });
+        self.facts
+            .lock()
+            .expect("catalog lock")
+            .insert(src.database.to_owned(), facts.clone());
+        Ok(facts)
+    }
+
     /// Forgets everything (after DDL).
     pub fn clear(&self) {
         self.columns.lock().expect("catalog lock").clear();
+        self.facts.lock().expect("catalog lock").clear();
     }
 }
 
-async fn fetch(src: &CatalogSource<'_>, table: &str) -> Result<Vec<String>, PgError> {
-    let unreachable = |e: String| {
-        PgError::error(
-            "08006",
-            format!("shardgate: cannot read the column list of {table}: {e}"),
-        )
-    };
+/// Collations whose text order is the byte order of UTF-8.
+fn is_bytewise(collation: &str) -> bool {
+    matches!(collation, "C" | "POSIX" | "ucs_basic")
+        || collation.eq_ignore_ascii_case("c.utf8")
+        || collation.eq_ignore_ascii_case("c.utf-8")
+}
+
+/// A catalog connection to `src`.
+async fn connect(src: &CatalogSource<'_>, what: &str) -> Result<tokio_postgres::Client, PgError> {
+    let unreachable =
+        |e: String| PgError::error("08006", format!("shardgate: cannot read {what}: {e}"));
     let (host, port) = src
         .addr
         .rsplit_once(':')
@@ -85,6 +151,14 @@ async fn fetch(src: &CatalogSource<'_>, table: &str) -> Result<Vec<String>, PgEr
     tokio::spawn(async move {
         let _ = conn.await;
     });
+    Ok(client)
+}
+
+async fn fetch(src: &CatalogSource<'_>, table: &str) -> Result<Vec<String>, PgError> {
+    let what = format!("the column list of {table}");
+    let client = connect(src, &what).await?;
+    let unreachable =
+        |e: String| PgError::error("08006", format!("shardgate: cannot read {what}: {e}"));
     let rows = client
         .query(
             "SELECT attname::text FROM pg_catalog.pg_attribute WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",

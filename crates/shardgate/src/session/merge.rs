@@ -46,6 +46,9 @@ pub(super) struct MergeRequest<'a> {
     pub param_types: &'a [u8],
     /// The client sent Describe for the portal (or used the simple protocol).
     pub describe: bool,
+    /// The database collation when it does not order text bytewise (text
+    /// keys cannot be merged then).
+    pub collation: Option<String>,
 }
 
 /// One shard's stream during a merge.
@@ -139,6 +142,7 @@ impl Session {
             limit: limits.0,
             extended,
             describe: req.describe,
+            collation: req.collation.clone(),
             streams: (0..parts.len())
                 .map(|_| Stream {
                     desc: None,
@@ -342,6 +346,7 @@ struct Run<'p> {
     offset: u64,
     extended: bool,
     describe: bool,
+    collation: Option<String>,
     streams: Vec<Stream>,
     columns: Option<Columns>,
     /// BindComplete and RowDescription went to the client.
@@ -459,6 +464,22 @@ impl Run<'_> {
             ));
         }
         self.visible = visible;
+        if let Some(collation) = &self.collation {
+            let shift = match self.plan.visible {
+                Some(_) => 0,
+                None => visible.saturating_sub(self.plan.visible_fixed),
+            };
+            let text_key = key_columns(self.plan)
+                .into_iter()
+                .any(|c| matches!(types.get(c + shift), Some(25 | 1042 | 1043)));
+            if text_key {
+                return Err(PgError::error(
+                    "0A000",
+                    format!("not supported across shards: ordering or grouping text under the collation {collation} (the merge compares text bytewise, as the C collation does)"),
+                )
+                .with_hint("Create the database with the C collation, or restrict the query to one shard."));
+            }
+        }
         let mut client_desc = BytesMut::with_capacity(desc.len());
         client_desc.put_u8(btag::ROW_DESCRIPTION);
         client_desc.put_i32(0);
@@ -718,6 +739,30 @@ impl Run<'_> {
         }
         backend::command_complete(&format!("SELECT {}", self.sent), cout);
         Ok(())
+    }
+}
+
+/// Columns the merge compares (sort, group and final-order keys).
+fn key_columns(plan: &MergePlan) -> Vec<usize> {
+    match &plan.mode {
+        MergeMode::Concat => Vec::new(),
+        MergeMode::Sorted { keys } => keys.iter().map(|k| k.column).collect(),
+        MergeMode::Grouped(g) => g
+            .merge_keys
+            .iter()
+            .map(|k| k.column)
+            .chain(g.group_columns.iter().copied())
+            .chain(g.final_sort.iter().filter_map(|k| match k.value {
+                GroupValue::Column(c) => Some(c),
+                GroupValue::Aggregate(_) => None,
+            }))
+            .chain(
+                g.aggregates
+                    .iter()
+                    .filter(|a| matches!(a.func, AggFunc::Min | AggFunc::Max))
+                    .map(|a| a.partials[0]),
+            )
+            .collect(),
     }
 }
 

@@ -74,8 +74,9 @@ pub(super) enum Dest {
     Everywhere(Vec<usize>),
     /// A different statement per shard (a split multi-row INSERT).
     Split(Vec<(usize, String)>),
-    /// A query over rows of several shards whose results are merged.
-    Merge(Vec<usize>, Arc<MergePlan>),
+    /// A query over rows of several shards whose results are merged; the
+    /// database collation when it does not order text bytewise.
+    Merge(Vec<usize>, Arc<MergePlan>, Option<String>),
 }
 
 /// The shard map as the statement planner sees it.
@@ -218,6 +219,33 @@ fn batch_after_bind(rest: &[u8], max_message: usize) -> Result<AfterBind, PgErro
     }
 }
 
+/// The 0A000 error for a query that cannot be answered across shards.
+fn cross_shard_refusal(construct: &str) -> PgError {
+    PgError::error("0A000", format!("not supported across shards: {construct}")).with_hint(
+        "Restrict the query to one shard key value, or add a /* shardgate: shard=N */ hint.",
+    )
+}
+
+/// The first call of a user-defined aggregate in `sql`.
+fn user_aggregate_call(
+    sql: &str,
+    aggregates: &std::collections::HashSet<String>,
+) -> Option<String> {
+    if aggregates.is_empty() {
+        return None;
+    }
+    let toks: Vec<_> = Lexer::new(sql).collect();
+    toks.iter().enumerate().find_map(|(i, t)| {
+        let name = match t.kind {
+            TokenKind::Word => t.text.to_ascii_lowercase(),
+            TokenKind::QuotedIdent => t.text.trim_matches('"').to_owned(),
+            _ => return None,
+        };
+        (toks.get(i + 1).is_some_and(|n| n.is_punct("(")) && aggregates.contains(&name))
+            .then_some(name)
+    })
+}
+
 /// Statements that cannot run inside a transaction block.
 fn non_transactional(sql: &str) -> bool {
     let lower = sql.to_ascii_lowercase();
@@ -327,7 +355,7 @@ impl Session {
                         1 => Ok(Dest::One(set[0])),
                         _ => {
                             if !self.is_write(sql) {
-                                return self.merge_dest(sql, set);
+                                return self.merge_dest(sql, set).await;
                             }
                             Ok(Dest::Many(set))
                         }
@@ -341,7 +369,7 @@ impl Session {
                     // UPDATE/DELETE without a key: every shard, counts summed.
                     Ok(Dest::Many(map.all_shards()))
                 } else {
-                    self.merge_dest(sql, map.all_shards())
+                    self.merge_dest(sql, map.all_shards()).await
                 }
             }
             ShardPlan::Unsupported { construct } => Err(PgError::error(
@@ -352,14 +380,46 @@ impl Session {
     }
 
     /// A read over several shards: concatenated, or merged as its plan says.
-    fn merge_dest(&self, sql: &str, shards: Vec<usize>) -> Result<Dest, PgError> {
+    async fn merge_dest(&mut self, sql: &str, shards: Vec<usize>) -> Result<Dest, PgError> {
+        let facts = self.database_facts().await?;
+        if let Some(name) = user_aggregate_call(sql, &facts.user_aggregates) {
+            return Err(cross_shard_refusal(&format!(
+                "the user-defined aggregate {name}()"
+            )));
+        }
         let sharding = self.proxy.sharding.as_ref().expect("sharded session");
         match &*sharding.merges.plan_cached(sql, &MapLookup(&sharding.map)) {
             Ok(plan) if plan.mode == MergeMode::Concat => Ok(Dest::Many(shards)),
-            Ok(plan) => Ok(Dest::Merge(shards, Arc::new(plan.clone()))),
-            Err(e) => Err(PgError::error("0A000", format!("not supported across shards: {}", e.construct))
-                .with_hint("Restrict the query to one shard key value, or add a /* shardgate: shard=N */ hint.")),
+            Ok(plan) => {
+                let collation = (!facts.bytewise_collation).then(|| facts.collation.clone());
+                Ok(Dest::Merge(shards, Arc::new(plan.clone()), collation))
+            }
+            Err(e) => Err(cross_shard_refusal(&e.construct)),
         }
+    }
+
+    /// Where the catalog of the default shard is read.
+    fn catalog_source_parts(&self) -> (String, String, Option<String>) {
+        let addr = self.shards[self.map().default_shard()]
+            .writer()
+            .addr
+            .clone();
+        let user = self.user.config.server_user().to_owned();
+        let password = self.user.config.server_password().map(str::to_owned);
+        (addr, user, password)
+    }
+
+    /// Collation and user-defined aggregates of the client's database.
+    async fn database_facts(&mut self) -> Result<Arc<crate::catalog::DatabaseFacts>, PgError> {
+        let (addr, user, password) = self.catalog_source_parts();
+        let sharding = self.proxy.sharding.as_ref().expect("sharded session");
+        let src = CatalogSource {
+            addr: &addr,
+            user: &user,
+            password: password.as_deref(),
+            database: &self.database,
+        };
+        sharding.catalog.facts(&src).await
     }
 
     /// The column order of a table, from the catalog of the default shard.
@@ -372,12 +432,7 @@ impl Session {
             Some(s) => format!("{}.{}", quote_ident(s), quote_ident(name)),
             None => quote_ident(name),
         };
-        let addr = self.shards[self.map().default_shard()]
-            .writer()
-            .addr
-            .clone();
-        let user = self.user.config.server_user().to_owned();
-        let password = self.user.config.server_password().map(str::to_owned);
+        let (addr, user, password) = self.catalog_source_parts();
         let sharding = self.proxy.sharding.as_ref().expect("sharded session");
         let src = CatalogSource {
             addr: &addr,
@@ -572,11 +627,12 @@ impl Session {
                 opts.sum = !copies;
                 self.fanout(requests, opts).await
             }
-            Dest::Merge(shards, plan) => {
+            Dest::Merge(shards, plan, collation) => {
                 let req = MergeRequest {
                     bind: None,
                     param_types: &[],
                     describe: true,
+                    collation,
                 };
                 self.merge_query(shards, plan, want, req).await
             }
@@ -801,7 +857,7 @@ impl Session {
                 self.bind_fanout(bind, &stmt, shards, want, false, rest)
                     .await
             }
-            Dest::Merge(shards, plan) => {
+            Dest::Merge(shards, plan, collation) => {
                 let after = match batch_after_bind(rest, self.max_message) {
                     Ok(b) => b,
                     Err(e) => return self.refuse_pg(e),
@@ -818,6 +874,7 @@ impl Session {
                     bind: Some(bind),
                     param_types: &stmt.param_types,
                     describe: after.describe,
+                    collation,
                 };
                 self.merge_query(shards, plan, want, req).await
             }
