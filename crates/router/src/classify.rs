@@ -24,10 +24,10 @@
 //! client's original text (DESIGN.md §8).
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use sqlparser::ast::{
     CopySource, Query, SetExpr, Statement, TransactionAccessMode, TransactionMode,
@@ -35,6 +35,7 @@ use sqlparser::ast::{
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
+use crate::cache::GenerationalCache;
 use crate::hints::{mentions_shardgate, parse_hints, HintError, Hints};
 use crate::lexer::{split_statements, Lexer, Token, TokenKind};
 
@@ -206,17 +207,15 @@ pub const MAX_CACHED_SQL: usize = 8 * 1024;
 /// functions, so the cache can never return a stale answer.
 pub struct Classifier {
     write_functions: HashSet<Box<str>>,
-    cache: Option<Cache>,
+    cache: Option<GenerationalCache<Classification>>,
+    cache_capacity: usize,
 }
 
 impl fmt::Debug for Classifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Classifier")
             .field("write_functions", &self.write_functions.len())
-            .field(
-                "cache_capacity",
-                &self.cache.as_ref().map_or(0, |c| c.capacity),
-            )
+            .field("cache_capacity", &self.cache_capacity)
             .field("cache_len", &self.cache_len())
             .finish()
     }
@@ -247,13 +246,14 @@ impl Classifier {
             .collect();
         Classifier {
             write_functions,
-            cache: (cache_capacity > 0).then(|| Cache::new(cache_capacity)),
+            cache: (cache_capacity > 0).then(|| GenerationalCache::new(cache_capacity)),
+            cache_capacity,
         }
     }
 
     /// Number of cached decisions.
     pub fn cache_len(&self) -> usize {
-        self.cache.as_ref().map_or(0, Cache::len)
+        self.cache.as_ref().map_or(0, GenerationalCache::len)
     }
 
     /// Classifies a query string (one statement, or several separated by
@@ -271,13 +271,18 @@ impl Classifier {
         })
     }
 
-    fn classify_cached(&self, cache: &Cache, sql: &str, key: &mut String) -> Classification {
+    fn classify_cached(
+        &self,
+        cache: &GenerationalCache<Classification>,
+        sql: &str,
+        key: &mut String,
+    ) -> Classification {
         cache_key(sql, key);
-        if let Some(c) = cache.get(key) {
+        if let Some(c) = cache.get(key, 0) {
             return c;
         }
         let c = self.classify_uncached(sql);
-        cache.insert(key, c.clone());
+        cache.insert(key, c.clone(), 0);
         c
     }
 
@@ -424,7 +429,7 @@ fn parse(stmt: &str) -> Option<Vec<Statement>> {
 pub const MAX_PARSE_OPERATORS: usize = 2000;
 
 /// Infix operators and keywords, each of which may add a level to a parsed tree.
-fn operator_count(toks: &[Token<'_>]) -> usize {
+pub(crate) fn operator_count(toks: &[Token<'_>]) -> usize {
     const KEYWORDS: &[&str] = &[
         "and",
         "or",
@@ -643,81 +648,6 @@ fn combine(routes: &[Route]) -> Route {
         }
         _ if routes.iter().all(|r| *r == Route::TransactionControl) => Route::TransactionControl,
         _ => Route::Write,
-    }
-}
-
-/// A bounded map of decisions in two generations: lookups check the current
-/// generation, then the previous one (moving a hit back into the current);
-/// when the current generation is full it becomes the previous one and the
-/// old previous one is dropped. Recently used entries survive, the total
-/// stays within the capacity, and every operation is O(1).
-struct Cache {
-    capacity: usize,
-    generation_limit: usize,
-    /// Bytes of keys per generation before it is rotated (bounds memory even
-    /// when statements are long).
-    generation_bytes: usize,
-    inner: Mutex<Generations>,
-}
-
-#[derive(Default)]
-struct Generations {
-    current: HashMap<Box<str>, Classification>,
-    current_bytes: usize,
-    previous: HashMap<Box<str>, Classification>,
-}
-
-/// Average key size the byte budget allows per entry.
-const BYTES_PER_ENTRY: usize = 1024;
-
-impl Cache {
-    fn new(capacity: usize) -> Cache {
-        let generation_limit = (capacity / 2).max(1);
-        Cache {
-            capacity,
-            generation_limit,
-            generation_bytes: generation_limit.saturating_mul(BYTES_PER_ENTRY),
-            inner: Mutex::new(Generations::default()),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Generations> {
-        // Nothing panics while the lock is held, but never propagate poison.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn len(&self) -> usize {
-        let g = self.lock();
-        g.current.len() + g.previous.len()
-    }
-
-    fn get(&self, key: &str) -> Option<Classification> {
-        let mut g = self.lock();
-        if let Some(c) = g.current.get(key) {
-            return Some(c.clone());
-        }
-        let (k, c) = g.previous.remove_entry(key)?;
-        self.put(&mut g, k, c.clone());
-        Some(c)
-    }
-
-    fn insert(&self, key: &str, c: Classification) {
-        let mut g = self.lock();
-        if !g.current.contains_key(key) {
-            self.put(&mut g, key.into(), c);
-        }
-    }
-
-    fn put(&self, g: &mut Generations, key: Box<str>, c: Classification) {
-        if g.current.len() >= self.generation_limit || g.current_bytes >= self.generation_bytes {
-            g.previous = std::mem::take(&mut g.current);
-            g.current_bytes = 0;
-            if g.previous.len() >= self.capacity {
-                g.previous.clear();
-            }
-        }
-        g.current_bytes += key.len();
-        g.current.insert(key, c);
     }
 }
 

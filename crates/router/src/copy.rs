@@ -973,6 +973,10 @@ fn unescape_text(raw: &[u8]) -> Vec<u8> {
         }
         let e = raw[i + 1];
         i += 2;
+        if let Some(v) = crate::lexer::octal_or_hex_escape(e, raw, &mut i) {
+            out.push(v);
+            continue;
+        }
         match e {
             b'b' => out.push(8),
             b'f' => out.push(12),
@@ -980,26 +984,6 @@ fn unescape_text(raw: &[u8]) -> Vec<u8> {
             b'r' => out.push(b'\r'),
             b't' => out.push(b'\t'),
             b'v' => out.push(11),
-            b'0'..=b'7' => {
-                let mut v = u32::from(e - b'0');
-                let mut n = 1;
-                while n < 3 && i < raw.len() && (b'0'..=b'7').contains(&raw[i]) {
-                    v = v * 8 + u32::from(raw[i] - b'0');
-                    i += 1;
-                    n += 1;
-                }
-                out.push((v & 0xff) as u8);
-            }
-            b'x' if i < raw.len() && raw[i].is_ascii_hexdigit() => {
-                let mut v = 0u32;
-                let mut n = 0;
-                while n < 2 && i < raw.len() && raw[i].is_ascii_hexdigit() {
-                    v = v * 16 + (raw[i] as char).to_digit(16).unwrap_or(0);
-                    i += 1;
-                    n += 1;
-                }
-                out.push(v as u8);
-            }
             other => out.push(other),
         }
     }

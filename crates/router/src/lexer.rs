@@ -281,6 +281,36 @@ pub fn first_keyword(sql: &str) -> Option<&str> {
         .map(|t| t.text)
 }
 
+/// Decodes an octal (`\ooo`, up to three digits) or hex (`\xhh`, up to two
+/// digits) backslash escape, as `E'...'` strings and COPY text use them:
+/// `e` is the character after the backslash and `i` the position after it
+/// (advanced past the digits). `None` when `e` starts neither.
+pub(crate) fn octal_or_hex_escape(e: u8, raw: &[u8], i: &mut usize) -> Option<u8> {
+    match e {
+        b'0'..=b'7' => {
+            let mut v = u32::from(e - b'0');
+            let mut n = 1;
+            while n < 3 && *i < raw.len() && (b'0'..=b'7').contains(&raw[*i]) {
+                v = v * 8 + u32::from(raw[*i] - b'0');
+                *i += 1;
+                n += 1;
+            }
+            Some((v & 0xff) as u8)
+        }
+        b'x' if *i < raw.len() && raw[*i].is_ascii_hexdigit() => {
+            let mut v = 0u32;
+            let mut n = 0;
+            while n < 2 && *i < raw.len() && raw[*i].is_ascii_hexdigit() {
+                v = v * 16 + (raw[*i] as char).to_digit(16).unwrap_or(0);
+                *i += 1;
+                n += 1;
+            }
+            Some(v as u8)
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cache;
 pub mod classify;
 pub mod consistency;
 pub mod copy;

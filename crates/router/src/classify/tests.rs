@@ -457,7 +457,7 @@ fn cache_is_bounded() {
         c.classify(hot);
         let mut key = String::new();
         cache_key(hot, &mut key);
-        assert!(c.cache.as_ref().unwrap().get(&key).is_some());
+        assert!(c.cache.as_ref().unwrap().get(&key, 0).is_some());
     }
     // Capacity 0: no cache at all.
     let c = Classifier::new(&[], 0);

@@ -8,108 +8,58 @@ use sqlparser::ast::{
 use super::{refuse, Unmergeable};
 use crate::lexer::{Lexer, TokenKind};
 
-/// The aggregates the proxy combines across shards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum AggFunc {
-    /// `count(*)`, `count(x)`.
-    Count,
-    /// `sum(x)`.
-    Sum,
-    /// `avg(x)`: pushed down as `sum(x)`, `count(x)`, `avg(x)`.
-    Avg,
-    /// `min(x)`.
-    Min,
-    /// `max(x)`.
-    Max,
-    /// `bool_and(x)` / `every(x)`.
-    BoolAnd,
-    /// `bool_or(x)`.
-    BoolOr,
+pub use shardgate_merge::AggKind;
+
+/// The aggregate a function name calls, when the merge combines it.
+fn kind_from_name(name: &str) -> Option<AggKind> {
+    Some(match name {
+        "count" => AggKind::Count,
+        "sum" => AggKind::Sum,
+        "avg" => AggKind::Avg,
+        "min" => AggKind::Min,
+        "max" => AggKind::Max,
+        "bool_and" | "every" => AggKind::BoolAnd,
+        "bool_or" => AggKind::BoolOr,
+        _ => return None,
+    })
 }
 
-impl AggFunc {
-    fn from_name(name: &str) -> Option<AggFunc> {
-        Some(match name {
-            "count" => AggFunc::Count,
-            "sum" => AggFunc::Sum,
-            "avg" => AggFunc::Avg,
-            "min" => AggFunc::Min,
-            "max" => AggFunc::Max,
-            "bool_and" | "every" => AggFunc::BoolAnd,
-            "bool_or" => AggFunc::BoolOr,
-            _ => return None,
-        })
-    }
-
-    /// The partial aggregates each shard computes, in order: count → [count];
-    /// sum → [sum]; avg → [sum, count, avg]; min/max → [value (binary),
-    /// value for the client]; bool_and/bool_or → [value].
-    pub fn partials(self) -> &'static [&'static str] {
-        match self {
-            AggFunc::Count => &["count"],
-            AggFunc::Sum => &["sum"],
-            AggFunc::Avg => &["sum", "count", "avg"],
-            AggFunc::Min => &["min", "min"],
-            AggFunc::Max => &["max", "max"],
-            AggFunc::BoolAnd => &["bool_and"],
-            AggFunc::BoolOr => &["bool_or"],
-        }
+/// The partial aggregates each shard computes, in the order
+/// [`shardgate_merge::AggState::add`] takes them: count → [count];
+/// sum → [sum]; avg → [sum, count, avg]; min/max → [value (binary), value
+/// for the client]; bool_and/bool_or → [value].
+pub fn partial_names(kind: AggKind) -> &'static [&'static str] {
+    match kind {
+        AggKind::Count => &["count"],
+        AggKind::Sum => &["sum"],
+        AggKind::Avg => &["sum", "count", "avg"],
+        AggKind::Min => &["min", "min"],
+        AggKind::Max => &["max", "max"],
+        AggKind::BoolAnd => &["bool_and"],
+        AggKind::BoolOr => &["bool_or"],
     }
 }
 
-/// Aggregates whose per-shard results cannot be combined exactly.
-const UNMERGEABLE: &[&str] = &[
-    "string_agg",
-    "array_agg",
-    "json_agg",
-    "jsonb_agg",
-    "json_object_agg",
-    "jsonb_object_agg",
-    "xmlagg",
-    "stddev",
-    "stddev_pop",
-    "stddev_samp",
-    "variance",
-    "var_pop",
-    "var_samp",
-    "corr",
-    "covar_pop",
-    "covar_samp",
-    "regr_avgx",
-    "regr_avgy",
-    "regr_count",
-    "regr_intercept",
-    "regr_r2",
-    "regr_slope",
-    "regr_sxx",
-    "regr_sxy",
-    "regr_syy",
-    "percentile_cont",
-    "percentile_disc",
-    "mode",
-    "bit_and",
-    "bit_or",
-    "bit_xor",
-    "range_agg",
-    "range_intersect_agg",
-    "any_value",
-    "grouping",
-];
+/// Aggregates whose per-shard results cannot be combined exactly: every
+/// known aggregate the merge does not combine, and `grouping()`.
+fn unmergeable(name: &str) -> bool {
+    name == "grouping"
+        || (crate::shard::AGGREGATES.contains(&name) && kind_from_name(name).is_none())
+}
 
 /// An aggregate call of the statement.
 #[derive(Debug, Clone)]
 pub(super) struct AggCall {
-    pub func: AggFunc,
+    pub func: AggKind,
     /// The call as written (identifies equal calls).
     pub text: String,
     function: Function,
 }
 
 impl AggCall {
-    /// The partial aggregates as expressions, in [`AggFunc::partials`] order.
+    /// The partial aggregates as expressions, in [`AggKind::partials`] order.
     pub fn partial_exprs(&self) -> Vec<Expr> {
-        self.func
-            .partials()
+        partial_names(self.func)
             .iter()
             .map(|name| {
                 let mut f = self.function.clone();
@@ -143,10 +93,10 @@ pub(super) fn aggregate_call(e: &Expr) -> Result<Option<AggCall>, Unmergeable> {
         return Ok(None);
     };
     let name = function_name(f);
-    if UNMERGEABLE.contains(&name.as_str()) {
+    if unmergeable(&name) {
         return refuse(format!("aggregate {name}()"));
     }
-    let Some(func) = AggFunc::from_name(&name) else {
+    let Some(func) = kind_from_name(&name) else {
         return Ok(None);
     };
     if f.over.is_some() {
@@ -157,7 +107,7 @@ pub(super) fn aggregate_call(e: &Expr) -> Result<Option<AggCall>, Unmergeable> {
     }
     if let FunctionArguments::List(list) = &f.args {
         if matches!(list.duplicate_treatment, Some(DuplicateTreatment::Distinct))
-            && matches!(func, AggFunc::Count | AggFunc::Sum | AggFunc::Avg)
+            && matches!(func, AggKind::Count | AggKind::Sum | AggKind::Avg)
         {
             return refuse(format!("{name}(DISTINCT ...)"));
         }
@@ -192,7 +142,7 @@ pub(super) fn mentions_aggregate(e: &Expr) -> bool {
         Expr::BinaryOp { left, right, .. } => mentions_aggregate(left) || mentions_aggregate(right),
         Expr::Function(f) => {
             let name = function_name(f);
-            if AggFunc::from_name(&name).is_some() || UNMERGEABLE.contains(&name.as_str()) {
+            if kind_from_name(&name).is_some() || unmergeable(&name) {
                 return true;
             }
             match &f.args {
@@ -219,7 +169,7 @@ fn mentions_aggregate_text(e: &Expr) -> bool {
     toks.iter().enumerate().any(|(i, t)| {
         t.kind == TokenKind::Word && toks.get(i + 1).is_some_and(|n| n.is_punct("(")) && {
             let w = t.text.to_ascii_lowercase();
-            AggFunc::from_name(&w).is_some() || UNMERGEABLE.contains(&w.as_str())
+            kind_from_name(&w).is_some() || unmergeable(&w)
         }
     })
 }

@@ -41,7 +41,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use crate::shard::TableLookup;
 use sqlparser::parser::Parser;
 
-pub use aggregate::AggFunc;
+pub use aggregate::{partial_names, AggKind};
 pub use having::{CmpOp, HavingExpr, Literal, Operand};
 
 use aggregate::{aggregate_call, mentions_aggregate, mentions_window, AggCall};
@@ -144,8 +144,8 @@ pub struct GroupPlan {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AggSlot {
     /// The aggregate.
-    pub func: AggFunc,
-    /// Absolute columns of the partials, in [`AggFunc::partials`] order.
+    pub func: AggKind,
+    /// Absolute columns of the partials, in [`partial_names`] order.
     pub partials: Vec<usize>,
 }
 
@@ -599,7 +599,7 @@ impl Planner {
     ) -> Result<usize, Unmergeable> {
         // min/max output their winner's bytes as the client asked for them
         // (the visible column), so each output position has its own slot.
-        let output = output.filter(|_| matches!(call.func, AggFunc::Min | AggFunc::Max));
+        let output = output.filter(|_| matches!(call.func, AggKind::Min | AggKind::Max));
         let text = match output {
             Some(j) => format!("{}#{j}", call.text),
             None => call.text.clone(),
@@ -935,11 +935,11 @@ fn pushed_limit(limit: &(Option<RowCount>, Option<RowCount>)) -> Option<Expr> {
         .ok()
 }
 
-/// [`plan_merge`] with a cache keyed by statement text (bounded; cleared
-/// when full).
-#[derive(Debug, Default)]
+/// [`plan_merge`] with a cache keyed by statement text (bounded, emptied
+/// when the shard map's version changes).
+#[derive(Debug)]
 pub struct MergePlanner {
-    cache: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<MergeResult>>>,
+    cache: crate::cache::GenerationalCache<std::sync::Arc<MergeResult>>,
 }
 
 /// A cached planning result.
@@ -948,25 +948,23 @@ pub type MergeResult = Result<MergePlan, Unmergeable>;
 /// Statements cached at most.
 const MERGE_CACHE_CAPACITY: usize = 4096;
 
+impl Default for MergePlanner {
+    fn default() -> Self {
+        MergePlanner {
+            cache: crate::cache::GenerationalCache::new(MERGE_CACHE_CAPACITY),
+        }
+    }
+}
+
 impl MergePlanner {
     /// The plan for `sql`, from the cache when present.
     pub fn plan_cached(&self, sql: &str, tables: &dyn TableLookup) -> std::sync::Arc<MergeResult> {
-        if let Some(hit) = self.lock().get(sql) {
-            return hit.clone();
+        let version = tables.version();
+        if let Some(hit) = self.cache.get(sql, version) {
+            return hit;
         }
         let plan = std::sync::Arc::new(plan_merge(sql, tables));
-        let mut cache = self.lock();
-        if cache.len() >= MERGE_CACHE_CAPACITY {
-            cache.clear();
-        }
-        cache.insert(sql.to_owned(), plan.clone());
+        self.cache.insert(sql, plan.clone(), version);
         plan
-    }
-
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::sync::Arc<MergeResult>>>
-    {
-        self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -34,7 +34,7 @@ const MAX_SCOPES: usize = 5_000;
 
 /// Names of aggregate functions (last component, lower case). Any function
 /// with `FILTER`, `WITHIN GROUP` or `DISTINCT` arguments also counts.
-const AGGREGATES: &[&str] = &[
+pub(crate) const AGGREGATES: &[&str] = &[
     "count",
     "sum",
     "avg",

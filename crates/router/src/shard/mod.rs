@@ -68,6 +68,7 @@ mod tests;
 
 use std::ops::Range;
 
+pub(crate) use analyze::AGGREGATES;
 pub(crate) use normalize::decode_string;
 pub use planner::{ShardPlanner, MAX_CACHED_SQL};
 

@@ -236,32 +236,16 @@ fn decode_escapes(s: &str) -> String {
         }
         let e = b[i + 1];
         i += 2;
+        if let Some(v) = crate::lexer::octal_or_hex_escape(e, b, &mut i) {
+            out.push(v);
+            continue;
+        }
         match e {
             b'b' => out.push(8),
             b'f' => out.push(12),
             b'n' => out.push(b'\n'),
             b'r' => out.push(b'\r'),
             b't' => out.push(b'\t'),
-            b'0'..=b'7' => {
-                let mut v = u32::from(e - b'0');
-                let mut n = 1;
-                while n < 3 && i < b.len() && (b'0'..=b'7').contains(&b[i]) {
-                    v = v * 8 + u32::from(b[i] - b'0');
-                    i += 1;
-                    n += 1;
-                }
-                out.push((v & 0xff) as u8);
-            }
-            b'x' if i < b.len() && b[i].is_ascii_hexdigit() => {
-                let mut v = 0u32;
-                let mut n = 0;
-                while n < 2 && i < b.len() && b[i].is_ascii_hexdigit() {
-                    v = v * 16 + (b[i] as char).to_digit(16).unwrap_or(0);
-                    i += 1;
-                    n += 1;
-                }
-                out.push(v as u8);
-            }
             b'u' | b'U' => {
                 let len = if e == b'u' { 4 } else { 8 };
                 let hex = s

@@ -2,15 +2,16 @@
 //! the caching [`ShardPlanner`].
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::fmt::{self, Write as _};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use sqlparser::ast::Statement;
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
+use crate::cache::GenerationalCache;
+use crate::classify::operator_count;
 use crate::lexer::{split_statements, Lexer, Token, TokenKind};
 
 use super::fallback::{self, Quick};
@@ -120,35 +121,6 @@ fn blank_unsupported_locks(toks: &[Token<'_>], sql: &str) -> Option<String> {
     String::from_utf8(out?).ok()
 }
 
-/// Infix operators and keywords, each of which may add a level to a parsed
-/// tree (mirrors the classifier's guard).
-fn operator_count(toks: &[Token<'_>]) -> usize {
-    const KEYWORDS: &[&str] = &[
-        "and",
-        "or",
-        "not",
-        "is",
-        "in",
-        "like",
-        "ilike",
-        "similar",
-        "between",
-        "collate",
-        "at",
-        "overlaps",
-        "union",
-        "intersect",
-        "except",
-    ];
-    toks.iter()
-        .filter(|t| match t.kind {
-            TokenKind::Punct => !matches!(t.text, "(" | ")" | "," | "." | "[" | "]"),
-            TokenKind::Word => KEYWORDS.iter().any(|k| t.text.eq_ignore_ascii_case(k)),
-            _ => false,
-        })
-        .count()
-}
-
 thread_local! {
     /// Reused buffer for normalised texts, so a cache hit allocates only the
     /// literal list.
@@ -158,7 +130,10 @@ thread_local! {
 /// Plans statements with a cache keyed by literal-normalised text (see
 /// [`ShardPlanner::plan_cached`]). Shareable between threads.
 pub struct ShardPlanner {
-    cache: Option<Cache>,
+    /// Plans by normalised text, tagged with the [`TableLookup::version`]
+    /// they were made with.
+    cache: Option<GenerationalCache<Arc<ShardPlan>>>,
+    cache_capacity: usize,
     no_table: Arc<ShardPlan>,
     broadcast: Arc<ShardPlan>,
     unsharded: Arc<ShardPlan>,
@@ -167,10 +142,7 @@ pub struct ShardPlanner {
 impl fmt::Debug for ShardPlanner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ShardPlanner")
-            .field(
-                "cache_capacity",
-                &self.cache.as_ref().map_or(0, |c| c.capacity),
-            )
+            .field("cache_capacity", &self.cache_capacity)
             .field("cache_len", &self.cache_len())
             .finish()
     }
@@ -187,7 +159,8 @@ impl ShardPlanner {
     /// A planner caching at most `cache_capacity` plans (0 turns the cache off).
     pub fn new(cache_capacity: usize) -> ShardPlanner {
         ShardPlanner {
-            cache: (cache_capacity > 0).then(|| Cache::new(cache_capacity)),
+            cache: (cache_capacity > 0).then(|| GenerationalCache::new(cache_capacity)),
+            cache_capacity,
             no_table: Arc::new(ShardPlan::NoTable),
             broadcast: Arc::new(ShardPlan::Broadcast),
             unsharded: Arc::new(ShardPlan::Unsharded),
@@ -204,7 +177,7 @@ impl ShardPlanner {
 
     /// Number of cached plans.
     pub fn cache_len(&self) -> usize {
-        self.cache.as_ref().map_or(0, Cache::len)
+        self.cache.as_ref().map_or(0, GenerationalCache::len)
     }
 
     /// Plans `sql` like [`super::plan`], through the cache. Returns the plan
@@ -240,7 +213,7 @@ impl ShardPlanner {
 
     fn plan_with_buf(
         &self,
-        cache: &Cache,
+        cache: &GenerationalCache<Arc<ShardPlan>>,
         sql: &str,
         tables: &dyn TableLookup,
         key: &mut String,
@@ -313,94 +286,5 @@ fn with_spans(p: Arc<ShardPlan>, sql: &str, tables: &dyn TableLookup) -> Arc<Sha
             Arc::new(ShardPlan::Insert(ip))
         }
         _ => Arc::new(super::plan(sql, tables)),
-    }
-}
-
-/// Two-generation bounded map (as the classifier's cache), remembering the
-/// [`TableLookup::version`] its plans were made with.
-struct Cache {
-    capacity: usize,
-    generation_limit: usize,
-    generation_bytes: usize,
-    inner: Mutex<Generations>,
-}
-
-#[derive(Default)]
-struct Generations {
-    version: Option<u64>,
-    current: HashMap<Box<str>, Arc<ShardPlan>>,
-    current_bytes: usize,
-    previous: HashMap<Box<str>, Arc<ShardPlan>>,
-}
-
-impl Generations {
-    fn check_version(&mut self, version: u64) {
-        if self.version != Some(version) {
-            self.current.clear();
-            self.previous.clear();
-            self.current_bytes = 0;
-            self.version = Some(version);
-        }
-    }
-}
-
-const BYTES_PER_ENTRY: usize = 1024;
-
-impl Cache {
-    fn new(capacity: usize) -> Cache {
-        let generation_limit = (capacity / 2).max(1);
-        Cache {
-            capacity,
-            generation_limit,
-            generation_bytes: generation_limit.saturating_mul(BYTES_PER_ENTRY),
-            inner: Mutex::new(Generations::default()),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Generations> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn len(&self) -> usize {
-        let g = self.lock();
-        g.current.len() + g.previous.len()
-    }
-
-    fn clear(&self) {
-        let mut g = self.lock();
-        g.current.clear();
-        g.previous.clear();
-        g.current_bytes = 0;
-    }
-
-    fn get(&self, key: &str, version: u64) -> Option<Arc<ShardPlan>> {
-        let mut g = self.lock();
-        g.check_version(version);
-        if let Some(p) = g.current.get(key) {
-            return Some(p.clone());
-        }
-        let (k, p) = g.previous.remove_entry(key)?;
-        self.put(&mut g, k, p.clone());
-        Some(p)
-    }
-
-    fn insert(&self, key: &str, p: Arc<ShardPlan>, version: u64) {
-        let mut g = self.lock();
-        g.check_version(version);
-        if !g.current.contains_key(key) {
-            self.put(&mut g, key.into(), p);
-        }
-    }
-
-    fn put(&self, g: &mut Generations, key: Box<str>, p: Arc<ShardPlan>) {
-        if g.current.len() >= self.generation_limit || g.current_bytes >= self.generation_bytes {
-            g.previous = std::mem::take(&mut g.current);
-            g.current_bytes = 0;
-            if g.previous.len() >= self.capacity {
-                g.previous.clear();
-            }
-        }
-        g.current_bytes += key.len();
-        g.current.insert(key, p);
     }
 }

@@ -24,8 +24,8 @@ use shardgate_protocol::backend::{self, tag as btag};
 use shardgate_protocol::frontend::{self, Bind};
 use shardgate_protocol::{Header, PgError};
 use shardgate_router::merge_plan::{
-    AggFunc, CmpOp, FinalKey, GroupPlan, GroupValue, HavingExpr, Literal, MergeMode, MergePlan,
-    Operand, OutputColumn, RowCount, SortKey,
+    CmpOp, FinalKey, GroupPlan, GroupValue, HavingExpr, Literal, MergeMode, MergePlan, Operand,
+    OutputColumn, RowCount, SortKey,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -632,7 +632,7 @@ impl Run<'_> {
                         .iter()
                         .map(|c| columns.types.get(*c).copied().unwrap_or(0))
                         .collect();
-                    AggState::new(agg_kind(slot.func), output_oid(slot.func, &oids), &oids)
+                    AggState::new(slot.func, output_oid(slot.func, &oids), &oids)
                         .map_err(merge_error)
                 })
                 .collect::<Result<_, _>>()?;
@@ -759,7 +759,7 @@ fn key_columns(plan: &MergePlan) -> Vec<usize> {
             .chain(
                 g.aggregates
                     .iter()
-                    .filter(|a| matches!(a.func, AggFunc::Min | AggFunc::Max))
+                    .filter(|a| matches!(a.func, AggKind::Min | AggKind::Max))
                     .map(|a| a.partials[0]),
             )
             .collect(),
@@ -1010,26 +1010,14 @@ fn compare_final(a: &[Key], b: &[Key], keys: &[FinalKey]) -> Ordering {
     Ordering::Equal
 }
 
-fn agg_kind(f: AggFunc) -> AggKind {
-    match f {
-        AggFunc::Count => AggKind::Count,
-        AggFunc::Sum => AggKind::Sum,
-        AggFunc::Avg => AggKind::Avg,
-        AggFunc::Min => AggKind::Min,
-        AggFunc::Max => AggKind::Max,
-        AggFunc::BoolAnd => AggKind::BoolAnd,
-        AggFunc::BoolOr => AggKind::BoolOr,
-    }
-}
-
 /// The type Postgres gives the aggregate's result, from its partials' types.
-fn output_oid(f: AggFunc, partials: &[u32]) -> u32 {
+fn output_oid(f: AggKind, partials: &[u32]) -> u32 {
     use shardgate_merge::oid;
     match f {
-        AggFunc::Count => oid::INT8,
-        AggFunc::BoolAnd | AggFunc::BoolOr => oid::BOOL,
-        AggFunc::Avg => partials.get(2).copied().unwrap_or(oid::NUMERIC),
-        AggFunc::Sum | AggFunc::Min | AggFunc::Max => partials.first().copied().unwrap_or(0),
+        AggKind::Count => oid::INT8,
+        AggKind::BoolAnd | AggKind::BoolOr => oid::BOOL,
+        AggKind::Avg => partials.get(2).copied().unwrap_or(oid::NUMERIC),
+        AggKind::Sum | AggKind::Min | AggKind::Max => partials.first().copied().unwrap_or(0),
     }
 }
 
