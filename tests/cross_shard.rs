@@ -908,3 +908,84 @@ async fn collation_and_user_aggregates_are_refused_not_guessed() {
         .unwrap();
     assert_eq!(simple_rows(&one), vec![vec![Some("2".to_owned())]]);
 }
+
+/// Merged queries in the extended protocol: LIMIT and OFFSET as bind
+/// parameters, a prepared statement executed many times with different
+/// values, binary results, and a LIMIT inside a transaction (the shards are
+/// drained, not cancelled, so the transaction goes on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_queries_take_parameters_and_keep_transactions() {
+    let env = env("");
+    let proxy = env.start();
+    let client = connect(&proxy.app()).await;
+    client
+        .batch_execute("CREATE TABLE t (k bigint PRIMARY KEY, g int, v numeric(8,2))")
+        .await
+        .unwrap();
+    let values: Vec<String> = (0..3000)
+        .map(|k| format!("({k}, {}, {}.{:02})", k % 7, k % 100, k % 13))
+        .collect();
+    client
+        .batch_execute(&format!("INSERT INTO t VALUES {}", values.join(",")))
+        .await
+        .unwrap();
+    let page = client
+        .prepare("SELECT k FROM t WHERE g = $1 ORDER BY k DESC LIMIT $2 OFFSET $3")
+        .await
+        .unwrap();
+    for (g, limit, offset) in [(0i32, 3i64, 0i64), (1, 5, 2), (6, 1, 400), (3, 0, 0)] {
+        let rows = client.query(&page, &[&g, &limit, &offset]).await.unwrap();
+        let got: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        let want: Vec<i64> = (0..3000i64)
+            .rev()
+            .filter(|k| k % 7 == i64::from(g))
+            .skip(offset as usize)
+            .take(limit as usize)
+            .collect();
+        assert_eq!(got, want, "g={g} limit={limit} offset={offset}");
+    }
+    // Aggregates with a parameter, binary results (count bigint, avg numeric).
+    let row = client
+        .query_one(
+            "SELECT count(*), sum(g), max(v)::text, avg(g)::text FROM t WHERE k < $1",
+            &[&2500i64],
+        )
+        .await;
+    // avg(g)::text is an expression over an aggregate: refused, named.
+    let err = row.expect_err("expression over an aggregate");
+    assert_eq!(err.as_db_error().unwrap().code().code(), "0A000");
+    let row = client
+        .query_one(
+            "SELECT count(*), sum(g), avg(g) FROM t WHERE k < $1",
+            &[&1000i64],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 1000);
+    let sum: i64 = (0..1000i64).map(|k| k % 7).sum();
+    assert_eq!(row.get::<_, i64>(1), sum);
+    // LIMIT inside a transaction: no cancel, the transaction stays usable.
+    client.batch_execute("BEGIN").await.unwrap();
+    let first = client
+        .query("SELECT k FROM t ORDER BY k LIMIT 2", &[])
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 2);
+    client
+        .batch_execute("UPDATE t SET g = 100 WHERE k = 5")
+        .await
+        .unwrap();
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM t WHERE g = 100", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    client.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        per_shard_n(&env.c, "SELECT count(*) FROM t WHERE g = 100")
+            .iter()
+            .sum::<i64>(),
+        1
+    );
+}
