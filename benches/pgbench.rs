@@ -16,11 +16,18 @@
 //! through shardgate with the pgbench tables sharded over the one shard, and through
 //! shardgate over a second cluster of three shards loaded through it.
 //!
-//! Environment (defaults in brackets): `BENCH_SUITE` [replica] (or `sharding`),
+//! `BENCH_SUITE=cross_shard` measures cross-shard queries: fan-out latency of aggregates
+//! without a key (1 shard vs 3 shards vs direct), the throughput of reading a whole
+//! 1,000,000-row result concatenated and k-way merged (`ORDER BY`) from three shards versus
+//! one unsharded Postgres, with the proxy's RSS, and TPC-B over three shards with and
+//! without two-phase commit.
+//!
+//! Environment (defaults in brackets): `BENCH_SUITE` [replica] (or `sharding`, `cross_shard`),
 //! `BENCH_ROUNDS` [2], `BENCH_SECONDS` [20] per run, `BENCH_CLIENTS` [32], `BENCH_POOL` [20]
 //! server connections per proxy, `BENCH_SCALE` [10], `BENCH_WORKERS` [0] shardgate runtime
 //! threads (0 = one per core), `BENCH_MODES` and `BENCH_TARGETS`: comma-separated names
-//! from [`MODES`] and [`TARGETS`] (any suite's; default: the suite's entries).
+//! from [`MODES`] and [`TARGETS`] (any suite's; default: the suite's entries),
+//! `BENCH_MERGE_ROUNDS` [3] rounds of the merge-throughput reads (`cross_shard`; 0 skips).
 //!
 //! More modes or targets (e.g. shardgate with another configuration) are added as entries
 //! of [`MODES`] and [`TARGETS`].
@@ -77,17 +84,33 @@ struct Mode {
     script: Option<&'static str>,
     /// The suites ([`SUITES`]) that run this mode unless `BENCH_MODES` says otherwise.
     suites: &'static [&'static str],
+    /// The only targets that run this mode (the others show n/a); empty: every target.
+    targets: &'static [&'static str],
 }
 
 /// `BENCH_SUITE` values: which modes and targets run unless `BENCH_MODES` and
 /// `BENCH_TARGETS` name them. The first is the default.
-const SUITES: &[&str] = &["replica", "sharding"];
+const SUITES: &[&str] = &["replica", "sharding", "cross_shard"];
 
 /// What `pgbench -S` runs, as a custom script. With `-f`, pgbench does not run its
 /// `select count(*) from pgbench_branches` (which a sharded `pgbench_branches` cannot
 /// answer before the cross-shard aggregate merge) and takes `:scale` from `-s`.
 const POINT_SELECT_SCRIPT: &str = "\\set aid random(1, 100000 * :scale)\n\
                                    SELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n";
+
+/// A cross-shard aggregate without a key: every shard counts its branches, the proxy sums.
+const COUNT_BRANCHES_SCRIPT: &str = "SELECT count(*) FROM pgbench_branches;\n";
+
+/// A cross-shard aggregate over 100 consecutive accounts: hash sharding spreads them over
+/// every shard, so each shard runs the range scan and the proxy combines the partials.
+const RANGE_AGGREGATE_SCRIPT: &str = "\\set a random(1, 100000 * :scale - 99)\n\
+                                      SELECT count(*), sum(abalance) FROM pgbench_accounts \
+                                      WHERE aid BETWEEN :a AND :a + 99;\n";
+
+/// Targets of the cross-shard aggregate modes.
+const AGGREGATE_TARGETS: &[&str] = &["direct", "shardgate-1shard", "shardgate-3shards"];
+/// Targets of the two-phase commit comparison (the same 3-shard cluster).
+const TWO_PHASE_TARGETS: &[&str] = &["shardgate-3shards", "shardgate-3shards-2pc"];
 
 /// The workloads, in table order.
 const MODES: &[Mode] = &[
@@ -96,30 +119,35 @@ const MODES: &[Mode] = &[
         args: &["-S", "-M", "simple"],
         script: None,
         suites: &["replica"],
+        targets: &[],
     },
     Mode {
         name: "select-extended",
         args: &["-S", "-M", "extended"],
         script: None,
         suites: &["replica"],
+        targets: &[],
     },
     Mode {
         name: "select-prepared",
         args: &["-S", "-M", "prepared"],
         script: None,
         suites: &["replica"],
+        targets: &[],
     },
     Mode {
         name: "tpcb-simple",
         args: &["-M", "simple"],
         script: None,
         suites: &["replica"],
+        targets: &[],
     },
     Mode {
         name: "tpcb-prepared",
         args: &["-M", "prepared"],
         script: None,
         suites: &["replica"],
+        targets: &[],
     },
     // `-S` as a custom script ([`POINT_SELECT_SCRIPT`]): runs over sharded pgbench tables.
     Mode {
@@ -127,18 +155,58 @@ const MODES: &[Mode] = &[
         args: &["-M", "simple"],
         script: Some(POINT_SELECT_SCRIPT),
         suites: &["sharding"],
+        targets: &[],
     },
     Mode {
         name: "key-select-extended",
         args: &["-M", "extended"],
         script: Some(POINT_SELECT_SCRIPT),
         suites: &["sharding"],
+        targets: &[],
     },
     Mode {
         name: "key-select-prepared",
         args: &["-M", "prepared"],
         script: Some(POINT_SELECT_SCRIPT),
         suites: &["sharding"],
+        targets: &[],
+    },
+    // Cross-shard aggregates (fan-out latency): 1 shard vs 3 shards vs direct.
+    Mode {
+        name: "count-branches-simple",
+        args: &["-M", "simple"],
+        script: Some(COUNT_BRANCHES_SCRIPT),
+        suites: &["cross_shard"],
+        targets: AGGREGATE_TARGETS,
+    },
+    Mode {
+        name: "range-agg-simple",
+        args: &["-M", "simple"],
+        script: Some(RANGE_AGGREGATE_SCRIPT),
+        suites: &["cross_shard"],
+        targets: AGGREGATE_TARGETS,
+    },
+    Mode {
+        name: "range-agg-prepared",
+        args: &["-M", "prepared"],
+        script: Some(RANGE_AGGREGATE_SCRIPT),
+        suites: &["cross_shard"],
+        targets: AGGREGATE_TARGETS,
+    },
+    // pgbench's TPC-B over three shards, with and without two-phase commit.
+    Mode {
+        name: "sharded-tpcb-simple",
+        args: &["-M", "simple"],
+        script: None,
+        suites: &["cross_shard"],
+        targets: TWO_PHASE_TARGETS,
+    },
+    Mode {
+        name: "sharded-tpcb-prepared",
+        args: &["-M", "prepared"],
+        script: None,
+        suites: &["cross_shard"],
+        targets: TWO_PHASE_TARGETS,
     },
 ];
 
@@ -156,17 +224,16 @@ struct TargetDef {
     /// Whether it serves named prepared statements (`-M prepared`); modes that need them
     /// are reported as n/a otherwise.
     named_prepared: bool,
-    /// Starts it for the cluster.
-    start: fn(&Cluster, &Params) -> Started,
+    /// Starts it over the clusters.
+    start: fn(&Clusters, &Params) -> Started,
     /// Its configuration, for the parameters printed after the table.
     describe: fn(&Params) -> String,
     /// Whether its memory is reported (peak RSS, and RSS with [`RSS_CLIENTS`] clients);
     /// only for targets with a process of their own.
     rss: bool,
-    /// Whether it serves pgbench's built-in scripts, which start with `select count(*)
-    /// from pgbench_branches`; targets over sharded pgbench tables run custom-script
-    /// modes only (the others are n/a) until the cross-shard aggregate merge exists.
-    builtin_scripts: bool,
+    /// Whether it runs over the cluster of [`SHARDS`] primaries (started, and loaded
+    /// through shardgate, only when a selected target needs it).
+    three_shards: bool,
     /// The suites ([`SUITES`]) that start this target unless `BENCH_TARGETS` says otherwise.
     suites: &'static [&'static str],
 }
@@ -179,8 +246,8 @@ const TARGETS: &[TargetDef] = &[
         start: start_direct,
         describe: describe_direct,
         rss: false,
-        builtin_scripts: true,
-        suites: &["replica", "sharding"],
+        three_shards: false,
+        suites: &["replica", "sharding", "cross_shard"],
     },
     TargetDef {
         // The primary only: a shard without replicas skips statement classification, so
@@ -190,7 +257,7 @@ const TARGETS: &[TargetDef] = &[
         start: start_shardgate,
         describe: describe_shardgate,
         rss: true,
-        builtin_scripts: true,
+        three_shards: false,
         suites: &["replica", "sharding"],
     },
     TargetDef {
@@ -201,7 +268,7 @@ const TARGETS: &[TargetDef] = &[
         start: start_shardgate_strong,
         describe: describe_shardgate_strong,
         rss: false,
-        builtin_scripts: true,
+        three_shards: false,
         suites: &["replica"],
     },
     TargetDef {
@@ -212,7 +279,7 @@ const TARGETS: &[TargetDef] = &[
         start: start_shardgate_eventual,
         describe: describe_shardgate_eventual,
         rss: false,
-        builtin_scripts: true,
+        three_shards: false,
         suites: &["replica"],
     },
     TargetDef {
@@ -223,7 +290,7 @@ const TARGETS: &[TargetDef] = &[
         start: start_pgbouncer,
         describe: describe_pgbouncer,
         rss: true,
-        builtin_scripts: true,
+        three_shards: false,
         suites: &["replica"],
     },
     TargetDef {
@@ -234,19 +301,30 @@ const TARGETS: &[TargetDef] = &[
         start: start_shardgate_1shard,
         describe: describe_shardgate_1shard,
         rss: false,
-        builtin_scripts: false,
-        suites: &["sharding"],
+        three_shards: false,
+        suites: &["sharding", "cross_shard"],
     },
     TargetDef {
-        // A cluster of its own: three shards (primaries only), the pgbench tables sharded
-        // by their keys and loaded through shardgate with `pgbench -i`.
+        // The cluster of three shards (primaries only), the pgbench tables sharded by
+        // their keys and loaded through shardgate with `pgbench -i`.
         name: "shardgate-3shards",
         named_prepared: true,
         start: start_shardgate_3shards,
         describe: describe_shardgate_3shards,
         rss: false,
-        builtin_scripts: false,
-        suites: &["sharding"],
+        three_shards: true,
+        suites: &["sharding", "cross_shard"],
+    },
+    TargetDef {
+        // The same 3-shard cluster and configuration as `shardgate-3shards`, with
+        // `[proxy] two_phase_commit = true`.
+        name: "shardgate-3shards-2pc",
+        named_prepared: true,
+        start: start_shardgate_3shards_2pc,
+        describe: describe_shardgate_3shards_2pc,
+        rss: false,
+        three_shards: true,
+        suites: &["cross_shard"],
     },
 ];
 
@@ -291,14 +369,33 @@ const RATIOS: &[Ratio] = &[
         numerator: "shardgate-3shards",
         denominator: "direct",
     },
+    Ratio {
+        label: "2pc/no-2pc",
+        numerator: "shardgate-3shards-2pc",
+        denominator: "shardgate-3shards",
+    },
 ];
 
 /// What a target's start function returns.
 struct Started {
     port: u16,
     process: Option<Process>,
-    /// A cluster the target started for itself (stopped after the process).
-    cluster: Option<Cluster>,
+}
+
+/// The clusters targets run over: the 1-shard cluster (primary and [`REPLICAS`] replicas,
+/// loaded directly) and, when a selected target needs it, [`SHARDS`] primaries loaded
+/// through shardgate. Dropped after the targets.
+struct Clusters {
+    one: Cluster,
+    three: Option<Cluster>,
+}
+
+impl Clusters {
+    fn three(&self) -> &Cluster {
+        self.three
+            .as_ref()
+            .expect("the 3-shard cluster is started when a selected target needs it")
+    }
 }
 
 /// A running target: where pgbench connects, and the proxy process if there is one.
@@ -307,28 +404,19 @@ struct Target {
     port: u16,
     named_prepared: bool,
     rss: bool,
-    builtin_scripts: bool,
     /// Stopped when the target is dropped.
     process: Option<Process>,
-    /// The target's own cluster, if it has one; removed after `process` stopped.
-    _cluster: Option<Cluster>,
 }
 
 impl Target {
-    fn start(def: &TargetDef, cluster: &Cluster, params: &Params) -> Target {
-        let Started {
-            port,
-            process,
-            cluster,
-        } = (def.start)(cluster, params);
+    fn start(def: &TargetDef, clusters: &Clusters, params: &Params) -> Target {
+        let Started { port, process } = (def.start)(clusters, params);
         Target {
             name: def.name,
             port,
             named_prepared: def.named_prepared,
             rss: def.rss,
-            builtin_scripts: def.builtin_scripts,
             process,
-            _cluster: cluster,
         }
     }
 
@@ -344,7 +432,7 @@ impl Target {
 
     fn supports(&self, mode: &Mode) -> bool {
         (self.named_prepared || !mode.uses_named_prepared())
-            && (self.builtin_scripts || mode.script.is_some())
+            && (mode.targets.is_empty() || mode.targets.contains(&self.name))
     }
 }
 
@@ -359,8 +447,10 @@ struct Params {
     suite: &'static str,
     modes: Vec<&'static Mode>,
     targets: Vec<&'static TargetDef>,
-    /// The file holding [`POINT_SELECT_SCRIPT`] (written in the cluster directory).
-    script_file: PathBuf,
+    /// Where each custom-script mode's script is written (`<mode>.sql`).
+    script_dir: PathBuf,
+    /// Rounds of the merge-throughput measurement (`cross_shard` suite; 0 skips it).
+    merge_rounds: usize,
 }
 
 impl Params {
@@ -395,8 +485,14 @@ impl Params {
                 |target| target.name,
                 |target| target.suites.contains(&suite),
             ),
-            script_file: PathBuf::new(),
+            script_dir: PathBuf::new(),
+            merge_rounds: env_number("BENCH_MERGE_ROUNDS", 3),
         }
+    }
+
+    /// The script file of a custom-script mode.
+    fn script_file(&self, mode: &Mode) -> PathBuf {
+        self.script_dir.join(format!("{}.sql", mode.name))
     }
 
     /// pgbench threads: `-j` may not exceed `-c`.
@@ -455,20 +551,39 @@ fn main() {
     }
     let mut params = Params::from_env();
     let cluster = start_cluster(&params);
-    params.script_file = cluster.dir().join("point-select.sql");
-    write_readable(&params.script_file, POINT_SELECT_SCRIPT);
+    params.script_dir = cluster.dir().to_owned();
+    for mode in &params.modes {
+        if let Some(script) = mode.script {
+            write_readable(&params.script_file(mode), script);
+        }
+    }
+    let three = params
+        .targets
+        .iter()
+        .any(|def| def.three_shards)
+        .then(|| start_three_shards(&params));
+    let clusters = Clusters {
+        one: cluster,
+        three,
+    };
     let targets: Vec<Target> = params
         .targets
         .iter()
-        .map(|def| Target::start(def, &cluster, &params))
+        .map(|def| Target::start(def, &clusters, &params))
         .collect();
+    // Before the pgbench runs, so every target still holds the rows `pgbench -i` loaded.
+    let merge = (params.suite == "cross_shard" && params.merge_rounds > 0)
+        .then(|| merge_throughput(&params, &targets));
     let results = run_rounds(&params, &targets);
     let peaks = peak_rss(&targets);
     let with_clients = rss_with_clients(&params, &targets);
     print_table(&params, &targets, &results);
+    if let Some(merge) = &merge {
+        print_merge(&params, merge);
+    }
     print_memory(&peaks, &with_clients);
-    print_parameters(&params, &cluster, &targets);
-    // `targets` (stopping the proxies) is dropped before `cluster` (stopping Postgres).
+    print_parameters(&params, &clusters.one, &targets);
+    // `targets` (stopping the proxies) is dropped before `clusters` (stopping Postgres).
 }
 
 // ---------------------------------------------------------------------------------------
@@ -508,11 +623,10 @@ fn start_cluster(params: &Params) -> Cluster {
     cluster
 }
 
-fn start_direct(cluster: &Cluster, _params: &Params) -> Started {
+fn start_direct(clusters: &Clusters, _params: &Params) -> Started {
     Started {
-        port: cluster.shard(0).primary.port(),
+        port: clusters.one.shard(0).primary.port(),
         process: None,
-        cluster: None,
     }
 }
 
@@ -527,8 +641,9 @@ enum Routing {
     PrimaryOnly,
     /// Primary and replicas, with `[routing] default_consistency = "<level>"`.
     Replicas { consistency: &'static str },
-    /// Each shard's primary only, with the pgbench tables sharded ([`SHARDED_PGBENCH`]).
-    Sharded,
+    /// Each shard's primary only, with the pgbench tables sharded ([`SHARDED_PGBENCH`]),
+    /// and `[proxy] two_phase_commit` as given.
+    Sharded { two_phase: bool },
 }
 
 /// The pgbench tables sharded by their keys (hash, bigint), as in `tests/sharding.rs`.
@@ -538,35 +653,47 @@ const SHARDED_PGBENCH: &str =
      \n[[sharded_tables]]\ntable = \"pgbench_branches\"\ncolumn = \"bid\"\n\
      \n[[sharded_tables]]\ntable = \"pgbench_history\"\ncolumn = \"aid\"\n";
 
-/// Shards of the `shardgate-3shards` target's cluster.
+/// Shards of the cluster of the `shardgate-3shards` targets.
 const SHARDS: usize = 3;
 
-fn start_shardgate(cluster: &Cluster, params: &Params) -> Started {
-    spawn_shardgate("shardgate", cluster, params, Routing::PrimaryOnly)
+fn start_shardgate(clusters: &Clusters, params: &Params) -> Started {
+    spawn_shardgate("shardgate", &clusters.one, params, Routing::PrimaryOnly)
 }
 
-fn start_shardgate_strong(cluster: &Cluster, params: &Params) -> Started {
+fn start_shardgate_strong(clusters: &Clusters, params: &Params) -> Started {
     let routing = Routing::Replicas {
         consistency: "strong",
     };
-    spawn_shardgate("shardgate-strong", cluster, params, routing)
+    spawn_shardgate("shardgate-strong", &clusters.one, params, routing)
 }
 
-fn start_shardgate_eventual(cluster: &Cluster, params: &Params) -> Started {
+fn start_shardgate_eventual(clusters: &Clusters, params: &Params) -> Started {
     let routing = Routing::Replicas {
         consistency: "eventual",
     };
-    spawn_shardgate("shardgate-eventual", cluster, params, routing)
+    spawn_shardgate("shardgate-eventual", &clusters.one, params, routing)
 }
 
-fn start_shardgate_1shard(cluster: &Cluster, params: &Params) -> Started {
-    spawn_shardgate("shardgate-1shard", cluster, params, Routing::Sharded)
+fn start_shardgate_1shard(clusters: &Clusters, params: &Params) -> Started {
+    let routing = Routing::Sharded { two_phase: false };
+    spawn_shardgate("shardgate-1shard", &clusters.one, params, routing)
 }
 
-/// A cluster of [`SHARDS`] primaries, shardgate over it with the pgbench tables sharded,
-/// and `pgbench -i` through that shardgate (so every row lands on the shard of its key).
-fn start_shardgate_3shards(_cluster: &Cluster, params: &Params) -> Started {
-    eprintln!("shardgate-3shards: starting a cluster of {SHARDS} primaries");
+fn start_shardgate_3shards(clusters: &Clusters, params: &Params) -> Started {
+    let routing = Routing::Sharded { two_phase: false };
+    spawn_shardgate("shardgate-3shards", clusters.three(), params, routing)
+}
+
+fn start_shardgate_3shards_2pc(clusters: &Clusters, params: &Params) -> Started {
+    let routing = Routing::Sharded { two_phase: true };
+    spawn_shardgate("shardgate-3shards-2pc", clusters.three(), params, routing)
+}
+
+/// A cluster of [`SHARDS`] primaries, loaded with `pgbench -i` through a shardgate with
+/// the pgbench tables sharded (so every row lands on the shard of its key); that loader
+/// is stopped before the targets start.
+fn start_three_shards(params: &Params) -> Cluster {
+    eprintln!("starting a cluster of {SHARDS} primaries");
     let own =
         Cluster::start(ClusterSpec::new(SHARDS, 0).setting("max_connections", MAX_CONNECTIONS))
             .expect("start the 3-shard cluster");
@@ -576,39 +703,35 @@ fn start_shardgate_3shards(_cluster: &Cluster, params: &Params) -> Started {
     .expect("create the app role");
     own.execute_on_primaries(&format!("CREATE DATABASE {DATABASE} OWNER {USER}"))
         .expect("create the app database");
-    let started = spawn_shardgate("shardgate-3shards", &own, params, Routing::Sharded);
+    let routing = Routing::Sharded { two_phase: false };
+    let loader = spawn_shardgate("shardgate-3shards-loader", &own, params, routing);
     eprintln!(
-        "shardgate-3shards: pgbench -i -s {} through shardgate",
+        "3-shard cluster: pgbench -i -s {} through shardgate",
         params.scale
     );
     let scale = params.scale.to_string();
     let init = run(
-        pgbench(started.port, &["-i", "-q", "-s", &scale]),
+        pgbench(loader.port, &["-i", "-q", "-s", &scale]),
         INIT_TIMEOUT,
         || {},
     )
     .and_then(|finished| finished.check());
     if let Err(e) = init {
-        let log = started.process.as_ref().map(Process::log_tail);
+        let log = loader.process.as_ref().map(Process::log_tail);
         panic!(
-            "pgbench -i through shardgate-3shards failed: {e}\n{}",
+            "pgbench -i through shardgate over {SHARDS} shards failed: {e}\n{}",
             log.unwrap_or_default()
         );
     }
+    drop(loader);
     for (i, shard) in own.shards().iter().enumerate() {
         let rows = shard
             .primary
             .psql(DATABASE, "SELECT count(*) FROM pgbench_accounts")
             .unwrap_or_else(|e| format!("unknown ({e})"));
-        eprintln!(
-            "shardgate-3shards: shard {i} holds {} accounts",
-            rows.trim()
-        );
+        eprintln!("3-shard cluster: shard {i} holds {} accounts", rows.trim());
     }
-    Started {
-        cluster: Some(own),
-        ..started
-    }
+    own
 }
 
 /// Starts a shardgate process named `name` (its config and log files in the cluster
@@ -630,7 +753,6 @@ fn spawn_shardgate(
     Started {
         port,
         process: Some(process),
-        cluster: None,
     }
 }
 
@@ -639,9 +761,20 @@ fn spawn_shardgate(
 fn shardgate_config(cluster: &Cluster, params: &Params, port: u16, routing: Routing) -> String {
     let mut config = format!(
         "[proxy]\nlisten = \"127.0.0.1:{port}\"\npool_mode = \"transaction\"\n\
-         pool_size = {}\nworkers = {}\n\n\
-         [[users]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n",
+         pool_size = {}\nworkers = {}\n",
         params.pool, params.workers
+    );
+    if let Routing::Sharded { two_phase: true } = routing {
+        let log = cluster.dir().join(format!("shardgate-2pc-{port}.log"));
+        let _ = writeln!(
+            config,
+            "two_phase_commit = true\ntwo_phase_log = {:?}",
+            log.display().to_string()
+        );
+    }
+    let _ = write!(
+        config,
+        "\n[[users]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n"
     );
     if let Routing::Replicas { consistency } = routing {
         let _ = write!(
@@ -649,12 +782,12 @@ fn shardgate_config(cluster: &Cluster, params: &Params, port: u16, routing: Rout
             "\n[routing]\ndefault_consistency = \"{consistency}\"\n"
         );
     }
-    if let Routing::Sharded = routing {
+    if let Routing::Sharded { .. } = routing {
         config.push_str(SHARDED_PGBENCH);
     }
     for shard in cluster.shards() {
         let replicas: Vec<String> = match routing {
-            Routing::PrimaryOnly | Routing::Sharded => Vec::new(),
+            Routing::PrimaryOnly | Routing::Sharded { .. } => Vec::new(),
             Routing::Replicas { .. } => shard
                 .replicas
                 .iter()
@@ -683,18 +816,26 @@ fn describe_shardgate_1shard(params: &Params) -> String {
     format!(
         "as shardgate (the primary only, pool_size={}), with pgbench_accounts, _tellers, \
          _branches and _history configured as [[sharded_tables]] (hash on aid, tid, bid, aid): \
-         every statement is planned for its shard key; built-in scripts n/a (their \
-         count(*) on pgbench_branches has no key)",
+         every statement is planned for its shard key (statements without a key, such as \
+         the count(*) on pgbench_branches of the built-in scripts, go to the one shard)",
         params.pool
     )
 }
 
 fn describe_shardgate_3shards(params: &Params) -> String {
     format!(
-        "its own cluster of {SHARDS} primaries (no replicas, same machine), the pgbench tables \
-         sharded as in shardgate-1shard and loaded with pgbench -i -s {} through shardgate; \
-         pool_size={} per shard; built-in scripts n/a",
+        "a second cluster of {SHARDS} primaries (no replicas, same machine), the pgbench \
+         tables sharded as in shardgate-1shard and loaded with pgbench -i -s {} through \
+         shardgate; pool_size={} per shard; two_phase_commit = false",
         params.scale, params.pool
+    )
+}
+
+fn describe_shardgate_3shards_2pc(params: &Params) -> String {
+    format!(
+        "as shardgate-3shards (the same cluster and rows, pool_size={} per shard), with \
+         [proxy] two_phase_commit = true (decision log in the cluster directory)",
+        params.pool
     )
 }
 
@@ -718,7 +859,8 @@ fn describe_shardgate_eventual(params: &Params) -> String {
 
 /// PgBouncer as the `postgres` OS user (it refuses to run as root), with its files in the
 /// cluster directory, which that user owns.
-fn start_pgbouncer(cluster: &Cluster, params: &Params) -> Started {
+fn start_pgbouncer(clusters: &Clusters, params: &Params) -> Started {
+    let cluster = &clusters.one;
     let port = free_port();
     let dir = cluster.dir();
     let users = dir.join("pgbouncer-users.txt");
@@ -739,7 +881,6 @@ fn start_pgbouncer(cluster: &Cluster, params: &Params) -> Started {
     Started {
         port,
         process: Some(process),
-        cluster: None,
     }
 }
 
@@ -1008,7 +1149,8 @@ fn bench_once(params: &Params, target: &Target, mode: &Mode) -> Outcome {
     let seconds = params.seconds.to_string();
     let mut args = vec!["-c", &clients, "-j", &jobs, "-T", &seconds, "-n"];
     let scale = params.scale.to_string();
-    let script = params.script_file.to_string_lossy();
+    let script = params.script_file(mode);
+    let script = script.to_string_lossy();
     if mode.script.is_some() {
         args.extend(["-f", &script, "-s", &scale]);
     }
@@ -1367,6 +1509,18 @@ fn print_parameters(params: &Params, cluster: &Cluster, targets: &[Target]) {
          pgbench -i -s {} on the primary; direct, shardgate and pgbouncer use the primary only",
         params.scale
     );
+    if targets
+        .iter()
+        .any(|t| t.name.starts_with("shardgate-3shards"))
+    {
+        println!(
+            "- 3-shard cluster: {SHARDS} primaries, no replicas (same machine), \
+             max_connections={MAX_CONNECTIONS}, max_prepared_transactions=64, loaded with \
+             pgbench -i -s {} through shardgate (COPY split by aid)",
+            params.scale
+        );
+    }
+    println!("- harness servers run with fsync=off (the 2PC decision log is fsynced by the proxy)");
     let selected = |name: &str| targets.iter().any(|t| t.name == name);
     for ratio in RATIOS
         .iter()
@@ -1396,4 +1550,307 @@ fn pgbouncer_version() -> String {
             text.lines().next().map(str::to_owned)
         })
         .unwrap_or_else(|| "PgBouncer (unknown version)".to_owned())
+}
+
+// ---------------------------------------------------------------------------------------
+// Merge throughput (`cross_shard` suite)
+// ---------------------------------------------------------------------------------------
+
+/// A query whose whole result a client reads in the merge-throughput measurement.
+struct MergeQuery {
+    name: &'static str,
+    sql: &'static str,
+}
+
+/// Over the sharded targets: concatenation, a k-way merge on the key, and a k-way merge on
+/// two keys whose first one (`abalance`, 0 on every row after `pgbench -i`) ties on every
+/// row, so both keys are compared.
+const MERGE_QUERIES: &[MergeQuery] = &[
+    MergeQuery {
+        name: "concat",
+        sql: "SELECT aid, bid, abalance FROM pgbench_accounts",
+    },
+    MergeQuery {
+        name: "order-by-aid",
+        sql: "SELECT aid, bid, abalance FROM pgbench_accounts ORDER BY aid",
+    },
+    MergeQuery {
+        name: "order-by-abalance-aid",
+        sql: "SELECT aid, bid, abalance FROM pgbench_accounts ORDER BY abalance, aid",
+    },
+];
+
+/// The targets the merge queries run against (those selected).
+const MERGE_TARGETS: &[&str] = &["direct", "shardgate-1shard", "shardgate-3shards"];
+
+/// How the client reads the rows (tokio-postgres).
+#[derive(Clone, Copy)]
+enum Protocol {
+    /// `simple_query_raw`: simple protocol, text rows, streamed.
+    Simple,
+    /// `query_raw`: Parse/Bind/Execute, binary rows, streamed.
+    Extended,
+}
+
+impl Protocol {
+    const ALL: [Protocol; 2] = [Protocol::Simple, Protocol::Extended];
+
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Simple => "simple (text)",
+            Protocol::Extended => "extended (binary)",
+        }
+    }
+}
+
+/// One read of a whole result.
+struct MergeRun {
+    rows: u64,
+    /// From sending the query to the first row.
+    first_row: Duration,
+    /// From sending the query to the end of the result.
+    total: Duration,
+    /// The proxy's `VmRSS` before the query and the largest sampled while it ran.
+    rss_before_kb: Option<u64>,
+    rss_max_kb: Option<u64>,
+}
+
+/// The runs of one query, protocol and target, over the rounds.
+struct MergeCell {
+    query: &'static MergeQuery,
+    protocol: Protocol,
+    target: &'static str,
+    runs: Vec<Result<MergeRun, String>>,
+}
+
+/// Reads every [`MERGE_QUERIES`] result in both protocols from every selected
+/// [`MERGE_TARGETS`] target, `params.merge_rounds` times, interleaved like the pgbench runs.
+fn merge_throughput(params: &Params, targets: &[Target]) -> Vec<MergeCell> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("build the client runtime");
+    let merge_targets: Vec<&Target> = targets
+        .iter()
+        .filter(|t| MERGE_TARGETS.contains(&t.name))
+        .collect();
+    let mut cells: Vec<MergeCell> = Vec::new();
+    for query in MERGE_QUERIES {
+        for protocol in Protocol::ALL {
+            for target in &merge_targets {
+                cells.push(MergeCell {
+                    query,
+                    protocol,
+                    target: target.name,
+                    runs: Vec::new(),
+                });
+            }
+        }
+    }
+    for round in 1..=params.merge_rounds {
+        let mut cell = 0;
+        for query in MERGE_QUERIES {
+            for protocol in Protocol::ALL {
+                for target in &merge_targets {
+                    let run = merge_once(&runtime, target, query, protocol);
+                    let label = format!(
+                        "merge round {round}/{} {:<22} {:<17} {:<18}",
+                        params.merge_rounds,
+                        query.name,
+                        protocol.name(),
+                        target.name
+                    );
+                    match &run {
+                        Ok(r) => eprintln!(
+                            "{label} {} rows in {:.3} s ({:.0} rows/s, first row after {:.1} ms, \
+                             proxy RSS {} -> max {})",
+                            r.rows,
+                            r.total.as_secs_f64(),
+                            r.rows as f64 / r.total.as_secs_f64(),
+                            r.first_row.as_secs_f64() * 1000.0,
+                            mib(r.rss_before_kb),
+                            mib(r.rss_max_kb)
+                        ),
+                        Err(e) => {
+                            eprintln!("{label} FAILED: {e}");
+                            if let Some(process) = &target.process {
+                                eprintln!("{}", process.log_tail());
+                            }
+                        }
+                    }
+                    cells[cell].runs.push(run);
+                    cell += 1;
+                }
+            }
+        }
+    }
+    cells
+}
+
+/// One read of `query`'s whole result from `target`, sampling the proxy's `VmRSS` (every
+/// few milliseconds, from another thread) while it runs.
+fn merge_once(
+    runtime: &tokio::runtime::Runtime,
+    target: &Target,
+    query: &MergeQuery,
+    protocol: Protocol,
+) -> Result<MergeRun, String> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let pid = target.pid();
+    let rss_before_kb = pid.and_then(|pid| status_kb(pid, "VmRSS"));
+    let running = Arc::new(AtomicBool::new(true));
+    let sampler = pid.map(|pid| {
+        let running = Arc::clone(&running);
+        thread::spawn(move || {
+            let mut max = None;
+            while running.load(Ordering::Relaxed) {
+                max = max.max(status_kb(pid, "VmRSS"));
+                thread::sleep(Duration::from_millis(5));
+            }
+            max.max(status_kb(pid, "VmRSS"))
+        })
+    });
+    let read = runtime.block_on(read_result(target.port, query.sql, protocol));
+    running.store(false, Ordering::Relaxed);
+    let rss_max_kb = sampler.and_then(|s| s.join().ok().flatten());
+    let (rows, first_row, total) = read?;
+    Ok(MergeRun {
+        rows,
+        first_row,
+        total,
+        rss_before_kb,
+        rss_max_kb,
+    })
+}
+
+/// Connects, then sends `sql` and counts the rows as they stream in: (rows, time to the
+/// first row, time to the end).
+async fn read_result(
+    port: u16,
+    sql: &str,
+    protocol: Protocol,
+) -> Result<(u64, Duration, Duration), String> {
+    use futures_util::StreamExt;
+    use tokio_postgres::{NoTls, SimpleQueryMessage};
+
+    let (client, connection) = tokio_postgres::connect(&conninfo(port), NoTls)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let connection = tokio::spawn(connection);
+    let start = Instant::now();
+    let mut rows = 0u64;
+    let mut first_row = None;
+    match protocol {
+        Protocol::Simple => {
+            let stream = client
+                .simple_query_raw(sql)
+                .await
+                .map_err(|e| format!("{sql}: {e}"))?;
+            let mut stream = std::pin::pin!(stream);
+            while let Some(message) = stream.next().await {
+                if let SimpleQueryMessage::Row(_) = message.map_err(|e| format!("{sql}: {e}"))? {
+                    rows += 1;
+                    first_row.get_or_insert_with(|| start.elapsed());
+                }
+            }
+        }
+        Protocol::Extended => {
+            let stream = client
+                .query_raw(sql, std::iter::empty::<i32>())
+                .await
+                .map_err(|e| format!("{sql}: {e}"))?;
+            let mut stream = std::pin::pin!(stream);
+            while let Some(row) = stream.next().await {
+                row.map_err(|e| format!("{sql}: {e}"))?;
+                rows += 1;
+                first_row.get_or_insert_with(|| start.elapsed());
+            }
+        }
+    }
+    let total = start.elapsed();
+    drop(client);
+    let _ = connection.await;
+    Ok((rows, first_row.unwrap_or(total), total))
+}
+
+/// The merge-throughput table: means over the rounds.
+fn print_merge(params: &Params, cells: &[MergeCell]) {
+    let expected = 100_000 * params.scale as u64;
+    println!(
+        "Merge throughput: the whole result read by a tokio-postgres client, \
+         {expected} rows expected; means over {} round(s)",
+        params.merge_rounds
+    );
+    println!();
+    println!(
+        "| query | protocol | target | rows | wall time (s) | rows/s | vs direct | \
+         first row (ms) | proxy VmRSS before → max during (MiB) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let rate = |cell: &MergeCell| {
+        mean(
+            cell.runs
+                .iter()
+                .filter_map(|r| r.as_ref().ok())
+                .map(|r| r.rows as f64 / r.total.as_secs_f64()),
+        )
+    };
+    for cell in cells {
+        let ok: Vec<&MergeRun> = cell.runs.iter().filter_map(|r| r.as_ref().ok()).collect();
+        let failed = cell.runs.len() - ok.len();
+        let rows: Vec<String> = {
+            let mut counts: Vec<u64> = ok.iter().map(|r| r.rows).collect();
+            counts.dedup();
+            counts.iter().map(u64::to_string).collect()
+        };
+        let mut rows = rows.join("/");
+        if ok.iter().any(|r| r.rows != expected) {
+            rows.push_str(" (WRONG)");
+        }
+        if failed > 0 {
+            let _ = write!(rows, " ({failed}/{} runs FAILED)", cell.runs.len());
+        }
+        let direct = cells.iter().find(|c| {
+            c.target == "direct"
+                && c.query.name == cell.query.name
+                && c.protocol.name() == cell.protocol.name()
+        });
+        let versus = match (rate(cell), direct.and_then(rate)) {
+            (Some(n), Some(d)) if d > 0.0 => format!("{:.2}", n / d),
+            _ => "-".to_owned(),
+        };
+        let rss = if ok.iter().any(|r| r.rss_before_kb.is_some()) {
+            let before = ok.iter().filter_map(|r| r.rss_before_kb).max();
+            let max = ok.iter().filter_map(|r| r.rss_max_kb).max();
+            format!("{} → {}", mib(before), mib(max))
+        } else {
+            "n/a".to_owned()
+        };
+        let fmt = |v: Option<f64>, scale: f64, digits: usize| {
+            v.map_or("-".to_owned(), |v| format!("{:.*}", digits, v * scale))
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            cell.query.name,
+            cell.protocol.name(),
+            cell.target,
+            rows,
+            fmt(mean(ok.iter().map(|r| r.total.as_secs_f64())), 1.0, 3),
+            fmt(rate(cell), 1.0, 0),
+            versus,
+            fmt(
+                mean(ok.iter().map(|r| r.first_row.as_secs_f64())),
+                1000.0,
+                1
+            ),
+            rss
+        );
+    }
+    println!();
+    for query in MERGE_QUERIES {
+        println!("- {}: {}", query.name, query.sql);
+    }
+    println!();
 }
