@@ -8,7 +8,8 @@
 //! transaction mode with the same pool size (`direct`, `shardgate` and `pgbouncer` use the
 //! primary only; `shardgate-strong` and `shardgate-eventual` list the replicas too), then
 //! runs every mode against every target, interleaved (round by round, mode by mode, target
-//! by target) so machine noise hits all targets alike. It prints a markdown table of the
+//! by target, the first target rotating each round) so machine noise hits all targets
+//! alike. It prints a markdown table of the
 //! means over the rounds on stdout and per-run numbers on stderr as it goes.
 //!
 //! `BENCH_SUITE=sharding` runs the sharding comparison instead: `pgbench -S`'s query as a
@@ -1137,6 +1138,8 @@ struct Stats {
     tps: f64,
     latency_ms: f64,
     failed_transactions: u64,
+    /// The proxy's CPU time (user + system) per transaction, in µs; `None` for `direct`.
+    proxy_cpu_us: Option<f64>,
 }
 
 /// A run's stats, or why it failed.
@@ -1156,14 +1159,41 @@ fn bench_once(params: &Params, target: &Target, mode: &Mode) -> Outcome {
     }
     args.extend(mode.args);
     let timeout = Duration::from_secs(params.seconds) + PGBENCH_GRACE;
+    let cpu_before = target.pid().and_then(cpu_ticks);
     let finished = run(pgbench(target.port, &args), timeout, || {})?.check()?;
+    let cpu_after = target.pid().and_then(cpu_ticks);
     if finished.stderr.to_lowercase().contains("error") {
         return Err(format!(
             "pgbench reported errors:\n{}",
             tail(&finished.stderr)
         ));
     }
-    parse_stats(&finished.stdout)
+    let mut stats = parse_stats(&finished.stdout)?;
+    let transactions = finished
+        .stdout
+        .lines()
+        .find_map(|line| number_after(line, "number of transactions actually processed: "));
+    if let (Some(before), Some(after), Some(transactions)) = (cpu_before, cpu_after, transactions) {
+        if transactions > 0.0 {
+            let seconds = (after - before) as f64 / CLOCK_TICKS_PER_SECOND;
+            stats.proxy_cpu_us = Some(seconds * 1e6 / transactions);
+        }
+    }
+    Ok(stats)
+}
+
+/// The kernel's `USER_HZ`: the unit of the CPU times in `/proc/<pid>/stat` (100 on Linux).
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+
+/// User plus system CPU time of `pid` so far, in clock ticks (`/proc/<pid>/stat` fields 14
+/// and 15, counted after the parenthesised command name, which may contain spaces).
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // fields[0] is field 3 (state): utime is field 14, stime field 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
 }
 
 /// Reads TPS, average latency and failed transactions from pgbench's report.
@@ -1183,6 +1213,7 @@ fn parse_stats(stdout: &str) -> Outcome {
             tps,
             latency_ms,
             failed_transactions: failed as u64,
+            proxy_cpu_us: None,
         }),
         _ => Err(format!(
             "could not read tps, latency average and failed transactions from:\n{stdout}"
@@ -1214,12 +1245,16 @@ fn tail(text: &str) -> String {
 /// Modes a target does not support have no outcomes.
 struct Results(Vec<Vec<Vec<Outcome>>>);
 
-/// Every round runs every mode against every target in turn.
+/// Every round runs every mode against every target in turn. The target that goes first
+/// rotates from round to round, so background work a run leaves behind (autovacuum after
+/// TPC-B, a checkpoint) does not always fall on the same target.
 fn run_rounds(params: &Params, targets: &[Target]) -> Results {
     let mut results = Results(vec![vec![Vec::new(); targets.len()]; params.modes.len()]);
     for round in 1..=params.rounds {
         for (m, mode) in params.modes.iter().enumerate() {
-            for (t, target) in targets.iter().enumerate() {
+            for i in 0..targets.len() {
+                let t = (i + round - 1) % targets.len();
+                let target = &targets[t];
                 if !target.supports(mode) {
                     continue;
                 }
@@ -1240,8 +1275,14 @@ fn report_run(params: &Params, round: usize, mode: &Mode, target: &Target, outco
     );
     match outcome {
         Ok(stats) => eprintln!(
-            "{run} {:>10.0} tps {:>8.3} ms avg latency {} failed",
-            stats.tps, stats.latency_ms, stats.failed_transactions
+            "{run} {:>10.0} tps {:>8.3} ms avg latency {} failed{}",
+            stats.tps,
+            stats.latency_ms,
+            stats.failed_transactions,
+            stats
+                .proxy_cpu_us
+                .map(|us| format!(", proxy CPU {us:.1} µs/txn"))
+                .unwrap_or_default()
         ),
         Err(e) => {
             eprintln!("{run} FAILED: {e}");
@@ -1336,6 +1377,7 @@ fn clients_rss(params: &Params, target: &Target, pid: u32) -> ClientsRss {
 struct Summary {
     tps: Option<f64>,
     latency_ms: Option<f64>,
+    proxy_cpu_us: Option<f64>,
     failed_transactions: u64,
     failed_runs: usize,
     runs: usize,
@@ -1347,6 +1389,7 @@ impl Summary {
         Summary {
             tps: mean(ok.iter().map(|s| s.tps)),
             latency_ms: mean(ok.iter().map(|s| s.latency_ms)),
+            proxy_cpu_us: mean(ok.iter().filter_map(|s| s.proxy_cpu_us)),
             failed_transactions: ok.iter().map(|s| s.failed_transactions).sum(),
             failed_runs: outcomes.len() - ok.len(),
             runs: outcomes.len(),
@@ -1376,6 +1419,12 @@ impl Summary {
             None => "FAILED".to_owned(),
         }
     }
+
+    /// Mean proxy CPU µs per transaction; `-` for targets without a proxy process.
+    fn cpu_text(&self) -> String {
+        self.proxy_cpu_us
+            .map_or("-".to_owned(), |us| format!("{us:.1}"))
+    }
 }
 
 fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
@@ -1397,6 +1446,11 @@ fn row_text(ratios: &[(usize, usize)], row: &[Option<Summary>]) -> String {
         .map(|s| s.as_ref().map_or("n/a".to_owned(), Summary::latency_text))
         .collect();
     cells.push(latencies.join(" / "));
+    let cpu: Vec<String> = row
+        .iter()
+        .map(|s| s.as_ref().map_or("n/a".to_owned(), Summary::cpu_text))
+        .collect();
+    cells.push(cpu.join(" / "));
     cells.join(" | ")
 }
 
@@ -1423,6 +1477,7 @@ fn print_table(params: &Params, targets: &[Target], results: &Results) {
     header.extend(selected.iter().map(|(r, _)| r.label.to_owned()));
     let names: Vec<&str> = targets.iter().map(|t| t.name).collect();
     header.push(format!("avg latency (ms) {}", names.join("/")));
+    header.push(format!("proxy CPU µs/txn {}", names.join("/")));
     println!();
     println!("| {} |", header.join(" | "));
     println!("|{}", "---|".repeat(header.len()));
@@ -1484,7 +1539,7 @@ fn print_parameters(params: &Params, cluster: &Cluster, targets: &[Target]) {
     );
     println!(
         "- each cell: pgbench -c {} -j {} -T {} -n <mode flags> \"{}\"; means over {} round(s), \
-         targets interleaved",
+         targets interleaved, the first rotating each round",
         params.clients,
         params.jobs(params.clients),
         params.seconds,

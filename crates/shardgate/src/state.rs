@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
-use shardgate_router::lexer::{first_keyword, split_statements};
+use shardgate_router::lexer::{first_keyword, split_statements, Lexer, TokenKind};
 use shardgate_router::SessionCommand;
 
 /// Fingerprint of a server connection that has only server defaults.
@@ -102,6 +102,11 @@ impl SessionState {
         if !might_change_state(sql) {
             return;
         }
+        if !sql.contains(';') {
+            // One statement (the hot path: `UPDATE ... SET ...`): no splitting.
+            self.note_statement(sql);
+            return;
+        }
         for stmt in split_statements(sql) {
             self.note_statement(stmt);
         }
@@ -109,6 +114,9 @@ impl SessionState {
 
     /// Records one statement (from Query or an executed Parse) as pending.
     pub fn note_statement(&mut self, stmt: &str) {
+        if !starts_with_set_or_reset(stmt) {
+            return;
+        }
         match SessionCommand::parse(stmt) {
             Some(
                 cmd @ (SessionCommand::Set { .. }
@@ -225,6 +233,16 @@ pub struct CycleOutcome {
     pub untracked: bool,
     /// `RESET ALL` ran on the server: it dropped the replayed startup values.
     pub server_reset: bool,
+}
+
+/// Whether the statement's first word (after comments, semicolons and opening
+/// parentheses) is SET or RESET: only those change tracked session state.
+fn starts_with_set_or_reset(stmt: &str) -> bool {
+    Lexer::new(stmt)
+        .find(|t| {
+            t.kind != TokenKind::BlockComment && t.kind != TokenKind::Semicolon && !t.is_punct("(")
+        })
+        .is_some_and(|t| t.is_keyword("set") || t.is_keyword("reset"))
 }
 
 /// Cheap pre-check: can this query text contain SET or RESET at all?
