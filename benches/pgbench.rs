@@ -25,8 +25,8 @@
 //!
 //! Environment (defaults in brackets): `BENCH_SUITE` [replica] (or `sharding`, `cross_shard`),
 //! `BENCH_ROUNDS` [2], `BENCH_SECONDS` [20] per run, `BENCH_CLIENTS` [32], `BENCH_POOL` [20]
-//! server connections per proxy, `BENCH_SCALE` [10], `BENCH_WORKERS` [0] shardgate runtime
-//! threads (0 = one per core), `BENCH_MODES` and `BENCH_TARGETS`: comma-separated names
+//! server connections per proxy, `BENCH_SCALE` [10], `BENCH_WORKERS` [1] shardgate runtime
+//! threads (0 = one per core; 1 like PgBouncer's single thread), `BENCH_MODES` and `BENCH_TARGETS`: comma-separated names
 //! from [`MODES`] and [`TARGETS`] (any suite's; default: the suite's entries),
 //! `BENCH_MERGE_ROUNDS` [3] rounds of the merge-throughput reads (`cross_shard`; 0 skips).
 //!
@@ -472,7 +472,7 @@ impl Params {
             clients: env_number("BENCH_CLIENTS", 32),
             pool: env_number("BENCH_POOL", 20),
             scale: env_number("BENCH_SCALE", 10),
-            workers: env_number("BENCH_WORKERS", 0),
+            workers: env_number("BENCH_WORKERS", 1),
             suite,
             modes: env_selection(
                 "BENCH_MODES",

@@ -1107,12 +1107,9 @@ fn route_copy_data(fan: &mut super::fanout::Fanout, data: &[u8]) -> Result<bool,
             header_sent,
             rows,
         }) => {
-            splitter.feed_into(data, rows).map_err(|e| {
-                CopyFailure::Data(PgError::error(
-                    "22P04",
-                    format!("COPY data for {}: {e}", rule.table),
-                ))
-            })?;
+            splitter
+                .feed_into(data, rows)
+                .map_err(|e| bad_copy_data(&rule.table, e))?;
             send_rows(
                 &mut fan.outs,
                 &shard_index,
@@ -1127,6 +1124,14 @@ fn route_copy_data(fan: &mut super::fanout::Fanout, data: &[u8]) -> Result<bool,
     }
 }
 
+/// COPY data for a sharded table that could not be split by its key (22P04).
+fn bad_copy_data(table: &impl std::fmt::Display, e: impl std::fmt::Display) -> CopyFailure {
+    CopyFailure::Data(PgError::error(
+        "22P04",
+        format!("COPY data for {table}: {e}"),
+    ))
+}
+
 fn finish_copy(fan: &mut super::fanout::Fanout) -> Result<(), CopyFailure> {
     let shard_index: Vec<usize> = fan.parts.iter().map(|p| p.b.shard).collect();
     if let Some(CopyRoute::ByKey {
@@ -1137,12 +1142,9 @@ fn finish_copy(fan: &mut super::fanout::Fanout) -> Result<(), CopyFailure> {
         rows,
     }) = fan.copy.as_mut()
     {
-        let last = splitter.finish().map_err(|e| {
-            CopyFailure::Data(PgError::error(
-                "22P04",
-                format!("COPY data for {}: {e}", rule.table),
-            ))
-        })?;
+        let last = splitter
+            .finish()
+            .map_err(|e| bad_copy_data(&rule.table, e))?;
         *rows = last;
         send_rows(
             &mut fan.outs,
