@@ -1140,6 +1140,10 @@ struct Stats {
     failed_transactions: u64,
     /// The proxy's CPU time (user + system) per transaction, in µs; `None` for `direct`.
     proxy_cpu_us: Option<f64>,
+    /// pgbench's CPU time per transaction, in µs.
+    pgbench_cpu_us: Option<f64>,
+    /// Busy CPU time of the whole machine per transaction, in µs.
+    machine_cpu_us: Option<f64>,
 }
 
 /// A run's stats, or why it failed.
@@ -1160,8 +1164,12 @@ fn bench_once(params: &Params, target: &Target, mode: &Mode) -> Outcome {
     args.extend(mode.args);
     let timeout = Duration::from_secs(params.seconds) + PGBENCH_GRACE;
     let cpu_before = target.pid().and_then(cpu_ticks);
+    let children_before = children_cpu_ticks();
+    let machine_before = machine_busy_ticks();
     let finished = run(pgbench(target.port, &args), timeout, || {})?.check()?;
     let cpu_after = target.pid().and_then(cpu_ticks);
+    let children_after = children_cpu_ticks();
+    let machine_after = machine_busy_ticks();
     if finished.stderr.to_lowercase().contains("error") {
         return Err(format!(
             "pgbench reported errors:\n{}",
@@ -1173,13 +1181,44 @@ fn bench_once(params: &Params, target: &Target, mode: &Mode) -> Outcome {
         .stdout
         .lines()
         .find_map(|line| number_after(line, "number of transactions actually processed: "));
-    if let (Some(before), Some(after), Some(transactions)) = (cpu_before, cpu_after, transactions) {
-        if transactions > 0.0 {
-            let seconds = (after - before) as f64 / CLOCK_TICKS_PER_SECOND;
-            stats.proxy_cpu_us = Some(seconds * 1e6 / transactions);
-        }
-    }
+    let per_transaction = |before: Option<u64>, after: Option<u64>| {
+        let (before, after, transactions) = (before?, after?, transactions?);
+        (transactions > 0.0).then(|| {
+            after.saturating_sub(before) as f64 / CLOCK_TICKS_PER_SECOND * 1e6 / transactions
+        })
+    };
+    stats.proxy_cpu_us = per_transaction(cpu_before, cpu_after);
+    stats.pgbench_cpu_us = per_transaction(children_before, children_after);
+    stats.machine_cpu_us = per_transaction(machine_before, machine_after);
     Ok(stats)
+}
+
+/// CPU time of this program's waited-for children so far (pgbench runs), in clock ticks
+/// (`/proc/self/stat` fields 16 and 17).
+fn children_cpu_ticks() -> Option<u64> {
+    let stat = fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let cutime: u64 = fields.get(13)?.parse().ok()?;
+    let cstime: u64 = fields.get(14)?.parse().ok()?;
+    Some(cutime + cstime)
+}
+
+/// Busy time of all CPUs so far (`/proc/stat`: everything but idle and iowait), in ticks.
+fn machine_busy_ticks() -> Option<u64> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<u64> = cpu
+        .split_whitespace()
+        .map(|t| t.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal ...
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    Some(ticks.iter().take(8).sum::<u64>() - idle)
+}
+
+/// A CPU time in µs with one decimal, or `-`.
+fn micros(us: Option<f64>) -> String {
+    us.map_or("-".to_owned(), |us| format!("{us:.1}"))
 }
 
 /// The kernel's `USER_HZ`: the unit of the CPU times in `/proc/<pid>/stat` (100 on Linux).
@@ -1214,6 +1253,8 @@ fn parse_stats(stdout: &str) -> Outcome {
             latency_ms,
             failed_transactions: failed as u64,
             proxy_cpu_us: None,
+            pgbench_cpu_us: None,
+            machine_cpu_us: None,
         }),
         _ => Err(format!(
             "could not read tps, latency average and failed transactions from:\n{stdout}"
@@ -1275,14 +1316,13 @@ fn report_run(params: &Params, round: usize, mode: &Mode, target: &Target, outco
     );
     match outcome {
         Ok(stats) => eprintln!(
-            "{run} {:>10.0} tps {:>8.3} ms avg latency {} failed{}",
+            "{run} {:>10.0} tps {:>8.3} ms avg latency {} failed; CPU µs/txn: proxy {}, pgbench {}, machine {}",
             stats.tps,
             stats.latency_ms,
             stats.failed_transactions,
-            stats
-                .proxy_cpu_us
-                .map(|us| format!(", proxy CPU {us:.1} µs/txn"))
-                .unwrap_or_default()
+            micros(stats.proxy_cpu_us),
+            micros(stats.pgbench_cpu_us),
+            micros(stats.machine_cpu_us),
         ),
         Err(e) => {
             eprintln!("{run} FAILED: {e}");
