@@ -1144,6 +1144,8 @@ struct Stats {
     pgbench_cpu_us: Option<f64>,
     /// Busy CPU time of the whole machine per transaction, in µs.
     machine_cpu_us: Option<f64>,
+    /// Context switches of the whole machine per transaction.
+    switches: Option<f64>,
 }
 
 /// A run's stats, or why it failed.
@@ -1166,10 +1168,12 @@ fn bench_once(params: &Params, target: &Target, mode: &Mode) -> Outcome {
     let cpu_before = target.pid().and_then(cpu_ticks);
     let children_before = children_cpu_ticks();
     let machine_before = machine_busy_ticks();
+    let switches_before = machine_context_switches();
     let finished = run(pgbench(target.port, &args), timeout, || {})?.check()?;
     let cpu_after = target.pid().and_then(cpu_ticks);
     let children_after = children_cpu_ticks();
     let machine_after = machine_busy_ticks();
+    let switches_after = machine_context_switches();
     if finished.stderr.to_lowercase().contains("error") {
         return Err(format!(
             "pgbench reported errors:\n{}",
@@ -1190,6 +1194,8 @@ fn bench_once(params: &Params, target: &Target, mode: &Mode) -> Outcome {
     stats.proxy_cpu_us = per_transaction(cpu_before, cpu_after);
     stats.pgbench_cpu_us = per_transaction(children_before, children_after);
     stats.machine_cpu_us = per_transaction(machine_before, machine_after);
+    stats.switches = per_transaction(switches_before, switches_after)
+        .map(|scaled| scaled * CLOCK_TICKS_PER_SECOND / 1e6);
     Ok(stats)
 }
 
@@ -1201,6 +1207,16 @@ fn children_cpu_ticks() -> Option<u64> {
     let cutime: u64 = fields.get(13)?.parse().ok()?;
     let cstime: u64 = fields.get(14)?.parse().ok()?;
     Some(cutime + cstime)
+}
+
+/// Context switches on all CPUs since boot (`/proc/stat` `ctxt`).
+fn machine_context_switches() -> Option<u64> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    stat.lines()
+        .find_map(|line| line.strip_prefix("ctxt "))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Busy time of all CPUs so far (`/proc/stat`: everything but idle and iowait), in ticks.
@@ -1255,6 +1271,7 @@ fn parse_stats(stdout: &str) -> Outcome {
             proxy_cpu_us: None,
             pgbench_cpu_us: None,
             machine_cpu_us: None,
+            switches: None,
         }),
         _ => Err(format!(
             "could not read tps, latency average and failed transactions from:\n{stdout}"
@@ -1316,13 +1333,14 @@ fn report_run(params: &Params, round: usize, mode: &Mode, target: &Target, outco
     );
     match outcome {
         Ok(stats) => eprintln!(
-            "{run} {:>10.0} tps {:>8.3} ms avg latency {} failed; CPU µs/txn: proxy {}, pgbench {}, machine {}",
+            "{run} {:>10.0} tps {:>8.3} ms avg latency {} failed; CPU µs/txn: proxy {}, pgbench {}, machine {}; context switches/txn {}",
             stats.tps,
             stats.latency_ms,
             stats.failed_transactions,
             micros(stats.proxy_cpu_us),
             micros(stats.pgbench_cpu_us),
             micros(stats.machine_cpu_us),
+            stats.switches.map_or("-".to_owned(), |n| format!("{n:.2}")),
         ),
         Err(e) => {
             eprintln!("{run} FAILED: {e}");
