@@ -1199,16 +1199,6 @@ fn bench_once(params: &Params, target: &Target, mode: &Mode) -> Outcome {
     Ok(stats)
 }
 
-/// CPU time of this program's waited-for children so far (pgbench runs), in clock ticks
-/// (`/proc/self/stat` fields 16 and 17).
-fn children_cpu_ticks() -> Option<u64> {
-    let stat = fs::read_to_string("/proc/self/stat").ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let cutime: u64 = fields.get(13)?.parse().ok()?;
-    let cstime: u64 = fields.get(14)?.parse().ok()?;
-    Some(cutime + cstime)
-}
-
 /// Context switches on all CPUs since boot (`/proc/stat` `ctxt`).
 fn machine_context_switches() -> Option<u64> {
     let stat = fs::read_to_string("/proc/stat").ok()?;
@@ -1241,14 +1231,27 @@ fn micros(us: Option<f64>) -> String {
 const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 
 /// User plus system CPU time of `pid` so far, in clock ticks (`/proc/<pid>/stat` fields 14
-/// and 15, counted after the parenthesised command name, which may contain spaces).
+/// and 15).
 fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    // fields[0] is field 3 (state): utime is field 14, stime field 15.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    stat_ticks(&format!("/proc/{pid}/stat"), 14)
+}
+
+/// CPU time of this program's waited-for children so far (pgbench runs), in clock ticks
+/// (`/proc/self/stat` fields 16 and 17).
+fn children_cpu_ticks() -> Option<u64> {
+    stat_ticks("/proc/self/stat", 16)
+}
+
+/// The sum of fields `first` and `first + 1` (numbered from 1, as proc(5) does) of a
+/// `/proc/<pid>/stat` file, counted after the parenthesised command name, which may contain
+/// spaces.
+fn stat_ticks(path: &str, first: usize) -> Option<u64> {
+    let stat = fs::read_to_string(path).ok()?;
+    // The text after ')' starts with field 3.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(first - 3);
+    let a: u64 = fields.next()?.parse().ok()?;
+    let b: u64 = fields.next()?.parse().ok()?;
+    Some(a + b)
 }
 
 /// Reads TPS, average latency and failed transactions from pgbench's report.
@@ -1480,8 +1483,7 @@ impl Summary {
 
     /// Mean proxy CPU µs per transaction; `-` for targets without a proxy process.
     fn cpu_text(&self) -> String {
-        self.proxy_cpu_us
-            .map_or("-".to_owned(), |us| format!("{us:.1}"))
+        micros(self.proxy_cpu_us)
     }
 }
 

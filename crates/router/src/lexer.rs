@@ -273,10 +273,13 @@ pub fn split_statements(sql: &str) -> Vec<&str> {
     out
 }
 
-/// The first keyword of a statement, skipping comments and opening parentheses.
+/// The first keyword of a statement, skipping comments, empty statements
+/// (`;`) and opening parentheses.
 pub fn first_keyword(sql: &str) -> Option<&str> {
     Lexer::new(sql)
-        .find(|t| t.kind != TokenKind::BlockComment && !t.is_punct("("))
+        .find(|t| {
+            t.kind != TokenKind::BlockComment && t.kind != TokenKind::Semicolon && !t.is_punct("(")
+        })
         .filter(|t| t.kind == TokenKind::Word)
         .map(|t| t.text)
 }
@@ -362,6 +365,7 @@ mod tests {
         );
         assert_eq!(split_statements(""), Vec::<&str>::new());
         assert_eq!(first_keyword("/* hi */ (select 1)"), Some("select"));
+        assert_eq!(first_keyword("; SET x = 1"), Some("SET"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
-use shardgate_router::lexer::{first_keyword, split_statements, Lexer, TokenKind};
+use shardgate_router::lexer::{first_keyword, split_statements};
 use shardgate_router::SessionCommand;
 
 /// Fingerprint of a server connection that has only server defaults.
@@ -97,11 +97,9 @@ impl SessionState {
     }
 
     /// Scans a simple query for statements that change session state and
-    /// records them as pending in the current cycle.
+    /// records them as pending in the current cycle. The session calls it only
+    /// for query strings in which `quick_scan` found the word `set`.
     pub fn note_query(&mut self, sql: &str) {
-        if !might_change_state(sql) {
-            return;
-        }
         if !sql.contains(';') {
             // One statement (the hot path: `UPDATE ... SET ...`): no splitting.
             self.note_statement(sql);
@@ -114,7 +112,10 @@ impl SessionState {
 
     /// Records one statement (from Query or an executed Parse) as pending.
     pub fn note_statement(&mut self, stmt: &str) {
-        if !starts_with_set_or_reset(stmt) {
+        // Only SET and RESET change session state; anything else costs one token.
+        if !first_keyword(stmt)
+            .is_some_and(|k| k.eq_ignore_ascii_case("set") || k.eq_ignore_ascii_case("reset"))
+        {
             return;
         }
         match SessionCommand::parse(stmt) {
@@ -123,20 +124,14 @@ impl SessionState {
                 | SessionCommand::Reset { .. }
                 | SessionCommand::ResetAll),
             ) => self.cycle_changes.push(cmd),
+            // SET LOCAL ends with the transaction.
             Some(_) => {}
             None => {
-                if first_keyword(stmt).is_some_and(|k| {
-                    k.eq_ignore_ascii_case("set") || k.eq_ignore_ascii_case("reset")
-                }) {
-                    // SET LOCAL, SET TRANSACTION and friends end with the transaction.
-                    let transient = matches!(
-                        SessionCommand::parse(stmt),
-                        Some(SessionCommand::SetLocal { .. })
-                    ) || stmt.to_ascii_lowercase().contains("transaction")
-                        || stmt.to_ascii_lowercase().contains("constraints");
-                    if !transient {
-                        self.untracked = true;
-                    }
+                // SET TRANSACTION and SET CONSTRAINTS end with the transaction
+                // too; any other SET is state shardgate cannot replay.
+                let lower = stmt.to_ascii_lowercase();
+                if !lower.contains("transaction") && !lower.contains("constraints") {
+                    self.untracked = true;
                 }
             }
         }
@@ -233,22 +228,6 @@ pub struct CycleOutcome {
     pub untracked: bool,
     /// `RESET ALL` ran on the server: it dropped the replayed startup values.
     pub server_reset: bool,
-}
-
-/// Whether the statement's first word (after comments, semicolons and opening
-/// parentheses) is SET or RESET: only those change tracked session state.
-fn starts_with_set_or_reset(stmt: &str) -> bool {
-    Lexer::new(stmt)
-        .find(|t| {
-            t.kind != TokenKind::BlockComment && t.kind != TokenKind::Semicolon && !t.is_punct("(")
-        })
-        .is_some_and(|t| t.is_keyword("set") || t.is_keyword("reset"))
-}
-
-/// Cheap pre-check: can this query text contain SET or RESET at all?
-fn might_change_state(sql: &str) -> bool {
-    let b = sql.as_bytes();
-    b.windows(3).any(|w| w.eq_ignore_ascii_case(b"set"))
 }
 
 #[cfg(test)]
