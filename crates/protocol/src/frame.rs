@@ -1,6 +1,34 @@
 //! Splitting a byte stream into messages, and reading fields out of one.
 
+use bytes::{Buf, BytesMut};
+
 use crate::ProtocolError;
+
+/// A remainder up to this size is moved to the front of its buffer instead of
+/// leaving the buffer's start behind it.
+const REWIND_LIMIT: usize = 4096;
+
+/// Drops the first `n` bytes of a read buffer, keeping the next read at the
+/// start of its allocation.
+///
+/// `BytesMut::advance` moves the buffer's start forward, so a connection
+/// that reads a short message at a time would sweep its whole allocation
+/// (16 KiB) through the CPU caches; with dozens of connections that is
+/// several hundred KiB of cache evicted from the proxy and the servers that
+/// share the machine. Clearing a fully consumed buffer, or moving a small
+/// remainder to the front, keeps each connection on its first cache lines.
+#[inline]
+pub fn consume_front(buf: &mut BytesMut, n: usize) {
+    let rest = buf.len() - n;
+    if rest == 0 {
+        buf.clear();
+    } else if rest <= REWIND_LIMIT {
+        buf.copy_within(n.., 0);
+        buf.truncate(rest);
+    } else {
+        buf.advance(n);
+    }
+}
 
 /// The five-byte header of a tagged message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +168,27 @@ impl<'a> MessageReader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn consume_front_keeps_reads_at_the_start_of_the_buffer() {
+        let mut buf = BytesMut::with_capacity(64);
+        buf.extend_from_slice(b"hello world");
+        let start = buf.as_ptr();
+        consume_front(&mut buf, 6);
+        assert_eq!(&buf[..], b"world");
+        assert_eq!(buf.as_ptr(), start, "a small remainder moves to the front");
+        consume_front(&mut buf, 5);
+        assert!(buf.is_empty());
+        buf.extend_from_slice(b"next");
+        assert_eq!(
+            buf.as_ptr(),
+            start,
+            "an emptied buffer is reused from its start"
+        );
+        let mut big = BytesMut::from(&vec![7u8; REWIND_LIMIT + 10][..]);
+        consume_front(&mut big, 5);
+        assert_eq!(big.len(), REWIND_LIMIT + 5);
+    }
 
     #[test]
     fn header_needs_five_bytes_and_sane_length() {

@@ -16,4 +16,4 @@ pub mod frontend;
 pub mod startup;
 
 pub use error::{PgError, ProtocolError, Severity, SqlState};
-pub use frame::{Header, MessageReader};
+pub use frame::{consume_front, Header, MessageReader};

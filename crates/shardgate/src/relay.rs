@@ -222,7 +222,7 @@ pub fn relay(
             }
         }
     };
-    bytes::Buf::advance(&mut rbuf, pos);
+    shardgate_protocol::consume_front(&mut rbuf, pos);
     conn.read_buf = rbuf;
     ex.drain_synthetic(cx.cout);
     result

@@ -383,11 +383,24 @@ impl Session {
     }
 
     async fn process_client_buffer(&mut self, buf: &mut BytesMut) -> Result<Flow, SessionError> {
-        while let Some(h) = Header::complete(buf, self.max_message)? {
-            let (msg, rest) = buf.split_at(h.total);
+        let mut pos = 0;
+        let result = self.process_client_messages(buf, &mut pos).await;
+        // Consumed once per read, so a pipelined batch is not shifted per message.
+        shardgate_protocol::consume_front(buf, pos);
+        result
+    }
+
+    /// Handles every complete message from `pos` on, advancing `pos` past each.
+    async fn process_client_messages(
+        &mut self,
+        buf: &[u8],
+        pos: &mut usize,
+    ) -> Result<Flow, SessionError> {
+        while let Some(h) = Header::complete(&buf[*pos..], self.max_message)? {
+            let (msg, rest) = buf[*pos..].split_at(h.total);
             let flow = self.on_client_message(h.tag, msg, rest).await?;
             let extra = std::mem::take(&mut self.extra_consumed);
-            bytes::Buf::advance(buf, h.total + extra);
+            *pos += h.total + extra;
             if flow == Flow::Stop {
                 return Ok(Flow::Stop);
             }
@@ -396,7 +409,7 @@ impl Session {
             }
         }
         // Reject an oversized message as soon as its header is in.
-        Header::peek(buf, self.max_message)?;
+        Header::peek(&buf[*pos..], self.max_message)?;
         Ok(Flow::Continue)
     }
 
