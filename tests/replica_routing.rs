@@ -837,3 +837,111 @@ async fn promoted_replica_takes_writes() {
     assert_eq!(admin_node(&proxy, 0).await.0, "banned");
     println!("writes on the promoted replica after {took:?}");
 }
+
+/// The pids of the proxy's health-check sessions on `node`.
+fn monitor_pids(node: &shardgate_harness::Node) -> Vec<u32> {
+    node.psql(
+        "postgres",
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'shardgate-monitor' ORDER BY backend_start",
+    )
+    .unwrap()
+    .lines()
+    .map(|l| l.trim().parse().unwrap())
+    .collect()
+}
+
+/// A health check that stalls while the node keeps answering clients (an
+/// overloaded machine) does not take the node out of rotation; the same
+/// stall with no client traffic does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_health_check_does_not_ban_a_serving_node() {
+    let (c, proxy) = routing_cluster(
+        ClusterSpec::new(1, 0),
+        "health_check_ms = 300\nlag_poll_ms = 100\nban_ms = 1000",
+    );
+    let primary = &c.shard(0).primary;
+    let client = connect(&proxy.app()).await;
+    client
+        .batch_execute("CREATE TABLE hc (id int)")
+        .await
+        .unwrap();
+    let stalled = monitor_pids(primary);
+    assert_eq!(stalled.len(), 1, "one health-check session: {stalled:?}");
+    let stalled = stalled[0];
+
+    // The check's server process is frozen while a client keeps writing.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, ci) = (stop.clone(), proxy.app());
+        tokio::spawn(async move {
+            let client = connect(&ci).await;
+            let (mut n, mut errors) = (0u32, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match client.batch_execute("INSERT INTO hc VALUES (1)").await {
+                    Ok(()) => n += 1,
+                    Err(e) => errors.push(format!("{e} {:?}", e.as_db_error())),
+                }
+            }
+            (n, errors)
+        })
+    };
+    send_signal(stalled, "-STOP");
+    let frozen = Instant::now();
+    let mut states = Vec::new();
+    let mut reconnected = false;
+    while frozen.elapsed() < Duration::from_secs(3) {
+        states.push(admin_node(&proxy, 0).await.0);
+        reconnected |= monitor_pids(primary).len() > 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    send_signal(stalled, "-CONT");
+    stop.store(true, Ordering::Relaxed);
+    let (written, errors) = writer.await.unwrap();
+    assert!(
+        reconnected,
+        "the check never gave up on the frozen session, so it never failed"
+    );
+    assert!(errors.is_empty(), "client-visible errors: {errors:?}");
+    assert!(
+        states.iter().all(|s| s != "banned"),
+        "the serving primary was banned: {states:?}"
+    );
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM hc", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, i64::from(written));
+
+    // The same stall with no client traffic bans the node, and the ban lifts
+    // once the check answers again.
+    let idle = *monitor_pids(primary)
+        .last()
+        .expect("a health-check session");
+    send_signal(idle, "-STOP");
+    let frozen = Instant::now();
+    let banned = loop {
+        if admin_node(&proxy, 0).await.0 == "banned" {
+            break frozen.elapsed();
+        }
+        assert!(
+            frozen.elapsed() < Duration::from_secs(5),
+            "an unanswered check with no traffic never banned the node"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    send_signal(idle, "-CONT");
+    let lifted = Instant::now();
+    while admin_node(&proxy, 0).await.0 == "banned" {
+        assert!(
+            lifted.elapsed() < Duration::from_secs(10),
+            "the ban never lifted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client
+        .batch_execute("INSERT INTO hc VALUES (2)")
+        .await
+        .expect("writes work again");
+    println!("{written} writes during a 3 s check stall, none failed; idle stall banned after {banned:?}");
+}

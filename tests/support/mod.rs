@@ -167,11 +167,7 @@ impl Proxy {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
+        send_signal(self.pid(), "-TERM");
     }
 
     /// Waits for the process to exit (up to `timeout`).
@@ -351,4 +347,13 @@ pub fn assert_success(out: &Output, what: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Sends signal `sig` (`"-STOP"`, `"-TERM"`, ...) to process `pid`.
+pub fn send_signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {sig} {pid}");
 }

@@ -1,7 +1,10 @@
 //! Health and lag monitoring: one task per node polls it every `lag_poll`
 //! over its own tokio-postgres connection. The poll is also the health check:
 //! a node that fails it or does not answer within `health_check` is banned
-//! for `ban`, and used again after the ban once a poll succeeds.
+//! for `ban`, and used again after the ban once a poll succeeds. A node that
+//! answered a client's query while its check was running is alive whatever
+//! the check says, and is not banned: on a saturated machine a check can be
+//! slow while the node serves thousands of queries a second.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,6 +89,9 @@ enum ProbeError {
     Answer(String),
 }
 
+/// Timed-out checks in a row after which the monitor opens a new connection.
+const RECONNECT_AFTER_TIMEOUTS: u32 = 3;
+
 const PROBE_SQL: &str = "SELECT pg_is_in_recovery()::text, \
      (CASE WHEN pg_is_in_recovery() THEN coalesce(pg_last_wal_replay_lsn(), '0/0') ELSE pg_current_wal_lsn() END)::text";
 
@@ -99,8 +105,11 @@ async fn watch_node(
     let mut tick = tokio::time::interval(config.lag_poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warned_static = false;
+    let mut timeouts_in_a_row = 0u32;
+    let mut excused = false;
     loop {
         tick.tick().await;
+        let epoch = node.begin_check();
         let outcome =
             match tokio::time::timeout(config.health_check, probe(&node, &mut client, &config))
                 .await
@@ -111,17 +120,40 @@ async fn watch_node(
         let now = topology.now_ms();
         match outcome {
             Ok(sample) => {
+                timeouts_in_a_row = 0;
+                if std::mem::take(&mut excused) {
+                    tracing::info!(node = %node.addr, shard = shard.index, "health check answers again");
+                }
                 node.check_passed(now);
                 node.record_recovery(sample.in_recovery);
                 apply_sample(&shard, &node, &sample, now, &config, &mut warned_static);
             }
             Err(e) => {
-                client = None;
-                node.ban(
-                    now,
-                    config.ban.as_millis() as u64,
-                    &format!("health check failed: {e}"),
-                );
+                // A late answer still arrives on the same connection, but one
+                // that stays silent may be dead without knowing it.
+                timeouts_in_a_row = match e {
+                    ProbeError::Timeout(_) => timeouts_in_a_row + 1,
+                    _ => RECONNECT_AFTER_TIMEOUTS,
+                };
+                if timeouts_in_a_row >= RECONNECT_AFTER_TIMEOUTS {
+                    client = None;
+                    timeouts_in_a_row = 0;
+                }
+                if node.answered_since(epoch) {
+                    // A node that answers clients is up: a slow or lost check
+                    // (an overloaded machine, a killed monitor session) does
+                    // not take it out of rotation.
+                    if !std::mem::replace(&mut excused, true) {
+                        tracing::warn!(node = %node.addr, shard = shard.index, error = %e,
+                            "health check failed, but the node is answering clients; not banned");
+                    }
+                } else {
+                    node.ban(
+                        now,
+                        config.ban.as_millis() as u64,
+                        &format!("health check failed: {e}"),
+                    );
+                }
             }
         }
     }

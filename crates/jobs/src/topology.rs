@@ -43,6 +43,10 @@ pub struct NodeState {
     /// position: everything missing here was written after it.
     seen_at_ms: AtomicU64,
     caught_up: AtomicBool,
+    /// Bumped by the monitor as each health check starts.
+    check_epoch: AtomicU64,
+    /// The last check epoch during which a server connection answered a client.
+    answered_epoch: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -61,6 +65,8 @@ impl NodeState {
             lag_bytes: AtomicU64::new(0),
             seen_at_ms: AtomicU64::new(0),
             caught_up: AtomicBool::new(true),
+            check_epoch: AtomicU64::new(0),
+            answered_epoch: AtomicU64::new(0),
             last_error: Mutex::new(None),
         }
     }
@@ -165,6 +171,27 @@ impl NodeState {
             *self.last_error.lock().expect("node error lock") = None;
             tracing::info!(node = %self.addr, shard = self.shard, "node healthy again; ban lifted");
         }
+    }
+
+    /// A health check starts: returns its epoch for [`Self::answered_since`].
+    pub fn begin_check(&self) -> u64 {
+        self.check_epoch.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The node sent a client's server connection an answer: proof that it
+    /// is alive, whatever its health check says. Called for every answer, so
+    /// it only reads, except for the first answer of each check epoch.
+    #[inline]
+    pub fn note_answer(&self) {
+        let epoch = self.check_epoch.load(Ordering::Relaxed);
+        if self.answered_epoch.load(Ordering::Relaxed) != epoch {
+            self.answered_epoch.fetch_max(epoch, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the node answered a client since the check `epoch` began.
+    pub fn answered_since(&self, epoch: u64) -> bool {
+        self.answered_epoch.load(Ordering::Relaxed) >= epoch
     }
 
     /// Records a health/role sample.
@@ -413,6 +440,22 @@ mod tests {
 
     fn topo() -> Topology {
         Topology::new(&[("p:1".into(), vec!["r1:1".into(), "r2:1".into()])])
+    }
+
+    #[test]
+    fn answers_count_only_for_the_check_they_happen_during() {
+        let t = topo();
+        let n = &t.shards[0].nodes[0];
+        n.note_answer();
+        let first = n.begin_check();
+        assert!(
+            !n.answered_since(first),
+            "an answer before the check is no evidence"
+        );
+        n.note_answer();
+        assert!(n.answered_since(first));
+        let second = n.begin_check();
+        assert!(!n.answered_since(second));
     }
 
     #[test]

@@ -254,6 +254,7 @@ impl Session {
         let Some(b) = self.backend.as_mut() else {
             return Ok(());
         };
+        b.node.node().note_answer();
         let mut cx = RelayContext {
             cout: &mut self.cout,
             state: &mut self.state,
