@@ -1,7 +1,8 @@
 //! Health and lag monitoring: one task per node polls it every `lag_poll`
 //! over its own tokio-postgres connection. The poll is also the health check:
-//! a node that fails it or does not answer within `health_check` is banned
-//! for `ban`, and used again after the ban once a poll succeeds. A node that
+//! a node that fails it, or twice in a row does not answer within
+//! `health_check`, is banned for `ban`, and used again after the ban once a
+//! poll succeeds. A node that
 //! answered a client's query while its check was running is alive whatever
 //! the check says, and is not banned: on a saturated machine a check can be
 //! slow while the node serves thousands of queries a second.
@@ -92,6 +93,9 @@ enum ProbeError {
 /// Timed-out checks in a row after which the monitor opens a new connection.
 const RECONNECT_AFTER_TIMEOUTS: u32 = 3;
 
+/// Timed-out checks in a row that ban a node (an error bans at once).
+const TIMEOUTS_BEFORE_BAN: u32 = 2;
+
 const PROBE_SQL: &str = "SELECT pg_is_in_recovery()::text, \
      (CASE WHEN pg_is_in_recovery() THEN coalesce(pg_last_wal_replay_lsn(), '0/0') ELSE pg_current_wal_lsn() END)::text";
 
@@ -129,15 +133,12 @@ async fn watch_node(
                 apply_sample(&shard, &node, &sample, now, &config, &mut warned_static);
             }
             Err(e) => {
+                let timed_out = matches!(e, ProbeError::Timeout(_));
+                timeouts_in_a_row = if timed_out { timeouts_in_a_row + 1 } else { 0 };
                 // A late answer still arrives on the same connection, but one
                 // that stays silent may be dead without knowing it.
-                timeouts_in_a_row = match e {
-                    ProbeError::Timeout(_) => timeouts_in_a_row + 1,
-                    _ => RECONNECT_AFTER_TIMEOUTS,
-                };
-                if timeouts_in_a_row >= RECONNECT_AFTER_TIMEOUTS {
+                if !timed_out || timeouts_in_a_row.is_multiple_of(RECONNECT_AFTER_TIMEOUTS) {
                     client = None;
-                    timeouts_in_a_row = 0;
                 }
                 if node.answered_since(epoch) {
                     // A node that answers clients is up: a slow or lost check
@@ -147,12 +148,17 @@ async fn watch_node(
                         tracing::warn!(node = %node.addr, shard = shard.index, error = %e,
                             "health check failed, but the node is answering clients; not banned");
                     }
+                } else if timed_out && timeouts_in_a_row < TIMEOUTS_BEFORE_BAN {
+                    // One late answer may be the proxy's own stall (a
+                    // descheduled process times out every check at once).
+                    tracing::debug!(node = %node.addr, shard = shard.index, "health check timed out once");
                 } else {
-                    node.ban(
-                        now,
-                        config.ban.as_millis() as u64,
-                        &format!("health check failed: {e}"),
-                    );
+                    let reason = if timed_out {
+                        format!("health check failed: {e}, {timeouts_in_a_row} times in a row")
+                    } else {
+                        format!("health check failed: {e}")
+                    };
+                    node.ban(now, config.ban.as_millis() as u64, &reason);
                 }
             }
         }
