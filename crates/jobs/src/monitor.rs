@@ -151,7 +151,7 @@ async fn watch_node(
                 } else if timed_out && timeouts_in_a_row < TIMEOUTS_BEFORE_BAN {
                     // One late answer may be the proxy's own stall (a
                     // descheduled process times out every check at once).
-                    tracing::debug!(node = %node.addr, shard = shard.index, "health check timed out once");
+                    tracing::info!(node = %node.addr, shard = shard.index, error = %e, "health check timed out once; banned if the next one does too");
                 } else {
                     let reason = if timed_out {
                         format!("health check failed: {e}, {timeouts_in_a_row} times in a row")
