@@ -401,6 +401,7 @@ impl Clusters {
 
 /// A running target: where pgbench connects, and the proxy process if there is one.
 struct Target {
+    def: &'static TargetDef,
     name: &'static str,
     port: u16,
     named_prepared: bool,
@@ -410,9 +411,10 @@ struct Target {
 }
 
 impl Target {
-    fn start(def: &TargetDef, clusters: &Clusters, params: &Params) -> Target {
+    fn start(def: &'static TargetDef, clusters: &Clusters, params: &Params) -> Target {
         let Started { port, process } = (def.start)(clusters, params);
         Target {
+            def,
             name: def.name,
             port,
             named_prepared: def.named_prepared,
@@ -429,6 +431,12 @@ impl Target {
     /// The process id of a proxy whose memory is reported.
     fn rss_pid(&self) -> Option<u32> {
         self.pid().filter(|_| self.rss)
+    }
+
+    /// Stops the target's process and starts a fresh one.
+    fn restart(&mut self, clusters: &Clusters, params: &Params) {
+        self.process = None;
+        *self = Target::start(self.def, clusters, params);
     }
 
     fn supports(&self, mode: &Mode) -> bool {
@@ -567,7 +575,7 @@ fn main() {
         one: cluster,
         three,
     };
-    let targets: Vec<Target> = params
+    let mut targets: Vec<Target> = params
         .targets
         .iter()
         .map(|def| Target::start(def, &clusters, &params))
@@ -575,7 +583,7 @@ fn main() {
     // Before the pgbench runs, so every target still holds the rows `pgbench -i` loaded.
     let merge = (params.suite == "cross_shard" && params.merge_rounds > 0)
         .then(|| merge_throughput(&params, &targets));
-    let results = run_rounds(&params, &targets);
+    let results = run_rounds(&params, &clusters, &mut targets);
     let peaks = peak_rss(&targets);
     let with_clients = rss_with_clients(&params, &targets);
     print_table(&params, &targets, &results);
@@ -1308,10 +1316,17 @@ struct Results(Vec<Vec<Vec<Outcome>>>);
 
 /// Every round runs every mode against every target in turn. The target that goes first
 /// rotates from round to round, so background work a run leaves behind (autovacuum after
-/// TPC-B, a checkpoint) does not always fall on the same target.
-fn run_rounds(params: &Params, targets: &[Target]) -> Results {
+/// TPC-B, a checkpoint) does not always fall on the same target. Every round after the
+/// first starts fresh proxy processes: where one process lands (its memory, its cores)
+/// moved a cell by 10% for a whole run, and the mean over rounds should average that out.
+fn run_rounds(params: &Params, clusters: &Clusters, targets: &mut [Target]) -> Results {
     let mut results = Results(vec![vec![Vec::new(); targets.len()]; params.modes.len()]);
     for round in 1..=params.rounds {
+        if round > 1 {
+            for target in targets.iter_mut() {
+                target.restart(clusters, params);
+            }
+        }
         for (m, mode) in params.modes.iter().enumerate() {
             for i in 0..targets.len() {
                 let t = (i + round - 1) % targets.len();
@@ -1555,7 +1570,7 @@ fn print_table(params: &Params, targets: &[Target], results: &Results) {
 fn print_memory(peaks: &[(&str, Option<u64>)], with_clients: &[ClientsRss]) {
     for (name, hwm) in peaks {
         println!(
-            "- {name} peak RSS after the main run (VmHWM): {}",
+            "- {name} peak RSS in the last round (VmHWM of that round's process): {}",
             mib(*hwm)
         );
     }
@@ -1599,7 +1614,7 @@ fn print_parameters(params: &Params, cluster: &Cluster, targets: &[Target]) {
     );
     println!(
         "- each cell: pgbench -c {} -j {} -T {} -n <mode flags> \"{}\"; means over {} round(s), \
-         targets interleaved, the first rotating each round",
+         targets interleaved, the first rotating each round, fresh proxy processes each round",
         params.clients,
         params.jobs(params.clients),
         params.seconds,
