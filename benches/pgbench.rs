@@ -401,11 +401,10 @@ impl Clusters {
 
 /// A running target: where pgbench connects, and the proxy process if there is one.
 struct Target {
+    /// How it was started (and is restarted).
     def: &'static TargetDef,
     name: &'static str,
     port: u16,
-    named_prepared: bool,
-    rss: bool,
     /// Stopped when the target is dropped.
     process: Option<Process>,
 }
@@ -417,8 +416,6 @@ impl Target {
             def,
             name: def.name,
             port,
-            named_prepared: def.named_prepared,
-            rss: def.rss,
             process,
         }
     }
@@ -430,7 +427,7 @@ impl Target {
 
     /// The process id of a proxy whose memory is reported.
     fn rss_pid(&self) -> Option<u32> {
-        self.pid().filter(|_| self.rss)
+        self.pid().filter(|_| self.def.rss)
     }
 
     /// Stops the target's process and starts a fresh one.
@@ -440,7 +437,7 @@ impl Target {
     }
 
     fn supports(&self, mode: &Mode) -> bool {
-        (self.named_prepared || !mode.uses_named_prepared())
+        (self.def.named_prepared || !mode.uses_named_prepared())
             && (mode.targets.is_empty() || mode.targets.contains(&self.name))
     }
 }

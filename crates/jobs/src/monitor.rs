@@ -2,10 +2,10 @@
 //! over its own tokio-postgres connection. The poll is also the health check:
 //! a node that fails it, or twice in a row does not answer within
 //! `health_check`, is banned for `ban`, and used again after the ban once a
-//! poll succeeds. A node that
-//! answered a client's query while its check was running is alive whatever
-//! the check says, and is not banned: on a saturated machine a check can be
-//! slow while the node serves thousands of queries a second.
+//! poll succeeds. A node that answered a client's query while its check was
+//! running is alive whatever the check says, and is not banned: on a
+//! saturated machine a check can be slow while the node serves thousands of
+//! queries a second.
 
 use std::sync::Arc;
 use std::time::Duration;
