@@ -945,3 +945,169 @@ async fn stalled_health_check_does_not_ban_a_serving_node() {
         .expect("writes work again");
     println!("{written} writes during a 3 s check stall, none failed; idle stall banned after {banned:?}");
 }
+
+/// A read whose server dies after sending part of a large answer runs again
+/// on another node: the client sees the whole answer once and no error, in
+/// both protocols.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_cut_off_mid_answer_runs_again_elsewhere() {
+    let (c, proxy) = routing_cluster(
+        ClusterSpec::new(1, 2),
+        "default_consistency = \"eventual\"\nban_ms = 500",
+    );
+    let client = connect(&proxy.app()).await;
+    // 40 rows of 1 kB, one every 50 ms: Postgres sends the first 8 kB long
+    // before the answer is complete.
+    let sql = "SELECT i, repeat('x', 1000) AS pad, pg_sleep(0.05)::text AS s \
+               FROM generate_series(1, 40) i";
+    for extended in [false, true] {
+        let killer = {
+            let nodes: Vec<String> = c
+                .nodes()
+                .iter()
+                .map(|n| n.superuser_conninfo("postgres"))
+                .collect();
+            tokio::task::spawn_blocking(move || {
+                std::thread::sleep(Duration::from_millis(1000));
+                let kill = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                            WHERE query LIKE '%generate_series(1, 40)%' AND pid <> pg_backend_pid()";
+                // Only the first node found running it: the retry must survive.
+                nodes
+                    .iter()
+                    .map(|n| psql_ok(n, kill).trim().parse::<u32>().unwrap())
+                    .find(|&killed| killed > 0)
+            })
+        };
+        let ids: Vec<i32> = if extended {
+            let rows = client.query(sql, &[]).await.expect("the read succeeds");
+            rows.iter().map(|r| r.get(0)).collect()
+        } else {
+            client
+                .simple_query(sql)
+                .await
+                .expect("the read succeeds")
+                .iter()
+                .filter_map(|m| match m {
+                    SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse().unwrap()),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(
+            killer.await.unwrap(),
+            Some(1),
+            "the read's server process was killed mid-answer"
+        );
+        assert_eq!(
+            ids,
+            (1..=40).collect::<Vec<_>>(),
+            "extended protocol: {extended}"
+        );
+    }
+}
+
+/// New server connections to the primary hang (its postmaster is frozen)
+/// while its open connections keep answering: the clients that needed a new
+/// connection get a clear error, but the serving primary is not banned and
+/// nobody else notices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_logins_to_a_serving_node_do_not_ban_it() {
+    let c = cluster(ClusterSpec::new(1, 0));
+    let port = free_port();
+    let users = format!("{ADMIN_USER}\n[routing]\nhealth_check_ms = 300\nban_ms = 1000\n");
+    let proxy = Proxy::start(
+        c.dir(),
+        port,
+        &config(&c, port, "pool_size = 8\nconnect_timeout = \"1s\"", &users),
+    );
+    let primary = &c.shard(0).primary;
+    let setup = connect(&proxy.app()).await;
+    setup
+        .batch_execute("CREATE TABLE sl (id int)")
+        .await
+        .unwrap();
+    let mut late = Vec::new();
+    for _ in 0..4 {
+        late.push(connect(&proxy.app()).await);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, ci) = (stop.clone(), proxy.app());
+        tokio::spawn(async move {
+            // One open transaction keeps its server connection throughout.
+            let client = connect(&ci).await;
+            client.batch_execute("BEGIN").await.unwrap();
+            let (mut n, mut errors) = (0u32, Vec::new());
+            while !stop.load(Ordering::Relaxed) && errors.len() < 10 {
+                match client.batch_execute("INSERT INTO sl VALUES (1)").await {
+                    Ok(()) => n += 1,
+                    Err(e) => errors.push(format!("{e} {:?}", e.as_db_error())),
+                }
+            }
+            if let Err(e) = client.batch_execute("COMMIT").await {
+                errors.push(format!("COMMIT: {e} {:?}", e.as_db_error()));
+            }
+            (n, errors)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let pid_file = std::fs::read_to_string(primary.data_dir().join("postmaster.pid")).unwrap();
+    let postmaster: u32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
+    send_signal(postmaster, "-STOP");
+    // The writer keeps its connection, so every late client needs a new one.
+    let tasks: Vec<_> = late
+        .into_iter()
+        .map(|client| {
+            tokio::spawn(async move {
+                let r = client
+                    .batch_execute("BEGIN; INSERT INTO sl VALUES (2)")
+                    .await
+                    .map_err(|e| sqlstate(&e).unwrap_or_else(|| e.to_string()));
+                (client, r)
+            })
+        })
+        .collect();
+    let (mut late, mut late_results) = (Vec::new(), Vec::new());
+    for t in tasks {
+        let (client, r) = t.await.unwrap();
+        late.push(client);
+        late_results.push(r);
+    }
+    let mut states = Vec::new();
+    for _ in 0..20 {
+        states.push(admin_node(&proxy, 0).await.0);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    send_signal(postmaster, "-CONT");
+    stop.store(true, Ordering::Relaxed);
+    let (written, errors) = writer.await.unwrap();
+
+    assert!(
+        late_results
+            .iter()
+            .any(|r| r.as_ref().err().map(String::as_str) == Some("08006")),
+        "no late client needed a new connection: {late_results:?}"
+    );
+    assert!(
+        errors.is_empty(),
+        "the serving client saw errors: {errors:?}"
+    );
+    assert!(
+        states.iter().all(|s| s != "banned"),
+        "the serving primary was banned: {states:?}"
+    );
+    for client in &late {
+        client
+            .batch_execute("ROLLBACK; INSERT INTO sl VALUES (3)")
+            .await
+            .expect("a new connection works once the postmaster runs again");
+    }
+    let count: i64 = setup
+        .query_one("SELECT count(*) FROM sl WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, i64::from(written));
+    println!("{written} writes while logins hung, none failed; late clients: {late_results:?}");
+}

@@ -43,9 +43,10 @@ pub struct NodeState {
     /// position: everything missing here was written after it.
     seen_at_ms: AtomicU64,
     caught_up: AtomicBool,
-    /// Bumped by the monitor as each health check starts.
+    /// Bumped by the monitor as each health check starts (from 1).
     check_epoch: AtomicU64,
-    /// The last check epoch during which a server connection answered a client.
+    /// The last check epoch during which a server connection answered a
+    /// client; 0 if none ever did.
     answered_epoch: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
@@ -65,7 +66,7 @@ impl NodeState {
             lag_bytes: AtomicU64::new(0),
             seen_at_ms: AtomicU64::new(0),
             caught_up: AtomicBool::new(true),
-            check_epoch: AtomicU64::new(0),
+            check_epoch: AtomicU64::new(1),
             answered_epoch: AtomicU64::new(0),
             last_error: Mutex::new(None),
         }
@@ -192,6 +193,14 @@ impl NodeState {
     /// Whether the node answered a client since the check `epoch` began.
     pub fn answered_since(&self, epoch: u64) -> bool {
         self.answered_epoch.load(Ordering::Relaxed) >= epoch
+    }
+
+    /// Whether the node answered a client during the current or the previous
+    /// check epoch: it is serving, so a slow login to it is no outage. (A
+    /// machine that stalls stops the checks too, so the epoch stays put.)
+    pub fn answered_lately(&self) -> bool {
+        let answered = self.answered_epoch.load(Ordering::Relaxed);
+        answered != 0 && answered + 1 >= self.check_epoch.load(Ordering::Relaxed)
     }
 
     /// Records a health/role sample.
@@ -456,6 +465,21 @@ mod tests {
         assert!(n.answered_since(first));
         let second = n.begin_check();
         assert!(!n.answered_since(second));
+    }
+
+    #[test]
+    fn answered_lately_spans_the_current_and_previous_check() {
+        let t = topo();
+        let n = &t.shards[0].nodes[0];
+        assert!(!n.answered_lately(), "a node that never answered");
+        n.note_answer();
+        assert!(n.answered_lately());
+        n.begin_check();
+        assert!(n.answered_lately(), "answered during the previous check");
+        n.begin_check();
+        assert!(!n.answered_lately(), "silent for a whole check");
+        n.note_answer();
+        assert!(n.answered_lately());
     }
 
     #[test]

@@ -93,8 +93,6 @@ pub struct Exchange {
     pub cycle_done: bool,
     /// The server sent FATAL or PANIC: it is ending the session.
     pub fatal: Option<Box<ErrorFields>>,
-    /// Part of a response (not just notices) was passed to the client.
-    pub answered: bool,
 }
 
 impl Default for Exchange {
@@ -107,7 +105,6 @@ impl Default for Exchange {
             hidden_error: None,
             cycle_done: false,
             fatal: None,
-            answered: false,
         }
     }
 }
@@ -212,12 +209,8 @@ pub fn relay(
                 conn.broken = true;
             }
             t => {
-                let before = cx.cout.len();
                 if let Err(e) = response(conn, ex, cx, t, msg) {
                     break Err(e);
-                }
-                if cx.cout.len() != before {
-                    ex.answered = true;
                 }
             }
         }

@@ -138,7 +138,7 @@ async fn read_until_ready(p: &mut Part) -> Outcome {
         }
         reserve(&mut conn.read_buf);
         match conn.stream.read_buf(&mut conn.read_buf).await {
-            Ok(n) if n > 0 => {}
+            Ok(n) if n > 0 => p.b.node.node().note_answer(),
             _ => {
                 conn.broken = true;
                 return Err(lost(&conn.addr));

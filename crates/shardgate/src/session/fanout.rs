@@ -476,6 +476,9 @@ pub(super) async fn read_any(
                 cx,
                 &mut conn.read_buf,
             ) {
+                if matches!(r, Ok(n) if n > 0) {
+                    p.b.node.node().note_answer();
+                }
                 return Poll::Ready((i, r));
             }
         }

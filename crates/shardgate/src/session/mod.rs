@@ -51,6 +51,10 @@ const FAILING_SQL: &str = "shardgate proxy error";
 /// Client messages of one read kept for a retry are capped at this many bytes.
 const RETRY_LIMIT: usize = 256 * 1024;
 
+/// Answer bytes of a retryable read held back from the client until the
+/// answer is complete; a larger answer is streamed and no longer retryable.
+const RETRY_HOLD_LIMIT: usize = 64 * 1024;
+
 /// Why a session ended abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -75,15 +79,24 @@ struct Backend {
     node: InFlight,
     /// What the transaction needed when the node was chosen.
     want: Want,
-    /// Client messages of a read not yet answered, to run it elsewhere if
-    /// the node fails first; `None` once that is no longer possible.
-    retry: Option<Vec<Bytes>>,
+    /// A read not yet answered, to run it elsewhere if the node fails
+    /// first; `None` once that is no longer possible.
+    retry: Option<RetryLog>,
     /// Names the client prepared in this cycle (forgotten before a retry).
     cycle_names: Vec<String>,
     /// Record the commit position after each cycle (read your writes).
     track_lsn: bool,
     /// A commit position is still to be asked for.
     lsn_due: bool,
+}
+
+/// What running a read again on another node needs.
+struct RetryLog {
+    /// The client messages of the read, from the one that attached the connection.
+    msgs: Vec<Bytes>,
+    /// Length of the client output when the read began: what follows is the
+    /// held-back answer, dropped if the read runs again.
+    cout_mark: usize,
 }
 
 enum Event {
@@ -345,7 +358,7 @@ impl Session {
     }
 
     async fn flush_client(&mut self) -> Result<(), SessionError> {
-        if !self.cout.is_empty() {
+        if !self.cout.is_empty() && !self.holding_answer() {
             self.client.write_all(&self.cout).await?;
             self.cout.clear();
             if self.client.is_tls() {
@@ -353,6 +366,13 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Whether the client output is held back because the read it answers
+    /// may still run again elsewhere.
+    #[inline]
+    fn holding_answer(&self) -> bool {
+        self.backend.as_ref().is_some_and(|b| b.retry.is_some())
     }
 
     async fn flush_server(&mut self) -> Result<(), SessionError> {
@@ -506,10 +526,10 @@ impl Session {
     fn keep_for_retry(&mut self, msg: &[u8]) {
         if let Some(b) = self.backend.as_mut() {
             if let Some(kept) = b.retry.as_mut() {
-                if kept.iter().map(Bytes::len).sum::<usize>() + msg.len() > RETRY_LIMIT {
+                if kept.msgs.iter().map(Bytes::len).sum::<usize>() + msg.len() > RETRY_LIMIT {
                     b.retry = None;
                 } else {
-                    kept.push(Bytes::copy_from_slice(msg));
+                    kept.msgs.push(Bytes::copy_from_slice(msg));
                 }
             }
         }
@@ -614,6 +634,11 @@ pub fn pool_error(e: &PoolError) -> PgError {
 
 /// Whether a pool error means the node itself is unreachable (not an
 /// authentication or database problem, and not a busy pool).
+/// Opening a server connection took longer than `connect_timeout`.
+fn connect_timed_out(e: &PoolError) -> bool {
+    matches!(e, PoolError::Connect(ConnectError::Timeout(_)))
+}
+
 fn node_unreachable(e: &PoolError) -> bool {
     match e {
         PoolError::Connect(ConnectError::Io { .. } | ConnectError::Timeout(_)) => true,

@@ -10,7 +10,10 @@ use shardgate_protocol::frontend;
 use shardgate_protocol::{Header, PgError, Severity};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{node_unreachable, pool_error, reserve, Backend, Proto, Session, SessionError};
+use super::{
+    connect_timed_out, node_unreachable, pool_error, reserve, Backend, Proto, RetryLog, Session,
+    SessionError, RETRY_HOLD_LIMIT,
+};
 use crate::config::PoolMode;
 use crate::relay::{relay, Exchange, Expect, RelayContext};
 use crate::routing::{choose, Choice, Want};
@@ -67,6 +70,13 @@ impl Session {
             let pool = self.pool_for(shard, choice.node.index);
             match pool.get().await {
                 Ok(conn) => return Ok((conn, choice)),
+                Err(e) if connect_timed_out(&e) && choice.node.answered_lately() => {
+                    // The node answers other clients: a stalled machine or a
+                    // busy postmaster, not an outage. Banning it would fail
+                    // everyone; the health check decides if it is really down.
+                    tracing::warn!(node = %choice.node.addr, error = %e, "slow login to a serving node; not banned");
+                    return Err(pool_error(&e));
+                }
                 Err(e) if node_unreachable(&e) => {
                     choice
                         .node
@@ -245,7 +255,10 @@ impl Session {
     pub(super) fn start_retry(&mut self, first: &[u8]) {
         if let Some(b) = self.backend.as_mut() {
             if matches!(b.want, Want::Read(_)) && b.ex.status == b'I' {
-                b.retry = Some(vec![Bytes::copy_from_slice(first)]);
+                b.retry = Some(RetryLog {
+                    msgs: vec![Bytes::copy_from_slice(first)],
+                    cout_mark: self.cout.len(),
+                });
             }
         }
     }
@@ -265,8 +278,14 @@ impl Session {
             tracing::error!(server = %b.conn.addr, error = %e, "server broke the protocol");
             return self.server_lost(format!("protocol error from server: {e}"));
         }
-        if b.ex.answered {
-            b.retry = None;
+        if let Some(r) = &b.retry {
+            // A complete answer, or one too large to hold, goes to the client;
+            // the read cannot run again after that.
+            if b.ex.expect.is_empty()
+                || self.cout.len().saturating_sub(r.cout_mark) > RETRY_HOLD_LIMIT
+            {
+                b.retry = None;
+            }
         }
         if b.ex.skipping && !b.ex.unsynced {
             // The client's Sync is already queued; nothing to skip.
@@ -326,12 +345,14 @@ impl Session {
         }
         let attempt = self.retry_attempt + 1;
         tracing::debug!(retryable = b.retry.is_some(), status = %(b.ex.status as char), attempt, "deciding whether to retry");
-        if let Some(msgs) = b.retry.take() {
+        if let Some(retry) = b.retry.take() {
             if b.ex.status == b'I' && attempt < self.shards[b.shard].nodes.len() {
                 tracing::info!(server = %b.conn.addr, "retrying the read on another node");
                 self.sout.clear();
+                // The client has not seen any of the answer: it was held back.
+                self.cout.truncate(retry.cout_mark);
                 self.pending_retry = Some(PendingRetry {
-                    msgs,
+                    msgs: retry.msgs,
                     names: std::mem::take(&mut b.cycle_names),
                     attempt,
                 });
