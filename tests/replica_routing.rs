@@ -1004,6 +1004,19 @@ async fn read_cut_off_mid_answer_runs_again_elsewhere() {
             "extended protocol: {extended}"
         );
     }
+    // An answer larger than what is held back streams through whole.
+    let rows = client
+        .query(
+            "SELECT i, repeat('y', 1000) FROM generate_series(1, 2000) i",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2000);
+    assert!(rows
+        .iter()
+        .enumerate()
+        .all(|(n, r)| r.get::<_, i32>(0) == n as i32 + 1 && r.get::<_, &str>(1).len() == 1000));
 }
 
 /// New server connections to the primary hang (its postmaster is frozen)

@@ -361,6 +361,10 @@ impl Session {
         if !self.cout.is_empty() && !self.holding_answer() {
             self.client.write_all(&self.cout).await?;
             self.cout.clear();
+            if self.cout.capacity() > RETRY_HOLD_LIMIT {
+                // A held-back answer grew it: idle sessions keep little memory.
+                self.cout = BytesMut::new();
+            }
             if self.client.is_tls() {
                 self.client.flush().await?;
             }
