@@ -224,6 +224,16 @@ impl Raw {
         }
     }
 
+    /// Sends raw message bytes.
+    fn send(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).unwrap();
+    }
+
+    /// Reads `n` messages.
+    fn read_n(&mut self, n: usize) -> Vec<Msg> {
+        (0..n).map(|_| self.read_msg()).collect()
+    }
+
     /// Sends a simple Query and returns everything up to ReadyForQuery.
     fn query(&mut self, sql: &str) -> Vec<Msg> {
         let mut msg = vec![b'Q'];
@@ -233,6 +243,66 @@ impl Raw {
         self.s.write_all(&msg).unwrap();
         self.until_ready()
     }
+}
+
+/// A frontend message: tag, length, body.
+fn frontend_msg(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+fn cstr(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(s.as_bytes());
+    out.push(0);
+}
+
+fn parse_msg(name: &str, sql: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    cstr(&mut b, name);
+    cstr(&mut b, sql);
+    b.extend_from_slice(&0i16.to_be_bytes());
+    frontend_msg(b'P', &b)
+}
+
+/// Bind with text parameters and text results.
+fn bind_msg(portal: &str, statement: &str, params: &[&str]) -> Vec<u8> {
+    let mut b = Vec::new();
+    cstr(&mut b, portal);
+    cstr(&mut b, statement);
+    b.extend_from_slice(&0i16.to_be_bytes());
+    b.extend_from_slice(&(params.len() as i16).to_be_bytes());
+    for p in params {
+        b.extend_from_slice(&(p.len() as i32).to_be_bytes());
+        b.extend_from_slice(p.as_bytes());
+    }
+    b.extend_from_slice(&0i16.to_be_bytes());
+    frontend_msg(b'B', &b)
+}
+
+fn execute_msg(portal: &str, max_rows: i32) -> Vec<u8> {
+    let mut b = Vec::new();
+    cstr(&mut b, portal);
+    b.extend_from_slice(&max_rows.to_be_bytes());
+    frontend_msg(b'E', &b)
+}
+
+fn describe_statement_msg(name: &str) -> Vec<u8> {
+    let mut b = vec![b'S'];
+    cstr(&mut b, name);
+    frontend_msg(b'D', &b)
+}
+
+/// The first column of each DataRow, as text.
+fn first_column(msgs: &[Msg]) -> Vec<String> {
+    msgs.iter()
+        .filter(|(t, _)| *t == b'D')
+        .map(|(_, p)| {
+            let len = i32::from_be_bytes([p[2], p[3], p[4], p[5]]) as usize;
+            String::from_utf8_lossy(&p[6..6 + len]).into_owned()
+        })
+        .collect()
 }
 
 /// SQLSTATEs of the ErrorResponses in `msgs`.
@@ -988,4 +1058,123 @@ async fn merged_queries_take_parameters_and_keep_transactions() {
             .sum::<i64>(),
         1
     );
+}
+
+/// Drivers such as asyncpg prepare with Parse, Describe and Flush, then bind
+/// without a Sync in between, and fetch with a row limit: the statement is
+/// described on one shard and bound to a key on another, and a merged
+/// result stops at the limit with PortalSuspended, as Postgres does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_prepared_statements_and_row_limits_across_shards() {
+    let env = env("");
+    let proxy = env.start();
+    let client = connect(&proxy.app()).await;
+    client
+        .batch_execute("CREATE TABLE t (k bigint PRIMARY KEY, g int, v numeric(8,2))")
+        .await
+        .unwrap();
+    let values: Vec<String> = (0..3000).map(|k| format!("({k}, {}, 0)", k % 7)).collect();
+    client
+        .batch_execute(&format!("INSERT INTO t VALUES {}", values.join(",")))
+        .await
+        .unwrap();
+    let mut raw = Raw::connect(env.port, "raw", "app");
+    let sync = frontend_msg(b'S', &[]);
+
+    // Described on the default shard (0), answered at the Flush...
+    raw.send(
+        &[
+            parse_msg("s1", "SELECT g FROM t WHERE k = $1"),
+            describe_statement_msg("s1"),
+            frontend_msg(b'H', &[]),
+        ]
+        .concat(),
+    );
+    let tags: Vec<u8> = raw.read_n(3).iter().map(|m| m.0).collect();
+    assert_eq!(
+        tags, b"1tT",
+        "ParseComplete, ParameterDescription, RowDescription"
+    );
+    // ... then bound to a key of shard 2 before any Sync.
+    raw.send(
+        &[
+            bind_msg("", "s1", &["2500"]),
+            execute_msg("", 0),
+            sync.clone(),
+        ]
+        .concat(),
+    );
+    let msgs = raw.until_ready();
+    assert!(
+        errors(&msgs).is_empty(),
+        "{:?}",
+        msgs.iter()
+            .map(|(t, p)| (*t as char, error_text(p)))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(first_column(&msgs), vec![(2500 % 7).to_string()]);
+
+    // A merged aggregate and a merged ORDER BY with a row limit.
+    for (sql, max_rows, want) in [
+        ("SELECT count(*) FROM t", 1, vec!["3000".to_owned()]),
+        (
+            "SELECT k FROM t ORDER BY k DESC",
+            2,
+            vec!["2999".to_owned(), "2998".to_owned()],
+        ),
+    ] {
+        raw.send(
+            &[
+                parse_msg("", sql),
+                bind_msg("", "", &[]),
+                execute_msg("", max_rows),
+                sync.clone(),
+            ]
+            .concat(),
+        );
+        let msgs = raw.until_ready();
+        assert!(errors(&msgs).is_empty(), "{sql}: {:?}", errors(&msgs));
+        assert_eq!(first_column(&msgs), want, "{sql}");
+        let tags: Vec<u8> = msgs.iter().map(|m| m.0).collect();
+        assert!(
+            tags.ends_with(b"sZ"),
+            "{sql}: PortalSuspended then ReadyForQuery: {:?}",
+            String::from_utf8_lossy(&tags)
+        );
+    }
+    // A limit above the row count completes the portal.
+    raw.send(
+        &[
+            parse_msg("", "SELECT count(*) FROM t"),
+            bind_msg("", "", &[]),
+            execute_msg("", 5),
+            sync.clone(),
+        ]
+        .concat(),
+    );
+    let msgs = raw.until_ready();
+    let tags: Vec<u8> = msgs.iter().map(|m| m.0).collect();
+    assert!(
+        tags.ends_with(b"CZ"),
+        "CommandComplete: {:?}",
+        String::from_utf8_lossy(&tags)
+    );
+
+    // Inside a transaction the suspended portal lives on; fetching more of
+    // it is refused by name rather than answered wrongly.
+    raw_ok(&mut raw, "BEGIN");
+    raw.send(
+        &[
+            parse_msg("", "SELECT k FROM t ORDER BY k"),
+            bind_msg("", "", &[]),
+            execute_msg("", 1),
+            sync.clone(),
+        ]
+        .concat(),
+    );
+    assert_eq!(first_column(&raw.until_ready()), vec!["0".to_owned()]);
+    raw.send(&[execute_msg("", 1), sync.clone()].concat());
+    assert_eq!(errors(&raw.until_ready()), vec!["0A000".to_owned()]);
+    raw_ok(&mut raw, "ROLLBACK");
+    raw_ok(&mut raw, "SELECT 1");
 }

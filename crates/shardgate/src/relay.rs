@@ -87,6 +87,9 @@ pub struct Exchange {
     pub unsynced: bool,
     /// An error before any Sync: the server ignores messages until Sync.
     pub skipping: bool,
+    /// A Bind, Execute or Query since the last Sync: the batch holds a
+    /// portal or effects, so it cannot be ended early.
+    pub busy_since_sync: bool,
     /// Error of an injected (hidden) query, e.g. a failed state replay.
     pub hidden_error: Option<Box<ErrorFields>>,
     /// A client cycle just ended with the transaction status idle.
@@ -102,6 +105,7 @@ impl Default for Exchange {
             status: b'I',
             unsynced: false,
             skipping: false,
+            busy_since_sync: false,
             hidden_error: None,
             cycle_done: false,
             fatal: None,
@@ -118,6 +122,13 @@ impl Exchange {
 
     /// Queues an expectation; synthetic responses at the head go out at once.
     pub fn push(&mut self, e: Expect, cout: &mut BytesMut) {
+        match e {
+            Expect::Bind | Expect::Execute { .. } | Expect::Query { forward: true } => {
+                self.busy_since_sync = true
+            }
+            Expect::Sync => self.busy_since_sync = false,
+            _ => {}
+        }
         self.expect.push_back(e);
         self.drain_synthetic(cout);
     }

@@ -71,6 +71,9 @@ impl Session {
         want: Want,
         rest: &[u8],
     ) -> Result<bool, SessionError> {
+        if self.backend.is_some() && self.route_reads {
+            self.leave_replica_for(want).await?;
+        }
         if self.backend.is_some() {
             return Ok(true);
         }
@@ -273,6 +276,13 @@ impl Session {
             return Ok(());
         }
         if self.sharded {
+            if self.vtx.is_some() && self.suspended_portal.as_deref() == Some(portal) {
+                return self.refuse_pg(PgError::error(
+                    "0A000",
+                    "fetching a query over several shards in batches (Execute after PortalSuspended) is not supported",
+                )
+                .with_hint("Fetch all rows with one Execute, or add LIMIT and OFFSET to the query."));
+            }
             self.target_for_unrouted();
         }
         if !self.attach_extended(msg, Want::Primary, rest).await? {

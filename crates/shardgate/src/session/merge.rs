@@ -46,6 +46,8 @@ pub(super) struct MergeRequest<'a> {
     pub param_types: &'a [u8],
     /// The client sent Describe for the portal (or used the simple protocol).
     pub describe: bool,
+    /// The Execute's row limit: at most this many rows, then PortalSuspended.
+    pub max_rows: Option<u64>,
     /// The database collation when it does not order text bytewise (text
     /// keys cannot be merged then).
     pub collation: Option<String>,
@@ -139,7 +141,11 @@ impl Session {
             visible,
             formats: req.bind.map(|b| b.result_formats()).unwrap_or_default(),
             offset: limits.1,
-            limit: limits.0,
+            limit: match (limits.0, req.max_rows) {
+                (Some(l), Some(m)) => Some(l.min(m)),
+                (l, m) => l.or(m),
+            },
+            max_rows: req.max_rows,
             extended,
             describe: req.describe,
             collation: req.collation.clone(),
@@ -163,6 +169,10 @@ impl Session {
         };
         let result = self.run_merge(&mut parts, &mut run).await;
         let status = self.finish_merge(&mut parts, &mut run);
+        if run.suspended() && status != b'I' {
+            // The portal outlives the Sync inside a transaction.
+            self.suspended_portal = req.bind.map(|b| b.portal.to_owned());
+        }
         for p in parts {
             self.return_part(p.b);
         }
@@ -342,7 +352,10 @@ struct Run<'p> {
     plan: &'p MergePlan,
     visible: usize,
     formats: Vec<i16>,
+    /// LIMIT, or the Execute's row limit if smaller.
     limit: Option<u64>,
+    /// The Execute's row limit.
+    max_rows: Option<u64>,
     offset: u64,
     extended: bool,
     describe: bool,
@@ -570,6 +583,11 @@ impl Run<'_> {
         Ok(Head { row, keys })
     }
 
+    /// The Execute's row limit cut the result short.
+    fn suspended(&self) -> bool {
+        !self.failed && self.max_rows.is_some_and(|m| self.sent >= m)
+    }
+
     fn limit_reached(&self) -> bool {
         self.limit.is_some_and(|l| self.sent >= l)
     }
@@ -737,7 +755,13 @@ impl Run<'_> {
                 }
             }
         }
-        backend::command_complete(&format!("SELECT {}", self.sent), cout);
+        if self.suspended() {
+            // As Postgres: the Execute's row limit reached, the portal is
+            // suspended (a later Execute of it is refused).
+            backend::empty(btag::PORTAL_SUSPENDED, cout);
+        } else {
+            backend::command_complete(&format!("SELECT {}", self.sent), cout);
+        }
         Ok(())
     }
 }

@@ -99,6 +99,15 @@ struct RetryLog {
     cout_mark: usize,
 }
 
+impl Backend {
+    /// Whether an extended batch is open on this connection with only
+    /// prepared, described or closed statements in it and no error: nothing
+    /// a Sync would commit or a portal would need.
+    fn quiet_batch(&self) -> bool {
+        self.ex.unsynced && !self.ex.busy_since_sync && !self.ex.skipping
+    }
+}
+
 enum Event {
     Client(std::io::Result<usize>),
     Server(std::io::Result<usize>),
@@ -183,6 +192,9 @@ pub struct Session {
     key_hint: Option<String>,
     /// Bytes after the current message that its handler consumed too.
     extra_consumed: usize,
+    /// A cross-shard portal whose Execute stopped at its row limit, inside a
+    /// transaction: executing it again is refused.
+    suspended_portal: Option<String>,
     state: SessionState,
     routing: RoutingState,
     /// The shard has replicas, so statements are classified.
@@ -244,6 +256,7 @@ impl Session {
             shard_hint: None,
             key_hint: None,
             extra_consumed: 0,
+            suspended_portal: None,
             proxy,
             user,
             database,
@@ -574,6 +587,12 @@ impl Session {
         }
         if self.sharded {
             return self.on_query_sharded(msg, sql).await;
+        }
+        if self.backend.is_some() && self.route_reads {
+            let want = self
+                .want_for_scanned(sql, scan.shardgate)
+                .unwrap_or(Want::Primary);
+            self.leave_replica_for(want).await?;
         }
         if self.backend.is_none() {
             let want = match self.want_for_scanned(sql, scan.shardgate) {

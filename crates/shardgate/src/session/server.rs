@@ -97,6 +97,9 @@ impl Session {
     /// been sent the error (and, for a simple query, ReadyForQuery) and
     /// `false` is returned.
     pub(super) async fn attach(&mut self, proto: Proto, want: Want) -> Result<bool, SessionError> {
+        if self.backend.is_some() && self.route_reads {
+            self.leave_replica_for(want).await?;
+        }
         let shard = self.target;
         match self.backend.as_ref().map(|b| b.shard) {
             Some(current) if current == shard => return Ok(true),
@@ -129,6 +132,7 @@ impl Session {
     /// shard: waits for its outstanding answers first. A pipelined batch that
     /// spans shards (no Sync in between) cannot be split and is refused.
     async fn switch_away(&mut self, proto: Proto) -> Result<bool, SessionError> {
+        self.end_quiet_batch();
         if self.backend.as_ref().is_some_and(|b| b.ex.unsynced) {
             let err = PgError::error(
                 "0A000",
@@ -155,6 +159,34 @@ impl Session {
             }
         }
         Ok(true)
+    }
+
+    /// Ends the extended batch open on the current connection with a Sync of
+    /// the proxy's own if only Parse, Describe or Close ran in it (a driver
+    /// preparing with Flush, say): that changes nothing the client can see,
+    /// and frees the connection for a statement that belongs elsewhere.
+    fn end_quiet_batch(&mut self) {
+        if let Some(b) = self.backend.as_mut().filter(|b| b.quiet_batch()) {
+            frontend::encode_empty(frontend::tag::SYNC, &mut self.sout);
+            b.ex.unsynced = false;
+            b.ex.push(Expect::Query { forward: false }, &mut self.cout);
+        }
+    }
+
+    /// Before a statement that needs the primary: a replica connection kept
+    /// only by such a quiet batch is let go, so the statement is not run on
+    /// the replica.
+    pub(super) async fn leave_replica_for(&mut self, want: Want) -> Result<(), SessionError> {
+        let quiet_on_replica = self.backend.as_ref().is_some_and(|b| {
+            matches!(b.want, Want::Read(_)) && b.ex.status == b'I' && b.quiet_batch()
+        });
+        if want != Want::Primary || !quiet_on_replica {
+            return Ok(());
+        }
+        self.end_quiet_batch();
+        self.drain_current().await?;
+        self.maybe_release();
+        Ok(())
     }
 
     /// Waits until the current connection has answered everything sent to it,

@@ -169,8 +169,8 @@ struct AfterBind {
     batch: BytesMut,
     /// A Describe is among them.
     describe: bool,
-    /// An Execute asks for a limited number of rows.
-    row_limit: bool,
+    /// The row limit of the Execute, if it sets one.
+    max_rows: Option<u64>,
     /// Bytes of `rest` they take.
     consumed: usize,
 }
@@ -178,7 +178,8 @@ struct AfterBind {
 fn batch_after_bind(rest: &[u8], max_message: usize) -> Result<AfterBind, PgError> {
     let mut batch = BytesMut::new();
     let mut describe = false;
-    let mut row_limit = false;
+    let mut max_rows = None;
+    let mut executes = 0;
     let mut pos = 0;
     loop {
         let Ok(Some(h)) = Header::complete(&rest[pos..], max_message) else {
@@ -196,14 +197,25 @@ fn batch_after_bind(rest: &[u8], max_message: usize) -> Result<AfterBind, PgErro
                 describe = true;
             }
             tag::EXECUTE => {
-                row_limit |= Execute::decode(&m[5..]).map_err(bad)?.max_rows > 0;
+                let e = Execute::decode(&m[5..]).map_err(bad)?;
+                executes += 1;
+                if executes > 1 {
+                    return Err(PgError::error(
+                        "0A000",
+                        "fetching a query over several shards in batches (several Executes of one portal) is not supported",
+                    )
+                    .with_hint("Fetch all rows with one Execute."));
+                }
+                if e.max_rows > 0 {
+                    max_rows = Some(e.max_rows as u64);
+                }
             }
             tag::SYNC => {
                 batch.extend_from_slice(m);
                 return Ok(AfterBind {
                     batch,
                     describe,
-                    row_limit,
+                    max_rows,
                     consumed: pos + h.total,
                 });
             }
@@ -632,6 +644,7 @@ impl Session {
                     bind: None,
                     param_types: &[],
                     describe: true,
+                    max_rows: None,
                     collation,
                 };
                 self.merge_query(shards, plan, want, req).await
@@ -820,6 +833,9 @@ impl Session {
         bind: &Bind<'_>,
         rest: &[u8],
     ) -> Result<(), SessionError> {
+        if self.suspended_portal.as_deref() == Some(bind.portal) {
+            self.suspended_portal = None;
+        }
         let Some(stmt) = self.statements.get(bind.statement).cloned() else {
             let err = PgError::error(
                 "26000",
@@ -862,18 +878,12 @@ impl Session {
                     Ok(b) => b,
                     Err(e) => return self.refuse_pg(e),
                 };
-                if after.row_limit {
-                    return self.refuse_pg(PgError::error(
-                        "0A000",
-                        "fetching a merged query over several shards in batches (Execute with a row limit) is not supported",
-                    )
-                    .with_hint("Fetch all rows at once."));
-                }
                 self.extra_consumed = after.consumed;
                 let req = MergeRequest {
                     bind: Some(bind),
                     param_types: &stmt.param_types,
                     describe: after.describe,
+                    max_rows: after.max_rows,
                     collation,
                 };
                 self.merge_query(shards, plan, want, req).await
