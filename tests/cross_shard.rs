@@ -988,17 +988,7 @@ async fn merged_queries_take_parameters_and_keep_transactions() {
     let env = env("");
     let proxy = env.start();
     let client = connect(&proxy.app()).await;
-    client
-        .batch_execute("CREATE TABLE t (k bigint PRIMARY KEY, g int, v numeric(8,2))")
-        .await
-        .unwrap();
-    let values: Vec<String> = (0..3000)
-        .map(|k| format!("({k}, {}, {}.{:02})", k % 7, k % 100, k % 13))
-        .collect();
-    client
-        .batch_execute(&format!("INSERT INTO t VALUES {}", values.join(",")))
-        .await
-        .unwrap();
+    create_t(&client).await;
     let page = client
         .prepare("SELECT k FROM t WHERE g = $1 ORDER BY k DESC LIMIT $2 OFFSET $3")
         .await
@@ -1060,6 +1050,21 @@ async fn merged_queries_take_parameters_and_keep_transactions() {
     );
 }
 
+/// Creates `t` (sharded by range on `k`) with rows k = 0..3000, g = k % 7.
+async fn create_t(client: &tokio_postgres::Client) {
+    client
+        .batch_execute("CREATE TABLE t (k bigint PRIMARY KEY, g int, v numeric(8,2))")
+        .await
+        .unwrap();
+    let values: Vec<String> = (0..3000)
+        .map(|k| format!("({k}, {}, {}.{:02})", k % 7, k % 100, k % 13))
+        .collect();
+    client
+        .batch_execute(&format!("INSERT INTO t VALUES {}", values.join(",")))
+        .await
+        .unwrap();
+}
+
 /// Drivers such as asyncpg prepare with Parse, Describe and Flush, then bind
 /// without a Sync in between, and fetch with a row limit: the statement is
 /// described on one shard and bound to a key on another, and a merged
@@ -1069,15 +1074,7 @@ async fn flush_prepared_statements_and_row_limits_across_shards() {
     let env = env("");
     let proxy = env.start();
     let client = connect(&proxy.app()).await;
-    client
-        .batch_execute("CREATE TABLE t (k bigint PRIMARY KEY, g int, v numeric(8,2))")
-        .await
-        .unwrap();
-    let values: Vec<String> = (0..3000).map(|k| format!("({k}, {}, 0)", k % 7)).collect();
-    client
-        .batch_execute(&format!("INSERT INTO t VALUES {}", values.join(",")))
-        .await
-        .unwrap();
+    create_t(&client).await;
     let mut raw = Raw::connect(env.port, "raw", "app");
     let sync = frontend_msg(b'S', &[]);
 
