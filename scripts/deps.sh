@@ -37,3 +37,10 @@ if ! python3 -c 'import psycopg' >/dev/null 2>&1; then
     || { "${sudo_cmd[@]}" apt-get install -y -qq python3-psycopg >/dev/null; }
   python3 -c 'import psycopg' || { echo "deps: could not install psycopg" >&2; exit 1; }
 fi
+if ! python3 -c 'import asyncpg' >/dev/null 2>&1; then
+  echo "deps: installing asyncpg" >&2
+  python3 -m pip install --quiet asyncpg 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages asyncpg 2>/dev/null \
+    || { "${sudo_cmd[@]}" apt-get install -y -qq python3-asyncpg >/dev/null; }
+  python3 -c 'import asyncpg' || { echo "deps: could not install asyncpg" >&2; exit 1; }
+fi

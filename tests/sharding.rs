@@ -646,3 +646,23 @@ async fn single_shard_reads_use_that_shards_replica() {
         assert_eq!(row.get::<_, String>(1), "x");
     }
 }
+
+/// asyncpg, which prepares with Parse/Describe/Flush, binds without a Sync in
+/// between and fetches single rows with a row-limited Execute, on sharded
+/// tables with replicas: keyed reads and writes, merged results, COPY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncpg_on_sharded_tables_with_replicas() {
+    let (_c, proxy, _map) = sharded("default_consistency = \"eventual\"");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/clients/asyncpg_sharded.py"
+    );
+    let dsn = format!("postgresql://app:secret@127.0.0.1:{}/app", proxy.port);
+    let out = tokio::task::spawn_blocking(move || {
+        run(Command::new("python3").arg(script).arg(&dsn), LONG)
+    })
+    .await
+    .unwrap();
+    assert_success(&out, "asyncpg on sharded tables");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+}
