@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what shardgate's tests, demo and benchmarks need, only when missing:
 # the PostgreSQL server and client binaries, PgBouncer, openssl and Python's
-# psycopg 3. Safe to run again; does nothing when everything is there.
+# psycopg 3 and asyncpg. Safe to run again; does nothing when everything is there.
 set -euo pipefail
 
 sudo_cmd=()
