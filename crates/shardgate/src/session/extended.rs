@@ -71,9 +71,7 @@ impl Session {
         want: Want,
         rest: &[u8],
     ) -> Result<bool, SessionError> {
-        if self.backend.is_some() && self.route_reads {
-            self.leave_replica_for(want).await?;
-        }
+        self.leave_replica_for(want).await?;
         if self.backend.is_some() {
             return Ok(true);
         }

@@ -106,6 +106,11 @@ impl Backend {
     fn quiet_batch(&self) -> bool {
         self.ex.unsynced && !self.ex.busy_since_sync && !self.ex.skipping
     }
+
+    /// A replica connection outside a transaction, held only by a quiet batch.
+    fn quiet_on_replica(&self) -> bool {
+        matches!(self.want, Want::Read(_)) && self.ex.status == b'I' && self.quiet_batch()
+    }
 }
 
 enum Event {
@@ -588,7 +593,7 @@ impl Session {
         if self.sharded {
             return self.on_query_sharded(msg, sql).await;
         }
-        if self.backend.is_some() && self.route_reads {
+        if self.backend.as_ref().is_some_and(Backend::quiet_on_replica) {
             let want = self
                 .want_for_scanned(sql, scan.shardgate)
                 .unwrap_or(Want::Primary);
@@ -655,13 +660,13 @@ pub fn pool_error(e: &PoolError) -> PgError {
     }
 }
 
-/// Whether a pool error means the node itself is unreachable (not an
-/// authentication or database problem, and not a busy pool).
 /// Opening a server connection took longer than `connect_timeout`.
 fn connect_timed_out(e: &PoolError) -> bool {
     matches!(e, PoolError::Connect(ConnectError::Timeout(_)))
 }
 
+/// Whether a pool error means the node itself is unreachable (not an
+/// authentication or database problem, and not a busy pool).
 fn node_unreachable(e: &PoolError) -> bool {
     match e {
         PoolError::Connect(ConnectError::Io { .. } | ConnectError::Timeout(_)) => true,

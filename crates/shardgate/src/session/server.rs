@@ -97,9 +97,7 @@ impl Session {
     /// been sent the error (and, for a simple query, ReadyForQuery) and
     /// `false` is returned.
     pub(super) async fn attach(&mut self, proto: Proto, want: Want) -> Result<bool, SessionError> {
-        if self.backend.is_some() && self.route_reads {
-            self.leave_replica_for(want).await?;
-        }
+        self.leave_replica_for(want).await?;
         let shard = self.target;
         match self.backend.as_ref().map(|b| b.shard) {
             Some(current) if current == shard => return Ok(true),
@@ -177,9 +175,7 @@ impl Session {
     /// only by such a quiet batch is let go, so the statement is not run on
     /// the replica.
     pub(super) async fn leave_replica_for(&mut self, want: Want) -> Result<(), SessionError> {
-        let quiet_on_replica = self.backend.as_ref().is_some_and(|b| {
-            matches!(b.want, Want::Read(_)) && b.ex.status == b'I' && b.quiet_batch()
-        });
+        let quiet_on_replica = self.backend.as_ref().is_some_and(Backend::quiet_on_replica);
         if want != Want::Primary || !quiet_on_replica {
             return Ok(());
         }
