@@ -278,17 +278,11 @@ async fn prepared_statements_across_server_connections() {
     for t in tasks {
         t.await.expect("worker");
     }
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/clients/psycopg_prepared.py"
+    let out = run_client_script("psycopg_prepared.py", vec![ci]).await;
+    assert!(
+        out.contains("ok 1500"),
+        "psycopg prepared statements: {out}"
     );
-    let out = tokio::task::spawn_blocking(move || {
-        run(Command::new("python3").arg(script).arg(&ci), LONG)
-    })
-    .await
-    .unwrap();
-    assert_success(&out, "psycopg prepared statements");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok 1500"));
 }
 
 /// Item 5: Two clients sharing one server connection keep their own settings.

@@ -6,7 +6,6 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::Command;
 use std::time::Duration;
 
 use shardgate::config::Config;
@@ -166,19 +165,11 @@ async fn rows_land_on_their_shard_however_written() {
             .unwrap();
     }
     // Extended protocol, text parameters (psycopg sends them as text).
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/clients/psycopg_insert.py"
-    );
-    let out = run(
-        Command::new("python3")
-            .arg(script)
-            .arg(proxy.app())
-            .arg("121")
-            .arg("180"),
-        LONG,
-    );
-    assert_success(&out, "psycopg text parameters");
+    run_client_script(
+        "psycopg_insert.py",
+        vec![proxy.app(), "121".into(), "180".into()],
+    )
+    .await;
     // A multi-row INSERT whose rows belong to different shards, with RETURNING.
     let values: Vec<String> = (181..=240).map(|id| format!("({id}, 'multi')")).collect();
     let rows = client
@@ -653,16 +644,7 @@ async fn single_shard_reads_use_that_shards_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asyncpg_on_sharded_tables_with_replicas() {
     let (_c, proxy, _map) = sharded("default_consistency = \"eventual\"");
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/clients/asyncpg_sharded.py"
-    );
     let dsn = format!("postgresql://app:secret@127.0.0.1:{}/app", proxy.port);
-    let out = tokio::task::spawn_blocking(move || {
-        run(Command::new("python3").arg(script).arg(&dsn), LONG)
-    })
-    .await
-    .unwrap();
-    assert_success(&out, "asyncpg on sharded tables");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+    let out = run_client_script("asyncpg_sharded.py", vec![dsn]).await;
+    assert!(out.contains("ok"), "asyncpg on sharded tables: {out}");
 }

@@ -308,6 +308,23 @@ pub fn psql_ok(conninfo: &str, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// Runs the Python client `tests/clients/<name>` with `args` (off the async
+/// runtime), asserts it succeeded and returns its standard output.
+pub async fn run_client_script(name: &str, args: Vec<String>) -> String {
+    let script = format!("{}/../../tests/clients/{name}", env!("CARGO_MANIFEST_DIR"));
+    let what = name.to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        run(
+            Command::new("python3").arg(script).args(args),
+            Duration::from_secs(600),
+        )
+    })
+    .await
+    .expect("client script task");
+    assert_success(&out, &what);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Connects with tokio-postgres (no TLS) and drives the connection in the background.
 pub async fn connect(conninfo: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
