@@ -1124,3 +1124,14 @@ async fn slow_logins_to_a_serving_node_do_not_ban_it() {
     assert_eq!(count, i64::from(written));
     println!("{written} writes while logins hung, none failed; late clients: {late_results:?}");
 }
+
+/// asyncpg with replica routing: its Parse/Describe/Flush preparations land
+/// on a replica, and what follows without a Sync (a write, COPY) still runs
+/// on the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncpg_with_replica_routing() {
+    let (_c, proxy) = routing_cluster(ClusterSpec::new(1, 1), "default_consistency = \"eventual\"");
+    let dsn = format!("postgresql://app:secret@127.0.0.1:{}/app", proxy.port);
+    let out = run_client_script("asyncpg_client.py", vec![dsn]).await;
+    assert!(out.contains("ok"), "asyncpg with replica routing: {out}");
+}

@@ -645,6 +645,6 @@ async fn single_shard_reads_use_that_shards_replica() {
 async fn asyncpg_on_sharded_tables_with_replicas() {
     let (_c, proxy, _map) = sharded("default_consistency = \"eventual\"");
     let dsn = format!("postgresql://app:secret@127.0.0.1:{}/app", proxy.port);
-    let out = run_client_script("asyncpg_sharded.py", vec![dsn]).await;
+    let out = run_client_script("asyncpg_client.py", vec![dsn]).await;
     assert!(out.contains("ok"), "asyncpg on sharded tables: {out}");
 }

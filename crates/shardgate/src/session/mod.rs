@@ -593,14 +593,18 @@ impl Session {
         if self.sharded {
             return self.on_query_sharded(msg, sql).await;
         }
+        // Classified once: to leave a replica a quiet batch holds, and to attach.
+        let mut classified = None;
         if self.backend.as_ref().is_some_and(Backend::quiet_on_replica) {
-            let want = self
-                .want_for_scanned(sql, scan.shardgate)
-                .unwrap_or(Want::Primary);
-            self.leave_replica_for(want).await?;
+            let c = self.want_for_scanned(sql, scan.shardgate);
+            self.leave_replica_for(*c.as_ref().unwrap_or(&Want::Primary))
+                .await?;
+            classified = Some(c);
         }
         if self.backend.is_none() {
-            let want = match self.want_for_scanned(sql, scan.shardgate) {
+            let classified =
+                classified.unwrap_or_else(|| self.want_for_scanned(sql, scan.shardgate));
+            let want = match classified {
                 Ok(w) => w,
                 Err(e) => {
                     e.encode(&mut self.cout);

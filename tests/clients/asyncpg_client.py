@@ -1,7 +1,7 @@
 """Drives shardgate with asyncpg, which prepares with Parse/Describe/Flush,
 binds without a Sync in between and fetches single rows with a row-limited
-Execute. Expects a sharded `items (id bigint, name text)` table config with
-replicas and eventual reads. Usage: asyncpg_sharded.py DSN"""
+Execute. Creates `items` and `notes`; meant for a cluster with replicas and
+eventual reads, sharded (items by id) or not. Usage: asyncpg_client.py DSN"""
 import asyncio
 import sys
 
