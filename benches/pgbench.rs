@@ -50,6 +50,9 @@ const USER: &str = "app";
 const PASSWORD: &str = "secret";
 const DATABASE: &str = "app";
 const PGBOUNCER: &str = "/usr/sbin/pgbouncer";
+/// util-linux `setsid`: runs a program in a new session. It execs in place (same pid)
+/// because the bench's children are not process-group leaders.
+const SETSID: &str = "/usr/bin/setsid";
 /// pgbench threads (`-j`).
 const JOBS: usize = 2;
 /// Clients and duration of the run that measures the proxies' memory with many clients.
@@ -751,7 +754,7 @@ fn spawn_shardgate(
     let port = free_port();
     let config = cluster.dir().join(format!("{name}-bench.toml"));
     write_readable(&config, &shardgate_config(cluster, params, port, routing));
-    let mut command = Command::new(env!("CARGO_BIN_EXE_shardgate"));
+    let mut command = in_own_session(env!("CARGO_BIN_EXE_shardgate"));
     command.arg("--config").arg(&config);
     let log = cluster.dir().join(format!("{name}.log"));
     let mut process = Process::spawn(name, command, &log);
@@ -875,8 +878,8 @@ fn start_pgbouncer(clusters: &Clusters, params: &Params) -> Started {
     write_readable(&users, &format!("\"{USER}\" \"{PASSWORD}\"\n"));
     let text = pgbouncer_config(cluster, params, port, &users, &pidfile);
     write_readable(&config, &text);
-    let mut command = postgres_command(Path::new(PGBOUNCER));
-    command.arg(&config);
+    let mut command = postgres_command(Path::new(SETSID));
+    command.arg(PGBOUNCER).arg(&config);
     let mut process = Process::spawn("pgbouncer", command, &dir.join("pgbouncer.log"));
     process.wait_listening(port);
     // Under `runuser` the child is the wrapper; memory is read from PgBouncer itself.
@@ -1054,8 +1057,18 @@ fn signal(pid: u32, name: &str) {
 
 /// A `pgbench` command with `args` against 127.0.0.1:`port` as the app user.
 fn pgbench(port: u16, args: &[&str]) -> Command {
-    let mut command = Command::new(pg_bin("pgbench"));
+    let mut command = in_own_session(pg_bin("pgbench"));
     command.args(args).arg(conninfo(port));
+    command
+}
+
+/// `program` in a session of its own, as a proxy started as a service and a client started
+/// from a shell would be. With the kernel's autogroup scheduling (on by default), the CPU is
+/// shared between sessions first: a proxy in the bench's own session would share one
+/// session's CPU share with pgbench (and every Postgres backend has a session of its own).
+fn in_own_session(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new(SETSID);
+    command.arg(program);
     command
 }
 
