@@ -20,6 +20,8 @@ pub struct Statement {
     pub param_types: Vec<u8>,
     /// Server-side name.
     pub server_name: String,
+    /// A SET or RESET statement (session state to track when it runs).
+    pub is_set: bool,
     /// Some server accepted this statement, so a Parse of it outside a
     /// transaction can be answered without a server connection.
     validated: std::sync::atomic::AtomicBool,
@@ -70,6 +72,7 @@ impl StatementRegistry {
             query: query.to_owned(),
             param_types: param_types.to_vec(),
             server_name: format!("sg_{id}"),
+            is_set: crate::session::is_set_statement(query),
             validated: Default::default(),
             routing: Default::default(),
         });

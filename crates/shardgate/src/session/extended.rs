@@ -8,6 +8,7 @@ use shardgate_protocol::backend::{self, tag as btag};
 use shardgate_protocol::frontend::{self, tag, Bind, DescribeOrClose, Execute, Parse, Target};
 use shardgate_protocol::{Header, PgError};
 use shardgate_router::lexer::first_keyword;
+use shardgate_router::quick_scan;
 
 use super::{Proto, Session, SessionError, FAILING_SQL};
 use crate::config::PoolMode;
@@ -85,18 +86,20 @@ impl Session {
 
     pub(super) async fn on_parse(&mut self, msg: &[u8], rest: &[u8]) -> Result<(), SessionError> {
         let p = Parse::decode(&msg[5..])?;
-        if self.parse_virtual(&p)? {
+        // One pass over the text tells which closer looks are needed.
+        let scan = quick_scan(p.query);
+        if self.parse_virtual(&p, scan.shardgate)? {
             return Ok(());
         }
         if self.sharded {
             return self.parse_sharded(&p);
         }
-        let want = match self.want_for(p.query) {
+        let want = match self.want_for_scanned(p.query, scan.shardgate) {
             Ok(w) => w,
             Err(e) => return self.refuse_pg(e),
         };
         if self.mode == PoolMode::Session || p.name.is_empty() {
-            self.unnamed_set = is_set_statement(p.query).then(|| p.query.to_owned());
+            self.unnamed_set = (scan.set && is_set_statement(p.query)).then(|| p.query.to_owned());
             if p.name.is_empty() && self.route_reads {
                 self.unnamed_route = Some(StatementRouting::of(p.query, &self.proxy.classifier));
             }
@@ -229,8 +232,9 @@ impl Session {
         if !b.conn.prepared.touch(stmt.id) {
             self.prepare_on_server(stmt, false, None);
         }
-        self.bound_set =
-            is_set_statement(&stmt.query).then(|| (bind.portal.to_owned(), stmt.query.clone()));
+        self.bound_set = stmt
+            .is_set
+            .then(|| (bind.portal.to_owned(), stmt.query.clone()));
         let mut out = BytesMut::with_capacity(msg.len() + 8);
         bind.encode_with_statement(&stmt.server_name, &mut out);
         self.forward(&out, Expect::Bind);
@@ -379,7 +383,8 @@ impl Session {
     }
 }
 
-pub(super) fn is_set_statement(sql: &str) -> bool {
+/// Whether `sql` is a SET or RESET statement.
+pub(crate) fn is_set_statement(sql: &str) -> bool {
     first_keyword(sql)
         .is_some_and(|k| k.eq_ignore_ascii_case("set") || k.eq_ignore_ascii_case("reset"))
 }

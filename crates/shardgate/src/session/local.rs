@@ -323,7 +323,12 @@ impl Session {
     }
 
     /// Parse of a shardgate command: remembered, answered locally.
-    pub(super) fn parse_virtual(&mut self, p: &Parse<'_>) -> Result<bool, super::SessionError> {
+    /// `mentions`: whether the text contains the word shardgate (a quick scan).
+    pub(super) fn parse_virtual(
+        &mut self,
+        p: &Parse<'_>,
+        mentions: bool,
+    ) -> Result<bool, super::SessionError> {
         let local = if self.sharded {
             match super::sharded::tx_control(p.query) {
                 Some(super::sharded::TxControl::Begin) => {
@@ -337,7 +342,8 @@ impl Session {
         } else {
             None
         };
-        let cmd = match local.or_else(|| ShardgateCommand::parse(p.query)) {
+        let parsed = || mentions.then(|| ShardgateCommand::parse(p.query)).flatten();
+        let cmd = match local.or_else(parsed) {
             None => {
                 if p.name.is_empty() {
                     self.virtual_stmts.unnamed = None;

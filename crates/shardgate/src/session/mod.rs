@@ -16,6 +16,8 @@ mod merge;
 mod server;
 mod sharded;
 
+pub(crate) use extended::is_set_statement;
+
 use std::collections::VecDeque;
 use std::sync::Arc;
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use shardgate_pool::{Pool, PooledConn};
+use shardgate_pool::PooledConn;
 use shardgate_protocol::backend::{self, tag as btag};
 use shardgate_protocol::frontend;
 use shardgate_protocol::{Header, PgError, Severity};
@@ -33,15 +33,12 @@ impl Session {
         self.proxy.default_shard()
     }
 
-    /// The pool for node `index` of `shard`.
-    fn pool_for(&mut self, shard: usize, index: usize) -> Pool {
-        if let Some(p) = &self.pools[shard][index] {
-            return p.clone();
+    /// Looks up the pool of node `index` of `shard` on first use.
+    fn ensure_pool(&mut self, shard: usize, index: usize) {
+        if self.pools[shard][index].is_none() {
+            let addr = &self.shards[shard].nodes[index].addr;
+            self.pools[shard][index] = Some(self.proxy.pool(addr, &self.user, &self.database));
         }
-        let addr = self.shards[shard].nodes[index].addr.clone();
-        let pool = self.proxy.pool(&addr, &self.user, &self.database);
-        self.pools[shard][index] = Some(pool.clone());
-        pool
     }
 
     /// Chooses a node of `shard` for `want` and gets a connection to it; an
@@ -51,10 +48,10 @@ impl Session {
         shard: usize,
         want: Want,
     ) -> Result<(PooledConn, Choice), PgError> {
-        let state = self.shards[shard].clone();
-        let attempts = state.nodes.len();
+        let attempts = self.shards[shard].nodes.len();
         let mut last_err = None;
         for _ in 0..attempts {
+            let state = &self.shards[shard];
             let choice = if want == Want::Primary && state.writer().is_clear() {
                 // The common case needs no clock.
                 Choice {
@@ -62,12 +59,15 @@ impl Session {
                     replica: false,
                 }
             } else {
-                match choose(&state, want, self.routing.min_lsn, self.topology.now_ms()) {
+                match choose(state, want, self.routing.min_lsn, self.topology.now_ms()) {
                     Ok(c) => c,
                     Err(e) => return Err(last_err.unwrap_or(e)),
                 }
             };
-            let pool = self.pool_for(shard, choice.node.index);
+            self.ensure_pool(shard, choice.node.index);
+            let pool = self.pools[shard][choice.node.index]
+                .as_ref()
+                .expect("ensured above");
             match pool.get().await {
                 Ok(conn) => return Ok((conn, choice)),
                 Err(e) if connect_timed_out(&e) && choice.node.answered_lately() => {
@@ -175,10 +175,20 @@ impl Session {
     /// only by such a quiet batch is let go, so the statement is not run on
     /// the replica.
     pub(super) async fn leave_replica_for(&mut self, want: Want) -> Result<(), SessionError> {
-        let quiet_on_replica = self.backend.as_ref().is_some_and(Backend::quiet_on_replica);
-        if want != Want::Primary || !quiet_on_replica {
-            return Ok(());
+        if self.must_leave_replica(want) {
+            self.leave_replica().await?;
         }
+        Ok(())
+    }
+
+    /// Whether a statement needing `want` must first leave the replica
+    /// connection a quiet batch holds (checked without entering an async call).
+    #[inline]
+    fn must_leave_replica(&self, want: Want) -> bool {
+        want == Want::Primary && self.backend.as_ref().is_some_and(Backend::quiet_on_replica)
+    }
+
+    async fn leave_replica(&mut self) -> Result<(), SessionError> {
         self.end_quiet_batch();
         self.drain_current().await?;
         self.maybe_release();
