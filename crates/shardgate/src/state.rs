@@ -100,9 +100,12 @@ impl SessionState {
     /// records them as pending in the current cycle. The session calls it only
     /// for query strings in which `quick_scan` found the word `set`.
     pub fn note_query(&mut self, sql: &str) {
-        if !sql.contains(';') {
-            // One statement (the hot path: `UPDATE ... SET ...`): no splitting.
-            self.note_statement(sql);
+        let trimmed = sql.trim_end();
+        let single = trimmed.strip_suffix(';').unwrap_or(trimmed);
+        if !single.contains(';') {
+            // One statement, with or without its semicolon (the hot path:
+            // pgbench's `UPDATE ... SET ...;`): no splitting.
+            self.note_statement(single);
             return;
         }
         for stmt in split_statements(sql) {
@@ -279,6 +282,19 @@ mod tests {
         s.note_query("RESET application_name");
         s.end_cycle(b'I');
         assert_eq!(s.fingerprint(), f);
+    }
+
+    #[test]
+    fn statements_ending_in_a_semicolon_are_tracked_alike() {
+        let mut s = startup();
+        s.note_query("SET search_path TO a;  \n");
+        s.note_query("UPDATE t SET x = 1 WHERE id = 2;");
+        s.note_query("SET application_name = 'a;b';");
+        assert!(s.end_cycle(b'I').changed);
+        let replay = s.replay_sql(7);
+        assert!(replay.contains("SET search_path TO a;"), "{replay}");
+        assert!(replay.contains("SET application_name = 'a;b';"), "{replay}");
+        assert!(!replay.contains("UPDATE"), "{replay}");
     }
 
     #[test]
