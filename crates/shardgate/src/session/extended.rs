@@ -94,6 +94,13 @@ impl Session {
         if self.sharded {
             return self.parse_sharded(&p);
         }
+        if p.name.is_empty() && !scan.shardgate && !scan.set && self.plain_batches_apply() {
+            if let Some(batch) = plain_batch(rest, self.max_message) {
+                return self
+                    .forward_plain_batch(msg, &rest[..batch.len], batch.describe)
+                    .await;
+            }
+        }
         let want = match self.want_for_scanned(p.query, scan.shardgate) {
             Ok(w) => w,
             Err(e) => return self.refuse_pg(e),
@@ -150,6 +157,55 @@ impl Session {
         } else {
             self.prepare_on_server(&stmt, true, Some(name));
         }
+        Ok(())
+    }
+
+    /// Whether the session is in the state where a batch of unnamed
+    /// statement and portal needs nothing but forwarding: transaction
+    /// pooling, one shard, no read routing, no shardgate command pending,
+    /// nothing being skipped, no batch open on the connection.
+    fn plain_batches_apply(&self) -> bool {
+        self.mode == PoolMode::Transaction
+            && !self.sharded
+            && !self.route_reads
+            && !self.skip_until_sync
+            && self.fanout_state.is_none()
+            && self.virtual_stmts.no_unnamed_or_portals()
+            && self.backend.as_ref().is_none_or(|b| !b.ex.unsynced)
+    }
+
+    /// Forwards an unnamed Parse with the Bind, Describe, Execute and Sync
+    /// after it (`tail`) in one piece: what the handlers of those messages
+    /// would do one by one, without their per-message work. A plain SELECT
+    /// from a driver without named statements (pgbench `-M extended`,
+    /// libpq's `PQexecParams`) takes this path.
+    async fn forward_plain_batch(
+        &mut self,
+        parse: &[u8],
+        tail: &[u8],
+        describe: bool,
+    ) -> Result<(), SessionError> {
+        self.unnamed_set = None;
+        self.bound_set = None;
+        if self.backend.is_none() && !self.attach(Proto::Extended, Want::Primary).await? {
+            // The error is sent; the normal path skips the rest until Sync.
+            return Ok(());
+        }
+        self.sout.extend_from_slice(parse);
+        self.sout.extend_from_slice(tail);
+        self.push_expect(Expect::Parse {
+            forward: true,
+            stmt: None,
+            client_name: None,
+        });
+        self.push_expect(Expect::Bind);
+        if describe {
+            self.push_expect(Expect::Describe);
+        }
+        self.push_expect(Expect::Execute { set_stmt: None });
+        self.push_expect(Expect::Sync);
+        self.virtual_stmts.end_of_batch();
+        self.extra_consumed = tail.len();
         Ok(())
     }
 
@@ -381,6 +437,57 @@ impl Session {
         }
         true
     }
+}
+
+/// Bind, Describe, Execute and Sync after an unnamed Parse, as one batch.
+struct PlainBatch {
+    /// Bytes of the four (or three) messages.
+    len: usize,
+    /// A Describe is among them.
+    describe: bool,
+}
+
+/// The batch that follows an unnamed Parse in `rest` when it is exactly
+/// Bind (unnamed portal and statement), an optional Describe of either,
+/// Execute of that portal and Sync, each complete and well formed. Anything
+/// else is left to the message-by-message path, which reports errors.
+fn plain_batch(rest: &[u8], max_message: usize) -> Option<PlainBatch> {
+    let mut pos = 0;
+    let mut next = |want: &[u8]| -> Option<(u8, &[u8])> {
+        let h = Header::complete(&rest[pos..], max_message).ok()??;
+        if !want.contains(&h.tag) {
+            return None;
+        }
+        let body = &rest[pos + 5..pos + h.total];
+        pos += h.total;
+        Some((h.tag, body))
+    };
+    let (_, bind) = next(&[tag::BIND])?;
+    let bind = Bind::decode(bind).ok()?;
+    if !bind.portal.is_empty() || !bind.statement.is_empty() {
+        return None;
+    }
+    let (mut t, mut body) = next(&[tag::DESCRIBE, tag::EXECUTE])?;
+    let describe = t == tag::DESCRIBE;
+    if describe {
+        if !DescribeOrClose::decode(body, "Describe")
+            .ok()?
+            .name
+            .is_empty()
+        {
+            return None;
+        }
+        (t, body) = next(&[tag::EXECUTE])?;
+    }
+    debug_assert_eq!(t, tag::EXECUTE);
+    if !Execute::decode(body).ok()?.portal.is_empty() {
+        return None;
+    }
+    let (_, sync) = next(&[tag::SYNC])?;
+    if !sync.is_empty() {
+        return None;
+    }
+    Some(PlainBatch { len: pos, describe })
 }
 
 /// Whether `sql` is a SET or RESET statement.

@@ -125,6 +125,12 @@ pub struct VirtualStatements {
 }
 
 impl VirtualStatements {
+    /// Whether no unnamed statement and no portal is a shardgate command, so
+    /// a batch of unnamed messages cannot touch one.
+    pub fn no_unnamed_or_portals(&self) -> bool {
+        self.unnamed.is_none() && self.portals.is_empty()
+    }
+
     /// Unnamed portals end with the batch (named ones with the transaction;
     /// they are dropped here too, as shardgate commands run no transaction).
     pub fn end_of_batch(&mut self) {
