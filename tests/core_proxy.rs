@@ -335,6 +335,73 @@ async fn session_state_follows_the_client() {
     assert_eq!(row.get::<_, String>(0), "sa, public");
 }
 
+/// Unnamed-statement batches (Parse, Bind, Describe, Execute, Sync in one
+/// write, as libpq's `PQexecParams`, psycopg and pgbench `-M extended` send
+/// them), which the proxy forwards in one piece: errors, failed transactions,
+/// SET sent the same way, and a batch that has to wait for a connection
+/// behave as with Postgres.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unnamed_statement_batches_keep_errors_and_state() {
+    use tokio_postgres::types::Type;
+    let (_c, proxy) = start(
+        ClusterSpec::new(1, 0),
+        "pool_size = 1\npool_timeout = \"300ms\"",
+        "",
+    );
+    let a = connect(&proxy.app()).await;
+    let b = connect(&proxy.app()).await;
+    let value = |rows: Vec<tokio_postgres::Row>| rows[0].get::<_, i32>(0);
+    let rows = a
+        .query_typed("SELECT $1::int4 + 1", &[(&41i32, Type::INT4)])
+        .await
+        .unwrap();
+    assert_eq!(value(rows), 42);
+
+    // A server error ends the batch; the next one runs.
+    let err = a.query_typed("SELECT 1/0", &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("22012"), "{err}");
+    let rows = a
+        .query_typed("SELECT $1::int4", &[(&7i32, Type::INT4)])
+        .await
+        .unwrap();
+    assert_eq!(value(rows), 7);
+
+    // Inside a transaction an error fails it until ROLLBACK.
+    a.batch_execute("BEGIN").await.unwrap();
+    a.query_typed("SELECT 1/0", &[]).await.unwrap_err();
+    let err = a.query_typed("SELECT 1", &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("25P02"), "{err}");
+    a.batch_execute("ROLLBACK").await.unwrap();
+
+    // SET sent as an unnamed batch follows the client to its next
+    // transactions, though the other client changes the one connection.
+    a.query_typed("SET application_name = 'batch_a'", &[])
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        b.batch_execute("SET application_name = 'batch_b'")
+            .await
+            .unwrap();
+        let rows = a
+            .query_typed("SELECT current_setting('application_name')", &[])
+            .await
+            .unwrap();
+        assert_eq!(rows[0].get::<_, String>(0), "batch_a");
+    }
+
+    // A batch that finds no free connection gets the pool error and its
+    // client can go on once the connection is free.
+    b.batch_execute("BEGIN").await.unwrap();
+    let err = a.query_typed("SELECT 1", &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("53300"), "{err}");
+    b.batch_execute("COMMIT").await.unwrap();
+    let rows = a
+        .query_typed("SELECT $1::int4 * 2", &[(&21i32, Type::INT4)])
+        .await
+        .unwrap();
+    assert_eq!(value(rows), 42);
+}
+
 /// Item 6: A client killed inside a transaction leaves nothing behind.
 #[test]
 fn killed_client_rolls_back_and_frees_the_server() {
