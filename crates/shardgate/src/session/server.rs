@@ -175,20 +175,10 @@ impl Session {
     /// only by such a quiet batch is let go, so the statement is not run on
     /// the replica.
     pub(super) async fn leave_replica_for(&mut self, want: Want) -> Result<(), SessionError> {
-        if self.must_leave_replica(want) {
-            self.leave_replica().await?;
+        let quiet_on_replica = self.backend.as_ref().is_some_and(Backend::quiet_on_replica);
+        if want != Want::Primary || !quiet_on_replica {
+            return Ok(());
         }
-        Ok(())
-    }
-
-    /// Whether a statement needing `want` must first leave the replica
-    /// connection a quiet batch holds (checked without entering an async call).
-    #[inline]
-    fn must_leave_replica(&self, want: Want) -> bool {
-        want == Want::Primary && self.backend.as_ref().is_some_and(Backend::quiet_on_replica)
-    }
-
-    async fn leave_replica(&mut self) -> Result<(), SessionError> {
         self.end_quiet_batch();
         self.drain_current().await?;
         self.maybe_release();
