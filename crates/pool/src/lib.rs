@@ -9,12 +9,16 @@
 //! database that does not exist, or to a node that is down, waits the whole
 //! timeout and then sees "timed out" instead of the server's error (3D000,
 //! 28P01, connection refused). Here the waiting client opens the connection
-//! itself and gets the real error at once; waiting for a free slot is a fair
-//! (FIFO) semaphore bounded by `pool_timeout`.
+//! itself and gets the real error at once. Waiting for a free slot is a FIFO
+//! queue bounded by `pool_timeout`: a freed slot is handed to the oldest
+//! waiter directly; idle connections, slots and waiters share one lock, so a
+//! checkout and a release each take one uncontended lock.
 
 mod conn;
 mod pool;
 mod prepared;
+#[cfg(test)]
+mod tests;
 
 pub use conn::{CancelHandle, ConnectError, ConnectParams, ServerConn};
 pub use pool::{Pool, PoolConfig, PoolError, PoolKey, PoolStats, PooledConn, Pools};

@@ -1,11 +1,11 @@
 //! Pools of server connections, one per (node, user, database).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::oneshot;
 
 use crate::{ConnectError, ConnectParams, ServerConn};
 
@@ -78,15 +78,90 @@ struct Inner {
     key: PoolKey,
     params: ConnectParams,
     config: PoolConfig,
-    slots: Arc<Semaphore>,
-    /// Boxed so handing a connection out and back moves a pointer, not the
-    /// whole connection state (measured: ~800 instructions per transaction).
-    #[allow(clippy::vec_box)]
-    idle: Mutex<Vec<Box<ServerConn>>>,
+    /// Idle connections, slots and waiters behind one lock: a checkout and
+    /// a release each take it once.
+    slots: Mutex<Slots>,
     open: AtomicU64,
     waiting: AtomicU64,
-    checkouts: AtomicU64,
     timeouts: AtomicU64,
+}
+
+/// The state of a pool's `max_size` slots.
+struct Slots {
+    /// Connections nobody holds. Boxed so handing one out and back moves a
+    /// pointer, not the whole connection state (measured: ~800 instructions
+    /// per transaction).
+    #[allow(clippy::vec_box)]
+    idle: Vec<Box<ServerConn>>,
+    /// Slots held: connections handed out plus connections being opened.
+    lent: usize,
+    /// Clients waiting for a slot, oldest first. A freed slot goes straight
+    /// to the oldest, so nobody arriving later can take it (FIFO).
+    waiters: VecDeque<Waiter>,
+    /// Identifies the next waiter.
+    next_waiter: u64,
+    /// Slots handed out since start.
+    checkouts: u64,
+}
+
+/// A client waiting for a slot.
+struct Waiter {
+    id: u64,
+    grant: oneshot::Sender<Grant>,
+}
+
+/// A slot handed to a client.
+enum Grant {
+    /// With an idle connection.
+    Idle(Box<ServerConn>),
+    /// Without one: the client opens a new connection.
+    Open,
+}
+
+impl Slots {
+    /// A slot if one is free: with an idle connection if there is one.
+    fn take(&mut self, max_size: usize) -> Option<Grant> {
+        // A waiter exists only while every slot is held (a freed slot goes
+        // to it), so taking a free slot never jumps the queue.
+        let grant = match self.idle.pop() {
+            Some(conn) => Grant::Idle(conn),
+            None if self.lent < max_size => Grant::Open,
+            None => return None,
+        };
+        self.lent += 1;
+        self.checkouts += 1;
+        Some(grant)
+    }
+
+    /// Frees a slot (with the connection, if it can be reused): to the
+    /// oldest waiter still waiting, otherwise back to the pool.
+    fn give_back(&mut self, mut grant: Grant) {
+        while let Some(waiter) = self.waiters.pop_front() {
+            match waiter.grant.send(grant) {
+                Ok(()) => {
+                    self.checkouts += 1;
+                    return;
+                }
+                // That client stopped waiting.
+                Err(back) => grant = back,
+            }
+        }
+        self.lent -= 1;
+        if let Grant::Idle(conn) = grant {
+            self.idle.push(conn);
+        }
+    }
+
+    /// Removes waiter `id`; false if it was handed a slot already.
+    fn leave_queue(&mut self, id: u64) -> bool {
+        match self.waiters.iter().position(|w| w.id == id) {
+            Some(i) => {
+                self.waiters.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// A pool of connections to one node as one user to one database.
@@ -108,14 +183,18 @@ impl Pool {
     pub fn new(key: PoolKey, params: ConnectParams, config: PoolConfig) -> Pool {
         Pool {
             inner: Arc::new(Inner {
-                slots: Arc::new(Semaphore::new(config.max_size.max(1))),
                 key,
                 params,
                 config,
-                idle: Mutex::new(Vec::new()),
+                slots: Mutex::new(Slots {
+                    idle: Vec::new(),
+                    lent: 0,
+                    waiters: VecDeque::new(),
+                    next_waiter: 0,
+                    checkouts: 0,
+                }),
                 open: AtomicU64::new(0),
                 waiting: AtomicU64::new(0),
-                checkouts: AtomicU64::new(0),
                 timeouts: AtomicU64::new(0),
             }),
         }
@@ -130,105 +209,161 @@ impl Pool {
     /// one, waiting up to `checkout_timeout` while all are in use.
     pub async fn get(&self) -> Result<PooledConn, PoolError> {
         let inner = &self.inner;
-        let permit = match inner.slots.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(tokio::sync::TryAcquireError::Closed) => {
-                return Err(PoolError::Closed(inner.key.addr.clone()))
-            }
-            Err(tokio::sync::TryAcquireError::NoPermits) => self.wait_for_slot().await?,
+        let free = inner.lock().take(inner.max_size());
+        let mut grant = match free {
+            Some(grant) => grant,
+            None => self.wait_for_slot().await?,
         };
-        inner.checkouts.fetch_add(1, Ordering::Relaxed);
+        // From here the slot is freed on every way out, including this
+        // future being dropped while a new connection is opened.
+        let mut pooled = PooledConn {
+            conn: None,
+            pool: inner.clone(),
+        };
         let now = Instant::now();
-        loop {
-            let candidate = inner.idle.lock().expect("pool lock").pop();
-            match candidate {
-                Some(mut conn) => {
-                    // `last_used` is when it was last handed out: one clock
-                    // read per transaction instead of two.
-                    let idle_for = now.saturating_duration_since(conn.last_used);
-                    // A connection used moments ago is alive and young; checking
-                    // it further would cost a system call per transaction.
-                    let stale = now > conn.retire_at
-                        || (idle_for > HEALTH_PROBE_AFTER
-                            && (idle_for > inner.config.idle_timeout || !conn.looks_healthy()));
-                    if stale {
-                        inner.open.fetch_sub(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    conn.last_used = now;
-                    return Ok(PooledConn::new(conn, permit, self.inner.clone()));
-                }
-                None => break,
+        while let Grant::Idle(mut conn) = grant {
+            // `last_used` is when it was last handed out: one clock read per
+            // transaction instead of two.
+            let idle_for = now.saturating_duration_since(conn.last_used);
+            // A connection used moments ago is alive and young; checking it
+            // further would cost a system call per transaction.
+            let stale = now > conn.retire_at
+                || (idle_for > HEALTH_PROBE_AFTER
+                    && (idle_for > inner.config.idle_timeout || !conn.looks_healthy()));
+            if !stale {
+                conn.last_used = now;
+                pooled.conn = Some(conn);
+                return Ok(pooled);
             }
+            inner.open.fetch_sub(1, Ordering::Relaxed);
+            drop(conn);
+            // The slot stays ours: the next idle connection, or a new one.
+            let next = inner.lock().idle.pop();
+            grant = next.map_or(Grant::Open, Grant::Idle);
         }
         let mut conn = Box::new(ServerConn::connect(&inner.params).await?);
         conn.retire_at = conn.created + inner.config.max_lifetime;
         inner.open.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(server = %inner.key.addr, user = %inner.key.user, database = %inner.key.database, "server connection opened");
-        Ok(PooledConn::new(conn, permit, self.inner.clone()))
+        pooled.conn = Some(conn);
+        Ok(pooled)
     }
 
-    async fn wait_for_slot(&self) -> Result<OwnedSemaphorePermit, PoolError> {
-        let inner = &self.inner;
-        inner.waiting.fetch_add(1, Ordering::Relaxed);
-        let waited = tokio::time::timeout(
-            inner.config.checkout_timeout,
-            inner.slots.clone().acquire_owned(),
-        )
-        .await;
-        inner.waiting.fetch_sub(1, Ordering::Relaxed);
-        match waited {
-            Ok(Ok(p)) => Ok(p),
-            Ok(Err(_)) => Err(PoolError::Closed(inner.key.addr.clone())),
-            Err(_) => {
-                inner.timeouts.fetch_add(1, Ordering::Relaxed);
-                Err(PoolError::Timeout {
-                    addr: inner.key.addr.clone(),
-                    timeout_ms: inner.config.checkout_timeout.as_millis(),
-                    size: inner.config.max_size,
-                })
+    /// Queues for a slot until one is handed over or `checkout_timeout` ends.
+    async fn wait_for_slot(&self) -> Result<Grant, PoolError> {
+        let inner = &*self.inner;
+        let (sender, receiver) = oneshot::channel();
+        let id = {
+            let mut slots = inner.lock();
+            // A slot may have been freed since the first look.
+            if let Some(grant) = slots.take(inner.max_size()) {
+                return Ok(grant);
             }
+            let id = slots.next_waiter;
+            slots.next_waiter += 1;
+            slots.waiters.push_back(Waiter { id, grant: sender });
+            id
+        };
+        inner.waiting.fetch_add(1, Ordering::Relaxed);
+        let mut queued = Queued {
+            inner,
+            id,
+            receiver: Some(receiver),
+        };
+        let receiver = queued.receiver.as_mut().expect("set above");
+        match tokio::time::timeout(inner.config.checkout_timeout, receiver).await {
+            Ok(Ok(grant)) => {
+                queued.receiver = None;
+                Ok(grant)
+            }
+            Ok(Err(_)) => Err(PoolError::Closed(inner.key.addr.clone())),
+            Err(_) => match queued.leave() {
+                // Handed a slot just as the wait ended: take it.
+                Some(grant) => Ok(grant),
+                None => {
+                    inner.timeouts.fetch_add(1, Ordering::Relaxed);
+                    Err(PoolError::Timeout {
+                        addr: inner.key.addr.clone(),
+                        timeout_ms: inner.config.checkout_timeout.as_millis(),
+                        size: inner.config.max_size,
+                    })
+                }
+            },
         }
     }
 
     /// Current counters.
     pub fn stats(&self) -> PoolStats {
         let inner = &self.inner;
+        let slots = inner.lock();
         PoolStats {
             open: inner.open.load(Ordering::Relaxed),
-            idle: inner.idle.lock().expect("pool lock").len() as u64,
+            idle: slots.idle.len() as u64,
             waiting: inner.waiting.load(Ordering::Relaxed),
-            checkouts: inner.checkouts.load(Ordering::Relaxed),
+            checkouts: slots.checkouts,
             timeouts: inner.timeouts.load(Ordering::Relaxed),
         }
     }
 
     /// Closes every idle connection (used when a node goes down or at shutdown).
     pub fn drain_idle(&self) {
-        let drained: Vec<Box<ServerConn>> =
-            std::mem::take(&mut *self.inner.idle.lock().expect("pool lock"));
+        let drained: Vec<Box<ServerConn>> = std::mem::take(&mut self.inner.lock().idle);
         self.inner
             .open
             .fetch_sub(drained.len() as u64, Ordering::Relaxed);
     }
 }
 
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots.lock().expect("pool lock")
+    }
+
+    fn max_size(&self) -> usize {
+        self.config.max_size.max(1)
+    }
+}
+
+/// A client's place in a pool's queue. Leaving it (timeout, or the client
+/// going away while it waits) removes the place, or frees the slot it was
+/// handed in the meantime, so no slot is ever lost.
+struct Queued<'a> {
+    inner: &'a Inner,
+    id: u64,
+    /// `None` once it left the queue.
+    receiver: Option<oneshot::Receiver<Grant>>,
+}
+
+impl Queued<'_> {
+    /// Leaves the queue; returns the slot if one was handed over already.
+    fn leave(&mut self) -> Option<Grant> {
+        let mut receiver = self.receiver.take()?;
+        let mut slots = self.inner.lock();
+        if slots.leave_queue(self.id) {
+            return None;
+        }
+        // Not queued any more: a slot was sent while the lock was held.
+        receiver.try_recv().ok()
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if let Some(grant) = self.leave() {
+            self.inner.lock().give_back(grant);
+        }
+        self.inner.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A connection checked out of a pool; returned to it on drop unless broken.
 pub struct PooledConn {
+    /// `None` only while the connection is being opened or after drop.
     conn: Option<Box<ServerConn>>,
-    _permit: OwnedSemaphorePermit,
     pool: Arc<Inner>,
 }
 
 impl PooledConn {
-    fn new(conn: Box<ServerConn>, permit: OwnedSemaphorePermit, pool: Arc<Inner>) -> Self {
-        PooledConn {
-            conn: Some(conn),
-            _permit: permit,
-            pool,
-        }
-    }
-
     /// The pool this connection belongs to.
     pub fn pool_key(&self) -> &PoolKey {
         &self.pool.key
@@ -250,17 +385,18 @@ impl std::ops::DerefMut for PooledConn {
 
 impl Drop for PooledConn {
     fn drop(&mut self) {
-        let Some(conn) = self.conn.take() else {
-            return;
+        let grant = match self.conn.take() {
+            Some(conn) if conn.broken || !conn.read_buf.is_empty() => {
+                self.pool.open.fetch_sub(1, Ordering::Relaxed);
+                tracing::debug!(server = %self.pool.key.addr, broken = conn.broken, "server connection closed");
+                // Closed here, outside the pool's lock.
+                drop(conn);
+                Grant::Open
+            }
+            Some(conn) => Grant::Idle(conn),
+            None => Grant::Open,
         };
-        if conn.broken || !conn.read_buf.is_empty() {
-            self.pool.open.fetch_sub(1, Ordering::Relaxed);
-            tracing::debug!(server = %self.pool.key.addr, broken = conn.broken, "server connection closed");
-            return;
-        }
-        self.pool.idle.lock().expect("pool lock").push(conn);
-        // The permit is released after the connection is back, so a waiter
-        // woken by it finds the connection idle.
+        self.pool.lock().give_back(grant);
     }
 }
 
