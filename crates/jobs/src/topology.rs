@@ -109,9 +109,9 @@ impl NodeState {
     }
 
     /// Counts a query (or transaction) on this node until the guard drops.
-    pub fn begin_use(self: &Arc<Self>) -> InFlight {
+    pub fn begin_use(self: Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
+        InFlight(self)
     }
 
     /// Replayed WAL position (replicas) or current position (primary).

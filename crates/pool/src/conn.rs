@@ -22,7 +22,7 @@ const MAX_STARTUP_MESSAGE: usize = 1 << 20;
 #[derive(Clone)]
 pub struct ConnectParams {
     /// `host:port` of the node.
-    pub addr: String,
+    pub addr: Arc<str>,
     /// Role to log in as.
     pub user: String,
     /// Password for that role, if the server asks for one.
@@ -90,11 +90,11 @@ pub struct ServerConn {
     /// Process id and secret for CancelRequest.
     pub backend_key: (i32, i32),
     /// Cancels what this connection runs (shared, so lending it costs no allocation).
-    pub cancel: Arc<CancelHandle>,
+    pub cancel: CancelHandle,
     /// ParameterStatus values the server reported at login.
     pub server_params: Vec<(String, String)>,
     /// `host:port` this connection goes to.
-    pub addr: String,
+    pub addr: Arc<str>,
     /// Set when the connection must not be reused (unclean state, I/O error).
     pub broken: bool,
     /// Fingerprint of the session state (SET parameters) applied to it.
@@ -116,27 +116,27 @@ impl ServerConn {
     pub async fn connect(params: &ConnectParams) -> Result<ServerConn, ConnectError> {
         match tokio::time::timeout(params.connect_timeout, Self::connect_inner(params)).await {
             Ok(result) => result,
-            Err(_) => Err(ConnectError::Timeout(params.addr.clone())),
+            Err(_) => Err(ConnectError::Timeout(params.addr.to_string())),
         }
     }
 
     async fn connect_inner(params: &ConnectParams) -> Result<ServerConn, ConnectError> {
         let io_err = |source| ConnectError::Io {
-            addr: params.addr.clone(),
+            addr: params.addr.to_string(),
             source,
         };
-        let stream = TcpStream::connect(&params.addr).await.map_err(io_err)?;
+        let stream = TcpStream::connect(&*params.addr).await.map_err(io_err)?;
         stream.set_nodelay(true).map_err(io_err)?;
         let now = Instant::now();
         let mut conn = ServerConn {
             stream,
             read_buf: BytesMut::with_capacity(8192),
             backend_key: (0, 0),
-            cancel: Arc::new(CancelHandle {
+            cancel: CancelHandle {
                 addr: params.addr.clone(),
                 pid: 0,
                 secret: 0,
-            }),
+            },
             server_params: Vec::new(),
             addr: params.addr.clone(),
             broken: false,
@@ -162,7 +162,7 @@ impl ServerConn {
 
     fn protocol_error(&self, reason: impl Into<String>) -> ConnectError {
         ConnectError::Protocol {
-            addr: self.addr.clone(),
+            addr: self.addr.to_string(),
             reason: reason.into(),
         }
     }
@@ -184,12 +184,12 @@ impl ServerConn {
                 .read_buf(&mut self.read_buf)
                 .await
                 .map_err(|source| ConnectError::Io {
-                    addr: self.addr.clone(),
+                    addr: self.addr.to_string(),
                     source,
                 })?;
             if n == 0 {
                 return Err(ConnectError::Io {
-                    addr: self.addr.clone(),
+                    addr: self.addr.to_string(),
                     source: io::ErrorKind::UnexpectedEof.into(),
                 });
             }
@@ -201,7 +201,7 @@ impl ServerConn {
             .write_all(out)
             .await
             .map_err(|source| ConnectError::Io {
-                addr: self.addr.clone(),
+                addr: self.addr.to_string(),
                 source,
             })
     }
@@ -222,18 +222,18 @@ impl ServerConn {
                         .map_err(|e| self.protocol_error(e.to_string()))?;
                 }
                 tag::READY_FOR_QUERY => {
-                    self.cancel = Arc::new(CancelHandle {
+                    self.cancel = CancelHandle {
                         addr: self.addr.clone(),
                         pid: self.backend_key.0,
                         secret: self.backend_key.1,
-                    });
+                    };
                     return Ok(());
                 }
                 tag::ERROR_RESPONSE => {
                     let fields = ErrorFields::decode(&body)
                         .map_err(|e| self.protocol_error(e.to_string()))?;
                     return Err(ConnectError::Refused {
-                        addr: self.addr.clone(),
+                        addr: self.addr.to_string(),
                         fields,
                     });
                 }
@@ -260,7 +260,7 @@ impl ServerConn {
             params
                 .password
                 .as_deref()
-                .ok_or_else(|| ConnectError::PasswordRequired(params.addr.clone()))
+                .ok_or_else(|| ConnectError::PasswordRequired(params.addr.to_string()))
         };
         let mut out = BytesMut::new();
         match code {
@@ -307,7 +307,7 @@ impl ServerConn {
                 client
                     .update(r.rest())
                     .map_err(|e| ConnectError::Protocol {
-                        addr: params.addr.clone(),
+                        addr: params.addr.to_string(),
                         reason: format!("SCRAM: {e}"),
                     })?;
                 frontend::encode_password(client.message(), &mut out);
@@ -319,7 +319,7 @@ impl ServerConn {
                 client
                     .finish(r.rest())
                     .map_err(|e| ConnectError::Protocol {
-                        addr: params.addr.clone(),
+                        addr: params.addr.to_string(),
                         reason: format!("SCRAM server signature: {e}"),
                     })?;
                 return Ok(());
@@ -354,8 +354,9 @@ impl ServerConn {
 /// What is needed to cancel a query on a server connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CancelHandle {
-    /// Node address.
-    pub addr: String,
+    /// Node address, shared by every connection of a pool (so comparing
+    /// two handles' nodes compares pointers).
+    pub addr: Arc<str>,
     /// Backend process id.
     pub pid: i32,
     /// Backend secret.
@@ -365,7 +366,7 @@ pub struct CancelHandle {
 impl CancelHandle {
     /// Opens a new connection to the node and sends the CancelRequest.
     pub async fn cancel(&self) -> io::Result<()> {
-        let mut stream = TcpStream::connect(&self.addr).await?;
+        let mut stream = TcpStream::connect(&*self.addr).await?;
         let mut out = BytesMut::new();
         shardgate_protocol::startup::encode_cancel(self.pid, self.secret, &mut out);
         stream.write_all(&out).await?;

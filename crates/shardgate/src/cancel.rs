@@ -2,41 +2,78 @@
 //! the server connection that runs the client's query at that moment.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rand::RngExt;
 use shardgate_pool::CancelHandle;
 
-/// Where a client's running query can be cancelled (one entry per server
-/// connection it currently holds).
+/// Where a client's running query can be cancelled (the server connections
+/// it currently holds).
+///
+/// Written by the client's session on every checkout and release, read only
+/// by cancel requests. A release is one store (`active`); a checkout of a
+/// connection to the node already recorded overwrites its key in place, on
+/// the slot's own cache line, with no reference count touched: that memory
+/// is cold by the client's next transaction, and misses cost more than the
+/// rest of the update.
 #[derive(Debug, Default)]
 pub struct CancelSlot {
-    targets: Mutex<Vec<Arc<CancelHandle>>>,
+    targets: Mutex<Targets>,
+    /// Whether the client holds the connections in `targets`; while false
+    /// they are stale, kept to be overwritten.
+    active: AtomicBool,
+}
+
+/// The connections of a slot: the first inline, any further ones (a
+/// transaction over several shards) in a list.
+#[derive(Debug, Default)]
+struct Targets {
+    first: Option<CancelHandle>,
+    more: Vec<CancelHandle>,
 }
 
 impl CancelSlot {
     /// Records the one server connection now serving the client.
-    pub fn set_one(&self, target: &Arc<CancelHandle>) {
+    pub fn set_one(&self, target: &CancelHandle) {
         let mut t = self.targets.lock().expect("cancel slot lock");
-        t.clear();
-        t.push(target.clone());
+        match &mut t.first {
+            Some(first) if Arc::ptr_eq(&first.addr, &target.addr) => {
+                first.pid = target.pid;
+                first.secret = target.secret;
+            }
+            first => *first = Some(target.clone()),
+        }
+        if !t.more.is_empty() {
+            t.more.clear();
+        }
+        self.active.store(true, Ordering::Release);
     }
 
     /// Adds a server connection now serving the client.
-    pub fn add(&self, target: &Arc<CancelHandle>) {
-        self.targets
-            .lock()
-            .expect("cancel slot lock")
-            .push(target.clone());
+    pub fn add(&self, target: &CancelHandle) {
+        let mut t = self.targets.lock().expect("cancel slot lock");
+        if !self.active.load(Ordering::Relaxed) {
+            *t = Targets::default();
+        }
+        match t.first {
+            None => t.first = Some(target.clone()),
+            Some(_) => t.more.push(target.clone()),
+        }
+        self.active.store(true, Ordering::Release);
     }
 
     /// The client holds no server connection any more.
     pub fn clear(&self) {
-        self.targets.lock().expect("cancel slot lock").clear();
+        self.active.store(false, Ordering::Release);
     }
 
-    fn snapshot(&self) -> Vec<Arc<CancelHandle>> {
-        self.targets.lock().expect("cancel slot lock").clone()
+    fn snapshot(&self) -> Vec<CancelHandle> {
+        let t = self.targets.lock().expect("cancel slot lock");
+        if !self.active.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        t.first.iter().chain(&t.more).cloned().collect()
     }
 }
 

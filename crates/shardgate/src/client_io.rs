@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use shardgate_protocol::{Header, ProtocolError};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
@@ -22,6 +22,17 @@ impl ClientStream {
     /// Whether the connection is encrypted.
     pub fn is_tls(&self) -> bool {
         matches!(self, ClientStream::Tls(_))
+    }
+
+    /// Writes all of `buf` and, for TLS, flushes it to the socket.
+    pub async fn send_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            ClientStream::Plain(s) => crate::tcp::write_all(s, buf).await,
+            ClientStream::Tls(s) => {
+                s.write_all(buf).await?;
+                s.flush().await
+            }
+        }
     }
 }
 

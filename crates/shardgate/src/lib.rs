@@ -18,6 +18,7 @@ pub mod relay;
 pub mod routing;
 pub mod session;
 pub mod state;
+pub mod tcp;
 pub mod tls;
 pub mod twophase;
 

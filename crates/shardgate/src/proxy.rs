@@ -159,7 +159,7 @@ impl Proxy {
         self.pools.get_or_create(&key, || {
             (
                 ConnectParams {
-                    addr: addr.to_owned(),
+                    addr: addr.into(),
                     user: user.config.server_user().to_owned(),
                     password: user.config.server_password().map(str::to_owned),
                     database: database.to_owned(),

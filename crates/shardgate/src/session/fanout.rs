@@ -71,7 +71,7 @@ pub(super) struct Fanout {
     descs_sent: usize,
     /// Cancel requests to deliver before reading on (delivered, not just
     /// sent, so none can reach a later statement on the connection).
-    to_cancel: Vec<std::sync::Arc<shardgate_pool::CancelHandle>>,
+    to_cancel: Vec<shardgate_pool::CancelHandle>,
 }
 
 /// How a fan-out runs.
@@ -499,7 +499,7 @@ fn cancel_running(fan: &mut Fanout, failed: usize) {
 
 /// Sends cancel requests and waits until the servers have taken them, so
 /// a late one cannot cancel the next statement on the same connection.
-pub(super) async fn deliver_cancels(handles: Vec<std::sync::Arc<shardgate_pool::CancelHandle>>) {
+pub(super) async fn deliver_cancels(handles: Vec<shardgate_pool::CancelHandle>) {
     let tasks: Vec<_> = handles
         .into_iter()
         .map(|h| tokio::spawn(async move { h.cancel().await }))

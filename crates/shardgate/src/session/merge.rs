@@ -336,7 +336,7 @@ impl Session {
 /// The shards still running the statement, to cancel. Inside a
 /// transaction nothing is cancelled (that would abort the client's
 /// transaction on the shard); the rest of the rows are read and dropped.
-fn cancel_parts(parts: &[Part], allowed: bool, to_cancel: &mut Vec<Arc<CancelHandle>>) {
+fn cancel_parts(parts: &[Part], allowed: bool, to_cancel: &mut Vec<CancelHandle>) {
     if !allowed {
         return;
     }
@@ -373,7 +373,7 @@ struct Run<'p> {
     /// An error went to the client: the rest is drained.
     failed: bool,
     /// Cancel requests to deliver before reading on.
-    to_cancel: Vec<Arc<CancelHandle>>,
+    to_cancel: Vec<CancelHandle>,
     group: Option<Group>,
     sorted_groups: Vec<(Vec<Key>, BytesMut)>,
 }

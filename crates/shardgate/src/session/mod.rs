@@ -310,8 +310,7 @@ impl Session {
             Err(SessionError::Fatal(e)) => {
                 let mut out = std::mem::take(&mut self.cout);
                 e.encode(&mut out);
-                let _ = self.client.write_all(&out).await;
-                let _ = self.client.flush().await;
+                let _ = self.client.send_all(&out).await;
                 Err(SessionError::Fatal(e))
             }
             other => other,
@@ -369,7 +368,10 @@ impl Session {
             }
             None => {
                 let shutdown = self.shutdown.as_mut();
+                // Biased: no random pick per wait; a client that keeps
+                // sending still sees shutdown, checked on every turn of serve.
                 tokio::select! {
+                    biased;
                     r = client.read_buf(cbuf) => Event::Client(r),
                     _ = shutdown => Event::Shutdown,
                 }
@@ -379,14 +381,11 @@ impl Session {
 
     async fn flush_client(&mut self) -> Result<(), SessionError> {
         if !self.cout.is_empty() && !self.holding_answer() {
-            self.client.write_all(&self.cout).await?;
+            self.client.send_all(&self.cout).await?;
             self.cout.clear();
             if self.cout.capacity() > RETRY_HOLD_LIMIT {
                 // A held-back answer grew it: idle sessions keep little memory.
                 self.cout = BytesMut::new();
-            }
-            if self.client.is_tls() {
-                self.client.flush().await?;
             }
         }
         Ok(())
@@ -407,7 +406,7 @@ impl Session {
             self.sout.clear();
             return Ok(());
         };
-        let written = b.conn.stream.write_all(&self.sout).await;
+        let written = crate::tcp::write_all(&b.conn.stream, &self.sout).await;
         self.sout.clear();
         if let Err(e) = written {
             self.server_lost(e.to_string())?;
