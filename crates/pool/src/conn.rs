@@ -89,7 +89,8 @@ pub struct ServerConn {
     pub read_buf: BytesMut,
     /// Process id and secret for CancelRequest.
     pub backend_key: (i32, i32),
-    /// Cancels what this connection runs (shared, so lending it costs no allocation).
+    /// Cancels what this connection runs (copying it allocates nothing: the
+    /// address is the pool's shared string).
     pub cancel: CancelHandle,
     /// ParameterStatus values the server reported at login.
     pub server_params: Vec<(String, String)>,

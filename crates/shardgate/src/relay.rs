@@ -61,6 +61,10 @@ pub enum Expect {
     },
     /// ReadyForQuery after Sync.
     Sync,
+    /// A whole extended batch that ends in Sync and needs no tracking per
+    /// message (unnamed statement, unnamed portal, no SET): everything up to
+    /// ReadyForQuery goes to the client, as for a simple Query.
+    Batch,
     /// The hidden `SELECT pg_current_wal_lsn()` after a cycle on the primary
     /// (read your writes); `lsn` is filled in from its row.
     CommitLsn {
@@ -126,7 +130,7 @@ impl Exchange {
             Expect::Bind | Expect::Execute { .. } | Expect::Query { forward: true } => {
                 self.busy_since_sync = true
             }
-            Expect::Sync => self.busy_since_sync = false,
+            Expect::Sync | Expect::Batch => self.busy_since_sync = false,
             _ => {}
         }
         self.expect.push_back(e);
@@ -250,8 +254,8 @@ fn response(
         return Ok(());
     };
     match front {
-        Expect::Query { forward } => {
-            let forward = *forward;
+        Expect::Query { .. } | Expect::Batch => {
+            let forward = !matches!(front, Expect::Query { forward: false });
             match t {
                 tag::READY_FOR_QUERY => {
                     ex.expect.pop_front();
@@ -458,7 +462,7 @@ fn extended_error(conn: &mut ServerConn, ex: &mut Exchange, cx: &mut RelayContex
     while let Some(front) = ex.expect.front() {
         if matches!(
             front,
-            Expect::Sync | Expect::Query { .. } | Expect::QueryError(_)
+            Expect::Sync | Expect::Batch | Expect::Query { .. } | Expect::QueryError(_)
         ) {
             return;
         }

@@ -95,10 +95,8 @@ impl Session {
             return self.parse_sharded(&p);
         }
         if p.name.is_empty() && !scan.shardgate && !scan.set && self.plain_batches_apply() {
-            if let Some(batch) = plain_batch(rest, self.max_message) {
-                return self
-                    .forward_plain_batch(msg, &rest[..batch.len], batch.describe)
-                    .await;
+            if let Some(len) = plain_batch(rest, self.max_message) {
+                return self.forward_plain_batch(msg, &rest[..len]).await;
             }
         }
         let want = match self.want_for_scanned(p.query, scan.shardgate) {
@@ -175,16 +173,11 @@ impl Session {
     }
 
     /// Forwards an unnamed Parse with the Bind, Describe, Execute and Sync
-    /// after it (`tail`) in one piece: what the handlers of those messages
-    /// would do one by one, without their per-message work. A plain SELECT
-    /// from a driver without named statements (pgbench `-M extended`,
-    /// libpq's `PQexecParams`) takes this path.
-    async fn forward_plain_batch(
-        &mut self,
-        parse: &[u8],
-        tail: &[u8],
-        describe: bool,
-    ) -> Result<(), SessionError> {
+    /// after it (`tail`) in one piece, expecting its answer as a whole (up to
+    /// ReadyForQuery) instead of message by message: nothing in it needs
+    /// tracking. A plain SELECT from a driver without named statements
+    /// (pgbench `-M extended`, libpq's `PQexecParams`) takes this path.
+    async fn forward_plain_batch(&mut self, parse: &[u8], tail: &[u8]) -> Result<(), SessionError> {
         self.unnamed_set = None;
         self.bound_set = None;
         if self.backend.is_none() && !self.attach(Proto::Extended, Want::Primary).await? {
@@ -193,17 +186,7 @@ impl Session {
         }
         self.sout.extend_from_slice(parse);
         self.sout.extend_from_slice(tail);
-        self.push_expect(Expect::Parse {
-            forward: true,
-            stmt: None,
-            client_name: None,
-        });
-        self.push_expect(Expect::Bind);
-        if describe {
-            self.push_expect(Expect::Describe);
-        }
-        self.push_expect(Expect::Execute { set_stmt: None });
-        self.push_expect(Expect::Sync);
+        self.push_expect(Expect::Batch);
         self.virtual_stmts.end_of_batch();
         self.extra_consumed = tail.len();
         Ok(())
@@ -439,19 +422,12 @@ impl Session {
     }
 }
 
-/// Bind, Describe, Execute and Sync after an unnamed Parse, as one batch.
-struct PlainBatch {
-    /// Bytes of the four (or three) messages.
-    len: usize,
-    /// A Describe is among them.
-    describe: bool,
-}
-
-/// The batch that follows an unnamed Parse in `rest` when it is exactly
-/// Bind (unnamed portal and statement), an optional Describe of either,
-/// Execute of that portal and Sync, each complete and well formed. Anything
-/// else is left to the message-by-message path, which reports errors.
-fn plain_batch(rest: &[u8], max_message: usize) -> Option<PlainBatch> {
+/// The length of the batch that follows an unnamed Parse in `rest` when it
+/// is exactly Bind (unnamed portal and statement), an optional Describe of
+/// either, Execute of that portal and Sync, each complete and well formed.
+/// Anything else is left to the message-by-message path, which reports
+/// errors.
+fn plain_batch(rest: &[u8], max_message: usize) -> Option<usize> {
     let mut pos = 0;
     let mut next = |want: &[u8]| -> Option<(u8, &[u8])> {
         let h = Header::complete(&rest[pos..], max_message).ok()??;
@@ -468,8 +444,7 @@ fn plain_batch(rest: &[u8], max_message: usize) -> Option<PlainBatch> {
         return None;
     }
     let (mut t, mut body) = next(&[tag::DESCRIBE, tag::EXECUTE])?;
-    let describe = t == tag::DESCRIBE;
-    if describe {
+    if t == tag::DESCRIBE {
         if !DescribeOrClose::decode(body, "Describe")
             .ok()?
             .name
@@ -487,7 +462,7 @@ fn plain_batch(rest: &[u8], max_message: usize) -> Option<PlainBatch> {
     if !sync.is_empty() {
         return None;
     }
-    Some(PlainBatch { len: pos, describe })
+    Some(pos)
 }
 
 /// Whether `sql` is a SET or RESET statement.

@@ -407,7 +407,10 @@ impl Session {
         for e in &b.ex.expect {
             if matches!(
                 e,
-                Expect::Sync | Expect::Query { forward: true } | Expect::QueryError(_)
+                Expect::Sync
+                    | Expect::Batch
+                    | Expect::Query { forward: true }
+                    | Expect::QueryError(_)
             ) {
                 backend::ready_for_query(b'I', &mut self.cout);
             }
