@@ -1464,6 +1464,8 @@ struct Summary {
     tps: Option<f64>,
     latency_ms: Option<f64>,
     proxy_cpu_us: Option<f64>,
+    /// Mean over the runs of the proxy's CPU per transaction divided by pgbench's.
+    proxy_per_pgbench_cpu: Option<f64>,
     failed_transactions: u64,
     failed_runs: usize,
     runs: usize,
@@ -1476,6 +1478,10 @@ impl Summary {
             tps: mean(ok.iter().map(|s| s.tps)),
             latency_ms: mean(ok.iter().map(|s| s.latency_ms)),
             proxy_cpu_us: mean(ok.iter().filter_map(|s| s.proxy_cpu_us)),
+            proxy_per_pgbench_cpu: mean(
+                ok.iter()
+                    .filter_map(|s| Some(s.proxy_cpu_us? / s.pgbench_cpu_us?)),
+            ),
             failed_transactions: ok.iter().map(|s| s.failed_transactions).sum(),
             failed_runs: outcomes.len() - ok.len(),
             runs: outcomes.len(),
@@ -1510,6 +1516,12 @@ impl Summary {
     fn cpu_text(&self) -> String {
         micros(self.proxy_cpu_us)
     }
+
+    /// Proxy CPU relative to pgbench's; `-` for targets without a proxy process.
+    fn relative_cpu_text(&self) -> String {
+        self.proxy_per_pgbench_cpu
+            .map_or("-".to_owned(), |r| format!("{r:.2}"))
+    }
 }
 
 fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
@@ -1536,6 +1548,14 @@ fn row_text(ratios: &[(usize, usize)], row: &[Option<Summary>]) -> String {
         .map(|s| s.as_ref().map_or("n/a".to_owned(), Summary::cpu_text))
         .collect();
     cells.push(cpu.join(" / "));
+    let relative: Vec<String> = row
+        .iter()
+        .map(|s| {
+            s.as_ref()
+                .map_or("n/a".to_owned(), Summary::relative_cpu_text)
+        })
+        .collect();
+    cells.push(relative.join(" / "));
     cells.join(" | ")
 }
 
@@ -1563,6 +1583,7 @@ fn print_table(params: &Params, targets: &[Target], results: &Results) {
     let names: Vec<&str> = targets.iter().map(|t| t.name).collect();
     header.push(format!("avg latency (ms) {}", names.join("/")));
     header.push(format!("proxy CPU µs/txn {}", names.join("/")));
+    header.push(format!("proxy CPU / pgbench CPU {}", names.join("/")));
     println!();
     println!("| {} |", header.join(" | "));
     println!("|{}", "---|".repeat(header.len()));
@@ -1671,6 +1692,12 @@ fn print_parameters(params: &Params, cluster: &Cluster, targets: &[Target]) {
             ratio.label, ratio.numerator, ratio.denominator
         );
     }
+    println!(
+        "- proxy CPU / pgbench CPU: the proxy's CPU time per transaction divided by pgbench's \
+         in the same run, averaged over the rounds. pgbench sends and reads the same bytes \
+         through every proxy, so its CPU per transaction tracks how fast the machine ran \
+         during that run; the ratio compares the proxies' cost with that factored out"
+    );
     for def in &params.targets {
         println!("- {}: {}", def.name, (def.describe)(params));
     }
