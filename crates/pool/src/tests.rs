@@ -82,6 +82,25 @@ fn settled(pool: &Pool) -> PoolStats {
     stats
 }
 
+/// Queues, in this order, a client that will be told to leave and two that
+/// report in `order` when they are served; returns the first one's task.
+async fn queue_three(
+    pool: &Pool,
+    names: [&'static str; 2],
+    order: &mpsc::UnboundedSender<&'static str>,
+) -> tokio::task::JoinHandle<Result<(), PoolError>> {
+    let leaver = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.get().await.map(drop) }
+    });
+    until_waiting(pool, 1).await;
+    queue(pool, names[0], order);
+    until_waiting(pool, 2).await;
+    queue(pool, names[1], order);
+    until_waiting(pool, 3).await;
+    leaver
+}
+
 #[tokio::test]
 async fn waiters_are_served_in_order_and_one_that_leaves_loses_no_slot() {
     let c = cluster();
@@ -90,15 +109,7 @@ async fn waiters_are_served_in_order_and_one_that_leaves_loses_no_slot() {
 
     // The first waiter leaves while still queued.
     let held = pool.get().await.expect("first connection");
-    let leaver = tokio::spawn({
-        let pool = pool.clone();
-        async move { pool.get().await.map(drop) }
-    });
-    until_waiting(&pool, 1).await;
-    queue(&pool, "second", &tx);
-    until_waiting(&pool, 2).await;
-    queue(&pool, "third", &tx);
-    until_waiting(&pool, 3).await;
+    let leaver = queue_three(&pool, ["second", "third"], &tx).await;
     leaver.abort();
     until_waiting(&pool, 2).await;
     drop(held);
@@ -108,15 +119,7 @@ async fn waiters_are_served_in_order_and_one_that_leaves_loses_no_slot() {
     // The first waiter is handed the connection and leaves before it runs
     // (this runtime has one thread: the abort comes first).
     let held = pool.get().await.expect("connection again");
-    let leaver = tokio::spawn({
-        let pool = pool.clone();
-        async move { pool.get().await.map(drop) }
-    });
-    until_waiting(&pool, 1).await;
-    queue(&pool, "fourth", &tx);
-    until_waiting(&pool, 2).await;
-    queue(&pool, "fifth", &tx);
-    until_waiting(&pool, 3).await;
+    let leaver = queue_three(&pool, ["fourth", "fifth"], &tx).await;
     drop(held);
     leaver.abort();
     assert_eq!(served(&mut rx).await, ["fourth", "fifth"]);
