@@ -28,7 +28,9 @@
 //! server connections per proxy, `BENCH_SCALE` [10], `BENCH_WORKERS` [1] shardgate runtime
 //! threads (0 = one per core; 1 like PgBouncer's single thread), `BENCH_MODES` and `BENCH_TARGETS`: comma-separated names
 //! from [`MODES`] and [`TARGETS`] (any suite's; default: the suite's entries),
-//! `BENCH_MERGE_ROUNDS` [3] rounds of the merge-throughput reads (`cross_shard`; 0 skips).
+//! `BENCH_MERGE_ROUNDS` [3] rounds of the merge-throughput reads (`cross_shard`; 0 skips),
+//! `BENCH_BASELINE`: another shardgate binary, run as target `shardgate-baseline` (configured
+//! as `shardgate`) when `BENCH_TARGETS` names it, to compare two builds.
 //!
 //! More modes or targets (e.g. shardgate with another configuration) are added as entries
 //! of [`MODES`] and [`TARGETS`].
@@ -298,6 +300,18 @@ const TARGETS: &[TargetDef] = &[
         suites: &["replica"],
     },
     TargetDef {
+        // Another shardgate build (`BENCH_BASELINE`) configured as `shardgate`: A/B of two
+        // builds under the same care (sessions, interleaving, fresh processes). Only when
+        // named in `BENCH_TARGETS`.
+        name: "shardgate-baseline",
+        named_prepared: true,
+        start: start_shardgate_baseline,
+        describe: describe_shardgate_baseline,
+        rss: true,
+        three_shards: false,
+        suites: &[],
+    },
+    TargetDef {
         // One shard (the primary), with the pgbench tables configured as sharded: every
         // statement goes through shard-key planning and the shard map.
         name: "shardgate-1shard",
@@ -352,6 +366,11 @@ const RATIOS: &[Ratio] = &[
         label: "shardgate/pgbouncer",
         numerator: "shardgate",
         denominator: "pgbouncer",
+    },
+    Ratio {
+        label: "shardgate/baseline",
+        numerator: "shardgate",
+        denominator: "shardgate-baseline",
     },
     Ratio {
         label: "eventual/strong",
@@ -460,6 +479,8 @@ struct Params {
     script_dir: PathBuf,
     /// Rounds of the merge-throughput measurement (`cross_shard` suite; 0 skips it).
     merge_rounds: usize,
+    /// The `shardgate-baseline` target's binary (`BENCH_BASELINE`).
+    baseline: Option<PathBuf>,
 }
 
 impl Params {
@@ -474,6 +495,28 @@ impl Params {
                 )
             }),
         };
+        let targets = env_selection(
+            "BENCH_TARGETS",
+            TARGETS,
+            |target| target.name,
+            |target| target.suites.contains(&suite),
+        );
+        let baseline = std::env::var_os("BENCH_BASELINE")
+            .filter(|path| !path.is_empty())
+            .map(PathBuf::from);
+        if targets.iter().any(|t| t.name == "shardgate-baseline") {
+            match &baseline {
+                None => panic!(
+                    "BENCH_TARGETS names shardgate-baseline: set BENCH_BASELINE to another \
+                     shardgate binary (for example one built in a git worktree of the commit \
+                     to compare against)"
+                ),
+                Some(path) if !path.is_file() => {
+                    panic!("BENCH_BASELINE: {} is not a file", path.display())
+                }
+                Some(_) => {}
+            }
+        }
         Params {
             rounds: env_number("BENCH_ROUNDS", 2),
             seconds: env_number("BENCH_SECONDS", 20),
@@ -488,14 +531,10 @@ impl Params {
                 |mode| mode.name,
                 |mode| mode.suites.contains(&suite),
             ),
-            targets: env_selection(
-                "BENCH_TARGETS",
-                TARGETS,
-                |target| target.name,
-                |target| target.suites.contains(&suite),
-            ),
+            targets,
             script_dir: PathBuf::new(),
             merge_rounds: env_number("BENCH_MERGE_ROUNDS", 3),
+            baseline,
         }
     }
 
@@ -669,6 +708,20 @@ fn start_shardgate(clusters: &Clusters, params: &Params) -> Started {
     spawn_shardgate("shardgate", &clusters.one, params, Routing::PrimaryOnly)
 }
 
+fn start_shardgate_baseline(clusters: &Clusters, params: &Params) -> Started {
+    let binary = params
+        .baseline
+        .as_deref()
+        .expect("checked in Params::from_env");
+    spawn_shardgate_binary(
+        binary,
+        "shardgate-baseline",
+        &clusters.one,
+        params,
+        Routing::PrimaryOnly,
+    )
+}
+
 fn start_shardgate_strong(clusters: &Clusters, params: &Params) -> Started {
     let routing = Routing::Replicas {
         consistency: "strong",
@@ -751,10 +804,22 @@ fn spawn_shardgate(
     params: &Params,
     routing: Routing,
 ) -> Started {
+    let binary = Path::new(env!("CARGO_BIN_EXE_shardgate"));
+    spawn_shardgate_binary(binary, name, cluster, params, routing)
+}
+
+/// Starts `binary` (a shardgate build) as target `name`.
+fn spawn_shardgate_binary(
+    binary: &Path,
+    name: &'static str,
+    cluster: &Cluster,
+    params: &Params,
+    routing: Routing,
+) -> Started {
     let port = free_port();
     let config = cluster.dir().join(format!("{name}-bench.toml"));
     write_readable(&config, &shardgate_config(cluster, params, port, routing));
-    let mut command = in_own_session(env!("CARGO_BIN_EXE_shardgate"));
+    let mut command = in_own_session(binary);
     command.arg("--config").arg(&config);
     let log = cluster.dir().join(format!("{name}.log"));
     let mut process = Process::spawn(name, command, &log);
@@ -845,6 +910,16 @@ fn describe_shardgate_3shards_2pc(params: &Params) -> String {
         "as shardgate-3shards (the same cluster and rows, pool_size={} per shard), with \
          [proxy] two_phase_commit = true (decision log in the cluster directory)",
         params.pool
+    )
+}
+
+fn describe_shardgate_baseline(params: &Params) -> String {
+    format!(
+        "{} (BENCH_BASELINE), configured as shardgate",
+        params
+            .baseline
+            .as_deref()
+            .map_or("unset".into(), Path::to_string_lossy)
     )
 }
 
