@@ -54,7 +54,8 @@ pub enum PoolError {
     /// Opening a new connection failed.
     #[error(transparent)]
     Connect(#[from] ConnectError),
-    /// The pool was closed (shutdown).
+    /// The pool let go of a waiting client without handing it a slot, which
+    /// only its end could do; reported to the client like a shutdown.
     #[error("pool for {0} is closed")]
     Closed(String),
 }
