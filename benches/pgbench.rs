@@ -104,6 +104,12 @@ const SUITES: &[&str] = &["replica", "sharding", "cross_shard"];
 const POINT_SELECT_SCRIPT: &str = "\\set aid random(1, 100000 * :scale)\n\
                                    SELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n";
 
+/// 2000 consecutive accounts (about 250 kB of rows): what a proxy costs per row
+/// when the answer is large, not per statement.
+const RANGE_ROWS_SCRIPT: &str = "\\set a random(1, 100000 * :scale - 1999)\n\
+                                 SELECT aid, bid, abalance, filler FROM pgbench_accounts \
+                                 WHERE aid BETWEEN :a AND :a + 1999;\n";
+
 /// A cross-shard aggregate without a key: every shard counts its branches, the proxy sums.
 const COUNT_BRANCHES_SCRIPT: &str = "SELECT count(*) FROM pgbench_branches;\n";
 
@@ -152,6 +158,13 @@ const MODES: &[Mode] = &[
         name: "tpcb-prepared",
         args: &["-M", "prepared"],
         script: None,
+        suites: &["replica"],
+        targets: &[],
+    },
+    Mode {
+        name: "rows-simple",
+        args: &["-M", "simple"],
+        script: Some(RANGE_ROWS_SCRIPT),
         suites: &["replica"],
         targets: &[],
     },

@@ -154,6 +154,16 @@ impl Exchange {
         }
     }
 
+    /// Whether the oldest expectation passes every response on to the
+    /// client (a client's simple Query, or a whole extended batch).
+    #[inline]
+    fn forwarding_plain(&self) -> bool {
+        matches!(
+            self.expect.front(),
+            Some(Expect::Query { forward: true } | Expect::Batch)
+        )
+    }
+
     fn forwarding_async(&self) -> bool {
         !matches!(
             self.expect.front(),
@@ -185,16 +195,25 @@ pub fn relay(
     // Taken out while relaying so the connection's other fields stay usable.
     let mut rbuf = std::mem::take(&mut conn.read_buf);
     let mut pos = 0;
+    // Start of the messages passed on verbatim and not yet copied: a run of
+    // rows goes to the client with one copy instead of one per message.
+    let mut run_start = 0;
     let result = loop {
-        ex.drain_synthetic(cx.cout);
         let buf = &rbuf[pos..];
         let h = match Header::complete(buf, MAX_SERVER_MESSAGE) {
             Ok(Some(h)) => h,
             Ok(None) => break Ok(()),
             Err(e) => break Err(e),
         };
-        let msg = &buf[..h.total];
+        if ex.forwarding_plain() && passes_verbatim(h.tag) {
+            pos += h.total;
+            continue;
+        }
+        cx.cout.extend_from_slice(&rbuf[run_start..pos]);
+        ex.drain_synthetic(cx.cout);
+        let msg = &rbuf[pos..pos + h.total];
         pos += h.total;
+        run_start = pos;
         match h.tag {
             tag::NOTICE_RESPONSE if is_shutdown_warning(&msg[5..]) => {
                 // "terminating connection due to ... shutdown": the server is
@@ -230,10 +249,27 @@ pub fn relay(
             }
         }
     };
+    cx.cout.extend_from_slice(&rbuf[run_start..pos]);
     shardgate_protocol::consume_front(&mut rbuf, pos);
     conn.read_buf = rbuf;
     ex.drain_synthetic(cx.cout);
     result
+}
+
+/// Whether a message under a forwarding Query or Batch expectation goes to
+/// the client as it is, with nothing to note: everything but the messages
+/// session tracking, errors and the end of the cycle need.
+#[inline]
+fn passes_verbatim(t: u8) -> bool {
+    !matches!(
+        t,
+        tag::READY_FOR_QUERY
+            | tag::ERROR_RESPONSE
+            | tag::COMMAND_COMPLETE
+            | tag::NOTICE_RESPONSE
+            | tag::NOTIFICATION
+            | tag::PARAMETER_STATUS
+    )
 }
 
 fn response(
