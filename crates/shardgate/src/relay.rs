@@ -154,14 +154,26 @@ impl Exchange {
         }
     }
 
-    /// Whether the oldest expectation passes every response on to the
-    /// client (a client's simple Query, or a whole extended batch).
+    /// Whether server message `t` goes to the client as it is, with nothing
+    /// to note, under the oldest expectation: anything but what session
+    /// tracking, errors and the end of the cycle need under a client's
+    /// simple Query or a whole extended batch, and rows or COPY data under
+    /// an Execute.
     #[inline]
-    fn forwarding_plain(&self) -> bool {
-        matches!(
-            self.expect.front(),
-            Some(Expect::Query { forward: true } | Expect::Batch)
-        )
+    fn passes_verbatim(&self, t: u8) -> bool {
+        match self.expect.front() {
+            Some(Expect::Query { forward: true } | Expect::Batch) => !matches!(
+                t,
+                tag::READY_FOR_QUERY
+                    | tag::ERROR_RESPONSE
+                    | tag::COMMAND_COMPLETE
+                    | tag::NOTICE_RESPONSE
+                    | tag::NOTIFICATION
+                    | tag::PARAMETER_STATUS
+            ),
+            Some(Expect::Execute { .. }) => matches!(t, tag::DATA_ROW | tag::COPY_DATA),
+            _ => false,
+        }
     }
 
     fn forwarding_async(&self) -> bool {
@@ -205,7 +217,7 @@ pub fn relay(
             Ok(None) => break Ok(()),
             Err(e) => break Err(e),
         };
-        if ex.forwarding_plain() && passes_verbatim(h.tag) {
+        if ex.passes_verbatim(h.tag) {
             pos += h.total;
             continue;
         }
@@ -254,22 +266,6 @@ pub fn relay(
     conn.read_buf = rbuf;
     ex.drain_synthetic(cx.cout);
     result
-}
-
-/// Whether a message under a forwarding Query or Batch expectation goes to
-/// the client as it is, with nothing to note: everything but the messages
-/// session tracking, errors and the end of the cycle need.
-#[inline]
-fn passes_verbatim(t: u8) -> bool {
-    !matches!(
-        t,
-        tag::READY_FOR_QUERY
-            | tag::ERROR_RESPONSE
-            | tag::COMMAND_COMPLETE
-            | tag::NOTICE_RESPONSE
-            | tag::NOTIFICATION
-            | tag::PARAMETER_STATUS
-    )
 }
 
 fn response(
