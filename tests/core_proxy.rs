@@ -680,6 +680,73 @@ async fn wait_for_answers(answered: &std::sync::atomic::AtomicU64, count: u64) {
     }
 }
 
+/// Back-pressure: a client that stops reading in the middle of a large answer
+/// holds up only itself. The proxy's socket to it fills and the proxy waits
+/// for room; meanwhile another client is served, and once the first reads
+/// again it gets every row, in order, then ReadyForQuery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_gets_every_row_later() {
+    const ROWS: usize = 20_000;
+    const WIDTH: usize = 1000;
+    let users = "\n[[users]]\nname = \"trusted\"\nauth = \"trust\"\nserver_user = \"app\"\nserver_password = \"secret\"\n";
+    let (_c, proxy) = start(ClusterSpec::new(1, 0), "", users);
+    let mut slow = raw_login(proxy.port);
+    // About 20 MB of rows: far more than the socket buffers between them hold.
+    let sql = format!("SELECT i, repeat('x', {WIDTH}) FROM generate_series(1, {ROWS}) i");
+    let mut query = vec![b'Q'];
+    query.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
+    query.extend_from_slice(sql.as_bytes());
+    query.push(0);
+    slow.write_all(&query).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let other = connect(&proxy.app()).await;
+    for n in 0..20i64 {
+        let row = other.query_one("SELECT $1::int8 + 1", &[&n]).await.unwrap();
+        assert_eq!(row.get::<_, i64>(0), n + 1);
+    }
+
+    let rows = tokio::task::spawn_blocking(move || {
+        let mut buf = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut pos = 0;
+        let mut rows = 0usize;
+        loop {
+            while buf.len() >= pos + 5 {
+                let len = i32::from_be_bytes(buf[pos + 1..pos + 5].try_into().unwrap()) as usize;
+                if buf.len() < pos + 1 + len {
+                    break;
+                }
+                let (tag, body) = (buf[pos], &buf[pos + 5..pos + 1 + len]);
+                pos += 1 + len;
+                match tag {
+                    b'D' => {
+                        rows += 1;
+                        assert_eq!(i16::from_be_bytes([body[0], body[1]]), 2);
+                        let n = i32::from_be_bytes(body[2..6].try_into().unwrap()) as usize;
+                        let i: usize = std::str::from_utf8(&body[6..6 + n])
+                            .unwrap()
+                            .parse()
+                            .unwrap();
+                        assert_eq!(i, rows, "rows out of order");
+                        let w = i32::from_be_bytes(body[6 + n..10 + n].try_into().unwrap());
+                        assert_eq!(w as usize, WIDTH);
+                    }
+                    b'E' => panic!("error: {}", String::from_utf8_lossy(body)),
+                    b'Z' => return rows,
+                    _ => {}
+                }
+            }
+            let n = slow.read(&mut chunk).unwrap();
+            assert!(n > 0, "connection closed after {rows} rows");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(rows, ROWS);
+}
+
 /// Item 9: Malformed input gets 08P01 and a closed connection; other clients are unaffected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_without_harming_others() {
