@@ -14,6 +14,10 @@ use support::*;
 
 const LONG: Duration = Duration::from_secs(300);
 
+/// A trust-authenticated user (`raw_login` logs in as it) that reaches the
+/// servers as `app`.
+const TRUSTED_USER: &str = "\n[[users]]\nname = \"trusted\"\nauth = \"trust\"\nserver_user = \"app\"\nserver_password = \"secret\"\n";
+
 fn start(
     spec: ClusterSpec,
     proxy_extra: &str,
@@ -535,7 +539,9 @@ async fn authentication_methods_and_tls() {
     let c = cluster(ClusterSpec::new(1, 0));
     let (cert, key) = make_cert(c.dir());
     let port = free_port();
-    let users = "\n[[users]]\nname = \"md5user\"\npassword = \"md5pass\"\nauth = \"md5\"\nserver_user = \"app\"\nserver_password = \"secret\"\n\n[[users]]\nname = \"trusted\"\nauth = \"trust\"\nserver_user = \"app\"\nserver_password = \"secret\"\n";
+    let users = &format!(
+        "\n[[users]]\nname = \"md5user\"\npassword = \"md5pass\"\nauth = \"md5\"\nserver_user = \"app\"\nserver_password = \"secret\"\n{TRUSTED_USER}"
+    );
     let extra = format!(
         "tls_cert = {:?}\ntls_key = {:?}",
         cert.display().to_string(),
@@ -688,7 +694,7 @@ async fn wait_for_answers(answered: &std::sync::atomic::AtomicU64, count: u64) {
 async fn a_client_that_stops_reading_gets_every_row_later() {
     const ROWS: usize = 20_000;
     const WIDTH: usize = 1000;
-    let users = "\n[[users]]\nname = \"trusted\"\nauth = \"trust\"\nserver_user = \"app\"\nserver_password = \"secret\"\n";
+    let users = TRUSTED_USER;
     let (_c, proxy) = start(ClusterSpec::new(1, 0), "", users);
     let mut slow = raw_login(proxy.port);
     // About 20 MB of rows: far more than the socket buffers between them hold.
@@ -750,7 +756,7 @@ async fn a_client_that_stops_reading_gets_every_row_later() {
 /// Item 9: Malformed input gets 08P01 and a closed connection; other clients are unaffected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_without_harming_others() {
-    let users = "\n[[users]]\nname = \"trusted\"\nauth = \"trust\"\nserver_user = \"app\"\nserver_password = \"secret\"\n";
+    let users = TRUSTED_USER;
     let (_c, proxy) = start(ClusterSpec::new(1, 0), "max_message_size = 65536", users);
     let port = proxy.port;
     let bystander = connect(&proxy.app()).await;
