@@ -146,6 +146,65 @@ async fn a_wait_past_the_timeout_fails_and_the_pool_recovers() {
     assert_eq!(stats.timeouts, 1);
 }
 
+/// Queues a client that reports how long it waited and how the wait ended.
+fn timed_wait(pool: &Pool) -> tokio::task::JoinHandle<(Duration, Result<(), String>)> {
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        let start = std::time::Instant::now();
+        let result = pool.get().await.map(drop).map_err(|e| e.to_string());
+        (start.elapsed(), result)
+    })
+}
+
+#[tokio::test]
+async fn each_waiter_gets_its_own_full_timeout_also_after_the_queue_emptied() {
+    let c = cluster();
+    let wait = Duration::from_millis(300);
+    let pool = pool(&c, 1, wait);
+    let held = pool.get().await.expect("first connection");
+
+    // Three clients queue 100 ms apart: each waits its own full timeout,
+    // not the first one's.
+    let mut waiters = Vec::new();
+    for _ in 0..3 {
+        waiters.push(timed_wait(&pool));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for w in waiters {
+        let (waited, result) = tokio::time::timeout(LONG, w)
+            .await
+            .expect("the wait ended")
+            .expect("task finished");
+        assert!(result.is_err(), "a pool of one, held: expected a timeout");
+        assert!(
+            waited >= wait,
+            "timed out after {waited:?}, before {wait:?}"
+        );
+    }
+    // Nobody waits now; a client queuing later times out all the same.
+    let (waited, result) = tokio::time::timeout(LONG, timed_wait(&pool))
+        .await
+        .expect("the wait ended")
+        .expect("task finished");
+    assert!(result.is_err() && waited >= wait, "{waited:?} {result:?}");
+
+    // A client served before its deadline is not timed out by the sweep of
+    // one queued before it.
+    let early = timed_wait(&pool);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let late = timed_wait(&pool);
+    until_waiting(&pool, 2).await;
+    let (_, early_result) = tokio::time::timeout(LONG, early)
+        .await
+        .expect("the wait ended")
+        .expect("task finished");
+    assert!(early_result.is_err(), "the first waiter times out");
+    drop(held);
+    let (_, late_result) = late.await.expect("task finished");
+    assert_eq!(late_result, Ok(()), "the second waiter gets the freed slot");
+    assert_eq!(settled(&pool).timeouts, 5);
+}
+
 #[tokio::test]
 async fn a_broken_connection_is_closed_and_its_slot_opens_a_new_one() {
     let c = cluster();

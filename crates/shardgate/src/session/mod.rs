@@ -661,7 +661,6 @@ pub fn pool_error(e: &PoolError) -> PgError {
         }
         PoolError::Connect(c) => PgError::error("08006", format!("shardgate: {c}"))
             .with_hint("Check that the server is running and reachable, and the [[shards]] addresses in proxy.toml."),
-        PoolError::Closed(_) => shutdown_error(),
     }
 }
 
