@@ -252,6 +252,27 @@ impl Pool {
         &self.inner.key
     }
 
+    /// An idle connection if one is free and fit for use right now, without
+    /// waiting or opening one; `None` leaves the pool as it was.
+    pub fn get_idle(&self) -> Option<PooledConn> {
+        let inner = &self.inner;
+        let mut slots = inner.lock();
+        let conn = slots.idle.last_mut()?;
+        let now = Instant::now();
+        if !inner.fresh(conn, now) {
+            return None;
+        }
+        conn.last_used = now;
+        let conn = slots.idle.pop();
+        slots.lent += 1;
+        slots.checkouts += 1;
+        drop(slots);
+        Some(PooledConn {
+            conn,
+            pool: inner.clone(),
+        })
+    }
+
     /// Hands out a connection: an idle one if there is one, otherwise a new
     /// one, waiting up to `checkout_timeout` while all are in use.
     pub async fn get(&self) -> Result<PooledConn, PoolError> {
@@ -269,15 +290,7 @@ impl Pool {
         };
         let now = Instant::now();
         while let Grant::Idle(mut conn) = grant {
-            // `last_used` is when it was last handed out: one clock read per
-            // transaction instead of two.
-            let idle_for = now.saturating_duration_since(conn.last_used);
-            // A connection used moments ago is alive and young; checking it
-            // further would cost a system call per transaction.
-            let stale = now > conn.retire_at
-                || (idle_for > HEALTH_PROBE_AFTER
-                    && (idle_for > inner.config.idle_timeout || !conn.looks_healthy()));
-            if !stale {
+            if inner.fresh(&mut conn, now) {
                 conn.last_used = now;
                 pooled.conn = Some(conn);
                 return Ok(pooled);
@@ -379,6 +392,18 @@ impl Pool {
 impl Inner {
     fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
         self.slots.lock().expect("pool lock")
+    }
+
+    /// Whether an idle connection may be handed out at `now`.
+    fn fresh(&self, conn: &mut ServerConn, now: Instant) -> bool {
+        // `last_used` is when it was last handed out: one clock read per
+        // transaction instead of two.
+        let idle_for = now.saturating_duration_since(conn.last_used);
+        // A connection used moments ago is alive and young; checking it
+        // further would cost a system call per transaction.
+        now <= conn.retire_at
+            && (idle_for <= HEALTH_PROBE_AFTER
+                || (idle_for <= self.config.idle_timeout && conn.looks_healthy()))
     }
 
     fn max_size(&self) -> usize {

@@ -178,18 +178,59 @@ impl Session {
     /// tracking. A plain SELECT from a driver without named statements
     /// (pgbench `-M extended`, libpq's `PQexecParams`) takes this path.
     async fn forward_plain_batch(&mut self, parse: &[u8], tail: &[u8]) -> Result<(), SessionError> {
-        self.unnamed_set = None;
-        self.bound_set = None;
         if self.backend.is_none() && !self.attach(Proto::Extended, Want::Primary).await? {
             // The error is sent; the normal path skips the rest until Sync.
+            self.unnamed_set = None;
+            self.bound_set = None;
             return Ok(());
         }
+        self.queue_plain_batch(parse, tail);
+        Ok(())
+    }
+
+    /// Queues a plain batch for the attached connection (see
+    /// [`Session::forward_plain_batch`]).
+    fn queue_plain_batch(&mut self, parse: &[u8], tail: &[u8]) {
+        self.unnamed_set = None;
+        self.bound_set = None;
         self.sout.extend_from_slice(parse);
         self.sout.extend_from_slice(tail);
         self.push_expect(Expect::Batch);
         self.virtual_stmts.end_of_batch();
         self.extra_consumed = tail.len();
-        Ok(())
+    }
+
+    /// A plain batch (see [`Session::forward_plain_batch`]) handled without
+    /// suspending, when a connection is attached or idle now. False means
+    /// nothing was done: `on_client_message` takes the Parse.
+    pub(super) fn plain_batch_now(
+        &mut self,
+        msg: &[u8],
+        rest: &[u8],
+    ) -> Result<bool, SessionError> {
+        if !self.plain_batches_apply() {
+            return Ok(false);
+        }
+        let Ok(p) = Parse::decode(&msg[5..]) else {
+            return Ok(false);
+        };
+        if !p.name.is_empty() {
+            return Ok(false);
+        }
+        let scan = quick_scan(p.query);
+        if scan.shardgate || scan.set {
+            return Ok(false);
+        }
+        let Some(len) = plain_batch(rest, self.max_message) else {
+            return Ok(false);
+        };
+        if self.backend.is_some() {
+            self.keep_for_retry(msg);
+        } else if !self.attach_now(Want::Primary) {
+            return Ok(false);
+        }
+        self.queue_plain_batch(msg, &rest[..len]);
+        Ok(true)
     }
 
     /// Sends Parse for a proxy-named statement on the attached connection.

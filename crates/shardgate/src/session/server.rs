@@ -33,12 +33,26 @@ impl Session {
         self.proxy.default_shard()
     }
 
-    /// Looks up the pool of node `index` of `shard` on first use.
-    fn ensure_pool(&mut self, shard: usize, index: usize) {
-        if self.pools[shard][index].is_none() {
+    /// The pool of node `index` of `shard`, looked up on first use.
+    fn pool_of(&mut self, shard: usize, index: usize) -> &shardgate_pool::Pool {
+        let slot = &mut self.pools[shard][index];
+        slot.get_or_insert_with(|| {
             let addr = &self.shards[shard].nodes[index].addr;
-            self.pools[shard][index] = Some(self.proxy.pool(addr, &self.user, &self.database));
+            self.proxy.pool(addr, &self.user, &self.database)
+        })
+    }
+
+    /// The node of `shard` to serve `want`.
+    fn pick(&self, shard: usize, want: Want) -> Result<Choice, PgError> {
+        let state = &self.shards[shard];
+        if want == Want::Primary && state.writer().is_clear() {
+            // The common case needs no clock.
+            return Ok(Choice {
+                node: state.writer().clone(),
+                replica: false,
+            });
         }
+        choose(state, want, self.routing.min_lsn, self.topology.now_ms())
     }
 
     /// Chooses a node of `shard` for `want` and gets a connection to it; an
@@ -51,23 +65,11 @@ impl Session {
         let attempts = self.shards[shard].nodes.len();
         let mut last_err = None;
         for _ in 0..attempts {
-            let state = &self.shards[shard];
-            let choice = if want == Want::Primary && state.writer().is_clear() {
-                // The common case needs no clock.
-                Choice {
-                    node: state.writer().clone(),
-                    replica: false,
-                }
-            } else {
-                match choose(state, want, self.routing.min_lsn, self.topology.now_ms()) {
-                    Ok(c) => c,
-                    Err(e) => return Err(last_err.unwrap_or(e)),
-                }
+            let choice = match self.pick(shard, want) {
+                Ok(c) => c,
+                Err(e) => return Err(last_err.unwrap_or(e)),
             };
-            self.ensure_pool(shard, choice.node.index);
-            let pool = self.pools[shard][choice.node.index]
-                .as_ref()
-                .expect("ensured above");
+            let pool = self.pool_of(shard, choice.node.index).clone();
             match pool.get().await {
                 Ok(conn) => return Ok((conn, choice)),
                 Err(e) if connect_timed_out(&e) && choice.node.answered_lately() => {
@@ -91,6 +93,33 @@ impl Session {
             }
         }
         Err(last_err.unwrap_or_else(|| PgError::error("08006", "shardgate: no server available")))
+    }
+
+    /// The common case of [`Session::attach`], done without suspending: a
+    /// connection to the target shard is attached already, or none is and an
+    /// idle primary connection is free now. False means nothing was done:
+    /// call `attach`.
+    pub(super) fn attach_now(&mut self, want: Want) -> bool {
+        let shard = self.target;
+        if let Some(b) = &self.backend {
+            return b.shard == shard && !(want == Want::Primary && b.quiet_on_replica());
+        }
+        // Only the primary: picking a replica rotates between replicas, and
+        // a pick here followed by another in `checkout` (no idle connection)
+        // would skip one replica every time.
+        if !self.parked.is_empty() || want != Want::Primary {
+            return false;
+        }
+        let Ok(choice) = self.pick(shard, want) else {
+            return false;
+        };
+        match self.pool_of(shard, choice.node.index).get_idle() {
+            Some(conn) => {
+                self.install(conn, choice, want, shard);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Makes sure a server connection is attached. On failure the client has
