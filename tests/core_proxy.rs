@@ -406,6 +406,130 @@ async fn unnamed_statement_batches_keep_errors_and_state() {
     assert_eq!(value(rows), 42);
 }
 
+/// COPY through the extended protocol (tokio-postgres sends Bind, Execute
+/// and Sync before any data: the proxy must keep reading the client once the
+/// server asks for data), a COPY the server rejects halfway, and the same
+/// connection afterwards, on one server connection shared with another client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_in_and_out_through_the_extended_protocol() {
+    use futures_util::{SinkExt, StreamExt};
+    let (_c, proxy) = start(
+        ClusterSpec::new(1, 0),
+        "pool_size = 1\npool_timeout = \"5s\"",
+        TRUSTED_USER,
+    );
+    let a = connect(&proxy.app()).await;
+    let b = connect(&proxy.app()).await;
+    a.batch_execute("CREATE TABLE copied (id int PRIMARY KEY, note text)")
+        .await
+        .unwrap();
+    let rows: String = (0..5000).map(|i| format!("{i}\tnote {i}\n")).collect();
+    let sink = a.copy_in("COPY copied FROM STDIN").await.unwrap();
+    let mut sink = std::pin::pin!(sink);
+    for chunk in rows.as_bytes().chunks(7000) {
+        sink.send(bytes::Bytes::copy_from_slice(chunk))
+            .await
+            .unwrap();
+    }
+    assert_eq!(sink.as_mut().finish().await.unwrap(), 5000);
+
+    // A duplicate key fails the COPY; the client sees the error and goes on.
+    let sink = a.copy_in("COPY copied FROM STDIN").await.unwrap();
+    let mut sink = std::pin::pin!(sink);
+    let dup = "5000\tnew\n1\tduplicate\n";
+    let failed = async {
+        sink.send(bytes::Bytes::from_static(dup.as_bytes())).await?;
+        sink.as_mut().finish().await
+    }
+    .await
+    .unwrap_err();
+    assert_eq!(sqlstate(&failed).as_deref(), Some("23505"), "{failed}");
+
+    let out = b
+        .copy_out("COPY (SELECT * FROM copied ORDER BY id) TO STDOUT")
+        .await
+        .unwrap();
+    let mut out = std::pin::pin!(out);
+    let mut dumped = Vec::new();
+    while let Some(chunk) = out.next().await {
+        dumped.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(String::from_utf8(dumped).unwrap(), rows);
+    let count: i64 = a
+        .query_one("SELECT count(*) FROM copied", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 5000);
+
+    // An unnamed Parse, Bind, Describe, Execute and Sync sent in one piece
+    // (the proxy's plain-batch path) that starts a COPY: the server ignores
+    // that Sync and answers the one after CopyDone.
+    let port = proxy.port;
+    let raw_copy = tokio::task::spawn_blocking(move || {
+        let mut s = raw_login(port);
+        let mut batch = Vec::new();
+        push_message(&mut batch, b'P', b"\0COPY copied FROM STDIN\0\0\0");
+        push_message(&mut batch, b'B', b"\0\0\0\0\0\0\0\0");
+        push_message(&mut batch, b'D', b"P\0");
+        push_message(&mut batch, b'E', b"\0\0\0\0\0");
+        push_message(&mut batch, b'S', b"");
+        s.write_all(&batch).unwrap();
+        let tags = read_tags_until(&mut s, b'G');
+        assert_eq!(tags, b"12nG", "before the copy data");
+        let mut data = Vec::new();
+        push_message(&mut data, b'd', b"6000\tbatch\n");
+        push_message(&mut data, b'c', b"");
+        push_message(&mut data, b'S', b"");
+        s.write_all(&data).unwrap();
+        assert_eq!(
+            read_tags_until(&mut s, b'Z'),
+            b"CZ",
+            "after CopyDone and Sync"
+        );
+        let mut query = Vec::new();
+        push_message(&mut query, b'Q', b"SELECT count(*) FROM copied\0");
+        s.write_all(&query).unwrap();
+        assert_eq!(read_tags_until(&mut s, b'Z'), b"TDCZ", "the next query");
+    });
+    tokio::time::timeout(Duration::from_secs(60), raw_copy)
+        .await
+        .expect("raw COPY client done")
+        .expect("raw COPY client passed");
+    // The one server connection went back to the pool after both copies.
+    let count: i64 = b
+        .query_one("SELECT count(*) FROM copied", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 5001);
+}
+
+/// Appends a protocol message: tag, length, body.
+fn push_message(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
+    out.push(tag);
+    out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    out.extend_from_slice(body);
+}
+
+/// Reads messages until one with tag `last`; returns their tags. An
+/// ErrorResponse fails the test with its text.
+fn read_tags_until(s: &mut TcpStream, last: u8) -> Vec<u8> {
+    let mut tags = Vec::new();
+    loop {
+        let mut header = [0u8; 5];
+        s.read_exact(&mut header).unwrap();
+        let len = i32::from_be_bytes(header[1..5].try_into().unwrap()) as usize;
+        let mut body = vec![0u8; len - 4];
+        s.read_exact(&mut body).unwrap();
+        assert_ne!(header[0], b'E', "error: {}", String::from_utf8_lossy(&body));
+        tags.push(header[0]);
+        if header[0] == last {
+            return tags;
+        }
+    }
+}
+
 /// Item 6: A client killed inside a transaction leaves nothing behind.
 #[test]
 fn killed_client_rolls_back_and_frees_the_server() {

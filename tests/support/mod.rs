@@ -331,7 +331,9 @@ pub async fn connect(conninfo: &str) -> tokio_postgres::Client {
         .await
         .unwrap_or_else(|e| panic!("connect {conninfo}: {e} {:?}", e.as_db_error()));
     tokio::spawn(async move {
-        let _ = conn.await;
+        if let Err(e) = conn.await {
+            eprintln!("CONN ERROR {e:?}");
+        }
     });
     client
 }

@@ -60,7 +60,12 @@ pub enum Expect {
         forward: bool,
     },
     /// ReadyForQuery after Sync.
-    Sync,
+    Sync {
+        /// Sent after an Execute, plain batch or Query with no CopyDone or
+        /// CopyFail in between: if that command starts a COPY FROM STDIN,
+        /// the server ignores this Sync (and sends no ReadyForQuery for it).
+        in_copy: bool,
+    },
     /// A whole extended batch that ends in Sync and needs no tracking per
     /// message (unnamed statement, unnamed portal, no SET): everything up to
     /// ReadyForQuery goes to the client, as for a simple Query.
@@ -100,6 +105,17 @@ pub struct Exchange {
     pub cycle_done: bool,
     /// The server sent FATAL or PANIC: it is ending the session.
     pub fatal: Option<Box<ErrorFields>>,
+    /// The server asked for COPY data (CopyInResponse or CopyBothResponse)
+    /// and has not been ready for a query since: it waits for the client.
+    pub copy_in: bool,
+    /// A client Execute, plain batch or Query went to the server and the
+    /// client has not sent CopyDone or CopyFail since: a Sync now may be one
+    /// the server ignores, if that command started a COPY FROM STDIN.
+    pub copy_may_follow: bool,
+    /// A plain batch started a COPY FROM STDIN, so the server ignored the
+    /// batch's Sync: the batch's ReadyForQuery answers the client's next
+    /// Sync after the copy, which then needs no expectation of its own.
+    pub batch_sync_swallowed: bool,
 }
 
 impl Default for Exchange {
@@ -113,6 +129,9 @@ impl Default for Exchange {
             hidden_error: None,
             cycle_done: false,
             fatal: None,
+            copy_in: false,
+            copy_may_follow: false,
+            batch_sync_swallowed: false,
         }
     }
 }
@@ -124,14 +143,55 @@ impl Exchange {
         self.expect.is_empty() && self.status == b'I' && !self.unsynced && !self.skipping
     }
 
+    /// What a client's Sync sent now should expect: `None` when the server
+    /// will ignore it (a COPY FROM STDIN is running) or when its
+    /// ReadyForQuery already ends a plain batch whose own Sync was ignored.
+    pub fn sync_expectation(&mut self) -> Option<Expect> {
+        if self.copy_in && self.copy_may_follow {
+            return None;
+        }
+        if std::mem::take(&mut self.batch_sync_swallowed) {
+            return None;
+        }
+        Some(Expect::Sync {
+            in_copy: self.copy_may_follow,
+        })
+    }
+
+    /// The server started a COPY FROM STDIN for the oldest expectation (an
+    /// Execute, a plain batch or a Query): the Syncs sent before the client's
+    /// copy data ended are ignored by the server, and a batch's own Sync too.
+    fn copy_started(&mut self) {
+        self.copy_in = true;
+        let i = 1;
+        while let Some(Expect::Sync { in_copy: true }) = self.expect.get(i) {
+            self.expect.remove(i);
+        }
+        if matches!(self.expect.front(), Some(Expect::Batch)) {
+            // The batch now ends with the ReadyForQuery of the client's next Sync.
+            match self.expect.get(i) {
+                Some(Expect::Sync { in_copy: false }) => {
+                    self.expect.remove(i);
+                }
+                _ => self.batch_sync_swallowed = true,
+            }
+        }
+    }
+
     /// Queues an expectation; synthetic responses at the head go out at once.
     pub fn push(&mut self, e: Expect, cout: &mut BytesMut) {
         match e {
             Expect::Bind | Expect::Execute { .. } | Expect::Query { forward: true } => {
                 self.busy_since_sync = true
             }
-            Expect::Sync | Expect::Batch => self.busy_since_sync = false,
+            Expect::Sync { .. } | Expect::Batch => self.busy_since_sync = false,
             _ => {}
+        }
+        if matches!(
+            e,
+            Expect::Execute { .. } | Expect::Batch | Expect::Query { forward: true }
+        ) {
+            self.copy_may_follow = true;
         }
         self.expect.push_back(e);
         self.drain_synthetic(cout);
@@ -170,6 +230,8 @@ impl Exchange {
                     | tag::NOTICE_RESPONSE
                     | tag::NOTIFICATION
                     | tag::PARAMETER_STATUS
+                    | tag::COPY_IN
+                    | tag::COPY_BOTH
             ),
             Some(Expect::Execute { .. }) => matches!(t, tag::DATA_ROW | tag::COPY_DATA),
             _ => false,
@@ -255,6 +317,9 @@ pub fn relay(
                 conn.broken = true;
             }
             t => {
+                if matches!(t, tag::COPY_IN | tag::COPY_BOTH) {
+                    ex.copy_started();
+                }
                 if let Err(e) = response(conn, ex, cx, t, msg) {
                     break Err(e);
                 }
@@ -382,7 +447,7 @@ fn response(
             tag::ERROR_RESPONSE => extended_error(conn, ex, cx, msg),
             _ => cx.cout.extend_from_slice(msg),
         },
-        Expect::Sync => {
+        Expect::Sync { .. } => {
             match t {
                 tag::READY_FOR_QUERY => {
                     ex.expect.pop_front();
@@ -474,6 +539,7 @@ fn ready_for_query(
         .ok_or(ProtocolError::Malformed("ReadyForQuery", "missing status"))?;
     ex.status = status;
     ex.skipping = false;
+    ex.copy_in = false;
     if client_cycle {
         ex.cycle_done = status == b'I';
         let outcome = cx.state.end_cycle(status);
@@ -494,7 +560,7 @@ fn extended_error(conn: &mut ServerConn, ex: &mut Exchange, cx: &mut RelayContex
     while let Some(front) = ex.expect.front() {
         if matches!(
             front,
-            Expect::Sync | Expect::Batch | Expect::Query { .. } | Expect::QueryError(_)
+            Expect::Sync { .. } | Expect::Batch | Expect::Query { .. } | Expect::QueryError(_)
         ) {
             return;
         }

@@ -412,7 +412,7 @@ impl Session {
         self.virtual_stmts.end_of_batch();
         if self.backend.is_some() {
             self.backend.as_mut().expect("attached").ex.unsynced = false;
-            self.forward(msg, Expect::Sync);
+            self.forward_sync(msg);
         } else {
             backend::ready_for_query(self.client_status(), &mut self.cout);
         }

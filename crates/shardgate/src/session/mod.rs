@@ -494,7 +494,10 @@ impl Session {
             }
             tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => {
                 // Outside COPY these are ignored, as Postgres does.
-                if self.backend.is_some() {
+                if let Some(b) = self.backend.as_mut() {
+                    if t != tag::COPY_DATA {
+                        b.ex.copy_may_follow = false;
+                    }
                     self.sout.extend_from_slice(msg);
                 }
             }
@@ -511,11 +514,21 @@ impl Session {
     /// Appends a client message for the server with its expectation.
     fn forward(&mut self, msg: &[u8], e: Expect) {
         let b = self.backend.as_mut().expect("attached before forwarding");
-        if !matches!(e, Expect::Query { .. } | Expect::Sync) {
+        if !matches!(e, Expect::Query { .. } | Expect::Sync { .. }) {
             b.ex.unsynced = true;
         }
         self.sout.extend_from_slice(msg);
         self.push_expect(e);
+    }
+
+    /// Forwards a client's Sync with the expectation it needs, if any (see
+    /// [`Exchange::sync_expectation`]).
+    fn forward_sync(&mut self, msg: &[u8]) {
+        self.sout.extend_from_slice(msg);
+        let b = self.backend.as_mut().expect("attached before forwarding");
+        if let Some(e) = b.ex.sync_expectation() {
+            self.push_expect(e);
+        }
     }
 
     /// After a write committed on the primary for a read-your-writes client,

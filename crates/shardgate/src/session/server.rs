@@ -436,7 +436,7 @@ impl Session {
         for e in &b.ex.expect {
             if matches!(
                 e,
-                Expect::Sync
+                Expect::Sync { .. }
                     | Expect::Batch
                     | Expect::Query { forward: true }
                     | Expect::QueryError(_)
