@@ -100,9 +100,7 @@ impl SessionState {
     /// records them as pending in the current cycle. The session calls it only
     /// for query strings in which `quick_scan` found the word `set`.
     pub fn note_query(&mut self, sql: &str) {
-        let trimmed = sql.trim_end();
-        let single = trimmed.strip_suffix(';').unwrap_or(trimmed);
-        if !single.contains(';') {
+        if let Some(single) = single_statement(sql) {
             // One statement, with or without its semicolon (the hot path:
             // pgbench's `UPDATE ... SET ...;`): no splitting.
             self.note_statement(single);
@@ -113,12 +111,17 @@ impl SessionState {
         }
     }
 
+    /// Whether [`SessionState::note_query`] could record anything for
+    /// `sql`: false for one statement that is not SET or RESET (an `UPDATE
+    /// ... SET`, say); true when in doubt.
+    pub fn may_change_state(sql: &str) -> bool {
+        single_statement(sql).is_none_or(is_set_or_reset)
+    }
+
     /// Records one statement (from Query or an executed Parse) as pending.
     pub fn note_statement(&mut self, stmt: &str) {
         // Only SET and RESET change session state; anything else costs one token.
-        if !first_keyword(stmt)
-            .is_some_and(|k| k.eq_ignore_ascii_case("set") || k.eq_ignore_ascii_case("reset"))
-        {
+        if !is_set_or_reset(stmt) {
             return;
         }
         match SessionCommand::parse(stmt) {
@@ -233,6 +236,21 @@ pub struct CycleOutcome {
     pub server_reset: bool,
 }
 
+/// `sql` without a trailing semicolon when it holds one statement only (no
+/// other `;`, so no splitting is needed).
+fn single_statement(sql: &str) -> Option<&str> {
+    let trimmed = sql.trim_end();
+    let single = trimmed.strip_suffix(';').unwrap_or(trimmed);
+    (!single.contains(';')).then_some(single)
+}
+
+/// Whether a statement starts with SET or RESET (the only ones that change
+/// session state).
+fn is_set_or_reset(stmt: &str) -> bool {
+    first_keyword(stmt)
+        .is_some_and(|k| k.eq_ignore_ascii_case("set") || k.eq_ignore_ascii_case("reset"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,6 +269,24 @@ mod tests {
         assert!(s.replay_sql(7).contains("SET search_path TO a, b;"));
         assert!(s.replay_sql(7).starts_with("RESET ALL;"));
         assert!(!s.replay_sql(FRESH).contains("RESET ALL"));
+    }
+
+    #[test]
+    fn only_set_and_reset_may_change_state() {
+        for sql in [
+            "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 7;",
+            "  select 1 -- set",
+        ] {
+            assert!(!SessionState::may_change_state(sql), "{sql}");
+        }
+        for sql in [
+            "SET search_path TO a",
+            "reset all;",
+            "UPDATE t SET a = 1; SET x = 1",
+            "/* c */ SET x = 1",
+        ] {
+            assert!(SessionState::may_change_state(sql), "{sql}");
+        }
     }
 
     #[test]

@@ -618,7 +618,10 @@ impl Session {
             return Ok(false);
         };
         let scan = quick_scan(sql);
-        if scan.shardgate || scan.set || scan.discard_or_deallocate {
+        if scan.shardgate
+            || scan.discard_or_deallocate
+            || (scan.set && SessionState::may_change_state(sql))
+        {
             return Ok(false);
         }
         match &self.backend {
