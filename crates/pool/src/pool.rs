@@ -94,9 +94,9 @@ impl Drop for Inner {
 
 /// The task that ends waits past `checkout_timeout`, one per pool.
 ///
-/// A timer per waiting client cost about 1,900 instructions per waiting
-/// checkout (callgrind: registering and removing a tokio timer, plus its
-/// driver work). Waiters queue in FIFO order with the same timeout, so the
+/// A tokio timer per waiting client (registered, then removed) cost about
+/// 600 instructions per transaction when most checkouts wait (callgrind, 8
+/// clients on pool 4: 9,092 -> 8,498). Waiters queue in FIFO order with the same timeout, so the
 /// oldest always expires first: one timer, armed for the oldest waiter's
 /// deadline, serves the whole queue, and a busy pool arms it about once
 /// per `checkout_timeout` instead of once per checkout.
