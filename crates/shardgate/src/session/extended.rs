@@ -233,6 +233,62 @@ impl Session {
         Ok(true)
     }
 
+    /// A Bind of a named statement the client prepared, handled without
+    /// suspending (transaction pooling, one shard, primary, a connection
+    /// attached or idle now, no shardgate command prepared). False means
+    /// nothing was done: `on_client_message` takes it.
+    pub(super) fn bind_now(&mut self, msg: &[u8]) -> Result<bool, SessionError> {
+        if !self.extended_now_applies() || self.mode != PoolMode::Transaction {
+            return Ok(false);
+        }
+        let Ok(bind) = Bind::decode(&msg[5..]) else {
+            return Ok(false);
+        };
+        if bind.statement.is_empty() || self.want_of_statement(bind.statement) != Want::Primary {
+            return Ok(false);
+        }
+        let Some(stmt) = self.statements.get(bind.statement).cloned() else {
+            return Ok(false);
+        };
+        if self.backend.is_some() {
+            self.keep_for_retry(msg);
+        } else if self.attach_now(Want::Primary) {
+            self.start_retry(msg);
+        } else {
+            return Ok(false);
+        }
+        self.bind_prepared(msg, &bind, &stmt);
+        Ok(true)
+    }
+
+    /// An Execute on the attached connection, handled without suspending
+    /// (see [`Session::bind_now`]).
+    pub(super) fn execute_now(&mut self, msg: &[u8]) -> Result<bool, SessionError> {
+        if !self.extended_now_applies() || self.backend.is_none() {
+            return Ok(false);
+        }
+        let Ok(execute) = Execute::decode(&msg[5..]) else {
+            return Ok(false);
+        };
+        self.keep_for_retry(msg);
+        let set_stmt = match self.bound_set.take() {
+            Some((p, stmt)) if p == execute.portal => Some(stmt),
+            _ => None,
+        };
+        self.forward(msg, Expect::Execute { set_stmt });
+        Ok(true)
+    }
+
+    /// What [`Session::bind_now`] and [`Session::execute_now`] need: one
+    /// shard, nothing being skipped, no shardgate command prepared, and no
+    /// replica connection that a statement for the primary must leave.
+    fn extended_now_applies(&self) -> bool {
+        !self.sharded
+            && !self.skip_until_sync
+            && self.virtual_stmts.is_empty()
+            && !self.backend.as_ref().is_some_and(|b| b.quiet_on_replica())
+    }
+
     /// Sends Parse for a proxy-named statement on the attached connection.
     fn prepare_on_server(
         &mut self,

@@ -131,6 +131,11 @@ impl VirtualStatements {
         self.unnamed.is_none() && self.portals.is_empty()
     }
 
+    /// Whether no statement or portal at all is a shardgate command.
+    pub fn is_empty(&self) -> bool {
+        self.named.is_empty() && self.no_unnamed_or_portals()
+    }
+
     /// Unnamed portals end with the batch (named ones with the transaction;
     /// they are dropped here too, as shardgate commands run no transaction).
     pub fn end_of_batch(&mut self) {

@@ -593,8 +593,9 @@ impl Session {
         Ok(self.routing.want(c.route, hints))
     }
 
-    /// Handles the common statements without suspending: a simple query, or
-    /// a plain extended batch. False means nothing was done. Keeping this
+    /// Handles the common messages without suspending: a simple query, a
+    /// plain extended batch, Bind and Execute of a prepared statement, Sync.
+    /// False means nothing was done. Keeping this
     /// path synchronous spares each statement four nested futures (message,
     /// query, attach, checkout): 9% fewer instructions per `-S` transaction
     /// and 40% fewer data cache lines written (callgrind).
@@ -602,6 +603,15 @@ impl Session {
         match t {
             tag::QUERY => self.query_now(msg),
             tag::PARSE => self.plain_batch_now(msg, rest),
+            tag::BIND => self.bind_now(msg),
+            tag::EXECUTE => self.execute_now(msg),
+            tag::SYNC => {
+                // What `on_client_message` does for Sync, which never suspends.
+                frontend::validate(t, &msg[5..])?;
+                self.keep_for_retry(msg);
+                self.on_sync(msg);
+                Ok(true)
+            }
             _ => Ok(false),
         }
     }
