@@ -163,15 +163,16 @@ impl Exchange {
     /// copy data ended are ignored by the server, and a batch's own Sync too.
     fn copy_started(&mut self) {
         self.copy_in = true;
-        let i = 1;
-        while let Some(Expect::Sync { in_copy: true }) = self.expect.get(i) {
-            self.expect.remove(i);
+        // Index 0 is the command that started the copy; what follows it
+        // was sent after it.
+        while let Some(Expect::Sync { in_copy: true }) = self.expect.get(1) {
+            self.expect.remove(1);
         }
         if matches!(self.expect.front(), Some(Expect::Batch)) {
             // The batch now ends with the ReadyForQuery of the client's next Sync.
-            match self.expect.get(i) {
+            match self.expect.get(1) {
                 Some(Expect::Sync { in_copy: false }) => {
-                    self.expect.remove(i);
+                    self.expect.remove(1);
                 }
                 _ => self.batch_sync_swallowed = true,
             }
