@@ -512,9 +512,9 @@ fn push_message(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
     out.extend_from_slice(body);
 }
 
-/// Reads messages until one with tag `last`; returns their tags. An
-/// ErrorResponse fails the test with its text.
-fn read_tags_until(s: &mut TcpStream, last: u8) -> Vec<u8> {
+/// Reads messages until one with tag `last`; returns their tags and the
+/// last one's body. An ErrorResponse fails the test with its text.
+fn read_until(s: &mut TcpStream, last: u8) -> (Vec<u8>, Vec<u8>) {
     let mut tags = Vec::new();
     loop {
         let mut header = [0u8; 5];
@@ -525,9 +525,136 @@ fn read_tags_until(s: &mut TcpStream, last: u8) -> Vec<u8> {
         assert_ne!(header[0], b'E', "error: {}", String::from_utf8_lossy(&body));
         tags.push(header[0]);
         if header[0] == last {
-            return tags;
+            return (tags, body);
         }
     }
+}
+
+/// [`read_until`] for the tags only.
+fn read_tags_until(s: &mut TcpStream, last: u8) -> Vec<u8> {
+    read_until(s, last).0
+}
+
+/// Sends a simple query; returns the transaction status of its ReadyForQuery.
+fn query_status(s: &mut TcpStream, sql: &str) -> u8 {
+    let mut out = Vec::new();
+    push_message(&mut out, b'Q', format!("{sql}\0").as_bytes());
+    s.write_all(&out).unwrap();
+    read_until(s, b'Z').1[0]
+}
+
+/// `defer_begin`: a plain BEGIN holds no server connection until the
+/// transaction's first statement, which then runs in the same transaction
+/// as BEGIN; everything a client sees of its transaction stays the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deferred_begin_keeps_transactions_whole() {
+    let (c, proxy) = start(
+        ClusterSpec::new(1, 0),
+        "pool_size = 1\npool_timeout = \"300ms\"",
+        TRUSTED_USER,
+    );
+    let ci = proxy.app();
+    let a = connect(&ci).await;
+    let b = connect(&ci).await;
+    a.batch_execute("CREATE TABLE tdb (id int)").await.unwrap();
+    let idle_in_tx = "SELECT count(*) FROM pg_stat_activity WHERE datname = 'app' AND state LIKE 'idle in transaction%'";
+    let count = || primary(&c).psql("app", "SELECT count(*) FROM tdb").unwrap();
+
+    // After BEGIN alone the one server connection is free for others.
+    a.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(primary(&c).psql("app", idle_in_tx).unwrap(), "0");
+    b.simple_query("SELECT 1")
+        .await
+        .expect("connection not held by BEGIN");
+    // The first statement opens the transaction on the server, which now
+    // holds the connection: another client times out.
+    a.batch_execute("INSERT INTO tdb VALUES (1)").await.unwrap();
+    assert_eq!(primary(&c).psql("app", idle_in_tx).unwrap(), "1");
+    let err = b
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("connection held");
+    assert_eq!(sqlstate(&err).as_deref(), Some("53300"), "{err}");
+    a.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(count(), "0");
+
+    // BEGIN and what follows are one transaction, in both protocols.
+    a.batch_execute("START TRANSACTION").await.unwrap();
+    let first: i64 = a
+        .query_one("SELECT txid_current()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let second: i64 = a
+        .query_one("SELECT txid_current()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(first, second);
+    a.batch_execute("INSERT INTO tdb VALUES (2); COMMIT")
+        .await
+        .unwrap();
+    assert_eq!(count(), "1");
+    let mut a = a;
+    let tx = a.transaction().await.unwrap();
+    tx.execute("INSERT INTO tdb VALUES ($1)", &[&3i32])
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(count(), "1");
+
+    // An error after BEGIN fails the transaction as usual.
+    a.batch_execute("BEGIN").await.unwrap();
+    let err = a
+        .batch_execute("SELECT 1/0")
+        .await
+        .expect_err("division by zero");
+    assert_eq!(sqlstate(&err).as_deref(), Some("22012"), "{err}");
+    let err = a
+        .batch_execute("SELECT 1")
+        .await
+        .expect_err("transaction failed");
+    assert_eq!(sqlstate(&err).as_deref(), Some("25P02"), "{err}");
+    a.batch_execute("ROLLBACK").await.unwrap();
+
+    // The client is told it is in a transaction at once, and a second BEGIN
+    // still gets Postgres's warning.
+    let mut raw = raw_login(proxy.port);
+    assert_eq!(query_status(&mut raw, "begin;"), b'T');
+    assert_eq!(query_status(&mut raw, "SELECT 1"), b'T');
+    assert_eq!(query_status(&mut raw, "COMMIT"), b'I');
+    let out = run(
+        psql(&ci).args(["-c", "BEGIN", "-c", "BEGIN", "-c", "COMMIT"]),
+        Duration::from_secs(60),
+    );
+    assert_success(&out, "psql BEGIN twice");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("there is already a transaction in progress"),
+        "{stderr}"
+    );
+
+    // No connection for the first statement: a clear error, and the client
+    // goes on afterwards.
+    b.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    a.batch_execute("BEGIN").await.unwrap();
+    let err = a
+        .batch_execute("INSERT INTO tdb VALUES (4)")
+        .await
+        .expect_err("pool busy");
+    assert_eq!(sqlstate(&err).as_deref(), Some("53300"), "{err}");
+    b.batch_execute("COMMIT").await.unwrap();
+    a.batch_execute("ROLLBACK").await.unwrap();
+    a.batch_execute("INSERT INTO tdb VALUES (5)").await.unwrap();
+    assert_eq!(count(), "2");
+
+    // With defer_begin = false, BEGIN takes its server connection at once.
+    let port = free_port();
+    let eager = Proxy::start(c.dir(), port, &config(&c, port, "defer_begin = false", ""));
+    let e = connect(&eager.app()).await;
+    e.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(primary(&c).psql("app", idle_in_tx).unwrap(), "1");
+    e.batch_execute("ROLLBACK").await.unwrap();
 }
 
 /// Item 6: A client killed inside a transaction leaves nothing behind.

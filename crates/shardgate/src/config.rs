@@ -288,6 +288,9 @@ pub struct ProxyConfig {
     pub two_phase_commit: bool,
     /// File of durable commit decisions (two-phase commit).
     pub two_phase_log: PathBuf,
+    /// Answer a plain BEGIN in the proxy and send it to the server with the
+    /// transaction's first statement (transaction pooling, unsharded).
+    pub defer_begin: bool,
 }
 
 impl Default for ProxyConfig {
@@ -310,6 +313,7 @@ impl Default for ProxyConfig {
             prepared_statements_cache: 1000,
             two_phase_commit: false,
             two_phase_log: PathBuf::from("shardgate-2pc.log"),
+            defer_begin: true,
         }
     }
 }

@@ -7,6 +7,7 @@
 //!   DISCARD/DEALLOCATE in transaction pooling).
 //! - `server`: lending, replaying state on, releasing and losing server connections.
 
+mod begin;
 mod commit;
 mod extended;
 mod fanout;
@@ -243,6 +244,11 @@ pub struct Session {
     /// The expectation queue of the last released connection, kept so
     /// lending a connection allocates nothing.
     spare_queue: VecDeque<Expect>,
+    /// A plain BEGIN may be answered by the proxy and sent with the next
+    /// message (`defer_begin`, transaction pooling, not sharded).
+    defer_begin: bool,
+    /// The client's BEGIN was answered but not yet sent to a server.
+    begin_deferred: bool,
 }
 
 impl Session {
@@ -264,13 +270,18 @@ impl Session {
         let topology = proxy.topology.clone();
         let shards = topology.shards.clone();
         let route_reads = shards.iter().any(|s| s.nodes.len() > 1);
+        let sharded = proxy.sharding.is_some();
+        let defer_begin =
+            proxy.config.proxy.defer_begin && mode == PoolMode::Transaction && !sharded;
         Session {
+            defer_begin,
+            begin_deferred: false,
             pools: shards.iter().map(|s| vec![None; s.nodes.len()]).collect(),
             target: 0,
             parked: Vec::new(),
             vtx: None,
             fanout_state: None,
-            sharded: proxy.sharding.is_some(),
+            sharded,
             shard_hint: None,
             key_hint: None,
             extra_consumed: 0,
@@ -337,7 +348,7 @@ impl Session {
                 self.retry_read(retry).await?;
             }
             self.flush_client().await?;
-            if self.backend.is_none() && self.proxy.shutting_down() {
+            if self.backend.is_none() && !self.begin_deferred && self.proxy.shutting_down() {
                 return Err(SessionError::Fatal(shutdown_error()));
             }
             match self.wait().await {
@@ -377,6 +388,8 @@ impl Session {
                     r = client.read_buf(cbuf) => Event::Client(r),
                 }
             }
+            // A deferred BEGIN is an open transaction: shutdown lets it finish.
+            None if self.begin_deferred => Event::Client(client.read_buf(cbuf).await),
             None => {
                 let shutdown = self.shutdown.as_mut();
                 // Biased: no random pick per wait; a client that keeps
@@ -452,6 +465,14 @@ impl Session {
     ) -> Result<Flow, SessionError> {
         while let Some(h) = Header::complete(&buf[*pos..], self.max_message)? {
             let (msg, rest) = buf[*pos..].split_at(h.total);
+            if self.begin_deferred
+                && h.tag != tag::TERMINATE
+                && !self.send_deferred_begin(h.tag).await?
+            {
+                // No connection: the client has its error for this message.
+                *pos += h.total;
+                continue;
+            }
             let flow = match self.message_now(h.tag, msg, rest)? {
                 Now::Done => Flow::Continue,
                 Now::AfterAttach(want) => {
@@ -648,6 +669,9 @@ impl Session {
         let Ok(sql) = frontend::parse_query(&msg[5..]) else {
             return Ok(Now::General);
         };
+        if self.try_defer_begin(sql) {
+            return Ok(Now::Done);
+        }
         let scan = quick_scan(sql);
         if scan.shardgate
             || scan.discard_or_deallocate
