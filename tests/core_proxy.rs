@@ -395,7 +395,7 @@ async fn unnamed_statement_batches_keep_errors_and_state() {
 
     // A batch that finds no free connection gets the pool error and its
     // client can go on once the connection is free.
-    b.batch_execute("BEGIN").await.unwrap();
+    b.batch_execute("BEGIN; SELECT 1").await.unwrap();
     let err = a.query_typed("SELECT 1", &[]).await.unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("53300"), "{err}");
     b.batch_execute("COMMIT").await.unwrap();
