@@ -603,6 +603,21 @@ async fn deferred_begin_keeps_transactions_whole() {
     tx.rollback().await.unwrap();
     assert_eq!(count(), "1");
 
+    // SET inside a deferred-BEGIN transaction follows the client when it
+    // commits, and not when it rolls back.
+    for (name, end) in [("in_tx", "COMMIT"), ("rolled_back", "ROLLBACK")] {
+        a.batch_execute("BEGIN").await.unwrap();
+        a.batch_execute(&format!("SET application_name = '{name}'"))
+            .await
+            .unwrap();
+        a.batch_execute(end).await.unwrap();
+        b.batch_execute("SET application_name = 'other'")
+            .await
+            .unwrap();
+        let row = a.query_one("SHOW application_name", &[]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), "in_tx", "after {end}");
+    }
+
     // An error after BEGIN fails the transaction as usual.
     a.batch_execute("BEGIN").await.unwrap();
     let err = a
