@@ -5,10 +5,11 @@
 //! one write together with the client's next message. That saves the server
 //! a round trip per transaction and holds a server connection only while the
 //! transaction has work in it (TPC-B on the 2-core benchmark machine: 4%
-//! less proxy CPU and 1% more throughput per transaction). The one visible
-//! difference:
-//! the transaction's start time (`now()`) is when the first statement after
-//! BEGIN arrives, not when BEGIN did.
+//! less proxy CPU and 1% more throughput). What a client can notice: the
+//! transaction's start time (`now()`) is when the first statement after
+//! BEGIN arrives, not when BEGIN did; and if no server connection can be had
+//! for that statement, the client gets the pool's error and is out of the
+//! transaction (ReadyForQuery `I`): nothing ever reached a server.
 
 use shardgate_protocol::backend;
 use shardgate_protocol::frontend::tag;
