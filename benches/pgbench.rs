@@ -1617,14 +1617,20 @@ fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
     (count > 0).then(|| sum / count as f64)
 }
 
-/// One table row: the summaries of a mode per target (`None`: not applicable).
-fn row_text(ratios: &[(usize, usize)], row: &[Option<Summary>]) -> String {
+/// One table row: the summaries of a mode per target (`None`: not
+/// applicable) and the runs they summarise.
+fn row_text(ratios: &[(usize, usize)], row: &[Option<Summary>], runs: &[Vec<Outcome>]) -> String {
     let mut cells: Vec<String> = row
         .iter()
         .map(|s| s.as_ref().map_or("n/a".to_owned(), Summary::tps_text))
         .collect();
     for &(num, den) in ratios {
-        cells.push(ratio_text(&row[num], &row[den]));
+        let mut cell = ratio_text(&row[num], &row[den]);
+        if let Some(range) = round_ratio_range(&runs[num], &runs[den]) {
+            cell.push(' ');
+            cell.push_str(&range);
+        }
+        cells.push(cell);
     }
     let latencies: Vec<String> = row
         .iter()
@@ -1647,6 +1653,26 @@ fn row_text(ratios: &[(usize, usize)], row: &[Option<Summary>]) -> String {
     cells.join(" | ")
 }
 
+/// The lowest and highest ratio of one round's TPS to the other target's in
+/// the same round, e.g. `(0.94–1.06)`: how far single rounds scatter around
+/// the mean ratio. `None` with fewer than two rounds where both succeeded.
+fn round_ratio_range(numerator: &[Outcome], denominator: &[Outcome]) -> Option<String> {
+    let ratios: Vec<f64> = numerator
+        .iter()
+        .zip(denominator)
+        .filter_map(|(n, d)| match (n, d) {
+            (Ok(n), Ok(d)) if d.tps > 0.0 => Some(n.tps / d.tps),
+            _ => None,
+        })
+        .collect();
+    if ratios.len() < 2 {
+        return None;
+    }
+    let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let high = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    Some(format!("({low:.2}–{high:.2})"))
+}
+
 fn ratio_text(numerator: &Option<Summary>, denominator: &Option<Summary>) -> String {
     match (numerator, denominator) {
         (Some(n), Some(d)) => match (n.tps, d.tps) {
@@ -1667,7 +1693,11 @@ fn print_table(params: &Params, targets: &[Target], results: &Results) {
     let ratios: Vec<(usize, usize)> = selected.iter().map(|&(_, pair)| pair).collect();
     let mut header = vec!["mode".to_owned()];
     header.extend(targets.iter().map(|t| format!("{} TPS", t.name)));
-    header.extend(selected.iter().map(|(r, _)| r.label.to_owned()));
+    header.extend(
+        selected
+            .iter()
+            .map(|(r, _)| format!("{} (rounds: lowest–highest)", r.label)),
+    );
     let names: Vec<&str> = targets.iter().map(|t| t.name).collect();
     header.push(format!("avg latency (ms) {}", names.join("/")));
     header.push(format!("proxy CPU µs/txn {}", names.join("/")));
@@ -1681,7 +1711,11 @@ fn print_table(params: &Params, targets: &[Target], results: &Results) {
             .zip(&results.0[m])
             .map(|(target, outcomes)| target.supports(mode).then(|| Summary::of(outcomes)))
             .collect();
-        println!("| {} | {} |", mode.name, row_text(&ratios, &row));
+        println!(
+            "| {} | {} |",
+            mode.name,
+            row_text(&ratios, &row, &results.0[m])
+        );
     }
     println!();
 }
