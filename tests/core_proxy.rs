@@ -638,6 +638,16 @@ async fn deferred_begin_keeps_transactions_whole() {
     assert_eq!(query_status(&mut raw, "begin;"), b'T');
     assert_eq!(query_status(&mut raw, "SELECT 1"), b'T');
     assert_eq!(query_status(&mut raw, "COMMIT"), b'I');
+    // BEGIN and the next statement in one write: the answers keep their order.
+    let mut out = Vec::new();
+    push_message(&mut out, b'Q', b"BEGIN\0");
+    push_message(&mut out, b'Q', b"SELECT 42\0");
+    raw.write_all(&out).unwrap();
+    let (tags, status) = read_until(&mut raw, b'Z');
+    assert_eq!((tags, status[0]), (vec![b'C', b'Z'], b'T'));
+    let (tags, status) = read_until(&mut raw, b'Z');
+    assert_eq!((tags, status[0]), (vec![b'T', b'D', b'C', b'Z'], b'T'));
+    assert_eq!(query_status(&mut raw, "ROLLBACK"), b'I');
     let out = run(
         psql(&ci).args(["-c", "BEGIN", "-c", "BEGIN", "-c", "COMMIT"]),
         Duration::from_secs(60),
