@@ -467,30 +467,24 @@ async fn copy_in_and_out_through_the_extended_protocol() {
     // that Sync and answers the one after CopyDone.
     let port = proxy.port;
     let raw_copy = tokio::task::spawn_blocking(move || {
-        let mut s = raw_login(port);
+        let mut raw = raw_login(port);
         let mut batch = Vec::new();
-        push_message(&mut batch, b'P', b"\0COPY copied FROM STDIN\0\0\0");
-        push_message(&mut batch, b'B', b"\0\0\0\0\0\0\0\0");
-        push_message(&mut batch, b'D', b"P\0");
-        push_message(&mut batch, b'E', b"\0\0\0\0\0");
-        push_message(&mut batch, b'S', b"");
-        s.write_all(&batch).unwrap();
-        let tags = read_tags_until(&mut s, b'G');
+        batch.extend(frontend_msg(b'P', b"\0COPY copied FROM STDIN\0\0\0"));
+        batch.extend(frontend_msg(b'B', b"\0\0\0\0\0\0\0\0"));
+        batch.extend(frontend_msg(b'D', b"P\0"));
+        batch.extend(frontend_msg(b'E', b"\0\0\0\0\0"));
+        batch.extend(frontend_msg(b'S', b""));
+        raw.send(&batch);
+        let tags = raw.tags_until_ok(b'G');
         assert_eq!(tags, b"12nG", "before the copy data");
         let mut data = Vec::new();
-        push_message(&mut data, b'd', b"6000\tbatch\n");
-        push_message(&mut data, b'c', b"");
-        push_message(&mut data, b'S', b"");
-        s.write_all(&data).unwrap();
-        assert_eq!(
-            read_tags_until(&mut s, b'Z'),
-            b"CZ",
-            "after CopyDone and Sync"
-        );
-        let mut query = Vec::new();
-        push_message(&mut query, b'Q', b"SELECT count(*) FROM copied\0");
-        s.write_all(&query).unwrap();
-        assert_eq!(read_tags_until(&mut s, b'Z'), b"TDCZ", "the next query");
+        data.extend(frontend_msg(b'd', b"6000\tbatch\n"));
+        data.extend(frontend_msg(b'c', b""));
+        data.extend(frontend_msg(b'S', b""));
+        raw.send(&data);
+        assert_eq!(raw.tags_until_ok(b'Z'), b"CZ", "after CopyDone and Sync");
+        raw.send(&query_msg("SELECT count(*) FROM copied"));
+        assert_eq!(raw.tags_until_ok(b'Z'), b"TDCZ", "the next query");
     });
     tokio::time::timeout(Duration::from_secs(60), raw_copy)
         .await
@@ -503,44 +497,6 @@ async fn copy_in_and_out_through_the_extended_protocol() {
         .unwrap()
         .get(0);
     assert_eq!(count, 5001);
-}
-
-/// Appends a protocol message: tag, length, body.
-fn push_message(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
-    out.push(tag);
-    out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-    out.extend_from_slice(body);
-}
-
-/// Reads messages until one with tag `last`; returns their tags and the
-/// last one's body. An ErrorResponse fails the test with its text.
-fn read_until(s: &mut TcpStream, last: u8) -> (Vec<u8>, Vec<u8>) {
-    let mut tags = Vec::new();
-    loop {
-        let mut header = [0u8; 5];
-        s.read_exact(&mut header).unwrap();
-        let len = i32::from_be_bytes(header[1..5].try_into().unwrap()) as usize;
-        let mut body = vec![0u8; len - 4];
-        s.read_exact(&mut body).unwrap();
-        assert_ne!(header[0], b'E', "error: {}", String::from_utf8_lossy(&body));
-        tags.push(header[0]);
-        if header[0] == last {
-            return (tags, body);
-        }
-    }
-}
-
-/// [`read_until`] for the tags only.
-fn read_tags_until(s: &mut TcpStream, last: u8) -> Vec<u8> {
-    read_until(s, last).0
-}
-
-/// Sends a simple query; returns the transaction status of its ReadyForQuery.
-fn query_status(s: &mut TcpStream, sql: &str) -> u8 {
-    let mut out = Vec::new();
-    push_message(&mut out, b'Q', format!("{sql}\0").as_bytes());
-    s.write_all(&out).unwrap();
-    read_until(s, b'Z').1[0]
 }
 
 /// `defer_begin`: a plain BEGIN holds no server connection until the
@@ -635,19 +591,17 @@ async fn deferred_begin_keeps_transactions_whole() {
     // The client is told it is in a transaction at once, and a second BEGIN
     // still gets Postgres's warning.
     let mut raw = raw_login(proxy.port);
-    assert_eq!(query_status(&mut raw, "begin;"), b'T');
-    assert_eq!(query_status(&mut raw, "SELECT 1"), b'T');
-    assert_eq!(query_status(&mut raw, "COMMIT"), b'I');
+    assert_eq!(status(&raw.query("begin;")), b'T');
+    assert_eq!(status(&raw.query("SELECT 1")), b'T');
+    assert_eq!(status(&raw.query("COMMIT")), b'I');
     // BEGIN and the next statement in one write: the answers keep their order.
-    let mut out = Vec::new();
-    push_message(&mut out, b'Q', b"BEGIN\0");
-    push_message(&mut out, b'Q', b"SELECT 42\0");
-    raw.write_all(&out).unwrap();
-    let (tags, status) = read_until(&mut raw, b'Z');
-    assert_eq!((tags, status[0]), (vec![b'C', b'Z'], b'T'));
-    let (tags, status) = read_until(&mut raw, b'Z');
-    assert_eq!((tags, status[0]), (vec![b'T', b'D', b'C', b'Z'], b'T'));
-    assert_eq!(query_status(&mut raw, "ROLLBACK"), b'I');
+    raw.send(&[query_msg("BEGIN"), query_msg("SELECT 42")].concat());
+    let tags = |msgs: &[Msg]| msgs.iter().map(|m| m.0).collect::<Vec<u8>>();
+    let begin = raw.until_ready();
+    assert_eq!((tags(&begin), status(&begin)), (b"CZ".to_vec(), b'T'));
+    let select = raw.until_ready();
+    assert_eq!((tags(&select), status(&select)), (b"TDCZ".to_vec(), b'T'));
+    assert_eq!(status(&raw.query("ROLLBACK")), b'I');
     let out = run(
         psql(&ci).args(["-c", "BEGIN", "-c", "BEGIN", "-c", "COMMIT"]),
         Duration::from_secs(60),
@@ -885,27 +839,8 @@ async fn authentication_methods_and_tls() {
 }
 
 /// Logs in over a raw socket as the trust user and reads up to ReadyForQuery.
-fn raw_login(port: u16) -> TcpStream {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut startup = Vec::new();
-    startup.extend_from_slice(&196608i32.to_be_bytes());
-    for kv in ["user", "trusted", "database", "app"] {
-        startup.extend_from_slice(kv.as_bytes());
-        startup.push(0);
-    }
-    startup.push(0);
-    let mut msg = ((startup.len() + 4) as i32).to_be_bytes().to_vec();
-    msg.extend_from_slice(&startup);
-    s.write_all(&msg).unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !seen.windows(6).any(|w| w == b"Z\0\0\0\x05I") {
-        let n = s.read(&mut buf).unwrap();
-        assert!(n > 0, "connection closed during login");
-        seen.extend_from_slice(&buf[..n]);
-    }
-    s
+fn raw_login(port: u16) -> Raw {
+    Raw::connect(port, "trusted", "app")
 }
 
 /// Reads until EOF; returns everything received.
@@ -930,7 +865,7 @@ fn assert_protocol_error(reply: &[u8], what: &str) {
 fn send_bad_input(port: u16, cases: Vec<(&'static str, bool, Vec<u8>)>) {
     for (what, after_login, bytes) in cases {
         let mut s = if after_login {
-            raw_login(port)
+            raw_login(port).s
         } else {
             let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -941,7 +876,7 @@ fn send_bad_input(port: u16, cases: Vec<(&'static str, bool, Vec<u8>)>) {
         assert_protocol_error(&reply, what);
     }
     // A message cut short by the client closing its side.
-    let mut s = raw_login(port);
+    let mut s = raw_login(port).s;
     let mut m = vec![b'Q'];
     m.extend_from_slice(&100i32.to_be_bytes());
     m.extend_from_slice(b"SELECT");
@@ -972,14 +907,10 @@ async fn a_client_that_stops_reading_gets_every_row_later() {
     const WIDTH: usize = 1000;
     let users = TRUSTED_USER;
     let (_c, proxy) = start(ClusterSpec::new(1, 0), "", users);
-    let mut slow = raw_login(proxy.port);
+    let mut slow = raw_login(proxy.port).s;
     // About 20 MB of rows: far more than the socket buffers between them hold.
     let sql = format!("SELECT i, repeat('x', {WIDTH}) FROM generate_series(1, {ROWS}) i");
-    let mut query = vec![b'Q'];
-    query.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
-    query.extend_from_slice(sql.as_bytes());
-    query.push(0);
-    slow.write_all(&query).unwrap();
+    slow.write_all(&query_msg(&sql)).unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let other = connect(&proxy.app()).await;

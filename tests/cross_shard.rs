@@ -5,8 +5,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -165,94 +163,6 @@ fn simple_rows(msgs: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
         .collect()
 }
 
-/// A minimal protocol-level client (simple query only) that shows every
-/// message the proxy sends, so duplicated errors are visible.
-struct Raw {
-    s: TcpStream,
-}
-
-/// One backend message: tag and payload.
-type Msg = (u8, Vec<u8>);
-
-impl Raw {
-    fn connect(port: u16, user: &str, database: &str) -> Raw {
-        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the proxy");
-        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-        let mut raw = Raw { s };
-        let mut body = Vec::new();
-        body.extend_from_slice(&196608i32.to_be_bytes());
-        for (k, v) in [("user", user), ("database", database)] {
-            body.extend_from_slice(k.as_bytes());
-            body.push(0);
-            body.extend_from_slice(v.as_bytes());
-            body.push(0);
-        }
-        body.push(0);
-        let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-        msg.extend_from_slice(&body);
-        raw.s.write_all(&msg).unwrap();
-        for (tag, payload) in raw.until_ready() {
-            match tag {
-                b'E' => panic!("login failed: {}", error_text(&payload)),
-                b'R' => assert_eq!(&payload[..4], &[0, 0, 0, 0], "unexpected auth request"),
-                _ => {}
-            }
-        }
-        raw
-    }
-
-    fn read_msg(&mut self) -> Msg {
-        let mut head = [0u8; 5];
-        self.s.read_exact(&mut head).expect("read from the proxy");
-        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-        let mut payload = vec![0u8; len - 4];
-        self.s
-            .read_exact(&mut payload)
-            .expect("read from the proxy");
-        (head[0], payload)
-    }
-
-    fn until_ready(&mut self) -> Vec<Msg> {
-        let mut out = Vec::new();
-        loop {
-            let m = self.read_msg();
-            let done = m.0 == b'Z';
-            out.push(m);
-            if done {
-                return out;
-            }
-        }
-    }
-
-    /// Sends raw message bytes.
-    fn send(&mut self, bytes: &[u8]) {
-        self.s.write_all(bytes).unwrap();
-    }
-
-    /// Reads `n` messages.
-    fn read_n(&mut self, n: usize) -> Vec<Msg> {
-        (0..n).map(|_| self.read_msg()).collect()
-    }
-
-    /// Sends a simple Query and returns everything up to ReadyForQuery.
-    fn query(&mut self, sql: &str) -> Vec<Msg> {
-        let mut msg = vec![b'Q'];
-        msg.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
-        msg.extend_from_slice(sql.as_bytes());
-        msg.push(0);
-        self.s.write_all(&msg).unwrap();
-        self.until_ready()
-    }
-}
-
-/// A frontend message: tag, length, body.
-fn frontend_msg(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![tag];
-    m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-    m.extend_from_slice(body);
-    m
-}
-
 fn cstr(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
     out.push(0);
@@ -313,26 +223,8 @@ fn errors(msgs: &[Msg]) -> Vec<String> {
         .collect()
 }
 
-fn error_text(p: &[u8]) -> String {
-    format!("{} {}", field(p, b'C'), field(p, b'M'))
-}
-
-fn field(p: &[u8], code: u8) -> String {
-    p.split(|b| *b == 0)
-        .find(|f| f.first() == Some(&code))
-        .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
-        .unwrap_or_default()
-}
-
 fn data_rows(msgs: &[Msg]) -> usize {
     msgs.iter().filter(|(t, _)| *t == b'D').count()
-}
-
-/// Transaction status of the final ReadyForQuery.
-fn status(msgs: &[Msg]) -> u8 {
-    let (t, p) = msgs.last().expect("messages");
-    assert_eq!(*t, b'Z');
-    p[0]
 }
 
 /// A raw query that must succeed.

@@ -10,6 +10,11 @@ use std::time::{Duration, Instant};
 
 use shardgate_harness::{Cluster, ClusterSpec};
 
+mod raw;
+// Not every test binary uses the raw client.
+#[allow(unused_imports)]
+pub use raw::*;
+
 /// Password of the `app` role every test cluster has.
 pub const APP_PASSWORD: &str = "secret";
 
