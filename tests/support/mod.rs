@@ -77,9 +77,12 @@ pub struct Proxy {
     pub log: PathBuf,
 }
 
-/// Path of the `shardgate` binary under test.
+/// Path of the `shardgate` binary under test (`SHARDGATE_BIN` overrides it,
+/// e.g. to serve topologies from a copy while the workspace rebuilds).
 pub fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_shardgate"))
+    std::env::var_os("SHARDGATE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_shardgate")))
 }
 
 impl Proxy {
