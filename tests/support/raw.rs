@@ -134,3 +134,116 @@ pub fn field(p: &[u8], code: u8) -> String {
         .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
         .unwrap_or_default()
 }
+
+pub fn cstr(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(s.as_bytes());
+    out.push(0);
+}
+
+pub fn parse_msg(name: &str, sql: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    cstr(&mut b, name);
+    cstr(&mut b, sql);
+    b.extend_from_slice(&0i16.to_be_bytes());
+    frontend_msg(b'P', &b)
+}
+
+/// Bind with text parameters and text results.
+pub fn bind_msg(portal: &str, statement: &str, params: &[&str]) -> Vec<u8> {
+    let mut b = Vec::new();
+    cstr(&mut b, portal);
+    cstr(&mut b, statement);
+    b.extend_from_slice(&0i16.to_be_bytes());
+    b.extend_from_slice(&(params.len() as i16).to_be_bytes());
+    for p in params {
+        b.extend_from_slice(&(p.len() as i32).to_be_bytes());
+        b.extend_from_slice(p.as_bytes());
+    }
+    b.extend_from_slice(&0i16.to_be_bytes());
+    frontend_msg(b'B', &b)
+}
+
+pub fn execute_msg(portal: &str, max_rows: i32) -> Vec<u8> {
+    let mut b = Vec::new();
+    cstr(&mut b, portal);
+    b.extend_from_slice(&max_rows.to_be_bytes());
+    frontend_msg(b'E', &b)
+}
+
+pub fn describe_statement_msg(name: &str) -> Vec<u8> {
+    let mut b = vec![b'S'];
+    cstr(&mut b, name);
+    frontend_msg(b'D', &b)
+}
+
+/// The first column of each DataRow, as text.
+pub fn first_column(msgs: &[Msg]) -> Vec<String> {
+    msgs.iter()
+        .filter(|(t, _)| *t == b'D')
+        .map(|(_, p)| {
+            let len = i32::from_be_bytes([p[2], p[3], p[4], p[5]]) as usize;
+            String::from_utf8_lossy(&p[6..6 + len]).into_owned()
+        })
+        .collect()
+}
+
+/// SQLSTATEs of the ErrorResponses in `msgs`.
+pub fn errors(msgs: &[Msg]) -> Vec<String> {
+    msgs.iter()
+        .filter(|(t, _)| *t == b'E')
+        .map(|(_, p)| field(p, b'C'))
+        .collect()
+}
+
+pub fn data_rows(msgs: &[Msg]) -> usize {
+    msgs.iter().filter(|(t, _)| *t == b'D').count()
+}
+
+/// A raw query that must succeed.
+pub fn raw_ok(raw: &mut Raw, sql: &str) -> Vec<Msg> {
+    let msgs = raw.query(sql);
+    let errs: Vec<String> = msgs
+        .iter()
+        .filter(|(t, _)| *t == b'E')
+        .map(|(_, p)| error_text(p))
+        .collect();
+    assert!(errs.is_empty(), "{sql}: {errs:?}");
+    msgs
+}
+
+/// Sync.
+pub fn sync_msg() -> Vec<u8> {
+    frontend_msg(b'S', &[])
+}
+
+/// Flush.
+pub fn flush_msg() -> Vec<u8> {
+    frontend_msg(b'H', &[])
+}
+
+/// Describe of a portal.
+pub fn describe_portal_msg(name: &str) -> Vec<u8> {
+    let mut b = vec![b'P'];
+    cstr(&mut b, name);
+    frontend_msg(b'D', &b)
+}
+
+/// Close of a portal (`b'P'`) or statement (`b'S'`).
+pub fn close_msg(kind: u8, name: &str) -> Vec<u8> {
+    let mut b = vec![kind];
+    cstr(&mut b, name);
+    frontend_msg(b'C', &b)
+}
+
+/// The tags of `msgs`, as a string of characters (`"12CZ"`).
+pub fn tags(msgs: &[Msg]) -> String {
+    msgs.iter().map(|(t, _)| *t as char).collect()
+}
+
+/// The command tags of the CommandComplete messages in `msgs`.
+pub fn command_tags(msgs: &[Msg]) -> Vec<String> {
+    msgs.iter()
+        .filter(|(t, _)| *t == b'C')
+        .map(|(_, p)| String::from_utf8_lossy(&p[..p.len() - 1]).into_owned())
+        .collect()
+}

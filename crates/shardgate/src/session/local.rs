@@ -380,6 +380,13 @@ impl Session {
 
     pub(super) fn bind_virtual(&mut self, b: &Bind<'_>) -> bool {
         let Some(cmd) = self.virtual_stmts.statement(b.statement).cloned() else {
+            // A real statement bound under the name of a portal the proxy
+            // answered (pgjdbc binds its BEGIN and then the transaction's
+            // first statement to the unnamed portal in one batch) replaces
+            // that portal: its Execute must reach the server.
+            if !self.virtual_stmts.portals.is_empty() {
+                self.virtual_stmts.portals.remove(b.portal);
+            }
             return false;
         };
         self.virtual_stmts.portals.insert(b.portal.to_owned(), cmd);

@@ -217,6 +217,14 @@ impl Session {
     /// Waits until the current connection has answered everything sent to it,
     /// relaying the answers to the client.
     pub(super) async fn drain_current(&mut self) -> Result<(), SessionError> {
+        if let Some(b) = self.backend.as_ref() {
+            if b.ex.unsynced && !b.ex.expect.is_empty() {
+                // The client's batch has no Sync yet: the server keeps its
+                // answers buffered until asked for them (pgjdbc's Close of a
+                // fetched portal followed by COMMIT waited here forever).
+                frontend::encode_empty(frontend::tag::FLUSH, &mut self.sout);
+            }
+        }
         self.flush_server().await?;
         while self
             .backend
