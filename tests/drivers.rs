@@ -48,8 +48,11 @@ const SCENARIOS: &[&str] = &[
 /// The topologies, in table order.
 const TOPOLOGIES: &[&str] = &["single", "replicas", "sharded"];
 
-/// Database of the unsharded reference copy (on shard 0's primary).
-const REF_DATABASE: &str = "drv_ref";
+/// Database of a topology's unsharded reference copy (on shard 0's
+/// primary): one per topology, as the topologies run at the same time.
+fn ref_database(topology: &str) -> String {
+    format!("drv_ref_{topology}")
+}
 
 /// Time limit of one driver program's whole run.
 const DRIVER_TIMEOUT: Duration = Duration::from_secs(900);
@@ -166,7 +169,7 @@ impl Topology {
             ("SG_TOPOLOGY".into(), self.name.into()),
             ("SG_PRIMARIES".into(), self.primaries.join(",")),
             ("SG_REF".into(), ref_addr.into()),
-            ("SG_REF_DATABASE".into(), REF_DATABASE.into()),
+            ("SG_REF_DATABASE".into(), ref_database(self.name)),
             ("SG_KEY_BASE".into(), key_base.to_string()),
         ]
     }
@@ -231,13 +234,12 @@ impl Matrix {
     fn start() -> Matrix {
         let cluster = support::cluster(ClusterSpec::new(2, 1));
         let dir = tempdir::Dir::new("drivers");
-        for db in [
-            "drv_single",
-            "drv_replicas",
-            "drv_sharded",
-            "drv_direct",
-            REF_DATABASE,
-        ] {
+        let mut databases: Vec<String> = TOPOLOGIES
+            .iter()
+            .flat_map(|t| [format!("drv_{t}"), ref_database(t)])
+            .collect();
+        databases.push("drv_direct".into());
+        for db in databases {
             cluster
                 .execute_on_primaries(&format!("CREATE DATABASE {db} OWNER app"))
                 .expect("create database");
@@ -299,9 +301,14 @@ impl Matrix {
             );
             support::assert_success(&out, &format!("schema through {}", t.name));
         }
-        for db in [REF_DATABASE, "drv_direct"] {
-            s0.primary.psql(db, &schema).expect("schema directly");
+        for t in TOPOLOGIES {
+            s0.primary
+                .psql(&ref_database(t), &schema)
+                .expect("reference schema");
         }
+        s0.primary
+            .psql("drv_direct", &schema)
+            .expect("schema directly");
         cluster
             .wait_replicas_caught_up(Duration::from_secs(60))
             .expect("replicas catch up");

@@ -337,17 +337,18 @@ impl ServerConn {
     /// Whether the server sent nothing unexpected while idle and the socket is open.
     ///
     /// Called before reusing an idle connection: a server that shut down or
-    /// terminated the backend has written an error or closed the socket.
+    /// terminated the backend (`pg_terminate_backend`) has written an error
+    /// or closed the socket. Peeks at the socket itself (one system call),
+    /// not at tokio's cached readiness, which may be stale either way.
     pub fn looks_healthy(&mut self) -> bool {
         if self.broken || !self.read_buf.is_empty() {
             return false;
         }
-        let mut probe = [0u8; 1];
-        match self.stream.try_read(&mut probe) {
-            Ok(0) => false,
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        // The socket is non-blocking: nothing to read is WouldBlock.
+        match socket2::SockRef::from(&self.stream).peek(&mut probe) {
             Ok(_) => false,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
-            Err(_) => false,
+            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
         }
     }
 }

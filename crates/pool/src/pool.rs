@@ -9,8 +9,11 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::{ConnectError, ConnectParams, ServerConn};
 
-/// Idle connections are probed for a closed socket only after this long.
-const HEALTH_PROBE_AFTER: Duration = Duration::from_millis(500);
+/// Idle connections are probed for a closed socket only after this long:
+/// a connection handed back moments ago is alive, and probing it would cost
+/// a system call per transaction under load. A backend terminated while idle
+/// for longer is noticed before any client uses it.
+const HEALTH_PROBE_AFTER: Duration = Duration::from_millis(10);
 
 /// Identifies one pool.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -377,6 +380,21 @@ impl Pool {
             waiting: inner.waiting.load(Ordering::Relaxed),
             checkouts: slots.checkouts,
             timeouts: inner.timeouts.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Closes the idle connections whose server has gone (an error or a
+    /// closed socket waiting on them), keeping the live ones: after one
+    /// connection was lost, the others may or may not have been.
+    pub fn discard_dead_idle(&self) {
+        let mut slots = self.inner.lock();
+        let before = slots.idle.len();
+        slots.idle.retain_mut(|c| c.looks_healthy());
+        let dropped = before - slots.idle.len();
+        drop(slots);
+        if dropped > 0 {
+            self.inner.open.fetch_sub(dropped as u64, Ordering::Relaxed);
+            tracing::debug!(server = %self.inner.key.addr, dropped, "dead idle server connections closed");
         }
     }
 

@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod backend;
+pub mod batch;
 pub mod error;
 pub mod frame;
 pub mod frontend;

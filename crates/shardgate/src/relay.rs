@@ -182,10 +182,11 @@ impl Exchange {
     /// Queues an expectation; synthetic responses at the head go out at once.
     pub fn push(&mut self, e: Expect, cout: &mut BytesMut) {
         match e {
-            Expect::Bind | Expect::Execute { .. } | Expect::Query { forward: true } => {
-                self.busy_since_sync = true
+            Expect::Bind | Expect::Execute { .. } => self.busy_since_sync = true,
+            // A simple Query ends with ReadyForQuery, like a Sync.
+            Expect::Sync { .. } | Expect::Batch | Expect::Query { forward: true } => {
+                self.busy_since_sync = false
             }
-            Expect::Sync { .. } | Expect::Batch => self.busy_since_sync = false,
             _ => {}
         }
         if matches!(

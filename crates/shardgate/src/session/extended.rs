@@ -34,6 +34,13 @@ impl Session {
         }
     }
 
+    /// What an Execute or Describe of a portal needs: the connection the
+    /// portal was bound on, if one is attached (a replica's portal is read
+    /// there again); else the primary.
+    fn want_of_portal(&self) -> Want {
+        self.backend.as_ref().map_or(Want::Primary, |b| b.want)
+    }
+
     /// Raises `first` to the primary if any message already received after it
     /// in the same pipeline needs the primary (a pipelined batch runs on one
     /// connection).
@@ -72,7 +79,9 @@ impl Session {
         want: Want,
         rest: &[u8],
     ) -> Result<bool, SessionError> {
-        self.leave_replica_for(want).await?;
+        if !self.leave_replica_for(want).await? {
+            return Ok(false);
+        }
         if self.backend.is_some() {
             return Ok(true);
         }
@@ -286,7 +295,7 @@ impl Session {
         !self.sharded
             && !self.skip_until_sync
             && self.virtual_stmts.is_empty()
-            && !self.backend.as_ref().is_some_and(|b| b.quiet_on_replica())
+            && !self.backend.as_ref().is_some_and(|b| b.batch_on_replica())
     }
 
     /// Sends Parse for a proxy-named statement on the attached connection.
@@ -390,7 +399,7 @@ impl Session {
         }
         let want = match d.target {
             Target::Statement => self.want_of_statement(d.name),
-            Target::Portal => Want::Primary,
+            Target::Portal => self.want_of_portal(),
         };
         if !self.attach_extended(msg, want, rest).await? {
             return Ok(());
@@ -423,7 +432,10 @@ impl Session {
             }
             self.target_for_unrouted();
         }
-        if !self.attach_extended(msg, Want::Primary, rest).await? {
+        if !self
+            .attach_extended(msg, self.want_of_portal(), rest)
+            .await?
+        {
             return Ok(());
         }
         let set_stmt = match self.bound_set.take() {
@@ -456,9 +468,11 @@ impl Session {
         Ok(())
     }
 
+    /// Flush: the server sends what it owes. It opens no batch (psycopg
+    /// sends one right after Sync; marking the connection busy then kept it
+    /// from the pool and from the next statement's routing).
     pub(super) fn on_flush(&mut self, msg: &[u8]) {
-        if let Some(b) = self.backend.as_mut() {
-            b.ex.unsynced = true;
+        if self.backend.is_some() {
             self.sout.extend_from_slice(msg);
         }
     }

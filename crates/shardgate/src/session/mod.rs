@@ -26,6 +26,7 @@ use bytes::{Bytes, BytesMut};
 use shardgate_jobs::topology::InFlight;
 use shardgate_jobs::{ShardState, Topology};
 use shardgate_pool::{ConnectError, Pool, PoolError, PooledConn};
+use shardgate_protocol::batch::{batch_end, continues_batch, BatchEnd};
 use shardgate_protocol::frontend::{self, tag};
 use shardgate_protocol::{Header, PgError, ProtocolError};
 use shardgate_router::hints::mentions_shardgate;
@@ -110,9 +111,18 @@ impl Backend {
         self.ex.unsynced && !self.ex.busy_since_sync && !self.ex.skipping
     }
 
-    /// A replica connection outside a transaction, held only by a quiet batch.
-    fn quiet_on_replica(&self) -> bool {
-        matches!(self.want, Want::Read(_)) && self.ex.status == b'I' && self.quiet_batch()
+    /// A replica connection outside a transaction, held by an open batch
+    /// (reads only, or an error the server now skips to Sync over): a
+    /// statement that needs the primary ends it there and goes on elsewhere.
+    fn batch_on_replica(&self) -> bool {
+        matches!(self.want, Want::Read(_)) && self.ex.status == b'I' && self.ex.unsynced
+    }
+
+    /// What the batch open on this connection may be ended early with the
+    /// proxy's own Sync: a quiet batch, or reads on a replica outside a
+    /// transaction (ending them changes nothing the client can see).
+    fn may_end_batch_early(&self) -> bool {
+        self.quiet_batch() || (self.batch_on_replica() && !self.ex.skipping)
     }
 }
 
@@ -249,6 +259,14 @@ pub struct Session {
     defer_begin: bool,
     /// The client's BEGIN was answered but not yet sent to a server.
     begin_deferred: bool,
+    /// Extended-protocol batches are handled only once they are whole (up
+    /// to Sync or Flush), so routing sees every statement in them however
+    /// the client's messages fell into reads: reads are routed or the
+    /// cluster is sharded.
+    gathers: bool,
+    /// Bytes of an incomplete batch at the start of the client buffer
+    /// already scanned for its end.
+    batch_scanned: usize,
 }
 
 impl Session {
@@ -276,6 +294,8 @@ impl Session {
         Session {
             defer_begin,
             begin_deferred: false,
+            gathers: route_reads || sharded,
+            batch_scanned: 0,
             pools: shards.iter().map(|s| vec![None; s.nodes.len()]).collect(),
             target: 0,
             parked: Vec::new(),
@@ -463,7 +483,25 @@ impl Session {
         buf: &[u8],
         pos: &mut usize,
     ) -> Result<Flow, SessionError> {
+        // Messages before this offset belong to a batch known to be whole.
+        let mut batch_whole_until = 0;
         while let Some(h) = Header::complete(&buf[*pos..], self.max_message)? {
+            if self.gathers && *pos >= batch_whole_until && continues_batch(h.tag) {
+                // A batch is routed as a whole: wait for its Sync or Flush.
+                match batch_end(&buf[*pos..], self.batch_scanned, self.max_message)? {
+                    BatchEnd::Complete(n) => {
+                        batch_whole_until = *pos + n;
+                        self.batch_scanned = 0;
+                    }
+                    BatchEnd::Incomplete(n) if n > self.max_message => {
+                        return Err(SessionError::Fatal(batch_too_large(self.max_message)));
+                    }
+                    BatchEnd::Incomplete(n) => {
+                        self.batch_scanned = n;
+                        break;
+                    }
+                }
+            }
             let (msg, rest) = buf[*pos..].split_at(h.total);
             if self.begin_deferred
                 && h.tag != tag::TERMINATE
@@ -681,7 +719,7 @@ impl Session {
         }
         match &self.backend {
             Some(b) => {
-                if b.quiet_on_replica() {
+                if b.batch_on_replica() {
                     return Ok(Now::General);
                 }
                 self.keep_for_retry(msg);
@@ -717,12 +755,17 @@ impl Session {
         if self.sharded {
             return self.on_query_sharded(msg, sql).await;
         }
-        // Classified once: to leave a replica a quiet batch holds, and to attach.
+        // Classified once: to leave a replica a batch holds, and to attach.
         let mut classified = None;
-        if self.backend.as_ref().is_some_and(Backend::quiet_on_replica) {
+        if self.backend.as_ref().is_some_and(Backend::batch_on_replica) {
             let c = self.want_for_scanned(sql, scan.shardgate);
-            self.leave_replica_for(*c.as_ref().unwrap_or(&Want::Primary))
-                .await?;
+            if !self
+                .leave_replica_for(*c.as_ref().unwrap_or(&Want::Primary))
+                .await?
+            {
+                // The batch failed: the server ignores this query too.
+                return Ok(());
+            }
             classified = Some(c);
         }
         if self.backend.is_none() {
@@ -760,6 +803,16 @@ fn reserve(buf: &mut BytesMut) {
     if buf.capacity() - buf.len() < 2048 {
         buf.reserve(16 * 1024);
     }
+}
+
+/// An extended-protocol batch grew past `max_message_size` without a Sync
+/// or Flush.
+fn batch_too_large(max: usize) -> PgError {
+    PgError::fatal(
+        "54000",
+        format!("extended-protocol batch exceeds max_message_size ({max} bytes) before its Sync or Flush"),
+    )
+    .with_hint("Send Sync or Flush more often, or raise max_message_size in proxy.toml.")
 }
 
 fn shutdown_error() -> PgError {

@@ -102,7 +102,7 @@ impl Session {
     pub(super) fn attach_now(&mut self, want: Want) -> bool {
         let shard = self.target;
         if let Some(b) = &self.backend {
-            return b.shard == shard && !(want == Want::Primary && b.quiet_on_replica());
+            return b.shard == shard && !(want == Want::Primary && b.batch_on_replica());
         }
         // Only the primary: picking a replica rotates between replicas, and
         // a pick here followed by another in `checkout` (no idle connection)
@@ -126,7 +126,9 @@ impl Session {
     /// been sent the error (and, for a simple query, ReadyForQuery) and
     /// `false` is returned.
     pub(super) async fn attach(&mut self, proto: Proto, want: Want) -> Result<bool, SessionError> {
-        self.leave_replica_for(want).await?;
+        if !self.leave_replica_for(want).await? {
+            return Ok(false);
+        }
         let shard = self.target;
         match self.backend.as_ref().map(|b| b.shard) {
             Some(current) if current == shard => return Ok(true),
@@ -159,7 +161,7 @@ impl Session {
     /// shard: waits for its outstanding answers first. A pipelined batch that
     /// spans shards (no Sync in between) cannot be split and is refused.
     async fn switch_away(&mut self, proto: Proto) -> Result<bool, SessionError> {
-        self.end_quiet_batch();
+        self.end_batch_early();
         if self.backend.as_ref().is_some_and(|b| b.ex.unsynced) {
             let err = PgError::error(
                 "0A000",
@@ -189,29 +191,37 @@ impl Session {
     }
 
     /// Ends the extended batch open on the current connection with a Sync of
-    /// the proxy's own if only Parse, Describe or Close ran in it (a driver
-    /// preparing with Flush, say): that changes nothing the client can see,
-    /// and frees the connection for a statement that belongs elsewhere.
-    fn end_quiet_batch(&mut self) {
-        if let Some(b) = self.backend.as_mut().filter(|b| b.quiet_batch()) {
+    /// the proxy's own when that changes nothing the client can see (see
+    /// [`Backend::may_end_batch_early`]): a driver preparing with Flush, say,
+    /// or reads of a pipeline on a replica before a write. That frees the
+    /// connection for a statement that belongs elsewhere.
+    fn end_batch_early(&mut self) {
+        if let Some(b) = self.backend.as_mut().filter(|b| b.may_end_batch_early()) {
             frontend::encode_empty(frontend::tag::SYNC, &mut self.sout);
             b.ex.unsynced = false;
             b.ex.push(Expect::Query { forward: false }, &mut self.cout);
         }
     }
 
-    /// Before a statement that needs the primary: a replica connection kept
-    /// only by such a quiet batch is let go, so the statement is not run on
-    /// the replica.
-    pub(super) async fn leave_replica_for(&mut self, want: Want) -> Result<(), SessionError> {
-        let quiet_on_replica = self.backend.as_ref().is_some_and(Backend::quiet_on_replica);
-        if want != Want::Primary || !quiet_on_replica {
-            return Ok(());
+    /// Before a statement that needs the primary: a replica connection held
+    /// by an open batch is let go (its answers reach the client first), so
+    /// the statement is not run on the replica. Returns false when that
+    /// batch failed on the replica: the server skips to Sync, and so must
+    /// the rest of the client's batch (`skip_until_sync` is set).
+    pub(super) async fn leave_replica_for(&mut self, want: Want) -> Result<bool, SessionError> {
+        let on_replica = self.backend.as_ref().is_some_and(Backend::batch_on_replica);
+        if want != Want::Primary || !on_replica {
+            return Ok(true);
         }
-        self.end_quiet_batch();
+        self.drain_current().await?;
+        if self.backend.as_ref().is_some_and(|b| b.ex.skipping) {
+            self.skip_until_sync = true;
+            return Ok(false);
+        }
+        self.end_batch_early();
         self.drain_current().await?;
         self.maybe_release();
-        Ok(())
+        Ok(true)
     }
 
     /// Waits until the current connection has answered everything sent to it,
@@ -404,9 +414,13 @@ impl Session {
         b.conn.broken = true;
         let node = b.node.node().clone();
         tracing::warn!(server = %b.conn.addr, user = %self.user.config.name, reason = %why, "server connection lost");
-        node.ban(self.topology.now_ms(), self.proxy.ban_ms(), &why);
+        // One connection's end is not the node's (pg_terminate_backend, an
+        // idle timeout on the server): the node is banned only on what shows
+        // it down, a failed health poll or a refused connection. The pool's
+        // other idle connections are checked now, so a crashed node's are
+        // not handed out again.
         if let Some(pool) = self.pools[b.shard][node.index].as_ref() {
-            pool.drain_idle();
+            pool.discard_dead_idle();
         }
         let attempt = self.retry_attempt + 1;
         tracing::debug!(retryable = b.retry.is_some(), status = %(b.ex.status as char), attempt, "deciding whether to retry");
