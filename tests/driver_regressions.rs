@@ -7,6 +7,7 @@ mod support;
 
 use shardgate_harness::{Cluster, ClusterSpec};
 use support::*;
+use tokio_postgres::SimpleQueryMessage;
 
 /// The shard map and a `raw` user that logs in without a password, so the
 /// raw protocol client needs no SCRAM.
@@ -51,27 +52,29 @@ server_password = "secret"
 default_consistency = "eventual"
 "#;
 
-/// A cluster, the proxy in front of it, the schema.
+/// A cluster, the proxy in front of it, the schema. (The proxy is dropped
+/// first: on a failure it prints its log, which lives in the cluster's
+/// directory.)
 struct Env {
-    c: Cluster,
     proxy: Proxy,
+    c: Cluster,
 }
 
 impl Env {
     /// Two shards of a primary and a replica each.
     fn sharded() -> Env {
-        Env::start(ClusterSpec::new(2, 1), EXTRA)
+        Env::start(ClusterSpec::new(2, 1), "", EXTRA)
     }
 
     /// One primary and a replica.
     fn replicas() -> Env {
-        Env::start(ClusterSpec::new(1, 1), ONE_SHARD)
+        Env::start(ClusterSpec::new(1, 1), "", ONE_SHARD)
     }
 
-    fn start(spec: ClusterSpec, extra: &str) -> Env {
+    fn start(spec: ClusterSpec, proxy_extra: &str, extra: &str) -> Env {
         let c = cluster(spec);
         let port = free_port();
-        let text = config(&c, port, "", extra);
+        let text = config(&c, port, proxy_extra, extra);
         let proxy = Proxy::start(c.dir(), port, &text);
         let out = run(
             psql(&proxy.app()).arg("-q").arg("-c").arg(SCHEMA),
@@ -80,7 +83,7 @@ impl Env {
         assert_success(&out, "schema");
         c.wait_replicas_caught_up(std::time::Duration::from_secs(60))
             .expect("replicas catch up");
-        Env { c, proxy }
+        Env { proxy, c }
     }
 
     fn raw(&self) -> Raw {
@@ -320,7 +323,7 @@ fn psycopg_flush_after_sync_sharded() {
 /// serving everyone.
 #[test]
 fn a_terminated_backend_is_replaced_and_bans_nothing() {
-    let env = Env::start(ClusterSpec::new(1, 0), ONE_SHARD);
+    let env = Env::start(ClusterSpec::new(1, 0), "", ONE_SHARD);
     let primary = &env.c.shard(0).primary;
     let mut raw = env.raw();
     let pid = first_column(&raw_ok(&mut raw, "SELECT pg_backend_pid()"))[0].clone();
@@ -362,4 +365,441 @@ fn a_terminated_backend_is_replaced_and_bans_nothing() {
         }
     }
     assert_eq!(env.on_primaries("SELECT count(*) FROM accounts"), ["10"]);
+}
+
+/// The first column of the first row of a simple query's answer.
+async fn value(client: &tokio_postgres::Client, sql: &str) -> String {
+    let msgs = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    msgs.iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_owned()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql}: no row"))
+}
+
+/// Defect 7: startup parameters reach a pooled server connection as `SET`,
+/// so the server's `RESET` went back to the server's defaults instead of
+/// the values the client connected with (`PGDATESTYLE`, `PGTZ`, `options`,
+/// `application_name`), as Postgres itself does.
+async fn reset_returns_to_startup_values(pool_mode: &str) {
+    let env = Env::start(
+        ClusterSpec::new(1, 0),
+        &format!("pool_mode = \"{pool_mode}\"\npool_size = 1"),
+        ONE_SHARD,
+    );
+    let conninfo = format!(
+        "{} application_name=startup_app options='-c DateStyle=SQL,DMY -c TimeZone=Asia/Tokyo'",
+        env.proxy.app()
+    );
+    let client = connect(&conninfo).await;
+    assert_eq!(value(&client, "SHOW datestyle").await, "SQL, DMY");
+    client
+        .batch_execute(
+            "SET datestyle = 'ISO, MDY'; SET TIME ZONE 'UTC'; SET application_name = 'other'",
+        )
+        .await
+        .unwrap();
+    assert_eq!(value(&client, "SHOW datestyle").await, "ISO, MDY");
+    client.batch_execute("RESET datestyle").await.unwrap();
+    assert_eq!(value(&client, "SHOW datestyle").await, "SQL, DMY");
+    client.batch_execute("RESET TIME ZONE").await.unwrap();
+    assert_eq!(value(&client, "SHOW timezone").await, "Asia/Tokyo");
+    client
+        .batch_execute("SET datestyle = 'ISO, MDY'; SET TIME ZONE 'UTC'")
+        .await
+        .unwrap();
+    client.batch_execute("RESET ALL").await.unwrap();
+    assert_eq!(value(&client, "SHOW datestyle").await, "SQL, DMY");
+    assert_eq!(value(&client, "SHOW timezone").await, "Asia/Tokyo");
+    assert_eq!(value(&client, "SHOW application_name").await, "startup_app");
+    client
+        .batch_execute("SET application_name TO DEFAULT")
+        .await
+        .unwrap();
+    assert_eq!(value(&client, "SHOW application_name").await, "startup_app");
+    // A RESET through the extended protocol too.
+    client
+        .execute("SET datestyle = 'ISO, YMD'", &[])
+        .await
+        .unwrap();
+    client.execute("RESET datestyle", &[]).await.unwrap();
+    assert_eq!(value(&client, "SHOW datestyle").await, "SQL, DMY");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_returns_to_startup_values_transaction_pooling() {
+    reset_returns_to_startup_values("transaction").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_returns_to_startup_values_session_pooling() {
+    reset_returns_to_startup_values("session").await;
+}
+
+/// Defect 8: in transaction pooling, a client's `SET ROLE`, `SET SESSION
+/// AUTHORIZATION`, `set_config('role', ...)` or SQL `PREPARE` stayed on the
+/// server connection and reached the next client of the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_of_a_clients_identity_or_session_reaches_the_next() {
+    let env = Env::start(ClusterSpec::new(1, 0), "pool_size = 1", ONE_SHARD);
+    env.c
+        .shard(0)
+        .primary
+        .psql("app", "CREATE ROLE intruder; GRANT intruder TO app")
+        .unwrap();
+    for leak in [
+        "SET ROLE intruder",
+        "SET SESSION AUTHORIZATION intruder",
+        "SELECT set_config('role', 'intruder', false)",
+        "SELECT set_config('session_authorization', 'intruder', false)",
+        "SET ROLE intruder; RESET ALL",
+        "PREPARE leaked AS SELECT 1",
+        "DO $$ BEGIN EXECUTE 'SET ROLE intruder'; END $$",
+    ] {
+        let first = connect(&env.proxy.app()).await;
+        first.batch_execute(leak).await.unwrap();
+        if leak.starts_with("SET ") && !leak.contains("RESET ALL") {
+            // The client itself keeps what it set, transaction after transaction.
+            assert_eq!(
+                value(&first, "SELECT current_user").await,
+                "intruder",
+                "{leak}"
+            );
+        }
+        drop(first);
+        let next = connect(&env.proxy.app()).await;
+        assert_eq!(
+            value(&next, "SELECT current_user || ' ' || session_user").await,
+            "app app",
+            "after {leak}"
+        );
+        assert_eq!(
+            value(
+                &next,
+                "SELECT count(*) FROM pg_prepared_statements WHERE name = 'leaked'"
+            )
+            .await,
+            "0",
+            "after {leak}"
+        );
+    }
+}
+
+impl Env {
+    /// Inserts accounts `ids` through the proxy; returns, per shard, the
+    /// ids that landed there.
+    fn load_accounts(&self, raw: &mut Raw, ids: std::ops::RangeInclusive<i64>) -> Vec<Vec<i64>> {
+        let rows: Vec<String> = ids.map(|i| format!("({i}, 'o{i}')")).collect();
+        raw_ok(
+            raw,
+            &format!(
+                "INSERT INTO accounts (id, owner) VALUES {}",
+                rows.join(", ")
+            ),
+        );
+        self.c
+            .shards()
+            .iter()
+            .map(|s| {
+                s.primary
+                    .psql("app", "SELECT id FROM accounts ORDER BY id")
+                    .unwrap()
+                    .lines()
+                    .filter_map(|l| l.parse().ok())
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// SQLSTATE of the first error in `msgs`, or "" when there is none.
+fn sqlstate_of(msgs: &[Msg]) -> String {
+    errors(msgs).into_iter().next().unwrap_or_default()
+}
+
+/// A failed statement on one shard fails the whole transaction: statements
+/// that go to another shard get 25P02 too (they ran and reported success),
+/// until ROLLBACK or ROLLBACK TO SAVEPOINT. Savepoints reach every shard
+/// of the transaction, also shards that join after them (`ROLLBACK TO`
+/// failed with 3B001, or rolled back nothing on the late shard), in the
+/// simple and the extended protocol (pgjdbc's `setSavepoint`).
+#[test]
+fn transactions_over_shards_fail_and_roll_back_to_savepoints_as_one() {
+    let env = Env::sharded();
+    let mut raw = env.raw();
+    let by_shard = env.load_accounts(&mut raw, 1..=20);
+    let (x, y) = (by_shard[0][0], by_shard[1][0]);
+    let (x2, y2) = (by_shard[0][1] + 100, by_shard[1][1] + 100);
+    // Error on one shard, then a statement for the other.
+    raw_ok(&mut raw, "BEGIN");
+    raw_ok(
+        &mut raw,
+        &format!("UPDATE accounts SET owner = 'in tx' WHERE id = {y}"),
+    );
+    let msgs = raw.query(&format!(
+        "INSERT INTO accounts (id, owner) VALUES ({x}, 'dup')"
+    ));
+    assert_eq!(sqlstate_of(&msgs), "23505");
+    assert_eq!(status(&msgs), b'E');
+    let msgs = raw.query(&format!(
+        "UPDATE accounts SET owner = 'after error' WHERE id = {y}"
+    ));
+    assert_eq!(
+        sqlstate_of(&msgs),
+        "25P02",
+        "the transaction is aborted on every shard"
+    );
+    assert_eq!(status(&msgs), b'E');
+    raw_ok(&mut raw, "ROLLBACK");
+    // Savepoints in the simple protocol: b on a shard that joins after s.
+    for (i, extended) in [false, true].into_iter().enumerate() {
+        let (a, b, c) = (
+            x2 + i as i64 * 1000,
+            y2 + i as i64 * 1000,
+            x2 + 500 + i as i64 * 1000,
+        );
+        let run = |raw: &mut Raw, sql: &str| -> Vec<Msg> {
+            if extended {
+                let mut m = parse_msg("", sql);
+                m.extend(bind_msg("", "", &[]));
+                m.extend(execute_msg("", 0));
+                m.extend(sync_msg());
+                raw.send(&m);
+                raw.until_ready()
+            } else {
+                raw.query(sql)
+            }
+        };
+        for sql in [
+            "BEGIN".to_owned(),
+            format!("INSERT INTO accounts (id, owner) VALUES ({a}, 'a')"),
+            "SAVEPOINT s".into(),
+            format!("INSERT INTO accounts (id, owner) VALUES ({b}, 'b')"),
+            "ROLLBACK TO SAVEPOINT s".into(),
+            format!("INSERT INTO accounts (id, owner) VALUES ({c}, 'c')"),
+            "SAVEPOINT t".into(),
+        ] {
+            let msgs = run(&mut raw, &sql);
+            assert!(errors(&msgs).is_empty(), "{sql}: {:?}", errors(&msgs));
+            assert_eq!(status(&msgs), b'T', "{sql}");
+        }
+        // An error after a savepoint, undone by ROLLBACK TO.
+        let msgs = run(
+            &mut raw,
+            &format!("INSERT INTO accounts (id, owner) VALUES ({y}, 'dup')"),
+        );
+        assert_eq!(sqlstate_of(&msgs), "23505");
+        let msgs = run(
+            &mut raw,
+            &format!("INSERT INTO accounts (id, owner) VALUES ({x}, 'dup')"),
+        );
+        assert_eq!(sqlstate_of(&msgs), "25P02");
+        for sql in ["ROLLBACK TO t", "RELEASE SAVEPOINT s", "COMMIT"] {
+            let msgs = run(&mut raw, sql);
+            assert!(errors(&msgs).is_empty(), "{sql}: {:?}", errors(&msgs));
+        }
+        let mut rows = env.on_primaries(&format!(
+            "SELECT id || '=' || owner FROM accounts WHERE id IN ({a}, {b}, {c})"
+        ));
+        rows.sort();
+        let mut expected = vec![format!("{a}=a"), format!("{c}=c")];
+        expected.sort();
+        assert_eq!(rows, expected, "extended protocol: {extended}");
+    }
+}
+
+/// Defect 4: SQL cursors, EXPLAIN, a query whose outer rows do not come
+/// from a sharded table, and statements the parser gives up on were sent to
+/// every shard and the answers glued together. Each now gives the answer
+/// one Postgres would, or 0A000.
+#[test]
+fn no_statement_over_several_shards_is_answered_unmerged() {
+    let env = Env::sharded();
+    let mut raw = env.raw();
+    let by_shard = env.load_accounts(&mut raw, 1..=20);
+    let one = by_shard[1][0];
+    for sql in [
+        "EXPLAIN SELECT count(*) FROM accounts".to_owned(),
+        "EXPLAIN UPDATE accounts SET owner = 'x'".into(),
+        "SELECT EXISTS (SELECT 1 FROM accounts WHERE id > 3)".into(),
+        "SELECT (SELECT count(*) FROM accounts)".into(),
+        "SELECT 1 UNION ALL SELECT id FROM accounts".into(),
+    ] {
+        let msgs = raw.query(&sql);
+        assert_eq!(sqlstate_of(&msgs), "0A000", "{sql}");
+        assert_eq!(data_rows(&msgs), 0);
+    }
+    // Statements at the parser's limits: the right answer, or 0A000.
+    for (sql, answer) in [
+        (
+            format!(
+                "SELECT id FROM accounts WHERE {}id > 0{} ORDER BY id LIMIT 3",
+                "(".repeat(250),
+                ")".repeat(250)
+            ),
+            vec!["1", "2", "3"],
+        ),
+        (
+            format!(
+                "SELECT count(*) FROM accounts WHERE {}",
+                (0..5000)
+                    .map(|i| format!("id <> {}", 100_000 + i))
+                    .collect::<Vec<_>>()
+                    .join(" AND ")
+            ),
+            vec!["20"],
+        ),
+    ] {
+        let msgs = raw.query(&sql);
+        match sqlstate_of(&msgs).as_str() {
+            "0A000" => assert_eq!(data_rows(&msgs), 0),
+            "" => assert_eq!(first_column(&msgs), answer, "{}", &sql[..80]),
+            other => panic!("{other}: {}", &sql[..80]),
+        }
+    }
+    // A cursor over several shards is refused; over one shard it works,
+    // FETCH and CLOSE following it there.
+    raw_ok(&mut raw, "BEGIN");
+    let msgs = raw.query("DECLARE c CURSOR FOR SELECT count(*) FROM accounts");
+    assert_eq!(sqlstate_of(&msgs), "0A000");
+    raw_ok(&mut raw, "ROLLBACK");
+    raw_ok(&mut raw, "BEGIN");
+    raw_ok(
+        &mut raw,
+        &format!("DECLARE c CURSOR FOR SELECT owner FROM accounts WHERE id = {one}"),
+    );
+    let msgs = raw_ok(&mut raw, "FETCH ALL FROM c");
+    assert_eq!(first_column(&msgs), [format!("o{one}")]);
+    raw_ok(&mut raw, "CLOSE c");
+    raw_ok(&mut raw, "COMMIT");
+    // EXPLAIN of a one-shard query still works.
+    raw_ok(
+        &mut raw,
+        &format!("EXPLAIN SELECT * FROM accounts WHERE id = {one}"),
+    );
+}
+
+/// The CopyData payloads of a COPY TO STDOUT answer, concatenated.
+fn copy_out_bytes(msgs: &[Msg]) -> Vec<u8> {
+    msgs.iter()
+        .filter(|(t, _)| *t == b'd')
+        .flat_map(|(_, p)| p.iter().copied())
+        .collect()
+}
+
+/// The rows of a binary COPY stream (first column as i64, like `id`);
+/// panics unless there is exactly one header and one trailer, at the ends.
+fn binary_copy_ids(stream: &[u8]) -> Vec<i64> {
+    assert!(stream.starts_with(b"PGCOPY\n\xff\r\n\0"), "header first");
+    let ext = u32::from_be_bytes(stream[15..19].try_into().unwrap()) as usize;
+    let mut pos = 19 + ext;
+    let mut ids = Vec::new();
+    loop {
+        let fields = i16::from_be_bytes(stream[pos..pos + 2].try_into().unwrap());
+        pos += 2;
+        if fields == -1 {
+            assert_eq!(pos, stream.len(), "the trailer ends the stream");
+            return ids;
+        }
+        for f in 0..fields {
+            let len = i32::from_be_bytes(stream[pos..pos + 4].try_into().unwrap());
+            pos += 4;
+            if len > 0 {
+                if f == 0 {
+                    ids.push(i64::from_be_bytes(stream[pos..pos + 8].try_into().unwrap()));
+                }
+                pos += len as usize;
+            }
+        }
+    }
+}
+
+/// Defects 4 and 9: `COPY ... TO STDOUT` of a sharded table sent every
+/// shard's whole binary stream (two headers and trailers, psycopg stopped
+/// at the first) and a CSV header per shard; `COPY (query) TO` glued the
+/// shards' answers together, ignoring ORDER BY and aggregates; asyncpg's
+/// `copy_records_to_table` (Parse/Describe/Flush, then COPY) hung, its
+/// COPY split between a replica that refused it and a primary that waited.
+#[test]
+fn copy_over_several_shards_is_one_stream() {
+    let env = Env::sharded();
+    let mut raw = env.raw();
+    let by_shard = env.load_accounts(&mut raw, 1..=20);
+    assert!(by_shard.iter().all(|ids| !ids.is_empty()));
+    let msgs = raw_ok(&mut raw, "COPY accounts (id) TO STDOUT (FORMAT binary)");
+    let mut ids = binary_copy_ids(&copy_out_bytes(&msgs));
+    ids.sort();
+    assert_eq!(ids, (1..=20).collect::<Vec<i64>>());
+    assert_eq!(command_tags(&msgs), ["COPY 20"]);
+    let msgs = raw_ok(
+        &mut raw,
+        "COPY (SELECT id FROM accounts WHERE id > 10) TO STDOUT (FORMAT binary)",
+    );
+    let mut ids = binary_copy_ids(&copy_out_bytes(&msgs));
+    ids.sort();
+    assert_eq!(ids, (11..=20).collect::<Vec<i64>>());
+    let msgs = raw_ok(
+        &mut raw,
+        "COPY accounts (id, owner) TO STDOUT (FORMAT csv, HEADER)",
+    );
+    let text = String::from_utf8(copy_out_bytes(&msgs)).unwrap();
+    assert_eq!(
+        text.lines().filter(|l| *l == "id,owner").count(),
+        1,
+        "{text}"
+    );
+    assert!(text.starts_with("id,owner\n"));
+    assert_eq!(text.lines().count(), 21);
+    // One shard's rows: that shard alone.
+    let one = by_shard[1][0];
+    let msgs = raw_ok(
+        &mut raw,
+        &format!("COPY (SELECT owner FROM accounts WHERE id = {one}) TO STDOUT"),
+    );
+    assert_eq!(copy_out_bytes(&msgs), format!("o{one}\n").into_bytes());
+    // Rows that must be merged are refused, not glued together.
+    for sql in [
+        "COPY (SELECT id FROM accounts ORDER BY id) TO STDOUT",
+        "COPY (SELECT count(*) FROM accounts) TO STDOUT",
+        "COPY (SELECT id FROM accounts LIMIT 5) TO STDOUT",
+    ] {
+        let msgs = raw.query(sql);
+        assert_eq!(sqlstate_of(&msgs), "0A000", "{sql}");
+        assert!(copy_out_bytes(&msgs).is_empty());
+    }
+    // asyncpg's copy_records_to_table: a lookup prepared with Flush (which
+    // may go to a replica), then the COPY, which must run on the primaries.
+    let mut m = parse_msg(
+        "__asyncpg_stmt_1__",
+        "SELECT id, owner FROM accounts LIMIT 0",
+    );
+    m.extend(describe_statement_msg("__asyncpg_stmt_1__"));
+    m.extend(flush_msg());
+    raw.send(&m);
+    raw.until(b'T');
+    raw.send(&query_msg(
+        "COPY accounts (id, owner) FROM STDIN (FORMAT text)",
+    ));
+    let msgs = raw.until(b'G');
+    assert!(errors(&msgs).is_empty(), "{:?}", errors(&msgs));
+    let mut data = Vec::new();
+    for id in 101..=110 {
+        data.extend(frontend_msg(b'd', format!("{id}\tcopied\n").as_bytes()));
+    }
+    data.extend(frontend_msg(b'c', &[]));
+    raw.send(&data);
+    let msgs = raw.until_ready();
+    assert!(errors(&msgs).is_empty(), "{:?}", errors(&msgs));
+    assert_eq!(command_tags(&msgs), ["COPY 10"]);
+    assert_eq!(
+        env.on_primaries("SELECT count(*) FROM accounts WHERE owner = 'copied'")
+            .iter()
+            .map(|n| n.parse::<i64>().unwrap())
+            .sum::<i64>(),
+        10
+    );
 }

@@ -16,7 +16,8 @@
 #
 # Each scenario runs in its own bash process under `timeout 60`; it records
 # its problems in DIR/problems (the JSON detail) and its current step in
-# DIR/step (reported when it times out).
+# DIR/step (reported when it times out). With SG_SELF_TEST=1 the work
+# directory (scripts, outputs, COPY files) is kept for inspection.
 
 set -u -o pipefail
 
@@ -158,6 +159,8 @@ for i in range(max(len(e), len(g))):
     if a != b:
         msg += f"; first difference at line {i + 1}: expected {a[:150]!r}, found {b[:150]!r}"
         break
+if e != g and sorted(e) == sorted(g):
+    msg += "; the same lines in another order"
 print(msg)
 EOF
 }
@@ -271,12 +274,6 @@ count_on_primaries() {
     OUT=$total
 }
 
-# accounts_on_primaries LO HI: "id|owner|currency|balance" rows of the
-# range on all primaries, by id.
-accounts_on_primaries() {
-    on_primaries "SELECT id, owner, currency, balance FROM accounts WHERE id BETWEEN $1 AND $2 ORDER BY id"
-}
-
 # expected_accounts FROM TO: the rows account_sql_values gives, as psql prints them.
 expected_accounts() {
     local id
@@ -344,16 +341,15 @@ sc_autocommit() {
     expect_equal "rows on the primaries" "${expected%$'\n'}" "$OUT"
 }
 
-# tx_variant_psql FINISH K: BEGIN; EXECUTE of an SQL-prepared UPDATE (psql
-# has no protocol-level prepare before 16) of account K as the first
-# statement; 5 INSERTs; FINISH (COMMIT or ROLLBACK). Simple protocol,
-# command tags checked.
+# tx_variant_psql FINISH K: BEGIN; UPDATE of account K as the first
+# statement; 5 INSERTs; FINISH (COMMIT or ROLLBACK). Simple protocol, one
+# Query message each, command tags checked. (The prepared UPDATE is the
+# pgbench variant: psql 15 has no protocol-level prepare.)
 tx_variant_psql() {
     local finish=$1 k=$2 i
     {
-        echo "PREPARE upd_first (numeric, bigint) AS UPDATE accounts SET balance = \$1 WHERE id = \$2;"
         echo "BEGIN;"
-        echo "EXECUTE upd_first(42.50, $k);"
+        echo "UPDATE accounts SET balance = 42.50 WHERE id = $k;"
         for i in 1 2 3 4 5; do
             echo "INSERT INTO accounts (id, owner, currency, balance) VALUES ($((k + i)), 'tx psql', 'EUR', 5.00);"
         done
@@ -362,7 +358,7 @@ tx_variant_psql() {
     step "psql transaction ending in $finish"
     run_or_fail "psql transaction ($finish)" sg_psql -f "$SCEN_DIR/psql_$k.sql"
     expect_equal "psql command tags" \
-        "PREPARE"$'\n'"BEGIN"$'\n'"UPDATE 1"$'\n'"$(printf 'INSERT 0 1\n%.0s' 1 2 3 4 5)$finish" "$OUT"
+        "BEGIN"$'\n'"UPDATE 1"$'\n'"$(printf 'INSERT 0 1\n%.0s' 1 2 3 4 5)"$'\n'"$finish" "$OUT"
 }
 
 # tx_variant_pgbench FINISH K: the same with named prepared statements
@@ -409,8 +405,9 @@ transaction_scenario() {
     expect_equal "rows on the primaries after $finish" "${expected%$'\n'}" "$OUT"
 }
 
-# 2. tx_commit: the first statement of an explicit transaction (a prepared
-# UPDATE) is not lost, and reports 1 row; COMMIT keeps all 6 changes.
+# 2. tx_commit: the first statement of an explicit transaction (an UPDATE:
+# plain with psql, prepared with pgbench) is not lost and reports 1 row;
+# COMMIT keeps all 6 changes of each variant.
 sc_tx_commit() {
     transaction_scenario COMMIT
 }
@@ -465,10 +462,12 @@ sc_savepoint() {
     local d=${SHARD_KEYS_0[1]} e=${SHARD_KEYS_1[2]}
     local ins="INSERT INTO accounts (id, owner, currency, balance) VALUES"
     step "SAVEPOINT / ROLLBACK TO / RELEASE"
-    run_or_fail "savepoint transaction" sg_psql \
-        -c "BEGIN" -c "$ins ($a, 'sp a', 'USD', 1)" -c "SAVEPOINT s" -c "$ins ($b, 'sp b', 'USD', 2)" \
-        -c "ROLLBACK TO SAVEPOINT s" -c "$ins ($c, 'sp c', 'USD', 3)" -c "RELEASE SAVEPOINT s" -c "COMMIT"
-    expect_equal "command tags" "$(printf '%s\n' BEGIN 'INSERT 0 1' SAVEPOINT 'INSERT 0 1' ROLLBACK 'INSERT 0 1' RELEASE COMMIT)" "$OUT"
+    (
+        run_or_fail "savepoint transaction" sg_psql \
+            -c "BEGIN" -c "$ins ($a, 'sp a', 'USD', 1)" -c "SAVEPOINT s" -c "$ins ($b, 'sp b', 'USD', 2)" \
+            -c "ROLLBACK TO SAVEPOINT s" -c "$ins ($c, 'sp c', 'USD', 3)" -c "RELEASE SAVEPOINT s" -c "COMMIT"
+        expect_equal "command tags" "$(printf '%s\n' BEGIN 'INSERT 0 1' SAVEPOINT 'INSERT 0 1' ROLLBACK 'INSERT 0 1' RELEASE COMMIT)" "$OUT"
+    )
 
     step "psql ON_ERROR_ROLLBACK"
     printf '%s\n' "BEGIN;" "$ins ($d, 'sp d', 'USD', 4);" "$ins ($d, 'sp d again', 'USD', 4);" \
@@ -723,32 +722,74 @@ sc_copy_csv() {
 }
 
 # binary_copy_rows FILE LO HI: the tuples of a binary COPY file whose first
-# field (int8 id) is in [LO, HI], in hex, by id.
+# field (int8 id) is in [LO, HI], in hex, by id; read as a COPY consumer
+# does (up to the end-of-data marker), then a "!!" line for anything odd.
 binary_copy_rows() {
     python3 - "$@" <<'EOF'
 import struct, sys
 path, lo, hi = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 data = open(path, "rb").read()
-if not data.startswith(b"PGCOPY\n\xff\r\n\0"):
-    sys.exit(f"{path}: not a binary COPY file ({len(data)} bytes)")
-ext = struct.unpack("!I", data[15:19])[0]
-pos, rows = 19 + ext, []
-while True:
-    (nfields,) = struct.unpack("!h", data[pos:pos + 2])
-    if nfields == -1:
-        break
-    start, pos = pos, pos + 2
-    fields = []
-    for _ in range(nfields):
-        (length,) = struct.unpack("!i", data[pos:pos + 4])
-        pos += 4
-        fields.append(data[pos:pos + max(length, 0)])
-        pos += max(length, 0)
-    key = struct.unpack("!q", fields[0])[0]
-    if lo <= key <= hi:
-        rows.append((key, data[start:pos].hex()))
+sig = b"PGCOPY\n\xff\r\n\0"
+rows, problem, count = [], None, 0
+if not data.startswith(sig):
+    problem = f"not a binary COPY stream ({len(data)} bytes)"
+else:
+    pos = 19 + struct.unpack("!I", data[15:19])[0]
+    try:
+        while True:
+            if data.startswith(sig, pos):
+                problem = f"a second COPY header at byte {pos}, after {count} tuples"
+                break
+            (nfields,) = struct.unpack("!h", data[pos:pos + 2])
+            if nfields == -1:
+                if pos + 2 < len(data):
+                    problem = f"{len(data) - pos - 2} bytes after the end-of-data marker"
+                break
+            start, pos, count = pos, pos + 2, count + 1
+            fields = []
+            for _ in range(nfields):
+                (length,) = struct.unpack("!i", data[pos:pos + 4])
+                pos += 4
+                fields.append(data[pos:pos + max(length, 0)])
+                pos += max(length, 0)
+            key = struct.unpack("!q", fields[0])[0]
+            if lo <= key <= hi:
+                rows.append((key, data[start:pos].hex()))
+    except struct.error:
+        problem = f"truncated or unparsable at byte {pos}"
 for key, tup in sorted(rows):
     print(key, tup)
+if problem:
+    print("!!", problem)
+EOF
+}
+
+# describe_binary_copy FILE: its size, and where the COPY headers and
+# end-of-data markers are, counted in tuples (for failure details).
+describe_binary_copy() {
+    python3 - "$1" <<'EOF'
+import struct, sys
+data = open(sys.argv[1], "rb").read()
+sig = b"PGCOPY\n\xff\r\n\0"
+pos, tuples, events = 0, 0, []
+try:
+    while pos < len(data):
+        if data.startswith(sig, pos):
+            events.append(f"header after {tuples} tuples")
+            pos += 19 + struct.unpack("!I", data[pos + 15:pos + 19])[0]
+            continue
+        (n,) = struct.unpack("!h", data[pos:pos + 2])
+        pos += 2
+        if n == -1:
+            events.append(f"end marker after {tuples} tuples")
+            continue
+        tuples += 1
+        for _ in range(n):
+            (length,) = struct.unpack("!i", data[pos:pos + 4])
+            pos += 4 + max(length, 0)
+except struct.error:
+    events.append(f"unparsable at byte {pos}")
+print(f"{len(data)} bytes: " + ", ".join(events))
 EOF
 }
 
@@ -773,7 +814,7 @@ sc_copy_binary() {
     local reference_md5
     reference_md5=$(od -An -tx1 "$ref_file" | md5sum)
     eventually_equals "$reference_md5" copy_query_out ||
-        problem "binary COPY (query) TO STDOUT through the proxy differs from the reference: $(stat -c %s "$out_file" 2>/dev/null || echo 0) bytes instead of $(stat -c %s "$ref_file"); rows: $(mismatch "$(binary_copy_rows "$ref_file" "$lo" "$hi")" "$(binary_copy_rows "$out_file" "$lo" "$hi" 2>&1)")$LAST_ERR"
+        problem "binary COPY (query) TO STDOUT through the proxy differs from the reference (reference: $(describe_binary_copy "$ref_file"); proxy: $(describe_binary_copy "$out_file" 2>&1)); rows: $(mismatch "$(binary_copy_rows "$ref_file" "$lo" "$hi")" "$(binary_copy_rows "$out_file" "$lo" "$hi" 2>&1)")$LAST_ERR"
 
     step "binary COPY accounts TO STDOUT"
     run_or_fail "reference binary COPY accounts" ref_psql -c "\\copy accounts to '$SCEN_DIR/reference_table.bin' with (format binary)"
@@ -784,7 +825,7 @@ sc_copy_binary() {
             binary_copy_rows "$SCEN_DIR/proxy_table.bin" "$lo" "$hi"
     }
     eventually_equals "$reference_rows" copy_table_out ||
-        problem "binary COPY accounts TO STDOUT through the proxy, rows $lo..$hi: $(mismatch "$reference_rows" "$OUT")$LAST_ERR"
+        problem "binary COPY accounts TO STDOUT through the proxy, rows $lo..$hi: $(mismatch "$reference_rows" "$OUT") (proxy's stream: $(describe_binary_copy "$SCEN_DIR/proxy_table.bin" 2>&1))$LAST_ERR"
 
     step "checking the primaries"
     on_primaries "$select"
@@ -801,7 +842,7 @@ sc_listen_notify() {
         echo "LISTEN $channel;"
         echo "\\! touch $listening"
         for i in $(seq 1 30); do
-            echo "SELECT 'poll $i';"
+            echo "SELECT 'poll $i', pg_backend_pid();"
             echo "\\set stop \`test -e $stop && echo true || echo false\`"
             echo "\\if :stop"
             echo "\\q"
@@ -810,7 +851,9 @@ sc_listen_notify() {
         done
     } >"$SCEN_DIR/listener.sql"
     step "connection A: LISTEN"
-    sg_psql -f "$SCEN_DIR/listener.sql" >"$a_out" 2>"$a_err" &
+    # psql itself in the background (not a function's subshell), so that
+    # its pid is the one killed at the end.
+    "$PSQL" "${PSQL_FLAGS[@]}" -d "$PROXY_CONNINFO" -f "$SCEN_DIR/listener.sql" >"$a_out" 2>"$a_err" &
     local a_pid=$!
     BG_PIDS+=("$a_pid")
     local deadline=$((SECONDS + 10))
@@ -822,7 +865,9 @@ sc_listen_notify() {
     done
 
     step "connection B: NOTIFY and pg_notify"
-    run_or_fail "NOTIFY from connection B" sg_psql -q -c "NOTIFY $channel, 'hello'" -c "SELECT pg_notify('$channel', 'world')"
+    run_or_fail "NOTIFY from connection B" sg_psql -q -c "NOTIFY $channel, 'hello'" -c "SELECT pg_notify('$channel', 'world')" \
+        -c "SELECT 'sender', pg_backend_pid()"
+    local b_out=$OUT
 
     step "waiting for the notifications on A"
     local hello="Asynchronous notification \"$channel\" with payload \"hello\" received from server process with PID"
@@ -837,7 +882,13 @@ sc_listen_notify() {
     local waited
     waited=$(elapsed_since "$t0")
     if ! grep -qF "$hello" "$a_out" || ! grep -qF "$world" "$a_out"; then
-        fail "connection A did not receive both notifications within 10 s; its output: $(grep -i notification "$a_out" | tr '\n' ' ' | cut -c1-300) errors: $(error_text "$a_err")"
+        # Which server sessions ran A's statements and B's, and who got what.
+        local a_pids a_got b_pid b_got
+        a_pids=$(grep '^poll ' "$a_out" | cut -d'|' -f2 | sort -u | paste -sd, -)
+        a_got=$(grep -o 'with payload "[^"]*"' "$a_out" | paste -sd, -)
+        b_pid=$(grep '^sender|' <<<"$b_out" | cut -d'|' -f2)
+        b_got=$(grep -o 'with payload "[^"]*"' <<<"$b_out" | paste -sd, -)
+        fail "connection A did not receive both notifications within 10 s (A received: ${a_got:-nothing}; its polls ran on server pids ${a_pids:-none}; the sender B ran on server pid ${b_pid:-?} and itself received: ${b_got:-nothing}) $(error_text "$a_err")"
     fi
     note "both notifications after ${waited} s"
 }
@@ -850,7 +901,9 @@ sc_cancel_timeout() {
     step "SELECT pg_sleep(30), SIGINT after 0.5 s"
     # After a cancelled -c, psql suppresses printing rows but still prints
     # command tags: the INSERT after it shows the connection still works.
-    sg_psql -v ON_ERROR_STOP=0 -c '\echo connected' -c 'SELECT pg_sleep(30)' \
+    # A background job of a non-interactive shell ignores SIGINT: psql
+    # must get it with its default disposition to install its handler.
+    env --default-signal=INT "$PSQL" "${PSQL_FLAGS[@]}" -d "$PROXY_CONNINFO" -v ON_ERROR_STOP=0 -c '\echo connected' -c 'SELECT pg_sleep(30)' \
         -c "INSERT INTO accounts (id, owner, currency, balance) VALUES ($k, 'after cancel', 'USD', 0)" \
         >"$out" 2>"$err" &
     local pid=$!
@@ -954,7 +1007,7 @@ sc_types() {
 # information_schema query.
 sc_metadata() {
     step "\\d accounts"
-    run_or_fail "\\d accounts" sg_psql -c '\d accounts'
+    run_or_fail "\\d accounts" sg_psql -c '\pset tuples_only off' -c '\d accounts'
     local columns
     columns=$(grep -E '^(id|owner|currency|balance)\|' <<<"$OUT")
     expect_equal "columns of \\d accounts" "$(printf '%s\n' 'id|bigint||not null|' 'owner|text||not null|' \
@@ -1007,9 +1060,10 @@ sc_read_your_writes() {
 
 # 18. cross_shard_read: aggregates, GROUP BY, ORDER BY/LIMIT/OFFSET and a
 # join over the 120 rows of cursor_fetch, equal to the reference: plain
-# (psql, simple protocol), SQL PREPARE/EXECUTE (psql), and named prepared
-# statements with parameters (pgbench -M prepared; \gset/\aset keep one
-# row: the only row or the last one).
+# (psql, simple protocol: every row compared), and as named prepared
+# statements with $1/$2 parameters (pgbench -M prepared; pgbench cannot
+# print rows: \gset keeps the single row of the aggregate, \aset the last
+# row of the others, and those are compared).
 sc_cross_shard_read() {
     load_cursor_rows
     local lo=$CUR_LO hi=$CUR_HI
@@ -1031,9 +1085,6 @@ sc_cross_shard_read() {
         step "${names[$i]}: plain"
         eventually_equals "$reference" sg_psql -q -c "$plain" ||
             problem "${names[$i]} (plain): $(mismatch "$reference" "$OUT")$LAST_ERR"
-        step "${names[$i]}: PREPARE/EXECUTE"
-        eventually_equals "$reference" sg_psql -q -c "PREPARE q (bigint, bigint) AS ${queries[$i]}" -c "EXECUTE q ($lo, $hi)" ||
-            problem "${names[$i]} (SQL PREPARE/EXECUTE): $(mismatch "$reference" "$OUT")$LAST_ERR"
     done
 
     step "pgbench -M prepared"
@@ -1181,6 +1232,7 @@ run_scenario_process() {
     SCEN_DIR=$3
     exec 1>&2 # standard output is for the JSON lines of the parent only
     trap kill_background EXIT
+    trap "exit 143" TERM
     step "starting"
     "sc_$SCENARIO"
     [[ -s "$SCEN_DIR/problems" ]] && exit 1
@@ -1204,6 +1256,11 @@ emit() {
     python3 -c 'import json, sys; print(json.dumps({"scenario": sys.argv[1], "ok": sys.argv[2] == "true", "detail": sys.argv[3]}))' "$@"
 }
 
+# join_lines FILE: the lines of FILE joined by " | " (nothing if no file).
+join_lines() {
+    [[ -f "$1" ]] && awk 'NR > 1 { printf " | " } { printf "%s", $0 }' "$1"
+}
+
 run_all() {
     local work
     work=$(mktemp -d /tmp/libpq_conformance.XXXXXX)
@@ -1215,10 +1272,10 @@ run_all() {
         mkdir -p "$dir"
         timeout -k 5 60 bash "$SELF" scenario "$name" $((i + 1)) "$dir" </dev/null
         rc=$?
-        detail=$(paste -sd ';' "$dir/problems" 2>/dev/null | sed 's/;/; /g')
+        detail=$(join_lines "$dir/problems")
         if ((rc == 0)); then
             ok=true
-            detail=$(paste -sd ';' "$dir/note" 2>/dev/null | sed 's/;/; /g')
+            detail=$(join_lines "$dir/note")
         elif ((rc == 124 || rc == 137)); then
             ok=false
             detail="timed out after 60 s during: $(cat "$dir/step" 2>/dev/null)${detail:+; $detail}"

@@ -334,7 +334,7 @@ impl Classifier {
                 return (Route::Write, false);
             }
         }
-        let parsed = if operator_count(&toks) > MAX_PARSE_OPERATORS {
+        let parsed = if too_complex_to_parse(&toks) {
             None
         } else {
             parse(stmt)
@@ -427,6 +427,33 @@ fn parse(stmt: &str) -> Option<Vec<Statement>> {
 /// `SELECT .. UNION SELECT ..` as left-deep trees, and dropping a tree tens of
 /// thousands of levels deep overflows a 2 MiB thread stack.
 pub const MAX_PARSE_OPERATORS: usize = 2000;
+
+/// Parentheses nested deeper than this are not parsed: every level costs
+/// the parser and each walk over the tree (analysis, clone, drop) stack
+/// frames, and 250 levels overflowed a tokio worker's stack. Such a
+/// statement is decided by the lexer (and refused across shards).
+pub const MAX_PARSE_DEPTH: usize = 64;
+
+/// Whether `toks` is too large or too deeply nested to parse (see
+/// [`MAX_PARSE_OPERATORS`] and [`MAX_PARSE_DEPTH`]).
+pub fn too_complex_to_parse(toks: &[Token<'_>]) -> bool {
+    let mut depth = 0usize;
+    for t in toks {
+        if t.kind == TokenKind::Punct {
+            match t.text {
+                "(" | "[" => {
+                    depth += 1;
+                    if depth > MAX_PARSE_DEPTH {
+                        return true;
+                    }
+                }
+                ")" | "]" => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+    operator_count(toks) > MAX_PARSE_OPERATORS
+}
 
 /// Infix operators and keywords, each of which may add a level to a parsed tree.
 pub(crate) fn operator_count(toks: &[Token<'_>]) -> usize {

@@ -48,6 +48,8 @@ pub struct CopyStatement {
     pub to: bool,
     /// `COPY (SELECT ...) TO`.
     pub query: bool,
+    /// The text of the query of `COPY (query) TO`, without its parentheses.
+    pub inner_query: Option<String>,
     /// Data format.
     pub format: CopyFormat,
     /// Field delimiter (default tab for text, comma for CSV).
@@ -138,8 +140,10 @@ pub fn parse_copy(sql: &str) -> Option<CopyStatement> {
     let mut table = (None, String::new());
     let mut columns = None;
     let mut query = false;
+    let mut inner_query = None;
     if toks.get(i)?.is_punct("(") {
         query = true;
+        let open = toks[i].offset + 1;
         let mut depth = 0usize;
         loop {
             let t = toks.get(i)?;
@@ -148,6 +152,7 @@ pub fn parse_copy(sql: &str) -> Option<CopyStatement> {
             } else if t.is_punct(")") {
                 depth -= 1;
                 if depth == 0 {
+                    inner_query = sql.get(open..t.offset).map(|q| q.trim().to_owned());
                     break;
                 }
             }
@@ -244,6 +249,7 @@ pub fn parse_copy(sql: &str) -> Option<CopyStatement> {
         to_stdout,
         to,
         query,
+        inner_query,
         format,
         delimiter: opts.delimiter.unwrap_or(if format == CopyFormat::Csv {
             b','
@@ -1061,6 +1067,67 @@ fn csv_field(
     }
 }
 
+/// Joins the `COPY ... TO STDOUT` streams of several shards into the one
+/// stream a single server would send: one binary header and one trailer
+/// (each shard sends its own), one CSV/text header line. Rows pass as they
+/// come from any shard (each CopyData a server sends holds whole rows).
+#[derive(Debug, Clone)]
+pub struct CopyOutJoin {
+    binary: bool,
+    header_line: bool,
+    /// The header went to the client already.
+    header_sent: bool,
+    /// Per shard: its first CopyData (the one with the header) has passed.
+    started: Vec<bool>,
+}
+
+impl CopyOutJoin {
+    /// A join for `shards` streams of `cs`; `None` when they can simply be
+    /// concatenated (text or CSV without a header line).
+    pub fn new(cs: &CopyStatement, shards: usize) -> Option<CopyOutJoin> {
+        let binary = cs.format == CopyFormat::Binary;
+        let header_line = cs.header && !binary;
+        (binary || header_line).then(|| CopyOutJoin {
+            binary,
+            header_line,
+            header_sent: false,
+            started: vec![false; shards],
+        })
+    }
+
+    /// The part of shard `shard`'s CopyData payload the client gets (an
+    /// empty range: nothing).
+    pub fn keep(&mut self, shard: usize, payload: &[u8]) -> Range<usize> {
+        let first = !std::mem::replace(&mut self.started[shard], true);
+        if self.header_line {
+            if first && std::mem::replace(&mut self.header_sent, true) {
+                return 0..0;
+            }
+            return 0..payload.len();
+        }
+        let mut start = 0;
+        if first && payload.starts_with(BINARY_SIGNATURE) && payload.len() >= 19 {
+            let ext = u32::from_be_bytes([payload[15], payload[16], payload[17], payload[18]]);
+            let header = (19 + ext as usize).min(payload.len());
+            if std::mem::replace(&mut self.header_sent, true) {
+                start = header;
+            }
+            if payload[header..] == BINARY_TRAILER {
+                return start..header.max(start);
+            }
+        }
+        if payload == BINARY_TRAILER {
+            return 0..0;
+        }
+        start..payload.len()
+    }
+
+    /// What goes to the client before the CopyDone: the one binary trailer.
+    pub fn trailer(&self) -> Option<&'static [u8]> {
+        self.binary.then_some(&BINARY_TRAILER[..])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1394,5 +1461,54 @@ mod tests {
             let _ = parse_copy(&format!("COPY t FROM STDIN {s}"));
             let _ = parse_copy(&s);
         }
+    }
+
+    #[test]
+    fn copy_out_join_sends_one_header_and_one_trailer() {
+        let cs = copy("COPY t TO STDOUT (FORMAT binary)");
+        let mut join = CopyOutJoin::new(&cs, 2).expect("binary needs a join");
+        let mut header = BINARY_SIGNATURE.to_vec();
+        header.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
+        let row = [0u8, 1, 0, 0, 0, 1, 7];
+        let first = [header.clone(), row.to_vec()].concat();
+        let mut out = Vec::new();
+        let mut feed = |join: &mut CopyOutJoin, shard: usize, payload: &[u8]| {
+            let r = join.keep(shard, payload);
+            out.extend_from_slice(&payload[r]);
+        };
+        feed(&mut join, 0, &first);
+        feed(&mut join, 1, &first);
+        feed(&mut join, 0, &BINARY_TRAILER);
+        // A shard with no rows: header and trailer in one message.
+        let empty = [header.clone(), BINARY_TRAILER.to_vec()].concat();
+        let mut join3 = join.clone();
+        feed(&mut join, 1, &BINARY_TRAILER);
+        out.extend_from_slice(join.trailer().unwrap());
+        let expected = [
+            header.clone(),
+            row.to_vec(),
+            row.to_vec(),
+            BINARY_TRAILER.to_vec(),
+        ]
+        .concat();
+        assert_eq!(out, expected);
+        join3.started.push(false);
+        assert_eq!(join3.keep(2, &empty), 19..19);
+        let mut fresh = CopyOutJoin::new(&cs, 1).unwrap();
+        assert_eq!(
+            fresh.keep(0, &empty),
+            0..19,
+            "the first shard's header stays"
+        );
+    }
+
+    #[test]
+    fn copy_out_join_keeps_one_csv_header_line() {
+        assert!(CopyOutJoin::new(&copy("COPY t TO STDOUT (FORMAT csv)"), 2).is_none());
+        let mut join = CopyOutJoin::new(&copy("COPY t TO STDOUT (FORMAT csv, HEADER)"), 2).unwrap();
+        assert_eq!(join.keep(0, b"id,name\n"), 0..8);
+        assert_eq!(join.keep(1, b"id,name\n"), 0..0);
+        assert_eq!(join.keep(1, b"1,a\n"), 0..4);
+        assert_eq!(join.trailer(), None);
     }
 }

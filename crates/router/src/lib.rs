@@ -30,12 +30,16 @@ pub use classify::{
 };
 pub use consistency::{parse_max_lag_ms, Consistency, ParseConsistencyError, ParseLagError};
 pub use copy::{
-    parse_copy, CopyError, CopyFormat, CopyRow, CopySplitter, CopyStatement, FieldValue,
+    parse_copy, CopyError, CopyFormat, CopyOutJoin, CopyRow, CopySplitter, CopyStatement,
+    FieldValue,
 };
 pub use hints::{parse_hints, HintError, Hints};
 pub use lexer::{Lexer, Token, TokenKind};
 pub use scan::{quick_scan, QuickScan};
-pub use session_cmd::{SessionCommand, SetValue};
+pub use session_cmd::{
+    leaves_session_state, savepoint_statement, CursorStatement, SavepointCommand, SessionCommand,
+    SetValue,
+};
 pub use shard::{
     plan as plan_shards, InsertPlan, InsertRow, KeyFilter, ShardPlan, ShardPlanner, ShardedTable,
     TableLookup, ValueSource,

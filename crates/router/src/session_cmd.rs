@@ -59,6 +59,142 @@ pub enum SessionCommand {
     Deallocate(Option<String>),
 }
 
+/// A savepoint statement, with the savepoint's name as the server keeps it
+/// (unquoted names folded to lower case).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SavepointCommand {
+    /// `SAVEPOINT name`.
+    Savepoint(String),
+    /// `ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] name`.
+    RollbackTo(String),
+    /// `RELEASE [SAVEPOINT] name`.
+    Release(String),
+}
+
+impl SavepointCommand {
+    /// Recognises a savepoint statement.
+    pub fn parse(stmt: &str) -> Option<SavepointCommand> {
+        let toks: Vec<Token<'_>> = Lexer::new(stmt)
+            .filter(|t| t.kind != TokenKind::BlockComment && t.kind != TokenKind::Semicolon)
+            .collect();
+        let mut i = 1;
+        let skip = |i: &mut usize, words: &[&str]| {
+            while toks
+                .get(*i)
+                .is_some_and(|t| words.iter().any(|w| t.is_keyword(w)))
+            {
+                *i += 1;
+            }
+        };
+        let first = toks.first()?;
+        let make: fn(String) -> SavepointCommand = if first.is_keyword("savepoint") {
+            SavepointCommand::Savepoint
+        } else if first.is_keyword("release") {
+            skip(&mut i, &["savepoint"]);
+            SavepointCommand::Release
+        } else if first.is_keyword("rollback") {
+            skip(&mut i, &["work", "transaction"]);
+            if !toks.get(i)?.is_keyword("to") {
+                return None;
+            }
+            i += 1;
+            skip(&mut i, &["savepoint"]);
+            SavepointCommand::RollbackTo
+        } else {
+            return None;
+        };
+        if toks.len() != i + 1 {
+            return None;
+        }
+        Some(make(ident(&toks[i])?))
+    }
+
+    /// The savepoint's name.
+    pub fn name(&self) -> &str {
+        match self {
+            SavepointCommand::Savepoint(n)
+            | SavepointCommand::RollbackTo(n)
+            | SavepointCommand::Release(n) => n,
+        }
+    }
+}
+
+/// A statement about an SQL cursor, with the cursor's name as the server
+/// keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CursorStatement {
+    /// `DECLARE name ... CURSOR ... FOR query`.
+    Declare(String),
+    /// `FETCH`, `MOVE` or `CLOSE` of the named cursor.
+    Use(String),
+    /// `CLOSE ALL`.
+    CloseAll,
+}
+
+impl CursorStatement {
+    /// Recognises DECLARE, FETCH, MOVE and CLOSE.
+    pub fn parse(stmt: &str) -> Option<CursorStatement> {
+        let toks: Vec<Token<'_>> = Lexer::new(stmt)
+            .filter(|t| t.kind != TokenKind::BlockComment && t.kind != TokenKind::Semicolon)
+            .collect();
+        let first = toks.first()?;
+        if first.is_keyword("declare") {
+            return Some(CursorStatement::Declare(ident(toks.get(1)?)?));
+        }
+        if first.is_keyword("close") {
+            let t = toks.get(1)?;
+            if t.is_keyword("all") && toks.len() == 2 {
+                return Some(CursorStatement::CloseAll);
+            }
+            return Some(CursorStatement::Use(ident(t)?));
+        }
+        if first.is_keyword("fetch") || first.is_keyword("move") {
+            // The cursor's name comes last, after any direction and FROM/IN.
+            return Some(CursorStatement::Use(ident(toks.last()?)?));
+        }
+        None
+    }
+}
+
+/// `SAVEPOINT name` for a name as the server keeps it, quoted.
+pub fn savepoint_statement(name: &str) -> String {
+    format!("SAVEPOINT \"{}\"", name.replace('"', "\"\""))
+}
+
+/// Whether a statement may leave state in the server session that lasts
+/// past its transaction and that a pooler cannot replay on another
+/// connection or undo selectively: SQL `PREPARE`, `LISTEN`, `DECLARE ...
+/// WITH HOLD`, temporary objects, `LOAD`, session advisory locks,
+/// `set_config` (which may change the role), and `DO` blocks (which may run
+/// any of these). A connection that ran one must be cleaned (`DISCARD ALL`)
+/// before another client uses it. Errs towards true.
+pub fn leaves_session_state(stmt: &str) -> bool {
+    let lower = stmt.to_ascii_lowercase();
+    if lower.contains("set_config") || lower.contains("advisory_lock") {
+        return true;
+    }
+    let words: Vec<String> = Lexer::new(stmt)
+        .filter(|t| t.kind == TokenKind::Word)
+        .take(4)
+        .map(|t| t.text.to_ascii_lowercase())
+        .collect();
+    let w = |i: usize| words.get(i).map(String::as_str);
+    match w(0) {
+        Some("prepare") => w(1) != Some("transaction"),
+        Some("listen" | "load" | "do") => true,
+        Some("declare") => lower.contains("hold"),
+        Some("create") => {
+            matches!(
+                (w(1), w(2)),
+                (Some("temp" | "temporary"), _)
+                    | (Some("global" | "local"), Some("temp" | "temporary"))
+                    | (Some("or"), _)
+            ) && lower.contains("temp")
+        }
+        _ => false,
+    }
+}
+
 fn ident(t: &Token<'_>) -> Option<String> {
     match t.kind {
         TokenKind::Word => Some(t.text.to_ascii_lowercase()),
@@ -263,6 +399,75 @@ mod tests {
             SessionCommand::parse("deallocate all"),
             Some(SessionCommand::Deallocate(None))
         );
+    }
+
+    #[test]
+    fn statements_that_leave_session_state() {
+        for stmt in [
+            "PREPARE q AS SELECT 1",
+            "LISTEN chan",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "CREATE TEMP TABLE t (x int)",
+            "create global temporary table t (x int)",
+            "CREATE OR REPLACE TEMP VIEW v AS SELECT 1",
+            "SELECT set_config('role', 'r', false)",
+            "SELECT pg_advisory_lock(1)",
+            "SELECT pg_try_advisory_lock(1)",
+            "DO $$ BEGIN EXECUTE 'SET ROLE r'; END $$",
+            "LOAD 'auto_explain'",
+        ] {
+            assert!(leaves_session_state(stmt), "{stmt}");
+        }
+        for stmt in [
+            "PREPARE TRANSACTION 'x'",
+            "DECLARE c CURSOR FOR SELECT 1",
+            "CREATE TABLE t (x int)",
+            "SELECT pg_advisory_xact_lock(1)",
+            "SELECT 1",
+            "SET search_path TO a",
+        ] {
+            assert!(!leaves_session_state(stmt), "{stmt}");
+        }
+    }
+
+    #[test]
+    fn recognises_savepoint_statements() {
+        use SavepointCommand::*;
+        let p = SavepointCommand::parse;
+        assert_eq!(p("SAVEPOINT a"), Some(Savepoint("a".into())));
+        assert_eq!(p("savepoint \"My SP\";"), Some(Savepoint("My SP".into())));
+        assert_eq!(p("ROLLBACK TO SAVEPOINT A"), Some(RollbackTo("a".into())));
+        assert_eq!(p("rollback work to b"), Some(RollbackTo("b".into())));
+        assert_eq!(
+            p("ROLLBACK TRANSACTION TO SAVEPOINT c"),
+            Some(RollbackTo("c".into()))
+        );
+        assert_eq!(p("RELEASE SAVEPOINT d"), Some(Release("d".into())));
+        assert_eq!(p("release e"), Some(Release("e".into())));
+        assert_eq!(p("ROLLBACK"), None);
+        assert_eq!(p("SAVEPOINT"), None);
+        assert_eq!(p("SELECT 1"), None);
+        assert_eq!(
+            savepoint_statement("My \"SP\""),
+            "SAVEPOINT \"My \"\"SP\"\"\""
+        );
+    }
+
+    #[test]
+    fn recognises_cursor_statements() {
+        use CursorStatement::*;
+        let p = CursorStatement::parse;
+        assert_eq!(
+            p("DECLARE \"Cur\" BINARY NO SCROLL CURSOR WITH HOLD FOR SELECT 1"),
+            Some(Declare("Cur".into()))
+        );
+        assert_eq!(p("FETCH FORWARD 7 FROM c1"), Some(Use("c1".into())));
+        assert_eq!(p("fetch all in C2;"), Some(Use("c2".into())));
+        assert_eq!(p("FETCH c3"), Some(Use("c3".into())));
+        assert_eq!(p("MOVE ABSOLUTE 5 IN c4"), Some(Use("c4".into())));
+        assert_eq!(p("CLOSE c5"), Some(Use("c5".into())));
+        assert_eq!(p("CLOSE ALL"), Some(CloseAll));
+        assert_eq!(p("SELECT 1"), None);
     }
 
     #[test]

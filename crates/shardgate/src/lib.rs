@@ -49,6 +49,9 @@ pub fn run_blocking(config: Config) -> Result<(), String> {
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
+            // The main thread's size (statement analysis recurses over
+            // parsed trees; their depth is bounded, this is the margin).
+            .thread_stack_size(8 << 20)
             .enable_all()
             .build()
     }

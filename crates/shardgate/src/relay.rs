@@ -116,6 +116,9 @@ pub struct Exchange {
     /// batch's Sync: the batch's ReadyForQuery answers the client's next
     /// Sync after the copy, which then needs no expectation of its own.
     pub batch_sync_swallowed: bool,
+    /// Statements to run hidden once the connection is idle: the client's
+    /// startup values after its `RESET`s.
+    pub restore: Option<String>,
 }
 
 impl Default for Exchange {
@@ -132,6 +135,7 @@ impl Default for Exchange {
             copy_in: false,
             copy_may_follow: false,
             batch_sync_swallowed: false,
+            restore: None,
         }
     }
 }
@@ -303,6 +307,14 @@ pub fn relay(
             }
             tag::PARAMETER_STATUS => {
                 if let Ok((k, v)) = backend::decode_parameter_status(&msg[5..]) {
+                    if matches!(k, "session_authorization" | "is_superuser")
+                        && ex.forwarding_async()
+                    {
+                        // The client changed who the session runs as (SET
+                        // ROLE, set_config, a function): whatever it was,
+                        // the connection is cleaned before anyone else uses it.
+                        cx.state.note_untracked();
+                    }
                     match conn.server_params.iter_mut().find(|(name, _)| name == k) {
                         Some(entry) => entry.1 = v.to_owned(),
                         None => conn.server_params.push((k.to_owned(), v.to_owned())),
@@ -545,7 +557,13 @@ fn ready_for_query(
     if client_cycle {
         ex.cycle_done = status == b'I';
         let outcome = cx.state.end_cycle(status);
-        if outcome.untracked || outcome.server_reset {
+        if outcome.untracked {
+            conn.state_fingerprint = DIRTY;
+        } else if let Some(restore) = outcome.restore {
+            // The startup values come back before anything else runs here.
+            ex.restore = Some(restore);
+            conn.state_fingerprint = cx.state.fingerprint();
+        } else if outcome.server_reset {
             conn.state_fingerprint = DIRTY;
         } else if outcome.changed {
             conn.state_fingerprint = cx.state.fingerprint();

@@ -83,17 +83,80 @@ impl SessionState {
         };
     }
 
-    /// SQL that turns a server session with fingerprint `from` into this state.
-    pub fn replay_sql(&self, from: u64) -> String {
+    /// SQL that turns a server session with fingerprint `from` into this
+    /// state: `DISCARD ALL` for a session in an unknown state, which must be
+    /// sent as a query of its own (it cannot run in the implicit transaction
+    /// of a multi-statement query), then the rest.
+    ///
+    /// A session in an unknown state (`DIRTY`: another client ran something
+    /// the proxy cannot replay, such as SQL `PREPARE`, `LISTEN` or
+    /// `set_config`) is cleaned with `DISCARD ALL`, which also drops the
+    /// proxy's own prepared statements there (the caller forgets them). A
+    /// session in another client's known state gets `RESET SESSION
+    /// AUTHORIZATION` first: `RESET ALL` leaves `SET ROLE` and `SET SESSION
+    /// AUTHORIZATION` in place.
+    pub fn replay(&self, from: u64) -> (Option<&'static str>, String) {
+        let discard = (from == DIRTY).then_some("DISCARD ALL");
         let mut sql = String::new();
-        if from != FRESH {
-            sql.push_str("RESET ALL;");
+        if from != FRESH && from != DIRTY {
+            sql.push_str("RESET SESSION AUTHORIZATION;RESET ALL;");
         }
-        for stmt in self.params.values() {
+        // SET SESSION AUTHORIZATION resets the role: it goes first.
+        let (auth, rest): (Vec<_>, Vec<_>) = self
+            .params
+            .iter()
+            .partition(|(name, _)| *name == "session_authorization");
+        for (_, stmt) in auth.into_iter().chain(rest) {
             sql.push_str(stmt);
             sql.push(';');
         }
-        sql
+        (discard, sql)
+    }
+
+    /// A statement left server session state the proxy cannot replay or
+    /// clean up selectively (see `leaves_session_state`): the connection is
+    /// cleaned before anyone else uses it.
+    pub fn note_untracked(&mut self) {
+        self.untracked = true;
+    }
+
+    /// The statements that put back the client's startup values of the
+    /// parameters `RESET` statements in `sql` return to the server's
+    /// defaults (Postgres resets to the value the session started with;
+    /// on a pooled connection that value came from a `SET`). `None` when
+    /// `sql` resets no startup parameter.
+    pub fn restore_after_reset(&self, sql: &str) -> Option<String> {
+        if self.baseline.is_empty() {
+            return None;
+        }
+        let mut restore = String::new();
+        for stmt in split_statements(sql) {
+            if is_set_or_reset(stmt) {
+                if let Some(cmd) = SessionCommand::parse(stmt) {
+                    self.restore_for(&cmd, &mut restore);
+                }
+            }
+        }
+        (!restore.is_empty()).then_some(restore)
+    }
+
+    /// Appends to `restore` the startup-value statements that `cmd` (a
+    /// `RESET`, `RESET ALL` or `SET ... TO DEFAULT`) makes necessary.
+    fn restore_for(&self, cmd: &SessionCommand, restore: &mut String) {
+        let mut add = |name: &str| {
+            if let Some(stmt) = self.baseline.get(name) {
+                if !restore.contains(stmt.as_str()) {
+                    restore.push_str(stmt);
+                    restore.push(';');
+                }
+            }
+        };
+        match cmd {
+            SessionCommand::Reset { name } => add(name),
+            SessionCommand::Set { name, value, .. } if value.is_default() => add(name),
+            SessionCommand::ResetAll => self.baseline.keys().for_each(|n| add(n)),
+            _ => {}
+        }
     }
 
     /// Scans a simple query for statements that change session state and
@@ -171,12 +234,15 @@ impl SessionState {
         if status == b'I' {
             let changes = std::mem::take(&mut self.tx_changes);
             if !self.cycle_rolled_back && !changes.is_empty() {
+                let mut restore = String::new();
                 for c in changes {
                     if matches!(c, SessionCommand::ResetAll) {
                         outcome.server_reset = true;
                     }
+                    self.restore_for(&c, &mut restore);
                     self.apply(c);
                 }
+                outcome.restore = (!restore.is_empty()).then_some(restore);
                 self.refresh_fingerprint();
                 outcome.changed = true;
             }
@@ -226,7 +292,7 @@ impl SessionState {
 }
 
 /// What ending a query cycle did to the tracked state.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CycleOutcome {
     /// The tracked state changed.
     pub changed: bool,
@@ -234,6 +300,9 @@ pub struct CycleOutcome {
     pub untracked: bool,
     /// `RESET ALL` ran on the server: it dropped the replayed startup values.
     pub server_reset: bool,
+    /// Statements that give back the startup values the cycle's `RESET`s
+    /// took from the server session (run hidden before the next cycle).
+    pub restore: Option<String>,
 }
 
 /// `sql` without a trailing semicolon when it holds one statement only (no
@@ -266,9 +335,14 @@ mod tests {
         s.note_query("SET search_path TO a, b");
         assert!(s.end_cycle(b'I').changed);
         assert_ne!(s.fingerprint(), before);
-        assert!(s.replay_sql(7).contains("SET search_path TO a, b;"));
-        assert!(s.replay_sql(7).starts_with("RESET ALL;"));
-        assert!(!s.replay_sql(FRESH).contains("RESET ALL"));
+        let (discard, sql) = s.replay(7);
+        assert_eq!(discard, None);
+        assert!(sql.contains("SET search_path TO a, b;"));
+        assert!(sql.starts_with("RESET SESSION AUTHORIZATION;RESET ALL;"));
+        let (discard, sql) = s.replay(DIRTY);
+        assert_eq!(discard, Some("DISCARD ALL"));
+        assert!(sql.starts_with("SET "), "{sql}");
+        assert!(!s.replay(FRESH).1.contains("RESET ALL"));
     }
 
     #[test]
@@ -327,10 +401,50 @@ mod tests {
         s.note_query("UPDATE t SET x = 1 WHERE id = 2;");
         s.note_query("SET application_name = 'a;b';");
         assert!(s.end_cycle(b'I').changed);
-        let replay = s.replay_sql(7);
+        let replay = s.replay(7).1;
         assert!(replay.contains("SET search_path TO a;"), "{replay}");
         assert!(replay.contains("SET application_name = 'a;b';"), "{replay}");
         assert!(!replay.contains("UPDATE"), "{replay}");
+    }
+
+    #[test]
+    fn session_authorization_is_replayed_before_the_role() {
+        let mut s = startup();
+        s.note_query("SET SESSION AUTHORIZATION bob");
+        s.note_query("SET ROLE carol");
+        s.end_cycle(b'I');
+        let replay = s.replay(7).1;
+        let auth = replay.find("SESSION AUTHORIZATION bob").unwrap();
+        let role = replay.find("ROLE carol").unwrap();
+        assert!(auth < role, "{replay}");
+    }
+
+    #[test]
+    fn resets_of_startup_parameters_restore_the_startup_value() {
+        let s = SessionState::from_startup(&[
+            ("DateStyle".into(), "ISO, DMY".into()),
+            ("application_name".into(), "app".into()),
+        ]);
+        assert_eq!(
+            s.restore_after_reset("RESET datestyle").as_deref(),
+            Some("SET datestyle TO 'ISO, DMY';")
+        );
+        assert_eq!(
+            s.restore_after_reset("SET application_name TO DEFAULT")
+                .as_deref(),
+            Some("SET application_name TO 'app';")
+        );
+        let all = s.restore_after_reset("RESET ALL").unwrap();
+        assert!(
+            all.contains("datestyle") && all.contains("application_name"),
+            "{all}"
+        );
+        assert_eq!(s.restore_after_reset("RESET search_path"), None);
+        assert_eq!(s.restore_after_reset("SET datestyle TO 'ISO'"), None);
+        assert_eq!(
+            SessionState::from_startup(&[]).restore_after_reset("RESET ALL"),
+            None
+        );
     }
 
     #[test]

@@ -27,7 +27,6 @@ import java.sql.DatabaseMetaData;
 import java.sql.DriverManager;
 import java.sql.PreparedStatement;
 import java.sql.ResultSet;
-import java.sql.ResultSetMetaData;
 import java.sql.SQLException;
 import java.sql.Savepoint;
 import java.sql.Statement;
@@ -423,7 +422,7 @@ public class Conformance {
         }
     }
 
-    static boolean isSerialisationOfCount(List<List<String>> r, long n) {
+    static boolean isSingleValue(List<List<String>> r, long n) {
         return r.size() == 1 && r.get(0).size() == 1 && String.valueOf(n).equals(r.get(0).get(0));
     }
 
@@ -722,7 +721,7 @@ public class Conformance {
         c.step("SELECT 1 after ROLLBACK");
         problems.add(expectOk("SELECT 1 after ROLLBACK", () -> {
             List<List<String>> r = plainQuery(p, "SELECT 1");
-            if (!isSerialisationOfCount(r, 1)) {
+            if (!isSingleValue(r, 1)) {
                 throw new Fail("returned " + r);
             }
         }));
@@ -901,10 +900,10 @@ public class Conformance {
 
     /**
      * 9. cursor_fetch: setFetchSize(7) in a transaction makes pgjdbc run the query in a named
-     * portal and fetch 7 rows per Execute (PortalSuspended in between). Three parts: (a) read
+     * portal and fetch 7 rows per Execute (PortalSuspended in between). Four parts: (a) read
      * all 120 rows, commit; (b) read 10 rows only, close the ResultSet and commit, which sends
      * Close(portal) + Parse/Bind/Execute COMMIT + Sync in one batch, with a 10 s timeout;
-     * (d) the same as (b) on a single-shard query; (c) SQL cursors: DECLARE, FETCH ALL, CLOSE
+     * (c) the same as (b) on a single-shard query; (d) SQL cursors: DECLARE, FETCH ALL, CLOSE
      * in a transaction.
      */
     static String cursorFetch(Ctx c) throws Exception {
@@ -968,15 +967,15 @@ public class Conformance {
             }
             b.setAutoCommit(true);
             List<List<String>> one = plainQuery(b, "SELECT 1");
-            if (!isSerialisationOfCount(one, 1)) {
+            if (!isSingleValue(one, 1)) {
                 throw new Fail("SELECT 1 after the commit returned " + one);
             }
         }));
 
-        // (d) the same as (b) on a query that one shard answers (ledger rows of one account,
+        // (c) the same as (b) on a query that one shard answers (ledger rows of one account,
         // co-located by account_id), so that fetching in batches works in `sharded` too and the
         // Close portal + COMMIT batch is reached there as well.
-        c.step("(d) loading 30 ledger rows of one account");
+        c.step("(c) loading 30 ledger rows of one account");
         long acct = cursorLo() + 500;
         for (Connection pr : c.primaries()) {
             update(pr, "DELETE FROM ledger WHERE account_id = ?", acct);
@@ -989,13 +988,13 @@ public class Conformance {
                 BigDecimal amount = new BigDecimal(k + ".10");
                 int n = update(ins, acct, amount, "fetch " + k);
                 if (n != 1) {
-                    throw new Fail("(d) setup INSERT into ledger reported " + n + " rows");
+                    throw new Fail("(c) setup INSERT into ledger reported " + n + " rows");
                 }
                 ledger.add(row(amount, "fetch " + k));
             }
         }
-        c.step("(d) reading 10 ledger rows with setFetchSize(7)");
-        problems.add(expectOk("(d) 10 rows of a single-shard query with setFetchSize(7), then commit", () -> {
+        c.step("(c) reading 10 ledger rows with setFetchSize(7)");
+        problems.add(expectOk("(c) 10 rows of a single-shard query with setFetchSize(7), then commit", () -> {
             Connection b = c.proxy();
             b.setAutoCommit(false);
             List<List<String>> partial = new ArrayList<>();
@@ -1013,7 +1012,7 @@ public class Conformance {
             if (d != null) {
                 throw new Fail(d);
             }
-            c.step("(d) commit with the portal closed in the same batch");
+            c.step("(c) commit with the portal closed in the same batch");
             b.setNetworkTimeout(NET_EXEC, 10_000);
             long t0 = System.nanoTime();
             try {
@@ -1024,20 +1023,20 @@ public class Conformance {
             }
             b.setAutoCommit(true);
             List<List<String>> one = plainQuery(b, "SELECT 1");
-            if (!isSerialisationOfCount(one, 1)) {
+            if (!isSingleValue(one, 1)) {
                 throw new Fail("SELECT 1 after the commit returned " + one);
             }
         }));
 
-        c.step("(c) DECLARE / FETCH ALL / CLOSE");
-        problems.add(expectOk("(c) SQL cursor", () -> {
+        c.step("(d) DECLARE / FETCH ALL / CLOSE");
+        problems.add(expectOk("(d) SQL cursor", () -> {
             Connection d = c.proxy();
             d.setAutoCommit(false);
             try (Statement st = d.createStatement()) {
                 st.execute("DECLARE c CURSOR FOR SELECT count(*) FROM accounts WHERE id BETWEEN " + lo + " AND " + hi);
                 try (ResultSet rs = st.executeQuery("FETCH ALL FROM c")) {
                     List<List<String>> r = rows(rs);
-                    if (!isSerialisationOfCount(r, CURSOR_ROWS)) {
+                    if (!isSingleValue(r, CURSOR_ROWS)) {
                         throw new Fail("FETCH ALL FROM c returned " + r + ", expected [[" + CURSOR_ROWS + "]]");
                     }
                 }
@@ -1111,12 +1110,26 @@ public class Conformance {
                 recs.add(new CopyRecord(id, sb.toString()));
             }
             if (bb.hasRemaining()) {
-                throw new Fail("binary COPY output: " + bb.remaining() + " bytes after the trailer");
+                throw new Fail("binary COPY output: " + bb.remaining() + " bytes after the trailer at byte "
+                        + bb.position() + " (of " + out.length + "; PGCOPY signatures at bytes "
+                        + signatures(out) + ")");
             }
             return recs;
         } catch (RuntimeException e) {
-            throw new Fail("binary COPY output cut short or malformed (" + out.length + " bytes): " + e);
+            throw new Fail("binary COPY output malformed at byte " + bb.position() + " (of " + out.length
+                    + "; PGCOPY signatures at bytes " + signatures(out) + "): " + e);
         }
+    }
+
+    /** Where the binary COPY signature occurs in `out` (once, at 0, in a well-formed stream). */
+    static List<Integer> signatures(byte[] out) {
+        List<Integer> at = new ArrayList<>();
+        for (int i = 0; i + BINARY_SIGNATURE.length <= out.length; i++) {
+            if (Arrays.equals(out, i, i + BINARY_SIGNATURE.length, BINARY_SIGNATURE, 0, BINARY_SIGNATURE.length)) {
+                at.add(i);
+            }
+        }
+        return at;
     }
 
     /** PostgreSQL's binary numeric: ndigits, weight, sign, dscale, base-10000 digits. */
@@ -1370,7 +1383,7 @@ public class Conformance {
     static String selectOneWorks(String what, Connection p) {
         return expectOk(what, () -> {
             List<List<String>> r = plainQuery(p, "SELECT 1");
-            if (!isSerialisationOfCount(r, 1)) {
+            if (!isSingleValue(r, 1)) {
                 throw new Fail("returned " + r);
             }
         });
@@ -1848,8 +1861,25 @@ public class Conformance {
         }
         problems.add(diff("the row written after the terminate, on the primaries",
                 List.of(row(c.key(0), "after terminate", "GBP", "7.00")), accountsOnPrimaries(c)));
+        if (problems.stream().anyMatch(Objects::nonNull)) {
+            c.step("waiting until the proxy reaches the primary again (for the next program)");
+            waitForPrimary(c);
+        }
         check(problems);
         return "terminated backend " + pid;
+    }
+
+    /** Polls a primary-bound statement on fresh connections for up to 10 s until it succeeds. */
+    static void waitForPrimary(Ctx c) throws InterruptedException {
+        long until = System.currentTimeMillis() + 10_000;
+        while (System.currentTimeMillis() < until) {
+            try (Connection p = connect(host + ":" + port, database, "")) {
+                plainQuery(p, "/* shardgate: consistency=strong */ SELECT 1");
+                return;
+            } catch (SQLException e) {
+                Thread.sleep(250);
+            }
+        }
     }
 
     // ------------------------------------------------------------------

@@ -182,19 +182,118 @@ pub struct FinalKey {
 /// several shards. Statements other than queries are concatenated (their
 /// row counts summed by the caller).
 pub fn plan_merge(sql: &str, tables: &dyn TableLookup) -> Result<MergePlan, Unmergeable> {
+    let toks: Vec<crate::lexer::Token<'_>> = crate::lexer::Lexer::new(sql).collect();
+    if crate::classify::too_complex_to_parse(&toks) {
+        return refuse(
+            "a query too deeply nested or with too many operators to analyse (over 64 levels of parentheses or 2000 operators)",
+        );
+    }
+    drop(toks);
     let statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
         Ok(s) => s,
-        // The shard planner decided on the lexer; nothing to rewrite.
-        Err(_) => return Ok(MergePlan::concat(sql)),
+        // Without a parse nothing says how the shards' rows combine.
+        Err(_) => {
+            return refuse(
+                "a query shardgate cannot parse (too deeply nested, too long, or syntax it does not know)",
+            )
+        }
     };
-    let [Statement::Query(query)] = statements.as_slice() else {
-        return Ok(MergePlan::concat(sql));
+    let query = match statements.as_slice() {
+        [Statement::Query(query)] => query,
+        [Statement::Explain { .. }] => {
+            return refuse("EXPLAIN of a query that runs on several shards")
+        }
+        [Statement::Declare { .. }] => {
+            return refuse("DECLARE CURSOR for a query over several shards")
+        }
+        [other] => {
+            let kind = other.to_string();
+            let kind = kind.split_whitespace().next().unwrap_or("this statement");
+            return refuse(format!("{} over several shards", kind.to_ascii_uppercase()));
+        }
+        _ => return refuse("several statements over several shards"),
     };
     let mut query = (**query).clone();
+    let ctes: Vec<String> = query
+        .with
+        .as_ref()
+        .map(|w| {
+            w.cte_tables
+                .iter()
+                .map(|c| ident_name(&c.alias.name))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !rows_from_sharded_tables(&query.body, tables, &ctes) {
+        return refuse(
+            "a query whose outer FROM holds no sharded table while a subquery reads one (each shard would answer it)",
+        );
+    }
     if let SetExpr::Select(s) = query.body.as_ref() {
         check_outer_joins(s, tables)?;
     }
     Planner::default().plan(sql, &mut query)
+}
+
+/// Whether every row of `body` comes from a sharded table in a FROM clause
+/// (so each shard's rows are its own and concatenating them is right).
+/// Derived tables, functions and CTE names count as possibly sharded.
+fn rows_from_sharded_tables(body: &SetExpr, tables: &dyn TableLookup, ctes: &[String]) -> bool {
+    match body {
+        SetExpr::Select(s) => s.from.iter().any(|twj| {
+            factor_may_be_sharded(&twj.relation, tables, ctes)
+                || twj
+                    .joins
+                    .iter()
+                    .any(|j| factor_may_be_sharded(&j.relation, tables, ctes))
+        }),
+        SetExpr::Query(q) => rows_from_sharded_tables(&q.body, tables, ctes),
+        SetExpr::SetOperation { left, right, .. } => {
+            rows_from_sharded_tables(left, tables, ctes)
+                && rows_from_sharded_tables(right, tables, ctes)
+        }
+        _ => false,
+    }
+}
+
+/// Whether the rows of one FROM item may be a sharded table's.
+fn factor_may_be_sharded(f: &TableFactor, tables: &dyn TableLookup, ctes: &[String]) -> bool {
+    match f {
+        TableFactor::Table {
+            name, args: None, ..
+        } => {
+            let parts: Vec<String> = name
+                .0
+                .iter()
+                .map(|p| {
+                    p.as_ident()
+                        .map(ident_name)
+                        .unwrap_or_else(|| p.to_string())
+                })
+                .collect();
+            match parts.as_slice() {
+                [t] => ctes.contains(t) || tables.sharded(None, t).is_some(),
+                [s, t] => tables.sharded(Some(s), t).is_some(),
+                _ => true,
+            }
+        }
+        // Set-returning functions hold no table rows.
+        TableFactor::Table { .. }
+        | TableFactor::Function { .. }
+        | TableFactor::TableFunction { .. }
+        | TableFactor::UNNEST { .. } => false,
+        TableFactor::NestedJoin {
+            table_with_joins, ..
+        } => {
+            factor_may_be_sharded(&table_with_joins.relation, tables, ctes)
+                || table_with_joins
+                    .joins
+                    .iter()
+                    .any(|j| factor_may_be_sharded(&j.relation, tables, ctes))
+        }
+        // A derived table was analysed by the shard planner.
+        _ => true,
+    }
 }
 
 /// Rows of a reference (or unsharded) table on the preserved side of an

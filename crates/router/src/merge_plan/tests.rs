@@ -36,7 +36,37 @@ fn plain_selects_concatenate() {
     let p = plan("SELECT id, name FROM t WHERE x > 1");
     assert_eq!(p.mode, MergeMode::Concat);
     assert_eq!(p.shard_sql, "SELECT id, name FROM t WHERE x > 1");
-    assert_eq!(plan("SELECT 1 UNION ALL SELECT 2").mode, MergeMode::Concat);
+    assert_eq!(
+        plan("SELECT id FROM t UNION ALL SELECT id FROM u").mode,
+        MergeMode::Concat
+    );
+    assert_eq!(
+        plan("WITH x AS (SELECT id FROM t) SELECT * FROM x").mode,
+        MergeMode::Concat
+    );
+}
+
+#[test]
+fn rows_not_partitioned_by_shard_are_refused() {
+    // Each shard would answer these whole: concatenated, one row per shard.
+    for sql in [
+        "SELECT EXISTS (SELECT 1 FROM orders WHERE qty > 8)",
+        "SELECT (SELECT count(*) FROM orders)",
+        "SELECT 1 UNION ALL SELECT id FROM t",
+        "SELECT * FROM generate_series(1, 3) g WHERE EXISTS (SELECT 1 FROM t)",
+    ] {
+        assert!(refused(sql).contains("no sharded table"), "{sql}");
+    }
+    // Statements the merge cannot describe are named.
+    assert!(refused("EXPLAIN SELECT * FROM t").starts_with("EXPLAIN"));
+    assert!(refused("DECLARE c CURSOR FOR SELECT count(*) FROM t").starts_with("DECLARE"));
+    let deep = format!(
+        "SELECT * FROM t WHERE {}1{}",
+        "(".repeat(300),
+        ")".repeat(300)
+    );
+    assert!(refused(&deep).contains("cannot parse"), "{deep}");
+    assert!(refused("SELECT * FROM t WHERE").contains("cannot parse"));
 }
 
 #[test]

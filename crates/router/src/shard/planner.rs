@@ -11,7 +11,6 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 use crate::cache::GenerationalCache;
-use crate::classify::operator_count;
 use crate::lexer::{split_statements, Lexer, Token, TokenKind};
 
 use super::fallback::{self, Quick};
@@ -20,10 +19,6 @@ use super::{analyze, insert, ShardPlan, TableLookup};
 
 /// Statements longer than this are planned without the cache.
 pub const MAX_CACHED_SQL: usize = 8 * 1024;
-
-/// Statements with more operators than this skip the parser (as in
-/// [`crate::classify`]: very deep trees overflow the stack when dropped).
-const MAX_PARSE_OPERATORS: usize = crate::classify::MAX_PARSE_OPERATORS;
 
 /// Plans `sql`; `base`: placeholders above it are normalised literals.
 /// Returns the plan and whether sqlparser understood the text (false: the
@@ -70,7 +65,7 @@ fn plan_text_inner(sql: &str, tables: &dyn TableLookup, base: Option<usize>) -> 
     if let Some(p) = fallback::dispatch(&toks, sql, tables) {
         return (p, true);
     }
-    if operator_count(&toks) > MAX_PARSE_OPERATORS {
+    if crate::classify::too_complex_to_parse(&toks) {
         return (fallback::fallback(&toks, tables), false);
     }
     let parsed = parse_one(sql).or_else(|| {

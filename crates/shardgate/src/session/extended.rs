@@ -97,6 +97,12 @@ impl Session {
         let p = Parse::decode(&msg[5..])?;
         // One pass over the text tells which closer looks are needed.
         let scan = quick_scan(p.query);
+        if self.mode == PoolMode::Transaction
+            && scan.session_effects
+            && shardgate_router::leaves_session_state(p.query)
+        {
+            self.state.note_untracked();
+        }
         if self.parse_virtual(&p, scan.shardgate)? {
             return Ok(());
         }
@@ -113,7 +119,17 @@ impl Session {
             Err(e) => return self.refuse_pg(e),
         };
         if self.mode == PoolMode::Session || p.name.is_empty() {
-            self.unnamed_set = (scan.set && is_set_statement(p.query)).then(|| p.query.to_owned());
+            let set = (scan.set && is_set_statement(p.query)).then(|| p.query.to_owned());
+            if p.name.is_empty() {
+                self.unnamed_set = set;
+            } else {
+                // Session pooling forwards named statements as they are;
+                // their SET/RESET is tracked at Execute as well.
+                match set {
+                    Some(sql) => self.named_sets.insert(p.name.to_owned(), sql),
+                    None => self.named_sets.remove(p.name),
+                };
+            }
             if p.name.is_empty() && self.route_reads {
                 self.unnamed_route = Some(StatementRouting::of(p.query, &self.proxy.classifier));
             }
@@ -355,11 +371,12 @@ impl Session {
             return Ok(());
         }
         if self.mode == PoolMode::Session || bind.statement.is_empty() {
-            self.bound_set = self
-                .unnamed_set
-                .as_ref()
-                .filter(|_| bind.statement.is_empty())
-                .map(|s| (bind.portal.to_owned(), s.clone()));
+            let set = if bind.statement.is_empty() {
+                self.unnamed_set.as_ref()
+            } else {
+                self.named_sets.get(bind.statement)
+            };
+            self.bound_set = set.map(|s| (bind.portal.to_owned(), s.clone()));
             self.forward(msg, Expect::Bind);
             return Ok(());
         }

@@ -21,6 +21,7 @@ use super::sharded::CopyRoute;
 use super::{reserve, Backend, Session, SessionError};
 use crate::relay::MAX_SERVER_MESSAGE;
 use crate::routing::Want;
+use shardgate_router::CopyOutJoin;
 
 /// One shard's part of a fan-out.
 pub(super) struct Part {
@@ -63,6 +64,8 @@ pub(super) struct Fanout {
     pub copy_in: bool,
     /// How COPY FROM STDIN rows are spread over the parts.
     pub copy: Option<CopyRoute>,
+    /// How the parts' COPY TO STDOUT streams become one.
+    copy_out: Option<CopyOutJoin>,
     /// Send ReadyForQuery at the end (the request ended with Sync or was a
     /// simple query, not a statement inside an extended batch).
     ready: bool,
@@ -88,6 +91,8 @@ pub(super) struct FanOpts {
     pub skip_parse: usize,
     /// COPY FROM STDIN routing.
     pub copy: Option<CopyRoute>,
+    /// COPY TO STDOUT of several shards: one header and trailer.
+    pub copy_out: Option<CopyOutJoin>,
 }
 
 impl FanOpts {
@@ -100,6 +105,7 @@ impl FanOpts {
             sum: true,
             skip_parse: 0,
             copy: None,
+            copy_out: None,
         }
     }
 }
@@ -128,7 +134,12 @@ impl Session {
             sum,
             skip_parse,
             copy,
+            copy_out,
         } = opts;
+        if !self.leave_replica_for(want).await? {
+            // A batch the replica holds failed: the server skips to Sync.
+            return Ok(());
+        }
         self.drain_current().await?;
         let wrap = wrap && self.vtx.is_none();
         let mut parts = Vec::with_capacity(requests.len());
@@ -168,6 +179,7 @@ impl Session {
             errored: false,
             copy_in: false,
             copy,
+            copy_out,
             ready,
             descs_sent: 0,
             to_cancel: Vec::new(),
@@ -301,6 +313,7 @@ impl Session {
                     self.flush_client().await?;
                     return Ok(stage);
                 }
+                self.write_parts(fan).await;
                 continue;
             }
             self.flush_client().await?;
@@ -365,8 +378,19 @@ impl Session {
                 btag::PARAMETER_STATUS => {}
                 btag::DATA_ROW | btag::COPY_DATA => {
                     // Copies (reference tables) answer once, from the first shard.
-                    if !fan.errored && (fan.sum || i == 0) {
-                        self.cout.extend_from_slice(&msg);
+                    if fan.errored || !(fan.sum || i == 0) {
+                        continue;
+                    }
+                    match fan.copy_out.as_mut().filter(|_| h.tag == btag::COPY_DATA) {
+                        None => self.cout.extend_from_slice(&msg),
+                        Some(join) => {
+                            let keep = join.keep(i, &msg[5..]);
+                            if keep.len() + 5 == msg.len() {
+                                self.cout.extend_from_slice(&msg);
+                            } else if !keep.is_empty() {
+                                copy_data(&msg[5..][keep], &mut self.cout);
+                            }
+                        }
                     }
                 }
                 btag::READY_FOR_QUERY => {
@@ -405,18 +429,28 @@ impl Session {
     /// Every part waits at a control message (or is done): sends the merged
     /// message once. Returns a stage end when the request waits for COPY data.
     fn step(&mut self, fan: &mut Fanout) -> Option<Stage> {
-        let pending: Vec<BytesMut> = fan
-            .parts
-            .iter_mut()
-            .filter_map(|p| p.pending.take())
-            .collect();
-        let first = pending.first()?;
-        if fan.errored {
-            return None;
+        let mut pending: Vec<BytesMut> = Vec::with_capacity(fan.parts.len());
+        let mut copy_in = Vec::new();
+        for (i, p) in fan.parts.iter_mut().enumerate() {
+            if let Some(m) = p.pending.take() {
+                if m[0] == btag::COPY_IN {
+                    copy_in.push(i);
+                }
+                pending.push(m);
+            }
         }
-        if let Some(err) = pending.iter().find(|m| m[0] == btag::ERROR_RESPONSE) {
-            self.cout.extend_from_slice(err);
-            fan.errored = true;
+        let first = pending.first()?;
+        let error = pending.iter().find(|m| m[0] == btag::ERROR_RESPONSE);
+        if fan.errored || error.is_some() {
+            if let (Some(err), false) = (error, fan.errored) {
+                self.cout.extend_from_slice(err);
+                fan.errored = true;
+            }
+            // Shards that started a COPY FROM STDIN while another failed
+            // would wait for data forever: end their COPY.
+            for i in copy_in {
+                fan.outs[i].extend_from_slice(COPY_FAIL_AFTER_ERROR);
+            }
             return None;
         }
         let finished = fan.parts.iter().any(|p| p.done.is_some());
@@ -437,6 +471,12 @@ impl Session {
             btag::COPY_IN => {
                 self.cout.extend_from_slice(first);
                 return Some(Stage::CopyIn);
+            }
+            btag::COPY_DONE => {
+                if let Some(trailer) = fan.copy_out.as_ref().and_then(CopyOutJoin::trailer) {
+                    copy_data(trailer, &mut self.cout);
+                }
+                self.cout.extend_from_slice(first);
             }
             _ => self.cout.extend_from_slice(first),
         }
@@ -485,6 +525,18 @@ pub(super) async fn read_any(
         Poll::Pending
     })
     .await
+}
+
+/// CopyFail for a shard whose COPY FROM STDIN cannot go on because another
+/// shard failed the statement.
+const COPY_FAIL_AFTER_ERROR: &[u8] =
+    b"f\x00\x00\x00\x2dshardgate: another shard failed the COPY\x00";
+
+/// Appends a CopyData message with `payload`.
+pub(super) fn copy_data(payload: &[u8], out: &mut BytesMut) {
+    out.extend_from_slice(&[btag::COPY_DATA]);
+    out.extend_from_slice(&((payload.len() + 4) as i32).to_be_bytes());
+    out.extend_from_slice(payload);
 }
 
 /// One shard failed: the statement is cancelled on the shards still
@@ -571,6 +623,16 @@ pub fn sum_tags(tags: &[&[u8]]) -> String {
 #[cfg(test)]
 mod tests {
     use super::sum_tags;
+
+    #[test]
+    fn the_copy_fail_message_is_well_formed() {
+        let m = super::COPY_FAIL_AFTER_ERROR;
+        let h = shardgate_protocol::Header::complete(m, 1024)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.total, m.len());
+        assert_eq!(m.last(), Some(&0));
+    }
 
     #[test]
     fn tags_sum_counts() {

@@ -66,6 +66,9 @@ pub enum ShardgateCommand {
     Begin(String),
     /// `COMMIT`/`END` (`true`) or `ROLLBACK`/`ABORT` (`false`) with sharding.
     End(bool),
+    /// `SAVEPOINT`, `ROLLBACK TO`, `RELEASE` with sharding: every shard of
+    /// the transaction.
+    Savepoint(String),
 }
 
 impl ShardgateCommand {
@@ -204,7 +207,9 @@ impl Session {
                 self.key_hint = None;
                 backend::command_complete("RESET", &mut out);
             }
-            ShardgateCommand::Begin(_) | ShardgateCommand::End(_) => {
+            ShardgateCommand::Begin(_)
+            | ShardgateCommand::End(_)
+            | ShardgateCommand::Savepoint(_) => {
                 return Err(PgError::error(
                     "XX000",
                     "transaction control runs elsewhere",
@@ -348,6 +353,9 @@ impl Session {
                 Some(super::sharded::TxControl::End(commit)) => {
                     Some(Ok(ShardgateCommand::End(commit)))
                 }
+                Some(super::sharded::TxControl::Savepoint) => {
+                    Some(Ok(ShardgateCommand::Savepoint(p.query.to_owned())))
+                }
                 _ => None,
             }
         } else {
@@ -431,6 +439,10 @@ impl Session {
             }
             ShardgateCommand::End(commit) => {
                 self.end_virtual(*commit, false).await?;
+                return Ok(true);
+            }
+            ShardgateCommand::Savepoint(sql) => {
+                self.savepoint(sql, false).await?;
                 return Ok(true);
             }
             _ => {}

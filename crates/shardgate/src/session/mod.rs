@@ -30,7 +30,8 @@ use shardgate_protocol::batch::{batch_end, continues_batch, BatchEnd};
 use shardgate_protocol::frontend::{self, tag};
 use shardgate_protocol::{Header, PgError, ProtocolError};
 use shardgate_router::hints::mentions_shardgate;
-use shardgate_router::{parse_hints, quick_scan};
+use shardgate_router::lexer::split_statements;
+use shardgate_router::{leaves_session_state, parse_hints, quick_scan};
 #[allow(unused_imports)]
 use std::collections::BTreeSet;
 use std::pin::Pin;
@@ -166,6 +167,10 @@ pub(crate) struct VirtualTx {
     pub failed: bool,
     /// `BEGIN READ ONLY`: each shard's part may run on a replica.
     pub read_only: bool,
+    /// Names of the savepoints open now, oldest first (as the server keeps
+    /// them): a shard that joins the transaction later gets them too, so a
+    /// `ROLLBACK TO` reaches every shard.
+    pub savepoints: Vec<String>,
 }
 
 /// Everything a session needs that is fixed at login.
@@ -219,6 +224,8 @@ pub struct Session {
     shard_hint: Option<usize>,
     /// `SET shardgate.sharding_key`.
     key_hint: Option<String>,
+    /// The shard of each SQL cursor the client declared (sharding).
+    cursors: std::collections::HashMap<String, usize>,
     /// Bytes after the current message that its handler consumed too.
     extra_consumed: usize,
     /// A cross-shard portal whose Execute stopped at its row limit, inside a
@@ -241,6 +248,8 @@ pub struct Session {
     unnamed_route: Option<crate::routing::StatementRouting>,
     /// The unnamed statement is a SET/RESET (session tracking in extended protocol).
     unnamed_set: Option<String>,
+    /// Named SET/RESET statements of a session-pooled client, by name.
+    named_sets: std::collections::HashMap<String, String>,
     /// Portal bound to a SET/RESET statement.
     bound_set: Option<(String, String)>,
     /// Statements and portals the proxy answers itself (extended protocol).
@@ -304,6 +313,7 @@ impl Session {
             sharded,
             shard_hint: None,
             key_hint: None,
+            cursors: Default::default(),
             extra_consumed: 0,
             suspended_portal: None,
             proxy,
@@ -327,6 +337,7 @@ impl Session {
             skip_until_sync: false,
             unnamed_route: None,
             unnamed_set: None,
+            named_sets: Default::default(),
             bound_set: None,
             virtual_stmts: Default::default(),
             logged_in: false,
@@ -385,7 +396,7 @@ impl Session {
                 }
                 Event::Server(Ok(_)) => {
                     self.handle_server_input()?;
-                    self.record_commit_position().await?;
+                    self.after_cycle().await?;
                 }
                 Event::Server(Err(e)) => self.server_lost(e.to_string())?,
                 Event::Shutdown => {}
@@ -610,15 +621,25 @@ impl Session {
         }
     }
 
-    /// After a write committed on the primary for a read-your-writes client,
-    /// asks the primary for its WAL position. The client already has its
-    /// answer; only the connection's return to the pool waits for this.
-    async fn record_commit_position(&mut self) -> Result<(), SessionError> {
+    /// Hidden queries that follow a client's cycle on its connection once
+    /// the server has answered everything: the startup values after a
+    /// `RESET` (see [`crate::relay::Exchange::restore`]), and for a
+    /// read-your-writes client after a write committed on the primary, the
+    /// primary's WAL position. The client already has its answer; only the
+    /// connection's return to the pool waits for these.
+    async fn after_cycle(&mut self) -> Result<(), SessionError> {
         let Some(b) = self.backend.as_mut() else {
             return Ok(());
         };
         if std::mem::take(&mut b.ex.cycle_done) && b.track_lsn {
             b.lsn_due = true;
+        }
+        if b.ex.restore.is_some() && b.ex.expect.is_empty() && !b.ex.unsynced {
+            let restore = b.ex.restore.take().expect("checked");
+            frontend::encode_query(&restore, &mut self.sout);
+            b.ex.expect.push_back(Expect::Query { forward: false });
+            self.flush_server().await?;
+            return Ok(());
         }
         if b.lsn_due && b.ex.expect.is_empty() && !b.ex.unsynced {
             b.lsn_due = false;
@@ -713,6 +734,7 @@ impl Session {
         let scan = quick_scan(sql);
         if scan.shardgate
             || scan.discard_or_deallocate
+            || scan.session_effects
             || (scan.set && SessionState::may_change_state(sql))
         {
             return Ok(Now::General);
@@ -751,6 +773,9 @@ impl Session {
             if scan.set {
                 self.state.note_query(sql);
             }
+            if scan.session_effects && split_statements(sql).into_iter().any(leaves_session_state) {
+                self.state.note_untracked();
+            }
         }
         if self.sharded {
             return self.on_query_sharded(msg, sql).await;
@@ -785,7 +810,24 @@ impl Session {
             self.start_retry(msg);
         }
         self.forward(msg, Expect::Query { forward: true });
+        if scan.set {
+            self.restore_startup_values(sql);
+        }
         Ok(())
+    }
+
+    /// After a query that `RESET`s parameters the client connected with:
+    /// the server reset them to its own defaults (the pooled connection
+    /// got the client's values by `SET`), so the startup values are set
+    /// again right behind it, before anything else of the client's runs.
+    pub(super) fn restore_startup_values(&mut self, sql: &str) {
+        if self.backend.is_none() {
+            return;
+        }
+        if let Some(restore) = self.state.restore_after_reset(sql) {
+            frontend::encode_query(&restore, &mut self.sout);
+            self.push_expect(Expect::Query { forward: false });
+        }
     }
 }
 

@@ -256,7 +256,7 @@ impl Session {
 
     /// The transaction status the client should see.
     pub(super) fn client_status(&self) -> u8 {
-        if self.vtx.as_ref().is_some_and(|v| v.failed) {
+        if self.tx_aborted() {
             return b'E';
         }
         match (&self.backend, &self.vtx) {
@@ -293,14 +293,29 @@ impl Session {
         };
         let wanted = self.state.fingerprint();
         if conn.state_fingerprint != wanted {
-            let sql = self.state.replay_sql(conn.state_fingerprint);
-            frontend::encode_query(&sql, out);
-            ex.expect.push_back(Expect::Query { forward: false });
+            let (discard, sql) = self.state.replay(conn.state_fingerprint);
+            if let Some(discard) = discard {
+                // The proxy's statements there go too.
+                conn.prepared.clear();
+                conn.pending_closes.clear();
+                frontend::encode_query(discard, out);
+                ex.expect.push_back(Expect::Query { forward: false });
+            }
+            if !sql.is_empty() {
+                frontend::encode_query(&sql, out);
+                ex.expect.push_back(Expect::Query { forward: false });
+            }
             conn.state_fingerprint = wanted;
         }
         if let Some(v) = &self.vtx {
-            // The client's transaction reaches this shard now.
-            frontend::encode_query(&v.begin, out);
+            // The client's transaction reaches this shard now, with the
+            // savepoints it has open.
+            let mut begin = v.begin.clone();
+            for name in &v.savepoints {
+                begin.push(';');
+                begin.push_str(&shardgate_router::savepoint_statement(name));
+            }
+            frontend::encode_query(&begin, out);
             ex.expect.push_back(Expect::Query { forward: false });
         }
         if self.parked.is_empty() && self.backend.is_none() {

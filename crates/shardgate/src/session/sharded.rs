@@ -15,7 +15,7 @@ use shardgate_router::shard::{KeyFilter, ShardPlan, ShardedTable, TableLookup, V
 use shardgate_router::{parse_hints, Hints};
 use shardgate_shardmap::{Function, KeyType, ShardKey, ShardMap, TableRule};
 
-use super::fanout::FanOpts;
+use super::fanout::{copy_data, FanOpts};
 use super::merge::MergeRequest;
 use super::{Proto, Session, SessionError, VirtualTx};
 
@@ -231,6 +231,17 @@ fn batch_after_bind(rest: &[u8], max_message: usize) -> Result<AfterBind, PgErro
     }
 }
 
+/// EXPLAIN of a statement that runs on several shards: each shard would
+/// describe its own part, and glued together they are no plan at all.
+fn refuse_explain(sql: &str) -> Result<(), PgError> {
+    if first_keyword(sql).is_some_and(|k| k.eq_ignore_ascii_case("explain")) {
+        return Err(cross_shard_refusal(
+            "EXPLAIN of a statement that runs on several shards",
+        ));
+    }
+    Ok(())
+}
+
 /// The 0A000 error for a query that cannot be answered across shards.
 fn cross_shard_refusal(construct: &str) -> PgError {
     PgError::error("0A000", format!("not supported across shards: {construct}")).with_hint(
@@ -320,7 +331,36 @@ impl Session {
     }
 
     /// Where one statement goes. `Err` is what the client is told instead.
+    /// An SQL cursor lives on the shard its DECLARE went to: FETCH, MOVE
+    /// and CLOSE of it go there too.
     pub(super) async fn dest_for(
+        &mut self,
+        sql: &str,
+        plan: &ShardPlan,
+        hints: &Hints,
+        params: Params<'_>,
+    ) -> Result<Dest, PgError> {
+        let cursor = matches!(plan, ShardPlan::NoTable)
+            || first_keyword(sql).is_some_and(|k| k.eq_ignore_ascii_case("declare"));
+        let cursor = cursor
+            .then(|| shardgate_router::CursorStatement::parse(sql))
+            .flatten();
+        if let Some(shardgate_router::CursorStatement::Use(name)) = &cursor {
+            if let Some(&shard) = self.cursors.get(name) {
+                return Ok(Dest::One(shard));
+            }
+        }
+        let dest = self.dest_of_plan(sql, plan, hints, params).await;
+        if let (Some(shardgate_router::CursorStatement::Declare(name)), Ok(Dest::One(s))) =
+            (cursor, &dest)
+        {
+            self.cursors.insert(name, *s);
+        }
+        dest
+    }
+
+    /// [`Session::dest_for`] from the statement's plan alone.
+    async fn dest_of_plan(
         &mut self,
         sql: &str,
         plan: &ShardPlan,
@@ -366,9 +406,10 @@ impl Session {
                         0 => Ok(Dest::One(default)),
                         1 => Ok(Dest::One(set[0])),
                         _ => {
-                            if !self.is_write(sql) {
+                            if !self.writes_rows(sql) {
                                 return self.merge_dest(sql, set).await;
                             }
+                            refuse_explain(sql)?;
                             Ok(Dest::Many(set))
                         }
                     },
@@ -377,8 +418,9 @@ impl Session {
             ShardPlan::Insert(ins) => self.insert_dest(&map, sql, ins, params).await,
             ShardPlan::NoKey { table } => {
                 let _ = table;
-                if self.is_write(sql) {
+                if self.writes_rows(sql) {
                     // UPDATE/DELETE without a key: every shard, counts summed.
+                    refuse_explain(sql)?;
                     Ok(Dest::Many(map.all_shards()))
                 } else {
                     self.merge_dest(sql, map.all_shards()).await
@@ -569,12 +611,10 @@ impl Session {
         let stmts = split_statements(sql);
         if let [one] = stmts.as_slice() {
             if let Some(tc) = tx_control(one) {
-                return self.tx_control_simple(msg, one, tc).await;
+                return self.tx_control_simple(one, tc).await;
             }
         }
-        if self.vtx.as_ref().is_some_and(|v| v.failed)
-            || self.backend.as_ref().is_some_and(|b| b.ex.status == b'E') && self.vtx.is_some()
-        {
+        if self.tx_aborted() {
             return self.reply_error(aborted());
         }
         if stmts.len() == 1
@@ -625,6 +665,9 @@ impl Session {
                         self.start_retry(msg);
                     }
                     self.forward(msg, crate::relay::Expect::Query { forward: true });
+                    if shardgate_router::quick_scan(sql).set {
+                        self.restore_startup_values(sql);
+                    }
                 }
                 Ok(())
             }
@@ -669,6 +712,20 @@ impl Session {
         self.proxy.classifier.classify(sql).route != shardgate_router::Route::Read
     }
 
+    /// Whether a statement over several shards is a write whose answers
+    /// (row counts, RETURNING rows) simply add up: INSERT, UPDATE, DELETE,
+    /// MERGE or a writing WITH. Anything else the classifier sends to the
+    /// primary (a `SELECT ... FOR UPDATE`, a statement it cannot parse) is
+    /// a read whose rows must be merged or refused.
+    fn writes_rows(&self, sql: &str) -> bool {
+        self.is_write(sql)
+            && first_keyword(sql).is_some_and(|k| {
+                ["insert", "update", "delete", "merge", "with"]
+                    .iter()
+                    .any(|w| k.eq_ignore_ascii_case(w))
+            })
+    }
+
     /// The cached plan of one statement, literals resolved.
     pub(super) fn plan_of(&self, sql: &str) -> ShardPlan {
         let sharding = self.proxy.sharding.as_ref().expect("sharded session");
@@ -687,12 +744,7 @@ impl Session {
     }
 
     /// BEGIN, COMMIT, ROLLBACK, SAVEPOINT in the simple protocol.
-    async fn tx_control_simple(
-        &mut self,
-        msg: &[u8],
-        sql: &str,
-        tc: TxControl,
-    ) -> Result<(), SessionError> {
+    async fn tx_control_simple(&mut self, sql: &str, tc: TxControl) -> Result<(), SessionError> {
         match tc {
             TxControl::Begin => {
                 let mut out = BytesMut::new();
@@ -702,26 +754,71 @@ impl Session {
                 Ok(())
             }
             TxControl::End(commit) => self.end_virtual(commit, true).await,
-            TxControl::Savepoint => {
-                let mut shards: Vec<usize> = self.parked.iter().map(|b| b.shard).collect();
-                shards.extend(self.backend.as_ref().map(|b| b.shard));
-                if shards.len() <= 1 {
-                    self.target = shards.first().copied().unwrap_or_else(|| self.default_shard());
-                    if self.attach(Proto::Simple, Want::Primary).await? {
-                        self.forward(msg, crate::relay::Expect::Query { forward: true });
-                    }
-                    return Ok(());
-                }
-                let mut q = BytesMut::new();
-                frontend::encode_query(sql, &mut q);
-                let requests = shards.into_iter().map(|s| (s, q.clone())).collect();
-                self.fanout(requests, FanOpts::new(Want::Primary)).await
-            }
+            TxControl::Savepoint => self.savepoint(sql, true).await,
             TxControl::TwoPhase => self.reply_error(
                 PgError::error("0A000", "PREPARE TRANSACTION and COMMIT/ROLLBACK PREPARED are not passed through shardgate")
                     .with_hint("shardgate coordinates multi-shard commits itself."),
             ),
         }
+    }
+
+    /// Whether the client's transaction spread over shards has failed: a
+    /// statement failed on one of its shards, or the proxy refused one. Only
+    /// ROLLBACK, COMMIT (which rolls back) and ROLLBACK TO run then.
+    pub(super) fn tx_aborted(&self) -> bool {
+        self.vtx.as_ref().is_some_and(|v| {
+            v.failed
+                || self.parked.iter().any(|b| b.ex.status == b'E')
+                || self.backend.as_ref().is_some_and(|b| b.ex.status == b'E')
+        })
+    }
+
+    /// SAVEPOINT, ROLLBACK TO and RELEASE: run on every shard the
+    /// transaction uses (on the default shard if none yet), and remembered,
+    /// so a shard that joins later gets the open savepoints after its
+    /// BEGIN. `ready`: simple protocol (ReadyForQuery ends the answer).
+    pub(super) async fn savepoint(&mut self, sql: &str, ready: bool) -> Result<(), SessionError> {
+        let cmd = shardgate_router::SavepointCommand::parse(sql);
+        let mut shards: Vec<usize> = self.parked.iter().map(|b| b.shard).collect();
+        shards.extend(self.backend.as_ref().map(|b| b.shard));
+        if shards.is_empty() {
+            shards.push(self.default_shard());
+        }
+        let rolling_back = matches!(cmd, Some(shardgate_router::SavepointCommand::RollbackTo(_)));
+        if let Some(v) = self.vtx.as_mut().filter(|_| rolling_back) {
+            // ROLLBACK TO ends a failure; the shards' answers say whether it did.
+            v.failed = false;
+        }
+        let mut q = BytesMut::new();
+        frontend::encode_query(sql, &mut q);
+        let requests = shards.into_iter().map(|s| (s, q.clone())).collect();
+        let mut opts = FanOpts::new(Want::Primary);
+        opts.ready = ready;
+        opts.sum = false;
+        self.fanout(requests, opts).await?;
+        let failed = self.tx_aborted();
+        if failed && !ready {
+            // An error in an extended batch: the rest of it is skipped.
+            self.skip_until_sync = true;
+        }
+        if let (Some(v), Some(cmd), false) = (self.vtx.as_mut(), cmd, failed) {
+            use shardgate_router::SavepointCommand::*;
+            let last = |name: &str| v.savepoints.iter().rposition(|n| n == name);
+            match cmd {
+                Savepoint(name) => v.savepoints.push(name),
+                RollbackTo(name) => {
+                    if let Some(i) = last(&name) {
+                        v.savepoints.truncate(i + 1);
+                    }
+                }
+                Release(name) => {
+                    if let Some(i) = last(&name) {
+                        v.savepoints.truncate(i);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Starts a client transaction; BEGIN reaches each shard on first use.
@@ -737,6 +834,7 @@ impl Session {
                 begin: sql.to_owned(),
                 failed: false,
                 read_only,
+                savepoints: Vec::new(),
             });
         }
         backend::command_complete("BEGIN", out);
@@ -751,6 +849,7 @@ impl Session {
         ready: bool,
     ) -> Result<(), SessionError> {
         self.drain_current().await?;
+        self.cursors.clear();
         let Some(v) = self.vtx.take() else {
             let mut out = BytesMut::new();
             backend::notice("25P01", "there is no transaction in progress", &mut out);
@@ -843,7 +942,7 @@ impl Session {
             );
             return self.refuse_pg(err);
         };
-        if self.vtx.as_ref().is_some_and(|v| v.failed) {
+        if self.tx_aborted() {
             return self.refuse_pg(aborted());
         }
         let plan = self.plan_of(&stmt.query);
@@ -962,7 +1061,7 @@ impl Session {
             return Ok(None);
         };
         if cs.query {
-            return Ok(None);
+            return self.copy_query_to(msg, sql, &cs).await.map(Some);
         }
         let map = self.map();
         let (schema, name) = (cs.table.0.as_deref(), cs.table.1.as_str());
@@ -971,7 +1070,6 @@ impl Session {
         if rule.is_none() && !reference {
             return Ok(None);
         }
-        let _ = msg;
         let mut q = BytesMut::new();
         frontend::encode_query(sql, &mut q);
         let all = map.all_shards();
@@ -980,8 +1078,10 @@ impl Session {
             if reference {
                 return Ok(None);
             }
+            let mut opts = FanOpts::new(want);
+            opts.copy_out = shardgate_router::CopyOutJoin::new(&cs, all.len());
             let requests = all.into_iter().map(|s| (s, q.clone())).collect();
-            self.fanout(requests, FanOpts::new(want)).await?;
+            self.fanout(requests, opts).await?;
             return Ok(Some(()));
         }
         let route = match rule {
@@ -1023,6 +1123,53 @@ impl Session {
         opts.copy = Some(route);
         self.fanout(requests, opts).await?;
         Ok(Some(()))
+    }
+
+    /// `COPY (query) TO STDOUT`: where the query goes decides where the
+    /// COPY runs. One shard: there. Several shards whose rows are simply
+    /// concatenated: all of them, joined into one stream. A query whose
+    /// shards' rows must be merged (ORDER BY, LIMIT, aggregates, DISTINCT)
+    /// is refused: COPY streams cannot be merged row by row here.
+    async fn copy_query_to(
+        &mut self,
+        msg: &[u8],
+        sql: &str,
+        cs: &shardgate_router::CopyStatement,
+    ) -> Result<(), SessionError> {
+        let inner = cs.inner_query.as_deref().unwrap_or("");
+        let hints = match parse_hints(sql) {
+            Ok(h) => h,
+            Err(e) => return self.reply_error(super::hint_error(e)),
+        };
+        let plan = self.plan_of(inner);
+        let dest = match self.dest_for(inner, &plan, &hints, None).await {
+            Ok(d) => d,
+            Err(e) => return self.reply_error(e),
+        };
+        let want = self.want_sharded(sql);
+        let shards = match dest {
+            Dest::One(s) => vec![s],
+            Dest::Everywhere(_) => vec![self.default_shard()],
+            Dest::Many(shards) => shards,
+            Dest::Merge(..) | Dest::Split(_) => {
+                return self.reply_error(cross_shard_refusal(
+                    "COPY (query) TO of a query whose rows from several shards must be merged (ORDER BY, LIMIT, aggregates, DISTINCT)",
+                ).with_hint("Run the SELECT itself (shardgate merges it), or COPY one shard at a time with a /* shardgate: shard=N */ hint."));
+            }
+        };
+        if let [one] = shards.as_slice() {
+            self.target = *one;
+            if self.attach(Proto::Simple, want).await? {
+                self.forward(msg, crate::relay::Expect::Query { forward: true });
+            }
+            return Ok(());
+        }
+        let mut q = BytesMut::new();
+        frontend::encode_query(sql, &mut q);
+        let mut opts = FanOpts::new(want);
+        opts.copy_out = shardgate_router::CopyOutJoin::new(cs, shards.len());
+        let requests = shards.into_iter().map(|s| (s, q.clone())).collect();
+        self.fanout(requests, opts).await
     }
 
     /// CopyData, CopyDone or CopyFail while a COPY runs on several shards.
@@ -1090,12 +1237,6 @@ enum CopyFailure {
     Data(PgError),
 }
 
-fn copy_data_message(payload: &[u8], out: &mut BytesMut) {
-    out.extend_from_slice(&[tag::COPY_DATA]);
-    out.extend_from_slice(&((payload.len() + 4) as i32).to_be_bytes());
-    out.extend_from_slice(payload);
-}
-
 fn broadcast(fan: &mut super::fanout::Fanout, f: impl Fn(&mut BytesMut)) {
     for out in fan.outs.iter_mut() {
         f(out);
@@ -1107,7 +1248,7 @@ fn route_copy_data(fan: &mut super::fanout::Fanout, data: &[u8]) -> Result<bool,
     let shard_index: Vec<usize> = fan.parts.iter().map(|p| p.b.shard).collect();
     match fan.copy.as_mut() {
         None | Some(CopyRoute::Everywhere) => {
-            broadcast(fan, |out| copy_data_message(data, out));
+            broadcast(fan, |out| copy_data(data, out));
             Ok(false)
         }
         Some(CopyRoute::ByKey {
@@ -1167,7 +1308,7 @@ fn finish_copy(fan: &mut super::fanout::Fanout) -> Result<(), CopyFailure> {
         )?;
         if let Some(trailer) = splitter.binary_trailer() {
             for out in fan.outs.iter_mut() {
-                copy_data_message(trailer, out);
+                copy_data(trailer, out);
             }
         }
     }
@@ -1190,7 +1331,7 @@ fn send_rows(
     if !*header_sent {
         if let Some(h) = splitter.header_bytes() {
             for out in outs.iter_mut() {
-                copy_data_message(h, out);
+                copy_data(h, out);
             }
             *header_sent = true;
         }
@@ -1214,7 +1355,7 @@ fn send_rows(
             .ok_or_else(|| {
                 CopyFailure::Data(PgError::error("XX000", "shard missing from the COPY"))
             })?;
-        copy_data_message(splitter.row_bytes(row), &mut outs[i]);
+        copy_data(splitter.row_bytes(row), &mut outs[i]);
     }
     Ok(())
 }
