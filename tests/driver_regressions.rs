@@ -721,7 +721,8 @@ fn binary_copy_ids(stream: &[u8]) -> Vec<i64> {
 /// Defects 4 and 9: `COPY ... TO STDOUT` of a sharded table sent every
 /// shard's whole binary stream (two headers and trailers, psycopg stopped
 /// at the first) and a CSV header per shard; `COPY (query) TO` glued the
-/// shards' answers together, ignoring ORDER BY and aggregates; asyncpg's
+/// shards' answers together, ignoring ORDER BY and aggregates (now merged
+/// as the query itself is, then sent as COPY data); asyncpg's
 /// `copy_records_to_table` (Parse/Describe/Flush, then COPY) hung, its
 /// COPY split between a replica that refused it and a primary that waited.
 #[test]
@@ -731,6 +732,10 @@ fn copy_over_several_shards_is_one_stream() {
     let by_shard = env.load_accounts(&mut raw, 1..=20);
     assert!(by_shard.iter().all(|ids| !ids.is_empty()));
     let msgs = raw_ok(&mut raw, "COPY accounts (id) TO STDOUT (FORMAT binary)");
+    // The header comes with the first row in one CopyData, as Postgres
+    // sends it: psycopg's read_row reads both from one message.
+    let first_data = msgs.iter().find(|(t, _)| *t == b'd').expect("data");
+    assert!(first_data.1.len() > 19 + 2, "header alone in a message");
     let mut ids = binary_copy_ids(&copy_out_bytes(&msgs));
     ids.sort();
     assert_eq!(ids, (1..=20).collect::<Vec<i64>>());
@@ -761,16 +766,29 @@ fn copy_over_several_shards_is_one_stream() {
         &format!("COPY (SELECT owner FROM accounts WHERE id = {one}) TO STDOUT"),
     );
     assert_eq!(copy_out_bytes(&msgs), format!("o{one}\n").into_bytes());
-    // Rows that must be merged are refused, not glued together.
-    for sql in [
-        "COPY (SELECT id FROM accounts ORDER BY id) TO STDOUT",
-        "COPY (SELECT count(*) FROM accounts) TO STDOUT",
-        "COPY (SELECT id FROM accounts LIMIT 5) TO STDOUT",
-    ] {
-        let msgs = raw.query(sql);
-        assert_eq!(sqlstate_of(&msgs), "0A000", "{sql}");
-        assert!(copy_out_bytes(&msgs).is_empty());
-    }
+    // Rows that must be merged are merged, then sent as COPY data.
+    let expected: String = (1..=20).map(|i| format!("{i}\to{i}\n")).collect();
+    let msgs = raw_ok(
+        &mut raw,
+        "COPY (SELECT id, owner FROM accounts ORDER BY id) TO STDOUT",
+    );
+    assert_eq!(String::from_utf8(copy_out_bytes(&msgs)).unwrap(), expected);
+    assert_eq!(command_tags(&msgs), ["COPY 20"]);
+    let msgs = raw_ok(
+        &mut raw,
+        "COPY (SELECT count(*), max(id) FROM accounts) TO STDOUT (FORMAT csv)",
+    );
+    assert_eq!(copy_out_bytes(&msgs), b"20,20\n");
+    let msgs = raw_ok(
+        &mut raw,
+        "COPY (SELECT id FROM accounts ORDER BY id DESC LIMIT 5) TO STDOUT (FORMAT binary)",
+    );
+    assert_eq!(
+        binary_copy_ids(&copy_out_bytes(&msgs)),
+        [20, 19, 18, 17, 16]
+    );
+    let first_data = msgs.iter().find(|(t, _)| *t == b'd').expect("data");
+    assert!(first_data.1.len() > 19 + 2, "header alone in a message");
     // asyncpg's copy_records_to_table: a lookup prepared with Flush (which
     // may go to a replica), then the COPY, which must run on the primaries.
     let mut m = parse_msg(
@@ -802,4 +820,95 @@ fn copy_over_several_shards_is_one_stream() {
             .sum::<i64>(),
         10
     );
+}
+
+/// Notifications (`A` messages) that arrive on `raw` within `wait`.
+fn notifications_within(raw: &mut Raw, wait: std::time::Duration) -> Vec<(String, String)> {
+    raw.s.set_read_timeout(Some(wait)).unwrap();
+    let mut got = Vec::new();
+    loop {
+        let mut head = [0u8; 5];
+        if std::io::Read::read_exact(&mut raw.s, &mut head).is_err() {
+            break;
+        }
+        let len = i32::from_be_bytes(head[1..5].try_into().unwrap()) as usize;
+        let mut body = vec![0u8; len - 4];
+        std::io::Read::read_exact(&mut raw.s, &mut body).unwrap();
+        assert_eq!(head[0], b'A', "only notifications arrive while idle");
+        let fields: Vec<String> = body[4..]
+            .split(|b| *b == 0)
+            .map(|f| String::from_utf8_lossy(f).into_owned())
+            .collect();
+        got.push((fields[0].clone(), fields[1].clone()));
+    }
+    raw.s
+        .set_read_timeout(Some(std::time::Duration::from_secs(120)))
+        .unwrap();
+    got
+}
+
+/// Defect 6: LISTEN was accepted in transaction pooling and stayed on the
+/// pooled server connection: the listener got nothing, and whoever
+/// borrowed that connection next got its notifications. Now the proxy
+/// listens for the client on a connection of its own and delivers each
+/// notification between the client's transactions, in the simple and the
+/// extended protocol, and nobody else gets them.
+fn listen_and_notify(env: &Env) {
+    let mut listener = env.raw();
+    raw_ok(&mut listener, "LISTEN jobs");
+    // pgjdbc sends LISTEN through the extended protocol.
+    let mut m = parse_msg("", "LISTEN \"Mail\"");
+    m.extend(bind_msg("", "", &[]));
+    m.extend(execute_msg("", 0));
+    m.extend(sync_msg());
+    listener.send(&m);
+    let msgs = listener.until_ready();
+    assert!(errors(&msgs).is_empty(), "{:?}", errors(&msgs));
+    assert_eq!(command_tags(&msgs), ["LISTEN"]);
+    let mut sender = env.raw();
+    raw_ok(&mut sender, "NOTIFY jobs, 'hello'");
+    raw_ok(&mut sender, "SELECT pg_notify('Mail', 'second')");
+    raw_ok(&mut sender, "NOTIFY other, 'nobody listens'");
+    let got = notifications_within(&mut listener, std::time::Duration::from_secs(3));
+    assert_eq!(
+        got,
+        [
+            ("jobs".to_owned(), "hello".to_owned()),
+            ("Mail".to_owned(), "second".to_owned())
+        ]
+    );
+    assert!(notifications_within(&mut sender, std::time::Duration::from_millis(300)).is_empty());
+    // In a transaction the listener gets them after it ends.
+    raw_ok(&mut listener, "BEGIN");
+    raw_ok(&mut listener, "SELECT 1");
+    raw_ok(&mut sender, "NOTIFY jobs, 'while busy'");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let msgs = raw_ok(&mut listener, "SELECT 2");
+    assert!(
+        msgs.iter().all(|(t, _)| *t != b'A'),
+        "held during the transaction"
+    );
+    raw_ok(&mut listener, "COMMIT");
+    let got = notifications_within(&mut listener, std::time::Duration::from_secs(3));
+    assert_eq!(got, [("jobs".to_owned(), "while busy".to_owned())]);
+    // UNLISTEN stops them.
+    raw_ok(&mut listener, "UNLISTEN jobs");
+    raw_ok(&mut sender, "NOTIFY jobs, 'after unlisten'");
+    raw_ok(&mut sender, "NOTIFY \"Mail\", 'still'");
+    let got = notifications_within(&mut listener, std::time::Duration::from_secs(2));
+    assert_eq!(got, [("Mail".to_owned(), "still".to_owned())]);
+}
+
+#[test]
+fn listen_in_transaction_pooling_single_node() {
+    listen_and_notify(&Env::start(
+        ClusterSpec::new(1, 0),
+        "pool_size = 2",
+        ONE_SHARD,
+    ));
+}
+
+#[test]
+fn listen_in_transaction_pooling_sharded() {
+    listen_and_notify(&Env::sharded());
 }

@@ -255,6 +255,12 @@ impl Pool {
         &self.inner.key
     }
 
+    /// How this pool's connections are opened, for a connection of the
+    /// same kind kept outside the pool (a shared LISTEN connection).
+    pub fn connect_params(&self) -> &ConnectParams {
+        &self.inner.params
+    }
+
     /// An idle connection if one is free and fit for use right now, without
     /// waiting or opening one; `None` leaves the pool as it was.
     pub fn get_idle(&self) -> Option<PooledConn> {

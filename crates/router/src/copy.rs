@@ -16,6 +16,7 @@
 //! ([`CopySplitter::row_bytes`]), valid until the next call that feeds data:
 //! one copy of each message, no allocation per row (except the decoded key).
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use crate::lexer::{Lexer, Token, TokenKind};
@@ -1070,13 +1071,17 @@ fn csv_field(
 /// Joins the `COPY ... TO STDOUT` streams of several shards into the one
 /// stream a single server would send: one binary header and one trailer
 /// (each shard sends its own), one CSV/text header line. Rows pass as they
-/// come from any shard (each CopyData a server sends holds whole rows).
+/// come from any shard (each CopyData a server sends holds whole rows). The
+/// binary header always travels with a row or the trailer, as Postgres
+/// sends it (psycopg reads them from one message).
 #[derive(Debug, Clone)]
 pub struct CopyOutJoin {
     binary: bool,
     header_line: bool,
-    /// The header went to the client already.
+    /// The header went to the client already (or is held for the next row).
     header_sent: bool,
+    /// A binary header waiting for the first row to go out with.
+    held_header: Option<Vec<u8>>,
     /// Per shard: its first CopyData (the one with the header) has passed.
     started: Vec<bool>,
 }
@@ -1091,41 +1096,270 @@ impl CopyOutJoin {
             binary,
             header_line,
             header_sent: false,
+            held_header: None,
             started: vec![false; shards],
         })
     }
 
-    /// The part of shard `shard`'s CopyData payload the client gets (an
-    /// empty range: nothing).
-    pub fn keep(&mut self, shard: usize, payload: &[u8]) -> Range<usize> {
+    /// What of shard `shard`'s CopyData payload the client gets, as the
+    /// payload of one CopyData (`None`: nothing).
+    pub fn pass<'a>(&mut self, shard: usize, payload: &'a [u8]) -> Option<Cow<'a, [u8]>> {
         let first = !std::mem::replace(&mut self.started[shard], true);
         if self.header_line {
             if first && std::mem::replace(&mut self.header_sent, true) {
-                return 0..0;
+                return None;
             }
-            return 0..payload.len();
+            return Some(Cow::Borrowed(payload));
         }
-        let mut start = 0;
+        let mut body = payload;
         if first && payload.starts_with(BINARY_SIGNATURE) && payload.len() >= 19 {
             let ext = u32::from_be_bytes([payload[15], payload[16], payload[17], payload[18]]);
             let header = (19 + ext as usize).min(payload.len());
-            if std::mem::replace(&mut self.header_sent, true) {
-                start = header;
+            if !std::mem::replace(&mut self.header_sent, true) {
+                self.held_header = Some(payload[..header].to_vec());
             }
-            if payload[header..] == BINARY_TRAILER {
-                return start..header.max(start);
+            body = &payload[header..];
+        }
+        if body.is_empty() || body == BINARY_TRAILER {
+            return None;
+        }
+        Some(match self.held_header.take() {
+            Some(mut h) => {
+                h.extend_from_slice(body);
+                Cow::Owned(h)
             }
-        }
-        if payload == BINARY_TRAILER {
-            return 0..0;
-        }
-        start..payload.len()
+            None => Cow::Borrowed(body),
+        })
     }
 
-    /// What goes to the client before the CopyDone: the one binary trailer.
-    pub fn trailer(&self) -> Option<&'static [u8]> {
-        self.binary.then_some(&BINARY_TRAILER[..])
+    /// The payload of the CopyData that goes out before the CopyDone: the
+    /// one binary trailer (with the header, when no row went out).
+    pub fn trailer(&mut self) -> Option<Vec<u8>> {
+        if !self.binary {
+            return None;
+        }
+        let mut t = self.held_header.take().unwrap_or_default();
+        t.extend_from_slice(&BINARY_TRAILER);
+        Some(t)
     }
+}
+
+/// Turns the answer to a query (RowDescription, DataRows, CommandComplete)
+/// into the answer to `COPY (query) TO STDOUT` in the statement's format:
+/// CopyOutResponse, one CopyData per row (COPY text escaping, CSV quoting,
+/// or binary tuples, which are DataRow bodies with the header and trailer
+/// around them), CopyDone and `COPY n`. Other messages pass unchanged. For
+/// a query whose rows the proxy merges from several shards.
+#[derive(Debug, Clone)]
+pub struct CopyRowsOut {
+    format: CopyFormat,
+    delimiter: u8,
+    quote: u8,
+    escape: u8,
+    null: String,
+    header: bool,
+    rows: u64,
+    /// The binary header is still to be sent, in the first CopyData (with
+    /// the first row or the trailer, as Postgres does: psycopg reads the
+    /// header and a row from one message).
+    binary_header_due: bool,
+}
+
+impl CopyRowsOut {
+    /// The conversion for `cs`'s format and options.
+    pub fn new(cs: &CopyStatement) -> CopyRowsOut {
+        CopyRowsOut {
+            format: cs.format,
+            delimiter: cs.delimiter,
+            quote: cs.quote,
+            escape: cs.escape,
+            null: cs.null.clone(),
+            header: cs.header,
+            rows: 0,
+            binary_header_due: false,
+        }
+    }
+
+    /// Whether the rows must come from the shards in binary format.
+    pub fn binary(&self) -> bool {
+        self.format == CopyFormat::Binary
+    }
+
+    /// Converts the whole backend messages in `msgs`, appending to `out`.
+    pub fn convert(&mut self, msgs: &[u8], out: &mut Vec<u8>) {
+        let mut pos = 0;
+        while pos + 5 <= msgs.len() {
+            let tag = msgs[pos];
+            let len =
+                i32::from_be_bytes([msgs[pos + 1], msgs[pos + 2], msgs[pos + 3], msgs[pos + 4]]);
+            let end = (pos + 1 + len.max(4) as usize).min(msgs.len());
+            let body = &msgs[pos + 5..end];
+            match tag {
+                b'T' => self.described(body, out),
+                b'D' => {
+                    self.rows += 1;
+                    let start = begin_message(b'd', out);
+                    self.binary_header(out);
+                    self.row(body, out);
+                    finish_message(start, out);
+                }
+                b'C' => {
+                    if self.binary() {
+                        let start = begin_message(b'd', out);
+                        self.binary_header(out);
+                        out.extend_from_slice(&BINARY_TRAILER);
+                        finish_message(start, out);
+                    }
+                    out.extend_from_slice(&[b'c', 0, 0, 0, 4]);
+                    let start = begin_message(b'C', out);
+                    out.extend_from_slice(format!("COPY {}", self.rows).as_bytes());
+                    out.push(0);
+                    finish_message(start, out);
+                }
+                _ => out.extend_from_slice(&msgs[pos..end]),
+            }
+            pos = end;
+        }
+    }
+
+    /// CopyOutResponse, and the binary header or the header line.
+    fn described(&mut self, body: &[u8], out: &mut Vec<u8>) {
+        let fields = columns(body);
+        let start = begin_message(b'H', out);
+        let format = u8::from(self.binary());
+        out.push(format);
+        out.extend_from_slice(&(fields.len() as i16).to_be_bytes());
+        for _ in &fields {
+            out.extend_from_slice(&i16::from(format).to_be_bytes());
+        }
+        finish_message(start, out);
+        if self.binary() {
+            self.binary_header_due = true;
+        } else if self.header {
+            let start = begin_message(b'd', out);
+            for (i, name) in fields.iter().enumerate() {
+                if i > 0 {
+                    out.push(self.delimiter);
+                }
+                self.field(Some(name), out);
+            }
+            out.push(b'\n');
+            finish_message(start, out);
+        }
+    }
+
+    /// The binary header, if it is still due.
+    fn binary_header(&mut self, out: &mut Vec<u8>) {
+        if std::mem::take(&mut self.binary_header_due) {
+            out.extend_from_slice(BINARY_SIGNATURE);
+            out.extend_from_slice(&[0; 8]);
+        }
+    }
+
+    /// One row: a DataRow body as a COPY line or binary tuple.
+    fn row(&self, body: &[u8], out: &mut Vec<u8>) {
+        if self.binary() {
+            out.extend_from_slice(body);
+            return;
+        }
+        let mut pos = 2;
+        let count = body
+            .get(..2)
+            .map_or(0, |b| i16::from_be_bytes([b[0], b[1]]));
+        for i in 0..count {
+            if i > 0 {
+                out.push(self.delimiter);
+            }
+            let Some(len) = body.get(pos..pos + 4) else {
+                return;
+            };
+            let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+            pos += 4;
+            if len < 0 {
+                self.field(None, out);
+                continue;
+            }
+            let end = (pos + len as usize).min(body.len());
+            self.field(Some(&body[pos..end]), out);
+            pos = end;
+        }
+        out.push(b'\n');
+    }
+
+    /// One field value (`None`: NULL), escaped or quoted for the format.
+    fn field(&self, value: Option<&[u8]>, out: &mut Vec<u8>) {
+        let Some(v) = value else {
+            out.extend_from_slice(self.null.as_bytes());
+            return;
+        };
+        if self.format == CopyFormat::Csv {
+            let needs_quotes = v.is_empty() && self.null.is_empty()
+                || v == self.null.as_bytes()
+                || v == b"\\."
+                || v.iter()
+                    .any(|&c| c == self.delimiter || c == self.quote || c == b'\n' || c == b'\r');
+            if !needs_quotes {
+                out.extend_from_slice(v);
+                return;
+            }
+            out.push(self.quote);
+            for &c in v {
+                if c == self.quote || c == self.escape {
+                    out.push(self.escape);
+                }
+                out.push(c);
+            }
+            out.push(self.quote);
+            return;
+        }
+        for &c in v {
+            match c {
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                0x08 => out.extend_from_slice(b"\\b"),
+                0x0c => out.extend_from_slice(b"\\f"),
+                0x0b => out.extend_from_slice(b"\\v"),
+                c if c == self.delimiter => {
+                    out.push(b'\\');
+                    out.push(c);
+                }
+                c => out.push(c),
+            }
+        }
+    }
+}
+
+/// The column names of a RowDescription body.
+fn columns(body: &[u8]) -> Vec<Vec<u8>> {
+    let count = body
+        .get(..2)
+        .map_or(0, |b| i16::from_be_bytes([b[0], b[1]]));
+    let mut pos = 2;
+    let mut names = Vec::new();
+    for _ in 0..count {
+        let Some(end) = body[pos.min(body.len())..].iter().position(|&b| b == 0) else {
+            break;
+        };
+        names.push(body[pos..pos + end].to_vec());
+        // The name's NUL, then table oid, attribute, type oid, size, modifier, format.
+        pos += end + 1 + 4 + 2 + 4 + 2 + 4 + 2;
+    }
+    names
+}
+
+/// Starts a message with tag `t` (its length patched by [`finish_message`]).
+fn begin_message(t: u8, out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    out.push(t);
+    out.extend_from_slice(&[0; 4]);
+    start
+}
+
+fn finish_message(start: usize, out: &mut [u8]) {
+    let len = (out.len() - start - 1) as i32;
+    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
 }
 
 #[cfg(test)]
@@ -1466,49 +1700,140 @@ mod tests {
     #[test]
     fn copy_out_join_sends_one_header_and_one_trailer() {
         let cs = copy("COPY t TO STDOUT (FORMAT binary)");
-        let mut join = CopyOutJoin::new(&cs, 2).expect("binary needs a join");
         let mut header = BINARY_SIGNATURE.to_vec();
-        header.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
+        header.extend_from_slice(&[0; 8]);
         let row = [0u8, 1, 0, 0, 0, 1, 7];
         let first = [header.clone(), row.to_vec()].concat();
-        let mut out = Vec::new();
-        let mut feed = |join: &mut CopyOutJoin, shard: usize, payload: &[u8]| {
-            let r = join.keep(shard, payload);
-            out.extend_from_slice(&payload[r]);
-        };
-        feed(&mut join, 0, &first);
-        feed(&mut join, 1, &first);
-        feed(&mut join, 0, &BINARY_TRAILER);
-        // A shard with no rows: header and trailer in one message.
         let empty = [header.clone(), BINARY_TRAILER.to_vec()].concat();
-        let mut join3 = join.clone();
-        feed(&mut join, 1, &BINARY_TRAILER);
-        out.extend_from_slice(join.trailer().unwrap());
-        let expected = [
-            header.clone(),
-            row.to_vec(),
-            row.to_vec(),
-            BINARY_TRAILER.to_vec(),
-        ]
-        .concat();
-        assert_eq!(out, expected);
-        join3.started.push(false);
-        assert_eq!(join3.keep(2, &empty), 19..19);
-        let mut fresh = CopyOutJoin::new(&cs, 1).unwrap();
+        // Shard 0 has no rows, shards 1 and 2 one each: the header waits
+        // for the first row and goes out with it.
+        let mut join = CopyOutJoin::new(&cs, 3).expect("binary needs a join");
+        let mut messages: Vec<Vec<u8>> = Vec::new();
+        for (shard, payload) in [
+            (0, &empty[..]),
+            (1, &first[..]),
+            (2, &first[..]),
+            (1, &BINARY_TRAILER[..]),
+            (2, &BINARY_TRAILER[..]),
+        ] {
+            if let Some(p) = join.pass(shard, payload) {
+                messages.push(p.into_owned());
+            }
+        }
+        messages.push(join.trailer().unwrap());
         assert_eq!(
-            fresh.keep(0, &empty),
-            0..19,
-            "the first shard's header stays"
+            messages,
+            [first.clone(), row.to_vec(), BINARY_TRAILER.to_vec()]
         );
+        // No rows anywhere: header and trailer in one message.
+        let mut join = CopyOutJoin::new(&cs, 2).unwrap();
+        assert!(join.pass(0, &empty).is_none());
+        assert!(join.pass(1, &empty).is_none());
+        assert_eq!(join.trailer().unwrap(), empty);
     }
 
     #[test]
     fn copy_out_join_keeps_one_csv_header_line() {
         assert!(CopyOutJoin::new(&copy("COPY t TO STDOUT (FORMAT csv)"), 2).is_none());
         let mut join = CopyOutJoin::new(&copy("COPY t TO STDOUT (FORMAT csv, HEADER)"), 2).unwrap();
-        assert_eq!(join.keep(0, b"id,name\n"), 0..8);
-        assert_eq!(join.keep(1, b"id,name\n"), 0..0);
-        assert_eq!(join.keep(1, b"1,a\n"), 0..4);
+        assert_eq!(
+            join.pass(0, b"id,name\n").as_deref(),
+            Some(&b"id,name\n"[..])
+        );
+        assert_eq!(join.pass(1, b"id,name\n"), None);
+        assert_eq!(join.pass(1, b"1,a\n").as_deref(), Some(&b"1,a\n"[..]));
         assert_eq!(join.trailer(), None);
+    }
+
+    fn message(t: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![t];
+        m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    fn description(names: &[&str]) -> Vec<u8> {
+        let mut b = (names.len() as i16).to_be_bytes().to_vec();
+        for n in names {
+            b.extend_from_slice(n.as_bytes());
+            b.push(0);
+            b.extend_from_slice(&[0; 18]);
+        }
+        message(b'T', &b)
+    }
+
+    fn data_row(values: &[Option<&str>]) -> Vec<u8> {
+        let mut b = (values.len() as i16).to_be_bytes().to_vec();
+        for v in values {
+            match v {
+                None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+                Some(v) => {
+                    b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    b.extend_from_slice(v.as_bytes());
+                }
+            }
+        }
+        message(b'D', &b)
+    }
+
+    /// The CopyData payloads and the final tags of a converted answer.
+    fn converted(sql: &str, rows: &[Vec<Option<&str>>]) -> (Vec<u8>, String, usize) {
+        let mut conv = CopyRowsOut::new(&copy(sql));
+        let mut msgs = description(&["id", "name"]);
+        for r in rows {
+            msgs.extend(data_row(r));
+        }
+        msgs.extend(message(b'C', b"SELECT 2\0"));
+        let mut out = Vec::new();
+        conv.convert(&msgs, &mut out);
+        let (mut data, mut tags, mut pos, mut messages) = (Vec::new(), String::new(), 0, 0);
+        while pos < out.len() {
+            let len = i32::from_be_bytes(out[pos + 1..pos + 5].try_into().unwrap()) as usize;
+            let body = &out[pos + 5..pos + 1 + len];
+            match out[pos] {
+                b'd' => {
+                    data.extend_from_slice(body);
+                    messages += 1;
+                }
+                t => tags.push(t as char),
+            }
+            if out[pos] == b'C' {
+                tags.push_str(std::str::from_utf8(&body[..body.len() - 1]).unwrap());
+            }
+            pos += 1 + len;
+        }
+        (data, tags, messages)
+    }
+
+    #[test]
+    fn merged_rows_become_copy_text_csv_and_binary() {
+        let rows = vec![vec![Some("1"), Some("a\tb\\c\nd")], vec![Some("2"), None]];
+        let (data, tags, _) = converted("COPY (SELECT 1) TO STDOUT", &rows);
+        assert_eq!(data, b"1\ta\\tb\\\\c\\nd\n2\t\\N\n");
+        assert_eq!(tags, "HcCCOPY 2");
+        let rows = vec![
+            vec![Some("1"), Some("x,\"y\"")],
+            vec![Some("2"), Some("")],
+            vec![Some("3"), None],
+        ];
+        let (data, _, _) = converted("COPY (SELECT 1) TO STDOUT (FORMAT csv, HEADER)", &rows);
+        assert_eq!(
+            String::from_utf8(data).unwrap(),
+            "id,name\n1,\"x,\"\"y\"\"\"\n2,\"\"\n3,\n"
+        );
+        let (data, tags, messages) = converted(
+            "COPY (SELECT 1) TO STDOUT (FORMAT binary)",
+            &[vec![Some("ab")]],
+        );
+        assert_eq!(
+            messages, 2,
+            "the header travels with the first row, as Postgres sends it"
+        );
+        let mut expected = BINARY_SIGNATURE.to_vec();
+        expected.extend_from_slice(&[0; 8]);
+        expected.extend_from_slice(&[0, 1, 0, 0, 0, 2, b'a', b'b']);
+        expected.extend_from_slice(&BINARY_TRAILER);
+        assert_eq!(data, expected);
+        assert_eq!(tags, "HcCCOPY 1");
     }
 }

@@ -30,15 +30,15 @@ pub use classify::{
 };
 pub use consistency::{parse_max_lag_ms, Consistency, ParseConsistencyError, ParseLagError};
 pub use copy::{
-    parse_copy, CopyError, CopyFormat, CopyOutJoin, CopyRow, CopySplitter, CopyStatement,
-    FieldValue,
+    parse_copy, CopyError, CopyFormat, CopyOutJoin, CopyRow, CopyRowsOut, CopySplitter,
+    CopyStatement, FieldValue,
 };
 pub use hints::{parse_hints, HintError, Hints};
 pub use lexer::{Lexer, Token, TokenKind};
 pub use scan::{quick_scan, QuickScan};
 pub use session_cmd::{
-    leaves_session_state, savepoint_statement, CursorStatement, SavepointCommand, SessionCommand,
-    SetValue,
+    leaves_session_state, quote_ident, savepoint_statement, CursorStatement, ListenCommand,
+    SavepointCommand, SessionCommand, SetValue,
 };
 pub use shard::{
     plan as plan_shards, InsertPlan, InsertRow, KeyFilter, ShardPlan, ShardPlanner, ShardedTable,

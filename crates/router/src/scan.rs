@@ -29,7 +29,15 @@ pub fn quick_scan(sql: &str) -> QuickScan {
     out.session_effects = matches!(first, Some(b'/' | b'-' | b'('))
         || first_word_is_one_of(
             b,
-            &[b"prepare", b"listen", b"declare", b"create", b"do", b"load"],
+            &[
+                b"prepare",
+                b"listen",
+                b"unlisten",
+                b"declare",
+                b"create",
+                b"do",
+                b"load",
+            ],
         );
     // The words looked for all hold an 's': jump between the candidates.
     for i in memchr::memchr2_iter(b's', b'S', b) {
@@ -92,6 +100,7 @@ mod tests {
             "SELECT PG_ADVISORY_LOCK(1)",
             "CREATE TEMP TABLE t (x int)",
             "DO $$ BEGIN END $$",
+            "UNLISTEN *",
             "/* c */ PREPARE p AS SELECT 1",
         ] {
             assert!(quick_scan(sql).session_effects, "{sql}");

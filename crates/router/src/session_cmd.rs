@@ -156,9 +156,56 @@ impl CursorStatement {
     }
 }
 
+/// `LISTEN` or `UNLISTEN`, with the channel's name as the server keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenCommand {
+    /// `LISTEN channel`.
+    Listen(String),
+    /// `UNLISTEN channel`.
+    Unlisten(String),
+    /// `UNLISTEN *`.
+    UnlistenAll,
+}
+
+impl ListenCommand {
+    /// Recognises one LISTEN or UNLISTEN statement.
+    pub fn parse(stmt: &str) -> Option<ListenCommand> {
+        let toks: Vec<Token<'_>> = Lexer::new(stmt)
+            .filter(|t| t.kind != TokenKind::BlockComment && t.kind != TokenKind::Semicolon)
+            .collect();
+        let [first, second] = toks.as_slice() else {
+            return None;
+        };
+        if first.is_keyword("listen") {
+            Some(ListenCommand::Listen(ident(second)?))
+        } else if first.is_keyword("unlisten") {
+            if second.is_punct("*") {
+                Some(ListenCommand::UnlistenAll)
+            } else {
+                Some(ListenCommand::Unlisten(ident(second)?))
+            }
+        } else {
+            None
+        }
+    }
+
+    /// The command tag Postgres answers it with.
+    pub fn tag(&self) -> &'static str {
+        match self {
+            ListenCommand::Listen(_) => "LISTEN",
+            _ => "UNLISTEN",
+        }
+    }
+}
+
+/// `name` quoted as an SQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
 /// `SAVEPOINT name` for a name as the server keeps it, quoted.
 pub fn savepoint_statement(name: &str) -> String {
-    format!("SAVEPOINT \"{}\"", name.replace('"', "\"\""))
+    format!("SAVEPOINT {}", quote_ident(name))
 }
 
 /// Whether a statement may leave state in the server session that lasts
@@ -468,6 +515,27 @@ mod tests {
         assert_eq!(p("CLOSE c5"), Some(Use("c5".into())));
         assert_eq!(p("CLOSE ALL"), Some(CloseAll));
         assert_eq!(p("SELECT 1"), None);
+    }
+
+    #[test]
+    fn recognises_listen_statements() {
+        use ListenCommand::*;
+        assert_eq!(
+            ListenCommand::parse("LISTEN Chan"),
+            Some(Listen("chan".into()))
+        );
+        assert_eq!(
+            ListenCommand::parse("listen \"Chan\";"),
+            Some(Listen("Chan".into()))
+        );
+        assert_eq!(
+            ListenCommand::parse("UNLISTEN c"),
+            Some(Unlisten("c".into()))
+        );
+        assert_eq!(ListenCommand::parse("UNLISTEN *"), Some(UnlistenAll));
+        assert_eq!(ListenCommand::parse("LISTEN"), None);
+        assert_eq!(ListenCommand::parse("NOTIFY c"), None);
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod client_io;
 pub mod config;
 pub mod demo;
 pub mod handshake;
+pub mod notify;
 pub mod prepared;
 pub mod proxy;
 pub mod relay;

@@ -52,6 +52,8 @@ pub struct Proxy {
     pub sharding: Option<Sharding>,
     /// Two-phase commit coordinator, when `two_phase_commit = true`.
     pub two_phase: Option<Arc<Coordinator>>,
+    /// The connections that LISTEN for clients in transaction pooling.
+    pub notifications: Arc<crate::notify::Notifications>,
 }
 
 /// What routing by shard key needs.
@@ -145,6 +147,7 @@ impl Proxy {
             classifier,
             sharding,
             two_phase,
+            notifications: Default::default(),
         })
     }
 

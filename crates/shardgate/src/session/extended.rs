@@ -97,19 +97,24 @@ impl Session {
         let p = Parse::decode(&msg[5..])?;
         // One pass over the text tells which closer looks are needed.
         let scan = quick_scan(p.query);
+        if self.parse_virtual(&p, scan.shardgate)? {
+            return Ok(());
+        }
         if self.mode == PoolMode::Transaction
             && scan.session_effects
             && shardgate_router::leaves_session_state(p.query)
         {
             self.state.note_untracked();
         }
-        if self.parse_virtual(&p, scan.shardgate)? {
-            return Ok(());
-        }
         if self.sharded {
             return self.parse_sharded(&p);
         }
-        if p.name.is_empty() && !scan.shardgate && !scan.set && self.plain_batches_apply() {
+        if p.name.is_empty()
+            && !scan.shardgate
+            && !scan.set
+            && !scan.session_effects
+            && self.plain_batches_apply()
+        {
             if let Some(len) = plain_batch(rest, self.max_message) {
                 return self.forward_plain_batch(msg, &rest[..len]).await;
             }
@@ -243,7 +248,7 @@ impl Session {
             return Ok(false);
         }
         let scan = quick_scan(p.query);
-        if scan.shardgate || scan.set {
+        if scan.shardgate || scan.set || scan.session_effects {
             return Ok(false);
         }
         let Some(len) = plain_batch(rest, self.max_message) else {

@@ -383,14 +383,13 @@ impl Session {
                     }
                     match fan.copy_out.as_mut().filter(|_| h.tag == btag::COPY_DATA) {
                         None => self.cout.extend_from_slice(&msg),
-                        Some(join) => {
-                            let keep = join.keep(i, &msg[5..]);
-                            if keep.len() + 5 == msg.len() {
-                                self.cout.extend_from_slice(&msg);
-                            } else if !keep.is_empty() {
-                                copy_data(&msg[5..][keep], &mut self.cout);
+                        Some(join) => match join.pass(i, &msg[5..]) {
+                            None => {}
+                            Some(p) if p.len() + 5 == msg.len() => {
+                                self.cout.extend_from_slice(&msg)
                             }
-                        }
+                            Some(p) => copy_data(&p, &mut self.cout),
+                        },
                     }
                 }
                 btag::READY_FOR_QUERY => {
@@ -473,8 +472,8 @@ impl Session {
                 return Some(Stage::CopyIn);
             }
             btag::COPY_DONE => {
-                if let Some(trailer) = fan.copy_out.as_ref().and_then(CopyOutJoin::trailer) {
-                    copy_data(trailer, &mut self.cout);
+                if let Some(trailer) = fan.copy_out.as_mut().and_then(CopyOutJoin::trailer) {
+                    copy_data(&trailer, &mut self.cout);
                 }
                 self.cout.extend_from_slice(first);
             }

@@ -69,6 +69,8 @@ pub enum ShardgateCommand {
     /// `SAVEPOINT`, `ROLLBACK TO`, `RELEASE` with sharding: every shard of
     /// the transaction.
     Savepoint(String),
+    /// `LISTEN`/`UNLISTEN` in transaction pooling: the proxy listens.
+    Listen(shardgate_router::ListenCommand),
 }
 
 impl ShardgateCommand {
@@ -209,7 +211,8 @@ impl Session {
             }
             ShardgateCommand::Begin(_)
             | ShardgateCommand::End(_)
-            | ShardgateCommand::Savepoint(_) => {
+            | ShardgateCommand::Savepoint(_)
+            | ShardgateCommand::Listen(_) => {
                 return Err(PgError::error(
                     "XX000",
                     "transaction control runs elsewhere",
@@ -267,7 +270,7 @@ impl Session {
 
     /// Finishes a locally answered simple query with ReadyForQuery; an error
     /// inside a transaction fails that transaction on the server too.
-    fn reply_simple(&mut self, result: Result<BytesMut, PgError>) {
+    pub(super) fn reply_simple(&mut self, result: Result<BytesMut, PgError>) {
         let status = self.backend.as_ref().map_or(b'I', |b| b.ex.status);
         match result {
             Ok(mut out) => {
@@ -361,6 +364,13 @@ impl Session {
         } else {
             None
         };
+        let local = local.or_else(|| {
+            (self.mode == crate::config::PoolMode::Transaction
+                && shardgate_router::quick_scan(p.query).session_effects)
+                .then(|| shardgate_router::ListenCommand::parse(p.query))
+                .flatten()
+                .map(|cmd| Ok(ShardgateCommand::Listen(cmd)))
+        });
         let parsed = || mentions.then(|| ShardgateCommand::parse(p.query)).flatten();
         let cmd = match local.or_else(parsed) {
             None => {
@@ -443,6 +453,13 @@ impl Session {
             }
             ShardgateCommand::Savepoint(sql) => {
                 self.savepoint(sql, false).await?;
+                return Ok(true);
+            }
+            ShardgateCommand::Listen(listen) => {
+                match self.run_listen(listen).await {
+                    Ok(out) => self.emit_local(out.freeze()),
+                    Err(e) => self.refuse_pg(e)?,
+                }
                 return Ok(true);
             }
             _ => {}

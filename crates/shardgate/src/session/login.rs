@@ -79,7 +79,8 @@ impl Session {
                     ))
                 }
                 Event::Client(Err(e)) => return Err(SessionError::ClientIo(e)),
-                Event::Shutdown => {}
+                // Nobody listens during login.
+                Event::Shutdown | Event::Notification(_) => {}
             }
         }
         let b = self.backend.as_mut().expect("attached during login");

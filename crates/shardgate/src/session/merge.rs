@@ -51,6 +51,8 @@ pub(super) struct MergeRequest<'a> {
     /// The database collation when it does not order text bytewise (text
     /// keys cannot be merged then).
     pub collation: Option<String>,
+    /// `COPY (query) TO STDOUT`: the merged rows go out as COPY data.
+    pub copy: Option<shardgate_router::CopyRowsOut>,
 }
 
 /// One shard's stream during a merge.
@@ -166,9 +168,12 @@ impl Session {
             to_cancel: Vec::new(),
             group: None,
             sorted_groups: Vec::new(),
+            copy: req.copy.clone(),
+            copy_mark: self.cout.len(),
         };
         let result = self.run_merge(&mut parts, &mut run).await;
         let status = self.finish_merge(&mut parts, &mut run);
+        self.convert_to_copy(&mut run);
         if run.suspended() && status != b'I' {
             // The portal outlives the Sync inside a transaction.
             self.suspended_portal = req.bind.map(|b| b.portal.to_owned());
@@ -201,7 +206,10 @@ impl Session {
         };
         let limit = row_count(plan.limit.as_ref(), req.bind, "LIMIT")?;
         let offset = row_count(plan.offset.as_ref(), req.bind, "OFFSET")?.unwrap_or(0);
-        let client_formats = req.bind.map(|b| b.result_formats()).unwrap_or_default();
+        let client_formats = match &req.copy {
+            Some(c) if c.binary() => vec![1],
+            _ => req.bind.map(|b| b.result_formats()).unwrap_or_default(),
+        };
         let formats: Vec<i16> = if plan.hidden == 0 {
             client_formats
         } else {
@@ -272,6 +280,7 @@ impl Session {
                     run.stopping = true;
                 }
                 if self.cout.len() >= FLUSH_AT {
+                    self.convert_to_copy(run);
                     self.flush_client().await?;
                 }
                 continue;
@@ -285,6 +294,7 @@ impl Session {
                 }
             }
             deliver_cancels(std::mem::take(&mut run.to_cancel)).await;
+            self.convert_to_copy(run);
             self.flush_client().await?;
             let streams = &run.streams;
             let draining = run.failed || run.stopping;
@@ -310,6 +320,20 @@ impl Session {
                 Ok(_) => {}
             }
         }
+    }
+
+    /// For `COPY (query) TO`: turns what the merge wrote for the client
+    /// since the last call into COPY messages.
+    fn convert_to_copy(&mut self, run: &mut Run<'_>) {
+        let Some(copy) = run.copy.as_mut() else {
+            return;
+        };
+        let mark = run.copy_mark.min(self.cout.len());
+        let written = self.cout.split_off(mark);
+        let mut out = Vec::with_capacity(written.len() + 64);
+        copy.convert(&written, &mut out);
+        self.cout.extend_from_slice(&out);
+        run.copy_mark = self.cout.len();
     }
 
     /// The client's transaction status after a merge; marks a failed
@@ -376,6 +400,10 @@ struct Run<'p> {
     to_cancel: Vec<CancelHandle>,
     group: Option<Group>,
     sorted_groups: Vec<(Vec<Key>, BytesMut)>,
+    /// `COPY (query) TO`: how the client's rows become COPY data.
+    copy: Option<shardgate_router::CopyRowsOut>,
+    /// Where in the client buffer the merge's unconverted output starts.
+    copy_mark: usize,
 }
 
 impl Run<'_> {

@@ -11,6 +11,7 @@ mod begin;
 mod commit;
 mod extended;
 mod fanout;
+mod listen;
 mod local;
 mod login;
 mod merge;
@@ -131,6 +132,8 @@ enum Event {
     Client(std::io::Result<usize>),
     Server(std::io::Result<usize>),
     Shutdown,
+    /// A notification for a channel the client listens to.
+    Notification(Option<crate::notify::Notification>),
 }
 
 /// How far [`Session::message_now`] got with a client message.
@@ -268,6 +271,9 @@ pub struct Session {
     defer_begin: bool,
     /// The client's BEGIN was answered but not yet sent to a server.
     begin_deferred: bool,
+    /// LISTEN in transaction pooling: the client's subscription and the
+    /// notifications held while it is in a transaction.
+    notifications: crate::notify::ClientNotifications,
     /// Extended-protocol batches are handled only once they are whole (up
     /// to Sync or Flush), so routing sees every statement in them however
     /// the client's messages fell into reads: reads are routed or the
@@ -303,6 +309,7 @@ impl Session {
         Session {
             defer_begin,
             begin_deferred: false,
+            notifications: Default::default(),
             gathers: route_reads || sharded,
             batch_scanned: 0,
             pools: shards.iter().map(|s| vec![None; s.nodes.len()]).collect(),
@@ -400,13 +407,34 @@ impl Session {
                 }
                 Event::Server(Err(e)) => self.server_lost(e.to_string())?,
                 Event::Shutdown => {}
+                Event::Notification(Some(n)) => self.notifications.held.push(n),
+                Event::Notification(None) => self.notifications.subscription = None,
             }
             self.maybe_release();
+            self.deliver_notifications();
+        }
+    }
+
+    /// Passes held notifications to the client once it is between
+    /// transactions (Postgres delivers them then too).
+    #[inline]
+    fn deliver_notifications(&mut self) {
+        if !self.notifications.held.is_empty()
+            && self.backend.is_none()
+            && self.vtx.is_none()
+            && !self.begin_deferred
+        {
+            for n in self.notifications.held.drain(..) {
+                self.cout.extend_from_slice(&n);
+            }
         }
     }
 
     async fn wait(&mut self) -> Event {
         reserve(&mut self.cbuf);
+        if self.notifications.subscription.is_some() {
+            return self.wait_listening().await;
+        }
         let client = &mut self.client;
         let cbuf = &mut self.cbuf;
         match &mut self.backend {
@@ -429,6 +457,34 @@ impl Session {
                     biased;
                     r = client.read_buf(cbuf) => Event::Client(r),
                     _ = shutdown => Event::Shutdown,
+                }
+            }
+        }
+    }
+
+    /// [`Session::wait`] for a client that listens: notifications too.
+    async fn wait_listening(&mut self) -> Event {
+        let client = &mut self.client;
+        let cbuf = &mut self.cbuf;
+        let sub = self.notifications.subscription.as_mut().expect("listening");
+        match &mut self.backend {
+            Some(b) => {
+                let conn = &mut *b.conn;
+                reserve(&mut conn.read_buf);
+                tokio::select! {
+                    biased;
+                    r = conn.stream.read_buf(&mut conn.read_buf) => Event::Server(r),
+                    r = client.read_buf(cbuf) => Event::Client(r),
+                    n = sub.incoming.recv() => Event::Notification(n),
+                }
+            }
+            None => {
+                let shutdown = self.shutdown.as_mut();
+                tokio::select! {
+                    biased;
+                    r = client.read_buf(cbuf) => Event::Client(r),
+                    n = sub.incoming.recv() => Event::Notification(n),
+                    _ = shutdown, if !self.begin_deferred => Event::Shutdown,
                 }
             }
         }
@@ -768,6 +824,9 @@ impl Session {
         }
         if self.mode == PoolMode::Transaction {
             if scan.discard_or_deallocate && self.answer_locally(sql) {
+                return Ok(());
+            }
+            if scan.session_effects && self.answer_listen_query(sql).await {
                 return Ok(());
             }
             if scan.set {

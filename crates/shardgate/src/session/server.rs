@@ -34,7 +34,7 @@ impl Session {
     }
 
     /// The pool of node `index` of `shard`, looked up on first use.
-    fn pool_of(&mut self, shard: usize, index: usize) -> &shardgate_pool::Pool {
+    pub(super) fn pool_of(&mut self, shard: usize, index: usize) -> &shardgate_pool::Pool {
         let slot = &mut self.pools[shard][index];
         slot.get_or_insert_with(|| {
             let addr = &self.shards[shard].nodes[index].addr;

@@ -689,6 +689,7 @@ impl Session {
                     describe: true,
                     max_rows: None,
                     collation,
+                    copy: None,
                 };
                 self.merge_query(shards, plan, want, req).await
             }
@@ -984,6 +985,7 @@ impl Session {
                     describe: after.describe,
                     max_rows: after.max_rows,
                     collation,
+                    copy: None,
                 };
                 self.merge_query(shards, plan, want, req).await
             }
@@ -1129,7 +1131,7 @@ impl Session {
     /// COPY runs. One shard: there. Several shards whose rows are simply
     /// concatenated: all of them, joined into one stream. A query whose
     /// shards' rows must be merged (ORDER BY, LIMIT, aggregates, DISTINCT)
-    /// is refused: COPY streams cannot be merged row by row here.
+    /// runs as that query, and its merged rows go out as COPY data.
     async fn copy_query_to(
         &mut self,
         msg: &[u8],
@@ -1151,10 +1153,20 @@ impl Session {
             Dest::One(s) => vec![s],
             Dest::Everywhere(_) => vec![self.default_shard()],
             Dest::Many(shards) => shards,
-            Dest::Merge(..) | Dest::Split(_) => {
-                return self.reply_error(cross_shard_refusal(
-                    "COPY (query) TO of a query whose rows from several shards must be merged (ORDER BY, LIMIT, aggregates, DISTINCT)",
-                ).with_hint("Run the SELECT itself (shardgate merges it), or COPY one shard at a time with a /* shardgate: shard=N */ hint."));
+            Dest::Merge(shards, plan, collation) => {
+                // The shards run the query; the merged rows become COPY data.
+                let req = MergeRequest {
+                    bind: None,
+                    param_types: &[],
+                    describe: true,
+                    max_rows: None,
+                    collation,
+                    copy: Some(shardgate_router::CopyRowsOut::new(cs)),
+                };
+                return self.merge_query(shards, plan, want, req).await;
+            }
+            Dest::Split(_) => {
+                return self.reply_error(cross_shard_refusal("COPY (INSERT ...) TO"));
             }
         };
         if let [one] = shards.as_slice() {
