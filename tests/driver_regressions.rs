@@ -912,3 +912,95 @@ fn listen_in_transaction_pooling_single_node() {
 fn listen_in_transaction_pooling_sharded() {
     listen_and_notify(&Env::sharded());
 }
+
+/// One extended-protocol batch of `count` INSERTs of the prepared
+/// statement `name`, each with Describe (as psycopg's executemany sends
+/// them), ids from `first`, ended by Sync.
+fn insert_batch(name: &str, ids: &[i64], owner: &str) -> Vec<u8> {
+    let mut m = Vec::new();
+    for id in ids {
+        m.extend(bind_msg("", name, &[&id.to_string(), owner]));
+        m.extend(describe_portal_msg(""));
+        m.extend(execute_msg("", 0));
+    }
+    m.extend(sync_msg());
+    m
+}
+
+/// Driver patterns across shards: an extended-protocol batch whose
+/// statements go to different shards (pgjdbc `executeBatch`, psycopg and
+/// asyncpg `executemany`, libpq pipelines) was refused with 0A000. Now
+/// each shard runs its share at once and the client gets the answers in
+/// its order; outside a transaction the batch commits on every shard or
+/// on none, inside one it is part of the transaction.
+#[test]
+fn batches_over_several_shards_run_as_one() {
+    let env = Env::sharded();
+    let mut raw = env.raw();
+    let insert = "INSERT INTO accounts (id, owner) VALUES ($1, $2) RETURNING id";
+    let mut m = parse_msg("ins", insert);
+    m.extend(insert_batch("ins", &(1..=12).collect::<Vec<_>>(), "batch"));
+    raw.send(&m);
+    let msgs = raw.until_ready();
+    assert!(errors(&msgs).is_empty(), "{:?}", errors(&msgs));
+    assert_eq!(command_tags(&msgs), vec!["INSERT 0 1"; 12]);
+    let returned: Vec<String> = first_column(&msgs);
+    assert_eq!(
+        returned,
+        (1..=12).map(|i| i.to_string()).collect::<Vec<_>>(),
+        "answers in the client's order"
+    );
+    assert_eq!(status(&msgs), b'I');
+    let per_shard: Vec<i64> = env
+        .on_primaries("SELECT count(*) FROM accounts")
+        .iter()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert!(
+        per_shard.iter().all(|n| *n > 0) && per_shard.iter().sum::<i64>() == 12,
+        "{per_shard:?}"
+    );
+    // A duplicate in the middle: answers up to it, its error, and nothing
+    // of the batch on any shard.
+    raw.send(&insert_batch("ins", &[20, 21, 22, 5, 23, 24], "atomic"));
+    let msgs = raw.until_ready();
+    assert_eq!(errors(&msgs), ["23505"]);
+    assert_eq!(command_tags(&msgs), vec!["INSERT 0 1"; 3]);
+    assert_eq!(status(&msgs), b'I');
+    assert!(env
+        .on_primaries("SELECT id FROM accounts WHERE owner = 'atomic'")
+        .is_empty());
+    // Inside a transaction: the batch is part of it, and ROLLBACK undoes it.
+    raw_ok(&mut raw, "BEGIN");
+    let mut m = parse_msg("upd", "UPDATE accounts SET owner = $2 WHERE id = $1");
+    for id in 1..=12 {
+        m.extend(bind_msg("", "upd", &[&id.to_string(), "updated"]));
+        m.extend(execute_msg("", 0));
+    }
+    m.extend(sync_msg());
+    raw.send(&m);
+    let msgs = raw.until_ready();
+    assert!(errors(&msgs).is_empty(), "{:?}", errors(&msgs));
+    assert_eq!(command_tags(&msgs), vec!["UPDATE 1"; 12]);
+    assert_eq!(status(&msgs), b'T');
+    let msgs = raw_ok(
+        &mut raw,
+        "SELECT count(*) FROM accounts WHERE owner = 'updated'",
+    );
+    assert_eq!(first_column(&msgs), ["12"], "seen inside the transaction");
+    raw_ok(&mut raw, "ROLLBACK");
+    assert!(env
+        .on_primaries("SELECT id FROM accounts WHERE owner = 'updated'")
+        .is_empty());
+    // And committed when the transaction commits.
+    raw_ok(&mut raw, "BEGIN");
+    raw.send(&insert_batch("ins", &[30, 31, 32, 33], "in tx"));
+    let msgs = raw.until_ready();
+    assert!(errors(&msgs).is_empty(), "{:?}", errors(&msgs));
+    raw_ok(&mut raw, "COMMIT");
+    assert_eq!(
+        env.on_primaries("SELECT id FROM accounts WHERE owner = 'in tx'")
+            .len(),
+        4
+    );
+}

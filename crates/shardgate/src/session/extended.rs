@@ -494,6 +494,8 @@ impl Session {
     /// sends one right after Sync; marking the connection busy then kept it
     /// from the pool and from the next statement's routing).
     pub(super) fn on_flush(&mut self, msg: &[u8]) {
+        // The next Bind may start a batch over several shards again.
+        self.split_checked = false;
         if self.backend.is_some() {
             self.sout.extend_from_slice(msg);
         }
@@ -501,6 +503,7 @@ impl Session {
 
     pub(super) fn on_sync(&mut self, msg: &[u8]) {
         self.skip_until_sync = false;
+        self.split_checked = false;
         self.virtual_stmts.end_of_batch();
         if self.backend.is_some() {
             self.backend.as_mut().expect("attached").ex.unsynced = false;

@@ -261,13 +261,23 @@ impl Session {
         want: Want,
     ) -> Result<(Part, BytesMut), PgError> {
         let mut out = BytesMut::new();
-        if self.backend.as_ref().is_some_and(|b| b.shard == shard) {
-            let b = self.backend.take().expect("checked");
-            return Ok((Part::ready(b), out));
-        }
-        if let Some(i) = self.parked.iter().position(|b| b.shard == shard) {
-            let b = self.parked.swap_remove(i);
-            return Ok((Part::ready(b), out));
+        let held = if self.backend.as_ref().is_some_and(|b| b.shard == shard) {
+            self.backend.take()
+        } else {
+            let i = self.parked.iter().position(|b| b.shard == shard);
+            i.map(|i| self.parked.swap_remove(i))
+        };
+        if let Some(mut b) = held {
+            let mut part_hidden = 0;
+            if let Some(begin) = self.vtx_begin().filter(|_| !b.joined_tx) {
+                // Attached before the transaction began: it joins now.
+                b.joined_tx = true;
+                frontend::encode_query(&begin, &mut out);
+                part_hidden = 1;
+            }
+            let mut part = Part::ready(b);
+            part.hidden = part_hidden;
+            return Ok((part, out));
         }
         let (conn, choice) = self.checkout(shard, want).await?;
         let mut b = self.make_backend(conn, choice, want, shard, &mut out);
@@ -288,9 +298,12 @@ impl Session {
     }
 
     /// Keeps a connection for the rest of the transaction, or releases it.
-    pub(super) fn return_part(&mut self, b: Backend) {
+    pub(super) fn return_part(&mut self, mut b: Backend) {
         if b.conn.broken {
             return;
+        }
+        if self.vtx.is_none() {
+            b.joined_tx = false;
         }
         if self.vtx.is_some() || b.ex.status != b'I' {
             self.parked.push(b);

@@ -147,6 +147,11 @@ impl VirtualStatements {
         self.portals.clear();
     }
 
+    /// Whether the statement `name` is one the proxy answers itself.
+    pub fn has_statement(&self, name: &str) -> bool {
+        self.statement(name).is_some()
+    }
+
     fn statement(&self, name: &str) -> Option<&ShardgateCommand> {
         if name.is_empty() {
             self.unnamed.as_ref()

@@ -17,6 +17,7 @@ mod login;
 mod merge;
 mod server;
 mod sharded;
+mod split;
 
 pub(crate) use extended::is_set_statement;
 
@@ -94,6 +95,9 @@ struct Backend {
     track_lsn: bool,
     /// A commit position is still to be asked for.
     lsn_due: bool,
+    /// The client's transaction spread over shards reached this connection
+    /// (its BEGIN was sent).
+    joined_tx: bool,
 }
 
 /// What running a read again on another node needs.
@@ -174,6 +178,10 @@ pub(crate) struct VirtualTx {
     /// them): a shard that joins the transaction later gets them too, so a
     /// `ROLLBACK TO` reaches every shard.
     pub savepoints: Vec<String>,
+    /// Opened by the proxy for an extended-protocol batch that spans
+    /// shards outside a transaction (the batch's implicit transaction,
+    /// made one per shard): it ends at the client's Sync.
+    pub implicit: bool,
 }
 
 /// Everything a session needs that is fixed at login.
@@ -282,6 +290,9 @@ pub struct Session {
     /// Bytes of an incomplete batch at the start of the client buffer
     /// already scanned for its end.
     batch_scanned: usize,
+    /// The current batch was checked for statements on several shards
+    /// (see `split`); reset at its Sync.
+    split_checked: bool,
 }
 
 impl Session {
@@ -312,6 +323,7 @@ impl Session {
             notifications: Default::default(),
             gathers: route_reads || sharded,
             batch_scanned: 0,
+            split_checked: false,
             pools: shards.iter().map(|s| vec![None; s.nodes.len()]).collect(),
             target: 0,
             parked: Vec::new(),
@@ -633,6 +645,9 @@ impl Session {
             tag::CLOSE => self.on_close(msg).await?,
             tag::EXECUTE => self.on_execute(msg, rest).await?,
             tag::FLUSH => self.on_flush(msg),
+            tag::SYNC if self.vtx.as_ref().is_some_and(|v| v.implicit) => {
+                self.end_batch_tx().await?
+            }
             tag::SYNC => self.on_sync(msg),
             tag::TERMINATE => return Ok(Flow::Stop),
             tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL if self.fanout_state.is_some() => {
@@ -760,6 +775,7 @@ impl Session {
             tag::PARSE => self.plain_batch_now(msg, rest)?,
             tag::BIND => self.bind_now(msg)?,
             tag::EXECUTE => self.execute_now(msg)?,
+            tag::SYNC if self.vtx.as_ref().is_some_and(|v| v.implicit) => false,
             tag::SYNC => {
                 // What `on_client_message` does for Sync, which never suspends.
                 frontend::validate(t, &msg[5..])?;

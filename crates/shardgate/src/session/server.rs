@@ -131,13 +131,17 @@ impl Session {
         }
         let shard = self.target;
         match self.backend.as_ref().map(|b| b.shard) {
-            Some(current) if current == shard => return Ok(true),
+            Some(current) if current == shard => {
+                self.join_current_to_tx();
+                return Ok(true);
+            }
             Some(_) if !self.switch_away(proto).await? => return Ok(false),
             _ => {}
         }
         if let Some(i) = self.parked.iter().position(|b| b.shard == shard) {
             let b = self.parked.swap_remove(i);
             self.backend = Some(b);
+            self.join_current_to_tx();
             return Ok(true);
         }
         match self.checkout(shard, want).await {
@@ -307,17 +311,15 @@ impl Session {
             }
             conn.state_fingerprint = wanted;
         }
-        if let Some(v) = &self.vtx {
-            // The client's transaction reaches this shard now, with the
-            // savepoints it has open.
-            let mut begin = v.begin.clone();
-            for name in &v.savepoints {
-                begin.push(';');
-                begin.push_str(&shardgate_router::savepoint_statement(name));
+        let joined_tx = match self.vtx_begin() {
+            Some(begin) => {
+                // The client's transaction reaches this shard now.
+                frontend::encode_query(&begin, out);
+                ex.expect.push_back(Expect::Query { forward: false });
+                true
             }
-            frontend::encode_query(&begin, out);
-            ex.expect.push_back(Expect::Query { forward: false });
-        }
+            None => false,
+        };
         if self.parked.is_empty() && self.backend.is_none() {
             self.cancel.slot.set_one(&conn.cancel);
         } else {
@@ -337,6 +339,33 @@ impl Session {
             cycle_names: Vec::new(),
             track_lsn,
             lsn_due: false,
+            joined_tx,
+        }
+    }
+
+    /// What a shard runs when the client's transaction spread over shards
+    /// first reaches it: the client's BEGIN and the savepoints open now.
+    pub(super) fn vtx_begin(&self) -> Option<String> {
+        let v = self.vtx.as_ref()?;
+        let mut begin = v.begin.clone();
+        for name in &v.savepoints {
+            begin.push(';');
+            begin.push_str(&shardgate_router::savepoint_statement(name));
+        }
+        Some(begin)
+    }
+
+    /// Sends the transaction's BEGIN on the current connection if the
+    /// transaction has not reached it yet (it was attached before the
+    /// transaction began: session pooling, a batch's connection).
+    pub(super) fn join_current_to_tx(&mut self) {
+        let Some(begin) = self.vtx_begin() else {
+            return;
+        };
+        if let Some(b) = self.backend.as_mut().filter(|b| !b.joined_tx) {
+            b.joined_tx = true;
+            frontend::encode_query(&begin, &mut self.sout);
+            b.ex.push(Expect::Query { forward: false }, &mut self.cout);
         }
     }
 

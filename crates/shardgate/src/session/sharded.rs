@@ -836,6 +836,7 @@ impl Session {
                 failed: false,
                 read_only,
                 savepoints: Vec::new(),
+                implicit: false,
             });
         }
         backend::command_complete("BEGIN", out);
@@ -893,6 +894,8 @@ impl Session {
         let mut out = BytesMut::new();
         match error {
             Some(e) => e.encode(&mut out),
+            // A batch's implicit transaction ends without a tag of its own.
+            None if v.implicit => {}
             None => backend::command_complete(end, &mut out),
         }
         if ready {
@@ -908,22 +911,34 @@ impl Session {
     /// Parse in the extended protocol: answered by the proxy; the statement
     /// is prepared on whichever shard a Bind sends it to.
     pub(super) fn parse_sharded(&mut self, p: &Parse<'_>) -> Result<(), SessionError> {
-        if !p.name.is_empty() && self.statements.contains(p.name) {
-            let err = PgError::error(
+        match self.check_parse(p, self.statements.contains(p.name)) {
+            Err(e) => self.refuse_pg(e),
+            Ok(stmt) => {
+                self.statements.insert(p.name, stmt);
+                let mut out = BytesMut::new();
+                backend::empty(backend::tag::PARSE_COMPLETE, &mut out);
+                self.emit_local(out.freeze());
+                Ok(())
+            }
+        }
+    }
+
+    /// What Parse does on a sharded cluster before any server sees the
+    /// statement: the name must be free (`exists`: the client uses it
+    /// already) and the hints valid; the statement is interned.
+    pub(super) fn check_parse(
+        &self,
+        p: &Parse<'_>,
+        exists: bool,
+    ) -> Result<Arc<crate::prepared::Statement>, PgError> {
+        if !p.name.is_empty() && exists {
+            return Err(PgError::error(
                 "42P05",
                 format!("prepared statement \"{}\" already exists", p.name),
-            );
-            return self.refuse_pg(err);
+            ));
         }
-        if let Err(e) = parse_hints(p.query) {
-            return self.refuse_pg(super::hint_error(e));
-        }
-        let stmt = self.proxy.statements.intern(p.query, p.param_types);
-        self.statements.insert(p.name, stmt);
-        let mut out = BytesMut::new();
-        backend::empty(backend::tag::PARSE_COMPLETE, &mut out);
-        self.emit_local(out.freeze());
-        Ok(())
+        parse_hints(p.query).map_err(super::hint_error)?;
+        Ok(self.proxy.statements.intern(p.query, p.param_types))
     }
 
     /// Bind in the extended protocol: the parameters decide the shard.
@@ -945,6 +960,9 @@ impl Session {
         };
         if self.tx_aborted() {
             return self.refuse_pg(aborted());
+        }
+        if let Some(split) = self.plan_split(msg, rest).await? {
+            return self.run_split(split).await;
         }
         let plan = self.plan_of(&stmt.query);
         let hints = stmt.routing(&self.proxy.classifier).hints.clone();
