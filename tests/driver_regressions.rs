@@ -1003,4 +1003,41 @@ fn batches_over_several_shards_run_as_one() {
             .len(),
         4
     );
+    // Multi-row INSERTs with parameters whose rows belong to different
+    // shards (pgjdbc's reWriteBatchedInserts): alone, and two in a batch.
+    let multi = "INSERT INTO accounts (id, owner) VALUES ($1, $2), ($3, $4), ($5, $6) RETURNING id";
+    let mut m = parse_msg("multi", multi);
+    m.extend(bind_msg(
+        "",
+        "multi",
+        &["40", "multi", "41", "multi", "42", "multi"],
+    ));
+    m.extend(describe_portal_msg(""));
+    m.extend(execute_msg("", 0));
+    m.extend(sync_msg());
+    raw.send(&m);
+    let msgs = raw.until_ready();
+    assert!(errors(&msgs).is_empty(), "{:?}", errors(&msgs));
+    assert_eq!(command_tags(&msgs), ["INSERT 0 3"]);
+    let mut ids = first_column(&msgs);
+    ids.sort();
+    assert_eq!(ids, ["40", "41", "42"]);
+    let mut m = Vec::new();
+    for first in [50, 53] {
+        let keys: Vec<String> = (first..first + 3).map(|i| i.to_string()).collect();
+        m.extend(bind_msg(
+            "",
+            "multi",
+            &[&keys[0], "multi", &keys[1], "multi", &keys[2], "multi"],
+        ));
+        m.extend(execute_msg("", 0));
+    }
+    m.extend(sync_msg());
+    raw.send(&m);
+    let msgs = raw.until_ready();
+    assert!(errors(&msgs).is_empty(), "{:?}", errors(&msgs));
+    assert_eq!(command_tags(&msgs), ["INSERT 0 3", "INSERT 0 3"]);
+    let mut rows = env.on_primaries("SELECT id FROM accounts WHERE owner = 'multi'");
+    rows.sort_by_key(|r| r.parse::<i64>().unwrap());
+    assert_eq!(rows, ["40", "41", "42", "50", "51", "52", "53", "54", "55"]);
 }

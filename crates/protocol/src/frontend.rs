@@ -182,6 +182,41 @@ impl<'a> Bind<'a> {
         })
     }
 
+    /// A Bind of `statement` that passes only the parameters at `indices`
+    /// (0-based, in that order, each with its format code) and asks for the
+    /// same result formats: the Bind of one shard's part of a statement
+    /// whose parameters were renumbered for it.
+    pub fn encode_with_params(&self, statement: &str, indices: &[usize], out: &mut BytesMut) {
+        let start = out.len();
+        out.put_u8(tag::BIND);
+        out.put_i32(0);
+        put_cstr(out, self.portal.as_bytes());
+        put_cstr(out, statement.as_bytes());
+        let nf = self.formats.len() / 2;
+        if nf <= 1 {
+            out.put_i16(nf as i16);
+            out.extend_from_slice(self.formats);
+        } else {
+            out.put_i16(indices.len() as i16);
+            for &i in indices {
+                out.put_i16(self.param_format(i));
+            }
+        }
+        out.put_i16(indices.len() as i16);
+        for &i in indices {
+            match self.param(i) {
+                Some(v) => {
+                    out.put_i32(v.len() as i32);
+                    out.extend_from_slice(v);
+                }
+                None => out.put_i32(-1),
+            }
+        }
+        out.put_i16((self.results.len() / 2) as i16);
+        out.extend_from_slice(self.results);
+        patch_len(out, start);
+    }
+
     /// Number of parameters.
     pub fn param_count(&self) -> usize {
         self.param_count

@@ -83,6 +83,33 @@ pub(super) fn locate(sql: &str) -> Option<InsertSpans> {
     })
 }
 
+/// `sql` with its `$n` placeholders renumbered `$1`, `$2`, ... in order of
+/// first appearance, and for each new number the old one (0-based): one
+/// shard's part of a multi-row INSERT gets only its rows' parameters.
+/// `None` when a placeholder is not a valid number.
+pub fn renumber_params(sql: &str) -> Option<(String, Vec<usize>)> {
+    let mut out = String::with_capacity(sql.len());
+    let mut old: Vec<usize> = Vec::new();
+    let mut last = 0;
+    for t in Lexer::new(sql).filter(|t| t.kind == TokenKind::Param) {
+        let n: usize = t.text.get(1..)?.parse().ok()?;
+        let index = n.checked_sub(1)?;
+        let new = match old.iter().position(|&o| o == index) {
+            Some(p) => p + 1,
+            None => {
+                old.push(index);
+                old.len()
+            }
+        };
+        out.push_str(&sql[last..t.offset]);
+        out.push('$');
+        out.push_str(&new.to_string());
+        last = t.offset + t.text.len();
+    }
+    out.push_str(&sql[last..]);
+    Some((out, old))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +129,23 @@ mod tests {
         assert!(locate("INSERT INTO t VALUES (1").is_none());
         let s = locate("insert into t values(1)").unwrap();
         assert_eq!(s.suffix, 23..23);
+    }
+
+    #[test]
+    fn parameters_are_renumbered_per_part() {
+        let (sql, old) = super::renumber_params(
+            "INSERT INTO t VALUES ($3, $4, '$9'), ($3, now()) RETURNING $10",
+        )
+        .unwrap();
+        assert_eq!(
+            sql,
+            "INSERT INTO t VALUES ($1, $2, '$9'), ($1, now()) RETURNING $3"
+        );
+        assert_eq!(old, [2, 3, 9]);
+        assert_eq!(
+            super::renumber_params("SELECT 1").unwrap(),
+            ("SELECT 1".into(), vec![])
+        );
+        assert!(super::renumber_params("SELECT $0").is_none());
     }
 }

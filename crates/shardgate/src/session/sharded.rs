@@ -559,13 +559,6 @@ impl Session {
         if by_shard.len() == 1 {
             return Ok(Dest::One(*by_shard.keys().next().expect("one shard")));
         }
-        if params.is_some_and(|b| b.param_count() > 0) {
-            return Err(PgError::error(
-                "0A000",
-                "a multi-row INSERT with parameters whose rows belong to different shards is not supported",
-            )
-            .with_hint("Send one row per statement, or the rows as literals."));
-        }
         let prefix = sql.get(ins.prefix.clone()).unwrap_or("");
         let suffix = sql.get(ins.suffix.clone()).unwrap_or("");
         let parts = by_shard
@@ -1008,23 +1001,34 @@ impl Session {
                 self.merge_query(shards, plan, want, req).await
             }
             Dest::Split(parts) => {
-                // Literal rows only (no parameters): each shard prepares
-                // its part of the statement.
+                // Each shard prepares its rows of the statement, with only
+                // their parameters, renumbered (pgjdbc's
+                // reWriteBatchedInserts sends rows of every shard in one).
                 let after = match batch_after_bind(rest, self.max_message) {
                     Ok(b) => b,
                     Err(e) => return self.refuse_pg(e),
                 };
                 self.extra_consumed = after.consumed;
-                let requests = parts
-                    .into_iter()
-                    .map(|(shard, text)| {
-                        let mut batch = BytesMut::new();
-                        frontend::encode_parse("", &text, &stmt.param_types, &mut batch);
-                        bind.encode_with_statement("", &mut batch);
-                        batch.extend_from_slice(&after.batch);
-                        (shard, batch)
-                    })
-                    .collect();
+                let mut requests = Vec::with_capacity(parts.len());
+                for (shard, text) in parts {
+                    let Some((sql, old)) = shardgate_router::shard::renumber_params(&text) else {
+                        return self
+                            .refuse_pg(PgError::error("08P01", "invalid parameter reference"));
+                    };
+                    let types: Vec<u8> = old
+                        .iter()
+                        .flat_map(|&i| {
+                            stmt.param_types
+                                .get(i * 4..i * 4 + 4)
+                                .map_or([0u8; 4], |t| [t[0], t[1], t[2], t[3]])
+                        })
+                        .collect();
+                    let mut batch = BytesMut::new();
+                    frontend::encode_parse("", &sql, &types, &mut batch);
+                    bind.encode_with_params("", &old, &mut batch);
+                    batch.extend_from_slice(&after.batch);
+                    requests.push((shard, batch));
+                }
                 let mut opts = FanOpts::new(want);
                 opts.wrap = true;
                 opts.skip_parse = 1;

@@ -37,8 +37,9 @@ use crate::routing::Want;
 enum Slot {
     /// Answered by the proxy (ParseComplete, CloseComplete, or an error).
     Local(BytesMut, bool),
-    /// Answered by one shard's server.
-    Remote,
+    /// Answered by the servers of this many shards (several for a
+    /// multi-row INSERT split by shard: their answers are combined).
+    Remote(usize),
 }
 
 /// What one shard runs for the batch, in order.
@@ -53,6 +54,9 @@ enum Op {
     /// A Describe or Execute forwarded as it is (a statement's Describe
     /// renamed), answering slot `slot`.
     Forward { msg: Vec<u8>, slot: usize },
+    /// One shard's rows of a multi-row INSERT: an unnamed Parse of its
+    /// text and a Bind with its parameters, answering slot `slot`.
+    Part { bytes: Vec<u8>, slot: usize },
 }
 
 /// What a shard's answer to one of its messages stands for.
@@ -62,6 +66,8 @@ enum Expected {
     Parse(u64),
     /// The proxy's Close of an evicted statement.
     Close,
+    /// The proxy's unnamed Parse of a shard's part of a statement.
+    PartParse,
     /// The answer to the client's message `slot`.
     Client(usize),
 }
@@ -91,15 +97,17 @@ struct Reading {
     failed: bool,
     /// ReadyForQuery of the closing Sync arrived.
     done: bool,
+    /// The script entry whose answer is being collected.
+    answering: Option<usize>,
 }
 
 impl Session {
     /// Plans the batch that starts with the Bind `first` (`rest`: the
     /// messages after it, up to its Sync) as a split batch when its
     /// statements go to more than one shard. `None` when it goes to one
-    /// shard or holds what a split batch does not handle (a row-limited
-    /// Execute, BEGIN or COMMIT inside it, a statement over several
-    /// shards): the message-by-message path runs it then, or refuses it.
+    /// shard or holds what a split batch does not handle (BEGIN or COMMIT
+    /// inside it, a statement over several shards): the message-by-message
+    /// path runs it then, or refuses it.
     /// Nothing changes before the batch runs.
     pub(super) async fn plan_split(
         &mut self,
@@ -120,7 +128,9 @@ impl Session {
         let mut pos = 0;
         // A statement's Describe goes where the statement is next bound.
         let mut pending_describe: Option<(usize, Vec<u8>)> = None;
-        let mut last_shard = None;
+        // Where the portal of the last Bind is (several shards for a
+        // multi-row INSERT split by shard).
+        let mut last_shards: Vec<usize> = Vec::new();
         let mut msg = first;
         loop {
             let body = &msg[5..];
@@ -137,47 +147,51 @@ impl Session {
                     };
                     let sp = self.plan_of(&stmt.query);
                     let hints = stmt.routing(&self.proxy.classifier).hints.clone();
-                    let shard = match self.dest_for(&stmt.query, &sp, &hints, Some(&bind)).await {
-                        Ok(Dest::One(s)) => s,
-                        _ => return Ok(None),
-                    };
-                    let ops = plan.ops(shard);
-                    if let Some((slot, describe)) = pending_describe.take() {
-                        ops.push(Op::Forward {
-                            msg: describe,
-                            slot,
-                        });
-                    }
                     let slot = plan.slots.len();
-                    plan.ops(shard).push(Op::Bind {
-                        stmt,
-                        msg: msg.to_vec(),
-                        slot,
-                    });
-                    plan.slots.push(Slot::Remote);
-                    last_shard = Some(shard);
+                    match self.dest_for(&stmt.query, &sp, &hints, Some(&bind)).await {
+                        Ok(Dest::One(shard)) => {
+                            if let Some((slot, describe)) = pending_describe.take() {
+                                plan.slots[slot] = Slot::Remote(1);
+                                plan.ops(shard).push(Op::Forward {
+                                    msg: describe,
+                                    slot,
+                                });
+                            }
+                            plan.ops(shard).push(Op::Bind {
+                                stmt,
+                                msg: msg.to_vec(),
+                                slot,
+                            });
+                            last_shards = vec![shard];
+                        }
+                        Ok(Dest::Split(parts)) if pending_describe.is_none() => {
+                            last_shards.clear();
+                            for (shard, text) in parts {
+                                let Some(bytes) = part_bytes(&text, &stmt.param_types, &bind)
+                                else {
+                                    return Ok(None);
+                                };
+                                plan.ops(shard).push(Op::Part { bytes, slot });
+                                last_shards.push(shard);
+                            }
+                        }
+                        _ => return Ok(None),
+                    }
+                    plan.slots.push(Slot::Remote(last_shards.len()));
                 }
                 tag::EXECUTE => {
-                    let Ok(e) = Execute::decode(body) else {
+                    // pgjdbc executes batched INSERTs with a row limit of 1:
+                    // they return no rows, so it changes nothing. (A portal
+                    // it suspends is the shard's until the transaction ends.)
+                    if Execute::decode(body).is_err() || last_shards.is_empty() {
                         return Ok(None);
-                    };
-                    // A portal suspended on a shard outlives the batch.
-                    let (true, Some(shard)) = (e.max_rows == 0, last_shard) else {
-                        return Ok(None);
-                    };
-                    let slot = plan.slots.len();
-                    plan.ops(shard).push(Op::Forward {
-                        msg: msg.to_vec(),
-                        slot,
-                    });
-                    plan.slots.push(Slot::Remote);
+                    }
+                    plan.forward_to(&last_shards, msg);
                 }
                 tag::DESCRIBE => {
                     let Ok(d) = DescribeOrClose::decode(body, "Describe") else {
                         return Ok(None);
                     };
-                    let slot = plan.slots.len();
-                    plan.slots.push(Slot::Remote);
                     if d.target == Target::Statement {
                         let Some(stmt) = plan.statement(&self.statements, d.name) else {
                             return Ok(None);
@@ -187,16 +201,14 @@ impl Session {
                         }
                         let mut m = BytesMut::new();
                         d.encode_as(tag::DESCRIBE, &stmt.server_name, &mut m);
-                        pending_describe = Some((slot, m.to_vec()));
+                        pending_describe = Some((plan.slots.len(), m.to_vec()));
+                        plan.slots.push(Slot::Remote(1));
                     } else {
                         // A portal lives where its Bind went.
-                        let Some(shard) = last_shard else {
+                        if last_shards.is_empty() {
                             return Ok(None);
-                        };
-                        plan.ops(shard).push(Op::Forward {
-                            msg: msg.to_vec(),
-                            slot,
-                        });
+                        }
+                        plan.forward_to(&last_shards, msg);
                     }
                 }
                 tag::PARSE => {
@@ -314,10 +326,12 @@ impl Session {
                 next: 0,
                 failed: part.b.conn.broken,
                 done: part.b.conn.broken,
+                answering: None,
             });
             parts.push(part);
         }
-        let mut answers: Vec<Option<(BytesMut, bool)>> = (0..slots.len()).map(|_| None).collect();
+        let mut answers: Vec<Vec<(BytesMut, bool)>> =
+            (0..slots.len()).map(|_| Vec::new()).collect();
         let mut lost = parts
             .iter()
             .find(|p| p.b.conn.broken)
@@ -345,11 +359,14 @@ impl Session {
         for (i, slot) in slots.iter_mut().enumerate() {
             let (bytes, error) = match slot {
                 Slot::Local(b, e) => (std::mem::take(b), *e),
-                Slot::Remote => match answers[i].take() {
-                    Some(a) => a,
-                    // Skipped by its shard after an error there.
-                    None => break,
-                },
+                Slot::Remote(n) => {
+                    let got = std::mem::take(&mut answers[i]);
+                    if got.len() < *n && !got.iter().any(|a| a.1) {
+                        // Skipped by its shard after an error there.
+                        break;
+                    }
+                    combine(got)
+                }
             };
             self.cout.extend_from_slice(&bytes);
             if error {
@@ -423,6 +440,19 @@ impl SplitPlan {
         &mut self.shards[i].1
     }
 
+    /// A Describe or Execute of the last Bind's portal, for each shard it
+    /// is on.
+    fn forward_to(&mut self, shards: &[usize], msg: &[u8]) {
+        let slot = self.slots.len();
+        for &shard in shards {
+            self.ops(shard).push(Op::Forward {
+                msg: msg.to_vec(),
+                slot,
+            });
+        }
+        self.slots.push(Slot::Remote(shards.len()));
+    }
+
     /// The statement the client calls `name` at this point of the batch.
     fn statement(
         &self,
@@ -466,9 +496,76 @@ fn encode_ops(part: &mut Part, ops: &[Op], out: &mut BytesMut) -> Vec<Expected> 
                 out.extend_from_slice(msg);
                 script.push(Expected::Client(*slot));
             }
+            Op::Part { bytes, slot } => {
+                out.extend_from_slice(bytes);
+                script.push(Expected::PartParse);
+                script.push(Expected::Client(*slot));
+            }
         }
     }
     script
+}
+
+/// One shard's part of a multi-row INSERT as Parse and Bind: its text with
+/// the placeholders renumbered, and the Bind passing their values.
+fn part_bytes(text: &str, param_types: &[u8], bind: &Bind<'_>) -> Option<Vec<u8>> {
+    let (sql, old) = shardgate_router::shard::renumber_params(text)?;
+    let types: Vec<u8> = old
+        .iter()
+        .flat_map(|&i| {
+            param_types
+                .get(i * 4..i * 4 + 4)
+                .map_or([0u8; 4], |t| [t[0], t[1], t[2], t[3]])
+        })
+        .collect();
+    let mut out = BytesMut::new();
+    frontend::encode_parse("", &sql, &types, &mut out);
+    bind.encode_with_params("", &old, &mut out);
+    Some(out.to_vec())
+}
+
+/// The client's answer from the answers of every shard a message went to:
+/// one shard's as it is; of several, the first error, or the rows of all
+/// with the row counts of the command tags summed.
+fn combine(mut got: Vec<(BytesMut, bool)>) -> (BytesMut, bool) {
+    if got.len() == 1 {
+        return got.pop().expect("one");
+    }
+    if let Some(i) = got.iter().position(|a| a.1) {
+        return got.swap_remove(i);
+    }
+    let mut rows = BytesMut::new();
+    let mut tags: Vec<Vec<u8>> = Vec::new();
+    let mut head: Option<BytesMut> = None;
+    let mut end: Option<BytesMut> = None;
+    for (bytes, _) in &got {
+        let mut pos = 0;
+        while let Ok(Some(h)) = Header::complete(&bytes[pos..], MAX_SERVER_MESSAGE) {
+            let m = &bytes[pos..pos + h.total];
+            match h.tag {
+                btag::DATA_ROW => rows.extend_from_slice(m),
+                btag::COMMAND_COMPLETE => tags.push(m[5..].to_vec()),
+                // The end of a row-limited Execute, or of an empty query.
+                btag::PORTAL_SUSPENDED | btag::EMPTY_QUERY => {
+                    end.get_or_insert_with(|| BytesMut::from(m));
+                }
+                // BindComplete, RowDescription, NoData: once.
+                _ => {
+                    head.get_or_insert_with(|| BytesMut::from(m));
+                }
+            }
+            pos += h.total;
+        }
+    }
+    let mut answer = head.unwrap_or_default();
+    answer.extend_from_slice(&rows);
+    if !tags.is_empty() {
+        let tags: Vec<&[u8]> = tags.iter().map(Vec::as_slice).collect();
+        backend::command_complete(&super::fanout::sum_tags(&tags), &mut answer);
+    } else if let Some(end) = end {
+        answer.extend_from_slice(&end);
+    }
+    (answer, false)
 }
 
 /// After the batch: statements whose Parse the server did not confirm
@@ -479,7 +576,7 @@ fn forget_unconfirmed(part: &mut Part, r: &Reading) {
         match e {
             Expected::Parse(id) => part.b.conn.prepared.remove(*id),
             Expected::Close => part.b.conn.broken = true,
-            Expected::Client(_) => {}
+            Expected::PartParse | Expected::Client(_) => {}
         }
     }
 }
@@ -504,7 +601,7 @@ fn lost_shard(addr: &str) -> PgError {
 }
 
 /// Matches the whole messages in a shard's buffer to the client's slots.
-fn read_answers(part: &mut Part, r: &mut Reading, answers: &mut [Option<(BytesMut, bool)>]) {
+fn read_answers(part: &mut Part, r: &mut Reading, answers: &mut [Vec<(BytesMut, bool)>]) {
     while !r.done {
         let buf = &mut part.b.conn.read_buf;
         let Ok(Some(h)) = Header::complete(buf, MAX_SERVER_MESSAGE) else {
@@ -535,23 +632,26 @@ fn read_answers(part: &mut Part, r: &mut Reading, answers: &mut [Option<(BytesMu
         };
         if h.tag == btag::ERROR_RESPONSE {
             if let Some(s) = slot {
-                let a = answers[s].get_or_insert_with(|| (BytesMut::new(), false));
-                a.0.extend_from_slice(&msg);
-                a.1 = true;
+                answers[s].push((BytesMut::from(&msg[..]), true));
             }
             // The server skips to the Sync.
             r.failed = true;
             r.hidden = 0;
             continue;
         }
-        let client = matches!(r.script.get(r.next), Some(Expected::Client(_)));
-        if client {
-            if let Some(s) = slot {
-                answers[s]
-                    .get_or_insert_with(|| (BytesMut::new(), false))
-                    .0
-                    .extend_from_slice(&msg);
+        if let (Some(Expected::Client(_)), Some(s)) = (r.script.get(r.next), slot) {
+            // This shard's answer to the message: one entry per shard,
+            // started by its first message.
+            let fresh = r.answering != Some(r.next);
+            r.answering = Some(r.next);
+            if fresh {
+                answers[s].push((BytesMut::new(), false));
             }
+            answers[s]
+                .last_mut()
+                .expect("pushed")
+                .0
+                .extend_from_slice(&msg);
         }
         if matches!(
             h.tag,
