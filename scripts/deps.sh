@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs what shardgate's tests, demo and benchmarks need, only when missing:
-# the PostgreSQL server and client binaries, PgBouncer, openssl and Python's
-# psycopg 3 and asyncpg. Safe to run again; does nothing when everything is there.
+# the PostgreSQL server and client binaries, PgBouncer, openssl, and the
+# drivers of the conformance matrix (tests/clients): Python's psycopg 3 and
+# asyncpg, pgjdbc with a JDK to compile against it, node-postgres (Node.js,
+# npm, then `npm ci` in tests/clients/node). Safe to run again; does nothing
+# when everything is there.
 set -euo pipefail
 
 sudo_cmd=()
@@ -18,6 +21,10 @@ fi
 [ -x /usr/sbin/pgbouncer ] || command -v pgbouncer >/dev/null 2>&1 || missing+=(pgbouncer)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
+command -v javac >/dev/null 2>&1 || missing+=(openjdk-17-jdk-headless)
+[ -f /usr/share/java/postgresql.jar ] || missing+=(libpostgresql-jdbc-java)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "deps: installing ${missing[*]}" >&2
@@ -43,4 +50,12 @@ if ! python3 -c 'import asyncpg' >/dev/null 2>&1; then
     || python3 -m pip install --quiet --break-system-packages asyncpg 2>/dev/null \
     || { "${sudo_cmd[@]}" apt-get install -y -qq python3-asyncpg >/dev/null; }
   python3 -c 'import asyncpg' || { echo "deps: could not install asyncpg" >&2; exit 1; }
+fi
+
+node_dir="$(cd "$(dirname "$0")/.." && pwd)/tests/clients/node"
+if [ ! -d "$node_dir/node_modules/pg" ] || [ ! -d "$node_dir/node_modules/pg-cursor" ] \
+  || [ ! -d "$node_dir/node_modules/pg-copy-streams" ]; then
+  echo "deps: installing node-postgres (npm ci)" >&2
+  (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) \
+    || { echo "deps: npm ci failed in $node_dir" >&2; exit 1; }
 fi

@@ -661,12 +661,7 @@ fn no_statement_over_several_shards_is_answered_unmerged() {
             other => panic!("{other}: {}", &sql[..80]),
         }
     }
-    // A cursor over several shards is refused; over one shard it works,
-    // FETCH and CLOSE following it there.
-    raw_ok(&mut raw, "BEGIN");
-    let msgs = raw.query("DECLARE c CURSOR FOR SELECT count(*) FROM accounts");
-    assert_eq!(sqlstate_of(&msgs), "0A000");
-    raw_ok(&mut raw, "ROLLBACK");
+    // A cursor over one shard: FETCH and CLOSE follow it there.
     raw_ok(&mut raw, "BEGIN");
     raw_ok(
         &mut raw,
@@ -1040,4 +1035,168 @@ fn batches_over_several_shards_run_as_one() {
     let mut rows = env.on_primaries("SELECT id FROM accounts WHERE owner = 'multi'");
     rows.sort_by_key(|r| r.parse::<i64>().unwrap());
     assert_eq!(rows, ["40", "41", "42", "50", "51", "52", "53", "54", "55"]);
+}
+
+/// Defect 4 and the cursor patterns: an SQL cursor over several shards
+/// (psycopg's named cursors, psql's FETCH_COUNT) returned one shard's rows.
+/// Now the shards' rows are merged (ORDER BY, aggregates) and fetched a
+/// batch at a time; MOVE skips, CLOSE ends it, backward fetches are refused.
+#[test]
+fn sql_cursors_over_several_shards() {
+    let env = Env::sharded();
+    let mut raw = env.raw();
+    env.load_accounts(&mut raw, 1..=30);
+    raw_ok(&mut raw, "BEGIN");
+    raw_ok(
+        &mut raw,
+        "DECLARE n CURSOR FOR SELECT count(*) FROM accounts",
+    );
+    assert_eq!(first_column(&raw_ok(&mut raw, "FETCH ALL FROM n")), ["30"]);
+    raw_ok(
+        &mut raw,
+        "DECLARE c CURSOR FOR SELECT id, owner FROM accounts WHERE id > 2 ORDER BY id",
+    );
+    let msgs = raw_ok(&mut raw, "FETCH 7 FROM c");
+    assert_eq!(first_column(&msgs), ["3", "4", "5", "6", "7", "8", "9"]);
+    assert_eq!(command_tags(&msgs), ["FETCH 7"]);
+    assert!(
+        msgs.iter().any(|(t, _)| *t == b'T'),
+        "a RowDescription first"
+    );
+    assert_eq!(command_tags(&raw_ok(&mut raw, "MOVE 3 IN c")), ["MOVE 3"]);
+    assert_eq!(first_column(&raw_ok(&mut raw, "FETCH NEXT FROM c")), ["13"]);
+    let msgs = raw_ok(&mut raw, "FETCH ALL FROM c");
+    assert_eq!(
+        first_column(&msgs),
+        (14..=30).map(|i| i.to_string()).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        command_tags(&raw_ok(&mut raw, "FETCH 5 FROM c")),
+        ["FETCH 0"]
+    );
+    let msgs = raw.query("FETCH PRIOR FROM c");
+    assert_eq!(sqlstate_of(&msgs), "55000");
+    raw_ok(&mut raw, "ROLLBACK");
+    raw_ok(&mut raw, "BEGIN");
+    raw_ok(
+        &mut raw,
+        "DECLARE c CURSOR FOR SELECT id FROM accounts ORDER BY id DESC LIMIT 4",
+    );
+    assert_eq!(
+        first_column(&raw_ok(&mut raw, "FETCH 3 FROM c")),
+        ["30", "29", "28"]
+    );
+    assert_eq!(first_column(&raw_ok(&mut raw, "FETCH 3 FROM c")), ["27"]);
+    assert_eq!(command_tags(&raw_ok(&mut raw, "CLOSE c")), ["CLOSE CURSOR"]);
+    assert_eq!(sqlstate_of(&raw.query("FETCH 1 FROM c")), "34000");
+    raw_ok(&mut raw, "ROLLBACK");
+    // Outside a transaction, as Postgres: 25P01.
+    assert_eq!(
+        sqlstate_of(&raw.query("DECLARE c CURSOR FOR SELECT id FROM accounts")),
+        "25P01"
+    );
+    // psycopg's named cursor: DECLARE and FETCH in the extended protocol.
+    raw_ok(&mut raw, "BEGIN");
+    let mut m = parse_msg("", "DECLARE \"named\" CURSOR FOR SELECT id FROM accounts WHERE id BETWEEN $1 AND $2 ORDER BY id");
+    m.extend(bind_msg("", "", &["5", "25"]));
+    m.extend(execute_msg("", 0));
+    m.extend(sync_msg());
+    raw.send(&m);
+    let msgs = raw.until_ready();
+    assert!(errors(&msgs).is_empty(), "{:?}", errors(&msgs));
+    assert_eq!(command_tags(&msgs), ["DECLARE CURSOR"]);
+    let mut seen = Vec::new();
+    loop {
+        let mut m = parse_msg("", "FETCH FORWARD 7 FROM \"named\"");
+        m.extend(bind_msg("", "", &[]));
+        m.extend(describe_portal_msg(""));
+        m.extend(execute_msg("", 0));
+        m.extend(sync_msg());
+        raw.send(&m);
+        let msgs = raw.until_ready();
+        assert!(errors(&msgs).is_empty(), "{:?}", errors(&msgs));
+        let rows = first_column(&msgs);
+        if rows.is_empty() {
+            break;
+        }
+        seen.extend(rows);
+    }
+    assert_eq!(seen, (5..=25).map(|i| i.to_string()).collect::<Vec<_>>());
+    raw_ok(&mut raw, "COMMIT");
+}
+
+/// Row-limited Executes of a portal over several shards (pgjdbc's
+/// `setFetchSize`, asyncpg's cursors, pg-cursor) were refused after the
+/// first batch. Now each Execute returns the next rows of the merge, with
+/// PortalSuspended until the rows run out; then Close and COMMIT.
+#[test]
+fn portals_over_several_shards_read_in_batches() {
+    let env = Env::sharded();
+    let mut raw = env.raw();
+    env.load_accounts(&mut raw, 1..=25);
+    let select = "SELECT id, owner FROM accounts WHERE id > $1 ORDER BY id";
+    // pgjdbc: BEGIN, Bind of a named portal with Describe and Execute(7), Sync.
+    let mut m = parse_msg("", "BEGIN");
+    m.extend(bind_msg("", "", &[]));
+    m.extend(execute_msg("", 0));
+    m.extend(parse_msg("S_1", select));
+    m.extend(bind_msg("C_1", "S_1", &["3"]));
+    m.extend(describe_portal_msg("C_1"));
+    m.extend(execute_msg("C_1", 7));
+    m.extend(sync_msg());
+    raw.send(&m);
+    let msgs = raw.until_ready();
+    assert!(errors(&msgs).is_empty(), "{:?}", errors(&msgs));
+    assert_eq!(first_column(&msgs), ["4", "5", "6", "7", "8", "9", "10"]);
+    assert_eq!(
+        msgs.iter().filter(|(t, _)| *t == b's').count(),
+        1,
+        "PortalSuspended"
+    );
+    assert!(msgs.iter().any(|(t, _)| *t == b'T'), "described");
+    let mut seen: Vec<String> = first_column(&msgs);
+    loop {
+        let mut m = execute_msg("C_1", 7);
+        m.extend(sync_msg());
+        raw.send(&m);
+        let msgs = raw.until_ready();
+        assert!(errors(&msgs).is_empty(), "{:?}", errors(&msgs));
+        seen.extend(first_column(&msgs));
+        if msgs.iter().any(|(t, _)| *t == b'C') {
+            break;
+        }
+    }
+    assert_eq!(seen, (4..=25).map(|i| i.to_string()).collect::<Vec<_>>());
+    let mut m = close_msg(b'P', "C_1");
+    m.extend(parse_msg("", "COMMIT"));
+    m.extend(bind_msg("", "", &[]));
+    m.extend(execute_msg("", 0));
+    m.extend(sync_msg());
+    raw.send(&m);
+    let msgs = raw.until_ready();
+    assert!(errors(&msgs).is_empty(), "{:?}", errors(&msgs));
+    assert_eq!(status(&msgs), b'I');
+    // pg-cursor: Bind, Describe and Flush, then Execute(5) and Flush each
+    // time, outside a transaction; Close and Sync at the end.
+    let mut m = parse_msg("", "SELECT count(*), max(id) FROM accounts WHERE id > $1");
+    m.extend(bind_msg("pgc", "", &["0"]));
+    m.extend(describe_portal_msg("pgc"));
+    m.extend(flush_msg());
+    raw.send(&m);
+    raw.until(b'T');
+    let mut m = execute_msg("pgc", 5);
+    m.extend(flush_msg());
+    raw.send(&m);
+    let msgs = raw.until(b'C');
+    assert_eq!(msgs.iter().filter(|(t, _)| *t == b'D').count(), 1);
+    let mut m = close_msg(b'P', "pgc");
+    m.extend(sync_msg());
+    raw.send(&m);
+    let msgs = raw.until_ready();
+    assert!(errors(&msgs).is_empty(), "{:?}", errors(&msgs));
+    assert_eq!(status(&msgs), b'I');
+    assert_eq!(
+        first_column(&raw_ok(&mut raw, "SELECT count(*) FROM accounts")),
+        ["25"]
+    );
 }

@@ -465,7 +465,12 @@ fn driver_matrix() {
         }
     });
     let results = results.into_inner().unwrap();
-    println!("{}", render_table(&results));
+    // Straight to the process's stderr, past the test harness's capture, so
+    // the table shows in every run (CI's too), passing or not.
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("\ndriver conformance matrix:\n{}\n", render_table(&results)).as_bytes(),
+    );
     let mut failures = Vec::new();
     for ((driver, topo), m) in &results {
         for (scenario, outcome) in m {

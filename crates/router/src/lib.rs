@@ -37,8 +37,8 @@ pub use hints::{parse_hints, HintError, Hints};
 pub use lexer::{Lexer, Token, TokenKind};
 pub use scan::{quick_scan, QuickScan};
 pub use session_cmd::{
-    leaves_session_state, quote_ident, savepoint_statement, CursorStatement, ListenCommand,
-    SavepointCommand, SessionCommand, SetValue,
+    fetch_count, leaves_session_state, quote_ident, savepoint_statement, CursorStatement, Declare,
+    FetchCount, ListenCommand, SavepointCommand, SessionCommand, SetValue,
 };
 pub use shard::{
     plan as plan_shards, InsertPlan, InsertRow, KeyFilter, ShardPlan, ShardPlanner, ShardedTable,

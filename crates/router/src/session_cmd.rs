@@ -203,6 +203,103 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// A `DECLARE ... CURSOR FOR query` taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Declare {
+    /// The cursor's name as the server keeps it.
+    pub name: String,
+    /// `BINARY`: rows in binary format.
+    pub binary: bool,
+    /// `SCROLL` (backward fetches).
+    pub scroll: bool,
+    /// `WITH HOLD` (outlives its transaction).
+    pub hold: bool,
+    /// The query's text.
+    pub query: String,
+}
+
+impl Declare {
+    /// Takes `DECLARE name [BINARY] [ASENSITIVE | INSENSITIVE] [[NO] SCROLL]
+    /// CURSOR [{WITH | WITHOUT} HOLD] FOR query` apart.
+    pub fn parse(stmt: &str) -> Option<Declare> {
+        let toks: Vec<Token<'_>> = Lexer::new(stmt)
+            .filter(|t| t.kind != TokenKind::BlockComment)
+            .collect();
+        if !toks.first()?.is_keyword("declare") {
+            return None;
+        }
+        let name = ident(toks.get(1)?)?;
+        let (mut binary, mut scroll, mut hold) = (false, false, false);
+        let mut i = 2;
+        loop {
+            let t = toks.get(i)?;
+            if t.is_keyword("for") {
+                let query = stmt[toks.get(i + 1)?.offset..]
+                    .trim()
+                    .trim_end_matches(';')
+                    .trim_end()
+                    .to_owned();
+                return Some(Declare {
+                    name,
+                    binary,
+                    scroll,
+                    hold,
+                    query,
+                });
+            }
+            if t.is_keyword("binary") {
+                binary = true;
+            } else if t.is_keyword("scroll") {
+                scroll = !toks[i - 1].is_keyword("no");
+            } else if t.is_keyword("with") && toks.get(i + 1).is_some_and(|h| h.is_keyword("hold"))
+            {
+                hold = true;
+            }
+            i += 1;
+        }
+    }
+}
+
+/// How many rows a `FETCH` or `MOVE` asks for, going forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchCount {
+    /// This many (`NEXT` is 1).
+    Rows(u64),
+    /// `ALL`.
+    All,
+    /// A direction that goes backward or jumps (`PRIOR`, `FIRST`, `LAST`,
+    /// `ABSOLUTE`, `RELATIVE`, `BACKWARD`, a negative count).
+    NotForward,
+}
+
+/// The count of a `FETCH` or `MOVE` statement.
+pub fn fetch_count(stmt: &str) -> Option<FetchCount> {
+    let toks: Vec<Token<'_>> = Lexer::new(stmt)
+        .filter(|t| t.kind != TokenKind::BlockComment && t.kind != TokenKind::Semicolon)
+        .collect();
+    let first = toks.first()?;
+    if !(first.is_keyword("fetch") || first.is_keyword("move")) {
+        return None;
+    }
+    // Tokens between the verb and [FROM|IN] name.
+    let mut end = toks.len().checked_sub(1)?;
+    if end >= 2 && (toks[end - 1].is_keyword("from") || toks[end - 1].is_keyword("in")) {
+        end -= 1;
+    }
+    let words = &toks[1..end];
+    let number = |t: &Token<'_>| t.text.parse::<u64>().ok();
+    Some(match words {
+        [] => FetchCount::Rows(1),
+        [w] if w.is_keyword("next") => FetchCount::Rows(1),
+        [w] if w.is_keyword("all") => FetchCount::All,
+        [n] if number(n).is_some() => FetchCount::Rows(number(n)?),
+        [w] if w.is_keyword("forward") => FetchCount::Rows(1),
+        [w, a] if w.is_keyword("forward") && a.is_keyword("all") => FetchCount::All,
+        [w, n] if w.is_keyword("forward") && number(n).is_some() => FetchCount::Rows(number(n)?),
+        _ => FetchCount::NotForward,
+    })
+}
+
 /// `SAVEPOINT name` for a name as the server keeps it, quoted.
 pub fn savepoint_statement(name: &str) -> String {
     format!("SAVEPOINT {}", quote_ident(name))
@@ -536,6 +633,44 @@ mod tests {
         assert_eq!(ListenCommand::parse("LISTEN"), None);
         assert_eq!(ListenCommand::parse("NOTIFY c"), None);
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+
+    #[test]
+    fn takes_declare_and_fetch_apart() {
+        let d = Declare::parse("DECLARE \"C\" BINARY NO SCROLL CURSOR WITHOUT HOLD FOR SELECT 1;")
+            .unwrap();
+        assert_eq!(
+            d,
+            Declare {
+                name: "C".into(),
+                binary: true,
+                scroll: false,
+                hold: false,
+                query: "SELECT 1".into()
+            }
+        );
+        let d =
+            Declare::parse("declare c scroll cursor with hold for select * from t where a = $1")
+                .unwrap();
+        assert!(d.scroll && d.hold && !d.binary);
+        assert_eq!(d.query, "select * from t where a = $1");
+        assert_eq!(Declare::parse("SELECT 1"), None);
+        use FetchCount::*;
+        for (sql, n) in [
+            ("FETCH c", Rows(1)),
+            ("FETCH NEXT FROM c", Rows(1)),
+            ("fetch 7 from c", Rows(7)),
+            ("FETCH FORWARD 7 FROM \"c\"", Rows(7)),
+            ("FETCH ALL IN c", All),
+            ("FETCH FORWARD ALL FROM c", All),
+            ("MOVE 3 IN c", Rows(3)),
+            ("FETCH PRIOR FROM c", NotForward),
+            ("FETCH BACKWARD 2 FROM c", NotForward),
+            ("FETCH ABSOLUTE 1 FROM c", NotForward),
+            ("FETCH -1 FROM c", NotForward),
+        ] {
+            assert_eq!(fetch_count(sql), Some(n), "{sql}");
+        }
     }
 
     #[test]

@@ -377,6 +377,7 @@ fn value_of(v: &Value, base: Option<usize>) -> ValueSource {
         | Value::SingleQuotedByteStringLiteral(s) => ValueSource::Literal(s.clone()),
         Value::DollarQuotedString(d) => ValueSource::Literal(d.value.clone()),
         Value::Boolean(b) => ValueSource::Literal(if *b { "true" } else { "false" }.into()),
+        Value::Null => ValueSource::Null,
         Value::Placeholder(p) => match p.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) {
             Some(n) => match base {
                 Some(b) if n > b => ValueSource::LiteralIndex(n - b - 1),

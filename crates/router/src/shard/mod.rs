@@ -115,7 +115,9 @@ pub enum ValueSource {
     /// [`ShardPlanner::plan_cached`], which returns the literal texts with
     /// the plan; never produced by [`plan`].
     LiteralIndex(usize),
-    /// Anything else: an expression, `DEFAULT`, `NULL`, a function call.
+    /// The literal `NULL` (no shard holds a NULL key).
+    Null,
+    /// Anything else: an expression, `DEFAULT`, a function call.
     Other,
 }
 

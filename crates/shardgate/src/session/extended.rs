@@ -413,6 +413,19 @@ impl Session {
         rest: &[u8],
     ) -> Result<(), SessionError> {
         let d = DescribeOrClose::decode(&msg[5..], "Describe")?;
+        if self.sharded && !self.merged_cursors.is_empty() {
+            let desc = match d.target {
+                Target::Portal => self.describe_cursor_portal(d.name).await,
+                Target::Statement => self.describe_cursor_statement(d.name).await,
+            };
+            if let Some(desc) = desc {
+                match desc {
+                    Ok(bytes) => self.emit_local(bytes.freeze()),
+                    Err(e) => self.refuse_pg(e)?,
+                }
+                return Ok(());
+            }
+        }
         if self.describe_virtual(&d) {
             return Ok(());
         }
@@ -440,17 +453,27 @@ impl Session {
     }
 
     pub(super) async fn on_execute(&mut self, msg: &[u8], rest: &[u8]) -> Result<(), SessionError> {
-        let portal = Execute::decode(&msg[5..])?.portal;
+        let execute = Execute::decode(&msg[5..])?;
+        let portal = execute.portal;
         if self.execute_virtual(portal).await? {
             return Ok(());
         }
         if self.sharded {
-            if self.vtx.is_some() && self.suspended_portal.as_deref() == Some(portal) {
-                return self.refuse_pg(PgError::error(
-                    "0A000",
-                    "fetching a query over several shards in batches (Execute after PortalSuspended) is not supported",
-                )
-                .with_hint("Fetch all rows with one Execute, or add LIMIT and OFFSET to the query."));
+            let key = super::cursor::CursorKey::Portal(portal.to_owned());
+            if self.has_cursor(&key) {
+                // A portal over several shards, read a batch at a time.
+                let count = match execute.max_rows {
+                    0 => shardgate_router::FetchCount::All,
+                    n => shardgate_router::FetchCount::Rows(n as u64),
+                };
+                let end = super::cursor::FetchEnd::Portal;
+                if let Err(e) = self
+                    .fetch_cursor(&key, count, None, false, false, end)
+                    .await
+                {
+                    return self.refuse_pg(e);
+                }
+                return Ok(());
             }
             self.target_for_unrouted();
         }
@@ -470,6 +493,15 @@ impl Session {
 
     pub(super) async fn on_close(&mut self, msg: &[u8]) -> Result<(), SessionError> {
         let c = DescribeOrClose::decode(&msg[5..], "Close")?;
+        if self.sharded && c.target == Target::Portal {
+            let key = super::cursor::CursorKey::Portal(c.name.to_owned());
+            if self.close_cursor(&key).await {
+                let mut bytes = BytesMut::new();
+                backend::empty(btag::CLOSE_COMPLETE, &mut bytes);
+                self.emit_local(bytes.freeze());
+                return Ok(());
+            }
+        }
         if self.close_virtual(&c) {
             return Ok(());
         }

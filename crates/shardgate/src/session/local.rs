@@ -71,6 +71,10 @@ pub enum ShardgateCommand {
     Savepoint(String),
     /// `LISTEN`/`UNLISTEN` in transaction pooling: the proxy listens.
     Listen(shardgate_router::ListenCommand),
+    /// A `DECLARE` over several shards, already run at Bind.
+    Declared,
+    /// `FETCH`, `MOVE` or `CLOSE` of a cursor over several shards.
+    Cursor(String),
 }
 
 impl ShardgateCommand {
@@ -127,6 +131,8 @@ pub struct VirtualStatements {
     named: HashMap<String, ShardgateCommand>,
     unnamed: Option<ShardgateCommand>,
     portals: HashMap<String, ShardgateCommand>,
+    /// Result formats of portals that FETCH from a cursor over shards.
+    formats: HashMap<String, Vec<i16>>,
 }
 
 impl VirtualStatements {
@@ -145,6 +151,33 @@ impl VirtualStatements {
     /// they are dropped here too, as shardgate commands run no transaction).
     pub fn end_of_batch(&mut self) {
         self.portals.clear();
+        self.formats.clear();
+    }
+
+    /// The FETCH/MOVE/CLOSE of a cursor over shards that portal `name`
+    /// runs, and the portal's result formats.
+    pub fn cursor_portal(&self, name: &str) -> Option<(String, Vec<i16>)> {
+        match self.portals.get(name)? {
+            ShardgateCommand::Cursor(sql) => Some((
+                sql.clone(),
+                self.formats.get(name).cloned().unwrap_or_default(),
+            )),
+            _ => None,
+        }
+    }
+
+    /// The FETCH/MOVE/CLOSE of a cursor over shards that statement `name`
+    /// holds.
+    pub fn cursor_statement(&self, name: &str) -> Option<String> {
+        match self.statement(name)? {
+            ShardgateCommand::Cursor(sql) => Some(sql.clone()),
+            _ => None,
+        }
+    }
+
+    /// Makes `name` a portal the proxy answers itself.
+    pub fn set_portal(&mut self, name: &str, cmd: ShardgateCommand) {
+        self.portals.insert(name.to_owned(), cmd);
     }
 
     /// Whether the statement `name` is one the proxy answers itself.
@@ -217,7 +250,9 @@ impl Session {
             ShardgateCommand::Begin(_)
             | ShardgateCommand::End(_)
             | ShardgateCommand::Savepoint(_)
-            | ShardgateCommand::Listen(_) => {
+            | ShardgateCommand::Listen(_)
+            | ShardgateCommand::Declared
+            | ShardgateCommand::Cursor(_) => {
                 return Err(PgError::error(
                     "XX000",
                     "transaction control runs elsewhere",
@@ -370,6 +405,19 @@ impl Session {
             None
         };
         let local = local.or_else(|| {
+            if !self.sharded || self.merged_cursors.is_empty() {
+                return None;
+            }
+            match shardgate_router::CursorStatement::parse(p.query)? {
+                shardgate_router::CursorStatement::Use(name)
+                    if self.has_cursor(&super::cursor::CursorKey::Sql(name.clone())) =>
+                {
+                    Some(Ok(ShardgateCommand::Cursor(p.query.to_owned())))
+                }
+                _ => None,
+            }
+        });
+        let local = local.or_else(|| {
             (self.mode == crate::config::PoolMode::Transaction
                 && shardgate_router::quick_scan(p.query).session_effects)
                 .then(|| shardgate_router::ListenCommand::parse(p.query))
@@ -412,6 +460,11 @@ impl Session {
             }
             return false;
         };
+        if matches!(cmd, ShardgateCommand::Cursor(_)) {
+            self.virtual_stmts
+                .formats
+                .insert(b.portal.to_owned(), b.result_formats());
+        }
         self.virtual_stmts.portals.insert(b.portal.to_owned(), cmd);
         self.emit_empty(btag::BIND_COMPLETE);
         true
@@ -458,6 +511,26 @@ impl Session {
             }
             ShardgateCommand::Savepoint(sql) => {
                 self.savepoint(sql, false).await?;
+                return Ok(true);
+            }
+            ShardgateCommand::Declared => {
+                let mut out = BytesMut::new();
+                backend::command_complete("DECLARE CURSOR", &mut out);
+                self.emit_local(out.freeze());
+                return Ok(true);
+            }
+            ShardgateCommand::Cursor(sql) => {
+                let formats = self.virtual_stmts.formats.get(portal).cloned();
+                let result = match shardgate_router::CursorStatement::parse(sql) {
+                    Some(shardgate_router::CursorStatement::Use(name)) => {
+                        let key = super::cursor::CursorKey::Sql(name);
+                        self.cursor_verb(&key, sql, formats.as_deref(), false).await
+                    }
+                    _ => Ok(()),
+                };
+                if let Err(e) = result {
+                    self.refuse_pg(e)?;
+                }
                 return Ok(true);
             }
             ShardgateCommand::Listen(listen) => {

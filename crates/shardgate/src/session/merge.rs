@@ -56,21 +56,21 @@ pub(super) struct MergeRequest<'a> {
 }
 
 /// One shard's stream during a merge.
-struct Stream {
+pub(super) struct Stream {
     /// RowDescription received.
-    desc: Option<BytesMut>,
+    pub(super) desc: Option<BytesMut>,
     /// The next row, not yet merged.
-    head: Option<Head>,
+    pub(super) head: Option<Head>,
     /// CommandComplete received: no more rows.
-    complete: bool,
+    pub(super) complete: bool,
     /// The first error the shard sent.
-    error: Option<BytesMut>,
+    pub(super) error: Option<BytesMut>,
 }
 
 /// A row waiting to be merged, with its sort keys decoded.
-struct Head {
-    row: BytesMut,
-    keys: Vec<Key>,
+pub(super) struct Head {
+    pub(super) row: BytesMut,
+    pub(super) keys: Vec<Key>,
 }
 
 /// A message of a shard's answer that matters to the merge.
@@ -84,12 +84,12 @@ enum Step {
 }
 
 /// The columns of one result, from the RowDescription.
-struct Columns {
+pub(super) struct Columns {
     types: Vec<u32>,
 }
 
 /// Per-group accumulation.
-struct Group {
+pub(super) struct Group {
     first: BytesMut,
     keys: Vec<Key>,
     aggs: Vec<AggState>,
@@ -138,46 +138,21 @@ impl Session {
                 }
             }
         }
-        let mut run = Run {
-            plan: &plan,
-            visible,
-            formats: req.bind.map(|b| b.result_formats()).unwrap_or_default(),
-            offset: limits.1,
-            limit: match (limits.0, req.max_rows) {
-                (Some(l), Some(m)) => Some(l.min(m)),
-                (l, m) => l.or(m),
-            },
-            max_rows: req.max_rows,
-            extended,
-            describe: req.describe,
-            collation: req.collation.clone(),
-            streams: (0..parts.len())
-                .map(|_| Stream {
-                    desc: None,
-                    head: None,
-                    complete: false,
-                    error: None,
-                })
-                .collect(),
-            columns: None,
-            announced: false,
-            sent: 0,
-            skipped: 0,
-            stopping: false,
-            failed: false,
-            to_cancel: Vec::new(),
-            group: None,
-            sorted_groups: Vec::new(),
-            copy: req.copy.clone(),
-            copy_mark: self.cout.len(),
+        let mut run = Run::new(plan.clone(), visible, parts.len(), req.collation.clone());
+        run.formats = req.bind.map(|b| b.result_formats()).unwrap_or_default();
+        run.offset = limits.1;
+        run.limit = match (limits.0, req.max_rows) {
+            (Some(l), Some(m)) => Some(l.min(m)),
+            (l, m) => l.or(m),
         };
+        run.max_rows = req.max_rows;
+        run.extended = extended;
+        run.describe = req.describe;
+        run.copy = req.copy.clone();
+        run.copy_mark = self.cout.len();
         let result = self.run_merge(&mut parts, &mut run).await;
         let status = self.finish_merge(&mut parts, &mut run);
         self.convert_to_copy(&mut run);
-        if run.suspended() && status != b'I' {
-            // The portal outlives the Sync inside a transaction.
-            self.suspended_portal = req.bind.map(|b| b.portal.to_owned());
-        }
         for p in parts {
             self.return_part(p.b);
         }
@@ -193,6 +168,31 @@ impl Session {
         plan: &MergePlan,
         req: &MergeRequest<'_>,
     ) -> Result<(BytesMut, usize, (Option<u64>, u64)), PgError> {
+        let (visible, limit, offset) = self.merge_shape(plan, req.bind).await?;
+        let client_formats = match &req.copy {
+            Some(c) if c.binary() => vec![1],
+            _ => req.bind.map(|b| b.result_formats()).unwrap_or_default(),
+        };
+        let formats = shard_formats(plan, visible, &client_formats);
+        let mut batch = BytesMut::new();
+        frontend::encode_parse("", &plan.shard_sql, req.param_types, &mut batch);
+        match req.bind {
+            Some(b) => b.encode_with_results("", &formats, &mut batch),
+            None => encode_bind_no_params(&formats, &mut batch),
+        }
+        encode_describe_portal(&mut batch);
+        encode_execute_all(&mut batch);
+        frontend::encode_empty(frontend::tag::SYNC, &mut batch);
+        Ok((batch, visible, (limit, offset)))
+    }
+
+    /// The visible column count of a merged query, and its LIMIT and
+    /// OFFSET values (from the Bind when they are parameters).
+    pub(super) async fn merge_shape(
+        &mut self,
+        plan: &MergePlan,
+        bind: Option<&Bind<'_>>,
+    ) -> Result<(usize, Option<u64>, u64), PgError> {
         let visible = match plan.visible {
             Some(v) => v,
             None if plan.hidden == 0 => 0,
@@ -204,30 +204,9 @@ impl Session {
                 n
             }
         };
-        let limit = row_count(plan.limit.as_ref(), req.bind, "LIMIT")?;
-        let offset = row_count(plan.offset.as_ref(), req.bind, "OFFSET")?.unwrap_or(0);
-        let client_formats = match &req.copy {
-            Some(c) if c.binary() => vec![1],
-            _ => req.bind.map(|b| b.result_formats()).unwrap_or_default(),
-        };
-        let formats: Vec<i16> = if plan.hidden == 0 {
-            client_formats
-        } else {
-            (0..visible)
-                .map(|j| format_of(&client_formats, j))
-                .chain(std::iter::repeat_n(1, plan.hidden))
-                .collect()
-        };
-        let mut batch = BytesMut::new();
-        frontend::encode_parse("", &plan.shard_sql, req.param_types, &mut batch);
-        match req.bind {
-            Some(b) => b.encode_with_results("", &formats, &mut batch),
-            None => encode_bind_no_params(&formats, &mut batch),
-        }
-        encode_describe_portal(&mut batch);
-        encode_execute_all(&mut batch);
-        frontend::encode_empty(frontend::tag::SYNC, &mut batch);
-        Ok((batch, visible, (limit, offset)))
+        let limit = row_count(plan.limit.as_ref(), bind, "LIMIT")?;
+        let offset = row_count(plan.offset.as_ref(), bind, "OFFSET")?.unwrap_or(0);
+        Ok((visible, limit, offset))
     }
 
     /// Tells the client the merge cannot run (nothing was sent to a shard).
@@ -242,11 +221,7 @@ impl Session {
 
     /// Reads every shard and emits merged rows until the result is complete
     /// (or LIMIT is reached, or a shard failed).
-    async fn run_merge(
-        &mut self,
-        parts: &mut [Part],
-        run: &mut Run<'_>,
-    ) -> Result<(), SessionError> {
+    async fn run_merge(&mut self, parts: &mut [Part], run: &mut Run) -> Result<(), SessionError> {
         loop {
             for (i, part) in parts.iter_mut().enumerate() {
                 run.pump(part, i, &mut self.cout);
@@ -324,7 +299,7 @@ impl Session {
 
     /// For `COPY (query) TO`: turns what the merge wrote for the client
     /// since the last call into COPY messages.
-    fn convert_to_copy(&mut self, run: &mut Run<'_>) {
+    fn convert_to_copy(&mut self, run: &mut Run) {
         let Some(copy) = run.copy.as_mut() else {
             return;
         };
@@ -338,7 +313,7 @@ impl Session {
 
     /// The client's transaction status after a merge; marks a failed
     /// virtual transaction.
-    fn finish_merge(&mut self, parts: &mut [Part], run: &mut Run<'_>) -> u8 {
+    fn finish_merge(&mut self, parts: &mut [Part], run: &mut Run) -> u8 {
         let mut status = b'I';
         for p in parts.iter() {
             match p.done {
@@ -372,41 +347,81 @@ fn cancel_parts(parts: &[Part], allowed: bool, to_cancel: &mut Vec<CancelHandle>
 }
 
 /// A merge in progress.
-struct Run<'p> {
-    plan: &'p MergePlan,
-    visible: usize,
-    formats: Vec<i16>,
+pub(super) struct Run {
+    pub(super) plan: Arc<MergePlan>,
+    pub(super) visible: usize,
+    pub(super) formats: Vec<i16>,
     /// LIMIT, or the Execute's row limit if smaller.
-    limit: Option<u64>,
+    pub(super) limit: Option<u64>,
     /// The Execute's row limit.
-    max_rows: Option<u64>,
-    offset: u64,
-    extended: bool,
-    describe: bool,
-    collation: Option<String>,
-    streams: Vec<Stream>,
-    columns: Option<Columns>,
+    pub(super) max_rows: Option<u64>,
+    pub(super) offset: u64,
+    pub(super) extended: bool,
+    pub(super) describe: bool,
+    pub(super) collation: Option<String>,
+    pub(super) streams: Vec<Stream>,
+    pub(super) columns: Option<Columns>,
     /// BindComplete and RowDescription went to the client.
-    announced: bool,
+    pub(super) announced: bool,
     /// Rows sent to the client.
-    sent: u64,
+    pub(super) sent: u64,
     /// Rows skipped for OFFSET.
-    skipped: u64,
+    pub(super) skipped: u64,
     /// LIMIT reached or rows ended: the rest is drained.
-    stopping: bool,
+    pub(super) stopping: bool,
     /// An error went to the client: the rest is drained.
-    failed: bool,
+    pub(super) failed: bool,
     /// Cancel requests to deliver before reading on.
-    to_cancel: Vec<CancelHandle>,
-    group: Option<Group>,
-    sorted_groups: Vec<(Vec<Key>, BytesMut)>,
+    pub(super) to_cancel: Vec<CancelHandle>,
+    pub(super) group: Option<Group>,
+    pub(super) sorted_groups: Vec<(Vec<Key>, BytesMut)>,
     /// `COPY (query) TO`: how the client's rows become COPY data.
-    copy: Option<shardgate_router::CopyRowsOut>,
+    pub(super) copy: Option<shardgate_router::CopyRowsOut>,
     /// Where in the client buffer the merge's unconverted output starts.
-    copy_mark: usize,
+    pub(super) copy_mark: usize,
 }
 
-impl Run<'_> {
+impl Run {
+    /// A merge of `plan` over `streams` shard streams with `visible`
+    /// columns for the client; no LIMIT, OFFSET or row limit yet.
+    pub(super) fn new(
+        plan: Arc<MergePlan>,
+        visible: usize,
+        streams: usize,
+        collation: Option<String>,
+    ) -> Run {
+        Run {
+            plan,
+            visible,
+            formats: Vec::new(),
+            offset: 0,
+            limit: None,
+            max_rows: None,
+            extended: false,
+            describe: true,
+            collation,
+            streams: (0..streams)
+                .map(|_| Stream {
+                    desc: None,
+                    head: None,
+                    complete: false,
+                    error: None,
+                })
+                .collect(),
+            columns: None,
+            announced: false,
+            sent: 0,
+            skipped: 0,
+            stopping: false,
+            failed: false,
+            to_cancel: Vec::new(),
+            group: None,
+            sorted_groups: Vec::new(),
+            copy: None,
+            copy_mark: 0,
+        }
+    }
+
     /// Handles part `i`'s buffered messages until it yields a row (kept as
     /// its head), needs more bytes, or is done.
     fn pump(&mut self, part: &mut Part, i: usize, cout: &mut BytesMut) {
@@ -482,7 +497,7 @@ impl Run<'_> {
 
     /// All shards described the result: checks they agree and sends the
     /// client's BindComplete and RowDescription.
-    fn describe(&mut self, cout: &mut BytesMut) -> Result<(), PgError> {
+    pub(super) fn describe(&mut self, cout: &mut BytesMut) -> Result<(), PgError> {
         let desc = self.streams[0].desc.clone().expect("described");
         let (types, ends) = parse_row_description(&desc).map_err(|_| {
             PgError::error(
@@ -510,7 +525,7 @@ impl Run<'_> {
                 Some(_) => 0,
                 None => visible.saturating_sub(self.plan.visible_fixed),
             };
-            let text_key = key_columns(self.plan)
+            let text_key = key_columns(&self.plan)
                 .into_iter()
                 .any(|c| matches!(types.get(c + shift), Some(25 | 1042 | 1043)));
             if text_key {
@@ -545,7 +560,7 @@ impl Run<'_> {
     }
 
     /// The next head to emit, when the order is decided.
-    fn pick(&self) -> Option<usize> {
+    pub(super) fn pick(&self) -> Option<usize> {
         let keys: &[SortKey] = match &self.plan.mode {
             MergeMode::Sorted { keys } => keys,
             MergeMode::Grouped(g) => &g.merge_keys,
@@ -577,7 +592,7 @@ impl Run<'_> {
     }
 
     /// Decodes a row's merge keys.
-    fn head_of(&self, row: BytesMut) -> Result<Head, PgError> {
+    pub(super) fn head_of(&self, row: BytesMut) -> Result<Head, PgError> {
         let keys: &[SortKey] = match &self.plan.mode {
             MergeMode::Sorted { keys } => keys,
             MergeMode::Grouped(g) => &g.merge_keys,
@@ -612,17 +627,18 @@ impl Run<'_> {
     }
 
     /// The Execute's row limit cut the result short.
-    fn suspended(&self) -> bool {
+    pub(super) fn suspended(&self) -> bool {
         !self.failed && self.max_rows.is_some_and(|m| self.sent >= m)
     }
 
-    fn limit_reached(&self) -> bool {
+    pub(super) fn limit_reached(&self) -> bool {
         self.limit.is_some_and(|l| self.sent >= l)
     }
 
     /// Emits one merged row (sorted/concat) or adds it to its group.
-    fn emit(&mut self, head: Head, cout: &mut BytesMut) -> Result<(), PgError> {
-        match &self.plan.mode {
+    pub(super) fn emit(&mut self, head: Head, cout: &mut BytesMut) -> Result<(), PgError> {
+        let plan = self.plan.clone();
+        match &plan.mode {
             MergeMode::Grouped(g) => self.add_to_group(g, head, cout),
             _ => self.output(cout, |visible, out| strip_hidden(&head.row, visible, out)),
         }
@@ -766,8 +782,9 @@ impl Run<'_> {
 
     /// Every shard finished its rows: the last group, the final sort, and
     /// CommandComplete.
-    fn end_rows(&mut self, cout: &mut BytesMut) -> Result<(), PgError> {
-        if let MergeMode::Grouped(g) = &self.plan.mode {
+    pub(super) fn end_rows(&mut self, cout: &mut BytesMut) -> Result<(), PgError> {
+        let plan = self.plan.clone();
+        if let MergeMode::Grouped(g) = &plan.mode {
             if let Some(done) = self.group.take() {
                 self.finish_group(g, done, cout)?;
             }
@@ -867,7 +884,7 @@ fn next_step(part: &mut Part, cout: &mut BytesMut) -> Step {
     }
 }
 
-fn encode_error(e: &PgError) -> BytesMut {
+pub(super) fn encode_error(e: &PgError) -> BytesMut {
     let mut out = BytesMut::new();
     e.encode(&mut out);
     out
@@ -878,7 +895,7 @@ fn merge_error(e: MergeError) -> PgError {
 }
 
 /// Format code of visible column `j` under the client's codes.
-fn format_of(codes: &[i16], j: usize) -> i16 {
+pub(super) fn format_of(codes: &[i16], j: usize) -> i16 {
     match codes {
         [] => 0,
         [one] => *one,
@@ -921,7 +938,19 @@ fn row_count(
     })
 }
 
-fn encode_bind_no_params(formats: &[i16], out: &mut BytesMut) {
+/// The result formats the shards are asked for: the visible columns in
+/// the client's formats, the hidden ones (keys, partial aggregates) binary.
+pub(super) fn shard_formats(plan: &MergePlan, visible: usize, client: &[i16]) -> Vec<i16> {
+    if plan.hidden == 0 {
+        return client.to_vec();
+    }
+    (0..visible)
+        .map(|j| format_of(client, j))
+        .chain(std::iter::repeat_n(1, plan.hidden))
+        .collect()
+}
+
+pub(super) fn encode_bind_no_params(formats: &[i16], out: &mut BytesMut) {
     let start = out.len();
     out.put_u8(frontend::tag::BIND);
     out.put_i32(0);
@@ -951,7 +980,7 @@ fn encode_execute_all(out: &mut BytesMut) {
 }
 
 /// Field types of a RowDescription and the end offset of each field.
-fn parse_row_description(msg: &[u8]) -> Result<(Vec<u32>, Vec<usize>), ()> {
+pub(super) fn parse_row_description(msg: &[u8]) -> Result<(Vec<u32>, Vec<usize>), ()> {
     let n = i16::from_be_bytes(msg.get(5..7).ok_or(())?.try_into().map_err(|_| ())?);
     let mut pos = 7;
     let mut types = Vec::with_capacity(n.max(0) as usize);

@@ -9,6 +9,7 @@
 
 mod begin;
 mod commit;
+mod cursor;
 mod extended;
 mod fanout;
 mod listen;
@@ -237,11 +238,12 @@ pub struct Session {
     key_hint: Option<String>,
     /// The shard of each SQL cursor the client declared (sharding).
     cursors: std::collections::HashMap<String, usize>,
+    /// Cursors and portals over several shards, read a batch at a time.
+    merged_cursors: std::collections::HashMap<cursor::CursorKey, cursor::MergedCursor>,
+    /// Numbers the cursors the proxy declares on shards.
+    next_cursor: u64,
     /// Bytes after the current message that its handler consumed too.
     extra_consumed: usize,
-    /// A cross-shard portal whose Execute stopped at its row limit, inside a
-    /// transaction: executing it again is refused.
-    suspended_portal: Option<String>,
     state: SessionState,
     routing: RoutingState,
     /// The shard has replicas, so statements are classified.
@@ -333,8 +335,9 @@ impl Session {
             shard_hint: None,
             key_hint: None,
             cursors: Default::default(),
+            merged_cursors: Default::default(),
+            next_cursor: 0,
             extra_consumed: 0,
-            suspended_portal: None,
             proxy,
             user,
             database,

@@ -150,6 +150,7 @@ fn key_from(
             };
             key.map(|k| Ok(Some(k))).map_err(|e| bad_key(rule, e))
         }
+        ValueSource::Null => Ok(Ok(None)),
         ValueSource::LiteralIndex(_) | ValueSource::Other => Ok(Err(Unknown)),
     }
 }
@@ -240,6 +241,26 @@ fn refuse_explain(sql: &str) -> Result<(), PgError> {
         ));
     }
     Ok(())
+}
+
+/// Whether the portal a Bind creates is read in pieces: an Execute with a
+/// row limit follows, or the batch ends (Flush or Sync) before any Execute
+/// (pg-cursor, asyncpg's cursors, pgjdbc's fetch size).
+fn read_in_pieces(rest: &[u8], portal: &str, max: usize) -> bool {
+    let mut pos = 0;
+    while let Ok(Some(h)) = Header::complete(&rest[pos..], max) {
+        let body = &rest[pos + 5..pos + h.total];
+        match h.tag {
+            tag::DESCRIBE => {}
+            tag::EXECUTE => {
+                return Execute::decode(body).is_ok_and(|e| e.portal == portal && e.max_rows > 0)
+            }
+            tag::FLUSH | tag::SYNC => return true,
+            _ => return false,
+        }
+        pos += h.total;
+    }
+    false
 }
 
 /// The 0A000 error for a query that cannot be answered across shards.
@@ -610,6 +631,11 @@ impl Session {
         if self.tx_aborted() {
             return self.reply_error(aborted());
         }
+        if let [one] = stmts.as_slice() {
+            if let Some(done) = self.cursor_query(one).await? {
+                return Ok(done);
+            }
+        }
         if stmts.len() == 1
             && first_keyword(stmts[0]).is_some_and(|k| k.eq_ignore_ascii_case("copy"))
         {
@@ -728,7 +754,7 @@ impl Session {
     }
 
     /// An error answering a simple query (the transaction, if any, fails).
-    fn reply_error(&mut self, e: PgError) -> Result<(), SessionError> {
+    pub(super) fn reply_error(&mut self, e: PgError) -> Result<(), SessionError> {
         if let Some(v) = self.vtx.as_mut() {
             v.failed = true;
         }
@@ -845,6 +871,7 @@ impl Session {
     ) -> Result<(), SessionError> {
         self.drain_current().await?;
         self.cursors.clear();
+        self.merged_cursors.clear();
         let Some(v) = self.vtx.take() else {
             let mut out = BytesMut::new();
             backend::notice("25P01", "there is no transaction in progress", &mut out);
@@ -941,8 +968,10 @@ impl Session {
         bind: &Bind<'_>,
         rest: &[u8],
     ) -> Result<(), SessionError> {
-        if self.suspended_portal.as_deref() == Some(bind.portal) {
-            self.suspended_portal = None;
+        // A new Bind replaces a portal of the same name.
+        let portal_key = super::cursor::CursorKey::Portal(bind.portal.to_owned());
+        if self.has_cursor(&portal_key) {
+            self.close_cursor(&portal_key).await;
         }
         let Some(stmt) = self.statements.get(bind.statement).cloned() else {
             let err = PgError::error(
@@ -956,6 +985,11 @@ impl Session {
         }
         if let Some(split) = self.plan_split(msg, rest).await? {
             return self.run_split(split).await;
+        }
+        if first_keyword(&stmt.query).is_some_and(|k| k.eq_ignore_ascii_case("declare")) {
+            if let Some(declared) = self.declare_bound(bind, &stmt).await? {
+                return Ok(declared);
+            }
         }
         let plan = self.plan_of(&stmt.query);
         let hints = stmt.routing(&self.proxy.classifier).hints.clone();
@@ -976,13 +1010,34 @@ impl Session {
                 self.bind_prepared(msg, bind, &stmt);
                 Ok(())
             }
-            Dest::Many(shards) => {
+            Dest::Many(shards)
+                if self.writes_rows(&stmt.query)
+                    || !read_in_pieces(rest, bind.portal, self.max_message) =>
+            {
                 self.bind_fanout(bind, &stmt, shards, want, true, rest)
                     .await
             }
             Dest::Everywhere(shards) => {
                 self.bind_fanout(bind, &stmt, shards, want, false, rest)
                     .await
+            }
+            Dest::Merge(shards, plan, collation)
+                if read_in_pieces(rest, bind.portal, self.max_message) =>
+            {
+                self.open_portal_cursor(bind, &stmt, shards, plan, collation)
+                    .await
+            }
+            Dest::Many(shards) => {
+                let sharding = self.proxy.sharding.as_ref().expect("sharded session");
+                let lookup = MapLookup(&sharding.map);
+                match &*sharding.merges.plan_cached(&stmt.query, &lookup) {
+                    Ok(plan) => {
+                        let plan = Arc::new(plan.clone());
+                        self.open_portal_cursor(bind, &stmt, shards, plan, None)
+                            .await
+                    }
+                    Err(e) => self.refuse_pg(cross_shard_refusal(&e.construct)),
+                }
             }
             Dest::Merge(shards, plan, collation) => {
                 let after = match batch_after_bind(rest, self.max_message) {
