@@ -134,9 +134,21 @@ pub enum CursorStatement {
 impl CursorStatement {
     /// Recognises DECLARE, FETCH, MOVE and CLOSE.
     pub fn parse(stmt: &str) -> Option<CursorStatement> {
-        let toks: Vec<Token<'_>> = Lexer::new(stmt)
-            .filter(|t| t.kind != TokenKind::BlockComment && t.kind != TokenKind::Semicolon)
-            .collect();
+        let mut lexer = Lexer::new(stmt)
+            .filter(|t| t.kind != TokenKind::BlockComment && t.kind != TokenKind::Semicolon);
+        let first = lexer.next()?;
+        // Only these statements are looked at whole (they are short).
+        if !["declare", "close", "fetch", "move"]
+            .iter()
+            .any(|k| first.is_keyword(k))
+        {
+            return None;
+        }
+        let toks: Vec<Token<'_>> = if first.is_keyword("declare") {
+            std::iter::once(first).chain(lexer.take(1)).collect()
+        } else {
+            std::iter::once(first).chain(lexer).collect()
+        };
         let first = toks.first()?;
         if first.is_keyword("declare") {
             return Some(CursorStatement::Declare(ident(toks.get(1)?)?));
@@ -172,6 +184,7 @@ impl ListenCommand {
     pub fn parse(stmt: &str) -> Option<ListenCommand> {
         let toks: Vec<Token<'_>> = Lexer::new(stmt)
             .filter(|t| t.kind != TokenKind::BlockComment && t.kind != TokenKind::Semicolon)
+            .take(3)
             .collect();
         let [first, second] = toks.as_slice() else {
             return None;

@@ -24,6 +24,40 @@ impl ClientStream {
         matches!(self, ClientStream::Tls(_))
     }
 
+    /// The TCP socket under it.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            ClientStream::Plain(s) => s,
+            ClientStream::Tls(s) => s.get_ref().0,
+        }
+    }
+
+    /// Ready when the client has closed its side of the connection (or it
+    /// failed), while the proxy waits for servers; pending otherwise. It
+    /// reads nothing: bytes the client sent stay for the session (and a
+    /// client with bytes pending is not watched further this time).
+    pub fn poll_closed(&self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let tcp = self.tcp();
+        loop {
+            match tcp.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(())) => {}
+            }
+            let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+            let peeked = tcp.try_io(tokio::io::Interest::READABLE, || {
+                socket2::SockRef::from(tcp).peek(&mut probe)
+            });
+            match peeked {
+                Ok(0) => return Poll::Ready(()),
+                Ok(_) => return Poll::Pending,
+                // Readiness was stale and is cleared: wait for the next.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(_) => return Poll::Ready(()),
+            }
+        }
+    }
+
     /// Writes all of `buf` and, for TLS, flushes it to the socket.
     pub async fn send_all(&mut self, buf: &[u8]) -> io::Result<()> {
         match self {

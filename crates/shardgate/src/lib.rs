@@ -12,6 +12,7 @@ pub mod client_io;
 pub mod config;
 pub mod demo;
 pub mod handshake;
+pub mod memory;
 pub mod notify;
 pub mod prepared;
 pub mod proxy;

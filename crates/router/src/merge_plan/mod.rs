@@ -182,6 +182,12 @@ pub struct FinalKey {
 /// several shards. Statements other than queries are concatenated (their
 /// row counts summed by the caller).
 pub fn plan_merge(sql: &str, tables: &dyn TableLookup) -> Result<MergePlan, Unmergeable> {
+    if sql.len() > crate::classify::MAX_PARSE_BYTES {
+        return refuse(format!(
+            "a query over {} KiB (too long to analyse; restrict it to one shard key)",
+            crate::classify::MAX_PARSE_BYTES / 1024
+        ));
+    }
     let toks: Vec<crate::lexer::Token<'_>> = crate::lexer::Lexer::new(sql).collect();
     if crate::classify::too_complex_to_parse(&toks) {
         return refuse(

@@ -59,13 +59,21 @@ fn plan_text_inner(sql: &str, tables: &dyn TableLookup, base: Option<usize>) -> 
             understood,
         );
     }
-    let toks: Vec<Token<'_>> = Lexer::new(sql)
-        .filter(|t| t.kind != TokenKind::BlockComment && t.kind != TokenKind::Semicolon)
-        .collect();
+    let long = sql.len() > crate::classify::MAX_PARSE_BYTES;
+    let toks: Vec<Token<'_>> = if long {
+        crate::lexer::lean_tokens(sql)
+            .into_iter()
+            .filter(|t| t.kind != TokenKind::Semicolon)
+            .collect()
+    } else {
+        Lexer::new(sql)
+            .filter(|t| t.kind != TokenKind::BlockComment && t.kind != TokenKind::Semicolon)
+            .collect()
+    };
     if let Some(p) = fallback::dispatch(&toks, sql, tables) {
         return (p, true);
     }
-    if crate::classify::too_complex_to_parse(&toks) {
+    if long || crate::classify::too_complex_to_parse(&toks) {
         return (fallback::fallback(&toks, tables), false);
     }
     let parsed = parse_one(sql).or_else(|| {

@@ -441,7 +441,11 @@ impl Session {
             if done.iter().all(|d| *d) {
                 break;
             }
-            let (j, read) = read_any(&mut parts, |j, _| !done[j]).await;
+            let wanted = |j: usize, _: &Part| !done[j];
+            let Ok((j, read)) = read_any(&mut parts, wanted, &self.client).await else {
+                super::fanout::abandon(&mut parts);
+                return Err(PgError::fatal("08006", "the client closed the connection"));
+            };
             if !matches!(read, Ok(n) if n > 0) {
                 parts[j].b.conn.broken = true;
                 done[j] = true;

@@ -330,7 +330,11 @@ impl Session {
                 continue;
             }
             self.flush_client().await?;
-            let (i, read) = read_any(&mut fan.parts, |_, p: &Part| p.needs_data()).await;
+            let wanted = |_: usize, p: &Part| p.needs_data();
+            let Ok((i, read)) = read_any(&mut fan.parts, wanted, &self.client).await else {
+                abandon(&mut fan.parts);
+                return Err(client_left());
+            };
             match read {
                 Ok(0) => fail_part(
                     &mut fan.parts[i],
@@ -510,12 +514,20 @@ impl Part {
     }
 }
 
+/// The client closed its connection while the proxy waited for servers.
+#[derive(Debug)]
+pub(super) struct ClientGone;
+
 /// Waits until one of the parts `wanted` selects has read more bytes into
-/// its buffer; returns which part and the read's result.
+/// its buffer; returns which part and the read's result. Watches the
+/// client too: if it goes away meanwhile, the wait ends with [`ClientGone`]
+/// (a statement waiting on a lock must not keep its transaction open for
+/// a client that is no longer there).
 pub(super) async fn read_any(
     parts: &mut [Part],
     wanted: impl Fn(usize, &Part) -> bool,
-) -> (usize, std::io::Result<usize>) {
+    client: &crate::client_io::ClientStream,
+) -> Result<(usize, std::io::Result<usize>), ClientGone> {
     poll_fn(|cx| {
         for (i, p) in parts.iter_mut().enumerate() {
             if !wanted(i, p) {
@@ -531,12 +543,35 @@ pub(super) async fn read_any(
                 if matches!(r, Ok(n) if n > 0) {
                     p.b.node.node().note_answer();
                 }
-                return Poll::Ready((i, r));
+                return Poll::Ready(Ok((i, r)));
             }
+        }
+        if client.poll_closed(cx).is_ready() {
+            return Poll::Ready(Err(ClientGone));
         }
         Poll::Pending
     })
     .await
+}
+
+/// The client is gone in the middle of a request on several shards: every
+/// connection is discarded (its transaction rolled back), and statements
+/// still running are cancelled.
+pub(super) fn abandon(parts: &mut [Part]) {
+    for p in parts.iter_mut() {
+        if p.done.is_none() {
+            let handle = p.b.conn.cancel.clone();
+            tokio::spawn(async move {
+                let _ = handle.cancel().await;
+            });
+        }
+        p.b.conn.broken = true;
+    }
+}
+
+/// The session error for a client that left mid-request.
+pub(super) fn client_left() -> SessionError {
+    SessionError::ClientIo(std::io::ErrorKind::UnexpectedEof.into())
 }
 
 /// CopyFail for a shard whose COPY FROM STDIN cannot go on because another

@@ -275,7 +275,10 @@ impl Session {
             let draining = run.failed || run.stopping;
             let wanted =
                 |i: usize, p: &Part| p.done.is_none() && (draining || streams[i].head.is_none());
-            let (i, read) = read_any(parts, wanted).await;
+            let Ok((i, read)) = read_any(parts, wanted, &self.client).await else {
+                super::fanout::abandon(parts);
+                return Err(super::fanout::client_left());
+            };
             match read {
                 Ok(0) | Err(_) => {
                     let p = &mut parts[i];

@@ -101,6 +101,17 @@ struct Backend {
     joined_tx: bool,
 }
 
+impl Drop for Backend {
+    /// A connection that leaves the session inside a transaction or with an
+    /// answer outstanding is closed, never pooled: nothing a client did in a
+    /// transaction may reach another client.
+    fn drop(&mut self) {
+        if !self.ex.idle() || !self.conn.read_buf.is_empty() {
+            self.conn.broken = true;
+        }
+    }
+}
+
 /// What running a read again on another node needs.
 struct RetryLog {
     /// The client messages of the read, from the one that attached the connection.
@@ -544,10 +555,16 @@ impl Session {
 
     async fn handle_client_input(&mut self) -> Result<Flow, SessionError> {
         let mut buf = std::mem::take(&mut self.cbuf);
+        let large = buf.len() >= crate::memory::TRIM_AFTER;
         let result = self.process_client_buffer(&mut buf).await;
         self.cbuf = buf;
         let flow = result?;
         self.flush_server().await?;
+        crate::memory::shrink_if_idle(&mut self.sout);
+        if crate::memory::shrink_if_idle(&mut self.cbuf) || large {
+            // The analysis of a large statement freed much more than this.
+            crate::memory::give_back();
+        }
         Ok(flow)
     }
 

@@ -184,9 +184,9 @@ impl Session {
             return Ok(false);
         }
         self.drain_current().await?;
-        if let Some(b) = self.backend.take() {
+        if let Some(mut b) = self.backend.take() {
             if b.ex.status == b'I' && self.vtx.is_none() && self.mode == PoolMode::Transaction {
-                self.spare_queue = b.ex.expect;
+                self.spare_queue = std::mem::take(&mut b.ex.expect);
             } else {
                 self.parked.push(b);
             }
@@ -248,7 +248,17 @@ impl Session {
             let b = self.backend.as_mut().expect("checked");
             let conn = &mut *b.conn;
             reserve(&mut conn.read_buf);
-            match conn.stream.read_buf(&mut conn.read_buf).await {
+            let client = &self.client;
+            let read = tokio::select! {
+                biased;
+                r = conn.stream.read_buf(&mut conn.read_buf) => r,
+                // A client that left is not waited for: the session ends,
+                // and its connection is cancelled and discarded.
+                () = std::future::poll_fn(|cx| client.poll_closed(cx)) => {
+                    return Err(super::fanout::client_left());
+                }
+            };
+            match read {
                 Ok(0) => self.server_lost("server closed the connection unexpectedly".into())?,
                 Ok(_) => self.handle_server_input()?,
                 Err(e) => self.server_lost(e.to_string())?,
@@ -434,6 +444,8 @@ impl Session {
             if b.ex.idle() && self.sout.is_empty() && b.conn.read_buf.is_empty() {
                 self.retry_attempt = 0;
                 if let Some(mut b) = self.backend.take() {
+                    // A large answer grew it: pooled connections keep little.
+                    crate::memory::shrink_if_idle(&mut b.conn.read_buf);
                     self.spare_queue = std::mem::take(&mut b.ex.expect);
                 }
                 // Connections kept for a finished multi-shard transaction go too.

@@ -278,7 +278,7 @@ fn user_aggregate_call(
     if aggregates.is_empty() {
         return None;
     }
-    let toks: Vec<_> = Lexer::new(sql).collect();
+    let toks = shardgate_router::lexer::lean_tokens(sql);
     toks.iter().enumerate().find_map(|(i, t)| {
         let name = match t.kind {
             TokenKind::Word => t.text.to_ascii_lowercase(),
@@ -456,6 +456,14 @@ impl Session {
 
     /// A read over several shards: concatenated, or merged as its plan says.
     async fn merge_dest(&mut self, sql: &str, shards: Vec<usize>) -> Result<Dest, PgError> {
+        let sharding = self.proxy.sharding.as_ref().expect("sharded session");
+        if sql.len() > shardgate_router::classify::MAX_PARSE_BYTES {
+            // Refused by the merge planner before anything else looks at it.
+            let lookup = MapLookup(&sharding.map);
+            if let Err(e) = shardgate_router::merge_plan::plan_merge(sql, &lookup) {
+                return Err(cross_shard_refusal(&e.construct));
+            }
+        }
         let facts = self.database_facts().await?;
         if let Some(name) = user_aggregate_call(sql, &facts.user_aggregates) {
             return Err(cross_shard_refusal(&format!(

@@ -343,7 +343,11 @@ impl Session {
             if readings.iter().all(|r| r.done) {
                 break;
             }
-            let (i, read) = read_any(&mut parts, |i, _| !readings[i].done).await;
+            let wanted = |i: usize, _: &Part| !readings[i].done;
+            let Ok((i, read)) = read_any(&mut parts, wanted, &self.client).await else {
+                super::fanout::abandon(&mut parts);
+                return Err(super::fanout::client_left());
+            };
             if !matches!(read, Ok(n) if n > 0) {
                 parts[i].b.conn.broken = true;
                 readings[i].done = true;
