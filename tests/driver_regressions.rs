@@ -9,15 +9,8 @@ use shardgate_harness::{Cluster, ClusterSpec};
 use support::*;
 use tokio_postgres::SimpleQueryMessage;
 
-/// The shard map and a `raw` user that logs in without a password, so the
-/// raw protocol client needs no SCRAM.
+/// Eventual reads and the shard map (with [`RAW_USER`]).
 const EXTRA: &str = r#"
-[[users]]
-name = "raw"
-auth = "trust"
-server_user = "app"
-server_password = "secret"
-
 [routing]
 default_consistency = "eventual"
 
@@ -40,14 +33,8 @@ CREATE TABLE accounts (id bigint PRIMARY KEY, owner text NOT NULL, balance numer
 INSERT INTO currencies VALUES ('USD', 'US dollar'), ('EUR', 'Euro');
 ";
 
-/// The `raw` user and eventual reads, for a cluster of one shard.
+/// Eventual reads, for a cluster of one shard (with [`RAW_USER`]).
 const ONE_SHARD: &str = r#"
-[[users]]
-name = "raw"
-auth = "trust"
-server_user = "app"
-server_password = "secret"
-
 [routing]
 default_consistency = "eventual"
 "#;
@@ -74,7 +61,7 @@ impl Env {
     fn start(spec: ClusterSpec, proxy_extra: &str, extra: &str) -> Env {
         let c = cluster(spec);
         let port = free_port();
-        let text = config(&c, port, proxy_extra, extra);
+        let text = config(&c, port, proxy_extra, &format!("{RAW_USER}{extra}"));
         let proxy = Proxy::start(c.dir(), port, &text);
         let out = run(
             psql(&proxy.app()).arg("-q").arg("-c").arg(SCHEMA),

@@ -18,6 +18,11 @@ pub use raw::*;
 /// Password of the `app` role every test cluster has.
 pub const APP_PASSWORD: &str = "secret";
 
+/// A `[[users]]` entry for `raw`, who logs in without a password (so the
+/// raw protocol client needs no SCRAM) and runs as `app` on the servers.
+pub const RAW_USER: &str =
+    "\n[[users]]\nname = \"raw\"\nauth = \"trust\"\nserver_user = \"app\"\nserver_password = \"secret\"\n";
+
 /// A cluster with an `app` role (password `secret`) owning database `app`.
 pub fn cluster(spec: ClusterSpec) -> Cluster {
     let cluster = Cluster::start(spec).expect("start cluster");

@@ -262,21 +262,25 @@ fn rows_from_sharded_tables(body: &SetExpr, tables: &dyn TableLookup, ctes: &[St
     }
 }
 
+/// The parts of a (possibly qualified) table name, as the server keeps them.
+fn name_parts(name: &sqlparser::ast::ObjectName) -> Vec<String> {
+    name.0
+        .iter()
+        .map(|p| {
+            p.as_ident()
+                .map(ident_name)
+                .unwrap_or_else(|| p.to_string())
+        })
+        .collect()
+}
+
 /// Whether the rows of one FROM item may be a sharded table's.
 fn factor_may_be_sharded(f: &TableFactor, tables: &dyn TableLookup, ctes: &[String]) -> bool {
     match f {
         TableFactor::Table {
             name, args: None, ..
         } => {
-            let parts: Vec<String> = name
-                .0
-                .iter()
-                .map(|p| {
-                    p.as_ident()
-                        .map(ident_name)
-                        .unwrap_or_else(|| p.to_string())
-                })
-                .collect();
+            let parts = name_parts(name);
             match parts.as_slice() {
                 [t] => ctes.contains(t) || tables.sharded(None, t).is_some(),
                 [s, t] => tables.sharded(Some(s), t).is_some(),
@@ -308,15 +312,7 @@ fn check_outer_joins(select: &Select, tables: &dyn TableLookup) -> Result<(), Un
     use sqlparser::ast::JoinOperator as J;
     let sharded = |f: &TableFactor| match f {
         TableFactor::Table { name, .. } => {
-            let parts: Vec<String> = name
-                .0
-                .iter()
-                .map(|p| {
-                    p.as_ident()
-                        .map(ident_name)
-                        .unwrap_or_else(|| p.to_string())
-                })
-                .collect();
+            let parts = name_parts(name);
             match parts.as_slice() {
                 [t] => tables.sharded(None, t).is_some(),
                 [s, t] => tables.sharded(Some(s), t).is_some(),

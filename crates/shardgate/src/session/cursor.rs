@@ -171,12 +171,7 @@ impl Session {
         key: &CursorKey,
         formats: Option<&[i16]>,
     ) -> Result<BytesMut, PgError> {
-        self.drain_current().await.map_err(session_to_pg)?;
-        let mut cur = self
-            .merged_cursors
-            .remove(key)
-            .ok_or_else(|| missing(key))?;
-        let formats = formats.map_or_else(|| cur.formats.clone(), <[i16]>::to_vec);
+        let (mut cur, formats) = self.take_cursor(key, formats).await?;
         let result = self.ensure_described(&mut cur, &formats).await;
         let desc = cur.desc.clone();
         self.merged_cursors.insert(key.clone(), cur);
@@ -205,12 +200,7 @@ impl Session {
                     .with_hint("Cursors over several shards fetch forward only; declare the cursor on one shard for SCROLL."))
             }
         };
-        self.drain_current().await.map_err(session_to_pg)?;
-        let mut cur = self
-            .merged_cursors
-            .remove(key)
-            .ok_or_else(|| missing(key))?;
-        let formats = formats.map_or_else(|| cur.formats.clone(), <[i16]>::to_vec);
+        let (mut cur, formats) = self.take_cursor(key, formats).await?;
         let mut out = BytesMut::new();
         let result = self
             .fetch_rows(&mut cur, limit, &formats, &mut out, discard)
@@ -235,6 +225,23 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Takes a cursor out for a fetch (it goes back after), with the
+    /// formats of the fetch (`None`: the cursor's); answers owed to the
+    /// client before it are relayed first.
+    async fn take_cursor(
+        &mut self,
+        key: &CursorKey,
+        formats: Option<&[i16]>,
+    ) -> Result<(MergedCursor, Vec<i16>), PgError> {
+        self.drain_current().await.map_err(session_to_pg)?;
+        let cur = self
+            .merged_cursors
+            .remove(key)
+            .ok_or_else(|| missing(key))?;
+        let formats = formats.map_or_else(|| cur.formats.clone(), <[i16]>::to_vec);
+        Ok((cur, formats))
     }
 
     /// Merges rows until `limit` of them are ready (or all are), writing

@@ -55,6 +55,24 @@ pub(super) struct MergeRequest<'a> {
     pub copy: Option<shardgate_router::CopyRowsOut>,
 }
 
+impl MergeRequest<'_> {
+    /// A simple-protocol query (no Bind, described), its rows as COPY data
+    /// when `copy` says how.
+    pub(super) fn simple(
+        collation: Option<String>,
+        copy: Option<shardgate_router::CopyRowsOut>,
+    ) -> Self {
+        MergeRequest {
+            bind: None,
+            param_types: &[],
+            describe: true,
+            max_rows: None,
+            collation,
+            copy,
+        }
+    }
+}
+
 /// One shard's stream during a merge.
 pub(super) struct Stream {
     /// RowDescription received.

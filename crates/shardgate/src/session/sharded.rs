@@ -710,14 +710,7 @@ impl Session {
                 self.fanout(requests, opts).await
             }
             Dest::Merge(shards, plan, collation) => {
-                let req = MergeRequest {
-                    bind: None,
-                    param_types: &[],
-                    describe: true,
-                    max_rows: None,
-                    collation,
-                    copy: None,
-                };
+                let req = MergeRequest::simple(collation, None);
                 self.merge_query(shards, plan, want, req).await
             }
             Dest::Split(parts) => {
@@ -1240,14 +1233,8 @@ impl Session {
             Dest::Many(shards) => shards,
             Dest::Merge(shards, plan, collation) => {
                 // The shards run the query; the merged rows become COPY data.
-                let req = MergeRequest {
-                    bind: None,
-                    param_types: &[],
-                    describe: true,
-                    max_rows: None,
-                    collation,
-                    copy: Some(shardgate_router::CopyRowsOut::new(cs)),
-                };
+                let copy = Some(shardgate_router::CopyRowsOut::new(cs));
+                let req = MergeRequest::simple(collation, copy);
                 return self.merge_query(shards, plan, want, req).await;
             }
             Dest::Split(_) => {
