@@ -1293,3 +1293,45 @@ fn a_client_that_leaves_mid_statement_leaves_nothing_behind() {
         ["0", "0"]
     );
 }
+
+/// A statement for several shards (a reference-table write) whose Parse,
+/// Bind, Execute and Sync arrive in separate TCP reads (a slow network, a
+/// driver that flushes each message) was refused with 0A000 "must arrive
+/// with its Execute and Sync". The batch is gathered up to its Sync first.
+#[test]
+fn a_batch_split_over_tcp_reads_is_one_batch() {
+    let env = Env::sharded();
+    let mut raw = env.raw();
+    let messages = [
+        parse_msg("", "INSERT INTO currencies (code, name) VALUES ($1, $2)"),
+        bind_msg("", "", &["CHF", "Swiss franc"]),
+        describe_portal_msg(""),
+        execute_msg("", 0),
+        sync_msg(),
+    ];
+    for m in &messages {
+        raw.send(m);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let msgs = raw.until_ready();
+    assert!(errors(&msgs).is_empty(), "{:?}", errors(&msgs));
+    assert_eq!(command_tags(&msgs), ["INSERT 0 1"]);
+    assert_eq!(
+        env.on_primaries("SELECT name FROM currencies WHERE code = 'CHF'"),
+        ["Swiss franc", "Swiss franc"],
+        "a reference table row on every shard"
+    );
+    // Byte by byte, even.
+    let bytes: Vec<u8> = [
+        parse_msg("", "SELECT count(*) FROM currencies"),
+        bind_msg("", "", &[]),
+        execute_msg("", 0),
+        sync_msg(),
+    ]
+    .concat();
+    for b in bytes.chunks(3) {
+        raw.send(b);
+    }
+    let msgs = raw.until_ready();
+    assert_eq!(first_column(&msgs), ["3"]);
+}
