@@ -1067,21 +1067,12 @@ impl Session {
                 self.extra_consumed = after.consumed;
                 let mut requests = Vec::with_capacity(parts.len());
                 for (shard, text) in parts {
-                    let Some((sql, old)) = shardgate_router::shard::renumber_params(&text) else {
+                    let Some(part) = super::split::part_bytes(&text, &stmt.param_types, bind)
+                    else {
                         return self
                             .refuse_pg(PgError::error("08P01", "invalid parameter reference"));
                     };
-                    let types: Vec<u8> = old
-                        .iter()
-                        .flat_map(|&i| {
-                            stmt.param_types
-                                .get(i * 4..i * 4 + 4)
-                                .map_or([0u8; 4], |t| [t[0], t[1], t[2], t[3]])
-                        })
-                        .collect();
-                    let mut batch = BytesMut::new();
-                    frontend::encode_parse("", &sql, &types, &mut batch);
-                    bind.encode_with_params("", &old, &mut batch);
+                    let mut batch = BytesMut::from(&part[..]);
                     batch.extend_from_slice(&after.batch);
                     requests.push((shard, batch));
                 }

@@ -512,7 +512,7 @@ fn encode_ops(part: &mut Part, ops: &[Op], out: &mut BytesMut) -> Vec<Expected> 
 
 /// One shard's part of a multi-row INSERT as Parse and Bind: its text with
 /// the placeholders renumbered, and the Bind passing their values.
-fn part_bytes(text: &str, param_types: &[u8], bind: &Bind<'_>) -> Option<Vec<u8>> {
+pub(super) fn part_bytes(text: &str, param_types: &[u8], bind: &Bind<'_>) -> Option<Vec<u8>> {
     let (sql, old) = shardgate_router::shard::renumber_params(text)?;
     let types: Vec<u8> = old
         .iter()
