@@ -291,6 +291,14 @@ pub struct ProxyConfig {
     /// Answer a plain BEGIN in the proxy and send it to the server with the
     /// transaction's first statement (transaction pooling, unsharded).
     pub defer_begin: bool,
+    /// Address of the Prometheus endpoint (`GET /metrics`); off when unset.
+    pub metrics_listen: Option<String>,
+    /// Statements that take longer than this (milliseconds) go to the slow-query log.
+    pub slow_query_ms: u64,
+    /// Entries kept in the slow-query log (the oldest go first).
+    pub slow_query_log_size: usize,
+    /// Distinct statement fingerprints kept in the query statistics.
+    pub query_stats_max: usize,
 }
 
 impl Default for ProxyConfig {
@@ -314,6 +322,10 @@ impl Default for ProxyConfig {
             two_phase_commit: false,
             two_phase_log: PathBuf::from("shardgate-2pc.log"),
             defer_begin: true,
+            metrics_listen: None,
+            slow_query_ms: 1000,
+            slow_query_log_size: 1000,
+            query_stats_max: 5000,
         }
     }
 }
@@ -497,6 +509,14 @@ impl Config {
                 "proxy.max_message_size",
                 "must be at least 1024 bytes".into(),
             ));
+        }
+        if let Some(m) = &p.metrics_listen {
+            if m.parse::<SocketAddr>().is_err() {
+                return Err(invalid(
+                    "proxy.metrics_listen",
+                    format!("{m:?} is not an address like \"127.0.0.1:9930\""),
+                ));
+            }
         }
         if p.admin_database.is_empty() {
             return Err(invalid("proxy.admin_database", "must not be empty".into()));
