@@ -9,6 +9,6 @@ pub mod monitor;
 pub mod select;
 pub mod topology;
 
-pub use monitor::{spawn_monitors, MonitorConfig, RoleDetection};
+pub use monitor::{MonitorConfig, Monitors, RoleDetection};
 pub use select::{Consistency, ReadPolicy};
-pub use topology::{NodeState, Role, ShardState, Topology};
+pub use topology::{NodeState, ShardState, Topology};

@@ -56,21 +56,41 @@ impl std::fmt::Debug for MonitorConfig {
     }
 }
 
-/// Starts one monitor task per node; abort the handles to stop them.
-pub fn spawn_monitors(topology: Arc<Topology>, config: MonitorConfig) -> Vec<JoinHandle<()>> {
-    let config = Arc::new(config);
-    let mut handles = Vec::new();
-    for shard in &topology.shards {
-        for node in &shard.nodes {
-            handles.push(tokio::spawn(watch_node(
-                topology.clone(),
-                shard.clone(),
-                node.clone(),
-                config.clone(),
-            )));
+/// The monitor tasks: one per node in rotation (removed nodes have none).
+pub struct Monitors {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Monitors {
+    /// Starts one monitor task per node of `topology`.
+    pub fn start(topology: &Arc<Topology>, config: MonitorConfig) -> Monitors {
+        let config = Arc::new(config);
+        let mut tasks = Vec::new();
+        for shard in &topology.shards {
+            for node in shard.nodes.iter().filter(|n| !n.is_retired()) {
+                tasks.push(tokio::spawn(watch_node(
+                    topology.clone(),
+                    shard.clone(),
+                    node.clone(),
+                    config.clone(),
+                )));
+            }
+        }
+        Monitors { tasks }
+    }
+
+    /// Stops every task (they end at their next await).
+    pub fn stop(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
         }
     }
-    handles
+}
+
+impl Drop for Monitors {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// What one poll learned.

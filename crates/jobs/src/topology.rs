@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 
 use crate::select::{Candidate, ReadPolicy};
 
-/// Role of a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Accepts writes.
-    Primary,
-    /// Streaming replica (hot standby).
-    Replica,
-}
+/// Kept out of rotation after a failover replaced it as primary.
+const FENCED: u8 = 1;
+/// `DRAIN`: no new work; in-flight work finishes.
+const DRAINING: u8 = 2;
+/// Removed from the configuration by a reload.
+const RETIRED: u8 = 4;
+/// Added by a reload and not yet polled: no reads until its lag is known.
+const UNPOLLED: u8 = 8;
 
 const RECOVERY_UNKNOWN: u8 = 0;
 const RECOVERY_YES: u8 = 1;
@@ -31,11 +31,10 @@ pub struct NodeState {
     pub index: usize,
     /// `host:port`.
     pub addr: String,
-    /// Role in the configuration.
-    pub configured_role: Role,
     recovery: AtomicU8,
     banned_until_ms: AtomicU64,
-    fenced: AtomicBool,
+    /// `FENCED`, `DRAINING`, `RETIRED`, `UNPOLLED`: any keeps it out of rotation.
+    flags: AtomicU8,
     in_flight: AtomicU32,
     replay_lsn: AtomicU64,
     lag_bytes: AtomicU64,
@@ -52,15 +51,14 @@ pub struct NodeState {
 }
 
 impl NodeState {
-    fn new(shard: usize, index: usize, addr: String, role: Role) -> NodeState {
+    fn new(shard: usize, index: usize, addr: String) -> NodeState {
         NodeState {
             shard,
             index,
             addr,
-            configured_role: role,
             recovery: AtomicU8::new(RECOVERY_UNKNOWN),
             banned_until_ms: AtomicU64::new(0),
-            fenced: AtomicBool::new(false),
+            flags: AtomicU8::new(0),
             in_flight: AtomicU32::new(0),
             replay_lsn: AtomicU64::new(0),
             lag_bytes: AtomicU64::new(0),
@@ -79,19 +77,75 @@ impl NodeState {
 
     /// Whether the node may get traffic at `now_ms`.
     pub fn is_usable(&self, now_ms: u64) -> bool {
-        !self.is_banned(now_ms) && !self.fenced.load(Ordering::Relaxed)
+        !self.is_banned(now_ms) && self.flags.load(Ordering::Relaxed) == 0
     }
 
-    /// Whether the node was never banned and is not fenced: usable without
-    /// reading the clock.
+    /// Whether the node was never banned and nothing keeps it out of
+    /// rotation: usable without reading the clock.
     #[inline]
     pub fn is_clear(&self) -> bool {
-        self.banned_until_ms.load(Ordering::Relaxed) == 0 && !self.fenced.load(Ordering::Relaxed)
+        self.banned_until_ms.load(Ordering::Relaxed) == 0 && self.flags.load(Ordering::Relaxed) == 0
+    }
+
+    fn has(&self, flag: u8) -> bool {
+        self.flags.load(Ordering::Relaxed) & flag != 0
+    }
+
+    fn set(&self, flag: u8, on: bool) {
+        if on {
+            self.flags.fetch_or(flag, Ordering::Relaxed);
+        } else {
+            self.flags.fetch_and(!flag, Ordering::Relaxed);
+        }
     }
 
     /// Whether the node was replaced as primary and must not be used.
     pub fn is_fenced(&self) -> bool {
-        self.fenced.load(Ordering::Relaxed)
+        self.has(FENCED)
+    }
+
+    /// Whether the node is being drained (`DRAIN`): no new work.
+    pub fn is_draining(&self) -> bool {
+        self.has(DRAINING)
+    }
+
+    /// Starts or ends draining the node.
+    pub fn set_draining(&self, on: bool) {
+        self.set(DRAINING, on);
+    }
+
+    /// Whether a reload removed the node from the configuration.
+    pub fn is_retired(&self) -> bool {
+        self.has(RETIRED)
+    }
+
+    /// Whether the node was added by a reload and has not been polled yet.
+    pub fn is_unpolled(&self) -> bool {
+        self.has(UNPOLLED)
+    }
+
+    /// Lifts a ban now (operator action); the next failure bans it again.
+    pub fn unban(&self) {
+        self.banned_until_ms.store(0, Ordering::Relaxed);
+        *self.last_error.lock().expect("node error lock") = None;
+    }
+
+    /// The node's state in one word: `up`, `banned`, `draining`, `fenced`,
+    /// `removed` (by a reload, draining) or `new` (added, not yet polled).
+    pub fn state_name(&self, now_ms: u64) -> &'static str {
+        if self.is_retired() {
+            "removed"
+        } else if self.is_fenced() {
+            "fenced"
+        } else if self.is_draining() {
+            "draining"
+        } else if self.is_banned(now_ms) {
+            "banned"
+        } else if self.is_unpolled() {
+            "new"
+        } else {
+            "up"
+        }
     }
 
     /// Whether the node last reported being in recovery (`None` if unknown).
@@ -166,6 +220,10 @@ impl NodeState {
 
     /// A health check succeeded at `now_ms`: lifts an expired ban.
     pub fn check_passed(&self, now_ms: u64) {
+        if self.is_unpolled() {
+            self.set(UNPOLLED, false);
+            tracing::info!(node = %self.addr, shard = self.shard, "new node answered its first poll; it gets traffic now");
+        }
         let until = self.banned_until_ms.load(Ordering::Relaxed);
         if until != 0 && until <= now_ms {
             self.banned_until_ms.store(0, Ordering::Relaxed);
@@ -231,12 +289,12 @@ impl NodeState {
     }
 
     fn fence(&self) {
-        self.fenced.store(true, Ordering::Relaxed);
+        self.set(FENCED, true);
     }
 
     /// Lifts the fence (operator action after a failover).
     pub fn unfence(&self) {
-        self.fenced.store(false, Ordering::Relaxed);
+        self.set(FENCED, false);
     }
 }
 
@@ -279,6 +337,8 @@ pub struct ShardState {
     pub index: usize,
     /// Nodes; 0 is the configured primary.
     pub nodes: Vec<Arc<NodeState>>,
+    /// Index of the node the configuration names primary.
+    configured_primary: usize,
     writer: AtomicUsize,
     turn: AtomicUsize,
     history: Mutex<VecDeque<(u64, u64)>>,
@@ -288,6 +348,11 @@ impl ShardState {
     /// The node that takes writes, even if it is down (`None` only if fenced away).
     pub fn writer(&self) -> &Arc<NodeState> {
         &self.nodes[self.writer.load(Ordering::Relaxed)]
+    }
+
+    /// The node the configuration names primary.
+    pub fn configured_primary(&self) -> &Arc<NodeState> {
+        &self.nodes[self.configured_primary]
     }
 
     /// Index of the write target.
@@ -402,23 +467,14 @@ impl Topology {
             .iter()
             .enumerate()
             .map(|(si, (primary, replicas))| {
-                let mut nodes = vec![Arc::new(NodeState::new(
-                    si,
-                    0,
-                    primary.clone(),
-                    Role::Primary,
-                ))];
+                let mut nodes = vec![Arc::new(NodeState::new(si, 0, primary.clone()))];
                 for (ri, r) in replicas.iter().enumerate() {
-                    nodes.push(Arc::new(NodeState::new(
-                        si,
-                        ri + 1,
-                        r.clone(),
-                        Role::Replica,
-                    )));
+                    nodes.push(Arc::new(NodeState::new(si, ri + 1, r.clone())));
                 }
                 Arc::new(ShardState {
                     index: si,
                     nodes,
+                    configured_primary: 0,
                     writer: AtomicUsize::new(0),
                     turn: AtomicUsize::new(0),
                     history: Mutex::new(VecDeque::new()),
@@ -436,9 +492,95 @@ impl Topology {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Every node of every shard.
+    /// Every node of every shard, removed ones included.
     pub fn nodes(&self) -> impl Iterator<Item = &Arc<NodeState>> {
         self.shards.iter().flat_map(|s| s.nodes.iter())
+    }
+
+    /// The topology after a reload lists `(primary, replicas)` per shard
+    /// (as many shards as now), and the shards whose nodes changed. Live
+    /// state carries over: a node keeps its `NodeState` (bans, lag, load,
+    /// index) for as long as the process runs. A node no longer listed is
+    /// kept, retired (no new work), so sessions of older snapshots and the
+    /// admin tables still find it; one listed again comes back. A new node
+    /// is appended and gets no traffic until its first successful poll. A
+    /// new configured primary becomes the write target; otherwise the
+    /// current one (possibly promoted by `role_detection = "auto"`) stays.
+    /// Fences are lifted: a reload is the operator's word on roles.
+    ///
+    /// Nothing may promote nodes of a changed shard while this runs (stop
+    /// its monitors first).
+    pub fn reconfigured(&self, shards: &[(String, Vec<String>)]) -> (Topology, Vec<usize>) {
+        let mut changed = Vec::new();
+        let new_shards = self
+            .shards
+            .iter()
+            .zip(shards)
+            .map(|(old, (primary, replicas))| {
+                let listed: Vec<&String> = std::iter::once(primary).chain(replicas).collect();
+                for n in &old.nodes {
+                    if n.is_fenced() && n.addr != *primary {
+                        n.unfence();
+                    }
+                }
+                let same = old.nodes.iter().filter(|n| !n.is_retired()).count() == listed.len()
+                    && listed
+                        .iter()
+                        .all(|a| old.nodes.iter().any(|n| &n.addr == *a && !n.is_retired()))
+                    && old.configured_primary().addr == *primary;
+                if same {
+                    return old.clone();
+                }
+                changed.push(old.index);
+                Arc::new(old.rebuilt(&listed))
+            })
+            .collect();
+        (
+            Topology {
+                shards: new_shards,
+                epoch: self.epoch,
+            },
+            changed,
+        )
+    }
+}
+
+impl ShardState {
+    /// A copy of this shard listing `listed` (primary first): see
+    /// [`Topology::reconfigured`].
+    fn rebuilt(&self, listed: &[&String]) -> ShardState {
+        let mut nodes = self.nodes.clone();
+        for n in &nodes {
+            n.set(RETIRED, !listed.contains(&&n.addr));
+        }
+        for addr in listed {
+            if !nodes.iter().any(|n| &n.addr == *addr) {
+                let node = NodeState::new(self.index, nodes.len(), (*addr).clone());
+                node.set(UNPOLLED, true);
+                tracing::info!(node = %addr, shard = self.index, "node added by reload");
+                nodes.push(Arc::new(node));
+            }
+        }
+        let primary = listed[0];
+        let (writer, configured) = if self.configured_primary().addr == *primary {
+            (self.writer_index(), self.configured_primary)
+        } else {
+            let w = nodes
+                .iter()
+                .position(|n| &n.addr == primary)
+                .expect("listed nodes are present");
+            // The operator names it primary: it takes writes at once.
+            nodes[w].set(UNPOLLED, false);
+            (w, w)
+        };
+        ShardState {
+            index: self.index,
+            nodes,
+            configured_primary: configured,
+            writer: AtomicUsize::new(writer),
+            turn: AtomicUsize::new(0),
+            history: Mutex::new(self.history.lock().expect("history lock").clone()),
+        }
     }
 }
 
@@ -568,5 +710,58 @@ mod tests {
         for _ in 0..4 {
             assert_eq!(s.choose_replica(&p, 0).unwrap().index, 2);
         }
+    }
+
+    #[test]
+    fn reload_keeps_live_state_retires_removed_and_holds_new_nodes_back() {
+        let t = topo();
+        let now = t.now_ms();
+        t.shards[0].nodes[1].ban(now, 60_000, "test");
+        let same = t.reconfigured(&[("p:1".into(), vec!["r2:1".into(), "r1:1".into()])]);
+        assert!(same.1.is_empty(), "order of replicas does not matter");
+        assert!(Arc::ptr_eq(&same.0.shards[0], &t.shards[0]));
+
+        let (t2, changed) = t.reconfigured(&[("p:1".into(), vec!["r2:1".into(), "r3:1".into()])]);
+        assert_eq!(changed, vec![0]);
+        let s = &t2.shards[0];
+        assert_eq!(s.nodes.len(), 4);
+        assert!(
+            Arc::ptr_eq(&s.nodes[1], &t.shards[0].nodes[1]),
+            "state kept"
+        );
+        assert!(s.nodes[1].is_retired() && s.nodes[1].is_banned(now));
+        assert_eq!(s.nodes[1].state_name(now), "removed");
+        assert_eq!(s.nodes[3].addr, "r3:1");
+        assert_eq!(s.nodes[3].index, 3);
+        assert_eq!(s.nodes[3].state_name(now), "new");
+        assert!(!s.nodes[3].is_usable(now));
+        s.nodes[3].check_passed(now);
+        assert!(s.nodes[3].is_usable(now));
+        assert_eq!(s.writer_index(), 0);
+
+        // r1 comes back: the same node, no longer retired.
+        let (t3, _) = t2.reconfigured(&[("p:1".into(), vec!["r1:1".into()])]);
+        assert!(!t3.shards[0].nodes[1].is_retired());
+        assert!(t3.shards[0].nodes[2].is_retired() && t3.shards[0].nodes[3].is_retired());
+
+        // The operator names a replica primary: it takes writes.
+        let (t4, _) = t3.reconfigured(&[("r1:1".into(), vec!["p:1".into()])]);
+        assert_eq!(t4.shards[0].writer().addr, "r1:1");
+        assert_eq!(t4.shards[0].configured_primary().addr, "r1:1");
+        let (_, unchanged) = t4.reconfigured(&[("r1:1".into(), vec!["p:1".into()])]);
+        assert!(unchanged.is_empty());
+    }
+
+    #[test]
+    fn draining_and_unban() {
+        let t = topo();
+        let n = &t.shards[0].nodes[2];
+        n.set_draining(true);
+        assert!(!n.is_clear() && n.state_name(t.now_ms()) == "draining");
+        n.set_draining(false);
+        n.ban(t.now_ms(), 60_000, "x");
+        assert_eq!(n.state_name(t.now_ms()), "banned");
+        n.unban();
+        assert!(n.is_clear() && n.last_error().is_none());
     }
 }

@@ -110,6 +110,9 @@ pub struct ServerConn {
     pub last_used: Instant,
     /// When its pool closes it instead of handing it out (`server_lifetime`).
     pub retire_at: Instant,
+    /// What the current loan did (requests, bytes, errors): counted by the
+    /// session without atomics, added to the pool's totals when it returns.
+    pub loan: crate::pool::Totals,
 }
 
 impl ServerConn {
@@ -147,6 +150,7 @@ impl ServerConn {
             created: now,
             last_used: now,
             retire_at: now + Duration::from_secs(86400 * 365),
+            loan: Default::default(),
         };
         let mut out = BytesMut::new();
         encode_startup(

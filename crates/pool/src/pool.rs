@@ -66,18 +66,30 @@ pub struct PoolStats {
     pub open: u64,
     /// Connections idle in the pool.
     pub idle: u64,
+    /// Slots held by clients (connections in use or being opened).
+    pub lent: u64,
     /// Clients waiting for a connection.
     pub waiting: u64,
     /// Connections handed out since start.
     pub checkouts: u64,
     /// Checkouts that timed out.
     pub timeouts: u64,
+    /// Idle connections that will be probed before their next use.
+    pub idle_untested: u64,
+    /// How long the oldest waiting client has waited.
+    pub max_wait: Duration,
+    /// Microseconds clients spent waiting, in total.
+    pub wait_us: u64,
+    /// The pool's size limit.
+    pub max_size: u64,
+    /// What returned loans did.
+    pub totals: Totals,
 }
 
 struct Inner {
     key: PoolKey,
-    params: ConnectParams,
-    config: PoolConfig,
+    /// How new connections are opened (a reload may change it).
+    params: Mutex<Arc<ConnectParams>>,
     /// Idle connections, slots and waiters behind one lock: a checkout and
     /// a release each take it once.
     slots: Mutex<Slots>,
@@ -86,6 +98,8 @@ struct Inner {
     open: AtomicU64,
     waiting: AtomicU64,
     timeouts: AtomicU64,
+    /// Microseconds clients spent waiting for a connection, in total.
+    wait_us: AtomicU64,
 }
 
 impl Drop for Inner {
@@ -113,8 +127,29 @@ enum Sweeper {
     Idle,
 }
 
+/// What the connections of a pool did, in total (published at each return).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Loans returned: transactions in transaction pooling.
+    pub loans: u64,
+    /// Microseconds connections were lent.
+    pub lent_us: u64,
+    /// Requests answered (ReadyForQuery received).
+    pub queries: u64,
+    /// Bytes sent to the server.
+    pub bytes_sent: u64,
+    /// Bytes received from the server.
+    pub bytes_received: u64,
+    /// Error responses received from the server.
+    pub errors: u64,
+}
+
 /// The state of a pool's `max_size` slots.
 struct Slots {
+    /// Limits (a reload may change them).
+    config: PoolConfig,
+    /// Counters of returned loans.
+    totals: Totals,
     /// Connections nobody holds. Boxed so handing one out and back moves a
     /// pointer, not the whole connection state (measured: ~800 instructions
     /// per transaction).
@@ -138,6 +173,8 @@ struct Slots {
 struct Waiter {
     id: u64,
     grant: oneshot::Sender<Grant>,
+    /// When it began waiting.
+    since: Instant,
     /// When it stops waiting.
     deadline: Instant,
 }
@@ -151,8 +188,14 @@ enum Grant {
 }
 
 impl Slots {
+    /// The limit (0 only for a pool taken out of service).
+    fn max_size(&self) -> usize {
+        self.config.max_size
+    }
+
     /// A slot if one is free: with an idle connection if there is one.
-    fn take(&mut self, max_size: usize) -> Option<Grant> {
+    fn take(&mut self) -> Option<Grant> {
+        let max_size = self.max_size();
         // A waiter exists only while every slot is held (a freed slot goes
         // to it), so taking a free slot never jumps the queue.
         let grant = match self.idle.pop() {
@@ -166,13 +209,22 @@ impl Slots {
     }
 
     /// Frees a slot (with the connection, if it can be reused): to the
-    /// oldest waiter still waiting, otherwise back to the pool.
-    fn give_back(&mut self, mut grant: Grant) {
+    /// oldest waiter still waiting, otherwise back to the pool. Returns a
+    /// connection to close when the pool shrank below what is lent.
+    fn give_back(&mut self, mut grant: Grant) -> Option<Box<ServerConn>> {
+        if self.lent > self.max_size() {
+            // The pool was made smaller: this slot goes away.
+            self.lent -= 1;
+            return match grant {
+                Grant::Idle(conn) => Some(conn),
+                Grant::Open => None,
+            };
+        }
         while let Some(waiter) = self.waiters.pop_front() {
             match waiter.grant.send(grant) {
                 Ok(()) => {
                     self.checkouts += 1;
-                    return;
+                    return None;
                 }
                 // That client stopped waiting.
                 Err(back) => grant = back,
@@ -181,6 +233,36 @@ impl Slots {
         self.lent -= 1;
         if let Grant::Idle(conn) = grant {
             self.idle.push(conn);
+        }
+        None
+    }
+
+    /// Hands free slots to waiters (the pool grew) and returns idle
+    /// connections beyond the limit (it shrank), to close.
+    #[allow(clippy::vec_box)]
+    fn fit(&mut self) -> Vec<Box<ServerConn>> {
+        while self.lent < self.max_size() {
+            let Some(waiter) = self.waiters.pop_front() else {
+                break;
+            };
+            let grant = match self.idle.pop() {
+                Some(conn) => Grant::Idle(conn),
+                None => Grant::Open,
+            };
+            match waiter.grant.send(grant) {
+                Ok(()) => {
+                    self.lent += 1;
+                    self.checkouts += 1;
+                }
+                Err(Grant::Idle(conn)) => self.idle.push(conn),
+                Err(Grant::Open) => {}
+            }
+        }
+        let keep = self.max_size().saturating_sub(self.lent);
+        if self.idle.len() > keep {
+            self.idle.split_off(keep)
+        } else {
+            Vec::new()
         }
     }
 
@@ -232,9 +314,10 @@ impl Pool {
         Pool {
             inner: Arc::new(Inner {
                 key,
-                params,
-                config,
+                params: Mutex::new(Arc::new(params)),
                 slots: Mutex::new(Slots {
+                    config,
+                    totals: Totals::default(),
                     idle: Vec::new(),
                     lent: 0,
                     waiters: VecDeque::new(),
@@ -246,6 +329,7 @@ impl Pool {
                 open: AtomicU64::new(0),
                 waiting: AtomicU64::new(0),
                 timeouts: AtomicU64::new(0),
+                wait_us: AtomicU64::new(0),
             }),
         }
     }
@@ -257,8 +341,43 @@ impl Pool {
 
     /// How this pool's connections are opened, for a connection of the
     /// same kind kept outside the pool (a shared LISTEN connection).
-    pub fn connect_params(&self) -> &ConnectParams {
-        &self.inner.params
+    pub fn connect_params(&self) -> Arc<ConnectParams> {
+        self.inner.params.lock().expect("pool params lock").clone()
+    }
+
+    /// Applies new limits and login settings (a reload): a larger pool
+    /// serves waiting clients at once; a smaller one closes idle
+    /// connections beyond the limit now and lent ones as they come back.
+    /// Connections already open keep their login.
+    pub fn reconfigure(&self, params: ConnectParams, config: PoolConfig) {
+        *self.inner.params.lock().expect("pool params lock") = Arc::new(params);
+        let surplus = {
+            let mut slots = self.inner.lock();
+            slots.config = config;
+            slots.fit()
+        };
+        self.inner
+            .open
+            .fetch_sub(surplus.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Closes the idle connections and keeps none that come back.
+    fn reconfigure_closed(&self) {
+        let surplus = {
+            let mut slots = self.inner.lock();
+            slots.config.max_size = 0;
+            let mut idle = std::mem::take(&mut slots.idle);
+            idle.extend(slots.fit());
+            idle
+        };
+        self.inner
+            .open
+            .fetch_sub(surplus.len() as u64, Ordering::Relaxed);
+    }
+
+    /// The limits in force.
+    pub fn config(&self) -> PoolConfig {
+        self.inner.lock().config.clone()
     }
 
     /// An idle connection if one is free and fit for use right now, without
@@ -266,9 +385,10 @@ impl Pool {
     pub fn get_idle(&self) -> Option<PooledConn> {
         let inner = &self.inner;
         let mut slots = inner.lock();
+        let idle_timeout = slots.config.idle_timeout;
         let conn = slots.idle.last_mut()?;
         let now = Instant::now();
-        if !inner.fresh(conn, now) {
+        if !fresh(conn, now, idle_timeout) {
             return None;
         }
         conn.last_used = now;
@@ -286,7 +406,10 @@ impl Pool {
     /// one, waiting up to `checkout_timeout` while all are in use.
     pub async fn get(&self) -> Result<PooledConn, PoolError> {
         let inner = &self.inner;
-        let free = inner.lock().take(inner.max_size());
+        let (free, config) = {
+            let mut slots = inner.lock();
+            (slots.take(), slots.config.clone())
+        };
         let mut grant = match free {
             Some(grant) => grant,
             None => self.wait_for_slot().await?,
@@ -299,7 +422,7 @@ impl Pool {
         };
         let now = Instant::now();
         while let Grant::Idle(mut conn) = grant {
-            if inner.fresh(&mut conn, now) {
+            if fresh(&mut conn, now, config.idle_timeout) {
                 conn.last_used = now;
                 pooled.conn = Some(conn);
                 return Ok(pooled);
@@ -310,8 +433,9 @@ impl Pool {
             let next = inner.lock().idle.pop();
             grant = next.map_or(Grant::Open, Grant::Idle);
         }
-        let mut conn = Box::new(ServerConn::connect(&inner.params).await?);
-        conn.retire_at = conn.created + inner.config.max_lifetime;
+        let params = inner.params.lock().expect("pool params lock").clone();
+        let mut conn = Box::new(ServerConn::connect(&params).await?);
+        conn.retire_at = conn.created + config.max_lifetime;
         inner.open.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(server = %inner.key.addr, user = %inner.key.user, database = %inner.key.database, "server connection opened");
         pooled.conn = Some(conn);
@@ -322,19 +446,22 @@ impl Pool {
     async fn wait_for_slot(&self) -> Result<Grant, PoolError> {
         let inner = &*self.inner;
         let (sender, receiver) = oneshot::channel();
+        let started = Instant::now();
         let (id, sweeper) = {
             let mut slots = inner.lock();
             // A slot may have been freed since the first look.
-            if let Some(grant) = slots.take(inner.max_size()) {
+            if let Some(grant) = slots.take() {
                 return Ok(grant);
             }
             // Read under the lock, so deadlines grow along the queue.
-            let deadline = deadline_after(inner.config.checkout_timeout);
+            let since = Instant::now();
+            let deadline = deadline_after(since, slots.config.checkout_timeout);
             let id = slots.next_waiter;
             slots.next_waiter += 1;
             slots.waiters.push_back(Waiter {
                 id,
                 grant: sender,
+                since,
                 deadline,
             });
             let sweeper = slots.sweeper;
@@ -363,14 +490,18 @@ impl Pool {
         let granted = receiver.await;
         // Either way it is out of the queue now.
         queued.receiver = None;
+        inner
+            .wait_us
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         match granted {
             Ok(grant) => Ok(grant),
             Err(_) => {
                 inner.timeouts.fetch_add(1, Ordering::Relaxed);
+                let config = inner.lock().config.clone();
                 Err(PoolError::Timeout {
                     addr: inner.key.addr.clone(),
-                    timeout_ms: inner.config.checkout_timeout.as_millis(),
-                    size: inner.config.max_size,
+                    timeout_ms: config.checkout_timeout.as_millis(),
+                    size: config.max_size,
                 })
             }
         }
@@ -379,14 +510,38 @@ impl Pool {
     /// Current counters.
     pub fn stats(&self) -> PoolStats {
         let inner = &self.inner;
+        let now = Instant::now();
         let slots = inner.lock();
         PoolStats {
             open: inner.open.load(Ordering::Relaxed),
             idle: slots.idle.len() as u64,
+            lent: slots.lent as u64,
             waiting: inner.waiting.load(Ordering::Relaxed),
             checkouts: slots.checkouts,
             timeouts: inner.timeouts.load(Ordering::Relaxed),
+            idle_untested: slots
+                .idle
+                .iter()
+                .filter(|c| now.saturating_duration_since(c.last_used) > HEALTH_PROBE_AFTER)
+                .count() as u64,
+            max_wait: slots
+                .waiters
+                .front()
+                .map_or(Duration::ZERO, |w| now.saturating_duration_since(w.since)),
+            wait_us: inner.wait_us.load(Ordering::Relaxed),
+            max_size: slots.config.max_size as u64,
+            totals: slots.totals,
         }
+    }
+
+    /// The idle connections: (backend pid, opened, idle since).
+    pub fn idle_connections(&self) -> Vec<(i32, Instant, Instant)> {
+        self.inner
+            .lock()
+            .idle
+            .iter()
+            .map(|c| (c.backend_key.0, c.created, c.last_used))
+            .collect()
     }
 
     /// Closes the idle connections whose server has gone (an error or a
@@ -417,27 +572,21 @@ impl Inner {
     fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
         self.slots.lock().expect("pool lock")
     }
-
-    /// Whether an idle connection may be handed out at `now`.
-    fn fresh(&self, conn: &mut ServerConn, now: Instant) -> bool {
-        // `last_used` is when it was last handed out: one clock read per
-        // transaction instead of two.
-        let idle_for = now.saturating_duration_since(conn.last_used);
-        // A connection used moments ago is alive and young; checking it
-        // further would cost a system call per transaction.
-        now <= conn.retire_at
-            && (idle_for <= HEALTH_PROBE_AFTER
-                || (idle_for <= self.config.idle_timeout && conn.looks_healthy()))
-    }
-
-    fn max_size(&self) -> usize {
-        self.config.max_size.max(1)
-    }
 }
 
-/// Now plus `wait`; a wait too long to add means never.
-fn deadline_after(wait: Duration) -> Instant {
-    let now = Instant::now();
+/// Whether an idle connection may be handed out at `now`.
+fn fresh(conn: &mut ServerConn, now: Instant, idle_timeout: Duration) -> bool {
+    // `last_used` is when it was last handed out: one clock read per
+    // transaction instead of two.
+    let idle_for = now.saturating_duration_since(conn.last_used);
+    // A connection used moments ago is alive and young; checking it
+    // further would cost a system call per transaction.
+    now <= conn.retire_at
+        && (idle_for <= HEALTH_PROBE_AFTER || (idle_for <= idle_timeout && conn.looks_healthy()))
+}
+
+/// `now` plus `wait`; a wait too long to add means never.
+fn deadline_after(now: Instant, wait: Duration) -> Instant {
     now.checked_add(wait)
         .unwrap_or_else(|| now + Duration::from_secs(u64::from(u32::MAX)))
 }
@@ -519,6 +668,12 @@ impl std::ops::DerefMut for PooledConn {
 
 impl Drop for PooledConn {
     fn drop(&mut self) {
+        let mut loan = Totals::default();
+        if let Some(conn) = self.conn.as_mut() {
+            loan = std::mem::take(&mut conn.loan);
+            loan.loans = 1;
+            loan.lent_us = conn.last_used.elapsed().as_micros() as u64;
+        }
         let grant = match self.conn.take() {
             Some(conn) if conn.broken || !conn.read_buf.is_empty() => {
                 self.pool.open.fetch_sub(1, Ordering::Relaxed);
@@ -530,7 +685,27 @@ impl Drop for PooledConn {
             Some(conn) => Grant::Idle(conn),
             None => Grant::Open,
         };
-        self.pool.lock().give_back(grant);
+        let surplus = {
+            let mut slots = self.pool.lock();
+            slots.totals.add(&loan);
+            slots.give_back(grant)
+        };
+        if let Some(conn) = surplus {
+            self.pool.open.fetch_sub(1, Ordering::Relaxed);
+            drop(conn);
+        }
+    }
+}
+
+impl Totals {
+    /// Adds `other` to these totals.
+    pub fn add(&mut self, other: &Totals) {
+        self.loans += other.loans;
+        self.lent_us += other.lent_us;
+        self.queries += other.queries;
+        self.bytes_sent += other.bytes_sent;
+        self.bytes_received += other.bytes_received;
+        self.errors += other.errors;
     }
 }
 
@@ -562,6 +737,20 @@ impl Pools {
                 Pool::new(key.clone(), params, config)
             })
             .clone()
+    }
+
+    /// Takes the pools whose key matches out of the registry (a drained or
+    /// removed node, a removed user): they close their idle connections;
+    /// lent ones close as they come back.
+    pub fn remove_where(&self, matches: impl Fn(&PoolKey) -> bool) -> Vec<Pool> {
+        let mut w = self.pools.write().expect("pools lock");
+        let keys: Vec<PoolKey> = w.keys().filter(|k| matches(k)).cloned().collect();
+        let removed: Vec<Pool> = keys.iter().filter_map(|k| w.remove(k)).collect();
+        drop(w);
+        for p in &removed {
+            p.reconfigure_closed();
+        }
+        removed
     }
 
     /// A snapshot of every pool.

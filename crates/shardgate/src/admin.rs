@@ -13,7 +13,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::auth::User;
 use crate::client_io::{read_message, ClientStream, ReadError};
-use crate::proxy::Proxy;
+use crate::runtime::Runtime;
 
 /// Largest admin command accepted.
 const MAX_ADMIN_MESSAGE: usize = 1 << 20;
@@ -37,7 +37,7 @@ impl Table {
 
 /// Serves an admin client after authentication until it leaves.
 pub async fn serve(
-    proxy: Arc<Proxy>,
+    proxy: Arc<Runtime>,
     user: Arc<User>,
     mut stream: ClientStream,
     mut buf: BytesMut,
@@ -109,7 +109,7 @@ pub async fn serve(
     }
 }
 
-fn run_query(proxy: &Proxy, sql: &str, out: &mut BytesMut) {
+fn run_query(proxy: &Runtime, sql: &str, out: &mut BytesMut) {
     let stmts = split_statements(sql);
     if stmts.is_empty() {
         backend::empty(backend::tag::EMPTY_QUERY, out);
@@ -125,7 +125,7 @@ fn run_query(proxy: &Proxy, sql: &str, out: &mut BytesMut) {
     }
 }
 
-fn command(proxy: &Proxy, stmt: &str) -> Result<Table, PgError> {
+fn command(proxy: &Runtime, stmt: &str) -> Result<Table, PgError> {
     let words: Vec<String> = Lexer::new(stmt)
         .filter(|t| t.kind == TokenKind::Word)
         .map(|t| t.text.to_ascii_uppercase())
@@ -172,8 +172,9 @@ fn help() -> Table {
     }
 }
 
-fn replication(proxy: &Proxy) -> Table {
-    let t = &proxy.topology;
+fn replication(proxy: &Runtime) -> Table {
+    let snap = proxy.snapshot();
+    let t = &snap.topology;
     let now = t.now_ms();
     let mut rows = Vec::new();
     for shard in &t.shards {
@@ -222,7 +223,7 @@ fn replication(proxy: &Proxy) -> Table {
     }
 }
 
-fn pools(proxy: &Proxy) -> Table {
+fn pools(proxy: &Runtime) -> Table {
     let mut rows: Vec<Vec<Option<String>>> = proxy
         .pools
         .all()

@@ -89,10 +89,23 @@ impl LoginError {
 impl UserDirectory {
     /// Prepares the secrets of every configured user.
     pub fn new(config: &Config) -> UserDirectory {
+        UserDirectory::reusing(config, None)
+    }
+
+    /// The users of `config`, reusing the prepared secrets of `previous`
+    /// for users whose entry did not change (a SCRAM verifier from a plain
+    /// password costs thousands of hash rounds).
+    pub fn reusing(config: &Config, previous: Option<&UserDirectory>) -> UserDirectory {
         let users = config
             .users
             .iter()
             .map(|u| {
+                if let Some(same) = previous
+                    .and_then(|p| p.users.get(&u.name))
+                    .filter(|p| p.config == *u)
+                {
+                    return (u.name.clone(), same.clone());
+                }
                 let pw = u.password.clone().unwrap_or_default();
                 let secret = match u.auth {
                     AuthMethod::Trust => Secret::Trust,
@@ -114,8 +127,18 @@ impl UserDirectory {
             .collect();
         UserDirectory {
             users,
-            mock_secret: rand::rng().random(),
+            mock_secret: previous.map_or_else(|| rand::rng().random(), |p| p.mock_secret),
         }
+    }
+
+    /// The user named `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<User>> {
+        self.users.get(name).cloned()
+    }
+
+    /// Every user's name.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.users.keys().map(String::as_str)
     }
 
     /// Runs the authentication exchange for `name`; on success the client has

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use shardgate_router::Consistency;
 use shardgate_shardmap::{
     Function, KeyType, ListEntry, MapError, RangeEntry, ShardKey, ShardMap, ShardMapConfig,
@@ -73,10 +73,13 @@ pub struct Config {
     /// Tables copied on every shard.
     #[serde(default)]
     pub reference_tables: Vec<ReferenceTableConfig>,
+    /// The `section.key` settings the file sets (the rest are defaults).
+    #[serde(skip)]
+    pub file_keys: Vec<String>,
 }
 
 /// `[sharding]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShardingConfig {
     /// Virtual nodes per unit of weight on the hash ring.
@@ -155,11 +158,11 @@ pub struct ReferenceTableConfig {
 }
 
 /// `[routing]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingConfig {
     /// Consistency level of reads unless the user, session or statement says otherwise.
-    #[serde(deserialize_with = "from_str")]
+    #[serde(deserialize_with = "from_str", serialize_with = "to_str")]
     pub default_consistency: Consistency,
     /// Staleness bound of `bounded` reads, in milliseconds.
     pub max_lag_ms: u64,
@@ -202,7 +205,7 @@ impl Default for RoutingConfig {
 }
 
 /// `routing.role_detection`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RoleDetectionConfig {
     /// Roles as configured.
@@ -222,7 +225,7 @@ where
 }
 
 /// How server connections are shared between clients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PoolMode {
     /// A server connection is lent for one transaction.
@@ -246,7 +249,7 @@ pub enum AuthMethod {
 }
 
 /// `[proxy]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
     /// Address to listen on.
@@ -258,19 +261,19 @@ pub struct ProxyConfig {
     /// Database name that opens the admin console.
     pub admin_database: String,
     /// How long a client waits for a free server connection.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     pub pool_timeout: Duration,
     /// Limit on opening and logging in to a server connection.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     pub connect_timeout: Duration,
     /// Idle server connections older than this are closed.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     pub idle_timeout: Duration,
     /// Server connections older than this are closed when returned.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     pub server_lifetime: Duration,
     /// How long running transactions may take to finish after SIGTERM.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     pub shutdown_timeout: Duration,
     /// Largest message a client may send, in bytes.
     pub max_message_size: usize,
@@ -331,7 +334,7 @@ impl Default for ProxyConfig {
 }
 
 /// `[[users]]`.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     /// Login name.
@@ -423,6 +426,28 @@ fn default_weight() -> u32 {
     1
 }
 
+/// Serializes any `Display` type as its text.
+fn to_str<S: Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+/// Writes a duration the way a person would: `"5s"`, `"250ms"`, `"10m"`.
+fn duration_text<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(*d))
+}
+
+/// `"1h"`, `"10m"`, `"5s"` or `"250ms"`: the largest unit that is exact.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        0 => "0ms".into(),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
+    }
+}
+
 /// Accepts an integer number of milliseconds or a string such as `"250ms"`, `"5s"`, `"2m"`.
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     #[derive(Deserialize)]
@@ -469,8 +494,17 @@ impl Config {
 
     /// Parses and validates configuration text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| parse_error(e, text, file))?;
+        let mut config: Config = toml::from_str(text).map_err(|e| parse_error(e, text, file))?;
         config.validate(text, file)?;
+        if let Ok(table) = toml::from_str::<toml::Table>(text) {
+            for (section, value) in &table {
+                if let toml::Value::Table(keys) = value {
+                    config
+                        .file_keys
+                        .extend(keys.keys().map(|k| format!("{section}.{k}")));
+                }
+            }
+        }
         Ok(config)
     }
 
@@ -480,6 +514,20 @@ impl Config {
             .listen
             .parse()
             .expect("validated when the configuration was loaded")
+    }
+
+    /// `(primary, replicas)` of every shard, in order.
+    pub fn topology_spec(&self) -> Vec<(String, Vec<String>)> {
+        self.shards
+            .iter()
+            .map(|s| (s.primary.clone(), s.replicas.clone()))
+            .collect()
+    }
+
+    /// Validates a configuration changed in memory (`SET`): errors name
+    /// the key, without a line.
+    pub fn revalidate(&self) -> Result<(), ConfigError> {
+        self.validate("", "SET")
     }
 
     /// The user named `name`.

@@ -254,7 +254,7 @@ pub fn run(port: u16) -> Result<(), String> {
     std::fs::write(&path, &text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     let config = Config::parse(&text, &path.display().to_string()).map_err(|e| e.to_string())?;
     let banner = banner(&cluster, port, &path.display().to_string());
-    let result = serve_with_sample(config, port, banner);
+    let result = serve_with_sample(config, path.clone(), port, banner);
     drop(cluster);
     eprintln!("shardgate demo: stopped and cleaned up");
     result
@@ -262,7 +262,12 @@ pub fn run(port: u16) -> Result<(), String> {
 
 /// Runs the proxy; once it listens, loads the sample data through it and
 /// prints `banner`. A failed load stops the proxy and is the result.
-fn serve_with_sample(config: Config, port: u16, banner: String) -> Result<(), String> {
+fn serve_with_sample(
+    config: Config,
+    path: std::path::PathBuf,
+    port: u16,
+    banner: String,
+) -> Result<(), String> {
     let workers = match config.proxy.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -273,7 +278,7 @@ fn serve_with_sample(config: Config, port: u16, banner: String) -> Result<(), St
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {
-        let listener = crate::proxy::bind(&config)
+        let listener = crate::listener::bind(&config)
             .await
             .map_err(|e| e.to_string())?;
         tracing::info!(listen = %config.proxy.listen, workers, "shardgate demo proxy listening");
@@ -301,7 +306,7 @@ fn serve_with_sample(config: Config, port: u16, banner: String) -> Result<(), St
                 }
             }
         };
-        let served = crate::proxy::serve(config, listener, stop)
+        let served = crate::listener::serve(config, Some(path), listener, stop)
             .await
             .map_err(|e| e.to_string());
         match load_error {

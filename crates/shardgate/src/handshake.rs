@@ -10,10 +10,10 @@ use shardgate_protocol::PgError;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::auth::User;
 use crate::client_io::{fill, ClientStream};
-use crate::proxy::Proxy;
+use crate::clients::NewClient;
 use crate::routing::{ReadLevel, RoutingState};
+use crate::runtime::Runtime;
 use crate::session::{Session, SessionError, SessionSetup};
 use crate::state::SessionState;
 
@@ -39,10 +39,12 @@ async fn send_fatal(stream: &mut ClientStream, err: &PgError) {
 }
 
 /// Serves one client connection from its first byte to its last.
-pub async fn handle_client(proxy: Arc<Proxy>, socket: TcpStream, peer: SocketAddr) {
+pub async fn handle_client(runtime: Arc<Runtime>, socket: TcpStream, peer: SocketAddr) {
     let _ = socket.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(1024);
-    let (stream, startup) = read_startup(&proxy, ClientStream::Plain(socket), &mut buf).await;
+    let snap = runtime.snapshot();
+    let (stream, startup) =
+        read_startup(&runtime, &snap, ClientStream::Plain(socket), &mut buf).await;
     let (mut stream, params) = match (stream, startup) {
         (Some(stream), Ok(Startup::Login(params))) => (stream, params),
         (Some(mut stream), Err(e)) => {
@@ -77,7 +79,7 @@ pub async fn handle_client(proxy: Arc<Proxy>, socket: TcpStream, peer: SocketAdd
         .await;
         return;
     }
-    if proxy.shutting_down() {
+    if runtime.shutting_down() {
         send_fatal(
             &mut stream,
             &PgError::fatal("57P03", "shardgate is shutting down"),
@@ -85,7 +87,7 @@ pub async fn handle_client(proxy: Arc<Proxy>, socket: TcpStream, peer: SocketAdd
         .await;
         return;
     }
-    let user = match proxy
+    let user = match snap
         .users
         .authenticate(&mut stream, &mut buf, &user_name)
         .await
@@ -97,24 +99,36 @@ pub async fn handle_client(proxy: Arc<Proxy>, socket: TcpStream, peer: SocketAdd
             return;
         }
     };
-    if database == proxy.config.proxy.admin_database {
+    if database == snap.config.proxy.admin_database {
         tracing::info!(%peer, user = %user_name, "admin console connected");
-        crate::admin::serve(proxy.clone(), user, stream, buf).await;
+        crate::admin::serve(runtime.clone(), user, stream, buf).await;
         return;
     }
+    let base = ReadLevel::configured(&snap.config, &user.config);
     let (session_params, routing) =
-        match session_params(&params).and_then(|p| split_routing(p, routing_base(&proxy, &user))) {
+        match session_params(&params).and_then(|p| split_routing(p, base)) {
             Ok(p) => p,
             Err(e) => {
                 send_fatal(&mut stream, &e).await;
                 return;
             }
         };
-    let cancel = proxy.cancels.register();
+    let cancel = runtime.cancels.register();
     let state = SessionState::from_startup(&session_params);
     tracing::info!(%peer, user = %user_name, %database, tls = stream.is_tls(), "client connected");
+    let registered = runtime.clients.register(NewClient {
+        user: &user_name,
+        database: &database,
+        peer,
+        tls: stream.is_tls(),
+        application_name: get("application_name").unwrap_or(""),
+        consistency: routing.level().consistency,
+        socket: stream.tcp(),
+    });
     let session = Session::new(SessionSetup {
-        proxy: proxy.clone(),
+        runtime: runtime.clone(),
+        snap: snap.clone(),
+        info: registered.info.clone(),
         user,
         database,
         client: stream,
@@ -127,6 +141,7 @@ pub async fn handle_client(proxy: Arc<Proxy>, socket: TcpStream, peer: SocketAdd
         Ok(()) => tracing::info!(%peer, user = %user_name, "client disconnected"),
         Err(e) => log_end(&peer, &user_name, &e),
     }
+    drop(registered);
 }
 
 fn log_end(peer: &SocketAddr, user: &str, e: &SessionError) {
@@ -150,7 +165,8 @@ enum Startup {
 /// (upgrading the stream to TLS) and CancelRequest. Returns the stream when
 /// it is still usable.
 async fn read_startup(
-    proxy: &Proxy,
+    runtime: &Runtime,
+    snap: &crate::runtime::Snapshot,
     mut stream: ClientStream,
     buf: &mut BytesMut,
 ) -> (Option<ClientStream>, Result<Startup, PgError>) {
@@ -186,11 +202,11 @@ async fn read_startup(
                     let e = PgError::fatal("08P01", "received unencrypted data after SSL request");
                     return (Some(ClientStream::Plain(tcp)), Err(e));
                 }
-                let answer: &[u8] = if proxy.tls.is_some() { b"S" } else { b"N" };
+                let answer: &[u8] = if snap.tls.is_some() { b"S" } else { b"N" };
                 if let Err(e) = tcp.write_all(answer).await {
                     return (None, Err(io_err(e)));
                 }
-                stream = match &proxy.tls {
+                stream = match &snap.tls {
                     Some(acceptor) => match acceptor.accept(tcp).await {
                         Ok(tls) => ClientStream::Tls(Box::new(tls)),
                         Err(e) => return (None, Err(io_err(e))),
@@ -204,22 +220,13 @@ async fn read_startup(
                 }
             }
             StartupPacket::Cancel { pid, secret } => {
-                proxy.cancels.cancel(pid, secret).await;
+                runtime.cancels.cancel(pid, secret).await;
                 return (Some(stream), Ok(Startup::Cancelled));
             }
             StartupPacket::Startup { params, .. } => {
                 return (Some(stream), Ok(Startup::Login(params)))
             }
         }
-    }
-}
-
-/// The consistency settings from configuration and the user entry.
-fn routing_base(proxy: &Proxy, user: &User) -> ReadLevel {
-    let r = &proxy.config.routing;
-    ReadLevel {
-        consistency: user.config.consistency.unwrap_or(r.default_consistency),
-        max_lag_ms: user.config.max_lag_ms.unwrap_or(r.max_lag_ms),
     }
 }
 

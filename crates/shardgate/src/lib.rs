@@ -9,16 +9,21 @@ pub mod cancel;
 pub mod catalog;
 pub mod cli;
 pub mod client_io;
+pub mod clients;
 pub mod config;
 pub mod demo;
 pub mod handshake;
+pub mod listener;
 pub mod memory;
 pub mod notify;
+pub mod pause;
 pub mod prepared;
-pub mod proxy;
 pub mod relay;
+pub mod reload;
 pub mod routing;
+pub mod runtime;
 pub mod session;
+pub mod settings;
 pub mod state;
 pub mod tcp;
 pub mod tls;
@@ -38,8 +43,9 @@ pub fn init_logging() {
         .try_init();
 }
 
-/// Builds the runtime `config` asks for and serves until SIGTERM or SIGINT.
-pub fn run_blocking(config: Config) -> Result<(), String> {
+/// Builds the runtime `config` asks for and serves until SIGTERM or SIGINT;
+/// `path` is the file RELOAD and SIGHUP read again.
+pub fn run_blocking(config: Config, path: std::path::PathBuf) -> Result<(), String> {
     let workers = match config.proxy.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -59,9 +65,9 @@ pub fn run_blocking(config: Config) -> Result<(), String> {
     }
     .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {
-        let listener = proxy::bind(&config).await.map_err(|e| e.to_string())?;
+        let listener = listener::bind(&config).await.map_err(|e| e.to_string())?;
         tracing::info!(listen = %config.proxy.listen, workers, pool_mode = ?config.proxy.pool_mode, "shardgate listening");
-        proxy::serve(config, listener, shutdown_signal())
+        listener::serve(config, Some(path), listener, shutdown_signal())
             .await
             .map_err(|e| e.to_string())
     })

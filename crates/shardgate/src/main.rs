@@ -33,7 +33,7 @@ fn main() -> ExitCode {
         },
         Command::Run(path) => Config::load(&path)
             .map_err(|e| e.to_string())
-            .and_then(shardgate::run_blocking),
+            .and_then(|config| shardgate::run_blocking(config, path)),
         Command::Demo { port } => shardgate::demo::run(port),
     };
     match result {

@@ -50,6 +50,20 @@ pub struct ReadLevel {
     pub max_lag_ms: u64,
 }
 
+impl ReadLevel {
+    /// The level the configuration gives `user`: its own settings, else `[routing]`'s.
+    pub fn configured(
+        config: &crate::config::Config,
+        user: &crate::config::UserConfig,
+    ) -> ReadLevel {
+        let r = &config.routing;
+        ReadLevel {
+            consistency: user.consistency.unwrap_or(r.default_consistency),
+            max_lag_ms: user.max_lag_ms.unwrap_or(r.max_lag_ms),
+        }
+    }
+}
+
 /// A client's consistency settings and read-your-writes position.
 #[derive(Debug, Clone)]
 pub struct RoutingState {
@@ -72,6 +86,24 @@ impl RoutingState {
     /// The level in force for the session.
     pub fn level(&self) -> ReadLevel {
         self.current
+    }
+
+    /// A reload changed the configured defaults from `old` to `new`: every
+    /// setting that followed the old default follows the new one; what the
+    /// startup options or `SET` chose stays.
+    pub fn rebase(&mut self, old: ReadLevel, new: ReadLevel) {
+        if self.base.consistency == old.consistency {
+            if self.current.consistency == self.base.consistency {
+                self.current.consistency = new.consistency;
+            }
+            self.base.consistency = new.consistency;
+        }
+        if self.base.max_lag_ms == old.max_lag_ms {
+            if self.current.max_lag_ms == self.base.max_lag_ms {
+                self.current.max_lag_ms = new.max_lag_ms;
+            }
+            self.base.max_lag_ms = new.max_lag_ms;
+        }
     }
 
     /// `SET shardgate.consistency`.

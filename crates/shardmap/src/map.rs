@@ -130,6 +130,82 @@ impl ShardMap {
         })
     }
 
+    /// The same map under another version number.
+    pub fn with_version(mut self, version: u64) -> ShardMap {
+        self.version = version;
+        self
+    }
+
+    /// Whether `other` has the same rules (versions aside).
+    pub fn same_rules(&self, other: &ShardMap) -> bool {
+        self.weights == other.weights
+            && self.vnodes == other.vnodes
+            && self.default_shard == other.default_shard
+            && self.tables == other.tables
+            && self.reference_tables == other.reference_tables
+    }
+
+    /// What would put rows that exist now on another shard if `next`
+    /// replaced this map, one sentence each: a different number of shards,
+    /// weights, virtual nodes or default shard, and a sharded table whose
+    /// rule changed or that is no longer sharded. Empty when `next` only
+    /// adds tables (or adds or removes reference tables), which moves
+    /// nothing.
+    pub fn placement_changes(&self, next: &ShardMap) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.weights.len() != next.weights.len() {
+            out.push(format!(
+                "the number of shards changes from {} to {}",
+                self.weights.len(),
+                next.weights.len()
+            ));
+        } else if self.weights != next.weights {
+            out.push(format!(
+                "shard weights change from {:?} to {:?}",
+                self.weights, next.weights
+            ));
+        }
+        if self.vnodes != next.vnodes {
+            out.push(format!(
+                "sharding.vnodes changes from {} to {}",
+                self.vnodes, next.vnodes
+            ));
+        }
+        if self.default_shard != next.default_shard {
+            out.push(format!(
+                "sharding.default_shard changes from {} to {}",
+                self.default_shard, next.default_shard
+            ));
+        }
+        for rule in &self.tables {
+            let t = &rule.table;
+            match next.table(t.schema.as_deref(), &t.name) {
+                None => out.push(format!("table {t} is no longer sharded")),
+                Some(n) if n.column != rule.column => out.push(format!(
+                    "table {t}: shard key changes from {} to {}",
+                    rule.column, n.column
+                )),
+                Some(n) if n.key_type != rule.key_type => {
+                    out.push(format!("table {t}: key_type changes"))
+                }
+                Some(n) if n.function.name() != rule.function.name() => out.push(format!(
+                    "table {t}: function changes from {} to {}",
+                    rule.function.name(),
+                    n.function.name()
+                )),
+                Some(n) if n.function != rule.function => out.push(format!(
+                    "table {t}: its {} change",
+                    match rule.function {
+                        crate::Function::Range(_) => "ranges",
+                        _ => "list values",
+                    }
+                )),
+                Some(_) => {}
+            }
+        }
+        out
+    }
+
     /// The version this map was built with.
     pub fn version(&self) -> u64 {
         self.version
@@ -748,5 +824,54 @@ mod tests {
         assert!(e.to_string().contains("shard 1 has weight 0"), "{e}");
         let e = rejected(|c| set_function(c, 0, ranges(&[(0, 10, 10)])));
         assert!(e.to_string().contains("[10, 10)"), "{e}");
+    }
+
+    #[test]
+    fn placement_changes_name_what_would_move_rows() {
+        let m = map();
+        let same = ShardMap::new(config(), 8).unwrap();
+        assert!(m.same_rules(&same) && m.placement_changes(&same).is_empty());
+
+        let mut added = config();
+        added.tables.push(TableRule {
+            table: TableName::new(None, "orders"),
+            ..hash_rule()
+        });
+        added.reference_tables.clear();
+        let added = ShardMap::new(added, 8).unwrap();
+        assert!(!m.same_rules(&added));
+        assert!(
+            m.placement_changes(&added).is_empty(),
+            "a new table moves nothing"
+        );
+
+        let mut moved = config();
+        moved.weights = vec![1, 2];
+        moved.tables[0] = TableRule {
+            function: Function::Range(vec![RangeEntry {
+                shard: 0,
+                start: 1,
+                end: 1_000_001,
+            }]),
+            ..range_rule()
+        };
+        moved.tables[2].column = "user_id".into();
+        moved.tables.remove(1);
+        let moved = ShardMap::new(moved, 8).unwrap();
+        let changes = m.placement_changes(&moved).join("; ");
+        assert!(changes.contains("weights change"), "{changes}");
+        assert!(
+            changes.contains("public.events: its ranges change"),
+            "{changes}"
+        );
+        assert!(
+            changes.contains("customers is no longer sharded"),
+            "{changes}"
+        );
+        assert!(
+            changes.contains("users: shard key changes from id to user_id"),
+            "{changes}"
+        );
+        assert_eq!(moved.with_version(9).version(), 9);
     }
 }

@@ -54,7 +54,7 @@ impl Session {
         parts: &mut [Part],
         commit: bool,
     ) -> Option<PgError> {
-        let coordinator = self.proxy.two_phase.clone();
+        let coordinator = self.runtime.two_phase.clone();
         let two_phase = commit && parts.len() > 1 && coordinator.is_some();
         if !two_phase {
             let end = if commit { "COMMIT" } else { "ROLLBACK" };

@@ -498,7 +498,7 @@ impl Session {
         let (shards, plan, collation) = match dest {
             super::sharded::Dest::Merge(shards, plan, collation) => (shards, plan, collation),
             super::sharded::Dest::Many(shards) => {
-                let sharding = self.proxy.sharding.as_ref().expect("sharded session");
+                let sharding = self.snap.sharding.as_ref().expect("sharded session");
                 let lookup = super::sharded::MapLookup(&sharding.map);
                 match &*sharding.merges.plan_cached(&declare.query, &lookup) {
                     Ok(p) => (shards, Arc::new(p.clone()), None),

@@ -27,7 +27,7 @@ impl Session {
         }
         match self.statements.get(name) {
             Some(s) if self.route_reads => {
-                let r = s.routing(&self.proxy.classifier);
+                let r = s.routing(&self.snap.classifier);
                 self.routing.want(r.route, &r.hints)
             }
             _ => Want::Primary,
@@ -136,7 +136,7 @@ impl Session {
                 };
             }
             if p.name.is_empty() && self.route_reads {
-                self.unnamed_route = Some(StatementRouting::of(p.query, &self.proxy.classifier));
+                self.unnamed_route = Some(StatementRouting::of(p.query, &self.snap.classifier));
             }
             if self.attach_extended(msg, want, rest).await? {
                 self.forward(
@@ -157,7 +157,7 @@ impl Session {
             );
             return self.refuse_pg(err);
         }
-        let stmt = self.proxy.statements.intern(p.query, p.param_types);
+        let stmt = self.runtime.statements.intern(p.query, p.param_types);
         let name = p.name.to_owned();
         if self.backend.is_none() && stmt.is_validated() {
             // Known good statement and no transaction: no server needed until

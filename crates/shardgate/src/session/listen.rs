@@ -36,7 +36,7 @@ impl Session {
                 let shard = self.default_shard();
                 let writer = self.shards[shard].writer().index;
                 let params = self.pool_of(shard, writer).connect_params().clone();
-                let hubs = self.proxy.notifications.clone();
+                let hubs = self.runtime.notifications.clone();
                 let sub = self.notifications.get_or_subscribe(&hubs, &params);
                 sub.listen(channel).await?;
             }

@@ -21,11 +21,11 @@ impl Session {
             self.user.config.name.clone(),
             fingerprint,
         );
-        let params = match self.proxy.login_params(&key) {
+        let params = match self.runtime.login_params(&key) {
             Some(params) => params,
             None => {
                 let params = self.login_on_server().await?;
-                self.proxy.remember_login_params(key, params.clone());
+                self.runtime.remember_login_params(key, params.clone());
                 Arc::new(params)
             }
         };
@@ -45,7 +45,7 @@ impl Session {
         self.target = self.default_shard();
         let want = if self.shards[self.target]
             .writer()
-            .is_usable(self.topology.now_ms())
+            .is_usable(self.snap.topology.now_ms())
             || !self.route_reads
         {
             Want::Primary

@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use shardgate_jobs::topology::InFlight;
-use shardgate_jobs::{ShardState, Topology};
+use shardgate_jobs::ShardState;
 use shardgate_pool::{ConnectError, Pool, PoolError, PooledConn};
 use shardgate_protocol::batch::{batch_end, continues_batch, BatchEnd};
 use shardgate_protocol::frontend::{self, tag};
@@ -45,11 +45,12 @@ use tokio::sync::futures::OwnedNotified;
 use crate::auth::User;
 use crate::cancel::CancelKey;
 use crate::client_io::ClientStream;
+use crate::clients::ClientInfo;
 use crate::config::PoolMode;
 use crate::prepared::ClientStatements;
-use crate::proxy::Proxy;
 use crate::relay::{Exchange, Expect};
 use crate::routing::{RoutingState, Want};
+use crate::runtime::{Runtime, Snapshot};
 use crate::state::SessionState;
 
 /// SQL the server rejects, sent to fail a transaction where the proxy itself
@@ -99,6 +100,8 @@ struct Backend {
     /// The client's transaction spread over shards reached this connection
     /// (its BEGIN was sent).
     joined_tx: bool,
+    /// Shows the connection as the client's in the admin console.
+    _link: crate::clients::Linked,
 }
 
 impl Drop for Backend {
@@ -196,10 +199,21 @@ pub(crate) struct VirtualTx {
     pub implicit: bool,
 }
 
+/// Whether any shard has a node besides its primary, so reads are routed.
+fn routes_reads(shards: &[Arc<ShardState>]) -> bool {
+    shards
+        .iter()
+        .any(|s| s.nodes.iter().filter(|n| !n.is_retired()).count() > 1)
+}
+
 /// Everything a session needs that is fixed at login.
 pub struct SessionSetup {
     /// Shared proxy state.
-    pub proxy: Arc<Proxy>,
+    pub runtime: Arc<Runtime>,
+    /// The snapshot the client logged in with.
+    pub snap: Arc<Snapshot>,
+    /// What the client publishes for the admin console.
+    pub info: Arc<ClientInfo>,
     /// The authenticated user.
     pub user: Arc<User>,
     /// Database on the servers.
@@ -218,7 +232,12 @@ pub struct SessionSetup {
 
 /// A logged-in client.
 pub struct Session {
-    proxy: Arc<Proxy>,
+    runtime: Arc<Runtime>,
+    /// The snapshot in force: replaced only between transactions.
+    snap: Arc<Snapshot>,
+    info: Arc<ClientInfo>,
+    /// Whether `info` says the client is in a transaction.
+    published_in_tx: bool,
     user: Arc<User>,
     database: String,
     client: ClientStream,
@@ -229,7 +248,6 @@ pub struct Session {
     backend: Option<Backend>,
     /// Other connections held in a transaction that touched several shards.
     parked: Vec<Backend>,
-    topology: Arc<Topology>,
     /// Every shard's live state.
     shards: Vec<Arc<ShardState>>,
     /// Shard the next statement goes to.
@@ -312,7 +330,9 @@ impl Session {
     /// A session for an authenticated client.
     pub fn new(setup: SessionSetup) -> Session {
         let SessionSetup {
-            proxy,
+            runtime,
+            snap,
+            info,
             user,
             database,
             client,
@@ -321,15 +341,14 @@ impl Session {
             routing,
             cancel,
         } = setup;
-        let mode = proxy.config.proxy.pool_mode;
-        let max_message = proxy.config.proxy.max_message_size;
-        let shutdown = Box::pin(proxy.shutdown_notify.clone().notified_owned());
-        let topology = proxy.topology.clone();
-        let shards = topology.shards.clone();
-        let route_reads = shards.iter().any(|s| s.nodes.len() > 1);
-        let sharded = proxy.sharding.is_some();
+        let mode = snap.config.proxy.pool_mode;
+        let max_message = snap.config.proxy.max_message_size;
+        let shutdown = Box::pin(runtime.shutdown_notify.clone().notified_owned());
+        let shards = snap.topology.shards.clone();
+        let route_reads = routes_reads(&shards);
+        let sharded = snap.sharding.is_some();
         let defer_begin =
-            proxy.config.proxy.defer_begin && mode == PoolMode::Transaction && !sharded;
+            snap.config.proxy.defer_begin && mode == PoolMode::Transaction && !sharded;
         Session {
             defer_begin,
             begin_deferred: false,
@@ -349,7 +368,10 @@ impl Session {
             merged_cursors: Default::default(),
             next_cursor: 0,
             extra_consumed: 0,
-            proxy,
+            runtime,
+            snap,
+            info,
+            published_in_tx: false,
             user,
             database,
             client,
@@ -357,7 +379,6 @@ impl Session {
             cout: BytesMut::with_capacity(4096),
             sout: BytesMut::with_capacity(1024),
             backend: None,
-            topology,
             shards,
             state,
             routing,
@@ -386,6 +407,15 @@ impl Session {
             Ok(()) => self.serve().await,
             Err(e) => Err(e),
         };
+        // Ended by the proxy (KILL CLIENT, user removed): the client saw its
+        // socket close for reading; it is told why.
+        let result = match (self.info.end_reason(), result) {
+            (
+                Some(reason),
+                Ok(()) | Err(SessionError::ClientProtocol(_) | SessionError::ClientIo(_)),
+            ) => Err(SessionError::Fatal(reason.to_pg_error())),
+            (_, r) => r,
+        };
         let result = match result {
             Err(SessionError::ClientProtocol(e)) => {
                 let mut out = BytesMut::new();
@@ -408,11 +438,12 @@ impl Session {
 
     async fn serve(&mut self) -> Result<(), SessionError> {
         loop {
+            self.at_turn()?;
             if let Some(retry) = self.pending_retry.take() {
                 self.retry_read(retry).await?;
             }
             self.flush_client().await?;
-            if self.backend.is_none() && !self.begin_deferred && self.proxy.shutting_down() {
+            if self.backend.is_none() && !self.begin_deferred && self.runtime.shutting_down() {
                 return Err(SessionError::Fatal(shutdown_error()));
             }
             match self.wait().await {
@@ -439,6 +470,63 @@ impl Session {
             self.maybe_release();
             self.deliver_notifications();
         }
+    }
+
+    /// Once per turn of the loop: publishes whether the client is in a
+    /// transaction and, between transactions, takes a newer snapshot.
+    #[inline]
+    fn at_turn(&mut self) -> Result<(), SessionError> {
+        let between = self.between_transactions();
+        if between == self.published_in_tx {
+            self.published_in_tx = !between;
+            self.info.set_in_transaction(!between);
+        }
+        if between && self.runtime.version() != self.snap.version {
+            self.take_snapshot()?;
+        }
+        Ok(())
+    }
+
+    /// Whether the client is between transactions: nothing of a transaction
+    /// is held (in session pooling, the server connection is idle).
+    #[inline]
+    fn between_transactions(&self) -> bool {
+        self.backend.as_ref().is_none_or(|b| b.ex.idle())
+            && self.parked.is_empty()
+            && self.vtx.is_none()
+            && !self.begin_deferred
+            && self.fanout_state.is_none()
+            && self.pending_retry.is_none()
+    }
+
+    /// Switches to the runtime's current snapshot (a reload happened).
+    /// Shard and node indices keep their meaning across snapshots, so an
+    /// attached session-pooled connection stays valid.
+    fn take_snapshot(&mut self) -> Result<(), SessionError> {
+        let snap = self.runtime.snapshot();
+        let Some(user) = snap.users.get(&self.user.config.name) else {
+            return Err(SessionError::Fatal(
+                crate::clients::EndReason::UserRemoved.to_pg_error(),
+            ));
+        };
+        let old = crate::routing::ReadLevel::configured(&self.snap.config, &self.user.config);
+        let new = crate::routing::ReadLevel::configured(&snap.config, &user.config);
+        self.routing.rebase(old, new);
+        self.info.set_consistency(self.routing.level().consistency);
+        self.user = user;
+        self.shards = snap.topology.shards.clone();
+        self.pools = self
+            .shards
+            .iter()
+            .map(|s| vec![None; s.nodes.len()])
+            .collect();
+        self.route_reads = routes_reads(&self.shards);
+        self.gathers = self.route_reads || self.sharded;
+        self.max_message = snap.config.proxy.max_message_size;
+        self.defer_begin =
+            snap.config.proxy.defer_begin && self.mode == PoolMode::Transaction && !self.sharded;
+        self.snap = snap;
+        Ok(())
     }
 
     /// Passes held notifications to the client once it is between
@@ -779,7 +867,7 @@ impl Session {
             }
             return Ok(Want::Primary);
         }
-        let c = self.proxy.classifier.classify(sql);
+        let c = self.snap.classifier.classify(sql);
         let hints = c.hints().map_err(|e| hint_error(e.clone()))?;
         Ok(self.routing.want(c.route, hints))
     }

@@ -30,7 +30,7 @@ pub(super) struct PendingRetry {
 impl Session {
     /// The shard unrouted statements go to.
     pub(super) fn default_shard(&self) -> usize {
-        self.proxy.default_shard()
+        self.snap.default_shard()
     }
 
     /// The pool of node `index` of `shard`, looked up on first use.
@@ -38,7 +38,8 @@ impl Session {
         let slot = &mut self.pools[shard][index];
         slot.get_or_insert_with(|| {
             let addr = &self.shards[shard].nodes[index].addr;
-            self.proxy.pool(addr, &self.user, &self.database)
+            self.runtime
+                .pool(&self.snap, addr, &self.user, &self.database)
         })
     }
 
@@ -52,7 +53,12 @@ impl Session {
                 replica: false,
             });
         }
-        choose(state, want, self.routing.min_lsn, self.topology.now_ms())
+        choose(
+            state,
+            want,
+            self.routing.min_lsn,
+            self.snap.topology.now_ms(),
+        )
     }
 
     /// Chooses a node of `shard` for `want` and gets a connection to it; an
@@ -62,6 +68,12 @@ impl Session {
         shard: usize,
         want: Want,
     ) -> Result<(PooledConn, Choice), PgError> {
+        if self.runtime.pause.any() && self.backend.is_none() && self.parked.is_empty() {
+            // A new transaction on a paused shard waits for RESUME.
+            self.info.set_state(crate::clients::ClientState::Waiting);
+            self.runtime.pause.wait_open(shard).await;
+            self.info.set_state(crate::clients::ClientState::Idle);
+        }
         let attempts = self.shards[shard].nodes.len();
         let mut last_err = None;
         for _ in 0..attempts {
@@ -70,7 +82,18 @@ impl Session {
                 Err(e) => return Err(last_err.unwrap_or(e)),
             };
             let pool = self.pool_of(shard, choice.node.index).clone();
-            match pool.get().await {
+            let conn = match pool.get_idle() {
+                Some(conn) => Ok(conn),
+                None => {
+                    self.info.set_state(crate::clients::ClientState::Waiting);
+                    let got = pool.get().await;
+                    if got.is_err() {
+                        self.info.set_state(crate::clients::ClientState::Idle);
+                    }
+                    got
+                }
+            };
+            match conn {
                 Ok(conn) => return Ok((conn, choice)),
                 Err(e) if connect_timed_out(&e) && choice.node.answered_lately() => {
                     // The node answers other clients: a stalled machine or a
@@ -80,9 +103,11 @@ impl Session {
                     return Err(pool_error(&e));
                 }
                 Err(e) if node_unreachable(&e) => {
-                    choice
-                        .node
-                        .ban(self.topology.now_ms(), self.proxy.ban_ms(), &e.to_string());
+                    choice.node.ban(
+                        self.snap.topology.now_ms(),
+                        self.snap.ban_ms(),
+                        &e.to_string(),
+                    );
                     pool.drain_idle();
                     last_err = Some(pool_error(&e));
                     if !choice.replica && want == Want::Primary {
@@ -107,7 +132,7 @@ impl Session {
         // Only the primary: picking a replica rotates between replicas, and
         // a pick here followed by another in `checkout` (no idle connection)
         // would skip one replica every time.
-        if !self.parked.is_empty() || want != Want::Primary {
+        if !self.parked.is_empty() || want != Want::Primary || self.runtime.pause.any() {
             return false;
         }
         let Ok(choice) = self.pick(shard, want) else {
@@ -339,7 +364,13 @@ impl Session {
             && want == Want::Primary
             && self.route_reads
             && self.routing.level().consistency == Consistency::Session;
+        let _link = self.info.link(crate::clients::ServerLink {
+            addr: conn.addr.clone(),
+            pid: conn.backend_key.0,
+            opened: conn.created,
+        });
         Backend {
+            _link,
             shard,
             conn,
             ex,

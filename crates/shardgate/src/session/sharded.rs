@@ -304,7 +304,7 @@ fn non_transactional(sql: &str) -> bool {
 
 impl Session {
     fn map(&self) -> Arc<ShardMap> {
-        self.proxy
+        self.snap
             .sharding
             .as_ref()
             .expect("sharded session")
@@ -410,7 +410,7 @@ impl Session {
             )),
             ShardPlan::ReferenceWrite | ShardPlan::Broadcast => {
                 if matches!(plan, ShardPlan::Broadcast) {
-                    if let Some(s) = &self.proxy.sharding {
+                    if let Some(s) = &self.snap.sharding {
                         s.catalog.clear();
                     }
                 }
@@ -456,7 +456,7 @@ impl Session {
 
     /// A read over several shards: concatenated, or merged as its plan says.
     async fn merge_dest(&mut self, sql: &str, shards: Vec<usize>) -> Result<Dest, PgError> {
-        let sharding = self.proxy.sharding.as_ref().expect("sharded session");
+        let sharding = self.snap.sharding.as_ref().expect("sharded session");
         if sql.len() > shardgate_router::classify::MAX_PARSE_BYTES {
             // Refused by the merge planner before anything else looks at it.
             let lookup = MapLookup(&sharding.map);
@@ -470,7 +470,7 @@ impl Session {
                 "the user-defined aggregate {name}()"
             )));
         }
-        let sharding = self.proxy.sharding.as_ref().expect("sharded session");
+        let sharding = self.snap.sharding.as_ref().expect("sharded session");
         match &*sharding.merges.plan_cached(sql, &MapLookup(&sharding.map)) {
             Ok(plan) if plan.mode == MergeMode::Concat => Ok(Dest::Many(shards)),
             Ok(plan) => {
@@ -495,7 +495,7 @@ impl Session {
     /// Collation and user-defined aggregates of the client's database.
     async fn database_facts(&mut self) -> Result<Arc<crate::catalog::DatabaseFacts>, PgError> {
         let (addr, user, password) = self.catalog_source_parts();
-        let sharding = self.proxy.sharding.as_ref().expect("sharded session");
+        let sharding = self.snap.sharding.as_ref().expect("sharded session");
         let src = CatalogSource {
             addr: &addr,
             user: &user,
@@ -516,7 +516,7 @@ impl Session {
             None => quote_ident(name),
         };
         let (addr, user, password) = self.catalog_source_parts();
-        let sharding = self.proxy.sharding.as_ref().expect("sharded session");
+        let sharding = self.snap.sharding.as_ref().expect("sharded session");
         let src = CatalogSource {
             addr: &addr,
             user: &user,
@@ -730,7 +730,7 @@ impl Session {
     }
 
     fn is_write(&self, sql: &str) -> bool {
-        self.proxy.classifier.classify(sql).route != shardgate_router::Route::Read
+        self.snap.classifier.classify(sql).route != shardgate_router::Route::Read
     }
 
     /// Whether a statement over several shards is a write whose answers
@@ -749,7 +749,7 @@ impl Session {
 
     /// The cached plan of one statement, literals resolved.
     pub(super) fn plan_of(&self, sql: &str) -> ShardPlan {
-        let sharding = self.proxy.sharding.as_ref().expect("sharded session");
+        let sharding = self.snap.sharding.as_ref().expect("sharded session");
         let (plan, literals) = sharding.planner.plan_cached(sql, &MapLookup(&sharding.map));
         plan.resolve_literals(&literals)
     }
@@ -848,7 +848,7 @@ impl Session {
             backend::notice("25001", "there is already a transaction in progress", out);
         } else {
             let read_only = matches!(
-                self.proxy.classifier.classify(sql).route,
+                self.snap.classifier.classify(sql).route,
                 shardgate_router::Route::Begin { read_only: true }
             );
             self.vtx = Some(VirtualTx {
@@ -959,7 +959,7 @@ impl Session {
             ));
         }
         parse_hints(p.query).map_err(super::hint_error)?;
-        Ok(self.proxy.statements.intern(p.query, p.param_types))
+        Ok(self.runtime.statements.intern(p.query, p.param_types))
     }
 
     /// Bind in the extended protocol: the parameters decide the shard.
@@ -993,7 +993,7 @@ impl Session {
             }
         }
         let plan = self.plan_of(&stmt.query);
-        let hints = stmt.routing(&self.proxy.classifier).hints.clone();
+        let hints = stmt.routing(&self.snap.classifier).hints.clone();
         let dest = match self.dest_for(&stmt.query, &plan, &hints, Some(bind)).await {
             Ok(d) => d,
             Err(e) => return self.refuse_pg(e),
@@ -1029,7 +1029,7 @@ impl Session {
                     .await
             }
             Dest::Many(shards) => {
-                let sharding = self.proxy.sharding.as_ref().expect("sharded session");
+                let sharding = self.snap.sharding.as_ref().expect("sharded session");
                 let lookup = MapLookup(&sharding.map);
                 match &*sharding.merges.plan_cached(&stmt.query, &lookup) {
                     Ok(plan) => {

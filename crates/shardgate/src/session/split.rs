@@ -146,7 +146,7 @@ impl Session {
                         return Ok(None);
                     };
                     let sp = self.plan_of(&stmt.query);
-                    let hints = stmt.routing(&self.proxy.classifier).hints.clone();
+                    let hints = stmt.routing(&self.snap.classifier).hints.clone();
                     let slot = plan.slots.len();
                     match self.dest_for(&stmt.query, &sp, &hints, Some(&bind)).await {
                         Ok(Dest::One(shard)) => {
