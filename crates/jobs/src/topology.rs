@@ -48,6 +48,8 @@ pub struct NodeState {
     /// client; 0 if none ever did.
     answered_epoch: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// Times the node was banned.
+    bans: AtomicU64,
 }
 
 impl NodeState {
@@ -67,7 +69,13 @@ impl NodeState {
             check_epoch: AtomicU64::new(1),
             answered_epoch: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            bans: AtomicU64::new(0),
         }
+    }
+
+    /// How often the node was banned since the proxy started.
+    pub fn ban_count(&self) -> u64 {
+        self.bans.load(Ordering::Relaxed)
     }
 
     /// Whether the node is banned at `now_ms`.
@@ -213,6 +221,7 @@ impl NodeState {
             .store(now_ms + ban_ms.max(1), Ordering::Relaxed);
         *self.last_error.lock().expect("node error lock") = Some(reason.to_owned());
         if was {
+            self.bans.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(node = %self.addr, shard = self.shard, ban_ms, reason, "node banned");
         }
         was
@@ -340,6 +349,8 @@ pub struct ShardState {
     /// Index of the node the configuration names primary.
     configured_primary: usize,
     writer: AtomicUsize,
+    /// Times a replica took over writes.
+    failovers: Arc<AtomicU64>,
     turn: AtomicUsize,
     history: Mutex<VecDeque<(u64, u64)>>,
 }
@@ -348,6 +359,11 @@ impl ShardState {
     /// The node that takes writes, even if it is down (`None` only if fenced away).
     pub fn writer(&self) -> &Arc<NodeState> {
         &self.nodes[self.writer.load(Ordering::Relaxed)]
+    }
+
+    /// How often a replica took over writes since the proxy started.
+    pub fn failover_count(&self) -> u64 {
+        self.failovers.load(Ordering::Relaxed)
     }
 
     /// The node the configuration names primary.
@@ -364,6 +380,7 @@ impl ShardState {
     pub fn promote(&self, index: usize) {
         let old = self.writer.swap(index, Ordering::Relaxed);
         if old != index {
+            self.failovers.fetch_add(1, Ordering::Relaxed);
             self.nodes[old].fence();
             tracing::warn!(shard = self.index, new_primary = %self.nodes[index].addr, old_primary = %self.nodes[old].addr,
                 "replica promoted: it now takes writes; the old primary is fenced until an operator lifts it (restart or RELOAD)");
@@ -476,6 +493,7 @@ impl Topology {
                     nodes,
                     configured_primary: 0,
                     writer: AtomicUsize::new(0),
+                    failovers: Default::default(),
                     turn: AtomicUsize::new(0),
                     history: Mutex::new(VecDeque::new()),
                 })
@@ -578,6 +596,7 @@ impl ShardState {
             nodes,
             configured_primary: configured,
             writer: AtomicUsize::new(writer),
+            failovers: self.failovers.clone(),
             turn: AtomicUsize::new(0),
             history: Mutex::new(self.history.lock().expect("history lock").clone()),
         }

@@ -112,7 +112,7 @@ pub struct ServerConn {
     pub retire_at: Instant,
     /// What the current loan did (requests, bytes, errors): counted by the
     /// session without atomics, added to the pool's totals when it returns.
-    pub loan: crate::pool::Totals,
+    pub loan: crate::pool::Loan,
 }
 
 impl ServerConn {

@@ -21,5 +21,5 @@ mod prepared;
 mod tests;
 
 pub use conn::{CancelHandle, ConnectError, ConnectParams, ServerConn};
-pub use pool::{Pool, PoolConfig, PoolError, PoolKey, PoolStats, PooledConn, Pools, Totals};
+pub use pool::{Loan, Pool, PoolConfig, PoolError, PoolKey, PoolStats, PooledConn, Pools, Totals};
 pub use prepared::PreparedSet;

@@ -84,6 +84,8 @@ pub struct PoolStats {
     pub max_size: u64,
     /// What returned loans did.
     pub totals: Totals,
+    /// Server errors by SQLSTATE class.
+    pub error_classes: Vec<([u8; 2], u64)>,
 }
 
 struct Inner {
@@ -134,6 +136,8 @@ pub struct Totals {
     pub loans: u64,
     /// Microseconds connections were lent.
     pub lent_us: u64,
+    /// Microseconds clients' statements took (sent until answered).
+    pub query_us: u64,
     /// Requests answered (ReadyForQuery received).
     pub queries: u64,
     /// Bytes sent to the server.
@@ -144,8 +148,46 @@ pub struct Totals {
     pub errors: u64,
 }
 
+/// What one loan of a connection did: counted by the session that holds
+/// it (no atomics), added to its pool's totals when it comes back.
+#[derive(Debug, Default)]
+pub struct Loan {
+    /// Requests answered (client cycles that ended with ReadyForQuery).
+    pub queries: u64,
+    /// Microseconds the client's statements took.
+    pub query_us: u64,
+    /// Bytes sent to the server.
+    pub bytes_sent: u64,
+    /// Bytes received from the server.
+    pub bytes_received: u64,
+    /// SQLSTATE classes of the errors the server sent.
+    pub error_classes: Vec<[u8; 2]>,
+}
+
+impl Loan {
+    /// Records an ErrorResponse by its SQLSTATE class (`fields` is the
+    /// message body).
+    pub fn note_error(&mut self, fields: &[u8]) {
+        let mut rest = fields;
+        while let Some((&kind, tail)) = rest.split_first() {
+            if kind == 0 {
+                break;
+            }
+            let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+            if kind == b'C' && end >= 2 {
+                self.error_classes.push([tail[0], tail[1]]);
+                return;
+            }
+            rest = tail.get(end + 1..).unwrap_or(&[]);
+        }
+        self.error_classes.push(*b"XX");
+    }
+}
+
 /// The state of a pool's `max_size` slots.
 struct Slots {
+    /// Errors by SQLSTATE class.
+    error_classes: Vec<([u8; 2], u64)>,
     /// Limits (a reload may change them).
     config: PoolConfig,
     /// Counters of returned loans.
@@ -316,6 +358,7 @@ impl Pool {
                 key,
                 params: Mutex::new(Arc::new(params)),
                 slots: Mutex::new(Slots {
+                    error_classes: Vec::new(),
                     config,
                     totals: Totals::default(),
                     idle: Vec::new(),
@@ -531,6 +574,7 @@ impl Pool {
             wait_us: inner.wait_us.load(Ordering::Relaxed),
             max_size: slots.config.max_size as u64,
             totals: slots.totals,
+            error_classes: slots.error_classes.clone(),
         }
     }
 
@@ -669,10 +713,21 @@ impl std::ops::DerefMut for PooledConn {
 impl Drop for PooledConn {
     fn drop(&mut self) {
         let mut loan = Totals::default();
+        let mut errors = Vec::new();
         if let Some(conn) = self.conn.as_mut() {
-            loan = std::mem::take(&mut conn.loan);
-            loan.loans = 1;
-            loan.lent_us = conn.last_used.elapsed().as_micros() as u64;
+            let l = &mut conn.loan;
+            loan = Totals {
+                loans: 1,
+                lent_us: conn.last_used.elapsed().as_micros() as u64,
+                queries: std::mem::take(&mut l.queries),
+                query_us: std::mem::take(&mut l.query_us),
+                bytes_sent: std::mem::take(&mut l.bytes_sent),
+                bytes_received: std::mem::take(&mut l.bytes_received),
+                errors: l.error_classes.len() as u64,
+            };
+            if !l.error_classes.is_empty() {
+                errors = std::mem::take(&mut l.error_classes);
+            }
         }
         let grant = match self.conn.take() {
             Some(conn) if conn.broken || !conn.read_buf.is_empty() => {
@@ -688,6 +743,12 @@ impl Drop for PooledConn {
         let surplus = {
             let mut slots = self.pool.lock();
             slots.totals.add(&loan);
+            for class in errors {
+                match slots.error_classes.iter_mut().find(|(c, _)| *c == class) {
+                    Some((_, n)) => *n += 1,
+                    None => slots.error_classes.push((class, 1)),
+                }
+            }
             slots.give_back(grant)
         };
         if let Some(conn) = surplus {
@@ -702,6 +763,7 @@ impl Totals {
     pub fn add(&mut self, other: &Totals) {
         self.loans += other.loans;
         self.lent_us += other.lent_us;
+        self.query_us += other.query_us;
         self.queries += other.queries;
         self.bytes_sent += other.bytes_sent;
         self.bytes_received += other.bytes_received;

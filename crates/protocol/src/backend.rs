@@ -165,12 +165,21 @@ pub fn data_row<S: AsRef<str>>(values: &[Option<S>], out: &mut BytesMut) {
 
 /// Appends NoticeResponse with severity NOTICE.
 pub fn notice(code: &str, message: &str, out: &mut BytesMut) {
+    notice_with("NOTICE", code, message, out);
+}
+
+/// Appends NoticeResponse with severity WARNING.
+pub fn warning(code: &str, message: &str, out: &mut BytesMut) {
+    notice_with("WARNING", code, message, out);
+}
+
+fn notice_with(severity: &str, code: &str, message: &str, out: &mut BytesMut) {
     let start = out.len();
     out.put_u8(tag::NOTICE_RESPONSE);
     out.put_i32(0);
     for (t, v) in [
-        (b'S', "NOTICE"),
-        (b'V', "NOTICE"),
+        (b'S', severity),
+        (b'V', severity),
         (b'C', code),
         (b'M', message),
     ] {

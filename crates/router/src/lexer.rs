@@ -269,6 +269,42 @@ pub fn lean_tokens(sql: &str) -> Vec<Token<'_>> {
     out
 }
 
+/// The fingerprint of `sql` for query statistics: its tokens separated by
+/// one space, every numeric and string literal replaced by `?`, comments
+/// dropped, keywords and unquoted names in lower case; at most `max_len`
+/// bytes (cut at a character boundary, `...` appended). Statements that
+/// differ only in their literals share a fingerprint, and no literal
+/// (no data) reaches the statistics.
+pub fn fingerprint(sql: &str, max_len: usize) -> String {
+    let mut out = String::with_capacity(sql.len().min(max_len) + 3);
+    for t in Lexer::new(sql) {
+        let lower;
+        let piece = match t.kind {
+            TokenKind::Number | TokenKind::String => "?",
+            TokenKind::BlockComment => continue,
+            TokenKind::Word => {
+                lower = t.text.to_ascii_lowercase();
+                &lower
+            }
+            _ => t.text,
+        };
+        if !out.is_empty() && !(t.kind == TokenKind::Semicolon) {
+            out.push(' ');
+        }
+        out.push_str(piece);
+        if out.len() > max_len {
+            let mut cut = max_len;
+            while !out.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            out.truncate(cut);
+            out.push_str("...");
+            break;
+        }
+    }
+    out
+}
+
 /// Splits a query string into statements at top-level semicolons; empty
 /// statements (only whitespace and comments) are dropped. Each item is a slice
 /// of the input without its semicolon.
@@ -398,5 +434,23 @@ mod tests {
             let _ = kinds(s);
             let _ = split_statements(s);
         }
+    }
+
+    #[test]
+    fn fingerprints_drop_literals_and_comments() {
+        assert_eq!(
+            fingerprint("SELECT abalance FROM pgbench_accounts WHERE aid = 42;", 100),
+            "select abalance from pgbench_accounts where aid = ?;"
+        );
+        assert_eq!(
+            fingerprint(
+                "select /* x */ 'secret', E'a\\'' , $1 , 1.5e3 -- c\n FROM \"T\"",
+                100
+            ),
+            "select ? , ? , $1 , ? from \"T\""
+        );
+        assert_eq!(fingerprint("SELECT 1", 100), fingerprint("select   2", 100));
+        let long = fingerprint(&format!("select {}", "é".repeat(100)), 11);
+        assert!(long.ends_with("...") && long.len() <= 14, "{long}");
     }
 }

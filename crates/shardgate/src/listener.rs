@@ -23,6 +23,7 @@ pub async fn serve(
 ) -> Result<(), StartError> {
     let runtime = Arc::new(Runtime::new(config, config_path)?);
     runtime.start_monitors();
+    let metrics = crate::metrics::serve(&runtime).await?;
     recover_in_doubt(&runtime).await;
     let mut hangup = hangup_signal();
     tokio::pin!(stop);
@@ -78,6 +79,9 @@ pub async fn serve(
         );
     }
     runtime.stop_monitors();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     for pool in runtime.pools.all() {
         pool.drain_idle();
     }

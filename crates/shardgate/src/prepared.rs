@@ -26,6 +26,8 @@ pub struct Statement {
     /// transaction can be answered without a server connection.
     validated: std::sync::atomic::AtomicBool,
     routing: std::sync::OnceLock<StatementRouting>,
+    /// Its query statistics counters (found once).
+    pub stats: std::sync::OnceLock<Arc<crate::stats::queries::QueryStat>>,
 }
 
 impl Statement {
@@ -75,6 +77,7 @@ impl StatementRegistry {
             is_set: crate::session::is_set_statement(query),
             validated: Default::default(),
             routing: Default::default(),
+            stats: Default::default(),
         });
         map.entry(query.to_owned()).or_default().push(stmt.clone());
         stmt

@@ -264,6 +264,20 @@ pub struct RelayContext<'a> {
     pub statements: &'a mut ClientStatements,
     /// Where the client's last commit position is recorded.
     pub commit_lsn: &'a mut u64,
+    /// Rows the server reported in CommandComplete tags (query statistics).
+    pub rows: &'a mut u64,
+}
+
+/// The row count at the end of a CommandComplete tag (`SELECT 5`,
+/// `INSERT 0 3`); 0 when there is none.
+#[inline]
+pub fn tag_rows(body: &[u8]) -> u64 {
+    let text = body.strip_suffix(&[0]).unwrap_or(body);
+    let digits = text.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&text[text.len() - digits..])
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Relays every complete message in the server's read buffer.
@@ -334,6 +348,9 @@ pub fn relay(
                 if matches!(t, tag::COPY_IN | tag::COPY_BOTH) {
                     ex.copy_started();
                 }
+                if t == tag::ERROR_RESPONSE {
+                    conn.loan.note_error(&msg[5..]);
+                }
                 if let Err(e) = response(conn, ex, cx, t, msg) {
                     break Err(e);
                 }
@@ -341,6 +358,7 @@ pub fn relay(
         }
     };
     cx.cout.extend_from_slice(&rbuf[run_start..pos]);
+    conn.loan.bytes_received += pos as u64;
     shardgate_protocol::consume_front(&mut rbuf, pos);
     conn.read_buf = rbuf;
     ex.drain_synthetic(cx.cout);
@@ -376,7 +394,10 @@ fn response(
                     ex.hidden_error = ErrorFields::decode(&msg[5..]).ok().map(Box::new);
                 }
                 tag::ERROR_RESPONSE => cx.state.note_error(),
-                tag::COMMAND_COMPLETE if forward => cx.state.note_command_tag(&msg[5..]),
+                tag::COMMAND_COMPLETE if forward => {
+                    *cx.rows += tag_rows(&msg[5..]);
+                    cx.state.note_command_tag(&msg[5..])
+                }
                 _ => {}
             }
             if forward {
@@ -454,6 +475,7 @@ fn response(
                     }
                 }
                 if t == tag::COMMAND_COMPLETE {
+                    *cx.rows += tag_rows(&msg[5..]);
                     cx.state.note_command_tag(&msg[5..]);
                 }
                 cx.cout.extend_from_slice(msg);
@@ -555,6 +577,7 @@ fn ready_for_query(
     ex.skipping = false;
     ex.copy_in = false;
     if client_cycle {
+        conn.loan.queries += 1;
         ex.cycle_done = status == b'I';
         let outcome = cx.state.end_cycle(status);
         if outcome.untracked {

@@ -244,6 +244,8 @@ pub struct Runtime {
     pub clients: ClientRegistry,
     /// `PAUSE` / `RESUME` per shard.
     pub pause: PauseGate,
+    /// Statement statistics, the slow-query log and latency histograms.
+    pub stats: crate::stats::Stats,
     /// Two-phase commit coordinator, when `two_phase_commit = true`.
     pub two_phase: Option<Arc<Coordinator>>,
     /// The connections that LISTEN for clients in transaction pooling.
@@ -279,6 +281,7 @@ impl Runtime {
         let snapshot = Snapshot::build(config, 1, topology, None)?;
         Ok(Runtime {
             pause: PauseGate::new(snapshot.config.shards.len()),
+            stats: crate::stats::Stats::new(snapshot.config.shards.len()),
             current: RwLock::new(Arc::new(snapshot)),
             version: AtomicU64::new(1),
             pools: Pools::new(),

@@ -206,6 +206,13 @@ impl ShardMap {
         out
     }
 
+    /// The hash ring as arcs `(from, to, shard)` of key hashes (xxhash64,
+    /// seed 0, of a key's canonical bytes): both ends inclusive, in order,
+    /// the last one wrapping around zero.
+    pub fn ring_arcs(&self) -> Vec<(u64, u64, usize)> {
+        self.ring.arcs()
+    }
+
     /// The version this map was built with.
     pub fn version(&self) -> u64 {
         self.version

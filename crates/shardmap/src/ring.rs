@@ -63,6 +63,8 @@ impl Hash for CanonicalBytes<'_> {
 /// A ring with `vnodes * weight` points per shard.
 pub(crate) struct Ring {
     ring: HashRing<VNode, XxHash64Seed0>,
+    /// Every point as (hash, shard), sorted by hash.
+    points: Vec<(u64, usize)>,
 }
 
 impl Ring {
@@ -76,9 +78,32 @@ impl Ring {
                 (0..vnodes.saturating_mul(weight)).map(move |vnode| VNode { shard, vnode })
             })
             .collect();
+        let mut points: Vec<(u64, usize)> = nodes
+            .iter()
+            .map(|n| (XxHash64Seed0.hash_one(n), n.shard))
+            .collect();
+        points.sort_unstable();
         let mut ring = HashRing::with_hasher(XxHash64Seed0);
         ring.batch_add(nodes);
-        Ring { ring }
+        Ring { ring, points }
+    }
+
+    /// The ring as arcs `(from, to, shard)` of 64-bit key hashes, both ends
+    /// inclusive, in order: a key whose hash falls in an arc goes to its
+    /// shard. The last arc wraps around zero (`from > to`).
+    pub(crate) fn arcs(&self) -> Vec<(u64, u64, usize)> {
+        let n = self.points.len();
+        (0..n)
+            .map(|i| {
+                let (to, shard) = self.points[i];
+                let from = if i == 0 {
+                    self.points[n - 1].0.wrapping_add(1)
+                } else {
+                    self.points[i - 1].0 + 1
+                };
+                (from, to, shard)
+            })
+            .collect()
     }
 
     /// The number of points on the ring.
@@ -116,6 +141,28 @@ mod tests {
             XxHash64Seed0.hash_one(CanonicalBytes(b"")),
             XxHash64::oneshot(SEED, b"")
         );
+    }
+
+    #[test]
+    fn arcs_say_where_every_key_goes() {
+        let ring = Ring::new(&[1, 2], 8);
+        let arcs = ring.arcs();
+        assert_eq!(arcs.len(), 24);
+        for key in 0..2000u32 {
+            let bytes = key.to_le_bytes();
+            let h = XxHash64::oneshot(SEED, &bytes);
+            let arc = arcs
+                .iter()
+                .find(|&&(from, to, _)| {
+                    if from <= to {
+                        (from..=to).contains(&h)
+                    } else {
+                        h >= from || h <= to
+                    }
+                })
+                .expect("the arcs cover every hash");
+            assert_eq!(Some(arc.2), ring.shard_of(&bytes), "key {key}");
+        }
     }
 
     #[test]

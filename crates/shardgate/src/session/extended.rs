@@ -116,7 +116,7 @@ impl Session {
             && self.plain_batches_apply()
         {
             if let Some(len) = plain_batch(rest, self.max_message) {
-                return self.forward_plain_batch(msg, &rest[..len]).await;
+                return self.forward_plain_batch(msg, p.query, &rest[..len]).await;
             }
         }
         let want = match self.want_for_scanned(p.query, scan.shardgate) {
@@ -139,6 +139,9 @@ impl Session {
                 self.unnamed_route = Some(StatementRouting::of(p.query, &self.snap.classifier));
             }
             if self.attach_extended(msg, want, rest).await? {
+                if p.name.is_empty() {
+                    self.cycle_starts(p.query);
+                }
                 self.forward(
                     msg,
                     Expect::Parse {
@@ -207,20 +210,26 @@ impl Session {
     /// ReadyForQuery) instead of message by message: nothing in it needs
     /// tracking. A plain SELECT from a driver without named statements
     /// (pgbench `-M extended`, libpq's `PQexecParams`) takes this path.
-    async fn forward_plain_batch(&mut self, parse: &[u8], tail: &[u8]) -> Result<(), SessionError> {
+    async fn forward_plain_batch(
+        &mut self,
+        parse: &[u8],
+        sql: &str,
+        tail: &[u8],
+    ) -> Result<(), SessionError> {
         if self.backend.is_none() && !self.attach(Proto::Extended, Want::Primary).await? {
             // The error is sent; the normal path skips the rest until Sync.
             self.unnamed_set = None;
             self.bound_set = None;
             return Ok(());
         }
-        self.queue_plain_batch(parse, tail);
+        self.queue_plain_batch(parse, sql, tail);
         Ok(())
     }
 
     /// Queues a plain batch for the attached connection (see
     /// [`Session::forward_plain_batch`]).
-    fn queue_plain_batch(&mut self, parse: &[u8], tail: &[u8]) {
+    fn queue_plain_batch(&mut self, parse: &[u8], sql: &str, tail: &[u8]) {
+        self.cycle_starts(sql);
         self.unnamed_set = None;
         self.bound_set = None;
         self.sout.extend_from_slice(parse);
@@ -259,7 +268,7 @@ impl Session {
         } else if !self.attach_now(Want::Primary) {
             return Ok(false);
         }
-        self.queue_plain_batch(msg, &rest[..len]);
+        self.queue_plain_batch(msg, p.query, &rest[..len]);
         Ok(true)
     }
 
@@ -395,6 +404,7 @@ impl Session {
     /// Forwards a Bind of the client's statement `stmt` under its proxy name,
     /// preparing it on the attached connection first if needed.
     pub(super) fn bind_prepared(&mut self, msg: &[u8], bind: &Bind<'_>, stmt: &Arc<Statement>) {
+        self.cycle_starts_statement(stmt);
         let b = self.backend.as_mut().expect("attached");
         if !b.conn.prepared.touch(stmt.id) {
             self.prepare_on_server(stmt, false, None);

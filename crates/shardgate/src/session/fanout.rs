@@ -195,6 +195,7 @@ impl Session {
                 out.clear();
                 continue;
             }
+            part.b.conn.loan.bytes_sent += out.len() as u64;
             if let Err(e) = part.b.conn.stream.write_all(out).await {
                 fail_part(
                     part,
@@ -412,6 +413,7 @@ impl Session {
                 btag::READY_FOR_QUERY => {
                     let status = msg.get(5).copied().unwrap_or(b'E');
                     part.b.ex.status = status;
+                    part.b.conn.loan.queries += 1;
                     part.done = Some(status);
                 }
                 btag::ROW_DESCRIPTION => {
@@ -540,8 +542,9 @@ pub(super) async fn read_any(
                 cx,
                 &mut conn.read_buf,
             ) {
-                if matches!(r, Ok(n) if n > 0) {
+                if let Ok(n @ 1..) = r {
                     p.b.node.node().note_answer();
+                    conn.loan.bytes_received += n as u64;
                 }
                 return Poll::Ready(Ok((i, r)));
             }

@@ -135,6 +135,7 @@ impl Session {
                 Ok((mut part, mut out)) => {
                     part.skip_parse = 1;
                     out.extend_from_slice(&batch);
+                    part.b.conn.loan.bytes_sent += out.len() as u64;
                     if let Err(e) = part.b.conn.stream.write_all(&out).await {
                         part.b.conn.broken = true;
                         for p in parts {

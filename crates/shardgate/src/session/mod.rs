@@ -19,6 +19,7 @@ mod merge;
 mod server;
 mod sharded;
 mod split;
+mod timing;
 
 pub(crate) use extended::is_set_statement;
 
@@ -324,6 +325,10 @@ pub struct Session {
     /// The current batch was checked for statements on several shards
     /// (see `split`); reset at its Sync.
     split_checked: bool,
+    /// The statement running now, for the query statistics.
+    cycle: Option<timing::Cycle>,
+    /// Query statistics counters by hash of the raw statement text.
+    stat_cache: std::collections::HashMap<u64, Arc<crate::stats::queries::QueryStat>>,
 }
 
 impl Session {
@@ -350,6 +355,8 @@ impl Session {
         let defer_begin =
             snap.config.proxy.defer_begin && mode == PoolMode::Transaction && !sharded;
         Session {
+            cycle: None,
+            stat_cache: Default::default(),
             defer_begin,
             begin_deferred: false,
             notifications: Default::default(),
@@ -631,6 +638,7 @@ impl Session {
             self.sout.clear();
             return Ok(());
         };
+        b.conn.loan.bytes_sent += self.sout.len() as u64;
         let written = crate::tcp::write_all(&b.conn.stream, &self.sout).await;
         self.sout.clear();
         if let Err(e) = written {
@@ -705,6 +713,9 @@ impl Session {
                     // is not scanned and classified again.
                     if self.attach(Proto::Simple, want).await? {
                         self.start_retry(msg);
+                        if let Ok(sql) = frontend::parse_query(&msg[5..]) {
+                            self.cycle_starts(sql);
+                        }
                         self.forward(msg, Expect::Query { forward: true });
                     }
                     Flow::Continue
@@ -936,6 +947,7 @@ impl Session {
                 self.start_retry(msg);
             }
         }
+        self.cycle_starts(sql);
         self.forward(msg, Expect::Query { forward: true });
         Ok(Now::Done)
     }
@@ -992,6 +1004,7 @@ impl Session {
             }
             self.start_retry(msg);
         }
+        self.cycle_starts(sql);
         self.forward(msg, Expect::Query { forward: true });
         if scan.set {
             self.restore_startup_values(sql);

@@ -428,16 +428,23 @@ impl Session {
             return Ok(());
         };
         b.node.node().note_answer();
+        let mut rows = 0;
         let mut cx = RelayContext {
             cout: &mut self.cout,
             state: &mut self.state,
             statements: &mut self.statements,
             commit_lsn: &mut self.routing.min_lsn,
+            rows: &mut rows,
         };
         if let Err(e) = relay(&mut b.conn, &mut b.ex, &mut cx) {
             tracing::error!(server = %b.conn.addr, error = %e, "server broke the protocol");
             return self.server_lost(format!("protocol error from server: {e}"));
         }
+        if let Some(c) = self.cycle.as_mut() {
+            c.rows += rows;
+        }
+        self.cycle_check_end();
+        let b = self.backend.as_mut().expect("attached above");
         if let Some(r) = &b.retry {
             // A complete answer, or one too large to hold, goes to the client;
             // the read cannot run again after that.

@@ -691,6 +691,7 @@ impl Session {
                     if self.vtx.is_none() {
                         self.start_retry(msg);
                     }
+                    self.cycle_starts(sql);
                     self.forward(msg, crate::relay::Expect::Query { forward: true });
                     if shardgate_router::quick_scan(sql).set {
                         self.restore_startup_values(sql);
@@ -703,18 +704,27 @@ impl Session {
                 let wrap = self.is_write(sql) && !non_transactional(sql);
                 let mut q = BytesMut::new();
                 frontend::encode_query(sql, &mut q);
-                let requests = shards.into_iter().map(|s| (s, q.clone())).collect();
+                let requests: Vec<(usize, BytesMut)> =
+                    shards.into_iter().map(|s| (s, q.clone())).collect();
                 let mut opts = FanOpts::new(want);
                 opts.wrap = wrap;
                 opts.sum = !copies;
-                self.fanout(requests, opts).await
+                let used: Vec<usize> = requests.iter().map(|(s, _)| *s).collect();
+                let timing = self.fanout_starts(sql);
+                let r = self.fanout(requests, opts).await;
+                self.fanout_ends(timing, &used);
+                r
             }
             Dest::Merge(shards, plan, collation) => {
                 let req = MergeRequest::simple(collation, None);
-                self.merge_query(shards, plan, want, req).await
+                let used = shards.clone();
+                let timing = self.fanout_starts(sql);
+                let r = self.merge_query(shards, plan, want, req).await;
+                self.fanout_ends(timing, &used);
+                r
             }
             Dest::Split(parts) => {
-                let requests = parts
+                let requests: Vec<(usize, BytesMut)> = parts
                     .into_iter()
                     .map(|(s, text)| {
                         let mut q = BytesMut::new();
@@ -724,7 +734,11 @@ impl Session {
                     .collect();
                 let mut opts = FanOpts::new(want);
                 opts.wrap = true;
-                self.fanout(requests, opts).await
+                let used: Vec<usize> = requests.iter().map(|(s, _)| *s).collect();
+                let timing = self.fanout_starts(sql);
+                let r = self.fanout(requests, opts).await;
+                self.fanout_ends(timing, &used);
+                r
             }
         }
     }

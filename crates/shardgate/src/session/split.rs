@@ -316,6 +316,7 @@ impl Session {
             // Inside the transaction a Sync commits nothing; it ends the
             // shard's batch, and an error's skipping, there.
             frontend::encode_empty(tag::SYNC, &mut out);
+            part.b.conn.loan.bytes_sent += out.len() as u64;
             if let Err(e) = part.b.conn.stream.write_all(&out).await {
                 tracing::warn!(server = %part.b.conn.addr, error = %e, "write to a shard failed");
                 part.b.conn.broken = true;

@@ -1,0 +1,38 @@
+//! `shardgate.help` (`SHOW HELP`): the commands and the tables.
+
+use shardgate_admin::{columns, Table};
+
+use super::{text, TABLES};
+
+/// The commands, with their syntax.
+const COMMANDS: &[(&str, &str)] = &[
+    ("SELECT ... FROM shardgate.<table>", "any read-only SQL over the tables below (SQLite's dialect: joins, GROUP BY, $1 parameters)"),
+    ("SHOW <table>", "the same as SELECT * FROM shardgate.<table> (SHOW REPLICATION is nodes)"),
+    ("RELOAD", "read proxy.toml again and apply it; errors name the key and line, and nothing changes"),
+    ("SET <key> = <value>", "change a reloadable setting until the next RELOAD (shardgate.config lists them)"),
+    ("PAUSE [SHARD n]", "new transactions wait; returns once running ones finished"),
+    ("RESUME [SHARD n]", "end a PAUSE"),
+    ("BAN 'host:port' [FOR '30s']", "no traffic to the node for that long (default routing.ban_ms)"),
+    ("UNBAN 'host:port'", "lift a ban or a DRAIN"),
+    ("DRAIN 'host:port'", "no new traffic to the node; in-flight work finishes, then its pools close"),
+    ("KILL CLIENT <id>", "end a client's session (its open transaction rolls back)"),
+    ("SHUTDOWN", "stop accepting clients, let open transactions finish, exit"),
+];
+
+/// Rows: commands, then `shardgate.<table>` for each table.
+pub fn table() -> Table {
+    let rows = COMMANDS
+        .iter()
+        .map(|(c, d)| vec![text(*c), text(*d)])
+        .chain(
+            TABLES
+                .iter()
+                .map(|(t, d)| vec![text(format!("shardgate.{t}")), text(*d)]),
+        )
+        .collect();
+    Table {
+        name: "help",
+        columns: columns![command: Text, description: Text],
+        rows,
+    }
+}
