@@ -51,6 +51,13 @@ if ! python3 -c 'import asyncpg' >/dev/null 2>&1; then
     || { "${sudo_cmd[@]}" apt-get install -y -qq python3-asyncpg >/dev/null; }
   python3 -c 'import asyncpg' || { echo "deps: could not install asyncpg" >&2; exit 1; }
 fi
+if ! python3 -c 'import prometheus_client' >/dev/null 2>&1; then
+  echo "deps: installing prometheus_client (the metrics test parses /metrics with it)" >&2
+  python3 -m pip install --quiet prometheus_client 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages prometheus_client 2>/dev/null \
+    || { "${sudo_cmd[@]}" apt-get install -y -qq python3-prometheus-client >/dev/null; }
+  python3 -c 'import prometheus_client' || { echo "deps: could not install prometheus_client" >&2; exit 1; }
+fi
 
 node_dir="$(cd "$(dirname "$0")/.." && pwd)/tests/clients/node"
 if [ ! -d "$node_dir/node_modules/pg" ] || [ ! -d "$node_dir/node_modules/pg-cursor" ] \

@@ -49,13 +49,19 @@ async fn connect_with(proxy: &Proxy, options: &str) -> tokio_postgres::Client {
     connect(&format!("{} options='{options}'", proxy.app())).await
 }
 
-/// The admin console's view of node `node` of shard 0: (state, lag_ms).
-async fn admin_node(proxy: &Proxy, node: usize) -> (String, Option<u64>) {
+/// The admin console's view of node `node` of shard 0 (0 is the
+/// primary, then the replicas): (state, lag_ms).
+async fn admin_node(proxy: &Proxy, c: &Cluster, node: usize) -> (String, Option<u64>) {
+    let s = c.shard(0);
+    let addr = match node {
+        0 => s.primary.addr(),
+        n => s.replicas[n - 1].addr(),
+    };
     let admin = connect(&proxy.conninfo("ops", "ops", "shardgate")).await;
     let rows = admin.simple_query("SHOW REPLICATION").await.unwrap();
     for m in rows {
         if let SimpleQueryMessage::Row(r) = m {
-            if r.get("node") == Some(&node.to_string()) {
+            if r.get("node") == Some(addr.as_str()) {
                 return (
                     r.get("state").unwrap().to_owned(),
                     r.get("lag_ms").and_then(|v| v.parse().ok()),
@@ -362,10 +368,10 @@ async fn bounded_staleness_follows_measured_lag() {
     r1.psql("app", "SELECT pg_wal_replay_pause()").unwrap();
     let paused1 = Instant::now();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (_, lag_a) = admin_node(&proxy, 1).await;
+    let (_, lag_a) = admin_node(&proxy, &c, 1).await;
     let at_a = Instant::now();
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let (_, lag_b) = admin_node(&proxy, 1).await;
+    let (_, lag_b) = admin_node(&proxy, &c, 1).await;
     let grew = lag_b.unwrap() as i64 - lag_a.unwrap() as i64;
     let wall = at_a.elapsed().as_millis() as i64;
     assert!(
@@ -691,7 +697,7 @@ async fn replica_crash_under_read_load_is_invisible() {
     let stopped = Instant::now();
     let mut banned_after = None;
     while stopped.elapsed() < Duration::from_secs(5) {
-        if admin_node(&proxy, 1).await.0 == "banned" {
+        if admin_node(&proxy, &c, 1).await.0 == "banned" {
             banned_after = Some(stopped.elapsed());
             break;
         }
@@ -834,7 +840,8 @@ async fn promoted_replica_takes_writes() {
             .await
             .expect("reads keep working");
     }
-    assert_eq!(admin_node(&proxy, 0).await.0, "banned");
+    // The old primary is out of rotation for good: fenced.
+    assert_eq!(admin_node(&proxy, &c, 0).await.0, "fenced");
     println!("writes on the promoted replica after {took:?}");
 }
 
@@ -890,7 +897,7 @@ async fn stalled_health_check_does_not_ban_a_serving_node() {
     let mut states = Vec::new();
     let mut reconnected = false;
     while frozen.elapsed() < Duration::from_secs(3) {
-        states.push(admin_node(&proxy, 0).await.0);
+        states.push(admin_node(&proxy, &c, 0).await.0);
         reconnected |= monitor_pids(primary).len() > 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -921,7 +928,7 @@ async fn stalled_health_check_does_not_ban_a_serving_node() {
     send_signal(idle, "-STOP");
     let frozen = Instant::now();
     let banned = loop {
-        if admin_node(&proxy, 0).await.0 == "banned" {
+        if admin_node(&proxy, &c, 0).await.0 == "banned" {
             break frozen.elapsed();
         }
         assert!(
@@ -932,7 +939,7 @@ async fn stalled_health_check_does_not_ban_a_serving_node() {
     };
     send_signal(idle, "-CONT");
     let lifted = Instant::now();
-    while admin_node(&proxy, 0).await.0 == "banned" {
+    while admin_node(&proxy, &c, 0).await.0 == "banned" {
         assert!(
             lifted.elapsed() < Duration::from_secs(10),
             "the ban never lifted"
@@ -1089,7 +1096,7 @@ async fn slow_logins_to_a_serving_node_do_not_ban_it() {
     }
     let mut states = Vec::new();
     for _ in 0..20 {
-        states.push(admin_node(&proxy, 0).await.0);
+        states.push(admin_node(&proxy, &c, 0).await.0);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     send_signal(postmaster, "-CONT");

@@ -1,6 +1,6 @@
 //! Deciding where a statement may run: on a replica (reads), on the primary
 //! (writes and anything not understood), or whether it starts or ends a
-//! transaction or only changes session state (DESIGN.md §2).
+//! transaction or only changes session state (docs/ARCHITECTURE.md §7).
 //!
 //! How a statement is decided:
 //! 1. The query string is split into statements with the [lexer](crate::lexer)
@@ -21,7 +21,7 @@
 //!    `TABLE name`.
 //!
 //! The parsed tree is only looked at, never printed: the proxy forwards the
-//! client's original text (DESIGN.md §8).
+//! client's original text (docs/ARCHITECTURE.md §10).
 
 use std::cell::RefCell;
 use std::collections::HashSet;

@@ -4,7 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// How stale a read may be, which decides whether a replica may serve it
-/// (DESIGN.md §2).
+/// (docs/ARCHITECTURE.md §7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Consistency {
     /// Reads go to the primary.

@@ -1,5 +1,5 @@
 //! `COPY` statements and the rows of a `COPY ... FROM STDIN` stream
-//! (DESIGN.md §3 "COPY FROM rows", §4 "COPY FROM: split by shard").
+//! (docs/ARCHITECTURE.md §8 "Finding the key", §9).
 //!
 //! - [`parse_copy`] reads a `COPY` statement with the lexer, in the option
 //!   syntax of PostgreSQL 9.0+ (`WITH (FORMAT csv, HEADER, FREEZE ON)`,

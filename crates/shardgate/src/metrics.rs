@@ -500,33 +500,20 @@ impl Collector for RuntimeCollector {
         )?;
         family(&mut enc, "shardgate_fanout_shards", "Shards those statements ran on, in total (divide by shardgate_fanout_statements for the mean width).", MetricType::Counter,
             [(no_labels(), counter(rt.stats.fanout_shards.load(std::sync::atomic::Ordering::Relaxed)))])?;
+        let tp = rt.two_phase.as_ref();
         family(
             &mut enc,
             "shardgate_two_phase_commits",
-            "Transactions committed with two-phase commit.",
+            "Transactions committed with two-phase commit (decisions recorded).",
             MetricType::Counter,
-            [(
-                no_labels(),
-                counter(
-                    rt.stats
-                        .twophase_commits
-                        .load(std::sync::atomic::Ordering::Relaxed),
-                ),
-            )],
+            [(no_labels(), counter(tp.map_or(0, |c| c.commits())))],
         )?;
         family(
             &mut enc,
             "shardgate_two_phase_recovered",
             "In-doubt two-phase transactions finished by recovery.",
             MetricType::Counter,
-            [(
-                no_labels(),
-                counter(
-                    rt.stats
-                        .twophase_recovered
-                        .load(std::sync::atomic::Ordering::Relaxed),
-                ),
-            )],
+            [(no_labels(), counter(tp.map_or(0, |c| c.recovered())))],
         )?;
         family(
             &mut enc,

@@ -1,7 +1,7 @@
 //! Changing a running proxy: RELOAD and SIGHUP (the file again), `SET`
 //! (one setting), `DRAIN`. A change is validated whole, then swapped in as a
 //! new snapshot that sessions take at their next transaction boundary;
-//! pools and monitors follow. See docs/ARCHITECTURE.md, "Reload".
+//! pools and monitors follow. See docs/ARCHITECTURE.md §4.
 
 use std::sync::Arc;
 use std::time::Duration;

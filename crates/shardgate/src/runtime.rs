@@ -1,7 +1,7 @@
 //! The proxy's shared state: one [`Runtime`] per process, holding the
 //! current [`Snapshot`] (configuration, users, shard map, topology) that a
 //! reload swaps atomically, and the registries that live across snapshots
-//! (pools, clients, cancel keys, statistics). See docs/ARCHITECTURE.md,
+//! (pools, clients, cancel keys, statistics). See docs/ARCHITECTURE.md §3
 //! "The runtime snapshot".
 
 use std::collections::HashMap;

@@ -27,6 +27,10 @@ pub struct Coordinator {
     file: Mutex<File>,
     instance: u64,
     next: AtomicU64,
+    /// Commit decisions recorded.
+    commits: AtomicU64,
+    /// In-doubt transactions finished by recovery.
+    recovered: AtomicU64,
 }
 
 /// Why the decision could not be recorded.
@@ -53,6 +57,8 @@ impl Coordinator {
             file: Mutex::new(file),
             instance: rand::rng().random::<u64>() >> 16,
             next: AtomicU64::new(1),
+            commits: AtomicU64::new(0),
+            recovered: AtomicU64::new(0),
         })
     }
 
@@ -82,7 +88,19 @@ impl Coordinator {
 
     /// Records, durably, that `gid` commits.
     pub fn decide_commit(&self, gid: &str) -> Result<(), LogError> {
-        self.append(&format!("commit {gid}\n"), true)
+        self.append(&format!("commit {gid}\n"), true)?;
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Commit decisions recorded since start.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// In-doubt transactions recovery finished since start.
+    pub fn recovered(&self) -> u64 {
+        self.recovered.load(Ordering::Relaxed)
     }
 
     /// Notes that every participant of `gid` finished.
@@ -214,6 +232,7 @@ async fn recover_node(
             .await
             .map_err(|e| format!("{action} {gid}: {e}"))?;
         tracing::info!(node = %addr, %gid, action, "resolved an in-doubt transaction");
+        coordinator.recovered.fetch_add(1, Ordering::Relaxed);
         n += 1;
     }
     Ok(n)

@@ -1,5 +1,5 @@
 //! Planning the merge of one `SELECT` that runs on several shards
-//! (DESIGN.md §4).
+//! (docs/ARCHITECTURE.md §9).
 //!
 //! [`plan_merge`] rewrites the statement into what every shard runs and says
 //! how the proxy combines the shards' rows so the client sees what one

@@ -1,5 +1,5 @@
 //! Shard-key analysis: which rows of which sharded table a statement touches
-//! (DESIGN.md §3, "Finding the key").
+//! (docs/ARCHITECTURE.md §8, "Finding the key").
 //!
 //! The router does not know shard numbers. [`plan`] reports the key values a
 //! statement is restricted to ([`KeyFilter`]), and the caller maps them to

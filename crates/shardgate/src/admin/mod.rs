@@ -82,7 +82,23 @@ pub async fn serve(rt: Arc<Runtime>, user: Arc<User>, mut stream: ClientStream, 
         scratch: Vec::new(),
     };
     loop {
-        let (t, body) = match read_message(&mut stream, &mut buf, MAX_ADMIN_MESSAGE).await {
+        let shutdown = console.rt.shutdown_notify.clone();
+        let notified = shutdown.notified();
+        if console.rt.shutting_down() {
+            let mut out = BytesMut::new();
+            PgError::fatal(
+                "57P01",
+                "terminating connection: shardgate is shutting down",
+            )
+            .encode(&mut out);
+            let _ = stream.write_all(&out).await;
+            return;
+        }
+        let read = tokio::select! {
+            r = read_message(&mut stream, &mut buf, MAX_ADMIN_MESSAGE) => r,
+            _ = notified => continue,
+        };
+        let (t, body) = match read {
             Ok(m) => m,
             Err(ReadError::Io(_)) => return,
             Err(ReadError::Protocol(e)) => {

@@ -19,6 +19,12 @@ use crate::routing::{StatementRouting, Want};
 impl Session {
     /// What the statement a Bind or Describe names needs.
     fn want_of_statement(&self, name: &str) -> Want {
+        if self.vtx.is_some() {
+            // Inside a transaction spread over shards every part runs on
+            // the primary (a replica cannot take part in its commit), or
+            // for READ ONLY on the node the transaction holds.
+            return self.want_sharded("");
+        }
         if name.is_empty() {
             return match &self.unnamed_route {
                 Some(r) if self.route_reads => self.routing.want(r.route, &r.hints),
@@ -570,6 +576,7 @@ impl Session {
 
     /// Reports a proxy-detected error inside an extended batch.
     pub(super) fn refuse_pg(&mut self, err: PgError) -> Result<(), SessionError> {
+        self.runtime.stats.proxy_error(err.code.as_str());
         let mut bytes = BytesMut::new();
         err.encode(&mut bytes);
         if self.backend.is_some() {

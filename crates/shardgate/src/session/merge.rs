@@ -1,4 +1,4 @@
-//! Cross-shard merges (DESIGN.md §4): one SELECT runs on several shards at
+//! Cross-shard merges (docs/ARCHITECTURE.md §9): one SELECT runs on several shards at
 //! once and the client sees what one unsharded server would have sent.
 //!
 //! The statement the shards run comes from [`shardgate_router::merge_plan`]:

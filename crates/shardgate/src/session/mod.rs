@@ -994,6 +994,7 @@ impl Session {
             let want = match classified {
                 Ok(w) => w,
                 Err(e) => {
+                    self.runtime.stats.proxy_error(e.code.as_str());
                     e.encode(&mut self.cout);
                     shardgate_protocol::backend::ready_for_query(b'I', &mut self.cout);
                     return Ok(());

@@ -176,6 +176,7 @@ impl Session {
             }
             Err(e) => {
                 tracing::warn!(user = %self.user.config.name, error = %e, "no server connection");
+                self.runtime.stats.proxy_error(e.code.as_str());
                 e.encode(&mut self.cout);
                 match proto {
                     Proto::Simple => backend::ready_for_query(b'I', &mut self.cout),
@@ -199,6 +200,7 @@ impl Session {
             .with_hint("Send Sync between statements that go to different shards.");
             match proto {
                 Proto::Simple => {
+                    self.runtime.stats.proxy_error(err.code.as_str());
                     err.encode(&mut self.cout);
                     backend::ready_for_query(self.client_status(), &mut self.cout);
                 }
@@ -548,6 +550,7 @@ impl Session {
                 ..err
             }));
         }
+        self.runtime.stats.proxy_error(err.code.as_str());
         err.encode(&mut self.cout);
         for e in &b.ex.expect {
             if matches!(

@@ -610,7 +610,7 @@ impl Session {
 
     /// What the statement needs from each shard's node, inside or outside a
     /// transaction spread over shards.
-    fn want_sharded(&self, sql: &str) -> Want {
+    pub(super) fn want_sharded(&self, sql: &str) -> Want {
         match &self.vtx {
             Some(v) if v.read_only => match self.routing.want(
                 shardgate_router::Route::Begin { read_only: true },
@@ -773,6 +773,7 @@ impl Session {
         if let Some(v) = self.vtx.as_mut() {
             v.failed = true;
         }
+        self.runtime.stats.proxy_error(e.code.as_str());
         e.encode(&mut self.cout);
         backend::ready_for_query(self.client_status(), &mut self.cout);
         Ok(())

@@ -31,10 +31,6 @@ pub struct Stats {
     pub fanout_shards: AtomicU64,
     /// Errors the proxy itself sent to clients, by SQLSTATE class.
     pub proxy_errors: Mutex<Vec<([u8; 2], u64)>>,
-    /// Two-phase commits that committed.
-    pub twophase_commits: AtomicU64,
-    /// In-doubt transactions finished by recovery.
-    pub twophase_recovered: AtomicU64,
 }
 
 impl Stats {
@@ -48,8 +44,6 @@ impl Stats {
             fanout_statements: AtomicU64::new(0),
             fanout_shards: AtomicU64::new(0),
             proxy_errors: Mutex::new(Vec::new()),
-            twophase_commits: AtomicU64::new(0),
-            twophase_recovered: AtomicU64::new(0),
         }
     }
 

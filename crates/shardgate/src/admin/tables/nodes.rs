@@ -1,4 +1,11 @@
 //! `shardgate.nodes`: every Postgres node as the proxy sees it now.
+//!
+//! `state`: `up`; `banned` (out of rotation for a while: failed health
+//! checks or connections, or `BAN`; `last_error` says which); `draining`
+//! (`DRAIN`, or removed by a reload, until its work finished); `fenced`
+//! (a former primary after a failover); `new` (added by a reload, no
+//! traffic until its first poll answers) and `down` (added, and its polls
+//! fail).
 
 use shardgate_admin::{columns, Table, Value};
 use shardgate_jobs::lsn::format_lsn;
@@ -26,11 +33,9 @@ pub fn table(src: &Source<'_>) -> Table {
             } else if n.is_fenced() {
                 "fenced"
             } else if n.is_banned(now) {
-                if error.as_deref().is_some_and(|e| e.starts_with(ADMIN_BAN)) {
-                    "banned"
-                } else {
-                    "down"
-                }
+                "banned"
+            } else if n.is_unpolled() && error.is_some() {
+                "down"
             } else if n.is_unpolled() {
                 "new"
             } else {
