@@ -280,6 +280,18 @@ const TARGETS: &[TargetDef] = &[
         suites: &["replica", "sharding"],
     },
     TargetDef {
+        // `shardgate` while an operator watches it: an admin client runs `SELECT * FROM
+        // shardgate.pools` ten times a second and `/metrics` is scraped every second.
+        // Only when named in `BENCH_TARGETS`.
+        name: "shardgate-observed",
+        named_prepared: true,
+        start: start_shardgate_observed,
+        describe: describe_shardgate_observed,
+        rss: false,
+        three_shards: false,
+        suites: &[],
+    },
+    TargetDef {
         // Primary and replicas, reads strong: every statement is classified and still goes
         // to the primary, so the difference to `shardgate` is the classification overhead.
         name: "shardgate-strong",
@@ -416,6 +428,8 @@ const RATIOS: &[Ratio] = &[
 struct Started {
     port: u16,
     process: Option<Process>,
+    /// Background load of an operator watching the proxy (`shardgate-observed`).
+    observer: Option<Observer>,
 }
 
 /// The clusters targets run over: the 1-shard cluster (primary and [`REPLICAS`] replicas,
@@ -442,16 +456,23 @@ struct Target {
     port: u16,
     /// Stopped when the target is dropped.
     process: Option<Process>,
+    /// Stopped with it.
+    _observer: Option<Observer>,
 }
 
 impl Target {
     fn start(def: &'static TargetDef, clusters: &Clusters, params: &Params) -> Target {
-        let Started { port, process } = (def.start)(clusters, params);
+        let Started {
+            port,
+            process,
+            observer,
+        } = (def.start)(clusters, params);
         Target {
             def,
             name: def.name,
             port,
             process,
+            _observer: observer,
         }
     }
 
@@ -467,6 +488,7 @@ impl Target {
 
     /// Stops the target's process and starts a fresh one.
     fn restart(&mut self, clusters: &Clusters, params: &Params) {
+        self._observer = None;
         self.process = None;
         *self = Target::start(self.def, clusters, params);
     }
@@ -688,6 +710,7 @@ fn start_direct(clusters: &Clusters, _params: &Params) -> Started {
     Started {
         port: clusters.one.shard(0).primary.port(),
         process: None,
+        observer: None,
     }
 }
 
@@ -705,6 +728,8 @@ enum Routing {
     /// Each shard's primary only, with the pgbench tables sharded ([`SHARDED_PGBENCH`]),
     /// and `[proxy] two_phase_commit` as given.
     Sharded { two_phase: bool },
+    /// As `PrimaryOnly`, with an admin user and `metrics_listen` on the next port.
+    Observed,
 }
 
 /// The pgbench tables sharded by their keys (hash, bigint), as in `tests/sharding.rs`.
@@ -719,6 +744,90 @@ const SHARDS: usize = 3;
 
 fn start_shardgate(clusters: &Clusters, params: &Params) -> Started {
     spawn_shardgate("shardgate", &clusters.one, params, Routing::PrimaryOnly)
+}
+
+fn start_shardgate_observed(clusters: &Clusters, params: &Params) -> Started {
+    let mut started = spawn_shardgate(
+        "shardgate-observed",
+        &clusters.one,
+        params,
+        Routing::Observed,
+    );
+    started.observer = Some(Observer::start(started.port));
+    started
+}
+
+fn describe_shardgate_observed(params: &Params) -> String {
+    format!(
+        "{}; meanwhile an admin client runs SELECT * FROM shardgate.pools every 100 ms and \
+         /metrics is scraped every second",
+        describe_shardgate(params)
+    )
+}
+
+/// An operator's load on a proxy: admin queries and metrics scrapes, until dropped.
+struct Observer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Port of the metrics endpoint of a proxy listening on `port`.
+fn metrics_port(port: u16) -> u16 {
+    port.wrapping_add(1)
+}
+
+impl Observer {
+    fn start(port: u16) -> Observer {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("observer runtime");
+            rt.block_on(async move {
+                let conninfo = format!(
+                    "host=127.0.0.1 port={port} user=admin password=admin dbname=shardgate"
+                );
+                let (client, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+                    .await
+                    .expect("admin console");
+                tokio::spawn(conn);
+                let mut tick = tokio::time::interval(Duration::from_millis(100));
+                let mut n = 0u64;
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    tick.tick().await;
+                    client
+                        .simple_query("SELECT * FROM shardgate.pools")
+                        .await
+                        .expect("admin query");
+                    n += 1;
+                    if n % 10 == 0 {
+                        let mut s = TcpStream::connect(("127.0.0.1", metrics_port(port)))
+                            .expect("metrics endpoint");
+                        std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.1\r\n\r\n")
+                            .expect("scrape");
+                        let mut body = String::new();
+                        let _ = s.read_to_string(&mut body);
+                        assert!(body.contains("shardgate_pool_size"), "a metrics page");
+                    }
+                }
+            });
+        });
+        Observer {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 fn start_shardgate_baseline(clusters: &Clusters, params: &Params) -> Started {
@@ -840,6 +949,7 @@ fn spawn_shardgate_binary(
     Started {
         port,
         process: Some(process),
+        observer: None,
     }
 }
 
@@ -859,10 +969,22 @@ fn shardgate_config(cluster: &Cluster, params: &Params, port: u16, routing: Rout
             log.display().to_string()
         );
     }
+    if let Routing::Observed = routing {
+        let _ = writeln!(
+            config,
+            "metrics_listen = \"127.0.0.1:{}\"",
+            metrics_port(port)
+        );
+    }
     let _ = write!(
         config,
         "\n[[users]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n"
     );
+    if let Routing::Observed = routing {
+        config.push_str(
+            "\n[[users]]\nname = \"admin\"\npassword = \"admin\"\nadmin = true\nserver_user = \"app\"\nserver_password = \"secret\"\n",
+        );
+    }
     if let Routing::Replicas { consistency } = routing {
         let _ = write!(
             config,
@@ -874,7 +996,7 @@ fn shardgate_config(cluster: &Cluster, params: &Params, port: u16, routing: Rout
     }
     for shard in cluster.shards() {
         let replicas: Vec<String> = match routing {
-            Routing::PrimaryOnly | Routing::Sharded { .. } => Vec::new(),
+            Routing::PrimaryOnly | Routing::Sharded { .. } | Routing::Observed => Vec::new(),
             Routing::Replicas { .. } => shard
                 .replicas
                 .iter()
@@ -978,6 +1100,7 @@ fn start_pgbouncer(clusters: &Clusters, params: &Params) -> Started {
     Started {
         port,
         process: Some(process),
+        observer: None,
     }
 }
 
