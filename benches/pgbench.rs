@@ -802,7 +802,7 @@ impl Observer {
                         .await
                         .expect("admin query");
                     n += 1;
-                    if n % 10 == 0 {
+                    if n.is_multiple_of(10) {
                         let mut s = TcpStream::connect(("127.0.0.1", metrics_port(port)))
                             .expect("metrics endpoint");
                         std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.1\r\n\r\n")

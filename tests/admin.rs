@@ -956,6 +956,26 @@ async fn commands_change_the_running_proxy() {
     .await
     .is_err());
 
+    // A password change: new logins need the new one; open sessions stay.
+    let kept = connect(&proxy.app()).await;
+    let changed = without.replace(
+        "name = \"app\"\npassword = \"secret\"",
+        "name = \"app\"\npassword = \"secret2\"\nserver_password = \"secret\"",
+    );
+    assert_ne!(changed, without);
+    write_config(&proxy, &changed);
+    admin.simple_query("RELOAD").await.unwrap();
+    let old = tokio_postgres::connect(&proxy.app(), tokio_postgres::NoTls).await;
+    assert_eq!(
+        sqlstate(&old.err().expect("old password refused")).as_deref(),
+        Some("28P01")
+    );
+    let new = connect(&proxy.conninfo("app", "secret2", "app")).await;
+    new.simple_query("SELECT 1").await.unwrap();
+    kept.simple_query("SELECT 1")
+        .await
+        .expect("an open session is not dropped");
+
     // SIGHUP reads the file too.
     write_config(&proxy, &without.replace("pool_size = 9", "pool_size = 11"));
     send_signal(proxy.pid(), "-HUP");
@@ -986,23 +1006,7 @@ fn reloads_under_pgbench_lose_nothing() {
     let c = cluster(ClusterSpec::new(2, 2));
     let port = free_port();
     let log = c.dir().join("shardgate-2pc.log");
-    let tables = r#"
-[[sharded_tables]]
-table = "pgbench_accounts"
-column = "aid"
-
-[[sharded_tables]]
-table = "pgbench_tellers"
-column = "tid"
-
-[[sharded_tables]]
-table = "pgbench_branches"
-column = "bid"
-
-[[sharded_tables]]
-table = "pgbench_history"
-column = "aid"
-"#;
+    let tables = pgbench_sharded_tables!();
     // Shard 0 starts with its first replica only; shard 1 with both.
     let shards = |s0: &[usize], s1: &[usize]| {
         let list = |shard: usize, idx: &[usize]| {
@@ -1191,20 +1195,7 @@ async fn metrics_parse_and_grow() {
             "{}/../../tests/clients/parse_metrics.py",
             env!("CARGO_MANIFEST_DIR")
         );
-        let mut child = Command::new("python3")
-            .arg(script)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(body.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = run_with_stdin(Command::new("python3").arg(script), body.as_bytes());
         assert_success(&out, "prometheus_client parser");
         serde_json::from_slice(&out.stdout).unwrap()
     };

@@ -179,20 +179,10 @@ fn psql_catalog_copy_multistatement_and_errors() {
 
     // An error inside a transaction, then ROLLBACK: nothing of it remains.
     let script = "BEGIN;\nINSERT INTO items VALUES (6001, 'x');\nSELECT 1/0;\nSELECT 1;\nROLLBACK;\nSELECT count(*) FROM items WHERE id = 6001;\n";
-    let mut child = psql(&ci)
-        .args(["-A", "-t", "-v", "ON_ERROR_STOP=0"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_stdin(
+        psql(&ci).args(["-A", "-t", "-v", "ON_ERROR_STOP=0"]),
+        script.as_bytes(),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("division by zero"), "{stderr}");
     assert!(

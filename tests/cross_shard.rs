@@ -22,7 +22,8 @@ const BIG_SPAN: i64 = 1_000_000;
 
 /// Users besides `app`, the shard map, routing. `raw` logs in without a
 /// password so the raw protocol client needs no SCRAM.
-const EXTRA: &str = r#"
+const EXTRA: &str = concat!(
+    r#"
 [[users]]
 name = "raw"
 auth = "trust"
@@ -58,23 +59,10 @@ table = "big"
 column = "id"
 function = "range"
 ranges = [{ shard = 0, start = 0, end = 1000000 }, { shard = 1, start = 1000000, end = 2000000 }, { shard = 2, start = 2000000, end = 3000000 }]
-
-[[sharded_tables]]
-table = "pgbench_accounts"
-column = "aid"
-
-[[sharded_tables]]
-table = "pgbench_tellers"
-column = "tid"
-
-[[sharded_tables]]
-table = "pgbench_branches"
-column = "bid"
-
-[[sharded_tables]]
-table = "pgbench_history"
-column = "aid"
-"#;
+"#,
+    pgbench_sharded_tables!(),
+    r#""#
+);
 
 /// A 3-shard cluster (primaries only) and the text of a proxy configuration.
 struct Env {

@@ -16,7 +16,8 @@ use tokio_postgres::SimpleQueryMessage;
 
 const LONG: Duration = Duration::from_secs(600);
 
-const SHARDED: &str = r#"
+const SHARDED: &str = concat!(
+    r#"
 [sharding]
 vnodes = 256
 default_shard = 0
@@ -58,26 +59,13 @@ table = "users"
 column = "id"
 function = "hash"
 key_type = "bigint"
-
-[[sharded_tables]]
-table = "pgbench_accounts"
-column = "aid"
-
-[[sharded_tables]]
-table = "pgbench_tellers"
-column = "tid"
-
-[[sharded_tables]]
-table = "pgbench_branches"
-column = "bid"
-
-[[sharded_tables]]
-table = "pgbench_history"
-column = "aid"
-
+"#,
+    pgbench_sharded_tables!(),
+    r#"
 [[reference_tables]]
 table = "countries"
-"#;
+"#
+);
 
 /// A 3-shard cluster (primary + 1 replica each) with the proxy in front.
 fn sharded(routing: &str) -> (Cluster, Proxy, ShardMap) {

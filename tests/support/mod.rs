@@ -23,6 +23,38 @@ pub const APP_PASSWORD: &str = "secret";
 pub const RAW_USER: &str =
     "\n[[users]]\nname = \"raw\"\nauth = \"trust\"\nserver_user = \"app\"\nserver_password = \"secret\"\n";
 
+/// `[[sharded_tables]]` entries for pgbench's tables, each by its key (hash,
+/// bigint); a macro so test configurations can `concat!` it.
+#[allow(unused_macros)]
+macro_rules! pgbench_sharded_tables {
+    () => {
+        "\n[[sharded_tables]]\ntable = \"pgbench_accounts\"\ncolumn = \"aid\"\n\
+         \n[[sharded_tables]]\ntable = \"pgbench_tellers\"\ncolumn = \"tid\"\n\
+         \n[[sharded_tables]]\ntable = \"pgbench_branches\"\ncolumn = \"bid\"\n\
+         \n[[sharded_tables]]\ntable = \"pgbench_history\"\ncolumn = \"aid\"\n"
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use pgbench_sharded_tables;
+
+/// Runs `cmd` with `input` on its standard input; returns what it printed.
+pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write stdin");
+    child.wait_with_output().expect("wait")
+}
+
 /// A cluster with an `app` role (password `secret`) owning database `app`.
 pub fn cluster(spec: ClusterSpec) -> Cluster {
     let cluster = Cluster::start(spec).expect("start cluster");

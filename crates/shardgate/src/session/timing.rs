@@ -21,6 +21,16 @@ pub(super) struct Cycle {
     pub rows: u64,
 }
 
+impl Cycle {
+    fn new(stat: Arc<QueryStat>) -> Cycle {
+        Cycle {
+            started: Instant::now(),
+            stat,
+            rows: 0,
+        }
+    }
+}
+
 impl Session {
     /// The counters of `sql`'s fingerprint: looked up by a hash of the raw
     /// text in the session's cache first, so a repeated statement is not
@@ -144,12 +154,7 @@ impl Session {
 
     /// A statement that runs on several shards starts.
     pub(super) fn fanout_starts(&mut self, sql: &str) -> Cycle {
-        let stat = self.stat_for(sql);
-        Cycle {
-            started: Instant::now(),
-            stat,
-            rows: 0,
-        }
+        Cycle::new(self.stat_for(sql))
     }
 
     /// It ended, having used `shards`.

@@ -29,8 +29,8 @@ pub fn table(src: &Source<'_>) -> Table {
                 .nodes()
                 .find(|n| n.addr == node)
                 .map_or(Value::Null, |n| int(n.shard));
-            vec![
-                text(database),
+            // The same counters under PgBouncer's names, then shardgate's.
+            let counters = [
                 int(t.loans),
                 int(t.queries),
                 int(t.bytes_received),
@@ -38,17 +38,13 @@ pub fn table(src: &Source<'_>) -> Table {
                 int(t.lent_us),
                 int(t.query_us),
                 int(wait_us),
-                text(node),
-                shard,
-                int(t.loans),
-                int(t.queries),
-                int(t.bytes_received),
-                int(t.bytes_sent),
-                int(t.lent_us),
-                int(t.query_us),
-                int(wait_us),
-                int(t.errors),
-            ]
+            ];
+            let mut row = vec![text(database)];
+            row.extend(counters.iter().cloned());
+            row.extend([text(node), shard]);
+            row.extend(counters);
+            row.push(int(t.errors));
+            row
         })
         .collect();
     Table {
