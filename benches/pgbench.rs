@@ -454,10 +454,10 @@ struct Target {
     def: &'static TargetDef,
     name: &'static str,
     port: u16,
+    /// An operator's load on the proxy; declared first, so stopped before the proxy.
+    _observer: Option<Observer>,
     /// Stopped when the target is dropped.
     process: Option<Process>,
-    /// Stopped with it.
-    _observer: Option<Observer>,
 }
 
 impl Target {
@@ -728,8 +728,8 @@ enum Routing {
     /// Each shard's primary only, with the pgbench tables sharded ([`SHARDED_PGBENCH`]),
     /// and `[proxy] two_phase_commit` as given.
     Sharded { two_phase: bool },
-    /// As `PrimaryOnly`, with an admin user and `metrics_listen` on the next port.
-    Observed,
+    /// As `PrimaryOnly`, with an admin user and `metrics_listen` on port `metrics`.
+    Observed { metrics: u16 },
 }
 
 /// The pgbench tables sharded by their keys (hash, bigint), as in `tests/sharding.rs`.
@@ -747,13 +747,14 @@ fn start_shardgate(clusters: &Clusters, params: &Params) -> Started {
 }
 
 fn start_shardgate_observed(clusters: &Clusters, params: &Params) -> Started {
+    let metrics = free_port();
     let mut started = spawn_shardgate(
         "shardgate-observed",
         &clusters.one,
         params,
-        Routing::Observed,
+        Routing::Observed { metrics },
     );
-    started.observer = Some(Observer::start(started.port));
+    started.observer = Some(Observer::start(started.port, metrics));
     started
 }
 
@@ -771,13 +772,8 @@ struct Observer {
     thread: Option<JoinHandle<()>>,
 }
 
-/// Port of the metrics endpoint of a proxy listening on `port`.
-fn metrics_port(port: u16) -> u16 {
-    port.wrapping_add(1)
-}
-
 impl Observer {
-    fn start(port: u16) -> Observer {
+    fn start(port: u16, metrics: u16) -> Observer {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let thread = thread::spawn(move || {
@@ -803,7 +799,7 @@ impl Observer {
                         .expect("admin query");
                     n += 1;
                     if n.is_multiple_of(10) {
-                        let mut s = TcpStream::connect(("127.0.0.1", metrics_port(port)))
+                        let mut s = TcpStream::connect(("127.0.0.1", metrics))
                             .expect("metrics endpoint");
                         std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.1\r\n\r\n")
                             .expect("scrape");
@@ -969,18 +965,14 @@ fn shardgate_config(cluster: &Cluster, params: &Params, port: u16, routing: Rout
             log.display().to_string()
         );
     }
-    if let Routing::Observed = routing {
-        let _ = writeln!(
-            config,
-            "metrics_listen = \"127.0.0.1:{}\"",
-            metrics_port(port)
-        );
+    if let Routing::Observed { metrics } = routing {
+        let _ = writeln!(config, "metrics_listen = \"127.0.0.1:{metrics}\"");
     }
     let _ = write!(
         config,
         "\n[[users]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n"
     );
-    if let Routing::Observed = routing {
+    if let Routing::Observed { .. } = routing {
         config.push_str(
             "\n[[users]]\nname = \"admin\"\npassword = \"admin\"\nadmin = true\nserver_user = \"app\"\nserver_password = \"secret\"\n",
         );
@@ -996,7 +988,7 @@ fn shardgate_config(cluster: &Cluster, params: &Params, port: u16, routing: Rout
     }
     for shard in cluster.shards() {
         let replicas: Vec<String> = match routing {
-            Routing::PrimaryOnly | Routing::Sharded { .. } | Routing::Observed => Vec::new(),
+            Routing::PrimaryOnly | Routing::Sharded { .. } | Routing::Observed { .. } => Vec::new(),
             Routing::Replicas { .. } => shard
                 .replicas
                 .iter()
