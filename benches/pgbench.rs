@@ -799,8 +799,8 @@ impl Observer {
                         .expect("admin query");
                     n += 1;
                     if n.is_multiple_of(10) {
-                        let mut s = TcpStream::connect(("127.0.0.1", metrics))
-                            .expect("metrics endpoint");
+                        let mut s =
+                            TcpStream::connect(("127.0.0.1", metrics)).expect("metrics endpoint");
                         std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.1\r\n\r\n")
                             .expect("scrape");
                         let mut body = String::new();
