@@ -483,21 +483,7 @@ impl Topology {
         let shards = shards
             .iter()
             .enumerate()
-            .map(|(si, (primary, replicas))| {
-                let mut nodes = vec![Arc::new(NodeState::new(si, 0, primary.clone()))];
-                for (ri, r) in replicas.iter().enumerate() {
-                    nodes.push(Arc::new(NodeState::new(si, ri + 1, r.clone())));
-                }
-                Arc::new(ShardState {
-                    index: si,
-                    nodes,
-                    configured_primary: 0,
-                    writer: AtomicUsize::new(0),
-                    failovers: Default::default(),
-                    turn: AtomicUsize::new(0),
-                    history: Mutex::new(VecDeque::new()),
-                })
-            })
+            .map(|(si, (primary, replicas))| Arc::new(ShardState::new(si, primary, replicas)))
             .collect();
         Topology {
             shards,
@@ -530,7 +516,7 @@ impl Topology {
     /// its monitors first).
     pub fn reconfigured(&self, shards: &[(String, Vec<String>)]) -> (Topology, Vec<usize>) {
         let mut changed = Vec::new();
-        let new_shards = self
+        let mut new_shards: Vec<Arc<ShardState>> = self
             .shards
             .iter()
             .zip(shards)
@@ -553,6 +539,17 @@ impl Topology {
                 Arc::new(old.rebuilt(&listed))
             })
             .collect();
+        // Shards a rebalancing job adds: their replicas take reads only once
+        // polled; the primary takes writes at once.
+        for (si, (primary, replicas)) in shards.iter().enumerate().skip(self.shards.len()) {
+            let shard = ShardState::new(si, primary, replicas);
+            for n in &shard.nodes[1..] {
+                n.set(UNPOLLED, true);
+            }
+            tracing::info!(shard = si, primary = %primary, "shard added");
+            changed.push(si);
+            new_shards.push(Arc::new(shard));
+        }
         (
             Topology {
                 shards: new_shards,
@@ -564,6 +561,23 @@ impl Topology {
 }
 
 impl ShardState {
+    /// Shard `index` with a primary and replicas, none polled yet.
+    fn new(index: usize, primary: &str, replicas: &[String]) -> ShardState {
+        let mut nodes = vec![Arc::new(NodeState::new(index, 0, primary.to_owned()))];
+        for (ri, r) in replicas.iter().enumerate() {
+            nodes.push(Arc::new(NodeState::new(index, ri + 1, r.clone())));
+        }
+        ShardState {
+            index,
+            nodes,
+            configured_primary: 0,
+            writer: AtomicUsize::new(0),
+            failovers: Default::default(),
+            turn: AtomicUsize::new(0),
+            history: Mutex::new(VecDeque::new()),
+        }
+    }
+
     /// A copy of this shard listing `listed` (primary first): see
     /// [`Topology::reconfigured`].
     fn rebuilt(&self, listed: &[&String]) -> ShardState {

@@ -96,6 +96,12 @@ pub struct ClientInfo {
     pub application_name: String,
     state: AtomicU8,
     in_transaction: AtomicBool,
+    /// The snapshot version the session routes by while it handles client
+    /// input, 0 while it waits between transactions (docs/ARCHITECTURE.md
+    /// §10: a move waits until no session routes by an older snapshot).
+    snapshot_in_use: AtomicU64,
+    /// A statement touching rows a move relocates is in flight.
+    touching_moves: AtomicBool,
     consistency: AtomicU8,
     end: Mutex<Option<EndReason>>,
     links: Mutex<Vec<ServerLink>>,
@@ -125,6 +131,35 @@ impl ClientInfo {
     #[inline]
     pub fn set_in_transaction(&self, on: bool) {
         self.in_transaction.store(on, Ordering::Relaxed);
+    }
+
+    /// Publishes the snapshot version the session routes by (0: none, it
+    /// waits between transactions). Sequentially consistent: the session
+    /// stores it and then reads the runtime's version, a move stores a new
+    /// version and then reads this, so one of the two sees the other.
+    #[inline]
+    pub fn use_snapshot(&self, version: u64) {
+        if self.snapshot_in_use.load(Ordering::Relaxed) != version {
+            self.snapshot_in_use.store(version, Ordering::SeqCst);
+        }
+    }
+
+    /// The snapshot version the session routes by (0: none).
+    pub fn snapshot_in_use(&self) -> u64 {
+        self.snapshot_in_use.load(Ordering::SeqCst)
+    }
+
+    /// Records whether a statement touching moving rows is in flight.
+    #[inline]
+    pub fn set_touching_moves(&self, on: bool) {
+        if self.touching_moves.load(Ordering::Relaxed) != on {
+            self.touching_moves.store(on, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether a statement touching moving rows is in flight.
+    pub fn touching_moves(&self) -> bool {
+        self.touching_moves.load(Ordering::SeqCst)
     }
 
     /// The client's read consistency now.
@@ -247,6 +282,8 @@ impl ClientRegistry {
             application_name: c.application_name.to_owned(),
             state: AtomicU8::new(ClientState::Idle as u8),
             in_transaction: AtomicBool::new(false),
+            snapshot_in_use: AtomicU64::new(0),
+            touching_moves: AtomicBool::new(false),
             consistency: AtomicU8::new(0),
             end: Mutex::new(None),
             links: Mutex::new(Vec::new()),
@@ -276,6 +313,39 @@ impl ClientRegistry {
     /// The client `id`.
     pub fn get(&self, id: u64) -> Option<Arc<ClientInfo>> {
         self.clients.lock().expect("clients lock").get(&id).cloned()
+    }
+
+    /// Waits until no session routes by a snapshot older than `version`
+    /// (sessions idle between transactions take the newest when they next
+    /// get input); `false` when `deadline` passed first.
+    pub async fn wait_snapshots(&self, version: u64, deadline: std::time::Instant) -> bool {
+        loop {
+            let behind = self.all().iter().any(|c| {
+                let v = c.snapshot_in_use();
+                v != 0 && v < version
+            });
+            if !behind {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Waits until no statement touching moving rows is in flight; `false`
+    /// when `deadline` passed first.
+    pub async fn wait_moves_settled(&self, deadline: std::time::Instant) -> bool {
+        loop {
+            if !self.all().iter().any(|c| c.touching_moves()) {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
     }
 
     /// Ends the idle sessions of `user` now (a reload removed it); the

@@ -86,6 +86,14 @@ pub struct ShardingConfig {
     pub vnodes: u32,
     /// Shard of tables that are neither sharded nor reference tables.
     pub default_shard: usize,
+    /// The database holding the sharded tables that rebalancing moves, and
+    /// the metadata schema `shardgate_meta` (on shard 0's primary).
+    pub rebalance_database: String,
+    /// Most megabytes per second a rebalancing copy reads (0: no limit).
+    pub rebalance_max_mb_s: u64,
+    /// How long a move waits for transactions begun before it, and for
+    /// statements in flight at its cutover, before it gives up (ms).
+    pub rebalance_hold_timeout_ms: u64,
 }
 
 impl Default for ShardingConfig {
@@ -93,6 +101,9 @@ impl Default for ShardingConfig {
         ShardingConfig {
             vnodes: 256,
             default_shard: 0,
+            rebalance_database: "postgres".into(),
+            rebalance_max_mb_s: 0,
+            rebalance_hold_timeout_ms: 30_000,
         }
     }
 }

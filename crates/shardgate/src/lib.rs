@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod notify;
 pub mod pause;
 pub mod prepared;
+pub mod rebalance;
 pub mod relay;
 pub mod reload;
 pub mod routing;

@@ -183,6 +183,7 @@ impl Runtime {
                     source: std::io::Error::other(e),
                 })
             })??;
+        let next = crate::rebalance::meta::with_latest_shards(next).await;
         let report = self.apply(next)?;
         self.overrides.lock().expect("overrides lock").clear();
         Ok(report)
@@ -222,13 +223,14 @@ impl Runtime {
             Arc::new(topology),
             Some(&running),
         );
-        let snap = match built {
+        let mut snap = match built {
             Ok(s) => s,
             Err(e) => {
                 self.start_monitors();
                 return Err(e.into());
             }
         };
+        snap.move_gate = running.move_gate.clone();
         let version = snap.version;
         let removed_users: Vec<String> = running
             .users

@@ -45,6 +45,8 @@ pub struct Snapshot {
     pub sharding: Option<Arc<Sharding>>,
     /// TLS for clients, when configured.
     pub tls: Option<TlsAcceptor>,
+    /// The hold of a rebalancing move in progress, if any.
+    pub move_gate: Option<Arc<crate::rebalance::gate::MoveGate>>,
 }
 
 /// What routing by shard key needs.
@@ -128,6 +130,7 @@ impl Snapshot {
             classifier,
             sharding,
             tls,
+            move_gate: None,
         })
     }
 
@@ -159,26 +162,7 @@ impl Snapshot {
 
     /// Settings of the health and lag monitor.
     pub fn monitor_config(&self) -> MonitorConfig {
-        let r = &self.config.routing;
-        let first = &self.config.users[0];
-        MonitorConfig {
-            lag_poll: Duration::from_millis(r.lag_poll_ms),
-            health_check: Duration::from_millis(r.health_check_ms),
-            ban: Duration::from_millis(r.ban_ms),
-            role_detection: match r.role_detection {
-                RoleDetectionConfig::Static => RoleDetection::Static,
-                RoleDetectionConfig::Auto => RoleDetection::Auto,
-            },
-            user: r
-                .monitor_user
-                .clone()
-                .unwrap_or_else(|| first.server_user().to_owned()),
-            password: r
-                .monitor_password
-                .clone()
-                .or_else(|| first.server_password().map(str::to_owned)),
-            database: r.monitor_database.clone(),
-        }
+        monitor_config(&self.config)
     }
 
     /// How connections of `user` to `addr` and `database` are opened and limited.
@@ -218,6 +202,31 @@ impl Snapshot {
     }
 }
 
+/// Settings of the health and lag monitor (its login is also the one
+/// rebalancing and the admin probes use).
+pub fn monitor_config(config: &Config) -> MonitorConfig {
+    let r = &config.routing;
+    let first = &config.users[0];
+    MonitorConfig {
+        lag_poll: Duration::from_millis(r.lag_poll_ms),
+        health_check: Duration::from_millis(r.health_check_ms),
+        ban: Duration::from_millis(r.ban_ms),
+        role_detection: match r.role_detection {
+            RoleDetectionConfig::Static => RoleDetection::Static,
+            RoleDetectionConfig::Auto => RoleDetection::Auto,
+        },
+        user: r
+            .monitor_user
+            .clone()
+            .unwrap_or_else(|| first.server_user().to_owned()),
+        password: r
+            .monitor_password
+            .clone()
+            .or_else(|| first.server_password().map(str::to_owned)),
+        database: r.monitor_database.clone(),
+    }
+}
+
 /// Identifies logins that see the same ParameterStatus values:
 /// (database, user, session state fingerprint).
 pub type LoginKey = (String, String, u64);
@@ -248,6 +257,8 @@ pub struct Runtime {
     pub stats: crate::stats::Stats,
     /// Two-phase commit coordinator, when `two_phase_commit = true`.
     pub two_phase: Option<Arc<Coordinator>>,
+    /// Rebalancing jobs.
+    pub jobs: crate::rebalance::Jobs,
     /// The connections that LISTEN for clients in transaction pooling.
     pub notifications: Arc<crate::notify::Notifications>,
     /// The configuration file (RELOAD and SIGHUP read it again).
@@ -289,6 +300,7 @@ impl Runtime {
             statements: StatementRegistry::default(),
             clients: ClientRegistry::default(),
             two_phase,
+            jobs: Default::default(),
             notifications: Default::default(),
             config_path,
             overrides: Mutex::new(HashMap::new()),
@@ -312,7 +324,8 @@ impl Runtime {
     /// Version of the current snapshot.
     #[inline]
     pub fn version(&self) -> u64 {
-        self.version.load(Ordering::Acquire)
+        // SeqCst (a plain load on x86): pairs with `ClientInfo::use_snapshot`.
+        self.version.load(Ordering::SeqCst)
     }
 
     /// Makes `snapshot` current; sessions pick it up at their next
@@ -320,7 +333,7 @@ impl Runtime {
     pub(crate) fn install(&self, snapshot: Snapshot) {
         let version = snapshot.version;
         *self.current.write().expect("snapshot lock") = Arc::new(snapshot);
-        self.version.store(version, Ordering::Release);
+        self.version.store(version, Ordering::SeqCst);
     }
 
     /// Starts the health and lag monitors of the current topology (again).

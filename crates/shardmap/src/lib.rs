@@ -64,9 +64,11 @@ mod key;
 mod map;
 mod ring;
 mod table;
+mod transition;
 mod validate;
 
 pub use key::{KeyError, KeyType, ShardKey};
 pub use map::{NoShard, ShardMap, ShardMapConfig};
 pub use table::{Function, ListEntry, RangeEntry, TableName, TableRule};
+pub use transition::{Transition, TransitionError};
 pub use validate::{MapError, MAX_RING_POINTS};

@@ -213,6 +213,11 @@ impl ShardMap {
         self.ring.arcs()
     }
 
+    /// The hash ring.
+    pub(crate) fn ring(&self) -> &Ring {
+        &self.ring
+    }
+
     /// The version this map was built with.
     pub fn version(&self) -> u64 {
         self.version

@@ -106,6 +106,21 @@ impl Ring {
             .collect()
     }
 
+    /// The hash of every point, in order.
+    pub(crate) fn point_hashes(&self) -> impl Iterator<Item = u64> + '_ {
+        self.points.iter().map(|(h, _)| *h)
+    }
+
+    /// The shard owning key hash `h`: the first point at or after it
+    /// (wrapping); `None` for an empty ring.
+    pub(crate) fn shard_of_hash(&self, h: u64) -> Option<usize> {
+        let i = self.points.partition_point(|(p, _)| *p < h);
+        self.points
+            .get(i)
+            .or_else(|| self.points.first())
+            .map(|(_, s)| *s)
+    }
+
     /// The number of points on the ring.
     pub(crate) fn len(&self) -> usize {
         self.ring.len()

@@ -39,6 +39,15 @@ pub enum Command {
     },
     /// `SHUTDOWN`.
     Shutdown,
+    /// `ADD SHARD 'host:port' [REPLICAS ('host:port', ...)] [WEIGHT w]`.
+    AddShard {
+        /// The new shard's primary.
+        primary: String,
+        /// Its replicas.
+        replicas: Vec<String>,
+        /// Its ring weight (default 1).
+        weight: u32,
+    },
     /// `BEGIN` / `START TRANSACTION`: drivers wrap statements in
     /// transactions; the admin tables are read-only, so this is only status.
     Begin,
@@ -131,6 +140,7 @@ pub fn parse(stmt: &str) -> Result<Command, CommandError> {
         },
         "reload" => only(Command::Reload),
         "shutdown" => only(Command::Shutdown),
+        "add" => add_shard(rest),
         "pause" => shard_arg(rest).map(Command::Pause),
         "resume" => shard_arg(rest).map(Command::Resume),
         "ban" => match rest {
@@ -203,6 +213,75 @@ fn ident(t: &Token<'_>) -> String {
 fn string_value(t: &Token<'_>) -> Option<String> {
     (t.kind == TokenKind::String && t.text.starts_with('\'') && t.text.len() >= 2)
         .then(|| t.text[1..t.text.len() - 1].replace("''", "'"))
+}
+
+const ADD_SHARD_HINT: &str =
+    "Write ADD SHARD '10.0.0.5:5432' [REPLICAS ('10.0.0.6:5432', ...)] [WEIGHT 2].";
+
+/// `SHARD 'primary' [REPLICAS ('r', ...)] [WEIGHT w]` after `ADD`.
+fn add_shard(rest: &[Token<'_>]) -> Result<Command, CommandError> {
+    let bad = || {
+        syntax(
+            "ADD needs SHARD and the new primary's address",
+            ADD_SHARD_HINT,
+        )
+    };
+    let (Some(kw), Some(primary)) = (rest.first(), rest.get(1)) else {
+        return Err(bad());
+    };
+    if !kw.is_keyword("shard") {
+        return Err(bad());
+    }
+    let primary = node_arg(primary)?;
+    let mut replicas = Vec::new();
+    let mut weight = 1;
+    let mut i = 2;
+    while let Some(t) = rest.get(i) {
+        if t.is_keyword("replicas") {
+            if !rest.get(i + 1).is_some_and(|t| t.is_punct("(")) {
+                return Err(syntax(
+                    "REPLICAS needs a parenthesised list",
+                    ADD_SHARD_HINT,
+                ));
+            }
+            i += 2;
+            loop {
+                let Some(t) = rest.get(i) else {
+                    return Err(syntax("REPLICAS list is not closed", ADD_SHARD_HINT));
+                };
+                if t.is_punct(")") {
+                    i += 1;
+                    break;
+                }
+                if !t.is_punct(",") {
+                    replicas.push(node_arg(t)?);
+                }
+                i += 1;
+            }
+        } else if t.is_keyword("weight") {
+            weight = rest
+                .get(i + 1)
+                .filter(|t| t.kind == TokenKind::Number)
+                .and_then(|t| t.text.parse::<u32>().ok())
+                .filter(|w| *w > 0)
+                .ok_or_else(|| CommandError {
+                    sqlstate: "22023",
+                    message: "WEIGHT needs a whole number of at least 1".into(),
+                    hint: ADD_SHARD_HINT,
+                })?;
+            i += 2;
+        } else {
+            return Err(syntax(
+                format!("unexpected {} in ADD SHARD", t.text),
+                ADD_SHARD_HINT,
+            ));
+        }
+    }
+    Ok(Command::AddShard {
+        primary,
+        replicas,
+        weight,
+    })
 }
 
 fn node_arg(t: &Token<'_>) -> Result<String, CommandError> {
@@ -329,6 +408,22 @@ mod tests {
         assert_eq!(ok("SET extra_float_digits = 3"), Command::NoOp("SET"));
         assert_eq!(ok("SET application_name = 'x'"), Command::NoOp("SET"));
         assert_eq!(ok("SHUTDOWN"), Command::Shutdown);
+        assert_eq!(
+            ok("ADD SHARD '127.0.0.1:5434' REPLICAS ('127.0.0.1:5435', '127.0.0.1:5436') WEIGHT 2"),
+            Command::AddShard {
+                primary: "127.0.0.1:5434".into(),
+                replicas: vec!["127.0.0.1:5435".into(), "127.0.0.1:5436".into()],
+                weight: 2,
+            }
+        );
+        assert_eq!(
+            ok("add shard '127.0.0.1:5434'"),
+            Command::AddShard {
+                primary: "127.0.0.1:5434".into(),
+                replicas: vec![],
+                weight: 1,
+            }
+        );
         assert_eq!(ok("BEGIN"), Command::Begin);
         assert_eq!(ok("start transaction read only"), Command::Begin);
         assert_eq!(ok("COMMIT"), Command::End);

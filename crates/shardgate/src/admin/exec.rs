@@ -128,6 +128,31 @@ pub async fn run(rt: &Arc<Runtime>, cmd: Command) -> Result<Done, PgError> {
             rt.shutdown_requested.notify_one();
             Ok(done("SHUTDOWN"))
         }
+        Command::AddShard {
+            primary,
+            replicas,
+            weight,
+        } => {
+            let shard = crate::config::ShardConfig {
+                primary,
+                replicas,
+                weight,
+            };
+            let id = crate::rebalance::start_add_shard(rt, shard)
+                .await
+                .map_err(|e| {
+                    PgError::error("55000", format!("ADD SHARD: {e}")).with_hint(
+                        "Nothing was changed. shardgate.jobs shows the jobs and their errors.",
+                    )
+                })?;
+            Ok(Done {
+                tag: "ADD SHARD",
+                notices: vec![format!(
+                    "job {id} started: SELECT * FROM shardgate.jobs WHERE id = {id}"
+                )],
+                warnings: Vec::new(),
+            })
+        }
         Command::Show(_) | Command::Sql(_) | Command::Begin | Command::End | Command::NoOp(_) => {
             unreachable!("answered by the console")
         }

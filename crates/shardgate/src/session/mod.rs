@@ -16,6 +16,7 @@ mod listen;
 mod local;
 mod login;
 mod merge;
+mod moving;
 mod server;
 mod sharded;
 mod split;
@@ -457,6 +458,7 @@ impl Session {
                 Event::Client(Ok(0)) if self.cbuf.is_empty() => return Ok(()),
                 Event::Client(Ok(0)) => return Err(ProtocolError::Incomplete.into()),
                 Event::Client(Ok(_)) => {
+                    self.enter_input()?;
                     if self.handle_client_input().await? == Flow::Stop {
                         return Ok(());
                     }
@@ -491,7 +493,36 @@ impl Session {
         if between && self.runtime.version() != self.snap.version {
             self.take_snapshot()?;
         }
+        if between {
+            self.info.use_snapshot(0);
+        }
+        if self.info.touching_moves() && self.nothing_outstanding() {
+            self.info.set_touching_moves(false);
+        }
         Ok(())
+    }
+
+    /// Client input arrived: between transactions, publish the snapshot the
+    /// session routes by, then take a newer one if a reload or a move
+    /// installed it meanwhile (docs/ARCHITECTURE.md §10).
+    #[inline]
+    fn enter_input(&mut self) -> Result<(), SessionError> {
+        if !self.between_transactions() {
+            return Ok(());
+        }
+        self.info.use_snapshot(self.snap.version);
+        if self.runtime.version() != self.snap.version {
+            self.take_snapshot()?;
+            self.info.use_snapshot(self.snap.version);
+        }
+        Ok(())
+    }
+
+    /// Whether no server owes the session an answer.
+    fn nothing_outstanding(&self) -> bool {
+        self.backend.as_ref().is_none_or(|b| b.ex.expect.is_empty())
+            && self.parked.iter().all(|b| b.ex.expect.is_empty())
+            && self.fanout_state.is_none()
     }
 
     /// Whether the client is between transactions: nothing of a transaction

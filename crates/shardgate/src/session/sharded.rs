@@ -100,10 +100,10 @@ impl TableLookup for MapLookup<'_> {
 }
 
 /// Bind parameters, when the statement came through the extended protocol.
-type Params<'a> = Option<&'a Bind<'a>>;
+pub(super) type Params<'a> = Option<&'a Bind<'a>>;
 
 /// A key value could not be determined (an expression, a missing parameter).
-struct Unknown;
+pub(super) struct Unknown;
 
 fn not_null(table: &str, column: &str) -> PgError {
     PgError::error(
@@ -120,7 +120,7 @@ fn bad_key(rule: &TableRule, e: impl std::fmt::Display) -> PgError {
 }
 
 /// The key a value source denotes (`Ok(None)` for SQL NULL).
-fn key_from(
+pub(super) fn key_from(
     rule: &TableRule,
     src: &ValueSource,
     params: Params<'_>,
@@ -388,6 +388,7 @@ impl Session {
         hints: &Hints,
         params: Params<'_>,
     ) -> Result<Dest, PgError> {
+        self.pass_move_gate(sql, plan, params).await?;
         let map = self.map();
         if let Some(n) = hints.shard {
             return self.hinted_shard(n).map(Dest::One);
@@ -743,7 +744,7 @@ impl Session {
         }
     }
 
-    fn is_write(&self, sql: &str) -> bool {
+    pub(super) fn is_write(&self, sql: &str) -> bool {
         self.snap.classifier.classify(sql).route != shardgate_router::Route::Read
     }
 
@@ -1148,6 +1149,17 @@ impl Session {
         };
         if cs.query {
             return self.copy_query_to(msg, sql, &cs).await.map(Some);
+        }
+        let gate_plan = if self.map().is_reference(cs.table.0.as_deref(), &cs.table.1) {
+            ShardPlan::ReferenceWrite
+        } else {
+            ShardPlan::NoKey {
+                table: cs.table.1.clone(),
+            }
+        };
+        if let Err(e) = self.pass_move_gate(sql, &gate_plan, None).await {
+            self.reply_error(e)?;
+            return Ok(Some(()));
         }
         let map = self.map();
         let (schema, name) = (cs.table.0.as_deref(), cs.table.1.as_str());

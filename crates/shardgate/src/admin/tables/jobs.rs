@@ -1,12 +1,31 @@
-//! `shardgate.jobs`: background jobs. Rebalancing (issue #8) is the first
-//! kind; until it exists the table is empty, with its columns fixed.
+//! `shardgate.jobs`: rebalancing jobs this proxy started (docs/ARCHITECTURE.md §10).
 
-use shardgate_admin::{columns, Table};
+use shardgate_admin::{columns, Table, Value};
 
-use super::Source;
+use super::{int, micros, text, Source};
 
-/// Rows: none yet.
-pub fn table(_src: &Source<'_>) -> Table {
+/// One row per job, oldest first.
+pub fn table(src: &Source<'_>) -> Table {
+    let rows = src
+        .rt
+        .jobs
+        .all()
+        .iter()
+        .map(|j| {
+            vec![
+                int(j.id),
+                text(j.kind),
+                text(j.state()),
+                text(j.phase()),
+                text(&j.args),
+                Value::Float(j.progress()),
+                int(j.rows_copied.load(std::sync::atomic::Ordering::Relaxed)),
+                int(j.bytes_copied.load(std::sync::atomic::Ordering::Relaxed)),
+                micros(j.started),
+                j.error().map_or(Value::Null, Value::Text),
+            ]
+        })
+        .collect();
     Table {
         name: "jobs",
         columns: columns![
@@ -14,10 +33,13 @@ pub fn table(_src: &Source<'_>) -> Table {
             kind: Text,
             state: Text,
             phase: Text,
+            args: Text,
             progress: Float8,
+            rows_copied: Int8,
+            bytes_copied: Int8,
             started_at: Timestamptz,
             error: Text,
         ],
-        rows: Vec::new(),
+        rows,
     }
 }

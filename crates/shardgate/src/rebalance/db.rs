@@ -1,0 +1,74 @@
+//! Connections of rebalancing jobs: one tokio-postgres client per node,
+//! logged in as the monitor user (`routing.monitor_user`, by default the
+//! first user's server login).
+
+use std::time::Duration;
+
+use tokio_postgres::{Client, Config as PgConfig, NoTls};
+
+use super::RebalanceError;
+use crate::config::Config;
+
+/// A connection to one node and the task that drives it.
+pub(super) struct Conn {
+    /// The node (`host:port`).
+    pub node: String,
+    /// The client.
+    pub client: Client,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Conn {
+    /// Connects to `node`'s database `database`.
+    pub async fn open(config: &Config, node: &str, database: &str) -> Result<Conn, RebalanceError> {
+        let m = crate::runtime::monitor_config(config);
+        let (host, port) = node
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+            .ok_or_else(|| RebalanceError::Invalid(format!("{node} is not host:port")))?;
+        let mut cfg = PgConfig::new();
+        cfg.host(host)
+            .port(port)
+            .user(&m.user)
+            .dbname(database)
+            .application_name("shardgate-rebalance")
+            .connect_timeout(Duration::from_secs(10));
+        if let Some(pw) = &m.password {
+            cfg.password(pw);
+        }
+        let (client, conn) = cfg.connect(NoTls).await.map_err(|e| RebalanceError::Db {
+            node: node.to_owned(),
+            source: e,
+        })?;
+        let task = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Conn {
+            node: node.to_owned(),
+            client,
+            task,
+        })
+    }
+
+    /// Runs statements without results.
+    pub async fn run(&self, sql: &str) -> Result<(), RebalanceError> {
+        self.client
+            .batch_execute(sql)
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    /// Wraps a driver error with the node's name.
+    pub fn err(&self, e: tokio_postgres::Error) -> RebalanceError {
+        RebalanceError::Db {
+            node: self.node.clone(),
+            source: e,
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! The write hold of a rebalancing move (docs/ARCHITECTURE.md §10): while
+//! rows move, statements that would write them wait; during the cutover,
+//! every statement touching them waits. Sessions consult the gate of their
+//! snapshot; the job drives its phase.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use shardgate_shardmap::Transition;
+use tokio::sync::Notify;
+
+/// Where a move stands, as sessions see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum GatePhase {
+    /// Rows are being copied: writes to moving keys wait, reads go on (to
+    /// the source shard).
+    Copying = 0,
+    /// The new map is being switched in: every statement touching moving
+    /// keys waits.
+    CuttingOver = 1,
+    /// The move is over (switched or abandoned): waiting statements go on
+    /// with the runtime's current snapshot.
+    Open = 2,
+}
+
+/// What a statement touches, as far as a move is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Touch {
+    /// Only rows that stay where they are.
+    Stays,
+    /// Rows that move, or rows the statement cannot name (a statement over
+    /// a moving table without a usable key, DDL, a reference-table write
+    /// while reference tables are copied to a new shard).
+    Moving,
+}
+
+/// One move's hold, shared by the snapshot that announces it and the job.
+pub struct MoveGate {
+    /// The maps before and after.
+    pub transition: Transition,
+    /// Whether reference tables are being copied to a new shard (their
+    /// writes wait for the whole move).
+    pub holds_reference_writes: bool,
+    phase: AtomicU8,
+    opened: Notify,
+}
+
+impl MoveGate {
+    /// A gate in phase [`GatePhase::Copying`].
+    pub fn new(transition: Transition, holds_reference_writes: bool) -> MoveGate {
+        MoveGate {
+            transition,
+            holds_reference_writes,
+            phase: AtomicU8::new(GatePhase::Copying as u8),
+            opened: Notify::new(),
+        }
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> GatePhase {
+        match self.phase.load(Ordering::SeqCst) {
+            0 => GatePhase::Copying,
+            1 => GatePhase::CuttingOver,
+            _ => GatePhase::Open,
+        }
+    }
+
+    /// Whether a statement that writes (`write`) and touches `touch` must wait.
+    pub fn must_wait(&self, write: bool, touch: Touch) -> bool {
+        touch == Touch::Moving
+            && match self.phase() {
+                GatePhase::Copying => write,
+                GatePhase::CuttingOver => true,
+                GatePhase::Open => false,
+            }
+    }
+
+    /// Enters the cutover: from now on reads of moving keys wait too.
+    pub fn cut_over(&self) {
+        self.phase
+            .store(GatePhase::CuttingOver as u8, Ordering::SeqCst);
+    }
+
+    /// Ends the hold: every waiting statement goes on.
+    pub fn open(&self) {
+        self.phase.store(GatePhase::Open as u8, Ordering::SeqCst);
+        self.opened.notify_waiters();
+    }
+
+    /// Waits until the gate opens.
+    pub async fn wait_open(&self) {
+        loop {
+            let notified = self.opened.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.phase() == GatePhase::Open {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use shardgate_shardmap::{ShardMap, ShardMapConfig};
+
+    use super::*;
+
+    fn gate() -> Arc<MoveGate> {
+        let map = |w: Vec<u32>| {
+            Arc::new(
+                ShardMap::new(
+                    ShardMapConfig {
+                        weights: w,
+                        vnodes: 4,
+                        default_shard: 0,
+                        tables: vec![],
+                        reference_tables: vec![],
+                    },
+                    1,
+                )
+                .expect("valid"),
+            )
+        };
+        Arc::new(MoveGate::new(
+            Transition::new(map(vec![1]), map(vec![1, 1])).expect("transition"),
+            true,
+        ))
+    }
+
+    #[test]
+    fn writes_wait_while_copying_and_everything_during_cutover() {
+        let g = gate();
+        assert!(g.must_wait(true, Touch::Moving));
+        assert!(!g.must_wait(false, Touch::Moving));
+        assert!(!g.must_wait(true, Touch::Stays));
+        g.cut_over();
+        assert!(g.must_wait(false, Touch::Moving));
+        assert!(!g.must_wait(false, Touch::Stays));
+        g.open();
+        assert!(!g.must_wait(true, Touch::Moving));
+    }
+
+    #[tokio::test]
+    async fn waiters_go_on_when_the_gate_opens() {
+        let g = gate();
+        let w = tokio::spawn({
+            let g = g.clone();
+            async move { g.wait_open().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!w.is_finished());
+        g.open();
+        tokio::time::timeout(std::time::Duration::from_secs(10), w)
+            .await
+            .expect("woken")
+            .expect("task");
+    }
+}

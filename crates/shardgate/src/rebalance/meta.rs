@@ -1,0 +1,266 @@
+//! The durable metadata of rebalancing: schema `shardgate_meta` in
+//! `sharding.rebalance_database` on shard 0's primary. A shard map version
+//! is written there before any proxy routes by it, so a restarted proxy
+//! routes by the newest map the cluster has moved to, not by its file.
+
+use tokio_postgres::Client;
+
+use super::db::Conn;
+use super::RebalanceError;
+use crate::config::{Config, ShardConfig};
+
+/// Creates the schema (idempotent).
+const SCHEMA: &str = "
+CREATE SCHEMA IF NOT EXISTS shardgate_meta;
+CREATE TABLE IF NOT EXISTS shardgate_meta.shard_maps (
+    version bigint PRIMARY KEY,
+    shards text NOT NULL,
+    job bigint,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS shardgate_meta.jobs (
+    id bigserial PRIMARY KEY,
+    kind text NOT NULL,
+    args text NOT NULL,
+    phase text NOT NULL,
+    error text,
+    rows_copied bigint NOT NULL DEFAULT 0,
+    bytes_copied bigint NOT NULL DEFAULT 0,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);";
+
+/// The shards of a map version as stored: one line per shard,
+/// `primary|replica,replica|weight`.
+pub fn encode_shards(shards: &[ShardConfig]) -> String {
+    shards
+        .iter()
+        .map(|s| format!("{}|{}|{}", s.primary, s.replicas.join(","), s.weight))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The shards of a stored map version; `None` if the text is not one.
+pub fn decode_shards(text: &str) -> Option<Vec<ShardConfig>> {
+    text.lines()
+        .map(|line| {
+            let mut parts = line.split('|');
+            let primary = parts.next()?.to_owned();
+            let replicas = parts.next()?;
+            let weight = parts.next()?.parse().ok()?;
+            Some(ShardConfig {
+                primary,
+                replicas: replicas
+                    .split(',')
+                    .filter(|r| !r.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                weight,
+            })
+        })
+        .collect()
+}
+
+/// The metadata node's connection.
+pub(super) struct Meta(pub Conn);
+
+impl Meta {
+    /// Connects to shard 0's primary and makes sure the schema exists.
+    pub async fn open(config: &Config) -> Result<Meta, RebalanceError> {
+        let node = &config
+            .shards
+            .first()
+            .ok_or_else(|| RebalanceError::Invalid("no shards configured".into()))?
+            .primary;
+        let conn = Conn::open(config, node, &config.sharding.rebalance_database).await?;
+        // Two proxies creating the schema at once: one loses the race on the
+        // catalog's unique index; the second attempt sees it.
+        if conn.run(SCHEMA).await.is_err() {
+            conn.run(SCHEMA).await?;
+        }
+        Ok(Meta(conn))
+    }
+
+    fn client(&self) -> &Client {
+        &self.0.client
+    }
+
+    /// Records a new job; returns its id.
+    pub async fn insert_job(&self, kind: &str, args: &str) -> Result<u64, RebalanceError> {
+        let row = self
+            .client()
+            .query_one(
+                "INSERT INTO shardgate_meta.jobs (kind, args, phase) VALUES ($1, $2, 'starting') RETURNING id",
+                &[&kind, &args],
+            )
+            .await
+            .map_err(|e| self.0.err(e))?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    /// Records a job's phase, progress and error.
+    pub async fn update_job(
+        &self,
+        id: u64,
+        phase: &str,
+        rows: u64,
+        bytes: u64,
+        error: Option<&str>,
+    ) -> Result<(), RebalanceError> {
+        self.client()
+            .execute(
+                "UPDATE shardgate_meta.jobs SET phase = $2, rows_copied = $3, bytes_copied = $4, \
+                 error = $5, updated_at = now() WHERE id = $1",
+                &[
+                    &(id as i64),
+                    &phase,
+                    &(rows as i64),
+                    &(bytes as i64),
+                    &error,
+                ],
+            )
+            .await
+            .map_err(|e| self.0.err(e))?;
+        Ok(())
+    }
+
+    /// The decision of a move: the new map version and the job's phase
+    /// `switched`, in one transaction. Once this commits the move happens,
+    /// whatever fails afterwards.
+    pub async fn record_switch(
+        &mut self,
+        job: u64,
+        shards: &[ShardConfig],
+    ) -> Result<u64, RebalanceError> {
+        let text = encode_shards(shards);
+        let node = self.0.node.clone();
+        let err = |e| RebalanceError::Db {
+            node: node.clone(),
+            source: e,
+        };
+        let tx = self.0.client.transaction().await.map_err(err)?;
+        tx.batch_execute("LOCK TABLE shardgate_meta.shard_maps IN EXCLUSIVE MODE")
+            .await
+            .map_err(err)?;
+        let row = tx
+            .query_one(
+                "INSERT INTO shardgate_meta.shard_maps (version, shards, job) \
+                 SELECT coalesce(max(version), 0) + 1, $1, $2 FROM shardgate_meta.shard_maps \
+                 RETURNING version",
+                &[&text, &(job as i64)],
+            )
+            .await
+            .map_err(err)?;
+        tx.execute(
+            "UPDATE shardgate_meta.jobs SET phase = 'switched', updated_at = now() WHERE id = $1",
+            &[&(job as i64)],
+        )
+        .await
+        .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+}
+
+/// The shards of the newest map version in the metadata, if there is one
+/// (`Ok(None)`: no metadata schema, no rebalancing happened yet).
+pub async fn latest_shards(
+    config: &Config,
+) -> Result<Option<(u64, Vec<ShardConfig>)>, RebalanceError> {
+    let Some(first) = config.shards.first() else {
+        return Ok(None);
+    };
+    let conn = Conn::open(config, &first.primary, &config.sharding.rebalance_database).await?;
+    let exists = conn
+        .client
+        .query_one(
+            "SELECT to_regclass('shardgate_meta.shard_maps') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(|e| conn.err(e))?;
+    if !exists.get::<_, bool>(0) {
+        return Ok(None);
+    }
+    let row = conn
+        .client
+        .query_opt(
+            "SELECT version, shards FROM shardgate_meta.shard_maps ORDER BY version DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .map_err(|e| conn.err(e))?;
+    Ok(row.and_then(|r| {
+        let text: String = r.get(1);
+        Some((r.get::<_, i64>(0) as u64, decode_shards(&text)?))
+    }))
+}
+
+/// `config` with the shards of the newest map version in the metadata,
+/// when rebalancing moved the cluster past the file's `[[shards]]` list.
+/// If the metadata node cannot be read the file's list is used and a
+/// warning logged.
+pub async fn with_latest_shards(mut config: Config) -> Config {
+    if !config.sharding_enabled() {
+        return config;
+    }
+    let latest =
+        tokio::time::timeout(std::time::Duration::from_secs(10), latest_shards(&config)).await;
+    match latest {
+        Ok(Ok(Some((version, shards)))) => {
+            let same = shards.len() == config.shards.len()
+                && shards
+                    .iter()
+                    .zip(&config.shards)
+                    .all(|(a, b)| a.primary == b.primary && a.weight == b.weight);
+            if !same {
+                tracing::warn!(
+                    version,
+                    shards = shards.len(),
+                    file_shards = config.shards.len(),
+                    "the cluster was rebalanced: routing by shard map version {version} from shardgate_meta, not by the file's [[shards]] (update proxy.toml to match)"
+                );
+                config.shards = shards;
+            }
+        }
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot read shard map versions from shardgate_meta; routing by the file's [[shards]]")
+        }
+        Err(_) => tracing::warn!(
+            "shardgate_meta did not answer within 10 s; routing by the file's [[shards]]"
+        ),
+    }
+    config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_lists_survive_the_round_trip() {
+        let shards = vec![
+            ShardConfig {
+                primary: "127.0.0.1:5432".into(),
+                replicas: vec!["127.0.0.1:5433".into(), "127.0.0.1:5434".into()],
+                weight: 1,
+            },
+            ShardConfig {
+                primary: "127.0.0.1:6432".into(),
+                replicas: vec![],
+                weight: 3,
+            },
+        ];
+        let text = encode_shards(&shards);
+        assert_eq!(
+            text,
+            "127.0.0.1:5432|127.0.0.1:5433,127.0.0.1:5434|1\n127.0.0.1:6432||3"
+        );
+        let back = decode_shards(&text).expect("decodes");
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[0].replicas.len(), 2);
+        assert_eq!(back[1].weight, 3);
+        assert!(decode_shards("127.0.0.1:5432|x").is_none());
+    }
+}

@@ -1,0 +1,172 @@
+//! Online rebalancing (docs/ARCHITECTURE.md §10): jobs that move rows
+//! between shards while clients keep reading and writing, and the shard-map
+//! versions they leave in the metadata schema.
+//!
+//! - [`gate`]: the hold sessions consult while rows move.
+//! - `db`: connections to the nodes a job works on.
+//! - `meta`: the durable metadata (`shardgate_meta` on shard 0's primary).
+//! - `schema`: creating a new shard's tables from an existing shard.
+//! - `copy`: streaming the moving rows from a source to a target.
+//! - `add_shard`: the `ADD SHARD` job.
+
+mod add_shard;
+mod copy;
+mod db;
+pub mod gate;
+pub mod meta;
+mod schema;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+pub use add_shard::start_add_shard;
+
+/// Why a rebalancing job could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RebalanceError {
+    /// A node refused or failed a statement.
+    #[error("{node}: {source}")]
+    Db {
+        /// The node.
+        node: String,
+        /// What it said.
+        source: tokio_postgres::Error,
+    },
+    /// The request cannot be done as asked.
+    #[error("{0}")]
+    Invalid(String),
+    /// The maps cannot be the two ends of a move.
+    #[error(transparent)]
+    Transition(#[from] shardgate_shardmap::TransitionError),
+    /// Creating the new shard's tables failed.
+    #[error("copying the schema to {node}: {message}")]
+    Schema {
+        /// The new shard's primary.
+        node: String,
+        /// What pg_dump or psql said.
+        message: String,
+    },
+    /// Sessions did not reach the move's snapshot or finish their statements in time.
+    #[error("{0}: set sharding.rebalance_hold_timeout_ms higher or end long transactions, then start the job again")]
+    HoldTimeout(String),
+    /// The copied rows do not match the source.
+    #[error("verification failed: {0}")]
+    Verify(String),
+}
+
+/// Where a job stands, as `shardgate.jobs` shows it.
+pub struct JobStatus {
+    /// Its id (the metadata's job id).
+    pub id: u64,
+    /// `add_shard`, ...
+    pub kind: &'static str,
+    /// Its arguments as written.
+    pub args: String,
+    /// When it started.
+    pub started: SystemTime,
+    phase: Mutex<&'static str>,
+    error: Mutex<Option<String>>,
+    finished: AtomicBool,
+    /// Rows copied so far.
+    pub rows_copied: AtomicU64,
+    /// Bytes copied so far.
+    pub bytes_copied: AtomicU64,
+    /// Table copies done.
+    pub steps_done: AtomicU64,
+    /// Table copies in all.
+    pub steps_total: AtomicU64,
+}
+
+impl JobStatus {
+    fn new(id: u64, kind: &'static str, args: String) -> JobStatus {
+        JobStatus {
+            id,
+            kind,
+            args,
+            started: SystemTime::now(),
+            phase: Mutex::new("starting"),
+            error: Mutex::new(None),
+            finished: AtomicBool::new(false),
+            rows_copied: AtomicU64::new(0),
+            bytes_copied: AtomicU64::new(0),
+            steps_done: AtomicU64::new(0),
+            steps_total: AtomicU64::new(0),
+        }
+    }
+
+    /// The phase now.
+    pub fn phase(&self) -> &'static str {
+        *self.phase.lock().expect("job phase lock")
+    }
+
+    fn set_phase(&self, p: &'static str) {
+        tracing::info!(
+            job = self.id,
+            kind = self.kind,
+            phase = p,
+            "rebalancing job"
+        );
+        *self.phase.lock().expect("job phase lock") = p;
+    }
+
+    /// `running`, `done` or `failed`.
+    pub fn state(&self) -> &'static str {
+        match (
+            self.finished.load(Ordering::Acquire),
+            self.error().is_some(),
+        ) {
+            (false, _) => "running",
+            (true, false) => "done",
+            (true, true) => "failed",
+        }
+    }
+
+    /// Why it failed.
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().expect("job error lock").clone()
+    }
+
+    /// Copy progress from 0 to 1.
+    pub fn progress(&self) -> f64 {
+        if self.state() == "done" {
+            return 1.0;
+        }
+        let total = self.steps_total.load(Ordering::Relaxed);
+        if total == 0 {
+            return 0.0;
+        }
+        self.steps_done.load(Ordering::Relaxed) as f64 / total as f64
+    }
+
+    fn finish(&self, result: Result<(), RebalanceError>) {
+        match result {
+            Ok(()) => self.set_phase("done"),
+            Err(e) => {
+                tracing::error!(job = self.id, error = %e, "rebalancing job failed");
+                *self.error.lock().expect("job error lock") = Some(e.to_string());
+                self.set_phase("failed");
+            }
+        }
+        self.finished.store(true, Ordering::Release);
+    }
+}
+
+/// The jobs this proxy runs or ran.
+#[derive(Default)]
+pub struct Jobs {
+    jobs: Mutex<Vec<Arc<JobStatus>>>,
+    /// One job moves rows at a time.
+    pub(crate) running: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Jobs {
+    /// Every job, oldest first.
+    pub fn all(&self) -> Vec<Arc<JobStatus>> {
+        self.jobs.lock().expect("jobs lock").clone()
+    }
+
+    fn add(&self, job: Arc<JobStatus>) {
+        self.jobs.lock().expect("jobs lock").push(job);
+    }
+}

@@ -1,0 +1,135 @@
+//! Statements and a rebalancing move's hold (docs/ARCHITECTURE.md §10): a
+//! statement that touches rows being moved waits at the move's gate, then
+//! routes by the map in force after it.
+
+use shardgate_protocol::error::PgError;
+use shardgate_router::shard::{KeyFilter, ShardPlan, ValueSource};
+
+use super::sharded::{key_from, Params, Unknown};
+use super::{Session, SessionError};
+use crate::rebalance::gate::{MoveGate, Touch};
+
+impl Session {
+    /// Waits while a move holds what `plan` touches. After a wait the
+    /// session takes the runtime's current snapshot, even inside a
+    /// transaction: a transaction that began on the gate's snapshot cannot
+    /// have written moving rows (its writes waited), and the moving rows it
+    /// read are the same on both shards until the switch.
+    pub(super) async fn pass_move_gate(
+        &mut self,
+        sql: &str,
+        plan: &ShardPlan,
+        params: Params<'_>,
+    ) -> Result<(), PgError> {
+        loop {
+            let Some(gate) = self.snap.move_gate.clone() else {
+                return Ok(());
+            };
+            let touch = self.touch_of(&gate, plan, params).await?;
+            if touch == Touch::Stays {
+                return Ok(());
+            }
+            let write = self.is_write(sql);
+            // Announce before looking at the phase: the cutover waits for
+            // announced statements to finish (see `ClientInfo::touching_moves`).
+            self.info.set_touching_moves(true);
+            if !gate.must_wait(write, touch) {
+                if gate.phase() != crate::rebalance::gate::GatePhase::Open {
+                    return Ok(());
+                }
+                self.info.set_touching_moves(false);
+                if self.runtime.version() == self.snap.version {
+                    return Ok(());
+                }
+            } else {
+                self.info.set_touching_moves(false);
+                gate.wait_open().await;
+            }
+            self.take_snapshot().map_err(|e| match e {
+                SessionError::Fatal(e) => e,
+                other => PgError::error("57P01", other.to_string()),
+            })?;
+            self.info.use_snapshot(self.snap.version);
+        }
+    }
+
+    /// Whether `plan` touches rows the gate's move relocates.
+    async fn touch_of(
+        &mut self,
+        gate: &MoveGate,
+        plan: &ShardPlan,
+        params: Params<'_>,
+    ) -> Result<Touch, PgError> {
+        let t = &gate.transition;
+        let map = t.from().clone();
+        let moving = |rule: &shardgate_shardmap::TableRule| t.table_moves(rule);
+        let touch = |b: bool| if b { Touch::Moving } else { Touch::Stays };
+        Ok(match plan {
+            ShardPlan::Unsharded
+            | ShardPlan::NoTable
+            | ShardPlan::ReferenceRead
+            | ShardPlan::Unsupported { .. } => Touch::Stays,
+            ShardPlan::ReferenceWrite => touch(gate.holds_reference_writes),
+            ShardPlan::Broadcast => Touch::Moving,
+            ShardPlan::NoKey { .. } => touch(map.tables().iter().any(|r| moving(r))),
+            ShardPlan::Keyed { table, filter } => {
+                let Some(rule) = map.table(table.0.as_deref(), &table.1).cloned() else {
+                    return Ok(Touch::Stays);
+                };
+                if !moving(&rule) {
+                    return Ok(Touch::Stays);
+                }
+                match filter {
+                    KeyFilter::Range { .. } => Touch::Moving,
+                    KeyFilter::Eq(values) => {
+                        let mut any = false;
+                        for v in values {
+                            any |= self.value_moves(gate, &rule, v, params)?;
+                        }
+                        touch(any)
+                    }
+                }
+            }
+            ShardPlan::Insert(ins) => {
+                let Some(rule) = map.table(ins.table.0.as_deref(), &ins.table.1).cloned() else {
+                    return Ok(Touch::Stays);
+                };
+                if !moving(&rule) {
+                    return Ok(Touch::Stays);
+                }
+                let index = match &ins.columns {
+                    Some(cols) => cols.iter().position(|c| *c == rule.column),
+                    None => self
+                        .table_columns(ins.table.0.as_deref(), &ins.table.1)
+                        .await?
+                        .iter()
+                        .position(|c| *c == rule.column),
+                };
+                let Some(index) = index.filter(|_| !ins.from_select && !ins.rows.is_empty()) else {
+                    return Ok(Touch::Moving);
+                };
+                let mut any = false;
+                for row in &ins.rows {
+                    let v = row.values.get(index).unwrap_or(&ValueSource::Other);
+                    any |= self.value_moves(gate, &rule, v, params)?;
+                }
+                touch(any)
+            }
+        })
+    }
+
+    /// Whether the key `v` denotes moves (an unknown key counts as moving).
+    fn value_moves(
+        &self,
+        gate: &MoveGate,
+        rule: &shardgate_shardmap::TableRule,
+        v: &ValueSource,
+        params: Params<'_>,
+    ) -> Result<bool, PgError> {
+        Ok(match key_from(rule, v, params)? {
+            Ok(Some(key)) => !matches!(gate.transition.key_moves(rule, &key), Ok(None)),
+            Ok(None) => false,
+            Err(Unknown) => true,
+        })
+    }
+}
