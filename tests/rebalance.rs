@@ -1,8 +1,9 @@
-//! Online rebalancing (issue 17): `ADD SHARD` while 16 clients write and
-//! read back through the proxy; afterwards every row is on the shard that
-//! owns it under the new map, the data equals the clients' ledger of what
-//! they committed, no client saw an error, and a restarted proxy routes by
-//! the new map.
+//! Online rebalancing (issue 17): jobs run while 16 clients write and read
+//! back through the proxy (`ADD SHARD`, `SET SHARD n WEIGHT w`, `REMOVE
+//! SHARD` on hash-sharded tables; `MOVE LIST VALUE` and `MOVE RANGE`);
+//! after each, every row is on the shard that owns it under the new map;
+//! at the end the data equals the clients' ledger of what they committed,
+//! no client saw an error, and a restarted proxy routes by the newest map.
 
 mod support;
 
@@ -56,6 +57,10 @@ fn config_over(c: &Cluster, port: u16, shards: usize) -> String {
 }
 
 fn map(shards: usize) -> ShardMap {
+    map_weighted(&vec![1; shards])
+}
+
+fn map_weighted(weights: &[u32]) -> ShardMap {
     let rule = |t: &str, c: &str| TableRule {
         table: TableName::new(None, t),
         column: c.into(),
@@ -64,7 +69,7 @@ fn map(shards: usize) -> ShardMap {
     };
     ShardMap::new(
         ShardMapConfig {
-            weights: vec![1; shards],
+            weights: weights.to_vec(),
             vnodes: VNODES,
             default_shard: 0,
             tables: vec![rule("accounts", "id"), rule("entries", "account_id")],
@@ -247,8 +252,108 @@ fn rows_on(c: &Cluster, shard: usize, sql: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// Starts a job with `command` on the admin console and waits until it is
+/// done; returns how long it took.
+async fn run_job(admin: &tokio_postgres::Client, proxy: &Proxy, command: &str) -> Duration {
+    let started = Instant::now();
+    admin
+        .batch_execute(command)
+        .await
+        .unwrap_or_else(|e| panic!("{command} starts a job: {e} {:?}", e.as_db_error()));
+    loop {
+        let row = admin
+            .query_one(
+                "SELECT state, phase, error FROM shardgate.jobs ORDER BY id DESC LIMIT 1",
+                &[],
+            )
+            .await
+            .expect("jobs table");
+        let state: String = row.get(0);
+        if state != "running" {
+            let (phase, error): (String, Option<String>) = (row.get(1), row.get(2));
+            assert_eq!(
+                state,
+                "done",
+                "{command}: job ended in phase {phase}: {error:?}\n{}",
+                proxy.log_tail()
+            );
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < LONG,
+            "{command} did not finish: {}",
+            proxy.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every account and entry is on the shard the map of `weights` gives it.
+fn check_hash_placement(c: &Cluster, weights: &[u32]) {
+    let m = map_weighted(weights);
+    for s in 0..weights.len() {
+        for (table, column) in [("accounts", "id"), ("entries", "account_id")] {
+            for r in rows_on(c, s, &format!("SELECT DISTINCT {column} FROM {table}")) {
+                let k: i64 = r[0].parse().expect("key");
+                assert_eq!(
+                    m.hash_shard(&ShardKey::Int(k)),
+                    s,
+                    "{table} {k} is on shard {s} under weights {weights:?}"
+                );
+            }
+        }
+    }
+}
+
+/// Stops the clients and gathers what they did.
+async fn stop_clients(
+    stop: &AtomicBool,
+    clients: Vec<tokio::task::JoinHandle<Outcome>>,
+) -> Outcome {
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Outcome {
+        ledger: Ledger::new(),
+        errors: Vec::new(),
+        writes: Vec::new(),
+    };
+    for h in clients {
+        let o = tokio::time::timeout(LONG, h)
+            .await
+            .expect("client ends")
+            .expect("client task");
+        all.ledger.extend(o.ledger);
+        all.errors.extend(o.errors);
+        all.writes.extend(o.writes);
+    }
+    all
+}
+
+/// Prints the writes' latency: p50, p99, max, and the longest write of a
+/// key that moved and of one that stayed.
+fn report_latency(what: &str, writes: &[(Duration, bool)]) {
+    let mut all: Vec<Duration> = writes.iter().map(|w| w.0).collect();
+    all.sort();
+    let max_of = |moving: bool| {
+        writes
+            .iter()
+            .filter(|w| w.1 == moving)
+            .map(|w| w.0)
+            .max()
+            .unwrap_or_default()
+    };
+    eprintln!(
+        "{what}: {} writes, p50 {:?}, p99 {:?}, max {:?}; longest write of a moving key {:?}, of a staying key {:?}",
+        all.len(),
+        percentile(&all, 0.5),
+        percentile(&all, 0.99),
+        all.last().copied().unwrap_or_default(),
+        max_of(true),
+        max_of(false)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn add_shard_under_writes_loses_nothing() {
+async fn hash_moves_under_writes_lose_nothing() {
     let c = cluster(ClusterSpec::new(3, 0));
     let port = free_port();
     let proxy = Proxy::start(c.dir(), port, &config_over(&c, port, 2));
@@ -278,140 +383,14 @@ async fn add_shard_under_writes_loses_nothing() {
         .map(|me| tokio::spawn(client(ci.clone(), me, stop.clone())))
         .collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
-
     let admin = connect(&proxy.conninfo("ops", "ops", "shardgate")).await;
-    let started = Instant::now();
-    admin
-        .batch_execute(&format!("ADD SHARD '{}'", c.shard(2).primary.addr()))
-        .await
-        .expect("ADD SHARD starts a job");
-    let (state, phase, error) = loop {
-        let row = admin
-            .query_one(
-                "SELECT state, phase, error FROM shardgate.jobs ORDER BY id DESC LIMIT 1",
-                &[],
-            )
-            .await
-            .expect("jobs table");
-        let state: String = row.get(0);
-        if state != "running" {
-            break (
-                state,
-                row.get::<_, String>(1),
-                row.get::<_, Option<String>>(2),
-            );
-        }
-        assert!(
-            started.elapsed() < LONG,
-            "the job did not finish: {}",
-            proxy.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let job_time = started.elapsed();
-    assert_eq!(
-        state,
-        "done",
-        "job ended in phase {phase}: {error:?}\n{}",
-        proxy.log_tail()
-    );
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut ledger = Ledger::new();
-    let mut errors = Vec::new();
-    let mut writes = Vec::new();
-    for h in clients {
-        let o = tokio::time::timeout(LONG, h)
-            .await
-            .expect("client ends")
-            .expect("client task");
-        ledger.extend(o.ledger);
-        errors.extend(o.errors);
-        writes.extend(o.writes);
-    }
-
-    // The writes' latency during the run.
-    let mut all: Vec<Duration> = writes.iter().map(|w| w.0).collect();
-    all.sort();
-    let moving_max = writes
-        .iter()
-        .filter(|w| w.1)
-        .map(|w| w.0)
-        .max()
-        .unwrap_or_default();
-    let staying_max = writes
-        .iter()
-        .filter(|w| !w.1)
-        .map(|w| w.0)
-        .max()
-        .unwrap_or_default();
-    eprintln!(
-        "ADD SHARD took {job_time:?}; {} writes: p50 {:?}, p99 {:?}, max {:?}; longest write of a moving key {moving_max:?}, of a staying key {staying_max:?}",
-        all.len(),
-        percentile(&all, 0.5),
-        percentile(&all, 0.99),
-        all.last().copied().unwrap_or_default()
-    );
-    assert!(
-        errors.is_empty(),
-        "client errors: {:?}",
-        &errors[..errors.len().min(10)]
-    );
-
-    // Every row is on the shard that owns it under the new map, once.
-    let after = map(3);
-    let mut balances: HashMap<i64, i64> = HashMap::new();
-    let mut entries: HashMap<i64, (i64, i64)> = HashMap::new();
-    let mut on_new_shard = 0;
-    for s in 0..3 {
-        for r in rows_on(&c, s, "SELECT id, balance FROM accounts") {
-            let id: i64 = r[0].parse().expect("id");
-            assert_eq!(
-                after.hash_shard(&ShardKey::Int(id)),
-                s,
-                "account {id} is on shard {s}"
-            );
-            assert!(
-                balances
-                    .insert(id, r[1].parse().expect("balance"))
-                    .is_none(),
-                "account {id} twice"
-            );
-            on_new_shard += usize::from(s == 2);
-        }
-        for r in rows_on(
-            &c,
-            s,
-            "SELECT account_id, count(*), sum(amount) FROM entries GROUP BY 1",
-        ) {
-            let id: i64 = r[0].parse().expect("id");
-            assert_eq!(
-                after.hash_shard(&ShardKey::Int(id)),
-                s,
-                "entries of {id} are on shard {s}"
-            );
-            assert!(
-                entries
-                    .insert(id, (r[1].parse().expect("n"), r[2].parse().expect("sum")))
-                    .is_none(),
-                "entries of {id} on two shards"
-            );
-        }
-    }
-    assert!(
-        on_new_shard > ACCOUNTS as usize / 5,
-        "the new shard got {on_new_shard} accounts"
-    );
-    assert_eq!(
-        balances.len(),
-        ledger.len(),
-        "accounts on the shards vs the ledger"
-    );
-    for (id, (balance, n, sum)) in &ledger {
-        assert_eq!(balances.get(id), Some(balance), "balance of {id}");
-        let got = entries.get(id).copied().unwrap_or((0, 0));
-        assert_eq!(got, (*n, *sum), "entries of {id}");
-    }
+    let add = run_job(
+        &admin,
+        &proxy,
+        &format!("ADD SHARD '{}'", c.shard(2).primary.addr()),
+    )
+    .await;
+    check_hash_placement(&c, &[1, 1, 1]);
     assert_eq!(
         rows_on(&c, 2, "SELECT code, name FROM currencies ORDER BY 1"),
         rows_on(&c, 0, "SELECT code, name FROM currencies ORDER BY 1"),
@@ -427,8 +406,75 @@ async fn add_shard_under_writes_loses_nothing() {
         2,
         "the new shard has entries' indexes: {indexes:?}"
     );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let weight = run_job(&admin, &proxy, "SET SHARD 0 WEIGHT 2").await;
+    check_hash_placement(&c, &[2, 1, 1]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let remove = run_job(&admin, &proxy, "REMOVE SHARD 1").await;
+    check_hash_placement(&c, &[2, 0, 1]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let done = stop_clients(&stop, clients).await;
+    eprintln!(
+        "jobs took: ADD SHARD {add:?}, SET SHARD 0 WEIGHT 2 {weight:?}, REMOVE SHARD 1 {remove:?}"
+    );
+    report_latency("hash moves", &done.writes);
+    assert!(
+        done.errors.is_empty(),
+        "client errors: {:?}",
+        &done.errors[..done.errors.len().min(10)]
+    );
+    let ledger = done.ledger;
 
-    // A proxy restarted with the old file routes by the new map (from the metadata).
+    // Every row is on the shard that owns it under the final map, once, and
+    // the data is what the clients committed.
+    let last = map_weighted(&[2, 0, 1]);
+    let mut balances: HashMap<i64, i64> = HashMap::new();
+    let mut entries: HashMap<i64, (i64, i64)> = HashMap::new();
+    for s in 0..3 {
+        for r in rows_on(&c, s, "SELECT id, balance FROM accounts") {
+            let id: i64 = r[0].parse().expect("id");
+            assert_eq!(
+                last.hash_shard(&ShardKey::Int(id)),
+                s,
+                "account {id} is on shard {s}"
+            );
+            assert!(
+                balances
+                    .insert(id, r[1].parse().expect("balance"))
+                    .is_none(),
+                "account {id} twice"
+            );
+        }
+        for r in rows_on(
+            &c,
+            s,
+            "SELECT account_id, count(*), sum(amount) FROM entries GROUP BY 1",
+        ) {
+            let id: i64 = r[0].parse().expect("id");
+            assert!(
+                entries
+                    .insert(id, (r[1].parse().expect("n"), r[2].parse().expect("sum")))
+                    .is_none(),
+                "entries of {id} on two shards"
+            );
+        }
+    }
+    assert!(
+        rows_on(&c, 1, "SELECT count(*) FROM accounts")[0][0] == "0",
+        "the removed shard is empty"
+    );
+    assert_eq!(
+        balances.len(),
+        ledger.len(),
+        "accounts on the shards vs the ledger"
+    );
+    for (id, (balance, n, sum)) in &ledger {
+        assert_eq!(balances.get(id), Some(balance), "balance of {id}");
+        let got = entries.get(id).copied().unwrap_or((0, 0));
+        assert_eq!(got, (*n, *sum), "entries of {id}");
+    }
+
+    // A proxy restarted with the old file routes by the newest map (from the metadata).
     drop(admin);
     drop(setup);
     drop(proxy);
@@ -442,7 +488,7 @@ async fn add_shard_under_writes_loses_nothing() {
         .get(0);
     assert_eq!(n as usize, ledger.len(), "a fan-out read sees every shard");
     let moved = (1..=ACCOUNTS)
-        .find(|k| after.hash_shard(&ShardKey::Int(*k)) == 2)
+        .find(|k| last.hash_shard(&ShardKey::Int(*k)) == 2)
         .expect("a key on the new shard");
     let balance: i64 = app
         .query_one("SELECT balance FROM accounts WHERE id = $1", &[&moved])

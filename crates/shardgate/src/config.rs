@@ -420,7 +420,7 @@ pub fn is_md5_hash(p: &str) -> bool {
 }
 
 /// `[[shards]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShardConfig {
     /// `host:port` of the primary.
@@ -670,12 +670,12 @@ impl Config {
                     ));
                 }
             }
-            if s.weight == 0 {
-                return Err(invalid(
-                    &format!("shards[{i}].weight"),
-                    "must be at least 1".into(),
-                ));
-            }
+        }
+        if !self.shards.is_empty() && self.shards.iter().all(|s| s.weight == 0) {
+            return Err(invalid(
+                "shards[0].weight",
+                "every shard has weight 0: at least one needs 1 or more (0 marks a shard REMOVE SHARD drained)".into(),
+            ));
         }
         if self.sharding.default_shard >= self.shards.len().max(1) {
             return Err(invalid(

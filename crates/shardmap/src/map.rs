@@ -105,7 +105,8 @@ impl fmt::Debug for ShardMap {
 impl ShardMap {
     /// Validates `cfg` and builds the map and its hash ring.
     ///
-    /// Checks: at least one shard, every weight ≥ 1, vnodes ≥ 1, the ring
+    /// Checks: at least one shard, some weight ≥ 1 (a shard of weight 0 is
+    /// drained: no hashed key belongs to it), vnodes ≥ 1, the ring
     /// not above [`crate::MAX_RING_POINTS`] points, `default_shard` in range,
     /// non-empty names, table names unique across sharded and reference
     /// tables, range sharding only on bigint keys with `start < end` and no
@@ -645,8 +646,8 @@ mod tests {
     fn shard_level_validation() {
         assert_eq!(rejected(|c| c.weights.clear()), MapError::NoShards);
         assert_eq!(
-            rejected(|c| c.weights = vec![1, 0]),
-            MapError::ZeroWeight { shard: 1 }
+            rejected(|c| c.weights = vec![0, 0]),
+            MapError::AllWeightsZero
         );
         assert_eq!(rejected(|c| c.vnodes = 0), MapError::ZeroVnodes);
         assert_eq!(
@@ -832,8 +833,8 @@ mod tests {
 
     #[test]
     fn error_messages_are_actionable() {
-        let e = rejected(|c| c.weights = vec![1, 0]);
-        assert!(e.to_string().contains("shard 1 has weight 0"), "{e}");
+        let e = rejected(|c| c.weights = vec![0, 0]);
+        assert!(e.to_string().contains("every shard has weight 0"), "{e}");
         let e = rejected(|c| set_function(c, 0, ranges(&[(0, 10, 10)])));
         assert!(e.to_string().contains("[10, 10)"), "{e}");
     }

@@ -18,12 +18,9 @@ pub enum MapError {
     /// No shard is configured.
     #[error("the shard map has no shards: configure at least one shard (one weight per shard)")]
     NoShards,
-    /// A shard has weight 0.
-    #[error("shard {shard} has weight 0: weights must be at least 1 (remove the shard instead)")]
-    ZeroWeight {
-        /// The shard with weight 0.
-        shard: usize,
-    },
+    /// Every shard has weight 0, so the ring has no points.
+    #[error("every shard has weight 0: at least one shard needs a weight of 1 or more (weight 0 marks a shard drained by REMOVE SHARD)")]
+    AllWeightsZero,
     /// `vnodes` is 0.
     #[error("vnodes is 0: the hash ring needs at least 1 virtual node per shard (256 is a good default)")]
     ZeroVnodes,
@@ -158,8 +155,8 @@ fn validate_shards(cfg: &ShardMapConfig) -> Result<(), MapError> {
     if cfg.weights.is_empty() {
         return Err(MapError::NoShards);
     }
-    if let Some(shard) = cfg.weights.iter().position(|&w| w == 0) {
-        return Err(MapError::ZeroWeight { shard });
+    if cfg.weights.iter().all(|&w| w == 0) {
+        return Err(MapError::AllWeightsZero);
     }
     if cfg.vnodes == 0 {
         return Err(MapError::ZeroVnodes);

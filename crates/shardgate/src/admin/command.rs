@@ -39,15 +39,9 @@ pub enum Command {
     },
     /// `SHUTDOWN`.
     Shutdown,
-    /// `ADD SHARD 'host:port' [REPLICAS ('host:port', ...)] [WEIGHT w]`.
-    AddShard {
-        /// The new shard's primary.
-        primary: String,
-        /// Its replicas.
-        replicas: Vec<String>,
-        /// Its ring weight (default 1).
-        weight: u32,
-    },
+    /// A rebalancing job: `ADD SHARD`, `REMOVE SHARD`, `SET SHARD n WEIGHT
+    /// w`, `MOVE LIST VALUE`, `MOVE RANGE`.
+    Rebalance(crate::rebalance::Change),
     /// `BEGIN` / `START TRANSACTION`: drivers wrap statements in
     /// transactions; the admin tables are read-only, so this is only status.
     Begin,
@@ -141,6 +135,16 @@ pub fn parse(stmt: &str) -> Result<Command, CommandError> {
         "reload" => only(Command::Reload),
         "shutdown" => only(Command::Shutdown),
         "add" => add_shard(rest),
+        "remove" => match rest {
+            [kw, n] if kw.is_keyword("shard") => shard_number(n)
+                .map(|n| Command::Rebalance(crate::rebalance::Change::RemoveShard(n))),
+            _ => Err(syntax(
+                "REMOVE needs SHARD and a number",
+                "Write REMOVE SHARD 2.",
+            )),
+        },
+        "set" if word(1).as_deref() == Some("shard") => set_weight(rest),
+        "move" => move_keys(rest),
         "pause" => shard_arg(rest).map(Command::Pause),
         "resume" => shard_arg(rest).map(Command::Resume),
         "ban" => match rest {
@@ -277,11 +281,122 @@ fn add_shard(rest: &[Token<'_>]) -> Result<Command, CommandError> {
             ));
         }
     }
-    Ok(Command::AddShard {
-        primary,
-        replicas,
-        weight,
+    Ok(Command::Rebalance(crate::rebalance::Change::AddShard(
+        crate::config::ShardConfig {
+            primary,
+            replicas,
+            weight,
+        },
+    )))
+}
+
+const WEIGHT_HINT: &str = "Write SET SHARD 1 WEIGHT 2.";
+const MOVE_HINT: &str =
+    "Write MOVE LIST VALUE 'DE' OF customers TO SHARD 2, or MOVE RANGE events [1000, 2000) TO SHARD 2.";
+
+/// A shard number.
+fn shard_number(t: &Token<'_>) -> Result<usize, CommandError> {
+    if t.kind != TokenKind::Number {
+        return Err(syntax(
+            format!("{} is not a shard number", t.text),
+            SHARD_HINT,
+        ));
+    }
+    t.text.parse().map_err(|_| CommandError {
+        sqlstate: "22023",
+        message: format!("invalid shard number {}", t.text),
+        hint: SHARD_HINT,
     })
+}
+
+/// `SHARD n WEIGHT w` after `SET`.
+fn set_weight(rest: &[Token<'_>]) -> Result<Command, CommandError> {
+    match rest {
+        [s, n, w, v] if s.is_keyword("shard") && w.is_keyword("weight") => {
+            let shard = shard_number(n)?;
+            let weight = v
+                .text
+                .parse::<u32>()
+                .ok()
+                .filter(|w| *w > 0 && v.kind == TokenKind::Number)
+                .ok_or_else(|| CommandError {
+                    sqlstate: "22023",
+                    message: "WEIGHT needs a whole number of at least 1".into(),
+                    hint: WEIGHT_HINT,
+                })?;
+            Ok(Command::Rebalance(crate::rebalance::Change::SetWeight {
+                shard,
+                weight,
+            }))
+        }
+        _ => Err(syntax("SET SHARD needs a number and WEIGHT w", WEIGHT_HINT)),
+    }
+}
+
+/// An integer, possibly negative, at `toks[i..]`; returns it and the tokens used.
+fn signed(toks: &[Token<'_>], i: usize) -> Option<(i64, usize)> {
+    match toks.get(i)? {
+        t if t.is_punct("-") => {
+            let n = toks.get(i + 1).filter(|t| t.kind == TokenKind::Number)?;
+            Some((format!("-{}", n.text).parse().ok()?, 2))
+        }
+        t if t.kind == TokenKind::Number => Some((t.text.parse().ok()?, 1)),
+        _ => None,
+    }
+}
+
+/// `LIST VALUE 'v' OF t TO SHARD n` or `RANGE t [a, b) TO SHARD n` after `MOVE`.
+fn move_keys(rest: &[Token<'_>]) -> Result<Command, CommandError> {
+    let bad = || syntax("MOVE needs LIST VALUE ... or RANGE ...", MOVE_HINT);
+    let to_shard = |toks: &[Token<'_>]| -> Result<usize, CommandError> {
+        match toks {
+            [to, s, n] if to.is_keyword("to") && s.is_keyword("shard") => shard_number(n),
+            _ => Err(syntax("MOVE ends with TO SHARD n", MOVE_HINT)),
+        }
+    };
+    match rest.first() {
+        Some(l) if l.is_keyword("list") => match rest {
+            [_, v, value, of, table, tail @ ..] if v.is_keyword("value") && of.is_keyword("of") => {
+                let value = string_value(value)
+                    .or_else(|| (value.kind == TokenKind::Number).then(|| value.text.to_owned()))
+                    .ok_or_else(bad)?;
+                Ok(Command::Rebalance(
+                    crate::rebalance::Change::MoveListValue {
+                        table: ident(table),
+                        value,
+                        shard: to_shard(tail)?,
+                    },
+                ))
+            }
+            _ => Err(bad()),
+        },
+        Some(r) if r.is_keyword("range") => {
+            let table = rest.get(1).map(ident).ok_or_else(bad)?;
+            if !rest.get(2).is_some_and(|t| t.is_punct("[")) {
+                return Err(bad());
+            }
+            let (start, used) = signed(rest, 3).ok_or_else(bad)?;
+            let mut i = 3 + used;
+            if !rest.get(i).is_some_and(|t| t.is_punct(",")) {
+                return Err(bad());
+            }
+            let (end, used) = signed(rest, i + 1).ok_or_else(bad)?;
+            i += 1 + used;
+            if !rest.get(i).is_some_and(|t| t.is_punct(")")) {
+                return Err(syntax(
+                    "a range is written [start, end): end is excluded",
+                    MOVE_HINT,
+                ));
+            }
+            Ok(Command::Rebalance(crate::rebalance::Change::MoveRange {
+                table,
+                start,
+                end,
+                shard: to_shard(&rest[i + 1..])?,
+            }))
+        }
+        _ => Err(bad()),
+    }
 }
 
 fn node_arg(t: &Token<'_>) -> Result<String, CommandError> {
@@ -408,21 +523,50 @@ mod tests {
         assert_eq!(ok("SET extra_float_digits = 3"), Command::NoOp("SET"));
         assert_eq!(ok("SET application_name = 'x'"), Command::NoOp("SET"));
         assert_eq!(ok("SHUTDOWN"), Command::Shutdown);
+        use crate::rebalance::Change;
         assert_eq!(
             ok("ADD SHARD '127.0.0.1:5434' REPLICAS ('127.0.0.1:5435', '127.0.0.1:5436') WEIGHT 2"),
-            Command::AddShard {
+            Command::Rebalance(Change::AddShard(crate::config::ShardConfig {
                 primary: "127.0.0.1:5434".into(),
                 replicas: vec!["127.0.0.1:5435".into(), "127.0.0.1:5436".into()],
                 weight: 2,
-            }
+            }))
         );
         assert_eq!(
             ok("add shard '127.0.0.1:5434'"),
-            Command::AddShard {
+            Command::Rebalance(Change::AddShard(crate::config::ShardConfig {
                 primary: "127.0.0.1:5434".into(),
                 replicas: vec![],
                 weight: 1,
-            }
+            }))
+        );
+        assert_eq!(
+            ok("REMOVE SHARD 2"),
+            Command::Rebalance(Change::RemoveShard(2))
+        );
+        assert_eq!(
+            ok("SET SHARD 1 WEIGHT 3"),
+            Command::Rebalance(Change::SetWeight {
+                shard: 1,
+                weight: 3
+            })
+        );
+        assert_eq!(
+            ok("MOVE LIST VALUE 'DE' OF regions TO SHARD 2"),
+            Command::Rebalance(Change::MoveListValue {
+                table: "regions".into(),
+                value: "DE".into(),
+                shard: 2
+            })
+        );
+        assert_eq!(
+            ok("MOVE RANGE events [-5, 1000) TO SHARD 1"),
+            Command::Rebalance(Change::MoveRange {
+                table: "events".into(),
+                start: -5,
+                end: 1000,
+                shard: 1
+            })
         );
         assert_eq!(ok("BEGIN"), Command::Begin);
         assert_eq!(ok("start transaction read only"), Command::Begin);

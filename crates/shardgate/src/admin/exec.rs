@@ -128,25 +128,14 @@ pub async fn run(rt: &Arc<Runtime>, cmd: Command) -> Result<Done, PgError> {
             rt.shutdown_requested.notify_one();
             Ok(done("SHUTDOWN"))
         }
-        Command::AddShard {
-            primary,
-            replicas,
-            weight,
-        } => {
-            let shard = crate::config::ShardConfig {
-                primary,
-                replicas,
-                weight,
-            };
-            let id = crate::rebalance::start_add_shard(rt, shard)
-                .await
-                .map_err(|e| {
-                    PgError::error("55000", format!("ADD SHARD: {e}")).with_hint(
-                        "Nothing was changed. shardgate.jobs shows the jobs and their errors.",
-                    )
-                })?;
+        Command::Rebalance(change) => {
+            let id = crate::rebalance::start(rt, change).await.map_err(|e| {
+                PgError::error("55000", e.to_string()).with_hint(
+                    "Nothing was changed. shardgate.jobs shows the jobs and their errors.",
+                )
+            })?;
             Ok(Done {
-                tag: "ADD SHARD",
+                tag: "REBALANCE",
                 notices: vec![format!(
                     "job {id} started: SELECT * FROM shardgate.jobs WHERE id = {id}"
                 )],

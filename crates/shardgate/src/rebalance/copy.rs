@@ -4,6 +4,7 @@
 //! only the rows that move. Rows are forwarded as bytes; only the key is
 //! decoded.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -22,24 +23,32 @@ const CHUNK: usize = 256 * 1024;
 /// What a copy moved.
 #[derive(Debug, Default)]
 pub(super) struct Copied {
-    /// Rows written to the target.
-    pub rows: u64,
-    /// Keys of those rows (empty for a whole-table copy).
+    /// Rows written, per target shard.
+    pub rows_to: HashMap<usize, u64>,
+    /// Keys of the rows that left the source (empty for a whole-table copy).
     pub keys: Vec<ShardKey>,
 }
 
-/// Which rows to copy.
-pub(super) enum Select<'a> {
-    /// Every row (a reference table).
-    All,
-    /// The rows whose key `keep` accepts, the key being column `field`.
+impl Copied {
+    /// Rows written in all.
+    pub fn rows(&self) -> u64 {
+        self.rows_to.values().sum()
+    }
+}
+
+/// Where rows go.
+pub(super) enum Route<'a> {
+    /// Every row to this shard (a reference table).
+    All(usize),
+    /// Each row to the shard `to` names for its key, or nowhere (`None`:
+    /// the row stays); the key is column `field`.
     Keys {
         /// The table's rule.
         rule: &'a TableRule,
         /// The key's position among the copied columns.
         field: usize,
-        /// Whether a row with this key is copied.
-        keep: &'a (dyn Fn(&ShardKey) -> bool + Sync),
+        /// The shard a row with this key moves to.
+        to: &'a (dyn Fn(&ShardKey) -> Option<usize> + Sync),
     },
 }
 
@@ -92,13 +101,21 @@ fn copy_error(conn: &Conn, e: impl std::fmt::Display) -> RebalanceError {
     RebalanceError::Invalid(format!("COPY data from {}: {e}", conn.node))
 }
 
-/// Copies the selected rows of `table` from `src` to `dst`.
+/// One target's COPY in progress.
+struct Target {
+    sink: std::pin::Pin<Box<tokio_postgres::CopyInSink<bytes::Bytes>>>,
+    chunk: BytesMut,
+    rows: u64,
+}
+
+/// Copies rows of `table` from `src` to the targets `route` picks, each
+/// into the writer connection of its shard (in its move transaction).
 pub(super) async fn copy_rows(
     src: &Conn,
-    dst: &Conn,
+    writers: &HashMap<usize, &Conn>,
     table: &TableName,
     cols: &[String],
-    select: Select<'_>,
+    route: Route<'_>,
     throttle: &mut Throttle,
     status: &JobStatus,
 ) -> Result<Copied, RebalanceError> {
@@ -114,25 +131,19 @@ pub(super) async fn copy_rows(
         ))
         .await
         .map_err(|e| src.err(e))?;
-    let sink = dst
-        .client
-        .copy_in::<_, bytes::Bytes>(&format!("COPY {table} ({list}) FROM STDIN (FORMAT binary)"))
-        .await
-        .map_err(|e| dst.err(e))?;
     futures_util::pin_mut!(out);
-    futures_util::pin_mut!(sink);
-    let mut splitter = match &select {
-        Select::All => CopySplitter::unkeyed(CopyFormat::Binary, b'\t', b'"', b'"', "", false),
-        Select::Keys { field, .. } => {
+    let mut splitter = match &route {
+        Route::All(_) => CopySplitter::unkeyed(CopyFormat::Binary, b'\t', b'"', b'"', "", false),
+        Route::Keys { field, .. } => {
             CopySplitter::new(CopyFormat::Binary, b'\t', b'"', b'"', "", false, *field)
         }
     };
+    let copy_in = format!("COPY {table} ({list}) FROM STDIN (FORMAT binary)");
+    let mut targets: HashMap<usize, Target> = HashMap::new();
     let mut copied = Copied::default();
-    let mut chunk = BytesMut::with_capacity(CHUNK);
     let mut rows = Vec::new();
-    let mut header_sent = false;
     let mut finished = false;
-    loop {
+    while !finished {
         let data = match out.next().await {
             Some(d) => d.map_err(|e| src.err(e))?,
             None => {
@@ -147,52 +158,76 @@ pub(super) async fn copy_rows(
                 .feed_into(&data, &mut rows)
                 .map_err(|e| copy_error(src, e))?;
         }
-        if !header_sent {
-            if let Some(h) = splitter.header_bytes() {
-                chunk.extend_from_slice(h);
-                header_sent = true;
-            }
-        }
         for row in &rows {
-            if let Select::Keys { rule, keep, .. } = &select {
-                let key = match &row.key {
-                    Some(FieldValue::Binary(b)) => {
-                        ShardKey::parse_binary(rule.key_type, b).map_err(|e| copy_error(src, e))?
-                    }
-                    _ => continue,
-                };
-                if !keep(&key) {
-                    continue;
+            let to = match &route {
+                Route::All(to) => *to,
+                Route::Keys { rule, to, .. } => {
+                    let key = match &row.key {
+                        Some(FieldValue::Binary(b)) => ShardKey::parse_binary(rule.key_type, b)
+                            .map_err(|e| copy_error(src, e))?,
+                        _ => continue,
+                    };
+                    let Some(to) = to(&key) else { continue };
+                    copied.keys.push(key);
+                    to
                 }
-                copied.keys.push(key);
-            }
-            chunk.extend_from_slice(splitter.row_bytes(row));
-            copied.rows += 1;
+            };
+            let target = match targets.entry(to) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let w = writers.get(&to).ok_or_else(|| {
+                        RebalanceError::Invalid(format!("no connection to shard {to}"))
+                    })?;
+                    let sink = w
+                        .client
+                        .copy_in::<_, bytes::Bytes>(&copy_in)
+                        .await
+                        .map_err(|e| w.err(e))?;
+                    let mut chunk = BytesMut::with_capacity(CHUNK);
+                    chunk.extend_from_slice(BINARY_SIGNATURE);
+                    chunk.extend_from_slice(&[0; 8]);
+                    e.insert(Target {
+                        sink: Box::pin(sink),
+                        chunk,
+                        rows: 0,
+                    })
+                }
+            };
+            target.chunk.extend_from_slice(splitter.row_bytes(row));
+            target.rows += 1;
             status
                 .rows_copied
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if target.chunk.len() >= CHUNK {
+                let w = &writers[&to];
+                target
+                    .sink
+                    .send(target.chunk.split().freeze())
+                    .await
+                    .map_err(|e| w.err(e))?;
+            }
         }
         status
             .bytes_copied
             .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
         throttle.account(data.len()).await;
-        if finished {
-            break;
-        }
-        if chunk.len() >= CHUNK {
-            sink.send(chunk.split().freeze())
-                .await
-                .map_err(|e| dst.err(e))?;
-        }
     }
-    if !header_sent {
-        chunk.extend_from_slice(BINARY_SIGNATURE);
-        chunk.extend_from_slice(&[0; 8]);
+    for (to, mut target) in targets {
+        let w = &writers[&to];
+        target.chunk.extend_from_slice(&BINARY_TRAILER);
+        target
+            .sink
+            .send(target.chunk.split().freeze())
+            .await
+            .map_err(|e| w.err(e))?;
+        let written = target.sink.as_mut().finish().await.map_err(|e| w.err(e))?;
+        if written != target.rows {
+            return Err(RebalanceError::Verify(format!(
+                "shard {to} took {written} rows of {table}, {} were sent",
+                target.rows
+            )));
+        }
+        copied.rows_to.insert(to, written);
     }
-    chunk.extend_from_slice(&BINARY_TRAILER);
-    sink.send(chunk.split().freeze())
-        .await
-        .map_err(|e| dst.err(e))?;
-    sink.as_mut().finish().await.map_err(|e| dst.err(e))?;
     Ok(copied)
 }

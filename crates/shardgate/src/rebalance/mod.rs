@@ -7,20 +7,23 @@
 //! - `meta`: the durable metadata (`shardgate_meta` on shard 0's primary).
 //! - `schema`: creating a new shard's tables from an existing shard.
 //! - `copy`: streaming the moving rows from a source to a target.
-//! - `add_shard`: the `ADD SHARD` job.
+//! - [`change`]: the map changes jobs make, as configuration changes.
+//! - `move_job`: a job: hold, copy, verify, prepare, cut over.
 
-mod add_shard;
+pub mod change;
 mod copy;
 mod db;
 pub mod gate;
 pub mod meta;
+mod move_job;
 mod schema;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-pub use add_shard::start_add_shard;
+pub use change::Change;
+pub use move_job::start;
 
 /// Why a rebalancing job could not start or stopped.
 #[derive(Debug, thiserror::Error)]

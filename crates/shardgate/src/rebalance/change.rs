@@ -1,0 +1,399 @@
+//! The changes of the shard map a rebalancing job makes, as changes of the
+//! configuration (pure): the job moves the rows whose owner differs between
+//! the map of the configuration before and after.
+
+use crate::config::{Config, ListConfig, RangeConfig, ShardConfig};
+
+use super::RebalanceError;
+
+/// One change of the shard map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// `ADD SHARD`: a new shard at the end of the list.
+    AddShard(ShardConfig),
+    /// `REMOVE SHARD n`: the shard keeps its number with weight 0 and no
+    /// keys (numbers are identities on the ring).
+    RemoveShard(usize),
+    /// `SET SHARD n WEIGHT w`.
+    SetWeight {
+        /// The shard.
+        shard: usize,
+        /// Its new weight (1 or more).
+        weight: u32,
+    },
+    /// `MOVE LIST VALUE 'v' OF table TO SHARD n`.
+    MoveListValue {
+        /// The list-sharded table.
+        table: String,
+        /// The value, as written.
+        value: String,
+        /// Where it goes.
+        shard: usize,
+    },
+    /// `MOVE RANGE table [start, end) TO SHARD n`: ranges are split where
+    /// they straddle the bounds.
+    MoveRange {
+        /// The range-sharded table.
+        table: String,
+        /// First key moved.
+        start: i64,
+        /// First key not moved.
+        end: i64,
+        /// Where it goes.
+        shard: usize,
+    },
+}
+
+fn invalid(msg: impl Into<String>) -> RebalanceError {
+    RebalanceError::Invalid(msg.into())
+}
+
+impl Change {
+    /// The job kind shown in `shardgate.jobs`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Change::AddShard(_) => "add_shard",
+            Change::RemoveShard(_) => "remove_shard",
+            Change::SetWeight { .. } => "set_weight",
+            Change::MoveListValue { .. } => "move_list_value",
+            Change::MoveRange { .. } => "move_range",
+        }
+    }
+
+    /// The command that asked for it.
+    pub fn describe(&self) -> String {
+        match self {
+            Change::AddShard(s) => {
+                let mut out = format!("ADD SHARD '{}'", s.primary);
+                if !s.replicas.is_empty() {
+                    out.push_str(&format!(" REPLICAS ('{}')", s.replicas.join("', '")));
+                }
+                out.push_str(&format!(" WEIGHT {}", s.weight));
+                out
+            }
+            Change::RemoveShard(n) => format!("REMOVE SHARD {n}"),
+            Change::SetWeight { shard, weight } => format!("SET SHARD {shard} WEIGHT {weight}"),
+            Change::MoveListValue {
+                table,
+                value,
+                shard,
+            } => format!("MOVE LIST VALUE '{value}' OF {table} TO SHARD {shard}"),
+            Change::MoveRange {
+                table,
+                start,
+                end,
+                shard,
+            } => format!("MOVE RANGE {table} [{start}, {end}) TO SHARD {shard}"),
+        }
+    }
+
+    /// Whether reference tables are copied to a new shard (their writes
+    /// wait during the move).
+    pub fn copies_reference_tables(&self) -> bool {
+        matches!(self, Change::AddShard(_))
+    }
+
+    /// The configuration after the change.
+    pub fn apply(&self, config: &Config) -> Result<Config, RebalanceError> {
+        let mut next = config.clone();
+        let shards = next.shards.len();
+        let check_shard = |n: usize| {
+            if n >= shards {
+                Err(invalid(format!(
+                    "there is no shard {n}: shards are numbered 0 to {}",
+                    shards.saturating_sub(1)
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            Change::AddShard(s) => {
+                if next
+                    .shards
+                    .iter()
+                    .any(|o| o.primary == s.primary || o.replicas.contains(&s.primary))
+                {
+                    return Err(invalid(format!(
+                        "{} is already a node of the cluster",
+                        s.primary
+                    )));
+                }
+                next.shards.push(s.clone());
+            }
+            Change::RemoveShard(n) => {
+                check_shard(*n)?;
+                if next.sharding.default_shard == *n {
+                    return Err(invalid(format!(
+                        "shard {n} is sharding.default_shard, which holds the unsharded tables: move them and change default_shard first"
+                    )));
+                }
+                for t in &next.sharded_tables {
+                    if t.ranges.iter().any(|r| r.shard == *n)
+                        || t.lists
+                            .iter()
+                            .any(|l| l.shard == *n && !l.values.is_empty())
+                    {
+                        return Err(invalid(format!(
+                            "table {} keeps ranges or list values on shard {n}: MOVE them to other shards first",
+                            t.table
+                        )));
+                    }
+                }
+                if next.shards[*n].weight == 0 {
+                    return Err(invalid(format!("shard {n} is already removed (weight 0)")));
+                }
+                next.shards[*n].weight = 0;
+                if next.shards.iter().all(|s| s.weight == 0) {
+                    return Err(invalid("the last shard with keys cannot be removed"));
+                }
+            }
+            Change::SetWeight { shard, weight } => {
+                check_shard(*shard)?;
+                if *weight == 0 {
+                    return Err(invalid(
+                        "a weight is 1 or more: REMOVE SHARD empties a shard",
+                    ));
+                }
+                next.shards[*shard].weight = *weight;
+            }
+            Change::MoveListValue {
+                table,
+                value,
+                shard,
+            } => {
+                check_shard(*shard)?;
+                let t = table_config(&mut next, table, "list")?;
+                let text = |v: &toml::Value| match v {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                let mut found = None;
+                for entry in &mut t.lists {
+                    if let Some(i) = entry.values.iter().position(|v| text(v) == *value) {
+                        found = Some(entry.values.remove(i));
+                    }
+                }
+                let v = found
+                    .ok_or_else(|| invalid(format!("table {table} lists no value {value}")))?;
+                t.lists.retain(|e| !e.values.is_empty());
+                match t.lists.iter_mut().find(|e| e.shard == *shard) {
+                    Some(e) => e.values.push(v),
+                    None => t.lists.push(ListConfig {
+                        shard: *shard,
+                        values: vec![v],
+                    }),
+                }
+            }
+            Change::MoveRange {
+                table,
+                start,
+                end,
+                shard,
+            } => {
+                check_shard(*shard)?;
+                if start >= end {
+                    return Err(invalid("a range [start, end) needs start below end"));
+                }
+                let t = table_config(&mut next, table, "range")?;
+                let mut ranges = Vec::new();
+                for r in &t.ranges {
+                    if r.end <= *start || r.start >= *end {
+                        ranges.push(r.clone());
+                        continue;
+                    }
+                    if r.start < *start {
+                        ranges.push(RangeConfig {
+                            shard: r.shard,
+                            start: r.start,
+                            end: *start,
+                        });
+                    }
+                    if r.end > *end {
+                        ranges.push(RangeConfig {
+                            shard: r.shard,
+                            start: *end,
+                            end: r.end,
+                        });
+                    }
+                }
+                ranges.push(RangeConfig {
+                    shard: *shard,
+                    start: *start,
+                    end: *end,
+                });
+                ranges.sort_by_key(|r| r.start);
+                t.ranges = ranges;
+            }
+        }
+        next.shard_map()
+            .map_err(|e| invalid(format!("the resulting shard map is not valid: {e}")))?;
+        Ok(next)
+    }
+}
+
+/// The `[[sharded_tables]]` entry of `table`, which must use `function`.
+fn table_config<'a>(
+    config: &'a mut Config,
+    table: &str,
+    function: &str,
+) -> Result<&'a mut crate::config::ShardedTableConfig, RebalanceError> {
+    let t = config
+        .sharded_tables
+        .iter_mut()
+        .find(|t| t.table.eq_ignore_ascii_case(table))
+        .ok_or_else(|| invalid(format!("{table} is not a sharded table")))?;
+    if t.function != function {
+        return Err(invalid(format!(
+            "table {table} is sharded by {}, not {function}",
+            t.function
+        )));
+    }
+    Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        let text = r#"
+[[users]]
+name = "app"
+password = "secret"
+
+[[shards]]
+primary = "127.0.0.1:5432"
+
+[[shards]]
+primary = "127.0.0.1:5433"
+
+[[shards]]
+primary = "127.0.0.1:5434"
+
+[[sharded_tables]]
+table = "accounts"
+column = "id"
+
+[[sharded_tables]]
+table = "events"
+column = "id"
+function = "range"
+ranges = [{ shard = 0, start = 0, end = 100 }, { shard = 1, start = 100, end = 200 }]
+
+[[sharded_tables]]
+table = "regions"
+column = "code"
+function = "list"
+key_type = "text"
+lists = [{ shard = 0, values = ["DE", "FR"] }, { shard = 1, values = ["US"] }]
+"#;
+        Config::parse(text, "test.toml").expect("valid config")
+    }
+
+    #[test]
+    fn a_range_is_split_around_the_moved_part() {
+        let next = Change::MoveRange {
+            table: "events".into(),
+            start: 50,
+            end: 150,
+            shard: 2,
+        }
+        .apply(&config())
+        .expect("applies");
+        let t = next
+            .sharded_tables
+            .iter()
+            .find(|t| t.table == "events")
+            .expect("events");
+        let got: Vec<(usize, i64, i64)> =
+            t.ranges.iter().map(|r| (r.shard, r.start, r.end)).collect();
+        assert_eq!(got, vec![(0, 0, 50), (2, 50, 150), (1, 150, 200)]);
+    }
+
+    #[test]
+    fn a_list_value_moves_to_its_own_shard() {
+        let next = Change::MoveListValue {
+            table: "regions".into(),
+            value: "DE".into(),
+            shard: 2,
+        }
+        .apply(&config())
+        .expect("applies");
+        let t = next
+            .sharded_tables
+            .iter()
+            .find(|t| t.table == "regions")
+            .expect("regions");
+        let got: Vec<(usize, Vec<String>)> = t
+            .lists
+            .iter()
+            .map(|l| {
+                (
+                    l.shard,
+                    l.values
+                        .iter()
+                        .map(|v| v.as_str().unwrap_or("").to_owned())
+                        .collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, vec!["FR".to_owned()]),
+                (1, vec!["US".to_owned()]),
+                (2, vec!["DE".to_owned()])
+            ]
+        );
+        assert!(Change::MoveListValue {
+            table: "regions".into(),
+            value: "XX".into(),
+            shard: 2
+        }
+        .apply(&config())
+        .is_err());
+    }
+
+    #[test]
+    fn removing_a_shard_keeps_its_number_with_weight_zero() {
+        let next = Change::RemoveShard(2).apply(&config()).expect("applies");
+        assert_eq!(next.shards.len(), 3);
+        assert_eq!(next.shards[2].weight, 0);
+        // Shard 1 still holds a range and a list value.
+        assert!(Change::RemoveShard(1).apply(&config()).is_err());
+        // Shard 0 holds the unsharded tables.
+        assert!(Change::RemoveShard(0).apply(&config()).is_err());
+        assert!(Change::RemoveShard(7).apply(&config()).is_err());
+    }
+
+    #[test]
+    fn weights_and_new_shards() {
+        let next = Change::SetWeight {
+            shard: 1,
+            weight: 3,
+        }
+        .apply(&config())
+        .expect("applies");
+        assert_eq!(next.shards[1].weight, 3);
+        assert!(Change::SetWeight {
+            shard: 1,
+            weight: 0
+        }
+        .apply(&config())
+        .is_err());
+        let add = Change::AddShard(ShardConfig {
+            primary: "127.0.0.1:5440".into(),
+            replicas: vec![],
+            weight: 2,
+        });
+        assert_eq!(add.apply(&config()).expect("applies").shards.len(), 4);
+        assert_eq!(add.describe(), "ADD SHARD '127.0.0.1:5440' WEIGHT 2");
+        let dup = Change::AddShard(ShardConfig {
+            primary: "127.0.0.1:5433".into(),
+            replicas: vec![],
+            weight: 1,
+        });
+        assert!(dup.apply(&config()).is_err());
+    }
+}

@@ -1,0 +1,442 @@
+//! A rebalancing job (docs/ARCHITECTURE.md §10): one [`Change`] of the
+//! shard map, and the rows whose owner it changes moved while clients keep
+//! reading and writing.
+//!
+//! Mode `block_writes`: writes to the moving keys (and, when a shard is
+//! added, to reference tables) wait from the moment every session routes by
+//! the move's snapshot until the switch; reads go on, to the source. Steps:
+//!
+//! 1. `schema` (`ADD SHARD` only): the new shard's tables are created
+//!    (pg_dump/psql).
+//! 2. `hold`: a snapshot with the move's gate (and the new shard's nodes,
+//!    owning nothing) is installed; the job waits until no session routes by
+//!    an older one, so no transaction that could write moving rows unheld is
+//!    still open.
+//! 3. `copy`: every shard gets a move transaction. Reference tables are
+//!    copied whole to a new shard; each source's moving rows are streamed to
+//!    their new shards' move transactions, and deleted in the source's.
+//! 4. `verify`: each target took exactly the rows sent, and each source
+//!    deleted exactly the rows it gave.
+//! 5. `prepare`: the move transactions are prepared (two-phase commit), so
+//!    nothing of the move is visible yet and all of it can commit.
+//! 6. `cutover`: every statement touching moving keys waits; once those in
+//!    flight end, the new shard list is written to the metadata as a new
+//!    map version (the decision), the move transactions commit, the new
+//!    map is installed and the held statements go on, routed by it.
+//!
+//! A failure before the decision rolls the move transactions back and
+//! reinstalls the old map: nothing moved. Known gap: a proxy killed after
+//! the decision leaves prepared transactions named
+//! `shardgate_move_<job>_<shard>` that the next start does not yet commit.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shardgate_shardmap::{ShardKey, TableName, Transition};
+
+use super::change::Change;
+use super::copy::{columns, copy_rows, Route, Throttle};
+use super::db::Conn;
+use super::gate::{GatePhase, MoveGate};
+use super::meta::Meta;
+use super::{JobStatus, RebalanceError};
+use crate::config::{parse_table_name, Config};
+use crate::runtime::{Runtime, Snapshot};
+
+/// Keys deleted per statement on a source.
+const DELETE_BATCH: usize = 5_000;
+
+/// The move transaction of one shard: rows coming in, rows going out.
+struct MoveTx {
+    conn: Conn,
+    gid: String,
+    touched: bool,
+}
+
+/// Starts a job for `change`; returns its id once it is recorded.
+pub async fn start(rt: &Arc<Runtime>, change: Change) -> Result<u64, RebalanceError> {
+    let snap = rt.snapshot();
+    let Some(sharding) = snap.sharding.as_ref() else {
+        return Err(RebalanceError::Invalid(
+            "rebalancing needs a sharded configuration ([[sharded_tables]])".into(),
+        ));
+    };
+    let next = change.apply(&snap.config)?;
+    let next_map = Arc::new(
+        next.shard_map()
+            .map_err(|e| RebalanceError::Invalid(e.to_string()))?,
+    );
+    Transition::new(sharding.map.clone(), next_map)?;
+    let Ok(running) = rt.jobs.running.clone().try_lock_owned() else {
+        return Err(RebalanceError::Invalid(
+            "another rebalancing job is running: wait for it (shardgate.jobs)".into(),
+        ));
+    };
+    let meta = Meta::open(&snap.config).await?;
+    let id = meta.insert_job(change.kind(), &change.describe()).await?;
+    let status = Arc::new(JobStatus::new(id, change.kind(), change.describe()));
+    rt.jobs.add(status.clone());
+    let rt = rt.clone();
+    tokio::spawn(async move {
+        let result = run(&rt, &status, meta, change).await;
+        status.finish(result);
+        drop(running);
+    });
+    Ok(id)
+}
+
+async fn run(
+    rt: &Arc<Runtime>,
+    status: &JobStatus,
+    mut meta: Meta,
+    change: Change,
+) -> Result<(), RebalanceError> {
+    let _serial = rt.reconfiguring.lock().await;
+    let snap = rt.snapshot();
+    let next = change.apply(&snap.config)?;
+    let next_map = Arc::new(
+        next.shard_map()
+            .map_err(|e| RebalanceError::Invalid(e.to_string()))?,
+    );
+    let current = snap
+        .sharding
+        .as_ref()
+        .expect("checked at start")
+        .map
+        .clone();
+    let transition = Transition::new(current, next_map)?;
+    let db = next.sharding.rebalance_database.clone();
+    let references: Vec<TableName> = if change.copies_reference_tables() {
+        next.reference_tables
+            .iter()
+            .map(|t| parse_table_name(&t.table))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if let Change::AddShard(shard) = &change {
+        phase(status, &meta, "schema").await;
+        let target = Conn::open(&next, &shard.primary, &db).await?;
+        let mut tables: Vec<TableName> = next
+            .sharded_tables
+            .iter()
+            .map(|t| parse_table_name(&t.table))
+            .collect();
+        tables.extend(references.iter().cloned());
+        super::schema::copy_schema(&next, &next.shards[0].primary, &target, &tables).await?;
+    }
+
+    phase(status, &meta, "hold").await;
+    let gate = Arc::new(MoveGate::new(transition, change.copies_reference_tables()));
+    let hold_timeout = Duration::from_millis(next.sharding.rebalance_hold_timeout_ms);
+    let held_version = install(rt, &next, Some(gate.clone()), Some(&snap));
+    if !rt
+        .clients
+        .wait_snapshots(held_version, Instant::now() + hold_timeout)
+        .await
+    {
+        abandon(rt, &snap, &gate);
+        return Err(RebalanceError::HoldTimeout(
+            "transactions begun before the move did not end".into(),
+        ));
+    }
+    let result = move_rows(rt, status, &mut meta, &next, &gate, &references).await;
+    if result.is_err() && gate.phase() != GatePhase::Open {
+        abandon(rt, &snap, &gate);
+    }
+    result
+}
+
+/// Steps 3 to 6; on an error before the decision the caller reinstalls the
+/// old map.
+async fn move_rows(
+    rt: &Arc<Runtime>,
+    status: &JobStatus,
+    meta: &mut Meta,
+    next: &Config,
+    gate: &Arc<MoveGate>,
+    references: &[TableName],
+) -> Result<(), RebalanceError> {
+    let t = &gate.transition;
+    let db = &next.sharding.rebalance_database;
+    let job = status.id;
+    let sources = t.sources();
+    let moving: Vec<_> = t
+        .from()
+        .tables()
+        .iter()
+        .filter(|r| t.table_moves(r))
+        .cloned()
+        .collect();
+    status.steps_total.store(
+        (references.len() + sources.len() * moving.len()) as u64,
+        Ordering::Relaxed,
+    );
+    phase(status, meta, "copy").await;
+    let mut txs: HashMap<usize, MoveTx> = HashMap::new();
+    for (i, s) in next.shards.iter().enumerate() {
+        let conn = Conn::open(next, &s.primary, db).await?;
+        conn.run("BEGIN").await?;
+        txs.insert(
+            i,
+            MoveTx {
+                conn,
+                gid: format!("shardgate_move_{job}_{i}"),
+                touched: false,
+            },
+        );
+    }
+    let result = copy_and_prepare(
+        status, meta, next, t, &sources, &moving, references, &mut txs,
+    )
+    .await;
+    let mut prepared: Vec<MoveTx> = Vec::new();
+    match result {
+        Ok(()) => {
+            for (_, tx) in txs {
+                if tx.touched {
+                    prepared.push(tx);
+                }
+            }
+        }
+        Err(e) => {
+            rollback_prepared(txs.values()).await;
+            return Err(e);
+        }
+    }
+
+    phase(status, meta, "cutover").await;
+    gate.cut_over();
+    let hold_timeout = Duration::from_millis(next.sharding.rebalance_hold_timeout_ms);
+    if !rt
+        .clients
+        .wait_moves_settled(Instant::now() + hold_timeout)
+        .await
+    {
+        rollback_prepared(prepared.iter()).await;
+        return Err(RebalanceError::HoldTimeout(
+            "statements on moving keys did not finish".into(),
+        ));
+    }
+    if let Err(e) = meta.record_switch(job, &next.shards).await {
+        rollback_prepared(prepared.iter()).await;
+        return Err(e);
+    }
+    // Decided: from here on the move completes.
+    for tx in &prepared {
+        let sql = format!("COMMIT PREPARED '{}'", tx.gid);
+        let mut tries = 0;
+        while let Err(e) = tx.conn.run(&sql).await {
+            tries += 1;
+            tracing::error!(node = %tx.conn.node, gid = %tx.gid, error = %e, "COMMIT PREPARED of a move failed; retrying");
+            if tries >= 50 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    install(rt, next, None, None);
+    gate.open();
+    status.set_phase("done");
+    let rows = status.rows_copied.load(Ordering::Relaxed);
+    let bytes = status.bytes_copied.load(Ordering::Relaxed);
+    meta.update_job(job, "done", rows, bytes, None).await?;
+    Ok(())
+}
+
+/// Steps 3 to 5: copy into the targets' move transactions, delete from the
+/// sources', verify, prepare the touched ones and roll back the others.
+#[allow(clippy::too_many_arguments)]
+async fn copy_and_prepare(
+    status: &JobStatus,
+    meta: &Meta,
+    next: &Config,
+    t: &Transition,
+    sources: &[usize],
+    moving: &[Arc<shardgate_shardmap::TableRule>],
+    references: &[TableName],
+    txs: &mut HashMap<usize, MoveTx>,
+) -> Result<(), RebalanceError> {
+    let db = &next.sharding.rebalance_database;
+    let mut throttle = Throttle::new(next.sharding.rebalance_max_mb_s);
+    if !references.is_empty() {
+        let new_shard = next.shards.len() - 1;
+        let tx = txs
+            .get_mut(&new_shard)
+            .expect("a move transaction per shard");
+        tx.touched = true;
+        for table in references {
+            tx.conn.run(&format!("TRUNCATE {table}")).await?;
+        }
+        let first = Conn::open(next, &next.shards[0].primary, db).await?;
+        for table in references {
+            let cols = columns(&first, table).await?;
+            let conns = conns_of(txs);
+            copy_rows(
+                &first,
+                &conns,
+                table,
+                &cols,
+                Route::All(new_shard),
+                &mut throttle,
+                status,
+            )
+            .await?;
+            status.steps_done.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    for &s in sources {
+        let reader = Conn::open(next, &next.shards[s].primary, db).await?;
+        for rule in moving {
+            let cols = columns(&reader, &rule.table).await?;
+            let field = cols.iter().position(|c| *c == rule.column).ok_or_else(|| {
+                RebalanceError::Invalid(format!(
+                    "table {} on {} has no column {}",
+                    rule.table, reader.node, rule.column
+                ))
+            })?;
+            let to = |k: &ShardKey| match t.next_shard(rule, k) {
+                Ok(n) if n != s => Some(n),
+                _ => None,
+            };
+            let conns = conns_of(txs);
+            let copied = copy_rows(
+                &reader,
+                &conns,
+                &rule.table,
+                &cols,
+                Route::Keys {
+                    rule,
+                    field,
+                    to: &to,
+                },
+                &mut throttle,
+                status,
+            )
+            .await?;
+            for target in copied.rows_to.keys() {
+                txs.get_mut(target)
+                    .expect("a move transaction per shard")
+                    .touched = true;
+            }
+            let tx = txs.get_mut(&s).expect("a move transaction per shard");
+            let deleted = delete_keys(&tx.conn, rule, &copied.keys).await?;
+            if deleted != copied.rows() {
+                return Err(RebalanceError::Verify(format!(
+                    "shard {s} deleted {deleted} rows of {} but gave {}",
+                    rule.table,
+                    copied.rows()
+                )));
+            }
+            if deleted > 0 {
+                tx.touched = true;
+            }
+            status.steps_done.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    phase(status, meta, "prepare").await;
+    for tx in txs.values_mut() {
+        if tx.touched {
+            tx.conn
+                .run(&format!("PREPARE TRANSACTION '{}'", tx.gid))
+                .await?;
+        } else {
+            tx.conn.run("ROLLBACK").await?;
+        }
+    }
+    Ok(())
+}
+
+/// The move transactions' connections by shard, for [`copy_rows`].
+fn conns_of(txs: &HashMap<usize, MoveTx>) -> HashMap<usize, &Conn> {
+    txs.iter().map(|(s, tx)| (*s, &tx.conn)).collect()
+}
+
+/// Deletes the rows of `keys` in `rule`'s table; returns how many went.
+async fn delete_keys(
+    conn: &Conn,
+    rule: &shardgate_shardmap::TableRule,
+    keys: &[ShardKey],
+) -> Result<u64, RebalanceError> {
+    let column = TableName::new(None, &rule.column);
+    let cast = match rule.key_type {
+        shardgate_shardmap::KeyType::BigInt => "bigint",
+        shardgate_shardmap::KeyType::Text => "text",
+        shardgate_shardmap::KeyType::Uuid => "uuid",
+    };
+    let sql = format!(
+        "DELETE FROM {} WHERE {column} = ANY ($1::text[]::{cast}[])",
+        rule.table
+    );
+    let mut deleted = 0;
+    for batch in keys.chunks(DELETE_BATCH) {
+        let texts: Vec<String> = batch.iter().map(|k| k.to_string()).collect();
+        deleted += conn
+            .client
+            .execute(&sql, &[&texts])
+            .await
+            .map_err(|e| conn.err(e))?;
+    }
+    Ok(deleted)
+}
+
+/// Rolls back move transactions, prepared or not.
+async fn rollback_prepared<'a>(txs: impl Iterator<Item = &'a MoveTx>) {
+    for tx in txs {
+        let _ = tx.conn.run("ROLLBACK").await;
+        if let Err(e) = tx
+            .conn
+            .run(&format!("ROLLBACK PREPARED '{}'", tx.gid))
+            .await
+        {
+            tracing::debug!(node = %tx.conn.node, gid = %tx.gid, error = %e, "no prepared move transaction to roll back");
+        }
+    }
+}
+
+async fn phase(status: &JobStatus, meta: &Meta, p: &'static str) {
+    status.set_phase(p);
+    let rows = status.rows_copied.load(Ordering::Relaxed);
+    let bytes = status.bytes_copied.load(Ordering::Relaxed);
+    if let Err(e) = meta.update_job(status.id, p, rows, bytes, None).await {
+        tracing::warn!(job = status.id, error = %e, "cannot record the job's phase");
+    }
+}
+
+/// Installs a snapshot of `config`: with `gate`, routing keeps the map of
+/// `keep_map_of` (a new shard's nodes join the topology, owning nothing);
+/// without, the map of `config`. Returns its version.
+fn install(
+    rt: &Arc<Runtime>,
+    config: &Config,
+    gate: Option<Arc<MoveGate>>,
+    keep_map_of: Option<&Snapshot>,
+) -> u64 {
+    let running = rt.snapshot();
+    rt.stop_monitors();
+    let (topology, _) = running.topology.reconfigured(&config.topology_spec());
+    let mut snap = Snapshot::build(
+        config.clone(),
+        running.version + 1,
+        Arc::new(topology),
+        Some(&running),
+    )
+    .expect("TLS settings unchanged since they were loaded");
+    if let Some(old) = keep_map_of {
+        snap.sharding = old.sharding.clone();
+    }
+    snap.move_gate = gate;
+    let version = snap.version;
+    rt.install(snap);
+    rt.start_monitors();
+    version
+}
+
+/// Gives up a move before its decision: the old configuration and map come
+/// back and held statements go on.
+fn abandon(rt: &Arc<Runtime>, before: &Snapshot, gate: &MoveGate) {
+    install(rt, &before.config, None, None);
+    gate.open();
+}
