@@ -102,6 +102,8 @@ pub struct ClientInfo {
     snapshot_in_use: AtomicU64,
     /// A statement touching rows a move relocates is in flight.
     touching_moves: AtomicBool,
+    /// Set by [`ClientInfo::end`]: the session forwards nothing more.
+    ended: AtomicBool,
     consistency: AtomicU8,
     end: Mutex<Option<EndReason>>,
     links: Mutex<Vec<ServerLink>>,
@@ -196,9 +198,18 @@ impl ClientInfo {
             .lock()
             .expect("client end lock")
             .get_or_insert(reason);
+        self.ended.store(true, Ordering::SeqCst);
         if let Some(s) = &self.socket {
             let _ = s.shutdown(std::net::Shutdown::Read);
         }
+    }
+
+    /// Whether the proxy ended the session ([`ClientInfo::end`]): input
+    /// that arrives afterwards is not forwarded (a COMMIT sent after `KILL
+    /// CLIENT` must not commit).
+    #[inline]
+    pub fn ended(&self) -> bool {
+        self.ended.load(Ordering::Relaxed)
     }
 
     /// The server connections the client holds now.
@@ -284,6 +295,7 @@ impl ClientRegistry {
             in_transaction: AtomicBool::new(false),
             snapshot_in_use: AtomicU64::new(0),
             touching_moves: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
             consistency: AtomicU8::new(0),
             end: Mutex::new(None),
             links: Mutex::new(Vec::new()),

@@ -502,11 +502,18 @@ impl Session {
         Ok(())
     }
 
-    /// Client input arrived: between transactions, publish the snapshot the
+    /// Client input arrived: input after `KILL CLIENT` ends the session;
+    /// between transactions, publish the snapshot the
     /// session routes by, then take a newer one if a reload or a move
     /// installed it meanwhile (docs/ARCHITECTURE.md §10).
     #[inline]
     fn enter_input(&mut self) -> Result<(), SessionError> {
+        if self.info.ended() {
+            return Err(SessionError::ClientIo(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the session was ended by the proxy",
+            )));
+        }
         if !self.between_transactions() {
             return Ok(());
         }
