@@ -497,3 +497,240 @@ async fn hash_moves_under_writes_lose_nothing() {
         .get(0);
     assert_eq!(balance, ledger[&moved].0);
 }
+
+const RULED: &str = r#"
+[sharding]
+rebalance_database = "app"
+
+[[sharded_tables]]
+table = "events"
+column = "id"
+function = "range"
+ranges = [{ shard = 0, start = 0, end = 1000 }, { shard = 1, start = 1000, end = 1000000000 }]
+
+[[sharded_tables]]
+table = "visits"
+column = "region"
+function = "list"
+key_type = "text"
+lists = [{ shard = 0, values = ["DE", "FR"] }, { shard = 1, values = ["US"] }]
+"#;
+
+const REGIONS: [&str; 3] = ["DE", "FR", "US"];
+
+/// What one client of the list/range scenario committed.
+#[derive(Default)]
+struct RuledLedger {
+    events: HashMap<i64, i64>,
+    visits: HashMap<(String, i64), i64>,
+}
+
+/// Updates and reads back its own events and visits, inserts and deletes
+/// events of its own, until `stop`.
+async fn ruled_client(ci: String, me: i64, stop: Arc<AtomicBool>) -> (RuledLedger, Vec<String>) {
+    let c = connect(&ci).await;
+    let mut l = RuledLedger {
+        events: (0..2000)
+            .filter(|k| k % CLIENTS == me)
+            .map(|k| (k, 0))
+            .collect(),
+        visits: REGIONS
+            .iter()
+            .flat_map(|r| {
+                (1..=200)
+                    .filter(|k| k % CLIENTS == me)
+                    .map(move |k| ((r.to_string(), k), 0))
+            })
+            .collect(),
+    };
+    let own_events: Vec<i64> = l.events.keys().copied().collect();
+    let own_visits: Vec<(String, i64)> = l.visits.keys().cloned().collect();
+    let mut created = Vec::new();
+    let mut next_new = 10_000 + me * 10_000;
+    let mut dice = Dice(0x2545_f491_4f6c_dd1d ^ (me as u64 + 7));
+    let mut errors = Vec::new();
+    while !stop.load(Ordering::Relaxed) && errors.is_empty() {
+        let d = dice.next(50) as i64 + 1;
+        match dice.next(8) {
+            0..=2 => {
+                let k = own_events[dice.next(own_events.len() as u64) as usize];
+                let r = c
+                    .execute("UPDATE events SET v = v + $1 WHERE id = $2", &[&d, &k])
+                    .await;
+                match r {
+                    Ok(1) => *l.events.get_mut(&k).expect("own") += d,
+                    other => {
+                        errors.push(format!("update event {k}: {other:?}"));
+                        continue;
+                    }
+                }
+                match c
+                    .query_one("SELECT v FROM events WHERE id = $1", &[&k])
+                    .await
+                {
+                    Ok(row) if row.get::<_, i64>(0) == l.events[&k] => {}
+                    other => {
+                        errors.push(format!("read event {k}: {other:?}, wrote {}", l.events[&k]))
+                    }
+                }
+            }
+            3..=5 => {
+                let (region, k) = own_visits[dice.next(own_visits.len() as u64) as usize].clone();
+                let r = c
+                    .execute(
+                        "UPDATE visits SET v = v + $1 WHERE region = $2 AND id = $3",
+                        &[&d, &region, &k],
+                    )
+                    .await;
+                match r {
+                    Ok(1) => *l.visits.get_mut(&(region.clone(), k)).expect("own") += d,
+                    other => {
+                        errors.push(format!("update visit {region} {k}: {other:?}"));
+                        continue;
+                    }
+                }
+                let want = l.visits[&(region.clone(), k)];
+                match c
+                    .query_one(
+                        "SELECT v FROM visits WHERE region = $1 AND id = $2",
+                        &[&region, &k],
+                    )
+                    .await
+                {
+                    Ok(row) if row.get::<_, i64>(0) == want => {}
+                    other => {
+                        errors.push(format!("read visit {region} {k}: {other:?}, wrote {want}"))
+                    }
+                }
+            }
+            6 => {
+                let n = next_new;
+                next_new += 1;
+                match c
+                    .execute("INSERT INTO events (id, v) VALUES ($1, $2)", &[&n, &d])
+                    .await
+                {
+                    Ok(_) => {
+                        l.events.insert(n, d);
+                        created.push(n);
+                    }
+                    Err(e) => errors.push(format!("insert event {n}: {e}")),
+                }
+            }
+            _ => {
+                let Some(n) = created.pop() else { continue };
+                match c.execute("DELETE FROM events WHERE id = $1", &[&n]).await {
+                    Ok(1) => {
+                        l.events.remove(&n);
+                    }
+                    other => errors.push(format!("delete event {n}: {other:?}")),
+                }
+            }
+        }
+    }
+    (l, errors)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_and_range_moves_under_writes_lose_nothing() {
+    let c = cluster(ClusterSpec::new(2, 0));
+    let port = free_port();
+    let mut config = format!(
+        "[proxy]\nlisten = \"127.0.0.1:{port}\"\npool_size = 20\n\n[[users]]\nname = \"app\"\npassword = \"secret\"\n{OPS}{RULED}"
+    );
+    for i in 0..2 {
+        config.push_str(&format!(
+            "\n[[shards]]\nprimary = {:?}\n",
+            c.shard(i).primary.addr()
+        ));
+    }
+    let proxy = Proxy::start(c.dir(), port, &config);
+    let setup = connect(&proxy.app()).await;
+    setup
+        .batch_execute(
+            "CREATE TABLE events (id bigint PRIMARY KEY, v bigint NOT NULL);
+             CREATE TABLE visits (region text NOT NULL, id bigint NOT NULL, v bigint NOT NULL, PRIMARY KEY (region, id));",
+        )
+        .await
+        .expect("schema");
+    let events: Vec<String> = (0..2000).map(|k| format!("({k}, 0)")).collect();
+    setup
+        .batch_execute(&format!("INSERT INTO events VALUES {}", events.join(", ")))
+        .await
+        .expect("events");
+    for r in REGIONS {
+        let rows: Vec<String> = (1..=200).map(|k| format!("('{r}', {k}, 0)")).collect();
+        setup
+            .batch_execute(&format!("INSERT INTO visits VALUES {}", rows.join(", ")))
+            .await
+            .expect("visits");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|me| tokio::spawn(ruled_client(proxy.app(), me, stop.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let admin = connect(&proxy.conninfo("ops", "ops", "shardgate")).await;
+    run_job(&admin, &proxy, "MOVE LIST VALUE 'DE' OF visits TO SHARD 1").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    run_job(&admin, &proxy, "MOVE RANGE events [500, 1500) TO SHARD 0").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut ledger = RuledLedger::default();
+    for h in clients {
+        let (l, errors) = tokio::time::timeout(LONG, h)
+            .await
+            .expect("client ends")
+            .expect("task");
+        assert!(errors.is_empty(), "client errors: {errors:?}");
+        ledger.events.extend(l.events);
+        ledger.visits.extend(l.visits);
+    }
+    // Placement under the new rules, and the data the clients committed.
+    for (shard, wrong) in [
+        (0, "SELECT count(*) FROM visits WHERE region <> 'FR'"),
+        (1, "SELECT count(*) FROM visits WHERE region = 'FR'"),
+        (0, "SELECT count(*) FROM events WHERE id >= 1500"),
+        (1, "SELECT count(*) FROM events WHERE id < 1500"),
+    ] {
+        assert_eq!(
+            rows_on(&c, shard, wrong)[0][0],
+            "0",
+            "shard {shard}: {wrong}"
+        );
+    }
+    let mut events = HashMap::new();
+    let mut visits = HashMap::new();
+    for s in 0..2 {
+        for r in rows_on(&c, s, "SELECT id, v FROM events") {
+            let prev = events.insert(
+                r[0].parse::<i64>().expect("id"),
+                r[1].parse::<i64>().expect("v"),
+            );
+            assert!(prev.is_none(), "event {} twice", r[0]);
+        }
+        for r in rows_on(&c, s, "SELECT region, id, v FROM visits") {
+            let prev = visits.insert(
+                (r[0].clone(), r[1].parse::<i64>().expect("id")),
+                r[2].parse::<i64>().expect("v"),
+            );
+            assert!(prev.is_none(), "visit {} {} twice", r[0], r[1]);
+        }
+    }
+    assert_eq!(events, ledger.events, "events vs the ledger");
+    assert_eq!(visits, ledger.visits, "visits vs the ledger");
+    // Through the proxy: a moved key is found where it went.
+    let app = connect(&proxy.app()).await;
+    let v: i64 = app
+        .query_one("SELECT v FROM events WHERE id = $1", &[&1200i64])
+        .await
+        .expect("a moved event")
+        .get(0);
+    assert_eq!(v, ledger.events[&1200]);
+    let n: i64 = app
+        .query_one("SELECT count(*) FROM visits WHERE region = 'DE'", &[])
+        .await
+        .expect("a moved region")
+        .get(0);
+    assert_eq!(n, 200);
+}
