@@ -734,3 +734,126 @@ async fn list_and_range_moves_under_writes_lose_nothing() {
         .get(0);
     assert_eq!(n, 200);
 }
+
+/// The newest job's phase in the metadata on shard 0.
+fn last_job_phase(c: &Cluster) -> String {
+    rows_on(
+        c,
+        0,
+        "SELECT phase FROM shardgate_meta.jobs ORDER BY id DESC LIMIT 1",
+    )
+    .first()
+    .map(|r| r[0].clone())
+    .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_killed_mid_job_finishes_it_after_a_restart() {
+    let c = cluster(ClusterSpec::new(3, 0));
+    let port = free_port();
+    let config = config_over(&c, port, 2);
+    let proxy = Proxy::start(c.dir(), port, &config);
+    let setup = connect(&proxy.app()).await;
+    setup
+        .batch_execute(
+            "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL);
+             CREATE TABLE entries (account_id bigint NOT NULL, seq bigint NOT NULL, amount bigint NOT NULL, PRIMARY KEY (account_id, seq));
+             CREATE TABLE currencies (code text PRIMARY KEY, name text NOT NULL);
+             INSERT INTO currencies VALUES ('EUR', 'euro');",
+        )
+        .await
+        .expect("schema");
+    let values: Vec<String> = (1..=ACCOUNTS).map(|k| format!("({k}, {k})")).collect();
+    setup
+        .batch_execute(&format!(
+            "INSERT INTO accounts VALUES {}",
+            values.join(", ")
+        ))
+        .await
+        .expect("accounts");
+    let entries: Vec<String> = (1..=ACCOUNTS).map(|k| format!("({k}, 1, {k})")).collect();
+    setup
+        .batch_execute(&format!(
+            "INSERT INTO entries VALUES {}",
+            entries.join(", ")
+        ))
+        .await
+        .expect("entries");
+    drop(setup);
+    drop(proxy);
+    let steps: [(String, &str, &[u32]); 3] = [
+        (
+            format!("ADD SHARD '{}'", c.shard(2).primary.addr()),
+            "rebalance-copy",
+            &[1, 1, 1],
+        ),
+        (
+            "SET SHARD 0 WEIGHT 2".into(),
+            "rebalance-prepared",
+            &[2, 1, 1],
+        ),
+        ("REMOVE SHARD 1".into(), "rebalance-switched", &[2, 0, 1]),
+    ];
+    let want_sum = ACCOUNTS * (ACCOUNTS + 1) / 2;
+    for (command, failpoint, weights) in steps {
+        let port = free_port();
+        let mut doomed = Proxy::start_with_env(
+            c.dir(),
+            port,
+            &config_over(&c, port, 2),
+            &[("SHARDGATE_FAILPOINT", failpoint)],
+        );
+        let admin = connect(&doomed.conninfo("ops", "ops", "shardgate")).await;
+        admin
+            .batch_execute(&command)
+            .await
+            .unwrap_or_else(|e| panic!("{command}: {e}"));
+        assert!(
+            doomed.wait_exit(LONG).is_some(),
+            "the proxy stops at {failpoint}"
+        );
+        drop(admin);
+        // Restarted with the file it started with: the metadata says the rest.
+        let port = free_port();
+        let proxy = Proxy::start(c.dir(), port, &config_over(&c, port, 2));
+        let deadline = Instant::now() + LONG;
+        while last_job_phase(&c) != "done" {
+            assert!(
+                Instant::now() < deadline,
+                "{command} after {failpoint}: phase {}\n{}",
+                last_job_phase(&c),
+                proxy.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        check_hash_placement(&c, weights);
+        let app = connect(&proxy.app()).await;
+        let totals: Vec<String> = app
+            .simple_query("SELECT count(*), sum(balance) FROM accounts")
+            .await
+            .expect("totals through the proxy")
+            .into_iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    Some((0..2).map(|i| r.get(i).unwrap_or("").to_owned()).collect())
+                }
+                _ => None,
+            })
+            .expect("a row");
+        assert_eq!(
+            totals,
+            vec![ACCOUNTS.to_string(), want_sum.to_string()],
+            "{command} after {failpoint}"
+        );
+        let n: i64 = app
+            .query_one("SELECT count(*) FROM entries", &[])
+            .await
+            .expect("entries")
+            .get(0);
+        assert_eq!(n, ACCOUNTS, "{command} after {failpoint}: entries");
+        let prepared = rows_on(&c, 0, "SELECT count(*) FROM pg_prepared_xacts")[0][0].clone()
+            + &rows_on(&c, 1, "SELECT count(*) FROM pg_prepared_xacts")[0][0]
+            + &rows_on(&c, 2, "SELECT count(*) FROM pg_prepared_xacts")[0][0];
+        assert_eq!(prepared, "000", "no prepared transaction is left behind");
+    }
+}

@@ -26,6 +26,11 @@ pub async fn serve(
     runtime.start_monitors();
     let metrics = crate::metrics::serve(&runtime).await?;
     recover_in_doubt(&runtime).await;
+    for change in crate::rebalance::recover(&runtime).await {
+        if let Err(e) = crate::rebalance::start(&runtime, change).await {
+            tracing::error!(error = %e, "cannot restart an interrupted rebalancing job");
+        }
+    }
     let mut hangup = hangup_signal();
     tokio::pin!(stop);
     loop {

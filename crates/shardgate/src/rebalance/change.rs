@@ -87,6 +87,79 @@ impl Change {
         }
     }
 
+    /// The change as stored in `shardgate_meta.jobs.change`, fields
+    /// separated by a unit separator (U+001F), read back by [`Change::decode`].
+    pub fn encode(&self) -> String {
+        let f: Vec<String> = match self {
+            Change::AddShard(s) => vec![
+                "add_shard".into(),
+                s.primary.clone(),
+                s.replicas.join(","),
+                s.weight.to_string(),
+            ],
+            Change::RemoveShard(n) => vec!["remove_shard".into(), n.to_string()],
+            Change::SetWeight { shard, weight } => {
+                vec!["set_weight".into(), shard.to_string(), weight.to_string()]
+            }
+            Change::MoveListValue {
+                table,
+                value,
+                shard,
+            } => vec![
+                "move_list_value".into(),
+                table.clone(),
+                value.clone(),
+                shard.to_string(),
+            ],
+            Change::MoveRange {
+                table,
+                start,
+                end,
+                shard,
+            } => vec![
+                "move_range".into(),
+                table.clone(),
+                start.to_string(),
+                end.to_string(),
+                shard.to_string(),
+            ],
+        };
+        f.join("\u{1f}")
+    }
+
+    /// A change written by [`Change::encode`].
+    pub fn decode(text: &str) -> Option<Change> {
+        let f: Vec<&str> = text.split('\u{1f}').collect();
+        Some(match f.as_slice() {
+            ["add_shard", primary, replicas, weight] => Change::AddShard(ShardConfig {
+                primary: (*primary).to_owned(),
+                replicas: replicas
+                    .split(',')
+                    .filter(|r| !r.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                weight: weight.parse().ok()?,
+            }),
+            ["remove_shard", n] => Change::RemoveShard(n.parse().ok()?),
+            ["set_weight", shard, weight] => Change::SetWeight {
+                shard: shard.parse().ok()?,
+                weight: weight.parse().ok()?,
+            },
+            ["move_list_value", table, value, shard] => Change::MoveListValue {
+                table: (*table).to_owned(),
+                value: (*value).to_owned(),
+                shard: shard.parse().ok()?,
+            },
+            ["move_range", table, start, end, shard] => Change::MoveRange {
+                table: (*table).to_owned(),
+                start: start.parse().ok()?,
+                end: end.parse().ok()?,
+                shard: shard.parse().ok()?,
+            },
+            _ => return None,
+        })
+    }
+
     /// Whether reference tables are copied to a new shard (their writes
     /// wait during the move).
     pub fn copies_reference_tables(&self) -> bool {
@@ -365,6 +438,37 @@ lists = [{ shard = 0, values = ["DE", "FR"] }, { shard = 1, values = ["US"] }]
         // Shard 0 holds the unsharded tables.
         assert!(Change::RemoveShard(0).apply(&config()).is_err());
         assert!(Change::RemoveShard(7).apply(&config()).is_err());
+    }
+
+    #[test]
+    fn changes_survive_the_metadata_round_trip() {
+        let all = [
+            Change::AddShard(ShardConfig {
+                primary: "127.0.0.1:5440".into(),
+                replicas: vec!["127.0.0.1:5441".into(), "127.0.0.1:5442".into()],
+                weight: 2,
+            }),
+            Change::RemoveShard(3),
+            Change::SetWeight {
+                shard: 1,
+                weight: 4,
+            },
+            Change::MoveListValue {
+                table: "regions".into(),
+                value: "DE, FR".into(),
+                shard: 2,
+            },
+            Change::MoveRange {
+                table: "events".into(),
+                start: -10,
+                end: 20,
+                shard: 0,
+            },
+        ];
+        for c in all {
+            assert_eq!(Change::decode(&c.encode()), Some(c.clone()), "{c:?}");
+        }
+        assert_eq!(Change::decode("move_range\u{1f}x"), None);
     }
 
     #[test]

@@ -22,6 +22,7 @@ CREATE TABLE IF NOT EXISTS shardgate_meta.jobs (
     id bigserial PRIMARY KEY,
     kind text NOT NULL,
     args text NOT NULL,
+    change text NOT NULL,
     phase text NOT NULL,
     error text,
     rows_copied bigint NOT NULL DEFAULT 0,
@@ -86,12 +87,12 @@ impl Meta {
     }
 
     /// Records a new job; returns its id.
-    pub async fn insert_job(&self, kind: &str, args: &str) -> Result<u64, RebalanceError> {
+    pub async fn insert_job(&self, change: &super::Change) -> Result<u64, RebalanceError> {
         let row = self
             .client()
             .query_one(
-                "INSERT INTO shardgate_meta.jobs (kind, args, phase) VALUES ($1, $2, 'starting') RETURNING id",
-                &[&kind, &args],
+                "INSERT INTO shardgate_meta.jobs (kind, args, change, phase) VALUES ($1, $2, $3, 'starting') RETURNING id",
+                &[&change.kind(), &change.describe(), &change.encode()],
             )
             .await
             .map_err(|e| self.0.err(e))?;

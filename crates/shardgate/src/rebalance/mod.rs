@@ -9,6 +9,7 @@
 //! - `copy`: streaming the moving rows from a source to a target.
 //! - [`change`]: the map changes jobs make, as configuration changes.
 //! - `move_job`: a job: hold, copy, verify, prepare, cut over.
+//! - `recover`: jobs a killed proxy left unfinished.
 
 pub mod change;
 mod copy;
@@ -16,6 +17,7 @@ mod db;
 pub mod gate;
 pub mod meta;
 mod move_job;
+mod recover;
 mod schema;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,6 +26,7 @@ use std::time::SystemTime;
 
 pub use change::Change;
 pub use move_job::start;
+pub use recover::recover;
 
 /// Why a rebalancing job could not start or stopped.
 #[derive(Debug, thiserror::Error)]

@@ -25,9 +25,10 @@
 //!    map is installed and the held statements go on, routed by it.
 //!
 //! A failure before the decision rolls the move transactions back and
-//! reinstalls the old map: nothing moved. Known gap: a proxy killed after
-//! the decision leaves prepared transactions named
-//! `shardgate_move_<job>_<shard>` that the next start does not yet commit.
+//! reinstalls the old map: nothing moved. A proxy killed at any step
+//! leaves the prepared transactions `shardgate_move_<job>_<shard>`; the
+//! next start commits them if the decision was recorded, else rolls them
+//! back and starts the job again (`recover`).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -75,7 +76,7 @@ pub async fn start(rt: &Arc<Runtime>, change: Change) -> Result<u64, RebalanceEr
         ));
     };
     let meta = Meta::open(&snap.config).await?;
-    let id = meta.insert_job(change.kind(), &change.describe()).await?;
+    let id = meta.insert_job(&change).await?;
     let status = Arc::new(JobStatus::new(id, change.kind(), change.describe()));
     rt.jobs.add(status.clone());
     let rt = rt.clone();
@@ -207,6 +208,7 @@ async fn move_rows(
         }
     }
 
+    crate::twophase::failpoint("rebalance-prepared");
     phase(status, meta, "cutover").await;
     gate.cut_over();
     let hold_timeout = Duration::from_millis(next.sharding.rebalance_hold_timeout_ms);
@@ -224,6 +226,7 @@ async fn move_rows(
         rollback_prepared(prepared.iter()).await;
         return Err(e);
     }
+    crate::twophase::failpoint("rebalance-switched");
     // Decided: from here on the move completes.
     for tx in &prepared {
         let sql = format!("COMMIT PREPARED '{}'", tx.gid);
@@ -316,6 +319,7 @@ async fn copy_and_prepare(
                 status,
             )
             .await?;
+            crate::twophase::failpoint("rebalance-copy");
             for target in copied.rows_to.keys() {
                 txs.get_mut(target)
                     .expect("a move transaction per shard")
