@@ -857,3 +857,84 @@ async fn a_proxy_killed_mid_job_finishes_it_after_a_restart() {
         assert_eq!(prepared, "000", "no prepared transaction is left behind");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_source_backend_makes_the_job_retry() {
+    let c = cluster(ClusterSpec::new(3, 0));
+    let port = free_port();
+    // 1 MB/s: the copy of about 10 MB lasts long enough to be interrupted.
+    let config = config_over(&c, port, 2).replace(
+        "rebalance_database = \"app\"",
+        "rebalance_database = \"app\"\nrebalance_max_mb_s = 1",
+    );
+    let proxy = Proxy::start(c.dir(), port, &config);
+    let app = connect(&proxy.app()).await;
+    app.batch_execute(
+        "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL);
+         CREATE TABLE entries (account_id bigint NOT NULL, seq bigint NOT NULL, amount bigint NOT NULL, PRIMARY KEY (account_id, seq));
+         CREATE TABLE currencies (code text PRIMARY KEY, name text NOT NULL);",
+    )
+    .await
+    .expect("schema");
+    const ROWS: i64 = 300_000;
+    let mut data = String::new();
+    for k in 1..=ROWS {
+        data.push_str(&format!("{k}\t{}\n", k % 1000));
+    }
+    let out = run_with_stdin(
+        psql(&proxy.app()).args(["-c", "COPY accounts (id, balance) FROM STDIN"]),
+        data.as_bytes(),
+    );
+    assert_success(&out, "COPY through the proxy");
+
+    let admin = connect(&proxy.conninfo("ops", "ops", "shardgate")).await;
+    admin
+        .batch_execute(&format!("ADD SHARD '{}'", c.shard(2).primary.addr()))
+        .await
+        .expect("ADD SHARD");
+    // Terminate the job's reading backend on a source while it copies.
+    let deadline = Instant::now() + LONG;
+    let terminated = 'found: loop {
+        for s in 0..2 {
+            let got = rows_on(
+                &c,
+                s,
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE application_name = 'shardgate-rebalance' AND query LIKE 'COPY (SELECT%'",
+            );
+            if !got.is_empty() {
+                break 'found s;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no copy seen: {}",
+            proxy.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!("terminated the copy's backend on shard {terminated}");
+    let deadline = Instant::now() + LONG;
+    while last_job_phase(&c) != "done" {
+        assert!(
+            Instant::now() < deadline,
+            "phase {}: {}",
+            last_job_phase(&c),
+            proxy.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        proxy.log_text().contains("trying again"),
+        "the job retried: {}",
+        proxy.log_tail()
+    );
+    check_hash_placement(&c, &[1, 1, 1]);
+    let mut total = 0;
+    for s in 0..3 {
+        total += rows_on(&c, s, "SELECT count(*) FROM accounts")[0][0]
+            .parse::<i64>()
+            .expect("count");
+    }
+    assert_eq!(total, ROWS, "every row once");
+}

@@ -61,6 +61,24 @@ pub enum RebalanceError {
     Verify(String),
 }
 
+impl RebalanceError {
+    /// Whether trying again may succeed: a connection lost, a backend
+    /// terminated, a serialization failure or deadlock.
+    pub fn retryable(&self) -> bool {
+        match self {
+            RebalanceError::Db { source, .. } => {
+                source.is_closed()
+                    || source.as_db_error().is_none()
+                    || source.code().is_some_and(|c| {
+                        let c = c.code();
+                        c.starts_with("57") || c.starts_with("08") || c.starts_with("40")
+                    })
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Where a job stands, as `shardgate.jobs` shows it.
 pub struct JobStatus {
     /// Its id (the metadata's job id).

@@ -88,11 +88,42 @@ pub async fn start(rt: &Arc<Runtime>, change: Change) -> Result<u64, RebalanceEr
     Ok(id)
 }
 
+/// Tries the job up to [`ATTEMPTS`] times: a lost connection or a
+/// terminated backend before the decision undoes the attempt, and the job
+/// starts over.
 async fn run(
     rt: &Arc<Runtime>,
     status: &JobStatus,
     mut meta: Meta,
     change: Change,
+) -> Result<(), RebalanceError> {
+    let mut attempt = 1;
+    loop {
+        match run_once(rt, status, &mut meta, &change).await {
+            Err(e) if e.retryable() && attempt < ATTEMPTS => {
+                tracing::warn!(job = status.id, attempt, error = %e, "rebalancing attempt failed before its cutover; undone, trying again");
+                status.rows_copied.store(0, Ordering::Relaxed);
+                status.bytes_copied.store(0, Ordering::Relaxed);
+                status.steps_done.store(0, Ordering::Relaxed);
+                attempt += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if meta.0.client.is_closed() {
+                    meta = Meta::open(&rt.snapshot().config).await?;
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Attempts of a job before it fails.
+const ATTEMPTS: u32 = 5;
+
+async fn run_once(
+    rt: &Arc<Runtime>,
+    status: &JobStatus,
+    meta: &mut Meta,
+    change: &Change,
 ) -> Result<(), RebalanceError> {
     let _serial = rt.reconfiguring.lock().await;
     let snap = rt.snapshot();
@@ -118,7 +149,7 @@ async fn run(
         Vec::new()
     };
     if let Change::AddShard(shard) = &change {
-        phase(status, &meta, "schema").await;
+        phase(status, meta, "schema").await;
         let target = Conn::open(&next, &shard.primary, &db).await?;
         let mut tables: Vec<TableName> = next
             .sharded_tables
@@ -129,7 +160,7 @@ async fn run(
         super::schema::copy_schema(&next, &next.shards[0].primary, &target, &tables).await?;
     }
 
-    phase(status, &meta, "hold").await;
+    phase(status, meta, "hold").await;
     let gate = Arc::new(MoveGate::new(transition, change.copies_reference_tables()));
     let hold_timeout = Duration::from_millis(next.sharding.rebalance_hold_timeout_ms);
     let held_version = install(rt, &next, Some(gate.clone()), Some(&snap));
@@ -143,7 +174,7 @@ async fn run(
             "transactions begun before the move did not end".into(),
         ));
     }
-    let result = move_rows(rt, status, &mut meta, &next, &gate, &references).await;
+    let result = move_rows(rt, status, meta, &next, &gate, &references).await;
     if result.is_err() && gate.phase() != GatePhase::Open {
         abandon(rt, &snap, &gate);
     }
