@@ -539,14 +539,51 @@ impl Collector for RuntimeCollector {
                 gauge(snap.sharding.as_ref().map_or(0, |s| s.map.version())),
             )],
         )?;
-        // Background jobs (rebalancing, issue #8): none run yet, so the
-        // family has no samples.
-        family::<ConstGauge<f64>>(
+        // Rebalancing jobs this proxy ran.
+        let jobs: Vec<(Labels, Arc<crate::rebalance::JobStatus>)> = rt
+            .jobs
+            .all()
+            .into_iter()
+            .map(|j| {
+                let labels: Labels = vec![
+                    ("job", j.id.to_string()),
+                    ("kind", j.kind.to_owned()),
+                    ("state", j.state().to_owned()),
+                ];
+                (labels, j)
+            })
+            .collect();
+        family(
             &mut enc,
             "shardgate_job_progress_ratio",
-            "Progress of each background job, 0 to 1.",
+            "Progress of each rebalancing job, 0 to 1.",
             MetricType::Gauge,
-            [],
+            jobs.iter()
+                .map(|(l, j)| (l.clone(), ConstGauge::new(j.progress()))),
+        )?;
+        family(
+            &mut enc,
+            "shardgate_job_rows_copied",
+            "Rows a rebalancing job has copied.",
+            MetricType::Counter,
+            jobs.iter().map(|(l, j)| {
+                (
+                    l.clone(),
+                    counter(j.rows_copied.load(std::sync::atomic::Ordering::Relaxed)),
+                )
+            }),
+        )?;
+        family(
+            &mut enc,
+            "shardgate_job_bytes_copied",
+            "Bytes of COPY data a rebalancing job has read from its sources.",
+            MetricType::Counter,
+            jobs.iter().map(|(l, j)| {
+                (
+                    l.clone(),
+                    counter(j.bytes_copied.load(std::sync::atomic::Ordering::Relaxed)),
+                )
+            }),
         )?;
         Ok(())
     }
