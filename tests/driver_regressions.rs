@@ -1335,3 +1335,35 @@ fn a_batch_split_over_tcp_reads_is_one_batch() {
     let msgs = raw.until_ready();
     assert_eq!(first_column(&msgs), ["3"]);
 }
+
+/// tokio-postgres' `copy_in` (Parse/Describe/Sync, then Bind/Execute/Sync)
+/// of a COPY FROM into a sharded table: refused with one ErrorResponse and
+/// one ReadyForQuery per Sync, and the connection stays in step.
+#[test]
+fn extended_copy_into_a_sharded_table_is_refused_in_step() {
+    let env = Env::sharded();
+    let mut raw = env.raw();
+    let mut batch = parse_msg("c1", "COPY accounts (id, owner) FROM STDIN");
+    batch.extend(describe_statement_msg("c1"));
+    batch.extend(sync_msg());
+    raw.send(&batch);
+    let first: Vec<u8> = raw.until_ready().iter().map(|m| m.0).collect();
+    let mut batch = bind_msg("", "c1", &[]);
+    batch.extend(execute_msg("", 0));
+    batch.extend(sync_msg());
+    raw.send(&batch);
+    let second: Vec<u8> = raw.until_ready().iter().map(|m| m.0).collect();
+    // The driver's copy sink, dropped unfinished, sends CopyFail and Sync;
+    // outside COPY, Postgres ignores the CopyFail and answers the Sync.
+    let mut fail = vec![b'f'];
+    fail.extend_from_slice(&5i32.to_be_bytes());
+    fail.push(0);
+    fail.extend(sync_msg());
+    raw.send(&fail);
+    let after_fail: Vec<u8> = raw.until_ready().iter().map(|m| m.0).collect();
+    let third: Vec<u8> = raw.query("SELECT 1").iter().map(|m| m.0).collect();
+    assert_eq!(first, b"1tnZ", "Parse/Describe/Sync");
+    assert_eq!(second, b"EZ", "Bind/Execute/Sync refused");
+    assert_eq!(after_fail, b"Z", "CopyFail/Sync outside COPY");
+    assert_eq!(third, b"TDCZ", "the connection is in step");
+}
