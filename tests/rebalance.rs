@@ -877,15 +877,7 @@ async fn a_terminated_source_backend_makes_the_job_retry() {
     .await
     .expect("schema");
     const ROWS: i64 = 300_000;
-    let mut data = String::new();
-    for k in 1..=ROWS {
-        data.push_str(&format!("{k}\t{}\n", k % 1000));
-    }
-    let out = run_with_stdin(
-        psql(&proxy.app()).args(["-c", "COPY accounts (id, balance) FROM STDIN"]),
-        data.as_bytes(),
-    );
-    assert_success(&out, "COPY through the proxy");
+    load_accounts(&proxy, ROWS);
 
     let admin = connect(&proxy.conninfo("ops", "ops", "shardgate")).await;
     admin
@@ -937,4 +929,143 @@ async fn a_terminated_source_backend_makes_the_job_retry() {
             .expect("count");
     }
     assert_eq!(total, ROWS, "every row once");
+}
+
+/// Loads accounts 1..=rows (balance `k % 1000`) by COPY through the proxy.
+fn load_accounts(proxy: &Proxy, rows: i64) {
+    let mut data = String::new();
+    for k in 1..=rows {
+        data.push_str(&format!("{k}\t{}\n", k % 1000));
+    }
+    let out = run_with_stdin(
+        psql(&proxy.app()).args(["-c", "COPY accounts (id, balance) FROM STDIN"]),
+        data.as_bytes(),
+    );
+    assert_success(&out, "COPY through the proxy");
+}
+
+/// One row of the newest job in `shardgate.jobs`: state, phase, bytes copied, error.
+async fn last_job(admin: &tokio_postgres::Client) -> (String, String, i64, Option<String>) {
+    let row = admin
+        .query_one(
+            "SELECT state, phase, bytes_copied, error FROM shardgate.jobs ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .expect("jobs");
+    (row.get(0), row.get(1), row.get(2), row.get(3))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_pause_resume_cancel_and_verify() {
+    let c = cluster(ClusterSpec::new(3, 0));
+    let port = free_port();
+    let config = config_over(&c, port, 2).replace(
+        "rebalance_database = \"app\"",
+        "rebalance_database = \"app\"\nrebalance_max_mb_s = 1",
+    );
+    let proxy = Proxy::start(c.dir(), port, &config);
+    let app = connect(&proxy.app()).await;
+    app.batch_execute(
+        "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL);
+         CREATE TABLE entries (account_id bigint NOT NULL, seq bigint NOT NULL, amount bigint NOT NULL, PRIMARY KEY (account_id, seq));
+         CREATE TABLE currencies (code text PRIMARY KEY, name text NOT NULL);",
+    )
+    .await
+    .expect("schema");
+    const ROWS: i64 = 200_000;
+    load_accounts(&proxy, ROWS);
+    let admin = connect(&proxy.conninfo("ops", "ops", "shardgate")).await;
+    let add = format!("ADD SHARD '{}'", c.shard(2).primary.addr());
+    admin.batch_execute(&add).await.expect("ADD SHARD");
+    let deadline = Instant::now() + LONG;
+    while last_job(&admin).await.2 == 0 {
+        assert!(Instant::now() < deadline, "the copy did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    admin.batch_execute("PAUSE JOB 1").await.expect("PAUSE JOB");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (state, _, at_pause, _) = last_job(&admin).await;
+    assert_eq!(state, "paused");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        last_job(&admin).await.2,
+        at_pause,
+        "a paused job copies nothing"
+    );
+    admin
+        .batch_execute("RESUME JOB 1")
+        .await
+        .expect("RESUME JOB");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (state, _, later, _) = last_job(&admin).await;
+    assert_eq!(state, "running");
+    assert!(later > at_pause, "a resumed job copies again");
+    admin
+        .batch_execute("CANCEL JOB 1")
+        .await
+        .expect("CANCEL JOB");
+    let deadline = Instant::now() + LONG;
+    let (state, error) = loop {
+        let (state, _, _, error) = last_job(&admin).await;
+        if state != "running" {
+            break (state, error);
+        }
+        assert!(Instant::now() < deadline, "the cancel did not end the job");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(state, "failed");
+    assert!(error.unwrap_or_default().contains("cancelled"));
+    // Nothing moved: the new shard is empty, the others hold every row.
+    assert_eq!(rows_on(&c, 2, "SELECT count(*) FROM accounts")[0][0], "0");
+    let kept: i64 = (0..2)
+        .map(|s| {
+            rows_on(&c, s, "SELECT count(*) FROM accounts")[0][0]
+                .parse::<i64>()
+                .expect("n")
+        })
+        .sum();
+    assert_eq!(kept, ROWS);
+    check_hash_placement(&c, &[1, 1]);
+    for s in 0..3 {
+        assert_eq!(
+            rows_on(&c, s, "SELECT count(*) FROM pg_prepared_xacts")[0][0],
+            "0"
+        );
+    }
+    let e = admin
+        .batch_execute("CANCEL JOB 1")
+        .await
+        .expect_err("finished");
+    assert_eq!(sqlstate(&e).as_deref(), Some("55000"));
+    let e = admin
+        .batch_execute("PAUSE JOB 9")
+        .await
+        .expect_err("no such job");
+    assert_eq!(sqlstate(&e).as_deref(), Some("42704"));
+
+    // Again without the throttle, to the end; then VERIFY.
+    admin
+        .batch_execute("SET sharding.rebalance_max_mb_s = 0")
+        .await
+        .expect("SET");
+    run_job(&admin, &proxy, &add).await;
+    let verified = admin
+        .simple_query("VERIFY JOB 2")
+        .await
+        .expect("VERIFY JOB finds every row in place");
+    drop(verified);
+    // A row put on the wrong shard behind the proxy's back is found.
+    let wrong = (10_000_000..)
+        .find(|k| map(3).hash_shard(&ShardKey::Int(*k)) == 0)
+        .expect("a key of shard 0");
+    psql_ok(
+        &c.shard(2).primary.conninfo("app", APP_PASSWORD, "app"),
+        &format!("INSERT INTO accounts VALUES ({wrong}, 0)"),
+    );
+    let e = admin
+        .batch_execute("VERIFY JOB 2")
+        .await
+        .expect_err("misplaced row");
+    assert_eq!(sqlstate(&e).as_deref(), Some("XX001"), "{e:?}");
 }

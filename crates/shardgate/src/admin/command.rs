@@ -42,6 +42,10 @@ pub enum Command {
     /// A rebalancing job: `ADD SHARD`, `REMOVE SHARD`, `SET SHARD n WEIGHT
     /// w`, `MOVE LIST VALUE`, `MOVE RANGE`.
     Rebalance(crate::rebalance::Change),
+    /// `PAUSE JOB id`, `RESUME JOB id`, `CANCEL JOB id`.
+    JobControl(u64, crate::rebalance::Control),
+    /// `VERIFY JOB id`.
+    VerifyJob(u64),
     /// `BEGIN` / `START TRANSACTION`: drivers wrap statements in
     /// transactions; the admin tables are read-only, so this is only status.
     Begin,
@@ -145,6 +149,16 @@ pub fn parse(stmt: &str) -> Result<Command, CommandError> {
         },
         "set" if word(1).as_deref() == Some("shard") => set_weight(rest),
         "move" => move_keys(rest),
+        "pause" if word(1).as_deref() == Some("job") => {
+            job_id(rest).map(|id| Command::JobControl(id, crate::rebalance::Control::Pause))
+        }
+        "resume" if word(1).as_deref() == Some("job") => {
+            job_id(rest).map(|id| Command::JobControl(id, crate::rebalance::Control::Run))
+        }
+        "cancel" => {
+            job_id(rest).map(|id| Command::JobControl(id, crate::rebalance::Control::Cancel))
+        }
+        "verify" => job_id(rest).map(Command::VerifyJob),
         "pause" => shard_arg(rest).map(Command::Pause),
         "resume" => shard_arg(rest).map(Command::Resume),
         "ban" => match rest {
@@ -293,6 +307,22 @@ fn add_shard(rest: &[Token<'_>]) -> Result<Command, CommandError> {
 const WEIGHT_HINT: &str = "Write SET SHARD 1 WEIGHT 2.";
 const MOVE_HINT: &str =
     "Write MOVE LIST VALUE 'DE' OF customers TO SHARD 2, or MOVE RANGE events [1000, 2000) TO SHARD 2.";
+
+const JOB_HINT: &str = "Write PAUSE JOB 3 (shardgate.jobs lists the ids).";
+
+/// `JOB id` after PAUSE, RESUME, CANCEL or VERIFY.
+fn job_id(rest: &[Token<'_>]) -> Result<u64, CommandError> {
+    match rest {
+        [j, id] if j.is_keyword("job") && id.kind == TokenKind::Number => {
+            id.text.parse().map_err(|_| CommandError {
+                sqlstate: "22023",
+                message: format!("invalid job id {}", id.text),
+                hint: JOB_HINT,
+            })
+        }
+        _ => Err(syntax("expected JOB and a job id", JOB_HINT)),
+    }
+}
 
 /// A shard number.
 fn shard_number(t: &Token<'_>) -> Result<usize, CommandError> {

@@ -142,6 +142,50 @@ pub async fn run(rt: &Arc<Runtime>, cmd: Command) -> Result<Done, PgError> {
                 warnings: Vec::new(),
             })
         }
+        Command::JobControl(id, control) => {
+            let job = rt.jobs.get(id).ok_or_else(|| {
+                PgError::error("42704", format!("no job {id} on this proxy"))
+                    .with_hint("shardgate.jobs lists the jobs.")
+            })?;
+            job.set_control(control)
+                .map_err(|e| PgError::error("55000", e))?;
+            tracing::info!(job = id, ?control, "job control");
+            Ok(done(match control {
+                crate::rebalance::Control::Pause => "PAUSE JOB",
+                crate::rebalance::Control::Run => "RESUME JOB",
+                crate::rebalance::Control::Cancel => "CANCEL JOB",
+            }))
+        }
+        Command::VerifyJob(id) => {
+            let job = rt.jobs.get(id).ok_or_else(|| {
+                PgError::error("42704", format!("no job {id} on this proxy"))
+                    .with_hint("shardgate.jobs lists the jobs.")
+            })?;
+            if job.state() == "running" || job.state() == "paused" {
+                return Err(PgError::error(
+                    "55000",
+                    format!("job {id} has not finished: verify it once it is done"),
+                ));
+            }
+            let v = crate::rebalance::verify::verify_placement(rt)
+                .await
+                .map_err(|e| PgError::error("58000", format!("VERIFY JOB {id}: {e}")))?;
+            if v.misplaced > 0 {
+                return Err(PgError::error(
+                    "XX001",
+                    format!(
+                        "VERIFY JOB {id}: {} rows are on a shard that does not own their key: {}",
+                        v.misplaced,
+                        v.lines.join("; ")
+                    ),
+                ));
+            }
+            Ok(Done {
+                tag: "VERIFY JOB",
+                notices: v.lines,
+                warnings: Vec::new(),
+            })
+        }
         Command::Show(_) | Command::Sql(_) | Command::Begin | Command::End | Command::NoOp(_) => {
             unreachable!("answered by the console")
         }

@@ -211,6 +211,7 @@ pub(super) async fn copy_rows(
             .bytes_copied
             .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
         throttle.account(data.len()).await;
+        status.checkpoint().await?;
     }
     for (to, mut target) in targets {
         let w = &writers[&to];

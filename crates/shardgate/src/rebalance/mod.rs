@@ -10,6 +10,7 @@
 //! - [`change`]: the map changes jobs make, as configuration changes.
 //! - `move_job`: a job: hold, copy, verify, prepare, cut over.
 //! - `recover`: jobs a killed proxy left unfinished.
+//! - [`verify`]: `VERIFY JOB`, every row's shard checked.
 
 pub mod change;
 mod copy;
@@ -19,8 +20,9 @@ pub mod meta;
 mod move_job;
 mod recover;
 mod schema;
+pub mod verify;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -59,6 +61,9 @@ pub enum RebalanceError {
     /// The copied rows do not match the source.
     #[error("verification failed: {0}")]
     Verify(String),
+    /// `CANCEL JOB` before the cutover.
+    #[error("cancelled before its cutover: nothing moved")]
+    Cancelled,
 }
 
 impl RebalanceError {
@@ -100,6 +105,25 @@ pub struct JobStatus {
     pub steps_done: AtomicU64,
     /// Table copies in all.
     pub steps_total: AtomicU64,
+    /// [`Control`] asked by `PAUSE JOB`, `RESUME JOB`, `CANCEL JOB`.
+    /// [`Control`] as u8, or [`DECIDED`] once past the decision.
+    control: AtomicU8,
+    control_changed: tokio::sync::Notify,
+}
+
+/// `JobStatus::control` once the job is past its decision.
+const DECIDED: u8 = 3;
+
+/// What an operator asked of a running job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Control {
+    /// Go on.
+    Run = 0,
+    /// Wait at the next checkpoint (between COPY chunks and steps).
+    Pause = 1,
+    /// Undo at the next checkpoint, if before the decision.
+    Cancel = 2,
 }
 
 impl JobStatus {
@@ -116,7 +140,85 @@ impl JobStatus {
             bytes_copied: AtomicU64::new(0),
             steps_done: AtomicU64::new(0),
             steps_total: AtomicU64::new(0),
+            control: AtomicU8::new(Control::Run as u8),
+            control_changed: tokio::sync::Notify::new(),
         }
+    }
+
+    /// What the operator asked.
+    pub fn control(&self) -> Control {
+        match self.control.load(Ordering::Acquire) {
+            1 => Control::Pause,
+            2 => Control::Cancel,
+            _ => Control::Run,
+        }
+    }
+
+    /// `PAUSE JOB`, `RESUME JOB`, `CANCEL JOB`: `Err` with the reason when
+    /// the job cannot take it (finished, past its decision, or cancelled).
+    pub fn set_control(&self, c: Control) -> Result<(), String> {
+        if self.finished.load(Ordering::Acquire) {
+            return Err(format!("job {} has finished ({})", self.id, self.state()));
+        }
+        let mut cur = self.control.load(Ordering::Acquire);
+        loop {
+            if cur == DECIDED {
+                return Err(format!(
+                    "job {} is past its cutover: it finishes and cannot be paused or cancelled",
+                    self.id
+                ));
+            }
+            if cur == Control::Cancel as u8 {
+                return Err(format!("job {} is being cancelled", self.id));
+            }
+            match self
+                .control
+                .compare_exchange(cur, c as u8, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(now) => cur = now,
+            }
+        }
+        self.control_changed.notify_waiters();
+        Ok(())
+    }
+
+    /// Called between steps and COPY chunks: waits while paused; `Err`
+    /// when cancelled.
+    pub(crate) async fn checkpoint(&self) -> Result<(), RebalanceError> {
+        loop {
+            let changed = self.control_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            match self.control() {
+                Control::Run => return Ok(()),
+                Control::Cancel => return Err(RebalanceError::Cancelled),
+                Control::Pause => changed.await,
+            }
+        }
+    }
+
+    /// Takes the decision unless the job was cancelled: from then on it
+    /// completes. `false`: cancelled.
+    pub(crate) fn decide(&self) -> bool {
+        let mut cur = self.control.load(Ordering::Acquire);
+        loop {
+            if cur == Control::Cancel as u8 {
+                return false;
+            }
+            match self
+                .control
+                .compare_exchange(cur, DECIDED, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Whether the job is paused by an operator.
+    pub fn paused(&self) -> bool {
+        self.control() == Control::Pause
     }
 
     /// The phase now.
@@ -134,12 +236,13 @@ impl JobStatus {
         *self.phase.lock().expect("job phase lock") = p;
     }
 
-    /// `running`, `done` or `failed`.
+    /// `running`, `paused`, `done` or `failed`.
     pub fn state(&self) -> &'static str {
         match (
             self.finished.load(Ordering::Acquire),
             self.error().is_some(),
         ) {
+            (false, _) if self.paused() => "paused",
             (false, _) => "running",
             (true, false) => "done",
             (true, true) => "failed",
@@ -185,6 +288,16 @@ pub struct Jobs {
 }
 
 impl Jobs {
+    /// The job `id`, if this proxy runs or ran it.
+    pub fn get(&self, id: u64) -> Option<Arc<JobStatus>> {
+        self.jobs
+            .lock()
+            .expect("jobs lock")
+            .iter()
+            .find(|j| j.id == id)
+            .cloned()
+    }
+
     /// Every job, oldest first.
     pub fn all(&self) -> Vec<Arc<JobStatus>> {
         self.jobs.lock().expect("jobs lock").clone()

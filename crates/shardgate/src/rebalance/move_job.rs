@@ -253,6 +253,11 @@ async fn move_rows(
             "statements on moving keys did not finish".into(),
         ));
     }
+    let go_on = status.checkpoint().await.is_ok() && status.decide();
+    if !go_on {
+        rollback_prepared(prepared.iter()).await;
+        return Err(RebalanceError::Cancelled);
+    }
     if let Err(e) = meta.record_switch(job, &next.shards).await {
         rollback_prepared(prepared.iter()).await;
         return Err(e);
@@ -322,6 +327,7 @@ async fn copy_and_prepare(
         }
     }
     for &s in sources {
+        status.checkpoint().await?;
         let reader = Conn::open(next, &next.shards[s].primary, db).await?;
         for rule in moving {
             let cols = columns(&reader, &rule.table).await?;

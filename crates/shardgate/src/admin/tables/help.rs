@@ -17,6 +17,23 @@ const COMMANDS: &[(&str, &str)] = &[
     ("DRAIN 'host:port'", "no new traffic to the node; in-flight work finishes, then its pools close"),
     ("KILL CLIENT <id>", "end a client's session (its open transaction rolls back)"),
     ("SHUTDOWN", "stop accepting clients, let open transactions finish, exit"),
+    (
+        "ADD SHARD '<host:port>' [REPLICAS ('<host:port>', ...)] [WEIGHT <w>]",
+        "start a job giving a new shard its tables, the reference tables and its hash-ring arcs",
+    ),
+    ("REMOVE SHARD <n>", "start a job moving every key of shard n to the others"),
+    ("SET SHARD <n> WEIGHT <w>", "start a job moving the arcs a new weight changes"),
+    (
+        "MOVE LIST VALUE '<v>' OF <table> TO SHARD <n>",
+        "start a job moving one list value's rows",
+    ),
+    (
+        "MOVE RANGE <table> [<start>, <end>) TO SHARD <n>",
+        "start a job moving a key range (ranges split at its bounds)",
+    ),
+    ("PAUSE JOB <id> / RESUME JOB <id>", "hold or continue a job's copy"),
+    ("CANCEL JOB <id>", "undo a job before its cutover"),
+    ("VERIFY JOB <id>", "check every row's shard against the map in force"),
 ];
 
 /// Rows: commands, then `shardgate.<table>` for each table.
