@@ -616,15 +616,6 @@ async fn tables_show_the_live_cluster() {
     assert_eq!(v["missing"], "42P01");
 }
 
-fn write_config(proxy: &Proxy, text: &str) {
-    std::fs::write(proxy_config_path(proxy), text).expect("write config");
-}
-
-/// The file the proxy was started with (next to its log).
-fn proxy_config_path(proxy: &Proxy) -> std::path::PathBuf {
-    proxy.log.with_extension("toml")
-}
-
 async fn port_of(client: &tokio_postgres::Client) -> u16 {
     let r = client
         .simple_query("SELECT inet_server_port()")

@@ -1069,3 +1069,57 @@ async fn jobs_pause_resume_cancel_and_verify() {
         .expect_err("misplaced row");
     assert_eq!(sqlstate(&e).as_deref(), Some("XX001"), "{e:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_appended_to_the_file_joins_on_reload() {
+    let c = cluster(ClusterSpec::new(3, 0));
+    let port = free_port();
+    let proxy = Proxy::start(c.dir(), port, &config_over(&c, port, 2));
+    let app = connect(&proxy.app()).await;
+    app.batch_execute(
+        "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL);
+         CREATE TABLE entries (account_id bigint NOT NULL, seq bigint NOT NULL, amount bigint NOT NULL, PRIMARY KEY (account_id, seq));
+         CREATE TABLE currencies (code text PRIMARY KEY, name text NOT NULL);",
+    )
+    .await
+    .expect("schema");
+    load_accounts(&proxy, 5_000);
+    let admin = connect(&proxy.conninfo("ops", "ops", "shardgate")).await;
+    write_config(&proxy, &config_over(&c, port, 3));
+    let notices = admin.simple_query("RELOAD").await.expect("RELOAD");
+    drop(notices);
+    let deadline = Instant::now() + LONG;
+    while last_job_phase(&c) != "done" {
+        assert!(Instant::now() < deadline, "{}", proxy.log_tail());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    check_hash_placement(&c, &[1, 1, 1]);
+    assert_ne!(rows_on(&c, 2, "SELECT count(*) FROM accounts")[0][0], "0");
+    let n: i64 = app
+        .query_one("SELECT count(*) FROM accounts", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 5_000);
+    // A shard leaves only through REMOVE SHARD.
+    write_config(&proxy, &config_over(&c, port, 2));
+    let e = admin.batch_execute("RELOAD").await.expect_err("refused");
+    assert_eq!(sqlstate(&e).as_deref(), Some("0A000"), "{e:?}");
+    let message = e
+        .as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_default();
+    assert!(message.contains("REMOVE SHARD"), "{message}");
+    // The same three shards again: nothing to do.
+    write_config(&proxy, &config_over(&c, port, 3));
+    admin
+        .batch_execute("RELOAD")
+        .await
+        .expect("RELOAD of the same shards");
+    let jobs: i64 = admin
+        .query_one("SELECT count(*) FROM shardgate.jobs", &[])
+        .await
+        .expect("jobs")
+        .get(0);
+    assert_eq!(jobs, 1, "no second job");
+}

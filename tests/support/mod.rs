@@ -421,3 +421,13 @@ pub fn send_signal(pid: u32, sig: &str) {
         .expect("run kill");
     assert!(status.success(), "kill {sig} {pid}");
 }
+
+/// Replaces the file the proxy was started with (RELOAD reads it).
+pub fn write_config(proxy: &Proxy, text: &str) {
+    std::fs::write(proxy_config_path(proxy), text).expect("write config");
+}
+
+/// The file the proxy was started with (next to its log).
+pub fn proxy_config_path(proxy: &Proxy) -> std::path::PathBuf {
+    proxy.log.with_extension("toml")
+}

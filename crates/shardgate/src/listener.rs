@@ -21,7 +21,7 @@ pub async fn serve(
     listener: TcpListener,
     stop: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
-    let config = crate::rebalance::meta::with_latest_shards(config).await;
+    let config = crate::rebalance::meta::with_latest_shards(config, false).await;
     let runtime = Arc::new(Runtime::new(config, config_path)?);
     runtime.start_monitors();
     let metrics = crate::metrics::serve(&runtime).await?;

@@ -480,6 +480,7 @@ impl Collector for RuntimeCollector {
             rt.stats
                 .shard_latency
                 .iter()
+                .take(snap.config.shards.len())
                 .enumerate()
                 .map(|(i, h)| (vec![("shard", i.to_string())], Hist(h.snapshot()))),
         )?;

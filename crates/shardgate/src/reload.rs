@@ -169,6 +169,23 @@ fn keep_restart_only(running: &Config, next: &mut Config) {
     n.metrics_listen = r.metrics_listen.clone();
 }
 
+/// `[[shards]]` entries the file appends to the running list (whose
+/// primaries it keeps, in order): they become `ADD SHARD` jobs, and `next`
+/// keeps the running list meanwhile so the rest of the file applies.
+fn new_shards(running: &Config, next: &mut Config) -> Vec<crate::config::ShardConfig> {
+    let n = running.shards.len();
+    let appended = next.shards.len() > n
+        && running
+            .shards
+            .iter()
+            .zip(&next.shards)
+            .all(|(a, b)| a.primary == b.primary);
+    if !appended || !running.sharding_enabled() {
+        return Vec::new();
+    }
+    next.shards.split_off(n)
+}
+
 impl Runtime {
     /// RELOAD / SIGHUP: reads the configuration file again and applies it;
     /// `SET` values are dropped (the file wins).
@@ -183,9 +200,37 @@ impl Runtime {
                     source: std::io::Error::other(e),
                 })
             })??;
-        let next = crate::rebalance::meta::with_latest_shards(next).await;
-        let report = self.apply(next)?;
+        let running = self.snapshot();
+        if running.config.sharding_enabled() && next.shards.len() < running.config.shards.len() {
+            return Err(ReloadError::MovesData(format!(
+                "the file lists {} shards, the cluster has {}: a shard leaves only through REMOVE SHARD n, which empties it and keeps its [[shards]] entry with weight = 0",
+                next.shards.len(),
+                running.config.shards.len()
+            )));
+        }
+        let mut next = crate::rebalance::meta::with_latest_shards(next, true).await;
+        let added = new_shards(&running.config, &mut next);
+        let mut report = self.apply(next)?;
         self.overrides.lock().expect("overrides lock").clear();
+        if let Some(first) = added.first() {
+            let primary = first.primary.clone();
+            match crate::rebalance::start(self, crate::rebalance::Change::AddShard(first.clone()))
+                .await
+            {
+                Ok(id) => report.changed.push(format!(
+                    "[[shards]] adds {primary}: ADD SHARD job {id} started (shardgate.jobs)"
+                )),
+                Err(e) => report.restart_needed.push(format!(
+                    "[[shards]] adds {primary}, but ADD SHARD cannot start: {e}"
+                )),
+            }
+            if added.len() > 1 {
+                report.restart_needed.push(format!(
+                    "{} more [[shards]] entries wait: one shard is added at a time; RELOAD again once the job is done",
+                    added.len() - 1
+                ));
+            }
+        }
         Ok(report)
     }
 

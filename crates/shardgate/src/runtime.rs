@@ -227,6 +227,10 @@ pub fn monitor_config(config: &Config) -> MonitorConfig {
     }
 }
 
+/// Room in the per-shard arrays (PAUSE gate, latency histograms) for shards
+/// rebalancing jobs add while the process runs.
+const SHARDS_ADDED_LATER: usize = 64;
+
 /// Identifies logins that see the same ParameterStatus values:
 /// (database, user, session state fingerprint).
 pub type LoginKey = (String, String, u64);
@@ -291,8 +295,8 @@ impl Runtime {
         };
         let snapshot = Snapshot::build(config, 1, topology, None)?;
         Ok(Runtime {
-            pause: PauseGate::new(snapshot.config.shards.len()),
-            stats: crate::stats::Stats::new(snapshot.config.shards.len()),
+            pause: PauseGate::new(snapshot.config.shards.len() + SHARDS_ADDED_LATER),
+            stats: crate::stats::Stats::new(snapshot.config.shards.len() + SHARDS_ADDED_LATER),
             current: RwLock::new(Arc::new(snapshot)),
             version: AtomicU64::new(1),
             pools: Pools::new(),

@@ -201,7 +201,12 @@ pub async fn latest_shards(
 /// when rebalancing moved the cluster past the file's `[[shards]]` list.
 /// If the metadata node cannot be read the file's list is used and a
 /// warning logged.
-pub async fn with_latest_shards(mut config: Config) -> Config {
+///
+/// Entries the file appends to the recorded list are new shards: with
+/// `keep_appended` (RELOAD) they stay at the end of the list, for RELOAD to
+/// start `ADD SHARD` jobs; without (start-up) they are left out with a
+/// warning, since routing by them before their rows moved would lose rows.
+pub async fn with_latest_shards(mut config: Config, keep_appended: bool) -> Config {
     if !config.sharding_enabled() {
         return config;
     }
@@ -214,7 +219,23 @@ pub async fn with_latest_shards(mut config: Config) -> Config {
                     .iter()
                     .zip(&config.shards)
                     .all(|(a, b)| a.primary == b.primary && a.weight == b.weight);
-            if !same {
+            let appended = config.shards.len() > shards.len()
+                && shards
+                    .iter()
+                    .zip(&config.shards)
+                    .all(|(a, b)| a.primary == b.primary);
+            if appended {
+                let extra = config.shards.split_off(shards.len());
+                config.shards = shards;
+                if keep_appended {
+                    config.shards.extend(extra);
+                } else {
+                    tracing::warn!(
+                        new = ?extra.iter().map(|s| s.primary.as_str()).collect::<Vec<_>>(),
+                        "[[shards]] lists shards the cluster does not have yet: they are added by RELOAD or ADD SHARD, which move their rows first"
+                    );
+                }
+            } else if !same {
                 tracing::warn!(
                     version,
                     shards = shards.len(),
