@@ -354,7 +354,23 @@ fn report_latency(what: &str, writes: &[(Duration, bool)]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hash_moves_under_writes_lose_nothing() {
-    let c = cluster(ClusterSpec::new(3, 0));
+    hash_moves(false).await;
+}
+
+/// The same with `wal_level = logical`: writes to moving keys go on during
+/// the copy and are caught up from a logical decoding slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_moves_with_logical_catch_up_lose_nothing() {
+    hash_moves(true).await;
+}
+
+async fn hash_moves(logical: bool) {
+    let spec = if logical {
+        ClusterSpec::new(3, 0).setting("wal_level", "logical")
+    } else {
+        ClusterSpec::new(3, 0)
+    };
+    let c = cluster(spec);
     let port = free_port();
     let proxy = Proxy::start(c.dir(), port, &config_over(&c, port, 2));
     let ci = proxy.app();
@@ -391,6 +407,15 @@ async fn hash_moves_under_writes_lose_nothing() {
     )
     .await;
     check_hash_placement(&c, &[1, 1, 1]);
+    let mode: String = admin
+        .query_one(
+            "SELECT mode FROM shardgate.jobs ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .expect("jobs")
+        .get(0);
+    assert_eq!(mode, if logical { "logical" } else { "block_writes" });
     assert_eq!(
         rows_on(&c, 2, "SELECT code, name FROM currencies ORDER BY 1"),
         rows_on(&c, 0, "SELECT code, name FROM currencies ORDER BY 1"),
@@ -417,7 +442,14 @@ async fn hash_moves_under_writes_lose_nothing() {
     eprintln!(
         "jobs took: ADD SHARD {add:?}, SET SHARD 0 WEIGHT 2 {weight:?}, REMOVE SHARD 1 {remove:?}"
     );
-    report_latency("hash moves", &done.writes);
+    report_latency(
+        if logical {
+            "hash moves, logical"
+        } else {
+            "hash moves, block_writes"
+        },
+        &done.writes,
+    );
     assert!(
         done.errors.is_empty(),
         "client errors: {:?}",

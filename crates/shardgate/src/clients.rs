@@ -100,7 +100,8 @@ pub struct ClientInfo {
     /// input, 0 while it waits between transactions (docs/ARCHITECTURE.md
     /// §10: a move waits until no session routes by an older snapshot).
     snapshot_in_use: AtomicU64,
-    /// A statement touching rows a move relocates is in flight.
+    /// The client's transaction touched rows a move relocates (cleared
+    /// between transactions): a move's cutover waits until none has.
     touching_moves: AtomicBool,
     /// Set by [`ClientInfo::end`]: the session forwards nothing more.
     ended: AtomicBool,
@@ -346,8 +347,8 @@ impl ClientRegistry {
         }
     }
 
-    /// Waits until no statement touching moving rows is in flight; `false`
-    /// when `deadline` passed first.
+    /// Waits until no transaction that touched moving rows is open;
+    /// `false` when `deadline` passed first.
     pub async fn wait_moves_settled(&self, deadline: std::time::Instant) -> bool {
         loop {
             if !self.all().iter().any(|c| c.touching_moves()) {

@@ -41,16 +41,24 @@ pub struct MoveGate {
     /// Whether reference tables are being copied to a new shard (their
     /// writes wait for the whole move).
     pub holds_reference_writes: bool,
+    /// Mode `block_writes`: writes to moving keys wait during the copy too
+    /// (mode `logical` catches them up instead).
+    pub holds_writes_while_copying: bool,
     phase: AtomicU8,
     opened: Notify,
 }
 
 impl MoveGate {
     /// A gate in phase [`GatePhase::Copying`].
-    pub fn new(transition: Transition, holds_reference_writes: bool) -> MoveGate {
+    pub fn new(
+        transition: Transition,
+        holds_reference_writes: bool,
+        holds_writes_while_copying: bool,
+    ) -> MoveGate {
         MoveGate {
             transition,
             holds_reference_writes,
+            holds_writes_while_copying,
             phase: AtomicU8::new(GatePhase::Copying as u8),
             opened: Notify::new(),
         }
@@ -69,7 +77,7 @@ impl MoveGate {
     pub fn must_wait(&self, write: bool, touch: Touch) -> bool {
         touch == Touch::Moving
             && match self.phase() {
-                GatePhase::Copying => write,
+                GatePhase::Copying => write && self.holds_writes_while_copying,
                 GatePhase::CuttingOver => true,
                 GatePhase::Open => false,
             }
@@ -127,6 +135,7 @@ mod tests {
         };
         Arc::new(MoveGate::new(
             Transition::new(map(vec![1]), map(vec![1, 1])).expect("transition"),
+            true,
             true,
         ))
     }

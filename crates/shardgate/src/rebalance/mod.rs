@@ -10,12 +10,14 @@
 //! - [`change`]: the map changes jobs make, as configuration changes.
 //! - `move_job`: a job: hold, copy, verify, prepare, cut over.
 //! - `recover`: jobs a killed proxy left unfinished.
+//! - `logical`: catch-up from logical decoding (mode `logical`).
 //! - [`verify`]: `VERIFY JOB`, every row's shard checked.
 
 pub mod change;
 mod copy;
 mod db;
 pub mod gate;
+mod logical;
 pub mod meta;
 mod move_job;
 mod recover;
@@ -95,6 +97,7 @@ pub struct JobStatus {
     /// When it started.
     pub started: SystemTime,
     phase: Mutex<&'static str>,
+    mode: Mutex<&'static str>,
     error: Mutex<Option<String>>,
     finished: AtomicBool,
     /// Rows copied so far.
@@ -134,6 +137,7 @@ impl JobStatus {
             args,
             started: SystemTime::now(),
             phase: Mutex::new("starting"),
+            mode: Mutex::new(""),
             error: Mutex::new(None),
             finished: AtomicBool::new(false),
             rows_copied: AtomicU64::new(0),
@@ -219,6 +223,15 @@ impl JobStatus {
     /// Whether the job is paused by an operator.
     pub fn paused(&self) -> bool {
         self.control() == Control::Pause
+    }
+
+    /// `logical` or `block_writes` (empty until decided).
+    pub fn mode(&self) -> &'static str {
+        *self.mode.lock().expect("job mode lock")
+    }
+
+    fn set_mode(&self, m: &'static str) {
+        *self.mode.lock().expect("job mode lock") = m;
     }
 
     /// The phase now.

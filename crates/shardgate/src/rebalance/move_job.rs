@@ -161,7 +161,31 @@ async fn run_once(
     }
 
     phase(status, meta, "hold").await;
-    let gate = Arc::new(MoveGate::new(transition, change.copies_reference_tables()));
+    let sources = transition.sources();
+    let moving: Vec<_> = transition
+        .from()
+        .tables()
+        .iter()
+        .filter(|r| transition.table_moves(r))
+        .cloned()
+        .collect();
+    let logical = if sources.is_empty() {
+        false
+    } else {
+        match logical_possible(&next, &sources, &moving).await? {
+            None => true,
+            Some(why) => {
+                tracing::info!(job = status.id, reason = %why, "mode block_writes: writes to moving keys wait for the whole copy");
+                false
+            }
+        }
+    };
+    status.set_mode(if logical { "logical" } else { "block_writes" });
+    let gate = Arc::new(MoveGate::new(
+        transition,
+        change.copies_reference_tables(),
+        !logical,
+    ));
     let hold_timeout = Duration::from_millis(next.sharding.rebalance_hold_timeout_ms);
     let held_version = install(rt, &next, Some(gate.clone()), Some(&snap));
     if !rt
@@ -174,7 +198,7 @@ async fn run_once(
             "transactions begun before the move did not end".into(),
         ));
     }
-    let result = move_rows(rt, status, meta, &next, &gate, &references).await;
+    let result = move_rows(rt, status, meta, &next, &gate, &references, logical).await;
     if result.is_err() && gate.phase() != GatePhase::Open {
         abandon(rt, &snap, &gate);
     }
@@ -190,6 +214,7 @@ async fn move_rows(
     next: &Config,
     gate: &Arc<MoveGate>,
     references: &[TableName],
+    logical: bool,
 ) -> Result<(), RebalanceError> {
     let t = &gate.transition;
     let db = &next.sharding.rebalance_database;
@@ -220,39 +245,63 @@ async fn move_rows(
             },
         );
     }
-    let result = copy_and_prepare(
-        status, meta, next, t, &sources, &moving, references, &mut txs,
-    )
-    .await;
-    let mut prepared: Vec<MoveTx> = Vec::new();
-    match result {
-        Ok(()) => {
-            for (_, tx) in txs {
-                if tx.touched {
-                    prepared.push(tx);
+    let mut logical = if logical {
+        Some(open_logical(next, job, &sources, &moving).await?)
+    } else {
+        None
+    };
+    let hold_timeout = Duration::from_millis(next.sharding.rebalance_hold_timeout_ms);
+    let outcome = async {
+        copy_and_prepare(
+            status,
+            meta,
+            next,
+            t,
+            &sources,
+            &moving,
+            references,
+            &mut txs,
+            logical.as_mut(),
+        )
+        .await?;
+        if let Some(l) = logical.as_mut() {
+            phase(status, meta, "catch-up").await;
+            for _ in 0..20 {
+                status.checkpoint().await?;
+                if l.catch_up(t, &mut txs).await? < 1000 {
+                    break;
                 }
             }
+        } else {
+            crate::twophase::failpoint("rebalance-prepared");
         }
-        Err(e) => {
-            rollback_prepared(txs.values()).await;
-            return Err(e);
+        phase(status, meta, "cutover").await;
+        gate.cut_over();
+        if !rt
+            .clients
+            .wait_moves_settled(Instant::now() + hold_timeout)
+            .await
+        {
+            return Err(RebalanceError::HoldTimeout(
+                "statements on moving keys did not finish".into(),
+            ));
         }
+        if let Some(l) = logical.as_mut() {
+            l.catch_up(t, &mut txs).await?;
+            delete_given(l, &moving, &mut txs).await?;
+            prepare(&mut txs).await?;
+        }
+        Ok(())
     }
-
-    crate::twophase::failpoint("rebalance-prepared");
-    phase(status, meta, "cutover").await;
-    gate.cut_over();
-    let hold_timeout = Duration::from_millis(next.sharding.rebalance_hold_timeout_ms);
-    if !rt
-        .clients
-        .wait_moves_settled(Instant::now() + hold_timeout)
-        .await
-    {
-        rollback_prepared(prepared.iter()).await;
-        return Err(RebalanceError::HoldTimeout(
-            "statements on moving keys did not finish".into(),
-        ));
+    .await;
+    if let Err(e) = outcome {
+        rollback_prepared(txs.values()).await;
+        if let Some(l) = &logical {
+            l.drop_slots().await;
+        }
+        return Err(e);
     }
+    let prepared: Vec<MoveTx> = txs.into_values().filter(|tx| tx.touched).collect();
     let go_on = status.checkpoint().await.is_ok() && status.decide();
     if !go_on {
         rollback_prepared(prepared.iter()).await;
@@ -278,6 +327,9 @@ async fn move_rows(
     }
     install(rt, next, None, None);
     gate.open();
+    if let Some(l) = &logical {
+        l.drop_slots().await;
+    }
     status.set_phase("done");
     let rows = status.rows_copied.load(Ordering::Relaxed);
     let bytes = status.bytes_copied.load(Ordering::Relaxed);
@@ -297,6 +349,7 @@ async fn copy_and_prepare(
     moving: &[Arc<shardgate_shardmap::TableRule>],
     references: &[TableName],
     txs: &mut HashMap<usize, MoveTx>,
+    mut logical: Option<&mut Logical<'_>>,
 ) -> Result<(), RebalanceError> {
     let db = &next.sharding.rebalance_database;
     let mut throttle = Throttle::new(next.sharding.rebalance_max_mb_s);
@@ -362,8 +415,23 @@ async fn copy_and_prepare(
                     .expect("a move transaction per shard")
                     .touched = true;
             }
+            if let Some(l) = logical.as_deref_mut() {
+                // Deleted at the cutover, with what catch-up adds.
+                let printed = l.printed_name(rule);
+                let keys = l
+                    .keys
+                    .entry(s)
+                    .or_default()
+                    .keys
+                    .entry(printed)
+                    .or_default();
+                keys.extend(copied.keys.iter().map(|k| k.to_string()));
+                status.steps_done.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             let tx = txs.get_mut(&s).expect("a move transaction per shard");
-            let deleted = delete_keys(&tx.conn, rule, &copied.keys).await?;
+            let texts: Vec<String> = copied.keys.iter().map(|k| k.to_string()).collect();
+            let deleted = delete_keys(&tx.conn, rule, &texts).await?;
             if deleted != copied.rows() {
                 return Err(RebalanceError::Verify(format!(
                     "shard {s} deleted {deleted} rows of {} but gave {}",
@@ -377,7 +445,15 @@ async fn copy_and_prepare(
             status.steps_done.fetch_add(1, Ordering::Relaxed);
         }
     }
-    phase(status, meta, "prepare").await;
+    if logical.is_none() {
+        phase(status, meta, "prepare").await;
+        prepare(txs).await?;
+    }
+    Ok(())
+}
+
+/// Prepares the touched move transactions and rolls back the others.
+async fn prepare(txs: &mut HashMap<usize, MoveTx>) -> Result<(), RebalanceError> {
     for tx in txs.values_mut() {
         if tx.touched {
             tx.conn
@@ -390,37 +466,230 @@ async fn copy_and_prepare(
     Ok(())
 }
 
+/// Mode `logical`: the sources' slots, the moving tables as decoding names
+/// them, and the keys each source gives.
+struct Logical<'a> {
+    /// Per source: a connection and its slot.
+    slots: Vec<(usize, Conn, String)>,
+    /// Moving tables by their decoded name (`schema.name`).
+    tables: HashMap<String, super::logical::Table<'a>>,
+    /// Decoded name of each moving table, by its configured name.
+    printed: HashMap<String, String>,
+    /// Per source, the keys it gives.
+    keys: HashMap<usize, super::logical::KeysOut>,
+}
+
+impl Logical<'_> {
+    fn printed_name(&self, rule: &shardgate_shardmap::TableRule) -> String {
+        self.printed
+            .get(&rule.table.to_string())
+            .cloned()
+            .unwrap_or_else(|| rule.table.to_string())
+    }
+
+    /// Applies what the slots recorded; returns how many changes.
+    async fn catch_up(
+        &mut self,
+        t: &Transition,
+        txs: &mut HashMap<usize, MoveTx>,
+    ) -> Result<usize, RebalanceError> {
+        let mut applied = 0;
+        let mut touched = std::collections::HashSet::new();
+        {
+            let conns = conns_of(txs);
+            for (source, conn, slot) in &self.slots {
+                let out = self.keys.entry(*source).or_default();
+                applied += super::logical::catch_up(
+                    conn,
+                    slot,
+                    *source,
+                    &self.tables,
+                    t,
+                    &conns,
+                    out,
+                    &mut touched,
+                )
+                .await?;
+            }
+        }
+        for s in touched {
+            if let Some(tx) = txs.get_mut(&s) {
+                tx.touched = true;
+            }
+        }
+        Ok(applied)
+    }
+
+    async fn drop_slots(&self) {
+        for (_, conn, slot) in &self.slots {
+            super::logical::drop_slot(conn, slot).await;
+        }
+    }
+}
+
+/// Mode `logical`: the decoded names and primary keys of the moving tables,
+/// and a fresh slot on every source (created before any row is copied).
+async fn open_logical<'a>(
+    next: &Config,
+    job: u64,
+    sources: &[usize],
+    moving: &'a [Arc<shardgate_shardmap::TableRule>],
+) -> Result<Logical<'a>, RebalanceError> {
+    let db = &next.sharding.rebalance_database;
+    let mut l = Logical {
+        slots: Vec::new(),
+        tables: HashMap::new(),
+        printed: HashMap::new(),
+        keys: HashMap::new(),
+    };
+    let first = Conn::open(next, &next.shards[sources[0]].primary, db).await?;
+    for rule in moving {
+        let printed: String = first
+            .client
+            .query_one(
+                "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1::text::regclass",
+                &[&rule.table.to_string()],
+            )
+            .await
+            .map_err(|e| first.err(e))?
+            .get(0);
+        let key_columns = super::logical::primary_key(&first, &rule.table).await?;
+        l.printed.insert(rule.table.to_string(), printed.clone());
+        l.tables.insert(
+            printed,
+            super::logical::Table {
+                rule: rule.as_ref(),
+                key_columns,
+            },
+        );
+    }
+    for &s in sources {
+        let conn = Conn::open(next, &next.shards[s].primary, db).await?;
+        let slot = super::logical::slot_name(job, s);
+        super::logical::drop_slot(&conn, &slot).await;
+        super::logical::create_slot(&conn, &slot).await?;
+        l.slots.push((s, conn, slot));
+    }
+    Ok(l)
+}
+
+/// Mode `logical`, at the cutover: each source deletes the keys it gave
+/// (copied or caught up), and the targets must hold exactly as many rows of
+/// those keys as the sources deleted.
+async fn delete_given(
+    l: &Logical<'_>,
+    moving: &[Arc<shardgate_shardmap::TableRule>],
+    txs: &mut HashMap<usize, MoveTx>,
+) -> Result<(), RebalanceError> {
+    for (source, out) in &l.keys {
+        for rule in moving {
+            let Some(keys) = out.keys.get(&l.printed_name(rule)) else {
+                continue;
+            };
+            let keys: Vec<String> = keys.iter().cloned().collect();
+            let tx = txs.get_mut(source).expect("a move transaction per shard");
+            let deleted = delete_keys(&tx.conn, rule, &keys).await?;
+            if deleted > 0 {
+                tx.touched = true;
+            }
+            let mut held = 0;
+            for (shard, tx) in txs.iter() {
+                if shard != source && tx.touched {
+                    held += count_keys(&tx.conn, rule, &keys).await?;
+                }
+            }
+            if held != deleted {
+                return Err(RebalanceError::Verify(format!(
+                    "shard {source} deleted {deleted} rows of {} but its targets hold {held}",
+                    rule.table
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether the move can use catch-up: `wal_level = logical` on every
+/// source, and every moving table has a primary key holding its shard key
+/// (deletes are decoded as their primary key, which must name the shard).
+async fn logical_possible(
+    next: &Config,
+    sources: &[usize],
+    moving: &[Arc<shardgate_shardmap::TableRule>],
+) -> Result<Option<String>, RebalanceError> {
+    let db = &next.sharding.rebalance_database;
+    for &s in sources {
+        let conn = Conn::open(next, &next.shards[s].primary, db).await?;
+        if !super::logical::wal_is_logical(&conn).await? {
+            return Ok(Some(format!("wal_level is not logical on shard {s}")));
+        }
+        for rule in moving {
+            let pk = super::logical::primary_key(&conn, &rule.table).await?;
+            if !pk.iter().any(|c| *c == rule.column) {
+                return Ok(Some(format!(
+                    "table {} has no primary key holding its shard key {}",
+                    rule.table, rule.column
+                )));
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// The move transactions' connections by shard, for [`copy_rows`].
 fn conns_of(txs: &HashMap<usize, MoveTx>) -> HashMap<usize, &Conn> {
     txs.iter().map(|(s, tx)| (*s, &tx.conn)).collect()
 }
 
-/// Deletes the rows of `keys` in `rule`'s table; returns how many went.
-async fn delete_keys(
-    conn: &Conn,
-    rule: &shardgate_shardmap::TableRule,
-    keys: &[ShardKey],
-) -> Result<u64, RebalanceError> {
-    let column = TableName::new(None, &rule.column);
+/// `= ANY ($1::text[]::<key type>[])` on `rule`'s key column.
+fn key_in(rule: &shardgate_shardmap::TableRule) -> String {
     let cast = match rule.key_type {
         shardgate_shardmap::KeyType::BigInt => "bigint",
         shardgate_shardmap::KeyType::Text => "text",
         shardgate_shardmap::KeyType::Uuid => "uuid",
     };
-    let sql = format!(
-        "DELETE FROM {} WHERE {column} = ANY ($1::text[]::{cast}[])",
-        rule.table
-    );
+    format!(
+        "{} = ANY ($1::text[]::{cast}[])",
+        TableName::new(None, &rule.column)
+    )
+}
+
+/// Deletes the rows of `keys` (as text) in `rule`'s table; returns how many went.
+async fn delete_keys(
+    conn: &Conn,
+    rule: &shardgate_shardmap::TableRule,
+    keys: &[String],
+) -> Result<u64, RebalanceError> {
+    let sql = format!("DELETE FROM {} WHERE {}", rule.table, key_in(rule));
     let mut deleted = 0;
     for batch in keys.chunks(DELETE_BATCH) {
-        let texts: Vec<String> = batch.iter().map(|k| k.to_string()).collect();
         deleted += conn
             .client
-            .execute(&sql, &[&texts])
+            .execute(&sql, &[&batch])
             .await
             .map_err(|e| conn.err(e))?;
     }
     Ok(deleted)
+}
+
+/// Rows of `keys` (as text) in `rule`'s table.
+async fn count_keys(
+    conn: &Conn,
+    rule: &shardgate_shardmap::TableRule,
+    keys: &[String],
+) -> Result<u64, RebalanceError> {
+    let sql = format!("SELECT count(*) FROM {} WHERE {}", rule.table, key_in(rule));
+    let mut n = 0;
+    for batch in keys.chunks(DELETE_BATCH) {
+        let row = conn
+            .client
+            .query_one(&sql, &[&batch])
+            .await
+            .map_err(|e| conn.err(e))?;
+        n += row.get::<_, i64>(0) as u64;
+    }
+    Ok(n)
 }
 
 /// Rolls back move transactions, prepared or not.

@@ -76,6 +76,14 @@ async fn recover_inner(rt: &Arc<Runtime>) -> Result<Vec<Change>, RebalanceError>
                 )
                 .await
                 .map_err(|e| conn.err(e))?;
+            conn.client
+                .execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                     WHERE slot_name LIKE $1 AND NOT active",
+                    &[&format!("shardgate_move_{id}_%")],
+                )
+                .await
+                .map_err(|e| conn.err(e))?;
             for g in gids {
                 let gid: String = g.get(0);
                 conn.run(&format!("{verb} PREPARED '{gid}'")).await?;

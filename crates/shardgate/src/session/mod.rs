@@ -496,7 +496,7 @@ impl Session {
         if between {
             self.info.use_snapshot(0);
         }
-        if self.info.touching_moves() && self.nothing_outstanding() {
+        if between && self.info.touching_moves() {
             self.info.set_touching_moves(false);
         }
         Ok(())
@@ -523,13 +523,6 @@ impl Session {
             self.info.use_snapshot(self.snap.version);
         }
         Ok(())
-    }
-
-    /// Whether no server owes the session an answer.
-    fn nothing_outstanding(&self) -> bool {
-        self.backend.as_ref().is_none_or(|b| b.ex.expect.is_empty())
-            && self.parked.iter().all(|b| b.ex.expect.is_empty())
-            && self.fanout_state.is_none()
     }
 
     /// Whether the client is between transactions: nothing of a transaction

@@ -12,9 +12,11 @@ use crate::rebalance::gate::{MoveGate, Touch};
 impl Session {
     /// Waits while a move holds what `plan` touches. After a wait the
     /// session takes the runtime's current snapshot, even inside a
-    /// transaction: a transaction that began on the gate's snapshot cannot
-    /// have written moving rows (its writes waited), and the moving rows it
-    /// read are the same on both shards until the switch.
+    /// transaction: in mode block_writes a transaction that began on the
+    /// gate's snapshot cannot have written moving rows (its writes waited),
+    /// and the moving rows it read are the same on both shards until the
+    /// switch; in mode logical a transaction that touched moving keys never
+    /// waits here, the cutover waits for it instead.
     pub(super) async fn pass_move_gate(
         &mut self,
         sql: &str,
@@ -31,17 +33,25 @@ impl Session {
             }
             let write = self.is_write(sql);
             // Announce before looking at the phase: the cutover waits for
-            // announced statements to finish (see `ClientInfo::touching_moves`).
+            // every transaction that touched moving keys to end (see
+            // `ClientInfo::touching_moves`).
+            let mine = self.info.touching_moves();
             self.info.set_touching_moves(true);
-            if !gate.must_wait(write, touch) {
+            // In mode logical a transaction that already touched moving keys
+            // (and may have written them) goes on: the cutover waits for it,
+            // so that its changes reach the last catch-up.
+            let exempt = mine && !gate.holds_writes_while_copying;
+            if !gate.must_wait(write, touch) || exempt {
                 if gate.phase() != crate::rebalance::gate::GatePhase::Open {
                     return Ok(());
                 }
-                self.info.set_touching_moves(false);
                 if self.runtime.version() == self.snap.version {
                     return Ok(());
                 }
             } else {
+                // Mode block_writes: this transaction wrote no moving key
+                // (those writes wait), so it may wait here and go on by
+                // the new map.
                 self.info.set_touching_moves(false);
                 gate.wait_open().await;
             }

@@ -1,0 +1,416 @@
+//! Catch-up from logical decoding (docs/ARCHITECTURE.md §10, mode
+//! `logical`): a slot with the built-in `test_decoding` plugin is created
+//! on each source before its rows are copied; afterwards the changes it
+//! recorded for moving keys are applied to their targets, idempotently
+//! (inserts and updates as upserts by primary key, deletes by primary key),
+//! so the overlap with the copy converges. Writes to moving keys go on
+//! during the copy; only the cutover holds them, for the last changes.
+//!
+//! `test_decoding` prints each change as text whose values are SQL
+//! literals: `table public.t: UPDATE: id[bigint]:5 name[text]:'it''s'`,
+//! `null`, or `unchanged-toast-datum` for a TOASTed value an UPDATE left
+//! alone. [`parse_change`] reads that.
+
+use std::collections::{HashMap, HashSet};
+
+use shardgate_shardmap::{ShardKey, TableName, TableRule, Transition};
+
+use super::db::Conn;
+use super::RebalanceError;
+
+/// What a decoded change does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// A new row.
+    Insert,
+    /// A changed row (the new values).
+    Update,
+    /// A removed row (its replica identity: the primary key).
+    Delete,
+}
+
+/// One column of a decoded change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    /// Its name, as printed (quoted when it needs quotes).
+    pub name: String,
+    /// Its type, as `format_type` prints it.
+    pub type_name: String,
+    /// Its value as an SQL literal; `None` for NULL.
+    pub value: Option<String>,
+    /// An UPDATE left this TOASTed value alone (no value given).
+    pub unchanged: bool,
+}
+
+/// One decoded row change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// `schema.name` as printed.
+    pub table: String,
+    /// Insert, update or delete.
+    pub op: Op,
+    /// The row's columns (for a delete: the primary key's).
+    pub columns: Vec<Column>,
+}
+
+impl Change {
+    /// The column called `name` (unquoted names compared as printed).
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns
+            .iter()
+            .find(|c| c.name.trim_matches('"') == name)
+    }
+}
+
+/// Parses one line of `test_decoding` output; `None` for BEGIN/COMMIT and
+/// anything that is not a row change.
+pub fn parse_change(line: &str) -> Option<Change> {
+    let rest = line.strip_prefix("table ")?;
+    let (table, rest) = split_table(rest)?;
+    let rest = rest.strip_prefix(": ")?;
+    let (op, mut rest) = if let Some(r) = rest.strip_prefix("INSERT: ") {
+        (Op::Insert, r)
+    } else if let Some(r) = rest.strip_prefix("UPDATE: ") {
+        (Op::Update, r)
+    } else if let Some(r) = rest.strip_prefix("DELETE: ") {
+        (Op::Delete, r)
+    } else {
+        return None;
+    };
+    // An UPDATE that changed the key prints the old key first.
+    if let Some(r) = rest.strip_prefix("old-key: ") {
+        let at = r.find(" new-tuple: ")?;
+        rest = &r[at + " new-tuple: ".len()..];
+    }
+    if rest == "(no-tuple-data)" {
+        return None;
+    }
+    let mut columns = Vec::new();
+    let mut s = rest;
+    while !s.is_empty() {
+        let (col, after) = parse_column(s)?;
+        columns.push(col);
+        s = after.trim_start_matches(' ');
+    }
+    Some(Change {
+        table: table.to_owned(),
+        op,
+        columns,
+    })
+}
+
+/// `schema.name` up to the `: ` that follows it (names may be quoted).
+fn split_table(s: &str) -> Option<(&str, &str)> {
+    let mut in_quotes = false;
+    for (i, ch) in s.char_indices() {
+        match ch {
+            '"' => in_quotes = !in_quotes,
+            ':' if !in_quotes => return Some((&s[..i], &s[i..])),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// `name[type]:value` at the start of `s`; returns it and the rest.
+fn parse_column(s: &str) -> Option<(Column, &str)> {
+    let open = s.find('[')?;
+    let name = &s[..open];
+    let close = s[open..].find("]:")? + open;
+    let type_name = &s[open + 1..close];
+    let v = &s[close + 2..];
+    let (value, unchanged, rest) = if let Some(r) = v.strip_prefix('\'') {
+        // A quoted literal: '' is a quote inside it.
+        let bytes = r.as_bytes();
+        let mut i = 0;
+        loop {
+            if i >= bytes.len() {
+                return None;
+            }
+            if bytes[i] == b'\'' {
+                if bytes.get(i + 1) == Some(&b'\'') {
+                    i += 2;
+                    continue;
+                }
+                break;
+            }
+            i += 1;
+        }
+        (Some(format!("'{}'", &r[..i])), false, &r[i + 1..])
+    } else {
+        let end = v.find(' ').unwrap_or(v.len());
+        let word = &v[..end];
+        match word {
+            "null" => (None, false, &v[end..]),
+            "unchanged-toast-datum" => (None, true, &v[end..]),
+            _ => (Some(word.to_owned()), false, &v[end..]),
+        }
+    };
+    Some((
+        Column {
+            name: name.to_owned(),
+            type_name: type_name.to_owned(),
+            value,
+            unchanged,
+        },
+        rest,
+    ))
+}
+
+/// A moving table as catch-up needs it.
+pub(super) struct Table<'a> {
+    /// Its rule.
+    pub rule: &'a TableRule,
+    /// Its primary key columns.
+    pub key_columns: Vec<String>,
+}
+
+/// The primary key columns of `table` on `conn` (empty: none).
+pub(super) async fn primary_key(
+    conn: &Conn,
+    table: &TableName,
+) -> Result<Vec<String>, RebalanceError> {
+    let rows = conn
+        .client
+        .query(
+            "SELECT a.attname::text FROM pg_index i \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
+             WHERE i.indrelid = $1::text::regclass AND i.indisprimary \
+             ORDER BY array_position(i.indkey::int2[], a.attnum)",
+            &[&table.to_string()],
+        )
+        .await
+        .map_err(|e| conn.err(e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Whether `wal_level` is `logical` on `conn`.
+pub(super) async fn wal_is_logical(conn: &Conn) -> Result<bool, RebalanceError> {
+    let row = conn
+        .client
+        .query_one("SELECT current_setting('wal_level') = 'logical'", &[])
+        .await
+        .map_err(|e| conn.err(e))?;
+    Ok(row.get(0))
+}
+
+/// The slot of `job` on `shard`.
+pub(super) fn slot_name(job: u64, shard: usize) -> String {
+    format!("shardgate_move_{job}_{shard}")
+}
+
+/// Creates the slot (its changes start now).
+pub(super) async fn create_slot(conn: &Conn, slot: &str) -> Result<(), RebalanceError> {
+    conn.client
+        .execute(
+            "SELECT pg_create_logical_replication_slot($1, 'test_decoding')",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| conn.err(e))?;
+    Ok(())
+}
+
+/// Drops the slot if it exists.
+pub(super) async fn drop_slot(conn: &Conn, slot: &str) {
+    let _ = conn
+        .client
+        .execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await;
+}
+
+/// What catch-up keeps per source: the keys (text) of each moving table
+/// that are on their way to a target, so the cutover deletes them on the
+/// source.
+#[derive(Default)]
+pub(super) struct KeysOut {
+    /// Per table (as printed by test_decoding, `schema.name`), per key.
+    pub keys: HashMap<String, HashSet<String>>,
+}
+
+/// Applies the changes the slot recorded since the last call to the
+/// targets' move transactions; returns how many it applied.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn catch_up(
+    src: &Conn,
+    slot: &str,
+    source: usize,
+    tables: &HashMap<String, Table<'_>>,
+    transition: &Transition,
+    targets: &HashMap<usize, &Conn>,
+    out: &mut KeysOut,
+    touched: &mut HashSet<usize>,
+) -> Result<usize, RebalanceError> {
+    let rows = src
+        .client
+        .query(
+            "SELECT data FROM pg_logical_slot_get_changes($1, NULL, NULL)",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| src.err(e))?;
+    let mut applied = 0;
+    for row in rows {
+        let data: String = row.get(0);
+        let Some(change) = parse_change(&data) else {
+            continue;
+        };
+        let Some(table) = tables.get(&change.table) else {
+            continue;
+        };
+        let Some(key_col) = change.column(&table.rule.column) else {
+            continue;
+        };
+        let Some(literal) = key_col.value.as_deref() else {
+            continue;
+        };
+        let text = literal
+            .strip_prefix('\'')
+            .and_then(|l| l.strip_suffix('\''))
+            .map_or_else(|| literal.to_owned(), |l| l.replace("''", "'"));
+        let Ok(key) = ShardKey::parse_text(table.rule.key_type, &text) else {
+            continue;
+        };
+        let to = match transition.next_shard(table.rule, &key) {
+            Ok(n) if n != source => n,
+            _ => continue,
+        };
+        let Some(target) = targets.get(&to) else {
+            continue;
+        };
+        let sql = apply_sql(&change, &table.rule.table, &table.key_columns)?;
+        target.run(&sql).await?;
+        touched.insert(to);
+        out.keys
+            .entry(change.table.clone())
+            .or_default()
+            .insert(text);
+        applied += 1;
+    }
+    Ok(applied)
+}
+
+/// The statement that makes a target reflect `change`.
+fn apply_sql(
+    change: &Change,
+    table: &TableName,
+    key_columns: &[String],
+) -> Result<String, RebalanceError> {
+    let lit = |c: &Column| match &c.value {
+        Some(v) => format!("{v}::{}", c.type_name),
+        None => "NULL".to_owned(),
+    };
+    let key_match = || -> Result<String, RebalanceError> {
+        key_columns
+            .iter()
+            .map(|k| {
+                let c = change.column(k).ok_or_else(|| {
+                    RebalanceError::Invalid(format!(
+                        "a decoded change of {table} lacks its key column {k}"
+                    ))
+                })?;
+                Ok(format!("{} = {}", TableName::new(None, k), lit(c)))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(|v| v.join(" AND "))
+    };
+    Ok(match change.op {
+        Op::Delete => format!("DELETE FROM {table} WHERE {}", key_match()?),
+        Op::Insert | Op::Update => {
+            let cols: Vec<&Column> = change.columns.iter().filter(|c| !c.unchanged).collect();
+            let names: Vec<&str> = cols.iter().map(|c| c.name.as_str()).collect();
+            let values: Vec<String> = cols.iter().map(|c| lit(c)).collect();
+            let conflict: Vec<String> = key_columns
+                .iter()
+                .map(|k| TableName::new(None, k).to_string())
+                .collect();
+            let set: Vec<String> = names
+                .iter()
+                .filter(|n| !key_columns.iter().any(|k| k == n.trim_matches('"')))
+                .map(|n| format!("{n} = EXCLUDED.{n}"))
+                .collect();
+            let action = if set.is_empty() {
+                "NOTHING".to_owned()
+            } else {
+                format!("UPDATE SET {}", set.join(", "))
+            };
+            format!(
+                "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT ({}) DO {action}",
+                names.join(", "),
+                values.join(", "),
+                conflict.join(", ")
+            )
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_decoding_lines_are_read() {
+        let c = parse_change(
+            "table public.accounts: UPDATE: id[bigint]:5 balance[bigint]:-11 note[text]:'it''s: [x]' ts[timestamp with time zone]:'2026-01-01 00:00:00+00' gone[text]:null big[text]:unchanged-toast-datum",
+        )
+        .expect("a change");
+        assert_eq!(c.table, "public.accounts");
+        assert_eq!(c.op, Op::Update);
+        assert_eq!(c.columns.len(), 6);
+        assert_eq!(
+            c.column("id").and_then(|c| c.value.clone()).as_deref(),
+            Some("5")
+        );
+        assert_eq!(c.columns[1].value.as_deref(), Some("-11"));
+        assert_eq!(c.columns[2].value.as_deref(), Some("'it''s: [x]'"));
+        assert_eq!(c.columns[3].type_name, "timestamp with time zone");
+        assert_eq!(c.columns[4].value, None);
+        assert!(!c.columns[4].unchanged);
+        assert!(c.columns[5].unchanged);
+        let d = parse_change("table public.entries: DELETE: account_id[bigint]:7 seq[bigint]:2")
+            .expect("a delete");
+        assert_eq!(d.op, Op::Delete);
+        assert_eq!(d.columns.len(), 2);
+        let k = parse_change(
+            "table public.t: UPDATE: old-key: id[integer]:1 new-tuple: id[integer]:2 v[text]:'x'",
+        )
+        .expect("a key update");
+        assert_eq!(
+            k.column("id").and_then(|c| c.value.clone()).as_deref(),
+            Some("2")
+        );
+        assert!(parse_change("BEGIN 529").is_none());
+        assert!(parse_change("COMMIT 529").is_none());
+        assert!(parse_change("table public.t: TRUNCATE: (no-flags)").is_none());
+        assert!(parse_change("table public.t: INSERT: v[text]:'unterminated").is_none());
+    }
+
+    #[test]
+    fn changes_become_idempotent_statements() {
+        let t = TableName::new(None, "entries");
+        let keys = vec!["account_id".to_owned(), "seq".to_owned()];
+        let ins = parse_change(
+            "table public.entries: INSERT: account_id[bigint]:7 seq[bigint]:2 amount[bigint]:30",
+        )
+        .expect("insert");
+        assert_eq!(
+            apply_sql(&ins, &t, &keys).expect("sql"),
+            "INSERT INTO entries (account_id, seq, amount) VALUES (7::bigint, 2::bigint, 30::bigint) ON CONFLICT (account_id, seq) DO UPDATE SET amount = EXCLUDED.amount"
+        );
+        let del = parse_change("table public.entries: DELETE: account_id[bigint]:7 seq[bigint]:2")
+            .expect("delete");
+        assert_eq!(
+            apply_sql(&del, &t, &keys).expect("sql"),
+            "DELETE FROM entries WHERE account_id = 7::bigint AND seq = 2::bigint"
+        );
+        let keyonly =
+            parse_change("table public.entries: INSERT: account_id[bigint]:7 seq[bigint]:3")
+                .expect("insert");
+        assert!(apply_sql(&keyonly, &t, &keys)
+            .expect("sql")
+            .ends_with("DO NOTHING"));
+    }
+}
