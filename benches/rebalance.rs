@@ -12,7 +12,8 @@
 //! ```
 //!
 //! Environment: `BENCH_ROWS` [1000000] rows of about 100 bytes, `BENCH_CLIENTS` [8]
-//! writing clients, `BENCH_MAX_MB_S` [0] (`sharding.rebalance_max_mb_s`).
+//! writing clients, `BENCH_MAX_MB_S` [0] (`sharding.rebalance_max_mb_s`),
+//! `BENCH_WAL_LEVEL` [logical] (`replica` gives mode block_writes).
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -92,8 +93,10 @@ fn main() {
     let rows = env_number("BENCH_ROWS", 1_000_000) as i64;
     let clients = env_number("BENCH_CLIENTS", 8) as usize;
     let max_mb_s = env_number("BENCH_MAX_MB_S", 0);
-    eprintln!("starting 3 shards");
-    let cluster = Cluster::start(ClusterSpec::new(3, 0)).expect("cluster");
+    let wal_level = std::env::var("BENCH_WAL_LEVEL").unwrap_or_else(|_| "logical".into());
+    eprintln!("starting 3 shards (wal_level = {wal_level})");
+    let cluster = Cluster::start(ClusterSpec::new(3, 0).setting("wal_level", wal_level.as_str()))
+        .expect("cluster");
     cluster
         .execute_on_primaries("CREATE ROLE app LOGIN SUPERUSER PASSWORD 'secret'")
         .expect("role");
@@ -206,15 +209,17 @@ fn main() {
             .await
             .expect("ADD SHARD");
         let mut phases: Vec<(String, Instant)> = Vec::new();
+        let mut mode: String;
         let (bytes, moved) = loop {
             let row = admin
                 .query_one(
-                    "SELECT state, phase, bytes_copied, rows_copied, error FROM shardgate.jobs ORDER BY id DESC LIMIT 1",
+                    "SELECT state, phase, bytes_copied, rows_copied, error, mode FROM shardgate.jobs ORDER BY id DESC LIMIT 1",
                     &[],
                 )
                 .await
                 .expect("jobs");
             let (state, phase): (String, String) = (row.get(0), row.get(1));
+            mode = row.get(5);
             if phases.last().is_none_or(|(p, _)| *p != phase) {
                 phases.push((phase.clone(), Instant::now()));
             }
@@ -233,7 +238,7 @@ fn main() {
         }
         let copy_start = phases.iter().find(|(p, _)| p == "copy").map(|(_, t)| *t);
         let copy_end = phases.iter().find(|(p, _)| p == "prepare" || p == "cutover" || p == "done").map(|(_, t)| *t);
-        println!("\n## ADD SHARD 2 -> 3: {rows} rows of about 100 bytes, {clients} clients updating random keys");
+        println!("\n## ADD SHARD 2 -> 3, mode {mode}: {rows} rows of about 100 bytes, {clients} clients updating random keys");
         for (p, t) in &phases {
             println!("- phase {p} seen at +{:?}", t.duration_since(job_start));
         }

@@ -231,8 +231,23 @@ pub(super) struct KeysOut {
     pub keys: HashMap<String, HashSet<String>>,
 }
 
-/// Applies the changes the slot recorded since the last call to the
-/// targets' move transactions; returns how many it applied.
+/// Changes read from a slot per call.
+const CHANGES_PER_READ: i32 = 50_000;
+
+/// Statement text sent to a target per round trip.
+const APPLY_BATCH_BYTES: usize = 256 * 1024;
+
+/// What one catch-up call did.
+pub(super) struct CaughtUp {
+    /// Changes applied to targets.
+    pub applied: usize,
+    /// The slot had no more changes than one read takes.
+    pub drained: bool,
+}
+
+/// Applies changes the slot recorded since the last call (at most one
+/// read's worth) to the targets' move transactions, in order, many
+/// statements per round trip.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn catch_up(
     src: &Conn,
@@ -243,16 +258,19 @@ pub(super) async fn catch_up(
     targets: &HashMap<usize, &Conn>,
     out: &mut KeysOut,
     touched: &mut HashSet<usize>,
-) -> Result<usize, RebalanceError> {
+) -> Result<CaughtUp, RebalanceError> {
     let rows = src
         .client
         .query(
-            "SELECT data FROM pg_logical_slot_get_changes($1, NULL, NULL)",
-            &[&slot],
+            "SELECT data FROM pg_logical_slot_get_changes($1, NULL, $2, \
+             'skip-empty-xacts', '1', 'include-xids', '0')",
+            &[&slot, &CHANGES_PER_READ],
         )
         .await
         .map_err(|e| src.err(e))?;
+    let drained = rows.len() < CHANGES_PER_READ as usize;
     let mut applied = 0;
+    let mut batches: HashMap<usize, String> = HashMap::new();
     for row in rows {
         let data: String = row.get(0);
         let Some(change) = parse_change(&data) else {
@@ -281,8 +299,12 @@ pub(super) async fn catch_up(
         let Some(target) = targets.get(&to) else {
             continue;
         };
-        let sql = apply_sql(&change, &table.rule.table, &table.key_columns)?;
-        target.run(&sql).await?;
+        let batch = batches.entry(to).or_default();
+        batch.push_str(&apply_sql(&change, &table.rule.table, &table.key_columns)?);
+        batch.push_str(";\n");
+        if batch.len() >= APPLY_BATCH_BYTES {
+            target.run(&std::mem::take(batch)).await?;
+        }
         touched.insert(to);
         out.keys
             .entry(change.table.clone())
@@ -290,7 +312,12 @@ pub(super) async fn catch_up(
             .insert(text);
         applied += 1;
     }
-    Ok(applied)
+    for (to, batch) in batches {
+        if !batch.is_empty() {
+            targets[&to].run(&batch).await?;
+        }
+    }
+    Ok(CaughtUp { applied, drained })
 }
 
 /// The statement that makes a target reflect `change`.

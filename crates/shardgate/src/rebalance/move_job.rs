@@ -46,6 +46,9 @@ use super::{JobStatus, RebalanceError};
 use crate::config::{parse_table_name, Config};
 use crate::runtime::{Runtime, Snapshot};
 
+/// Longest catch-up before the cutover (mode logical).
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(30);
+
 /// Keys deleted per statement on a source.
 const DELETE_BATCH: usize = 5_000;
 
@@ -265,10 +268,15 @@ async fn move_rows(
         )
         .await?;
         if let Some(l) = logical.as_mut() {
+            // Until a round finds little to do (or for at most
+            // CATCH_UP_LIMIT: if clients write faster than catch-up
+            // applies, the cutover drains the rest with their writes held).
             phase(status, meta, "catch-up").await;
-            for _ in 0..20 {
+            let until = Instant::now() + CATCH_UP_LIMIT;
+            loop {
                 status.checkpoint().await?;
-                if l.catch_up(t, &mut txs).await? < 1000 {
+                let (applied, drained) = l.catch_up(t, &mut txs).await?;
+                if (drained && applied < 1000) || Instant::now() >= until {
                     break;
                 }
             }
@@ -287,7 +295,7 @@ async fn move_rows(
             ));
         }
         if let Some(l) = logical.as_mut() {
-            l.catch_up(t, &mut txs).await?;
+            while !l.catch_up(t, &mut txs).await?.1 {}
             delete_given(l, &moving, &mut txs).await?;
             prepare(&mut txs).await?;
         }
@@ -487,19 +495,21 @@ impl Logical<'_> {
             .unwrap_or_else(|| rule.table.to_string())
     }
 
-    /// Applies what the slots recorded; returns how many changes.
+    /// Applies what the slots recorded (one read each); returns how many
+    /// changes, and whether every slot is drained.
     async fn catch_up(
         &mut self,
         t: &Transition,
         txs: &mut HashMap<usize, MoveTx>,
-    ) -> Result<usize, RebalanceError> {
+    ) -> Result<(usize, bool), RebalanceError> {
         let mut applied = 0;
+        let mut drained = true;
         let mut touched = std::collections::HashSet::new();
         {
             let conns = conns_of(txs);
             for (source, conn, slot) in &self.slots {
                 let out = self.keys.entry(*source).or_default();
-                applied += super::logical::catch_up(
+                let done = super::logical::catch_up(
                     conn,
                     slot,
                     *source,
@@ -510,6 +520,8 @@ impl Logical<'_> {
                     &mut touched,
                 )
                 .await?;
+                applied += done.applied;
+                drained &= done.drained;
             }
         }
         for s in touched {
@@ -517,7 +529,7 @@ impl Logical<'_> {
                 tx.touched = true;
             }
         }
-        Ok(applied)
+        Ok((applied, drained))
     }
 
     async fn drop_slots(&self) {
