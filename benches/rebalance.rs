@@ -237,7 +237,7 @@ fn main() {
             writes.extend(w.await.expect("writer"));
         }
         let copy_start = phases.iter().find(|(p, _)| p == "copy").map(|(_, t)| *t);
-        let copy_end = phases.iter().find(|(p, _)| p == "prepare" || p == "cutover" || p == "done").map(|(_, t)| *t);
+        let copy_end = phases.iter().find(|(p, _)| p == "catch-up" || p == "prepare" || p == "cutover" || p == "done").map(|(_, t)| *t);
         println!("\n## ADD SHARD 2 -> 3, mode {mode}: {rows} rows of about 100 bytes, {clients} clients updating random keys");
         for (p, t) in &phases {
             println!("- phase {p} seen at +{:?}", t.duration_since(job_start));

@@ -781,7 +781,23 @@ fn last_job_phase(c: &Cluster) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_killed_mid_job_finishes_it_after_a_restart() {
-    let c = cluster(ClusterSpec::new(3, 0));
+    killed_mid_job(false).await;
+}
+
+/// The same in mode logical, killed during the copy, during catch-up and
+/// after the decision; the slots go with the jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_killed_mid_logical_job_finishes_it_after_a_restart() {
+    killed_mid_job(true).await;
+}
+
+async fn killed_mid_job(logical: bool) {
+    let spec = if logical {
+        ClusterSpec::new(3, 0).setting("wal_level", "logical")
+    } else {
+        ClusterSpec::new(3, 0)
+    };
+    let c = cluster(spec);
     let port = free_port();
     let config = config_over(&c, port, 2);
     let proxy = Proxy::start(c.dir(), port, &config);
@@ -821,7 +837,11 @@ async fn a_proxy_killed_mid_job_finishes_it_after_a_restart() {
         ),
         (
             "SET SHARD 0 WEIGHT 2".into(),
-            "rebalance-prepared",
+            if logical {
+                "rebalance-catch-up"
+            } else {
+                "rebalance-prepared"
+            },
             &[2, 1, 1],
         ),
         ("REMOVE SHARD 1".into(), "rebalance-switched", &[2, 0, 1]),
@@ -887,6 +907,13 @@ async fn a_proxy_killed_mid_job_finishes_it_after_a_restart() {
             + &rows_on(&c, 1, "SELECT count(*) FROM pg_prepared_xacts")[0][0]
             + &rows_on(&c, 2, "SELECT count(*) FROM pg_prepared_xacts")[0][0];
         assert_eq!(prepared, "000", "no prepared transaction is left behind");
+        for s in 0..3 {
+            assert_eq!(
+                rows_on(&c, s, "SELECT count(*) FROM pg_replication_slots")[0][0],
+                "0",
+                "no slot is left behind on shard {s}"
+            );
+        }
     }
 }
 

@@ -50,7 +50,7 @@ use crate::runtime::{Runtime, Snapshot};
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(30);
 
 /// Keys deleted per statement on a source.
-const DELETE_BATCH: usize = 5_000;
+const DELETE_BATCH: usize = 50_000;
 
 /// The move transaction of one shard: rows coming in, rows going out.
 struct MoveTx {
@@ -276,6 +276,7 @@ async fn move_rows(
             loop {
                 status.checkpoint().await?;
                 let (applied, drained) = l.catch_up(t, &mut txs).await?;
+                crate::twophase::failpoint("rebalance-catch-up");
                 if (drained && applied < 1000) || Instant::now() >= until {
                     break;
                 }
@@ -298,6 +299,7 @@ async fn move_rows(
             while !l.catch_up(t, &mut txs).await?.1 {}
             delete_given(l, &moving, &mut txs).await?;
             prepare(&mut txs).await?;
+            crate::twophase::failpoint("rebalance-prepared");
         }
         Ok(())
     }
