@@ -252,6 +252,16 @@ fn rows_on(c: &Cluster, shard: usize, sql: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// Three shards of a primary each, with `wal_level = logical` when asked.
+fn three_shards(logical: bool) -> Cluster {
+    let spec = ClusterSpec::new(3, 0);
+    cluster(if logical {
+        spec.setting("wal_level", "logical")
+    } else {
+        spec
+    })
+}
+
 /// Starts a job with `command` on the admin console and waits until it is
 /// done; returns how long it took.
 async fn run_job(admin: &tokio_postgres::Client, proxy: &Proxy, command: &str) -> Duration {
@@ -365,12 +375,7 @@ async fn hash_moves_with_logical_catch_up_lose_nothing() {
 }
 
 async fn hash_moves(logical: bool) {
-    let spec = if logical {
-        ClusterSpec::new(3, 0).setting("wal_level", "logical")
-    } else {
-        ClusterSpec::new(3, 0)
-    };
-    let c = cluster(spec);
+    let c = three_shards(logical);
     let port = free_port();
     let proxy = Proxy::start(c.dir(), port, &config_over(&c, port, 2));
     let ci = proxy.app();
@@ -792,12 +797,7 @@ async fn a_proxy_killed_mid_logical_job_finishes_it_after_a_restart() {
 }
 
 async fn killed_mid_job(logical: bool) {
-    let spec = if logical {
-        ClusterSpec::new(3, 0).setting("wal_level", "logical")
-    } else {
-        ClusterSpec::new(3, 0)
-    };
-    let c = cluster(spec);
+    let c = three_shards(logical);
     let port = free_port();
     let config = config_over(&c, port, 2);
     let proxy = Proxy::start(c.dir(), port, &config);
@@ -922,19 +922,10 @@ async fn a_terminated_source_backend_makes_the_job_retry() {
     let c = cluster(ClusterSpec::new(3, 0));
     let port = free_port();
     // 1 MB/s: the copy of about 10 MB lasts long enough to be interrupted.
-    let config = config_over(&c, port, 2).replace(
-        "rebalance_database = \"app\"",
-        "rebalance_database = \"app\"\nrebalance_max_mb_s = 1",
-    );
+    let config = throttled_config(&c, port);
     let proxy = Proxy::start(c.dir(), port, &config);
     let app = connect(&proxy.app()).await;
-    app.batch_execute(
-        "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL);
-         CREATE TABLE entries (account_id bigint NOT NULL, seq bigint NOT NULL, amount bigint NOT NULL, PRIMARY KEY (account_id, seq));
-         CREATE TABLE currencies (code text PRIMARY KEY, name text NOT NULL);",
-    )
-    .await
-    .expect("schema");
+    create_accounts(&app).await;
     const ROWS: i64 = 300_000;
     load_accounts(&proxy, ROWS);
 
@@ -990,6 +981,26 @@ async fn a_terminated_source_backend_makes_the_job_retry() {
     assert_eq!(total, ROWS, "every row once");
 }
 
+/// [`config_over`] the first two shards, copies throttled to 1 MB/s (long
+/// enough to act on a job while it copies).
+fn throttled_config(c: &Cluster, port: u16) -> String {
+    config_over(c, port, 2).replace(
+        "rebalance_database = \"app\"",
+        "rebalance_database = \"app\"\nrebalance_max_mb_s = 1",
+    )
+}
+
+/// The tables of the hash scenarios, created through the proxy.
+async fn create_accounts(app: &tokio_postgres::Client) {
+    app.batch_execute(
+        "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL);
+         CREATE TABLE entries (account_id bigint NOT NULL, seq bigint NOT NULL, amount bigint NOT NULL, PRIMARY KEY (account_id, seq));
+         CREATE TABLE currencies (code text PRIMARY KEY, name text NOT NULL);",
+    )
+    .await
+    .expect("schema");
+}
+
 /// Loads accounts 1..=rows (balance `k % 1000`) by COPY through the proxy.
 fn load_accounts(proxy: &Proxy, rows: i64) {
     let mut data = String::new();
@@ -1019,19 +1030,10 @@ async fn last_job(admin: &tokio_postgres::Client) -> (String, String, i64, Optio
 async fn jobs_pause_resume_cancel_and_verify() {
     let c = cluster(ClusterSpec::new(3, 0));
     let port = free_port();
-    let config = config_over(&c, port, 2).replace(
-        "rebalance_database = \"app\"",
-        "rebalance_database = \"app\"\nrebalance_max_mb_s = 1",
-    );
+    let config = throttled_config(&c, port);
     let proxy = Proxy::start(c.dir(), port, &config);
     let app = connect(&proxy.app()).await;
-    app.batch_execute(
-        "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL);
-         CREATE TABLE entries (account_id bigint NOT NULL, seq bigint NOT NULL, amount bigint NOT NULL, PRIMARY KEY (account_id, seq));
-         CREATE TABLE currencies (code text PRIMARY KEY, name text NOT NULL);",
-    )
-    .await
-    .expect("schema");
+    create_accounts(&app).await;
     const ROWS: i64 = 200_000;
     load_accounts(&proxy, ROWS);
     let admin = connect(&proxy.conninfo("ops", "ops", "shardgate")).await;
@@ -1135,13 +1137,7 @@ async fn a_shard_appended_to_the_file_joins_on_reload() {
     let port = free_port();
     let proxy = Proxy::start(c.dir(), port, &config_over(&c, port, 2));
     let app = connect(&proxy.app()).await;
-    app.batch_execute(
-        "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL);
-         CREATE TABLE entries (account_id bigint NOT NULL, seq bigint NOT NULL, amount bigint NOT NULL, PRIMARY KEY (account_id, seq));
-         CREATE TABLE currencies (code text PRIMARY KEY, name text NOT NULL);",
-    )
-    .await
-    .expect("schema");
+    create_accounts(&app).await;
     load_accounts(&proxy, 5_000);
     let admin = connect(&proxy.conninfo("ops", "ops", "shardgate")).await;
     write_config(&proxy, &config_over(&c, port, 3));

@@ -107,14 +107,7 @@ impl Session {
                 if !moving(&rule) {
                     return Ok(Touch::Stays);
                 }
-                let index = match &ins.columns {
-                    Some(cols) => cols.iter().position(|c| *c == rule.column),
-                    None => self
-                        .table_columns(ins.table.0.as_deref(), &ins.table.1)
-                        .await?
-                        .iter()
-                        .position(|c| *c == rule.column),
-                };
+                let index = self.insert_key_index(ins, &rule).await?;
                 let Some(index) = index.filter(|_| !ins.from_select && !ins.rows.is_empty()) else {
                     return Ok(Touch::Moving);
                 };

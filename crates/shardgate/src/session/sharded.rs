@@ -548,15 +548,7 @@ impl Session {
             )
             .with_hint("Insert rows with VALUES so each can be sent to its shard."));
         }
-        let index = match &ins.columns {
-            Some(cols) => cols.iter().position(|c| *c == rule.column),
-            None => self
-                .table_columns(ins.table.0.as_deref(), &ins.table.1)
-                .await?
-                .iter()
-                .position(|c| *c == rule.column),
-        }
-        .ok_or_else(|| {
+        let index = self.insert_key_index(ins, &rule).await?.ok_or_else(|| {
             PgError::error(
                 "0A000",
                 format!(
@@ -607,6 +599,23 @@ impl Session {
             })
             .collect();
         Ok(Dest::Split(parts))
+    }
+
+    /// The position of `rule`'s key among an INSERT's columns (its column
+    /// list, or the table's columns when it has none).
+    pub(super) async fn insert_key_index(
+        &mut self,
+        ins: &shardgate_router::shard::InsertPlan,
+        rule: &TableRule,
+    ) -> Result<Option<usize>, PgError> {
+        Ok(match &ins.columns {
+            Some(cols) => cols.iter().position(|c| *c == rule.column),
+            None => self
+                .table_columns(ins.table.0.as_deref(), &ins.table.1)
+                .await?
+                .iter()
+                .position(|c| *c == rule.column),
+        })
     }
 
     /// What the statement needs from each shard's node, inside or outside a
