@@ -1054,6 +1054,8 @@ async fn jobs_pause_resume_cancel_and_verify() {
         at_pause,
         "a paused job copies nothing"
     );
+    let e = admin.batch_execute("RELOAD").await.expect_err("a job runs");
+    assert_eq!(sqlstate(&e).as_deref(), Some("55000"), "{e:?}");
     admin
         .batch_execute("RESUME JOB 1")
         .await

@@ -51,6 +51,9 @@ pub enum ReloadError {
     /// TLS files unusable.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// A rebalancing job is moving rows.
+    #[error("a rebalancing job is running (shardgate.jobs): reload or SET once it is done, or CANCEL JOB it")]
+    JobRunning,
 }
 
 impl ReloadError {
@@ -62,6 +65,7 @@ impl ReloadError {
             ReloadError::MovesData(_) => "0A000",
             ReloadError::Setting(e) => e.sqlstate(),
             ReloadError::Tls(_) => "F0000",
+            ReloadError::JobRunning => "55000",
         }
     }
 }
@@ -190,7 +194,7 @@ impl Runtime {
     /// RELOAD / SIGHUP: reads the configuration file again and applies it;
     /// `SET` values are dropped (the file wins).
     pub async fn reload(self: &Arc<Self>) -> Result<ReloadReport, ReloadError> {
-        let _one = self.reconfiguring.lock().await;
+        let _one = self.reconfiguring_unless_moving().await?;
         let path = self.config_path.clone().ok_or(ReloadError::NoFile)?;
         let next = tokio::task::spawn_blocking(move || Config::load(&path))
             .await
@@ -240,7 +244,7 @@ impl Runtime {
         name: &str,
         value: &str,
     ) -> Result<ReloadReport, ReloadError> {
-        let _one = self.reconfiguring.lock().await;
+        let _one = self.reconfiguring_unless_moving().await?;
         let running = self.snapshot();
         let (next, key) = settings::apply(&running.config, name, value)?;
         let report = self.apply(next)?;
@@ -253,6 +257,17 @@ impl Runtime {
             .expect("overrides lock")
             .insert(key, shown);
         Ok(report)
+    }
+
+    /// The reconfiguration lock, unless a rebalancing job holds (or waits
+    /// for) it: a reload would otherwise wait for the whole job.
+    async fn reconfiguring_unless_moving(
+        &self,
+    ) -> Result<tokio::sync::MutexGuard<'_, ()>, ReloadError> {
+        let Ok(_no_job) = self.jobs.running.try_lock() else {
+            return Err(ReloadError::JobRunning);
+        };
+        Ok(self.reconfiguring.lock().await)
     }
 
     /// Validates `next` against the running configuration and swaps it in.

@@ -97,6 +97,8 @@ pub struct JobStatus {
     /// When it started.
     pub started: SystemTime,
     phase: Mutex<&'static str>,
+    /// When the copy began (for its rate).
+    copy_started: Mutex<Option<std::time::Instant>>,
     mode: Mutex<&'static str>,
     error: Mutex<Option<String>>,
     finished: AtomicBool,
@@ -137,6 +139,7 @@ impl JobStatus {
             args,
             started: SystemTime::now(),
             phase: Mutex::new("starting"),
+            copy_started: Mutex::new(None),
             mode: Mutex::new(""),
             error: Mutex::new(None),
             finished: AtomicBool::new(false),
@@ -247,6 +250,21 @@ impl JobStatus {
             "rebalancing job"
         );
         *self.phase.lock().expect("job phase lock") = p;
+        if p == "copy" {
+            *self.copy_started.lock().expect("job copy lock") = Some(std::time::Instant::now());
+        }
+    }
+
+    /// Megabytes of COPY data read per second since the copy began.
+    pub fn mb_s(&self) -> f64 {
+        let Some(t) = *self.copy_started.lock().expect("job copy lock") else {
+            return 0.0;
+        };
+        let secs = t.elapsed().as_secs_f64();
+        if secs <= 0.0 {
+            return 0.0;
+        }
+        self.bytes_copied.load(Ordering::Relaxed) as f64 / 1e6 / secs
     }
 
     /// `running`, `paused`, `done` or `failed`.

@@ -85,8 +85,9 @@ pub async fn start(rt: &Arc<Runtime>, change: Change) -> Result<u64, RebalanceEr
     let rt = rt.clone();
     tokio::spawn(async move {
         let result = run(&rt, &status, meta, change).await;
-        status.finish(result);
+        // Free for the next job (and RELOAD) before the job shows as ended.
         drop(running);
+        status.finish(result);
     });
     Ok(id)
 }

@@ -22,6 +22,7 @@ pub fn table(src: &Source<'_>) -> Table {
                 Value::Float(j.progress()),
                 int(j.rows_copied.load(std::sync::atomic::Ordering::Relaxed)),
                 int(j.bytes_copied.load(std::sync::atomic::Ordering::Relaxed)),
+                Value::Float(j.mb_s()),
                 micros(j.started),
                 j.error().map_or(Value::Null, Value::Text),
             ]
@@ -39,6 +40,7 @@ pub fn table(src: &Source<'_>) -> Table {
             progress: Float8,
             rows_copied: Int8,
             bytes_copied: Int8,
+            mb_s: Float8,
             started_at: Timestamptz,
             error: Text,
         ],
