@@ -1180,3 +1180,61 @@ async fn a_shard_appended_to_the_file_joins_on_reload() {
         .get(0);
     assert_eq!(jobs, 1, "no second job");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_proxy_follows_the_recorded_map() {
+    let c = three_shards(false);
+    let (port_a, port_b) = (free_port(), free_port());
+    let a = Proxy::start(c.dir(), port_a, &config_over(&c, port_a, 2));
+    let b = Proxy::start(c.dir(), port_b, &config_over(&c, port_b, 2));
+    let app_a = connect(&a.app()).await;
+    create_accounts(&app_a).await;
+    load_accounts(&a, 5_000);
+    let admin = connect(&a.conninfo("ops", "ops", "shardgate")).await;
+    run_job(
+        &admin,
+        &a,
+        &format!("ADD SHARD '{}'", c.shard(2).primary.addr()),
+    )
+    .await;
+    let moved = (1..=5_000i64)
+        .find(|k| map(3).hash_shard(&ShardKey::Int(*k)) == 2)
+        .expect("a key of the new shard");
+    // Proxy B learns the new map from shardgate_meta within seconds.
+    let app_b = connect(&b.app()).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n: i64 = app_b
+            .query_one("SELECT count(*) FROM accounts WHERE id = $1", &[&moved])
+            .await
+            .expect("read through B")
+            .get(0);
+        if n == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B still routes by the old map: {}",
+            b.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    app_b
+        .execute("UPDATE accounts SET balance = -1 WHERE id = $1", &[&moved])
+        .await
+        .expect("write through B");
+    assert_eq!(
+        rows_on(
+            &c,
+            2,
+            &format!("SELECT balance FROM accounts WHERE id = {moved}")
+        )[0][0],
+        "-1",
+        "B's write lands on the new owner"
+    );
+    assert!(
+        b.log_text().contains("another proxy moved rows"),
+        "{}",
+        b.log_tail()
+    );
+}

@@ -31,6 +31,7 @@ pub async fn serve(
             tracing::error!(error = %e, "cannot restart an interrupted rebalancing job");
         }
     }
+    crate::rebalance::follow::spawn(runtime.clone());
     let mut hangup = hangup_signal();
     tokio::pin!(stop);
     loop {

@@ -172,6 +172,13 @@ pub async fn latest_shards(
         return Ok(None);
     };
     let conn = Conn::open(config, &first.primary, &config.sharding.rebalance_database).await?;
+    latest_shards_on(&conn).await
+}
+
+/// [`latest_shards`] on an open connection to the metadata node.
+pub(super) async fn latest_shards_on(
+    conn: &Conn,
+) -> Result<Option<(u64, Vec<ShardConfig>)>, RebalanceError> {
     let exists = conn
         .client
         .query_one(

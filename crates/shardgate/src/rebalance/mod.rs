@@ -8,6 +8,7 @@
 //! - `schema`: creating a new shard's tables from an existing shard.
 //! - `copy`: streaming the moving rows from a source to a target.
 //! - [`change`]: the map changes jobs make, as configuration changes.
+//! - [`follow`]: map versions other proxies record.
 //! - `move_job`: a job: hold, copy, verify, prepare, cut over.
 //! - `recover`: jobs a killed proxy left unfinished.
 //! - `logical`: catch-up from logical decoding (mode `logical`).
@@ -16,6 +17,7 @@
 pub mod change;
 mod copy;
 mod db;
+pub mod follow;
 pub mod gate;
 mod logical;
 pub mod meta;

@@ -733,7 +733,7 @@ async fn phase(status: &JobStatus, meta: &Meta, p: &'static str) {
 /// Installs a snapshot of `config`: with `gate`, routing keeps the map of
 /// `keep_map_of` (a new shard's nodes join the topology, owning nothing);
 /// without, the map of `config`. Returns its version.
-fn install(
+pub(super) fn install(
     rt: &Arc<Runtime>,
     config: &Config,
     gate: Option<Arc<MoveGate>>,
