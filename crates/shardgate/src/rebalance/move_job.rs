@@ -2,27 +2,12 @@
 //! shard map, and the rows whose owner it changes moved while clients keep
 //! reading and writing.
 //!
-//! Mode `block_writes`: writes to the moving keys (and, when a shard is
-//! added, to reference tables) wait from the moment every session routes by
-//! the move's snapshot until the switch; reads go on, to the source. Steps:
-//!
-//! 1. `schema` (`ADD SHARD` only): the new shard's tables are created
-//!    (pg_dump/psql).
-//! 2. `hold`: a snapshot with the move's gate (and the new shard's nodes,
-//!    owning nothing) is installed; the job waits until no session routes by
-//!    an older one, so no transaction that could write moving rows unheld is
-//!    still open.
-//! 3. `copy`: every shard gets a move transaction. Reference tables are
-//!    copied whole to a new shard; each source's moving rows are streamed to
-//!    their new shards' move transactions, and deleted in the source's.
-//! 4. `verify`: each target took exactly the rows sent, and each source
-//!    deleted exactly the rows it gave.
-//! 5. `prepare`: the move transactions are prepared (two-phase commit), so
-//!    nothing of the move is visible yet and all of it can commit.
-//! 6. `cutover`: every statement touching moving keys waits; once those in
-//!    flight end, the new shard list is written to the metadata as a new
-//!    map version (the decision), the move transactions commit, the new
-//!    map is installed and the held statements go on, routed by it.
+//! The steps, and the two modes (`logical` when every source has
+//! `wal_level = logical` and every moving table a primary key holding its
+//! shard key, else `block_writes`), are described in docs/ARCHITECTURE.md
+//! §10: `schema`, `hold`, (logical: slots), `copy`, (logical: `catch-up`),
+//! `cutover` with `prepare`, the decision recorded in `shardgate_meta`, the
+//! commits and the switch.
 //!
 //! A failure before the decision rolls the move transactions back and
 //! reinstalls the old map: nothing moved. A proxy killed at any step
