@@ -582,29 +582,43 @@ async fn delete_given(
     moving: &[Arc<shardgate_shardmap::TableRule>],
     txs: &mut HashMap<usize, MoveTx>,
 ) -> Result<(), RebalanceError> {
+    // Every (source, table) at once: the cutover holds the moving keys
+    // while this runs.
+    let targets: Vec<usize> = txs
+        .iter()
+        .filter(|(_, tx)| tx.touched)
+        .map(|(s, _)| *s)
+        .collect();
+    let mut work = Vec::new();
     for (source, out) in &l.keys {
         for rule in moving {
             let Some(keys) = out.keys.get(&l.printed_name(rule)) else {
                 continue;
             };
             let keys: Vec<String> = keys.iter().cloned().collect();
-            let tx = txs.get_mut(source).expect("a move transaction per shard");
-            let deleted = delete_keys(&tx.conn, rule, &keys).await?;
-            if deleted > 0 {
-                tx.touched = true;
-            }
-            let mut held = 0;
-            for (shard, tx) in txs.iter() {
-                if shard != source && tx.touched {
-                    held += count_keys(&tx.conn, rule, &keys).await?;
+            let txs = &*txs;
+            let targets = &targets;
+            work.push(async move {
+                let deleted = delete_keys(&txs[source].conn, rule, &keys).await?;
+                let mut held = 0;
+                for shard in targets.iter().filter(|s| *s != source) {
+                    held += count_keys(&txs[shard].conn, rule, &keys).await?;
                 }
-            }
-            if held != deleted {
-                return Err(RebalanceError::Verify(format!(
-                    "shard {source} deleted {deleted} rows of {} but its targets hold {held}",
-                    rule.table
-                )));
-            }
+                if held != deleted {
+                    return Err(RebalanceError::Verify(format!(
+                        "shard {source} deleted {deleted} rows of {} but its targets hold {held}",
+                        rule.table
+                    )));
+                }
+                Ok::<_, RebalanceError>((*source, deleted))
+            });
+        }
+    }
+    for (source, deleted) in futures_util::future::try_join_all(work).await? {
+        if deleted > 0 {
+            txs.get_mut(&source)
+                .expect("a move transaction per shard")
+                .touched = true;
         }
     }
     Ok(())
