@@ -179,14 +179,7 @@ impl Engine {
         let _user = self.guard.enter();
         let (stmt, source) = self.prepare(sql)?;
         let params = analyze::param_types(source, tables)?;
-        let columns = stmt
-            .columns()
-            .iter()
-            .map(|c| {
-                let ty = c.decl_type().and_then(ColType::from_decl);
-                (c.name().to_string(), ty)
-            })
-            .collect();
+        let columns = declared_columns(&stmt);
         Ok(Described { params, columns })
     }
 
@@ -215,14 +208,7 @@ impl Engine {
                 stmt.raw_bind_parameter(idx, Bind(value)).map_err(err)?;
             }
         }
-        let decls: Vec<(String, Option<ColType>)> = stmt
-            .columns()
-            .iter()
-            .map(|c| {
-                let ty = c.decl_type().and_then(ColType::from_decl);
-                (c.name().to_string(), ty)
-            })
-            .collect();
+        let decls = declared_columns(&stmt);
         if fixed.is_some_and(|f| f.len() != decls.len()) {
             return Err(AdminError::Internal(format!(
                 "{} column types given for a statement with {} columns",
@@ -278,6 +264,19 @@ fn infer(rows: &[Vec<Value>], i: usize) -> ColType {
         };
     }
     ty.unwrap_or(ColType::Text)
+}
+
+/// Each result column's name and, when SQLite knows it, its declared type.
+fn declared_columns(stmt: &Statement<'_>) -> Vec<(String, Option<ColType>)> {
+    stmt.columns()
+        .iter()
+        .map(|c| {
+            (
+                c.name().to_string(),
+                c.decl_type().and_then(ColType::from_decl),
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]

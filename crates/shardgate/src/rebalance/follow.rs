@@ -62,12 +62,7 @@ async fn follow(rt: &Arc<Runtime>, version: u64, shards: Vec<crate::config::Shar
     };
     let _serial = rt.reconfiguring.lock().await;
     let snap = rt.snapshot();
-    let same = shards.len() == snap.config.shards.len()
-        && shards
-            .iter()
-            .zip(&snap.config.shards)
-            .all(|(a, b)| a.primary == b.primary && a.weight == b.weight);
-    if same {
+    if super::meta::same_placement(&shards, &snap.config.shards) {
         return;
     }
     let mut next = (*snap.config).clone();

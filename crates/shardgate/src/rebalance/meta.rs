@@ -62,6 +62,15 @@ pub fn decode_shards(text: &str) -> Option<Vec<ShardConfig>> {
         .collect()
 }
 
+/// Whether two shard lists place rows alike: the same primaries, in order,
+/// with the same weights (replicas aside).
+pub(super) fn same_placement(a: &[ShardConfig], b: &[ShardConfig]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x.primary == y.primary && x.weight == y.weight)
+}
+
 /// The metadata node's connection.
 pub(super) struct Meta(pub Conn);
 
@@ -221,11 +230,7 @@ pub async fn with_latest_shards(mut config: Config, keep_appended: bool) -> Conf
         tokio::time::timeout(std::time::Duration::from_secs(10), latest_shards(&config)).await;
     match latest {
         Ok(Ok(Some((version, shards)))) => {
-            let same = shards.len() == config.shards.len()
-                && shards
-                    .iter()
-                    .zip(&config.shards)
-                    .all(|(a, b)| a.primary == b.primary && a.weight == b.weight);
+            let same = same_placement(&shards, &config.shards);
             let appended = config.shards.len() > shards.len()
                 && shards
                     .iter()

@@ -151,13 +151,7 @@ async fn run_once(
 
     phase(status, meta, "hold").await;
     let sources = transition.sources();
-    let moving: Vec<_> = transition
-        .from()
-        .tables()
-        .iter()
-        .filter(|r| transition.table_moves(r))
-        .cloned()
-        .collect();
+    let moving = moving_tables(&transition);
     let logical = if sources.is_empty() {
         false
     } else {
@@ -187,7 +181,12 @@ async fn run_once(
             "transactions begun before the move did not end".into(),
         ));
     }
-    let result = move_rows(rt, status, meta, &next, &gate, &references, logical).await;
+    let moves = Moves {
+        sources,
+        moving,
+        logical,
+    };
+    let result = move_rows(rt, status, meta, &next, &gate, &references, &moves).await;
     if result.is_err() && gate.phase() != GatePhase::Open {
         abandon(rt, &snap, &gate);
     }
@@ -203,19 +202,12 @@ async fn move_rows(
     next: &Config,
     gate: &Arc<MoveGate>,
     references: &[TableName],
-    logical: bool,
+    moves: &Moves,
 ) -> Result<(), RebalanceError> {
+    let (sources, moving, logical) = (&moves.sources[..], &moves.moving[..], moves.logical);
     let t = &gate.transition;
     let db = &next.sharding.rebalance_database;
     let job = status.id;
-    let sources = t.sources();
-    let moving: Vec<_> = t
-        .from()
-        .tables()
-        .iter()
-        .filter(|r| t.table_moves(r))
-        .cloned()
-        .collect();
     status.steps_total.store(
         (references.len() + sources.len() * moving.len()) as u64,
         Ordering::Relaxed,
@@ -235,7 +227,7 @@ async fn move_rows(
         );
     }
     let mut logical = if logical {
-        Some(open_logical(next, job, &sources, &moving).await?)
+        Some(open_logical(next, job, sources, moving).await?)
     } else {
         None
     };
@@ -246,8 +238,8 @@ async fn move_rows(
             meta,
             next,
             t,
-            &sources,
-            &moving,
+            sources,
+            moving,
             references,
             &mut txs,
             logical.as_mut(),
@@ -283,7 +275,7 @@ async fn move_rows(
         }
         if let Some(l) = logical.as_mut() {
             while !l.catch_up(t, &mut txs).await?.1 {}
-            delete_given(l, &moving, &mut txs).await?;
+            delete_given(l, moving, &mut txs).await?;
             prepare(&mut txs).await?;
             crate::twophase::failpoint("rebalance-prepared");
         }
@@ -622,6 +614,24 @@ async fn delete_given(
         }
     }
     Ok(())
+}
+
+/// What a job moves: from which shards, which tables, in which mode.
+struct Moves {
+    sources: Vec<usize>,
+    moving: Vec<Arc<shardgate_shardmap::TableRule>>,
+    /// Mode logical (else block_writes).
+    logical: bool,
+}
+
+/// The tables whose rows a transition moves.
+fn moving_tables(t: &Transition) -> Vec<Arc<shardgate_shardmap::TableRule>> {
+    t.from()
+        .tables()
+        .iter()
+        .filter(|r| t.table_moves(r))
+        .cloned()
+        .collect()
 }
 
 /// Whether the move can use catch-up: `wal_level = logical` on every
