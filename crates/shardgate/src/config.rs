@@ -94,6 +94,11 @@ pub struct ShardingConfig {
     /// How long a move waits for transactions begun before it, and for
     /// statements in flight at its cutover, before it gives up (ms).
     pub rebalance_hold_timeout_ms: u64,
+    /// How long a proxy counts as alive after its last heartbeat in
+    /// `shardgate_meta.proxies` (ms): a move waits for every live proxy to
+    /// hold its writes, and a proxy that cannot renew its lease for half of
+    /// this holds its own writes to sharded tables.
+    pub rebalance_proxy_lease_ms: u64,
 }
 
 impl Default for ShardingConfig {
@@ -104,6 +109,7 @@ impl Default for ShardingConfig {
             rebalance_database: "postgres".into(),
             rebalance_max_mb_s: 0,
             rebalance_hold_timeout_ms: 30_000,
+            rebalance_proxy_lease_ms: 10_000,
         }
     }
 }
@@ -675,6 +681,16 @@ impl Config {
             return Err(invalid(
                 "shards[0].weight",
                 "every shard has weight 0: at least one needs 1 or more (0 marks a shard REMOVE SHARD drained)".into(),
+            ));
+        }
+        let lease = self.sharding.rebalance_proxy_lease_ms;
+        if lease < 3_000 || lease >= self.sharding.rebalance_hold_timeout_ms {
+            return Err(invalid(
+                "sharding.rebalance_proxy_lease_ms",
+                format!(
+                    "must be at least 3000 (proxies renew their lease every second) and below sharding.rebalance_hold_timeout_ms ({}), so that a move outwaits a proxy that died",
+                    self.sharding.rebalance_hold_timeout_ms
+                ),
             ));
         }
         if self.sharding.default_shard >= self.shards.len().max(1) {

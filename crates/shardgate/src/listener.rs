@@ -26,12 +26,10 @@ pub async fn serve(
     runtime.start_monitors();
     let metrics = crate::metrics::serve(&runtime).await?;
     recover_in_doubt(&runtime).await;
-    for change in crate::rebalance::recover(&runtime).await {
-        if let Err(e) = crate::rebalance::start(&runtime, change).await {
-            tracing::error!(error = %e, "cannot restart an interrupted rebalancing job");
-        }
-    }
-    crate::rebalance::follow::spawn(runtime.clone());
+    // Registered, holding other proxies' moves and routing by the newest
+    // settled map before the first client comes in.
+    crate::rebalance::registry::Registry::spawn(runtime.clone()).await;
+    crate::rebalance::follow::spawn(runtime.clone()).await;
     let mut hangup = hangup_signal();
     tokio::pin!(stop);
     loop {
@@ -86,6 +84,7 @@ pub async fn serve(
         );
     }
     runtime.stop_monitors();
+    crate::rebalance::registry::Registry::leave(&runtime).await;
     if let Some(m) = metrics {
         m.abort();
     }

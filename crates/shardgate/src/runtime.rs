@@ -263,6 +263,8 @@ pub struct Runtime {
     pub two_phase: Option<Arc<Coordinator>>,
     /// Rebalancing jobs.
     pub jobs: crate::rebalance::Jobs,
+    /// This proxy's lease among the proxies of the cluster.
+    pub registry: crate::rebalance::registry::Registry,
     /// The connections that LISTEN for clients in transaction pooling.
     pub notifications: Arc<crate::notify::Notifications>,
     /// The configuration file (RELOAD and SIGHUP read it again).
@@ -293,6 +295,11 @@ impl Runtime {
         } else {
             None
         };
+        let registry = crate::rebalance::registry::Registry::new(
+            &config.proxy.listen,
+            config.sharding.rebalance_proxy_lease_ms,
+            config.sharding_enabled(),
+        );
         let snapshot = Snapshot::build(config, 1, topology, None)?;
         Ok(Runtime {
             pause: PauseGate::new(snapshot.config.shards.len() + SHARDS_ADDED_LATER),
@@ -305,6 +312,7 @@ impl Runtime {
             clients: ClientRegistry::default(),
             two_phase,
             jobs: Default::default(),
+            registry,
             notifications: Default::default(),
             config_path,
             overrides: Mutex::new(HashMap::new()),

@@ -2,9 +2,13 @@
 //! logged in as the monitor user (`routing.monitor_user`, by default the
 //! first user's server login).
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_postgres::{Client, Config as PgConfig, NoTls};
+use futures_util::StreamExt;
+use tokio::sync::Notify;
+
+use tokio_postgres::{AsyncMessage, Client, Config as PgConfig, NoTls};
 
 use super::RebalanceError;
 use crate::config::Config;
@@ -27,27 +31,43 @@ impl Drop for Conn {
 impl Conn {
     /// Connects to `node`'s database `database`.
     pub async fn open(config: &Config, node: &str, database: &str) -> Result<Conn, RebalanceError> {
-        let m = crate::runtime::monitor_config(config);
-        let (host, port) = node
-            .rsplit_once(':')
-            .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
-            .ok_or_else(|| RebalanceError::Invalid(format!("{node} is not host:port")))?;
-        let mut cfg = PgConfig::new();
-        cfg.host(host)
-            .port(port)
-            .user(&m.user)
-            .dbname(database)
-            .application_name("shardgate-rebalance")
-            .connect_timeout(Duration::from_secs(10));
-        if let Some(pw) = &m.password {
-            cfg.password(pw);
-        }
+        let cfg = pg_config(config, node, database)?;
         let (client, conn) = cfg.connect(NoTls).await.map_err(|e| RebalanceError::Db {
             node: node.to_owned(),
             source: e,
         })?;
         let task = tokio::spawn(async move {
             let _ = conn.await;
+        });
+        Ok(Conn {
+            node: node.to_owned(),
+            client,
+            task,
+        })
+    }
+
+    /// Like [`Conn::open`]; `heard` is woken on every notification the
+    /// connection receives (after a `LISTEN`).
+    pub async fn open_listening(
+        config: &Config,
+        node: &str,
+        database: &str,
+        heard: Arc<Notify>,
+    ) -> Result<Conn, RebalanceError> {
+        let cfg = pg_config(config, node, database)?;
+        let (client, mut conn) = cfg.connect(NoTls).await.map_err(|e| RebalanceError::Db {
+            node: node.to_owned(),
+            source: e,
+        })?;
+        let task = tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+            while let Some(m) = messages.next().await {
+                match m {
+                    Ok(AsyncMessage::Notification(_)) => heard.notify_one(),
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
         });
         Ok(Conn {
             node: node.to_owned(),
@@ -71,4 +91,24 @@ impl Conn {
             source: e,
         }
     }
+}
+
+/// The driver's settings for `node`'s database `database`, as the monitor user.
+fn pg_config(config: &Config, node: &str, database: &str) -> Result<PgConfig, RebalanceError> {
+    let m = crate::runtime::monitor_config(config);
+    let (host, port) = node
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+        .ok_or_else(|| RebalanceError::Invalid(format!("{node} is not host:port")))?;
+    let mut cfg = PgConfig::new();
+    cfg.host(host)
+        .port(port)
+        .user(&m.user)
+        .dbname(database)
+        .application_name("shardgate-rebalance")
+        .connect_timeout(Duration::from_secs(10));
+    if let Some(pw) = &m.password {
+        cfg.password(pw);
+    }
+    Ok(cfg)
 }

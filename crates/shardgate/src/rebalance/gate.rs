@@ -18,20 +18,28 @@ pub enum GatePhase {
     /// The new map is being switched in: every statement touching moving
     /// keys waits.
     CuttingOver = 1,
+    /// The new map is in force and the sources still delete the rows they
+    /// gave: statements naming their keys go to the new owners; statements
+    /// over moving tables that cannot name their keys (which would read the
+    /// sources' copies) wait.
+    Cleaning = 2,
     /// The move is over (switched or abandoned): waiting statements go on
     /// with the runtime's current snapshot.
-    Open = 2,
+    Open = 3,
 }
 
-/// What a statement touches, as far as a move is concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a statement touches, as far as a move is concerned (ordered: a
+/// statement touching several kinds counts as the last).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Touch {
     /// Only rows that stay where they are.
     Stays,
-    /// Rows that move, or rows the statement cannot name (a statement over
-    /// a moving table without a usable key, DDL, a reference-table write
+    /// Rows that move, named by their keys (or a reference-table write
     /// while reference tables are copied to a new shard).
     Moving,
+    /// Rows the statement cannot name on a moving table: no usable key, a
+    /// range predicate, DDL.
+    Unnamed,
 }
 
 /// One move's hold, shared by the snapshot that announces it and the job.
@@ -64,23 +72,45 @@ impl MoveGate {
         }
     }
 
+    /// The gate of the same move in phase [`GatePhase::Cleaning`], for the
+    /// snapshot of the new map.
+    pub fn cleaning(&self) -> MoveGate {
+        MoveGate {
+            transition: self.transition.clone(),
+            holds_reference_writes: false,
+            holds_writes_while_copying: false,
+            phase: AtomicU8::new(GatePhase::Cleaning as u8),
+            opened: Notify::new(),
+        }
+    }
+
     /// The current phase.
     pub fn phase(&self) -> GatePhase {
         match self.phase.load(Ordering::SeqCst) {
             0 => GatePhase::Copying,
             1 => GatePhase::CuttingOver,
+            2 => GatePhase::Cleaning,
             _ => GatePhase::Open,
         }
     }
 
     /// Whether a statement that writes (`write`) and touches `touch` must wait.
     pub fn must_wait(&self, write: bool, touch: Touch) -> bool {
-        touch == Touch::Moving
+        touch != Touch::Stays
             && match self.phase() {
                 GatePhase::Copying => write && self.holds_writes_while_copying,
                 GatePhase::CuttingOver => true,
+                GatePhase::Cleaning => touch == Touch::Unnamed,
                 GatePhase::Open => false,
             }
+    }
+
+    /// Whether a transaction that already touched moving keys goes on
+    /// without waiting: in mode logical while rows are copied or cut over
+    /// (the cutover waits for it, so that its changes reach the last
+    /// catch-up, and it may hold row locks the cutover needs).
+    pub fn exempts_touching(&self) -> bool {
+        !self.holds_writes_while_copying && self.phase() != GatePhase::Cleaning
     }
 
     /// Enters the cutover: from now on reads of moving keys wait too.
@@ -149,6 +179,10 @@ mod tests {
         g.cut_over();
         assert!(g.must_wait(false, Touch::Moving));
         assert!(!g.must_wait(false, Touch::Stays));
+        let c = g.cleaning();
+        assert!(!c.must_wait(true, Touch::Moving));
+        assert!(c.must_wait(false, Touch::Unnamed));
+        assert!(!c.exempts_touching());
         g.open();
         assert!(!g.must_wait(true, Touch::Moving));
     }

@@ -29,7 +29,34 @@ CREATE TABLE IF NOT EXISTS shardgate_meta.jobs (
     bytes_copied bigint NOT NULL DEFAULT 0,
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE shardgate_meta.jobs ADD COLUMN IF NOT EXISTS owner text;
+ALTER TABLE shardgate_meta.jobs ADD COLUMN IF NOT EXISTS hold text;
+ALTER TABLE shardgate_meta.jobs ADD COLUMN IF NOT EXISTS mode text;
+ALTER TABLE shardgate_meta.jobs ADD COLUMN IF NOT EXISTS from_shards text;
+CREATE TABLE IF NOT EXISTS shardgate_meta.proxies (
+    id text PRIMARY KEY,
+    name text NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    heartbeat_at timestamptz NOT NULL DEFAULT now(),
+    ack_job bigint,
+    ack_hold text
 );";
+
+/// The channel every change of a job's hold or map is announced on.
+pub(super) const CHANNEL: &str = "shardgate_meta";
+
+/// SQL: whether the proxy `$owner` (a column or parameter) renewed its
+/// lease within `$lease` milliseconds.
+pub(super) fn alive(owner: &str, lease: &str) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM shardgate_meta.proxies p WHERE p.id = {owner} \
+         AND p.heartbeat_at > now() - {lease}::bigint * interval '1 millisecond')"
+    )
+}
+
+/// Jobs that are neither done nor failed.
+pub(super) const UNFINISHED: &str = "phase NOT IN ('done', 'failed')";
 
 /// The shards of a map version as stored: one line per shard,
 /// `primary|replica,replica|weight`.
@@ -95,17 +122,119 @@ impl Meta {
         &self.0.client
     }
 
-    /// Records a new job; returns its id.
-    pub async fn insert_job(&self, change: &super::Change) -> Result<u64, RebalanceError> {
-        let row = self
-            .client()
+    /// Records a new job of `owner` (a proxy id); returns its id. Refused
+    /// while another job, of any proxy, is unfinished, and when the newest
+    /// recorded map is not `current` (this proxy has not followed it yet).
+    pub async fn insert_job(
+        &mut self,
+        change: &super::Change,
+        owner: &str,
+        current: &[ShardConfig],
+    ) -> Result<u64, RebalanceError> {
+        let node = self.0.node.clone();
+        let err = |e| RebalanceError::Db {
+            node: node.clone(),
+            source: e,
+        };
+        let tx = self.0.client.transaction().await.map_err(err)?;
+        tx.batch_execute("LOCK TABLE shardgate_meta.jobs IN EXCLUSIVE MODE")
+            .await
+            .map_err(err)?;
+        let busy = tx
+            .query_opt(
+                &format!("SELECT id, kind FROM shardgate_meta.jobs WHERE {UNFINISHED} LIMIT 1"),
+                &[],
+            )
+            .await
+            .map_err(err)?;
+        if let Some(row) = busy {
+            let (id, kind): (i64, String) = (row.get(0), row.get(1));
+            return Err(RebalanceError::Invalid(format!(
+                "job {id} ({kind}) is unfinished in shardgate_meta: one job moves rows at a time in a cluster; wait for it (shardgate.jobs on the proxy that runs it)"
+            )));
+        }
+        if let Some(latest) = tx
+            .query_opt(
+                "SELECT version, shards FROM shardgate_meta.shard_maps ORDER BY version DESC LIMIT 1",
+                &[],
+            )
+            .await
+            .map_err(err)?
+        {
+            let text: String = latest.get(1);
+            if !decode_shards(&text).is_some_and(|s| same_placement(&s, current)) {
+                return Err(RebalanceError::Invalid(format!(
+                    "this proxy does not route by the newest shard map version ({}) yet: try again in a few seconds",
+                    latest.get::<_, i64>(0)
+                )));
+            }
+        }
+        let row = tx
             .query_one(
-                "INSERT INTO shardgate_meta.jobs (kind, args, change, phase) VALUES ($1, $2, $3, 'starting') RETURNING id",
-                &[&change.kind(), &change.describe(), &change.encode()],
+                "INSERT INTO shardgate_meta.jobs (kind, args, change, phase, owner) VALUES ($1, $2, $3, 'starting', $4) RETURNING id",
+                &[&change.kind(), &change.describe(), &change.encode(), &owner],
+            )
+            .await
+            .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    /// Asks every proxy to hold the moving keys of job `id` (`hold`:
+    /// `copying` or `cutover`; `None` ends the hold) and announces it.
+    pub async fn set_hold(
+        &self,
+        id: u64,
+        hold: Option<&str>,
+        mode: &str,
+        from: &[ShardConfig],
+    ) -> Result<(), RebalanceError> {
+        self.client()
+            .execute(
+                &format!(
+                    "WITH j AS (UPDATE shardgate_meta.jobs SET hold = $2, mode = $3, from_shards = $4, \
+                     updated_at = now() WHERE id = $1) SELECT pg_notify('{CHANNEL}', $1::text)"
+                ),
+                &[&(id as i64), &hold, &mode, &encode_shards(from)],
             )
             .await
             .map_err(|e| self.0.err(e))?;
-        Ok(row.get::<_, i64>(0) as u64)
+        Ok(())
+    }
+
+    /// Waits until every live proxy but `me` acknowledged `hold` of job
+    /// `id`; `Err` naming the others at `deadline`.
+    pub async fn wait_acks(
+        &self,
+        me: &str,
+        id: u64,
+        hold: &str,
+        lease_ms: u64,
+        deadline: std::time::Instant,
+    ) -> Result<(), RebalanceError> {
+        let sql = format!(
+            "SELECT coalesce(string_agg(name, ', '), '') FROM shardgate_meta.proxies q \
+             WHERE q.id <> $1 AND {} \
+             AND (q.ack_job IS DISTINCT FROM $2 OR q.ack_hold IS DISTINCT FROM $3)",
+            alive("q.id", "$4")
+        );
+        loop {
+            let waiting: String = self
+                .client()
+                .query_one(&sql, &[&me, &(id as i64), &hold, &(lease_ms as i64)])
+                .await
+                .map_err(|e| self.0.err(e))?
+                .get(0);
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(RebalanceError::HoldTimeout(format!(
+                    "proxies {waiting} did not hold their writes to the moving keys ({hold})"
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     /// Records a job's phase, progress and error.
@@ -117,10 +246,15 @@ impl Meta {
         bytes: u64,
         error: Option<&str>,
     ) -> Result<(), RebalanceError> {
+        // A finished job holds nothing; other proxies hear of it at once.
         self.client()
             .execute(
-                "UPDATE shardgate_meta.jobs SET phase = $2, rows_copied = $3, bytes_copied = $4, \
-                 error = $5, updated_at = now() WHERE id = $1",
+                &format!(
+                    "WITH j AS (UPDATE shardgate_meta.jobs SET phase = $2, rows_copied = $3, bytes_copied = $4, \
+                     error = $5, updated_at = now(), \
+                     hold = CASE WHEN $2 IN ('done', 'failed') THEN NULL ELSE hold END WHERE id = $1) \
+                     SELECT pg_notify('{CHANNEL}', $1::text)"
+                ),
                 &[
                     &(id as i64),
                     &phase,
@@ -140,6 +274,7 @@ impl Meta {
     pub async fn record_switch(
         &mut self,
         job: u64,
+        owner: &str,
         shards: &[ShardConfig],
     ) -> Result<u64, RebalanceError> {
         let text = encode_shards(shards);
@@ -161,18 +296,27 @@ impl Meta {
             )
             .await
             .map_err(err)?;
-        tx.execute(
-            "UPDATE shardgate_meta.jobs SET phase = 'switched', updated_at = now() WHERE id = $1",
-            &[&(job as i64)],
-        )
-        .await
-        .map_err(err)?;
+        // Another proxy that took the job over (this one's lease expired)
+        // rolls it back: then it must not be decided here.
+        let mine = tx
+            .execute(
+                "UPDATE shardgate_meta.jobs SET phase = 'switched', updated_at = now() WHERE id = $1 AND owner = $2",
+                &[&(job as i64), &owner],
+            )
+            .await
+            .map_err(err)?;
+        if mine == 0 {
+            return Err(RebalanceError::Invalid(format!(
+                "job {job} was taken over by another proxy while this one could not renew its lease; it was undone"
+            )));
+        }
         tx.commit().await.map_err(err)?;
         Ok(row.get::<_, i64>(0) as u64)
     }
 }
 
-/// The shards of the newest map version in the metadata, if there is one
+/// The shards of the newest settled map version in the metadata (its job
+/// done), if there is one
 /// (`Ok(None)`: no metadata schema, no rebalancing happened yet).
 pub async fn latest_shards(
     config: &Config,
@@ -199,10 +343,14 @@ pub(super) async fn latest_shards_on(
     if !exists.get::<_, bool>(0) {
         return Ok(None);
     }
+    // A version whose job has not committed its moves yet is not routed
+    // by: until then the job's hold covers its keys.
     let row = conn
         .client
         .query_opt(
-            "SELECT version, shards FROM shardgate_meta.shard_maps ORDER BY version DESC LIMIT 1",
+            "SELECT m.version, m.shards FROM shardgate_meta.shard_maps m \
+             LEFT JOIN shardgate_meta.jobs j ON j.id = m.job \
+             WHERE j.id IS NULL OR j.phase = 'done' ORDER BY m.version DESC LIMIT 1",
             &[],
         )
         .await

@@ -8,7 +8,8 @@
 //! - `schema`: creating a new shard's tables from an existing shard.
 //! - `copy`: streaming the moving rows from a source to a target.
 //! - [`change`]: the map changes jobs make, as configuration changes.
-//! - [`follow`]: map versions other proxies record.
+//! - [`registry`]: this proxy's lease in `shardgate_meta.proxies`, and its fence.
+//! - [`follow`]: other proxies' holds and map versions, and jobs whose proxy is gone.
 //! - `move_job`: a job: hold, copy, verify, prepare, cut over.
 //! - `recover`: jobs a killed proxy left unfinished.
 //! - `logical`: catch-up from logical decoding (mode `logical`).
@@ -23,6 +24,7 @@ mod logical;
 pub mod meta;
 mod move_job;
 mod recover;
+pub mod registry;
 mod schema;
 pub mod verify;
 
@@ -32,7 +34,7 @@ use std::time::SystemTime;
 
 pub use change::Change;
 pub use move_job::start;
-pub use recover::recover;
+use recover::recover;
 
 /// Why a rebalancing job could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +73,11 @@ pub enum RebalanceError {
 }
 
 impl RebalanceError {
+    /// Whether a node refused for lack of privilege (`42501`).
+    pub fn insufficient_privilege(&self) -> bool {
+        matches!(self, RebalanceError::Db { source, .. } if source.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE))
+    }
+
     /// Whether trying again may succeed: a connection lost, a backend
     /// terminated, a serialization failure or deadlock.
     pub fn retryable(&self) -> bool {
@@ -223,6 +230,11 @@ impl JobStatus {
                 Err(now) => cur = now,
             }
         }
+    }
+
+    /// Whether the job is past its decision (it completes).
+    pub fn decided(&self) -> bool {
+        self.control.load(Ordering::Acquire) == DECIDED
     }
 
     /// Whether the job is paused by an operator.

@@ -63,8 +63,10 @@ pub async fn start(rt: &Arc<Runtime>, change: Change) -> Result<u64, RebalanceEr
             "another rebalancing job is running: wait for it (shardgate.jobs)".into(),
         ));
     };
-    let meta = Meta::open(&snap.config).await?;
-    let id = meta.insert_job(&change).await?;
+    let mut meta = Meta::open(&snap.config).await?;
+    let id = meta
+        .insert_job(&change, &rt.registry.id, &snap.config.shards)
+        .await?;
     let status = Arc::new(JobStatus::new(id, change.kind(), change.describe()));
     rt.jobs.add(status.clone());
     let rt = rt.clone();
@@ -87,7 +89,7 @@ async fn run(
     change: Change,
 ) -> Result<(), RebalanceError> {
     let mut attempt = 1;
-    loop {
+    let result = loop {
         match run_once(rt, status, &mut meta, &change).await {
             Err(e) if e.retryable() && attempt < ATTEMPTS => {
                 tracing::warn!(job = status.id, attempt, error = %e, "rebalancing attempt failed before its cutover; undone, trying again");
@@ -96,13 +98,46 @@ async fn run(
                 status.steps_done.store(0, Ordering::Relaxed);
                 attempt += 1;
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                if meta.0.client.is_closed() {
-                    meta = Meta::open(&rt.snapshot().config).await?;
+            }
+            other => break other,
+        }
+    };
+    if let Err(e) = &result {
+        record_failure(rt, status, meta, e).await;
+    }
+    result
+}
+
+/// Marks a job that failed before its decision `failed` in the metadata,
+/// so that no proxy takes it over and starts it again. A job past its
+/// decision stays `switched`: recovery finishes it.
+async fn record_failure(rt: &Arc<Runtime>, status: &JobStatus, mut meta: Meta, e: &RebalanceError) {
+    if status.decided() {
+        return;
+    }
+    let message = e.to_string();
+    for _ in 0..3 {
+        if meta.0.client.is_closed() {
+            match Meta::open(&rt.snapshot().config).await {
+                Ok(m) => meta = m,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
                 }
             }
-            other => return other,
         }
+        let rows = status.rows_copied.load(Ordering::Relaxed);
+        let bytes = status.bytes_copied.load(Ordering::Relaxed);
+        if meta
+            .update_job(status.id, "failed", rows, bytes, Some(&message))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    tracing::error!(job = status.id, "cannot record the job's failure in shardgate_meta: a proxy will take it over and start it again");
 }
 
 /// Attempts of a job before it fails.
@@ -171,32 +206,85 @@ async fn run_once(
     ));
     let hold_timeout = Duration::from_millis(next.sharding.rebalance_hold_timeout_ms);
     let held_version = install(rt, &next, Some(gate.clone()), Some(&snap));
-    if !rt
-        .clients
-        .wait_snapshots(held_version, Instant::now() + hold_timeout)
-        .await
-    {
-        abandon(rt, &snap, &gate);
-        return Err(RebalanceError::HoldTimeout(
-            "transactions begun before the move did not end".into(),
-        ));
+    let hold = Hold {
+        rt,
+        job: status.id,
+        mode: status.mode(),
+        from: &snap.config.shards,
+        timeout: hold_timeout,
+    };
+    let held = async {
+        if !rt
+            .clients
+            .wait_snapshots(held_version, Instant::now() + hold_timeout)
+            .await
+        {
+            return Err(RebalanceError::HoldTimeout(
+                "transactions begun before the move did not end".into(),
+            ));
+        }
+        hold.everywhere(meta, "copying").await
+    }
+    .await;
+    if let Err(e) = held {
+        abandon(&hold, meta, &snap, &gate).await;
+        return Err(e);
     }
     let moves = Moves {
         sources,
         moving,
         logical,
     };
-    let result = move_rows(rt, status, meta, &next, &gate, &references, &moves).await;
+    let result = move_rows(&hold, status, meta, &next, &gate, &references, &moves).await;
     if result.is_err() && gate.phase() != GatePhase::Open {
-        abandon(rt, &snap, &gate);
+        abandon(&hold, meta, &snap, &gate).await;
     }
     result
+}
+
+/// The hold of one move across proxies: this proxy's sessions, and every
+/// other proxy that renews its lease in `shardgate_meta`.
+struct Hold<'a> {
+    rt: &'a Arc<Runtime>,
+    job: u64,
+    mode: &'static str,
+    /// The shards before the move (other proxies check they route by them).
+    from: &'a [crate::config::ShardConfig],
+    timeout: Duration,
+}
+
+impl Hold<'_> {
+    /// Tells the other proxies that the new map is in force for keyed
+    /// statements (`cleaning`); they switch without acknowledging.
+    async fn cleaning(&self, meta: &Meta) {
+        if let Err(e) = meta
+            .set_hold(self.job, Some("cleaning"), self.mode, self.from)
+            .await
+        {
+            tracing::warn!(job = self.job, error = %e, "cannot tell other proxies that the cutover is over; they switch when the job is done");
+        }
+    }
+
+    /// Asks every other live proxy to hold the moving keys in `phase`
+    /// (`copying`, `cutover`) and waits until each has.
+    async fn everywhere(&self, meta: &Meta, phase: &str) -> Result<(), RebalanceError> {
+        meta.set_hold(self.job, Some(phase), self.mode, self.from)
+            .await?;
+        meta.wait_acks(
+            &self.rt.registry.id,
+            self.job,
+            phase,
+            self.rt.registry.lease_ms(),
+            Instant::now() + self.timeout,
+        )
+        .await
+    }
 }
 
 /// Steps 3 to 6; on an error before the decision the caller reinstalls the
 /// old map.
 async fn move_rows(
-    rt: &Arc<Runtime>,
+    hold: &Hold<'_>,
     status: &JobStatus,
     meta: &mut Meta,
     next: &Config,
@@ -204,6 +292,7 @@ async fn move_rows(
     references: &[TableName],
     moves: &Moves,
 ) -> Result<(), RebalanceError> {
+    let rt = hold.rt;
     let (sources, moving, logical) = (&moves.sources[..], &moves.moving[..], moves.logical);
     let t = &gate.transition;
     let db = &next.sharding.rebalance_database;
@@ -273,9 +362,10 @@ async fn move_rows(
                 "statements on moving keys did not finish".into(),
             ));
         }
+        hold.everywhere(meta, "cutover").await?;
         if let Some(l) = logical.as_mut() {
             while !l.catch_up(t, &mut txs).await?.1 {}
-            delete_given(l, moving, &mut txs).await?;
+            verify_given(l, moving, &txs).await?;
             prepare(&mut txs).await?;
             crate::twophase::failpoint("rebalance-prepared");
         }
@@ -295,7 +385,7 @@ async fn move_rows(
         rollback_prepared(prepared.iter()).await;
         return Err(RebalanceError::Cancelled);
     }
-    if let Err(e) = meta.record_switch(job, &next.shards).await {
+    if let Err(e) = meta.record_switch(job, &rt.registry.id, &next.shards).await {
         rollback_prepared(prepared.iter()).await;
         return Err(e);
     }
@@ -313,10 +403,28 @@ async fn move_rows(
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    install(rt, next, None, None);
-    gate.open();
     if let Some(l) = &logical {
+        // The new map is in force for statements naming their keys; the
+        // sources still hold copies of the rows they gave, so statements
+        // that cannot name their keys wait until those are deleted.
+        let cleaning = Arc::new(gate.cleaning());
+        install(rt, next, Some(cleaning.clone()), None);
+        gate.open();
+        hold.cleaning(meta).await;
+        phase(status, meta, "cleanup").await;
+        crate::twophase::failpoint("rebalance-cleanup");
+        let cleaned = delete_given(next, l, moving).await;
+        install(rt, next, None, None);
+        cleaning.open();
         l.drop_slots().await;
+        if let Err(e) = cleaned {
+            // Left `switched`: its takeover (by this proxy, once this job
+            // ends) removes the copies left on the sources.
+            return Err(e);
+        }
+    } else {
+        install(rt, next, None, None);
+        gate.open();
     }
     status.set_phase("done");
     let rows = status.rows_copied.load(Ordering::Relaxed);
@@ -566,16 +674,14 @@ async fn open_logical<'a>(
     Ok(l)
 }
 
-/// Mode `logical`, at the cutover: each source deletes the keys it gave
-/// (copied or caught up), and the targets must hold exactly as many rows of
-/// those keys as the sources deleted.
-async fn delete_given(
+/// Mode `logical`, at the cutover: the targets must hold exactly the rows
+/// of the keys each source gave (copied or caught up), by count and by a
+/// checksum of the rows' text, every (source, table) at once.
+async fn verify_given(
     l: &Logical<'_>,
     moving: &[Arc<shardgate_shardmap::TableRule>],
-    txs: &mut HashMap<usize, MoveTx>,
+    txs: &HashMap<usize, MoveTx>,
 ) -> Result<(), RebalanceError> {
-    // Every (source, table) at once: the cutover holds the moving keys
-    // while this runs.
     let targets: Vec<usize> = txs
         .iter()
         .filter(|(_, tx)| tx.touched)
@@ -588,31 +694,70 @@ async fn delete_given(
                 continue;
             };
             let keys: Vec<String> = keys.iter().cloned().collect();
-            let txs = &*txs;
             let targets = &targets;
             work.push(async move {
-                let deleted = delete_keys(&txs[source].conn, rule, &keys).await?;
-                let mut held = 0;
+                let given = sum_keys(&txs[source].conn, rule, &keys).await?;
+                let mut held = Digest::default();
                 for shard in targets.iter().filter(|s| *s != source) {
-                    held += count_keys(&txs[shard].conn, rule, &keys).await?;
+                    held.add(sum_keys(&txs[shard].conn, rule, &keys).await?);
                 }
-                if held != deleted {
+                if held != given {
                     return Err(RebalanceError::Verify(format!(
-                        "shard {source} deleted {deleted} rows of {} but its targets hold {held}",
-                        rule.table
+                        "shard {source} gave {} rows of {} (checksum {}) but its targets hold {} (checksum {})",
+                        given.rows, rule.table, given.checksum, held.rows, held.checksum
                     )));
                 }
-                Ok::<_, RebalanceError>((*source, deleted))
+                Ok(())
             });
         }
     }
-    for (source, deleted) in futures_util::future::try_join_all(work).await? {
-        if deleted > 0 {
-            txs.get_mut(&source)
-                .expect("a move transaction per shard")
-                .touched = true;
+    futures_util::future::try_join_all(work).await?;
+    Ok(())
+}
+
+/// Mode `logical`, after the switch: each source deletes the rows it gave,
+/// every (source, table) at once on connections of its own, each tried a
+/// few times. The rows are the targets' now; copies a source could not
+/// delete are removed by the takeover of the unfinished job (`recover`).
+async fn delete_given(
+    next: &Config,
+    l: &Logical<'_>,
+    moving: &[Arc<shardgate_shardmap::TableRule>],
+) -> Result<(), RebalanceError> {
+    let db = &next.sharding.rebalance_database;
+    let mut work = Vec::new();
+    for (source, out) in &l.keys {
+        for rule in moving {
+            let Some(keys) = out.keys.get(&l.printed_name(rule)) else {
+                continue;
+            };
+            let keys: Vec<String> = keys.iter().cloned().collect();
+            let node = next.shards[*source].primary.clone();
+            work.push(async move {
+                let mut tries = 0;
+                loop {
+                    let deleted = async {
+                        let conn = Conn::open(next, &node, db).await?;
+                        delete_keys(&conn, rule, &keys).await
+                    }
+                    .await;
+                    match deleted {
+                        Ok(_) => return Ok(()),
+                        Err(e) if tries < 5 => {
+                            tries += 1;
+                            tracing::warn!(shard = source, table = %rule.table, error = %e, "deleting moved rows from their source failed; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        Err(e) => {
+                            tracing::error!(shard = source, table = %rule.table, error = %e, "cannot delete the moved rows from their source: the job stays unfinished and its takeover removes them");
+                            return Err(e);
+                        }
+                    }
+                }
+            });
         }
     }
+    futures_util::future::try_join_all(work).await?;
     Ok(())
 }
 
@@ -680,7 +825,7 @@ fn key_in(rule: &shardgate_shardmap::TableRule) -> String {
 }
 
 /// Deletes the rows of `keys` (as text) in `rule`'s table; returns how many went.
-async fn delete_keys(
+pub(super) async fn delete_keys(
     conn: &Conn,
     rule: &shardgate_shardmap::TableRule,
     keys: &[String],
@@ -697,23 +842,45 @@ async fn delete_keys(
     Ok(deleted)
 }
 
-/// Rows of `keys` (as text) in `rule`'s table.
-async fn count_keys(
+/// How many rows, and the sum of a hash of each row's text.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Digest {
+    rows: u64,
+    checksum: i128,
+}
+
+impl Digest {
+    fn add(&mut self, other: Digest) {
+        self.rows += other.rows;
+        self.checksum += other.checksum;
+    }
+}
+
+/// The [`Digest`] of the rows of `keys` (as text) in `rule`'s table.
+async fn sum_keys(
     conn: &Conn,
     rule: &shardgate_shardmap::TableRule,
     keys: &[String],
-) -> Result<u64, RebalanceError> {
-    let sql = format!("SELECT count(*) FROM {} WHERE {}", rule.table, key_in(rule));
-    let mut n = 0;
+) -> Result<Digest, RebalanceError> {
+    let sql = format!(
+        "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text FROM {} t WHERE {}",
+        rule.table,
+        key_in(rule)
+    );
+    let mut d = Digest::default();
     for batch in keys.chunks(DELETE_BATCH) {
         let row = conn
             .client
             .query_one(&sql, &[&batch])
             .await
             .map_err(|e| conn.err(e))?;
-        n += row.get::<_, i64>(0) as u64;
+        let checksum: String = row.get(1);
+        d.add(Digest {
+            rows: row.get::<_, i64>(0) as u64,
+            checksum: checksum.parse().unwrap_or_default(),
+        });
     }
-    Ok(n)
+    Ok(d)
 }
 
 /// Rolls back move transactions, prepared or not.
@@ -769,8 +936,11 @@ pub(super) fn install(
 }
 
 /// Gives up a move before its decision: the old configuration and map come
-/// back and held statements go on.
-fn abandon(rt: &Arc<Runtime>, before: &Snapshot, gate: &MoveGate) {
-    install(rt, &before.config, None, None);
+/// back, held statements go on, and other proxies end their hold.
+async fn abandon(hold: &Hold<'_>, meta: &Meta, before: &Snapshot, gate: &MoveGate) {
+    install(hold.rt, &before.config, None, None);
     gate.open();
+    if let Err(e) = meta.set_hold(hold.job, None, hold.mode, hold.from).await {
+        tracing::warn!(job = hold.job, error = %e, "cannot end the hold of other proxies; they end it when the job is marked failed or taken over");
+    }
 }

@@ -1,59 +1,65 @@
-//! After a restart: jobs an earlier run left unfinished (docs/ARCHITECTURE.md
-//! §10). A job whose decision is recorded (phase `switched`) is finished:
-//! its prepared move transactions commit before any client is served. Any
-//! other is undone (its prepared transactions roll back; nothing of it was
-//! visible) and started again as a new job.
+//! Jobs whose proxy is gone (docs/ARCHITECTURE.md §10): killed, or its
+//! lease in `shardgate_meta.proxies` expired. A live proxy claims such a
+//! job (one claim wins) and resolves it: a job whose decision is recorded
+//! (phase `switched`) is finished, its prepared move transactions commit;
+//! any other is undone (its prepared transactions roll back; nothing of it
+//! was visible) and started again as a new job. Until then every proxy
+//! holds the job's moving keys (`follow`).
 
 use std::sync::Arc;
 
 use super::change::Change;
 use super::db::Conn;
-use super::meta::Meta;
+use super::meta::{alive, Meta, UNFINISHED};
 use super::RebalanceError;
 use crate::runtime::Runtime;
 
-/// Resolves unfinished jobs; returns the changes to start again.
-pub async fn recover(rt: &Arc<Runtime>) -> Vec<Change> {
-    let snap = rt.snapshot();
-    if snap.sharding.is_none() {
-        return Vec::new();
-    }
-    match recover_inner(rt).await {
+/// Claims and resolves the unfinished jobs of proxies that are gone (and
+/// of this proxy, if one was left half resolved: the caller holds the job
+/// lock, so none of this proxy's jobs runs); returns the changes to start
+/// again. `conn` is a connection to the metadata node.
+pub(super) async fn recover(rt: &Arc<Runtime>, conn: &Conn) -> Vec<Change> {
+    match recover_inner(rt, conn).await {
         Ok(restart) => restart,
         Err(e) => {
-            tracing::error!(error = %e, "cannot check for unfinished rebalancing jobs");
+            tracing::error!(error = %e, "cannot resolve the unfinished rebalancing jobs of proxies that are gone");
             Vec::new()
         }
     }
 }
 
-async fn recover_inner(rt: &Arc<Runtime>) -> Result<Vec<Change>, RebalanceError> {
+async fn recover_inner(rt: &Arc<Runtime>, conn: &Conn) -> Result<Vec<Change>, RebalanceError> {
     let config = rt.snapshot().config.clone();
-    let Some(first) = config.shards.first() else {
-        return Ok(Vec::new());
-    };
     let db = &config.sharding.rebalance_database;
-    let probe = Conn::open(&config, &first.primary, db).await?;
-    let exists: bool = probe
+    let exists: bool = conn
         .client
-        .query_one("SELECT to_regclass('shardgate_meta.jobs') IS NOT NULL", &[])
-        .await
-        .map_err(|e| probe.err(e))?
-        .get(0);
-    drop(probe);
-    if !exists {
-        return Ok(Vec::new());
-    }
-    let meta = Meta::open(&config).await?;
-    let rows = meta
-        .0
-        .client
-        .query(
-            "SELECT id, change, phase FROM shardgate_meta.jobs WHERE phase NOT IN ('done', 'failed') ORDER BY id",
+        .query_one(
+            "SELECT to_regclass('shardgate_meta.proxies') IS NOT NULL",
             &[],
         )
         .await
-        .map_err(|e| meta.0.err(e))?;
+        .map_err(|e| conn.err(e))?
+        .get(0);
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let mut rows = conn
+        .client
+        .query(
+            &format!(
+                "UPDATE shardgate_meta.jobs j SET owner = $1 WHERE {UNFINISHED} \
+                 AND (j.owner IS NULL OR j.owner = $1 OR NOT {}) RETURNING id, change, phase",
+                alive("j.owner", "$2")
+            ),
+            &[&rt.registry.id, &(rt.registry.lease_ms() as i64)],
+        )
+        .await
+        .map_err(|e| conn.err(e))?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    rows.sort_by_key(|r| r.get::<_, i64>(0));
+    let meta = Meta::open(&config).await?;
     let mut restart = Vec::new();
     for row in rows {
         let (id, stored, phase): (i64, String, String) = (row.get(0), row.get(1), row.get(2));
@@ -64,7 +70,8 @@ async fn recover_inner(rt: &Arc<Runtime>) -> Result<Vec<Change>, RebalanceError>
                 nodes.push(s.primary.clone());
             }
         }
-        let decided = phase == "switched";
+        // Phases past the decision (recorded with the new map version).
+        let decided = matches!(phase.as_str(), "switched" | "cleanup");
         let verb = if decided { "COMMIT" } else { "ROLLBACK" };
         for node in &nodes {
             let conn = Conn::open(&config, node, db).await?;
@@ -91,10 +98,27 @@ async fn recover_inner(rt: &Arc<Runtime>) -> Result<Vec<Change>, RebalanceError>
             }
         }
         if decided {
+            // Mode logical deletes the moved rows from the sources after
+            // the switch: what a stopped job left there goes now.
+            let mut after = (*config).clone();
+            if let Some(shards) = switched_to(&meta, id).await? {
+                after.shards = shards;
+            }
+            let map = after
+                .shard_map()
+                .map_err(|e| RebalanceError::Invalid(e.to_string()))?;
+            let removed = super::verify::remove_misplaced(&after, &map).await?;
+            if removed > 0 {
+                tracing::info!(
+                    job = id,
+                    rows = removed,
+                    "copies a stopped move left on its sources removed"
+                );
+            }
             meta.update_job(id as u64, "done", 0, 0, None).await?;
             tracing::info!(
                 job = id,
-                "interrupted job finished: its map version was already decided"
+                "a job whose proxy is gone finished: its map version was already decided"
             );
         } else {
             meta.update_job(
@@ -102,12 +126,12 @@ async fn recover_inner(rt: &Arc<Runtime>) -> Result<Vec<Change>, RebalanceError>
                 "failed",
                 0,
                 0,
-                Some("interrupted by a proxy restart before its cutover; undone and started again"),
+                Some("its proxy stopped before the cutover; undone and started again"),
             )
             .await?;
             match change {
                 Some(c) => {
-                    tracing::warn!(job = id, phase = %phase, "interrupted job undone; starting it again");
+                    tracing::warn!(job = id, phase = %phase, "a job whose proxy is gone was undone; starting it again");
                     restart.push(c);
                 }
                 None => {
@@ -117,4 +141,21 @@ async fn recover_inner(rt: &Arc<Runtime>) -> Result<Vec<Change>, RebalanceError>
         }
     }
     Ok(restart)
+}
+
+/// The shard list job `id` switched to.
+async fn switched_to(
+    meta: &Meta,
+    id: i64,
+) -> Result<Option<Vec<crate::config::ShardConfig>>, RebalanceError> {
+    let row = meta
+        .0
+        .client
+        .query_opt(
+            "SELECT shards FROM shardgate_meta.shard_maps WHERE job = $1 ORDER BY version DESC LIMIT 1",
+            &[&id],
+        )
+        .await
+        .map_err(|e| meta.0.err(e))?;
+    Ok(row.and_then(|r| super::meta::decode_shards(&r.get::<_, String>(0))))
 }

@@ -5,10 +5,11 @@
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use shardgate_shardmap::{ShardKey, TableName};
+use shardgate_shardmap::{ShardKey, ShardMap, TableName, TableRule};
 
 use super::db::Conn;
 use super::RebalanceError;
+use crate::config::Config;
 use crate::runtime::Runtime;
 
 /// What a verification found: one line per shard and table, and the
@@ -36,41 +37,72 @@ pub async fn verify_placement(rt: &Arc<Runtime>) -> Result<Verified, RebalanceEr
     for (shard, s) in config.shards.iter().enumerate() {
         let conn = Conn::open(config, &s.primary, &config.sharding.rebalance_database).await?;
         for rule in map.tables() {
-            let sql = format!(
-                "SELECT {}::text FROM {}",
-                TableName::new(None, &rule.column),
-                rule.table
-            );
-            let rows = conn
-                .client
-                .query_raw(
-                    sql.as_str(),
-                    std::iter::empty::<&(dyn tokio_postgres::types::ToSql + Sync)>(),
-                )
-                .await
-                .map_err(|e| conn.err(e))?;
-            futures_util::pin_mut!(rows);
-            let (mut n, mut bad) = (0u64, 0u64);
-            while let Some(row) = rows.next().await {
-                let row = row.map_err(|e| conn.err(e))?;
-                n += 1;
-                let Some(text) = row.get::<_, Option<&str>>(0) else {
-                    bad += 1;
-                    continue;
-                };
-                let owner = ShardKey::parse_text(rule.key_type, text)
-                    .ok()
-                    .and_then(|k| map.shard_for(rule, &k).ok());
-                if owner != Some(shard) {
-                    bad += 1;
-                }
-            }
-            out.misplaced += bad;
+            let (n, bad) = misplaced(&conn, map, shard, rule).await?;
+            out.misplaced += bad.len() as u64;
             out.lines.push(format!(
-                "shard {shard}, {}: {n} rows, {bad} misplaced",
-                rule.table
+                "shard {shard}, {}: {n} rows, {} misplaced",
+                rule.table,
+                bad.len()
             ));
         }
     }
     Ok(out)
+}
+
+/// Deletes every row a shard holds whose key `map` gives to another
+/// shard (copies a move left on its sources); returns how many went.
+pub(super) async fn remove_misplaced(
+    config: &Config,
+    map: &ShardMap,
+) -> Result<u64, RebalanceError> {
+    let mut removed = 0;
+    for (shard, s) in config.shards.iter().enumerate() {
+        let conn = Conn::open(config, &s.primary, &config.sharding.rebalance_database).await?;
+        for rule in map.tables() {
+            let (_, bad) = misplaced(&conn, map, shard, rule).await?;
+            let keys: Vec<String> = bad.into_iter().flatten().collect();
+            removed += super::move_job::delete_keys(&conn, rule, &keys).await?;
+        }
+    }
+    Ok(removed)
+}
+
+/// The rows of `rule`'s table on `shard` (through `conn`), and the keys of
+/// those `map` gives to another shard (`None`: a NULL or unreadable key).
+async fn misplaced(
+    conn: &Conn,
+    map: &ShardMap,
+    shard: usize,
+    rule: &TableRule,
+) -> Result<(u64, Vec<Option<String>>), RebalanceError> {
+    let sql = format!(
+        "SELECT {}::text FROM {}",
+        TableName::new(None, &rule.column),
+        rule.table
+    );
+    let rows = conn
+        .client
+        .query_raw(
+            sql.as_str(),
+            std::iter::empty::<&(dyn tokio_postgres::types::ToSql + Sync)>(),
+        )
+        .await
+        .map_err(|e| conn.err(e))?;
+    futures_util::pin_mut!(rows);
+    let (mut n, mut bad) = (0u64, Vec::new());
+    while let Some(row) = rows.next().await {
+        let row = row.map_err(|e| conn.err(e))?;
+        n += 1;
+        let Some(text) = row.get::<_, Option<&str>>(0) else {
+            bad.push(None);
+            continue;
+        };
+        let owner = ShardKey::parse_text(rule.key_type, text)
+            .ok()
+            .and_then(|k| map.shard_for(rule, &k).ok());
+        if owner != Some(shard) {
+            bad.push(Some(text.to_owned()));
+        }
+    }
+    Ok((n, bad))
 }

@@ -23,6 +23,9 @@ impl Session {
         plan: &ShardPlan,
         params: Params<'_>,
     ) -> Result<(), PgError> {
+        if self.runtime.registry.fenced() && writes_shards(plan) && self.is_write(sql) {
+            self.wait_unfenced().await?;
+        }
         loop {
             let Some(gate) = self.snap.move_gate.clone() else {
                 return Ok(());
@@ -40,7 +43,7 @@ impl Session {
             // In mode logical a transaction that already touched moving keys
             // (and may have written them) goes on: the cutover waits for it,
             // so that its changes reach the last catch-up.
-            let exempt = mine && !gate.holds_writes_while_copying;
+            let exempt = mine && gate.exempts_touching();
             if !gate.must_wait(write, touch) || exempt {
                 if gate.phase() != crate::rebalance::gate::GatePhase::Open {
                     return Ok(());
@@ -63,6 +66,21 @@ impl Session {
         }
     }
 
+    /// Waits while this proxy cannot renew its lease (see
+    /// `rebalance::registry`), up to `rebalance_hold_timeout_ms`.
+    async fn wait_unfenced(&self) -> Result<(), PgError> {
+        let ms = self.snap.config.sharding.rebalance_hold_timeout_ms;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+        if self.runtime.registry.wait_unfenced(deadline).await {
+            return Ok(());
+        }
+        Err(PgError::error(
+            "55000",
+            format!("shardgate could not renew its lease in shardgate_meta on shard 0's primary for {ms} ms: writes to sharded tables wait while it cannot, so that a rebalancing move run by another proxy cannot lose them"),
+        )
+        .with_hint("check that shard 0's primary is up and reachable from this proxy; reads go on meanwhile"))
+    }
+
     /// Whether `plan` touches rows the gate's move relocates.
     async fn touch_of(
         &mut self,
@@ -80,8 +98,14 @@ impl Session {
             | ShardPlan::ReferenceRead
             | ShardPlan::Unsupported { .. } => Touch::Stays,
             ShardPlan::ReferenceWrite => touch(gate.holds_reference_writes),
-            ShardPlan::Broadcast => Touch::Moving,
-            ShardPlan::NoKey { .. } => touch(map.tables().iter().any(|r| moving(r))),
+            ShardPlan::Broadcast => Touch::Unnamed,
+            ShardPlan::NoKey { .. } => {
+                if map.tables().iter().any(|r| moving(r)) {
+                    Touch::Unnamed
+                } else {
+                    Touch::Stays
+                }
+            }
             ShardPlan::Keyed { table, filter } => {
                 let Some(rule) = map.table(table.0.as_deref(), &table.1).cloned() else {
                     return Ok(Touch::Stays);
@@ -90,13 +114,13 @@ impl Session {
                     return Ok(Touch::Stays);
                 }
                 match filter {
-                    KeyFilter::Range { .. } => Touch::Moving,
+                    KeyFilter::Range { .. } => Touch::Unnamed,
                     KeyFilter::Eq(values) => {
-                        let mut any = false;
+                        let mut most = Touch::Stays;
                         for v in values {
-                            any |= self.value_moves(gate, &rule, v, params)?;
+                            most = most.max(self.value_touch(gate, &rule, v, params)?);
                         }
-                        touch(any)
+                        most
                     }
                 }
             }
@@ -109,30 +133,46 @@ impl Session {
                 }
                 let index = self.insert_key_index(ins, &rule).await?;
                 let Some(index) = index.filter(|_| !ins.from_select && !ins.rows.is_empty()) else {
-                    return Ok(Touch::Moving);
+                    return Ok(Touch::Unnamed);
                 };
-                let mut any = false;
+                let mut most = Touch::Stays;
                 for row in &ins.rows {
                     let v = row.values.get(index).unwrap_or(&ValueSource::Other);
-                    any |= self.value_moves(gate, &rule, v, params)?;
+                    most = most.max(self.value_touch(gate, &rule, v, params)?);
                 }
-                touch(any)
+                most
             }
         })
     }
 
-    /// Whether the key `v` denotes moves (an unknown key counts as moving).
-    fn value_moves(
+    /// What the key `v` denotes: a key that moves, one that stays, or a
+    /// value the proxy cannot read as a key (unnamed).
+    fn value_touch(
         &self,
         gate: &MoveGate,
         rule: &shardgate_shardmap::TableRule,
         v: &ValueSource,
         params: Params<'_>,
-    ) -> Result<bool, PgError> {
+    ) -> Result<Touch, PgError> {
         Ok(match key_from(rule, v, params)? {
-            Ok(Some(key)) => !matches!(gate.transition.key_moves(rule, &key), Ok(None)),
-            Ok(None) => false,
-            Err(Unknown) => true,
+            Ok(Some(key)) => match gate.transition.key_moves(rule, &key) {
+                Ok(None) => Touch::Stays,
+                _ => Touch::Moving,
+            },
+            Ok(None) => Touch::Stays,
+            Err(Unknown) => Touch::Unnamed,
         })
     }
+}
+
+/// Whether a plan reaches sharded or reference tables (what a fenced proxy
+/// must not write).
+fn writes_shards(plan: &ShardPlan) -> bool {
+    !matches!(
+        plan,
+        ShardPlan::Unsharded
+            | ShardPlan::NoTable
+            | ShardPlan::ReferenceRead
+            | ShardPlan::Unsupported { .. }
+    )
 }
