@@ -417,11 +417,9 @@ async fn move_rows(
         install(rt, next, None, None);
         cleaning.open();
         l.drop_slots().await;
-        if let Err(e) = cleaned {
-            // Left `switched`: its takeover (by this proxy, once this job
-            // ends) removes the copies left on the sources.
-            return Err(e);
-        }
+        // On an error the job stays `switched`: its takeover (by this
+        // proxy, once this job ends) removes the copies left on the sources.
+        cleaned?;
     } else {
         install(rt, next, None, None);
         gate.open();
