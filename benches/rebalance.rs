@@ -54,6 +54,7 @@ fn map(shards: usize) -> ShardMap {
                 function: Function::Hash,
             }],
             reference_tables: vec![],
+            arcs: Vec::new(),
         },
         1,
     )

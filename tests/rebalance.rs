@@ -74,6 +74,7 @@ fn map_weighted(weights: &[u32]) -> ShardMap {
             default_shard: 0,
             tables: vec![rule("accounts", "id"), rule("entries", "account_id")],
             reference_tables: vec![],
+            arcs: Vec::new(),
         },
         1,
     )
@@ -501,16 +502,27 @@ async fn hash_moves(logical: bool) {
 /// gives them, once, and the data is what the clients committed (`ledger`).
 fn check_bank(c: &Cluster, ledger: &Ledger, weights: &[u32]) {
     let last = map_weighted(weights);
+    check_bank_on(c, ledger, weights.len(), &|id| {
+        Some(last.hash_shard(&ShardKey::Int(id)))
+    });
+}
+
+/// [`check_bank`] over `shards` shards, each account on shard `owner(id)`
+/// (`None`: placement is checked otherwise).
+fn check_bank_on(
+    c: &Cluster,
+    ledger: &Ledger,
+    shards: usize,
+    owner: &dyn Fn(i64) -> Option<usize>,
+) {
     let mut balances: HashMap<i64, i64> = HashMap::new();
     let mut entries: HashMap<i64, (i64, i64)> = HashMap::new();
-    for s in 0..weights.len() {
+    for s in 0..shards {
         for r in rows_on(c, s, "SELECT id, balance FROM accounts") {
             let id: i64 = r[0].parse().expect("id");
-            assert_eq!(
-                last.hash_shard(&ShardKey::Int(id)),
-                s,
-                "account {id} is on shard {s}"
-            );
+            if let Some(o) = owner(id) {
+                assert_eq!(o, s, "account {id} is on shard {s}");
+            }
             assert!(
                 balances
                     .insert(id, r[1].parse().expect("balance"))
@@ -614,6 +626,139 @@ async fn two_proxies(logical: bool) {
             proxy.log_tail()
         );
     }
+}
+
+/// The rows of `REBALANCE PLAN`, as text.
+async fn rebalance_plan(admin: &tokio_postgres::Client) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    for m in admin
+        .simple_query("REBALANCE PLAN")
+        .await
+        .expect("REBALANCE PLAN")
+    {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            rows.push((0..9).map(|i| r.get(i).unwrap_or("").to_owned()).collect());
+        }
+    }
+    rows
+}
+
+/// `REBALANCE PLAN` and `REBALANCE` on a cluster skewed by hot keys: the
+/// accounts of shard 0 carry 40 entries each, shard 1's none. The plan
+/// moves arcs from shard 0 to shard 1 until both are within 20% of half
+/// the data; `REBALANCE` does it while 16 clients write, and nothing is
+/// lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_plans_and_moves_arcs_of_a_skewed_cluster() {
+    let c = three_shards(true);
+    let port = free_port();
+    let proxy = Proxy::start(c.dir(), port, &config_over(&c, port, 2));
+    let ci = proxy.app();
+    create_bank(&ci).await;
+    let app = connect(&ci).await;
+    let two = map(2);
+    // Hot accounts the clients do not touch, all on shard 0.
+    let hot: Vec<i64> = (500_000..)
+        .filter(|k| two.hash_shard(&ShardKey::Int(*k)) == 0)
+        .take(1000)
+        .collect();
+    for chunk in hot.chunks(10) {
+        let accounts: Vec<String> = chunk.iter().map(|k| format!("({k}, 0)")).collect();
+        let mut entries = Vec::new();
+        for &k in chunk {
+            for seq in 1..=40i64 {
+                entries.push(format!("({k}, {seq}, 1)"));
+            }
+        }
+        app.batch_execute(&format!(
+            "INSERT INTO accounts (id, balance) VALUES {}; INSERT INTO entries (account_id, seq, amount) VALUES {}",
+            accounts.join(", "),
+            entries.join(", ")
+        ))
+        .await
+        .expect("hot accounts");
+    }
+    let admin = connect(&proxy.conninfo("ops", "ops", "shardgate")).await;
+    let before = rebalance_plan(&admin).await;
+    eprintln!(
+        "REBALANCE PLAN: {} moves; first {:?}",
+        before.len(),
+        before.first()
+    );
+    assert!(before.len() > 1, "a skewed cluster has moves: {before:?}");
+    for m in &before {
+        assert_eq!(
+            (m[2].as_str(), m[3].as_str()),
+            ("0", "1"),
+            "hot shard 0 gives to shard 1: {m:?}"
+        );
+        assert_eq!(m[6], "logical", "the mode is named: {m:?}");
+    }
+    let after: Vec<f64> = before[0][8]
+        .split(", ")
+        .map(|p| {
+            p.split(": ")
+                .nth(1)
+                .expect("shard: x%")
+                .trim_end_matches('%')
+                .parse()
+                .expect("percent")
+        })
+        .collect();
+    assert!(
+        after.iter().all(|p| p.abs() <= 20.0),
+        "the plan ends within 20%: {}",
+        before[0][8]
+    );
+    let moved_rows: i64 = before
+        .iter()
+        .map(|m| m[4].parse::<i64>().expect("rows"))
+        .sum();
+    assert!(moved_rows > 0);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|me| tokio::spawn(client(ci.clone(), me, stop.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    run_job(&admin, &proxy, "REBALANCE").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let done = stop_clients(&stop, clients).await;
+    report_latency("rebalance", &done.writes);
+    assert!(
+        done.errors.is_empty(),
+        "client errors: {:?}",
+        &done.errors[..done.errors.len().min(10)]
+    );
+    let again = rebalance_plan(&admin).await;
+    assert!(again.is_empty(), "balanced now: {again:?}");
+    let verified = admin
+        .simple_query("VERIFY JOB 1")
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    assert_eq!(
+        verified,
+        Ok(()),
+        "every row is on the shard the new map gives it"
+    );
+    // The clients' ledger plus the hot accounts.
+    let mut ledger = done.ledger;
+    ledger.extend(hot.iter().map(|&k| (k, (0, 40, 40))));
+    check_bank_on(&c, &ledger, 2, &|_| None);
+    let rows: Vec<i64> = (0..2)
+        .map(|s| {
+            rows_on(
+                &c,
+                s,
+                "SELECT (SELECT count(*) FROM accounts) + (SELECT count(*) FROM entries)",
+            )[0][0]
+                .parse()
+                .expect("count")
+        })
+        .collect();
+    let (lo, hi) = (rows[0].min(rows[1]) as f64, rows[0].max(rows[1]) as f64);
+    assert!(hi / lo < 1.6, "rows per shard after REBALANCE: {rows:?}");
 }
 
 const RULED: &str = r#"

@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use shardgate_router::Consistency;
 use shardgate_shardmap::{
-    Function, KeyType, ListEntry, MapError, RangeEntry, ShardKey, ShardMap, ShardMapConfig,
-    TableName, TableRule,
+    ArcOwner, Function, KeyType, ListEntry, MapError, RangeEntry, ShardKey, ShardMap,
+    ShardMapConfig, TableName, TableRule,
 };
 
 /// A configuration problem, located in the file where possible.
@@ -99,6 +99,9 @@ pub struct ShardingConfig {
     /// hold its writes, and a proxy that cannot renew its lease for half of
     /// this holds its own writes to sharded tables.
     pub rebalance_proxy_lease_ms: u64,
+    /// `REBALANCE` moves arcs until every shard's share of the hash-sharded
+    /// data is within this fraction of its weight's ideal share (0.2: 20%).
+    pub imbalance_threshold: f64,
 }
 
 impl Default for ShardingConfig {
@@ -110,6 +113,7 @@ impl Default for ShardingConfig {
             rebalance_max_mb_s: 0,
             rebalance_hold_timeout_ms: 30_000,
             rebalance_proxy_lease_ms: 10_000,
+            imbalance_threshold: 0.2,
         }
     }
 }
@@ -437,6 +441,17 @@ pub struct ShardConfig {
     /// Relative share of the hash ring.
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// Arcs of the ring given to this shard by `REBALANCE`, each named by
+    /// the point that ends it: `"<shard>-<vnode>"` (the point
+    /// `shard-<shard>-vnode-<vnode>`). Recorded in `shardgate_meta`.
+    #[serde(default)]
+    pub arcs: Vec<String>,
+}
+
+/// Parses an arc name `"<shard>-<vnode>"`.
+pub fn parse_arc(name: &str) -> Option<(usize, u32)> {
+    let (s, v) = name.split_once('-')?;
+    Some((s.parse().ok()?, v.parse().ok()?))
 }
 
 fn default_weight() -> u32 {
@@ -683,6 +698,13 @@ impl Config {
                 "every shard has weight 0: at least one needs 1 or more (0 marks a shard REMOVE SHARD drained)".into(),
             ));
         }
+        let t = self.sharding.imbalance_threshold;
+        if !(t > 0.0 && t < 10.0) {
+            return Err(invalid(
+                "sharding.imbalance_threshold",
+                "must be above 0 and below 10 (0.2 means within 20% of the ideal share)".into(),
+            ));
+        }
         let lease = self.sharding.rebalance_proxy_lease_ms;
         if lease < 3_000 || lease >= self.sharding.rebalance_hold_timeout_ms {
             return Err(invalid(
@@ -706,6 +728,7 @@ impl Config {
             let key = match &e {
                 ShardMapBuildError::Table { index, .. } => format!("sharded_tables[{index}]"),
                 ShardMapBuildError::Map(_) => "sharded_tables".to_owned(),
+                ShardMapBuildError::Arc(_) => "shards".to_owned(),
             };
             return Err(invalid(&key, e.to_string()));
         }
@@ -729,6 +752,9 @@ pub enum ShardMapBuildError {
     /// The map as a whole is inconsistent.
     #[error(transparent)]
     Map(#[from] MapError),
+    /// An arc name in `[[shards]].arcs` cannot be read.
+    #[error("{0}")]
+    Arc(String),
 }
 
 /// Splits `schema.table` (parts may be double-quoted; unquoted parts are
@@ -820,7 +846,23 @@ impl Config {
                 function,
             });
         }
+        let mut arcs = Vec::new();
+        for (owner, s) in self.shards.iter().enumerate() {
+            for name in &s.arcs {
+                let (shard, vnode) = parse_arc(name).ok_or_else(|| {
+                    ShardMapBuildError::Arc(format!(
+                        "shards[{owner}].arcs: {name:?} is not an arc name (<shard>-<vnode>)"
+                    ))
+                })?;
+                arcs.push(ArcOwner {
+                    shard,
+                    vnode,
+                    owner,
+                });
+            }
+        }
         let cfg = ShardMapConfig {
+            arcs,
             weights: self.shards.iter().map(|s| s.weight).collect(),
             vnodes: self.sharding.vnodes,
             default_shard: self.sharding.default_shard,

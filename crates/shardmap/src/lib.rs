@@ -68,7 +68,7 @@ mod transition;
 mod validate;
 
 pub use key::{KeyError, KeyType, ShardKey};
-pub use map::{NoShard, ShardMap, ShardMapConfig};
+pub use map::{ArcOwner, NoShard, ShardMap, ShardMapConfig};
 pub use table::{Function, ListEntry, RangeEntry, TableName, TableRule};
 pub use transition::{Transition, TransitionError};
 pub use validate::{MapError, MAX_RING_POINTS};

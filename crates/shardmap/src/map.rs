@@ -25,6 +25,21 @@ pub struct ShardMapConfig {
     pub tables: Vec<TableRule>,
     /// Tables copied on every shard.
     pub reference_tables: Vec<TableName>,
+    /// Arcs of the hash ring given to another shard than the one whose
+    /// point ends them (written by `REBALANCE`).
+    pub arcs: Vec<ArcOwner>,
+}
+
+/// The arc that ends at point `vnode` of `shard` (label
+/// `shard-{shard}-vnode-{vnode}`) belongs to `owner`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ArcOwner {
+    /// The shard whose point ends the arc.
+    pub shard: usize,
+    /// The point's index among that shard's points.
+    pub vnode: u32,
+    /// The shard the arc's keys go to.
+    pub owner: usize,
 }
 
 /// Why a key has no shard under a table's rule.
@@ -85,6 +100,7 @@ pub struct ShardMap {
     table_index: HashMap<String, usize>,
     reference_tables: Vec<TableName>,
     reference_index: HashMap<String, usize>,
+    arcs: Vec<ArcOwner>,
     ring: Ring,
 }
 
@@ -115,7 +131,7 @@ impl ShardMap {
     /// entry.
     pub fn new(cfg: ShardMapConfig, version: u64) -> Result<ShardMap, MapError> {
         validate(&cfg)?;
-        let ring = Ring::new(&cfg.weights, cfg.vnodes);
+        let ring = Ring::new(&cfg.weights, cfg.vnodes, &cfg.arcs);
         let table_index = index_names(cfg.tables.iter().map(|rule| &rule.table));
         let reference_index = index_names(cfg.reference_tables.iter());
         Ok(ShardMap {
@@ -127,6 +143,11 @@ impl ShardMap {
             table_index,
             reference_tables: cfg.reference_tables,
             reference_index,
+            arcs: {
+                let mut arcs = cfg.arcs;
+                arcs.sort_unstable();
+                arcs
+            },
             ring,
         })
     }
@@ -144,6 +165,7 @@ impl ShardMap {
             && self.default_shard == other.default_shard
             && self.tables == other.tables
             && self.reference_tables == other.reference_tables
+            && self.arcs == other.arcs
     }
 
     /// What would put rows that exist now on another shard if `next`
@@ -165,6 +187,9 @@ impl ShardMap {
                 "shard weights change from {:?} to {:?}",
                 self.weights, next.weights
             ));
+        }
+        if self.arcs != next.arcs {
+            out.push("the arcs given by REBALANCE change".to_owned());
         }
         if self.vnodes != next.vnodes {
             out.push(format!(
@@ -212,6 +237,22 @@ impl ShardMap {
     /// the last one wrapping around zero.
     pub fn ring_arcs(&self) -> Vec<(u64, u64, usize)> {
         self.ring.arcs()
+    }
+
+    /// The end point `(shard, vnode)` of each arc of [`ShardMap::ring_arcs`],
+    /// in the same order: the name of an arc for [`ArcOwner`].
+    pub fn arc_points(&self) -> &[(usize, u32)] {
+        self.ring.arc_points()
+    }
+
+    /// The index in [`ShardMap::ring_arcs`] of the arc holding `key`.
+    pub fn arc_index(&self, key: &ShardKey) -> Option<usize> {
+        key.with_canonical_bytes(|bytes| self.ring.arc_index_of(bytes))
+    }
+
+    /// The arcs given to another shard than the one whose point ends them.
+    pub fn given_arcs(&self) -> &[ArcOwner] {
+        &self.arcs
     }
 
     /// The hash ring.
@@ -399,6 +440,29 @@ fn inclusive_bounds(lower: Option<(i64, bool)>, upper: Option<(i64, bool)>) -> O
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_keys_arc_names_its_shard() {
+        let map = ShardMap::new(
+            ShardMapConfig {
+                weights: vec![1, 2, 1],
+                vnodes: 16,
+                default_shard: 0,
+                tables: vec![],
+                reference_tables: vec![],
+                arcs: Vec::new(),
+            },
+            1,
+        )
+        .expect("valid");
+        let arcs = map.ring_arcs();
+        assert_eq!(map.arc_points().len(), arcs.len());
+        for k in 0..3000i64 {
+            let key = ShardKey::Int(k);
+            let i = map.arc_index(&key).expect("an arc");
+            assert_eq!(arcs[i].2, map.hash_shard(&key), "key {k}");
+        }
+    }
+
     use super::*;
     use crate::validate::MAX_RING_POINTS;
 
@@ -460,6 +524,7 @@ mod tests {
             default_shard: 0,
             tables: vec![range_rule(), list_rule(), hash_rule()],
             reference_tables: vec![TableName::new(None, "countries")],
+            arcs: Vec::new(),
         }
     }
 

@@ -6,10 +6,13 @@
 //! [`VNode`] its label `shard-{s}-vnode-{v}`, [`CanonicalBytes`] the key's
 //! canonical bytes (not `<[u8] as Hash>`, which adds a length prefix).
 
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 
 use hashring::HashRing;
 use twox_hash::XxHash64;
+
+use crate::map::ArcOwner;
 
 /// The seed of every xxhash64 computed for placement.
 pub(crate) const SEED: u64 = 0;
@@ -63,14 +66,21 @@ impl Hash for CanonicalBytes<'_> {
 /// A ring with `vnodes * weight` points per shard.
 pub(crate) struct Ring {
     ring: HashRing<VNode, XxHash64Seed0>,
-    /// Every point as (hash, shard), sorted by hash.
+    /// Every point as (hash, owner of the arc it ends), sorted by hash.
     points: Vec<(u64, usize)>,
+    /// The (shard, vnode) of each of `points`.
+    labels: Vec<(usize, u32)>,
+    /// Arcs given to another shard, by (shard, vnode) of their end point.
+    given: HashMap<(usize, u32), usize>,
 }
 
 impl Ring {
-    /// Builds the ring; shard `s` gets points `0..vnodes * weights[s]`.
-    /// The caller has validated that the total is small enough.
-    pub(crate) fn new(weights: &[u32], vnodes: u32) -> Ring {
+    /// Builds the ring; shard `s` gets points `0..vnodes * weights[s]`;
+    /// `arcs` give some arcs to other shards. The caller has validated
+    /// that the total is small enough and that every arc's point exists.
+    pub(crate) fn new(weights: &[u32], vnodes: u32, arcs: &[ArcOwner]) -> Ring {
+        let given: HashMap<(usize, u32), usize> =
+            arcs.iter().map(|a| ((a.shard, a.vnode), a.owner)).collect();
         let nodes: Vec<VNode> = weights
             .iter()
             .enumerate()
@@ -78,14 +88,30 @@ impl Ring {
                 (0..vnodes.saturating_mul(weight)).map(move |vnode| VNode { shard, vnode })
             })
             .collect();
-        let mut points: Vec<(u64, usize)> = nodes
+        let mut labelled: Vec<(u64, usize, usize, u32)> = nodes
             .iter()
-            .map(|n| (XxHash64Seed0.hash_one(n), n.shard))
+            .map(|n| {
+                let owner = given.get(&(n.shard, n.vnode)).copied().unwrap_or(n.shard);
+                (XxHash64Seed0.hash_one(n), owner, n.shard, n.vnode)
+            })
             .collect();
-        points.sort_unstable();
+        labelled.sort_unstable();
+        let points = labelled.iter().map(|&(h, o, _, _)| (h, o)).collect();
+        let labels = labelled.iter().map(|&(_, _, s, v)| (s, v)).collect();
         let mut ring = HashRing::with_hasher(XxHash64Seed0);
         ring.batch_add(nodes);
-        Ring { ring, points }
+        Ring {
+            ring,
+            points,
+            labels,
+            given,
+        }
+    }
+
+    /// The end point `(shard, vnode)` of every arc, in ring order (the
+    /// order of [`Ring::arcs`]).
+    pub(crate) fn arc_points(&self) -> &[(usize, u32)] {
+        &self.labels
     }
 
     /// The ring as arcs `(from, to, shard)` of 64-bit key hashes, both ends
@@ -111,6 +137,17 @@ impl Ring {
         self.points.iter().map(|(h, _)| *h)
     }
 
+    /// The index (in [`Ring::arcs`] order) of the arc holding the key whose
+    /// canonical bytes are `bytes`; `None` for an empty ring.
+    pub(crate) fn arc_index_of(&self, bytes: &[u8]) -> Option<usize> {
+        if self.points.is_empty() {
+            return None;
+        }
+        let h = XxHash64Seed0.hash_one(CanonicalBytes(bytes));
+        let i = self.points.partition_point(|(p, _)| *p < h);
+        Some(if i == self.points.len() { 0 } else { i })
+    }
+
     /// The shard owning key hash `h`: the first point at or after it
     /// (wrapping); `None` for an empty ring.
     pub(crate) fn shard_of_hash(&self, h: u64) -> Option<usize> {
@@ -129,7 +166,16 @@ impl Ring {
     /// The shard owning the first point at or after the hash of `bytes`
     /// (wrapping), or `None` for an empty ring.
     pub(crate) fn shard_of(&self, bytes: &[u8]) -> Option<usize> {
-        self.ring.get(&CanonicalBytes(bytes)).map(|node| node.shard)
+        let node = self.ring.get(&CanonicalBytes(bytes))?;
+        if self.given.is_empty() {
+            return Some(node.shard);
+        }
+        Some(
+            self.given
+                .get(&(node.shard, node.vnode))
+                .copied()
+                .unwrap_or(node.shard),
+        )
     }
 }
 
@@ -160,7 +206,7 @@ mod tests {
 
     #[test]
     fn arcs_say_where_every_key_goes() {
-        let ring = Ring::new(&[1, 2], 8);
+        let ring = Ring::new(&[1, 2], 8, &[]);
         let arcs = ring.arcs();
         assert_eq!(arcs.len(), 24);
         for key in 0..2000u32 {
@@ -181,9 +227,49 @@ mod tests {
     }
 
     #[test]
+    fn given_arcs_change_owner_and_nothing_else() {
+        let plain = Ring::new(&[1, 1], 8, &[]);
+        let (shard, vnode) = plain.arc_points()[3];
+        let owner = 1 - shard;
+        let given = Ring::new(
+            &[1, 1],
+            8,
+            &[ArcOwner {
+                shard,
+                vnode,
+                owner,
+            }],
+        );
+        let (a, b) = (plain.arcs(), given.arcs());
+        for key in 0..5000u32 {
+            let bytes = key.to_le_bytes();
+            let h = XxHash64::oneshot(SEED, &bytes);
+            let in_arc = if a[3].0 <= a[3].1 {
+                (a[3].0..=a[3].1).contains(&h)
+            } else {
+                h >= a[3].0 || h <= a[3].1
+            };
+            let want = if in_arc {
+                Some(owner)
+            } else {
+                plain.shard_of(&bytes)
+            };
+            assert_eq!(given.shard_of(&bytes), want, "key {key}");
+            assert_eq!(given.shard_of_hash(h), want, "hash of key {key}");
+        }
+        assert_eq!(b[3].2, owner);
+        assert_eq!(
+            b.iter()
+                .filter(|x| x.2 != a.iter().find(|y| y.1 == x.1).map_or(9, |y| y.2))
+                .count(),
+            1
+        );
+    }
+
+    #[test]
     fn ring_size_is_vnodes_times_weight() {
-        let ring = Ring::new(&[1, 2, 3], 4);
+        let ring = Ring::new(&[1, 2, 3], 4, &[]);
         assert_eq!(ring.len(), 24);
-        assert!(Ring::new(&[], 4).shard_of(b"x").is_none());
+        assert!(Ring::new(&[], 4, &[]).shard_of(b"x").is_none());
     }
 }

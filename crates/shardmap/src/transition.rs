@@ -108,6 +108,7 @@ impl Transition {
                         .iter()
                         .any(|w| *w > 0)
                     || self.from.vnodes() != self.to.vnodes()
+                    || self.from.given_arcs() != self.to.given_arcs()
             }
             (a, b) => a != b,
         }
@@ -212,6 +213,7 @@ mod tests {
                         function: Function::Hash,
                     }],
                     reference_tables: vec![],
+                    arcs: Vec::new(),
                 },
                 1,
             )
@@ -281,6 +283,7 @@ mod tests {
                 function: Function::Hash,
             }],
             reference_tables: vec![],
+            arcs: Vec::new(),
         };
         let rekeyed = Arc::new(ShardMap::new(cfg.clone(), 2).expect("valid"));
         assert!(matches!(
@@ -313,6 +316,7 @@ mod tests {
                         function,
                     }],
                     reference_tables: vec![],
+                    arcs: Vec::new(),
                 },
                 1,
             )

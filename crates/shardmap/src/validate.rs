@@ -32,6 +32,15 @@ pub enum MapError {
         /// [`MAX_RING_POINTS`].
         max: u64,
     },
+    /// A given arc names a point the ring does not have, or an owner that
+    /// is not a shard of weight 1 or more.
+    #[error("arc {arc} given to shard {owner}: the ring has no such point, or shard {owner} does not exist or has weight 0")]
+    BadArc {
+        /// The arc's end point label.
+        arc: String,
+        /// The shard it is given to.
+        owner: usize,
+    },
     /// The default shard does not exist.
     #[error(
         "default_shard is {default_shard} but there are only {shards} shards (numbered from 0)"
@@ -168,6 +177,19 @@ fn validate_shards(cfg: &ShardMapConfig) -> Result<(), MapError> {
             points,
             max: MAX_RING_POINTS,
         });
+    }
+    for a in &cfg.arcs {
+        let points = cfg
+            .weights
+            .get(a.shard)
+            .map_or(0, |&w| w.saturating_mul(cfg.vnodes));
+        let owner_weight = cfg.weights.get(a.owner).copied().unwrap_or(0);
+        if a.vnode >= points || owner_weight == 0 {
+            return Err(MapError::BadArc {
+                arc: format!("shard-{}-vnode-{}", a.shard, a.vnode),
+                owner: a.owner,
+            });
+        }
     }
     if cfg.default_shard >= cfg.weights.len() {
         return Err(MapError::DefaultShardOutOfRange {

@@ -25,6 +25,7 @@ fn hash_map(weights: &[u32], vnodes: u32) -> ShardMap {
         default_shard: 0,
         tables: Vec::new(),
         reference_tables: Vec::new(),
+        arcs: Vec::new(),
     };
     ShardMap::new(cfg, 1).expect("valid config")
 }

@@ -46,6 +46,10 @@ pub enum Command {
     JobControl(u64, crate::rebalance::Control),
     /// `VERIFY JOB id`.
     VerifyJob(u64),
+    /// `REBALANCE PLAN`: the arcs `REBALANCE` would move, as rows.
+    RebalancePlan,
+    /// `REBALANCE`: start a job moving the planned arcs.
+    RebalanceNow,
     /// `BEGIN` / `START TRANSACTION`: drivers wrap statements in
     /// transactions; the admin tables are read-only, so this is only status.
     Begin,
@@ -159,6 +163,14 @@ pub fn parse(stmt: &str) -> Result<Command, CommandError> {
             job_id(rest).map(|id| Command::JobControl(id, crate::rebalance::Control::Cancel))
         }
         "verify" => job_id(rest).map(Command::VerifyJob),
+        "rebalance" => match rest {
+            [] => Ok(Command::RebalanceNow),
+            [kw] if kw.is_keyword("plan") => Ok(Command::RebalancePlan),
+            _ => Err(syntax(
+                "REBALANCE takes nothing, or PLAN",
+                "Write REBALANCE PLAN to see the moves, REBALANCE to start them.",
+            )),
+        },
         "pause" => shard_arg(rest).map(Command::Pause),
         "resume" => shard_arg(rest).map(Command::Resume),
         "ban" => match rest {
@@ -300,6 +312,7 @@ fn add_shard(rest: &[Token<'_>]) -> Result<Command, CommandError> {
             primary,
             replicas,
             weight,
+            arcs: Vec::new(),
         },
     )))
 }
@@ -560,6 +573,7 @@ mod tests {
                 primary: "127.0.0.1:5434".into(),
                 replicas: vec!["127.0.0.1:5435".into(), "127.0.0.1:5436".into()],
                 weight: 2,
+                arcs: Vec::new(),
             }))
         );
         assert_eq!(
@@ -568,6 +582,7 @@ mod tests {
                 primary: "127.0.0.1:5434".into(),
                 replicas: vec![],
                 weight: 1,
+                arcs: Vec::new(),
             }))
         );
         assert_eq!(

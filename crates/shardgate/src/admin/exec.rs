@@ -142,6 +142,22 @@ pub async fn run(rt: &Arc<Runtime>, cmd: Command) -> Result<Done, PgError> {
                 warnings: Vec::new(),
             })
         }
+        Command::RebalanceNow => {
+            let proposal = crate::rebalance::propose(rt)
+                .await
+                .map_err(|e| PgError::error("55000", format!("REBALANCE: {e}")))?;
+            if proposal.moves.is_empty() {
+                return Ok(Done {
+                    tag: "REBALANCE",
+                    notices: vec![format!(
+                        "nothing to move: every shard is within {:.0}% of its ideal share (sharding.imbalance_threshold), or no whole arc would bring it closer",
+                        proposal.threshold * 100.0
+                    )],
+                    warnings: Vec::new(),
+                });
+            }
+            Box::pin(run(rt, Command::Rebalance(proposal.change()))).await
+        }
         Command::JobControl(id, control) => {
             let job = rt.jobs.get(id).ok_or_else(|| {
                 PgError::error("42704", format!("no job {id} on this proxy"))
@@ -186,7 +202,12 @@ pub async fn run(rt: &Arc<Runtime>, cmd: Command) -> Result<Done, PgError> {
                 warnings: Vec::new(),
             })
         }
-        Command::Show(_) | Command::Sql(_) | Command::Begin | Command::End | Command::NoOp(_) => {
+        Command::Show(_)
+        | Command::Sql(_)
+        | Command::RebalancePlan
+        | Command::Begin
+        | Command::End
+        | Command::NoOp(_) => {
             unreachable!("answered by the console")
         }
     }

@@ -262,6 +262,13 @@ impl Console {
                 }
                 Ok(Output::Rows(rs, "SHOW"))
             }
+            Command::RebalancePlan => {
+                let proposal = crate::rebalance::propose(&self.rt)
+                    .await
+                    .map_err(|e| PgError::error("55000", format!("REBALANCE PLAN: {e}")))?;
+                let table = tables::rebalance_plan::table(&proposal);
+                Ok(Output::Rows(table_result(table), "REBALANCE PLAN"))
+            }
             Command::Sql(sql) => {
                 self.load_for(sql).await?;
                 let rs = self
@@ -512,7 +519,7 @@ impl Console {
         let params = stmt.params.clone();
         let command = stmt.command.clone();
         let columns = match &command {
-            Command::Sql(_) | Command::Show(_) => {
+            Command::Sql(_) | Command::Show(_) | Command::RebalancePlan => {
                 let nulls = vec![Value::Null; params.len()];
                 match self.run("", &command, &nulls, None).await? {
                     Output::Rows(rs, _) => Some(rs.columns),

@@ -2,6 +2,8 @@
 //! configuration (pure): the job moves the rows whose owner differs between
 //! the map of the configuration before and after.
 
+use shardgate_shardmap::ArcOwner;
+
 use crate::config::{Config, ListConfig, RangeConfig, ShardConfig};
 
 use super::RebalanceError;
@@ -42,6 +44,8 @@ pub enum Change {
         /// Where it goes.
         shard: usize,
     },
+    /// `REBALANCE`: arcs of the hash ring given to other shards.
+    GiveArcs(Vec<ArcOwner>),
 }
 
 fn invalid(msg: impl Into<String>) -> RebalanceError {
@@ -57,6 +61,7 @@ impl Change {
             Change::SetWeight { .. } => "set_weight",
             Change::MoveListValue { .. } => "move_list_value",
             Change::MoveRange { .. } => "move_range",
+            Change::GiveArcs(_) => "rebalance",
         }
     }
 
@@ -84,6 +89,14 @@ impl Change {
                 end,
                 shard,
             } => format!("MOVE RANGE {table} [{start}, {end}) TO SHARD {shard}"),
+            Change::GiveArcs(arcs) => format!(
+                "REBALANCE: {} arcs ({})",
+                arcs.len(),
+                arcs.iter()
+                    .map(|a| format!("{}-{} to shard {}", a.shard, a.vnode, a.owner))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         }
     }
 
@@ -123,6 +136,13 @@ impl Change {
                 end.to_string(),
                 shard.to_string(),
             ],
+            Change::GiveArcs(arcs) => vec![
+                "give_arcs".into(),
+                arcs.iter()
+                    .map(|a| format!("{}-{}>{}", a.shard, a.vnode, a.owner))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ],
         };
         f.join("\u{1f}")
     }
@@ -139,6 +159,7 @@ impl Change {
                     .map(str::to_owned)
                     .collect(),
                 weight: weight.parse().ok()?,
+                arcs: Vec::new(),
             }),
             ["remove_shard", n] => Change::RemoveShard(n.parse().ok()?),
             ["set_weight", shard, weight] => Change::SetWeight {
@@ -156,6 +177,19 @@ impl Change {
                 end: end.parse().ok()?,
                 shard: shard.parse().ok()?,
             },
+            ["give_arcs", arcs] => Change::GiveArcs(
+                arcs.split(',')
+                    .map(|a| {
+                        let (point, owner) = a.split_once('>')?;
+                        let (shard, vnode) = crate::config::parse_arc(point)?;
+                        Some(ArcOwner {
+                            shard,
+                            vnode,
+                            owner: owner.parse().ok()?,
+                        })
+                    })
+                    .collect::<Option<Vec<_>>>()?,
+            ),
             _ => return None,
         })
     }
@@ -220,6 +254,7 @@ impl Change {
                 if next.shards.iter().all(|s| s.weight == 0) {
                     return Err(invalid("the last shard with keys cannot be removed"));
                 }
+                prune_arcs(&mut next);
             }
             Change::SetWeight { shard, weight } => {
                 check_shard(*shard)?;
@@ -229,6 +264,7 @@ impl Change {
                     ));
                 }
                 next.shards[*shard].weight = *weight;
+                prune_arcs(&mut next);
             }
             Change::MoveListValue {
                 table,
@@ -298,10 +334,43 @@ impl Change {
                 ranges.sort_by_key(|r| r.start);
                 t.ranges = ranges;
             }
+            Change::GiveArcs(arcs) => {
+                for a in arcs {
+                    check_shard(a.owner)?;
+                    let name = format!("{}-{}", a.shard, a.vnode);
+                    for s in &mut next.shards {
+                        s.arcs.retain(|x| *x != name);
+                    }
+                    if a.owner != a.shard {
+                        next.shards[a.owner].arcs.push(name);
+                    }
+                }
+                for s in &mut next.shards {
+                    s.arcs.sort_by_key(|a| crate::config::parse_arc(a));
+                }
+            }
         }
         next.shard_map()
             .map_err(|e| invalid(format!("the resulting shard map is not valid: {e}")))?;
         Ok(next)
+    }
+}
+
+/// Drops the given arcs that no longer exist after a weight change: arcs
+/// whose end point left the ring, and arcs given to a shard of weight 0
+/// (they go back to the shard whose point ends them).
+fn prune_arcs(config: &mut Config) {
+    let vnodes = config.sharding.vnodes;
+    let weights: Vec<u32> = config.shards.iter().map(|s| s.weight).collect();
+    for (owner, s) in config.shards.iter_mut().enumerate() {
+        s.arcs.retain(|a| {
+            crate::config::parse_arc(a).is_some_and(|(shard, vnode)| {
+                weights[owner] > 0
+                    && weights
+                        .get(shard)
+                        .is_some_and(|&w| vnode < w.saturating_mul(vnodes))
+            })
+        });
     }
 }
 
@@ -362,6 +431,42 @@ key_type = "text"
 lists = [{ shard = 0, values = ["DE", "FR"] }, { shard = 1, values = ["US"] }]
 "#;
         Config::parse(text, "test.toml").expect("valid config")
+    }
+
+    #[test]
+    fn given_arcs_move_exactly_their_keys_and_survive_the_round_trip() {
+        let before = config();
+        let map = before.shard_map().expect("map");
+        let i = map
+            .arc_points()
+            .iter()
+            .position(|p| p.0 != 2)
+            .expect("an arc of shard 0 or 1");
+        let (shard, vnode) = map.arc_points()[i];
+        let owner = 2;
+        let change = Change::GiveArcs(vec![ArcOwner {
+            shard,
+            vnode,
+            owner,
+        }]);
+        assert_eq!(Change::decode(&change.encode()), Some(change.clone()));
+        let next = change.apply(&before).expect("applies");
+        assert_eq!(next.shards[owner].arcs, vec![format!("{shard}-{vnode}")]);
+        let after = next.shard_map().expect("map");
+        let arc = map.ring_arcs()[i];
+        for k in 0..20_000i64 {
+            let key = shardgate_shardmap::ShardKey::Int(k);
+            let want = if map.arc_index(&key) == Some(i) {
+                owner
+            } else {
+                map.hash_shard(&key)
+            };
+            assert_eq!(after.hash_shard(&key), want, "key {k} (arc {arc:?})");
+        }
+        // The arc goes home when its owner leaves.
+        let removed = Change::RemoveShard(owner).apply(&next).expect("removes");
+        assert!(removed.shards[owner].arcs.is_empty());
+        removed.shard_map().expect("still a valid map");
     }
 
     #[test]
@@ -447,6 +552,7 @@ lists = [{ shard = 0, values = ["DE", "FR"] }, { shard = 1, values = ["US"] }]
                 primary: "127.0.0.1:5440".into(),
                 replicas: vec!["127.0.0.1:5441".into(), "127.0.0.1:5442".into()],
                 weight: 2,
+                arcs: Vec::new(),
             }),
             Change::RemoveShard(3),
             Change::SetWeight {
@@ -490,6 +596,7 @@ lists = [{ shard = 0, values = ["DE", "FR"] }, { shard = 1, values = ["US"] }]
             primary: "127.0.0.1:5440".into(),
             replicas: vec![],
             weight: 2,
+            arcs: Vec::new(),
         });
         assert_eq!(add.apply(&config()).expect("applies").shards.len(), 4);
         assert_eq!(add.describe(), "ADD SHARD '127.0.0.1:5440' WEIGHT 2");
@@ -497,6 +604,7 @@ lists = [{ shard = 0, values = ["DE", "FR"] }, { shard = 1, values = ["US"] }]
             primary: "127.0.0.1:5433".into(),
             replicas: vec![],
             weight: 1,
+            arcs: Vec::new(),
         });
         assert!(dup.apply(&config()).is_err());
     }

@@ -3,7 +3,7 @@
 //! every statement touching them waits. Sessions consult the gate of their
 //! snapshot; the job drives its phase.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 use shardgate_shardmap::Transition;
 use tokio::sync::Notify;
@@ -54,6 +54,17 @@ pub struct MoveGate {
     pub holds_writes_while_copying: bool,
     phase: AtomicU8,
     opened: Notify,
+    /// Statements waiting at the gate now.
+    waiting: AtomicU64,
+}
+
+/// Counts a statement as waiting while it lives.
+struct Waiting<'a>(&'a AtomicU64);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl MoveGate {
@@ -69,6 +80,7 @@ impl MoveGate {
             holds_writes_while_copying,
             phase: AtomicU8::new(GatePhase::Copying as u8),
             opened: Notify::new(),
+            waiting: AtomicU64::new(0),
         }
     }
 
@@ -81,6 +93,7 @@ impl MoveGate {
             holds_writes_while_copying: false,
             phase: AtomicU8::new(GatePhase::Cleaning as u8),
             opened: Notify::new(),
+            waiting: AtomicU64::new(0),
         }
     }
 
@@ -125,8 +138,15 @@ impl MoveGate {
         self.opened.notify_waiters();
     }
 
+    /// Statements waiting at the gate now.
+    pub fn waiting(&self) -> u64 {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
     /// Waits until the gate opens.
     pub async fn wait_open(&self) {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let _counted = Waiting(&self.waiting);
         loop {
             let notified = self.opened.notified();
             tokio::pin!(notified);
@@ -157,6 +177,7 @@ mod tests {
                         default_shard: 0,
                         tables: vec![],
                         reference_tables: vec![],
+                        arcs: Vec::new(),
                     },
                     1,
                 )

@@ -229,6 +229,9 @@ pub(super) async fn drop_slot(conn: &Conn, slot: &str) {
 pub(super) struct KeysOut {
     /// Per table (as printed by test_decoding, `schema.name`), per key.
     pub keys: HashMap<String, HashSet<String>>,
+    /// The keys caught up since the job last cleared this (per table):
+    /// those the cutover verifies again after the early verification.
+    pub changed: HashMap<String, HashSet<String>>,
 }
 
 /// Changes read from a slot per call.
@@ -306,6 +309,10 @@ pub(super) async fn catch_up(
             target.run(&std::mem::take(batch)).await?;
         }
         touched.insert(to);
+        out.changed
+            .entry(change.table.clone())
+            .or_default()
+            .insert(text.clone());
         out.keys
             .entry(change.table.clone())
             .or_default()

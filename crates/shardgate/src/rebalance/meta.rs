@@ -59,11 +59,18 @@ pub(super) fn alive(owner: &str, lease: &str) -> String {
 pub(super) const UNFINISHED: &str = "phase NOT IN ('done', 'failed')";
 
 /// The shards of a map version as stored: one line per shard,
-/// `primary|replica,replica|weight`.
+/// `primary|replica,replica|weight`, then `|arc,arc` when arcs are given to it.
 pub fn encode_shards(shards: &[ShardConfig]) -> String {
     shards
         .iter()
-        .map(|s| format!("{}|{}|{}", s.primary, s.replicas.join(","), s.weight))
+        .map(|s| {
+            let mut line = format!("{}|{}|{}", s.primary, s.replicas.join(","), s.weight);
+            if !s.arcs.is_empty() {
+                line.push('|');
+                line.push_str(&s.arcs.join(","));
+            }
+            line
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -76,7 +83,15 @@ pub fn decode_shards(text: &str) -> Option<Vec<ShardConfig>> {
             let primary = parts.next()?.to_owned();
             let replicas = parts.next()?;
             let weight = parts.next()?.parse().ok()?;
+            let arcs = parts
+                .next()
+                .unwrap_or("")
+                .split(',')
+                .filter(|a| !a.is_empty())
+                .map(str::to_owned)
+                .collect();
             Some(ShardConfig {
+                arcs,
                 primary,
                 replicas: replicas
                     .split(',')
@@ -90,12 +105,12 @@ pub fn decode_shards(text: &str) -> Option<Vec<ShardConfig>> {
 }
 
 /// Whether two shard lists place rows alike: the same primaries, in order,
-/// with the same weights (replicas aside).
+/// with the same weights and given arcs (replicas aside).
 pub(super) fn same_placement(a: &[ShardConfig], b: &[ShardConfig]) -> bool {
     a.len() == b.len()
         && a.iter()
             .zip(b)
-            .all(|(x, y)| x.primary == y.primary && x.weight == y.weight)
+            .all(|(x, y)| x.primary == y.primary && x.weight == y.weight && x.arcs == y.arcs)
 }
 
 /// The metadata node's connection.
@@ -427,22 +442,25 @@ mod tests {
                 primary: "127.0.0.1:5432".into(),
                 replicas: vec!["127.0.0.1:5433".into(), "127.0.0.1:5434".into()],
                 weight: 1,
+                arcs: Vec::new(),
             },
             ShardConfig {
                 primary: "127.0.0.1:6432".into(),
                 replicas: vec![],
                 weight: 3,
+                arcs: vec!["0-7".into(), "0-9".into()],
             },
         ];
         let text = encode_shards(&shards);
         assert_eq!(
             text,
-            "127.0.0.1:5432|127.0.0.1:5433,127.0.0.1:5434|1\n127.0.0.1:6432||3"
+            "127.0.0.1:5432|127.0.0.1:5433,127.0.0.1:5434|1\n127.0.0.1:6432||3|0-7,0-9"
         );
         let back = decode_shards(&text).expect("decodes");
         assert_eq!(back.len(), 2);
         assert_eq!(back[0].replicas.len(), 2);
         assert_eq!(back[1].weight, 3);
+        assert_eq!(back[1].arcs, ["0-7", "0-9"]);
         assert!(decode_shards("127.0.0.1:5432|x").is_none());
     }
 }

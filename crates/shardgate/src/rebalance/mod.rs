@@ -14,15 +14,19 @@
 //! - `recover`: jobs a killed proxy left unfinished.
 //! - `logical`: catch-up from logical decoding (mode `logical`).
 //! - [`verify`]: `VERIFY JOB`, every row's shard checked.
+//! - [`plan`]: `REBALANCE PLAN`, the arcs to move for balance; `load`
+//!   measures each arc's data.
 
 pub mod change;
 mod copy;
 mod db;
 pub mod follow;
 pub mod gate;
+mod load;
 mod logical;
 pub mod meta;
 mod move_job;
+pub mod plan;
 mod recover;
 pub mod registry;
 mod schema;
@@ -31,6 +35,8 @@ pub mod verify;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
+
+use crate::runtime::Runtime;
 
 pub use change::Change;
 pub use move_job::start;
@@ -95,6 +101,77 @@ impl RebalanceError {
     }
 }
 
+/// What `REBALANCE PLAN` proposes.
+pub struct Proposal {
+    /// The moves, in order.
+    pub moves: Vec<plan::ArcMove>,
+    /// `logical`, or `block_writes` and why.
+    pub mode: String,
+    /// The balance now and after the moves.
+    pub before: plan::Balance,
+    /// See `before`.
+    pub after: plan::Balance,
+    /// `sharding.imbalance_threshold`.
+    pub threshold: f64,
+}
+
+impl Proposal {
+    /// The change that carries the moves out.
+    pub fn change(&self) -> Change {
+        Change::GiveArcs(
+            self.moves
+                .iter()
+                .map(|m| shardgate_shardmap::ArcOwner {
+                    shard: m.point.0,
+                    vnode: m.point.1,
+                    owner: m.to,
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Measures the data of every arc and plans the moves that bring every
+/// shard within `sharding.imbalance_threshold` of its ideal share.
+pub async fn propose(rt: &Arc<Runtime>) -> Result<Proposal, RebalanceError> {
+    let snap = rt.snapshot();
+    let sharding = snap.sharding.as_ref().ok_or_else(|| {
+        RebalanceError::Invalid(
+            "rebalancing needs a sharded configuration ([[sharded_tables]])".into(),
+        )
+    })?;
+    let config = &snap.config;
+    let weights: Vec<u32> = config.shards.iter().map(|s| s.weight).collect();
+    let threshold = config.sharding.imbalance_threshold;
+    let loads = load::arc_loads(config, &sharding.map).await?;
+    let moves = plan::plan(&loads, &weights, threshold);
+    let before = plan::Balance::of(&loads, &weights);
+    let mut moved = loads.clone();
+    for m in &moves {
+        if let Some(l) = moved.iter_mut().find(|l| l.point == m.point) {
+            l.owner = m.to;
+        }
+    }
+    let after = plan::Balance::of(&moved, &weights);
+    let mut proposal = Proposal {
+        moves,
+        mode: String::new(),
+        before,
+        after,
+        threshold,
+    };
+    if !proposal.moves.is_empty() {
+        let next = proposal.change().apply(config)?;
+        let to = Arc::new(
+            next.shard_map()
+                .map_err(|e| RebalanceError::Invalid(e.to_string()))?,
+        );
+        let t = shardgate_shardmap::Transition::new(sharding.map.clone(), to)?;
+        proposal.mode = move_job::mode_of(&next, &t).await?;
+    }
+    Ok(proposal)
+}
+
 /// Where a job stands, as `shardgate.jobs` shows it.
 pub struct JobStatus {
     /// Its id (the metadata's job id).
@@ -119,6 +196,9 @@ pub struct JobStatus {
     pub steps_done: AtomicU64,
     /// Table copies in all.
     pub steps_total: AtomicU64,
+    /// Mode logical: WAL bytes the slots have not caught up yet (at the
+    /// last catch-up round).
+    pub lag_bytes: AtomicU64,
     /// [`Control`] asked by `PAUSE JOB`, `RESUME JOB`, `CANCEL JOB`.
     /// [`Control`] as u8, or [`DECIDED`] once past the decision.
     control: AtomicU8,
@@ -156,6 +236,7 @@ impl JobStatus {
             bytes_copied: AtomicU64::new(0),
             steps_done: AtomicU64::new(0),
             steps_total: AtomicU64::new(0),
+            lag_bytes: AtomicU64::new(0),
             control: AtomicU8::new(Control::Run as u8),
             control_changed: tokio::sync::Notify::new(),
         }
@@ -297,6 +378,17 @@ impl JobStatus {
     /// Why it failed.
     pub fn error(&self) -> Option<String> {
         self.error.lock().expect("job error lock").clone()
+    }
+
+    /// Seconds the copy needs still, from its rate so far (`None` outside
+    /// the copy, or before its first table is done).
+    pub fn eta_s(&self) -> Option<f64> {
+        if self.phase() != "copy" {
+            return None;
+        }
+        let started = (*self.copy_started.lock().expect("job copy lock"))?;
+        let p = self.progress();
+        (p > 0.0).then(|| started.elapsed().as_secs_f64() * (1.0 - p) / p)
     }
 
     /// Copy progress from 0 to 1.

@@ -15,7 +15,7 @@
 //! next start commits them if the decision was recorded, else rolls them
 //! back and starts the job again (`recover`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -321,7 +321,11 @@ async fn move_rows(
         None
     };
     let hold_timeout = Duration::from_millis(next.sharding.rebalance_hold_timeout_ms);
+    let mut cut_at: Option<Instant> = None;
+    let mut dirty: Option<Dirty> = None;
+    let cut_at_ref = &mut cut_at;
     let outcome = async {
+        let cut_at = cut_at_ref;
         copy_and_prepare(
             status,
             meta,
@@ -343,16 +347,54 @@ async fn move_rows(
             loop {
                 status.checkpoint().await?;
                 let (applied, drained) = l.catch_up(t, &mut txs).await?;
+                status
+                    .lag_bytes
+                    .store(l.lag_bytes().await, Ordering::Relaxed);
                 crate::twophase::failpoint("rebalance-catch-up");
                 if (drained && applied < 1000) || Instant::now() >= until {
                     break;
                 }
             }
+            // Most rows verified now, while clients write; then again the
+            // keys that differed or changed meanwhile, until few are left:
+            // the cutover verifies only those and what changes after.
+            let mut d: Option<Dirty> = None;
+            for round in 0..VERIFY_ROUNDS {
+                status.checkpoint().await?;
+                let started = Instant::now();
+                let found = verify_early(l, moving, &txs, d.as_ref()).await?;
+                let differing: usize = found.values().map(HashSet::len).sum();
+                tracing::info!(
+                    job,
+                    round,
+                    ms = started.elapsed().as_millis() as u64,
+                    differing,
+                    "moved rows verified before the cutover"
+                );
+                d = Some(found);
+                loop {
+                    let (applied, drained) = l.catch_up(t, &mut txs).await?;
+                    if drained && applied < 1000 {
+                        break;
+                    }
+                }
+                let changed: usize = l
+                    .keys
+                    .values()
+                    .flat_map(|o| o.changed.values())
+                    .map(HashSet::len)
+                    .sum();
+                if differing + changed < FEW_KEYS {
+                    break;
+                }
+            }
+            dirty = d;
         } else {
             crate::twophase::failpoint("rebalance-prepared");
         }
         phase(status, meta, "cutover").await;
         gate.cut_over();
+        *cut_at = Some(Instant::now());
         if !rt
             .clients
             .wait_moves_settled(Instant::now() + hold_timeout)
@@ -363,9 +405,12 @@ async fn move_rows(
             ));
         }
         hold.everywhere(meta, "cutover").await?;
+        held_step(job, "moving keys held everywhere", *cut_at);
         if let Some(l) = logical.as_mut() {
             while !l.catch_up(t, &mut txs).await?.1 {}
-            verify_given(l, moving, &txs).await?;
+            held_step(job, "slots drained", *cut_at);
+            verify_given(l, moving, &txs, dirty.as_ref()).await?;
+            held_step(job, "moved rows verified", *cut_at);
             prepare(&mut txs).await?;
             crate::twophase::failpoint("rebalance-prepared");
         }
@@ -403,6 +448,7 @@ async fn move_rows(
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+    held_step(job, "switched: moving keys go to their new owners", cut_at);
     if let Some(l) = &logical {
         // The new map is in force for statements naming their keys; the
         // sources still hold copies of the rows they gave, so statements
@@ -429,6 +475,18 @@ async fn move_rows(
     let bytes = status.bytes_copied.load(Ordering::Relaxed);
     meta.update_job(job, "done", rows, bytes, None).await?;
     Ok(())
+}
+
+/// Logs a step of the cutover with the time since it began (how long the
+/// moving keys have been held).
+fn held_step(job: u64, step: &str, since: Option<Instant>) {
+    if let Some(t) = since {
+        tracing::info!(
+            job,
+            held_ms = t.elapsed().as_millis() as u64,
+            "cutover: {step}"
+        );
+    }
 }
 
 /// Steps 3 to 5: copy into the targets' move transactions, delete from the
@@ -618,6 +676,23 @@ impl Logical<'_> {
         Ok((applied, drained))
     }
 
+    /// WAL bytes written on the sources since the slots' last read.
+    async fn lag_bytes(&self) -> u64 {
+        let mut lag = 0;
+        for (_, conn, slot) in &self.slots {
+            let row = conn
+                .client
+                .query_one(
+                    "SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::int8 \
+                     FROM pg_replication_slots WHERE slot_name = $1",
+                    &[slot],
+                )
+                .await;
+            lag += row.map_or(0, |r| r.get::<_, i64>(0).max(0) as u64);
+        }
+        lag
+    }
+
     async fn drop_slots(&self) {
         for (_, conn, slot) in &self.slots {
             super::logical::drop_slot(conn, slot).await;
@@ -672,26 +747,135 @@ async fn open_logical<'a>(
     Ok(l)
 }
 
+/// Keys to verify again at the cutover, per (source, table as decoding
+/// prints it).
+type Dirty = HashMap<(usize, String), HashSet<String>>;
+
+/// Early verification rounds at most (mode logical).
+const VERIFY_ROUNDS: usize = 5;
+
+/// Keys left to verify below which the cutover begins.
+const FEW_KEYS: usize = 2_000;
+
+/// Mode `logical`, before the cutover (moving keys not held): compares
+/// given keys' rows on their source and on the targets, key by key (count
+/// and checksum), every (source, table) at once: every given key, or with
+/// `last` the keys that differed last time or changed since. Returns the
+/// keys that differ: changes in flight. Keys changed on a source after
+/// this began reach catch-up and are recorded in `KeysOut::changed`, which
+/// is cleared here; the next round or the cutover verifies those and the
+/// differing ones again.
+async fn verify_early(
+    l: &mut Logical<'_>,
+    moving: &[Arc<shardgate_shardmap::TableRule>],
+    txs: &HashMap<usize, MoveTx>,
+    last: Option<&Dirty>,
+) -> Result<Dirty, RebalanceError> {
+    let mut chosen: HashMap<(usize, String), Vec<String>> = HashMap::new();
+    for (source, out) in l.keys.iter_mut() {
+        for rule in moving {
+            let printed = l
+                .printed
+                .get(&rule.table.to_string())
+                .cloned()
+                .unwrap_or_else(|| rule.table.to_string());
+            let keys: Vec<String> = match last {
+                None => out
+                    .keys
+                    .get(&printed)
+                    .into_iter()
+                    .flatten()
+                    .cloned()
+                    .collect(),
+                Some(d) => {
+                    let mut k: HashSet<String> = d
+                        .get(&(*source, printed.clone()))
+                        .cloned()
+                        .unwrap_or_default();
+                    k.extend(out.changed.get(&printed).into_iter().flatten().cloned());
+                    k.into_iter().collect()
+                }
+            };
+            chosen.insert((*source, printed), keys);
+        }
+        out.changed.clear();
+    }
+    let targets = touched_targets(txs);
+    let mut work = Vec::new();
+    for rule in moving {
+        for ((source, printed), keys) in chosen
+            .iter()
+            .filter(|((_, p), _)| *p == l.printed_name(rule))
+        {
+            if keys.is_empty() {
+                continue;
+            }
+            let targets = &targets;
+            work.push(async move {
+                let given = key_digests(&txs[source].conn, rule, keys).await?;
+                let mut held: HashMap<String, Digest> = HashMap::new();
+                for shard in targets.iter().filter(|s| *s != source) {
+                    for (k, d) in key_digests(&txs[shard].conn, rule, keys).await? {
+                        held.entry(k).or_default().add(d);
+                    }
+                }
+                let mut dirty: HashSet<String> = given
+                    .iter()
+                    .filter(|(k, d)| held.get(*k) != Some(d))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                dirty.extend(held.keys().filter(|k| !given.contains_key(*k)).cloned());
+                Ok::<_, RebalanceError>(((*source, printed.clone()), dirty))
+            });
+        }
+    }
+    Ok(futures_util::future::try_join_all(work)
+        .await?
+        .into_iter()
+        .collect())
+}
+
+/// The move transactions that took rows (the targets).
+fn touched_targets(txs: &HashMap<usize, MoveTx>) -> Vec<usize> {
+    txs.iter()
+        .filter(|(_, tx)| tx.touched)
+        .map(|(s, _)| *s)
+        .collect()
+}
+
 /// Mode `logical`, at the cutover: the targets must hold exactly the rows
 /// of the keys each source gave (copied or caught up), by count and by a
-/// checksum of the rows' text, every (source, table) at once.
+/// checksum of the rows' text, every (source, table) at once. With `dirty`
+/// (from [`verify_early`]) only the keys that differed then or changed
+/// since are read.
 async fn verify_given(
     l: &Logical<'_>,
     moving: &[Arc<shardgate_shardmap::TableRule>],
     txs: &HashMap<usize, MoveTx>,
+    dirty: Option<&Dirty>,
 ) -> Result<(), RebalanceError> {
-    let targets: Vec<usize> = txs
-        .iter()
-        .filter(|(_, tx)| tx.touched)
-        .map(|(s, _)| *s)
-        .collect();
+    let targets = touched_targets(txs);
     let mut work = Vec::new();
     for (source, out) in &l.keys {
         for rule in moving {
-            let Some(keys) = out.keys.get(&l.printed_name(rule)) else {
+            let printed = l.printed_name(rule);
+            let Some(all) = out.keys.get(&printed) else {
                 continue;
             };
-            let keys: Vec<String> = keys.iter().cloned().collect();
+            let keys: Vec<String> = match dirty {
+                None => all.iter().cloned().collect(),
+                Some(d) => {
+                    let mut k: HashSet<String> = d
+                        .get(&(*source, printed.clone()))
+                        .cloned()
+                        .unwrap_or_default();
+                    k.extend(out.changed.get(&printed).into_iter().flatten().cloned());
+                    k.into_iter().collect()
+                }
+            };
+            if keys.is_empty() {
+                continue;
+            }
             let targets = &targets;
             work.push(async move {
                 let given = sum_keys(&txs[source].conn, rule, &keys).await?;
@@ -777,6 +961,20 @@ fn moving_tables(t: &Transition) -> Vec<Arc<shardgate_shardmap::TableRule>> {
         .collect()
 }
 
+/// `logical`, or `block_writes: <why>`, for the move of `t` to `next`.
+pub(super) async fn mode_of(next: &Config, t: &Transition) -> Result<String, RebalanceError> {
+    let sources = t.sources();
+    if sources.is_empty() {
+        return Ok("none: no rows move".into());
+    }
+    Ok(
+        match logical_possible(next, &sources, &moving_tables(t)).await? {
+            None => "logical".into(),
+            Some(why) => format!("block_writes: {why}"),
+        },
+    )
+}
+
 /// Whether the move can use catch-up: `wal_level = logical` on every
 /// source, and every moving table has a primary key holding its shard key
 /// (deletes are decoded as their primary key, which must name the shard).
@@ -841,7 +1039,7 @@ pub(super) async fn delete_keys(
 }
 
 /// How many rows, and the sum of a hash of each row's text.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Digest {
     rows: u64,
     checksum: i128,
@@ -852,6 +1050,41 @@ impl Digest {
         self.rows += other.rows;
         self.checksum += other.checksum;
     }
+}
+
+/// The [`Digest`] of the rows of each of `keys` (as text) in `rule`'s
+/// table, by key as the database prints it (keys without rows are absent).
+async fn key_digests(
+    conn: &Conn,
+    rule: &shardgate_shardmap::TableRule,
+    keys: &[String],
+) -> Result<HashMap<String, Digest>, RebalanceError> {
+    let column = TableName::new(None, &rule.column);
+    let sql = format!(
+        "SELECT {column}::text, count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text \
+         FROM {} t WHERE {} GROUP BY 1",
+        rule.table,
+        key_in(rule)
+    );
+    let mut out = HashMap::new();
+    for batch in keys.chunks(DELETE_BATCH) {
+        for row in conn
+            .client
+            .query(&sql, &[&batch])
+            .await
+            .map_err(|e| conn.err(e))?
+        {
+            let checksum: String = row.get(2);
+            out.insert(
+                row.get::<_, String>(0),
+                Digest {
+                    rows: row.get::<_, i64>(1) as u64,
+                    checksum: checksum.parse().unwrap_or_default(),
+                },
+            );
+        }
+    }
+    Ok(out)
 }
 
 /// The [`Digest`] of the rows of `keys` (as text) in `rule`'s table.

@@ -34,6 +34,11 @@ const COMMANDS: &[(&str, &str)] = &[
     ("PAUSE JOB <id> / RESUME JOB <id>", "hold or continue a job's copy"),
     ("CANCEL JOB <id>", "undo a job before its cutover"),
     ("VERIFY JOB <id>", "check every row's shard against the map in force"),
+    (
+        "REBALANCE PLAN",
+        "measure each hash-ring arc's data; list the arc moves that bring every shard within sharding.imbalance_threshold of its ideal share",
+    ),
+    ("REBALANCE", "start a job making the moves REBALANCE PLAN lists"),
 ];
 
 /// Rows: commands, then `shardgate.<table>` for each table.

@@ -6,6 +6,7 @@ use super::{int, micros, text, Source};
 
 /// One row per job, oldest first.
 pub fn table(src: &Source<'_>) -> Table {
+    let held = src.snap.move_gate.as_ref().map_or(0, |g| g.waiting());
     let rows = src
         .rt
         .jobs
@@ -23,6 +24,9 @@ pub fn table(src: &Source<'_>) -> Table {
                 int(j.rows_copied.load(std::sync::atomic::Ordering::Relaxed)),
                 int(j.bytes_copied.load(std::sync::atomic::Ordering::Relaxed)),
                 Value::Float(j.mb_s()),
+                int(j.lag_bytes.load(std::sync::atomic::Ordering::Relaxed)),
+                j.eta_s().map_or(Value::Null, Value::Float),
+                int(if j.state() == "running" { held } else { 0 }),
                 micros(j.started),
                 j.error().map_or(Value::Null, Value::Text),
             ]
@@ -41,6 +45,9 @@ pub fn table(src: &Source<'_>) -> Table {
             rows_copied: Int8,
             bytes_copied: Int8,
             mb_s: Float8,
+            lag_bytes: Int8,
+            eta_s: Float8,
+            held_statements: Int8,
             started_at: Timestamptz,
             error: Text,
         ],

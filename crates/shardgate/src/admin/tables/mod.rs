@@ -10,6 +10,7 @@ pub mod nodes;
 mod pools;
 mod probe;
 mod query_stats;
+pub mod rebalance_plan;
 mod reference_tables;
 mod servers;
 mod shard_map;

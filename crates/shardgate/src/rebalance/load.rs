@@ -1,0 +1,92 @@
+//! How much hash-sharded data each arc of the ring holds, read from the
+//! shards' primaries: every row's key (the key column only) is read and
+//! placed on its arc; each row counts for its table's bytes on that shard
+//! divided by its rows (live bytes: the table's size less its dead share).
+
+use futures_util::StreamExt;
+use shardgate_shardmap::{Function, ShardKey, ShardMap, TableName};
+
+use super::db::Conn;
+use super::plan::ArcLoad;
+use super::RebalanceError;
+use crate::config::Config;
+
+/// The load of every arc of `map`'s ring, in ring order.
+pub(super) async fn arc_loads(
+    config: &Config,
+    map: &ShardMap,
+) -> Result<Vec<ArcLoad>, RebalanceError> {
+    let arcs = map.ring_arcs();
+    let mut loads: Vec<ArcLoad> = arcs
+        .iter()
+        .zip(map.arc_points())
+        .map(|(a, p)| ArcLoad {
+            point: *p,
+            owner: a.2,
+            rows: 0,
+            bytes: 0,
+        })
+        .collect();
+    let mut bytes = vec![0f64; loads.len()];
+    let db = &config.sharding.rebalance_database;
+    for s in &config.shards {
+        let conn = Conn::open(config, &s.primary, db).await?;
+        for rule in map
+            .tables()
+            .iter()
+            .filter(|r| matches!(r.function, Function::Hash))
+        {
+            let mut rows = vec![0u64; loads.len()];
+            let sql = format!(
+                "SELECT {}::text FROM {}",
+                TableName::new(None, &rule.column),
+                rule.table
+            );
+            let stream = conn
+                .client
+                .query_raw(
+                    sql.as_str(),
+                    std::iter::empty::<&(dyn tokio_postgres::types::ToSql + Sync)>(),
+                )
+                .await
+                .map_err(|e| conn.err(e))?;
+            futures_util::pin_mut!(stream);
+            let mut total = 0u64;
+            while let Some(row) = stream.next().await {
+                let row = row.map_err(|e| conn.err(e))?;
+                let Some(text) = row.get::<_, Option<&str>>(0) else {
+                    continue;
+                };
+                let arc = ShardKey::parse_text(rule.key_type, text)
+                    .ok()
+                    .and_then(|k| map.arc_index(&k));
+                if let Some(i) = arc {
+                    rows[i] += 1;
+                    total += 1;
+                }
+            }
+            if total == 0 {
+                continue;
+            }
+            let size: f64 = conn
+                .client
+                .query_one(
+                    "SELECT pg_table_size($1::text::regclass)::float8 * coalesce((SELECT n_live_tup::float8 / nullif(n_live_tup + n_dead_tup, 0) \
+                     FROM pg_stat_user_tables WHERE relid = $1::text::regclass), 1)",
+                    &[&rule.table.to_string()],
+                )
+                .await
+                .map_err(|e| conn.err(e))?
+                .get(0);
+            let per_row = size / total as f64;
+            for (i, n) in rows.iter().enumerate() {
+                loads[i].rows += n;
+                bytes[i] += *n as f64 * per_row;
+            }
+        }
+    }
+    for (l, b) in loads.iter_mut().zip(bytes) {
+        l.bytes = b.round() as u64;
+    }
+    Ok(loads)
+}
