@@ -1262,6 +1262,75 @@ async fn last_job(admin: &tokio_postgres::Client) -> (String, String, i64, Optio
     (row.get(0), row.get(1), row.get(2), row.get(3))
 }
 
+/// A target whose copy differs from its source (one balance changed: the
+/// same row count, another checksum) fails the job's verification: it is
+/// undone, the cluster keeps its map and every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_copy_fails_verification_and_moves_nothing() {
+    let c = three_shards(true);
+    let port = free_port();
+    let proxy = Proxy::start_with_env(
+        c.dir(),
+        port,
+        &config_over(&c, port, 2),
+        &[
+            ("SHARDGATE_FAILPOINT", "rebalance-corrupt"),
+            (
+                "SHARDGATE_FAILPOINT_SQL",
+                "UPDATE accounts SET balance = balance + 1 WHERE id = (SELECT min(id) FROM accounts)",
+            ),
+        ],
+    );
+    let app = connect(&proxy.app()).await;
+    create_accounts(&app).await;
+    load_accounts(&proxy, 5_000);
+    let totals = |c: &Cluster, shards: usize| {
+        (0..shards)
+            .map(|s| {
+                let r = &rows_on(
+                    c,
+                    s,
+                    "SELECT count(*), coalesce(sum(balance), 0) FROM accounts",
+                )[0];
+                (
+                    r[0].parse::<i64>().expect("n"),
+                    r[1].parse::<i64>().expect("sum"),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = totals(&c, 2);
+    let admin = connect(&proxy.conninfo("ops", "ops", "shardgate")).await;
+    admin
+        .batch_execute(&format!("ADD SHARD '{}'", c.shard(2).primary.addr()))
+        .await
+        .expect("the job starts");
+    let deadline = Instant::now() + LONG;
+    let (state, error) = loop {
+        let (state, _, _, error) = last_job(&admin).await;
+        if state != "running" {
+            break (state, error);
+        }
+        assert!(Instant::now() < deadline, "{}", proxy.log_tail());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(state, "failed", "{error:?}");
+    let error = error.unwrap_or_default();
+    assert!(
+        error.contains("verification failed") && error.contains("checksum"),
+        "the checksum caught it: {error}"
+    );
+    let mut after = before.clone();
+    after.push((0, 0));
+    assert_eq!(totals(&c, 3), after, "nothing moved, nothing changed");
+    let n: i64 = app
+        .query_one("SELECT count(*) FROM accounts WHERE id = 1", &[])
+        .await
+        .expect("the old map routes")
+        .get(0);
+    assert_eq!(n, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_pause_resume_cancel_and_verify() {
     let c = cluster(ClusterSpec::new(3, 0));

@@ -238,6 +238,17 @@ async fn recover_node(
     Ok(n)
 }
 
+/// Test hook: when `SHARDGATE_FAILPOINT` names `name`, the SQL in
+/// `SHARDGATE_FAILPOINT_SQL` (a fault to inject), else `None`.
+pub fn failpoint_sql(name: &str) -> Option<String> {
+    if std::env::var("SHARDGATE_FAILPOINT").is_ok_and(|v| v == name) {
+        let sql = std::env::var("SHARDGATE_FAILPOINT_SQL").ok()?;
+        tracing::error!(failpoint = name, sql = %sql, "failpoint reached: injecting a fault");
+        return Some(sql);
+    }
+    None
+}
+
 /// Test hook: `SHARDGATE_FAILPOINT=<name>` aborts the process at that point.
 pub fn failpoint(name: &str) {
     if std::env::var("SHARDGATE_FAILPOINT").is_ok_and(|v| v == name) {

@@ -338,6 +338,16 @@ async fn move_rows(
             logical.as_mut(),
         )
         .await?;
+        if let Some(sql) = crate::twophase::failpoint_sql("rebalance-corrupt") {
+            // A target that holds something else than its source gave.
+            if let Some(tx) = txs
+                .values()
+                .filter(|tx| tx.touched)
+                .max_by_key(|tx| tx.gid.clone())
+            {
+                tx.conn.run(&sql).await?;
+            }
+        }
         if let Some(l) = logical.as_mut() {
             // Until a round finds little to do (or for at most
             // CATCH_UP_LIMIT: if clients write faster than catch-up
