@@ -1025,7 +1025,19 @@ async fn a_proxy_killed_mid_logical_job_finishes_it_after_a_restart() {
 async fn killed_mid_job(logical: bool) {
     let c = three_shards(logical);
     let port = free_port();
-    let config = config_over(&c, port, 2);
+    // With two-phase commit on: its start-up recovery must leave the
+    // moves' prepared transactions to the job's takeover.
+    let two_phase = |port: u16| {
+        config_over(&c, port, 2).replacen(
+            "[proxy]\n",
+            &format!(
+                "[proxy]\ntwo_phase_commit = true\ntwo_phase_log = {:?}\n",
+                c.dir().join("2pc.log").display().to_string()
+            ),
+            1,
+        )
+    };
+    let config = two_phase(port);
     let proxy = Proxy::start(c.dir(), port, &config);
     let setup = connect(&proxy.app()).await;
     setup
@@ -1088,7 +1100,7 @@ async fn killed_mid_job(logical: bool) {
         let mut doomed = Proxy::start_with_env(
             c.dir(),
             port,
-            &config_over(&c, port, 2),
+            &two_phase(port),
             &[("SHARDGATE_FAILPOINT", failpoint)],
         );
         let admin = connect(&doomed.conninfo("ops", "ops", "shardgate")).await;
@@ -1103,7 +1115,7 @@ async fn killed_mid_job(logical: bool) {
         drop(admin);
         // Restarted with the file it started with: the metadata says the rest.
         let port = free_port();
-        let proxy = Proxy::start(c.dir(), port, &config_over(&c, port, 2));
+        let proxy = Proxy::start(c.dir(), port, &two_phase(port));
         let deadline = Instant::now() + LONG;
         while last_job_phase(&c) != "done" {
             assert!(

@@ -5,8 +5,14 @@
 //! appends `commit <gid>` to the log and syncs it to disk (the decision),
 //! then `COMMIT PREPARED` everywhere. A proxy that dies after the decision
 //! commits the transaction at its next start; one that dies before rolls it
-//! back. Global ids look like `shardgate_<instance>_<sequence>`; recovery
-//! leaves the current instance's own ids alone.
+//! back. Global ids look like `shardgate_<owner>_<run>_<sequence>`: the
+//! owner is written once into the log (`owner <hex>`), so it names the
+//! proxy whose log holds the decisions; the run is fresh for every start.
+//! Recovery resolves only this proxy's ids of earlier runs: another proxy's
+//! ids, whose decisions are in its own log, and the prepared transactions
+//! of rebalancing moves (`shardgate_move_...`, resolved by their job) are
+//! left alone. Ids of the older form `shardgate_<instance>_<sequence>` are
+//! resolved by whichever proxy finds them.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -25,12 +31,47 @@ pub const GID_PREFIX: &str = "shardgate_";
 pub struct Coordinator {
     path: PathBuf,
     file: Mutex<File>,
-    instance: u64,
+    /// This proxy's owner id (from the log).
+    owner: String,
+    /// This run.
+    run: String,
     next: AtomicU64,
     /// Commit decisions recorded.
     commits: AtomicU64,
     /// In-doubt transactions finished by recovery.
     recovered: AtomicU64,
+}
+
+/// A global id shardgate's two-phase commit wrote.
+#[derive(Debug, PartialEq, Eq)]
+enum Gid<'a> {
+    /// `shardgate_<owner>_<run>_<n>`.
+    Current {
+        /// The proxy whose log decides it.
+        owner: &'a str,
+        /// The run that prepared it.
+        run: &'a str,
+    },
+    /// `shardgate_<instance>_<n>`, before owners were recorded.
+    Legacy,
+}
+
+impl Gid<'_> {
+    /// Reads a two-phase commit id; `None` for anything else (a move's
+    /// `shardgate_move_<job>_<shard>`, another program's ids).
+    fn parse(gid: &str) -> Option<Gid<'_>> {
+        let rest = gid.strip_prefix(GID_PREFIX)?;
+        let parts: Vec<&str> = rest.split('_').collect();
+        let hex = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_hexdigit());
+        let num = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit());
+        match parts.as_slice() {
+            [owner, run, n] if hex(owner) && hex(run) && num(n) => {
+                Some(Gid::Current { owner, run })
+            }
+            [instance, n] if hex(instance) && num(n) => Some(Gid::Legacy),
+            _ => None,
+        }
+    }
 }
 
 /// Why the decision could not be recorded.
@@ -44,18 +85,36 @@ pub struct LogError {
 impl Coordinator {
     /// Opens (creating) the decision log.
     pub fn open(path: &Path) -> Result<Coordinator, LogError> {
-        let file = OpenOptions::new()
+        let err = |source| LogError {
+            path: path.display().to_string(),
+            source,
+        };
+        let owner = File::open(path).ok().and_then(|f| {
+            BufReader::new(f)
+                .lines()
+                .map_while(Result::ok)
+                .find_map(|l| l.strip_prefix("owner ").map(str::to_owned))
+        });
+        let mut file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|source| LogError {
-                path: path.display().to_string(),
-                source,
-            })?;
+            .map_err(err)?;
+        let owner = match owner {
+            Some(o) => o,
+            None => {
+                let o = format!("{:x}", rand::rng().random::<u64>() >> 16);
+                file.write_all(format!("owner {o}\n").as_bytes())
+                    .map_err(err)?;
+                file.sync_data().map_err(err)?;
+                o
+            }
+        };
         Ok(Coordinator {
             path: path.to_owned(),
             file: Mutex::new(file),
-            instance: rand::rng().random::<u64>() >> 16,
+            owner,
+            run: format!("{:x}", rand::rng().random::<u32>()),
             next: AtomicU64::new(1),
             commits: AtomicU64::new(0),
             recovered: AtomicU64::new(0),
@@ -65,12 +124,22 @@ impl Coordinator {
     /// A fresh global transaction id.
     pub fn next_gid(&self) -> String {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        format!("{GID_PREFIX}{:x}_{n}", self.instance)
+        format!("{GID_PREFIX}{}_{}_{n}", self.owner, self.run)
     }
 
-    /// Whether `gid` belongs to this running instance.
+    /// Whether `gid` belongs to this run of this proxy.
     pub fn is_own(&self, gid: &str) -> bool {
-        gid.starts_with(&format!("{GID_PREFIX}{:x}_", self.instance))
+        matches!(Gid::parse(gid), Some(Gid::Current { owner, run }) if owner == self.owner && run == self.run)
+    }
+
+    /// Whether recovery by this proxy resolves `gid`: its own ids of an
+    /// earlier run, and ids of the older form.
+    pub fn recovers(&self, gid: &str) -> bool {
+        match Gid::parse(gid) {
+            Some(Gid::Current { owner, run }) => owner == self.owner && run != self.run,
+            Some(Gid::Legacy) => true,
+            None => false,
+        }
     }
 
     fn append(&self, line: &str, sync: bool) -> Result<(), LogError> {
@@ -214,7 +283,7 @@ async fn recover_node(
     for row in rows {
         let gid: String = row.get(0);
         let database: String = row.get(1);
-        if coordinator.is_own(&gid) {
+        if !coordinator.recovers(&gid) {
             continue;
         }
         let action = if decided.contains(&gid) {
@@ -254,5 +323,34 @@ pub fn failpoint(name: &str) {
     if std::env::var("SHARDGATE_FAILPOINT").is_ok_and(|v| v == name) {
         tracing::error!(failpoint = name, "failpoint reached: aborting");
         std::process::abort();
+    }
+}
+
+#[cfg(test)]
+mod gid_tests {
+    use super::*;
+
+    #[test]
+    fn recovery_touches_only_this_proxys_earlier_runs() {
+        let dir = std::env::temp_dir().join(format!("sg-2pc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let log = dir.join("a.log");
+        let _ = std::fs::remove_file(&log);
+        let first = Coordinator::open(&log).expect("opens");
+        let old = first.next_gid();
+        let again = Coordinator::open(&log).expect("opens again");
+        let mine_now = again.next_gid();
+        let other = Coordinator::open(&dir.join("b.log"))
+            .expect("another proxy")
+            .next_gid();
+        assert_eq!(first.owner, again.owner, "the owner is kept in the log");
+        assert!(again.recovers(&old), "{old}: an earlier run of this proxy");
+        assert!(!again.recovers(&mine_now), "{mine_now}: this run's own");
+        assert!(again.is_own(&mine_now));
+        assert!(!again.recovers(&other), "{other}: another proxy's");
+        assert!(!again.recovers("shardgate_move_12_0"), "a move's");
+        assert!(!again.recovers("someone_else_1"));
+        assert!(again.recovers("shardgate_1f2e_7"), "the older form");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -36,6 +36,8 @@ pub async fn table(src: &Source<'_>) -> Table {
                             "undecided"
                         },
                     )
+                } else if !coordinator.recovers(&gid) {
+                    ("another proxy's or a move's", "left to its owner")
                 } else if decided.contains(&gid) {
                     ("in doubt", "commit")
                 } else {
