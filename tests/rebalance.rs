@@ -575,8 +575,24 @@ async fn two_proxies_writing_during_logical_moves_lose_nothing() {
 async fn two_proxies(logical: bool) {
     let c = three_shards(logical);
     let (port_a, port_b) = (free_port(), free_port());
-    let a = Proxy::start(c.dir(), port_a, &config_over(&c, port_a, 2));
-    let b = Proxy::start(c.dir(), port_b, &config_over(&c, port_b, 2));
+    // Logical: the metadata on another node than shard 0's primary.
+    let config = |port: u16| {
+        let text = config_over(&c, port, 2);
+        if logical {
+            text.replacen(
+                "[sharding]\n",
+                &format!(
+                    "[sharding]\nmetadata_node = {:?}\n",
+                    c.shard(2).primary.addr()
+                ),
+                1,
+            )
+        } else {
+            text
+        }
+    };
+    let a = Proxy::start(c.dir(), port_a, &config(port_a));
+    let b = Proxy::start(c.dir(), port_b, &config(port_b));
     create_bank(&a.app()).await;
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..CLIENTS)
@@ -626,6 +642,12 @@ async fn two_proxies(logical: bool) {
             proxy.log_tail()
         );
     }
+    let meta = if logical { 2 } else { 0 };
+    assert_eq!(
+        rows_on(&c, meta, "SELECT count(*) FROM shardgate_meta.proxies")[0][0],
+        "2",
+        "both proxies are registered on the metadata node"
+    );
 }
 
 /// The rows of `REBALANCE PLAN`, as text.

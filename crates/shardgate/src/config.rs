@@ -102,6 +102,9 @@ pub struct ShardingConfig {
     /// `REBALANCE` moves arcs until every shard's share of the hash-sharded
     /// data is within this fraction of its weight's ideal share (0.2: 20%).
     pub imbalance_threshold: f64,
+    /// `host:port` of the node holding the metadata schema `shardgate_meta`
+    /// (map versions, jobs, proxies); empty: shard 0's primary.
+    pub metadata_node: String,
 }
 
 impl Default for ShardingConfig {
@@ -114,6 +117,7 @@ impl Default for ShardingConfig {
             rebalance_hold_timeout_ms: 30_000,
             rebalance_proxy_lease_ms: 10_000,
             imbalance_threshold: 0.2,
+            metadata_node: String::new(),
         }
     }
 }
@@ -696,6 +700,12 @@ impl Config {
             return Err(invalid(
                 "shards[0].weight",
                 "every shard has weight 0: at least one needs 1 or more (0 marks a shard REMOVE SHARD drained)".into(),
+            ));
+        }
+        if !self.sharding.metadata_node.is_empty() && !is_host_port(&self.sharding.metadata_node) {
+            return Err(invalid(
+                "sharding.metadata_node",
+                "must be host:port (empty: shard 0's primary)".into(),
             ));
         }
         let t = self.sharding.imbalance_threshold;

@@ -108,14 +108,9 @@ impl Follower {
 
     async fn listen(&self, rt: &Arc<Runtime>) -> Result<Conn, RebalanceError> {
         let snap = rt.snapshot();
-        let first = snap
-            .config
-            .shards
-            .first()
-            .ok_or_else(|| RebalanceError::Invalid("no shards".into()))?;
         let conn = Conn::open_listening(
             &snap.config,
-            &first.primary,
+            super::meta::metadata_node(&snap.config)?,
             &snap.config.sharding.rebalance_database,
             self.heard.clone(),
         )

@@ -1,5 +1,6 @@
 //! The durable metadata of rebalancing: schema `shardgate_meta` in
-//! `sharding.rebalance_database` on shard 0's primary. A shard map version
+//! `sharding.rebalance_database` on `sharding.metadata_node` (by default
+//! shard 0's primary). A shard map version
 //! is written there before any proxy routes by it, so a restarted proxy
 //! routes by the newest map the cluster has moved to, not by its file.
 
@@ -113,18 +114,36 @@ pub(super) fn same_placement(a: &[ShardConfig], b: &[ShardConfig]) -> bool {
             .all(|(x, y)| x.primary == y.primary && x.weight == y.weight && x.arcs == y.arcs)
 }
 
+/// The node holding `shardgate_meta`: `sharding.metadata_node`, by
+/// default shard 0's primary.
+pub(super) fn metadata_node(config: &Config) -> Result<&str, RebalanceError> {
+    if !config.sharding.metadata_node.is_empty() {
+        return Ok(&config.sharding.metadata_node);
+    }
+    config
+        .shards
+        .first()
+        .map(|s| s.primary.as_str())
+        .ok_or_else(|| RebalanceError::Invalid("no shards configured".into()))
+}
+
+/// A connection to the metadata node's `sharding.rebalance_database`.
+pub(super) async fn open_node(config: &Config) -> Result<Conn, RebalanceError> {
+    Conn::open(
+        config,
+        metadata_node(config)?,
+        &config.sharding.rebalance_database,
+    )
+    .await
+}
+
 /// The metadata node's connection.
 pub(super) struct Meta(pub Conn);
 
 impl Meta {
-    /// Connects to shard 0's primary and makes sure the schema exists.
+    /// Connects to the metadata node and makes sure the schema exists.
     pub async fn open(config: &Config) -> Result<Meta, RebalanceError> {
-        let node = &config
-            .shards
-            .first()
-            .ok_or_else(|| RebalanceError::Invalid("no shards configured".into()))?
-            .primary;
-        let conn = Conn::open(config, node, &config.sharding.rebalance_database).await?;
+        let conn = open_node(config).await?;
         // Two proxies creating the schema at once: one loses the race on the
         // catalog's unique index; the second attempt sees it.
         if conn.run(SCHEMA).await.is_err() {
@@ -336,10 +355,10 @@ impl Meta {
 pub async fn latest_shards(
     config: &Config,
 ) -> Result<Option<(u64, Vec<ShardConfig>)>, RebalanceError> {
-    let Some(first) = config.shards.first() else {
+    if config.shards.is_empty() {
         return Ok(None);
-    };
-    let conn = Conn::open(config, &first.primary, &config.sharding.rebalance_database).await?;
+    }
+    let conn = open_node(config).await?;
     latest_shards_on(&conn).await
 }
 

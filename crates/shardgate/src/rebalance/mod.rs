@@ -4,7 +4,7 @@
 //!
 //! - [`gate`]: the hold sessions consult while rows move.
 //! - `db`: connections to the nodes a job works on.
-//! - `meta`: the durable metadata (`shardgate_meta` on shard 0's primary).
+//! - `meta`: the durable metadata (`shardgate_meta` on the metadata node).
 //! - `schema`: creating a new shard's tables from an existing shard.
 //! - `copy`: streaming the moving rows from a source to a target.
 //! - [`change`]: the map changes jobs make, as configuration changes.

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use rand::RngExt;
 use tokio::sync::Notify;
 
-use super::db::Conn;
 use super::meta::Meta;
 use super::RebalanceError;
 use crate::runtime::Runtime;
@@ -99,7 +98,7 @@ impl Registry {
         } else if fenced && !was {
             tracing::error!(
                 lease_ms = self.lease_ms(),
-                "cannot renew this proxy's lease in shardgate_meta (shard 0's primary): writes to sharded tables wait until it answers, so that a move run by another proxy cannot lose them"
+                "cannot renew this proxy's lease in shardgate_meta (sharding.metadata_node): writes to sharded tables wait until it answers, so that a move run by another proxy cannot lose them"
             );
         }
     }
@@ -139,12 +138,8 @@ impl Registry {
             return;
         }
         let config = rt.snapshot().config.clone();
-        let Some(first) = config.shards.first() else {
-            return;
-        };
         let gone = async {
-            let conn =
-                Conn::open(&config, &first.primary, &config.sharding.rebalance_database).await?;
+            let conn = super::meta::open_node(&config).await?;
             conn.client
                 .execute(
                     "DELETE FROM shardgate_meta.proxies WHERE id = $1",

@@ -76,9 +76,9 @@ impl Session {
         }
         Err(PgError::error(
             "55000",
-            format!("shardgate could not renew its lease in shardgate_meta on shard 0's primary for {ms} ms: writes to sharded tables wait while it cannot, so that a rebalancing move run by another proxy cannot lose them"),
+            format!("shardgate could not renew its lease in shardgate_meta (sharding.metadata_node) for {ms} ms: writes to sharded tables wait while it cannot, so that a rebalancing move run by another proxy cannot lose them"),
         )
-        .with_hint("check that shard 0's primary is up and reachable from this proxy; reads go on meanwhile"))
+        .with_hint("check that the metadata node (sharding.metadata_node, by default shard 0's primary) is up and reachable from this proxy; reads go on meanwhile"))
     }
 
     /// Whether `plan` touches rows the gate's move relocates.
