@@ -783,6 +783,126 @@ async fn rebalance_plans_and_moves_arcs_of_a_skewed_cluster() {
     assert!(hi / lo < 1.6, "rows per shard after REBALANCE: {rows:?}");
 }
 
+/// psycopg 3 (pipeline mode, executemany), asyncpg (prepared statements in
+/// transactions, executemany), node-postgres (queued queries, a named
+/// prepared statement) and pgjdbc (a batch, autocommit off: BEGIN sent with
+/// the first statement) write through the proxy while `ADD SHARD` and `SET
+/// SHARD 0 WEIGHT 2` move their rows (mode logical): no driver sees an
+/// error, each reads back what it wrote, and the shards hold exactly their
+/// ledgers, every row on its owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drivers_write_through_moves() {
+    let c = three_shards(true);
+    let port = free_port();
+    let proxy = Proxy::start(c.dir(), port, &config_over(&c, port, 2));
+    let app = connect(&proxy.app()).await;
+    create_accounts(&app).await;
+    let stop = c.dir().join("writers-stop");
+    let clients = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/clients");
+    // pgjdbc's program is compiled here (Debian's libpostgresql-jdbc-java).
+    let jar = "/usr/share/java/postgresql.jar";
+    let build = c.dir().join("jdbc-build");
+    let javac = std::process::Command::new("javac")
+        .arg("-d")
+        .arg(&build)
+        .arg("-cp")
+        .arg(jar)
+        .arg(format!("{clients}/jdbc/RebalanceWriter.java"))
+        .output()
+        .expect("javac runs");
+    assert_success(&javac, "javac RebalanceWriter.java");
+    let classpath = format!("{}:{jar}", build.display());
+    let programs: [(&str, Vec<String>, i64); 3] = [
+        (
+            "python3",
+            vec![format!("{clients}/rebalance_writers.py")],
+            10_000,
+        ),
+        (
+            "node",
+            vec![format!("{clients}/node/rebalance_writer.js")],
+            20_000,
+        ),
+        (
+            "java",
+            vec!["-cp".into(), classpath, "RebalanceWriter".into()],
+            30_000,
+        ),
+    ];
+    let mut children = Vec::new();
+    for (i, (program, args, base)) in programs.iter().enumerate() {
+        let script = args.last().cloned().unwrap_or_default();
+        let ready = c.dir().join(format!("writers-ready-{i}"));
+        let child = std::process::Command::new(program)
+            .args(args)
+            .env("SG_HOST", "127.0.0.1")
+            .env("SG_PORT", port.to_string())
+            .env("SG_USER", "app")
+            .env("SG_PASSWORD", "secret")
+            .env("SG_DATABASE", "app")
+            .env("SG_KEY_BASE", base.to_string())
+            .env("SG_READY", &ready)
+            .env("SG_STOP", &stop)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{program} runs: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !ready.exists() {
+            assert!(Instant::now() < deadline, "{script} did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        children.push((script, child));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let admin = connect(&proxy.conninfo("ops", "ops", "shardgate")).await;
+    run_job(
+        &admin,
+        &proxy,
+        &format!("ADD SHARD '{}'", c.shard(2).primary.addr()),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    run_job(&admin, &proxy, "SET SHARD 0 WEIGHT 2").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    std::fs::write(&stop, "stop\n").expect("stop file");
+    let mut ledger = Ledger::new();
+    for (script, child) in children {
+        let out = tokio::time::timeout(
+            LONG,
+            tokio::task::spawn_blocking(move || child.wait_with_output()),
+        )
+        .await
+        .expect("the writers end")
+        .expect("join")
+        .expect("output");
+        assert!(
+            out.status.success(),
+            "{script} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            proxy.log_tail()
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+        let errors = v["errors"].as_array().expect("errors");
+        assert!(errors.is_empty(), "{script}: driver errors: {errors:?}");
+        eprintln!("{script}: transfers during the moves: {}", v["transfers"]);
+        for (k, e) in v["ledger"].as_object().expect("ledger") {
+            let n = |i: usize| e[i].as_i64().expect("number");
+            ledger.insert(k.parse().expect("key"), (n(0), n(1), n(2)));
+        }
+    }
+    assert_eq!(
+        ledger.len(),
+        800,
+        "psycopg, asyncpg, node-postgres and pgjdbc accounts"
+    );
+    let last = map_weighted(&[2, 1, 1]);
+    check_bank_on(&c, &ledger, 3, &|id| {
+        Some(last.hash_shard(&ShardKey::Int(id)))
+    });
+}
+
 const RULED: &str = r#"
 [sharding]
 rebalance_database = "app"

@@ -264,7 +264,7 @@ impl Runtime {
     async fn reconfiguring_unless_moving(
         &self,
     ) -> Result<tokio::sync::MutexGuard<'_, ()>, ReloadError> {
-        let Ok(_no_job) = self.jobs.running.try_lock() else {
+        let Some(_no_job) = self.jobs.lock_unless_running().await else {
             return Err(ReloadError::JobRunning);
         };
         Ok(self.reconfiguring.lock().await)

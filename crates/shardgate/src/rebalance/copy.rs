@@ -68,6 +68,9 @@ pub(super) async fn columns(conn: &Conn, table: &TableName) -> Result<Vec<String
 }
 
 /// Limits a copy's read rate to `mb_s` megabytes per second (0: none).
+/// The most time a throttled copy may be behind its rate and catch up.
+const MAX_CREDIT: Duration = Duration::from_secs(1);
+
 pub(super) struct Throttle {
     mb_s: u64,
     start: Instant,
@@ -93,6 +96,10 @@ impl Throttle {
         let spent = self.start.elapsed();
         if due > spent {
             tokio::time::sleep(due - spent).await;
+        } else if spent > due + MAX_CREDIT {
+            // Time not spent copying (a PAUSE JOB, a slow source) earns at
+            // most MAX_CREDIT of burst above the rate.
+            self.start = Instant::now() - (due + MAX_CREDIT);
         }
     }
 }

@@ -1,7 +1,7 @@
 //! How much hash-sharded data each arc of the ring holds, read from the
-//! shards' primaries: every row's key (the key column only) is read and
-//! placed on its arc; each row counts for its table's bytes on that shard
-//! divided by its rows (live bytes: the table's size less its dead share).
+//! shards' primaries: every row's key and size (`pg_column_size` of the
+//! row, so dead tuples a move left behind do not count) are read and the
+//! row is placed on its arc.
 
 use futures_util::StreamExt;
 use shardgate_shardmap::{Function, ShardKey, ShardMap, TableName};
@@ -27,7 +27,7 @@ pub(super) async fn arc_loads(
             bytes: 0,
         })
         .collect();
-    let mut bytes = vec![0f64; loads.len()];
+    let mut bytes = vec![0u64; loads.len()];
     let db = &config.sharding.rebalance_database;
     for s in &config.shards {
         let conn = Conn::open(config, &s.primary, db).await?;
@@ -38,7 +38,7 @@ pub(super) async fn arc_loads(
         {
             let mut rows = vec![0u64; loads.len()];
             let sql = format!(
-                "SELECT {}::text FROM {}",
+                "SELECT {}::text, pg_column_size(t.*)::int8 FROM {} t",
                 TableName::new(None, &rule.column),
                 rule.table
             );
@@ -51,7 +51,6 @@ pub(super) async fn arc_loads(
                 .await
                 .map_err(|e| conn.err(e))?;
             futures_util::pin_mut!(stream);
-            let mut total = 0u64;
             while let Some(row) = stream.next().await {
                 let row = row.map_err(|e| conn.err(e))?;
                 let Some(text) = row.get::<_, Option<&str>>(0) else {
@@ -62,31 +61,16 @@ pub(super) async fn arc_loads(
                     .and_then(|k| map.arc_index(&k));
                 if let Some(i) = arc {
                     rows[i] += 1;
-                    total += 1;
+                    bytes[i] += row.get::<_, i64>(1).max(0) as u64;
                 }
             }
-            if total == 0 {
-                continue;
-            }
-            let size: f64 = conn
-                .client
-                .query_one(
-                    "SELECT pg_table_size($1::text::regclass)::float8 * coalesce((SELECT n_live_tup::float8 / nullif(n_live_tup + n_dead_tup, 0) \
-                     FROM pg_stat_user_tables WHERE relid = $1::text::regclass), 1)",
-                    &[&rule.table.to_string()],
-                )
-                .await
-                .map_err(|e| conn.err(e))?
-                .get(0);
-            let per_row = size / total as f64;
             for (i, n) in rows.iter().enumerate() {
                 loads[i].rows += n;
-                bytes[i] += *n as f64 * per_row;
             }
         }
     }
     for (l, b) in loads.iter_mut().zip(bytes) {
-        l.bytes = b.round() as u64;
+        l.bytes = b;
     }
     Ok(loads)
 }

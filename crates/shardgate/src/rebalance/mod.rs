@@ -440,6 +440,18 @@ impl Jobs {
         self.jobs.lock().expect("jobs lock").clone()
     }
 
+    /// The job lock, unless a job holds it: it is also taken briefly by
+    /// each round of following other proxies (`follow`), so this waits a
+    /// little; a job holds it until it ends.
+    pub(crate) async fn lock_unless_running(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            self.running.clone().lock_owned(),
+        )
+        .await
+        .ok()
+    }
+
     fn add(&self, job: Arc<JobStatus>) {
         self.jobs.lock().expect("jobs lock").push(job);
     }

@@ -58,7 +58,7 @@ pub async fn start(rt: &Arc<Runtime>, change: Change) -> Result<u64, RebalanceEr
             .map_err(|e| RebalanceError::Invalid(e.to_string()))?,
     );
     Transition::new(sharding.map.clone(), next_map)?;
-    let Ok(running) = rt.jobs.running.clone().try_lock_owned() else {
+    let Some(running) = rt.jobs.lock_unless_running().await else {
         return Err(RebalanceError::Invalid(
             "another rebalancing job is running: wait for it (shardgate.jobs)".into(),
         ));
