@@ -35,9 +35,40 @@ def stopped():
     return os.path.exists(ENV["SG_STOP"])
 
 
+class Book:
+    """One writer's accounts, its next transfer and its ledger."""
+
+    def __init__(self, base):
+        self.ledger = {k: [0, 0, 0] for k in range(base, base + ACCOUNTS)}
+        self.keys = list(self.ledger)
+        self.rnd = random.Random(base)
+        self.seq = 0
+        self.errors = []
+
+    def running(self):
+        return not stopped() and not self.errors
+
+    def next(self):
+        """The next transfer: (account, amount, entry sequence)."""
+        self.seq += 1
+        return self.rnd.choice(self.keys), self.rnd.randint(1, 100), self.seq
+
+    def committed(self, k, d):
+        e = self.ledger[k]
+        e[0] += d
+        e[1] += 1
+        e[2] += d
+
+    def check(self, driver, k, got):
+        if got != self.ledger[k][0]:
+            self.errors.append(f"{driver} read back {k}: {got}, wrote {self.ledger[k][0]}")
+
+    def result(self):
+        return self.ledger, self.errors, self.seq
+
+
 def psycopg_writer(base, out, ready):
-    ledger = {k: [0, 0, 0] for k in range(base, base + ACCOUNTS)}
-    errors = []
+    book = Book(base)
     conn = psycopg.connect(
         host=ENV["SG_HOST"], port=int(ENV["SG_PORT"]), user=ENV["SG_USER"],
         password=ENV["SG_PASSWORD"], dbname=ENV["SG_DATABASE"], autocommit=True,
@@ -45,15 +76,10 @@ def psycopg_writer(base, out, ready):
     )
     with conn.cursor() as cur:
         cur.executemany("INSERT INTO accounts (id, balance) VALUES (%s, 0)",
-                        [(k,) for k in ledger])
+                        [(k,) for k in book.keys])
     ready.set()
-    rnd = random.Random(base)
-    keys = list(ledger)
-    seq = 0
-    while not stopped() and not errors:
-        k = rnd.choice(keys)
-        d = rnd.randint(1, 100)
-        seq += 1
+    while book.running():
+        k, d, seq = book.next()
         try:
             with conn.pipeline():
                 conn.execute("BEGIN")
@@ -62,55 +88,40 @@ def psycopg_writer(base, out, ready):
                              (k, seq, d))
                 conn.execute("COMMIT")
         except psycopg.Error as e:
-            errors.append(f"psycopg transfer on {k}: {e.sqlstate} {e}")
+            book.errors.append(f"psycopg transfer on {k}: {e.sqlstate} {e}")
             conn.execute("ROLLBACK")
             break
-        e = ledger[k]
-        e[0] += d
-        e[1] += 1
-        e[2] += d
+        book.committed(k, d)
         (got,) = conn.execute("SELECT balance FROM accounts WHERE id = %s", (k,)).fetchone()
-        if got != e[0]:
-            errors.append(f"psycopg read back {k}: {got}, wrote {e[0]}")
+        book.check("psycopg", k, got)
     conn.close()
-    out["psycopg"] = (ledger, errors, seq)
+    out["psycopg"] = book.result()
 
 
 async def asyncpg_writer(base, out, ready):
-    ledger = {k: [0, 0, 0] for k in range(base, base + ACCOUNTS)}
-    errors = []
+    book = Book(base)
     conn = await asyncpg.connect(
         host=ENV["SG_HOST"], port=int(ENV["SG_PORT"]), user=ENV["SG_USER"],
         password=ENV["SG_PASSWORD"], database=ENV["SG_DATABASE"], timeout=10,
     )
     await conn.executemany("INSERT INTO accounts (id, balance) VALUES ($1, 0)",
-                           [(k,) for k in ledger])
+                           [(k,) for k in book.keys])
     ready.set()
     update = await conn.prepare("UPDATE accounts SET balance = balance + $1 WHERE id = $2")
-    rnd = random.Random(base)
-    keys = list(ledger)
-    seq = 0
-    while not stopped() and not errors:
-        k = rnd.choice(keys)
-        d = rnd.randint(1, 100)
-        seq += 1
+    while book.running():
+        k, d, seq = book.next()
         try:
             async with conn.transaction():
                 await update.fetch(d, k)
                 await conn.execute(
                     "INSERT INTO entries (account_id, seq, amount) VALUES ($1, $2, $3)", k, seq, d)
         except asyncpg.PostgresError as e:
-            errors.append(f"asyncpg transfer on {k}: {e.sqlstate} {e}")
+            book.errors.append(f"asyncpg transfer on {k}: {e.sqlstate} {e}")
             break
-        e = ledger[k]
-        e[0] += d
-        e[1] += 1
-        e[2] += d
-        got = await conn.fetchval("SELECT balance FROM accounts WHERE id = $1", k)
-        if got != e[0]:
-            errors.append(f"asyncpg read back {k}: {got}, wrote {e[0]}")
+        book.committed(k, d)
+        book.check("asyncpg", k, await conn.fetchval("SELECT balance FROM accounts WHERE id = $1", k))
     await conn.close()
-    out["asyncpg"] = (ledger, errors, seq)
+    out["asyncpg"] = book.result()
 
 
 def main():

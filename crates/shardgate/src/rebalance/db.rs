@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use shardgate_shardmap::{TableName, TableRule};
 use tokio::sync::Notify;
 
 use tokio_postgres::{AsyncMessage, Client, Config as PgConfig, NoTls};
@@ -82,6 +83,37 @@ impl Conn {
             .batch_execute(sql)
             .await
             .map_err(|e| self.err(e))
+    }
+
+    /// Streams every row of `rule`'s table: its key as text (`None` for
+    /// NULL) and its size (`pg_column_size` of the row).
+    pub async fn scan_keys(
+        &self,
+        rule: &TableRule,
+        mut each: impl FnMut(Option<&str>, u64),
+    ) -> Result<(), RebalanceError> {
+        let sql = format!(
+            "SELECT {}::text, pg_column_size(t.*)::int8 FROM {} t",
+            TableName::new(None, &rule.column),
+            rule.table
+        );
+        let rows = self
+            .client
+            .query_raw(
+                sql.as_str(),
+                std::iter::empty::<&(dyn tokio_postgres::types::ToSql + Sync)>(),
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        futures_util::pin_mut!(rows);
+        while let Some(row) = rows.next().await {
+            let row = row.map_err(|e| self.err(e))?;
+            each(
+                row.get::<_, Option<&str>>(0),
+                row.get::<_, i64>(1).max(0) as u64,
+            );
+        }
+        Ok(())
     }
 
     /// Wraps a driver error with the node's name.

@@ -5,7 +5,9 @@
 //! - holds the moving keys of an unfinished job of another proxy (or of an
 //!   earlier run of itself) in the phase the job asks (`jobs.hold`:
 //!   `copying`, `cutover`), and acknowledges once its sessions are at the
-//!   gate (`proxies.ack_job`, `ack_hold`); the job waits for that;
+//!   gate (`proxies.ack_job`, `ack_hold`); the job waits for that. At
+//!   `cleaning` (the job switched) it routes by the new map, holding only
+//!   statements that cannot name their keys;
 //! - switches to the newest settled map version (its job done) when it
 //!   differs from its own, opening the hold;
 //! - takes over the jobs of proxies whose lease expired (`recover`).
@@ -261,16 +263,7 @@ impl Follower {
 
 /// The unfinished job of another proxy (or of an earlier run) that asks for a hold.
 async fn asked(conn: &Conn, me: &str) -> Result<Option<Asked>, RebalanceError> {
-    let exists: bool = conn
-        .client
-        .query_one(
-            "SELECT to_regclass('shardgate_meta.proxies') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(|e| conn.err(e))?
-        .get(0);
-    if !exists {
+    if !super::meta::has_registry(conn).await? {
         return Ok(None);
     }
     let row = conn

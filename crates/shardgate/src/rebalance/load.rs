@@ -3,8 +3,7 @@
 //! row, so dead tuples a move left behind do not count) are read and the
 //! row is placed on its arc.
 
-use futures_util::StreamExt;
-use shardgate_shardmap::{Function, ShardKey, ShardMap, TableName};
+use shardgate_shardmap::{Function, ShardKey, ShardMap};
 
 use super::db::Conn;
 use super::plan::ArcLoad;
@@ -37,33 +36,16 @@ pub(super) async fn arc_loads(
             .filter(|r| matches!(r.function, Function::Hash))
         {
             let mut rows = vec![0u64; loads.len()];
-            let sql = format!(
-                "SELECT {}::text, pg_column_size(t.*)::int8 FROM {} t",
-                TableName::new(None, &rule.column),
-                rule.table
-            );
-            let stream = conn
-                .client
-                .query_raw(
-                    sql.as_str(),
-                    std::iter::empty::<&(dyn tokio_postgres::types::ToSql + Sync)>(),
-                )
-                .await
-                .map_err(|e| conn.err(e))?;
-            futures_util::pin_mut!(stream);
-            while let Some(row) = stream.next().await {
-                let row = row.map_err(|e| conn.err(e))?;
-                let Some(text) = row.get::<_, Option<&str>>(0) else {
-                    continue;
-                };
-                let arc = ShardKey::parse_text(rule.key_type, text)
-                    .ok()
+            conn.scan_keys(rule, |key, size| {
+                let arc = key
+                    .and_then(|text| ShardKey::parse_text(rule.key_type, text).ok())
                     .and_then(|k| map.arc_index(&k));
                 if let Some(i) = arc {
                     rows[i] += 1;
-                    bytes[i] += row.get::<_, i64>(1).max(0) as u64;
+                    bytes[i] += size;
                 }
-            }
+            })
+            .await?;
             for (i, n) in rows.iter().enumerate() {
                 loads[i].rows += n;
             }

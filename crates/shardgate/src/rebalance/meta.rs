@@ -137,6 +137,20 @@ pub(super) async fn open_node(config: &Config) -> Result<Conn, RebalanceError> {
     .await
 }
 
+/// Whether the metadata schema has the proxies' registry (a proxy of this
+/// version created it).
+pub(super) async fn has_registry(conn: &Conn) -> Result<bool, RebalanceError> {
+    Ok(conn
+        .client
+        .query_one(
+            "SELECT to_regclass('shardgate_meta.proxies') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(|e| conn.err(e))?
+        .get(0))
+}
+
 /// The metadata node's connection.
 pub(super) struct Meta(pub Conn);
 

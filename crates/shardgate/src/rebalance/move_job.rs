@@ -797,14 +797,7 @@ async fn verify_early(
                     .flatten()
                     .cloned()
                     .collect(),
-                Some(d) => {
-                    let mut k: HashSet<String> = d
-                        .get(&(*source, printed.clone()))
-                        .cloned()
-                        .unwrap_or_default();
-                    k.extend(out.changed.get(&printed).into_iter().flatten().cloned());
-                    k.into_iter().collect()
-                }
+                Some(d) => recheck(d, *source, &printed, out),
             };
             chosen.insert((*source, printed), keys);
         }
@@ -845,6 +838,17 @@ async fn verify_early(
         .collect())
 }
 
+/// The keys of `source`'s table `printed` to verify again: those that
+/// differed last time, and those caught up since.
+fn recheck(d: &Dirty, source: usize, printed: &str, out: &super::logical::KeysOut) -> Vec<String> {
+    let mut k: HashSet<String> = d
+        .get(&(source, printed.to_owned()))
+        .cloned()
+        .unwrap_or_default();
+    k.extend(out.changed.get(printed).into_iter().flatten().cloned());
+    k.into_iter().collect()
+}
+
 /// The move transactions that took rows (the targets).
 fn touched_targets(txs: &HashMap<usize, MoveTx>) -> Vec<usize> {
     txs.iter()
@@ -874,14 +878,7 @@ async fn verify_given(
             };
             let keys: Vec<String> = match dirty {
                 None => all.iter().cloned().collect(),
-                Some(d) => {
-                    let mut k: HashSet<String> = d
-                        .get(&(*source, printed.clone()))
-                        .cloned()
-                        .unwrap_or_default();
-                    k.extend(out.changed.get(&printed).into_iter().flatten().cloned());
-                    k.into_iter().collect()
-                }
+                Some(d) => recheck(d, *source, &printed, out),
             };
             if keys.is_empty() {
                 continue;

@@ -31,16 +31,7 @@ pub(super) async fn recover(rt: &Arc<Runtime>, conn: &Conn) -> Vec<Change> {
 async fn recover_inner(rt: &Arc<Runtime>, conn: &Conn) -> Result<Vec<Change>, RebalanceError> {
     let config = rt.snapshot().config.clone();
     let db = &config.sharding.rebalance_database;
-    let exists: bool = conn
-        .client
-        .query_one(
-            "SELECT to_regclass('shardgate_meta.proxies') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(|e| conn.err(e))?
-        .get(0);
-    if !exists {
+    if !super::meta::has_registry(conn).await? {
         return Ok(Vec::new());
     }
     let mut rows = conn

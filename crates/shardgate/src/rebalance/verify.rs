@@ -4,8 +4,7 @@
 
 use std::sync::Arc;
 
-use futures_util::StreamExt;
-use shardgate_shardmap::{ShardKey, ShardMap, TableName, TableRule};
+use shardgate_shardmap::{ShardKey, ShardMap, TableRule};
 
 use super::db::Conn;
 use super::RebalanceError;
@@ -75,34 +74,16 @@ async fn misplaced(
     shard: usize,
     rule: &TableRule,
 ) -> Result<(u64, Vec<Option<String>>), RebalanceError> {
-    let sql = format!(
-        "SELECT {}::text FROM {}",
-        TableName::new(None, &rule.column),
-        rule.table
-    );
-    let rows = conn
-        .client
-        .query_raw(
-            sql.as_str(),
-            std::iter::empty::<&(dyn tokio_postgres::types::ToSql + Sync)>(),
-        )
-        .await
-        .map_err(|e| conn.err(e))?;
-    futures_util::pin_mut!(rows);
     let (mut n, mut bad) = (0u64, Vec::new());
-    while let Some(row) = rows.next().await {
-        let row = row.map_err(|e| conn.err(e))?;
+    conn.scan_keys(rule, |key, _| {
         n += 1;
-        let Some(text) = row.get::<_, Option<&str>>(0) else {
-            bad.push(None);
-            continue;
-        };
-        let owner = ShardKey::parse_text(rule.key_type, text)
-            .ok()
+        let owner = key
+            .and_then(|text| ShardKey::parse_text(rule.key_type, text).ok())
             .and_then(|k| map.shard_for(rule, &k).ok());
         if owner != Some(shard) {
-            bad.push(Some(text.to_owned()));
+            bad.push(key.map(str::to_owned));
         }
-    }
+    })
+    .await?;
     Ok((n, bad))
 }
