@@ -566,6 +566,74 @@ async fn two_proxies_writing_during_moves_lose_nothing() {
     two_proxies(false).await;
 }
 
+/// Proxy B is stopped (SIGSTOP) while A starts a move: B is alive (its
+/// registry connection holds its lock) but cannot hold its writes, so the
+/// move waits for it and gives up after `rebalance_hold_timeout_ms`, moving
+/// nothing. Once B runs again, the move succeeds, and nothing any client
+/// wrote through either proxy is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_proxy_makes_a_move_wait_and_give_up_never_lose_writes() {
+    let c = three_shards(false);
+    let (port_a, port_b) = (free_port(), free_port());
+    let config = |port: u16| {
+        config_over(&c, port, 2).replacen(
+            "[sharding]\n",
+            "[sharding]\nrebalance_hold_timeout_ms = 5000\nrebalance_proxy_lease_ms = 3000\n",
+            1,
+        )
+    };
+    let a = Proxy::start(c.dir(), port_a, &config(port_a));
+    let b = Proxy::start(c.dir(), port_b, &config(port_b));
+    create_bank(&a.app()).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|me| {
+            let ci = if me % 2 == 0 { a.app() } else { b.app() };
+            tokio::spawn(client(ci, me, stop.clone()))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let signal = |sig: &str| {
+        let out = std::process::Command::new("kill")
+            .args([sig, &b.pid().to_string()])
+            .output()
+            .expect("kill runs");
+        assert_success(&out, sig);
+    };
+    signal("-STOP");
+    let admin = connect(&a.conninfo("ops", "ops", "shardgate")).await;
+    let add = format!("ADD SHARD '{}'", c.shard(2).primary.addr());
+    admin.batch_execute(&add).await.expect("the job starts");
+    let deadline = Instant::now() + LONG;
+    let (state, error) = loop {
+        let (state, _, _, error) = last_job(&admin).await;
+        if state != "running" {
+            break (state, error.unwrap_or_default());
+        }
+        assert!(Instant::now() < deadline, "{}", a.log_tail());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(state, "failed", "{error}");
+    assert!(
+        error.contains("did not hold their writes") && error.contains(&b.port.to_string()),
+        "the job names the proxy it waited for: {error}"
+    );
+    check_hash_placement(&c, &[1, 1]);
+    signal("-CONT");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    run_job(&admin, &a, &add).await;
+    check_hash_placement(&c, &[1, 1, 1]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let done = stop_clients(&stop, clients).await;
+    assert!(
+        done.errors.is_empty(),
+        "client errors: {:?}\nB: {}",
+        &done.errors[..done.errors.len().min(10)],
+        b.log_tail()
+    );
+    check_bank(&c, &done.ledger, &[1, 1, 1]);
+}
+
 /// The same with logical catch-up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_proxies_writing_during_logical_moves_lose_nothing() {

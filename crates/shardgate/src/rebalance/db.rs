@@ -32,19 +32,7 @@ impl Drop for Conn {
 impl Conn {
     /// Connects to `node`'s database `database`.
     pub async fn open(config: &Config, node: &str, database: &str) -> Result<Conn, RebalanceError> {
-        let cfg = pg_config(config, node, database)?;
-        let (client, conn) = cfg.connect(NoTls).await.map_err(|e| RebalanceError::Db {
-            node: node.to_owned(),
-            source: e,
-        })?;
-        let task = tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(Conn {
-            node: node.to_owned(),
-            client,
-            task,
-        })
+        Conn::connect(config, node, database, |_| {}, || {}).await
     }
 
     /// Like [`Conn::open`]; `heard` is woken on every notification the
@@ -55,6 +43,32 @@ impl Conn {
         database: &str,
         heard: Arc<Notify>,
     ) -> Result<Conn, RebalanceError> {
+        let on_message = move |m: AsyncMessage| {
+            if let AsyncMessage::Notification(_) = m {
+                heard.notify_one();
+            }
+        };
+        Conn::connect(config, node, database, on_message, || {}).await
+    }
+
+    /// Like [`Conn::open`]; `on_end` runs as soon as the connection is
+    /// lost or closed.
+    pub async fn open_watched(
+        config: &Config,
+        node: &str,
+        database: &str,
+        on_end: impl FnOnce() + Send + 'static,
+    ) -> Result<Conn, RebalanceError> {
+        Conn::connect(config, node, database, |_| {}, on_end).await
+    }
+
+    async fn connect(
+        config: &Config,
+        node: &str,
+        database: &str,
+        mut on_message: impl FnMut(AsyncMessage) + Send + 'static,
+        on_end: impl FnOnce() + Send + 'static,
+    ) -> Result<Conn, RebalanceError> {
         let cfg = pg_config(config, node, database)?;
         let (client, mut conn) = cfg.connect(NoTls).await.map_err(|e| RebalanceError::Db {
             node: node.to_owned(),
@@ -62,13 +76,10 @@ impl Conn {
         })?;
         let task = tokio::spawn(async move {
             let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
-            while let Some(m) = messages.next().await {
-                match m {
-                    Ok(AsyncMessage::Notification(_)) => heard.notify_one(),
-                    Ok(_) => {}
-                    Err(_) => break,
-                }
+            while let Some(Ok(m)) = messages.next().await {
+                on_message(m);
             }
+            on_end();
         });
         Ok(Conn {
             node: node.to_owned(),

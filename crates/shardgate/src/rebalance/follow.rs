@@ -93,8 +93,12 @@ impl Follower {
         if self.conn.is_none() {
             return;
         }
+        let lapses = rt.registry.lapses();
         let restart = match self.step(rt).await {
-            Ok(restart) => restart,
+            Ok(restart) => {
+                rt.registry.followed(lapses);
+                restart
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "cannot read shardgate_meta");
                 self.conn = None;

@@ -42,17 +42,27 @@ CREATE TABLE IF NOT EXISTS shardgate_meta.proxies (
     heartbeat_at timestamptz NOT NULL DEFAULT now(),
     ack_job bigint,
     ack_hold text
-);";
+);
+ALTER TABLE shardgate_meta.proxies ADD COLUMN IF NOT EXISTS lock_key int;";
 
 /// The channel every change of a job's hold or map is announced on.
 pub(super) const CHANNEL: &str = "shardgate_meta";
 
-/// SQL: whether the proxy `$owner` (a column or parameter) renewed its
-/// lease within `$lease` milliseconds.
-pub(super) fn alive(owner: &str, lease: &str) -> String {
+/// First key of the session advisory lock each proxy's registry
+/// connection holds (`pg_advisory_lock(LOCK_CLASS, proxies.lock_key)`).
+pub(super) const LOCK_CLASS: i32 = 0x5347_4d45;
+
+/// SQL: whether the proxy `owner` (a column or parameter) is alive: its
+/// registry connection holds its advisory lock. A proxy that died lost it
+/// with its connection; one that is stopped or cut off keeps it (until the
+/// server drops the connection), so a move waits for it or gives up.
+pub(super) fn alive(owner: &str) -> String {
     format!(
-        "EXISTS (SELECT 1 FROM shardgate_meta.proxies p WHERE p.id = {owner} \
-         AND p.heartbeat_at > now() - {lease}::bigint * interval '1 millisecond')"
+        "EXISTS (SELECT 1 FROM shardgate_meta.proxies p JOIN pg_locks l \
+         ON l.locktype = 'advisory' AND l.classid = {LOCK_CLASS}::oid AND l.objid = p.lock_key::oid \
+         AND l.objsubid = 2 AND l.granted \
+         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         WHERE p.id = {owner})"
     )
 }
 
@@ -157,7 +167,26 @@ pub(super) struct Meta(pub Conn);
 impl Meta {
     /// Connects to the metadata node and makes sure the schema exists.
     pub async fn open(config: &Config) -> Result<Meta, RebalanceError> {
-        let conn = open_node(config).await?;
+        Meta::ready(open_node(config).await?).await
+    }
+
+    /// Like [`Meta::open`]; `on_end` runs as soon as the connection is lost.
+    pub async fn open_watched(
+        config: &Config,
+        on_end: impl FnOnce() + Send + 'static,
+    ) -> Result<Meta, RebalanceError> {
+        let conn = Conn::open_watched(
+            config,
+            metadata_node(config)?,
+            &config.sharding.rebalance_database,
+            on_end,
+        )
+        .await?;
+        Meta::ready(conn).await
+    }
+
+    /// Makes sure the schema exists on `conn`.
+    async fn ready(conn: Conn) -> Result<Meta, RebalanceError> {
         // Two proxies creating the schema at once: one loses the race on the
         // catalog's unique index; the second attempt sees it.
         if conn.run(SCHEMA).await.is_err() {
@@ -250,26 +279,25 @@ impl Meta {
         Ok(())
     }
 
-    /// Waits until every live proxy but `me` acknowledged `hold` of job
-    /// `id`; `Err` naming the others at `deadline`.
+    /// Waits until every live proxy but `me` (see [`alive`]) acknowledged
+    /// `hold` of job `id`; `Err` naming the others at `deadline`.
     pub async fn wait_acks(
         &self,
         me: &str,
         id: u64,
         hold: &str,
-        lease_ms: u64,
         deadline: std::time::Instant,
     ) -> Result<(), RebalanceError> {
         let sql = format!(
             "SELECT coalesce(string_agg(name, ', '), '') FROM shardgate_meta.proxies q \
              WHERE q.id <> $1 AND {} \
              AND (q.ack_job IS DISTINCT FROM $2 OR q.ack_hold IS DISTINCT FROM $3)",
-            alive("q.id", "$4")
+            alive("q.id")
         );
         loop {
             let waiting: String = self
                 .client()
-                .query_one(&sql, &[&me, &(id as i64), &hold, &(lease_ms as i64)])
+                .query_one(&sql, &[&me, &(id as i64), &hold])
                 .await
                 .map_err(|e| self.0.err(e))?
                 .get(0);

@@ -274,7 +274,6 @@ impl Hold<'_> {
             &self.rt.registry.id,
             self.job,
             phase,
-            self.rt.registry.lease_ms(),
             Instant::now() + self.timeout,
         )
         .await

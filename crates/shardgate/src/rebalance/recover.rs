@@ -1,5 +1,5 @@
-//! Jobs whose proxy is gone (docs/ARCHITECTURE.md §10): killed, or its
-//! lease in `shardgate_meta.proxies` expired. A live proxy claims such a
+//! Jobs whose proxy is gone (docs/ARCHITECTURE.md §10): its registry
+//! connection, and with it its advisory lock, is gone (`meta::alive`). A live proxy claims such a
 //! job (one claim wins) and resolves it: a job whose decision is recorded
 //! (phase `switched`) is finished, its prepared move transactions commit;
 //! any other is undone (its prepared transactions roll back; nothing of it
@@ -40,9 +40,9 @@ async fn recover_inner(rt: &Arc<Runtime>, conn: &Conn) -> Result<Vec<Change>, Re
             &format!(
                 "UPDATE shardgate_meta.jobs j SET owner = $1 WHERE {UNFINISHED} \
                  AND (j.owner IS NULL OR j.owner = $1 OR NOT {}) RETURNING id, change, phase",
-                alive("j.owner", "$2")
+                alive("j.owner")
             ),
-            &[&rt.registry.id, &(rt.registry.lease_ms() as i64)],
+            &[&rt.registry.id],
         )
         .await
         .map_err(|e| conn.err(e))?;
