@@ -94,10 +94,9 @@ pub struct ShardingConfig {
     /// How long a move waits for transactions begun before it, and for
     /// statements in flight at its cutover, before it gives up (ms).
     pub rebalance_hold_timeout_ms: u64,
-    /// How long a proxy counts as alive after its last heartbeat in
-    /// `shardgate_meta.proxies` (ms): a move waits for every live proxy to
-    /// hold its writes, and a proxy that cannot renew its lease for half of
-    /// this holds its own writes to sharded tables.
+    /// A proxy that cannot renew its heartbeat in `shardgate_meta.proxies`
+    /// for half of this (ms) holds its own writes to sharded tables until
+    /// it can and has read the metadata again.
     pub rebalance_proxy_lease_ms: u64,
     /// `REBALANCE` moves arcs until every shard's share of the hash-sharded
     /// data is within this fraction of its weight's ideal share (0.2: 20%).

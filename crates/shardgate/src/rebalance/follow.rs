@@ -10,7 +10,7 @@
 //!   statements that cannot name their keys;
 //! - switches to the newest settled map version (its job done) when it
 //!   differs from its own, opening the hold;
-//! - takes over the jobs of proxies whose lease expired (`recover`).
+//! - takes over the jobs of proxies that are gone (`recover`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

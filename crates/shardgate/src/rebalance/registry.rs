@@ -1,10 +1,11 @@
-//! This proxy's entry in `shardgate_meta.proxies` and its lease
-//! (docs/ARCHITECTURE.md §10): every second the proxy renews its heartbeat;
-//! a move waits for every proxy whose lease is live to hold its writes to
-//! the moving keys. A proxy that could not renew its lease for half of
-//! `sharding.rebalance_proxy_lease_ms` is *fenced*: its writes to sharded
-//! and reference tables wait until it renews, because a move elsewhere may
-//! by then count it as gone and stop waiting for it.
+//! This proxy's entry in `shardgate_meta.proxies` (docs/ARCHITECTURE.md
+//! §10): a registry connection holds an advisory lock while the proxy
+//! lives (a move waits for every proxy holding one to hold its writes) and
+//! renews a heartbeat every second. The proxy is *fenced* (its writes to
+//! sharded and reference tables wait) while the heartbeat is older than
+//! half of `sharding.rebalance_proxy_lease_ms`, or after its registry
+//! connection dropped, until it registered again and a round of following
+//! the metadata completed.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
