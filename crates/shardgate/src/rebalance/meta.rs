@@ -372,7 +372,8 @@ impl Meta {
             )
             .await
             .map_err(err)?;
-        // Another proxy that took the job over (this one's lease expired)
+        // Another proxy that took the job over (this one's registry
+        // connection was lost)
         // rolls it back: then it must not be decided here.
         let mine = tx
             .execute(

@@ -214,8 +214,8 @@ impl Registry {
         }
     }
 
-    /// Leaves the registry at shutdown, so that moves stop waiting for this
-    /// proxy at once rather than when its lease expires.
+    /// Leaves the registry at shutdown (its row goes; its lock goes with
+    /// the connection either way).
     pub async fn leave(rt: &Runtime) {
         if !rt.registry.coordinated.load(Ordering::Relaxed) {
             return;
@@ -233,7 +233,7 @@ impl Registry {
         };
         match tokio::time::timeout(Duration::from_secs(3), gone).await {
             Ok(Ok(_)) => tracing::info!("left shardgate_meta.proxies"),
-            _ => tracing::warn!("could not leave shardgate_meta.proxies: moves wait for this proxy's lease to expire"),
+            _ => tracing::warn!("could not remove this proxy's row from shardgate_meta.proxies; its lock goes with its connection"),
         }
     }
 
