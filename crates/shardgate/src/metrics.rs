@@ -586,6 +586,35 @@ impl Collector for RuntimeCollector {
                 )
             }),
         )?;
+        family(
+            &mut enc,
+            "shardgate_job_lag_bytes",
+            "WAL bytes a logical rebalancing job's slots have not read yet (at its last catch-up round).",
+            MetricType::Gauge,
+            jobs.iter().map(|(l, j)| {
+                (
+                    l.clone(),
+                    gauge(j.lag_bytes.load(std::sync::atomic::Ordering::Relaxed)),
+                )
+            }),
+        )?;
+        family(
+            &mut enc,
+            "shardgate_move_held_statements",
+            "Statements waiting at a rebalancing move's gate now.",
+            MetricType::Gauge,
+            [(
+                no_labels(),
+                gauge(snap.move_gate.as_ref().map_or(0, |g| g.waiting())),
+            )],
+        )?;
+        family(
+            &mut enc,
+            "shardgate_rebalance_fenced",
+            "1 while this proxy's writes to sharded tables wait because it cannot renew its registration in shardgate_meta.",
+            MetricType::Gauge,
+            [(no_labels(), gauge(u64::from(rt.registry.fenced())))],
+        )?;
         Ok(())
     }
 }
