@@ -566,6 +566,32 @@ async fn two_proxies_writing_during_moves_lose_nothing() {
     two_proxies(false).await;
 }
 
+/// Proxies A and B over `c` (configured by `config(port)`), the bank
+/// created, and the clients writing, even ones through A, odd ones through B.
+async fn bank_through_two_proxies(
+    c: &Cluster,
+    port_a: u16,
+    port_b: u16,
+    config: &dyn Fn(u16) -> String,
+) -> (
+    Proxy,
+    Proxy,
+    Arc<AtomicBool>,
+    Vec<tokio::task::JoinHandle<Outcome>>,
+) {
+    let a = Proxy::start(c.dir(), port_a, &config(port_a));
+    let b = Proxy::start(c.dir(), port_b, &config(port_b));
+    create_bank(&a.app()).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = (0..CLIENTS)
+        .map(|me| {
+            let ci = if me % 2 == 0 { a.app() } else { b.app() };
+            tokio::spawn(client(ci, me, stop.clone()))
+        })
+        .collect();
+    (a, b, stop, clients)
+}
+
 /// Proxy B is stopped (SIGSTOP) while A starts a move: B is alive (its
 /// registry connection holds its lock) but cannot hold its writes, so the
 /// move waits for it and gives up after `rebalance_hold_timeout_ms`, moving
@@ -582,16 +608,7 @@ async fn a_stopped_proxy_makes_a_move_wait_and_give_up_never_lose_writes() {
             1,
         )
     };
-    let a = Proxy::start(c.dir(), port_a, &config(port_a));
-    let b = Proxy::start(c.dir(), port_b, &config(port_b));
-    create_bank(&a.app()).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|me| {
-            let ci = if me % 2 == 0 { a.app() } else { b.app() };
-            tokio::spawn(client(ci, me, stop.clone()))
-        })
-        .collect();
+    let (a, b, stop, clients) = bank_through_two_proxies(&c, port_a, port_b, &config).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let signal = |sig: &str| {
         let out = std::process::Command::new("kill")
@@ -659,16 +676,7 @@ async fn two_proxies(logical: bool) {
             text
         }
     };
-    let a = Proxy::start(c.dir(), port_a, &config(port_a));
-    let b = Proxy::start(c.dir(), port_b, &config(port_b));
-    create_bank(&a.app()).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|me| {
-            let ci = if me % 2 == 0 { a.app() } else { b.app() };
-            tokio::spawn(client(ci, me, stop.clone()))
-        })
-        .collect();
+    let (a, b, stop, clients) = bank_through_two_proxies(&c, port_a, port_b, &config).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let admin_a = connect(&a.conninfo("ops", "ops", "shardgate")).await;
     let admin_b = connect(&b.conninfo("ops", "ops", "shardgate")).await;
