@@ -271,28 +271,28 @@ async fn run_job(admin: &tokio_postgres::Client, proxy: &Proxy, command: &str) -
         .batch_execute(command)
         .await
         .unwrap_or_else(|e| panic!("{command} starts a job: {e} {:?}", e.as_db_error()));
+    let (state, phase, error) = job_end(admin, proxy).await;
+    assert_eq!(
+        state,
+        "done",
+        "{command}: job ended in phase {phase}: {error}\n{}",
+        proxy.log_tail()
+    );
+    started.elapsed()
+}
+
+/// Waits until the newest job is no longer running; returns its state,
+/// phase and error (empty when none).
+async fn job_end(admin: &tokio_postgres::Client, proxy: &Proxy) -> (String, String, String) {
+    let deadline = Instant::now() + LONG;
     loop {
-        let row = admin
-            .query_one(
-                "SELECT state, phase, error FROM shardgate.jobs ORDER BY id DESC LIMIT 1",
-                &[],
-            )
-            .await
-            .expect("jobs table");
-        let state: String = row.get(0);
+        let (state, phase, _, error) = last_job(admin).await;
         if state != "running" {
-            let (phase, error): (String, Option<String>) = (row.get(1), row.get(2));
-            assert_eq!(
-                state,
-                "done",
-                "{command}: job ended in phase {phase}: {error:?}\n{}",
-                proxy.log_tail()
-            );
-            return started.elapsed();
+            return (state, phase, error.unwrap_or_default());
         }
         assert!(
-            started.elapsed() < LONG,
-            "{command} did not finish: {}",
+            Instant::now() < deadline,
+            "the job did not end: {}",
             proxy.log_tail()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -621,15 +621,7 @@ async fn a_stopped_proxy_makes_a_move_wait_and_give_up_never_lose_writes() {
     let admin = connect(&a.conninfo("ops", "ops", "shardgate")).await;
     let add = format!("ADD SHARD '{}'", c.shard(2).primary.addr());
     admin.batch_execute(&add).await.expect("the job starts");
-    let deadline = Instant::now() + LONG;
-    let (state, error) = loop {
-        let (state, _, _, error) = last_job(&admin).await;
-        if state != "running" {
-            break (state, error.unwrap_or_default());
-        }
-        assert!(Instant::now() < deadline, "{}", a.log_tail());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (state, _, error) = job_end(&admin, &a).await;
     assert_eq!(state, "failed", "{error}");
     assert!(
         error.contains("did not hold their writes") && error.contains(&b.port.to_string()),
@@ -1386,16 +1378,9 @@ async fn killed_mid_job(logical: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminated_source_backend_makes_the_job_retry() {
     let c = cluster(ClusterSpec::new(3, 0));
-    let port = free_port();
     // 1 MB/s: the copy of about 10 MB lasts long enough to be interrupted.
-    let config = throttled_config(&c, port);
-    let proxy = Proxy::start(c.dir(), port, &config);
-    let app = connect(&proxy.app()).await;
-    create_accounts(&app).await;
     const ROWS: i64 = 300_000;
-    load_accounts(&proxy, ROWS);
-
-    let admin = connect(&proxy.conninfo("ops", "ops", "shardgate")).await;
+    let (proxy, admin) = throttled_accounts(&c, ROWS).await;
     admin
         .batch_execute(&format!("ADD SHARD '{}'", c.shard(2).primary.addr()))
         .await
@@ -1467,6 +1452,17 @@ async fn create_accounts(app: &tokio_postgres::Client) {
     .expect("schema");
 }
 
+/// A proxy copying at 1 MB/s over 2 of `c`'s shards, accounts 1..=rows
+/// loaded through it, and its admin console.
+async fn throttled_accounts(c: &Cluster, rows: i64) -> (Proxy, tokio_postgres::Client) {
+    let port = free_port();
+    let proxy = Proxy::start(c.dir(), port, &throttled_config(c, port));
+    create_accounts(&connect(&proxy.app()).await).await;
+    load_accounts(&proxy, rows);
+    let admin = connect(&proxy.conninfo("ops", "ops", "shardgate")).await;
+    (proxy, admin)
+}
+
 /// Loads accounts 1..=rows (balance `k % 1000`) by COPY through the proxy.
 fn load_accounts(proxy: &Proxy, rows: i64) {
     let mut data = String::new();
@@ -1535,17 +1531,8 @@ async fn a_corrupted_copy_fails_verification_and_moves_nothing() {
         .batch_execute(&format!("ADD SHARD '{}'", c.shard(2).primary.addr()))
         .await
         .expect("the job starts");
-    let deadline = Instant::now() + LONG;
-    let (state, error) = loop {
-        let (state, _, _, error) = last_job(&admin).await;
-        if state != "running" {
-            break (state, error);
-        }
-        assert!(Instant::now() < deadline, "{}", proxy.log_tail());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(state, "failed", "{error:?}");
-    let error = error.unwrap_or_default();
+    let (state, _, error) = job_end(&admin, &proxy).await;
+    assert_eq!(state, "failed", "{error}");
     assert!(
         error.contains("verification failed") && error.contains("checksum"),
         "the checksum caught it: {error}"
@@ -1564,14 +1551,8 @@ async fn a_corrupted_copy_fails_verification_and_moves_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_pause_resume_cancel_and_verify() {
     let c = cluster(ClusterSpec::new(3, 0));
-    let port = free_port();
-    let config = throttled_config(&c, port);
-    let proxy = Proxy::start(c.dir(), port, &config);
-    let app = connect(&proxy.app()).await;
-    create_accounts(&app).await;
     const ROWS: i64 = 200_000;
-    load_accounts(&proxy, ROWS);
-    let admin = connect(&proxy.conninfo("ops", "ops", "shardgate")).await;
+    let (proxy, admin) = throttled_accounts(&c, ROWS).await;
     let add = format!("ADD SHARD '{}'", c.shard(2).primary.addr());
     admin.batch_execute(&add).await.expect("ADD SHARD");
     let deadline = Instant::now() + LONG;
@@ -1603,17 +1584,9 @@ async fn jobs_pause_resume_cancel_and_verify() {
         .batch_execute("CANCEL JOB 1")
         .await
         .expect("CANCEL JOB");
-    let deadline = Instant::now() + LONG;
-    let (state, error) = loop {
-        let (state, _, _, error) = last_job(&admin).await;
-        if state != "running" {
-            break (state, error);
-        }
-        assert!(Instant::now() < deadline, "the cancel did not end the job");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (state, _, error) = job_end(&admin, &proxy).await;
     assert_eq!(state, "failed");
-    assert!(error.unwrap_or_default().contains("cancelled"));
+    assert!(error.contains("cancelled"));
     // Nothing moved: the new shard is empty, the others hold every row.
     assert_eq!(rows_on(&c, 2, "SELECT count(*) FROM accounts")[0][0], "0");
     let kept: i64 = (0..2)

@@ -132,8 +132,16 @@ impl Follower {
             return Ok(Vec::new());
         };
         let conn = self.conn.as_ref().expect("connected");
-        let restart = super::recover(rt, conn).await;
-        let asked = asked(conn, &rt.registry.id).await?;
+        // Jobs and holds exist only once a proxy of this version made the
+        // registry.
+        let (restart, asked) = if super::meta::has_registry(conn).await? {
+            (
+                super::recover(rt, conn).await,
+                asked(conn, &rt.registry.id).await?,
+            )
+        } else {
+            (Vec::new(), None)
+        };
         let settled = latest_shards_on(conn).await?;
         if let Some(held) = &self.held {
             if asked.as_ref().is_none_or(|a| a.job != held.job) {
@@ -265,11 +273,9 @@ impl Follower {
     }
 }
 
-/// The unfinished job of another proxy (or of an earlier run) that asks for a hold.
+/// The unfinished job of another proxy (or of an earlier run) that asks for a
+/// hold (the registry exists).
 async fn asked(conn: &Conn, me: &str) -> Result<Option<Asked>, RebalanceError> {
-    if !super::meta::has_registry(conn).await? {
-        return Ok(None);
-    }
     let row = conn
         .client
         .query_opt(

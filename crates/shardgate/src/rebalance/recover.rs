@@ -17,7 +17,7 @@ use crate::runtime::Runtime;
 /// Claims and resolves the unfinished jobs of proxies that are gone (and
 /// of this proxy, if one was left half resolved: the caller holds the job
 /// lock, so none of this proxy's jobs runs); returns the changes to start
-/// again. `conn` is a connection to the metadata node.
+/// again. `conn` is a connection to the metadata node, whose registry exists.
 pub(super) async fn recover(rt: &Arc<Runtime>, conn: &Conn) -> Vec<Change> {
     match recover_inner(rt, conn).await {
         Ok(restart) => restart,
@@ -31,9 +31,6 @@ pub(super) async fn recover(rt: &Arc<Runtime>, conn: &Conn) -> Vec<Change> {
 async fn recover_inner(rt: &Arc<Runtime>, conn: &Conn) -> Result<Vec<Change>, RebalanceError> {
     let config = rt.snapshot().config.clone();
     let db = &config.sharding.rebalance_database;
-    if !super::meta::has_registry(conn).await? {
-        return Ok(Vec::new());
-    }
     let mut rows = conn
         .client
         .query(

@@ -23,7 +23,7 @@ impl Session {
         plan: &ShardPlan,
         params: Params<'_>,
     ) -> Result<(), PgError> {
-        if self.runtime.registry.fenced() && writes_shards(plan) && self.is_write(sql) {
+        if writes_shards(plan) && self.runtime.registry.fenced() && self.is_write(sql) {
             self.wait_unfenced().await?;
         }
         loop {
