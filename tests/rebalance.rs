@@ -1305,7 +1305,7 @@ async fn killed_mid_job(logical: bool) {
         ),
     ];
     let want_sum = ACCOUNTS * (ACCOUNTS + 1) / 2;
-    for (command, failpoint, weights) in steps {
+    for (step, (command, failpoint, weights)) in steps.into_iter().enumerate() {
         let port = free_port();
         let mut doomed = Proxy::start_with_env(
             c.dir(),
@@ -1337,6 +1337,40 @@ async fn killed_mid_job(logical: bool) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         check_hash_placement(&c, weights);
+        assert_eq!(
+            rows_on(&c, 0, "SELECT count(*) FROM shardgate_meta.jobs")[0][0],
+            (step + 1).to_string(),
+            "{command} after {failpoint}: the job was resumed under its id, not started again"
+        );
+        if logical && failpoint == "rebalance-copy" {
+            // Stopped after the first table's copy from the first source:
+            // the resumed job copies only what was left.
+            assert!(
+                proxy
+                    .log_text()
+                    .contains("resuming the move from its slots and stages"),
+                "{}",
+                proxy.log_tail()
+            );
+            let copied: i64 = rows_on(
+                &c,
+                0,
+                "SELECT rows_copied FROM shardgate_meta.jobs ORDER BY id DESC LIMIT 1",
+            )[0][0]
+                .parse()
+                .expect("rows_copied");
+            let moved: i64 = rows_on(
+                &c,
+                2,
+                "SELECT (SELECT count(*) FROM accounts) + (SELECT count(*) FROM entries)",
+            )[0][0]
+                .parse()
+                .expect("rows moved");
+            assert!(
+                copied > 0 && copied < moved,
+                "the resumed job copied {copied} rows, not the {moved} it moves"
+            );
+        }
         let app = connect(&proxy.app()).await;
         let totals: Vec<String> = app
             .simple_query("SELECT count(*), sum(balance) FROM accounts")
@@ -1371,13 +1405,32 @@ async fn killed_mid_job(logical: bool) {
                 "0",
                 "no slot is left behind on shard {s}"
             );
+            assert_eq!(
+                rows_on(
+                    &c,
+                    s,
+                    "SELECT count(*) FROM pg_tables WHERE schemaname = 'shardgate_stage' AND tablename <> 'progress'"
+                )[0][0],
+                "0",
+                "no stage table is left behind on shard {s}"
+            );
         }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminated_source_backend_makes_the_job_retry() {
-    let c = cluster(ClusterSpec::new(3, 0));
+    terminated_backend(false).await;
+}
+
+/// In mode logical the retry resumes the copy at the chunk it reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_source_backend_makes_a_logical_job_resume_its_copy() {
+    terminated_backend(true).await;
+}
+
+async fn terminated_backend(logical: bool) {
+    let c = three_shards(logical);
     // 1 MB/s: the copy of about 10 MB lasts long enough to be interrupted.
     const ROWS: i64 = 300_000;
     let (proxy, admin) = throttled_accounts(&c, ROWS).await;
@@ -1385,6 +1438,14 @@ async fn a_terminated_source_backend_makes_the_job_retry() {
         .batch_execute(&format!("ADD SHARD '{}'", c.shard(2).primary.addr()))
         .await
         .expect("ADD SHARD");
+    if logical {
+        // Past a few committed chunks of 1 MB.
+        let deadline = Instant::now() + LONG;
+        while last_job(&admin).await.2 < 3_000_000 {
+            assert!(Instant::now() < deadline, "{}", proxy.log_tail());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     // Terminate the job's reading backend on a source while it copies.
     let deadline = Instant::now() + LONG;
     let terminated = 'found: loop {
@@ -1422,6 +1483,13 @@ async fn a_terminated_source_backend_makes_the_job_retry() {
         "the job retried: {}",
         proxy.log_tail()
     );
+    if logical {
+        assert!(
+            proxy.log_text().contains("copy resumed where it stopped"),
+            "the copy resumed: {}",
+            proxy.log_text()
+        );
+    }
     check_hash_placement(&c, &[1, 1, 1]);
     let mut total = 0;
     for s in 0..3 {
@@ -1433,11 +1501,11 @@ async fn a_terminated_source_backend_makes_the_job_retry() {
 }
 
 /// [`config_over`] the first two shards, copies throttled to 1 MB/s (long
-/// enough to act on a job while it copies).
+/// enough to act on a job while it copies) in chunks of 1 MB.
 fn throttled_config(c: &Cluster, port: u16) -> String {
     config_over(c, port, 2).replace(
         "rebalance_database = \"app\"",
-        "rebalance_database = \"app\"\nrebalance_max_mb_s = 1",
+        "rebalance_database = \"app\"\nrebalance_max_mb_s = 1\nrebalance_chunk_mb = 1",
     )
 }
 

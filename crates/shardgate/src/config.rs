@@ -91,6 +91,9 @@ pub struct ShardingConfig {
     pub rebalance_database: String,
     /// Most megabytes per second a rebalancing copy reads (0: no limit).
     pub rebalance_max_mb_s: u64,
+    /// Megabytes of a source table a logical move copies per chunk: the
+    /// unit of copy progress a stopped job keeps (at least 1).
+    pub rebalance_chunk_mb: u64,
     /// How long a move waits for transactions begun before it, and for
     /// statements in flight at its cutover, before it gives up (ms).
     pub rebalance_hold_timeout_ms: u64,
@@ -113,6 +116,7 @@ impl Default for ShardingConfig {
             default_shard: 0,
             rebalance_database: "postgres".into(),
             rebalance_max_mb_s: 0,
+            rebalance_chunk_mb: 64,
             rebalance_hold_timeout_ms: 30_000,
             rebalance_proxy_lease_ms: 10_000,
             imbalance_threshold: 0.2,

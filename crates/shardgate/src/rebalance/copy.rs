@@ -115,26 +115,56 @@ struct Target {
     rows: u64,
 }
 
-/// Copies rows of `table` from `src` to the targets `route` picks, each
-/// into the writer connection of its shard (in its move transaction).
+/// Which rows a copy reads and where it writes them.
+pub(super) struct Copying<'a> {
+    /// The source table.
+    pub table: &'a TableName,
+    /// Its columns copied ([`columns`]).
+    pub cols: &'a [String],
+    /// A condition on the source's rows (empty: every row).
+    pub filter: String,
+    /// The table written on the targets.
+    pub into: TableName,
+}
+
+impl<'a> Copying<'a> {
+    /// Every row of `table` into the same table on the targets.
+    pub fn whole(table: &'a TableName, cols: &'a [String]) -> Copying<'a> {
+        Copying {
+            table,
+            cols,
+            filter: String::new(),
+            into: table.clone(),
+        }
+    }
+}
+
+/// Copies the rows `what` names from `src` to the targets `route` picks,
+/// each into the writer connection of its shard (in its transaction).
 pub(super) async fn copy_rows(
     src: &Conn,
     writers: &HashMap<usize, &Conn>,
-    table: &TableName,
-    cols: &[String],
+    what: &Copying<'_>,
     route: Route<'_>,
     throttle: &mut Throttle,
     status: &JobStatus,
 ) -> Result<Copied, RebalanceError> {
-    let list = cols
+    let table = what.table;
+    let list = what
+        .cols
         .iter()
         .map(|c| TableName::new(None, c).to_string())
         .collect::<Vec<_>>()
         .join(", ");
+    let filter = if what.filter.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", what.filter)
+    };
     let out = src
         .client
         .copy_out(&format!(
-            "COPY (SELECT {list} FROM {table}) TO STDOUT (FORMAT binary)"
+            "COPY (SELECT {list} FROM {table}{filter}) TO STDOUT (FORMAT binary)"
         ))
         .await
         .map_err(|e| src.err(e))?;
@@ -145,7 +175,7 @@ pub(super) async fn copy_rows(
             CopySplitter::new(CopyFormat::Binary, b'\t', b'"', b'"', "", false, *field)
         }
     };
-    let copy_in = format!("COPY {table} ({list}) FROM STDIN (FORMAT binary)");
+    let copy_in = format!("COPY {} ({list}) FROM STDIN (FORMAT binary)", what.into);
     let mut targets: HashMap<usize, Target> = HashMap::new();
     let mut copied = Copied::default();
     let mut rows = Vec::new();

@@ -105,9 +105,9 @@ impl Follower {
                 return;
             }
         };
-        for change in restart {
-            if let Err(e) = super::start(rt, change).await {
-                tracing::error!(error = %e, "cannot restart a rebalancing job taken over from a proxy that is gone");
+        for (id, change) in restart {
+            if let Err(e) = super::move_job::resume(rt, id, change).await {
+                tracing::error!(job = id, error = %e, "cannot resume a rebalancing job taken over from a proxy that is gone");
             }
         }
     }
@@ -127,7 +127,7 @@ impl Follower {
 
     /// One round; returns the jobs taken over, to start again once this
     /// round no longer holds the job lock.
-    async fn step(&mut self, rt: &Arc<Runtime>) -> Result<Vec<Change>, RebalanceError> {
+    async fn step(&mut self, rt: &Arc<Runtime>) -> Result<Vec<(u64, Change)>, RebalanceError> {
         let Ok(_no_job) = rt.jobs.running.try_lock() else {
             return Ok(Vec::new());
         };

@@ -163,6 +163,17 @@ pub(super) struct Table<'a> {
     pub rule: &'a TableRule,
     /// Its primary key columns.
     pub key_columns: Vec<String>,
+    /// Its stage table on the targets.
+    pub stage: TableName,
+}
+
+/// Where one target takes caught-up changes.
+pub(super) struct Sink<'a> {
+    /// Its staging connection: each batch commits there, before the slot
+    /// moves past it.
+    pub stage: &'a Conn,
+    /// Its move transaction, once the stage is merged into it.
+    pub tx: Option<&'a Conn>,
 }
 
 /// The primary key columns of `table` on `conn` (empty: none).
@@ -211,6 +222,19 @@ pub(super) async fn create_slot(conn: &Conn, slot: &str) -> Result<(), Rebalance
     Ok(())
 }
 
+/// Whether the slot exists.
+pub(super) async fn slot_exists(conn: &Conn, slot: &str) -> Result<bool, RebalanceError> {
+    Ok(conn
+        .client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| conn.err(e))?
+        .get(0))
+}
+
 /// Drops the slot if it exists.
 pub(super) async fn drop_slot(conn: &Conn, slot: &str) {
     let _ = conn
@@ -220,6 +244,19 @@ pub(super) async fn drop_slot(conn: &Conn, slot: &str) {
             &[&slot],
         )
         .await;
+}
+
+/// Drops the slots of `job` that no session uses.
+pub(super) async fn drop_slots_of(conn: &Conn, job: u64) -> Result<(), RebalanceError> {
+    conn.client
+        .execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name LIKE $1 AND NOT active",
+            &[&format!("shardgate\\_move\\_{job}\\_%")],
+        )
+        .await
+        .map_err(|e| conn.err(e))?;
+    Ok(())
 }
 
 /// What catch-up keeps per source: the keys (text) of each moving table
@@ -249,8 +286,10 @@ pub(super) struct CaughtUp {
 }
 
 /// Applies changes the slot recorded since the last call (at most one
-/// read's worth) to the targets' move transactions, in order, many
-/// statements per round trip.
+/// read's worth) to the targets, in order, many statements per round
+/// trip: committed into their stages (and into their move transactions
+/// once merged), then the slot is advanced past them. A stop in between
+/// applies them again: upserts and deletes by key converge.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn catch_up(
     src: &Conn,
@@ -258,14 +297,14 @@ pub(super) async fn catch_up(
     source: usize,
     tables: &HashMap<String, Table<'_>>,
     transition: &Transition,
-    targets: &HashMap<usize, &Conn>,
+    targets: &HashMap<usize, Sink<'_>>,
     out: &mut KeysOut,
     touched: &mut HashSet<usize>,
 ) -> Result<CaughtUp, RebalanceError> {
     let rows = src
         .client
         .query(
-            "SELECT data FROM pg_logical_slot_get_changes($1, NULL, $2, \
+            "SELECT lsn::text, data FROM pg_logical_slot_peek_changes($1, NULL, $2, \
              'skip-empty-xacts', '1', 'include-xids', '0')",
             &[&slot, &CHANGES_PER_READ],
         )
@@ -273,10 +312,15 @@ pub(super) async fn catch_up(
         .map_err(|e| src.err(e))?;
     let drained = rows.len() < CHANGES_PER_READ as usize;
     let mut applied = 0;
-    let mut batches: HashMap<usize, String> = HashMap::new();
+    let mut last_commit: Option<String> = None;
+    let mut batches: HashMap<usize, Batch> = HashMap::new();
     for row in rows {
-        let data: String = row.get(0);
-        let Some(change) = parse_change(&data) else {
+        let data: &str = row.get(1);
+        if data.starts_with("COMMIT") {
+            last_commit = Some(row.get(0));
+            continue;
+        }
+        let Some(change) = parse_change(data) else {
             continue;
         };
         let Some(table) = tables.get(&change.table) else {
@@ -299,14 +343,19 @@ pub(super) async fn catch_up(
             Ok(n) if n != source => n,
             _ => continue,
         };
-        let Some(target) = targets.get(&to) else {
+        let Some(sink) = targets.get(&to) else {
             continue;
         };
         let batch = batches.entry(to).or_default();
-        batch.push_str(&apply_sql(&change, &table.rule.table, &table.key_columns)?);
-        batch.push_str(";\n");
-        if batch.len() >= APPLY_BATCH_BYTES {
-            target.run(&std::mem::take(batch)).await?;
+        batch.push(
+            &apply_sql(&change, &table.stage, &table.key_columns)?,
+            sink.tx
+                .map(|_| apply_sql(&change, &table.rule.table, &table.key_columns))
+                .transpose()?
+                .as_deref(),
+        );
+        if batch.stage.len() >= APPLY_BATCH_BYTES {
+            batch.flush(sink).await?;
         }
         touched.insert(to);
         out.changed
@@ -319,12 +368,54 @@ pub(super) async fn catch_up(
             .insert(text);
         applied += 1;
     }
-    for (to, batch) in batches {
-        if !batch.is_empty() {
-            targets[&to].run(&batch).await?;
-        }
+    for (to, mut batch) in batches {
+        batch.flush(&targets[&to]).await?;
+    }
+    if let Some(lsn) = last_commit {
+        // Just past the last commit read: that transaction is not decoded
+        // again.
+        src.client
+            .execute(
+                "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn + 1)",
+                &[&slot, &lsn],
+            )
+            .await
+            .map_err(|e| src.err(e))?;
     }
     Ok(CaughtUp { applied, drained })
+}
+
+/// Statements for one target, for its stage and its move transaction.
+#[derive(Default)]
+struct Batch {
+    stage: String,
+    tx: String,
+}
+
+impl Batch {
+    fn push(&mut self, stage: &str, tx: Option<&str>) {
+        self.stage.push_str(stage);
+        self.stage.push_str(";\n");
+        if let Some(tx) = tx {
+            self.tx.push_str(tx);
+            self.tx.push_str(";\n");
+        }
+    }
+
+    /// Runs the statements: the move transaction's first (a failure there
+    /// leaves the stage as it was), then the stage's (one implicit
+    /// transaction).
+    async fn flush(&mut self, sink: &Sink<'_>) -> Result<(), RebalanceError> {
+        if let Some(tx) = sink.tx {
+            if !self.tx.is_empty() {
+                tx.run(&std::mem::take(&mut self.tx)).await?;
+            }
+        }
+        if !self.stage.is_empty() {
+            sink.stage.run(&std::mem::take(&mut self.stage)).await?;
+        }
+        Ok(())
+    }
 }
 
 /// The statement that makes a target reflect `change`.

@@ -30,6 +30,7 @@ pub mod plan;
 mod recover;
 pub mod registry;
 mod schema;
+mod stage;
 pub mod verify;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -452,7 +453,10 @@ impl Jobs {
         .ok()
     }
 
+    /// Adds `job`, in place of an earlier run of the same id.
     fn add(&self, job: Arc<JobStatus>) {
-        self.jobs.lock().expect("jobs lock").push(job);
+        let mut jobs = self.jobs.lock().expect("jobs lock");
+        jobs.retain(|j| j.id != job.id);
+        jobs.push(job);
     }
 }

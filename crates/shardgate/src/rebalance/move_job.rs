@@ -23,10 +23,11 @@ use std::time::{Duration, Instant};
 use shardgate_shardmap::{ShardKey, TableName, Transition};
 
 use super::change::Change;
-use super::copy::{columns, copy_rows, Route, Throttle};
+use super::copy::{columns, copy_rows, Copying, Route, Throttle};
 use super::db::Conn;
 use super::gate::{GatePhase, MoveGate};
 use super::meta::Meta;
+use super::stage;
 use super::{JobStatus, RebalanceError};
 use crate::config::{parse_table_name, Config};
 use crate::runtime::{Runtime, Snapshot};
@@ -67,6 +68,35 @@ pub async fn start(rt: &Arc<Runtime>, change: Change) -> Result<u64, RebalanceEr
     let id = meta
         .insert_job(&change, &rt.registry.id, &snap.config.shards)
         .await?;
+    launch(rt, id, change, meta, running);
+    Ok(id)
+}
+
+/// Resumes job `id`, taken over (`recover`): from its slots and stages
+/// when they are there, else from its start.
+pub(super) async fn resume(
+    rt: &Arc<Runtime>,
+    id: u64,
+    change: Change,
+) -> Result<(), RebalanceError> {
+    let Some(running) = rt.jobs.lock_unless_running().await else {
+        return Err(RebalanceError::Invalid(
+            "another rebalancing job is running".into(),
+        ));
+    };
+    let meta = Meta::open(&rt.snapshot().config).await?;
+    launch(rt, id, change, meta, running);
+    Ok(())
+}
+
+/// Runs job `id` in the background, holding the job lock `running`.
+fn launch(
+    rt: &Arc<Runtime>,
+    id: u64,
+    change: Change,
+    meta: Meta,
+    running: tokio::sync::OwnedMutexGuard<()>,
+) {
     let status = Arc::new(JobStatus::new(id, change.kind(), change.describe()));
     rt.jobs.add(status.clone());
     let rt = rt.clone();
@@ -76,7 +106,6 @@ pub async fn start(rt: &Arc<Runtime>, change: Change) -> Result<u64, RebalanceEr
         drop(running);
         status.finish(result);
     });
-    Ok(id)
 }
 
 /// Tries the job up to [`ATTEMPTS`] times: a lost connection or a
@@ -103,9 +132,39 @@ async fn run(
         }
     };
     if let Err(e) = &result {
+        if !status.decided() {
+            discard(&rt.snapshot().config, status.id, &change).await;
+        }
         record_failure(rt, status, meta, e).await;
     }
     result
+}
+
+/// The primaries a job of `change` touches under `config`.
+pub(super) fn job_nodes(config: &Config, change: Option<&Change>) -> Vec<String> {
+    let mut nodes: Vec<String> = config.shards.iter().map(|s| s.primary.clone()).collect();
+    if let Some(Change::AddShard(s)) = change {
+        if !nodes.contains(&s.primary) {
+            nodes.push(s.primary.clone());
+        }
+    }
+    nodes
+}
+
+/// Drops what an undone job leaves: its slots and stages, on every node.
+pub(super) async fn discard(config: &Config, job: u64, change: &Change) {
+    let db = &config.sharding.rebalance_database;
+    for node in job_nodes(config, Some(change)) {
+        let dropped = async {
+            let conn = Conn::open(config, &node, db).await?;
+            super::logical::drop_slots_of(&conn, job).await?;
+            stage::discard(&conn, job).await
+        }
+        .await;
+        if let Err(e) = dropped {
+            tracing::warn!(job, node = %node, error = %e, "cannot drop the slots and stage of an undone move");
+        }
+    }
 }
 
 /// Marks a job that failed before its decision `failed` in the metadata,
@@ -337,16 +396,6 @@ async fn move_rows(
             logical.as_mut(),
         )
         .await?;
-        if let Some(sql) = crate::twophase::failpoint_sql("rebalance-corrupt") {
-            // A target that holds something else than its source gave.
-            if let Some(tx) = txs
-                .values()
-                .filter(|tx| tx.touched)
-                .max_by_key(|tx| tx.gid.clone())
-            {
-                tx.conn.run(&sql).await?;
-            }
-        }
         if let Some(l) = logical.as_mut() {
             // Until a round finds little to do (or for at most
             // CATCH_UP_LIMIT: if clients write faster than catch-up
@@ -362,6 +411,18 @@ async fn move_rows(
                 crate::twophase::failpoint("rebalance-catch-up");
                 if (drained && applied < 1000) || Instant::now() >= until {
                     break;
+                }
+            }
+            phase(status, meta, "merge").await;
+            l.merge(t, moving, &mut txs).await?;
+            if let Some(sql) = crate::twophase::failpoint_sql("rebalance-corrupt") {
+                // A target that holds something else than its source gave.
+                if let Some(tx) = txs
+                    .values()
+                    .filter(|tx| tx.touched)
+                    .max_by_key(|tx| tx.gid.clone())
+                {
+                    tx.conn.run(&sql).await?;
                 }
             }
             // Most rows verified now, while clients write; then again the
@@ -427,10 +488,9 @@ async fn move_rows(
     }
     .await;
     if let Err(e) = outcome {
+        // Slots and stages stay: a retry resumes from them; a job that
+        // fails for good discards them (`run`).
         rollback_prepared(txs.values()).await;
-        if let Some(l) = &logical {
-            l.drop_slots().await;
-        }
         return Err(e);
     }
     let prepared: Vec<MoveTx> = txs.into_values().filter(|tx| tx.touched).collect();
@@ -459,6 +519,7 @@ async fn move_rows(
     }
     held_step(job, "switched: moving keys go to their new owners", cut_at);
     if let Some(l) = &logical {
+        l.discard_stages(job).await;
         // The new map is in force for statements naming their keys; the
         // sources still hold copies of the rows they gave, so statements
         // that cannot name their keys wait until those are deleted.
@@ -510,7 +571,7 @@ async fn copy_and_prepare(
     moving: &[Arc<shardgate_shardmap::TableRule>],
     references: &[TableName],
     txs: &mut HashMap<usize, MoveTx>,
-    mut logical: Option<&mut Logical<'_>>,
+    logical: Option<&mut Logical<'_>>,
 ) -> Result<(), RebalanceError> {
     let db = &next.sharding.rebalance_database;
     let mut throttle = Throttle::new(next.sharding.rebalance_max_mb_s);
@@ -530,8 +591,7 @@ async fn copy_and_prepare(
             copy_rows(
                 &first,
                 &conns,
-                table,
-                &cols,
+                &Copying::whole(table, &cols),
                 Route::All(new_shard),
                 &mut throttle,
                 status,
@@ -539,6 +599,11 @@ async fn copy_and_prepare(
             .await?;
             status.steps_done.fetch_add(1, Ordering::Relaxed);
         }
+    }
+    if let Some(l) = logical {
+        return l
+            .copy(status, next, t, sources, moving, &mut throttle)
+            .await;
     }
     for &s in sources {
         status.checkpoint().await?;
@@ -559,8 +624,7 @@ async fn copy_and_prepare(
             let copied = copy_rows(
                 &reader,
                 &conns,
-                &rule.table,
-                &cols,
+                &Copying::whole(&rule.table, &cols),
                 Route::Keys {
                     rule,
                     field,
@@ -575,20 +639,6 @@ async fn copy_and_prepare(
                 txs.get_mut(target)
                     .expect("a move transaction per shard")
                     .touched = true;
-            }
-            if let Some(l) = logical.as_deref_mut() {
-                // Deleted at the cutover, with what catch-up adds.
-                let printed = l.printed_name(rule);
-                let keys = l
-                    .keys
-                    .entry(s)
-                    .or_default()
-                    .keys
-                    .entry(printed)
-                    .or_default();
-                keys.extend(copied.keys.iter().map(|k| k.to_string()));
-                status.steps_done.fetch_add(1, Ordering::Relaxed);
-                continue;
             }
             let tx = txs.get_mut(&s).expect("a move transaction per shard");
             let texts: Vec<String> = copied.keys.iter().map(|k| k.to_string()).collect();
@@ -606,11 +656,8 @@ async fn copy_and_prepare(
             status.steps_done.fetch_add(1, Ordering::Relaxed);
         }
     }
-    if logical.is_none() {
-        phase(status, meta, "prepare").await;
-        prepare(txs).await?;
-    }
-    Ok(())
+    phase(status, meta, "prepare").await;
+    prepare(txs).await
 }
 
 /// Prepares the touched move transactions and rolls back the others.
@@ -628,8 +675,9 @@ async fn prepare(txs: &mut HashMap<usize, MoveTx>) -> Result<(), RebalanceError>
 }
 
 /// Mode `logical`: the sources' slots, the moving tables as decoding names
-/// them, and the keys each source gives.
+/// them, the targets' stages and the keys each source gives.
 struct Logical<'a> {
+    job: u64,
     /// Per source: a connection and its slot.
     slots: Vec<(usize, Conn, String)>,
     /// Moving tables by their decoded name (`schema.name`).
@@ -638,6 +686,11 @@ struct Logical<'a> {
     printed: HashMap<String, String>,
     /// Per source, the keys it gives.
     keys: HashMap<usize, super::logical::KeysOut>,
+    /// Per shard, its staging connection (autocommit).
+    stages: HashMap<usize, Conn>,
+    /// The stages are merged into the move transactions: catch-up applies
+    /// to both.
+    merged: bool,
 }
 
 impl Logical<'_> {
@@ -646,6 +699,155 @@ impl Logical<'_> {
             .get(&rule.table.to_string())
             .cloned()
             .unwrap_or_else(|| rule.table.to_string())
+    }
+
+    /// Copies the rows of the moving keys into the targets' stages, chunk
+    /// by chunk of pages, each chunk committed on each target with the page
+    /// it reached. Every chunk of a source reads one snapshot, taken after
+    /// its slot began; a resumed copy starts at the first chunk some
+    /// target lacks.
+    async fn copy(
+        &mut self,
+        status: &JobStatus,
+        next: &Config,
+        t: &Transition,
+        sources: &[usize],
+        moving: &[Arc<shardgate_shardmap::TableRule>],
+        throttle: &mut Throttle,
+    ) -> Result<(), RebalanceError> {
+        let db = &next.sharding.rebalance_database;
+        let job = self.job;
+        let chunk = stage::chunk_pages(next.sharding.rebalance_chunk_mb);
+        let mut reached: HashMap<usize, HashMap<(usize, usize), i64>> = HashMap::new();
+        for (shard, conn) in &self.stages {
+            reached.insert(*shard, stage::progress(conn, job).await?);
+        }
+        for &s in sources {
+            status.checkpoint().await?;
+            let reader = Conn::open(next, &next.shards[s].primary, db).await?;
+            reader.run("BEGIN ISOLATION LEVEL REPEATABLE READ").await?;
+            for (i, rule) in moving.iter().enumerate() {
+                let targets: Vec<usize> = self.stages.keys().copied().filter(|x| *x != s).collect();
+                let at = |x: usize| reached[&x].get(&(s, i)).copied().unwrap_or(0);
+                let from = targets
+                    .iter()
+                    .map(|x| at(*x))
+                    .min()
+                    .unwrap_or(stage::COPIED);
+                if from == stage::COPIED {
+                    status.steps_done.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                // A row copied before a stop may be given again.
+                let resumed = targets.iter().any(|x| at(*x) > 0);
+                let cols = columns(&reader, &rule.table).await?;
+                let field = cols.iter().position(|c| *c == rule.column).ok_or_else(|| {
+                    RebalanceError::Invalid(format!(
+                        "table {} on {} has no column {}",
+                        rule.table, reader.node, rule.column
+                    ))
+                })?;
+                let pages: i64 = reader
+                    .client
+                    .query_one(
+                        "SELECT pg_relation_size($1::text::regclass) / current_setting('block_size')::int8",
+                        &[&rule.table.to_string()],
+                    )
+                    .await
+                    .map_err(|e| reader.err(e))?
+                    .get(0);
+                if resumed {
+                    tracing::info!(job, shard = s, table = %rule.table, from_page = from, pages, "copy resumed where it stopped");
+                }
+                let mut first = from - from % chunk;
+                loop {
+                    let last = first + chunk >= pages;
+                    let end = if last { stage::COPIED } else { first + chunk };
+                    let needing: Vec<usize> =
+                        targets.iter().copied().filter(|x| at(*x) < end).collect();
+                    let mut filter = format!("ctid >= '({first},0)'::tid");
+                    if !last {
+                        filter.push_str(&format!(" AND ctid < '({end},0)'::tid"));
+                    }
+                    for x in &needing {
+                        stage::begin_chunk(&self.stages[x], job, i, resumed).await?;
+                    }
+                    let writers: HashMap<usize, &Conn> =
+                        needing.iter().map(|x| (*x, &self.stages[x])).collect();
+                    let to = |k: &ShardKey| match t.next_shard(rule, k) {
+                        Ok(n) if n != s && writers.contains_key(&n) => Some(n),
+                        _ => None,
+                    };
+                    copy_rows(
+                        &reader,
+                        &writers,
+                        &Copying {
+                            table: &rule.table,
+                            cols: &cols,
+                            filter,
+                            into: stage::chunk_table(job, i, resumed),
+                        },
+                        Route::Keys {
+                            rule,
+                            field,
+                            to: &to,
+                        },
+                        throttle,
+                        status,
+                    )
+                    .await?;
+                    for x in &needing {
+                        stage::commit_chunk(&self.stages[x], job, s, i, resumed, end).await?;
+                    }
+                    if last {
+                        break;
+                    }
+                    first = end;
+                }
+                crate::twophase::failpoint("rebalance-copy");
+                status.steps_done.fetch_add(1, Ordering::Relaxed);
+            }
+            reader.run("COMMIT").await?;
+        }
+        Ok(())
+    }
+
+    /// Merges every stage into its target's move transaction, and learns
+    /// the keys each source gives from the stages (a resumed job did not
+    /// see them copied).
+    async fn merge(
+        &mut self,
+        t: &Transition,
+        moving: &[Arc<shardgate_shardmap::TableRule>],
+        txs: &mut HashMap<usize, MoveTx>,
+    ) -> Result<(), RebalanceError> {
+        let job = self.job;
+        for (i, rule) in moving.iter().enumerate() {
+            let printed = self.printed_name(rule);
+            for (shard, conn) in &self.stages {
+                let tx = txs.get_mut(shard).expect("a move transaction per shard");
+                let cols = columns(&tx.conn, &rule.table).await?;
+                if stage::merge(&tx.conn, job, i, &rule.table, &cols).await? > 0 {
+                    tx.touched = true;
+                }
+                for text in stage::keys(conn, job, i, &rule.column).await? {
+                    let Ok(key) = ShardKey::parse_text(rule.key_type, &text) else {
+                        continue;
+                    };
+                    if let Ok(Some((from, _))) = t.key_moves(rule, &key) {
+                        self.keys
+                            .entry(from)
+                            .or_default()
+                            .keys
+                            .entry(printed.clone())
+                            .or_default()
+                            .insert(text);
+                    }
+                }
+            }
+        }
+        self.merged = true;
+        Ok(())
     }
 
     /// Applies what the slots recorded (one read each); returns how many
@@ -659,7 +861,19 @@ impl Logical<'_> {
         let mut drained = true;
         let mut touched = std::collections::HashSet::new();
         {
-            let conns = conns_of(txs);
+            let sinks: HashMap<usize, super::logical::Sink<'_>> = self
+                .stages
+                .iter()
+                .map(|(s, conn)| {
+                    (
+                        *s,
+                        super::logical::Sink {
+                            stage: conn,
+                            tx: self.merged.then(|| &txs[s].conn),
+                        },
+                    )
+                })
+                .collect();
             for (source, conn, slot) in &self.slots {
                 let out = self.keys.entry(*source).or_default();
                 let done = super::logical::catch_up(
@@ -668,7 +882,7 @@ impl Logical<'_> {
                     *source,
                     &self.tables,
                     t,
-                    &conns,
+                    &sinks,
                     out,
                     &mut touched,
                 )
@@ -677,9 +891,11 @@ impl Logical<'_> {
                 drained &= done.drained;
             }
         }
-        for s in touched {
-            if let Some(tx) = txs.get_mut(&s) {
-                tx.touched = true;
+        if self.merged {
+            for s in touched {
+                if let Some(tx) = txs.get_mut(&s) {
+                    tx.touched = true;
+                }
             }
         }
         Ok((applied, drained))
@@ -707,10 +923,23 @@ impl Logical<'_> {
             super::logical::drop_slot(conn, slot).await;
         }
     }
+
+    /// Drops the stages (the job is decided: the rows are in the targets'
+    /// tables). What a failure leaves is dropped by the job's takeover.
+    async fn discard_stages(&self, job: u64) {
+        for conn in self.stages.values() {
+            if let Err(e) = stage::discard(conn, job).await {
+                tracing::warn!(job, node = %conn.node, error = %e, "cannot drop the stage of a finished move");
+            }
+        }
+    }
 }
 
 /// Mode `logical`: the decoded names and primary keys of the moving tables,
-/// and a fresh slot on every source (created before any row is copied).
+/// the slots on the sources and the stages on every shard. The job resumes
+/// when every source still has its slot (and the stages, what they
+/// hold); otherwise any remains of an earlier attempt go, and fresh slots
+/// begin before any row is copied.
 async fn open_logical<'a>(
     next: &Config,
     job: u64,
@@ -719,13 +948,16 @@ async fn open_logical<'a>(
 ) -> Result<Logical<'a>, RebalanceError> {
     let db = &next.sharding.rebalance_database;
     let mut l = Logical {
+        job,
         slots: Vec::new(),
         tables: HashMap::new(),
         printed: HashMap::new(),
         keys: HashMap::new(),
+        stages: HashMap::new(),
+        merged: false,
     };
     let first = Conn::open(next, &next.shards[sources[0]].primary, db).await?;
-    for rule in moving {
+    for (i, rule) in moving.iter().enumerate() {
         let printed: String = first
             .client
             .query_one(
@@ -743,15 +975,39 @@ async fn open_logical<'a>(
             super::logical::Table {
                 rule: rule.as_ref(),
                 key_columns,
+                stage: stage::table(job, i),
             },
         );
     }
     for &s in sources {
         let conn = Conn::open(next, &next.shards[s].primary, db).await?;
         let slot = super::logical::slot_name(job, s);
-        super::logical::drop_slot(&conn, &slot).await;
-        super::logical::create_slot(&conn, &slot).await?;
         l.slots.push((s, conn, slot));
+    }
+    let mut resumed = true;
+    for (_, conn, slot) in &l.slots {
+        resumed &= super::logical::slot_exists(conn, slot).await?;
+    }
+    for (s, shard) in next.shards.iter().enumerate() {
+        l.stages
+            .insert(s, Conn::open(next, &shard.primary, db).await?);
+    }
+    if resumed {
+        tracing::info!(job, "resuming the move from its slots and stages");
+    } else {
+        for conn in l.stages.values() {
+            stage::discard(conn, job).await?;
+        }
+        for (_, conn, slot) in &l.slots {
+            super::logical::drop_slot(conn, slot).await;
+            super::logical::create_slot(conn, slot).await?;
+        }
+    }
+    for (i, rule) in moving.iter().enumerate() {
+        let key_columns = &l.tables[&l.printed[&rule.table.to_string()]].key_columns;
+        for conn in l.stages.values() {
+            stage::create(conn, job, i, &rule.table, key_columns).await?;
+        }
     }
     Ok(l)
 }

@@ -2,9 +2,11 @@
 //! connection, and with it its advisory lock, is gone (`meta::alive`). A live proxy claims such a
 //! job (one claim wins) and resolves it: a job whose decision is recorded
 //! (phase `switched`) is finished, its prepared move transactions commit;
-//! any other is undone (its prepared transactions roll back; nothing of it
-//! was visible) and started again as a new job. Until then every proxy
-//! holds the job's moving keys (`follow`).
+//! any other is undone to its last durable step (its prepared transactions
+//! roll back; nothing of it was visible) and resumed under its id: a
+//! logical move from its slots and stages (`stage`), a `block_writes`
+//! move from its start. Until then every proxy holds the job's moving keys
+//! (`follow`).
 
 use std::sync::Arc;
 
@@ -16,9 +18,9 @@ use crate::runtime::Runtime;
 
 /// Claims and resolves the unfinished jobs of proxies that are gone (and
 /// of this proxy, if one was left half resolved: the caller holds the job
-/// lock, so none of this proxy's jobs runs); returns the changes to start
-/// again. `conn` is a connection to the metadata node, whose registry exists.
-pub(super) async fn recover(rt: &Arc<Runtime>, conn: &Conn) -> Vec<Change> {
+/// lock, so none of this proxy's jobs runs); returns the jobs to
+/// resume. `conn` is a connection to the metadata node, whose registry exists.
+pub(super) async fn recover(rt: &Arc<Runtime>, conn: &Conn) -> Vec<(u64, Change)> {
     match recover_inner(rt, conn).await {
         Ok(restart) => restart,
         Err(e) => {
@@ -28,7 +30,10 @@ pub(super) async fn recover(rt: &Arc<Runtime>, conn: &Conn) -> Vec<Change> {
     }
 }
 
-async fn recover_inner(rt: &Arc<Runtime>, conn: &Conn) -> Result<Vec<Change>, RebalanceError> {
+async fn recover_inner(
+    rt: &Arc<Runtime>,
+    conn: &Conn,
+) -> Result<Vec<(u64, Change)>, RebalanceError> {
     let config = rt.snapshot().config.clone();
     let db = &config.sharding.rebalance_database;
     let mut rows = conn
@@ -48,34 +53,20 @@ async fn recover_inner(rt: &Arc<Runtime>, conn: &Conn) -> Result<Vec<Change>, Re
     }
     rows.sort_by_key(|r| r.get::<_, i64>(0));
     let meta = Meta::open(&config).await?;
-    let mut restart = Vec::new();
+    let mut resume = Vec::new();
     for row in rows {
         let (id, stored, phase): (i64, String, String) = (row.get(0), row.get(1), row.get(2));
         let change = Change::decode(&stored);
-        let mut nodes: Vec<String> = config.shards.iter().map(|s| s.primary.clone()).collect();
-        if let Some(Change::AddShard(s)) = &change {
-            if !nodes.contains(&s.primary) {
-                nodes.push(s.primary.clone());
-            }
-        }
         // Phases past the decision (recorded with the new map version).
         let decided = matches!(phase.as_str(), "switched" | "cleanup");
         let verb = if decided { "COMMIT" } else { "ROLLBACK" };
-        for node in &nodes {
-            let conn = Conn::open(&config, node, db).await?;
+        for node in super::move_job::job_nodes(&config, change.as_ref()) {
+            let conn = Conn::open(&config, &node, db).await?;
             let gids = conn
                 .client
                 .query(
                     "SELECT gid FROM pg_prepared_xacts WHERE gid LIKE $1 AND database = current_database()",
-                    &[&format!("shardgate_move_{id}_%")],
-                )
-                .await
-                .map_err(|e| conn.err(e))?;
-            conn.client
-                .execute(
-                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                     WHERE slot_name LIKE $1 AND NOT active",
-                    &[&format!("shardgate_move_{id}_%")],
+                    &[&format!("shardgate\\_move\\_{id}\\_%")],
                 )
                 .await
                 .map_err(|e| conn.err(e))?;
@@ -86,6 +77,9 @@ async fn recover_inner(rt: &Arc<Runtime>, conn: &Conn) -> Result<Vec<Change>, Re
             }
         }
         if decided {
+            if let Some(c) = &change {
+                super::move_job::discard(&config, id as u64, c).await;
+            }
             // Mode logical deletes the moved rows from the sources after
             // the switch: what a stopped job left there goes now.
             let mut after = (*config).clone();
@@ -108,27 +102,28 @@ async fn recover_inner(rt: &Arc<Runtime>, conn: &Conn) -> Result<Vec<Change>, Re
                 job = id,
                 "a job whose proxy is gone finished: its map version was already decided"
             );
-        } else {
-            meta.update_job(
-                id as u64,
-                "failed",
-                0,
-                0,
-                Some("its proxy stopped before the cutover; undone and started again"),
-            )
-            .await?;
-            match change {
-                Some(c) => {
-                    tracing::warn!(job = id, phase = %phase, "a job whose proxy is gone was undone; starting it again");
-                    restart.push(c);
-                }
-                None => {
-                    tracing::error!(job = id, change = %stored, "interrupted job undone; its change cannot be read back")
-                }
+            continue;
+        }
+        match change {
+            Some(c) => {
+                // Its slots and stages stay: the job resumes from them.
+                tracing::warn!(job = id, phase = %phase, "the unfinished job of a proxy that is gone was undone to its last durable step; resuming it");
+                resume.push((id as u64, c));
+            }
+            None => {
+                meta.update_job(
+                    id as u64,
+                    "failed",
+                    0,
+                    0,
+                    Some("its proxy stopped before the cutover and its change cannot be read back"),
+                )
+                .await?;
+                tracing::error!(job = id, change = %stored, "interrupted job undone; its change cannot be read back")
             }
         }
     }
-    Ok(restart)
+    Ok(resume)
 }
 
 /// The shard list job `id` switched to.
