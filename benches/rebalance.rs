@@ -1,11 +1,18 @@
-//! Rebalancing benchmark (issue 17): `ADD SHARD` 2 → 3 over a loaded
-//! table while clients update random keys through the proxy.
+//! Rebalancing benchmark (issue 17): a job over a loaded table while
+//! clients update random keys through the proxy.
+//!
+//! - `BENCH_JOB=add_shard` (default): `ADD SHARD` 2 → 3 of a hash-sharded
+//!   table (every shard is a source or the target).
+//! - `BENCH_JOB=move_range`: 3 shards of a range-sharded table, the first
+//!   half of shard 0's range moved to shard 1; shard 2 is not involved.
+//!   Each client writes the keys of one shard only, so the TPS of shard
+//!   2's clients is the TPS of a shard the job does not touch.
 //!
 //! Prints the copy's throughput (MB/s of COPY data read from the sources,
 //! rows/s moved), how long each phase took, the writes' latency during the
 //! job split into keys that move and keys that stay (the longest write of a
 //! moving key is its pause), and the clients' TPS during the job as a ratio
-//! of before it.
+//! of before it, in all and per shard.
 //!
 //! ```sh
 //! SHARDGATE_HARNESS_DIR=/dev/shm/shardgate-harness cargo bench -p shardgate --bench rebalance
@@ -13,7 +20,8 @@
 //!
 //! Environment: `BENCH_ROWS` [1000000] rows of about 100 bytes, `BENCH_CLIENTS` [8]
 //! writing clients, `BENCH_MAX_MB_S` [0] (`sharding.rebalance_max_mb_s`),
-//! `BENCH_WAL_LEVEL` [logical] (`replica` gives mode block_writes).
+//! `BENCH_WAL_LEVEL` [logical] (`replica` gives mode block_writes),
+//! `BENCH_JOB` [add_shard].
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -86,6 +94,73 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// The job benchmarked.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Job {
+    /// `ADD SHARD` 2 → 3, hash.
+    AddShard,
+    /// `MOVE RANGE` of half of shard 0's keys to shard 1, of 3.
+    MoveRange,
+}
+
+impl Job {
+    /// The shards the proxy starts with.
+    fn shards(self) -> usize {
+        match self {
+            Job::AddShard => 2,
+            Job::MoveRange => 3,
+        }
+    }
+
+    /// The `[[sharded_tables]]` entry of `accounts` for `rows` keys.
+    fn table_config(self, rows: i64) -> String {
+        match self {
+            Job::AddShard => "[[sharded_tables]]\ntable = \"accounts\"\ncolumn = \"id\"\n".into(),
+            Job::MoveRange => {
+                let b = range_bounds(rows);
+                format!(
+                    "[[sharded_tables]]\ntable = \"accounts\"\ncolumn = \"id\"\nfunction = \"range\"\n\
+                     ranges = [{{ shard = 0, start = 1, end = {} }}, {{ shard = 1, start = {}, end = {} }}, {{ shard = 2, start = {}, end = {} }}]\n",
+                    b[1], b[1], b[2], b[2], b[3]
+                )
+            }
+        }
+    }
+
+    /// Where key `k` is before and after the job (`maps`: the hash maps of
+    /// 2 and 3 shards).
+    fn shard_of(self, maps: &(ShardMap, ShardMap), rows: i64, k: i64) -> (usize, usize) {
+        match self {
+            Job::AddShard => (
+                maps.0.hash_shard(&ShardKey::Int(k)),
+                maps.1.hash_shard(&ShardKey::Int(k)),
+            ),
+            Job::MoveRange => {
+                let b = range_bounds(rows);
+                let now = (0..3).find(|s| k < b[s + 1]).unwrap_or(2);
+                let moved = k < (b[0] + b[1]) / 2;
+                (now, if moved { 1 } else { now })
+            }
+        }
+    }
+
+    /// The keys client `w` writes: all, or (move_range) one shard's.
+    fn client_keys(self, rows: i64, w: usize) -> (i64, i64) {
+        match self {
+            Job::AddShard => (1, rows + 1),
+            Job::MoveRange => {
+                let b = range_bounds(rows);
+                (b[w % 3], b[w % 3 + 1])
+            }
+        }
+    }
+}
+
+/// Bounds of the three ranges of `rows` keys: `[b0, b1)`, `[b1, b2)`, `[b2, b3)`.
+fn range_bounds(rows: i64) -> [i64; 4] {
+    [1, rows / 3 + 1, 2 * rows / 3 + 1, rows + 1]
+}
+
 fn main() {
     if !std::env::args().any(|arg| arg == "--bench") {
         eprintln!("rebalance bench: skipped (run it with `cargo bench`)");
@@ -95,6 +170,10 @@ fn main() {
     let clients = env_number("BENCH_CLIENTS", 8) as usize;
     let max_mb_s = env_number("BENCH_MAX_MB_S", 0);
     let wal_level = std::env::var("BENCH_WAL_LEVEL").unwrap_or_else(|_| "logical".into());
+    let job = match std::env::var("BENCH_JOB").as_deref() {
+        Ok("move_range") => Job::MoveRange,
+        _ => Job::AddShard,
+    };
     eprintln!("starting 3 shards (wal_level = {wal_level})");
     let cluster = Cluster::start(ClusterSpec::new(3, 0).setting("wal_level", wal_level.as_str()))
         .expect("cluster");
@@ -109,11 +188,11 @@ fn main() {
         "[proxy]\nlisten = \"127.0.0.1:{port}\"\npool_size = 20\n\n\
          [[users]]\nname = \"app\"\npassword = \"secret\"\n\n\
          [[users]]\nname = \"ops\"\npassword = \"ops\"\nadmin = true\nserver_user = \"app\"\nserver_password = \"secret\"\n\n\
-         [sharding]\nrebalance_database = \"app\"\nrebalance_max_mb_s = {max_mb_s}\n\n\
-         [[sharded_tables]]\ntable = \"accounts\"\ncolumn = \"id\"\n\n\
-         [[shards]]\nprimary = {:?}\n\n[[shards]]\nprimary = {:?}\n",
-        cluster.shard(0).primary.addr(),
-        cluster.shard(1).primary.addr()
+         [sharding]\nrebalance_database = \"app\"\nrebalance_max_mb_s = {max_mb_s}\n\n{}\n{}",
+        job.table_config(rows),
+        (0..job.shards())
+            .map(|s| format!("[[shards]]\nprimary = {:?}\n\n", cluster.shard(s).primary.addr()))
+            .collect::<String>()
     );
     let path = cluster.dir().join("rebalance-bench.toml");
     std::fs::write(&path, config).expect("config");
@@ -170,8 +249,7 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(async move {
-        let before = map(2);
-        let after = map(3);
+        let maps = (map(2), map(3));
         let stop = Arc::new(AtomicBool::new(false));
         let started = Instant::now();
         let writers: Vec<_> = (0..clients)
@@ -186,11 +264,12 @@ fn main() {
                         .expect("prepare");
                     let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ (w as u64 + 1);
                     let mut out: Vec<(Instant, Duration, i64)> = Vec::new();
+                    let (low, high) = job.client_keys(rows, w);
                     while !stop.load(Ordering::Relaxed) {
                         x ^= x << 13;
                         x ^= x >> 7;
                         x ^= x << 17;
-                        let k = (x % rows as u64) as i64 + 1;
+                        let k = (x % (high - low) as u64) as i64 + low;
                         let t = Instant::now();
                         c.execute(&update, &[&k]).await.expect("update");
                         out.push((t, t.elapsed(), k));
@@ -205,10 +284,14 @@ fn main() {
         ))
         .await;
         let job_start = Instant::now();
-        admin
-            .batch_execute(&format!("ADD SHARD '{}'", cluster.shard(2).primary.addr()))
-            .await
-            .expect("ADD SHARD");
+        let command = match job {
+            Job::AddShard => format!("ADD SHARD '{}'", cluster.shard(2).primary.addr()),
+            Job::MoveRange => {
+                let b = range_bounds(rows);
+                format!("MOVE RANGE accounts [{}, {}) TO SHARD 1", b[0], (b[0] + b[1]) / 2)
+            }
+        };
+        admin.batch_execute(&command).await.expect("the job starts");
         let mut phases: Vec<(String, Instant)> = Vec::new();
         let mut mode: String;
         let (bytes, moved) = loop {
@@ -239,7 +322,7 @@ fn main() {
         }
         let copy_start = phases.iter().find(|(p, _)| p == "copy").map(|(_, t)| *t);
         let copy_end = phases.iter().find(|(p, _)| p == "catch-up" || p == "prepare" || p == "cutover" || p == "done").map(|(_, t)| *t);
-        println!("\n## ADD SHARD 2 -> 3, mode {mode}: {rows} rows of about 100 bytes, {clients} clients updating random keys");
+        println!("\n## {command}, mode {mode}: {rows} rows of about 100 bytes, {clients} clients updating random keys");
         for (p, t) in &phases {
             println!("- phase {p} seen at +{:?}", t.duration_since(job_start));
         }
@@ -253,7 +336,10 @@ fn main() {
                 moved as f64 / secs
             );
         }
-        let moves = |k: i64| before.hash_shard(&ShardKey::Int(k)) != after.hash_shard(&ShardKey::Int(k));
+        let moves = |k: i64| {
+            let (now, then) = job.shard_of(&maps, rows, k);
+            now != then
+        };
         let during = |t: &Instant| *t >= job_start && *t <= job_end;
         let mut by_kind: HashMap<bool, Vec<Duration>> = HashMap::new();
         for (t, d, k) in &writes {
@@ -283,5 +369,21 @@ fn main() {
             "- clients' TPS: before {before_tps:.0}, during {during_tps:.0} ({:.2}x), after {after_tps:.0}",
             during_tps / before_tps
         );
+        for shard in 0..3 {
+            let on = |from: Instant, to: Instant| {
+                writes
+                    .iter()
+                    .filter(|(t, _, k)| *t >= from && *t < to && job.shard_of(&maps, rows, *k).0 == shard)
+                    .count() as f64
+                    / (to - from).as_secs_f64()
+            };
+            let (b, d) = (on(started, job_start), on(job_start, job_end));
+            if b > 0.0 {
+                println!(
+                    "- TPS of writes to keys on shard {shard} (before the job): before {b:.0}, during {d:.0} ({:.2}x)",
+                    d / b
+                );
+            }
+        }
     });
 }

@@ -1815,3 +1815,70 @@ async fn a_second_proxy_follows_the_recorded_map() {
         b.log_tail()
     );
 }
+
+/// Rows numbered by a sequence keep their numbers when they move, and the
+/// shard that took them goes on numbering after the highest number any
+/// source gave: a new row never reuses one (here it would break the
+/// primary key of an account's entries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_shard_numbers_rows_after_those_it_took() {
+    let c = three_shards(true);
+    let port = free_port();
+    let proxy = Proxy::start(c.dir(), port, &config_over(&c, port, 2));
+    let app = connect(&proxy.app()).await;
+    app.batch_execute(
+        "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL);
+         CREATE TABLE entries (account_id bigint NOT NULL, seq bigserial, amount bigint NOT NULL, PRIMARY KEY (account_id, seq));
+         CREATE TABLE currencies (code text PRIMARY KEY, name text NOT NULL);",
+    )
+    .await
+    .expect("schema");
+    const N: i64 = 300;
+    let one_each = format!(
+        "INSERT INTO entries (account_id, amount) VALUES {}",
+        (1..=N)
+            .map(|k| format!("({k}, 1)"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for _ in 0..5 {
+        app.batch_execute(&one_each).await.expect("entries");
+    }
+    let highest: i64 = (0..2)
+        .map(|s| {
+            rows_on(&c, s, "SELECT max(seq) FROM entries")[0][0]
+                .parse::<i64>()
+                .expect("max")
+        })
+        .max()
+        .expect("two shards");
+    let admin = connect(&proxy.conninfo("ops", "ops", "shardgate")).await;
+    run_job(
+        &admin,
+        &proxy,
+        &format!("ADD SHARD '{}'", c.shard(2).primary.addr()),
+    )
+    .await;
+    let moved: i64 = rows_on(&c, 2, "SELECT count(*) FROM entries")[0][0]
+        .parse()
+        .expect("moved");
+    assert!(moved > 0, "entries moved to the new shard");
+    app.batch_execute(&one_each)
+        .await
+        .expect("one more entry per account, numbered by each shard's sequence");
+    let on_new: Vec<i64> = rows_on(
+        &c,
+        2,
+        &format!(
+            "SELECT count(*) FILTER (WHERE seq > {highest}), count(DISTINCT account_id), count(*) FROM entries"
+        ),
+    )[0]
+    .iter()
+    .map(|v| v.parse().expect("count"))
+    .collect();
+    assert_eq!(
+        on_new[0], on_new[1],
+        "every new entry on the new shard is numbered after {highest}: {on_new:?}"
+    );
+    assert_eq!(on_new[2], moved + on_new[1]);
+}

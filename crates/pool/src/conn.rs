@@ -118,13 +118,26 @@ pub struct ServerConn {
 impl ServerConn {
     /// Connects, authenticates and waits for the first ReadyForQuery.
     pub async fn connect(params: &ConnectParams) -> Result<ServerConn, ConnectError> {
-        match tokio::time::timeout(params.connect_timeout, Self::connect_inner(params)).await {
+        Self::connect_with(params, &[]).await
+    }
+
+    /// Like [`ServerConn::connect`], with more startup parameters (e.g.
+    /// `replication = database` for a logical replication connection).
+    pub async fn connect_with(
+        params: &ConnectParams,
+        extra: &[(&str, &str)],
+    ) -> Result<ServerConn, ConnectError> {
+        match tokio::time::timeout(params.connect_timeout, Self::connect_inner(params, extra)).await
+        {
             Ok(result) => result,
             Err(_) => Err(ConnectError::Timeout(params.addr.to_string())),
         }
     }
 
-    async fn connect_inner(params: &ConnectParams) -> Result<ServerConn, ConnectError> {
+    async fn connect_inner(
+        params: &ConnectParams,
+        extra: &[(&str, &str)],
+    ) -> Result<ServerConn, ConnectError> {
         let io_err = |source| ConnectError::Io {
             addr: params.addr.to_string(),
             source,
@@ -153,13 +166,12 @@ impl ServerConn {
             loan: Default::default(),
         };
         let mut out = BytesMut::new();
-        encode_startup(
-            &[
-                ("user", params.user.as_str()),
-                ("database", params.database.as_str()),
-            ],
-            &mut out,
-        );
+        let mut startup = vec![
+            ("user", params.user.as_str()),
+            ("database", params.database.as_str()),
+        ];
+        startup.extend_from_slice(extra);
+        encode_startup(&startup, &mut out);
         conn.stream.write_all(&out).await.map_err(io_err)?;
         conn.login(params).await?;
         Ok(conn)

@@ -15,7 +15,10 @@ use std::collections::{HashMap, HashSet};
 
 use shardgate_shardmap::{ShardKey, TableName, TableRule, Transition};
 
+use std::time::{Duration, Instant};
+
 use super::db::Conn;
+use super::stream::{parse_lsn, SlotStream, Streamed};
 use super::RebalanceError;
 
 /// What a decoded change does.
@@ -167,13 +170,15 @@ pub(super) struct Table<'a> {
     pub stage: TableName,
 }
 
-/// Where one target takes caught-up changes.
-pub(super) struct Sink<'a> {
-    /// Its staging connection: each batch commits there, before the slot
-    /// moves past it.
-    pub stage: &'a Conn,
-    /// Its move transaction, once the stage is merged into it.
-    pub tx: Option<&'a Conn>,
+/// Where caught-up changes go: before the merge, the targets' stages
+/// (each batch commits there, and the stream is confirmed past it); after,
+/// their move transactions only (the stream is no longer confirmed, so a
+/// stop replays the changes since the merge onto the stages).
+pub(super) struct Sinks<'a> {
+    /// Per target shard, the connection.
+    pub conns: HashMap<usize, &'a Conn>,
+    /// The connections are the stages' (else the move transactions).
+    pub stages: bool,
 }
 
 /// The primary key columns of `table` on `conn` (empty: none).
@@ -235,15 +240,40 @@ pub(super) async fn slot_exists(conn: &Conn, slot: &str) -> Result<bool, Rebalan
         .get(0))
 }
 
-/// Drops the slot if it exists.
+/// Drops the slot if it exists, ending the stream that may still use it
+/// (a job's own, just closed, or one of an earlier run of the job).
 pub(super) async fn drop_slot(conn: &Conn, slot: &str) {
-    let _ = conn
-        .client
+    for _ in 0..50 {
+        let _ = free_slot(conn, slot).await;
+        let _ = conn
+            .client
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE slot_name = $1 AND NOT active",
+                &[&slot],
+            )
+            .await;
+        match slot_exists(conn, slot).await {
+            Ok(true) => tokio::time::sleep(Duration::from_millis(100)).await,
+            // Gone, or the node cannot be asked (the takeover drops it).
+            _ => return,
+        }
+    }
+    tracing::warn!(slot, node = %conn.node, "cannot drop a slot of a move: drop it by hand");
+}
+
+/// Ends a stream an earlier run of the job may have left on `slot`, so
+/// that this run can stream it.
+pub(super) async fn free_slot(conn: &Conn, slot: &str) -> Result<(), RebalanceError> {
+    conn.client
         .execute(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+             WHERE slot_name = $1 AND active_pid IS NOT NULL",
             &[&slot],
         )
-        .await;
+        .await
+        .map_err(|e| conn.err(e))?;
+    Ok(())
 }
 
 /// Drops the slots of `job` that no session uses.
@@ -271,8 +301,12 @@ pub(super) struct KeysOut {
     pub changed: HashMap<String, HashSet<String>>,
 }
 
-/// Changes read from a slot per call.
-const CHANGES_PER_READ: i32 = 50_000;
+/// How soon the server's position is asked again after an answer short
+/// of the goal.
+const ASK_EVERY: Duration = Duration::from_millis(10);
+
+/// Changes read from a stream per call at most.
+const CHANGES_PER_READ: usize = 50_000;
 
 /// Statement text sent to a target per round trip.
 const APPLY_BATCH_BYTES: usize = 256 * 1024;
@@ -281,46 +315,76 @@ const APPLY_BATCH_BYTES: usize = 256 * 1024;
 pub(super) struct CaughtUp {
     /// Changes applied to targets.
     pub applied: usize,
-    /// The slot had no more changes than one read takes.
+    /// Everything committed on the source when the call began is applied.
     pub drained: bool,
 }
 
-/// Applies changes the slot recorded since the last call (at most one
-/// read's worth) to the targets, in order, many statements per round
-/// trip: committed into their stages (and into their move transactions
-/// once merged), then the slot is advanced past them. A stop in between
-/// applies them again: upserts and deletes by key converge.
+/// Applies the changes the slot's stream brings, in order, many statements
+/// per round trip, until the stream has given everything committed on the
+/// source when the call began (`drained`) or [`CHANGES_PER_READ`] changes,
+/// to `sinks`; into the stages they are committed, then confirmed to the
+/// stream up to the last commit read. A stop in between makes the server
+/// send them again: upserts and deletes by key converge.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn catch_up(
     src: &Conn,
-    slot: &str,
+    stream: &mut SlotStream,
     source: usize,
     tables: &HashMap<String, Table<'_>>,
     transition: &Transition,
-    targets: &HashMap<usize, Sink<'_>>,
+    sinks: &Sinks<'_>,
     out: &mut KeysOut,
     touched: &mut HashSet<usize>,
 ) -> Result<CaughtUp, RebalanceError> {
-    let rows = src
+    let flushed: String = src
         .client
-        .query(
-            "SELECT lsn::text, data FROM pg_logical_slot_peek_changes($1, NULL, $2, \
-             'skip-empty-xacts', '1', 'include-xids', '0')",
-            &[&slot, &CHANGES_PER_READ],
-        )
+        .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
         .await
-        .map_err(|e| src.err(e))?;
-    let drained = rows.len() < CHANGES_PER_READ as usize;
+        .map_err(|e| src.err(e))?
+        .get(0);
+    let began = Instant::now();
+    let until = parse_lsn(&flushed)
+        .ok_or_else(|| RebalanceError::Invalid(format!("{}: bad LSN {flushed}", src.node)))?;
+    // The server's position, asked for anew once the last answer fell
+    // short (it answers after what it sent before: changes buffered here
+    // come first), or when an answer is overdue.
+    let mut asked: Option<Instant> = None;
+    let mut answered = Instant::now() - ASK_EVERY;
     let mut applied = 0;
-    let mut last_commit: Option<String> = None;
-    let mut batches: HashMap<usize, Batch> = HashMap::new();
-    for row in rows {
-        let data: &str = row.get(1);
-        if data.starts_with("COMMIT") {
-            last_commit = Some(row.get(0));
-            continue;
+    let mut read = 0;
+    let mut drained = false;
+    let mut last_commit: Option<u64> = None;
+    let mut batches: HashMap<usize, String> = HashMap::new();
+    while read < CHANGES_PER_READ {
+        let due = match asked {
+            None => answered.elapsed() >= ASK_EVERY,
+            Some(at) => at.elapsed() >= Duration::from_secs(1),
+        };
+        if due {
+            stream.ask_position();
+            asked = Some(Instant::now());
         }
-        let Some(change) = parse_change(data) else {
+        let data = match stream.next(ASK_EVERY).await? {
+            None => continue,
+            Some(Streamed::Position(p)) => {
+                if p >= until {
+                    drained = true;
+                    break;
+                }
+                asked = None;
+                answered = Instant::now();
+                continue;
+            }
+            Some(Streamed::Change { lsn, data }) => {
+                read += 1;
+                if data.starts_with("COMMIT") {
+                    last_commit = Some(lsn);
+                    continue;
+                }
+                data
+            }
+        };
+        let Some(change) = parse_change(&data) else {
             continue;
         };
         let Some(table) = tables.get(&change.table) else {
@@ -343,19 +407,20 @@ pub(super) async fn catch_up(
             Ok(n) if n != source => n,
             _ => continue,
         };
-        let Some(sink) = targets.get(&to) else {
+        let Some(target) = sinks.conns.get(&to) else {
             continue;
         };
+        let into = if sinks.stages {
+            &table.stage
+        } else {
+            &table.rule.table
+        };
         let batch = batches.entry(to).or_default();
-        batch.push(
-            &apply_sql(&change, &table.stage, &table.key_columns)?,
-            sink.tx
-                .map(|_| apply_sql(&change, &table.rule.table, &table.key_columns))
-                .transpose()?
-                .as_deref(),
-        );
-        if batch.stage.len() >= APPLY_BATCH_BYTES {
-            batch.flush(sink).await?;
+        batch.push_str(&apply_sql(&change, into, &table.key_columns)?);
+        batch.push_str(";\n");
+        if batch.len() >= APPLY_BATCH_BYTES {
+            // One implicit transaction.
+            target.run(&std::mem::take(batch)).await?;
         }
         touched.insert(to);
         out.changed
@@ -368,54 +433,23 @@ pub(super) async fn catch_up(
             .insert(text);
         applied += 1;
     }
-    for (to, mut batch) in batches {
-        batch.flush(&targets[&to]).await?;
+    for (to, batch) in batches {
+        if !batch.is_empty() {
+            sinks.conns[&to].run(&batch).await?;
+        }
     }
-    if let Some(lsn) = last_commit {
-        // Just past the last commit read: that transaction is not decoded
-        // again.
-        src.client
-            .execute(
-                "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn + 1)",
-                &[&slot, &lsn],
-            )
-            .await
-            .map_err(|e| src.err(e))?;
+    if let (Some(lsn), true) = (last_commit, sinks.stages) {
+        stream.confirm(lsn);
     }
+    tracing::debug!(
+        node = %src.node,
+        read,
+        applied,
+        drained,
+        ms = began.elapsed().as_millis() as u64,
+        "catch-up call"
+    );
     Ok(CaughtUp { applied, drained })
-}
-
-/// Statements for one target, for its stage and its move transaction.
-#[derive(Default)]
-struct Batch {
-    stage: String,
-    tx: String,
-}
-
-impl Batch {
-    fn push(&mut self, stage: &str, tx: Option<&str>) {
-        self.stage.push_str(stage);
-        self.stage.push_str(";\n");
-        if let Some(tx) = tx {
-            self.tx.push_str(tx);
-            self.tx.push_str(";\n");
-        }
-    }
-
-    /// Runs the statements: the move transaction's first (a failure there
-    /// leaves the stage as it was), then the stage's (one implicit
-    /// transaction).
-    async fn flush(&mut self, sink: &Sink<'_>) -> Result<(), RebalanceError> {
-        if let Some(tx) = sink.tx {
-            if !self.tx.is_empty() {
-                tx.run(&std::mem::take(&mut self.tx)).await?;
-            }
-        }
-        if !self.stage.is_empty() {
-            sink.stage.run(&std::mem::take(&mut self.stage)).await?;
-        }
-        Ok(())
-    }
 }
 
 /// The statement that makes a target reflect `change`.

@@ -30,7 +30,9 @@ pub mod plan;
 mod recover;
 pub mod registry;
 mod schema;
+mod sequences;
 mod stage;
+mod stream;
 pub mod verify;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -77,6 +79,14 @@ pub enum RebalanceError {
     /// `CANCEL JOB` before the cutover.
     #[error("cancelled before its cutover: nothing moved")]
     Cancelled,
+    /// A slot's replication stream failed.
+    #[error("replication stream from {node}: {message}")]
+    Stream {
+        /// The source.
+        node: String,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 impl RebalanceError {
@@ -89,6 +99,7 @@ impl RebalanceError {
     /// terminated, a serialization failure or deadlock.
     pub fn retryable(&self) -> bool {
         match self {
+            RebalanceError::Stream { .. } => true,
             RebalanceError::Db { source, .. } => {
                 source.is_closed()
                     || source.as_db_error().is_none()

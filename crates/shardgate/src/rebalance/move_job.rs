@@ -35,6 +35,10 @@ use crate::runtime::{Runtime, Snapshot};
 /// Longest catch-up before the cutover (mode logical).
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(30);
 
+/// Catch-up is caught up when a call applies everything committed before
+/// it began within this long.
+const CAUGHT_UP: Duration = Duration::from_millis(500);
+
 /// Keys deleted per statement on a source.
 const DELETE_BATCH: usize = 50_000;
 
@@ -397,19 +401,21 @@ async fn move_rows(
         )
         .await?;
         if let Some(l) = logical.as_mut() {
-            // Until a round finds little to do (or for at most
-            // CATCH_UP_LIMIT: if clients write faster than catch-up
-            // applies, the cutover drains the rest with their writes held).
+            // Until a call catches up within CAUGHT_UP of when it began
+            // (or for at most CATCH_UP_LIMIT: if clients write faster than
+            // catch-up applies, the cutover drains the rest with their
+            // writes held).
             phase(status, meta, "catch-up").await;
             let until = Instant::now() + CATCH_UP_LIMIT;
             loop {
                 status.checkpoint().await?;
-                let (applied, drained) = l.catch_up(t, &mut txs).await?;
+                let began = Instant::now();
+                let (_, drained) = l.catch_up(t, &mut txs).await?;
                 status
                     .lag_bytes
                     .store(l.lag_bytes().await, Ordering::Relaxed);
                 crate::twophase::failpoint("rebalance-catch-up");
-                if (drained && applied < 1000) || Instant::now() >= until {
+                if (drained && began.elapsed() < CAUGHT_UP) || Instant::now() >= until {
                     break;
                 }
             }
@@ -442,9 +448,11 @@ async fn move_rows(
                     "moved rows verified before the cutover"
                 );
                 d = Some(found);
+                let until = Instant::now() + CATCH_UP_LIMIT;
                 loop {
-                    let (applied, drained) = l.catch_up(t, &mut txs).await?;
-                    if drained && applied < 1000 {
+                    let began = Instant::now();
+                    let drained = l.catch_up(t, &mut txs).await?.1;
+                    if (drained && began.elapsed() < CAUGHT_UP) || Instant::now() >= until {
                         break;
                     }
                 }
@@ -476,6 +484,26 @@ async fn move_rows(
         }
         hold.everywhere(meta, "cutover").await?;
         held_step(job, "moving keys held everywhere", *cut_at);
+        let targets = touched_targets(&txs);
+        let mut moved: Vec<super::sequences::Moved<'_>> = moving
+            .iter()
+            .map(|rule| super::sequences::Moved {
+                table: &rule.table,
+                sources: sources.to_vec(),
+                targets: targets.clone(),
+            })
+            .collect();
+        if !references.is_empty() {
+            let new_shard = next.shards.len() - 1;
+            // Copied from shard 0.
+            moved.extend(references.iter().map(|table| super::sequences::Moved {
+                table,
+                sources: vec![0],
+                targets: vec![new_shard],
+            }));
+        }
+        super::sequences::advance(&conns_of(&txs), &moved).await?;
+        held_step(job, "sequences advanced", *cut_at);
         if let Some(l) = logical.as_mut() {
             while !l.catch_up(t, &mut txs).await?.1 {}
             held_step(job, "slots drained", *cut_at);
@@ -518,7 +546,7 @@ async fn move_rows(
         }
     }
     held_step(job, "switched: moving keys go to their new owners", cut_at);
-    if let Some(l) = &logical {
+    if let Some(l) = logical.as_mut() {
         l.discard_stages(job).await;
         // The new map is in force for statements naming their keys; the
         // sources still hold copies of the rows they gave, so statements
@@ -688,6 +716,10 @@ struct Logical<'a> {
     keys: HashMap<usize, super::logical::KeysOut>,
     /// Per shard, its staging connection (autocommit).
     stages: HashMap<usize, Conn>,
+    /// Per source, its slot's stream, from the first catch-up on.
+    streams: HashMap<usize, super::stream::SlotStream>,
+    /// The configuration after the move (its nodes and monitor user).
+    config: Config,
     /// The stages are merged into the move transactions: catch-up applies
     /// to both.
     merged: bool,
@@ -850,8 +882,8 @@ impl Logical<'_> {
         Ok(())
     }
 
-    /// Applies what the slots recorded (one read each); returns how many
-    /// changes, and whether every slot is drained.
+    /// Applies what the slots' streams bring (at most one read's worth
+    /// each); returns how many changes, and whether every slot is drained.
     async fn catch_up(
         &mut self,
         t: &Transition,
@@ -861,24 +893,25 @@ impl Logical<'_> {
         let mut drained = true;
         let mut touched = std::collections::HashSet::new();
         {
-            let sinks: HashMap<usize, super::logical::Sink<'_>> = self
-                .stages
-                .iter()
-                .map(|(s, conn)| {
-                    (
-                        *s,
-                        super::logical::Sink {
-                            stage: conn,
-                            tx: self.merged.then(|| &txs[s].conn),
-                        },
-                    )
-                })
-                .collect();
+            let sinks = super::logical::Sinks {
+                conns: if self.merged {
+                    conns_of(txs)
+                } else {
+                    self.stages.iter().map(|(s, c)| (*s, c)).collect()
+                },
+                stages: !self.merged,
+            };
             for (source, conn, slot) in &self.slots {
+                let stream = match self.streams.entry(*source) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(start_stream(&self.config, conn, slot).await?)
+                    }
+                };
                 let out = self.keys.entry(*source).or_default();
                 let done = super::logical::catch_up(
                     conn,
-                    slot,
+                    stream,
                     *source,
                     &self.tables,
                     t,
@@ -886,7 +919,12 @@ impl Logical<'_> {
                     out,
                     &mut touched,
                 )
-                .await?;
+                .await;
+                if done.is_err() {
+                    // A new attempt starts a new stream.
+                    self.streams.remove(source);
+                }
+                let done = done?;
                 applied += done.applied;
                 drained &= done.drained;
             }
@@ -918,7 +956,8 @@ impl Logical<'_> {
         lag
     }
 
-    async fn drop_slots(&self) {
+    async fn drop_slots(&mut self) {
+        self.streams.clear();
         for (_, conn, slot) in &self.slots {
             super::logical::drop_slot(conn, slot).await;
         }
@@ -931,6 +970,29 @@ impl Logical<'_> {
             if let Err(e) = stage::discard(conn, job).await {
                 tracing::warn!(job, node = %conn.node, error = %e, "cannot drop the stage of a finished move");
             }
+        }
+    }
+}
+
+/// Starts streaming `slot` of the source `conn` is connected to, ending a
+/// stream an earlier attempt left (its server process may still hold the
+/// slot for a moment).
+async fn start_stream(
+    config: &Config,
+    conn: &Conn,
+    slot: &str,
+) -> Result<super::stream::SlotStream, RebalanceError> {
+    let mut tries = 0;
+    loop {
+        super::logical::free_slot(conn, slot).await?;
+        match super::stream::SlotStream::start(config, &conn.node, slot).await {
+            Err(RebalanceError::Stream { message, .. })
+                if message.starts_with("55006") && tries < 50 =>
+            {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
         }
     }
 }
@@ -954,6 +1016,8 @@ async fn open_logical<'a>(
         printed: HashMap::new(),
         keys: HashMap::new(),
         stages: HashMap::new(),
+        streams: HashMap::new(),
+        config: next.clone(),
         merged: false,
     };
     let first = Conn::open(next, &next.shards[sources[0]].primary, db).await?;
