@@ -184,8 +184,8 @@ impl ServerConn {
         }
     }
 
-    /// Reads one whole message; returns its type and body.
-    async fn read_message(&mut self) -> Result<(u8, BytesMut), ConnectError> {
+    /// Reads one whole message (at most 1 MiB); returns its type and body.
+    pub async fn read_message(&mut self) -> Result<(u8, BytesMut), ConnectError> {
         loop {
             match Header::complete(&self.read_buf, MAX_STARTUP_MESSAGE) {
                 Ok(Some(h)) => {

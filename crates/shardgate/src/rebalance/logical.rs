@@ -18,8 +18,9 @@ use shardgate_shardmap::{ShardKey, TableName, TableRule, Transition};
 use std::time::{Duration, Instant};
 
 use super::db::Conn;
-use super::stream::{parse_lsn, SlotStream, Streamed};
+use super::stream::{SlotStream, Streamed};
 use super::RebalanceError;
+use shardgate_jobs::lsn::parse_lsn;
 
 /// What a decoded change does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -637,13 +637,7 @@ async fn copy_and_prepare(
         status.checkpoint().await?;
         let reader = Conn::open(next, &next.shards[s].primary, db).await?;
         for rule in moving {
-            let cols = columns(&reader, &rule.table).await?;
-            let field = cols.iter().position(|c| *c == rule.column).ok_or_else(|| {
-                RebalanceError::Invalid(format!(
-                    "table {} on {} has no column {}",
-                    rule.table, reader.node, rule.column
-                ))
-            })?;
+            let (cols, field) = key_field(&reader, rule).await?;
             let to = |k: &ShardKey| match t.next_shard(rule, k) {
                 Ok(n) if n != s => Some(n),
                 _ => None,
@@ -686,6 +680,22 @@ async fn copy_and_prepare(
     }
     phase(status, meta, "prepare").await;
     prepare(txs).await
+}
+
+/// The columns a copy of `rule`'s table reads on `conn`, and the position
+/// of its shard key among them.
+async fn key_field(
+    conn: &Conn,
+    rule: &shardgate_shardmap::TableRule,
+) -> Result<(Vec<String>, usize), RebalanceError> {
+    let cols = columns(conn, &rule.table).await?;
+    let field = cols.iter().position(|c| *c == rule.column).ok_or_else(|| {
+        RebalanceError::Invalid(format!(
+            "table {} on {} has no column {}",
+            rule.table, conn.node, rule.column
+        ))
+    })?;
+    Ok((cols, field))
 }
 
 /// Prepares the touched move transactions and rolls back the others.
@@ -772,13 +782,7 @@ impl Logical<'_> {
                 }
                 // A row copied before a stop may be given again.
                 let resumed = targets.iter().any(|x| at(*x) > 0);
-                let cols = columns(&reader, &rule.table).await?;
-                let field = cols.iter().position(|c| *c == rule.column).ok_or_else(|| {
-                    RebalanceError::Invalid(format!(
-                        "table {} on {} has no column {}",
-                        rule.table, reader.node, rule.column
-                    ))
-                })?;
+                let (cols, field) = key_field(&reader, rule).await?;
                 let pages: i64 = reader
                     .client
                     .query_one(

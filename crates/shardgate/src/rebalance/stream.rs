@@ -74,12 +74,6 @@ impl Drop for SlotStream {
     }
 }
 
-/// Parses `X/Y` (an LSN as Postgres prints it).
-pub(super) fn parse_lsn(text: &str) -> Option<u64> {
-    let (hi, lo) = text.split_once('/')?;
-    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
-}
-
 fn stream_error(node: &str, message: impl Into<String>) -> RebalanceError {
     RebalanceError::Stream {
         node: node.to_owned(),
@@ -126,7 +120,10 @@ impl SlotStream {
             .map_err(|e| stream_error(node, e.to_string()))?;
         // Up to CopyBothResponse.
         loop {
-            let (t, body) = read_message(&mut conn, node).await?;
+            let (t, body) = conn
+                .read_message()
+                .await
+                .map_err(|e| stream_error(node, e.to_string()))?;
             match t {
                 tag::COPY_BOTH => break,
                 tag::ERROR_RESPONSE => {
@@ -175,32 +172,6 @@ impl SlotStream {
     /// follows everything it sent before).
     pub fn ask_position(&self) {
         let _ = self.ask.try_send(());
-    }
-}
-
-/// Reads one whole message from `conn`.
-async fn read_message(conn: &mut ServerConn, node: &str) -> Result<(u8, BytesMut), RebalanceError> {
-    loop {
-        match Header::complete(&conn.read_buf, MAX_MESSAGE) {
-            Ok(Some(h)) => {
-                let mut msg = conn.read_buf.split_to(h.total);
-                msg.advance(5);
-                return Ok((h.tag, msg));
-            }
-            Ok(None) => {}
-            Err(e) => return Err(stream_error(node, e.to_string())),
-        }
-        let n = conn
-            .stream
-            .read_buf(&mut conn.read_buf)
-            .await
-            .map_err(|e| stream_error(node, e.to_string()))?;
-        if n == 0 {
-            return Err(stream_error(
-                node,
-                "the server closed the replication connection",
-            ));
-        }
     }
 }
 
@@ -329,13 +300,6 @@ async fn pump(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lsns_read_as_postgres_prints_them() {
-        assert_eq!(parse_lsn("0/2191878"), Some(0x2191878));
-        assert_eq!(parse_lsn("1A/FF"), Some((0x1a << 32) | 0xff));
-        assert_eq!(parse_lsn("nope"), None);
-    }
 
     #[test]
     fn replication_messages_decode() {
