@@ -1882,3 +1882,64 @@ async fn a_new_shard_numbers_rows_after_those_it_took() {
     );
     assert_eq!(on_new[2], moved + on_new[1]);
 }
+
+/// A write made straight to a source, not through any proxy, after the
+/// cutover's final drain and before the switch (no proxy can hold it)
+/// reaches the key's new owner: it is not left behind on the source and
+/// deleted with the moved rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_straight_to_a_source_during_the_cutover_reaches_the_new_owner() {
+    let c = three_shards(true);
+    let (before, after) = (map(2), map(3));
+    // A new account that moves from shard 0 (the first source) to shard 2.
+    let key = (1_000_000..)
+        .find(|k| {
+            before.hash_shard(&ShardKey::Int(*k)) == 0 && after.hash_shard(&ShardKey::Int(*k)) == 2
+        })
+        .expect("a moving key");
+    let port = free_port();
+    let proxy = Proxy::start_with_env(
+        c.dir(),
+        port,
+        &config_over(&c, port, 2),
+        &[
+            ("SHARDGATE_FAILPOINT", "rebalance-direct-write"),
+            (
+                "SHARDGATE_FAILPOINT_SQL",
+                &format!("INSERT INTO accounts VALUES ({key}, 77)"),
+            ),
+        ],
+    );
+    let app = connect(&proxy.app()).await;
+    create_accounts(&app).await;
+    load_accounts(&proxy, 2_000);
+    let admin = connect(&proxy.conninfo("ops", "ops", "shardgate")).await;
+    run_job(
+        &admin,
+        &proxy,
+        &format!("ADD SHARD '{}'", c.shard(2).primary.addr()),
+    )
+    .await;
+    assert!(
+        proxy
+            .log_text()
+            .contains("were applied to their new owners"),
+        "{}",
+        proxy.log_tail()
+    );
+    let on = |s: usize| {
+        rows_on(
+            &c,
+            s,
+            &format!("SELECT count(*) FROM accounts WHERE id = {key}"),
+        )[0][0]
+            .clone()
+    };
+    assert_eq!((on(0), on(1), on(2)), ("0".into(), "0".into(), "1".into()));
+    let balance: i64 = app
+        .query_one("SELECT balance FROM accounts WHERE id = $1", &[&key])
+        .await
+        .expect("the row through the proxy")
+        .get(0);
+    assert_eq!(balance, 77);
+}

@@ -521,19 +521,20 @@ async fn move_rows(
         rollback_prepared(txs.values()).await;
         return Err(e);
     }
-    let prepared: Vec<MoveTx> = txs.into_values().filter(|tx| tx.touched).collect();
+    // The untouched move transactions ended at the prepare; their
+    // connections stay for the last catch-up below.
     let go_on = status.checkpoint().await.is_ok() && status.decide();
     if !go_on {
-        rollback_prepared(prepared.iter()).await;
+        rollback_prepared(txs.values().filter(|tx| tx.touched)).await;
         return Err(RebalanceError::Cancelled);
     }
     if let Err(e) = meta.record_switch(job, &rt.registry.id, &next.shards).await {
-        rollback_prepared(prepared.iter()).await;
+        rollback_prepared(txs.values().filter(|tx| tx.touched)).await;
         return Err(e);
     }
     crate::twophase::failpoint("rebalance-switched");
     // Decided: from here on the move completes.
-    for tx in &prepared {
+    for tx in txs.values().filter(|tx| tx.touched) {
         let sql = format!("COMMIT PREPARED '{}'", tx.gid);
         let mut tries = 0;
         while let Err(e) = tx.conn.run(&sql).await {
@@ -545,8 +546,38 @@ async fn move_rows(
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    held_step(job, "switched: moving keys go to their new owners", cut_at);
+    held_step(job, "committed", cut_at);
     if let Some(l) = logical.as_mut() {
+        // Writes straight to a source (no proxy holds them) committed
+        // since the final drain go to their new owners before the held
+        // writes do.
+        if let Some(sql) = crate::twophase::failpoint_sql("rebalance-direct-write") {
+            // A client writing to the first source, not through a proxy.
+            if let Some(tx) = sources.first().and_then(|s| txs.get(s)) {
+                if let Err(e) = tx.conn.run(&sql).await {
+                    tracing::error!(error = %e, "failpoint SQL failed");
+                }
+            }
+        }
+        let mut direct = 0;
+        loop {
+            match l.catch_up(t, &mut txs).await {
+                Ok((n, drained)) => {
+                    direct += n;
+                    if drained {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(job, error = %e, "cannot read the writes made straight to the sources during the cutover: VERIFY JOB after the job");
+                    break;
+                }
+            }
+        }
+        if direct > 0 {
+            tracing::warn!(job, changes = direct, "writes made straight to a source during the cutover, not through a proxy, were applied to their new owners");
+        }
+        held_step(job, "switched: moving keys go to their new owners", cut_at);
         l.discard_stages(job).await;
         // The new map is in force for statements naming their keys; the
         // sources still hold copies of the rows they gave, so statements
@@ -565,6 +596,7 @@ async fn move_rows(
         // proxy, once this job ends) removes the copies left on the sources.
         cleaned?;
     } else {
+        held_step(job, "switched: moving keys go to their new owners", cut_at);
         install(rt, next, None, None);
         gate.open();
     }
