@@ -1338,7 +1338,8 @@ pub(super) async fn mode_of(next: &Config, t: &Transition) -> Result<String, Reb
 }
 
 /// Whether the move can use catch-up: `wal_level = logical` on every
-/// source, and every moving table has a primary key holding its shard key
+/// source, the monitor user may stream (REPLICATION or superuser), and
+/// every moving table has a primary key holding its shard key
 /// (deletes are decoded as their primary key, which must name the shard).
 async fn logical_possible(
     next: &Config,
@@ -1350,6 +1351,20 @@ async fn logical_possible(
         let conn = Conn::open(next, &next.shards[s].primary, db).await?;
         if !super::logical::wal_is_logical(&conn).await? {
             return Ok(Some(format!("wal_level is not logical on shard {s}")));
+        }
+        let may_stream: bool = conn
+            .client
+            .query_one(
+                "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
+                &[],
+            )
+            .await
+            .map_err(|e| conn.err(e))?
+            .get(0);
+        if !may_stream {
+            return Ok(Some(format!(
+                "the monitor user may not stream changes on shard {s} (it needs the REPLICATION attribute)"
+            )));
         }
         for rule in moving {
             let pk = super::logical::primary_key(&conn, &rule.table).await?;
