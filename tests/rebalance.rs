@@ -1220,6 +1220,21 @@ fn last_job_phase(c: &Cluster) -> String {
     .unwrap_or_default()
 }
 
+/// Waits until the newest job in the metadata is done (`what` names it in
+/// the failure).
+async fn last_job_done(c: &Cluster, proxy: &Proxy, what: &str) {
+    let deadline = Instant::now() + LONG;
+    while last_job_phase(c) != "done" {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: phase {}\n{}",
+            last_job_phase(c),
+            proxy.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_killed_mid_job_finishes_it_after_a_restart() {
     killed_mid_job(false).await;
@@ -1326,16 +1341,7 @@ async fn killed_mid_job(logical: bool) {
         // Restarted with the file it started with: the metadata says the rest.
         let port = free_port();
         let proxy = Proxy::start(c.dir(), port, &two_phase(port));
-        let deadline = Instant::now() + LONG;
-        while last_job_phase(&c) != "done" {
-            assert!(
-                Instant::now() < deadline,
-                "{command} after {failpoint}: phase {}\n{}",
-                last_job_phase(&c),
-                proxy.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        last_job_done(&c, &proxy, &format!("{command} after {failpoint}")).await;
         check_hash_placement(&c, weights);
         assert_eq!(
             rows_on(&c, 0, "SELECT count(*) FROM shardgate_meta.jobs")[0][0],
@@ -1468,16 +1474,7 @@ async fn terminated_backend(logical: bool) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     eprintln!("terminated the copy's backend on shard {terminated}");
-    let deadline = Instant::now() + LONG;
-    while last_job_phase(&c) != "done" {
-        assert!(
-            Instant::now() < deadline,
-            "phase {}: {}",
-            last_job_phase(&c),
-            proxy.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    last_job_done(&c, &proxy, "ADD SHARD").await;
     assert!(
         proxy.log_text().contains("trying again"),
         "the job retried: {}",
@@ -1721,11 +1718,7 @@ async fn a_shard_appended_to_the_file_joins_on_reload() {
     write_config(&proxy, &config_over(&c, port, 3));
     let notices = admin.simple_query("RELOAD").await.expect("RELOAD");
     drop(notices);
-    let deadline = Instant::now() + LONG;
-    while last_job_phase(&c) != "done" {
-        assert!(Instant::now() < deadline, "{}", proxy.log_tail());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    last_job_done(&c, &proxy, "the appended shard's job").await;
     check_hash_placement(&c, &[1, 1, 1]);
     assert_ne!(rows_on(&c, 2, "SELECT count(*) FROM accounts")[0][0], "0");
     let n: i64 = app
