@@ -718,6 +718,71 @@ async fn two_proxies(logical: bool) {
     );
 }
 
+/// A logical cutover that cannot apply the last changes within
+/// `rebalance_cutover_max_ms` (here: catch-up stalled on purpose) lets the
+/// moving keys go, in both proxies, catches up and tries again: the second
+/// attempt switches, the retry is counted in `shardgate.jobs`, and nothing
+/// any client wrote through either proxy is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cutover_that_cannot_drain_in_time_releases_the_keys_and_tries_again() {
+    let c = three_shards(true);
+    let (port_a, port_b) = (free_port(), free_port());
+    let a = Proxy::start_with_env(
+        c.dir(),
+        port_a,
+        &config_over(&c, port_a, 2),
+        &[("SHARDGATE_FAILPOINT", "rebalance-cutover-stall")],
+    );
+    let b = Proxy::start(c.dir(), port_b, &config_over(&c, port_b, 2));
+    create_bank(&a.app()).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|me| {
+            let ci = if me % 2 == 0 { a.app() } else { b.app() };
+            tokio::spawn(client(ci, me, stop.clone()))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let admin = connect(&a.conninfo("ops", "ops", "shardgate")).await;
+    run_job(
+        &admin,
+        &a,
+        &format!("ADD SHARD '{}'", c.shard(2).primary.addr()),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let done = stop_clients(&stop, clients).await;
+    report_latency("cutover tried twice", &done.writes);
+    assert!(
+        done.errors.is_empty(),
+        "client errors: {:?}\nA: {}\nB: {}",
+        &done.errors[..done.errors.len().min(10)],
+        a.log_tail(),
+        b.log_tail()
+    );
+    check_bank(&c, &done.ledger, &[1, 1, 1]);
+    let retries: i64 = admin
+        .query_one(
+            "SELECT cutover_retries FROM shardgate.jobs ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .expect("shardgate.jobs")
+        .get(0);
+    assert_eq!(retries, 1, "{}", a.log_tail());
+    assert!(
+        a.log_text().contains("moving keys released"),
+        "{}",
+        a.log_tail()
+    );
+    assert!(
+        b.log_text().matches("hold=copying").count() == 2
+            && b.log_text().contains("hold=cutover 2"),
+        "B let the keys go with A and held them again for the second attempt: {}",
+        b.log_tail()
+    );
+}
+
 /// The rows of `REBALANCE PLAN`, as text.
 async fn rebalance_plan(admin: &tokio_postgres::Client) -> Vec<Vec<String>> {
     let mut rows = Vec::new();

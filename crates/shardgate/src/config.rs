@@ -97,6 +97,10 @@ pub struct ShardingConfig {
     /// How long a move waits for transactions begun before it, and for
     /// statements in flight at its cutover, before it gives up (ms).
     pub rebalance_hold_timeout_ms: u64,
+    /// Longest a logical move's cutover may hold the moving keys while it
+    /// applies the last changes and verifies them (ms); past it the move
+    /// lets them go, catches up further and tries again.
+    pub rebalance_cutover_max_ms: u64,
     /// A proxy that cannot renew its heartbeat in `shardgate_meta.proxies`
     /// for half of this (ms) holds its own writes to sharded tables until
     /// it can and has read the metadata again.
@@ -118,6 +122,7 @@ impl Default for ShardingConfig {
             rebalance_max_mb_s: 0,
             rebalance_chunk_mb: 64,
             rebalance_hold_timeout_ms: 30_000,
+            rebalance_cutover_max_ms: 1_000,
             rebalance_proxy_lease_ms: 10_000,
             imbalance_threshold: 0.2,
             metadata_node: String::new(),
@@ -726,6 +731,12 @@ impl Config {
                     "must be at least 3000 (proxies renew their lease every second) and below sharding.rebalance_hold_timeout_ms ({}), so that a move outwaits a proxy that died",
                     self.sharding.rebalance_hold_timeout_ms
                 ),
+            ));
+        }
+        if self.sharding.rebalance_cutover_max_ms < 100 {
+            return Err(invalid(
+                "sharding.rebalance_cutover_max_ms",
+                "must be at least 100: a cutover needs a few round trips to every shard".into(),
             ));
         }
         if self.sharding.default_shard >= self.shards.len().max(1) {

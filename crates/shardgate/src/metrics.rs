@@ -600,6 +600,18 @@ impl Collector for RuntimeCollector {
         )?;
         family(
             &mut enc,
+            "shardgate_job_cutover_retries",
+            "Cutovers of a logical rebalancing job that released the moving keys because the last changes did not apply within sharding.rebalance_cutover_max_ms.",
+            MetricType::Counter,
+            jobs.iter().map(|(l, j)| {
+                (
+                    l.clone(),
+                    counter(j.cutover_retries.load(std::sync::atomic::Ordering::Relaxed)),
+                )
+            }),
+        )?;
+        family(
+            &mut enc,
             "shardgate_move_held_statements",
             "Statements waiting at a rebalancing move's gate now.",
             MetricType::Gauge,

@@ -318,6 +318,16 @@ pub fn failpoint_sql(name: &str) -> Option<String> {
     None
 }
 
+/// Test hook: whether `SHARDGATE_FAILPOINT` names `name` (the caller
+/// injects a delay or a fault of its own).
+pub fn failpoint_on(name: &str) -> bool {
+    let on = std::env::var("SHARDGATE_FAILPOINT").is_ok_and(|v| v == name);
+    if on {
+        tracing::error!(failpoint = name, "failpoint reached");
+    }
+    on
+}
+
 /// Test hook: `SHARDGATE_FAILPOINT=<name>` aborts the process at that point.
 pub fn failpoint(name: &str) {
     if std::env::var("SHARDGATE_FAILPOINT").is_ok_and(|v| v == name) {

@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 
 use super::change::Change;
 use super::db::Conn;
-use super::gate::MoveGate;
+use super::gate::{GatePhase, MoveGate};
 use super::meta::{decode_shards, latest_shards_on, same_placement, CHANNEL, UNFINISHED};
 use super::RebalanceError;
 use crate::config::{Config, ShardConfig};
@@ -214,7 +214,9 @@ impl Follower {
             tracing::warn!(job = a.job, "transactions begun before another proxy's move did not end: not acknowledging its hold yet");
             return Ok(());
         }
-        if a.hold == "cutover" {
+        if a.hold.starts_with("cutover") {
+            // `cutover`, then `cutover 2`, ... for the job's attempts: an
+            // acknowledgement names the attempt it holds for.
             held.gate.cut_over();
             if !rt
                 .clients
@@ -224,6 +226,10 @@ impl Follower {
                 tracing::warn!(job = a.job, "statements on moving keys did not finish: not acknowledging another proxy's cutover yet");
                 return Ok(());
             }
+        }
+        if a.hold == "copying" && held.gate.phase() == GatePhase::CuttingOver {
+            // The job's cutover gave up: held statements go on.
+            held.gate.resume_copying();
         }
         let conn = self.conn.as_ref().expect("connected");
         conn.client

@@ -132,6 +132,14 @@ impl MoveGate {
             .store(GatePhase::CuttingOver as u8, Ordering::SeqCst);
     }
 
+    /// Leaves a cutover that could not finish in time: reads of moving
+    /// keys go on (to the source) and so do writes in mode logical; waiting
+    /// statements look at the gate again.
+    pub fn resume_copying(&self) {
+        self.phase.store(GatePhase::Copying as u8, Ordering::SeqCst);
+        self.opened.notify_waiters();
+    }
+
     /// Ends the hold: every waiting statement goes on.
     pub fn open(&self) {
         self.phase.store(GatePhase::Open as u8, Ordering::SeqCst);
@@ -143,15 +151,17 @@ impl MoveGate {
         self.waiting.load(Ordering::Relaxed)
     }
 
-    /// Waits until the gate opens.
-    pub async fn wait_open(&self) {
+    /// Waits until the gate leaves its current phase (it opens, or a
+    /// cutover gives up); the caller asks [`MoveGate::must_wait`] again.
+    pub async fn wait_change(&self) {
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let _counted = Waiting(&self.waiting);
+        let at = self.phase();
         loop {
             let notified = self.opened.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.phase() == GatePhase::Open {
+            if self.phase() != at {
                 return;
             }
             notified.await;
@@ -213,7 +223,7 @@ mod tests {
         let g = gate();
         let w = tokio::spawn({
             let g = g.clone();
-            async move { g.wait_open().await }
+            async move { g.wait_change().await }
         });
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         assert!(!w.is_finished());
@@ -222,5 +232,25 @@ mod tests {
             .await
             .expect("woken")
             .expect("task");
+    }
+
+    #[tokio::test]
+    async fn a_cutover_that_gives_up_lets_held_reads_go_on() {
+        let g = gate();
+        g.cut_over();
+        assert!(g.must_wait(false, Touch::Moving));
+        let w = tokio::spawn({
+            let g = g.clone();
+            async move { g.wait_change().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!w.is_finished());
+        g.resume_copying();
+        tokio::time::timeout(std::time::Duration::from_secs(10), w)
+            .await
+            .expect("woken")
+            .expect("task");
+        assert_eq!(g.phase(), GatePhase::Copying);
+        assert!(!g.must_wait(false, Touch::Moving));
     }
 }

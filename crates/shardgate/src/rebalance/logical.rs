@@ -318,18 +318,22 @@ pub(super) struct CaughtUp {
     pub applied: usize,
     /// Everything committed on the source when the call began is applied.
     pub drained: bool,
+    /// The source's WAL position up to which changes are applied.
+    pub reached: Option<u64>,
 }
 
 /// Applies the changes the slot's stream brings, in order, many statements
 /// per round trip, until the stream has given everything committed on the
 /// source when the call began (`drained`) or [`CHANGES_PER_READ`] changes,
-/// to `sinks`; into the stages they are committed, then confirmed to the
-/// stream up to the last commit read. A stop in between makes the server
-/// send them again: upserts and deletes by key converge.
+/// to `sinks`, or until `stop_at`; into the stages they are committed,
+/// then confirmed to the stream up to the last commit read. A stop in
+/// between makes the server send them again: upserts and deletes by key
+/// converge.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn catch_up(
     src: &Conn,
     stream: &mut SlotStream,
+    stop_at: Option<Instant>,
     source: usize,
     tables: &HashMap<String, Table<'_>>,
     transition: &Transition,
@@ -354,9 +358,10 @@ pub(super) async fn catch_up(
     let mut applied = 0;
     let mut read = 0;
     let mut drained = false;
+    let mut reached = None;
     let mut last_commit: Option<u64> = None;
     let mut batches: HashMap<usize, String> = HashMap::new();
-    while read < CHANGES_PER_READ {
+    while read < CHANGES_PER_READ && stop_at.is_none_or(|t| Instant::now() < t) {
         let due = match asked {
             None => answered.elapsed() >= ASK_EVERY,
             Some(at) => at.elapsed() >= Duration::from_secs(1),
@@ -370,6 +375,7 @@ pub(super) async fn catch_up(
             Some(Streamed::Position(p)) => {
                 if p >= until {
                     drained = true;
+                    reached = Some(p);
                     break;
                 }
                 asked = None;
@@ -450,7 +456,11 @@ pub(super) async fn catch_up(
         ms = began.elapsed().as_millis() as u64,
         "catch-up call"
     );
-    Ok(CaughtUp { applied, drained })
+    Ok(CaughtUp {
+        applied,
+        drained,
+        reached: reached.or(last_commit),
+    })
 }
 
 /// The statement that makes a target reflect `change`.

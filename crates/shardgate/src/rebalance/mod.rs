@@ -211,6 +211,10 @@ pub struct JobStatus {
     /// Mode logical: WAL bytes the slots have not caught up yet (at the
     /// last catch-up round).
     pub lag_bytes: AtomicU64,
+    /// Cutovers that gave up because the last changes did not apply within
+    /// `sharding.rebalance_cutover_max_ms` (the job caught up and tried
+    /// again).
+    pub cutover_retries: AtomicU64,
     /// [`Control`] asked by `PAUSE JOB`, `RESUME JOB`, `CANCEL JOB`.
     /// [`Control`] as u8, or [`DECIDED`] once past the decision.
     control: AtomicU8,
@@ -249,6 +253,7 @@ impl JobStatus {
             steps_done: AtomicU64::new(0),
             steps_total: AtomicU64::new(0),
             lag_bytes: AtomicU64::new(0),
+            cutover_retries: AtomicU64::new(0),
             control: AtomicU8::new(Control::Run as u8),
             control_changed: tokio::sync::Notify::new(),
         }

@@ -401,24 +401,8 @@ async fn move_rows(
         )
         .await?;
         if let Some(l) = logical.as_mut() {
-            // Until a call catches up within CAUGHT_UP of when it began
-            // (or for at most CATCH_UP_LIMIT: if clients write faster than
-            // catch-up applies, the cutover drains the rest with their
-            // writes held).
             phase(status, meta, "catch-up").await;
-            let until = Instant::now() + CATCH_UP_LIMIT;
-            loop {
-                status.checkpoint().await?;
-                let began = Instant::now();
-                let (_, drained) = l.catch_up(t, &mut txs).await?;
-                status
-                    .lag_bytes
-                    .store(l.lag_bytes().await, Ordering::Relaxed);
-                crate::twophase::failpoint("rebalance-catch-up");
-                if (drained && began.elapsed() < CAUGHT_UP) || Instant::now() >= until {
-                    break;
-                }
-            }
+            catch_up_closely(status, l, t, &mut txs).await?;
             phase(status, meta, "merge").await;
             l.merge(t, moving, &mut txs).await?;
             if let Some(sql) = crate::twophase::failpoint_sql("rebalance-corrupt") {
@@ -431,86 +415,95 @@ async fn move_rows(
                     tx.conn.run(&sql).await?;
                 }
             }
-            // Most rows verified now, while clients write; then again the
-            // keys that differed or changed meanwhile, until few are left:
-            // the cutover verifies only those and what changes after.
-            let mut d: Option<Dirty> = None;
-            for round in 0..VERIFY_ROUNDS {
-                status.checkpoint().await?;
-                let started = Instant::now();
-                let found = verify_early(l, moving, &txs, d.as_ref()).await?;
-                let differing: usize = found.values().map(HashSet::len).sum();
-                tracing::info!(
-                    job,
-                    round,
-                    ms = started.elapsed().as_millis() as u64,
-                    differing,
-                    "moved rows verified before the cutover"
-                );
-                d = Some(found);
-                let until = Instant::now() + CATCH_UP_LIMIT;
-                loop {
-                    let began = Instant::now();
-                    let drained = l.catch_up(t, &mut txs).await?.1;
-                    if (drained && began.elapsed() < CAUGHT_UP) || Instant::now() >= until {
-                        break;
-                    }
-                }
-                let changed: usize = l
-                    .keys
-                    .values()
-                    .flat_map(|o| o.changed.values())
-                    .map(HashSet::len)
-                    .sum();
-                if differing + changed < FEW_KEYS {
-                    break;
-                }
-            }
-            dirty = d;
         } else {
             crate::twophase::failpoint("rebalance-prepared");
         }
-        phase(status, meta, "cutover").await;
-        gate.cut_over();
-        *cut_at = Some(Instant::now());
-        if !rt
-            .clients
-            .wait_moves_settled(Instant::now() + hold_timeout)
-            .await
-        {
-            return Err(RebalanceError::HoldTimeout(
-                "statements on moving keys did not finish".into(),
-            ));
-        }
-        hold.everywhere(meta, "cutover").await?;
-        held_step(job, "moving keys held everywhere", *cut_at);
-        let targets = touched_targets(&txs);
-        let mut moved: Vec<super::sequences::Moved<'_>> = moving
-            .iter()
-            .map(|rule| super::sequences::Moved {
-                table: &rule.table,
-                sources: sources.to_vec(),
-                targets: targets.clone(),
-            })
-            .collect();
-        if !references.is_empty() {
-            let new_shard = next.shards.len() - 1;
-            // Copied from shard 0.
-            moved.extend(references.iter().map(|table| super::sequences::Moved {
-                table,
-                sources: vec![0],
-                targets: vec![new_shard],
-            }));
-        }
-        super::sequences::advance(&conns_of(&txs), &moved).await?;
-        held_step(job, "sequences advanced", *cut_at);
-        if let Some(l) = logical.as_mut() {
-            while !l.catch_up(t, &mut txs).await?.1 {}
+        let cutover_max = Duration::from_millis(next.sharding.rebalance_cutover_max_ms);
+        for attempt in 1.. {
+            if let Some(l) = logical.as_mut() {
+                if attempt > 1 {
+                    phase(status, meta, "catch-up").await;
+                    catch_up_closely(status, l, t, &mut txs).await?;
+                }
+                dirty = Some(verify_rounds(status, l, t, moving, &mut txs, dirty.take()).await?);
+            }
+            phase(status, meta, "cutover").await;
+            gate.cut_over();
+            let held_at = Instant::now();
+            *cut_at = Some(held_at);
+            if !rt
+                .clients
+                .wait_moves_settled(held_at + hold_timeout)
+                .await
+            {
+                return Err(RebalanceError::HoldTimeout(
+                    "statements on moving keys did not finish".into(),
+                ));
+            }
+            let name = if attempt == 1 {
+                "cutover".to_owned()
+            } else {
+                format!("cutover {attempt}")
+            };
+            hold.everywhere(meta, &name).await?;
+            held_step(job, "moving keys held everywhere", *cut_at);
+            let targets = touched_targets(&txs);
+            let mut moved: Vec<super::sequences::Moved<'_>> = moving
+                .iter()
+                .map(|rule| super::sequences::Moved {
+                    table: &rule.table,
+                    sources: sources.to_vec(),
+                    targets: targets.clone(),
+                })
+                .collect();
+            if !references.is_empty() {
+                let new_shard = next.shards.len() - 1;
+                // Copied from shard 0.
+                moved.extend(references.iter().map(|table| super::sequences::Moved {
+                    table,
+                    sources: vec![0],
+                    targets: vec![new_shard],
+                }));
+            }
+            super::sequences::advance(&conns_of(&txs), &moved).await?;
+            held_step(job, "sequences advanced", *cut_at);
+            let Some(l) = logical.as_mut() else {
+                break;
+            };
+            let stop_at = held_at + cutover_max;
+            if attempt == 1 && crate::twophase::failpoint_on("rebalance-cutover-stall") {
+                // Catch-up slower than the writes it must apply.
+                tokio::time::sleep_until(stop_at.into()).await;
+            }
+            let drained = loop {
+                if l.catch_up(t, &mut txs, Some(stop_at)).await?.1 {
+                    break true;
+                }
+                if Instant::now() >= stop_at {
+                    break false;
+                }
+            };
+            if !drained {
+                // Clients wrote more than catch-up applied in time: the held
+                // statements go on (to the sources), and the job catches up
+                // further before it tries again.
+                gate.resume_copying();
+                hold.everywhere(meta, "copying").await?;
+                status.cutover_retries.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    job,
+                    attempt,
+                    held_ms = held_at.elapsed().as_millis() as u64,
+                    "cutover: the last changes did not apply within sharding.rebalance_cutover_max_ms; moving keys released, catching up before the next attempt"
+                );
+                continue;
+            }
             held_step(job, "slots drained", *cut_at);
             verify_given(l, moving, &txs, dirty.as_ref()).await?;
             held_step(job, "moved rows verified", *cut_at);
             prepare(&mut txs).await?;
             crate::twophase::failpoint("rebalance-prepared");
+            break;
         }
         Ok(())
     }
@@ -561,7 +554,7 @@ async fn move_rows(
         }
         let mut direct = 0;
         loop {
-            match l.catch_up(t, &mut txs).await {
+            match l.catch_up(t, &mut txs, None).await {
                 Ok((n, drained)) => {
                     direct += n;
                     if drained {
@@ -605,6 +598,79 @@ async fn move_rows(
     let bytes = status.bytes_copied.load(Ordering::Relaxed);
     meta.update_job(job, "done", rows, bytes, None).await?;
     Ok(())
+}
+
+/// Mode logical: catches up until a call applies everything committed
+/// before it began within [`CAUGHT_UP`], or for [`CATCH_UP_LIMIT`] (clients
+/// that write faster than catch-up applies leave the rest to the cutover,
+/// which gives up and comes back here if it cannot drain it in time).
+async fn catch_up_closely(
+    status: &JobStatus,
+    l: &mut Logical<'_>,
+    t: &Transition,
+    txs: &mut HashMap<usize, MoveTx>,
+) -> Result<(), RebalanceError> {
+    let until = Instant::now() + CATCH_UP_LIMIT;
+    loop {
+        status.checkpoint().await?;
+        let began = Instant::now();
+        let (_, drained) = l.catch_up(t, txs, None).await?;
+        status
+            .lag_bytes
+            .store(l.lag_bytes().await, Ordering::Relaxed);
+        crate::twophase::failpoint("rebalance-catch-up");
+        if drained && began.elapsed() < CAUGHT_UP {
+            return Ok(());
+        }
+        if Instant::now() >= until {
+            tracing::warn!(
+                job = status.id,
+                lag_bytes = status.lag_bytes.load(Ordering::Relaxed),
+                "catch-up has not caught up with the writes on the sources in {} s; the cutover tries anyway and gives up after sharding.rebalance_cutover_max_ms if it cannot apply the rest",
+                CATCH_UP_LIMIT.as_secs()
+            );
+            return Ok(());
+        }
+    }
+}
+
+/// Mode logical, after the merge: most moved rows verified while clients
+/// write, then again the keys that differed or changed meanwhile (from
+/// `dirty` on a later attempt), until few are left; the cutover verifies
+/// only the keys returned and what changes after.
+async fn verify_rounds(
+    status: &JobStatus,
+    l: &mut Logical<'_>,
+    t: &Transition,
+    moving: &[Arc<shardgate_shardmap::TableRule>],
+    txs: &mut HashMap<usize, MoveTx>,
+    mut dirty: Option<Dirty>,
+) -> Result<Dirty, RebalanceError> {
+    for round in 0..VERIFY_ROUNDS {
+        status.checkpoint().await?;
+        let started = Instant::now();
+        let found = verify_early(l, moving, txs, dirty.as_ref()).await?;
+        let differing: usize = found.values().map(HashSet::len).sum();
+        tracing::info!(
+            job = status.id,
+            round,
+            ms = started.elapsed().as_millis() as u64,
+            differing,
+            "moved rows verified before the cutover"
+        );
+        dirty = Some(found);
+        catch_up_closely(status, l, t, txs).await?;
+        let changed: usize = l
+            .keys
+            .values()
+            .flat_map(|o| o.changed.values())
+            .map(HashSet::len)
+            .sum();
+        if differing + changed < FEW_KEYS {
+            break;
+        }
+    }
+    Ok(dirty.unwrap_or_default())
 }
 
 /// Logs a step of the cutover with the time since it began (how long the
@@ -765,6 +831,9 @@ struct Logical<'a> {
     /// The stages are merged into the move transactions: catch-up applies
     /// to both.
     merged: bool,
+    /// Per source, the WAL position up to which catch-up applied changes
+    /// (the slot's confirmed position stops at the merge).
+    reached: HashMap<usize, u64>,
 }
 
 impl Logical<'_> {
@@ -924,6 +993,7 @@ impl Logical<'_> {
         &mut self,
         t: &Transition,
         txs: &mut HashMap<usize, MoveTx>,
+        stop_at: Option<Instant>,
     ) -> Result<(usize, bool), RebalanceError> {
         let mut applied = 0;
         let mut drained = true;
@@ -948,6 +1018,7 @@ impl Logical<'_> {
                 let done = super::logical::catch_up(
                     conn,
                     stream,
+                    stop_at,
                     *source,
                     &self.tables,
                     t,
@@ -961,6 +1032,10 @@ impl Logical<'_> {
                     self.streams.remove(source);
                 }
                 let done = done?;
+                if let Some(lsn) = done.reached {
+                    let r = self.reached.entry(*source).or_default();
+                    *r = (*r).max(lsn);
+                }
                 applied += done.applied;
                 drained &= done.drained;
             }
@@ -975,16 +1050,20 @@ impl Logical<'_> {
         Ok((applied, drained))
     }
 
-    /// WAL bytes written on the sources since the slots' last read.
+    /// WAL bytes written on the sources after the position catch-up
+    /// applied (durably on the stages or in the move transactions).
     async fn lag_bytes(&self) -> u64 {
         let mut lag = 0;
-        for (_, conn, slot) in &self.slots {
+        for (source, conn, slot) in &self.slots {
+            let reached =
+                shardgate_jobs::lsn::format_lsn(self.reached.get(source).copied().unwrap_or(0));
             let row = conn
                 .client
                 .query_one(
-                    "SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::int8 \
+                    "SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), \
+                     greatest(confirmed_flush_lsn, $2::text::pg_lsn)), 0)::int8 \
                      FROM pg_replication_slots WHERE slot_name = $1",
-                    &[slot],
+                    &[slot, &reached],
                 )
                 .await;
             lag += row.map_or(0, |r| r.get::<_, i64>(0).max(0) as u64);
@@ -1055,6 +1134,7 @@ async fn open_logical<'a>(
         streams: HashMap::new(),
         config: next.clone(),
         merged: false,
+        reached: HashMap::new(),
     };
     let first = Conn::open(next, &next.shards[sources[0]].primary, db).await?;
     for (i, rule) in moving.iter().enumerate() {

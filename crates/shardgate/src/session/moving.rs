@@ -56,7 +56,7 @@ impl Session {
                 // (those writes wait), so it may wait here and go on by
                 // the new map.
                 self.info.set_touching_moves(false);
-                gate.wait_open().await;
+                gate.wait_change().await;
             }
             self.take_snapshot().map_err(|e| match e {
                 SessionError::Fatal(e) => e,

@@ -27,6 +27,7 @@ pub fn table(src: &Source<'_>) -> Table {
                 int(j.lag_bytes.load(std::sync::atomic::Ordering::Relaxed)),
                 j.eta_s().map_or(Value::Null, Value::Float),
                 int(if j.state() == "running" { held } else { 0 }),
+                int(j.cutover_retries.load(std::sync::atomic::Ordering::Relaxed)),
                 micros(j.started),
                 j.error().map_or(Value::Null, Value::Text),
             ]
@@ -48,6 +49,7 @@ pub fn table(src: &Source<'_>) -> Table {
             lag_bytes: Int8,
             eta_s: Float8,
             held_statements: Int8,
+            cutover_retries: Int8,
             started_at: Timestamptz,
             error: Text,
         ],
