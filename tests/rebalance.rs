@@ -643,6 +643,59 @@ async fn a_stopped_proxy_makes_a_move_wait_and_give_up_never_lose_writes() {
     check_bank(&c, &done.ledger, &[1, 1, 1]);
 }
 
+/// Proxy B dies (`kill -9`) just before A starts a move: its registry lock
+/// goes at once, but a proxy whose connection the server dropped cannot
+/// tell at once and may still write by the old map until its lease
+/// lapses, so the move waits for B's lease before it counts B gone, then
+/// completes, and nothing A's clients wrote is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_outwaits_the_lease_of_a_proxy_that_vanished() {
+    let c = three_shards(true);
+    let (port_a, port_b) = (free_port(), free_port());
+    let config = |port: u16| {
+        config_over(&c, port, 2).replacen(
+            "[sharding]\n",
+            "[sharding]\nrebalance_hold_timeout_ms = 20000\nrebalance_proxy_lease_ms = 4000\n",
+            1,
+        )
+    };
+    let a = Proxy::start(c.dir(), port_a, &config(port_a));
+    let mut b = Proxy::start(c.dir(), port_b, &config(port_b));
+    create_bank(&a.app()).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|me| tokio::spawn(client(a.app(), me, stop.clone())))
+        .collect();
+    let admin = connect(&a.conninfo("ops", "ops", "shardgate")).await;
+    // B is registered once A sees it.
+    let deadline = Instant::now() + LONG;
+    while rows_on(&c, 0, "SELECT count(*) FROM shardgate_meta.proxies")[0][0] != "2" {
+        assert!(Instant::now() < deadline, "B registers: {}", b.log_tail());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    send_signal(b.pid(), "-KILL");
+    assert!(b.wait_exit(LONG).is_some(), "B is gone");
+    run_job(
+        &admin,
+        &a,
+        &format!("ADD SHARD '{}'", c.shard(2).primary.addr()),
+    )
+    .await;
+    let log = a.log_text();
+    assert!(
+        log.contains("until their lease lapses") && log.contains(&format!("{port_b}")),
+        "A waited for B's lease: {}",
+        a.log_tail()
+    );
+    let done = stop_clients(&stop, clients).await;
+    assert!(
+        done.errors.is_empty(),
+        "client errors: {:?}",
+        &done.errors[..done.errors.len().min(10)]
+    );
+    check_bank(&c, &done.ledger, &[1, 1, 1]);
+}
+
 /// The same with logical catch-up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_proxies_writing_during_logical_moves_lose_nothing() {

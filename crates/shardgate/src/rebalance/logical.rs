@@ -171,16 +171,9 @@ pub(super) struct Table<'a> {
     pub stage: TableName,
 }
 
-/// Where caught-up changes go: before the merge, the targets' stages
-/// (each batch commits there, and the stream is confirmed past it); after,
-/// their move transactions only (the stream is no longer confirmed, so a
-/// stop replays the changes since the merge onto the stages).
-pub(super) struct Sinks<'a> {
-    /// Per target shard, the connection.
-    pub conns: HashMap<usize, &'a Conn>,
-    /// The connections are the stages' (else the move transactions).
-    pub stages: bool,
-}
+/// Keys caught up into the stages and not yet taken into the targets' move
+/// transactions, per (target shard, table as decoding prints it).
+pub(super) type Pending = HashMap<(usize, String), HashSet<String>>;
 
 /// The primary key columns of `table` on `conn` (empty: none).
 pub(super) async fn primary_key(
@@ -325,10 +318,10 @@ pub(super) struct CaughtUp {
 /// Applies the changes the slot's stream brings, in order, many statements
 /// per round trip, until the stream has given everything committed on the
 /// source when the call began (`drained`) or [`CHANGES_PER_READ`] changes,
-/// to `sinks`, or until `stop_at`; into the stages they are committed,
-/// then confirmed to the stream up to the last commit read. A stop in
-/// between makes the server send them again: upserts and deletes by key
-/// converge.
+/// or until `stop_at`, to the targets' stages (`stages`, autocommit): they
+/// are committed there, then confirmed to the stream up to the last commit
+/// read. A stop in between makes the server send them again: upserts and
+/// deletes by key converge. The keys applied are added to `pending`.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn catch_up(
     src: &Conn,
@@ -337,9 +330,9 @@ pub(super) async fn catch_up(
     source: usize,
     tables: &HashMap<String, Table<'_>>,
     transition: &Transition,
-    sinks: &Sinks<'_>,
+    stages: &HashMap<usize, Conn>,
     out: &mut KeysOut,
-    touched: &mut HashSet<usize>,
+    pending: &mut Pending,
 ) -> Result<CaughtUp, RebalanceError> {
     let flushed: String = src
         .client
@@ -359,6 +352,7 @@ pub(super) async fn catch_up(
     let mut read = 0;
     let mut drained = false;
     let mut reached = None;
+    let mut applying = Duration::ZERO;
     let mut last_commit: Option<u64> = None;
     let mut batches: HashMap<usize, String> = HashMap::new();
     while read < CHANGES_PER_READ && stop_at.is_none_or(|t| Instant::now() < t) {
@@ -414,22 +408,22 @@ pub(super) async fn catch_up(
             Ok(n) if n != source => n,
             _ => continue,
         };
-        let Some(target) = sinks.conns.get(&to) else {
+        let Some(target) = stages.get(&to) else {
             continue;
         };
-        let into = if sinks.stages {
-            &table.stage
-        } else {
-            &table.rule.table
-        };
         let batch = batches.entry(to).or_default();
-        batch.push_str(&apply_sql(&change, into, &table.key_columns)?);
+        batch.push_str(&apply_sql(&change, &table.stage, &table.key_columns)?);
         batch.push_str(";\n");
         if batch.len() >= APPLY_BATCH_BYTES {
             // One implicit transaction.
+            let at = Instant::now();
             target.run(&std::mem::take(batch)).await?;
+            applying += at.elapsed();
         }
-        touched.insert(to);
+        pending
+            .entry((to, change.table.clone()))
+            .or_default()
+            .insert(text.clone());
         out.changed
             .entry(change.table.clone())
             .or_default()
@@ -440,12 +434,14 @@ pub(super) async fn catch_up(
             .insert(text);
         applied += 1;
     }
+    let at = Instant::now();
     for (to, batch) in batches {
         if !batch.is_empty() {
-            sinks.conns[&to].run(&batch).await?;
+            stages[&to].run(&batch).await?;
         }
     }
-    if let (Some(lsn), true) = (last_commit, sinks.stages) {
+    applying += at.elapsed();
+    if let Some(lsn) = last_commit {
         stream.confirm(lsn);
     }
     tracing::debug!(
@@ -454,6 +450,7 @@ pub(super) async fn catch_up(
         applied,
         drained,
         ms = began.elapsed().as_millis() as u64,
+        apply_ms = applying.as_millis() as u64,
         "catch-up call"
     );
     Ok(CaughtUp {

@@ -279,30 +279,44 @@ impl Meta {
         Ok(())
     }
 
-    /// Waits until every live proxy but `me` (see [`alive`]) acknowledged
-    /// `hold` of job `id`; `Err` naming the others at `deadline`.
+    /// Waits until every proxy but `me` that is live (see [`alive`]) or
+    /// renewed its heartbeat within `lease` acknowledged `hold` of job
+    /// `id`; `Err` naming the others at `deadline`. A proxy whose registry
+    /// connection the server dropped may not know it yet and still write
+    /// by the old map; it fences itself once it has not renewed for half
+    /// the lease, so a move outwaits the whole lease before it counts that
+    /// proxy gone.
     pub async fn wait_acks(
         &self,
         me: &str,
         id: u64,
         hold: &str,
+        lease: std::time::Duration,
         deadline: std::time::Instant,
     ) -> Result<(), RebalanceError> {
         let sql = format!(
-            "SELECT coalesce(string_agg(name, ', '), '') FROM shardgate_meta.proxies q \
-             WHERE q.id <> $1 AND {} \
+            "SELECT coalesce(string_agg(name || CASE WHEN {} THEN '' ELSE ' (lease not yet lapsed)' END, ', '), '') \
+             FROM shardgate_meta.proxies q \
+             WHERE q.id <> $1 AND ({} OR q.heartbeat_at > now() - $4::int8 * interval '1 millisecond') \
              AND (q.ack_job IS DISTINCT FROM $2 OR q.ack_hold IS DISTINCT FROM $3)",
+            alive("q.id"),
             alive("q.id")
         );
+        let lease_ms = lease.as_millis() as i64;
+        let mut told = false;
         loop {
             let waiting: String = self
                 .client()
-                .query_one(&sql, &[&me, &(id as i64), &hold])
+                .query_one(&sql, &[&me, &(id as i64), &hold, &lease_ms])
                 .await
                 .map_err(|e| self.0.err(e))?
                 .get(0);
             if waiting.is_empty() {
                 return Ok(());
+            }
+            if !told && waiting.contains("(lease not yet lapsed)") {
+                told = true;
+                tracing::info!(job = id, hold, proxies = %waiting, "waiting for proxies whose registry connection is gone until their lease lapses (they may still write by the old map until they fence themselves)");
             }
             if std::time::Instant::now() >= deadline {
                 return Err(RebalanceError::HoldTimeout(format!(

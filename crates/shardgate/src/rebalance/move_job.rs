@@ -275,6 +275,7 @@ async fn run_once(
         mode: status.mode(),
         from: &snap.config.shards,
         timeout: hold_timeout,
+        lease: Duration::from_millis(next.sharding.rebalance_proxy_lease_ms),
     };
     let held = async {
         if !rt
@@ -314,6 +315,9 @@ struct Hold<'a> {
     /// The shards before the move (other proxies check they route by them).
     from: &'a [crate::config::ShardConfig],
     timeout: Duration,
+    /// `sharding.rebalance_proxy_lease_ms`: how long a proxy that lost its
+    /// registry connection may still write before it fences itself.
+    lease: Duration,
 }
 
 impl Hold<'_> {
@@ -337,6 +341,7 @@ impl Hold<'_> {
             &self.rt.registry.id,
             self.job,
             phase,
+            self.lease,
             Instant::now() + self.timeout,
         )
         .await
@@ -476,7 +481,7 @@ async fn move_rows(
                 tokio::time::sleep_until(stop_at.into()).await;
             }
             let drained = loop {
-                if l.catch_up(t, &mut txs, Some(stop_at)).await?.1 {
+                if l.catch_up(t, Some(stop_at)).await?.1 {
                     break true;
                 }
                 if Instant::now() >= stop_at {
@@ -498,6 +503,7 @@ async fn move_rows(
                 );
                 continue;
             }
+            l.sync(&mut txs, true).await?;
             held_step(job, "slots drained", *cut_at);
             verify_given(l, moving, &txs, dirty.as_ref()).await?;
             held_step(job, "moved rows verified", *cut_at);
@@ -554,7 +560,7 @@ async fn move_rows(
         }
         let mut direct = 0;
         loop {
-            match l.catch_up(t, &mut txs, None).await {
+            match l.catch_up(t, None).await {
                 Ok((n, drained)) => {
                     direct += n;
                     if drained {
@@ -566,6 +572,9 @@ async fn move_rows(
                     break;
                 }
             }
+        }
+        if let Err(e) = l.sync(&mut txs, false).await {
+            tracing::error!(job, error = %e, "cannot apply the writes made straight to the sources during the cutover: VERIFY JOB after the job");
         }
         if direct > 0 {
             tracing::warn!(job, changes = direct, "writes made straight to a source during the cutover, not through a proxy, were applied to their new owners");
@@ -614,15 +623,16 @@ async fn catch_up_closely(
     loop {
         status.checkpoint().await?;
         let began = Instant::now();
-        let (_, drained) = l.catch_up(t, txs, None).await?;
+        let (_, drained) = l.catch_up(t, None).await?;
         status
             .lag_bytes
             .store(l.lag_bytes().await, Ordering::Relaxed);
         crate::twophase::failpoint("rebalance-catch-up");
         if drained && began.elapsed() < CAUGHT_UP {
-            return Ok(());
+            return l.sync(txs, true).await;
         }
         if Instant::now() >= until {
+            l.sync(txs, true).await?;
             tracing::warn!(
                 job = status.id,
                 lag_bytes = status.lag_bytes.load(Ordering::Relaxed),
@@ -828,9 +838,11 @@ struct Logical<'a> {
     streams: HashMap<usize, super::stream::SlotStream>,
     /// The configuration after the move (its nodes and monitor user).
     config: Config,
-    /// The stages are merged into the move transactions: catch-up applies
-    /// to both.
+    /// The stages are merged into the move transactions: keys caught up
+    /// since are taken into them again (`sync`).
     merged: bool,
+    /// Keys caught up into the stages since the last merge or `sync`.
+    pending: super::logical::Pending,
     /// Per source, the WAL position up to which catch-up applied changes
     /// (the slot's confirmed position stops at the merge).
     reached: HashMap<usize, u64>,
@@ -959,6 +971,8 @@ impl Logical<'_> {
         txs: &mut HashMap<usize, MoveTx>,
     ) -> Result<(), RebalanceError> {
         let job = self.job;
+        // Everything the stages took so far goes in now.
+        self.pending.clear();
         for (i, rule) in moving.iter().enumerate() {
             let printed = self.printed_name(rule);
             for (shard, conn) in &self.stages {
@@ -988,66 +1002,98 @@ impl Logical<'_> {
     }
 
     /// Applies what the slots' streams bring (at most one read's worth
-    /// each); returns how many changes, and whether every slot is drained.
+    /// each) to the stages; returns how many changes, and whether every
+    /// slot is drained.
     async fn catch_up(
         &mut self,
         t: &Transition,
-        txs: &mut HashMap<usize, MoveTx>,
         stop_at: Option<Instant>,
     ) -> Result<(usize, bool), RebalanceError> {
         let mut applied = 0;
         let mut drained = true;
-        let mut touched = std::collections::HashSet::new();
-        {
-            let sinks = super::logical::Sinks {
-                conns: if self.merged {
-                    conns_of(txs)
-                } else {
-                    self.stages.iter().map(|(s, c)| (*s, c)).collect()
-                },
-                stages: !self.merged,
+        for (source, conn, slot) in &self.slots {
+            let stream = match self.streams.entry(*source) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(start_stream(&self.config, conn, slot).await?)
+                }
             };
-            for (source, conn, slot) in &self.slots {
-                let stream = match self.streams.entry(*source) {
-                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(e) => {
-                        e.insert(start_stream(&self.config, conn, slot).await?)
-                    }
-                };
-                let out = self.keys.entry(*source).or_default();
-                let done = super::logical::catch_up(
-                    conn,
-                    stream,
-                    stop_at,
-                    *source,
-                    &self.tables,
-                    t,
-                    &sinks,
-                    out,
-                    &mut touched,
-                )
-                .await;
-                if done.is_err() {
-                    // A new attempt starts a new stream.
-                    self.streams.remove(source);
-                }
-                let done = done?;
-                if let Some(lsn) = done.reached {
-                    let r = self.reached.entry(*source).or_default();
-                    *r = (*r).max(lsn);
-                }
-                applied += done.applied;
-                drained &= done.drained;
+            let out = self.keys.entry(*source).or_default();
+            let done = super::logical::catch_up(
+                conn,
+                stream,
+                stop_at,
+                *source,
+                &self.tables,
+                t,
+                &self.stages,
+                out,
+                &mut self.pending,
+            )
+            .await;
+            if done.is_err() {
+                // A new attempt starts a new stream.
+                self.streams.remove(source);
             }
-        }
-        if self.merged {
-            for s in touched {
-                if let Some(tx) = txs.get_mut(&s) {
-                    tx.touched = true;
-                }
+            let done = done?;
+            if let Some(lsn) = done.reached {
+                let r = self.reached.entry(*source).or_default();
+                *r = (*r).max(lsn);
             }
+            applied += done.applied;
+            drained &= done.drained;
         }
         Ok((applied, drained))
+    }
+
+    /// After the merge: takes the keys caught up since into the move
+    /// transactions (`in_move_tx`), or once those committed into the
+    /// targets' tables, one transaction per (target, table).
+    async fn sync(
+        &mut self,
+        txs: &mut HashMap<usize, MoveTx>,
+        in_move_tx: bool,
+    ) -> Result<(), RebalanceError> {
+        if !self.merged {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut keys_synced = 0;
+        for ((to, printed), keys) in std::mem::take(&mut self.pending) {
+            let (Some(table), Some(tx)) = (self.tables.get(&printed), txs.get_mut(&to)) else {
+                continue;
+            };
+            let keys: Vec<String> = keys.into_iter().collect();
+            keys_synced += keys.len();
+            let cols = columns(&tx.conn, &table.rule.table).await?;
+            let filter = key_in(table.rule);
+            let remerge = super::stage::remerge(
+                &tx.conn,
+                &table.rule.table,
+                &table.stage,
+                &cols,
+                &filter,
+                &keys,
+            );
+            if in_move_tx {
+                remerge.await?;
+            } else {
+                tx.conn.run("BEGIN").await?;
+                if let Err(e) = remerge.await {
+                    let _ = tx.conn.run("ROLLBACK").await;
+                    return Err(e);
+                }
+                tx.conn.run("COMMIT").await?;
+            }
+            tx.touched = true;
+        }
+        tracing::debug!(
+            job = self.job,
+            keys = keys_synced,
+            ms = started.elapsed().as_millis() as u64,
+            "caught-up keys taken into the move transactions"
+        );
+        Ok(())
     }
 
     /// WAL bytes written on the sources after the position catch-up
@@ -1134,6 +1180,7 @@ async fn open_logical<'a>(
         streams: HashMap::new(),
         config: next.clone(),
         merged: false,
+        pending: HashMap::new(),
         reached: HashMap::new(),
     };
     let first = Conn::open(next, &next.shards[sources[0]].primary, db).await?;

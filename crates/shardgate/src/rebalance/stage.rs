@@ -5,7 +5,8 @@
 //! before its decision resumes from there: the copy from the next chunk of
 //! pages, catch-up from the slot's confirmed position (advanced only after
 //! the changes are committed here). Before the cutover the stage is merged
-//! into the target's move transaction in one `INSERT ... SELECT`.
+//! into the target's move transaction in one `INSERT ... SELECT`; keys
+//! caught up after that are merged again in sets (`remerge`).
 
 use std::collections::HashMap;
 
@@ -189,8 +190,8 @@ pub(super) async fn commit_chunk(
     conn.run(&sql).await
 }
 
-/// Merges stage `i` into `table` in the move transaction on `tx`; returns
-/// the rows it added.
+/// Merges the stage of moving table `i` of `job` into `table` in the move
+/// transaction on `tx` (columns `cols`); returns the rows merged.
 pub(super) async fn merge(
     tx: &Conn,
     job: u64,
@@ -198,21 +199,50 @@ pub(super) async fn merge(
     table: &TableName,
     cols: &[String],
 ) -> Result<u64, RebalanceError> {
+    tx.client
+        .execute(&insert_from(table, &self::table(job, i), cols, ""), &[])
+        .await
+        .map_err(|e| tx.err(e))
+}
+
+/// Replaces the rows of `keys` in `table` on `tx` by the stage's (`key_in`:
+/// the filter on the shard key taking the keys as `$1`), so that the move
+/// transaction catches up on changes the stage took since the merge: each
+/// key costs one delete and one insert however often it changed.
+pub(super) async fn remerge(
+    tx: &Conn,
+    table: &TableName,
+    stage: &TableName,
+    cols: &[String],
+    key_in: &str,
+    keys: &[String],
+) -> Result<(), RebalanceError> {
+    let delete = format!("DELETE FROM {table} WHERE {key_in}");
+    let insert = insert_from(table, stage, cols, &format!(" WHERE {key_in}"));
+    for batch in keys.chunks(REMERGE_BATCH) {
+        for sql in [&delete, &insert] {
+            tx.client
+                .execute(sql.as_str(), &[&batch])
+                .await
+                .map_err(|e| tx.err(e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Keys per statement of [`remerge`].
+const REMERGE_BATCH: usize = 50_000;
+
+/// `INSERT INTO table SELECT ... FROM stage` over `cols`, then `filter`.
+fn insert_from(table: &TableName, stage: &TableName, cols: &[String], filter: &str) -> String {
     let list = cols
         .iter()
         .map(|c| TableName::new(None, c).to_string())
         .collect::<Vec<_>>()
         .join(", ");
-    tx.client
-        .execute(
-            &format!(
-                "INSERT INTO {table} ({list}) OVERRIDING SYSTEM VALUE SELECT {list} FROM {}",
-                self::table(job, i)
-            ),
-            &[],
-        )
-        .await
-        .map_err(|e| tx.err(e))
+    format!(
+        "INSERT INTO {table} ({list}) OVERRIDING SYSTEM VALUE SELECT {list} FROM {stage}{filter}"
+    )
 }
 
 /// The distinct shard keys (as text) in stage `i` of `job`.
