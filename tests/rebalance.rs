@@ -823,6 +823,11 @@ async fn a_cutover_that_cannot_drain_in_time_releases_the_keys_and_tries_again()
         .expect("shardgate.jobs")
         .get(0);
     assert_eq!(retries, 1, "{}", a.log_tail());
+    assert_eq!(
+        rows_on(&c, 2, "SELECT count(*) FROM currencies")[0][0],
+        "3",
+        "the reference table reached the new shard once, through the second attempt's merge"
+    );
     assert!(
         a.log_text().contains("moving keys released"),
         "{}",

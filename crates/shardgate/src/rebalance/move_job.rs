@@ -364,8 +364,10 @@ async fn move_rows(
     let t = &gate.transition;
     let db = &next.sharding.rebalance_database;
     let job = status.id;
+    // Mode logical copies the reference tables at the merge, uncounted.
+    let counted_references = if logical { 0 } else { references.len() };
     status.steps_total.store(
-        (references.len() + sources.len() * moving.len()) as u64,
+        (counted_references + sources.len() * moving.len()) as u64,
         Ordering::Relaxed,
     );
     phase(status, meta, "copy").await;
@@ -408,18 +410,7 @@ async fn move_rows(
         if let Some(l) = logical.as_mut() {
             phase(status, meta, "catch-up").await;
             catch_up_closely(status, l, t, &mut txs).await?;
-            phase(status, meta, "merge").await;
-            l.merge(t, moving, &mut txs).await?;
-            if let Some(sql) = crate::twophase::failpoint_sql("rebalance-corrupt") {
-                // A target that holds something else than its source gave.
-                if let Some(tx) = txs
-                    .values()
-                    .filter(|tx| tx.touched)
-                    .max_by_key(|tx| tx.gid.clone())
-                {
-                    tx.conn.run(&sql).await?;
-                }
-            }
+            l.read_given(t, moving).await?;
         } else {
             crate::twophase::failpoint("rebalance-prepared");
         }
@@ -431,6 +422,11 @@ async fn move_rows(
                     catch_up_closely(status, l, t, &mut txs).await?;
                 }
                 dirty = Some(verify_rounds(status, l, t, moving, &mut txs, dirty.take()).await?);
+                phase(status, meta, "merge").await;
+                copy_references(status, next, references, &mut txs).await?;
+                l.merge(moving, &mut txs).await?;
+                // The changes made during the merge.
+                catch_up_closely(status, l, t, &mut txs).await?;
             }
             phase(status, meta, "cutover").await;
             gate.cut_over();
@@ -494,6 +490,7 @@ async fn move_rows(
                 // further before it tries again.
                 gate.resume_copying();
                 hold.everywhere(meta, "copying").await?;
+                l.unmerge(&mut txs).await?;
                 status.cutover_retries.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     job,
@@ -711,36 +708,16 @@ async fn copy_and_prepare(
 ) -> Result<(), RebalanceError> {
     let db = &next.sharding.rebalance_database;
     let mut throttle = Throttle::new(next.sharding.rebalance_max_mb_s);
-    if !references.is_empty() {
-        let new_shard = next.shards.len() - 1;
-        let tx = txs
-            .get_mut(&new_shard)
-            .expect("a move transaction per shard");
-        tx.touched = true;
-        for table in references {
-            tx.conn.run(&format!("TRUNCATE {table}")).await?;
-        }
-        let first = Conn::open(next, &next.shards[0].primary, db).await?;
-        for table in references {
-            let cols = columns(&first, table).await?;
-            let conns = conns_of(txs);
-            copy_rows(
-                &first,
-                &conns,
-                &Copying::whole(table, &cols),
-                Route::All(new_shard),
-                &mut throttle,
-                status,
-            )
-            .await?;
-            status.steps_done.fetch_add(1, Ordering::Relaxed);
-        }
-    }
     if let Some(l) = logical {
+        // Reference tables are copied at the merge.
         return l
             .copy(status, next, t, sources, moving, &mut throttle)
             .await;
     }
+    copy_references(status, next, references, txs).await?;
+    status
+        .steps_done
+        .fetch_add(references.len() as u64, Ordering::Relaxed);
     for &s in sources {
         status.checkpoint().await?;
         let reader = Conn::open(next, &next.shards[s].primary, db).await?;
@@ -788,6 +765,48 @@ async fn copy_and_prepare(
     }
     phase(status, meta, "prepare").await;
     prepare(txs).await
+}
+
+/// `ADD SHARD`: the reference tables, from shard 0 into the new shard's
+/// move transaction (their writes are held for the whole move).
+async fn copy_references(
+    status: &JobStatus,
+    next: &Config,
+    references: &[TableName],
+    txs: &mut HashMap<usize, MoveTx>,
+) -> Result<(), RebalanceError> {
+    if references.is_empty() {
+        return Ok(());
+    }
+    let mut throttle = Throttle::new(next.sharding.rebalance_max_mb_s);
+    let new_shard = next.shards.len() - 1;
+    let tx = txs
+        .get_mut(&new_shard)
+        .expect("a move transaction per shard");
+    tx.touched = true;
+    for table in references {
+        tx.conn.run(&format!("TRUNCATE {table}")).await?;
+    }
+    let first = Conn::open(
+        next,
+        &next.shards[0].primary,
+        &next.sharding.rebalance_database,
+    )
+    .await?;
+    for table in references {
+        let cols = columns(&first, table).await?;
+        let conns = conns_of(txs);
+        copy_rows(
+            &first,
+            &conns,
+            &Copying::whole(table, &cols),
+            Route::All(new_shard),
+            &mut throttle,
+            status,
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// The columns a copy of `rule`'s table reads on `conn`, and the position
@@ -960,28 +979,17 @@ impl Logical<'_> {
         }
         Ok(())
     }
-
-    /// Merges every stage into its target's move transaction, and learns
-    /// the keys each source gives from the stages (a resumed job did not
-    /// see them copied).
-    async fn merge(
+    /// Reads back the keys each source gave from the stages (what the
+    /// verification compares).
+    async fn read_given(
         &mut self,
         t: &Transition,
         moving: &[Arc<shardgate_shardmap::TableRule>],
-        txs: &mut HashMap<usize, MoveTx>,
     ) -> Result<(), RebalanceError> {
-        let job = self.job;
-        // Everything the stages took so far goes in now.
-        self.pending.clear();
         for (i, rule) in moving.iter().enumerate() {
             let printed = self.printed_name(rule);
-            for (shard, conn) in &self.stages {
-                let tx = txs.get_mut(shard).expect("a move transaction per shard");
-                let cols = columns(&tx.conn, &rule.table).await?;
-                if stage::merge(&tx.conn, job, i, &rule.table, &cols).await? > 0 {
-                    tx.touched = true;
-                }
-                for text in stage::keys(conn, job, i, &rule.column).await? {
+            for conn in self.stages.values() {
+                for text in stage::keys(conn, self.job, i, &rule.column).await? {
                     let Ok(key) = ShardKey::parse_text(rule.key_type, &text) else {
                         continue;
                     };
@@ -997,7 +1005,61 @@ impl Logical<'_> {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Just before the cutover: each target's move transaction takes its
+    /// stages in one `INSERT ... SELECT` each, checked against the stage
+    /// (count and checksum of the rows, in the same transaction). Late, so
+    /// that the move transaction (which holds back vacuum on its node once
+    /// it wrote) stays short.
+    async fn merge(
+        &mut self,
+        moving: &[Arc<shardgate_shardmap::TableRule>],
+        txs: &mut HashMap<usize, MoveTx>,
+    ) -> Result<(), RebalanceError> {
+        // Everything the stages took so far goes in now.
+        self.pending.clear();
+        for (i, rule) in moving.iter().enumerate() {
+            let stage = stage::table(self.job, i);
+            for shard in self.stages.keys() {
+                let tx = txs.get_mut(shard).expect("a move transaction per shard");
+                let cols = columns(&tx.conn, &rule.table).await?;
+                if stage::merge(&tx.conn, self.job, i, &rule.table, &cols).await? == 0 {
+                    continue;
+                }
+                tx.touched = true;
+                if let Some(sql) = crate::twophase::failpoint_sql("rebalance-corrupt") {
+                    // A target that holds something else than its stage.
+                    tx.conn.run(&sql).await?;
+                }
+                let column = TableName::new(None, &rule.column);
+                let filter = format!("{column} IN (SELECT {column} FROM {stage})");
+                let staged = table_digest(&tx.conn, &stage, "").await?;
+                let merged = table_digest(&tx.conn, &rule.table, &filter).await?;
+                if staged != merged {
+                    return Err(RebalanceError::Verify(format!(
+                        "shard {shard} staged {} rows of {} (checksum {}) but took {} (checksum {})",
+                        staged.rows, rule.table, staged.checksum, merged.rows, merged.checksum
+                    )));
+                }
+            }
+        }
         self.merged = true;
+        Ok(())
+    }
+
+    /// Undoes [`Logical::merge`] (a cutover that gave up): the move
+    /// transactions roll back and begin again, so none stays open while
+    /// the job catches up further.
+    async fn unmerge(&mut self, txs: &mut HashMap<usize, MoveTx>) -> Result<(), RebalanceError> {
+        for tx in txs.values_mut() {
+            tx.conn.run("ROLLBACK").await?;
+            tx.conn.run("BEGIN").await?;
+            tx.touched = false;
+        }
+        self.merged = false;
+        self.pending.clear();
         Ok(())
     }
 
@@ -1249,8 +1311,8 @@ const VERIFY_ROUNDS: usize = 5;
 /// Keys left to verify below which the cutover begins.
 const FEW_KEYS: usize = 2_000;
 
-/// Mode `logical`, before the cutover (moving keys not held): compares
-/// given keys' rows on their source and on the targets, key by key (count
+/// Mode `logical`, before the merge (moving keys not held): compares
+/// given keys' rows on their source and in the targets' stages, key by key (count
 /// and checksum), every (source, table) at once: every given key, or with
 /// `last` the keys that differed last time or changed since. Returns the
 /// keys that differ: changes in flight. Keys changed on a source after
@@ -1285,9 +1347,9 @@ async fn verify_early(
         }
         out.changed.clear();
     }
-    let targets = touched_targets(txs);
     let mut work = Vec::new();
-    for rule in moving {
+    for (i, rule) in moving.iter().enumerate() {
+        let stage = stage::table(l.job, i);
         for ((source, printed), keys) in chosen
             .iter()
             .filter(|((_, p), _)| *p == l.printed_name(rule))
@@ -1295,12 +1357,12 @@ async fn verify_early(
             if keys.is_empty() {
                 continue;
             }
-            let targets = &targets;
+            let (stages, stage) = (&l.stages, stage.clone());
             work.push(async move {
-                let given = key_digests(&txs[source].conn, rule, keys).await?;
+                let given = key_digests(&txs[source].conn, &rule.table, rule, keys).await?;
                 let mut held: HashMap<String, Digest> = HashMap::new();
-                for shard in targets.iter().filter(|s| *s != source) {
-                    for (k, d) in key_digests(&txs[shard].conn, rule, keys).await? {
+                for conn in stages.iter().filter(|(s, _)| *s != source).map(|(_, c)| c) {
+                    for (k, d) in key_digests(conn, &stage, rule, keys).await? {
                         held.entry(k).or_default().add(d);
                     }
                 }
@@ -1556,18 +1618,19 @@ impl Digest {
     }
 }
 
-/// The [`Digest`] of the rows of each of `keys` (as text) in `rule`'s
-/// table, by key as the database prints it (keys without rows are absent).
+/// The [`Digest`] of the rows of each of `keys` (as text) of `rule` in
+/// `table` (its table or a stage), by key as the database prints it (keys
+/// without rows are absent).
 async fn key_digests(
     conn: &Conn,
+    table: &TableName,
     rule: &shardgate_shardmap::TableRule,
     keys: &[String],
 ) -> Result<HashMap<String, Digest>, RebalanceError> {
     let column = TableName::new(None, &rule.column);
     let sql = format!(
         "SELECT {column}::text, count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text \
-         FROM {} t WHERE {} GROUP BY 1",
-        rule.table,
+         FROM {table} t WHERE {} GROUP BY 1",
         key_in(rule)
     );
     let mut out = HashMap::new();
@@ -1597,25 +1660,50 @@ async fn sum_keys(
     rule: &shardgate_shardmap::TableRule,
     keys: &[String],
 ) -> Result<Digest, RebalanceError> {
-    let sql = format!(
-        "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text FROM {} t WHERE {}",
-        rule.table,
-        key_in(rule)
-    );
+    let filter = key_in(rule);
     let mut d = Digest::default();
     for batch in keys.chunks(DELETE_BATCH) {
-        let row = conn
-            .client
-            .query_one(&sql, &[&batch])
-            .await
-            .map_err(|e| conn.err(e))?;
-        let checksum: String = row.get(1);
-        d.add(Digest {
-            rows: row.get::<_, i64>(0) as u64,
-            checksum: checksum.parse().unwrap_or_default(),
-        });
+        d.add(digest_where(conn, &rule.table, &filter, &[&batch]).await?);
     }
     Ok(d)
+}
+
+/// Count and checksum of the rows of `table` on `conn` (those matching
+/// `filter` unless it is empty).
+async fn table_digest(
+    conn: &Conn,
+    table: &TableName,
+    filter: &str,
+) -> Result<Digest, RebalanceError> {
+    digest_where(conn, table, filter, &[]).await
+}
+
+/// Count and checksum of the rows of `table` matching `filter` (all if
+/// empty) with `params`.
+async fn digest_where(
+    conn: &Conn,
+    table: &TableName,
+    filter: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Digest, RebalanceError> {
+    let filter = if filter.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {filter}")
+    };
+    let sql = format!(
+        "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text FROM {table} t{filter}"
+    );
+    let row = conn
+        .client
+        .query_one(&sql, params)
+        .await
+        .map_err(|e| conn.err(e))?;
+    let checksum: String = row.get(1);
+    Ok(Digest {
+        rows: row.get::<_, i64>(0) as u64,
+        checksum: checksum.parse().unwrap_or_default(),
+    })
 }
 
 /// Rolls back move transactions, prepared or not.
