@@ -175,8 +175,17 @@ fn main() {
         _ => Job::AddShard,
     };
     eprintln!("starting 3 shards (wal_level = {wal_level})");
-    let cluster = Cluster::start(ClusterSpec::new(3, 0).setting("wal_level", wal_level.as_str()))
-        .expect("cluster");
+    // Postgres's own defaults for memory and WAL (the harness keeps test
+    // nodes smaller: 32 MB of shared buffers, checkpoints every 64 MB of
+    // WAL, in which a moved table's stage did not fit and catch-up's
+    // upserts slowed tenfold).
+    let cluster = Cluster::start(
+        ClusterSpec::new(3, 0)
+            .setting("wal_level", wal_level.as_str())
+            .setting("shared_buffers", "128MB")
+            .setting("max_wal_size", "1GB"),
+    )
+    .expect("cluster");
     cluster
         .execute_on_primaries("CREATE ROLE app LOGIN SUPERUSER PASSWORD 'secret'")
         .expect("role");
