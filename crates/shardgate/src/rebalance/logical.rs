@@ -17,6 +17,7 @@ use shardgate_shardmap::{ShardKey, TableName, TableRule, Transition};
 
 use std::time::{Duration, Instant};
 
+use super::apply::Batch;
 use super::db::Conn;
 use super::stream::{SlotStream, Streamed};
 use super::RebalanceError;
@@ -354,7 +355,7 @@ pub(super) async fn catch_up(
     let mut reached = None;
     let mut applying = Duration::ZERO;
     let mut last_commit: Option<u64> = None;
-    let mut batches: HashMap<usize, String> = HashMap::new();
+    let mut batches: HashMap<usize, Batch> = HashMap::new();
     while read < CHANGES_PER_READ && stop_at.is_none_or(|t| Instant::now() < t) {
         let due = match asked {
             None => answered.elapsed() >= ASK_EVERY,
@@ -411,15 +412,6 @@ pub(super) async fn catch_up(
         let Some(target) = stages.get(&to) else {
             continue;
         };
-        let batch = batches.entry(to).or_default();
-        batch.push_str(&apply_sql(&change, &table.stage, &table.key_columns)?);
-        batch.push_str(";\n");
-        if batch.len() >= APPLY_BATCH_BYTES {
-            // One implicit transaction.
-            let at = Instant::now();
-            target.run(&std::mem::take(batch)).await?;
-            applying += at.elapsed();
-        }
         pending
             .entry((to, change.table.clone()))
             .or_default()
@@ -432,12 +424,20 @@ pub(super) async fn catch_up(
             .entry(change.table.clone())
             .or_default()
             .insert(text);
+        let batch = batches.entry(to).or_default();
+        batch.add(&table.stage, &table.key_columns, change)?;
+        if batch.bytes() >= APPLY_BATCH_BYTES {
+            // One implicit transaction.
+            let at = Instant::now();
+            target.run(&batch.take_sql()).await?;
+            applying += at.elapsed();
+        }
         applied += 1;
     }
     let at = Instant::now();
-    for (to, batch) in batches {
+    for (to, mut batch) in batches {
         if !batch.is_empty() {
-            stages[&to].run(&batch).await?;
+            stages[&to].run(&batch.take_sql()).await?;
         }
     }
     applying += at.elapsed();
@@ -457,60 +457,6 @@ pub(super) async fn catch_up(
         applied,
         drained,
         reached: reached.or(last_commit),
-    })
-}
-
-/// The statement that makes a target reflect `change`.
-fn apply_sql(
-    change: &Change,
-    table: &TableName,
-    key_columns: &[String],
-) -> Result<String, RebalanceError> {
-    let lit = |c: &Column| match &c.value {
-        Some(v) => format!("{v}::{}", c.type_name),
-        None => "NULL".to_owned(),
-    };
-    let key_match = || -> Result<String, RebalanceError> {
-        key_columns
-            .iter()
-            .map(|k| {
-                let c = change.column(k).ok_or_else(|| {
-                    RebalanceError::Invalid(format!(
-                        "a decoded change of {table} lacks its key column {k}"
-                    ))
-                })?;
-                Ok(format!("{} = {}", TableName::new(None, k), lit(c)))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(|v| v.join(" AND "))
-    };
-    Ok(match change.op {
-        Op::Delete => format!("DELETE FROM {table} WHERE {}", key_match()?),
-        Op::Insert | Op::Update => {
-            let cols: Vec<&Column> = change.columns.iter().filter(|c| !c.unchanged).collect();
-            let names: Vec<&str> = cols.iter().map(|c| c.name.as_str()).collect();
-            let values: Vec<String> = cols.iter().map(|c| lit(c)).collect();
-            let conflict: Vec<String> = key_columns
-                .iter()
-                .map(|k| TableName::new(None, k).to_string())
-                .collect();
-            let set: Vec<String> = names
-                .iter()
-                .filter(|n| !key_columns.iter().any(|k| k == n.trim_matches('"')))
-                .map(|n| format!("{n} = EXCLUDED.{n}"))
-                .collect();
-            let action = if set.is_empty() {
-                "NOTHING".to_owned()
-            } else {
-                format!("UPDATE SET {}", set.join(", "))
-            };
-            format!(
-                "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT ({}) DO {action}",
-                names.join(", "),
-                values.join(", "),
-                conflict.join(", ")
-            )
-        }
     })
 }
 
@@ -553,31 +499,5 @@ mod tests {
         assert!(parse_change("COMMIT 529").is_none());
         assert!(parse_change("table public.t: TRUNCATE: (no-flags)").is_none());
         assert!(parse_change("table public.t: INSERT: v[text]:'unterminated").is_none());
-    }
-
-    #[test]
-    fn changes_become_idempotent_statements() {
-        let t = TableName::new(None, "entries");
-        let keys = vec!["account_id".to_owned(), "seq".to_owned()];
-        let ins = parse_change(
-            "table public.entries: INSERT: account_id[bigint]:7 seq[bigint]:2 amount[bigint]:30",
-        )
-        .expect("insert");
-        assert_eq!(
-            apply_sql(&ins, &t, &keys).expect("sql"),
-            "INSERT INTO entries (account_id, seq, amount) VALUES (7::bigint, 2::bigint, 30::bigint) ON CONFLICT (account_id, seq) DO UPDATE SET amount = EXCLUDED.amount"
-        );
-        let del = parse_change("table public.entries: DELETE: account_id[bigint]:7 seq[bigint]:2")
-            .expect("delete");
-        assert_eq!(
-            apply_sql(&del, &t, &keys).expect("sql"),
-            "DELETE FROM entries WHERE account_id = 7::bigint AND seq = 2::bigint"
-        );
-        let keyonly =
-            parse_change("table public.entries: INSERT: account_id[bigint]:7 seq[bigint]:3")
-                .expect("insert");
-        assert!(apply_sql(&keyonly, &t, &keys)
-            .expect("sql")
-            .ends_with("DO NOTHING"));
     }
 }

@@ -17,6 +17,7 @@
 //! - [`plan`]: `REBALANCE PLAN`, the arcs to move for balance; `load`
 //!   measures each arc's data.
 
+mod apply;
 pub mod change;
 mod copy;
 mod db;
