@@ -280,18 +280,19 @@ impl Meta {
     }
 
     /// Waits until every proxy but `me` that is live (see [`alive`]) or
-    /// renewed its heartbeat within `lease` acknowledged `hold` of job
+    /// renewed its heartbeat within `outwait` acknowledged `hold` of job
     /// `id`; `Err` naming the others at `deadline`. A proxy whose registry
     /// connection the server dropped may not know it yet and still write
     /// by the old map; it fences itself once it has not renewed for half
-    /// the lease, so a move outwaits the whole lease before it counts that
-    /// proxy gone.
+    /// its lease, so a move outwaits the lease, and the longest a
+    /// statement past the fence waits for a server connection, before it
+    /// counts that proxy gone.
     pub async fn wait_acks(
         &self,
         me: &str,
         id: u64,
         hold: &str,
-        lease: std::time::Duration,
+        outwait: std::time::Duration,
         deadline: std::time::Instant,
     ) -> Result<(), RebalanceError> {
         let sql = format!(
@@ -302,12 +303,12 @@ impl Meta {
             alive("q.id"),
             alive("q.id")
         );
-        let lease_ms = lease.as_millis() as i64;
+        let outwait_ms = outwait.as_millis() as i64;
         let mut told = false;
         loop {
             let waiting: String = self
                 .client()
-                .query_one(&sql, &[&me, &(id as i64), &hold, &lease_ms])
+                .query_one(&sql, &[&me, &(id as i64), &hold, &outwait_ms])
                 .await
                 .map_err(|e| self.0.err(e))?
                 .get(0);

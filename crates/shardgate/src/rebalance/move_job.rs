@@ -275,7 +275,12 @@ async fn run_once(
         mode: status.mode(),
         from: &snap.config.shards,
         timeout: hold_timeout,
-        lease: Duration::from_millis(next.sharding.rebalance_proxy_lease_ms),
+        // A proxy fences itself at half its lease; a statement that passed
+        // its fence check just before may still wait for a server
+        // connection (pool_timeout, connect_timeout) before it is sent.
+        outwait: Duration::from_millis(next.sharding.rebalance_proxy_lease_ms)
+            + next.proxy.pool_timeout
+            + next.proxy.connect_timeout,
     };
     let held = async {
         if !rt
@@ -315,9 +320,10 @@ struct Hold<'a> {
     /// The shards before the move (other proxies check they route by them).
     from: &'a [crate::config::ShardConfig],
     timeout: Duration,
-    /// `sharding.rebalance_proxy_lease_ms`: how long a proxy that lost its
-    /// registry connection may still write before it fences itself.
-    lease: Duration,
+    /// How long after its last heartbeat a proxy that lost its registry
+    /// connection may still send a write by the old map (its lease, plus
+    /// the longest a statement waits for a server connection).
+    outwait: Duration,
 }
 
 impl Hold<'_> {
@@ -341,7 +347,7 @@ impl Hold<'_> {
             &self.rt.registry.id,
             self.job,
             phase,
-            self.lease,
+            self.outwait,
             Instant::now() + self.timeout,
         )
         .await
