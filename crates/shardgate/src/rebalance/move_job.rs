@@ -431,20 +431,7 @@ async fn move_rows(
                 phase(status, meta, "merge").await;
                 copy_references(status, next, references, &mut txs).await?;
                 l.merge(moving, &mut txs).await?;
-                // The changes made during the merge, and one more
-                // verification for the keys they touched, so that the
-                // cutover verifies few (one round only: the move
-                // transaction now holds back vacuum).
-                catch_up_closely(status, l, t, &mut txs).await?;
-                let started = Instant::now();
-                let found = verify_early(l, moving, &txs, dirty.as_ref()).await?;
-                tracing::info!(
-                    job,
-                    ms = started.elapsed().as_millis() as u64,
-                    differing = found.values().map(HashSet::len).sum::<usize>(),
-                    "merged rows verified before the cutover"
-                );
-                dirty = Some(found);
+                // The changes made during the merge.
                 catch_up_closely(status, l, t, &mut txs).await?;
             }
             phase(status, meta, "cutover").await;
@@ -1330,9 +1317,8 @@ const VERIFY_ROUNDS: usize = 5;
 /// Keys left to verify below which the cutover begins.
 const FEW_KEYS: usize = 2_000;
 
-/// Mode `logical`, before the cutover (moving keys not held): compares
-/// given keys' rows on their source and in the targets' stages (once
-/// merged: their move transactions), key by key (count
+/// Mode `logical`, before the merge (moving keys not held): compares
+/// given keys' rows on their source and in the targets' stages, key by key (count
 /// and checksum), every (source, table) at once: every given key, or with
 /// `last` the keys that differed last time or changed since. Returns the
 /// keys that differ: changes in flight. Keys changed on a source after
@@ -1377,19 +1363,12 @@ async fn verify_early(
             if keys.is_empty() {
                 continue;
             }
-            // The stages, or once merged the move transactions.
-            let (held_in, conns): (TableName, Vec<&Conn>) = if l.merged {
-                let conns = l.stages.keys().filter(|s| *s != source);
-                (rule.table.clone(), conns.map(|s| &txs[s].conn).collect())
-            } else {
-                let conns = l.stages.iter().filter(|(s, _)| *s != source);
-                (stage.clone(), conns.map(|(_, c)| c).collect())
-            };
+            let (stages, stage) = (&l.stages, stage.clone());
             work.push(async move {
                 let given = key_digests(&txs[source].conn, &rule.table, rule, keys).await?;
                 let mut held: HashMap<String, Digest> = HashMap::new();
-                for conn in conns {
-                    for (k, d) in key_digests(conn, &held_in, rule, keys).await? {
+                for conn in stages.iter().filter(|(s, _)| *s != source).map(|(_, c)| c) {
+                    for (k, d) in key_digests(conn, &stage, rule, keys).await? {
                         held.entry(k).or_default().add(d);
                     }
                 }
