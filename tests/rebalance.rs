@@ -407,9 +407,7 @@ async fn hash_moves(logical: bool) {
     create_bank(&ci).await;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|me| tokio::spawn(client(ci.clone(), me, stop.clone())))
-        .collect();
+    let clients = spawn_clients(|_| ci.clone(), &stop);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let admin = connect(&proxy.conninfo("ops", "ops", "shardgate")).await;
     let add = run_job(
@@ -566,29 +564,51 @@ async fn two_proxies_writing_during_moves_lose_nothing() {
     two_proxies(false).await;
 }
 
-/// Proxies A and B over `c` (configured by `config(port)`), the bank
-/// created, and the clients writing, even ones through A, odd ones through B.
+/// The bank's clients, client `me` through `ci(me)`, writing until `stop`.
+fn spawn_clients(
+    ci: impl Fn(i64) -> String,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Outcome>> {
+    (0..CLIENTS)
+        .map(|me| tokio::spawn(client(ci(me), me, stop.clone())))
+        .collect()
+}
+
+/// [`config_over`] with `settings` (lines) added to `[sharding]`.
+fn with_sharding(c: &Cluster, port: u16, settings: &str) -> String {
+    config_over(c, port, 2).replacen("[sharding]\n", &format!("[sharding]\n{settings}"), 1)
+}
+
+/// Proxies A (with environment `env_a`) and B over `c` (configured by
+/// `config(port)`), the bank created, and the clients writing, even ones
+/// through A, odd ones through B.
 async fn bank_through_two_proxies(
     c: &Cluster,
     port_a: u16,
     port_b: u16,
     config: &dyn Fn(u16) -> String,
+    env_a: &[(&str, &str)],
 ) -> (
     Proxy,
     Proxy,
     Arc<AtomicBool>,
     Vec<tokio::task::JoinHandle<Outcome>>,
 ) {
-    let a = Proxy::start(c.dir(), port_a, &config(port_a));
+    let a = Proxy::start_with_env(c.dir(), port_a, &config(port_a), env_a);
     let b = Proxy::start(c.dir(), port_b, &config(port_b));
     create_bank(&a.app()).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let clients = (0..CLIENTS)
-        .map(|me| {
-            let ci = if me % 2 == 0 { a.app() } else { b.app() };
-            tokio::spawn(client(ci, me, stop.clone()))
-        })
-        .collect();
+    let (app_a, app_b) = (a.app(), b.app());
+    let clients = spawn_clients(
+        |me| {
+            if me % 2 == 0 {
+                app_a.clone()
+            } else {
+                app_b.clone()
+            }
+        },
+        &stop,
+    );
     (a, b, stop, clients)
 }
 
@@ -602,13 +622,13 @@ async fn a_stopped_proxy_makes_a_move_wait_and_give_up_never_lose_writes() {
     let c = three_shards(false);
     let (port_a, port_b) = (free_port(), free_port());
     let config = |port: u16| {
-        config_over(&c, port, 2).replacen(
-            "[sharding]\n",
-            "[sharding]\nrebalance_hold_timeout_ms = 5000\nrebalance_proxy_lease_ms = 3000\n",
-            1,
+        with_sharding(
+            &c,
+            port,
+            "rebalance_hold_timeout_ms = 5000\nrebalance_proxy_lease_ms = 3000\n",
         )
     };
-    let (a, b, stop, clients) = bank_through_two_proxies(&c, port_a, port_b, &config).await;
+    let (a, b, stop, clients) = bank_through_two_proxies(&c, port_a, port_b, &config, &[]).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let signal = |sig: &str| {
         let out = std::process::Command::new("kill")
@@ -653,19 +673,18 @@ async fn a_move_outwaits_the_lease_of_a_proxy_that_vanished() {
     let c = three_shards(true);
     let (port_a, port_b) = (free_port(), free_port());
     let config = |port: u16| {
-        config_over(&c, port, 2).replacen(
-            "[sharding]\n",
-            "[sharding]\nrebalance_hold_timeout_ms = 20000\nrebalance_proxy_lease_ms = 4000\n",
-            1,
+        with_sharding(
+            &c,
+            port,
+            "rebalance_hold_timeout_ms = 20000\nrebalance_proxy_lease_ms = 4000\n",
         )
     };
     let a = Proxy::start(c.dir(), port_a, &config(port_a));
     let mut b = Proxy::start(c.dir(), port_b, &config(port_b));
     create_bank(&a.app()).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|me| tokio::spawn(client(a.app(), me, stop.clone())))
-        .collect();
+    let app_a = a.app();
+    let clients = spawn_clients(|_| app_a.clone(), &stop);
     let admin = connect(&a.conninfo("ops", "ops", "shardgate")).await;
     // B is registered once A sees it.
     let deadline = Instant::now() + LONG;
@@ -707,21 +726,14 @@ async fn two_proxies(logical: bool) {
     let (port_a, port_b) = (free_port(), free_port());
     // Logical: the metadata on another node than shard 0's primary.
     let config = |port: u16| {
-        let text = config_over(&c, port, 2);
         if logical {
-            text.replacen(
-                "[sharding]\n",
-                &format!(
-                    "[sharding]\nmetadata_node = {:?}\n",
-                    c.shard(2).primary.addr()
-                ),
-                1,
-            )
+            let meta = format!("metadata_node = {:?}\n", c.shard(2).primary.addr());
+            with_sharding(&c, port, &meta)
         } else {
-            text
+            config_over(&c, port, 2)
         }
     };
-    let (a, b, stop, clients) = bank_through_two_proxies(&c, port_a, port_b, &config).await;
+    let (a, b, stop, clients) = bank_through_two_proxies(&c, port_a, port_b, &config, &[]).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let admin_a = connect(&a.conninfo("ops", "ops", "shardgate")).await;
     let admin_b = connect(&b.conninfo("ops", "ops", "shardgate")).await;
@@ -780,21 +792,15 @@ async fn two_proxies(logical: bool) {
 async fn a_cutover_that_cannot_drain_in_time_releases_the_keys_and_tries_again() {
     let c = three_shards(true);
     let (port_a, port_b) = (free_port(), free_port());
-    let a = Proxy::start_with_env(
-        c.dir(),
+    let config = |port: u16| config_over(&c, port, 2);
+    let (a, b, stop, clients) = bank_through_two_proxies(
+        &c,
         port_a,
-        &config_over(&c, port_a, 2),
+        port_b,
+        &config,
         &[("SHARDGATE_FAILPOINT", "rebalance-cutover-stall")],
-    );
-    let b = Proxy::start(c.dir(), port_b, &config_over(&c, port_b, 2));
-    create_bank(&a.app()).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|me| {
-            let ci = if me % 2 == 0 { a.app() } else { b.app() };
-            tokio::spawn(client(ci, me, stop.clone()))
-        })
-        .collect();
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let admin = connect(&a.conninfo("ops", "ops", "shardgate")).await;
     run_job(
@@ -930,9 +936,7 @@ async fn rebalance_plans_and_moves_arcs_of_a_skewed_cluster() {
     assert!(moved_rows > 0);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|me| tokio::spawn(client(ci.clone(), me, stop.clone())))
-        .collect();
+    let clients = spawn_clients(|_| ci.clone(), &stop);
     tokio::time::sleep(Duration::from_secs(1)).await;
     run_job(&admin, &proxy, "REBALANCE").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
