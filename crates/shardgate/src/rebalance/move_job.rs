@@ -1435,10 +1435,15 @@ async fn verify_given(
             }
             let targets = &targets;
             work.push(async move {
-                let given = sum_keys(&txs[source].conn, rule, &keys).await?;
+                // The source and every target at once (other nodes).
+                let sides = std::iter::once(source)
+                    .chain(targets.iter().filter(|s| *s != source))
+                    .map(|s| sum_keys(&txs[s].conn, rule, &keys));
+                let sums = futures_util::future::try_join_all(sides).await?;
+                let given = sums[0];
                 let mut held = Digest::default();
-                for shard in targets.iter().filter(|s| *s != source) {
-                    held.add(sum_keys(&txs[shard].conn, rule, &keys).await?);
+                for d in &sums[1..] {
+                    held.add(*d);
                 }
                 if held != given {
                     return Err(RebalanceError::Verify(format!(
