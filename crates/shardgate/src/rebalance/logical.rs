@@ -300,6 +300,10 @@ pub(super) struct KeysOut {
 /// of the goal.
 const ASK_EVERY: Duration = Duration::from_millis(10);
 
+/// A transactional logical message (its commit flushes the WAL up to it):
+/// the position a catch-up call must reach.
+const DRAIN_MARKER: &str = "SELECT pg_logical_emit_message(true, 'shardgate', '')::text";
+
 /// Changes read from a stream per call at most.
 const CHANGES_PER_READ: usize = 50_000;
 
@@ -335,9 +339,15 @@ pub(super) async fn catch_up(
     out: &mut KeysOut,
     pending: &mut Pending,
 ) -> Result<CaughtUp, RebalanceError> {
+    // The goal: a marker committed (and so flushed) now, after everything
+    // committed before this call. The server's flush position would not
+    // do: it can end inside a record whose rest is not flushed until some
+    // later commit, and the stream cannot reach it before (with every
+    // writer held at the cutover, that took the next running-transactions
+    // record, 15 s).
     let flushed: String = src
         .client
-        .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
+        .query_one(DRAIN_MARKER, &[])
         .await
         .map_err(|e| src.err(e))?
         .get(0);
