@@ -21,7 +21,8 @@
 //! Environment: `BENCH_ROWS` [1000000] rows of about 100 bytes, `BENCH_CLIENTS` [8]
 //! writing clients, `BENCH_MAX_MB_S` [0] (`sharding.rebalance_max_mb_s`),
 //! `BENCH_WAL_LEVEL` [logical] (`replica` gives mode block_writes),
-//! `BENCH_JOB` [add_shard].
+//! `BENCH_JOB` [add_shard], `BENCH_RATE` [0: as fast as they can] updates/s
+//! of all clients together (a load the machine has room for).
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -168,6 +169,7 @@ fn main() {
     }
     let rows = env_number("BENCH_ROWS", 1_000_000) as i64;
     let clients = env_number("BENCH_CLIENTS", 8) as usize;
+    let rate = env_number("BENCH_RATE", 0);
     let max_mb_s = env_number("BENCH_MAX_MB_S", 0);
     let wal_level = std::env::var("BENCH_WAL_LEVEL").unwrap_or_else(|_| "logical".into());
     let job = match std::env::var("BENCH_JOB").as_deref() {
@@ -274,7 +276,16 @@ fn main() {
                     let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ (w as u64 + 1);
                     let mut out: Vec<(Instant, Duration, i64)> = Vec::new();
                     let (low, high) = job.client_keys(rows, w);
+                    let mut pace = (rate > 0).then(|| {
+                        let every = Duration::from_secs_f64(clients as f64 / rate as f64);
+                        let mut i = tokio::time::interval(every);
+                        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        i
+                    });
                     while !stop.load(Ordering::Relaxed) {
+                        if let Some(p) = pace.as_mut() {
+                            p.tick().await;
+                        }
                         x ^= x << 13;
                         x ^= x >> 7;
                         x ^= x << 17;
@@ -331,7 +342,12 @@ fn main() {
         }
         let copy_start = phases.iter().find(|(p, _)| p == "copy").map(|(_, t)| *t);
         let copy_end = phases.iter().find(|(p, _)| p == "catch-up" || p == "prepare" || p == "cutover" || p == "done").map(|(_, t)| *t);
-        println!("\n## {command}, mode {mode}: {rows} rows of about 100 bytes, {clients} clients updating random keys");
+        let pace = if rate > 0 {
+            format!(" at {rate} updates/s in all")
+        } else {
+            " as fast as they can".to_owned()
+        };
+        println!("\n## {command}, mode {mode}: {rows} rows of about 100 bytes, {clients} clients updating random keys{pace}");
         for (p, t) in &phases {
             println!("- phase {p} seen at +{:?}", t.duration_since(job_start));
         }

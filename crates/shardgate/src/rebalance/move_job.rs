@@ -1070,48 +1070,71 @@ impl Logical<'_> {
     }
 
     /// Applies what the slots' streams bring (at most one read's worth
-    /// each) to the stages; returns how many changes, and whether every
-    /// slot is drained.
+    /// each) to the stages, every source at once; returns how many
+    /// changes, and whether every slot is drained.
     async fn catch_up(
         &mut self,
         t: &Transition,
         stop_at: Option<Instant>,
     ) -> Result<(usize, bool), RebalanceError> {
-        let mut applied = 0;
-        let mut drained = true;
         for (source, conn, slot) in &self.slots {
-            let stream = match self.streams.entry(*source) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(start_stream(&self.config, conn, slot).await?)
-                }
-            };
-            let out = self.keys.entry(*source).or_default();
-            let done = super::logical::catch_up(
-                conn,
-                stream,
-                stop_at,
-                *source,
-                &self.tables,
-                t,
-                &self.stages,
-                out,
-                &mut self.pending,
-            )
-            .await;
-            if done.is_err() {
-                // A new attempt starts a new stream.
-                self.streams.remove(source);
+            if !self.streams.contains_key(source) {
+                let stream = start_stream(&self.config, conn, slot).await?;
+                self.streams.insert(*source, stream);
             }
-            let done = done?;
-            if let Some(lsn) = done.reached {
-                let r = self.reached.entry(*source).or_default();
-                *r = (*r).max(lsn);
-            }
-            applied += done.applied;
-            drained &= done.drained;
+            self.keys.entry(*source).or_default();
         }
-        Ok((applied, drained))
+        let (tables, stages) = (&self.tables, &self.stages);
+        let mut streams: HashMap<usize, _> =
+            self.streams.iter_mut().map(|(s, st)| (*s, st)).collect();
+        let mut outs: HashMap<usize, _> = self.keys.iter_mut().map(|(s, o)| (*s, o)).collect();
+        let work = self.slots.iter().filter_map(|(source, conn, _)| {
+            let (stream, out) = (streams.remove(source)?, outs.remove(source)?);
+            Some(async move {
+                let mut pending = super::logical::Pending::new();
+                let done = super::logical::catch_up(
+                    conn,
+                    stream,
+                    stop_at,
+                    *source,
+                    tables,
+                    t,
+                    stages,
+                    out,
+                    &mut pending,
+                )
+                .await;
+                (*source, done, pending)
+            })
+        });
+        let results = futures_util::future::join_all(work).await;
+        let (mut applied, mut drained, mut failed) = (0, true, None);
+        for (source, done, pending) in results {
+            // Keys applied before a failure are taken into the move
+            // transactions all the same.
+            for (at, keys) in pending {
+                self.pending.entry(at).or_default().extend(keys);
+            }
+            match done {
+                Ok(done) => {
+                    if let Some(lsn) = done.reached {
+                        let r = self.reached.entry(source).or_default();
+                        *r = (*r).max(lsn);
+                    }
+                    applied += done.applied;
+                    drained &= done.drained;
+                }
+                Err(e) => {
+                    // A new attempt starts a new stream.
+                    self.streams.remove(&source);
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok((applied, drained)),
+        }
     }
 
     /// After the merge: takes the keys caught up since into the move
@@ -1408,10 +1431,12 @@ fn touched_targets(txs: &HashMap<usize, MoveTx>) -> Vec<usize> {
 }
 
 /// Mode `logical`, at the cutover: the targets must hold exactly the rows
-/// of the keys each source gave (copied or caught up), by count and by a
-/// checksum of the rows' text, every (source, table) at once. With `dirty`
-/// (from [`verify_early`]) only the keys that differed then or changed
-/// since are read.
+/// of the keys the sources gave (copied or caught up), by count and by a
+/// checksum of the rows' text, per table: each source sums the rows of the
+/// keys it gives, each target the rows of every key given by the others
+/// (a source still holds its own), one query per node and table, all at
+/// once; the sums must agree. With `dirty` (from [`verify_early`]) only the
+/// keys that differed then or changed since are read.
 async fn verify_given(
     l: &Logical<'_>,
     moving: &[Arc<shardgate_shardmap::TableRule>],
@@ -1420,40 +1445,54 @@ async fn verify_given(
 ) -> Result<(), RebalanceError> {
     let targets = touched_targets(txs);
     let mut work = Vec::new();
-    for (source, out) in &l.keys {
-        for rule in moving {
-            let printed = l.printed_name(rule);
-            let Some(all) = out.keys.get(&printed) else {
-                continue;
-            };
-            let keys: Vec<String> = match dirty {
-                None => all.iter().cloned().collect(),
-                Some(d) => recheck(d, *source, &printed, out),
-            };
-            if keys.is_empty() {
-                continue;
-            }
-            let targets = &targets;
-            work.push(async move {
-                // The source and every target at once (other nodes).
-                let sides = std::iter::once(source)
-                    .chain(targets.iter().filter(|s| *s != source))
-                    .map(|s| sum_keys(&txs[s].conn, rule, &keys));
-                let sums = futures_util::future::try_join_all(sides).await?;
-                let given = sums[0];
-                let mut held = Digest::default();
-                for d in &sums[1..] {
-                    held.add(*d);
-                }
-                if held != given {
-                    return Err(RebalanceError::Verify(format!(
-                        "shard {source} gave {} rows of {} (checksum {}) but its targets hold {} (checksum {})",
-                        given.rows, rule.table, given.checksum, held.rows, held.checksum
-                    )));
-                }
-                Ok(())
-            });
+    for rule in moving {
+        let printed = l.printed_name(rule);
+        let given: Vec<(usize, Vec<String>)> = l
+            .keys
+            .iter()
+            .filter_map(|(source, out)| {
+                let all = out.keys.get(&printed)?;
+                let keys: Vec<String> = match dirty {
+                    None => all.iter().cloned().collect(),
+                    Some(d) => recheck(d, *source, &printed, out),
+                };
+                (!keys.is_empty()).then_some((*source, keys))
+            })
+            .collect();
+        if given.is_empty() {
+            continue;
         }
+        let held: Vec<(usize, Vec<String>)> = targets
+            .iter()
+            .map(|t| {
+                let keys = given
+                    .iter()
+                    .filter(|(s, _)| s != t)
+                    .flat_map(|(_, k)| k.iter().cloned())
+                    .collect();
+                (*t, keys)
+            })
+            .collect();
+        work.push(async move {
+            let sum = |sides: Vec<(usize, Vec<String>)>| async move {
+                let sums = sides
+                    .iter()
+                    .map(|(s, keys)| sum_keys(&txs[s].conn, rule, keys));
+                let mut total = Digest::default();
+                for d in futures_util::future::try_join_all(sums).await? {
+                    total.add(d);
+                }
+                Ok::<_, RebalanceError>(total)
+            };
+            let (given, held) = futures_util::future::try_join(sum(given), sum(held)).await?;
+            if held != given {
+                return Err(RebalanceError::Verify(format!(
+                    "the sources gave {} rows of {} (checksum {}) but the targets hold {} (checksum {})",
+                    given.rows, rule.table, given.checksum, held.rows, held.checksum
+                )));
+            }
+            Ok(())
+        });
     }
     futures_util::future::try_join_all(work).await?;
     Ok(())
@@ -1672,10 +1711,18 @@ async fn sum_keys(
     keys: &[String],
 ) -> Result<Digest, RebalanceError> {
     let filter = key_in(rule);
+    let started = Instant::now();
     let mut d = Digest::default();
     for batch in keys.chunks(DELETE_BATCH) {
         d.add(digest_where(conn, &rule.table, &filter, &[&batch]).await?);
     }
+    tracing::debug!(
+        node = %conn.node,
+        table = %rule.table,
+        keys = keys.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "keys summed"
+    );
     Ok(d)
 }
 
