@@ -26,12 +26,20 @@
 //! - `ORACLE_SELF_CHECK=1`: no proxy; the "proxy" side is a second
 //!   connection to the oracle. Must give 0 mismatches (validates the corpus
 //!   and the comparison).
+//! - `ORACLE_RANDOM=n` (default 2000) random queries from the generator in
+//!   `tests/oracle/generator.rs`, seeded by `ORACLE_SEED` (default 18; the
+//!   seed is printed). They run after the corpus, as entries placed
+//!   `random[seed/i]` (`ORACLE_ONLY=random[18/7]` reruns one); a 0A000
+//!   refusal of one is allowed and counted by its reason.
 //!
 //! Output: `oracle: N matched, R refused (0A000), M mismatched`, a table per
 //! category, and every mismatch. Fails when M > 0 (a wrong answer, a refusal
 //! or error where an answer was expected, or an oracle error).
 
 mod support;
+
+#[path = "oracle/generator.rs"]
+mod generator;
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -104,6 +112,9 @@ struct Flags {
     refuse: bool,
     /// Run inside BEGIN ... ROLLBACK on both sides.
     tx: bool,
+    /// Generated: a 0A000 refusal is allowed (and counted by reason), any
+    /// answer must be exact.
+    random: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -1092,6 +1103,10 @@ async fn oracle_corpus_matches_unsharded_postgres() {
     }
     let total = entries.len();
     assert!(total >= 300, "the corpus has only {total} entries");
+    let seed: u64 = env_number("ORACLE_SEED", 18);
+    let random = env_number("ORACLE_RANDOM", 2000) as usize;
+    println!("random queries: {random}, ORACLE_SEED={seed}");
+    entries.extend(generator::generate(seed, random));
     if let Some(o) = &only {
         entries.retain(|e| {
             e.sql.contains(o.as_str())
@@ -1099,7 +1114,10 @@ async fn oracle_corpus_matches_unsharded_postgres() {
                 || e.place.contains(o.as_str())
         });
     }
-    println!("corpus: {total} entries, running {}", entries.len());
+    println!(
+        "corpus: {total} entries + {random} random, running {}",
+        entries.len()
+    );
 
     // The oracle: one unsharded Postgres.
     let oracle_cluster = cluster(ClusterSpec::new(1, 0).hba("host all app 127.0.0.1/32 trust"));
@@ -1225,7 +1243,12 @@ async fn oracle_corpus_matches_unsharded_postgres() {
     let mut mismatches: Vec<String> = Vec::new();
     let mut unexpected_refusals = 0usize;
     let mut matched_refuse = 0usize;
+    let mut random_tally = Tally::default();
+    // Refused random queries by reason (each query counted once).
+    let mut random_refusals: BTreeMap<String, usize> = BTreeMap::new();
     for e in &entries {
+        let mut refusal: Option<String> = None;
+        let mut failed = false;
         // Column types from the oracle (decides which columns are floats).
         let oids: Vec<u32> = match oracle.client.prepare(&e.sql).await {
             Ok(s) => s.columns().iter().map(|c| c.type_().oid()).collect(),
@@ -1239,6 +1262,9 @@ async fn oracle_corpus_matches_unsharded_postgres() {
                 );
                 mismatches.push(msg);
                 tally.mismatched += 1;
+                if e.flags.random {
+                    random_tally.mismatched += 1;
+                }
                 by_category
                     .entry(e.category.clone())
                     .or_default()
@@ -1256,7 +1282,8 @@ async fn oracle_corpus_matches_unsharded_postgres() {
                     Err(format!("ORACLE ERROR (corpus bug): {code} {message}"))
                 }
                 (Got::Rows(_), Got::Error { code, message }) if code == "0A000" => {
-                    if e.flags.refuse {
+                    if e.flags.refuse || e.flags.random {
+                        refusal.get_or_insert_with(|| refusal_reason(message));
                         Ok(false)
                     } else {
                         unexpected_refusals += 1;
@@ -1286,6 +1313,7 @@ async fn oracle_corpus_matches_unsharded_postgres() {
                     cat.refused += 1;
                 }
                 Err(why) => {
+                    failed = true;
                     tally.mismatched += 1;
                     cat.mismatched += 1;
                     mismatches.push(format!(
@@ -1293,6 +1321,16 @@ async fn oracle_corpus_matches_unsharded_postgres() {
                         e.sql.replace('\n', "\n    ")
                     ));
                 }
+            }
+        }
+        if e.flags.random {
+            if failed {
+                random_tally.mismatched += 1;
+            } else if let Some(r) = refusal {
+                random_tally.refused += 1;
+                *random_refusals.entry(r).or_default() += 1;
+            } else {
+                random_tally.matched += 1;
             }
         }
     }
@@ -1310,6 +1348,16 @@ async fn oracle_corpus_matches_unsharded_postgres() {
             println!("{m}");
         }
     }
+    if random > 0 {
+        println!("\nrandom queries refused (0A000), by reason:");
+        for (r, n) in &random_refusals {
+            println!("  {n:>5}  {r}");
+        }
+        println!(
+            "random (ORACLE_SEED={seed}): {random} queries, {} matched in every mode, {} refused, {} mismatched",
+            random_tally.matched, random_tally.refused, random_tally.mismatched
+        );
+    }
     println!(
         "\noracle: {} matched, {} refused (0A000), {} mismatched ({} entries x {} modes; {} of the mismatches are 0A000 refusals of queries that expect an answer; {} runs of `refuse` entries answered exactly)",
         tally.matched,
@@ -1324,6 +1372,33 @@ async fn oracle_corpus_matches_unsharded_postgres() {
         tally.mismatched, 0,
         "the sharded answers differ from the oracle's (see the list above)"
     );
+}
+
+/// An environment variable as a number, or `default`.
+fn env_number(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        _ => default,
+    }
+}
+
+/// A refusal message without its specifics (quoted SQL, numbers), to count
+/// refusals by kind.
+fn refusal_reason(message: &str) -> String {
+    let m = message.trim_start_matches("not supported across shards: ");
+    let m = m.trim_end_matches(" across shards");
+    if m.starts_with("the expression ") && m.ends_with(" over an aggregate") {
+        return "the expression ... over an aggregate".into();
+    }
+    if let Some(rest) = m.strip_prefix("HAVING ") {
+        if !rest.starts_with("with the operator") {
+            return "HAVING <expression>".into();
+        }
+    }
+    m.chars().take(90).collect()
 }
 
 /// The comparison and the corpus syntax themselves (no servers needed).
