@@ -433,6 +433,7 @@ async fn move_rows(
                 l.merge(moving, &mut txs).await?;
                 // The changes made during the merge.
                 catch_up_closely(status, l, t, &mut txs).await?;
+                dirty = Some(verify_merged(status, l, t, moving, &mut txs, dirty.take()).await?);
             }
             phase(status, meta, "cutover").await;
             gate.cut_over();
@@ -490,10 +491,24 @@ async fn move_rows(
                     break false;
                 }
             };
-            if !drained {
-                // Clients wrote more than catch-up applied in time: the held
-                // statements go on (to the sources), and the job catches up
-                // further before it tries again.
+            // The drain, taking its keys into the move transactions and
+            // their verification all end by `stop_at` (a catch-up call
+            // ends its batch, so the drain alone may pass it).
+            let done = drained
+                && Instant::now() < stop_at
+                && tokio::time::timeout_at(stop_at.into(), async {
+                    l.sync(&mut txs, true).await?;
+                    held_step(job, "slots drained", *cut_at);
+                    verify_given(l, moving, &txs, dirty.as_ref()).await
+                })
+                .await
+                .ok()
+                .transpose()?
+                .is_some();
+            if !done {
+                // Clients wrote more than the cutover could apply and verify
+                // in time: the held statements go on (to the sources), and
+                // the job catches up further before it tries again.
                 gate.resume_copying();
                 hold.everywhere(meta, "copying").await?;
                 l.unmerge(&mut txs).await?;
@@ -502,13 +517,10 @@ async fn move_rows(
                     job,
                     attempt,
                     held_ms = held_at.elapsed().as_millis() as u64,
-                    "cutover: the last changes did not apply within sharding.rebalance_cutover_max_ms; moving keys released, catching up before the next attempt"
+                    "cutover: the last changes could not be applied and verified within sharding.rebalance_cutover_max_ms; moving keys released, catching up before the next attempt"
                 );
                 continue;
             }
-            l.sync(&mut txs, true).await?;
-            held_step(job, "slots drained", *cut_at);
-            verify_given(l, moving, &txs, dirty.as_ref()).await?;
             held_step(job, "moved rows verified", *cut_at);
             prepare(&mut txs).await?;
             crate::twophase::failpoint("rebalance-prepared");
@@ -682,6 +694,61 @@ async fn verify_rounds(
         if differing + changed < FEW_KEYS {
             break;
         }
+    }
+    Ok(dirty.unwrap_or_default())
+}
+
+/// Mode logical, after the merge: the keys written during it are verified
+/// against the move transactions, then again those that changed meanwhile,
+/// while each round leaves at most half as many and at most
+/// [`MERGED_ROUNDS_MAX_KEYS`] (the move transaction holds back vacuum on
+/// its node: a long round there slows catch-up more than the cutover
+/// gains), so that the cutover, which verifies the rest with the moving
+/// keys held, finds few.
+async fn verify_merged(
+    status: &JobStatus,
+    l: &mut Logical<'_>,
+    t: &Transition,
+    moving: &[Arc<shardgate_shardmap::TableRule>],
+    txs: &mut HashMap<usize, MoveTx>,
+    mut dirty: Option<Dirty>,
+) -> Result<Dirty, RebalanceError> {
+    let left = |l: &Logical<'_>, d: &Option<Dirty>| -> usize {
+        let changed: usize = l
+            .keys
+            .values()
+            .flat_map(|o| o.changed.values())
+            .map(HashSet::len)
+            .sum();
+        changed
+            + d.iter()
+                .flat_map(|d| d.values())
+                .map(HashSet::len)
+                .sum::<usize>()
+    };
+    let mut before = left(l, &dirty);
+    for round in 0..VERIFY_ROUNDS {
+        if before <= FEW_KEYS / 4 || before > MERGED_ROUNDS_MAX_KEYS {
+            break;
+        }
+        status.checkpoint().await?;
+        let started = Instant::now();
+        let found = verify_early(l, moving, txs, dirty.as_ref()).await?;
+        dirty = Some(found);
+        catch_up_closely(status, l, t, txs).await?;
+        let now = left(l, &dirty);
+        tracing::info!(
+            job = status.id,
+            round,
+            keys = before,
+            ms = started.elapsed().as_millis() as u64,
+            left = now,
+            "merged rows verified before the cutover"
+        );
+        if now * 2 > before {
+            break;
+        }
+        before = now;
     }
     Ok(dirty.unwrap_or_default())
 }
@@ -1340,9 +1407,13 @@ const VERIFY_ROUNDS: usize = 5;
 /// Keys left to verify below which the cutover begins.
 const FEW_KEYS: usize = 2_000;
 
-/// Mode `logical`, before the merge (moving keys not held): compares
-/// given keys' rows on their source and in the targets' stages, key by key (count
-/// and checksum), every (source, table) at once: every given key, or with
+/// Keys to verify after the merge above which no round runs before the
+/// cutover (mode logical; see [`verify_merged`]).
+const MERGED_ROUNDS_MAX_KEYS: usize = 30_000;
+
+/// Mode `logical`, before the cutover (moving keys not held): compares
+/// given keys' rows on their source and in the targets' stages (once
+/// merged: their move transactions), key by key (count and checksum), every (source, table) at once: every given key, or with
 /// `last` the keys that differed last time or changed since. Returns the
 /// keys that differ: changes in flight. Keys changed on a source after
 /// this began reach catch-up and are recorded in `KeysOut::changed`, which
@@ -1386,12 +1457,19 @@ async fn verify_early(
             if keys.is_empty() {
                 continue;
             }
-            let (stages, stage) = (&l.stages, stage.clone());
+            // The stages, or once merged the move transactions.
+            let (held_in, conns): (TableName, Vec<&Conn>) = if l.merged {
+                let shards = l.stages.keys().filter(|s| *s != source);
+                (rule.table.clone(), shards.map(|s| &txs[s].conn).collect())
+            } else {
+                let conns = l.stages.iter().filter(|(s, _)| *s != source);
+                (stage.clone(), conns.map(|(_, c)| c).collect())
+            };
             work.push(async move {
                 let given = key_digests(&txs[source].conn, &rule.table, rule, keys).await?;
                 let mut held: HashMap<String, Digest> = HashMap::new();
-                for conn in stages.iter().filter(|(s, _)| *s != source).map(|(_, c)| c) {
-                    for (k, d) in key_digests(conn, &stage, rule, keys).await? {
+                for conn in conns {
+                    for (k, d) in key_digests(conn, &held_in, rule, keys).await? {
                         held.entry(k).or_default().add(d);
                     }
                 }
