@@ -561,3 +561,26 @@ refuse: SELECT id FROM orders WHERE qty > (SELECT avg(qty) FROM orders)
 refuse: SELECT k.code, count(c.id) FROM countries k LEFT JOIN customers c ON c.country = k.code GROUP BY k.code
 refuse: SELECT k.code, c.id FROM countries k LEFT JOIN customers c ON c.country = k.code
 refuse: SELECT id FROM orders ORDER BY id FETCH FIRST 5 ROWS WITH TIES
+
+-- @random-regressions
+-- Wrong answers found by the random generator (tests/oracle/generator.rs),
+-- smallest forms.
+-- ORDER BY a bare name sorts by the output column Postgres gives that name
+-- (a cast's column, a function's, a CASE's ELSE branch's), not the input
+-- column (these sorted by the input column, or failed with 42703).
+ordered: SELECT qty::text FROM orders ORDER BY qty, id LIMIT 20
+ordered: SELECT qty::text, count(*) FROM orders GROUP BY qty ORDER BY qty
+ordered: SELECT CASE WHEN paid THEN -qty ELSE qty END FROM orders ORDER BY qty, id LIMIT 30
+ordered: SELECT DISTINCT floor(weight / 1000) FROM orders ORDER BY floor DESC NULLS LAST
+ordered: SELECT DISTINCT substr(status, 1, 3) FROM orders ORDER BY substr
+ordered: SELECT extract(month FROM placed), id FROM orders ORDER BY extract, id LIMIT 10
+-- GROUP BY a name that is an input column and another item's alias groups
+-- by the column (these grouped by the aliased expression).
+SELECT qty % 3 AS qty, count(*) FROM orders GROUP BY qty
+SELECT upper(status) AS status, count(*) FROM orders GROUP BY status
+refuse: SELECT status AS qty, count(*) FROM orders GROUP BY status, qty
+-- A quoted literal in HAVING has the other side's type in Postgres (these
+-- compared it as text with a timestamp or a count).
+refuse: SELECT c.tier, count(*) FROM customers c GROUP BY c.tier HAVING min(c.created) < '2023-01-05'
+refuse: SELECT status, count(*) FROM orders GROUP BY status HAVING count(*) > '400'
+ordered: SELECT c.tier, count(*) FROM customers c GROUP BY c.tier HAVING min(c.created) < timestamp '2023-01-05' ORDER BY c.tier

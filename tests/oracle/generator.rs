@@ -9,7 +9,11 @@
 //! `DISTINCT`, `string_agg`/`array_agg` with a total `ORDER BY` inside,
 //! expressions over aggregates), HAVING, ORDER BY, LIMIT/OFFSET, DISTINCT,
 //! joins (orders with customers on the shard key, customers with the
-//! countries reference table) and subqueries in FROM.
+//! countries reference table) and subqueries in FROM. Some shapes aim at
+//! name resolution: ORDER BY the name Postgres derives for an output
+//! column (`qty::text` is `qty`, `floor(...)` is `floor`, a CASE takes
+//! its ELSE branch's name), GROUP BY a column's name that is also another
+//! item's alias, and HAVING with quoted date literals.
 //!
 //! Every query has one answer on a single Postgres: an entry is `ordered`
 //! only when its ORDER BY gives a total order (it covers a unique key of
@@ -839,11 +843,22 @@ fn having(rng: &mut Rng, src: &Source) -> String {
         if !a.sortable || matches!(a.dom, Dom::Note) {
             continue;
         }
+        let quoted = rng.chance(40);
         break match a.ty {
             Ty::Bool => a.sql,
+            Ty::Int8 if a.sql.starts_with("count") && quoted => {
+                format!("{} {} '{}'", a.sql, cmp_op(rng), rng.range(0, 20))
+            }
             Ty::Int8 if a.sql.starts_with("count") => {
                 format!("{} {} {}", a.sql, cmp_op(rng), rng.range(0, 20))
             }
+            // A quoted literal takes the aggregate's type in Postgres.
+            Ty::Date | Ty::Ts if quoted => format!(
+                "{} {} '{}'",
+                a.sql,
+                cmp_op(rng),
+                rng.pick(&["2023-02-01", "2023-06-15 12:00", "2024-01-01", "2023-01-02"])
+            ),
             _ => format!("{} {} {}", a.sql, cmp_op(rng), literal(rng, a.dom)),
         };
     };
@@ -900,12 +915,73 @@ fn select_list(rng: &mut Rng, items: &[String]) -> (Vec<String>, String) {
     (names, text.join(", "))
 }
 
-/// An ORDER BY reference to select item `i`: its alias, position or text.
-fn order_ref(rng: &mut Rng, i: usize, names: &[String], items: &[String]) -> String {
-    match rng.below(3) {
-        0 => (i + 1).to_string(),
-        1 => names[i].clone(),
-        _ => items[i].clone(),
+/// The output name Postgres gives an unaliased item, when it is a column's
+/// (`qty`, `o.qty`, `qty::text`), a function call's (FILTER included) or
+/// a CASE's (its ELSE branch's name, else `case`); `None`: "?column?" or
+/// not derived here.
+fn pg_name(sql: &str) -> Option<String> {
+    let word = |w: &str| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+    let (head, cast) = sql.split_once("::").unwrap_or((sql, "text"));
+    if word(cast) && head.split('.').all(word) {
+        return head.rsplit('.').next().map(str::to_owned);
+    }
+    if let Some(body) = sql
+        .strip_prefix("CASE ")
+        .and_then(|b| b.strip_suffix(" END"))
+    {
+        // The ELSE branch's name if it has one.
+        let named = body.rsplit_once(" ELSE ").and_then(|(_, e)| pg_name(e));
+        return named.or_else(|| Some("case".to_owned()));
+    }
+    let open = sql.find('(')?;
+    let mut depth = 0;
+    for (i, c) in sql.char_indices().skip(open) {
+        depth += match c {
+            '(' => 1,
+            ')' => -1,
+            _ => 0,
+        };
+        if depth == 0 {
+            let f = &sql[..open];
+            let whole = i == sql.len() - 1 || sql[i + 1..].starts_with(" FILTER (");
+            return (whole && word(f)).then(|| f.to_owned());
+        }
+    }
+    None
+}
+
+/// ORDER BY `key` where a bare column name would mean another output
+/// column (Postgres matches output names first, and two different ones
+/// are an error): qualified by the table then.
+fn unshadow(key: String, names: &[String], items: &[String], from: &str) -> String {
+    let bare = key.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+    let shadowed = names
+        .iter()
+        .zip(items)
+        .any(|(n, it)| n == it && *it != key && pg_name(it).as_ref() == Some(&key));
+    if bare && shadowed {
+        format!("{from}.{key}")
+    } else {
+        key
+    }
+}
+
+/// An ORDER BY reference to select item `i`: its alias, position or text,
+/// or the output name Postgres derives for it (when no other item has it).
+fn order_ref(rng: &mut Rng, i: usize, names: &[String], items: &[String], from: &str) -> String {
+    let derived = pg_name(&items[i]).filter(|n| {
+        names[i] == items[i]
+            && names
+                .iter()
+                .zip(items)
+                .all(|(m, it)| it == &items[i] || pg_name(m).as_ref() != Some(n))
+    });
+    match (rng.below(4), derived) {
+        (0, _) => (i + 1).to_string(),
+        (3, Some(n)) if n == "case" => "\"case\"".to_owned(),
+        (3, Some(n)) => n,
+        (1, _) => unshadow(names[i].clone(), names, items, from),
+        _ => unshadow(items[i].clone(), names, items, from),
     }
 }
 
@@ -920,21 +996,26 @@ fn plain_select(rng: &mut Rng, src: &Source) -> (String, bool) {
     if rng.chance(35) {
         return (sql, false);
     }
+    // Column names ORDER BY could mean output columns by.
+    let (shown, shown_items): (&[String], &[String]) =
+        if star { (&[], &[]) } else { (&names, &items) };
     let mut keys = Vec::new();
     for _ in 0..rng.below(3) {
-        keys.push(if !star && rng.chance(50) {
+        keys.push(if !star && rng.chance(60) {
             let i = rng.below(items.len());
-            order_ref(rng, i, &names, &items)
+            order_ref(rng, i, &names, &items, &src.from)
         } else {
-            scalar(rng, src, 1).sql
+            unshadow(scalar(rng, src, 1).sql, shown, shown_items, &src.from)
         });
     }
     let total = keys.is_empty() || rng.chance(80);
     if total {
-        keys.extend(src.unique.iter().cloned());
+        for u in &src.unique {
+            keys.push(unshadow(u.clone(), shown, shown_items, &src.from));
+        }
     }
     let dirs: Vec<String> = keys
-        .iter()
+        .into_iter()
         .map(|k| format!("{k}{}", direction(rng)))
         .collect();
     sql.push_str(&format!(" ORDER BY {}", dirs.join(", ")));
@@ -979,22 +1060,43 @@ fn grouped_select(rng: &mut Rng, src: &Source) -> (String, bool) {
         let last = items.len() - 1;
         items.swap(0, last);
     }
-    let (names, list) = select_list(rng, &items);
+    let (names, mut list) = select_list(rng, &items);
+    let mut refs: Vec<String> = keys
+        .iter()
+        .map(|k| match items.iter().position(|i| i == k) {
+            Some(i) if rng.chance(40) => (i + 1).to_string(),
+            _ => k.clone(),
+        })
+        .collect();
+    // An item aliased with a column's name, grouped by that name: Postgres
+    // groups by the column (the input column wins in GROUP BY).
+    let shadow = src.from.split(' ').count() <= 2 && rng.chance(15);
+    if shadow {
+        let c = rng.pick(&src.cols).clone();
+        let name = c.sql.rsplit('.').next().unwrap_or(&c.sql).to_owned();
+        let e = match rng.below(5) {
+            0 => format!("{}::text", c.sql),
+            1 => format!("{} IS NULL", c.sql),
+            2 => format!("coalesce({}, {})", c.sql, literal(rng, c.dom)),
+            3 => {
+                // Another column under this name (refused: ambiguous to the proxy).
+                let o = rng.pick(&src.cols).clone();
+                refs.push(o.sql.clone());
+                o.sql
+            }
+            _ => c.sql.clone(),
+        };
+        list.push_str(&format!(", {e} AS {name}"));
+        refs.push(name);
+    }
     let mut sql = format!("SELECT {list} FROM {}{}", src.from, where_clause(rng, src));
-    if !keys.is_empty() {
-        let refs: Vec<String> = keys
-            .iter()
-            .map(|k| match items.iter().position(|i| i == k) {
-                Some(i) if rng.chance(40) => (i + 1).to_string(),
-                _ => k.clone(),
-            })
-            .collect();
+    if !refs.is_empty() {
         sql.push_str(&format!(" GROUP BY {}", refs.join(", ")));
     }
     if rng.chance(30) {
         sql.push_str(&format!(" HAVING {}", having(rng, src)));
     }
-    if keys.is_empty() || rng.chance(30) {
+    if keys.is_empty() || shadow || rng.chance(30) {
         // At most one row (no keys) or an unordered multiset.
         return (sql, false);
     }
@@ -1003,7 +1105,7 @@ fn grouped_select(rng: &mut Rng, src: &Source) -> (String, bool) {
     for (i, it) in items.iter().enumerate() {
         let exact_agg = aggs.iter().any(|a| &a.sql == it && a.sortable);
         if exact_agg && rng.chance(30) {
-            order.push(order_ref(rng, i, &names, &items));
+            order.push(order_ref(rng, i, &names, &items, &src.from));
         }
     }
     let total = rng.chance(85);
@@ -1013,15 +1115,15 @@ fn grouped_select(rng: &mut Rng, src: &Source) -> (String, bool) {
     }
     for k in ks {
         order.push(match items.iter().position(|i| i == k) {
-            Some(i) => order_ref(rng, i, &names, &items),
-            None => k.clone(),
+            Some(i) => order_ref(rng, i, &names, &items, &src.from),
+            None => unshadow(k.clone(), &names, &items, &src.from),
         });
     }
     if order.is_empty() {
         return (sql, false);
     }
     let dirs: Vec<String> = order
-        .iter()
+        .into_iter()
         .map(|k| format!("{k}{}", direction(rng)))
         .collect();
     sql.push_str(&format!(" ORDER BY {}", dirs.join(", ")));
@@ -1060,7 +1162,13 @@ fn distinct_select(rng: &mut Rng, src: &Source) -> (String, bool) {
         return (sql, false);
     }
     let order: Vec<String> = (0..k)
-        .map(|i| format!("{}{}", order_ref(rng, i, &names, &items), direction(rng)))
+        .map(|i| {
+            format!(
+                "{}{}",
+                order_ref(rng, i, &names, &items, &src.from),
+                direction(rng)
+            )
+        })
         .collect();
     sql.push_str(&format!(" ORDER BY {}", order.join(", ")));
     if total && rng.chance(40) {

@@ -82,7 +82,14 @@ pub struct MergePlan {
     pub limit: Option<RowCount>,
     /// `OFFSET` (None: 0).
     pub offset: Option<RowCount>,
+    /// GROUP BY names taken as output aliases of other expressions, with
+    /// the FROM tables: Postgres groups by an input column of that name
+    /// when a table has one, so the session refuses then.
+    pub group_aliases: Vec<(String, Vec<TableName>)>,
 }
+
+/// A table: its schema when the statement names one, and its name.
+pub type TableName = (Option<String>, String);
 
 /// A LIMIT or OFFSET value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,7 +245,11 @@ pub fn plan_merge(sql: &str, tables: &dyn TableLookup) -> Result<MergePlan, Unme
     if let SetExpr::Select(s) = query.body.as_ref() {
         check_outer_joins(s, tables)?;
     }
-    Planner::default().plan(sql, &mut query)
+    Planner {
+        ctes,
+        ..Planner::default()
+    }
+    .plan(sql, &mut query)
 }
 
 /// Whether every row of `body` comes from a sharded table in a FROM clause
@@ -354,6 +365,7 @@ impl MergePlan {
             mode: MergeMode::Concat,
             limit: None,
             offset: None,
+            group_aliases: Vec::new(),
         }
     }
 }
@@ -373,6 +385,11 @@ struct Projection {
 struct Planner {
     /// Hidden expressions appended to the select list.
     hidden: Vec<Expr>,
+    /// CTE names of the statement.
+    ctes: Vec<String>,
+    /// GROUP BY names resolved to output aliases (see
+    /// [`MergePlan::group_aliases`]).
+    group_aliases: Vec<String>,
 }
 
 impl Planner {
@@ -517,6 +534,18 @@ impl Planner {
                 return Err(e);
             }
         }
+        let mut group_aliases = Vec::new();
+        for name in std::mem::take(&mut self.group_aliases) {
+            let tables = match star_sources(select, None) {
+                Ok(t) if !t.iter().any(|(s, t)| s.is_none() && self.ctes.contains(t)) => t,
+                _ => {
+                    return refuse(format!(
+                        "GROUP BY {name} (an output alias) over a subquery or CTE that may have a column {name}"
+                    ))
+                }
+            };
+            group_aliases.push((name, tables));
+        }
         for (i, expr) in self.hidden.drain(..).enumerate() {
             select.projection.push(SelectItem::ExprWithAlias {
                 expr,
@@ -532,6 +561,7 @@ impl Planner {
             mode,
             limit: limit.0,
             offset: limit.1,
+            group_aliases,
         })
     }
 
@@ -597,7 +627,7 @@ impl Planner {
         } else {
             group_by
                 .iter()
-                .map(|g| resolve_group_ref(g, projection))
+                .map(|g| resolve_group_ref(g, projection, &mut self.group_aliases))
                 .collect::<Result<_, _>>()?
         };
         let single_row = group_exprs.is_empty();
@@ -902,13 +932,52 @@ fn ident_name(i: &Ident) -> String {
     }
 }
 
-/// The output column name Postgres gives a bare column reference.
-fn output_name(e: &Expr) -> Option<String> {
+/// The name of a bare column reference.
+fn column_name(e: &Expr) -> Option<String> {
     match e {
         Expr::Identifier(i) => Some(ident_name(i)),
         Expr::CompoundIdentifier(v) => v.last().map(ident_name),
         _ => None,
     }
+}
+
+/// The output column name Postgres gives an unaliased select item, where
+/// it can matter (`None`: "?column?" or a name not derived here): a
+/// column's name, through casts and parentheses (`qty::text` is `qty`),
+/// a function's name, a CASE's ELSE branch's name or `case`.
+fn output_name(e: &Expr) -> Option<String> {
+    match e {
+        Expr::Nested(x) => output_name(x),
+        Expr::Cast { expr, .. } => output_name(expr),
+        Expr::Function(f) => f.name.0.last().and_then(|p| p.as_ident()).map(ident_name),
+        // Functions with their own syntax.
+        Expr::Floor { .. } => Some("floor".to_owned()),
+        Expr::Ceil { .. } => Some("ceil".to_owned()),
+        Expr::Extract { .. } => Some("extract".to_owned()),
+        Expr::Position { .. } => Some("position".to_owned()),
+        Expr::Substring { shorthand, .. } => {
+            Some(if *shorthand { "substr" } else { "substring" }.to_owned())
+        }
+        Expr::Overlay { .. } => Some("overlay".to_owned()),
+        // The ELSE branch's name when it has one.
+        Expr::Case { else_result, .. } => else_result
+            .as_deref()
+            .and_then(output_name)
+            .or_else(|| Some("case".to_owned())),
+        _ => column_name(e),
+    }
+}
+
+/// Whether `name` appears in the expression as a word that is not a
+/// function's name (then it is taken to be a column of the FROM clause).
+fn mentions_word(e: &Expr, name: &str) -> bool {
+    let text = e.to_string();
+    let toks: Vec<_> = crate::lexer::Lexer::new(&text).collect();
+    toks.iter().enumerate().any(|(i, t)| {
+        t.kind == crate::lexer::TokenKind::Word
+            && t.text.eq_ignore_ascii_case(name)
+            && !toks.get(i + 1).is_some_and(|n| n.is_punct("("))
+    })
 }
 
 /// ORDER BY `n` or an output column name → the select-list expression
@@ -929,17 +998,25 @@ fn resolve_output_ref(e: &Expr, p: &Projection) -> Result<Expr, Unmergeable> {
             .filter(|(_, n)| n.as_deref() == Some(name.as_str()))
             .filter_map(|(e, _)| e.as_ref())
             .collect();
-        if let [one] = found.as_slice() {
-            return Ok((*one).clone());
+        // Several equal items are one (different ones: Postgres's error).
+        if let [one, rest @ ..] = found.as_slice() {
+            if rest.iter().all(|r| r.to_string() == one.to_string()) {
+                return Ok((*one).clone());
+            }
         }
     }
     Ok(e.clone())
 }
 
-/// GROUP BY `n` or an output alias → the select-list expression (Postgres
-/// matches input columns first; an alias of another expression is used
-/// only when it differs from a plain column of that name).
-fn resolve_group_ref(e: &Expr, p: &Projection) -> Result<Expr, Unmergeable> {
+/// GROUP BY `n` or an output name → the select-list expression. Postgres
+/// matches input columns first: a name stays a column when the item is
+/// that column or mentions the name; otherwise it is taken as the output
+/// name and recorded in `aliases` (the session checks the FROM tables).
+fn resolve_group_ref(
+    e: &Expr,
+    p: &Projection,
+    aliases: &mut Vec<String>,
+) -> Result<Expr, Unmergeable> {
     if let Some(n) = ordinal(e) {
         return match n.checked_sub(1).and_then(|i| p.items.get(i)) {
             Some((Some(expr), _)) => Ok(expr.clone()),
@@ -950,7 +1027,13 @@ fn resolve_group_ref(e: &Expr, p: &Projection) -> Result<Expr, Unmergeable> {
         let name = ident_name(i);
         for (expr, n) in &p.items {
             if let (Some(expr), Some(n)) = (expr, n) {
-                if *n == name && output_name(expr).as_deref() != Some(name.as_str()) {
+                if *n == name && column_name(expr).as_deref() != Some(name.as_str()) {
+                    if mentions_word(expr, &name) {
+                        return Ok(e.clone());
+                    }
+                    if !aliases.contains(&name) {
+                        aliases.push(name);
+                    }
                     return Ok(expr.clone());
                 }
             }

@@ -209,3 +209,89 @@ fn fetch_first_is_a_limit_and_subquery_aggregates_are_per_shard() {
     let p = plan("SELECT t.id, (SELECT count(*) FROM orders o WHERE o.id = t.id) FROM t");
     assert_eq!(p.mode, MergeMode::Concat);
 }
+
+#[test]
+fn order_by_a_name_postgres_derives() {
+    // `a::text` is output column "a": ORDER BY a sorts the text.
+    let p = plan("SELECT a::text FROM t ORDER BY a, id");
+    assert!(
+        p.shard_sql
+            .starts_with("SELECT a::TEXT, a::TEXT AS \"__shardgate_0\", id AS \"__shardgate_1\""),
+        "{}",
+        p.shard_sql
+    );
+    let p = plan("SELECT a::text, count(*) FROM t GROUP BY a ORDER BY a");
+    assert!(
+        p.shard_sql.contains("a::TEXT AS \"__shardgate_1\""),
+        "{}",
+        p.shard_sql
+    );
+    // Two equal items are one output column.
+    let p = plan("SELECT a::text, a::text FROM t ORDER BY a");
+    assert!(p.shard_sql.contains("a::TEXT AS \"__shardgate_0\""));
+}
+
+#[test]
+fn group_by_name_prefers_input_columns() {
+    // The item mentions the column: GROUP BY a is the column, no check.
+    let p = plan("SELECT a % 3 AS a, count(*) FROM t GROUP BY a");
+    assert!(
+        p.shard_sql.contains("a AS \"__shardgate_1\""),
+        "{}",
+        p.shard_sql
+    );
+    assert!(p.group_aliases.is_empty());
+    // An alias of another expression: the session checks t's columns.
+    let p = plan("SELECT b AS a, count(*) FROM t GROUP BY a");
+    assert!(
+        p.shard_sql.contains("b AS \"__shardgate_1\""),
+        "{}",
+        p.shard_sql
+    );
+    assert_eq!(
+        p.group_aliases,
+        vec![("a".to_owned(), vec![(None, "t".to_owned())])]
+    );
+    assert!(plan("SELECT b AS b, count(*) FROM t GROUP BY b")
+        .group_aliases
+        .is_empty());
+    // Columns of a subquery or CTE are not known.
+    assert!(
+        refused("SELECT x + 1 AS m, count(*) FROM (SELECT x FROM t) s GROUP BY m")
+            .starts_with("GROUP BY m (an output alias)")
+    );
+}
+
+#[test]
+fn order_by_the_name_of_floor_or_extract() {
+    let p = plan("SELECT DISTINCT floor(a / 10) FROM t ORDER BY floor");
+    assert_eq!(
+        p.shard_sql,
+        "SELECT DISTINCT FLOOR(a / 10), FLOOR(a / 10) AS \"__shardgate_0\" FROM t ORDER BY \"__shardgate_0\" ASC NULLS LAST"
+    );
+    let p = plan("SELECT substr(b, 1, 2) FROM t ORDER BY substr, id");
+    assert!(
+        p.shard_sql.contains("1, 2) AS \"__shardgate_0\""),
+        "{}",
+        p.shard_sql
+    );
+    let p = plan("SELECT extract(hour FROM at) FROM t ORDER BY extract, id");
+    assert!(
+        p.shard_sql
+            .contains("EXTRACT(HOUR FROM at) AS \"__shardgate_0\""),
+        "{}",
+        p.shard_sql
+    );
+}
+
+#[test]
+fn order_by_the_name_of_a_case() {
+    // A CASE is named after its ELSE branch (Postgres's FigureColname).
+    let p = plan("SELECT CASE WHEN b THEN c ELSE a END FROM t ORDER BY a, id");
+    assert!(
+        p.shard_sql
+            .contains("CASE WHEN b THEN c ELSE a END AS \"__shardgate_0\""),
+        "{}",
+        p.shard_sql
+    );
+}

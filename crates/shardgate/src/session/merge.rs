@@ -212,6 +212,21 @@ impl Session {
         plan: &MergePlan,
         bind: Option<&Bind<'_>>,
     ) -> Result<(usize, Option<u64>, u64), PgError> {
+        for (name, tables) in &plan.group_aliases {
+            for (schema, table) in tables {
+                if self
+                    .table_columns(schema.as_deref(), table)
+                    .await?
+                    .iter()
+                    .any(|c| c == name)
+                {
+                    return Err(PgError::error(
+                        "0A000",
+                        format!("not supported across shards: GROUP BY {name}, both an output column's name and a column of {table} (Postgres groups by the column)"),
+                    ));
+                }
+            }
+        }
         let visible = match plan.visible {
             Some(v) => v,
             None if plan.hidden == 0 => 0,
@@ -1166,6 +1181,19 @@ fn eval_having(
         },
         HavingExpr::Cmp(op, a, b) => {
             let (x, y) = (operand(a)?, operand(b)?);
+            // Postgres reads a quoted literal as the other side's type
+            // ('2023-01-05' compared with a timestamp is a timestamp); here
+            // it is bytes, right only against text.
+            for (lit, other) in [(a, &y), (b, &x)] {
+                if matches!(lit, Operand::Literal(Literal::Text(_)))
+                    && !matches!(other, Key::Bytes(_) | Key::Null)
+                {
+                    return Err(PgError::error(
+                        "0A000",
+                        "not supported across shards: HAVING comparing a value that is not text with a quoted literal (write it typed, e.g. date '2023-01-05')",
+                    ));
+                }
+            }
             if matches!(x, Key::Null) || matches!(y, Key::Null) {
                 None
             } else {
