@@ -584,3 +584,9 @@ refuse: SELECT status AS qty, count(*) FROM orders GROUP BY status, qty
 refuse: SELECT c.tier, count(*) FROM customers c GROUP BY c.tier HAVING min(c.created) < '2023-01-05'
 refuse: SELECT status, count(*) FROM orders GROUP BY status HAVING count(*) > '400'
 ordered: SELECT c.tier, count(*) FROM customers c GROUP BY c.tier HAVING min(c.created) < timestamp '2023-01-05' ORDER BY c.tier
+-- A literal that is no bigint compared with a bigint shard key is compared
+-- as numeric by the server (these failed with 22P02 at the proxy).
+SELECT id FROM orders WHERE customer_id = 5.0
+SELECT id FROM orders WHERE customer_id IN (5.0, 6)
+SELECT id FROM orders WHERE customer_id = 1e1
+SELECT count(*) FROM orders WHERE customer_id = 5.5

@@ -637,12 +637,21 @@ fn predicate(rng: &mut Rng, src: &Source, depth: usize) -> String {
         };
     }
     if let Some(k) = src.key.as_ref().filter(|_| rng.chance(12)) {
-        // The shard key: one shard, or an IN list over several.
+        // The shard key: one shard, or an IN list over several; sometimes
+        // written as a numeric (5.0 = 5 for the server).
+        let key = |rng: &mut Rng| {
+            let v = literal(rng, k.dom);
+            if rng.chance(10) {
+                format!("{v}.0")
+            } else {
+                v
+            }
+        };
         return if rng.chance(60) {
-            format!("{} = {}", k.sql, literal(rng, k.dom))
+            format!("{} = {}", k.sql, key(rng))
         } else {
             let n = rng.range(2, 6);
-            let v: Vec<String> = (0..n).map(|_| literal(rng, k.dom)).collect();
+            let v: Vec<String> = (0..n).map(|_| key(rng)).collect();
             format!("{} IN ({})", k.sql, v.join(", "))
         };
     }

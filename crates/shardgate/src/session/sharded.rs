@@ -1478,11 +1478,20 @@ fn shards_of_filter(
     filter: &KeyFilter,
     params: Params<'_>,
 ) -> Result<Option<Vec<usize>>, PgError> {
+    // A literal that is no key of the column's type (`5.0`, `1e1`, `5.5`
+    // against a bigint key) is compared after a cast by the server, which
+    // may match rows (5.0 = 5): every shard decides (and errors, as one
+    // server would, for text that is no number).
+    let literal = |v: &ValueSource| matches!(v, ValueSource::Literal(_));
+    let key = |v: &ValueSource| match key_from(rule, v, params) {
+        Err(_) if literal(v) => Ok(Err(Unknown)),
+        r => r,
+    };
     match filter {
         KeyFilter::Eq(values) => {
             let mut set = Vec::new();
             for v in values {
-                match key_from(rule, v, params)? {
+                match key(v)? {
                     Ok(Some(key)) => {
                         // A key no shard accepts matches no row: skip it.
                         if let Ok(s) = map.shard_for(rule, &key) {
@@ -1492,6 +1501,7 @@ fn shards_of_filter(
                         }
                     }
                     Ok(None) => {}
+                    Err(Unknown) if literal(v) => return Ok(Some(map.all_shards())),
                     Err(Unknown) => return Ok(None),
                 }
             }
@@ -1502,7 +1512,7 @@ fn shards_of_filter(
             let bound = |b: &Option<(ValueSource, bool)>| -> Result<Option<(i64, bool)>, PgError> {
                 match b {
                     None => Ok(None),
-                    Some((src, inclusive)) => match key_from(rule, src, params)? {
+                    Some((src, inclusive)) => match key(src)? {
                         Ok(Some(ShardKey::Int(v))) => Ok(Some((v, *inclusive))),
                         _ => Ok(None),
                     },
@@ -1566,5 +1576,43 @@ mod tests {
         );
         assert_eq!(tx_control("COMMIT PREPARED 'x'"), Some(TxControl::TwoPhase));
         assert_eq!(tx_control("SELECT 1"), None);
+    }
+
+    #[test]
+    fn a_literal_that_is_no_key_reaches_every_shard() {
+        use shardgate_shardmap::{ShardMapConfig, TableName};
+        let rule = TableRule {
+            table: TableName::new(None, "orders"),
+            column: "customer_id".into(),
+            key_type: KeyType::BigInt,
+            function: Function::Hash,
+        };
+        let map = ShardMap::new(
+            ShardMapConfig {
+                weights: vec![1, 1, 1],
+                vnodes: 16,
+                default_shard: 0,
+                tables: vec![rule.clone()],
+                reference_tables: vec![],
+                arcs: Vec::new(),
+            },
+            1,
+        )
+        .expect("valid");
+        let lit = |s: &str| ValueSource::Literal(s.into());
+        let shards = |f: KeyFilter| shards_of_filter(&map, &rule, &f, None).ok().flatten();
+        // customer_id = 5.0 matches customer 5: not an error, every shard.
+        for v in ["5.0", "1e1", "5.5"] {
+            assert_eq!(shards(KeyFilter::Eq(vec![lit(v)])), Some(vec![0, 1, 2]));
+        }
+        assert_eq!(
+            shards(KeyFilter::Eq(vec![lit("5"), lit("6.0")])),
+            Some(vec![0, 1, 2])
+        );
+        assert_eq!(
+            shards(KeyFilter::Eq(vec![lit("5")])).map(|s| s.len()),
+            Some(1)
+        );
+        assert_eq!(shards(KeyFilter::Eq(vec![ValueSource::Other])), None);
     }
 }
