@@ -624,8 +624,9 @@ async fn move_rows(
     Ok(())
 }
 
-/// Mode logical: catches up until a call applies everything committed
-/// before it began within [`CAUGHT_UP`], or for [`CATCH_UP_LIMIT`] (clients
+/// Mode logical: catches up (once merged, each call's keys taken into the
+/// move transactions) until a call applies everything committed before it
+/// began within [`CAUGHT_UP`], or for [`CATCH_UP_LIMIT`] (clients
 /// that write faster than catch-up applies leave the rest to the cutover,
 /// which gives up and comes back here if it cannot drain it in time).
 async fn catch_up_closely(
@@ -639,15 +640,19 @@ async fn catch_up_closely(
         status.checkpoint().await?;
         let began = Instant::now();
         let (_, drained) = l.catch_up(t, None).await?;
+        // Once merged, the keys of every call go into the move
+        // transactions at once: taken in one set at the end, 133,000 keys
+        // took 17 s in the saturated bench, and the cutover then found
+        // those 17 s of writes to drain.
+        l.sync(txs, true).await?;
         status
             .lag_bytes
             .store(l.lag_bytes().await, Ordering::Relaxed);
         crate::twophase::failpoint("rebalance-catch-up");
         if drained && began.elapsed() < CAUGHT_UP {
-            return l.sync(txs, true).await;
+            return Ok(());
         }
         if Instant::now() >= until {
-            l.sync(txs, true).await?;
             tracing::warn!(
                 job = status.id,
                 lag_bytes = status.lag_bytes.load(Ordering::Relaxed),
