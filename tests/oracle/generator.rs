@@ -552,11 +552,10 @@ fn scalar(rng: &mut Rng, src: &Source, depth: usize) -> Scalar {
             Dom::Small(-100, 100),
         ),
         (Ty::Int2 | Ty::Int4 | Ty::Int8, 4) => out(format!("{s}::numeric / 7"), Ty::Numeric, c.dom),
-        (Ty::Int2 | Ty::Int4 | Ty::Int8, _) => out(
-            format!("coalesce({s}, {})", literal(rng, c.dom)),
-            c.ty,
-            c.dom,
-        ),
+        (Ty::Int2 | Ty::Int4 | Ty::Int8, _) => {
+            let f = rng.pick::<&'static str>(&["coalesce", "greatest", "least", "nullif"]);
+            out(format!("{f}({s}, {})", literal(rng, c.dom)), c.ty, c.dom)
+        }
         (Ty::Numeric, 0) => out(
             format!("round({s}, {})", rng.range(0, 2)),
             Ty::Numeric,
@@ -688,9 +687,16 @@ fn predicate(rng: &mut Rng, src: &Source, depth: usize) -> String {
             Some(o) => format!("{s} {} {}", cmp_op(rng), o.sql),
             None => format!("{s} {} {}", cmp_op(rng), literal(rng, e.dom)),
         },
-        6 if src.from == "orders o" => {
+        6 if src.from == "orders o" && rng.chance(50) => {
             format!(
                 "o.customer_id IN (SELECT id FROM customers WHERE {})",
+                predicate(rng, &single_customers(), 0)
+            )
+        }
+        6 if src.from == "orders o" => {
+            let not = if rng.chance(30) { "NOT " } else { "" };
+            format!(
+                "{not}EXISTS (SELECT 1 FROM customers c2 WHERE c2.id = o.customer_id AND {})",
                 predicate(rng, &single_customers(), 0)
             )
         }
@@ -794,7 +800,8 @@ fn aggregate(rng: &mut Rng, src: &Source) -> Agg {
             } else {
                 s
             };
-            agg(format!("{m}({s}){f}"), true, e.ty, e.dom)
+            let d = if rng.chance(15) { "DISTINCT " } else { "" };
+            agg(format!("{m}({d}{s}){f}"), true, e.ty, e.dom)
         }
         _ if e.ty == Ty::Bool => {
             let m = rng.pick(&["bool_and", "bool_or", "every"]);
@@ -1104,6 +1111,18 @@ fn grouped_select(rng: &mut Rng, src: &Source) -> (String, bool) {
     }
     if rng.chance(30) {
         sql.push_str(&format!(" HAVING {}", having(rng, src)));
+        // A condition on a group key (a per-group value at the proxy).
+        if !keys.is_empty() && rng.chance(40) {
+            let k = rng.pick(&keys).clone();
+            let cond = match src.cols.iter().find(|c| c.sql == k) {
+                Some(c) if c.ty != Ty::Bool => {
+                    format!("{k} {} {}", cmp_op(rng), literal(rng, c.dom))
+                }
+                _ => format!("({k}) IS NOT NULL"),
+            };
+            let op = if rng.chance(50) { "AND" } else { "OR" };
+            sql.push_str(&format!(" {op} {cond}"));
+        }
     }
     if keys.is_empty() || shadow || rng.chance(30) {
         // At most one row (no keys) or an unordered multiset.
@@ -1111,6 +1130,12 @@ fn grouped_select(rng: &mut Rng, src: &Source) -> (String, bool) {
     }
     // ORDER BY: some exact aggregates and keys; total when every key is in.
     let mut order: Vec<String> = Vec::new();
+    if rng.chance(20) {
+        let a = aggregate(rng, src);
+        if a.sortable && !matches!(a.dom, Dom::Note) {
+            order.push(a.sql);
+        }
+    }
     for (i, it) in items.iter().enumerate() {
         let exact_agg = aggs.iter().any(|a| &a.sql == it && a.sortable);
         if exact_agg && rng.chance(30) {
