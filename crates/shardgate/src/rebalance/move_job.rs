@@ -664,7 +664,7 @@ async fn catch_up_closely(
     }
 }
 
-/// Mode logical, after the merge: most moved rows verified while clients
+/// Mode logical, before the merge: most moved rows verified while clients
 /// write, then again the keys that differed or changed meanwhile (from
 /// `dirty` on a later attempt), until few are left; the cutover verifies
 /// only the keys returned and what changes after.
@@ -690,13 +690,7 @@ async fn verify_rounds(
         );
         dirty = Some(found);
         catch_up_closely(status, l, t, txs).await?;
-        let changed: usize = l
-            .keys
-            .values()
-            .flat_map(|o| o.changed.values())
-            .map(HashSet::len)
-            .sum();
-        if differing + changed < FEW_KEYS {
+        if differing + l.changed_keys() < FEW_KEYS {
             break;
         }
     }
@@ -719,13 +713,7 @@ async fn verify_merged(
     mut dirty: Option<Dirty>,
 ) -> Result<Dirty, RebalanceError> {
     let left = |l: &Logical<'_>, d: &Option<Dirty>| -> usize {
-        let changed: usize = l
-            .keys
-            .values()
-            .flat_map(|o| o.changed.values())
-            .map(HashSet::len)
-            .sum();
-        changed
+        l.changed_keys()
             + d.iter()
                 .flat_map(|d| d.values())
                 .map(HashSet::len)
@@ -946,6 +934,15 @@ struct Logical<'a> {
 }
 
 impl Logical<'_> {
+    /// How many keys catch-up changed since the last verification round.
+    fn changed_keys(&self) -> usize {
+        self.keys
+            .values()
+            .flat_map(|o| o.changed.values())
+            .map(HashSet::len)
+            .sum()
+    }
+
     fn printed_name(&self, rule: &shardgate_shardmap::TableRule) -> String {
         self.printed
             .get(&rule.table.to_string())
