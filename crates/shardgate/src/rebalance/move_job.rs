@@ -427,13 +427,17 @@ async fn move_rows(
                     phase(status, meta, "catch-up").await;
                     catch_up_closely(status, l, t, &mut txs).await?;
                 }
-                dirty = Some(verify_rounds(status, l, t, moving, &mut txs, dirty.take()).await?);
+                let (before, staged) = (dirty.take(), Rounds::Staged);
+                let verified = verify_rounds(status, l, t, moving, &mut txs, before, staged);
+                dirty = Some(verified.await?);
                 phase(status, meta, "merge").await;
                 copy_references(status, next, references, &mut txs).await?;
                 l.merge(moving, &mut txs).await?;
                 // The changes made during the merge.
                 catch_up_closely(status, l, t, &mut txs).await?;
-                dirty = Some(verify_merged(status, l, t, moving, &mut txs, dirty.take()).await?);
+                let (before, merged) = (dirty.take(), Rounds::Merged);
+                let verified = verify_rounds(status, l, t, moving, &mut txs, before, merged);
+                dirty = Some(verified.await?);
             }
             phase(status, meta, "cutover").await;
             gate.cut_over();
@@ -664,10 +668,26 @@ async fn catch_up_closely(
     }
 }
 
-/// Mode logical, before the merge: most moved rows verified while clients
-/// write, then again the keys that differed or changed meanwhile (from
-/// `dirty` on a later attempt), until few are left; the cutover verifies
-/// only the keys returned and what changes after.
+/// Which verification rounds [`verify_rounds`] runs (mode logical).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rounds {
+    /// Before the merge, against the stages: every moved row while clients
+    /// write, then again the keys that differed or changed meanwhile (from
+    /// `dirty` on a later attempt), until fewer than [`FEW_KEYS`] are left.
+    Staged,
+    /// After the merge, against the move transactions: the keys written
+    /// during it, then again those that changed meanwhile, while each
+    /// round leaves at most half as many and at most
+    /// [`MERGED_ROUNDS_MAX_KEYS`] (the move transaction holds back vacuum
+    /// on its node: a long round there slows catch-up more than the
+    /// cutover gains).
+    Merged,
+}
+
+/// Mode logical: verification rounds while clients write (see [`Rounds`]),
+/// with catch-up between them; the cutover, which verifies the rest with
+/// the moving keys held, verifies only the keys returned and what changes
+/// after.
 async fn verify_rounds(
     status: &JobStatus,
     l: &mut Logical<'_>,
@@ -675,42 +695,7 @@ async fn verify_rounds(
     moving: &[Arc<shardgate_shardmap::TableRule>],
     txs: &mut HashMap<usize, MoveTx>,
     mut dirty: Option<Dirty>,
-) -> Result<Dirty, RebalanceError> {
-    for round in 0..VERIFY_ROUNDS {
-        status.checkpoint().await?;
-        let started = Instant::now();
-        let found = verify_early(l, moving, txs, dirty.as_ref()).await?;
-        let differing: usize = found.values().map(HashSet::len).sum();
-        tracing::info!(
-            job = status.id,
-            round,
-            ms = started.elapsed().as_millis() as u64,
-            differing,
-            "moved rows verified before the cutover"
-        );
-        dirty = Some(found);
-        catch_up_closely(status, l, t, txs).await?;
-        if differing + l.changed_keys() < FEW_KEYS {
-            break;
-        }
-    }
-    Ok(dirty.unwrap_or_default())
-}
-
-/// Mode logical, after the merge: the keys written during it are verified
-/// against the move transactions, then again those that changed meanwhile,
-/// while each round leaves at most half as many and at most
-/// [`MERGED_ROUNDS_MAX_KEYS`] (the move transaction holds back vacuum on
-/// its node: a long round there slows catch-up more than the cutover
-/// gains), so that the cutover, which verifies the rest with the moving
-/// keys held, finds few.
-async fn verify_merged(
-    status: &JobStatus,
-    l: &mut Logical<'_>,
-    t: &Transition,
-    moving: &[Arc<shardgate_shardmap::TableRule>],
-    txs: &mut HashMap<usize, MoveTx>,
-    mut dirty: Option<Dirty>,
+    rounds: Rounds,
 ) -> Result<Dirty, RebalanceError> {
     let left = |l: &Logical<'_>, d: &Option<Dirty>| -> usize {
         l.changed_keys()
@@ -721,24 +706,34 @@ async fn verify_merged(
     };
     let mut before = left(l, &dirty);
     for round in 0..VERIFY_ROUNDS {
-        if before <= FEW_KEYS / 4 || before > MERGED_ROUNDS_MAX_KEYS {
+        if rounds == Rounds::Merged && (before <= FEW_KEYS / 4 || before > MERGED_ROUNDS_MAX_KEYS) {
             break;
         }
         status.checkpoint().await?;
         let started = Instant::now();
         let found = verify_early(l, moving, txs, dirty.as_ref()).await?;
+        let differing: usize = found.values().map(HashSet::len).sum();
         dirty = Some(found);
         catch_up_closely(status, l, t, txs).await?;
         let now = left(l, &dirty);
         tracing::info!(
             job = status.id,
             round,
-            keys = before,
+            against = if l.merged {
+                "move transactions"
+            } else {
+                "stages"
+            },
             ms = started.elapsed().as_millis() as u64,
+            differing,
             left = now,
-            "merged rows verified before the cutover"
+            "moved rows verified before the cutover"
         );
-        if now * 2 > before {
+        let enough = match rounds {
+            Rounds::Staged => now < FEW_KEYS,
+            Rounds::Merged => now * 2 > before,
+        };
+        if enough {
             break;
         }
         before = now;
@@ -1410,7 +1405,7 @@ const VERIFY_ROUNDS: usize = 5;
 const FEW_KEYS: usize = 2_000;
 
 /// Keys to verify after the merge above which no round runs before the
-/// cutover (mode logical; see [`verify_merged`]).
+/// cutover (mode logical; see [`Rounds::Merged`]).
 const MERGED_ROUNDS_MAX_KEYS: usize = 30_000;
 
 /// Mode `logical`, before the cutover (moving keys not held): compares
