@@ -513,6 +513,48 @@ tx: UPDATE countries SET name = upper(name) RETURNING code, name
 tx: INSERT INTO orders (id, customer_id, qty, amount) VALUES (5001, 1, 1, 1.5), (5002, 2, 2, 2.25), (5003, 3, 3, NULL), (5004, 4, 4, 4) RETURNING id, customer_id, qty, amount
 tx: INSERT INTO events VALUES (90001, 'new', 1, true, NULL), (90002, 'new', 2, false, NULL), (90004, 'new', 3, NULL, NULL)
 
+-- @distinct-aggregates
+-- count/sum/avg(DISTINCT x) computed by the shards where that is exact:
+-- x is the shard key (its values never repeat across shards, so the
+-- shards' distinct counts and sums add up), or the query is grouped by the
+-- shard key (each group lives on one shard). Otherwise refused (@refuse).
+SELECT count(DISTINCT customer_id) FROM orders
+SELECT sum(DISTINCT customer_id) FROM orders
+SELECT avg(DISTINCT customer_id) FROM orders
+SELECT count(DISTINCT customer_id), sum(DISTINCT customer_id), count(*), sum(qty), min(status) FROM orders
+SELECT count(DISTINCT id), sum(DISTINCT id) FROM customers
+SELECT count(DISTINCT id), sum(DISTINCT id), avg(DISTINCT id) FROM events WHERE kind IS NULL
+SELECT count(DISTINCT customer_id) FROM orders WHERE qty > 1000
+SELECT sum(DISTINCT customer_id), avg(DISTINCT customer_id), count(DISTINCT customer_id) FROM orders WHERE qty > 1000
+SELECT count(DISTINCT k), sum(DISTINCT k), avg(DISTINCT k) FROM empty_t
+SELECT count(DISTINCT customer_id) FROM orders WHERE customer_id >= 9000
+SELECT status, count(DISTINCT customer_id) FROM orders GROUP BY status
+ordered: SELECT status, count(DISTINCT customer_id) AS n, sum(DISTINCT customer_id) FROM orders GROUP BY status ORDER BY n DESC, status NULLS FIRST
+ordered: SELECT paid, count(DISTINCT o.customer_id) FROM orders o GROUP BY paid ORDER BY count(DISTINCT o.customer_id), paid NULLS LAST
+ordered: SELECT paid, count(DISTINCT customer_id) FROM orders GROUP BY paid ORDER BY 2 DESC, 1 LIMIT 2
+SELECT status FROM orders GROUP BY status HAVING count(DISTINCT customer_id) > 100
+ordered: SELECT tier, count(DISTINCT id) FROM customers GROUP BY tier HAVING count(DISTINCT id) BETWEEN 10 AND 200 ORDER BY tier
+SELECT c.country, count(DISTINCT o.customer_id) FROM customers c JOIN orders o ON o.customer_id = c.id GROUP BY c.country
+SELECT c.tier, count(DISTINCT c.id) FROM customers c LEFT JOIN orders o ON o.customer_id = c.id WHERE o.id IS NULL GROUP BY c.tier
+SELECT count(DISTINCT o.customer_id), sum(DISTINCT o.customer_id), count(DISTINCT c.id) FROM customers c LEFT JOIN orders o ON o.customer_id = c.id
+SELECT k.region, count(DISTINCT c.id) FROM customers c JOIN countries k ON k.code = c.country GROUP BY k.region
+SELECT count(DISTINCT customer_id) FROM orders GROUP BY status HAVING count(*) > 1
+SELECT customer_id, count(DISTINCT status), sum(DISTINCT qty), avg(DISTINCT qty) FROM orders GROUP BY customer_id
+ordered: SELECT customer_id, count(DISTINCT status) AS n FROM orders GROUP BY customer_id ORDER BY n DESC, customer_id LIMIT 10
+ordered: SELECT customer_id, sum(DISTINCT amount) FROM orders GROUP BY customer_id ORDER BY sum(DISTINCT amount) DESC NULLS LAST, customer_id LIMIT 15 OFFSET 5
+SELECT customer_id FROM orders GROUP BY customer_id HAVING count(DISTINCT status) >= 5
+SELECT customer_id, count(DISTINCT qty) FROM orders GROUP BY customer_id HAVING sum(DISTINCT qty) IS NULL OR count(DISTINCT qty) < 2
+SELECT customer_id, status, count(DISTINCT qty) FROM orders GROUP BY customer_id, status
+SELECT status, customer_id, sum(DISTINCT price), count(*) FROM orders GROUP BY 1, 2
+SELECT o.customer_id, count(DISTINCT weight), sum(DISTINCT weight), sum(DISTINCT ratio) FROM orders o GROUP BY 1
+SELECT customer_id, count(DISTINCT big), sum(DISTINCT big), sum(DISTINCT small) FROM orders GROUP BY customer_id
+SELECT c.id, count(DISTINCT o.status), sum(DISTINCT o.small) FROM customers c LEFT JOIN orders o ON o.customer_id = c.id GROUP BY c.id
+ordered: SELECT c.id, c.name, count(DISTINCT o.qty) FROM customers c JOIN orders o ON o.customer_id = c.id GROUP BY c.id, c.name ORDER BY 3 DESC, c.id LIMIT 25
+SELECT id, count(DISTINCT kind) FROM events GROUP BY id HAVING count(DISTINCT kind) = 0
+SELECT k, count(DISTINCT v), sum(DISTINCT n), avg(DISTINCT f) FROM empty_t GROUP BY k
+ordered: SELECT customer_id, count(DISTINCT note) FILTER (WHERE paid) FROM orders GROUP BY customer_id ORDER BY customer_id LIMIT 20
+ordered: SELECT customer_id, count(DISTINCT lower(status)), count(DISTINCT status) FROM orders WHERE customer_id < 0 OR customer_id > 9000 GROUP BY customer_id ORDER BY customer_id
+
 -- @refuse
 -- Cannot be answered exactly by merging per-shard results: must be 0A000
 -- (an exact answer is also accepted).

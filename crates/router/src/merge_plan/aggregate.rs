@@ -53,6 +53,9 @@ pub(super) struct AggCall {
     pub func: AggKind,
     /// The call as written (identifies equal calls).
     pub text: String,
+    /// `count/sum/avg(DISTINCT ...)`: the shards' partials are exact only
+    /// when no distinct value can occur on two shards (the planner decides).
+    pub distinct: bool,
     function: Function,
 }
 
@@ -67,6 +70,22 @@ impl AggCall {
                 Expr::Function(f)
             })
             .collect()
+    }
+
+    /// The function's name as called.
+    pub fn name(&self) -> String {
+        function_name(&self.function)
+    }
+
+    /// The single argument of the call (`None`: `*`, several, or named).
+    pub fn argument(&self) -> Option<&Expr> {
+        match &self.function.args {
+            FunctionArguments::List(list) => match list.args.as_slice() {
+                [FunctionArg::Unnamed(FunctionArgExpr::Expr(e))] => Some(e),
+                _ => None,
+            },
+            _ => None,
+        }
     }
 }
 
@@ -105,16 +124,16 @@ pub(super) fn aggregate_call(e: &Expr) -> Result<Option<AggCall>, Unmergeable> {
     if !f.within_group.is_empty() {
         return refuse(format!("{name}() WITHIN GROUP"));
     }
-    if let FunctionArguments::List(list) = &f.args {
-        if matches!(list.duplicate_treatment, Some(DuplicateTreatment::Distinct))
-            && matches!(func, AggKind::Count | AggKind::Sum | AggKind::Avg)
-        {
-            return refuse(format!("{name}(DISTINCT ...)"));
-        }
-    }
+    // min/max(DISTINCT) and bool_and/or(DISTINCT) combine as without it.
+    let distinct = matches!(
+        &f.args,
+        FunctionArguments::List(list)
+            if matches!(list.duplicate_treatment, Some(DuplicateTreatment::Distinct))
+    ) && matches!(func, AggKind::Count | AggKind::Sum | AggKind::Avg);
     Ok(Some(AggCall {
         func,
         text: e.to_string(),
+        distinct,
         function: f.clone(),
     }))
 }

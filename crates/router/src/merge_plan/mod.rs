@@ -19,7 +19,9 @@
 //!   group keys; the proxy merges the sorted streams and combines adjacent
 //!   rows of the same group, evaluates HAVING, then orders (streaming when
 //!   the final ORDER BY uses no aggregate, otherwise sorting the groups) and
-//!   applies LIMIT/OFFSET there.
+//!   applies LIMIT/OFFSET there. `count/sum/avg(DISTINCT x)` are computed
+//!   by the shards when that is exact: `x` is a shard key column, or the
+//!   statement is grouped by one (see `distinct.rs`).
 //!
 //! What cannot be answered exactly is refused ([`Unmergeable`], reported as
 //! SQLSTATE 0A000 naming the construct). The shard planner
@@ -27,6 +29,7 @@
 //! resolve per shard; this module handles the top-level operators.
 
 mod aggregate;
+mod distinct;
 mod having;
 #[cfg(test)]
 mod tests;
@@ -242,11 +245,14 @@ pub fn plan_merge(sql: &str, tables: &dyn TableLookup) -> Result<MergePlan, Unme
             "a query whose outer FROM holds no sharded table while a subquery reads one (each shard would answer it)",
         );
     }
+    let mut key_bindings = Vec::new();
     if let SetExpr::Select(s) = query.body.as_ref() {
         check_outer_joins(s, tables)?;
+        key_bindings = distinct::key_bindings(s, tables, &ctes);
     }
     Planner {
         ctes,
+        key_bindings,
         ..Planner::default()
     }
     .plan(sql, &mut query)
@@ -390,6 +396,11 @@ struct Planner {
     /// GROUP BY names resolved to output aliases (see
     /// [`MergePlan::group_aliases`]).
     group_aliases: Vec<String>,
+    /// The sharded tables of the FROM clause and their shard keys.
+    key_bindings: Vec<distinct::KeyBinding>,
+    /// Every group's rows are on one shard (grouped by a shard key), so
+    /// the shards' `count/sum/avg(DISTINCT ...)` pass through exactly.
+    groups_on_one_shard: bool,
 }
 
 impl Planner {
@@ -631,6 +642,7 @@ impl Planner {
                 .collect::<Result<_, _>>()?
         };
         let single_row = group_exprs.is_empty();
+        self.groups_on_one_shard = distinct::groups_on_one_shard(&group_exprs, &self.key_bindings);
         let mut aggregates: Vec<(String, AggSlot)> = Vec::new();
         // Visible outputs.
         let mut outputs = Vec::with_capacity(visible);
@@ -728,6 +740,16 @@ impl Planner {
         call: AggCall,
         output: Option<usize>,
     ) -> Result<usize, Unmergeable> {
+        // A DISTINCT aggregate is computed by the shards only where no
+        // distinct value of a group can be on two shards.
+        if call.distinct
+            && !self.groups_on_one_shard
+            && !call
+                .argument()
+                .is_some_and(|a| distinct::is_shard_key(a, &self.key_bindings))
+        {
+            return refuse(format!("{}(DISTINCT ...)", call.name()));
+        }
         // min/max output their winner's bytes as the client asked for them
         // (the visible column), so each output position has its own slot.
         let output = output.filter(|_| matches!(call.func, AggKind::Min | AggKind::Max));

@@ -295,3 +295,121 @@ fn order_by_the_name_of_a_case() {
         p.shard_sql
     );
 }
+
+fn grouped(p: &MergePlan) -> &GroupPlan {
+    match &p.mode {
+        MergeMode::Grouped(g) => g,
+        other => panic!("not grouped: {other:?}"),
+    }
+}
+
+#[test]
+fn distinct_aggregates_of_the_shard_key_are_summed() {
+    // Key values never repeat across shards: each shard's distinct count
+    // (or sum) is a partial of the whole.
+    let p = plan("SELECT count(DISTINCT id), sum(DISTINCT id) FROM t");
+    assert_eq!(
+        p.shard_sql,
+        "SELECT count(DISTINCT id), sum(DISTINCT id), count(DISTINCT id) AS \"__shardgate_0\", sum(DISTINCT id) AS \"__shardgate_1\" FROM t"
+    );
+    let g = grouped(&p);
+    assert!(g.single_row);
+    assert_eq!(
+        g.aggregates.iter().map(|a| a.func).collect::<Vec<_>>(),
+        vec![AggKind::Count, AggKind::Sum]
+    );
+    // Grouped by another column, in HAVING and ORDER BY, qualified, aliased,
+    // through an inner join, on the NULL-extended side of an outer join.
+    for sql in [
+        "SELECT x, count(DISTINCT id) FROM t GROUP BY x",
+        "SELECT x FROM t GROUP BY x HAVING count(DISTINCT t.id) > 2",
+        "SELECT x, count(*) FROM t GROUP BY x ORDER BY count(DISTINCT (id)) DESC",
+        "SELECT avg(DISTINCT a.id) FROM t a",
+        "SELECT count(DISTINCT u.id) FROM t JOIN u ON u.id = t.id",
+        "SELECT t.x, count(DISTINCT u.id) FROM t LEFT JOIN u ON u.id = t.id GROUP BY t.x",
+    ] {
+        plan(sql);
+    }
+}
+
+#[test]
+fn distinct_aggregates_grouped_by_the_shard_key_pass_through() {
+    // Each group lives on one shard.
+    for sql in [
+        "SELECT id, count(DISTINCT x), sum(DISTINCT y) FROM t GROUP BY id",
+        "SELECT x, id, avg(DISTINCT y) FROM t GROUP BY x, id",
+        "SELECT t.id FROM t GROUP BY 1 HAVING count(DISTINCT x) > 1",
+        "SELECT a.id, count(DISTINCT x) AS n FROM t a GROUP BY a.id ORDER BY n DESC, a.id",
+        "SELECT t.id, count(DISTINCT u.x) FROM t LEFT JOIN u ON u.id = t.id GROUP BY t.id",
+        "SELECT u.id, count(DISTINCT t.x) FROM t RIGHT JOIN u ON u.id = t.id GROUP BY u.id",
+    ] {
+        let p = plan(sql);
+        assert!(p.shard_sql.contains("(DISTINCT "), "{sql}: {}", p.shard_sql);
+        assert!(!grouped(&p).single_row, "{sql}");
+    }
+}
+
+#[test]
+fn distinct_aggregates_that_may_repeat_across_shards_are_refused() {
+    for (sql, construct) in [
+        ("SELECT count(DISTINCT x) FROM t", "count(DISTINCT ...)"),
+        (
+            "SELECT x, sum(DISTINCT y) FROM t GROUP BY x",
+            "sum(DISTINCT ...)",
+        ),
+        ("SELECT avg(DISTINCT x) FROM t", "avg(DISTINCT ...)"),
+        // Not the key column itself.
+        (
+            "SELECT count(DISTINCT id + 1) FROM t",
+            "count(DISTINCT ...)",
+        ),
+        (
+            "SELECT count(DISTINCT id::text) FROM t",
+            "count(DISTINCT ...)",
+        ),
+        // Grouped by an expression of the key (two keys may share a group).
+        (
+            "SELECT id % 2, count(DISTINCT x) FROM t GROUP BY id % 2",
+            "count(DISTINCT ...)",
+        ),
+        // The key of a reference table, of a CTE named like a sharded
+        // table, of a name that is not the key's table.
+        (
+            "SELECT count(DISTINCT c.id) FROM t JOIN countries c ON c.code = t.c",
+            "count(DISTINCT ...)",
+        ),
+        (
+            "WITH t AS (SELECT x AS id FROM u) SELECT count(DISTINCT id) FROM t",
+            "count(DISTINCT ...)",
+        ),
+        (
+            "SELECT count(DISTINCT t.id) FROM t a",
+            "count(DISTINCT ...)",
+        ),
+        // Only in HAVING or ORDER BY.
+        (
+            "SELECT x FROM t GROUP BY x HAVING count(DISTINCT y) > 1",
+            "count(DISTINCT ...)",
+        ),
+        (
+            "SELECT x FROM t GROUP BY x ORDER BY sum(DISTINCT y)",
+            "sum(DISTINCT ...)",
+        ),
+        // Grouped by the key of the NULL-extended side: its NULL group
+        // is on every shard.
+        (
+            "SELECT u.id, count(DISTINCT t.x) FROM t LEFT JOIN u ON u.id = t.id GROUP BY u.id",
+            "count(DISTINCT ...)",
+        ),
+        (
+            "SELECT t.id, count(DISTINCT t.x) FROM t FULL JOIN u ON u.id = t.id GROUP BY t.id",
+            "count(DISTINCT ...)",
+        ),
+        (
+            "SELECT id, count(DISTINCT x) FROM t LEFT JOIN u USING (x) GROUP BY id",
+            "count(DISTINCT ...)",
+        ),
+    ] {
+        assert_eq!(refused(sql), construct, "{sql}");
+    }
+}
