@@ -517,7 +517,9 @@ tx: INSERT INTO events VALUES (90001, 'new', 1, true, NULL), (90002, 'new', 2, f
 -- count/sum/avg(DISTINCT x) computed by the shards where that is exact:
 -- x is the shard key (its values never repeat across shards, so the
 -- shards' distinct counts and sums add up), or the query is grouped by the
--- shard key (each group lives on one shard). Otherwise refused (@refuse).
+-- shard key (each group lives on one shard). Otherwise the shards group
+-- by the argument too, sorted by it, and the proxy counts each value once
+-- (one DISTINCT argument per query; sum/avg only of integer types).
 SELECT count(DISTINCT customer_id) FROM orders
 SELECT sum(DISTINCT customer_id) FROM orders
 SELECT avg(DISTINCT customer_id) FROM orders
@@ -555,13 +557,53 @@ SELECT k, count(DISTINCT v), sum(DISTINCT n), avg(DISTINCT f) FROM empty_t GROUP
 ordered: SELECT customer_id, count(DISTINCT note) FILTER (WHERE paid) FROM orders GROUP BY customer_id ORDER BY customer_id LIMIT 20
 ordered: SELECT customer_id, count(DISTINCT lower(status)), count(DISTINCT status) FROM orders WHERE customer_id < 0 OR customer_id > 9000 GROUP BY customer_id ORDER BY customer_id
 
+SELECT count(DISTINCT status) FROM orders
+SELECT status, count(DISTINCT qty) FROM orders GROUP BY status
+SELECT sum(DISTINCT qty) FROM orders
+SELECT count(DISTINCT qty), sum(DISTINCT qty), avg(DISTINCT qty), count(*), count(qty), sum(qty), min(qty), max(status) FROM orders
+SELECT count(DISTINCT note), count(note), count(*) FROM orders
+SELECT count(DISTINCT lower(status)), count(*) FILTER (WHERE paid) FROM orders
+SELECT count(DISTINCT placed), min(placed), max(amount), avg(amount) FROM orders WHERE qty > 10
+SELECT count(DISTINCT weight), count(weight), max(ratio) FROM orders WHERE id < 0
+SELECT count(DISTINCT ratio) FROM orders WHERE ratio < -20
+SELECT count(DISTINCT big), sum(DISTINCT big), avg(DISTINCT big) FROM orders
+SELECT sum(DISTINCT small), avg(DISTINCT small), count(DISTINCT small) FROM orders WHERE small < 0
+SELECT count(DISTINCT v), sum(DISTINCT v), avg(DISTINCT v), count(*), sum(n) FROM empty_t
+SELECT t, count(DISTINCT v), sum(DISTINCT v) FROM empty_t GROUP BY t
+SELECT count(DISTINCT qty) FROM orders WHERE qty IS NULL
+SELECT sum(DISTINCT qty), avg(DISTINCT qty) FROM orders WHERE qty IS NULL
+SELECT count(DISTINCT tier), sum(DISTINCT tier), avg(DISTINCT tier) FROM customers
+SELECT sum(DISTINCT score), avg(DISTINCT score), count(DISTINCT score) FROM customers WHERE vip
+SELECT count(DISTINCT country) FROM customers
+SELECT count(DISTINCT kind), bool_or(ok), bool_and(ok), count(*) FROM events
+SELECT count(DISTINCT ok) FROM events WHERE kind IS NOT NULL
+SELECT paid, count(DISTINCT status), count(*), sum(amount) FROM orders GROUP BY paid
+SELECT status, sum(DISTINCT qty), avg(DISTINCT qty), max(qty) FROM orders GROUP BY status
+ordered: SELECT status, count(DISTINCT qty) AS n FROM orders GROUP BY status ORDER BY n DESC, status NULLS FIRST
+ordered: SELECT qty % 5 AS m, count(DISTINCT status), sum(qty) FROM orders GROUP BY qty % 5 ORDER BY 2, 1 NULLS LAST
+ordered: SELECT tier, count(DISTINCT country) FROM customers GROUP BY tier ORDER BY count(DISTINCT country) DESC, tier LIMIT 3
+ordered: SELECT tier, sum(DISTINCT score) FROM customers GROUP BY tier ORDER BY tier LIMIT 5 OFFSET 1
+SELECT status FROM orders GROUP BY status HAVING count(DISTINCT qty) > 30
+SELECT status, count(*) FROM orders GROUP BY status HAVING count(DISTINCT qty) < 40 OR sum(DISTINCT qty) IS NULL
+SELECT paid, count(DISTINCT qty) FROM orders GROUP BY paid HAVING count(*) > 10 AND min(qty) < 0
+SELECT count(DISTINCT qty) FROM orders HAVING count(*) > 5
+SELECT count(DISTINCT qty) FROM orders WHERE false HAVING count(*) > 5
+SELECT qty, count(DISTINCT qty), sum(DISTINCT qty) FROM orders GROUP BY qty
+SELECT c.country, count(DISTINCT o.status) FROM customers c JOIN orders o ON o.customer_id = c.id GROUP BY c.country
+SELECT k.region, count(DISTINCT c.tier), sum(DISTINCT c.tier) FROM customers c LEFT JOIN countries k ON k.code = c.country GROUP BY k.region
+ordered: SELECT vip, count(DISTINCT tier) FROM customers GROUP BY vip ORDER BY vip NULLS FIRST
+
 -- @refuse
 -- Cannot be answered exactly by merging per-shard results: must be 0A000
 -- (an exact answer is also accepted).
-refuse: SELECT count(DISTINCT status) FROM orders
+refuse: SELECT count(DISTINCT qty), count(DISTINCT status) FROM orders
 refuse: SELECT count(DISTINCT qty), count(DISTINCT customer_id) FROM orders
-refuse: SELECT status, count(DISTINCT qty) FROM orders GROUP BY status
-refuse: SELECT sum(DISTINCT qty) FROM orders
+refuse: SELECT status, count(DISTINCT customer_id), count(DISTINCT qty) FROM orders GROUP BY status ORDER BY status LIMIT 4
+refuse: SELECT status, count(DISTINCT qty) FROM orders GROUP BY status HAVING count(DISTINCT paid) > 1
+refuse: SELECT sum(DISTINCT amount) FROM orders
+refuse: SELECT status, avg(DISTINCT weight) FROM orders GROUP BY status
+refuse: SELECT count(DISTINCT qty) FILTER (WHERE paid) FROM orders
+refuse: SELECT 'x', count(DISTINCT qty) FROM orders
 refuse: SELECT status, string_agg(note, ',' ORDER BY id) FROM orders GROUP BY status
 refuse: SELECT string_agg(status, ',' ORDER BY id) FROM orders
 refuse: SELECT array_agg(id ORDER BY id) FROM orders

@@ -129,7 +129,8 @@ pub(super) fn groups_on_one_shard(group_exprs: &[Expr], bindings: &[KeyBinding])
     })
 }
 
-fn strip(e: &Expr) -> &Expr {
+/// `e` without enclosing parentheses.
+pub(super) fn strip(e: &Expr) -> &Expr {
     match e {
         Expr::Nested(inner) => strip(inner),
         _ => e,

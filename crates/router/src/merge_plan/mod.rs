@@ -21,7 +21,13 @@
 //!   the final ORDER BY uses no aggregate, otherwise sorting the groups) and
 //!   applies LIMIT/OFFSET there. `count/sum/avg(DISTINCT x)` are computed
 //!   by the shards when that is exact: `x` is a shard key column, or the
-//!   statement is grouped by one (see `distinct.rs`).
+//!   statement is grouped by one (see `distinct.rs`). Otherwise the shards
+//!   also group by `x` and sort by it last ([`GroupPlan::distinct_value`]):
+//!   a group's rows arrive in `x` order, equal values of several shards
+//!   adjacent, and the proxy adds the DISTINCT aggregates' partials of the
+//!   first row of each value only (streaming, nothing gathered); the other
+//!   aggregates combine over the finer groups as over shards. One DISTINCT
+//!   argument per statement.
 //!
 //! What cannot be answered exactly is refused ([`Unmergeable`], reported as
 //! SQLSTATE 0A000 naming the construct). The shard planner
@@ -148,6 +154,10 @@ pub struct GroupPlan {
     pub final_sort: Vec<FinalKey>,
     /// Without GROUP BY: exactly one output row, even over no rows.
     pub single_row: bool,
+    /// The argument of the [`AggSlot::distinct`] aggregates (one for all):
+    /// its binary column, the last merge key, so a group's rows arrive
+    /// sorted by it and equal values from several shards are adjacent.
+    pub distinct_value: Option<usize>,
 }
 
 /// One aggregate: its function and the columns of its partial values.
@@ -157,6 +167,10 @@ pub struct AggSlot {
     pub func: AggKind,
     /// Absolute columns of the partials, in [`partial_names`] order.
     pub partials: Vec<usize>,
+    /// A `DISTINCT` aggregate whose values may repeat across shards: the
+    /// shards group by [`GroupPlan::distinct_value`] too, and the proxy
+    /// adds the partials of a group's first row of each distinct value only.
+    pub distinct: bool,
 }
 
 /// Where a visible column's value comes from in grouped mode.
@@ -401,6 +415,12 @@ struct Planner {
     /// Every group's rows are on one shard (grouped by a shard key), so
     /// the shards' `count/sum/avg(DISTINCT ...)` pass through exactly.
     groups_on_one_shard: bool,
+    /// The argument of the DISTINCT aggregates the proxy deduplicates
+    /// (see [`GroupPlan::distinct_value`]).
+    spread_distinct: Option<Expr>,
+    /// A DISTINCT aggregate of a shard key was planned (its per-shard value
+    /// is exact, but not summed over finer groups of another argument).
+    key_distinct: Option<String>,
 }
 
 impl Planner {
@@ -679,6 +699,33 @@ impl Planner {
                 nulls_first,
             });
         }
+        let distinct_value = match self.spread_distinct.take() {
+            None => None,
+            Some(x) => {
+                // Grouped finer by `x`, a shard's distinct count of its
+                // key would be summed over several rows.
+                if let Some(name) = self.key_distinct.take() {
+                    return refuse(format!(
+                        "{name}(DISTINCT ...) next to a DISTINCT aggregate of another argument"
+                    ));
+                }
+                // Over no rows the shards then send no row, and the proxy
+                // makes the one row from the aggregates alone.
+                if single_row
+                    && (outputs.contains(&OutputColumn::Group)
+                        || having.as_ref().is_some_and(having_uses_column))
+                {
+                    return refuse(
+                        "count/sum/avg(DISTINCT ...) without GROUP BY next to a value that is no aggregate",
+                    );
+                }
+                match &mut select.group_by {
+                    GroupByExpr::Expressions(exprs, _) => exprs.push(x.clone()),
+                    GroupByExpr::All(_) => return refuse("GROUP BY ALL"),
+                }
+                Some(self.hide(visible, x))
+            }
+        };
         let streams = final_keys
             .iter()
             .all(|k| matches!(k.value, GroupValue::Column(_)));
@@ -711,6 +758,15 @@ impl Planner {
                 }
             }
         }
+        if let Some(c) = distinct_value {
+            if !merge_keys.iter().any(|k| k.column == c) {
+                merge_keys.push(SortKey {
+                    column: c,
+                    desc: false,
+                    nulls_first: false,
+                });
+            }
+        }
         let final_sort = if streams || single_row {
             Vec::new()
         } else {
@@ -729,6 +785,7 @@ impl Planner {
             having,
             final_sort,
             single_row,
+            distinct_value,
         }))
     }
 
@@ -742,13 +799,39 @@ impl Planner {
     ) -> Result<usize, Unmergeable> {
         // A DISTINCT aggregate is computed by the shards only where no
         // distinct value of a group can be on two shards.
+        // Elsewhere the shards group by the argument too and the proxy
+        // counts each value once (one argument for all such aggregates).
+        let mut spread = false;
         if call.distinct
             && !self.groups_on_one_shard
             && !call
                 .argument()
                 .is_some_and(|a| distinct::is_shard_key(a, &self.key_bindings))
         {
-            return refuse(format!("{}(DISTINCT ...)", call.name()));
+            let name = call.name();
+            let Some(arg) = call.argument() else {
+                return refuse(format!("{name}(DISTINCT ...) of several arguments"));
+            };
+            if call.has_filter() {
+                return refuse(format!("{name}(DISTINCT ...) FILTER (WHERE ...)"));
+            }
+            // `GROUP BY 1` would name an output column.
+            if matches!(distinct::strip(arg), Expr::Value(_)) {
+                return refuse(format!("{name}(DISTINCT <constant>)"));
+            }
+            if self
+                .spread_distinct
+                .as_ref()
+                .is_some_and(|a| a.to_string() != arg.to_string())
+            {
+                return refuse(format!(
+                    "{name}(DISTINCT ...) next to a DISTINCT aggregate of another argument"
+                ));
+            }
+            self.spread_distinct = Some(arg.clone());
+            spread = true;
+        } else if call.distinct && !self.groups_on_one_shard {
+            self.key_distinct = Some(call.name());
         }
         // min/max output their winner's bytes as the client asked for them
         // (the visible column), so each output position has its own slot.
@@ -773,6 +856,7 @@ impl Planner {
             AggSlot {
                 func: call.func,
                 partials,
+                distinct: spread,
             },
         ));
         Ok(slots.len() - 1)
@@ -798,6 +882,19 @@ impl Planner {
         }
         // Constant per group (Postgres checked that it is grouped).
         Ok(GroupValue::Column(self.hide(visible, e.clone())))
+    }
+}
+
+/// Whether HAVING reads a per-group column (not only aggregates).
+fn having_uses_column(h: &HavingExpr) -> bool {
+    let op = |o: &Operand| matches!(o, Operand::Value(GroupValue::Column(_)));
+    match h {
+        HavingExpr::And(a, b) | HavingExpr::Or(a, b) => {
+            having_uses_column(a) || having_uses_column(b)
+        }
+        HavingExpr::Not(a) => having_uses_column(a),
+        HavingExpr::Cmp(_, a, b) => op(a) || op(b),
+        HavingExpr::IsNull(a, _) | HavingExpr::Truth(a) => op(a),
     }
 }
 

@@ -173,8 +173,8 @@ fn distinct_groups_by_every_column() {
 #[test]
 fn unmergeable_constructs_are_named() {
     assert_eq!(
-        refused("SELECT count(DISTINCT x) FROM t"),
-        "count(DISTINCT ...)"
+        refused("SELECT count(DISTINCT x), count(DISTINCT y) FROM t"),
+        "count(DISTINCT ...) next to a DISTINCT aggregate of another argument"
     );
     assert_eq!(
         refused("SELECT string_agg(x, ',') FROM t"),
@@ -350,66 +350,95 @@ fn distinct_aggregates_grouped_by_the_shard_key_pass_through() {
 }
 
 #[test]
+fn distinct_aggregates_that_may_repeat_across_shards_group_by_their_argument() {
+    // The shards group by the argument too and sort by it last: equal
+    // values of several shards arrive adjacent, the proxy counts one.
+    let p = plan("SELECT count(DISTINCT x), count(*) FROM t");
+    assert_eq!(
+        p.shard_sql,
+        "SELECT count(DISTINCT x), count(*), count(DISTINCT x) AS \"__shardgate_0\", count(*) AS \"__shardgate_1\", x AS \"__shardgate_2\" FROM t GROUP BY x ORDER BY \"__shardgate_2\" ASC NULLS LAST"
+    );
+    let g = grouped(&p);
+    assert!(g.single_row);
+    assert_eq!(g.distinct_value, Some(4));
+    assert!(g.group_columns.is_empty());
+    assert_eq!(
+        g.aggregates.iter().map(|a| a.distinct).collect::<Vec<_>>(),
+        vec![true, false]
+    );
+    let p = plan("SELECT y, sum(DISTINCT x), avg(DISTINCT x) FROM t GROUP BY y HAVING count(DISTINCT x) > 1 ORDER BY count(DISTINCT x) DESC, y");
+    assert!(
+        p.shard_sql.contains(" GROUP BY y, x ORDER BY "),
+        "{}",
+        p.shard_sql
+    );
+    let g = grouped(&p);
+    assert_eq!(g.group_columns.len(), 1);
+    assert_eq!(g.merge_keys.last().map(|k| k.column), g.distinct_value);
+    assert!(g.aggregates.iter().all(|a| a.distinct));
+    assert_eq!(g.final_sort.len(), 2);
+    // Grouped by the argument: already a merge key.
+    let g = grouped(&plan("SELECT x, count(DISTINCT x) FROM t GROUP BY x")).clone();
+    assert_eq!(g.merge_keys.len(), 1);
+    assert_eq!(Some(g.group_columns[0]), g.distinct_value);
+}
+
+#[test]
 fn distinct_aggregates_that_may_repeat_across_shards_are_refused() {
     for (sql, construct) in [
-        ("SELECT count(DISTINCT x) FROM t", "count(DISTINCT ...)"),
+        // Two arguments.
         (
-            "SELECT x, sum(DISTINCT y) FROM t GROUP BY x",
-            "sum(DISTINCT ...)",
-        ),
-        ("SELECT avg(DISTINCT x) FROM t", "avg(DISTINCT ...)"),
-        // Not the key column itself.
-        (
-            "SELECT count(DISTINCT id + 1) FROM t",
-            "count(DISTINCT ...)",
+            "SELECT count(DISTINCT x), count(DISTINCT y) FROM t",
+            "count(DISTINCT ...) next to a DISTINCT aggregate of another argument",
         ),
         (
-            "SELECT count(DISTINCT id::text) FROM t",
-            "count(DISTINCT ...)",
+            "SELECT x, sum(DISTINCT y) FROM t GROUP BY x HAVING count(DISTINCT z) > 1",
+            "count(DISTINCT ...) next to a DISTINCT aggregate of another argument",
         ),
-        // Grouped by an expression of the key (two keys may share a group).
+        // A shard key's exact count would be summed over finer groups.
         (
-            "SELECT id % 2, count(DISTINCT x) FROM t GROUP BY id % 2",
-            "count(DISTINCT ...)",
-        ),
-        // The key of a reference table, of a CTE named like a sharded
-        // table, of a name that is not the key's table.
-        (
-            "SELECT count(DISTINCT c.id) FROM t JOIN countries c ON c.code = t.c",
-            "count(DISTINCT ...)",
+            "SELECT count(DISTINCT id), count(DISTINCT x) FROM t",
+            "count(DISTINCT ...) next to a DISTINCT aggregate of another argument",
         ),
         (
-            "WITH t AS (SELECT x AS id FROM u) SELECT count(DISTINCT id) FROM t",
-            "count(DISTINCT ...)",
+            "SELECT y, count(DISTINCT x) FROM t GROUP BY y ORDER BY sum(DISTINCT id)",
+            "sum(DISTINCT ...) next to a DISTINCT aggregate of another argument",
+        ),
+        // FILTER (a value may count on one shard and not another).
+        (
+            "SELECT count(DISTINCT x) FILTER (WHERE y > 0) FROM t",
+            "count(DISTINCT ...) FILTER (WHERE ...)",
         ),
         (
-            "SELECT count(DISTINCT t.id) FROM t a",
-            "count(DISTINCT ...)",
+            "SELECT count(DISTINCT (1)) FROM t",
+            "count(DISTINCT <constant>)",
         ),
-        // Only in HAVING or ORDER BY.
+        // Without GROUP BY next to a non-aggregate (no row over no rows).
         (
-            "SELECT x FROM t GROUP BY x HAVING count(DISTINCT y) > 1",
-            "count(DISTINCT ...)",
-        ),
-        (
-            "SELECT x FROM t GROUP BY x ORDER BY sum(DISTINCT y)",
-            "sum(DISTINCT ...)",
-        ),
-        // Grouped by the key of the NULL-extended side: its NULL group
-        // is on every shard.
-        (
-            "SELECT u.id, count(DISTINCT t.x) FROM t LEFT JOIN u ON u.id = t.id GROUP BY u.id",
-            "count(DISTINCT ...)",
-        ),
-        (
-            "SELECT t.id, count(DISTINCT t.x) FROM t FULL JOIN u ON u.id = t.id GROUP BY t.id",
-            "count(DISTINCT ...)",
-        ),
-        (
-            "SELECT id, count(DISTINCT x) FROM t LEFT JOIN u USING (x) GROUP BY id",
-            "count(DISTINCT ...)",
+            "SELECT 1, count(DISTINCT x) FROM t",
+            "count/sum/avg(DISTINCT ...) without GROUP BY next to a value that is no aggregate",
         ),
     ] {
         assert_eq!(refused(sql), construct, "{sql}");
     }
+    // What is not the key or grouped by it goes the general way.
+    for sql in [
+        "SELECT count(DISTINCT id + 1) FROM t",
+        "SELECT id % 2, count(DISTINCT x) FROM t GROUP BY id % 2",
+        "SELECT count(DISTINCT c.id) FROM t JOIN countries c ON c.code = t.c",
+        "WITH t AS (SELECT x AS id FROM u) SELECT count(DISTINCT id) FROM t",
+        "SELECT u.id, count(DISTINCT t.x) FROM t LEFT JOIN u ON u.id = t.id GROUP BY u.id",
+        "SELECT x FROM t GROUP BY x ORDER BY sum(DISTINCT y)",
+    ] {
+        assert!(grouped(&plan(sql)).distinct_value.is_some(), "{sql}");
+    }
+    // The exact cases do not.
+    assert_eq!(
+        grouped(&plan("SELECT id, count(DISTINCT x) FROM t GROUP BY id")).distinct_value,
+        None
+    );
+    assert_eq!(
+        grouped(&plan("SELECT count(DISTINCT id) FROM t")).distinct_value,
+        None
+    );
 }

@@ -11,7 +11,9 @@
 //!   sort keys), hidden columns stripped, OFFSET skipped, and once LIMIT rows
 //!   went out the shards are cancelled;
 //! - grouped plans: heads in group-key order, rows of one group combined
-//!   (partial aggregates), HAVING applied, then emitted in order, or sorted
+//!   (partial aggregates; a DISTINCT aggregate's partials only from the
+//!   first row of each value of its argument, which the shards sort by
+//!   last), HAVING applied, then emitted in order, or sorted
 //!   in memory when the final ORDER BY uses an aggregate (memory bounded by
 //!   the number of groups).
 
@@ -111,6 +113,8 @@ pub(super) struct Group {
     first: BytesMut,
     keys: Vec<Key>,
     aggs: Vec<AggState>,
+    /// The last value of [`GroupPlan::distinct_value`] added.
+    last_distinct: Option<Key>,
 }
 
 impl Session {
@@ -721,28 +725,34 @@ impl Run {
             if let Some(done) = self.group.take() {
                 self.finish_group(g, done, cout)?;
             }
-            let columns = self.columns.as_ref().expect("described");
-            let aggs = g
-                .aggregates
-                .iter()
-                .map(|slot| {
-                    let oids: Vec<u32> = slot
-                        .partials
-                        .iter()
-                        .map(|c| columns.types.get(*c).copied().unwrap_or(0))
-                        .collect();
-                    AggState::new(slot.func, output_oid(slot.func, &oids), &oids)
-                        .map_err(merge_error)
-                })
-                .collect::<Result<_, _>>()?;
             self.group = Some(Group {
                 first: head.row.clone(),
                 keys: group_keys,
-                aggs,
+                aggs: self.new_aggs(g)?,
+                last_distinct: None,
             });
         }
+        // A DISTINCT aggregate's value repeated on several shards arrives
+        // in adjacent rows of the group: only the first one counts.
+        let distinct_value = match g.distinct_value {
+            Some(c) => {
+                let columns = self.columns.as_ref().expect("described");
+                Some(key_at(&head.row, &fields, columns, c)?)
+            }
+            None => None,
+        };
         let cur = self.group.as_mut().expect("group");
+        let repeated = match (&distinct_value, &cur.last_distinct) {
+            (Some(v), Some(last)) => v.group_eq(last),
+            _ => false,
+        };
+        if distinct_value.is_some() {
+            cur.last_distinct = distinct_value;
+        }
         for (slot, state) in g.aggregates.iter().zip(cur.aggs.iter_mut()) {
+            if slot.distinct && repeated {
+                continue;
+            }
             let values: Vec<Option<&[u8]>> = slot
                 .partials
                 .iter()
@@ -751,6 +761,33 @@ impl Run {
             state.add(&values).map_err(merge_error)?;
         }
         Ok(())
+    }
+
+    /// The aggregates of a new group, typed from the shards' columns.
+    fn new_aggs(&self, g: &GroupPlan) -> Result<Vec<AggState>, PgError> {
+        let columns = self.columns.as_ref().ok_or_else(|| {
+            PgError::error("XX000", "shardgate: rows of a merge before its columns")
+        })?;
+        let oid_of = |c: usize| columns.types.get(c).copied().unwrap_or(0);
+        g.aggregates
+            .iter()
+            .map(|slot| {
+                let oids: Vec<u32> = slot.partials.iter().map(|c| oid_of(*c)).collect();
+                if slot.distinct && matches!(slot.func, AggKind::Sum | AggKind::Avg) {
+                    // Equal values of other types may differ (1.0 and 1.00,
+                    // 0 and -0): which one a shard kept would show.
+                    use shardgate_merge::oid;
+                    let arg = g.distinct_value.map_or(0, oid_of);
+                    if !matches!(arg, oid::INT2 | oid::INT4 | oid::INT8) {
+                        return Err(PgError::error(
+                            "0A000",
+                            "shardgate: sum/avg(DISTINCT ...) of a type other than smallint, integer or bigint across shards is not supported",
+                        ));
+                    }
+                }
+                AggState::new(slot.func, output_oid(slot.func, &oids), &oids).map_err(merge_error)
+            })
+            .collect()
     }
 
     /// A group is complete: HAVING, then output or keep for the final sort.
@@ -824,6 +861,26 @@ impl Run {
         if let MergeMode::Grouped(g) = &plan.mode {
             if let Some(done) = self.group.take() {
                 self.finish_group(g, done, cout)?;
+            } else if g.single_row && g.distinct_value.is_some() && self.sent == 0 {
+                // Grouped by the DISTINCT argument, the shards sent no row
+                // over no rows; the one row holds only aggregates (the plan
+                // checked), so its other fields are NULL.
+                let n = self.columns.as_ref().map_or(0, |c| c.types.len());
+                let mut first = BytesMut::new();
+                first.put_u8(btag::DATA_ROW);
+                first.put_i32(0);
+                first.put_i16(n as i16);
+                for _ in 0..n {
+                    first.put_i32(-1);
+                }
+                backend::patch_len(&mut first, 0);
+                let empty = Group {
+                    first,
+                    keys: Vec::new(),
+                    aggs: self.new_aggs(g)?,
+                    last_distinct: None,
+                };
+                self.finish_group(g, empty, cout)?;
             }
             if !g.final_sort.is_empty() {
                 let order = &g.final_sort;
@@ -1209,4 +1266,140 @@ fn eval_having(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardgate_merge::oid;
+    use shardgate_router::{ShardedTable, TableLookup};
+
+    struct Tables;
+
+    impl TableLookup for Tables {
+        fn sharded(&self, _schema: Option<&str>, name: &str) -> Option<ShardedTable> {
+            (name == "t").then(|| ShardedTable {
+                column: "id".into(),
+                ranged: false,
+            })
+        }
+        fn is_reference(&self, _schema: Option<&str>, _name: &str) -> bool {
+            false
+        }
+    }
+
+    fn run(sql: &str, types: Vec<u32>) -> Run {
+        let plan = shardgate_router::merge_plan::plan_merge(sql, &Tables).expect(sql);
+        let visible = plan.visible.expect("visible");
+        let mut run = Run::new(Arc::new(plan), visible, 2, None);
+        run.columns = Some(Columns { types });
+        run
+    }
+
+    /// A DataRow of binary int8 (`Some`) and NULL (`None`) fields, the last
+    /// one an int4.
+    fn row(values: &[Option<i64>]) -> Head {
+        let mut r = BytesMut::new();
+        r.put_u8(btag::DATA_ROW);
+        r.put_i32(0);
+        r.put_i16(values.len() as i16);
+        for (i, v) in values.iter().enumerate() {
+            match v {
+                Some(v) if i + 1 == values.len() => {
+                    r.put_i32(4);
+                    r.put_i32(*v as i32);
+                }
+                Some(v) => {
+                    r.put_i32(8);
+                    r.put_i64(*v);
+                }
+                None => r.put_i32(-1),
+            }
+        }
+        backend::patch_len(&mut r, 0);
+        Head {
+            row: r,
+            keys: Vec::new(),
+        }
+    }
+
+    /// The text fields of the DataRows in `out`.
+    fn rows(out: &[u8]) -> Vec<Vec<Option<String>>> {
+        let mut res = Vec::new();
+        let mut pos = 0;
+        while pos + 5 <= out.len() {
+            let len = i32::from_be_bytes(out[pos + 1..pos + 5].try_into().unwrap()) as usize;
+            let msg = &out[pos..pos + 1 + len];
+            if msg[0] == btag::DATA_ROW {
+                let fields = row_fields(msg).unwrap();
+                res.push(
+                    (0..fields.len())
+                        .map(|c| {
+                            field(msg, &fields, c).map(|v| String::from_utf8(v.to_vec()).unwrap())
+                        })
+                        .collect(),
+                );
+            }
+            pos += 1 + len;
+        }
+        res
+    }
+
+    const DISTINCT: &str = "SELECT count(DISTINCT x), count(*), sum(DISTINCT x) FROM t";
+
+    fn distinct_types() -> Vec<u32> {
+        // Visible count, count, sum; hidden partials; the argument x (int4).
+        vec![
+            oid::INT8,
+            oid::INT8,
+            oid::INT8,
+            oid::INT8,
+            oid::INT8,
+            oid::INT8,
+            oid::INT4,
+        ]
+    }
+
+    #[test]
+    fn distinct_values_repeated_across_shards_count_once() {
+        let mut run = run(DISTINCT, distinct_types());
+        let mut out = BytesMut::new();
+        // Rows in x order: x = 1 from two shards, 2 from one, NULL from two.
+        for (cd, c, sd, x) in [
+            (Some(1), 2, Some(1), Some(1)),
+            (Some(1), 3, Some(1), Some(1)),
+            (Some(1), 1, Some(2), Some(2)),
+            (Some(0), 4, None, None),
+            (Some(0), 1, None, None),
+        ] {
+            run.emit(row(&[cd, Some(c), sd, cd, Some(c), sd, x]), &mut out)
+                .unwrap();
+        }
+        run.end_rows(&mut out).unwrap();
+        let s = |v: &str| Some(v.to_owned());
+        assert_eq!(rows(&out), vec![vec![s("2"), s("11"), s("3")]]);
+    }
+
+    #[test]
+    fn distinct_aggregates_over_no_rows_give_one_row() {
+        let mut run = run(DISTINCT, distinct_types());
+        let mut out = BytesMut::new();
+        run.end_rows(&mut out).unwrap();
+        assert_eq!(
+            rows(&out),
+            vec![vec![Some("0".to_owned()), Some("0".to_owned()), None]]
+        );
+    }
+
+    #[test]
+    fn distinct_sums_of_non_integers_are_refused() {
+        let mut types = distinct_types();
+        types[2] = oid::NUMERIC;
+        types[5] = oid::NUMERIC;
+        types[6] = oid::NUMERIC;
+        let mut run = run(DISTINCT, types);
+        let mut out = BytesMut::new();
+        let err = run.end_rows(&mut out).unwrap_err();
+        assert_eq!(err.code.as_str(), "0A000");
+    }
 }
