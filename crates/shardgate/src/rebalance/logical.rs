@@ -345,15 +345,15 @@ pub(super) async fn catch_up(
     // later commit, and the stream cannot reach it before (with every
     // writer held at the cutover, that took the next running-transactions
     // record, 15 s).
-    let flushed: String = src
+    let marker: String = src
         .client
         .query_one(DRAIN_MARKER, &[])
         .await
         .map_err(|e| src.err(e))?
         .get(0);
     let began = Instant::now();
-    let until = parse_lsn(&flushed)
-        .ok_or_else(|| RebalanceError::Invalid(format!("{}: bad LSN {flushed}", src.node)))?;
+    let until = parse_lsn(&marker)
+        .ok_or_else(|| RebalanceError::Invalid(format!("{}: bad LSN {marker}", src.node)))?;
     // The server's position, asked for anew once the last answer fell
     // short (it answers after what it sent before: changes buffered here
     // come first), or when an answer is overdue.
