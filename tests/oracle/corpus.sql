@@ -593,6 +593,11 @@ SELECT c.country, count(DISTINCT o.status) FROM customers c JOIN orders o ON o.c
 SELECT k.region, count(DISTINCT c.tier), sum(DISTINCT c.tier) FROM customers c LEFT JOIN countries k ON k.code = c.country GROUP BY k.region
 ordered: SELECT vip, count(DISTINCT tier) FROM customers GROUP BY vip ORDER BY vip NULLS FIRST
 
+SELECT count(DISTINCT qty) FILTER (WHERE paid) FROM orders
+SELECT count(DISTINCT qty) FILTER (WHERE paid), count(DISTINCT qty) FILTER (WHERE NOT paid), count(DISTINCT qty), sum(DISTINCT qty) FILTER (WHERE amount > 0) FROM orders
+ordered: SELECT status, count(DISTINCT qty) FILTER (WHERE small > 0), avg(DISTINCT qty) FILTER (WHERE paid IS NULL), count(*) FILTER (WHERE paid) FROM orders GROUP BY status ORDER BY status NULLS FIRST
+SELECT tier FROM customers GROUP BY tier HAVING count(DISTINCT country) FILTER (WHERE vip) > 2
+
 -- @refuse
 -- Cannot be answered exactly by merging per-shard results: must be 0A000
 -- (an exact answer is also accepted).
@@ -602,7 +607,6 @@ refuse: SELECT status, count(DISTINCT customer_id), count(DISTINCT qty) FROM ord
 refuse: SELECT status, count(DISTINCT qty) FROM orders GROUP BY status HAVING count(DISTINCT paid) > 1
 refuse: SELECT sum(DISTINCT amount) FROM orders
 refuse: SELECT status, avg(DISTINCT weight) FROM orders GROUP BY status
-refuse: SELECT count(DISTINCT qty) FILTER (WHERE paid) FROM orders
 refuse: SELECT 'x', count(DISTINCT qty) FROM orders
 refuse: SELECT status, string_agg(note, ',' ORDER BY id) FROM orders GROUP BY status
 refuse: SELECT string_agg(status, ',' ORDER BY id) FROM orders

@@ -77,11 +77,6 @@ impl AggCall {
         function_name(&self.function)
     }
 
-    /// Whether the call has `FILTER (WHERE ...)`.
-    pub fn has_filter(&self) -> bool {
-        self.function.filter.is_some()
-    }
-
     /// The single argument of the call (`None`: `*`, several, or named).
     pub fn argument(&self) -> Option<&Expr> {
         match &self.function.args {

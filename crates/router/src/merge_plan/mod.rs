@@ -24,8 +24,9 @@
 //!   statement is grouped by one (see `distinct.rs`). Otherwise the shards
 //!   also group by `x` and sort by it last ([`GroupPlan::distinct_value`]):
 //!   a group's rows arrive in `x` order, equal values of several shards
-//!   adjacent, and the proxy adds the DISTINCT aggregates' partials of the
-//!   first row of each value only (streaming, nothing gathered); the other
+//!   adjacent, and the proxy adds the DISTINCT aggregates' partials of
+//!   only the first row that holds each value (FILTER may leave it out of
+//!   a shard's row), streaming, nothing gathered; the other
 //!   aggregates combine over the finer groups as over shards. One DISTINCT
 //!   argument per statement.
 //!
@@ -169,7 +170,8 @@ pub struct AggSlot {
     pub partials: Vec<usize>,
     /// A `DISTINCT` aggregate whose values may repeat across shards: the
     /// shards group by [`GroupPlan::distinct_value`] too, and the proxy
-    /// adds the partials of a group's first row of each distinct value only.
+    /// adds, per distinct value of a group, the partials of its first row
+    /// that holds the value (FILTER may leave it out on some shards).
     pub distinct: bool,
 }
 
@@ -812,9 +814,6 @@ impl Planner {
             let Some(arg) = call.argument() else {
                 return refuse(format!("{name}(DISTINCT ...) of several arguments"));
             };
-            if call.has_filter() {
-                return refuse(format!("{name}(DISTINCT ...) FILTER (WHERE ...)"));
-            }
             // `GROUP BY 1` would name an output column.
             if matches!(distinct::strip(arg), Expr::Value(_)) {
                 return refuse(format!("{name}(DISTINCT <constant>)"));

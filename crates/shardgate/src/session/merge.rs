@@ -115,6 +115,9 @@ pub(super) struct Group {
     aggs: Vec<AggState>,
     /// The last value of [`GroupPlan::distinct_value`] added.
     last_distinct: Option<Key>,
+    /// Per aggregate: a DISTINCT one counted that value already (a row of
+    /// a shard where FILTER left it out counts nothing).
+    counted: Vec<bool>,
 }
 
 impl Session {
@@ -730,6 +733,7 @@ impl Run {
                 keys: group_keys,
                 aggs: self.new_aggs(g)?,
                 last_distinct: None,
+                counted: vec![false; g.aggregates.len()],
             });
         }
         // A DISTINCT aggregate's value repeated on several shards arrives
@@ -749,8 +753,16 @@ impl Run {
         if distinct_value.is_some() {
             cur.last_distinct = distinct_value;
         }
-        for (slot, state) in g.aggregates.iter().zip(cur.aggs.iter_mut()) {
-            if slot.distinct && repeated {
+        if !repeated {
+            cur.counted.iter_mut().for_each(|c| *c = false);
+        }
+        for ((slot, state), counted) in g
+            .aggregates
+            .iter()
+            .zip(cur.aggs.iter_mut())
+            .zip(cur.counted.iter_mut())
+        {
+            if slot.distinct && *counted {
                 continue;
             }
             let values: Vec<Option<&[u8]>> = slot
@@ -759,6 +771,9 @@ impl Run {
                 .map(|c| field(&head.row, &fields, *c))
                 .collect();
             state.add(&values).map_err(merge_error)?;
+            if slot.distinct {
+                *counted = counts_a_value(slot.func, &values);
+            }
         }
         Ok(())
     }
@@ -879,6 +894,7 @@ impl Run {
                     keys: Vec::new(),
                     aggs: self.new_aggs(g)?,
                     last_distinct: None,
+                    counted: vec![false; g.aggregates.len()],
                 };
                 self.finish_group(g, empty, cout)?;
             }
@@ -1185,6 +1201,18 @@ fn compare_final(a: &[Key], b: &[Key], keys: &[FinalKey]) -> Ordering {
     Ordering::Equal
 }
 
+/// Whether a DISTINCT aggregate's partials of one row (one value of its
+/// argument) hold that value: count 1, a sum, an average over 1 (not a
+/// NULL argument or one FILTER left out, which add nothing).
+fn counts_a_value(f: AggKind, partials: &[Option<&[u8]>]) -> bool {
+    let nonzero = |v: Option<&[u8]>| v.is_some_and(|b| b.iter().any(|x| *x != 0));
+    match f {
+        AggKind::Count => nonzero(partials.first().copied().flatten()),
+        AggKind::Avg => nonzero(partials.get(1).copied().flatten()),
+        _ => partials.first().is_some_and(|v| v.is_some()),
+    }
+}
+
 /// The type Postgres gives the aggregate's result, from its partials' types.
 fn output_oid(f: AggKind, partials: &[u32]) -> u32 {
     use shardgate_merge::oid;
@@ -1378,6 +1406,27 @@ mod tests {
         run.end_rows(&mut out).unwrap();
         let s = |v: &str| Some(v.to_owned());
         assert_eq!(rows(&out), vec![vec![s("2"), s("11"), s("3")]]);
+    }
+
+    #[test]
+    fn a_value_left_out_by_filter_on_one_shard_counts_from_another() {
+        let sql = "SELECT count(DISTINCT x) FILTER (WHERE y), count(*), sum(DISTINCT x) FILTER (WHERE y) FROM t";
+        let mut run = run(sql, distinct_types());
+        let mut out = BytesMut::new();
+        // x = 1: the first shard's rows all filtered out, the second's not.
+        for (cd, c, sd, x) in [
+            (Some(0), 2, None, Some(1)),
+            (Some(1), 3, Some(1), Some(1)),
+            (Some(1), 1, Some(2), Some(2)),
+            (Some(1), 1, Some(2), Some(2)),
+            (Some(0), 1, None, Some(3)),
+        ] {
+            run.emit(row(&[cd, Some(c), sd, cd, Some(c), sd, x]), &mut out)
+                .unwrap();
+        }
+        run.end_rows(&mut out).unwrap();
+        let s = |v: &str| Some(v.to_owned());
+        assert_eq!(rows(&out), vec![vec![s("2"), s("8"), s("3")]]);
     }
 
     #[test]
