@@ -772,26 +772,15 @@ fn aggregate(rng: &mut Rng, src: &Source) -> Agg {
             Ty::Int8,
             Dom::Small(0, 50),
         ),
-        27..=42 if e.ty.is_number() => agg(
-            format!("sum({s}){f}"),
-            !e.ty.is_float(),
-            if e.ty.is_float() {
+        27..=52 if e.ty.is_number() => {
+            let name = if roll <= 42 { "sum" } else { "avg" };
+            let ty = if e.ty.is_float() {
                 Ty::Float8
             } else {
                 Ty::Numeric
-            },
-            e.dom,
-        ),
-        43..=52 if e.ty.is_number() => agg(
-            format!("avg({s}){f}"),
-            !e.ty.is_float(),
-            if e.ty.is_float() {
-                Ty::Float8
-            } else {
-                Ty::Numeric
-            },
-            e.dom,
-        ),
+            };
+            agg(format!("{name}({s}){f}"), !e.ty.is_float(), ty, e.dom)
+        }
         53..=76 if e.ty != Ty::Bool => {
             let m = if rng.chance(50) { "min" } else { "max" };
             // Rounded for the same reason as numeric group keys.
