@@ -138,7 +138,8 @@ pub(super) fn aggregate_call(e: &Expr) -> Result<Option<AggCall>, Unmergeable> {
     }))
 }
 
-fn strip_nested(e: &Expr) -> &Expr {
+/// `e` without enclosing parentheses.
+pub(super) fn strip_nested(e: &Expr) -> &Expr {
     match e {
         Expr::Nested(inner) => strip_nested(inner),
         _ => e,

@@ -14,6 +14,7 @@
 
 use sqlparser::ast::{Expr, JoinOperator, Select, TableFactor};
 
+use super::aggregate::strip_nested;
 use super::{ident_name, name_parts};
 use crate::shard::TableLookup;
 
@@ -97,7 +98,7 @@ pub(super) fn key_bindings(
 /// also have would be ambiguous to Postgres), `q.key` when `q` names a
 /// table sharded by `key`.
 fn key_of<'b>(e: &Expr, bindings: &'b [KeyBinding]) -> Option<&'b KeyBinding> {
-    match strip(e) {
+    match strip_nested(e) {
         Expr::Identifier(c) => {
             let c = ident_name(c);
             bindings.iter().find(|b| b.key == c)
@@ -117,7 +118,7 @@ fn key_of<'b>(e: &Expr, bindings: &'b [KeyBinding]) -> Option<&'b KeyBinding> {
 /// one of them is the shard key of a table not NULL-extended by an outer
 /// join.
 pub(super) fn groups_on_one_shard(group_exprs: &[Expr], bindings: &[KeyBinding]) -> bool {
-    group_exprs.iter().any(|g| match strip(g) {
+    group_exprs.iter().any(|g| match strip_nested(g) {
         Expr::Identifier(c) => {
             // Every table with that key name must be non-nullable (more
             // than one is Postgres's ambiguity error anyway).
@@ -127,14 +128,6 @@ pub(super) fn groups_on_one_shard(group_exprs: &[Expr], bindings: &[KeyBinding])
         }
         g => key_of(g, bindings).is_some_and(|b| !b.nullable),
     })
-}
-
-/// `e` without enclosing parentheses.
-pub(super) fn strip(e: &Expr) -> &Expr {
-    match e {
-        Expr::Nested(inner) => strip(inner),
-        _ => e,
-    }
 }
 
 /// Whether `arg` (a DISTINCT aggregate's argument) is a shard key column,

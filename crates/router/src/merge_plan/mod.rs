@@ -815,7 +815,7 @@ impl Planner {
                 return refuse(format!("{name}(DISTINCT ...) of several arguments"));
             };
             // `GROUP BY 1` would name an output column.
-            if matches!(distinct::strip(arg), Expr::Value(_)) {
+            if matches!(aggregate::strip_nested(arg), Expr::Value(_)) {
                 return refuse(format!("{name}(DISTINCT <constant>)"));
             }
             if self

@@ -882,13 +882,7 @@ impl Run {
                 // checked), so its other fields are NULL.
                 let n = self.columns.as_ref().map_or(0, |c| c.types.len());
                 let mut first = BytesMut::new();
-                first.put_u8(btag::DATA_ROW);
-                first.put_i32(0);
-                first.put_i16(n as i16);
-                for _ in 0..n {
-                    first.put_i32(-1);
-                }
-                backend::patch_len(&mut first, 0);
+                backend::data_row::<&str>(&vec![None; n], &mut first);
                 let empty = Group {
                     first,
                     keys: Vec::new(),
