@@ -25,6 +25,15 @@ pub enum MergeError {
     /// Numeric division by zero.
     #[error("division by zero")]
     DivisionByZero,
+    /// Any other PostgreSQL error, with its SQLSTATE and message (e.g.
+    /// 22P02 for a literal that is not a valid value of its type).
+    #[error("{message}")]
+    Sql {
+        /// The SQLSTATE.
+        sqlstate: &'static str,
+        /// Postgres's message.
+        message: String,
+    },
 }
 
 impl MergeError {
@@ -35,6 +44,7 @@ impl MergeError {
             MergeError::Malformed { .. } => "XX000",
             MergeError::Overflow(_) => "22003",
             MergeError::DivisionByZero => "22012",
+            MergeError::Sql { sqlstate, .. } => sqlstate,
         }
     }
 
@@ -42,6 +52,13 @@ impl MergeError {
         MergeError::Malformed {
             type_oid,
             reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn sql(sqlstate: &'static str, message: impl Into<String>) -> Self {
+        MergeError::Sql {
+            sqlstate,
+            message: message.into(),
         }
     }
 

@@ -14,6 +14,7 @@
 
 mod agg;
 mod error;
+pub mod expr;
 mod float;
 mod key;
 mod numeric;
@@ -22,7 +23,7 @@ pub use agg::{AggKind, AggState};
 pub use error::MergeError;
 pub use float::{float4_text, float8_text};
 pub use key::{decode_key, key_supported, Key};
-pub use numeric::Numeric;
+pub use numeric::{Numeric, Rounding};
 
 /// PostgreSQL type OIDs this crate knows about.
 pub mod oid {

@@ -10,6 +10,9 @@ use num_traits::Zero;
 use crate::error::MergeError;
 use crate::oid;
 
+mod ops;
+pub use ops::Rounding;
+
 const NBASE: i32 = 10000;
 const DEC_DIGITS: i32 = 4;
 const NUMERIC_MIN_SIG_DIGITS: i32 = 16;
