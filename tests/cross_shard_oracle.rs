@@ -112,6 +112,9 @@ struct Flags {
     refuse: bool,
     /// Run inside BEGIN ... ROLLBACK on both sides.
     tx: bool,
+    /// Both must fail with the same SQLSTATE (e.g. 22012 computed at the
+    /// proxy and by the unsharded server).
+    error: bool,
     /// Generated: a 0A000 refusal is allowed (and counted by reason), any
     /// answer must be exact.
     random: bool,
@@ -173,6 +176,7 @@ fn parse_corpus(name: &str, text: &str) -> Vec<Entry> {
                         "ordered" => flags.ordered = true,
                         "refuse" => flags.refuse = true,
                         "tx" => flags.tx = true,
+                        "error" => flags.error = true,
                         other => panic!("{name}:{}: unknown flag {other:?}", n + 1),
                     }
                 }
@@ -1278,6 +1282,19 @@ async fn oracle_corpus_matches_unsharded_postgres() {
             let cat = by_category.entry(e.category.clone()).or_default();
             let head = format!("{} [{}] {} mode", e.place, e.category, mode.name());
             let verdict: Result<bool, String> = match (&want, &got) {
+                (Got::Error { code: w, .. }, Got::Error { code: g, .. }) if e.flags.error => {
+                    if w == g {
+                        Ok(true)
+                    } else {
+                        Err(format!("error {g} where the oracle failed with {w}"))
+                    }
+                }
+                (Got::Error { code, .. }, Got::Rows(_)) if e.flags.error => {
+                    Err(format!("answered where the oracle failed with {code}"))
+                }
+                (Got::Rows(_), _) if e.flags.error => {
+                    Err("ORACLE ANSWERED (corpus bug: an `error` entry)".to_owned())
+                }
                 (Got::Error { code, message }, _) => {
                     Err(format!("ORACLE ERROR (corpus bug): {code} {message}"))
                 }

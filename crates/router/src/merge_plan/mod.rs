@@ -37,7 +37,7 @@
 
 mod aggregate;
 mod distinct;
-mod having;
+mod proxy_expr;
 #[cfg(test)]
 mod tests;
 
@@ -52,7 +52,7 @@ use crate::shard::TableLookup;
 use sqlparser::parser::Parser;
 
 pub use aggregate::{partial_names, AggKind};
-pub use having::{CmpOp, HavingExpr, Literal, Operand};
+pub use proxy_expr::ProxyExpr;
 
 use aggregate::{aggregate_call, mentions_aggregate, mentions_window, AggCall};
 
@@ -148,8 +148,11 @@ pub struct GroupPlan {
     pub aggregates: Vec<AggSlot>,
     /// Per visible column: where its value comes from.
     pub outputs: Vec<OutputColumn>,
-    /// HAVING, evaluated on the combined groups.
-    pub having: Option<HavingExpr>,
+    /// Expressions evaluated at the proxy per combined group (outputs,
+    /// HAVING, final-order keys over aggregates).
+    pub exprs: Vec<ProxyExpr>,
+    /// HAVING, evaluated on the combined groups: an index into `exprs`.
+    pub having: Option<usize>,
     /// The final order when it needs an aggregate (groups are sorted in
     /// memory); empty when the merge order already is the final order.
     pub final_sort: Vec<FinalKey>,
@@ -182,6 +185,8 @@ pub enum OutputColumn {
     Group,
     /// The combined aggregate in slot `n`.
     Aggregate(usize),
+    /// Expression `n` of [`GroupPlan::exprs`].
+    Expr(usize),
 }
 
 /// A value of a combined group used for HAVING or the final order.
@@ -191,6 +196,8 @@ pub enum GroupValue {
     Column(usize),
     /// The combined aggregate in slot `n`.
     Aggregate(usize),
+    /// Expression `n` of [`GroupPlan::exprs`].
+    Expr(usize),
 }
 
 /// One key of the final (in-memory) order of groups.
@@ -423,6 +430,8 @@ struct Planner {
     /// A DISTINCT aggregate of a shard key was planned (its per-shard value
     /// is exact, but not summed over finer groups of another argument).
     key_distinct: Option<String>,
+    /// Expressions the proxy evaluates per group (see [`GroupPlan::exprs`]).
+    exprs: Vec<ProxyExpr>,
 }
 
 impl Planner {
@@ -668,7 +677,7 @@ impl Planner {
         let mut aggregates: Vec<(String, AggSlot)> = Vec::new();
         // Visible outputs.
         let mut outputs = Vec::with_capacity(visible);
-        for (j, (e, _)) in projection.items.iter().enumerate() {
+        for (j, (e, name)) in projection.items.iter().enumerate() {
             let e = e.as_ref().expect("no * in grouped mode");
             match aggregate_call(e)? {
                 Some(call) => {
@@ -676,7 +685,15 @@ impl Planner {
                     outputs.push(OutputColumn::Aggregate(slot));
                 }
                 None if mentions_aggregate(e) => {
-                    return refuse(format!("the expression {e} over an aggregate"))
+                    // The shards only describe it (evaluated over their
+                    // partial groups it could fail or overflow).
+                    let x = self.compile_expr(&mut aggregates, visible, e, Some(j))?;
+                    outputs.push(OutputColumn::Expr(x));
+                    let name = name.clone().unwrap_or_else(|| figure_name(e));
+                    select.projection[j] = SelectItem::ExprWithAlias {
+                        expr: proxy_expr::probe_expr(e),
+                        alias: Ident::with_quote('"', name),
+                    };
                 }
                 None => outputs.push(OutputColumn::Group),
             }
@@ -684,9 +701,7 @@ impl Planner {
         // HAVING.
         let having = match select.having.take() {
             None => None,
-            Some(h) => Some(having::compile(&h, &mut |e: &Expr| {
-                self.group_value(&mut aggregates, visible, e, projection, &group_exprs)
-            })?),
+            Some(h) => Some(self.compile_expr(&mut aggregates, visible, &h, None)?),
         };
         // Final order.
         let mut final_keys = Vec::new();
@@ -715,7 +730,7 @@ impl Planner {
                 // makes the one row from the aggregates alone.
                 if single_row
                     && (outputs.contains(&OutputColumn::Group)
-                        || having.as_ref().is_some_and(having_uses_column))
+                        || self.exprs.iter().any(proxy_expr::reads_columns))
                 {
                     return refuse(
                         "count/sum/avg(DISTINCT ...) without GROUP BY next to a value that is no aggregate",
@@ -784,6 +799,7 @@ impl Planner {
             group_columns,
             aggregates: aggregates.into_iter().map(|(_, s)| s).collect(),
             outputs,
+            exprs: std::mem::take(&mut self.exprs),
             having,
             final_sort,
             single_row,
@@ -877,24 +893,89 @@ impl Planner {
             ));
         }
         if mentions_aggregate(e) {
-            return refuse(format!("the expression {e} over an aggregate"));
+            return Ok(GroupValue::Expr(
+                self.compile_expr(slots, visible, e, None)?,
+            ));
         }
         // Constant per group (Postgres checked that it is grouped).
         Ok(GroupValue::Column(self.hide(visible, e.clone())))
     }
+
+    /// Compiles an expression over aggregates into [`GroupPlan::exprs`];
+    /// returns its index. `output`: the visible column it replaces.
+    fn compile_expr(
+        &mut self,
+        slots: &mut Vec<(String, AggSlot)>,
+        visible: usize,
+        e: &Expr,
+        output: Option<usize>,
+    ) -> Result<usize, Unmergeable> {
+        let x = proxy_expr::compile(
+            e,
+            &mut ExprLeaves {
+                planner: self,
+                slots,
+                visible,
+            },
+            output,
+        )?;
+        self.exprs.push(x);
+        Ok(self.exprs.len() - 1)
+    }
 }
 
-/// Whether HAVING reads a per-group column (not only aggregates).
-fn having_uses_column(h: &HavingExpr) -> bool {
-    let op = |o: &Operand| matches!(o, Operand::Value(GroupValue::Column(_)));
-    match h {
-        HavingExpr::And(a, b) | HavingExpr::Or(a, b) => {
-            having_uses_column(a) || having_uses_column(b)
+/// The planner as the source of an expression's inputs and probes.
+struct ExprLeaves<'a> {
+    planner: &'a mut Planner,
+    slots: &'a mut Vec<(String, AggSlot)>,
+    visible: usize,
+}
+
+impl proxy_expr::ExprSource for ExprLeaves<'_> {
+    fn aggregate(&mut self, e: &Expr) -> Result<Option<GroupValue>, Unmergeable> {
+        match aggregate_call(e)? {
+            Some(call) => Ok(Some(GroupValue::Aggregate(self.planner.aggregate_slot(
+                self.slots,
+                self.visible,
+                call,
+                None,
+            )?))),
+            None => Ok(None),
         }
-        HavingExpr::Not(a) => having_uses_column(a),
-        HavingExpr::Cmp(_, a, b) => op(a) || op(b),
-        HavingExpr::IsNull(a, _) | HavingExpr::Truth(a) => op(a),
     }
+
+    fn column(&mut self, e: &Expr) -> usize {
+        self.planner.hide(self.visible, e.clone())
+    }
+}
+
+/// The name Postgres gives an output column computed by `e`
+/// (FigureColname): a function's name, a cast's argument's name or else
+/// its type's, `?column?` for operators.
+fn figure_name(e: &Expr) -> String {
+    if let Expr::Cast {
+        expr, data_type, ..
+    } = aggregate::strip_nested(e)
+    {
+        if let Some(n) = output_name(expr) {
+            return n;
+        }
+        let t = data_type.to_string().to_ascii_lowercase();
+        let base = t.split('(').next().unwrap_or(&t).trim().to_owned();
+        return match base.as_str() {
+            "smallint" => "int2",
+            "int" | "integer" => "int4",
+            "bigint" => "int8",
+            "real" => "float4",
+            "double precision" | "float" => "float8",
+            "boolean" => "bool",
+            "decimal" => "numeric",
+            "character varying" => "varchar",
+            other => return other.to_owned(),
+        }
+        .to_owned();
+    }
+    output_name(e).unwrap_or_else(|| "?column?".to_owned())
 }
 
 /// The name of hidden column `i` (unique, so ORDER BY on the shards finds it

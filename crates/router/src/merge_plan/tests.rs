@@ -152,6 +152,36 @@ fn group_by_sorts_shards_and_keeps_having_local() {
 }
 
 #[test]
+fn expressions_over_aggregates_are_described_by_probes_and_evaluated_locally() {
+    let p =
+        plan("SELECT g, round(sum(v) / count(*), 2) AS r FROM t GROUP BY g HAVING sum(v) * 2 > 10");
+    assert_eq!(
+        p.shard_sql,
+        "SELECT g, CASE WHEN false THEN (round(sum(v) / count(*), 2)) END AS \"r\", sum(v) AS \"__shardgate_0\", count(*) AS \"__shardgate_1\", CASE WHEN false THEN (sum(v) / count(*)) END AS \"__shardgate_2\", CASE WHEN false THEN (sum(v) * 2) END AS \"__shardgate_3\", g AS \"__shardgate_4\" FROM t GROUP BY g ORDER BY \"__shardgate_4\" ASC NULLS LAST"
+    );
+    let MergeMode::Grouped(g) = p.mode else {
+        panic!()
+    };
+    assert_eq!(g.outputs, vec![OutputColumn::Group, OutputColumn::Expr(0)]);
+    // round(...) is typed by the output column itself, the division by a probe.
+    assert_eq!(g.exprs[0].probes, vec![4, 1]);
+    assert_eq!(
+        g.exprs[0].inputs,
+        vec![GroupValue::Aggregate(0), GroupValue::Aggregate(1)]
+    );
+    assert_eq!(g.having, Some(1));
+    // An unnamed output keeps the name Postgres gives it.
+    let p = plan("SELECT count(*) * 2, (sum(v) + 1)::int, sum(v)::int FROM t");
+    assert!(
+        p.shard_sql.contains("END AS \"?column?\"")
+            && p.shard_sql.contains("END AS \"int4\"")
+            && p.shard_sql.contains("END AS \"sum\""),
+        "{}",
+        p.shard_sql
+    );
+}
+
+#[test]
 fn order_by_aggregate_sorts_groups_in_memory() {
     let p = plan("SELECT g FROM t GROUP BY g ORDER BY sum(v) DESC");
     let MergeMode::Grouped(g) = p.mode else {
@@ -185,8 +215,12 @@ fn unmergeable_constructs_are_named() {
         "window functions"
     );
     assert_eq!(
-        refused("SELECT sum(x) * 2 FROM t"),
-        "the expression sum(x) * 2 over an aggregate"
+        refused("SELECT sum(x) << 2 FROM t"),
+        "the operator << over an aggregate"
+    );
+    assert_eq!(
+        refused("SELECT upper(max(name)) FROM t"),
+        "the function upper() over an aggregate"
     );
     assert_eq!(refused("SELECT DISTINCT ON (a) a FROM t"), "DISTINCT ON");
     assert!(refused("SELECT a FROM t UNION SELECT a FROM u").starts_with("UNION"));

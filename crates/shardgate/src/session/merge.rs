@@ -21,13 +21,13 @@ use std::cmp::Ordering;
 use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
+use shardgate_merge::expr::{encodable, encode_value, Bound};
 use shardgate_merge::{decode_key, AggKind, AggState, Key, MergeError};
 use shardgate_protocol::backend::{self, tag as btag};
 use shardgate_protocol::frontend::{self, Bind};
 use shardgate_protocol::{Header, PgError};
 use shardgate_router::merge_plan::{
-    CmpOp, FinalKey, GroupPlan, GroupValue, HavingExpr, Literal, MergeMode, MergePlan, Operand,
-    OutputColumn, RowCount, SortKey,
+    FinalKey, GroupPlan, GroupValue, MergeMode, MergePlan, OutputColumn, RowCount, SortKey,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -106,6 +106,8 @@ enum Step {
 /// The columns of one result, from the RowDescription.
 pub(super) struct Columns {
     types: Vec<u32>,
+    /// [`GroupPlan::exprs`] typed by this result.
+    exprs: Vec<Bound>,
 }
 
 /// Per-group accumulation.
@@ -490,7 +492,12 @@ impl Run {
                 Step::Described(d) => {
                     if self.columns.is_none() {
                         match parse_row_description(&d) {
-                            Ok((types, _)) => self.columns = Some(Columns { types }),
+                            Ok((types, _)) => {
+                                self.columns = Some(Columns {
+                                    types,
+                                    exprs: Vec::new(),
+                                })
+                            }
                             Err(()) => {
                                 self.streams[i].error = Some(encode_error(&PgError::error(
                                     "08P01",
@@ -598,7 +605,11 @@ impl Run {
         if self.describe {
             cout.extend_from_slice(&client_desc);
         }
-        self.columns = Some(Columns { types });
+        let exprs = match &self.plan.mode {
+            MergeMode::Grouped(g) => bind_exprs(g, &types, visible)?,
+            _ => Vec::new(),
+        };
+        self.columns = Some(Columns { types, exprs });
         self.announced = true;
         Ok(())
     }
@@ -814,15 +825,37 @@ impl Run {
     ) -> Result<(), PgError> {
         let columns = self.columns.as_ref().expect("described");
         let fields = row_fields(&group.first)?;
-        let value = |v: GroupValue| -> Result<Key, PgError> {
+        let input = |v: GroupValue| -> Result<Key, PgError> {
             match v {
                 GroupValue::Column(c) => key_at(&group.first, &fields, columns, c),
                 GroupValue::Aggregate(s) => group.aggs[s].key().map_err(merge_error),
+                GroupValue::Expr(_) => Err(PgError::error("XX000", "shardgate: nested expression")),
             }
         };
-        if let Some(h) = &g.having {
-            if eval_having(h, &value)? != Some(true) {
-                return Ok(());
+        let value = |v: GroupValue| -> Result<Key, PgError> {
+            let GroupValue::Expr(n) = v else {
+                return input(v);
+            };
+            let values = g.exprs[n]
+                .inputs
+                .iter()
+                .map(|i| input(*i))
+                .collect::<Result<Vec<_>, _>>()?;
+            let bound = columns.exprs.get(n).ok_or_else(|| {
+                PgError::error("XX000", "shardgate: an expression before its types")
+            })?;
+            bound.eval(&values).map_err(merge_error)
+        };
+        if let Some(h) = g.having {
+            match value(GroupValue::Expr(h))? {
+                Key::Bool(true) => {}
+                Key::Bool(false) | Key::Null => return Ok(()),
+                _ => {
+                    return Err(PgError::error(
+                        "42804",
+                        "argument of HAVING must be type boolean",
+                    ))
+                }
             }
         }
         let mut row = BytesMut::new();
@@ -840,16 +873,17 @@ impl Run {
                     None => row.put_i32(-1),
                 },
                 OutputColumn::Aggregate(s) => {
-                    match group.aggs[*s]
+                    let v = group.aggs[*s]
                         .finish(format_of(&self.formats, j))
-                        .map_err(merge_error)?
-                    {
-                        Some(v) => {
-                            row.put_i32(v.len() as i32);
-                            row.extend_from_slice(&v);
-                        }
-                        None => row.put_i32(-1),
-                    }
+                        .map_err(merge_error)?;
+                    put_field(&mut row, v.as_deref());
+                }
+                OutputColumn::Expr(n) => {
+                    let v = value(GroupValue::Expr(*n))?;
+                    let oid = columns.types.get(j).copied().unwrap_or(0);
+                    let v =
+                        encode_value(&v, oid, format_of(&self.formats, j)).map_err(merge_error)?;
+                    put_field(&mut row, v.as_deref());
                 }
             }
         }
@@ -927,7 +961,17 @@ fn key_columns(plan: &MergePlan) -> Vec<usize> {
             .chain(g.group_columns.iter().copied())
             .chain(g.final_sort.iter().filter_map(|k| match k.value {
                 GroupValue::Column(c) => Some(c),
-                GroupValue::Aggregate(_) => None,
+                GroupValue::Aggregate(_) | GroupValue::Expr(_) => None,
+            }))
+            // Expressions compare and order their text inputs.
+            .chain(g.exprs.iter().flat_map(|x| {
+                x.inputs
+                    .iter()
+                    .filter_map(|i| match i {
+                        GroupValue::Column(c) => Some(*c),
+                        _ => None,
+                    })
+                    .chain(x.probes.iter().copied())
             }))
             .chain(
                 g.aggregates
@@ -1218,76 +1262,52 @@ fn output_oid(f: AggKind, partials: &[u32]) -> u32 {
     }
 }
 
-/// SQL three-valued HAVING.
-fn eval_having(
-    h: &HavingExpr,
-    value: &dyn Fn(GroupValue) -> Result<Key, PgError>,
-) -> Result<Option<bool>, PgError> {
-    let operand = |o: &Operand| -> Result<Key, PgError> {
-        match o {
-            Operand::Value(v) => value(*v),
-            Operand::Literal(Literal::Null) => Ok(Key::Null),
-            Operand::Literal(Literal::Bool(b)) => Ok(Key::Bool(*b)),
-            Operand::Literal(Literal::Text(t)) => {
-                Ok(Key::Bytes(bytes::Bytes::from(t.clone().into_bytes())))
-            }
-            Operand::Literal(Literal::Number(n)) => Key::from_literal_number(n)
-                .ok_or_else(|| PgError::error("22P02", format!("invalid number in HAVING: {n}"))),
+/// Appends one DataRow field (`None`: NULL).
+fn put_field(row: &mut BytesMut, v: Option<&[u8]>) {
+    match v {
+        Some(v) => {
+            row.put_i32(v.len() as i32);
+            row.extend_from_slice(v);
         }
+        None => row.put_i32(-1),
+    }
+}
+
+/// Types the plan's expressions with the shards' columns; an output
+/// expression must be one the proxy can encode as the column's type.
+fn bind_exprs(g: &GroupPlan, types: &[u32], visible: usize) -> Result<Vec<Bound>, PgError> {
+    let oid_of = |c: usize| types.get(c).copied().unwrap_or(0);
+    let input_oid = |v: &GroupValue| match v {
+        GroupValue::Column(c) => oid_of(*c),
+        GroupValue::Aggregate(s) => {
+            let slot = &g.aggregates[*s];
+            let oids: Vec<u32> = slot.partials.iter().map(|c| oid_of(*c)).collect();
+            output_oid(slot.func, &oids)
+        }
+        GroupValue::Expr(_) => 0,
     };
-    Ok(match h {
-        HavingExpr::And(a, b) => match (eval_having(a, value)?, eval_having(b, value)?) {
-            (Some(false), _) | (_, Some(false)) => Some(false),
-            (Some(true), Some(true)) => Some(true),
-            _ => None,
-        },
-        HavingExpr::Or(a, b) => match (eval_having(a, value)?, eval_having(b, value)?) {
-            (Some(true), _) | (_, Some(true)) => Some(true),
-            (Some(false), Some(false)) => Some(false),
-            _ => None,
-        },
-        HavingExpr::Not(a) => eval_having(a, value)?.map(|b| !b),
-        HavingExpr::IsNull(o, is) => Some(matches!(operand(o)?, Key::Null) == *is),
-        HavingExpr::Truth(o) => match operand(o)? {
-            Key::Bool(b) => Some(b),
-            Key::Null => None,
-            _ => {
+    let bound = g
+        .exprs
+        .iter()
+        .map(|x| {
+            let inputs: Vec<u32> = x.inputs.iter().map(input_oid).collect();
+            let probes: Vec<u32> = x.probes.iter().map(|c| oid_of(*c)).collect();
+            x.tree.bind(&inputs, &probes).map_err(merge_error)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for (j, out) in g.outputs.iter().enumerate().take(visible) {
+        if let OutputColumn::Expr(n) = out {
+            let (want, got) = (oid_of(j), bound[*n].type_oid());
+            let text = |o: u32| matches!(o, 25 | 1043);
+            if !encodable(want) || !(want == got || (text(want) && text(got))) {
                 return Err(PgError::error(
-                    "42804",
-                    "argument of HAVING must be type boolean",
-                ))
-            }
-        },
-        HavingExpr::Cmp(op, a, b) => {
-            let (x, y) = (operand(a)?, operand(b)?);
-            // Postgres reads a quoted literal as the other side's type
-            // ('2023-01-05' compared with a timestamp is a timestamp); here
-            // it is bytes, right only against text.
-            for (lit, other) in [(a, &y), (b, &x)] {
-                if matches!(lit, Operand::Literal(Literal::Text(_)))
-                    && !matches!(other, Key::Bytes(_) | Key::Null)
-                {
-                    return Err(PgError::error(
-                        "0A000",
-                        "not supported across shards: HAVING comparing a value that is not text with a quoted literal (write it typed, e.g. date '2023-01-05')",
-                    ));
-                }
-            }
-            if matches!(x, Key::Null) || matches!(y, Key::Null) {
-                None
-            } else {
-                let o = x.cmp_value(&y);
-                Some(match op {
-                    CmpOp::Eq => o == Ordering::Equal,
-                    CmpOp::NotEq => o != Ordering::Equal,
-                    CmpOp::Lt => o == Ordering::Less,
-                    CmpOp::LtEq => o != Ordering::Greater,
-                    CmpOp::Gt => o == Ordering::Greater,
-                    CmpOp::GtEq => o != Ordering::Less,
-                })
+                    "0A000",
+                    format!("not supported across shards: an expression over aggregates of type oid {want} (column {})", j + 1),
+                ));
             }
         }
-    })
+    }
+    Ok(bound)
 }
 
 #[cfg(test)]
@@ -1314,7 +1334,11 @@ mod tests {
         let plan = shardgate_router::merge_plan::plan_merge(sql, &Tables).expect(sql);
         let visible = plan.visible.expect("visible");
         let mut run = Run::new(Arc::new(plan), visible, 2, None);
-        run.columns = Some(Columns { types });
+        let exprs = match &run.plan.mode {
+            MergeMode::Grouped(g) => bind_exprs(g, &types, visible).expect("typed"),
+            _ => Vec::new(),
+        };
+        run.columns = Some(Columns { types, exprs });
         run
     }
 
