@@ -629,8 +629,6 @@ refuse: SELECT status FROM orders UNION SELECT kind FROM events
 refuse: SELECT tier FROM customers UNION SELECT tier FROM customers
 refuse: SELECT id FROM customers INTERSECT SELECT customer_id FROM orders
 refuse: SELECT customer_id FROM orders EXCEPT SELECT id FROM customers
-refuse: SELECT DISTINCT ON (status) status, id FROM orders ORDER BY status, id
-refuse: SELECT DISTINCT ON (tier) tier, name FROM customers ORDER BY tier, id
 refuse: SELECT stddev(amount) FROM orders
 refuse: SELECT variance(qty) FROM orders
 refuse: SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY amount) FROM orders
@@ -741,3 +739,26 @@ error: SELECT status FROM orders GROUP BY status HAVING count(*) > ('lo' || 'ts'
 refuse: SELECT status, upper(max(status)) FROM orders GROUP BY status
 refuse: SELECT max(placed) + 1 FROM orders
 refuse: SELECT max(at) - min(at) FROM events
+
+-- @distinct-on
+-- DISTINCT ON: each shard keeps its first row per key, the merge keeps the
+-- first over all shards (ties broken by a unique column so the answer is
+-- one).
+ordered: SELECT DISTINCT ON (status) status, id FROM orders ORDER BY status, id
+ordered: SELECT DISTINCT ON (tier) tier, name FROM customers ORDER BY tier, id
+ordered: SELECT DISTINCT ON (status) status, id, amount FROM orders ORDER BY status NULLS FIRST, amount DESC NULLS LAST, id
+ordered: SELECT DISTINCT ON (customer_id) customer_id, id, placed FROM orders ORDER BY customer_id, placed DESC NULLS LAST, id LIMIT 25
+ordered: SELECT DISTINCT ON (customer_id) customer_id, id FROM orders ORDER BY customer_id, id OFFSET 490
+ordered: SELECT DISTINCT ON (qty, paid) qty, paid, id FROM orders ORDER BY qty NULLS FIRST, paid, id
+ordered: SELECT DISTINCT ON (paid, qty) qty, paid, id FROM orders ORDER BY qty DESC, paid DESC, id DESC
+ordered: SELECT DISTINCT ON (lower(status)) lower(status), id FROM orders ORDER BY lower(status), id
+ordered: SELECT DISTINCT ON (1) status, id FROM orders ORDER BY 1, 2 DESC
+ordered: SELECT DISTINCT ON (s) status AS s, id FROM orders ORDER BY s, id
+ordered: SELECT DISTINCT ON (c.tier) c.tier, c.id, c.credit FROM customers c WHERE c.vip ORDER BY c.tier, c.credit NULLS LAST, c.id
+ordered: SELECT DISTINCT ON (kind) kind, value, id FROM events ORDER BY kind, value DESC NULLS LAST, id
+ordered: SELECT DISTINCT ON (o.status) o.status, c.name, o.id FROM orders o JOIN customers c ON c.id = o.customer_id ORDER BY o.status, o.id
+ordered: SELECT DISTINCT ON (k) k, v FROM empty_t ORDER BY k, v
+SELECT DISTINCT ON (status) status FROM orders
+SELECT DISTINCT ON (qty % 3) qty % 3 FROM orders
+error: SELECT DISTINCT ON (status, paid) status, paid, id FROM orders ORDER BY status, id
+ordered: SELECT DISTINCT ON (status, paid) status, paid FROM orders ORDER BY status

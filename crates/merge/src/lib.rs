@@ -18,6 +18,7 @@ pub mod expr;
 mod float;
 mod key;
 mod numeric;
+pub mod ops;
 
 pub use agg::{AggKind, AggState};
 pub use error::MergeError;

@@ -119,6 +119,9 @@ pub enum MergeMode {
     Sorted {
         /// The sort keys, most significant first.
         keys: Vec<SortKey>,
+        /// `DISTINCT ON`: only the first row of each value of the first
+        /// `distinct_on` keys is sent (0: every row).
+        distinct_on: usize,
     },
     /// Aggregation and grouping.
     Grouped(GroupPlan),
@@ -488,9 +491,10 @@ impl Planner {
         if !select.named_window.is_empty() {
             return refuse("WINDOW clauses");
         }
-        if matches!(select.distinct, Some(Distinct::On(_))) {
-            return refuse("DISTINCT ON");
-        }
+        let distinct_on = match &select.distinct {
+            Some(Distinct::On(exprs)) => Some(exprs.clone()),
+            _ => None,
+        };
         let projection = analyse_projection(select)?;
         let group_by = match &select.group_by {
             GroupByExpr::Expressions(exprs, modifiers) => {
@@ -517,7 +521,19 @@ impl Planner {
         let distinct = matches!(select.distinct, Some(Distinct::Distinct));
         let visible_fixed = projection.items.iter().filter(|(e, _)| e.is_some()).count();
         let visible = (!projection.has_star).then_some(visible_fixed);
-        let mode = if aggregated || distinct {
+        let mode = if let Some(on) = distinct_on {
+            if aggregated {
+                return refuse("DISTINCT ON with GROUP BY or aggregates");
+            }
+            self.distinct_on(
+                select,
+                &projection,
+                &on,
+                &order,
+                visible_fixed,
+                &mut query.order_by,
+            )?
+        } else if aggregated || distinct {
             if distinct && aggregated {
                 return refuse("DISTINCT together with GROUP BY or aggregates");
             }
@@ -646,7 +662,92 @@ impl Planner {
                 interpolate: None,
             });
         }
-        Ok(MergeMode::Sorted { keys })
+        Ok(MergeMode::Sorted {
+            keys,
+            distinct_on: 0,
+        })
+    }
+
+    /// `DISTINCT ON (...)`: the shards keep their first row per value, the
+    /// merge by the ORDER BY (which starts with the DISTINCT ON
+    /// expressions, or is them) keeps the first over all shards.
+    fn distinct_on(
+        &mut self,
+        select: &mut Select,
+        projection: &Projection,
+        on: &[Expr],
+        order: &[OrderByExpr],
+        visible: usize,
+        shard_order: &mut Option<OrderBy>,
+    ) -> Result<MergeMode, Unmergeable> {
+        let on: Vec<Expr> = on
+            .iter()
+            .map(|e| resolve_output_ref(e, projection))
+            .collect::<Result<_, _>>()?;
+        let order: Vec<OrderByExpr> = if order.is_empty() {
+            on.iter()
+                .map(|e| OrderByExpr {
+                    expr: e.clone(),
+                    options: OrderByOptions {
+                        sort: None,
+                        nulls_first: None,
+                    },
+                    with_fill: None,
+                })
+                .collect()
+        } else {
+            // `DISTINCT ON (a, b) ... ORDER BY a`: Postgres sorts by b next.
+            let mut order = order.to_vec();
+            if order.len() < on.len() {
+                for e in &on {
+                    let text = e.to_string();
+                    let present = order.iter().any(|o| {
+                        resolve_output_ref(&o.expr, projection).is_ok_and(|x| x.to_string() == text)
+                    });
+                    if !present {
+                        order.push(OrderByExpr {
+                            expr: e.clone(),
+                            options: OrderByOptions {
+                                sort: None,
+                                nulls_first: None,
+                            },
+                            with_fill: None,
+                        });
+                    }
+                }
+            }
+            order
+        };
+        let mode = self.sorted(select, projection, &order, visible, shard_order)?;
+        let MergeMode::Sorted { keys, .. } = mode else {
+            unreachable!("sorted() sorts")
+        };
+        let n = on.len();
+        // Postgres requires the DISTINCT ON expressions to begin ORDER BY
+        // (in any order); otherwise the shards keep the clause as written
+        // and report its error.
+        let mut leading: Vec<String> = order
+            .iter()
+            .take(n)
+            .map(|o| resolve_output_ref(&o.expr, projection).map(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        let mut wanted: Vec<String> = on.iter().map(|e| e.to_string()).collect();
+        leading.sort();
+        wanted.sort();
+        wanted.dedup();
+        leading.dedup();
+        if leading == wanted && order.len() >= n {
+            select.distinct = Some(Distinct::On(
+                keys[..n]
+                    .iter()
+                    .map(|k| Expr::Identifier(hidden_name(k.column - visible)))
+                    .collect(),
+            ));
+        }
+        Ok(MergeMode::Sorted {
+            keys,
+            distinct_on: n,
+        })
     }
 
     /// Aggregates, GROUP BY, HAVING, DISTINCT.

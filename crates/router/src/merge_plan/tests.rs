@@ -92,7 +92,8 @@ fn order_by_travels_as_hidden_columns() {
                     desc: false,
                     nulls_first: false
                 },
-            ]
+            ],
+            distinct_on: 0,
         }
     );
     assert_eq!(p.limit, Some(RowCount::Literal(10)));
@@ -182,6 +183,19 @@ fn expressions_over_aggregates_are_described_by_probes_and_evaluated_locally() {
 }
 
 #[test]
+fn distinct_on_keeps_the_first_row_per_key_over_the_merge() {
+    let p = plan("SELECT DISTINCT ON (g) g, v FROM t ORDER BY g, v DESC");
+    assert_eq!(
+        p.shard_sql,
+        "SELECT DISTINCT ON (\"__shardgate_0\") g, v, g AS \"__shardgate_0\", v AS \"__shardgate_1\" FROM t ORDER BY \"__shardgate_0\" ASC NULLS LAST, \"__shardgate_1\" DESC NULLS FIRST"
+    );
+    assert!(matches!(p.mode, MergeMode::Sorted { distinct_on: 1, .. }));
+    // Without ORDER BY the merge sorts by the DISTINCT ON expressions.
+    let p = plan("SELECT DISTINCT ON (g, v) * FROM t");
+    assert!(matches!(p.mode, MergeMode::Sorted { distinct_on: 2, ref keys } if keys.len() == 2));
+}
+
+#[test]
 fn order_by_aggregate_sorts_groups_in_memory() {
     let p = plan("SELECT g FROM t GROUP BY g ORDER BY sum(v) DESC");
     let MergeMode::Grouped(g) = p.mode else {
@@ -222,7 +236,10 @@ fn unmergeable_constructs_are_named() {
         refused("SELECT upper(max(name)) FROM t"),
         "the function upper() over an aggregate"
     );
-    assert_eq!(refused("SELECT DISTINCT ON (a) a FROM t"), "DISTINCT ON");
+    assert_eq!(
+        refused("SELECT DISTINCT ON (a) a, count(*) FROM t GROUP BY a"),
+        "DISTINCT ON with GROUP BY or aggregates"
+    );
     assert!(refused("SELECT a FROM t UNION SELECT a FROM u").starts_with("UNION"));
     assert!(
         refused("SELECT * FROM countries c LEFT JOIN t ON t.c = c.code")

@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 use shardgate_merge::expr::{encodable, encode_value, Bound};
+use shardgate_merge::ops::FirstPerKey;
 use shardgate_merge::{decode_key, AggKind, AggState, Key, MergeError};
 use shardgate_protocol::backend::{self, tag as btag};
 use shardgate_protocol::frontend::{self, Bind};
@@ -420,6 +421,8 @@ pub(super) struct Run {
     /// Cancel requests to deliver before reading on.
     pub(super) to_cancel: Vec<CancelHandle>,
     pub(super) group: Option<Group>,
+    /// `DISTINCT ON`: passes the first row of each distinct key.
+    pub(super) first_per_key: Option<FirstPerKey>,
     pub(super) sorted_groups: Vec<(Vec<Key>, BytesMut)>,
     /// `COPY (query) TO`: how the client's rows become COPY data.
     pub(super) copy: Option<shardgate_router::CopyRowsOut>,
@@ -436,6 +439,12 @@ impl Run {
         streams: usize,
         collation: Option<String>,
     ) -> Run {
+        let first_per_key = match &plan.mode {
+            MergeMode::Sorted { distinct_on, .. } if *distinct_on > 0 => {
+                Some(FirstPerKey::new(*distinct_on))
+            }
+            _ => None,
+        };
         Run {
             plan,
             visible,
@@ -462,6 +471,7 @@ impl Run {
             failed: false,
             to_cancel: Vec::new(),
             group: None,
+            first_per_key,
             sorted_groups: Vec::new(),
             copy: None,
             copy_mark: 0,
@@ -617,7 +627,7 @@ impl Run {
     /// The next head to emit, when the order is decided.
     pub(super) fn pick(&self) -> Option<usize> {
         let keys: &[SortKey] = match &self.plan.mode {
-            MergeMode::Sorted { keys } => keys,
+            MergeMode::Sorted { keys, .. } => keys,
             MergeMode::Grouped(g) => &g.merge_keys,
             MergeMode::Concat => &[],
         };
@@ -649,7 +659,7 @@ impl Run {
     /// Decodes a row's merge keys.
     pub(super) fn head_of(&self, row: BytesMut) -> Result<Head, PgError> {
         let keys: &[SortKey] = match &self.plan.mode {
-            MergeMode::Sorted { keys } => keys,
+            MergeMode::Sorted { keys, .. } => keys,
             MergeMode::Grouped(g) => &g.merge_keys,
             MergeMode::Concat => &[],
         };
@@ -695,7 +705,14 @@ impl Run {
         let plan = self.plan.clone();
         match &plan.mode {
             MergeMode::Grouped(g) => self.add_to_group(g, head, cout),
-            _ => self.output(cout, |visible, out| strip_hidden(&head.row, visible, out)),
+            _ => {
+                if let Some(f) = &mut self.first_per_key {
+                    if !f.admit(&head.keys) {
+                        return Ok(());
+                    }
+                }
+                self.output(cout, |visible, out| strip_hidden(&head.row, visible, out))
+            }
         }
     }
 
@@ -953,7 +970,7 @@ impl Run {
 fn key_columns(plan: &MergePlan) -> Vec<usize> {
     match &plan.mode {
         MergeMode::Concat => Vec::new(),
-        MergeMode::Sorted { keys } => keys.iter().map(|k| k.column).collect(),
+        MergeMode::Sorted { keys, .. } => keys.iter().map(|k| k.column).collect(),
         MergeMode::Grouped(g) => g
             .merge_keys
             .iter()
