@@ -762,3 +762,22 @@ SELECT DISTINCT ON (status) status FROM orders
 SELECT DISTINCT ON (qty % 3) qty % 3 FROM orders
 error: SELECT DISTINCT ON (status, paid) status, paid, id FROM orders ORDER BY status, id
 ordered: SELECT DISTINCT ON (status, paid) status, paid FROM orders ORDER BY status
+
+-- @window-pushdown
+-- Window functions partitioned by the shard key: each partition lives on
+-- one shard, which computes the window; the rows merge as any others.
+ordered: SELECT customer_id, id, row_number() OVER (PARTITION BY customer_id ORDER BY id) FROM orders ORDER BY customer_id, id
+ordered: SELECT customer_id, id, rank() OVER (PARTITION BY customer_id ORDER BY qty NULLS FIRST), dense_rank() OVER (PARTITION BY customer_id ORDER BY qty NULLS FIRST) FROM orders ORDER BY customer_id, id LIMIT 200
+ordered: SELECT customer_id, id, sum(amount) OVER (PARTITION BY customer_id ORDER BY id), count(*) OVER (PARTITION BY customer_id) FROM orders ORDER BY customer_id, id LIMIT 300
+ordered: SELECT customer_id, id, lag(amount) OVER w, lead(amount, 2) OVER w, first_value(id) OVER w FROM orders WINDOW w AS (PARTITION BY customer_id ORDER BY id) ORDER BY customer_id, id OFFSET 2500
+ordered: SELECT o.customer_id, o.id, avg(o.qty) OVER (PARTITION BY o.customer_id) FROM orders o WHERE o.qty > 5 ORDER BY o.id LIMIT 100
+ordered: SELECT id, max(value) OVER (PARTITION BY id) FROM events ORDER BY id LIMIT 50
+SELECT customer_id, id, row_number() OVER (PARTITION BY customer_id, status ORDER BY id) FROM orders
+SELECT customer_id, id, ntile(3) OVER (PARTITION BY customer_id ORDER BY id) FROM orders WHERE customer_id < 100
+ordered: SELECT customer_id, id FROM orders ORDER BY row_number() OVER (PARTITION BY customer_id ORDER BY id DESC), id LIMIT 20
+ordered: SELECT DISTINCT customer_id, count(*) OVER (PARTITION BY customer_id) FROM orders ORDER BY customer_id
+ordered: SELECT c.id, o.id, sum(o.qty) OVER (PARTITION BY c.id ORDER BY o.id ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) FROM customers c JOIN orders o ON o.customer_id = c.id ORDER BY o.id LIMIT 100
+SELECT k, row_number() OVER (PARTITION BY k) FROM empty_t
+refuse: SELECT id, row_number() OVER (PARTITION BY status ORDER BY id) FROM orders
+refuse: SELECT status, count(*), rank() OVER (ORDER BY count(*)) FROM orders GROUP BY status
+refuse: SELECT * FROM (SELECT id, row_number() OVER (ORDER BY id) AS r FROM orders) s WHERE r < 5

@@ -112,15 +112,16 @@ pub(super) fn aggregate_call(e: &Expr) -> Result<Option<AggCall>, Unmergeable> {
         return Ok(None);
     };
     let name = function_name(f);
-    if unmergeable(&name) {
+    if unmergeable(&name) && f.over.is_none() {
         return refuse(format!("aggregate {name}()"));
+    }
+    // A window call (the planner checked windows already) is no aggregate.
+    if f.over.is_some() {
+        return Ok(None);
     }
     let Some(func) = kind_from_name(&name) else {
         return Ok(None);
     };
-    if f.over.is_some() {
-        return refuse("window functions");
-    }
     if !f.within_group.is_empty() {
         return refuse(format!("{name}() WITHIN GROUP"));
     }
@@ -162,7 +163,9 @@ pub(super) fn mentions_aggregate(e: &Expr) -> bool {
         Expr::BinaryOp { left, right, .. } => mentions_aggregate(left) || mentions_aggregate(right),
         Expr::Function(f) => {
             let name = function_name(f);
-            if kind_from_name(&name).is_some() || unmergeable(&name) {
+            // `sum(x) OVER (...)` is a window function, not an aggregate of
+            // this query level (its arguments may still hold one).
+            if f.over.is_none() && (kind_from_name(&name).is_some() || unmergeable(&name)) {
                 return true;
             }
             match &f.args {
@@ -196,13 +199,22 @@ fn mentions_aggregate_text(e: &Expr) -> bool {
 
 /// Whether SQL text has a window function call (`OVER (` or `OVER name`).
 pub(super) fn mentions_window(text: &str) -> bool {
+    count_windows(text) > 0
+}
+
+/// How many window function calls SQL text has.
+pub(super) fn count_windows(text: &str) -> usize {
     let toks: Vec<_> = Lexer::new(text).collect();
-    toks.iter().enumerate().any(|(i, t)| {
-        t.is_keyword("over")
-            && i > 0
-            && toks[i - 1].is_punct(")")
-            && toks
-                .get(i + 1)
-                .is_some_and(|n| n.is_punct("(") || n.kind == TokenKind::Word)
-    })
+    toks.iter()
+        .enumerate()
+        .filter(|(i, t)| {
+            let i = *i;
+            t.is_keyword("over")
+                && i > 0
+                && toks[i - 1].is_punct(")")
+                && toks
+                    .get(i + 1)
+                    .is_some_and(|n| n.is_punct("(") || n.kind == TokenKind::Word)
+        })
+        .count()
 }

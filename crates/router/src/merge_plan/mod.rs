@@ -40,6 +40,7 @@ mod distinct;
 mod proxy_expr;
 #[cfg(test)]
 mod tests;
+mod window;
 
 use sqlparser::ast::{
     Distinct, Expr, GroupByExpr, Ident, LimitClause, OrderBy, OrderByExpr, OrderByKind,
@@ -54,7 +55,7 @@ use sqlparser::parser::Parser;
 pub use aggregate::{partial_names, AggKind};
 pub use proxy_expr::ProxyExpr;
 
-use aggregate::{aggregate_call, mentions_aggregate, mentions_window, AggCall};
+use aggregate::{aggregate_call, mentions_aggregate, AggCall};
 
 /// A statement that cannot be merged exactly; `construct` names why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -483,13 +484,14 @@ impl Planner {
             }
             _ => return refuse("ORDER BY or LIMIT on this kind of query"),
         };
-        if mentions_window(&select.to_string())
-            || order.iter().any(|o| mentions_window(&o.expr.to_string()))
-        {
-            return refuse("window functions");
-        }
-        if !select.named_window.is_empty() {
-            return refuse("WINDOW clauses");
+        let windows = window::check_windows(select, &order, &self.key_bindings)?;
+        let calls = aggregate::count_windows(&select.to_string())
+            + order
+                .iter()
+                .map(|o| aggregate::count_windows(&o.expr.to_string()))
+                .sum::<usize>();
+        if calls > windows {
+            return refuse("window functions in a subquery");
         }
         let distinct_on = match &select.distinct {
             Some(Distinct::On(exprs)) => Some(exprs.clone()),
@@ -521,6 +523,9 @@ impl Planner {
         let distinct = matches!(select.distinct, Some(Distinct::Distinct));
         let visible_fixed = projection.items.iter().filter(|(e, _)| e.is_some()).count();
         let visible = (!projection.has_star).then_some(visible_fixed);
+        if windows > 0 && aggregated {
+            return refuse("window functions over grouped rows");
+        }
         let mode = if let Some(on) = distinct_on {
             if aggregated {
                 return refuse("DISTINCT ON with GROUP BY or aggregates");

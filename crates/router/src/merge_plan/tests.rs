@@ -196,6 +196,16 @@ fn distinct_on_keeps_the_first_row_per_key_over_the_merge() {
 }
 
 #[test]
+fn windows_partitioned_by_the_shard_key_run_on_the_shards() {
+    let p = plan("SELECT id, row_number() OVER (PARTITION BY id ORDER BY v) FROM t");
+    assert_eq!(p.mode, MergeMode::Concat);
+    let p = plan(
+        "SELECT x.id, sum(v) OVER w FROM t x WINDOW w AS (PARTITION BY x.id, g) ORDER BY 2 LIMIT 5",
+    );
+    assert!(matches!(p.mode, MergeMode::Sorted { .. }));
+}
+
+#[test]
 fn order_by_aggregate_sorts_groups_in_memory() {
     let p = plan("SELECT g FROM t GROUP BY g ORDER BY sum(v) DESC");
     let MergeMode::Grouped(g) = p.mode else {
@@ -224,9 +234,15 @@ fn unmergeable_constructs_are_named() {
         refused("SELECT string_agg(x, ',') FROM t"),
         "aggregate string_agg()"
     );
+    assert!(refused("SELECT row_number() OVER () FROM t")
+        .starts_with("window functions whose PARTITION BY does not include the shard key"));
     assert_eq!(
-        refused("SELECT row_number() OVER () FROM t"),
-        "window functions"
+        refused("SELECT g, rank() OVER (PARTITION BY id ORDER BY count(*)) FROM t GROUP BY g, id"),
+        "window functions over grouped rows"
+    );
+    assert_eq!(
+        refused("SELECT * FROM (SELECT row_number() OVER (ORDER BY v) FROM t) s ORDER BY 1"),
+        "window functions in a subquery"
     );
     assert_eq!(
         refused("SELECT sum(x) << 2 FROM t"),
