@@ -624,11 +624,6 @@ refuse: SELECT count(*) FROM orders a JOIN orders b ON a.id = b.id
 refuse: SELECT c.id, o.id FROM customers c JOIN orders o ON o.qty = c.tier
 refuse: SELECT id FROM orders WHERE id IN (SELECT id FROM events)
 refuse: SELECT count(*) FROM customers c WHERE c.name IN (SELECT status FROM orders)
-refuse: SELECT id FROM customers UNION SELECT customer_id FROM orders
-refuse: SELECT status FROM orders UNION SELECT kind FROM events
-refuse: SELECT tier FROM customers UNION SELECT tier FROM customers
-refuse: SELECT id FROM customers INTERSECT SELECT customer_id FROM orders
-refuse: SELECT customer_id FROM orders EXCEPT SELECT id FROM customers
 refuse: SELECT stddev(amount) FROM orders
 refuse: SELECT variance(qty) FROM orders
 refuse: SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY amount) FROM orders
@@ -781,3 +776,32 @@ SELECT k, row_number() OVER (PARTITION BY k) FROM empty_t
 refuse: SELECT id, row_number() OVER (PARTITION BY status ORDER BY id) FROM orders
 refuse: SELECT status, count(*), rank() OVER (ORDER BY count(*)) FROM orders GROUP BY status
 refuse: SELECT * FROM (SELECT id, row_number() OVER (ORDER BY id) AS r FROM orders) s WHERE r < 5
+
+-- @set-operations
+-- UNION / INTERSECT / EXCEPT [ALL] across shards: duplicates removed and
+-- sides matched over all shards, rows counted for ALL.
+SELECT id FROM customers UNION SELECT customer_id FROM orders
+SELECT status FROM orders UNION SELECT kind FROM events
+SELECT tier FROM customers UNION SELECT tier FROM customers
+SELECT id FROM customers INTERSECT SELECT customer_id FROM orders
+SELECT customer_id FROM orders EXCEPT SELECT id FROM customers
+SELECT qty FROM orders INTERSECT ALL SELECT tier FROM customers
+SELECT qty FROM orders EXCEPT ALL SELECT tier FROM customers
+SELECT tier FROM customers EXCEPT ALL SELECT qty FROM orders WHERE qty < 4
+SELECT status, paid FROM orders INTERSECT SELECT kind, ok FROM events
+SELECT status, paid FROM orders EXCEPT SELECT kind, ok FROM events
+SELECT status FROM orders UNION ALL SELECT kind FROM events UNION SELECT name FROM countries
+SELECT lower(status) AS s FROM orders UNION SELECT lower(kind) FROM events
+ordered: SELECT id FROM customers UNION SELECT customer_id FROM orders ORDER BY 1 LIMIT 30
+ordered: SELECT id AS k FROM customers UNION ALL SELECT id FROM events ORDER BY k DESC LIMIT 40 OFFSET 5
+ordered: SELECT qty FROM orders INTERSECT ALL SELECT tier FROM customers ORDER BY qty NULLS FIRST
+ordered: SELECT status FROM orders EXCEPT SELECT kind FROM events ORDER BY status NULLS FIRST
+ordered: SELECT customer_id, qty FROM orders WHERE qty > 8 UNION SELECT id, tier FROM customers WHERE tier > 2 ORDER BY 1, 2 LIMIT 50
+SELECT NULL::int AS n FROM orders UNION SELECT NULL::int FROM events
+SELECT k FROM empty_t UNION SELECT k FROM empty_t
+SELECT k FROM empty_t INTERSECT SELECT id FROM orders
+SELECT id FROM orders WHERE id < 10 EXCEPT SELECT k FROM empty_t
+SELECT amount FROM orders WHERE qty = 3 INTERSECT SELECT credit FROM customers
+refuse: SELECT count(*) FROM orders UNION ALL SELECT count(*) FROM events
+refuse: SELECT status FROM orders INTERSECT (SELECT kind FROM events EXCEPT SELECT name FROM countries)
+refuse: (SELECT id FROM orders ORDER BY id LIMIT 3) UNION SELECT id FROM events

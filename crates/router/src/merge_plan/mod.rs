@@ -38,6 +38,7 @@
 mod aggregate;
 mod distinct;
 mod proxy_expr;
+mod set_op;
 #[cfg(test)]
 mod tests;
 mod window;
@@ -162,6 +163,9 @@ pub struct GroupPlan {
     pub final_sort: Vec<FinalKey>,
     /// Without GROUP BY: exactly one output row, even over no rows.
     pub single_row: bool,
+    /// INTERSECT ALL / EXCEPT ALL: expression `n` of `exprs` says how many
+    /// times each combined group's row is sent.
+    pub repeat: Option<usize>,
     /// The argument of the [`AggSlot::distinct`] aggregates (one for all):
     /// its binary column, the last merge key, so a group's rows arrive
     /// sorted by it and equal values from several shards are adjacent.
@@ -272,17 +276,36 @@ pub fn plan_merge(sql: &str, tables: &dyn TableLookup) -> Result<MergePlan, Unme
             "a query whose outer FROM holds no sharded table while a subquery reads one (each shard would answer it)",
         );
     }
+    let mut repeat = false;
+    if let Some(w) = set_op::wrap(&query)? {
+        query = w.query;
+        repeat = w.repeat;
+    }
     let mut key_bindings = Vec::new();
     if let SetExpr::Select(s) = query.body.as_ref() {
         check_outer_joins(s, tables)?;
         key_bindings = distinct::key_bindings(s, tables, &ctes);
     }
-    Planner {
+    let mut plan = Planner {
         ctes,
         key_bindings,
         ..Planner::default()
     }
-    .plan(sql, &mut query)
+    .plan(sql, &mut query)?;
+    if repeat {
+        // The last output column is the count: hidden from the client.
+        let MergeMode::Grouped(g) = &mut plan.mode else {
+            return refuse("INTERSECT ALL / EXCEPT ALL of these queries");
+        };
+        let Some(OutputColumn::Expr(n)) = g.outputs.pop() else {
+            return refuse("INTERSECT ALL / EXCEPT ALL of these queries");
+        };
+        g.repeat = Some(n);
+        plan.visible = plan.visible.map(|v| v - 1);
+        plan.visible_fixed -= 1;
+        plan.hidden += 1;
+    }
+    Ok(plan)
 }
 
 /// Whether every row of `body` comes from a sharded table in a FROM clause
@@ -298,9 +321,23 @@ fn rows_from_sharded_tables(body: &SetExpr, tables: &dyn TableLookup, ctes: &[St
                     .any(|j| factor_may_be_sharded(&j.relation, tables, ctes))
         }),
         SetExpr::Query(q) => rows_from_sharded_tables(&q.body, tables, ctes),
-        SetExpr::SetOperation { left, right, .. } => {
-            rows_from_sharded_tables(left, tables, ctes)
-                && rows_from_sharded_tables(right, tables, ctes)
+        // A branch over reference tables only is answered by every shard:
+        // harmless where the operation removes duplicates.
+        SetExpr::SetOperation {
+            left,
+            right,
+            set_quantifier,
+            ..
+        } => {
+            let (l, r) = (
+                rows_from_sharded_tables(left, tables, ctes),
+                rows_from_sharded_tables(right, tables, ctes),
+            );
+            if matches!(set_quantifier, SetQuantifier::All) {
+                l && r
+            } else {
+                l || r
+            }
         }
         _ => false,
     }
@@ -910,6 +947,7 @@ impl Planner {
             final_sort,
             single_row,
             distinct_value,
+            repeat: None,
         }))
     }
 

@@ -206,6 +206,29 @@ fn windows_partitioned_by_the_shard_key_run_on_the_shards() {
 }
 
 #[test]
+fn set_operations_group_over_all_shards() {
+    let p = plan("SELECT a FROM t UNION SELECT a FROM u");
+    assert!(
+        p.shard_sql.starts_with("SELECT DISTINCT \"__c1\" AS \"a\""),
+        "{}",
+        p.shard_sql
+    );
+    let p = plan("SELECT a, b AS x FROM t INTERSECT ALL SELECT c, d FROM u ORDER BY x");
+    let MergeMode::Grouped(g) = p.mode else {
+        panic!()
+    };
+    // The count of copies is hidden: the client sees a and x.
+    assert_eq!(p.visible, Some(2));
+    assert!(g.repeat.is_some());
+    assert!(g.having.is_some());
+    assert!(
+        p.shard_sql.contains("GROUP BY \"__c1\", \"__c2\""),
+        "{}",
+        p.shard_sql
+    );
+}
+
+#[test]
 fn order_by_aggregate_sorts_groups_in_memory() {
     let p = plan("SELECT g FROM t GROUP BY g ORDER BY sum(v) DESC");
     let MergeMode::Grouped(g) = p.mode else {
@@ -256,7 +279,14 @@ fn unmergeable_constructs_are_named() {
         refused("SELECT DISTINCT ON (a) a, count(*) FROM t GROUP BY a"),
         "DISTINCT ON with GROUP BY or aggregates"
     );
-    assert!(refused("SELECT a FROM t UNION SELECT a FROM u").starts_with("UNION"));
+    assert_eq!(
+        refused("SELECT count(*) FROM t UNION ALL SELECT count(*) FROM u"),
+        "aggregates or GROUP BY inside a branch of a set operation"
+    );
+    assert_eq!(
+        refused("SELECT a FROM t INTERSECT (SELECT a FROM u EXCEPT SELECT a FROM t)"),
+        "EXCEPT nested in another set operation"
+    );
     assert!(
         refused("SELECT * FROM countries c LEFT JOIN t ON t.c = c.code")
             .starts_with("an outer join")

@@ -561,7 +561,9 @@ struct Analyzer<'a> {
     opaque: bool,
     unsupported: Option<String>,
     select_into: bool,
-    root_select: Option<usize>,
+    /// The statement's top-level SELECTs: one, or the branches of a
+    /// top-level set operation (the merge layer combines their rows).
+    root_selects: Vec<usize>,
     depth: usize,
 }
 
@@ -580,7 +582,7 @@ impl<'a> Analyzer<'a> {
             opaque: false,
             unsupported: None,
             select_into: false,
-            root_select: None,
+            root_selects: Vec::new(),
             depth: 0,
         }
     }
@@ -648,8 +650,8 @@ impl<'a> Analyzer<'a> {
         while let SetExpr::Query(inner) = body {
             body = &inner.body;
         }
-        if matches!(body, SetExpr::Select(_)) && scopes.len() == 1 {
-            self.root_select = scopes.first().copied();
+        if matches!(body, SetExpr::Select(_) | SetExpr::SetOperation { .. }) {
+            self.root_selects = scopes;
         }
     }
 
@@ -2053,8 +2055,33 @@ impl<'a> Analyzer<'a> {
                 ShardPlan::Unsharded
             };
         };
-        let root = self.find(first);
-        if let Some(&other) = sharded.iter().find(|&&i| self.find(i) != root) {
+        // Branches of a top-level set operation are separate queries: each
+        // must be co-located within itself, and together they run on
+        // every shard.
+        let branches: Vec<Option<usize>> = sharded
+            .iter()
+            .map(|&i| {
+                self.root_selects
+                    .iter()
+                    .position(|&r| self.is_ancestor_or_self(r, self.insts[i].scope))
+            })
+            .collect();
+        let several_branches =
+            self.root_selects.len() > 1 && branches.iter().any(|b| *b != branches[0]);
+        let mut stranger = None;
+        for (n, &i) in sharded.iter().enumerate() {
+            let lead = if several_branches {
+                let m = branches.iter().position(|b| *b == branches[n]).unwrap_or(0);
+                sharded[m]
+            } else {
+                first
+            };
+            if self.find(i) != self.find(lead) {
+                stranger = Some((lead, i));
+                break;
+            }
+        }
+        if let Some((first, other)) = stranger {
             let (sa, sb) = (self.insts[first].scope, self.insts[other].scope);
             let nested =
                 sa != sb && (self.is_ancestor_or_self(sa, sb) || self.is_ancestor_or_self(sb, sa));
@@ -2065,7 +2092,12 @@ impl<'a> Analyzer<'a> {
                 format!("join of {a} and {b} not on their shard keys")
             });
         }
-        let plan = match self.keyed(&sharded) {
+        let keyed = if several_branches {
+            None
+        } else {
+            self.keyed(&sharded)
+        };
+        let plan = match keyed {
             Some((i, filter)) => ShardPlan::Keyed {
                 table: (self.insts[i].schema.clone(), self.insts[i].name.clone()),
                 filter,
@@ -2125,7 +2157,7 @@ impl<'a> Analyzer<'a> {
     /// A subquery over a sharded table that combines rows across shards.
     fn cross_shard_combining(&self, sharded: &[usize]) -> Option<String> {
         for (si, scope) in self.scopes.iter().enumerate() {
-            if Some(si) == self.root_select || scope.correlated {
+            if self.root_selects.contains(&si) || scope.correlated {
                 continue;
             }
             let label = scope.limiting.or(if scope.partitioned {

@@ -224,8 +224,13 @@ fn cases() -> Vec<(&'static str, Expect)> {
             unsupported("join of orders and customers not on their shard keys"),
         ),
         (
+            // Branches of a top-level set operation run on every shard.
             "SELECT * FROM pgbench_accounts WHERE aid = 1 UNION ALL SELECT * FROM pgbench_accounts WHERE aid = 2",
-            unsupported("join of pgbench_accounts and pgbench_accounts not on their shard keys"),
+            nokey("pgbench_accounts"),
+        ),
+        (
+            "SELECT aid FROM pgbench_accounts UNION SELECT 1 FROM pgbench_accounts a JOIN pgbench_tellers t ON a.bid = t.tid",
+            unsupported("join of pgbench_accounts and pgbench_tellers not on their shard keys"),
         ),
         // Sharded with reference (and unsharded) tables: the sharded table decides.
         (
@@ -305,7 +310,11 @@ fn cases() -> Vec<(&'static str, Expect)> {
         ),
         (
             "SELECT aid FROM pgbench_accounts UNION SELECT 1",
-            unsupported("UNION of queries over pgbench_accounts across shards"),
+            nokey("pgbench_accounts"),
+        ),
+        (
+            "SELECT x FROM (SELECT aid FROM pgbench_accounts UNION SELECT 1) s(x)",
+            unsupported("UNION in a subquery over pgbench_accounts across shards"),
         ),
         // Top-level combining is the merge layer's business.
         ("SELECT count(*) FROM pgbench_accounts", nokey("pgbench_accounts")),

@@ -905,18 +905,34 @@ impl Run {
             }
         }
         backend::patch_len(&mut row, 0);
+        // INTERSECT ALL / EXCEPT ALL send a row as often as it survives.
+        let copies = match g.repeat {
+            None => 1,
+            Some(n) => match value(GroupValue::Expr(n))? {
+                Key::Int(c) => c.max(0) as u64,
+                _ => 0,
+            },
+        };
         if g.final_sort.is_empty() {
-            return self.output(cout, |_, out| {
-                out.extend_from_slice(&row);
-                Ok(())
-            });
+            for _ in 0..copies {
+                if self.limit_reached() {
+                    break;
+                }
+                self.output(cout, |_, out| {
+                    out.extend_from_slice(&row);
+                    Ok(())
+                })?;
+            }
+            return Ok(());
         }
-        let keys = g
+        let keys: Vec<Key> = g
             .final_sort
             .iter()
             .map(|k| value(k.value))
             .collect::<Result<_, _>>()?;
-        self.sorted_groups.push((keys, row));
+        for _ in 0..copies {
+            self.sorted_groups.push((keys.clone(), row.clone()));
+        }
         Ok(())
     }
 
