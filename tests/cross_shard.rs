@@ -668,6 +668,93 @@ async fn order_by_streams_in_bounded_memory() {
     assert_eq!(rows[0].get::<_, i64>(0), 4);
 }
 
+/// A GROUP BY with a million groups streams (one group held at a time); a
+/// final ORDER BY over an aggregate sorts the groups at the proxy, within
+/// `merge_memory_limit`: beyond it `53400` naming the limit, with a LIMIT
+/// only the best rows are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_by_a_million_groups_stays_in_bounded_memory() {
+    const ROWS: i64 = 1_000_000;
+    let env = env("merge_memory_limit = 16777216");
+    let proxy = env.start();
+    let client = connect(&proxy.app()).await;
+    load_big(&env.c, &client, ROWS).await;
+    let pid = proxy.pid();
+    let base = rss_kb(pid);
+    let peak = Arc::new(AtomicU64::new(base));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, stop) = (peak.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_kb(pid), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    // Each k is a group of its own, on its own shard: 1M groups streamed.
+    let no_params: [&(dyn ToSql + Sync); 0] = [];
+    let groups = within("GROUP BY", async {
+        let stream = client
+            .query_raw(
+                "SELECT k % 1000000 AS g, count(*), sum(id) - sum(id) FROM big GROUP BY 1 ORDER BY 1",
+                no_params,
+            )
+            .await
+            .unwrap();
+        let mut stream = std::pin::pin!(stream);
+        let mut next = 0i64;
+        while let Some(row) = stream.next().await {
+            let row = row.unwrap();
+            assert_eq!(row.get::<_, i64>(0), next);
+            assert_eq!(row.get::<_, i64>(1), 1);
+            next += 1;
+        }
+        next
+    })
+    .await;
+    assert_eq!(groups, ROWS);
+    let streamed = peak.load(Ordering::Relaxed).saturating_sub(base);
+    // Ordered by an aggregate, the groups are sorted at the proxy: 1M of
+    // them do not fit in 16 MiB.
+    let err = within(
+        "sorted groups",
+        client.simple_query("SELECT k, count(*) FROM big GROUP BY k ORDER BY count(*) DESC, k"),
+    )
+    .await
+    .expect_err("over merge_memory_limit");
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "53400", "{db:?}");
+    assert!(
+        db.message().contains("merge_memory_limit"),
+        "{}",
+        db.message()
+    );
+    // With a LIMIT only the best rows are kept.
+    let rows = within(
+        "top rows",
+        client.query(
+            "SELECT k, count(*) + k AS n FROM big GROUP BY k ORDER BY count(*) + k DESC LIMIT 3",
+            &[],
+        ),
+    )
+    .await
+    .unwrap();
+    let top: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(top, vec![ROWS - 1, ROWS - 2, ROWS - 3]);
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    let grew = peak.load(Ordering::Relaxed).saturating_sub(base);
+    println!(
+        "{ROWS} groups: proxy RSS {base} kB, +{streamed} kB at most while streaming them, +{grew} kB at most with the sorts"
+    );
+    assert!(
+        streamed < 50 * 1024,
+        "streaming groups grew the RSS by {streamed} kB"
+    );
+    assert!(grew < 100 * 1024, "the sorts grew the RSS by {grew} kB");
+}
+
 /// Item 6: LIMIT over a merged ORDER BY stops the shards' work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limit_stops_shard_work_early() {

@@ -335,6 +335,10 @@ pub struct ProxyConfig {
     pub slow_query_log_size: usize,
     /// Distinct statement fingerprints kept in the query statistics.
     pub query_stats_max: usize,
+    /// Bytes one cross-shard query may hold at the proxy (groups sorted by
+    /// an aggregate, gathered values); beyond it the query fails with
+    /// `53400`.
+    pub merge_memory_limit: usize,
 }
 
 impl Default for ProxyConfig {
@@ -358,6 +362,7 @@ impl Default for ProxyConfig {
             two_phase_commit: false,
             two_phase_log: PathBuf::from("shardgate-2pc.log"),
             defer_begin: true,
+            merge_memory_limit: 256 << 20,
             metrics_listen: None,
             slow_query_ms: 1000,
             slow_query_log_size: 1000,
@@ -595,6 +600,12 @@ impl Config {
         }
         if p.pool_size == 0 {
             return Err(invalid("proxy.pool_size", "must be at least 1".into()));
+        }
+        if p.merge_memory_limit < 1 << 20 {
+            return Err(invalid(
+                "proxy.merge_memory_limit",
+                "must be at least 1048576 (1 MiB)".into(),
+            ));
         }
         if p.max_message_size < 1024 {
             return Err(invalid(

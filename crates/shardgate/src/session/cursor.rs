@@ -125,6 +125,7 @@ impl Session {
             shards.iter().map(|&s| (s, request.clone())).collect();
         self.run_on_shards(requests, |_, _, _| {}).await?;
         let mut run = Run::new(plan, visible, shards.len(), collation);
+        run.memory_limit = self.snap.config.proxy.merge_memory_limit;
         run.limit = limit;
         run.offset = offset;
         let n = shards.len();

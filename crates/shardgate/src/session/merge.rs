@@ -168,6 +168,7 @@ impl Session {
             }
         }
         let mut run = Run::new(plan.clone(), visible, parts.len(), req.collation.clone());
+        run.memory_limit = self.snap.config.proxy.merge_memory_limit;
         run.formats = req.bind.map(|b| b.result_formats()).unwrap_or_default();
         run.offset = limits.1;
         run.limit = match (limits.0, req.max_rows) {
@@ -424,6 +425,10 @@ pub(super) struct Run {
     /// `DISTINCT ON`: passes the first row of each distinct key.
     pub(super) first_per_key: Option<FirstPerKey>,
     pub(super) sorted_groups: Vec<(Vec<Key>, BytesMut)>,
+    /// Bytes of `sorted_groups` (estimated), bounded by `memory_limit`.
+    held: usize,
+    /// `proxy.merge_memory_limit`.
+    pub(super) memory_limit: usize,
     /// `COPY (query) TO`: how the client's rows become COPY data.
     pub(super) copy: Option<shardgate_router::CopyRowsOut>,
     /// Where in the client buffer the merge's unconverted output starts.
@@ -473,6 +478,8 @@ impl Run {
             group: None,
             first_per_key,
             sorted_groups: Vec::new(),
+            held: 0,
+            memory_limit: crate::config::ProxyConfig::default().merge_memory_limit,
             copy: None,
             copy_mark: 0,
         }
@@ -931,7 +938,41 @@ impl Run {
             .map(|k| value(k.value))
             .collect::<Result<_, _>>()?;
         for _ in 0..copies {
-            self.sorted_groups.push((keys.clone(), row.clone()));
+            self.hold_group(keys.clone(), row.clone())?;
+        }
+        Ok(())
+    }
+
+    /// Keeps a group for the final sort: within `memory_limit`, and with a
+    /// LIMIT only the best `limit + offset` (pruned in batches).
+    fn hold_group(&mut self, keys: Vec<Key>, row: BytesMut) -> Result<(), PgError> {
+        self.held += group_bytes(&keys, &row);
+        self.sorted_groups.push((keys, row));
+        let MergeMode::Grouped(g) = &self.plan.mode else {
+            return Ok(());
+        };
+        if let Some(keep) = self.limit.map(|l| l.saturating_add(self.offset) as usize) {
+            if self.sorted_groups.len() >= keep.saturating_mul(2).max(1024) {
+                let order = &g.final_sort;
+                self.sorted_groups
+                    .sort_by(|a, b| compare_final(&a.0, &b.0, order));
+                self.sorted_groups.truncate(keep);
+                self.held = self
+                    .sorted_groups
+                    .iter()
+                    .map(|(k, r)| group_bytes(k, r))
+                    .sum();
+            }
+        }
+        if self.held > self.memory_limit {
+            return Err(PgError::error(
+                "53400",
+                format!(
+                    "shardgate: sorting the groups of this cross-shard query needs more than merge_memory_limit ({} bytes) of proxy memory",
+                    self.memory_limit
+                ),
+            )
+            .with_hint("Add a LIMIT, restrict the query to one shard, or raise proxy.merge_memory_limit in proxy.toml."));
         }
         Ok(())
     }
@@ -1293,6 +1334,19 @@ fn output_oid(f: AggKind, partials: &[u32]) -> u32 {
         AggKind::Avg => partials.get(2).copied().unwrap_or(oid::NUMERIC),
         AggKind::Sum | AggKind::Min | AggKind::Max => partials.first().copied().unwrap_or(0),
     }
+}
+
+/// Estimated bytes one kept group takes.
+fn group_bytes(keys: &[Key], row: &BytesMut) -> usize {
+    let heap: usize = keys
+        .iter()
+        .map(|k| match k {
+            Key::Bytes(b) => b.len(),
+            Key::Numeric(_) => 32,
+            _ => 0,
+        })
+        .sum();
+    row.capacity() + heap + std::mem::size_of_val(keys) + 64
 }
 
 /// Appends one DataRow field (`None`: NULL).
