@@ -917,6 +917,68 @@ async fn merged_queries_take_parameters_and_keep_transactions() {
     assert_eq!(row.get::<_, i64>(0), 1000);
     let sum: i64 = (0..1000i64).map(|k| k % 7).sum();
     assert_eq!(row.get::<_, i64>(1), sum);
+    // EXPLAIN of a merged statement: the proxy's plan (which shards, what
+    // each runs, the operators above them), simple and extended protocol.
+    let sql = "EXPLAIN SELECT g, round(avg(v), 1) FROM t GROUP BY g HAVING count(*) > $1 ORDER BY 2 DESC LIMIT 3";
+    let lines: Vec<String> = client
+        .query(sql, &[&1i64])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>("QUERY PLAN"))
+        .collect();
+    let text = lines.join("\n");
+    assert!(
+        lines[0].starts_with("Shardgate Merge  (shards: 0, 1, 2)"),
+        "{text}"
+    );
+    for part in [
+        "Limit 3",
+        "Sort groups by",
+        "Filter: (count#",
+        "Group key:",
+        "Shard query (each shard):",
+    ] {
+        assert!(text.contains(part), "{part} missing from\n{text}");
+    }
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .trim_start()
+            .starts_with("SELECT g, CASE WHEN false THEN"),
+        "{text}"
+    );
+    let simple = client
+        .simple_query("EXPLAIN SELECT k FROM t ORDER BY k DESC LIMIT 2")
+        .await
+        .unwrap();
+    let rows = simple_rows(&simple);
+    assert!(rows[0][0]
+        .as_deref()
+        .unwrap()
+        .starts_with("Shardgate Merge"));
+    assert!(
+        rows.iter().any(|r| r[0]
+            .as_deref()
+            .unwrap()
+            .contains("Merge sorted shard streams by col2 DESC NULLS FIRST")),
+        "{rows:?}"
+    );
+    let err = client
+        .simple_query("EXPLAIN ANALYZE SELECT count(*) FROM t")
+        .await
+        .expect_err("EXPLAIN ANALYZE across shards");
+    assert_eq!(err.as_db_error().unwrap().code().code(), "0A000");
+    // A single-shard statement is explained by its shard.
+    let one = client
+        .simple_query("EXPLAIN SELECT * FROM t WHERE k = 7")
+        .await
+        .unwrap();
+    assert!(!simple_rows(&one)[0][0]
+        .as_deref()
+        .unwrap()
+        .starts_with("Shardgate"));
     // LIMIT inside a transaction: no cancel, the transaction stays usable.
     client.batch_execute("BEGIN").await.unwrap();
     let first = client

@@ -37,6 +37,7 @@
 
 mod aggregate;
 mod distinct;
+mod explain;
 mod proxy_expr;
 mod set_op;
 #[cfg(test)]
@@ -98,6 +99,9 @@ pub struct MergePlan {
     /// the FROM tables: Postgres groups by an input column of that name
     /// when a table has one, so the session refuses then.
     pub group_aliases: Vec<(String, Vec<TableName>)>,
+    /// `EXPLAIN` of the statement: the proxy answers with
+    /// [`MergePlan::describe`] instead of running it.
+    pub explain: bool,
 }
 
 /// A table: its schema when the statement names one, and its name.
@@ -247,8 +251,33 @@ pub fn plan_merge(sql: &str, tables: &dyn TableLookup) -> Result<MergePlan, Unme
     };
     let query = match statements.as_slice() {
         [Statement::Query(query)] => query,
-        [Statement::Explain { .. }] => {
-            return refuse("EXPLAIN of a query that runs on several shards")
+        [Statement::Explain {
+            analyze,
+            statement,
+            options,
+            ..
+        }] => {
+            let analyze = *analyze
+                || options.as_ref().is_some_and(|o| {
+                    o.iter().any(|u| {
+                        u.name.value.eq_ignore_ascii_case("analyze")
+                            && !u.arg.as_ref().is_some_and(|a| {
+                                matches!(
+                                    a.to_string().to_ascii_lowercase().as_str(),
+                                    "false" | "off" | "0"
+                                )
+                            })
+                    })
+                });
+            if analyze {
+                return refuse("EXPLAIN ANALYZE of a query that runs on several shards");
+            }
+            if !matches!(statement.as_ref(), Statement::Query(_)) {
+                return refuse("EXPLAIN of this statement over several shards");
+            }
+            let mut plan = plan_merge(&statement.to_string(), tables)?;
+            plan.explain = true;
+            return Ok(plan);
         }
         [Statement::Declare { .. }] => {
             return refuse("DECLARE CURSOR for a query over several shards")
@@ -436,6 +465,7 @@ impl MergePlan {
             limit: None,
             offset: None,
             group_aliases: Vec::new(),
+            explain: false,
         }
     }
 }
@@ -662,6 +692,7 @@ impl Planner {
             limit: limit.0,
             offset: limit.1,
             group_aliases,
+            explain: false,
         })
     }
 

@@ -58,7 +58,7 @@ fn rows_not_partitioned_by_shard_are_refused() {
         assert!(refused(sql).contains("no sharded table"), "{sql}");
     }
     // Statements the merge cannot describe are named.
-    assert!(refused("EXPLAIN SELECT * FROM t").starts_with("EXPLAIN"));
+    assert!(refused("EXPLAIN INSERT INTO t SELECT * FROM u").starts_with("EXPLAIN"));
     assert!(refused("DECLARE c CURSOR FOR SELECT count(*) FROM t").starts_with("DECLARE"));
     let deep = format!(
         "SELECT * FROM t WHERE {}1{}",
@@ -226,6 +226,27 @@ fn set_operations_group_over_all_shards() {
         "{}",
         p.shard_sql
     );
+}
+
+#[test]
+fn explain_describes_the_plan_instead_of_running_it() {
+    let p = plan("EXPLAIN SELECT DISTINCT ON (g) g, v FROM t ORDER BY g, v LIMIT 5");
+    assert!(p.explain);
+    let lines = p.describe(&[0, 2]);
+    assert_eq!(
+        lines,
+        vec![
+            "Shardgate Merge  (shards: 0, 2)".to_owned(),
+            "  Hidden columns: 2 after the visible ones (stripped before the client)".to_owned(),
+            "  ->  Limit 5".to_owned(),
+            "        ->  Unique: first row per value of the first 1 sort keys (DISTINCT ON)".to_owned(),
+            "              ->  Merge sorted shard streams by col3 ASC NULLS LAST, col4 ASC NULLS LAST".to_owned(),
+            "                    ->  Shard query (each shard):".to_owned(),
+            format!("                          {}", p.shard_sql),
+        ]
+    );
+    assert!(refused("EXPLAIN ANALYZE SELECT count(*) FROM t").starts_with("EXPLAIN ANALYZE"));
+    assert!(refused("EXPLAIN (ANALYZE) SELECT count(*) FROM t").starts_with("EXPLAIN ANALYZE"));
 }
 
 #[test]

@@ -133,6 +133,10 @@ impl Session {
         req: MergeRequest<'_>,
     ) -> Result<(), SessionError> {
         let extended = req.bind.is_some();
+        if plan.explain {
+            self.answer_explain(&shards, &plan, &req);
+            return self.flush_client().await;
+        }
         let prepared = match self.prepare_merge(&plan, &req).await {
             Ok(p) => p,
             Err(e) => return self.merge_refused(e),
@@ -252,6 +256,22 @@ impl Session {
         let limit = row_count(plan.limit.as_ref(), bind, "LIMIT")?;
         let offset = row_count(plan.offset.as_ref(), bind, "OFFSET")?.unwrap_or(0);
         Ok((visible, limit, offset))
+    }
+
+    /// `EXPLAIN` of a statement over several shards: the plan's own lines,
+    /// as Postgres sends an EXPLAIN result (one text column `QUERY PLAN`).
+    fn answer_explain(&mut self, shards: &[usize], plan: &MergePlan, req: &MergeRequest<'_>) {
+        if req.bind.is_some() {
+            backend::empty(btag::BIND_COMPLETE, &mut self.cout);
+        }
+        if req.describe {
+            backend::row_description(&[("QUERY PLAN", 25)], &mut self.cout);
+        }
+        for line in plan.describe(shards) {
+            backend::data_row(&[Some(line.as_str())], &mut self.cout);
+        }
+        backend::command_complete("EXPLAIN", &mut self.cout);
+        backend::ready_for_query(self.client_status(), &mut self.cout);
     }
 
     /// Tells the client the merge cannot run (nothing was sent to a shard).

@@ -473,7 +473,7 @@ impl Session {
         }
         let sharding = self.snap.sharding.as_ref().expect("sharded session");
         match &*sharding.merges.plan_cached(sql, &MapLookup(&sharding.map)) {
-            Ok(plan) if plan.mode == MergeMode::Concat => Ok(Dest::Many(shards)),
+            Ok(plan) if plan.mode == MergeMode::Concat && !plan.explain => Ok(Dest::Many(shards)),
             Ok(plan) => {
                 let collation = (!facts.bytewise_collation).then(|| facts.collation.clone());
                 Ok(Dest::Merge(shards, Arc::new(plan.clone()), collation))
@@ -1048,7 +1048,7 @@ impl Session {
                     .await
             }
             Dest::Merge(shards, plan, collation)
-                if read_in_pieces(rest, bind.portal, self.max_message) =>
+                if !plan.explain && read_in_pieces(rest, bind.portal, self.max_message) =>
             {
                 self.open_portal_cursor(bind, &stmt, shards, plan, collation)
                     .await
