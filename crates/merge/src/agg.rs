@@ -4,9 +4,11 @@ use bytes::{Bytes, BytesMut};
 
 use crate::error::MergeError;
 use crate::float::{float4_text, float8_text};
+use crate::gather::Gathered;
 use crate::key::{decode_key, key_supported, Key};
 use crate::numeric::Numeric;
 use crate::oid;
+use crate::variance::{StatState, StatValue, Statistic};
 
 /// The aggregates the proxy can combine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,18 +27,31 @@ pub enum AggKind {
     BoolAnd,
     /// `bool_or(x)`.
     BoolOr,
+    /// `string_agg(x, sep)` over text (see `gather.rs`).
+    StringAgg,
+    /// `array_agg(x)` (see `gather.rs`).
+    ArrayAgg,
+    /// `var_samp`/`var_pop`/`stddev_samp`/`stddev_pop` (see `variance.rs`).
+    Statistic(Statistic),
 }
 
 impl AggKind {
     /// How many partial columns the proxy pushes to each shard for this kind, in this
     /// order: Count → [count(args)]; Sum → [sum(x)]; Avg → [sum(x), count(x), avg(x)];
     /// Min → [min(x) binary, min(x) in the client's format]; Max → same with max;
-    /// BoolAnd → [bool_and(x)]; BoolOr → [bool_or(x)].
+    /// BoolAnd → [bool_and(x)]; BoolOr → [bool_or(x)]; StringAgg → [string_agg(x, sep),
+    /// sep::text]; ArrayAgg → [array_agg(x) in the client's format]; Statistic →
+    /// [count(x), sum(x), sum(x::numeric * x::numeric), avg(x), var_pop(x)].
     pub fn partial_count(self) -> usize {
         match self {
+            AggKind::Statistic(_) => 5,
             AggKind::Avg => 3,
-            AggKind::Min | AggKind::Max => 2,
-            AggKind::Count | AggKind::Sum | AggKind::BoolAnd | AggKind::BoolOr => 1,
+            AggKind::Min | AggKind::Max | AggKind::StringAgg => 2,
+            AggKind::Count
+            | AggKind::Sum
+            | AggKind::BoolAnd
+            | AggKind::BoolOr
+            | AggKind::ArrayAgg => 1,
         }
     }
 
@@ -49,6 +64,9 @@ impl AggKind {
             AggKind::Max => "max",
             AggKind::BoolAnd => "bool_and",
             AggKind::BoolOr => "bool_or",
+            AggKind::StringAgg => "string_agg",
+            AggKind::ArrayAgg => "array_agg",
+            AggKind::Statistic(s) => s.name(),
         }
     }
 }
@@ -83,6 +101,10 @@ enum Acc {
     },
     /// bool_and / bool_or.
     Bool { and: bool, value: Option<bool> },
+    /// A variance or standard deviation.
+    Stat { stat: Statistic, state: StatState },
+    /// string_agg / array_agg.
+    Gather(Gathered),
 }
 
 /// Combines one aggregate's partials from every shard (and from every row of one group).
@@ -241,6 +263,12 @@ impl AggState {
                 },
                 _ => return Err(unsupported()),
             },
+            AggKind::Statistic(stat) => Acc::Stat {
+                stat,
+                state: StatState::new(stat, partial_oids)?,
+            },
+            AggKind::StringAgg => Acc::Gather(Gathered::string_agg(partial_oids)?),
+            AggKind::ArrayAgg => Acc::Gather(Gathered::array_agg(partial_oids[0])?),
         };
         Ok(AggState {
             kind,
@@ -381,6 +409,8 @@ impl AggState {
                     });
                 }
             }
+            Acc::Stat { state, .. } => state.add(partials)?,
+            Acc::Gather(g) => g.add(partials)?,
         }
         Ok(())
     }
@@ -448,6 +478,12 @@ impl AggState {
                     Bytes::from_static(if v { b"t" } else { b"f" })
                 }
             }),
+            Acc::Stat { stat, state } => match state.result(*stat)? {
+                None => None,
+                Some(StatValue::Numeric(v)) => Some(numeric_value(&v, format)),
+                Some(StatValue::Float(v)) => Some(float8_value(v, format)),
+            },
+            Acc::Gather(g) => g.finish(),
         })
     }
 
@@ -478,6 +514,8 @@ impl AggState {
             }
             Acc::Best { best, .. } => best.as_ref().map_or(Key::Null, |(k, _)| k.clone()),
             Acc::Bool { value, .. } => value.map_or(Key::Null, Key::Bool),
+            Acc::Stat { stat, state } => state.key(*stat)?,
+            Acc::Gather(g) => g.key()?,
         })
     }
 }

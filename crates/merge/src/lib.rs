@@ -15,14 +15,17 @@
 mod agg;
 mod error;
 mod float;
+mod gather;
 mod key;
 mod numeric;
+mod variance;
 
 pub use agg::{AggKind, AggState};
 pub use error::MergeError;
 pub use float::{float4_text, float8_text};
 pub use key::{decode_key, key_supported, Key};
 pub use numeric::Numeric;
+pub use variance::{statistic_output_oid, Statistic};
 
 /// PostgreSQL type OIDs this crate knows about.
 pub mod oid {

@@ -37,6 +37,7 @@
 
 mod aggregate;
 mod distinct;
+mod gather;
 mod having;
 #[cfg(test)]
 mod tests;
@@ -159,6 +160,9 @@ pub struct GroupPlan {
     /// its binary column, the last merge key, so a group's rows arrive
     /// sorted by it and equal values from several shards are adjacent.
     pub distinct_value: Option<usize>,
+    /// The shards also group by the ORDER BY keys of `string_agg`/`array_agg`
+    /// (see `gather.rs`): without GROUP BY they send no row over no rows.
+    pub gathered: bool,
 }
 
 /// One aggregate: its function and the columns of its partial values.
@@ -423,6 +427,9 @@ struct Planner {
     /// A DISTINCT aggregate of a shard key was planned (its per-shard value
     /// is exact, but not summed over finer groups of another argument).
     key_distinct: Option<String>,
+    /// The ORDER BY inside the statement's `string_agg`/`array_agg` calls (as
+    /// text, and its keys).
+    gather_order: Option<(String, Vec<OrderByExpr>)>,
 }
 
 impl Planner {
@@ -701,6 +708,8 @@ impl Planner {
                 nulls_first,
             });
         }
+        let gathered =
+            self.gathered_keys(select, visible, single_row, &outputs, having.as_ref())?;
         let distinct_value = match self.spread_distinct.take() {
             None => None,
             Some(x) => {
@@ -769,6 +778,11 @@ impl Planner {
                 });
             }
         }
+        for k in &gathered {
+            if !merge_keys.iter().any(|m| m.column == k.column) {
+                merge_keys.push(*k);
+            }
+        }
         let final_sort = if streams || single_row {
             Vec::new()
         } else {
@@ -788,6 +802,7 @@ impl Planner {
             final_sort,
             single_row,
             distinct_value,
+            gathered: !gathered.is_empty(),
         }))
     }
 
@@ -832,9 +847,11 @@ impl Planner {
         } else if call.distinct && !self.groups_on_one_shard {
             self.key_distinct = Some(call.name());
         }
+        self.note_gathered(&call)?;
         // min/max output their winner's bytes as the client asked for them
-        // (the visible column), so each output position has its own slot.
-        let output = output.filter(|_| matches!(call.func, AggKind::Min | AggKind::Max));
+        // (the visible column; string_agg/array_agg concatenate them), so
+        // each output position has its own slot.
+        let output = output.filter(|_| gather::client_format_partial(call.func).is_some());
         let text = match output {
             Some(j) => format!("{}#{j}", call.text),
             None => call.text.clone(),
@@ -843,12 +860,12 @@ impl Planner {
             return Ok(i);
         }
         let mut partials: Vec<usize> = call
-            .partial_exprs()
+            .partial_exprs()?
             .into_iter()
             .map(|e| self.hide(visible, e))
             .collect();
-        if let Some(j) = output {
-            partials[1] = j;
+        if let (Some(j), Some(p)) = (output, gather::client_format_partial(call.func)) {
+            partials[p] = j;
         }
         slots.push((
             text,

@@ -876,7 +876,7 @@ impl Run {
         if let MergeMode::Grouped(g) = &plan.mode {
             if let Some(done) = self.group.take() {
                 self.finish_group(g, done, cout)?;
-            } else if g.single_row && g.distinct_value.is_some() && self.sent == 0 {
+            } else if g.single_row && (g.distinct_value.is_some() || g.gathered) && self.sent == 0 {
                 // Grouped by the DISTINCT argument, the shards sent no row
                 // over no rows; the one row holds only aggregates (the plan
                 // checked), so its other fields are NULL.
@@ -1215,6 +1215,8 @@ fn output_oid(f: AggKind, partials: &[u32]) -> u32 {
         AggKind::BoolAnd | AggKind::BoolOr => oid::BOOL,
         AggKind::Avg => partials.get(2).copied().unwrap_or(oid::NUMERIC),
         AggKind::Sum | AggKind::Min | AggKind::Max => partials.first().copied().unwrap_or(0),
+        AggKind::StringAgg | AggKind::ArrayAgg => partials.first().copied().unwrap_or(0),
+        AggKind::Statistic(_) => shardgate_merge::statistic_output_oid(partials),
     }
 }
 

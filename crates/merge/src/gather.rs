@@ -1,0 +1,235 @@
+//! Combining `string_agg` and `array_agg` partials from several shards.
+//!
+//! The shards' rows of one group arrive in the order of the aggregate's inner
+//! `ORDER BY` (the planner makes the shards group by its keys too), so the combined
+//! value is the shards' partial values concatenated in arrival order:
+//!
+//! - `string_agg(x, sep)`: partials `[string_agg(...), sep::text]`; the non-NULL
+//!   partial strings joined by the (constant) separator, NULL separator = none.
+//! - `array_agg(x)`: one partial, the array in the client's format: binary arrays
+//!   (one dimension) concatenated element by element, text arrays `{a,b}` `{c}` joined
+//!   as `{a,b,c}` (element quoting does not depend on the neighbours). Arrays of arrays,
+//!   and `box` arrays (whose text delimiter is `;`) are refused.
+//!
+//! A group's gathered value lives until the group is emitted.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::error::MergeError;
+use crate::key::Key;
+use crate::oid;
+
+/// `_box`: its text output separates elements with `;`.
+const BOX_ARRAY: u32 = 1020;
+
+/// The gathered value of one `string_agg` or `array_agg`.
+#[derive(Debug, Clone)]
+pub(crate) enum Gathered {
+    /// `string_agg` over text.
+    Text {
+        /// The separator, from the first row that had one.
+        sep: Option<Bytes>,
+        value: Option<BytesMut>,
+    },
+    /// `array_agg`, in the client's format.
+    Array {
+        array_oid: u32,
+        value: Option<ArrayAcc>,
+    },
+}
+
+/// An array being concatenated.
+#[derive(Debug, Clone)]
+pub(crate) enum ArrayAcc {
+    /// Text output without its closing brace: `{a,b`.
+    Text(BytesMut),
+    /// Binary: element count, NULL flag, element type and the elements' bytes.
+    Binary {
+        len: i32,
+        has_null: bool,
+        elem_oid: u32,
+        elems: BytesMut,
+    },
+}
+
+fn unsupported_array(type_oid: u32, what: &str) -> MergeError {
+    MergeError::unsupported(type_oid, format!("array_agg of {what}"))
+}
+
+fn read_i32(type_oid: u32, v: &[u8], at: usize) -> Result<i32, MergeError> {
+    v.get(at..at + 4)
+        .and_then(|b| b.try_into().ok())
+        .map(i32::from_be_bytes)
+        .ok_or_else(|| MergeError::malformed(type_oid, "truncated array"))
+}
+
+impl Gathered {
+    /// A `string_agg` state for partials of types `[value, separator]` (text only).
+    pub(crate) fn string_agg(partial_oids: &[u32]) -> Result<Gathered, MergeError> {
+        match partial_oids {
+            [oid::TEXT, oid::TEXT] => Ok(Gathered::Text {
+                sep: None,
+                value: None,
+            }),
+            [other, _] => Err(MergeError::unsupported(*other, "string_agg")),
+            _ => Err(MergeError::malformed(
+                oid::TEXT,
+                "string_agg expects 2 partials",
+            )),
+        }
+    }
+
+    /// An `array_agg` state for a partial of array type `array_oid`.
+    pub(crate) fn array_agg(array_oid: u32) -> Result<Gathered, MergeError> {
+        if array_oid == BOX_ARRAY {
+            return Err(unsupported_array(array_oid, "box"));
+        }
+        Ok(Gathered::Array {
+            array_oid,
+            value: None,
+        })
+    }
+
+    /// Adds one shard row's partials.
+    pub(crate) fn add(&mut self, partials: &[Option<&[u8]>]) -> Result<(), MergeError> {
+        match self {
+            Gathered::Text { sep, value } => {
+                if sep.is_none() {
+                    *sep = partials
+                        .get(1)
+                        .copied()
+                        .flatten()
+                        .map(Bytes::copy_from_slice);
+                }
+                let Some(v) = partials.first().copied().flatten() else {
+                    return Ok(());
+                };
+                match value {
+                    None => *value = Some(BytesMut::from(v)),
+                    Some(out) => {
+                        if let Some(s) = sep {
+                            out.extend_from_slice(s);
+                        }
+                        out.extend_from_slice(v);
+                    }
+                }
+            }
+            Gathered::Array { array_oid, value } => {
+                if let Some(v) = partials.first().copied().flatten() {
+                    add_array(*array_oid, value, v)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The combined value as the client gets it (the partials already are in its
+    /// format); `None` = NULL.
+    pub(crate) fn finish(&self) -> Option<Bytes> {
+        match self {
+            Gathered::Text { value, .. } => value.as_ref().map(|v| Bytes::copy_from_slice(v)),
+            Gathered::Array { value, .. } => value.as_ref().map(|acc| match acc {
+                ArrayAcc::Text(t) => {
+                    let mut out = BytesMut::with_capacity(t.len() + 1);
+                    out.extend_from_slice(t);
+                    out.put_u8(b'}');
+                    out.freeze()
+                }
+                ArrayAcc::Binary {
+                    len,
+                    has_null,
+                    elem_oid,
+                    elems,
+                } => {
+                    let mut out = BytesMut::with_capacity(elems.len() + 20);
+                    out.put_i32(1);
+                    out.put_i32(i32::from(*has_null));
+                    out.put_u32(*elem_oid);
+                    out.put_i32(*len);
+                    out.put_i32(1);
+                    out.extend_from_slice(elems);
+                    out.freeze()
+                }
+            }),
+        }
+    }
+
+    /// The combined value as a [`Key`] (`string_agg` only).
+    pub(crate) fn key(&self) -> Result<Key, MergeError> {
+        match self {
+            Gathered::Text { value, .. } => Ok(value
+                .as_ref()
+                .map_or(Key::Null, |v| Key::Bytes(Bytes::copy_from_slice(v)))),
+            Gathered::Array { array_oid, .. } => Err(MergeError::unsupported(
+                *array_oid,
+                "comparing array_agg results (HAVING, ORDER BY)",
+            )),
+        }
+    }
+}
+
+/// Appends one shard's array (text `{...}` or binary) to the gathered one.
+fn add_array(array_oid: u32, acc: &mut Option<ArrayAcc>, v: &[u8]) -> Result<(), MergeError> {
+    let malformed = |r: &str| MergeError::malformed(array_oid, r.to_string());
+    if matches!(v.first(), Some(b'{' | b'[')) {
+        // Text: `[1:2]={...}` (lower bound not 1) cannot come from array_agg.
+        let inner = v
+            .strip_prefix(b"{")
+            .and_then(|r| r.strip_suffix(b"}"))
+            .ok_or_else(|| unsupported_array(array_oid, "arrays with bounds"))?;
+        if inner.first() == Some(&b'{') {
+            return Err(unsupported_array(array_oid, "arrays (several dimensions)"));
+        }
+        match acc {
+            None => *acc = Some(ArrayAcc::Text(BytesMut::from(&v[..v.len() - 1]))),
+            Some(ArrayAcc::Text(t)) => {
+                if !inner.is_empty() {
+                    if t.len() > 1 {
+                        t.put_u8(b',');
+                    }
+                    t.extend_from_slice(inner);
+                }
+            }
+            Some(ArrayAcc::Binary { .. }) => return Err(malformed("text and binary arrays mixed")),
+        }
+        return Ok(());
+    }
+    let ndim = read_i32(array_oid, v, 0)?;
+    if ndim == 0 {
+        return Ok(());
+    }
+    if ndim != 1 {
+        return Err(unsupported_array(array_oid, "arrays (several dimensions)"));
+    }
+    let flags = read_i32(array_oid, v, 4)?;
+    let elem = read_i32(array_oid, v, 8)? as u32;
+    let n = read_i32(array_oid, v, 12)?;
+    let body = v.get(20..).ok_or_else(|| malformed("truncated array"))?;
+    match acc {
+        None => {
+            *acc = Some(ArrayAcc::Binary {
+                len: n,
+                has_null: flags != 0,
+                elem_oid: elem,
+                elems: BytesMut::from(body),
+            })
+        }
+        Some(ArrayAcc::Binary {
+            len,
+            has_null,
+            elem_oid,
+            elems,
+        }) => {
+            if *elem_oid != elem {
+                return Err(malformed("element types differ between shards"));
+            }
+            *len = len.checked_add(n).ok_or_else(|| {
+                MergeError::Overflow("array size exceeds the maximum allowed".into())
+            })?;
+            *has_null |= flags != 0;
+            elems.extend_from_slice(body);
+        }
+        Some(ArrayAcc::Text(_)) => return Err(malformed("text and binary arrays mixed")),
+    }
+    Ok(())
+}
