@@ -70,4 +70,6 @@ pub mod oid {
 }
 
 #[cfg(test)]
+mod gather_tests;
+#[cfg(test)]
 mod tests;

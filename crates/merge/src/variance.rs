@@ -237,15 +237,13 @@ fn numeric_result(
     sum: &Numeric,
     sumsq: &Numeric,
 ) -> Result<Option<Numeric>, MergeError> {
-    if count == 0 {
-        return Ok(None);
-    }
-    // Any NaN or infinite input makes the result NaN.
-    if sum.is_special() || sumsq.is_special() {
-        return Ok(Some(Numeric::nan()));
-    }
+    // Undefined for N <= 1 (sample) or N == 0 (population), NaN and infinite
+    // inputs counted; then any of them makes the result NaN.
     if count <= i64::from(stat.sample()) {
         return Ok(None);
+    }
+    if sum.is_special() || sumsq.is_special() {
+        return Ok(Some(Numeric::nan()));
     }
     let too_big = || MergeError::Overflow("value overflows numeric format".to_string());
     let n = Numeric::from_i64(count);
