@@ -635,6 +635,15 @@ SELECT id, string_agg(status, ','), array_agg(qty) FROM orders WHERE id < 400 GR
 SELECT customer_id, string_agg(status, ','), array_agg(id) FROM orders WHERE customer_id BETWEEN 10 AND 12 AND qty = 3 GROUP BY customer_id
 SELECT string_agg(status, ',') FROM orders WHERE id = 17
 SELECT array_agg(x ORDER BY x) FROM (SELECT qty AS x FROM orders WHERE id < 100) s
+SELECT json_agg(id ORDER BY id) FROM orders
+SELECT jsonb_agg(note ORDER BY id), json_agg(note ORDER BY id) FROM orders WHERE id < 300
+ordered: SELECT status, json_agg(amount ORDER BY id), jsonb_agg(placed ORDER BY id) FILTER (WHERE paid) FROM orders GROUP BY status ORDER BY status
+SELECT jsonb_agg(c ORDER BY c.id) FROM customers c WHERE id < 40
+SELECT json_agg(weight ORDER BY id), jsonb_agg(ratio ORDER BY id), json_agg(paid ORDER BY id), jsonb_agg(big ORDER BY id) FROM orders WHERE id < 100
+SELECT customer_id, json_agg(c ORDER BY id) FROM orders c WHERE customer_id < 20 GROUP BY customer_id
+SELECT json_agg(name ORDER BY id) FROM customers WHERE false
+refuse: SELECT json_agg(c ORDER BY c.id) FROM customers c
+refuse: SELECT json_agg(ARRAY[id, qty] ORDER BY id) FROM orders
 refuse: SELECT string_agg(DISTINCT status, ',' ORDER BY status) FROM orders
 refuse: SELECT string_agg(status, note ORDER BY id) FROM orders
 refuse: SELECT string_agg(status, ',' ORDER BY id), array_agg(id ORDER BY qty) FROM orders
@@ -703,7 +712,6 @@ refuse: SELECT status, max(qty) - min(qty) FROM orders GROUP BY status
 refuse: SELECT coalesce(sum(amount), 0) FROM orders WHERE qty > 1000
 refuse: SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY amount) FROM orders
 refuse: SELECT mode() WITHIN GROUP (ORDER BY status) FROM orders
-refuse: SELECT json_agg(id ORDER BY id) FROM orders
 refuse: SELECT status, count(*) FROM orders GROUP BY ROLLUP (status)
 refuse: SELECT status, paid, count(*) FROM orders GROUP BY GROUPING SETS ((status), (paid))
 refuse: SELECT count(*) FROM (SELECT * FROM orders ORDER BY id LIMIT 10) s

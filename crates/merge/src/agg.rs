@@ -31,6 +31,8 @@ pub enum AggKind {
     StringAgg,
     /// `array_agg(x)` (see `gather.rs`).
     ArrayAgg,
+    /// `json_agg(x)` / `jsonb_agg(x)` (see `gather.rs`).
+    JsonAgg,
     /// `var_samp`/`var_pop`/`stddev_samp`/`stddev_pop` (see `variance.rs`).
     Statistic(Statistic),
 }
@@ -40,7 +42,8 @@ impl AggKind {
     /// order: Count → [count(args)]; Sum → [sum(x)]; Avg → [sum(x), count(x), avg(x)];
     /// Min → [min(x) binary, min(x) in the client's format]; Max → same with max;
     /// BoolAnd → [bool_and(x)]; BoolOr → [bool_or(x)]; StringAgg → [string_agg(x, sep),
-    /// sep::text]; ArrayAgg → [array_agg(x) in the client's format]; Statistic →
+    /// sep::text]; ArrayAgg → [array_agg(x) in the client's format]; JsonAgg →
+    /// [json_agg(x) or jsonb_agg(x) in the client's format]; Statistic →
     /// [count(x), sum(x), sum(x::numeric * x::numeric), avg(x), var_pop(x)].
     pub fn partial_count(self) -> usize {
         match self {
@@ -51,7 +54,8 @@ impl AggKind {
             | AggKind::Sum
             | AggKind::BoolAnd
             | AggKind::BoolOr
-            | AggKind::ArrayAgg => 1,
+            | AggKind::ArrayAgg
+            | AggKind::JsonAgg => 1,
         }
     }
 
@@ -66,6 +70,7 @@ impl AggKind {
             AggKind::BoolOr => "bool_or",
             AggKind::StringAgg => "string_agg",
             AggKind::ArrayAgg => "array_agg",
+            AggKind::JsonAgg => "json_agg",
             AggKind::Statistic(s) => s.name(),
         }
     }
@@ -269,6 +274,7 @@ impl AggState {
             },
             AggKind::StringAgg => Acc::Gather(Gathered::string_agg(partial_oids)?),
             AggKind::ArrayAgg => Acc::Gather(Gathered::array_agg(partial_oids[0])?),
+            AggKind::JsonAgg => Acc::Gather(Gathered::json_agg(partial_oids[0])?),
         };
         Ok(AggState {
             kind,

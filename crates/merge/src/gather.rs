@@ -10,6 +10,10 @@
 //!   (one dimension) concatenated element by element, text arrays `{a,b}` `{c}` joined
 //!   as `{a,b,c}` (element quoting does not depend on the neighbours). Arrays of arrays,
 //!   and `box` arrays (whose text delimiter is `;`) are refused.
+//! - `json_agg(x)` / `jsonb_agg(x)`: one partial in the client's format, `[a, b]` and
+//!   `[c]` joined as `[a, b, c]` (jsonb binary: after its version byte). `json_agg` puts
+//!   a newline before rows and arrays after the first: joining a partial that starts
+//!   with `{` or `[` is refused (a json object input would not have it).
 //!
 //! A group's gathered value lives until the group is emitted.
 
@@ -35,6 +39,13 @@ pub(crate) enum Gathered {
     Array {
         array_oid: u32,
         value: Option<ArrayAcc>,
+    },
+    /// `json_agg` / `jsonb_agg`: the text without its closing bracket, and the jsonb
+    /// binary version byte when the partials had one.
+    Json {
+        type_oid: u32,
+        value: Option<BytesMut>,
+        version: Option<u8>,
     },
 }
 
@@ -90,6 +101,18 @@ impl Gathered {
         })
     }
 
+    /// A `json_agg` (`json` result) or `jsonb_agg` (`jsonb`) state.
+    pub(crate) fn json_agg(type_oid: u32) -> Result<Gathered, MergeError> {
+        match type_oid {
+            oid::JSON | oid::JSONB => Ok(Gathered::Json {
+                type_oid,
+                value: None,
+                version: None,
+            }),
+            other => Err(MergeError::unsupported(other, "json_agg")),
+        }
+    }
+
     /// Adds one shard row's partials.
     pub(crate) fn add(&mut self, partials: &[Option<&[u8]>]) -> Result<(), MergeError> {
         match self {
@@ -117,6 +140,15 @@ impl Gathered {
             Gathered::Array { array_oid, value } => {
                 if let Some(v) = partials.first().copied().flatten() {
                     add_array(*array_oid, value, v)?;
+                }
+            }
+            Gathered::Json {
+                type_oid,
+                value,
+                version,
+            } => {
+                if let Some(v) = partials.first().copied().flatten() {
+                    add_json(*type_oid, value, version, v)?;
                 }
             }
         }
@@ -151,6 +183,13 @@ impl Gathered {
                     out.freeze()
                 }
             }),
+            Gathered::Json { value, version, .. } => value.as_ref().map(|t| {
+                let mut out = BytesMut::with_capacity(t.len() + 2);
+                out.extend(version.iter());
+                out.extend_from_slice(t);
+                out.put_u8(b']');
+                out.freeze()
+            }),
         }
     }
 
@@ -160,9 +199,13 @@ impl Gathered {
             Gathered::Text { value, .. } => Ok(value
                 .as_ref()
                 .map_or(Key::Null, |v| Key::Bytes(Bytes::copy_from_slice(v)))),
-            Gathered::Array { array_oid, .. } => Err(MergeError::unsupported(
-                *array_oid,
-                "comparing array_agg results (HAVING, ORDER BY)",
+            Gathered::Array {
+                array_oid: type_oid,
+                ..
+            }
+            | Gathered::Json { type_oid, .. } => Err(MergeError::unsupported(
+                *type_oid,
+                "comparing array_agg/json_agg results (HAVING, ORDER BY)",
             )),
         }
     }
@@ -231,5 +274,46 @@ fn add_array(array_oid: u32, acc: &mut Option<ArrayAcc>, v: &[u8]) -> Result<(),
         }
         Some(ArrayAcc::Text(_)) => return Err(malformed("text and binary arrays mixed")),
     }
+    Ok(())
+}
+
+/// Appends one shard's `json_agg`/`jsonb_agg` value (`[...]`, jsonb binary with its
+/// version byte first) to the gathered one.
+fn add_json(
+    type_oid: u32,
+    acc: &mut Option<BytesMut>,
+    version: &mut Option<u8>,
+    v: &[u8],
+) -> Result<(), MergeError> {
+    let (ver, text) = match v.first() {
+        Some(b'[') => (None, v),
+        Some(b) if type_oid == oid::JSONB => (Some(*b), &v[1..]),
+        _ => return Err(MergeError::malformed(type_oid, "not a json array")),
+    };
+    let inner = text
+        .strip_prefix(b"[")
+        .and_then(|r| r.strip_suffix(b"]"))
+        .ok_or_else(|| MergeError::malformed(type_oid, "not a json array"))?;
+    let Some(out) = acc else {
+        *version = ver;
+        *acc = Some(BytesMut::from(&text[..text.len() - 1]));
+        return Ok(());
+    };
+    if *version != ver {
+        return Err(MergeError::malformed(type_oid, "json formats mixed"));
+    }
+    if inner.is_empty() {
+        return Ok(());
+    }
+    if type_oid == oid::JSON && matches!(inner.first(), Some(b'{' | b'[')) {
+        return Err(MergeError::unsupported(
+            type_oid,
+            "json_agg of rows, arrays or json values",
+        ));
+    }
+    if out.len() > 1 {
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(inner);
     Ok(())
 }

@@ -242,3 +242,37 @@ fn array_agg_concatenates_binary_arrays() {
     );
     assert!(st.key().is_err());
 }
+
+#[test]
+fn json_agg_joins_arrays() {
+    let mut st = AggState::new(AggKind::JsonAgg, oid::JSON, &[oid::JSON]).unwrap();
+    st.add(&[Some(br#"["a b", null]"#)]).unwrap();
+    st.add(&[Some(br#"["x\"y"]"#)]).unwrap();
+    assert_eq!(
+        text(st.finish(0).unwrap()).as_deref(),
+        Some(r#"["a b", null, "x\"y"]"#)
+    );
+    // json_agg of rows puts a newline before each one after the first.
+    let mut rows = AggState::new(AggKind::JsonAgg, oid::JSON, &[oid::JSON]).unwrap();
+    rows.add(&[Some(br#"[{"i":1}]"#)]).unwrap();
+    assert!(rows.add(&[Some(br#"[{"i":2}]"#)]).is_err());
+}
+
+#[test]
+fn jsonb_agg_joins_binary_values() {
+    let mut st = AggState::new(AggKind::JsonAgg, oid::JSONB, &[oid::JSONB]).unwrap();
+    st.add(&[Some(&hex("015b22612062222c206e756c6c5d"))])
+        .unwrap();
+    st.add(&[Some(&hex("015b22785c2279225d"))]).unwrap();
+    assert_eq!(
+        st.finish(1).unwrap().unwrap().to_vec(),
+        hex("015b22612062222c206e756c6c2c2022785c2279225d")
+    );
+    let mut objects = AggState::new(AggKind::JsonAgg, oid::JSONB, &[oid::JSONB]).unwrap();
+    objects.add(&[Some(br#"[{"i": 1, "x": "a"}]"#)]).unwrap();
+    objects.add(&[Some(br#"[{"i": 2, "x": "b"}]"#)]).unwrap();
+    assert_eq!(
+        text(objects.finish(0).unwrap()).as_deref(),
+        Some(r#"[{"i": 1, "x": "a"}, {"i": 2, "x": "b"}]"#)
+    );
+}

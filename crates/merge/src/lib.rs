@@ -47,6 +47,8 @@ pub mod oid {
     pub const TEXT: u32 = 25;
     /// `oid`
     pub const OID: u32 = 26;
+    /// `json`
+    pub const JSON: u32 = 114;
     /// `float4` / `real`
     pub const FLOAT4: u32 = 700;
     /// `float8` / `double precision`
@@ -67,6 +69,8 @@ pub mod oid {
     pub const NUMERIC: u32 = 1700;
     /// `uuid`
     pub const UUID: u32 = 2950;
+    /// `jsonb`
+    pub const JSONB: u32 = 3802;
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ fn kind_from_name(name: &str) -> Option<AggKind> {
         "bool_or" => AggKind::BoolOr,
         "string_agg" => AggKind::StringAgg,
         "array_agg" => AggKind::ArrayAgg,
+        "json_agg" | "jsonb_agg" => AggKind::JsonAgg,
         _ => return shardgate_merge::Statistic::from_name(name).map(AggKind::Statistic),
     })
 }
@@ -42,6 +43,7 @@ pub fn partial_names(kind: AggKind) -> &'static [&'static str] {
         AggKind::BoolOr => &["bool_or"],
         AggKind::StringAgg => &["string_agg", "text"],
         AggKind::ArrayAgg => &["array_agg"],
+        AggKind::JsonAgg => &["json_agg"],
         AggKind::Statistic(_) => &["count", "sum", "sum", "avg", "var_pop"],
     }
 }

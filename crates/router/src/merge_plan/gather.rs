@@ -1,10 +1,10 @@
-//! Gathered (`string_agg`, `array_agg`) and statistical (`variance`, `stddev`, ...)
-//! aggregates across shards.
+//! Gathered (`string_agg`, `array_agg`, `json_agg`, `jsonb_agg`) and statistical
+//! (`variance`, `stddev`, ...) aggregates across shards.
 //!
 //! - A statistic's partials are `count(x)`, `sum(x)`, `sum(x::numeric * x::numeric)`,
 //!   `avg(x)` and `var_pop(x)` (FILTER kept); the proxy combines them
 //!   (`shardgate_merge`'s `variance.rs`).
-//! - `string_agg(x, sep)` and `array_agg(x)` are computed by the shards and their
+//! - `string_agg(x, sep)`, `array_agg(x)` and `json(b)_agg(x)` are computed by the shards and their
 //!   values concatenated by the proxy. With an `ORDER BY` inside, the shards also group
 //!   by its keys and sort by them after the group keys, so a group's rows arrive in the
 //!   aggregate's order and concatenating them in arrival order is that order (ties are
@@ -29,7 +29,7 @@ use shardgate_merge::AggKind;
 fn handled(kind: AggKind) -> bool {
     matches!(
         kind,
-        AggKind::StringAgg | AggKind::ArrayAgg | AggKind::Statistic(_)
+        AggKind::StringAgg | AggKind::ArrayAgg | AggKind::JsonAgg | AggKind::Statistic(_)
     )
 }
 
@@ -117,7 +117,7 @@ pub(super) fn partial_exprs(kind: AggKind, f: &Function) -> Option<Result<Vec<Ex
         (AggKind::StringAgg, [_, sep]) => {
             parse_expr(&format!("({sep})::text")).map(|s| vec![Expr::Function(f.clone()), s])
         }
-        (AggKind::ArrayAgg, [_]) => Ok(vec![Expr::Function(f.clone())]),
+        (AggKind::ArrayAgg | AggKind::JsonAgg, [_]) => Ok(vec![Expr::Function(f.clone())]),
         (AggKind::Statistic(_), [x]) => parse_expr(&format!("({x})::numeric * ({x})::numeric"))
             .map(|sq| {
                 vec![
@@ -153,7 +153,10 @@ impl Planner {
     /// Records the ORDER BY inside a `string_agg`/`array_agg` call; refuses a
     /// second, different one.
     pub(super) fn note_gathered(&mut self, call: &AggCall) -> Result<(), Unmergeable> {
-        if !matches!(call.func, AggKind::StringAgg | AggKind::ArrayAgg) {
+        if !matches!(
+            call.func,
+            AggKind::StringAgg | AggKind::ArrayAgg | AggKind::JsonAgg
+        ) {
             return Ok(());
         }
         let keys = inner_order(call.function());
@@ -234,7 +237,7 @@ impl Planner {
 pub(super) fn client_format_partial(kind: AggKind) -> Option<usize> {
     match kind {
         AggKind::Min | AggKind::Max => Some(1),
-        AggKind::StringAgg | AggKind::ArrayAgg => Some(0),
+        AggKind::StringAgg | AggKind::ArrayAgg | AggKind::JsonAgg => Some(0),
         _ => None,
     }
 }

@@ -859,14 +859,17 @@ impl Planner {
         if let Some(i) = slots.iter().position(|(t, _)| *t == text) {
             return Ok(i);
         }
-        let mut partials: Vec<usize> = call
+        // The partial in the client's format is the visible column itself.
+        let client = output.zip(gather::client_format_partial(call.func));
+        let partials: Vec<usize> = call
             .partial_exprs()?
             .into_iter()
-            .map(|e| self.hide(visible, e))
+            .enumerate()
+            .map(|(i, e)| match client {
+                Some((j, p)) if p == i => j,
+                _ => self.hide(visible, e),
+            })
             .collect();
-        if let (Some(j), Some(p)) = (output, gather::client_format_partial(call.func)) {
-            partials[p] = j;
-        }
         slots.push((
             text,
             AggSlot {

@@ -176,10 +176,7 @@ fn unmergeable_constructs_are_named() {
         refused("SELECT count(DISTINCT x), count(DISTINCT y) FROM t"),
         "count(DISTINCT ...) next to a DISTINCT aggregate of another argument"
     );
-    assert_eq!(
-        refused("SELECT string_agg(x, ',') FROM t"),
-        "aggregate string_agg()"
-    );
+    assert_eq!(refused("SELECT corr(x, y) FROM t"), "aggregate corr()");
     assert_eq!(
         refused("SELECT row_number() OVER () FROM t"),
         "window functions"
@@ -436,5 +433,70 @@ fn distinct_aggregates_that_may_repeat_across_shards_are_refused() {
     assert_eq!(
         grouped(&plan("SELECT count(DISTINCT id) FROM t")).distinct_value,
         None
+    );
+}
+
+#[test]
+fn ordered_gathered_aggregates_group_the_shards_by_their_order_keys() {
+    let p =
+        plan("SELECT g, string_agg(x, ',' ORDER BY y DESC, z) FILTER (WHERE w) FROM t GROUP BY g");
+    assert_eq!(
+        p.shard_sql,
+        "SELECT g, string_agg(x, ',' ORDER BY y DESC, z) FILTER (WHERE w), (',')::TEXT AS \"__shardgate_0\", y AS \"__shardgate_1\", z AS \"__shardgate_2\", g AS \"__shardgate_3\" FROM t GROUP BY g, y, z ORDER BY \"__shardgate_3\" ASC NULLS LAST, \"__shardgate_1\" DESC NULLS FIRST, \"__shardgate_2\" ASC NULLS LAST"
+    );
+    let g = grouped(&p);
+    assert!(g.gathered);
+    // The visible column is the partial (client's format), the separator hidden.
+    assert_eq!(g.aggregates[0].partials, vec![1, 2]);
+    assert_eq!(g.group_columns, vec![5]);
+}
+
+#[test]
+fn gathered_aggregates_without_order_or_on_one_shard_are_not_regrouped() {
+    for sql in [
+        "SELECT g, array_agg(x) FROM t GROUP BY g",
+        "SELECT id, json_agg(x ORDER BY y) FROM t GROUP BY id",
+    ] {
+        let p = plan(sql);
+        assert!(!grouped(&p).gathered, "{sql}");
+        assert!(
+            !p.shard_sql.contains("GROUP BY g, ") && !p.shard_sql.contains("id, y"),
+            "{sql}"
+        );
+    }
+}
+
+#[test]
+fn statistics_push_count_sums_avg_and_var_pop() {
+    let p = plan("SELECT stddev(x) FILTER (WHERE w) FROM t");
+    assert_eq!(
+        p.shard_sql,
+        "SELECT stddev(x) FILTER (WHERE w), count(x) FILTER (WHERE w) AS \"__shardgate_0\", sum(x) FILTER (WHERE w) AS \"__shardgate_1\", sum((x)::NUMERIC * (x)::NUMERIC) FILTER (WHERE w) AS \"__shardgate_2\", avg(x) FILTER (WHERE w) AS \"__shardgate_3\", var_pop(x) FILTER (WHERE w) AS \"__shardgate_4\" FROM t"
+    );
+    assert_eq!(grouped(&p).aggregates[0].partials, vec![1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn gathered_forms_that_cannot_combine_are_named() {
+    assert_eq!(
+        refused("SELECT string_agg(DISTINCT x, ',') FROM t"),
+        "string_agg(DISTINCT ...)"
+    );
+    assert_eq!(
+        refused("SELECT string_agg(x, y ORDER BY z) FROM t"),
+        "string_agg() with a separator that is not a constant"
+    );
+    assert!(
+        refused("SELECT string_agg(x, ',' ORDER BY y), array_agg(x ORDER BY z) FROM t")
+            .contains("ordered otherwise")
+    );
+    assert_eq!(
+        refused("SELECT count(DISTINCT x), array_agg(x ORDER BY y) FROM t"),
+        "count/sum/avg(DISTINCT ...) next to string_agg/array_agg(... ORDER BY ...)"
+    );
+    assert!(refused("SELECT 1, array_agg(x ORDER BY y) FROM t").contains("without GROUP BY"));
+    assert_eq!(
+        refused("SELECT variance(DISTINCT x) FROM t"),
+        "variance(DISTINCT ...)"
     );
 }

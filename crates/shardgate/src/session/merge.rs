@@ -1215,7 +1215,9 @@ fn output_oid(f: AggKind, partials: &[u32]) -> u32 {
         AggKind::BoolAnd | AggKind::BoolOr => oid::BOOL,
         AggKind::Avg => partials.get(2).copied().unwrap_or(oid::NUMERIC),
         AggKind::Sum | AggKind::Min | AggKind::Max => partials.first().copied().unwrap_or(0),
-        AggKind::StringAgg | AggKind::ArrayAgg => partials.first().copied().unwrap_or(0),
+        AggKind::StringAgg | AggKind::ArrayAgg | AggKind::JsonAgg => {
+            partials.first().copied().unwrap_or(0)
+        }
         AggKind::Statistic(_) => shardgate_merge::statistic_output_oid(partials),
     }
 }
