@@ -877,7 +877,8 @@ impl Run {
             if let Some(done) = self.group.take() {
                 self.finish_group(g, done, cout)?;
             } else if g.single_row && (g.distinct_value.is_some() || g.gathered) && self.sent == 0 {
-                // Grouped by the DISTINCT argument, the shards sent no row
+                // Grouped by the DISTINCT argument (or the ORDER BY keys of a
+                // gathered aggregate), the shards sent no row
                 // over no rows; the one row holds only aggregates (the plan
                 // checked), so its other fields are NULL.
                 let n = self.columns.as_ref().map_or(0, |c| c.types.len());
@@ -933,6 +934,13 @@ fn key_columns(plan: &MergePlan) -> Vec<usize> {
                 g.aggregates
                     .iter()
                     .filter(|a| matches!(a.func, AggKind::Min | AggKind::Max))
+                    .map(|a| a.partials[0]),
+            )
+            // A string_agg compared in HAVING or ORDER BY (a hidden partial).
+            .chain(
+                g.aggregates
+                    .iter()
+                    .filter(|a| a.func == AggKind::StringAgg && a.partials[0] >= plan.visible_fixed)
                     .map(|a| a.partials[0]),
             )
             .collect(),
