@@ -644,6 +644,11 @@ SELECT customer_id, json_agg(c ORDER BY id) FROM orders c WHERE customer_id < 20
 SELECT json_agg(name ORDER BY id) FROM customers WHERE false
 refuse: SELECT json_agg(c ORDER BY c.id) FROM customers c
 refuse: SELECT json_agg(ARRAY[id, qty] ORDER BY id) FROM orders
+SELECT array_agg(note ORDER BY id), jsonb_agg(note ORDER BY id), string_agg(note, ',' ORDER BY id) FROM orders WHERE note IS NULL AND id < 400
+ordered: SELECT status, array_agg(DISTINCT paid), count(*) FROM orders WHERE customer_id = 42 GROUP BY status ORDER BY status
+ordered: SELECT c.country, string_agg(o.status, '/' ORDER BY o.id), sum(o.qty), avg(o.amount) FROM customers c JOIN orders o ON o.customer_id = c.id WHERE o.id < 500 GROUP BY c.country ORDER BY c.country
+ordered: SELECT kind, array_agg(at ORDER BY at DESC NULLS LAST, id) FROM events WHERE id < 0 GROUP BY kind ORDER BY kind
+ordered: SELECT status, string_agg(note, ',' ORDER BY placed, id) FROM orders GROUP BY status ORDER BY max(qty), status LIMIT 3
 refuse: SELECT string_agg(DISTINCT status, ',' ORDER BY status) FROM orders
 refuse: SELECT string_agg(status, note ORDER BY id) FROM orders
 refuse: SELECT string_agg(status, ',' ORDER BY id), array_agg(id ORDER BY qty) FROM orders

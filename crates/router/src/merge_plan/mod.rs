@@ -160,8 +160,9 @@ pub struct GroupPlan {
     /// its binary column, the last merge key, so a group's rows arrive
     /// sorted by it and equal values from several shards are adjacent.
     pub distinct_value: Option<usize>,
-    /// The shards also group by the ORDER BY keys of `string_agg`/`array_agg`
-    /// (see `gather.rs`): without GROUP BY they send no row over no rows.
+    /// The shards also group by the ORDER BY keys of `string_agg`/`array_agg`/
+    /// `json_agg` (see `gather.rs`): without GROUP BY they send no row over
+    /// no rows.
     pub gathered: bool,
 }
 
@@ -427,8 +428,8 @@ struct Planner {
     /// A DISTINCT aggregate of a shard key was planned (its per-shard value
     /// is exact, but not summed over finer groups of another argument).
     key_distinct: Option<String>,
-    /// The ORDER BY inside the statement's `string_agg`/`array_agg` calls (as
-    /// text, and its keys).
+    /// The ORDER BY inside the statement's gathered aggregate calls (as text,
+    /// and its keys).
     gather_order: Option<(String, Vec<OrderByExpr>)>,
 }
 
@@ -849,8 +850,8 @@ impl Planner {
         }
         self.note_gathered(&call)?;
         // min/max output their winner's bytes as the client asked for them
-        // (the visible column; string_agg/array_agg concatenate them), so
-        // each output position has its own slot.
+        // (the visible column; gathered aggregates concatenate them), so each
+        // output position has its own slot.
         let output = output.filter(|_| gather::client_format_partial(call.func).is_some());
         let text = match output {
             Some(j) => format!("{}#{j}", call.text),
