@@ -4,7 +4,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::error::MergeError;
 use crate::float::{float4_text, float8_text};
-use crate::gather::Gathered;
+use crate::gather::{Gathered, SortedGather};
 use crate::key::{decode_key, key_supported, Key};
 use crate::numeric::Numeric;
 use crate::oid;
@@ -108,8 +108,10 @@ enum Acc {
     Bool { and: bool, value: Option<bool> },
     /// A variance or standard deviation.
     Stat { stat: Statistic, state: StatState },
-    /// string_agg / array_agg.
+    /// string_agg / array_agg / json_agg.
     Gather(Gathered),
+    /// The same with ORDER BY inside, its rows sorted before they combine.
+    SortedGather(SortedGather),
 }
 
 /// Combines one aggregate's partials from every shard (and from every row of one group).
@@ -417,8 +419,56 @@ impl AggState {
             }
             Acc::Stat { state, .. } => state.add(partials)?,
             Acc::Gather(g) => g.add(partials)?,
+            Acc::SortedGather(_) => {
+                return Err(MergeError::malformed(
+                    self.output_oid,
+                    "rows of an ordered aggregate without their ORDER BY keys",
+                ))
+            }
         }
         Ok(())
+    }
+
+    /// Makes a gathered aggregate (`string_agg`, `array_agg`, `json_agg`) sort its
+    /// rows by their ORDER BY keys (`(desc, nulls_first)` each) before combining them:
+    /// rows are then added with [`AggState::add_keyed`]. Other kinds →
+    /// [`MergeError::Unsupported`].
+    pub fn ordered(mut self, order: Vec<(bool, bool)>) -> Result<AggState, MergeError> {
+        self.acc = match self.acc {
+            Acc::Gather(g) => Acc::SortedGather(SortedGather::new(g, order)),
+            _ => {
+                return Err(MergeError::unsupported(
+                    self.output_oid,
+                    format!("{}(... ORDER BY ...)", self.kind.name()),
+                ))
+            }
+        };
+        Ok(self)
+    }
+
+    /// Adds one shard row's partials with the row's ORDER BY keys (an
+    /// [`AggState::ordered`] state; others ignore the keys).
+    pub fn add_keyed(
+        &mut self,
+        keys: Vec<Key>,
+        partials: &[Option<&[u8]>],
+    ) -> Result<(), MergeError> {
+        match &mut self.acc {
+            Acc::SortedGather(s) => {
+                if partials.len() != self.kind.partial_count() {
+                    return Err(MergeError::malformed(
+                        self.output_oid,
+                        format!(
+                            "{} expects {} partial values",
+                            self.kind.name(),
+                            self.kind.partial_count()
+                        ),
+                    ));
+                }
+                s.add(keys, partials)
+            }
+            _ => self.add(partials),
+        }
     }
 
     fn avg_count(partials: &[Option<&[u8]>]) -> Result<i64, MergeError> {
@@ -490,6 +540,7 @@ impl AggState {
                 Some(StatValue::Float(v)) => Some(float8_value(v, format)),
             },
             Acc::Gather(g) => g.finish(),
+            Acc::SortedGather(s) => s.combined()?.finish(),
         })
     }
 
@@ -522,6 +573,7 @@ impl AggState {
             Acc::Bool { value, .. } => value.map_or(Key::Null, Key::Bool),
             Acc::Stat { stat, state } => state.key(*stat)?,
             Acc::Gather(g) => g.key()?,
+            Acc::SortedGather(s) => s.combined()?.key()?,
         })
     }
 }

@@ -317,3 +317,68 @@ fn add_json(
     out.extend_from_slice(inner);
     Ok(())
 }
+
+/// A gathered aggregate with `ORDER BY` inside whose rows arrive in another order:
+/// each row's partials are kept with its ORDER BY keys and combined in that order
+/// (stable: ties stay in arrival order, which Postgres leaves unspecified too).
+#[derive(Debug, Clone)]
+pub(crate) struct SortedGather {
+    base: Gathered,
+    /// Per key: `(desc, nulls_first)`.
+    order: Vec<(bool, bool)>,
+    rows: Vec<(Vec<Key>, Vec<Option<Bytes>>)>,
+}
+
+impl SortedGather {
+    /// Sorts the rows of `base` by keys in `order` before combining them.
+    pub(crate) fn new(base: Gathered, order: Vec<(bool, bool)>) -> SortedGather {
+        SortedGather {
+            base,
+            order,
+            rows: Vec::new(),
+        }
+    }
+
+    /// Keeps one row's partials with its ORDER BY keys.
+    pub(crate) fn add(
+        &mut self,
+        keys: Vec<Key>,
+        partials: &[Option<&[u8]>],
+    ) -> Result<(), MergeError> {
+        if keys.len() != self.order.len() {
+            return Err(MergeError::malformed(
+                oid::TEXT,
+                format!(
+                    "expected {} ORDER BY keys, got {}",
+                    self.order.len(),
+                    keys.len()
+                ),
+            ));
+        }
+        let values = partials
+            .iter()
+            .map(|p| p.map(Bytes::copy_from_slice))
+            .collect();
+        self.rows.push((keys, values));
+        Ok(())
+    }
+
+    /// The rows combined in ORDER BY order.
+    pub(crate) fn combined(&self) -> Result<Gathered, MergeError> {
+        let mut rows: Vec<&(Vec<Key>, Vec<Option<Bytes>>)> = self.rows.iter().collect();
+        rows.sort_by(|a, b| {
+            a.0.iter()
+                .zip(&b.0)
+                .zip(&self.order)
+                .map(|((x, y), (desc, nulls_first))| x.cmp_sort(y, *desc, *nulls_first))
+                .find(|o| o.is_ne())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+        let mut out = self.base.clone();
+        for (_, values) in rows {
+            let values: Vec<Option<&[u8]>> = values.iter().map(|v| v.as_deref()).collect();
+            out.add(&values)?;
+        }
+        Ok(out)
+    }
+}

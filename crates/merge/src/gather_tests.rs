@@ -276,3 +276,26 @@ fn jsonb_agg_joins_binary_values() {
         Some(r#"[{"i": 1, "x": "a"}, {"i": 2, "x": "b"}]"#)
     );
 }
+
+#[test]
+fn ordered_rows_combine_in_their_keys_order() {
+    let mut st = AggState::new(AggKind::StringAgg, oid::TEXT, &[oid::TEXT, oid::TEXT])
+        .unwrap()
+        .ordered(vec![(true, true), (false, false)])
+        .unwrap();
+    // ORDER BY k1 DESC (NULLS FIRST), k2: rows arrive in another order.
+    for (k1, k2, v) in [
+        (Key::Int(1), Key::Int(2), "d"),
+        (Key::Null, Key::Int(9), "a"),
+        (Key::Int(5), Key::Int(1), "b"),
+        (Key::Int(1), Key::Int(1), "c"),
+    ] {
+        st.add_keyed(vec![k1, k2], &[Some(v.as_bytes()), Some(b"-")])
+            .unwrap();
+    }
+    assert_eq!(text(st.finish(0).unwrap()).as_deref(), Some("a-b-c-d"));
+    assert!(matches!(st.key().unwrap(), Key::Bytes(b) if b == "a-b-c-d"));
+    assert!(st.add(&[Some(b"x"), Some(b"-")]).is_err());
+    let count = AggState::new(AggKind::Count, oid::INT8, &[oid::INT8]).unwrap();
+    assert!(count.ordered(vec![(false, false)]).is_err());
+}

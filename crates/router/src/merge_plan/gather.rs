@@ -6,10 +6,11 @@
 //!   (`shardgate_merge`'s `variance.rs`).
 //! - `string_agg(x, sep)`, `array_agg(x)` and `json(b)_agg(x)` are computed by the shards and their
 //!   values concatenated by the proxy. With an `ORDER BY` inside, the shards also group
-//!   by its keys and sort by them after the group keys, so a group's rows arrive in the
-//!   aggregate's order and concatenating them in arrival order is that order (ties are
-//!   arbitrary, as in Postgres). All ordered gathered aggregates of a statement share one
-//!   ORDER BY. Without ORDER BY the order is unspecified and any concatenation is right.
+//!   by its keys (of every such aggregate), which travel as hidden columns
+//!   ([`super::AggSlot::order`]); the proxy keeps a group's rows with their keys and
+//!   combines them in the aggregate's order when the group is complete (ties are
+//!   arbitrary, as in Postgres). Without ORDER BY the order is unspecified and any
+//!   concatenation is right.
 //!   The separator must be a constant (the shards send it back as a partial).
 
 use sqlparser::ast::{
@@ -150,77 +151,30 @@ fn inner_order(f: &Function) -> Vec<OrderByExpr> {
 }
 
 impl Planner {
-    /// Records the ORDER BY inside a `string_agg`/`array_agg` call; refuses a
-    /// second, different one.
-    pub(super) fn note_gathered(&mut self, call: &AggCall) -> Result<(), Unmergeable> {
-        if !matches!(
+    /// The ORDER BY keys inside a gathered call, as hidden columns the shards also
+    /// group by (see [`Planner::gathered_group_by`]); empty without ORDER BY inside,
+    /// or when every group is on one shard (a shard's own value is exact then).
+    pub(super) fn gathered_order(
+        &mut self,
+        call: &AggCall,
+        visible: usize,
+    ) -> Result<Vec<SortKey>, Unmergeable> {
+        let gathered = matches!(
             call.func,
             AggKind::StringAgg | AggKind::ArrayAgg | AggKind::JsonAgg
-        ) {
-            return Ok(());
-        }
-        let keys = inner_order(call.function());
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let text = keys
-            .iter()
-            .map(|k| k.to_string())
-            .collect::<Vec<_>>()
-            .join(", ");
-        match &self.gather_order {
-            Some((t, _)) if *t != text => refuse(format!(
-                "{}(... ORDER BY {text}) next to a gathered aggregate ordered otherwise",
-                call.name()
-            )),
-            Some(_) => Ok(()),
-            None => {
-                self.gather_order = Some((text, keys));
-                Ok(())
-            }
-        }
-    }
-
-    /// The merge keys of the gathered aggregates' ORDER BY: the shards group by its
-    /// keys too (added to `select`), so a group's rows arrive in that order. Empty when
-    /// no gathered aggregate orders its input, or every group is on one shard.
-    pub(super) fn gathered_keys(
-        &mut self,
-        select: &mut Select,
-        visible: usize,
-        single_row: bool,
-        outputs: &[OutputColumn],
-        having: Option<&HavingExpr>,
-    ) -> Result<Vec<SortKey>, Unmergeable> {
-        let Some((_, order)) = self.gather_order.take() else {
-            return Ok(Vec::new());
-        };
-        if self.groups_on_one_shard {
+        );
+        if !gathered || self.groups_on_one_shard {
             return Ok(Vec::new());
         }
-        if self.spread_distinct.is_some() || self.key_distinct.is_some() {
-            return refuse(
-                "count/sum/avg(DISTINCT ...) next to string_agg/array_agg(... ORDER BY ...)",
-            );
-        }
-        // Over no rows the shards then send no row, and the proxy makes the
-        // one row from the aggregates alone.
-        if single_row
-            && (outputs.contains(&OutputColumn::Group) || having.is_some_and(having_uses_column))
-        {
-            return refuse(
-                "string_agg/array_agg(... ORDER BY ...) without GROUP BY next to a value that is no aggregate",
-            );
-        }
-        let mut keys = Vec::with_capacity(order.len());
-        for o in order {
+        let mut keys = Vec::new();
+        for o in inner_order(call.function()) {
             let (desc, nulls_first) = direction(&o.options)?;
             if mentions_aggregate(&o.expr) {
                 return refuse("aggregates in an aggregate's ORDER BY");
             }
-            match &mut select.group_by {
-                GroupByExpr::Expressions(exprs, _) => exprs.push(o.expr.clone()),
-                GroupByExpr::All(_) => return refuse("GROUP BY ALL"),
+            let text = o.expr.to_string();
+            if !self.gather_exprs.iter().any(|e| e.to_string() == text) {
+                self.gather_exprs.push(o.expr.clone());
             }
             keys.push(SortKey {
                 column: self.hide(visible, o.expr),
@@ -229,6 +183,42 @@ impl Planner {
             });
         }
         Ok(keys)
+    }
+
+    /// Adds the gathered aggregates' ORDER BY keys to the shards' GROUP BY, so each
+    /// shard row holds one combination of them and the proxy can order the rows of
+    /// a group. Whether it did.
+    pub(super) fn gathered_group_by(
+        &mut self,
+        select: &mut Select,
+        single_row: bool,
+        outputs: &[OutputColumn],
+        having: Option<&HavingExpr>,
+    ) -> Result<bool, Unmergeable> {
+        let exprs = std::mem::take(&mut self.gather_exprs);
+        if exprs.is_empty() {
+            return Ok(false);
+        }
+        // A shard's DISTINCT count of its key would be summed over finer rows.
+        if let Some(name) = &self.key_distinct {
+            return refuse(format!(
+                "{name}(DISTINCT <shard key>) next to string_agg/array_agg/json_agg(... ORDER BY ...)"
+            ));
+        }
+        // Over no rows the shards then send no row, and the proxy makes the
+        // one row from the aggregates alone.
+        if single_row
+            && (outputs.contains(&OutputColumn::Group) || having.is_some_and(having_uses_column))
+        {
+            return refuse(
+                "string_agg/array_agg/json_agg(... ORDER BY ...) without GROUP BY next to a value that is no aggregate",
+            );
+        }
+        match &mut select.group_by {
+            GroupByExpr::Expressions(list, _) => list.extend(exprs),
+            GroupByExpr::All(_) => return refuse("GROUP BY ALL"),
+        }
+        Ok(true)
     }
 }
 

@@ -161,8 +161,8 @@ pub struct GroupPlan {
     /// sorted by it and equal values from several shards are adjacent.
     pub distinct_value: Option<usize>,
     /// The shards also group by the ORDER BY keys of `string_agg`/`array_agg`/
-    /// `json_agg` (see `gather.rs`): without GROUP BY they send no row over
-    /// no rows.
+    /// `json_agg` ([`AggSlot::order`]): without GROUP BY they send no row
+    /// over no rows.
     pub gathered: bool,
 }
 
@@ -178,6 +178,10 @@ pub struct AggSlot {
     /// adds, per distinct value of a group, the partials of its first row
     /// that holds the value (FILTER may leave it out on some shards).
     pub distinct: bool,
+    /// The ORDER BY inside a gathered aggregate (`string_agg`, `array_agg`,
+    /// `json_agg`): its keys' hidden columns, which the shards also group
+    /// by; the proxy orders a group's rows by them before combining.
+    pub order: Vec<SortKey>,
 }
 
 /// Where a visible column's value comes from in grouped mode.
@@ -428,9 +432,9 @@ struct Planner {
     /// A DISTINCT aggregate of a shard key was planned (its per-shard value
     /// is exact, but not summed over finer groups of another argument).
     key_distinct: Option<String>,
-    /// The ORDER BY inside the statement's gathered aggregate calls (as text,
-    /// and its keys).
-    gather_order: Option<(String, Vec<OrderByExpr>)>,
+    /// The ORDER BY keys inside the statement's gathered aggregate calls,
+    /// which the shards also group by.
+    gather_exprs: Vec<Expr>,
 }
 
 impl Planner {
@@ -709,8 +713,7 @@ impl Planner {
                 nulls_first,
             });
         }
-        let gathered =
-            self.gathered_keys(select, visible, single_row, &outputs, having.as_ref())?;
+        let gathered = self.gathered_group_by(select, single_row, &outputs, having.as_ref())?;
         let distinct_value = match self.spread_distinct.take() {
             None => None,
             Some(x) => {
@@ -779,11 +782,6 @@ impl Planner {
                 });
             }
         }
-        for k in &gathered {
-            if !merge_keys.iter().any(|m| m.column == k.column) {
-                merge_keys.push(*k);
-            }
-        }
         let final_sort = if streams || single_row {
             Vec::new()
         } else {
@@ -803,7 +801,7 @@ impl Planner {
             final_sort,
             single_row,
             distinct_value,
-            gathered: !gathered.is_empty(),
+            gathered,
         }))
     }
 
@@ -848,7 +846,6 @@ impl Planner {
         } else if call.distinct && !self.groups_on_one_shard {
             self.key_distinct = Some(call.name());
         }
-        self.note_gathered(&call)?;
         // min/max output their winner's bytes as the client asked for them
         // (the visible column; gathered aggregates concatenate them), so each
         // output position has its own slot.
@@ -871,12 +868,14 @@ impl Planner {
                 _ => self.hide(visible, e),
             })
             .collect();
+        let order = self.gathered_order(&call, visible)?;
         slots.push((
             text,
             AggSlot {
                 func: call.func,
                 partials,
                 distinct: spread,
+                order,
             },
         ));
         Ok(slots.len() - 1)

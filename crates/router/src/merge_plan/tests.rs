@@ -442,13 +442,32 @@ fn ordered_gathered_aggregates_group_the_shards_by_their_order_keys() {
         plan("SELECT g, string_agg(x, ',' ORDER BY y DESC, z) FILTER (WHERE w) FROM t GROUP BY g");
     assert_eq!(
         p.shard_sql,
-        "SELECT g, string_agg(x, ',' ORDER BY y DESC, z) FILTER (WHERE w), (',')::TEXT AS \"__shardgate_0\", y AS \"__shardgate_1\", z AS \"__shardgate_2\", g AS \"__shardgate_3\" FROM t GROUP BY g, y, z ORDER BY \"__shardgate_3\" ASC NULLS LAST, \"__shardgate_1\" DESC NULLS FIRST, \"__shardgate_2\" ASC NULLS LAST"
+        "SELECT g, string_agg(x, ',' ORDER BY y DESC, z) FILTER (WHERE w), (',')::TEXT AS \"__shardgate_0\", y AS \"__shardgate_1\", z AS \"__shardgate_2\", g AS \"__shardgate_3\" FROM t GROUP BY g, y, z ORDER BY \"__shardgate_3\" ASC NULLS LAST"
     );
     let g = grouped(&p);
     assert!(g.gathered);
     // The visible column is the partial (client's format), the separator hidden.
-    assert_eq!(g.aggregates[0].partials, vec![1, 2]);
+    let slot = &g.aggregates[0];
+    assert_eq!(slot.partials, vec![1, 2]);
+    let order: Vec<_> = slot
+        .order
+        .iter()
+        .map(|k| (k.column, k.desc, k.nulls_first))
+        .collect();
+    assert_eq!(order, vec![(3, true, true), (4, false, false)]);
     assert_eq!(g.group_columns, vec![5]);
+}
+
+#[test]
+fn gathered_aggregates_ordered_otherwise_or_next_to_distinct_ones_combine() {
+    let p = plan(
+        "SELECT string_agg(x, ',' ORDER BY y), array_agg(x ORDER BY z), count(DISTINCT x) FROM t",
+    );
+    assert!(p.shard_sql.contains("GROUP BY y, z, x"), "{}", p.shard_sql);
+    let g = grouped(&p);
+    assert!(g.gathered && g.distinct_value.is_some());
+    assert_eq!(g.aggregates[0].order.len(), 1);
+    assert_ne!(g.aggregates[0].order, g.aggregates[1].order);
 }
 
 #[test]
@@ -486,13 +505,9 @@ fn gathered_forms_that_cannot_combine_are_named() {
         refused("SELECT string_agg(x, y ORDER BY z) FROM t"),
         "string_agg() with a separator that is not a constant"
     );
-    assert!(
-        refused("SELECT string_agg(x, ',' ORDER BY y), array_agg(x ORDER BY z) FROM t")
-            .contains("ordered otherwise")
-    );
     assert_eq!(
-        refused("SELECT count(DISTINCT x), array_agg(x ORDER BY y) FROM t"),
-        "count/sum/avg(DISTINCT ...) next to string_agg/array_agg(... ORDER BY ...)"
+        refused("SELECT count(DISTINCT id), array_agg(x ORDER BY y) FROM t"),
+        "count(DISTINCT <shard key>) next to string_agg/array_agg/json_agg(... ORDER BY ...)"
     );
     assert!(refused("SELECT 1, array_agg(x ORDER BY y) FROM t").contains("without GROUP BY"));
     assert_eq!(

@@ -770,7 +770,17 @@ impl Run {
                 .iter()
                 .map(|c| field(&head.row, &fields, *c))
                 .collect();
-            state.add(&values).map_err(merge_error)?;
+            if slot.order.is_empty() {
+                state.add(&values).map_err(merge_error)?;
+            } else {
+                let columns = self.columns.as_ref().expect("described");
+                let keys = slot
+                    .order
+                    .iter()
+                    .map(|k| key_at(&head.row, &fields, columns, k.column))
+                    .collect::<Result<_, _>>()?;
+                state.add_keyed(keys, &values).map_err(merge_error)?;
+            }
             if slot.distinct {
                 *counted = counts_a_value(slot.func, &values);
             }
@@ -800,7 +810,14 @@ impl Run {
                         ));
                     }
                 }
-                AggState::new(slot.func, output_oid(slot.func, &oids), &oids).map_err(merge_error)
+                let state = AggState::new(slot.func, output_oid(slot.func, &oids), &oids);
+                match &slot.order[..] {
+                    [] => state,
+                    keys => state.and_then(|s| {
+                        s.ordered(keys.iter().map(|k| (k.desc, k.nulls_first)).collect())
+                    }),
+                }
+                .map_err(merge_error)
             })
             .collect()
     }
@@ -935,6 +952,12 @@ fn key_columns(plan: &MergePlan) -> Vec<usize> {
                     .iter()
                     .filter(|a| matches!(a.func, AggKind::Min | AggKind::Max))
                     .map(|a| a.partials[0]),
+            )
+            // The ORDER BY keys inside gathered aggregates.
+            .chain(
+                g.aggregates
+                    .iter()
+                    .flat_map(|a| a.order.iter().map(|k| k.column)),
             )
             // A string_agg compared in HAVING or ORDER BY (a hidden partial).
             .chain(
