@@ -1,8 +1,9 @@
-//! Combining `string_agg` and `array_agg` partials from several shards.
+//! Combining `string_agg`, `array_agg` and `json_agg` partials from several shards.
 //!
-//! The shards' rows of one group arrive in the order of the aggregate's inner
-//! `ORDER BY` (the planner makes the shards group by its keys too), so the combined
-//! value is the shards' partial values concatenated in arrival order:
+//! The combined value is the partial values of a group's rows concatenated: in
+//! arrival order without `ORDER BY` inside (any order is right then), otherwise in
+//! the order of the rows' ORDER BY keys ([`SortedGather`]; the planner makes the
+//! shards group by those keys too, so each row holds one combination of them):
 //!
 //! - `string_agg(x, sep)`: partials `[string_agg(...), sep::text]`; the non-NULL
 //!   partial strings joined by the (constant) separator, NULL separator = none.
@@ -15,7 +16,7 @@
 //!   a newline before rows and arrays after the first: joining a partial that starts
 //!   with `{` or `[` is refused (a json object input would not have it).
 //!
-//! A group's gathered value lives until the group is emitted.
+//! A group's gathered values (and keys) live until the group is emitted.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
