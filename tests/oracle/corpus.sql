@@ -651,6 +651,7 @@ ordered: SELECT kind, array_agg(at ORDER BY at DESC NULLS LAST, id) FROM events 
 ordered: SELECT status, string_agg(note, ',' ORDER BY placed, id) FROM orders GROUP BY status ORDER BY max(qty), status LIMIT 3
 refuse: SELECT string_agg(DISTINCT status, ',' ORDER BY status) FROM orders
 refuse: SELECT string_agg(status, note ORDER BY id) FROM orders
+refuse: SELECT string_agg(status, ',' ORDER BY status COLLATE "C", id) FROM orders
 SELECT string_agg(status, ',' ORDER BY id), array_agg(id ORDER BY qty, id DESC), json_agg(note ORDER BY note NULLS FIRST, id) FROM orders
 ordered: SELECT paid, array_agg(id ORDER BY amount DESC NULLS LAST, id), string_agg(note, ',' ORDER BY placed, id) FILTER (WHERE qty < 30) FROM orders GROUP BY paid ORDER BY paid
 SELECT count(DISTINCT qty), string_agg(status, ',' ORDER BY id) FROM orders

@@ -172,7 +172,12 @@ impl Planner {
             if mentions_aggregate(&o.expr) {
                 return refuse("aggregates in an aggregate's ORDER BY");
             }
+            // The proxy orders text bytewise (the database's collation was
+            // checked to be C); another collation named here would not be.
             let text = o.expr.to_string();
+            if crate::lexer::Lexer::new(&text).any(|t| t.is_keyword("collate")) {
+                return refuse(format!("{}(... ORDER BY ... COLLATE ...)", call.name()));
+            }
             if !self.gather_exprs.iter().any(|e| e.to_string() == text) {
                 self.gather_exprs.push(o.expr.clone());
             }

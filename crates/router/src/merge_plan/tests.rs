@@ -514,4 +514,8 @@ fn gathered_forms_that_cannot_combine_are_named() {
         refused("SELECT variance(DISTINCT x) FROM t"),
         "variance(DISTINCT ...)"
     );
+    assert_eq!(
+        refused("SELECT array_agg(x ORDER BY y COLLATE \"de_DE\") FROM t"),
+        "array_agg(... ORDER BY ... COLLATE ...)"
+    );
 }
