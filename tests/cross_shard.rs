@@ -840,6 +840,7 @@ async fn collation_and_user_aggregates_are_refused_not_guessed() {
         "SELECT name FROM t ORDER BY name",
         "SELECT name, count(*) FROM t GROUP BY name",
         "SELECT max(name) FROM t",
+        "SELECT string_agg(name, ',' ORDER BY name) FROM t",
     ] {
         let err = client.simple_query(sql).await.expect_err(sql);
         let db = err.as_db_error().expect("a server error");

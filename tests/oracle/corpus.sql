@@ -598,6 +598,94 @@ SELECT count(DISTINCT qty) FILTER (WHERE paid), count(DISTINCT qty) FILTER (WHER
 ordered: SELECT status, count(DISTINCT qty) FILTER (WHERE small > 0), avg(DISTINCT qty) FILTER (WHERE paid IS NULL), count(*) FILTER (WHERE paid) FROM orders GROUP BY status ORDER BY status NULLS FIRST
 SELECT tier FROM customers GROUP BY tier HAVING count(DISTINCT country) FILTER (WHERE vip) > 2
 
+-- @gathered-aggregates
+-- string_agg / array_agg: with ORDER BY inside the shards also group by its
+-- keys and the proxy concatenates in that order; without it only results
+-- whose order cannot vary are compared.
+SELECT status, string_agg(note, ',' ORDER BY id) FROM orders GROUP BY status
+SELECT string_agg(status, ',' ORDER BY id) FROM orders
+SELECT array_agg(id ORDER BY id) FROM orders
+SELECT customer_id, array_agg(id ORDER BY id) FROM orders GROUP BY customer_id
+SELECT array_agg(amount ORDER BY id) FROM orders
+SELECT array_agg(id ORDER BY id DESC) FROM orders WHERE qty > 20
+ordered: SELECT status, string_agg(note, '; ' ORDER BY id) FROM orders GROUP BY status ORDER BY status
+ordered: SELECT status, array_agg(note ORDER BY id), count(*), sum(qty) FROM orders GROUP BY status ORDER BY status
+ordered: SELECT paid, string_agg(id::text, ',' ORDER BY id) FILTER (WHERE qty > 10), array_agg(price ORDER BY id) FILTER (WHERE price < 0) FROM orders GROUP BY paid ORDER BY paid
+SELECT string_agg(name, ',' ORDER BY id) FROM customers WHERE false
+SELECT array_agg(id ORDER BY id), string_agg(kind, '|' ORDER BY id), count(*) FROM events WHERE value < -1000000000000
+ordered: SELECT country, string_agg(name, ',' ORDER BY score DESC NULLS LAST, id) FROM customers GROUP BY country ORDER BY country
+ordered: SELECT country, array_agg(score ORDER BY score NULLS FIRST, id DESC) FROM customers GROUP BY country ORDER BY country
+SELECT array_agg(note ORDER BY id), array_agg(status ORDER BY id) FROM orders WHERE id < 300
+SELECT array_agg(status ORDER BY status, id) FROM orders WHERE id % 7 = 0
+SELECT string_agg(status, NULL ORDER BY id) FROM orders WHERE id < 50
+SELECT array_agg(weight ORDER BY id), array_agg(ratio ORDER BY id), array_agg(big ORDER BY id) FROM orders WHERE id < 40
+SELECT array_agg(placed ORDER BY id), array_agg(paid ORDER BY id), array_agg(small ORDER BY id) FROM orders WHERE customer_id < 40
+SELECT array_agg(created ORDER BY id), array_agg(credit ORDER BY id), array_agg(vip ORDER BY id) FROM customers WHERE id < 60
+ordered: SELECT status, string_agg(note, ',' ORDER BY id) FROM orders GROUP BY status HAVING count(*) > 100 ORDER BY status
+ordered: SELECT status, string_agg(note, ',' ORDER BY id) AS s FROM orders GROUP BY status ORDER BY count(*) DESC, status
+ordered: SELECT status, array_agg(id ORDER BY id) FROM orders GROUP BY status ORDER BY status LIMIT 2 OFFSET 1
+ordered: SELECT status, string_agg(status, ',' ORDER BY id) FROM orders WHERE qty > 45 GROUP BY status HAVING string_agg(status, ',' ORDER BY id) > 'p' ORDER BY status
+SELECT customer_id, string_agg(status, ',' ORDER BY id), array_agg(qty ORDER BY id) FROM orders WHERE customer_id < 50 GROUP BY customer_id
+SELECT array_agg(c.name ORDER BY o.id) FROM orders o JOIN customers c ON c.id = o.customer_id WHERE o.qty = 5
+SELECT string_agg(kind, ',' ORDER BY value DESC, id), array_agg(ok ORDER BY value DESC, id) FROM events WHERE id < 300
+SELECT min(id), max(amount), avg(qty), string_agg(note, ',' ORDER BY id) FILTER (WHERE paid), array_agg(id ORDER BY id) FILTER (WHERE paid IS NULL) FROM orders
+SELECT array_agg(amount ORDER BY amount NULLS FIRST, id) FROM orders WHERE id < 200
+ordered: SELECT placed, array_agg(id ORDER BY id) FROM orders WHERE placed IS NOT NULL GROUP BY placed ORDER BY placed LIMIT 20
+SELECT id, string_agg(status, ','), array_agg(qty) FROM orders WHERE id < 400 GROUP BY id
+SELECT customer_id, string_agg(status, ','), array_agg(id) FROM orders WHERE customer_id BETWEEN 10 AND 12 AND qty = 3 GROUP BY customer_id
+SELECT string_agg(status, ',') FROM orders WHERE id = 17
+SELECT array_agg(x ORDER BY x) FROM (SELECT qty AS x FROM orders WHERE id < 100) s
+SELECT json_agg(id ORDER BY id) FROM orders
+SELECT jsonb_agg(note ORDER BY id), json_agg(note ORDER BY id) FROM orders WHERE id < 300
+ordered: SELECT status, json_agg(amount ORDER BY id), jsonb_agg(placed ORDER BY id) FILTER (WHERE paid) FROM orders GROUP BY status ORDER BY status
+SELECT jsonb_agg(c ORDER BY c.id) FROM customers c WHERE id < 40
+SELECT json_agg(weight ORDER BY id), jsonb_agg(ratio ORDER BY id), json_agg(paid ORDER BY id), jsonb_agg(big ORDER BY id) FROM orders WHERE id < 100
+SELECT customer_id, json_agg(c ORDER BY id) FROM orders c WHERE customer_id < 20 GROUP BY customer_id
+SELECT json_agg(name ORDER BY id) FROM customers WHERE false
+refuse: SELECT json_agg(c ORDER BY c.id) FROM customers c
+refuse: SELECT json_agg(ARRAY[id, qty] ORDER BY id) FROM orders
+SELECT array_agg(note ORDER BY id), jsonb_agg(note ORDER BY id), string_agg(note, ',' ORDER BY id) FROM orders WHERE note IS NULL AND id < 400
+ordered: SELECT status, array_agg(DISTINCT paid), count(*) FROM orders WHERE customer_id = 42 GROUP BY status ORDER BY status
+ordered: SELECT c.country, string_agg(o.status, '/' ORDER BY o.id), sum(o.qty), avg(o.amount) FROM customers c JOIN orders o ON o.customer_id = c.id WHERE o.id < 500 GROUP BY c.country ORDER BY c.country
+ordered: SELECT kind, array_agg(at ORDER BY at DESC NULLS LAST, id) FROM events WHERE id < 0 GROUP BY kind ORDER BY kind
+ordered: SELECT status, string_agg(note, ',' ORDER BY placed, id) FROM orders GROUP BY status ORDER BY max(qty), status LIMIT 3
+refuse: SELECT string_agg(DISTINCT status, ',' ORDER BY status) FROM orders
+refuse: SELECT string_agg(status, note ORDER BY id) FROM orders
+refuse: SELECT string_agg(status, ',' ORDER BY status COLLATE "C", id) FROM orders
+SELECT string_agg(status, ',' ORDER BY id), array_agg(id ORDER BY qty, id DESC), json_agg(note ORDER BY note NULLS FIRST, id) FROM orders
+ordered: SELECT paid, array_agg(id ORDER BY amount DESC NULLS LAST, id), string_agg(note, ',' ORDER BY placed, id) FILTER (WHERE qty < 30) FROM orders GROUP BY paid ORDER BY paid
+SELECT count(DISTINCT qty), string_agg(status, ',' ORDER BY id) FROM orders
+ordered: SELECT status, count(DISTINCT qty), sum(DISTINCT qty), array_agg(id ORDER BY id) FILTER (WHERE qty > 40), count(*) FROM orders GROUP BY status ORDER BY status
+refuse: SELECT count(DISTINCT customer_id), string_agg(status, ',' ORDER BY id) FROM orders
+refuse: SELECT 'x', array_agg(id ORDER BY id) FROM orders
+
+-- @statistics
+-- variance/stddev: exact numeric over integers and numeric, float8 over floats.
+SELECT stddev(amount) FROM orders
+SELECT variance(qty) FROM orders
+SELECT stddev(amount), variance(amount), stddev_pop(amount), var_pop(amount), stddev_samp(amount), var_samp(amount) FROM orders
+SELECT stddev(qty), variance(qty), var_pop(small), stddev_pop(small), var_samp(small) FROM orders
+SELECT variance(big), stddev(big), var_pop(big), stddev_pop(big) FROM orders
+SELECT stddev(price), var_samp(price), stddev_pop(price), var_pop(price) FROM orders
+SELECT stddev(weight), variance(weight), var_pop(ratio), stddev_pop(ratio), stddev(ratio), var_samp(weight) FROM orders
+ordered: SELECT status, stddev(amount), var_pop(qty), variance(weight), stddev_pop(price) FROM orders GROUP BY status ORDER BY status
+SELECT customer_id, variance(amount), stddev(qty), stddev_pop(price), var_pop(weight) FROM orders GROUP BY customer_id
+SELECT stddev(amount), variance(qty), stddev(weight) FROM orders WHERE id = 5
+SELECT stddev_pop(amount), var_pop(qty), var_pop(weight) FROM orders WHERE id = 5
+SELECT variance(value), stddev(value), stddev_pop(value) FROM events
+SELECT variance(score), stddev(tier), stddev(credit), var_pop(credit) FROM customers
+SELECT stddev(amount) FILTER (WHERE paid), variance(qty) FILTER (WHERE qty > 10), var_pop(price) FILTER (WHERE price < 0) FROM orders
+SELECT stddev(n), variance(v), var_pop(f), stddev_pop(k) FROM empty_t
+ordered: SELECT paid, stddev(price) FROM orders GROUP BY paid HAVING variance(qty) > 10 ORDER BY stddev(price)
+SELECT variance(amount), stddev_pop(amount) FROM orders WHERE amount IS NULL
+SELECT variance(qty * 0), stddev(qty * 0), stddev(1), var_pop(2.50) FROM orders
+ordered: SELECT country, stddev(score), variance(credit), stddev_pop(tier) FROM customers GROUP BY country ORDER BY country
+ordered: SELECT status, variance(-qty * 1000000), stddev(amount * 1000000000) FROM orders GROUP BY status ORDER BY status
+ordered: SELECT tier, stddev(price), variance(price), count(*) FROM customers c JOIN orders o ON o.customer_id = c.id GROUP BY tier ORDER BY tier
+ordered: SELECT kind, stddev(value), var_pop(value) FROM events GROUP BY kind ORDER BY variance(value) DESC NULLS LAST, kind
+SELECT stddev(amount::float8), variance(qty::float4), stddev(price::float8) FROM orders
+refuse: SELECT stddev(DISTINCT qty) FROM orders
+
 -- @refuse
 -- Cannot be answered exactly by merging per-shard results: must be 0A000
 -- (an exact answer is also accepted).
@@ -608,10 +696,6 @@ refuse: SELECT status, count(DISTINCT qty) FROM orders GROUP BY status HAVING co
 refuse: SELECT sum(DISTINCT amount) FROM orders
 refuse: SELECT status, avg(DISTINCT weight) FROM orders GROUP BY status
 refuse: SELECT 'x', count(DISTINCT qty) FROM orders
-refuse: SELECT status, string_agg(note, ',' ORDER BY id) FROM orders GROUP BY status
-refuse: SELECT string_agg(status, ',' ORDER BY id) FROM orders
-refuse: SELECT array_agg(id ORDER BY id) FROM orders
-refuse: SELECT customer_id, array_agg(id ORDER BY id) FROM orders GROUP BY customer_id
 refuse: SELECT id, row_number() OVER (ORDER BY id) FROM orders
 refuse: SELECT id, sum(amount) OVER (PARTITION BY status ORDER BY id) FROM orders
 refuse: SELECT id, rank() OVER (ORDER BY amount) FROM orders
@@ -624,11 +708,8 @@ refuse: SELECT count(*) FROM orders a JOIN orders b ON a.id = b.id
 refuse: SELECT c.id, o.id FROM customers c JOIN orders o ON o.qty = c.tier
 refuse: SELECT id FROM orders WHERE id IN (SELECT id FROM events)
 refuse: SELECT count(*) FROM customers c WHERE c.name IN (SELECT status FROM orders)
-refuse: SELECT stddev(amount) FROM orders
-refuse: SELECT variance(qty) FROM orders
 refuse: SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY amount) FROM orders
 refuse: SELECT mode() WITHIN GROUP (ORDER BY status) FROM orders
-refuse: SELECT json_agg(id ORDER BY id) FROM orders
 refuse: SELECT status, count(*) FROM orders GROUP BY ROLLUP (status)
 refuse: SELECT status, paid, count(*) FROM orders GROUP BY GROUPING SETS ((status), (paid))
 refuse: SELECT count(*) FROM (SELECT * FROM orders ORDER BY id LIMIT 10) s

@@ -6,7 +6,8 @@
 //! `CASE`, text and date functions), WHERE predicates (comparisons,
 //! `IS NULL`, IN lists, BETWEEN, LIKE, AND/OR/NOT, shard key = constant,
 //! co-located `IN` subqueries), GROUP BY with aggregates (`FILTER`,
-//! `DISTINCT`, `string_agg`/`array_agg` with a total `ORDER BY` inside,
+//! `DISTINCT`, `string_agg`/`array_agg`/`json(b)_agg` with a total `ORDER BY` inside,
+//! `stddev`/`variance` and their `_samp`/`_pop` forms,
 //! expressions over aggregates), HAVING, ORDER BY, LIMIT/OFFSET, DISTINCT,
 //! joins (orders with customers on the shard key, customers with the
 //! countries reference table) and subqueries in FROM. Some shapes aim at
@@ -805,10 +806,18 @@ fn aggregate(rng: &mut Rng, src: &Source) -> Agg {
                     Ty::Text,
                     Dom::Note,
                 )
-            } else {
+            } else if rng.chance(70) {
                 agg(
                     format!("array_agg({s} ORDER BY {order}){f}"),
                     true,
+                    Ty::Text,
+                    Dom::Note,
+                )
+            } else {
+                let j = rng.pick(&["json_agg", "jsonb_agg"]);
+                agg(
+                    format!("{j}({s} ORDER BY {order}){f}"),
+                    false,
                     Ty::Text,
                     Dom::Note,
                 )
@@ -836,7 +845,22 @@ fn aggregate(rng: &mut Rng, src: &Source) -> Agg {
             Dom::Note,
         ),
         93 if e.ty.is_int() => agg(format!("sum(DISTINCT {s})"), true, Ty::Numeric, e.dom),
-        94 if e.ty.is_int() => agg(format!("stddev({s})"), false, Ty::Numeric, e.dom),
+        94 if e.ty.is_number() => {
+            let name = rng.pick(&[
+                "stddev",
+                "variance",
+                "stddev_pop",
+                "var_pop",
+                "stddev_samp",
+                "var_samp",
+            ]);
+            let ty = if e.ty.is_float() {
+                Ty::Float8
+            } else {
+                Ty::Numeric
+            };
+            agg(format!("{name}({s}){f}"), false, ty, e.dom)
+        }
         _ => agg(format!("count({s})"), true, Ty::Int8, Dom::Small(0, 300)),
     }
 }

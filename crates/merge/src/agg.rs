@@ -4,9 +4,11 @@ use bytes::{Bytes, BytesMut};
 
 use crate::error::MergeError;
 use crate::float::{float4_text, float8_text};
+use crate::gather::{Gathered, SortedGather};
 use crate::key::{decode_key, key_supported, Key};
 use crate::numeric::Numeric;
 use crate::oid;
+use crate::variance::{StatState, StatValue, Statistic};
 
 /// The aggregates the proxy can combine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,18 +27,35 @@ pub enum AggKind {
     BoolAnd,
     /// `bool_or(x)`.
     BoolOr,
+    /// `string_agg(x, sep)` over text (see `gather.rs`).
+    StringAgg,
+    /// `array_agg(x)` (see `gather.rs`).
+    ArrayAgg,
+    /// `json_agg(x)` / `jsonb_agg(x)` (see `gather.rs`).
+    JsonAgg,
+    /// `var_samp`/`var_pop`/`stddev_samp`/`stddev_pop` (see `variance.rs`).
+    Statistic(Statistic),
 }
 
 impl AggKind {
     /// How many partial columns the proxy pushes to each shard for this kind, in this
     /// order: Count → [count(args)]; Sum → [sum(x)]; Avg → [sum(x), count(x), avg(x)];
     /// Min → [min(x) binary, min(x) in the client's format]; Max → same with max;
-    /// BoolAnd → [bool_and(x)]; BoolOr → [bool_or(x)].
+    /// BoolAnd → [bool_and(x)]; BoolOr → [bool_or(x)]; StringAgg → [string_agg(x, sep),
+    /// sep::text]; ArrayAgg → [array_agg(x) in the client's format]; JsonAgg →
+    /// [json_agg(x) or jsonb_agg(x) in the client's format]; Statistic →
+    /// [count(x), sum(x), sum(x::numeric * x::numeric), avg(x), var_pop(x)].
     pub fn partial_count(self) -> usize {
         match self {
+            AggKind::Statistic(_) => 5,
             AggKind::Avg => 3,
-            AggKind::Min | AggKind::Max => 2,
-            AggKind::Count | AggKind::Sum | AggKind::BoolAnd | AggKind::BoolOr => 1,
+            AggKind::Min | AggKind::Max | AggKind::StringAgg => 2,
+            AggKind::Count
+            | AggKind::Sum
+            | AggKind::BoolAnd
+            | AggKind::BoolOr
+            | AggKind::ArrayAgg
+            | AggKind::JsonAgg => 1,
         }
     }
 
@@ -49,6 +68,10 @@ impl AggKind {
             AggKind::Max => "max",
             AggKind::BoolAnd => "bool_and",
             AggKind::BoolOr => "bool_or",
+            AggKind::StringAgg => "string_agg",
+            AggKind::ArrayAgg => "array_agg",
+            AggKind::JsonAgg => "json_agg",
+            AggKind::Statistic(s) => s.name(),
         }
     }
 }
@@ -83,6 +106,12 @@ enum Acc {
     },
     /// bool_and / bool_or.
     Bool { and: bool, value: Option<bool> },
+    /// A variance or standard deviation.
+    Stat { stat: Statistic, state: StatState },
+    /// string_agg / array_agg / json_agg.
+    Gather(Gathered),
+    /// The same with ORDER BY inside, its rows sorted before they combine.
+    SortedGather(SortedGather),
 }
 
 /// Combines one aggregate's partials from every shard (and from every row of one group).
@@ -241,6 +270,13 @@ impl AggState {
                 },
                 _ => return Err(unsupported()),
             },
+            AggKind::Statistic(stat) => Acc::Stat {
+                stat,
+                state: StatState::new(stat, partial_oids)?,
+            },
+            AggKind::StringAgg => Acc::Gather(Gathered::string_agg(partial_oids)?),
+            AggKind::ArrayAgg => Acc::Gather(Gathered::array_agg(partial_oids[0])?),
+            AggKind::JsonAgg => Acc::Gather(Gathered::json_agg(partial_oids[0])?),
         };
         Ok(AggState {
             kind,
@@ -381,8 +417,58 @@ impl AggState {
                     });
                 }
             }
+            Acc::Stat { state, .. } => state.add(partials)?,
+            Acc::Gather(g) => g.add(partials)?,
+            Acc::SortedGather(_) => {
+                return Err(MergeError::malformed(
+                    self.output_oid,
+                    "rows of an ordered aggregate without their ORDER BY keys",
+                ))
+            }
         }
         Ok(())
+    }
+
+    /// Makes a gathered aggregate (`string_agg`, `array_agg`, `json_agg`) sort its
+    /// rows by their ORDER BY keys (`(desc, nulls_first)` each) before combining them:
+    /// rows are then added with [`AggState::add_keyed`]. Other kinds →
+    /// [`MergeError::Unsupported`].
+    pub fn ordered(mut self, order: Vec<(bool, bool)>) -> Result<AggState, MergeError> {
+        self.acc = match self.acc {
+            Acc::Gather(g) => Acc::SortedGather(SortedGather::new(g, order)),
+            _ => {
+                return Err(MergeError::unsupported(
+                    self.output_oid,
+                    format!("{}(... ORDER BY ...)", self.kind.name()),
+                ))
+            }
+        };
+        Ok(self)
+    }
+
+    /// Adds one shard row's partials with the row's ORDER BY keys (an
+    /// [`AggState::ordered`] state; others ignore the keys).
+    pub fn add_keyed(
+        &mut self,
+        keys: Vec<Key>,
+        partials: &[Option<&[u8]>],
+    ) -> Result<(), MergeError> {
+        match &mut self.acc {
+            Acc::SortedGather(s) => {
+                if partials.len() != self.kind.partial_count() {
+                    return Err(MergeError::malformed(
+                        self.output_oid,
+                        format!(
+                            "{} expects {} partial values",
+                            self.kind.name(),
+                            self.kind.partial_count()
+                        ),
+                    ));
+                }
+                s.add(keys, partials)
+            }
+            _ => self.add(partials),
+        }
     }
 
     fn avg_count(partials: &[Option<&[u8]>]) -> Result<i64, MergeError> {
@@ -448,6 +534,13 @@ impl AggState {
                     Bytes::from_static(if v { b"t" } else { b"f" })
                 }
             }),
+            Acc::Stat { stat, state } => match state.result(*stat)? {
+                None => None,
+                Some(StatValue::Numeric(v)) => Some(numeric_value(&v, format)),
+                Some(StatValue::Float(v)) => Some(float8_value(v, format)),
+            },
+            Acc::Gather(g) => g.finish(),
+            Acc::SortedGather(s) => s.combined()?.finish(),
         })
     }
 
@@ -478,6 +571,9 @@ impl AggState {
             }
             Acc::Best { best, .. } => best.as_ref().map_or(Key::Null, |(k, _)| k.clone()),
             Acc::Bool { value, .. } => value.map_or(Key::Null, Key::Bool),
+            Acc::Stat { stat, state } => state.key(*stat)?,
+            Acc::Gather(g) => g.key()?,
+            Acc::SortedGather(s) => s.combined()?.key()?,
         })
     }
 }

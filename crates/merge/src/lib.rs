@@ -16,15 +16,18 @@ mod agg;
 mod error;
 pub mod expr;
 mod float;
+mod gather;
 mod key;
 mod numeric;
 pub mod ops;
+mod variance;
 
 pub use agg::{AggKind, AggState};
 pub use error::MergeError;
 pub use float::{float4_text, float8_text};
 pub use key::{decode_key, key_supported, Key};
 pub use numeric::{Numeric, Rounding};
+pub use variance::{statistic_output_oid, Statistic};
 
 /// PostgreSQL type OIDs this crate knows about.
 pub mod oid {
@@ -46,6 +49,8 @@ pub mod oid {
     pub const TEXT: u32 = 25;
     /// `oid`
     pub const OID: u32 = 26;
+    /// `json`
+    pub const JSON: u32 = 114;
     /// `float4` / `real`
     pub const FLOAT4: u32 = 700;
     /// `float8` / `double precision`
@@ -66,7 +71,11 @@ pub mod oid {
     pub const NUMERIC: u32 = 1700;
     /// `uuid`
     pub const UUID: u32 = 2950;
+    /// `jsonb`
+    pub const JSONB: u32 = 3802;
 }
 
+#[cfg(test)]
+mod gather_tests;
 #[cfg(test)]
 mod tests;

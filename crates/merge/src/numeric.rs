@@ -417,6 +417,37 @@ impl Numeric {
         })
     }
 
+    /// The finite value's digits and dscale; `None` for NaN and the infinities.
+    fn finite(&self) -> Option<(&BigInt, u16)> {
+        match &self.repr {
+            Repr::Finite { digits, dscale } => Some((digits, *dscale)),
+            _ => None,
+        }
+    }
+
+    /// The square root of a finite value >= 0 rounded half away from zero to `rscale`
+    /// decimal digits, as Postgres `sqrt_var` computes it; `None` for a negative or
+    /// special value.
+    pub fn sqrt_rounded(&self, rscale: u16) -> Option<Numeric> {
+        let (d, s) = self.finite()?;
+        if d.sign() == Sign::Minus {
+            return None;
+        }
+        // floor(sqrt(v) * 10^(rscale+1)) = floor(sqrt(d * 10^(2*rscale + 2 - s))).
+        let shift = 2 * i64::from(rscale) + 2 - i64::from(s);
+        let radicand = if shift >= 0 {
+            d * pow10(u32::try_from(shift).ok()?)
+        } else {
+            d / pow10(u32::try_from(-shift).ok()?)
+        };
+        let root = num_integer::Roots::sqrt(&radicand);
+        // One extra digit decides the rounding (an exact half needs sqrt(v) to have
+        // exactly rscale+1 digits ending in 5, which the floor keeps).
+        let (q, r) = root.div_rem(&BigInt::from(10u32));
+        let digits = if r >= BigInt::from(5u32) { q + 1u32 } else { q };
+        Numeric::from_parts(digits, rscale)
+    }
+
     /// Postgres ordering: NaN above +Infinity above every finite value above -Infinity;
     /// NaN equals NaN; finite values compare by value, ignoring scale (1.0 == 1.00).
     pub fn cmp_value(&self, other: &Numeric) -> Ordering {

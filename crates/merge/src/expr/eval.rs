@@ -90,7 +90,7 @@ fn arith(op: &Op, ty: Ty, a: &Key, b: &Key) -> Result<Key, MergeError> {
             Ok(Key::Numeric(match op {
                 Op::Add => a.add(&b),
                 Op::Sub => a.sub(&b),
-                Op::Mul => a.mul(&b),
+                Op::Mul => a.mul(&b)?,
                 Op::Div => a.div(&b)?,
                 _ => a.rem(&b)?,
             }))

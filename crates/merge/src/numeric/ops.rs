@@ -88,9 +88,10 @@ impl Numeric {
         self.add(&other.neg())
     }
 
-    /// Postgres `numeric_mul`: exact, dscale = the sum of both; NaN for
+    /// Postgres `numeric_mul`: exact, dscale = the sum of both ("value
+    /// overflows numeric format" beyond the largest display scale); NaN for
     /// NaN or Infinity × 0, otherwise the sign rule on infinities.
-    pub fn mul(&self, other: &Numeric) -> Numeric {
+    pub fn mul(&self, other: &Numeric) -> Result<Numeric, MergeError> {
         let sign_of = |r: &Repr| match r {
             Repr::PosInf => Sign::Plus,
             Repr::NegInf => Sign::Minus,
@@ -98,7 +99,7 @@ impl Numeric {
             Repr::NaN => Sign::NoSign,
         };
         match (&self.repr, &other.repr) {
-            (Repr::NaN, _) | (_, Repr::NaN) => Numeric::nan(),
+            (Repr::NaN, _) | (_, Repr::NaN) => Ok(Numeric::nan()),
             (
                 Repr::Finite {
                     digits: a,
@@ -108,11 +109,12 @@ impl Numeric {
                     digits: b,
                     dscale: sb,
                 },
-            ) => finite(a * b, sa.saturating_add(*sb)),
-            (a, b) => match (sign_of(a), sign_of(b)) {
+            ) => Numeric::from_parts(a * b, sa.saturating_add(*sb))
+                .ok_or_else(|| MergeError::Overflow("value overflows numeric format".to_owned())),
+            (a, b) => Ok(match (sign_of(a), sign_of(b)) {
                 (Sign::NoSign, _) | (_, Sign::NoSign) => Numeric::nan(),
                 (x, y) => Numeric::infinity(x != y),
-            },
+            }),
         }
     }
 
@@ -252,13 +254,13 @@ mod tests {
 
     #[test]
     fn arithmetic_keeps_postgres_scales() {
-        assert_eq!(n("1.50").mul(&n("2.5")).to_text(), "3.750");
+        assert_eq!(n("1.50").mul(&n("2.5")).unwrap().to_text(), "3.750");
         assert_eq!(n("1.5").sub(&n("2.25")).to_text(), "-0.75");
         assert_eq!(n("7.5").rem(&n("2")).unwrap().to_text(), "1.5");
         assert_eq!(n("-7").rem(&n("3")).unwrap().to_text(), "-1");
         assert!(n("1").rem(&n("0")).is_err());
-        assert_eq!(n("Infinity").mul(&n("-2")).to_text(), "-Infinity");
-        assert_eq!(n("Infinity").mul(&n("0")).to_text(), "NaN");
+        assert_eq!(n("Infinity").mul(&n("-2")).unwrap().to_text(), "-Infinity");
+        assert_eq!(n("Infinity").mul(&n("0")).unwrap().to_text(), "NaN");
     }
 
     #[test]

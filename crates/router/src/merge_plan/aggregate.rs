@@ -20,14 +20,18 @@ fn kind_from_name(name: &str) -> Option<AggKind> {
         "max" => AggKind::Max,
         "bool_and" | "every" => AggKind::BoolAnd,
         "bool_or" => AggKind::BoolOr,
-        _ => return None,
+        "string_agg" => AggKind::StringAgg,
+        "array_agg" => AggKind::ArrayAgg,
+        "json_agg" | "jsonb_agg" => AggKind::JsonAgg,
+        _ => return shardgate_merge::Statistic::from_name(name).map(AggKind::Statistic),
     })
 }
 
 /// The partial aggregates each shard computes, in the order
 /// [`shardgate_merge::AggState::add`] takes them: count → [count];
 /// sum → [sum]; avg → [sum, count, avg]; min/max → [value (binary), value
-/// for the client]; bool_and/bool_or → [value].
+/// for the client]; bool_and/bool_or → [value]; the gathered and statistical
+/// aggregates' partials are expressions of their own (see `gather.rs`).
 pub fn partial_names(kind: AggKind) -> &'static [&'static str] {
     match kind {
         AggKind::Count => &["count"],
@@ -37,6 +41,10 @@ pub fn partial_names(kind: AggKind) -> &'static [&'static str] {
         AggKind::Max => &["max", "max"],
         AggKind::BoolAnd => &["bool_and"],
         AggKind::BoolOr => &["bool_or"],
+        AggKind::StringAgg => &["string_agg", "text"],
+        AggKind::ArrayAgg => &["array_agg"],
+        AggKind::JsonAgg => &["json_agg"],
+        AggKind::Statistic(_) => &["count", "sum", "sum", "avg", "var_pop"],
     }
 }
 
@@ -61,15 +69,23 @@ pub(super) struct AggCall {
 
 impl AggCall {
     /// The partial aggregates as expressions, in [`AggKind::partials`] order.
-    pub fn partial_exprs(&self) -> Vec<Expr> {
-        partial_names(self.func)
+    pub fn partial_exprs(&self) -> Result<Vec<Expr>, Unmergeable> {
+        if let Some(exprs) = super::gather::partial_exprs(self.func, &self.function) {
+            return exprs;
+        }
+        Ok(partial_names(self.func)
             .iter()
             .map(|name| {
                 let mut f = self.function.clone();
                 f.name = ObjectName(vec![ObjectNamePart::Identifier(Ident::new(*name))]);
                 Expr::Function(f)
             })
-            .collect()
+            .collect())
+    }
+
+    /// The call as parsed.
+    pub fn function(&self) -> &Function {
+        &self.function
     }
 
     /// The function's name as called.
@@ -125,6 +141,7 @@ pub(super) fn aggregate_call(e: &Expr) -> Result<Option<AggCall>, Unmergeable> {
     if !f.within_group.is_empty() {
         return refuse(format!("{name}() WITHIN GROUP"));
     }
+    super::gather::check_call(func, &name, f)?;
     // min/max(DISTINCT) and bool_and/or(DISTINCT) combine as without it.
     let distinct = matches!(
         &f.args,

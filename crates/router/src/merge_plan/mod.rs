@@ -38,6 +38,7 @@
 mod aggregate;
 mod distinct;
 mod explain;
+mod gather;
 mod proxy_expr;
 mod set_op;
 #[cfg(test)]
@@ -174,6 +175,10 @@ pub struct GroupPlan {
     /// its binary column, the last merge key, so a group's rows arrive
     /// sorted by it and equal values from several shards are adjacent.
     pub distinct_value: Option<usize>,
+    /// The shards also group by the ORDER BY keys of `string_agg`/`array_agg`/
+    /// `json_agg` ([`AggSlot::order`]): without GROUP BY they send no row
+    /// over no rows.
+    pub gathered: bool,
 }
 
 /// One aggregate: its function and the columns of its partial values.
@@ -188,6 +193,10 @@ pub struct AggSlot {
     /// adds, per distinct value of a group, the partials of its first row
     /// that holds the value (FILTER may leave it out on some shards).
     pub distinct: bool,
+    /// The ORDER BY inside a gathered aggregate (`string_agg`, `array_agg`,
+    /// `json_agg`): its keys' hidden columns, which the shards also group
+    /// by; the proxy orders a group's rows by them before combining.
+    pub order: Vec<SortKey>,
 }
 
 /// Where a visible column's value comes from in grouped mode.
@@ -503,6 +512,9 @@ struct Planner {
     key_distinct: Option<String>,
     /// Expressions the proxy evaluates per group (see [`GroupPlan::exprs`]).
     exprs: Vec<ProxyExpr>,
+    /// The ORDER BY keys inside the statement's gathered aggregate calls,
+    /// which the shards also group by.
+    gather_exprs: Vec<Expr>,
 }
 
 impl Planner {
@@ -890,6 +902,8 @@ impl Planner {
                 nulls_first,
             });
         }
+        let reads_columns = self.exprs.iter().any(proxy_expr::reads_columns);
+        let gathered = self.gathered_group_by(select, single_row, &outputs, reads_columns)?;
         let distinct_value = match self.spread_distinct.take() {
             None => None,
             Some(x) => {
@@ -979,6 +993,7 @@ impl Planner {
             single_row,
             distinct_value,
             repeat: None,
+            gathered,
         }))
     }
 
@@ -1024,8 +1039,9 @@ impl Planner {
             self.key_distinct = Some(call.name());
         }
         // min/max output their winner's bytes as the client asked for them
-        // (the visible column), so each output position has its own slot.
-        let output = output.filter(|_| matches!(call.func, AggKind::Min | AggKind::Max));
+        // (the visible column; gathered aggregates concatenate them), so each
+        // output position has its own slot.
+        let output = output.filter(|_| gather::client_format_partial(call.func).is_some());
         let text = match output {
             Some(j) => format!("{}#{j}", call.text),
             None => call.text.clone(),
@@ -1033,20 +1049,25 @@ impl Planner {
         if let Some(i) = slots.iter().position(|(t, _)| *t == text) {
             return Ok(i);
         }
-        let mut partials: Vec<usize> = call
-            .partial_exprs()
+        // The partial in the client's format is the visible column itself.
+        let client = output.zip(gather::client_format_partial(call.func));
+        let partials: Vec<usize> = call
+            .partial_exprs()?
             .into_iter()
-            .map(|e| self.hide(visible, e))
+            .enumerate()
+            .map(|(i, e)| match client {
+                Some((j, p)) if p == i => j,
+                _ => self.hide(visible, e),
+            })
             .collect();
-        if let Some(j) = output {
-            partials[1] = j;
-        }
+        let order = self.gathered_order(&call, visible)?;
         slots.push((
             text,
             AggSlot {
                 func: call.func,
                 partials,
                 distinct: spread,
+                order,
             },
         ));
         Ok(slots.len() - 1)

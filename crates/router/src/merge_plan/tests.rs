@@ -274,12 +274,9 @@ fn unmergeable_constructs_are_named() {
         refused("SELECT count(DISTINCT x), count(DISTINCT y) FROM t"),
         "count(DISTINCT ...) next to a DISTINCT aggregate of another argument"
     );
-    assert_eq!(
-        refused("SELECT string_agg(x, ',') FROM t"),
-        "aggregate string_agg()"
-    );
     assert!(refused("SELECT row_number() OVER () FROM t")
         .starts_with("window functions whose PARTITION BY does not include the shard key"));
+    assert_eq!(refused("SELECT corr(x, y) FROM t"), "aggregate corr()");
     assert_eq!(
         refused("SELECT g, rank() OVER (PARTITION BY id ORDER BY count(*)) FROM t GROUP BY g, id"),
         "window functions over grouped rows"
@@ -554,5 +551,89 @@ fn distinct_aggregates_that_may_repeat_across_shards_are_refused() {
     assert_eq!(
         grouped(&plan("SELECT count(DISTINCT id) FROM t")).distinct_value,
         None
+    );
+}
+
+#[test]
+fn ordered_gathered_aggregates_group_the_shards_by_their_order_keys() {
+    let p =
+        plan("SELECT g, string_agg(x, ',' ORDER BY y DESC, z) FILTER (WHERE w) FROM t GROUP BY g");
+    assert_eq!(
+        p.shard_sql,
+        "SELECT g, string_agg(x, ',' ORDER BY y DESC, z) FILTER (WHERE w), (',')::TEXT AS \"__shardgate_0\", y AS \"__shardgate_1\", z AS \"__shardgate_2\", g AS \"__shardgate_3\" FROM t GROUP BY g, y, z ORDER BY \"__shardgate_3\" ASC NULLS LAST"
+    );
+    let g = grouped(&p);
+    assert!(g.gathered);
+    // The visible column is the partial (client's format), the separator hidden.
+    let slot = &g.aggregates[0];
+    assert_eq!(slot.partials, vec![1, 2]);
+    let order: Vec<_> = slot
+        .order
+        .iter()
+        .map(|k| (k.column, k.desc, k.nulls_first))
+        .collect();
+    assert_eq!(order, vec![(3, true, true), (4, false, false)]);
+    assert_eq!(g.group_columns, vec![5]);
+}
+
+#[test]
+fn gathered_aggregates_ordered_otherwise_or_next_to_distinct_ones_combine() {
+    let p = plan(
+        "SELECT string_agg(x, ',' ORDER BY y), array_agg(x ORDER BY z), count(DISTINCT x) FROM t",
+    );
+    assert!(p.shard_sql.contains("GROUP BY y, z, x"), "{}", p.shard_sql);
+    let g = grouped(&p);
+    assert!(g.gathered && g.distinct_value.is_some());
+    assert_eq!(g.aggregates[0].order.len(), 1);
+    assert_ne!(g.aggregates[0].order, g.aggregates[1].order);
+}
+
+#[test]
+fn gathered_aggregates_without_order_or_on_one_shard_are_not_regrouped() {
+    for sql in [
+        "SELECT g, array_agg(x) FROM t GROUP BY g",
+        "SELECT id, json_agg(x ORDER BY y) FROM t GROUP BY id",
+    ] {
+        let p = plan(sql);
+        assert!(!grouped(&p).gathered, "{sql}");
+        assert!(
+            !p.shard_sql.contains("GROUP BY g, ") && !p.shard_sql.contains("id, y"),
+            "{sql}"
+        );
+    }
+}
+
+#[test]
+fn statistics_push_count_sums_avg_and_var_pop() {
+    let p = plan("SELECT stddev(x) FILTER (WHERE w) FROM t");
+    assert_eq!(
+        p.shard_sql,
+        "SELECT stddev(x) FILTER (WHERE w), count(x) FILTER (WHERE w) AS \"__shardgate_0\", sum(x) FILTER (WHERE w) AS \"__shardgate_1\", sum((x)::NUMERIC * (x)::NUMERIC) FILTER (WHERE w) AS \"__shardgate_2\", avg(x) FILTER (WHERE w) AS \"__shardgate_3\", var_pop(x) FILTER (WHERE w) AS \"__shardgate_4\" FROM t"
+    );
+    assert_eq!(grouped(&p).aggregates[0].partials, vec![1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn gathered_forms_that_cannot_combine_are_named() {
+    assert_eq!(
+        refused("SELECT string_agg(DISTINCT x, ',') FROM t"),
+        "string_agg(DISTINCT ...)"
+    );
+    assert_eq!(
+        refused("SELECT string_agg(x, y ORDER BY z) FROM t"),
+        "string_agg() with a separator that is not a constant"
+    );
+    assert_eq!(
+        refused("SELECT count(DISTINCT id), array_agg(x ORDER BY y) FROM t"),
+        "count(DISTINCT <shard key>) next to string_agg/array_agg/json_agg(... ORDER BY ...)"
+    );
+    assert!(refused("SELECT 1, array_agg(x ORDER BY y) FROM t").contains("without GROUP BY"));
+    assert_eq!(
+        refused("SELECT variance(DISTINCT x) FROM t"),
+        "variance(DISTINCT ...)"
+    );
+    assert_eq!(
+        refused("SELECT array_agg(x ORDER BY y COLLATE \"de_DE\") FROM t"),
+        "array_agg(... ORDER BY ... COLLATE ...)"
     );
 }

@@ -825,7 +825,17 @@ impl Run {
                 .iter()
                 .map(|c| field(&head.row, &fields, *c))
                 .collect();
-            state.add(&values).map_err(merge_error)?;
+            if slot.order.is_empty() {
+                state.add(&values).map_err(merge_error)?;
+            } else {
+                let columns = self.columns.as_ref().expect("described");
+                let keys = slot
+                    .order
+                    .iter()
+                    .map(|k| key_at(&head.row, &fields, columns, k.column))
+                    .collect::<Result<_, _>>()?;
+                state.add_keyed(keys, &values).map_err(merge_error)?;
+            }
             if slot.distinct {
                 *counted = counts_a_value(slot.func, &values);
             }
@@ -855,7 +865,14 @@ impl Run {
                         ));
                     }
                 }
-                AggState::new(slot.func, output_oid(slot.func, &oids), &oids).map_err(merge_error)
+                let state = AggState::new(slot.func, output_oid(slot.func, &oids), &oids);
+                match &slot.order[..] {
+                    [] => state,
+                    keys => state.and_then(|s| {
+                        s.ordered(keys.iter().map(|k| (k.desc, k.nulls_first)).collect())
+                    }),
+                }
+                .map_err(merge_error)
             })
             .collect()
     }
@@ -1004,8 +1021,9 @@ impl Run {
         if let MergeMode::Grouped(g) = &plan.mode {
             if let Some(done) = self.group.take() {
                 self.finish_group(g, done, cout)?;
-            } else if g.single_row && g.distinct_value.is_some() && self.sent == 0 {
-                // Grouped by the DISTINCT argument, the shards sent no row
+            } else if g.single_row && (g.distinct_value.is_some() || g.gathered) && self.sent == 0 {
+                // Grouped by the DISTINCT argument (or the ORDER BY keys of a
+                // gathered aggregate), the shards sent no row
                 // over no rows; the one row holds only aggregates (the plan
                 // checked), so its other fields are NULL.
                 let n = self.columns.as_ref().map_or(0, |c| c.types.len());
@@ -1071,6 +1089,19 @@ fn key_columns(plan: &MergePlan) -> Vec<usize> {
                 g.aggregates
                     .iter()
                     .filter(|a| matches!(a.func, AggKind::Min | AggKind::Max))
+                    .map(|a| a.partials[0]),
+            )
+            // The ORDER BY keys inside gathered aggregates.
+            .chain(
+                g.aggregates
+                    .iter()
+                    .flat_map(|a| a.order.iter().map(|k| k.column)),
+            )
+            // A string_agg compared in HAVING or ORDER BY (a hidden partial).
+            .chain(
+                g.aggregates
+                    .iter()
+                    .filter(|a| a.func == AggKind::StringAgg && a.partials[0] >= plan.visible_fixed)
                     .map(|a| a.partials[0]),
             )
             .collect(),
@@ -1353,6 +1384,10 @@ fn output_oid(f: AggKind, partials: &[u32]) -> u32 {
         AggKind::BoolAnd | AggKind::BoolOr => oid::BOOL,
         AggKind::Avg => partials.get(2).copied().unwrap_or(oid::NUMERIC),
         AggKind::Sum | AggKind::Min | AggKind::Max => partials.first().copied().unwrap_or(0),
+        AggKind::StringAgg | AggKind::ArrayAgg | AggKind::JsonAgg => {
+            partials.first().copied().unwrap_or(0)
+        }
+        AggKind::Statistic(_) => shardgate_merge::statistic_output_oid(partials),
     }
 }
 
