@@ -1,0 +1,403 @@
+//! `INSERT INTO <sharded table> SELECT ...` on three shards (each a
+//! primary, two-phase commit on): co-located copies run on the shards as
+//! they are; anything else is carried by the proxy, each row to the shard
+//! that owns its key. Every case checks what the client sees and the rows
+//! each shard holds afterwards (each on its owner, counts exact).
+
+mod support;
+
+use shardgate_harness::{Cluster, ClusterSpec};
+use shardgate_shardmap::{ShardKey, ShardMap};
+use support::*;
+use tokio_postgres::SimpleQueryMessage;
+
+const TABLES: &str = r#"
+[routing]
+default_consistency = "strong"
+
+[sharding]
+default_shard = 0
+
+[[sharded_tables]]
+table = "src"
+column = "id"
+
+[[sharded_tables]]
+table = "dst"
+column = "id"
+
+[[sharded_tables]]
+table = "by_grp"
+column = "grp"
+
+[[sharded_tables]]
+table = "series"
+column = "id"
+
+[[sharded_tables]]
+table = "per_country"
+column = "code"
+
+[[sharded_tables]]
+table = "ranged"
+column = "id"
+function = "range"
+ranges = [{ shard = 0, start = 0, end = 1000 }, { shard = 1, start = 1000, end = 2000 }, { shard = 2, start = 2000, end = 1000000 }]
+
+[[reference_tables]]
+table = "countries"
+"#;
+
+/// Rows of `sql` on each shard's primary.
+fn per_shard(c: &Cluster, sql: &str) -> Vec<Vec<String>> {
+    c.shards()
+        .iter()
+        .map(|s| {
+            let out = s
+                .primary
+                .psql("app", sql)
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            out.lines()
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .collect()
+}
+
+/// One number per shard.
+fn per_shard_n(c: &Cluster, sql: &str) -> Vec<i64> {
+    per_shard(c, sql)
+        .iter()
+        .map(|v| v.first().and_then(|x| x.parse().ok()).unwrap_or(0))
+        .collect()
+}
+
+/// Asserts that every row of `table` is on the shard owning its shard key
+/// value, that `total` rows exist in all, and that no row (its primary key
+/// `pk`) appears twice.
+fn assert_placed(c: &Cluster, map: &ShardMap, table: &str, pk: &str, total: usize) {
+    let rule = map.table(None, table).expect("sharded table");
+    let mut seen = std::collections::HashSet::new();
+    let mut count = 0;
+    let rows = per_shard(c, &format!("SELECT {}, {pk} FROM {table}", rule.column));
+    for (shard, lines) in rows.iter().enumerate() {
+        for line in lines {
+            let (k, row) = line.split_once('|').expect("key|pk");
+            let parsed = ShardKey::parse_text(rule.key_type, k).expect("key");
+            let owner = map.shard_for(rule, &parsed).expect("owner");
+            assert_eq!(owner, shard, "{table}: key {k} is on shard {shard}");
+            assert!(seen.insert(row.to_owned()), "{table}: row {row} twice");
+            count += 1;
+        }
+    }
+    assert_eq!(count, total, "rows of {table}");
+}
+
+fn sqlstate_of(e: &tokio_postgres::Error) -> String {
+    sqlstate(e).unwrap_or_else(|| format!("no SQLSTATE: {e}"))
+}
+
+fn simple_tag(msgs: &[SimpleQueryMessage]) -> Option<u64> {
+    msgs.iter().find_map(|m| match m {
+        SimpleQueryMessage::CommandComplete(n) => Some(*n),
+        _ => None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insert_select_into_sharded_tables() {
+    let c = cluster(ClusterSpec::new(3, 0));
+    let port = free_port();
+    let log = c.dir().join("shardgate-2pc.log");
+    let extra = format!(
+        "pool_size = 20\ntwo_phase_commit = true\ntwo_phase_log = {:?}",
+        log.display().to_string()
+    );
+    let text = config(&c, port, &extra, TABLES);
+    let map = shardgate::config::Config::parse(&text, "test")
+        .expect("config")
+        .shard_map()
+        .expect("map");
+    let proxy = Proxy::start(c.dir(), port, &text);
+    let client = connect(&proxy.app()).await;
+    for ddl in [
+        "CREATE TABLE src (id bigint PRIMARY KEY, grp bigint NOT NULL, v text)",
+        "CREATE TABLE dst (id bigint PRIMARY KEY, grp bigint, v text, note text DEFAULT 'dflt')",
+        "CREATE TABLE by_grp (grp bigint, id bigint, v text, PRIMARY KEY (grp, id))",
+        "CREATE TABLE series (id bigint PRIMARY KEY, label text)",
+        "CREATE TABLE countries (code bigint PRIMARY KEY, name text)",
+        "CREATE TABLE per_country (code bigint PRIMARY KEY, name text, made text DEFAULT 'auto')",
+        "CREATE TABLE ranged (id bigint PRIMARY KEY, v text)",
+    ] {
+        client.batch_execute(ddl).await.expect(ddl);
+    }
+
+    // A set-returning source with no table: every row to its owner.
+    let n = client
+        .execute(
+            "INSERT INTO src SELECT g, g % 7, 'v' || g FROM generate_series(1, 3000) g",
+            &[],
+        )
+        .await
+        .expect("load src");
+    assert_eq!(n, 3000);
+    assert_placed(&c, &map, "src", "id", 3000);
+    let n = client
+        .execute(
+            "INSERT INTO series SELECT g, 'x' || g FROM generate_series(1, 100000) g",
+            &[],
+        )
+        .await
+        .expect("generate_series");
+    assert_eq!(n, 100_000);
+    assert_placed(&c, &map, "series", "id", 100_000);
+    assert_eq!(
+        per_shard_n(&c, "SELECT count(*) FROM series WHERE label <> 'x' || id")
+            .iter()
+            .sum::<i64>(),
+        0
+    );
+
+    // Co-located copy (SELECT *, the default fills the extra column): the
+    // statement runs on every shard as it is.
+    let msgs = client
+        .simple_query("INSERT INTO dst SELECT * FROM src")
+        .await
+        .expect("co-located copy");
+    assert_eq!(simple_tag(&msgs), Some(3000));
+    assert_placed(&c, &map, "dst", "id", 3000);
+    assert_eq!(
+        per_shard_n(&c, "SELECT count(*) FROM dst WHERE note = 'dflt'")
+            .iter()
+            .sum::<i64>(),
+        3000
+    );
+    // Co-located with ON CONFLICT and RETURNING: as on one server.
+    let msgs = client
+        .simple_query(
+            "INSERT INTO dst (id, grp, v) SELECT id, grp, v || '!' FROM src WHERE id IN (1, 2, 3) \
+             ON CONFLICT (id) DO UPDATE SET v = excluded.v RETURNING id",
+        )
+        .await
+        .expect("co-located upsert");
+    assert_eq!(simple_tag(&msgs), Some(3));
+    let returned = msgs
+        .iter()
+        .filter(|m| matches!(m, SimpleQueryMessage::Row(_)))
+        .count();
+    assert_eq!(returned, 3);
+    assert_eq!(
+        per_shard_n(&c, "SELECT count(*) FROM dst WHERE v LIKE '%!'")
+            .iter()
+            .sum::<i64>(),
+        3
+    );
+    assert_placed(&c, &map, "dst", "id", 3000);
+
+    // Reshuffle: the target's key comes from another column.
+    let n = client
+        .execute(
+            "INSERT INTO by_grp (grp, id, v) SELECT grp, id, v FROM src WHERE id <= 1000",
+            &[],
+        )
+        .await
+        .expect("reshuffle");
+    assert_eq!(n, 1000);
+    assert_placed(&c, &map, "by_grp", "grp || '/' || id", 1000);
+
+    // A hash-sharded source into a range-sharded target: not co-located
+    // even though the key column is the source's key.
+    let n = client
+        .execute("INSERT INTO ranged SELECT id, v FROM src", &[])
+        .await
+        .expect("hash to range");
+    assert_eq!(n, 3000);
+    assert_eq!(
+        per_shard_n(&c, "SELECT count(*) FROM ranged"),
+        [999, 1000, 1001]
+    );
+
+    // A reference-table source, a column list, defaults for the rest.
+    for code in 1..=20i64 {
+        client
+            .execute(
+                "INSERT INTO countries VALUES ($1, $2)",
+                &[&code, &format!("country {code}")],
+            )
+            .await
+            .expect("countries");
+    }
+    let n = client
+        .execute(
+            "INSERT INTO per_country (code, name) SELECT code, name FROM countries WHERE code <= 15",
+            &[],
+        )
+        .await
+        .expect("reference source");
+    assert_eq!(n, 15);
+    assert_placed(&c, &map, "per_country", "code", 15);
+    assert_eq!(
+        per_shard_n(&c, "SELECT count(*) FROM per_country WHERE made = 'auto'")
+            .iter()
+            .sum::<i64>(),
+        15
+    );
+
+    // Inside a transaction: visible to it, gone after ROLLBACK.
+    client.batch_execute("BEGIN").await.unwrap();
+    let n = client
+        .execute(
+            "INSERT INTO by_grp (grp, id, v) SELECT grp, id, v FROM src WHERE id > 1000",
+            &[],
+        )
+        .await
+        .expect("in a transaction");
+    assert_eq!(n, 2000);
+    let inside: i64 = client
+        .query_one("SELECT count(*) FROM by_grp", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(inside, 3000);
+    client.batch_execute("ROLLBACK").await.unwrap();
+    assert_placed(&c, &map, "by_grp", "grp || '/' || id", 1000);
+
+    // The SELECT sees the transaction's own writes; COMMIT keeps both.
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .execute("INSERT INTO src VALUES (5000, 3, 'new')", &[])
+        .await
+        .unwrap();
+    let n = client
+        .execute(
+            "INSERT INTO by_grp SELECT grp, id, v FROM src WHERE id = 5000",
+            &[],
+        )
+        .await
+        .expect("reads its own writes");
+    assert_eq!(n, 1);
+    client.batch_execute("COMMIT").await.unwrap();
+    assert_placed(&c, &map, "by_grp", "grp || '/' || id", 1001);
+    assert_eq!(
+        per_shard_n(&c, "SELECT count(*) FROM by_grp WHERE id = 5000")
+            .iter()
+            .sum::<i64>(),
+        1
+    );
+
+    // A unique violation on one owner in the second batch: nothing is left
+    // on any shard, and no prepared transaction either.
+    let before = per_shard_n(&c, "SELECT count(*) FROM by_grp");
+    let e = client
+        .execute(
+            "INSERT INTO by_grp (grp, id, v) SELECT grp, id, v FROM src WHERE id >= 990 ORDER BY id",
+            &[],
+        )
+        .await;
+    // ORDER BY makes the SELECT one the proxy must merge: refused.
+    let e = e.expect_err("a SELECT over several shards with ORDER BY");
+    assert_eq!(sqlstate_of(&e), "0A000", "{e:?}");
+    let e = client
+        .execute(
+            "INSERT INTO by_grp (grp, id, v) SELECT grp, id + 0, v FROM src WHERE id <> 5000",
+            &[],
+        )
+        .await
+        .expect_err("ids 1..1000 exist already");
+    assert_eq!(sqlstate_of(&e), "23505", "{e:?}");
+    assert_eq!(per_shard_n(&c, "SELECT count(*) FROM by_grp"), before);
+    assert_eq!(
+        per_shard_n(&c, "SELECT count(*) FROM pg_prepared_xacts"),
+        [0, 0, 0]
+    );
+    // The conflict comes after other batches went in (each source shard
+    // is fetched in turn).
+    client
+        .execute("INSERT INTO by_grp VALUES (3, 2999, 'taken')", &[])
+        .await
+        .unwrap();
+    let before = per_shard_n(&c, "SELECT count(*) FROM by_grp");
+    let e = client
+        .execute(
+            "INSERT INTO by_grp (grp, id, v) SELECT grp, id, v FROM src WHERE id > 1000 AND id <> 5000",
+            &[],
+        )
+        .await
+        .expect_err("2999 exists");
+    assert_eq!(sqlstate_of(&e), "23505", "{e:?}");
+    assert_eq!(per_shard_n(&c, "SELECT count(*) FROM by_grp"), before);
+    assert_eq!(
+        per_shard_n(&c, "SELECT count(*) FROM pg_prepared_xacts"),
+        [0, 0, 0]
+    );
+    // The session goes on.
+    let one: i64 = client
+        .query_one("SELECT 1::bigint", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(one, 1);
+
+    // Extended protocol with parameters (tokio-postgres binds them).
+    client
+        .batch_execute("DELETE FROM by_grp WHERE id = 2999")
+        .await
+        .unwrap();
+    let n = client
+        .execute(
+            "INSERT INTO by_grp (grp, id, v) SELECT grp, id, v FROM src WHERE id > $1 AND id <= $2",
+            &[&2000i64, &2100i64],
+        )
+        .await
+        .expect("parameters");
+    assert_eq!(n, 100);
+    assert_placed(&c, &map, "by_grp", "grp || '/' || id", 1101);
+    let stmt = client
+        .prepare("INSERT INTO series (id, label) SELECT id + $1, v FROM src WHERE id <= $2")
+        .await
+        .expect("prepare");
+    for (offset, upto) in [(200_000i64, 10i64), (300_000, 20)] {
+        let n = client.execute(&stmt, &[&offset, &upto]).await.unwrap();
+        assert_eq!(n as i64, upto);
+    }
+    assert_placed(&c, &map, "series", "id", 100_030);
+    // Co-located with a parameter pinning one shard.
+    let n = client
+        .execute(
+            "INSERT INTO dst SELECT * FROM src WHERE id = $1 ON CONFLICT DO NOTHING",
+            &[&5000i64],
+        )
+        .await
+        .expect("co-located, one shard");
+    assert_eq!(n, 1);
+    assert_placed(&c, &map, "dst", "id", 3001);
+
+    // What is refused, and the session goes on after each.
+    for (sql, code) in [
+        (
+            "INSERT INTO by_grp (grp, id) SELECT NULL::bigint, 1",
+            "23502",
+        ),
+        ("INSERT INTO by_grp (id, v) SELECT 1, 'x'", "0A000"),
+        (
+            "INSERT INTO by_grp SELECT grp, id, v FROM src ON CONFLICT DO NOTHING",
+            "0A000",
+        ),
+        (
+            "INSERT INTO by_grp SELECT grp, id, v FROM src RETURNING id",
+            "0A000",
+        ),
+        ("INSERT INTO by_grp (grp, id, v) SELECT 1, 2", "42601"),
+        ("INSERT INTO by_grp (grp) SELECT 1, 2", "42601"),
+    ] {
+        let e = client.batch_execute(sql).await.expect_err(sql);
+        assert_eq!(sqlstate_of(&e), code, "{sql}: {e:?}");
+    }
+    assert_placed(&c, &map, "by_grp", "grp || '/' || id", 1101);
+    assert_eq!(
+        per_shard_n(&c, "SELECT count(*) FROM pg_prepared_xacts"),
+        [0, 0, 0]
+    );
+    drop(proxy);
+}
