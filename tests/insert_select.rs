@@ -114,7 +114,7 @@ async fn insert_select_into_sharded_tables() {
         "pool_size = 20\ntwo_phase_commit = true\ntwo_phase_log = {:?}",
         log.display().to_string()
     );
-    let text = config(&c, port, &extra, TABLES);
+    let text = config(&c, port, &extra, &format!("{RAW_USER}{TABLES}"));
     let map = shardgate::config::Config::parse(&text, "test")
         .expect("config")
         .shard_map()
@@ -372,6 +372,74 @@ async fn insert_select_into_sharded_tables() {
         .expect("co-located, one shard");
     assert_eq!(n, 1);
     assert_placed(&c, &map, "dst", "id", 3001);
+
+    // A failure inside a transaction fails the transaction; ROLLBACK
+    // leaves nothing of it.
+    let before = per_shard_n(&c, "SELECT count(*) FROM by_grp");
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .execute("INSERT INTO by_grp VALUES (6, 777777, 'in tx')", &[])
+        .await
+        .unwrap();
+    let e = client
+        .execute("INSERT INTO by_grp SELECT grp, id, v FROM src", &[])
+        .await
+        .expect_err("duplicates");
+    assert_eq!(sqlstate_of(&e), "23505", "{e:?}");
+    let e = client
+        .execute("SELECT 1", &[])
+        .await
+        .expect_err("the transaction is aborted");
+    assert_eq!(sqlstate_of(&e), "25P02", "{e:?}");
+    client.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(per_shard_n(&c, "SELECT count(*) FROM by_grp"), before);
+
+    // The target is the source: each row read once (the rows the statement
+    // writes are not read back), moved to the owner of its new key.
+    let n = client
+        .execute(
+            "INSERT INTO by_grp (grp, id, v) SELECT grp + 100, id, v FROM by_grp",
+            &[],
+        )
+        .await
+        .expect("target is the source");
+    assert_eq!(n, 1101);
+    assert_placed(&c, &map, "by_grp", "grp || '/' || id", 2202);
+    client
+        .batch_execute("DELETE FROM by_grp WHERE grp >= 100")
+        .await
+        .unwrap();
+    assert_placed(&c, &map, "by_grp", "grp || '/' || id", 1101);
+
+    // The raw extended protocol: a named statement and portal, Describe of
+    // the portal, text parameters, inside a transaction, twice.
+    let mut raw = Raw::connect(port, "raw", "app");
+    raw_ok(&mut raw, "BEGIN");
+    for (round, offset) in [(0, "400000"), (1, "500000")] {
+        let mut batch = Vec::new();
+        if round == 0 {
+            batch.extend(parse_msg(
+                "ins",
+                "INSERT INTO series (id, label) SELECT id + $1, v FROM src WHERE id <= $2",
+            ));
+        } else {
+            batch.extend(close_msg(b'P', "p"));
+        }
+        batch.extend(bind_msg("p", "ins", &[offset, "5"]));
+        batch.extend(describe_portal_msg("p"));
+        batch.extend(execute_msg("p", 0));
+        batch.extend(sync_msg());
+        raw.send(&batch);
+        let msgs = raw.until_ready();
+        assert_eq!(errors(&msgs), Vec::<String>::new(), "round {round}");
+        if round == 0 {
+            assert_eq!(tags(&msgs), "12nCZ");
+        }
+        assert_eq!(command_tags(&msgs), ["INSERT 0 5"], "round {round}");
+        assert_eq!(status(&msgs), b'T');
+    }
+    raw_ok(&mut raw, "COMMIT");
+    assert_placed(&c, &map, "series", "id", 100_040);
 
     // What is refused, and the session goes on after each.
     for (sql, code) in [

@@ -17,6 +17,7 @@ use bytes::{BufMut, BytesMut};
 use shardgate_protocol::backend::{self, tag as btag};
 use shardgate_protocol::frontend::{self, tag as ftag, Bind};
 use shardgate_protocol::{Header, PgError};
+use shardgate_router::lexer::first_keyword;
 use shardgate_router::merge_plan::MergeMode;
 use shardgate_router::shard::insert_select::{
     copy_text_row, locate_source, pushdown, source_shape, SourceShape,
@@ -34,8 +35,16 @@ use super::{reserve, Session, SessionError};
 use crate::relay::MAX_SERVER_MESSAGE;
 use crate::routing::Want;
 
-/// Rows fetched from the source per round.
-const BATCH_ROWS: usize = 2000;
+/// Rows fetched from the source in the first round; later rounds fetch
+/// as many as fit in [`BATCH_BYTES`] at the rows' size so far, at most
+/// [`MAX_BATCH_ROWS`].
+const FIRST_BATCH_ROWS: usize = 100;
+
+/// The most rows fetched in one round.
+const MAX_BATCH_ROWS: usize = 10_000;
+
+/// The COPY text one round aims to hold in memory.
+const BATCH_BYTES: usize = 8 << 20;
 
 /// The cursor the source query runs in on each source shard.
 const CURSOR: &str = "shardgate_insert_select";
@@ -99,6 +108,11 @@ impl Session {
     ) -> Result<Dest, PgError> {
         let map = self.map();
         let table = &rule.table;
+        if first_keyword(sql).is_some_and(|k| k.eq_ignore_ascii_case("explain")) {
+            return Err(cross_shard_refusal(&format!(
+                "EXPLAIN of INSERT ... SELECT into sharded table {table}"
+            )));
+        }
         let Some(src) = locate_source(sql) else {
             return Err(unsupported(format!(
                 "this form of INSERT ... SELECT into sharded table {table} (WITH before INSERT, \
@@ -408,20 +422,23 @@ async fn carry(
     if let Some(e) = error {
         return Err(e);
     }
-    let mut fetch = BytesMut::new();
-    frontend::encode_query(&format!("FETCH {BATCH_ROWS} FROM {CURSOR}"), &mut fetch);
     let mut copy_sql: Option<String> = None;
     let mut rows: Vec<Vec<u8>> = vec![Vec::new(); parts.len()];
     let mut total = 0u64;
+    let mut want = FIRST_BATCH_ROWS;
     for &src in &sources {
         loop {
+            let mut fetch = BytesMut::new();
+            frontend::encode_query(&format!("FETCH {want} FROM {CURSOR}"), &mut fetch);
             send(&mut parts[src], &fetch).await?;
             let fetched = read_batch(si, parts, src, &mut rows, &mut copy_sql, notices).await?;
+            let bytes: usize = rows.iter().map(Vec::len).sum();
             let copy = copy_sql.as_deref().unwrap_or("");
             total += write_owners(parts, &mut rows, used, copy, notices).await?;
-            if fetched < BATCH_ROWS {
+            if fetched < want {
                 break;
             }
+            want = (BATCH_BYTES.saturating_mul(fetched) / bytes.max(1)).clamp(1, MAX_BATCH_ROWS);
         }
     }
     let mut close = BytesMut::new();
