@@ -48,31 +48,6 @@ ranges = [{ shard = 0, start = 0, end = 1000 }, { shard = 1, start = 1000, end =
 table = "countries"
 "#;
 
-/// Rows of `sql` on each shard's primary.
-fn per_shard(c: &Cluster, sql: &str) -> Vec<Vec<String>> {
-    c.shards()
-        .iter()
-        .map(|s| {
-            let out = s
-                .primary
-                .psql("app", sql)
-                .unwrap_or_else(|e| panic!("{sql}: {e}"));
-            out.lines()
-                .filter(|l| !l.is_empty())
-                .map(str::to_owned)
-                .collect()
-        })
-        .collect()
-}
-
-/// One number per shard.
-fn per_shard_n(c: &Cluster, sql: &str) -> Vec<i64> {
-    per_shard(c, sql)
-        .iter()
-        .map(|v| v.first().and_then(|x| x.parse().ok()).unwrap_or(0))
-        .collect()
-}
-
 /// Asserts that every row of `table` is on the shard owning its shard key
 /// value, that `total` rows exist in all, and that no row (its primary key
 /// `pk`) appears twice.

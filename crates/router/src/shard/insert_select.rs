@@ -16,7 +16,7 @@ use sqlparser::parser::Parser;
 
 use super::analyze::{ident_name, object_name};
 use super::TableLookup;
-use crate::lexer::{Lexer, Token, TokenKind};
+use crate::lexer::{closing_paren, Lexer, Token, TokenKind};
 
 /// The parts of an `INSERT ... <query>` text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,20 +59,7 @@ pub fn locate_source(sql: &str) -> Option<InsertSource> {
         // The column list, unless the query itself starts with `(`.
         let starts_query = word(i + 1, "select") || word(i + 1, "with") || word(i + 1, "values");
         if !starts_query {
-            let mut depth = 0usize;
-            loop {
-                let t = toks.get(i)?;
-                if t.is_punct("(") {
-                    depth += 1;
-                } else if t.is_punct(")") {
-                    depth -= 1;
-                    if depth == 0 {
-                        break;
-                    }
-                }
-                i += 1;
-            }
-            i += 1;
+            i = closing_paren(&toks, i)? + 1;
         }
     }
     let first = toks.get(i)?;
