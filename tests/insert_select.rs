@@ -444,3 +444,60 @@ async fn insert_select_into_sharded_tables() {
     );
     drop(proxy);
 }
+
+/// A carried INSERT ... SELECT stops when the client cancels it or goes
+/// away: nothing it wrote stays, no transaction is left open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insert_select_stops_on_cancel_and_when_the_client_leaves() {
+    let c = cluster(ClusterSpec::new(3, 0));
+    let port = free_port();
+    let text = config(&c, port, "pool_size = 20", &format!("{RAW_USER}{TABLES}"));
+    let proxy = Proxy::start(c.dir(), port, &text);
+    let client = connect(&proxy.app()).await;
+    client
+        .batch_execute("CREATE TABLE series (id bigint PRIMARY KEY, label text)")
+        .await
+        .unwrap();
+    // About 20 s of source rows, written as they come.
+    let slow = "INSERT INTO series SELECT g, pg_sleep(0.02)::text FROM generate_series(1, 1000) g";
+
+    let token = client.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        token
+            .cancel_query(tokio_postgres::NoTls)
+            .await
+            .expect("cancel");
+    });
+    let e = client.execute(slow, &[]).await.expect_err("cancelled");
+    assert_eq!(sqlstate_of(&e), "57014", "{e:?}");
+    canceller.await.unwrap();
+    assert_eq!(per_shard_n(&c, "SELECT count(*) FROM series"), [0, 0, 0]);
+    let one: i64 = client
+        .query_one("SELECT 1::bigint", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(one, 1);
+
+    // A client that closes its connection while the statement runs.
+    let mut leaver = Raw::connect(port, "raw", "app");
+    leaver.send(&query_msg(slow));
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    leaver.s.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(leaver);
+    let open = "SELECT count(*) FROM pg_stat_activity WHERE datname = 'app' \
+                AND pid <> pg_backend_pid() AND (state LIKE 'idle in transaction%' \
+                OR query LIKE '%pg_sleep%' AND state = 'active')";
+    let mut last = Vec::new();
+    let gone = eventually(std::time::Duration::from_secs(30), || {
+        last = per_shard_n(&c, open);
+        last.iter().all(|&n| n == 0)
+    });
+    assert!(
+        gone,
+        "transactions left open: {last:?}\n{}",
+        proxy.log_tail()
+    );
+    assert_eq!(per_shard_n(&c, "SELECT count(*) FROM series"), [0, 0, 0]);
+}

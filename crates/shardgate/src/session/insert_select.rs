@@ -24,14 +24,14 @@ use shardgate_router::shard::insert_select::{
 };
 use shardgate_router::shard::{InsertPlan, ShardPlan};
 use shardgate_shardmap::{ShardKey, ShardMap, TableRule};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use super::fanout::Part;
 use super::sharded::{
     bad_key, cross_shard_refusal, not_null, quote_ident, refuse_explain, shard_of_key,
     shards_of_filter, Dest, MapLookup, Params,
 };
-use super::{reserve, Session, SessionError};
+use super::{Session, SessionError};
 use crate::relay::MAX_SERVER_MESSAGE;
 use crate::routing::Want;
 
@@ -80,13 +80,25 @@ pub(super) struct Bound<'a> {
     pub param_types: &'a [u8],
 }
 
-/// An ErrorResponse message for the client (a server's, or the proxy's).
-type Failed = BytesMut;
+/// Why a carried INSERT ... SELECT stopped.
+enum Failed {
+    /// An ErrorResponse message for the client (a server's, or the proxy's).
+    Error(BytesMut),
+    /// The client closed its connection meanwhile.
+    ClientGone,
+}
 
 fn failed(e: PgError) -> Failed {
     let mut out = BytesMut::new();
     e.encode(&mut out);
-    out
+    Failed::Error(out)
+}
+
+/// What reading the servers needs besides the part: the client (watched
+/// while waiting) and the notices gathered for it.
+struct Io<'a> {
+    client: &'a crate::client_io::ClientStream,
+    notices: BytesMut,
 }
 
 fn unsupported(construct: String) -> PgError {
@@ -256,7 +268,6 @@ impl Session {
         self.drain_current().await?;
         let wrap = self.vtx.is_none();
         let mut parts: Vec<Part> = Vec::new();
-        let mut notices = BytesMut::new();
         let mut result: Result<u64, Failed> = Ok(0);
         for shard in si.map.all_shards() {
             match self.part_for(shard, Want::Primary).await {
@@ -266,7 +277,11 @@ impl Session {
                         p.hidden += 1;
                     }
                     let hidden = std::mem::take(&mut p.hidden);
-                    let r = prepare_part(&mut p, &prologue, hidden).await;
+                    let mut io = Io {
+                        client: &self.client,
+                        notices: BytesMut::new(),
+                    };
+                    let r = prepare_part(&mut p, &prologue, hidden, &mut io).await;
                     parts.push(p);
                     if let Err(e) = r {
                         result = Err(e);
@@ -279,11 +294,24 @@ impl Session {
                 }
             }
         }
+        // A cancel request reaches every shard (only the one running a
+        // statement of ours acts on it).
+        for (i, p) in parts.iter().enumerate() {
+            if i == 0 {
+                self.cancel.slot.set_one(&p.b.conn.cancel);
+            } else {
+                self.cancel.slot.add(&p.b.conn.cancel);
+            }
+        }
         let mut used = vec![false; parts.len()];
         if result.is_ok() {
-            result = carry(&si, &mut parts, &mut used, bound, &mut notices).await;
+            let mut io = Io {
+                client: &self.client,
+                notices: BytesMut::new(),
+            };
+            result = carry(&si, &mut parts, &mut used, bound, &mut io).await;
+            self.cout.extend_from_slice(&io.notices);
         }
-        self.cout.extend_from_slice(&notices);
         let error = match result {
             Ok(total) => {
                 let end = if wrap {
@@ -299,6 +327,11 @@ impl Session {
                     Some(e) => Some(failed(e)),
                 }
             }
+            Err(Failed::ClientGone) => {
+                // Every connection is discarded: its transaction rolls back.
+                super::fanout::abandon(&mut parts);
+                return Err(super::fanout::client_left());
+            }
             Err(e) => {
                 if wrap {
                     self.end_carry(&mut parts, &used, false).await;
@@ -306,7 +339,7 @@ impl Session {
                 Some(e)
             }
         };
-        if let Some(e) = error {
+        if let Some(Failed::Error(e)) = error {
             if let Some(v) = self.vtx.as_mut() {
                 v.failed = true;
             }
@@ -314,6 +347,10 @@ impl Session {
         }
         for p in parts {
             self.return_part(p.b);
+        }
+        if self.vtx.is_none() && self.parked.is_empty() && self.backend.is_none() {
+            // The connections went back to their pools.
+            self.cancel.slot.clear();
         }
         backend::ready_for_query(self.client_status(), &mut self.cout);
         self.flush_client().await
@@ -352,18 +389,28 @@ impl Session {
 
 /// Sends a part what must precede the statement (state, BEGIN) and reads
 /// its `hidden` answers.
-async fn prepare_part(p: &mut Part, prologue: &[u8], hidden: usize) -> Result<(), Failed> {
+async fn prepare_part(
+    p: &mut Part,
+    prologue: &[u8],
+    hidden: usize,
+    io: &mut Io<'_>,
+) -> Result<(), Failed> {
     if hidden == 0 && prologue.is_empty() {
         return Ok(());
     }
     send(p, prologue).await?;
-    let mut ignored = BytesMut::new();
     let mut error = None;
     for _ in 0..hidden {
-        if let Err(e) = read_ready(p, &mut ignored, &mut Vec::new()).await {
-            error.get_or_insert(e);
+        match read_ready(p, io, &mut Vec::new()).await {
+            Err(Failed::ClientGone) => return Err(Failed::ClientGone),
+            Err(e) => {
+                error.get_or_insert(e);
+            }
+            Ok(()) => {}
         }
     }
+    // Notices of the hidden statements are not the client's.
+    io.notices.clear();
     error.map_or(Ok(()), Err)
 }
 
@@ -375,7 +422,7 @@ async fn carry(
     parts: &mut [Part],
     used: &mut [bool],
     bound: Option<Bound<'_>>,
-    notices: &mut BytesMut,
+    io: &mut Io<'_>,
 ) -> Result<u64, Failed> {
     let pos_of = |parts: &[Part], shard: usize| parts.iter().position(|p| p.b.shard == shard);
     let declare_sql = format!("DECLARE {CURSOR} NO SCROLL CURSOR FOR {}", si.query);
@@ -387,7 +434,7 @@ async fn carry(
             // SELECT alone may infer others, e.g. text for `SELECT $1`).
             let types = match si.sources.first().and_then(|&s| pos_of(parts, s)) {
                 Some(i) if b.bind.param_count() > 0 => {
-                    parameter_types(&mut parts[i], &si.sql, b.param_types, notices).await?
+                    parameter_types(&mut parts[i], &si.sql, b.param_types, io).await?
                 }
                 _ => b.param_types.to_vec(),
             };
@@ -409,14 +456,28 @@ async fn carry(
     for &s in &si.sources {
         let i = pos_of(parts, s)
             .ok_or_else(|| failed(PgError::error("XX000", "source shard missing")))?;
-        send(&mut parts[i], &declare).await?;
         sources.push(i);
         used[i] = true;
     }
+    // Every part sent to is read to its end before an error returns, so
+    // none is left with an answer outstanding.
     let mut error = None;
+    let mut sent = Vec::new();
     for &i in &sources {
-        if let Err(e) = read_ready(&mut parts[i], notices, &mut Vec::new()).await {
-            error.get_or_insert(e);
+        match send(&mut parts[i], &declare).await {
+            Ok(()) => sent.push(i),
+            Err(e) => {
+                error.get_or_insert(e);
+            }
+        }
+    }
+    for i in sent {
+        match read_ready(&mut parts[i], io, &mut Vec::new()).await {
+            Err(Failed::ClientGone) => return Err(Failed::ClientGone),
+            Err(e) => {
+                error.get_or_insert(e);
+            }
+            Ok(()) => {}
         }
     }
     if let Some(e) = error {
@@ -431,10 +492,10 @@ async fn carry(
             let mut fetch = BytesMut::new();
             frontend::encode_query(&format!("FETCH {want} FROM {CURSOR}"), &mut fetch);
             send(&mut parts[src], &fetch).await?;
-            let fetched = read_batch(si, parts, src, &mut rows, &mut copy_sql, notices).await?;
+            let fetched = read_batch(si, parts, src, &mut rows, &mut copy_sql, io).await?;
             let bytes: usize = rows.iter().map(Vec::len).sum();
             let copy = copy_sql.as_deref().unwrap_or("");
-            total += write_owners(parts, &mut rows, used, copy, notices).await?;
+            total += write_owners(parts, &mut rows, used, copy, io).await?;
             if fetched < want {
                 break;
             }
@@ -445,7 +506,7 @@ async fn carry(
     frontend::encode_query(&format!("CLOSE {CURSOR}"), &mut close);
     for &i in &sources {
         send(&mut parts[i], &close).await?;
-        read_ready(&mut parts[i], notices, &mut Vec::new()).await?;
+        read_ready(&mut parts[i], io, &mut Vec::new()).await?;
     }
     Ok(total)
 }
@@ -458,14 +519,14 @@ async fn read_batch(
     src: usize,
     rows: &mut [Vec<u8>],
     copy_sql: &mut Option<String>,
-    notices: &mut BytesMut,
+    io: &mut Io<'_>,
 ) -> Result<usize, Failed> {
     let mut count = 0;
     let mut error: Option<Failed> = None;
     let shard_pos: Vec<usize> = parts.iter().map(|p| p.b.shard).collect();
     let p = &mut parts[src];
     loop {
-        let msg = next_msg(p).await?;
+        let msg = next_msg(p, io.client).await?;
         if error.is_some() && msg[0] != btag::READY_FOR_QUERY {
             continue;
         }
@@ -493,8 +554,8 @@ async fn read_batch(
                     error = Some(failed(e));
                 }
             }
-            btag::NOTICE_RESPONSE => notices.extend_from_slice(&msg),
-            btag::ERROR_RESPONSE => error = Some(msg),
+            btag::NOTICE_RESPONSE => io.notices.extend_from_slice(&msg),
+            btag::ERROR_RESPONSE => error = Some(Failed::Error(msg)),
             btag::READY_FOR_QUERY => {
                 p.b.ex.status = msg.get(5).copied().unwrap_or(b'E');
                 return error.map_or(Ok(count), Err);
@@ -580,7 +641,7 @@ async fn write_owners(
     rows: &mut [Vec<u8>],
     used: &mut [bool],
     copy_sql: &str,
-    notices: &mut BytesMut,
+    io: &mut Io<'_>,
 ) -> Result<u64, Failed> {
     let mut sent = Vec::new();
     let mut error = None;
@@ -606,7 +667,8 @@ async fn write_owners(
     let mut total = 0u64;
     for i in sent {
         let mut tags = Vec::new();
-        match read_ready(&mut parts[i], notices, &mut tags).await {
+        match read_ready(&mut parts[i], io, &mut tags).await {
+            Err(Failed::ClientGone) => return Err(Failed::ClientGone),
             Ok(()) => {
                 total += tags
                     .iter()
@@ -627,7 +689,7 @@ async fn parameter_types(
     p: &mut Part,
     sql: &str,
     declared: &[u8],
-    notices: &mut BytesMut,
+    io: &mut Io<'_>,
 ) -> Result<Vec<u8>, Failed> {
     let mut out = BytesMut::new();
     frontend::encode_parse("", sql, declared, &mut out);
@@ -642,12 +704,12 @@ async fn parameter_types(
     let mut types = None;
     let mut error = None;
     loop {
-        let msg = next_msg(p).await?;
+        let msg = next_msg(p, io.client).await?;
         match msg[0] {
             btag::PARAMETER_DESCRIPTION => types = Some(msg.get(7..).unwrap_or(&[]).to_vec()),
-            btag::NOTICE_RESPONSE => notices.extend_from_slice(&msg),
+            btag::NOTICE_RESPONSE => io.notices.extend_from_slice(&msg),
             btag::ERROR_RESPONSE => {
-                error.get_or_insert(msg);
+                error.get_or_insert(Failed::Error(msg));
             }
             btag::READY_FOR_QUERY => {
                 p.b.ex.status = msg.get(5).copied().unwrap_or(b'E');
@@ -702,30 +764,31 @@ async fn send(p: &mut Part, bytes: &[u8]) -> Result<(), Failed> {
     Ok(())
 }
 
-/// The next complete message from a part's server.
-async fn next_msg(p: &mut Part) -> Result<BytesMut, Failed> {
+/// The next complete message from a part's server; waiting for it, the
+/// client is watched ([`super::fanout::read_any`]).
+async fn next_msg(
+    p: &mut Part,
+    client: &crate::client_io::ClientStream,
+) -> Result<BytesMut, Failed> {
     loop {
-        let conn = &mut *p.b.conn;
-        match Header::complete(&conn.read_buf, MAX_SERVER_MESSAGE) {
-            Ok(Some(h)) => return Ok(conn.read_buf.split_to(h.total)),
+        match Header::complete(&p.b.conn.read_buf, MAX_SERVER_MESSAGE) {
+            Ok(Some(h)) => return Ok(p.b.conn.read_buf.split_to(h.total)),
             Ok(None) => {}
             Err(e) => {
-                conn.broken = true;
+                p.b.conn.broken = true;
                 return Err(lost(p, &format!("protocol error from server: {e}")));
             }
         }
-        reserve(&mut conn.read_buf);
-        match conn.stream.read_buf(&mut conn.read_buf).await {
-            Ok(n) if n > 0 => {
-                conn.loan.bytes_received += n as u64;
-                p.b.node.node().note_answer();
-            }
-            Ok(_) => {
-                conn.broken = true;
+        let read = super::fanout::read_any(std::slice::from_mut(p), |_, _| true, client).await;
+        match read {
+            Err(_) => return Err(Failed::ClientGone),
+            Ok((_, Ok(n))) if n > 0 => {}
+            Ok((_, Ok(_))) => {
+                p.b.conn.broken = true;
                 return Err(lost(p, "server closed the connection unexpectedly"));
             }
-            Err(e) => {
-                conn.broken = true;
+            Ok((_, Err(e))) => {
+                p.b.conn.broken = true;
                 return Err(lost(p, &e.to_string()));
             }
         }
@@ -734,18 +797,14 @@ async fn next_msg(p: &mut Part) -> Result<BytesMut, Failed> {
 
 /// Reads a part's answers up to ReadyForQuery: notices go to `notices`,
 /// CommandComplete tags to `tags`; the first error is the result.
-async fn read_ready(
-    p: &mut Part,
-    notices: &mut BytesMut,
-    tags: &mut Vec<String>,
-) -> Result<(), Failed> {
+async fn read_ready(p: &mut Part, io: &mut Io<'_>, tags: &mut Vec<String>) -> Result<(), Failed> {
     let mut error = None;
     loop {
-        let msg = next_msg(p).await?;
+        let msg = next_msg(p, io.client).await?;
         match msg[0] {
-            btag::NOTICE_RESPONSE => notices.extend_from_slice(&msg),
+            btag::NOTICE_RESPONSE => io.notices.extend_from_slice(&msg),
             btag::ERROR_RESPONSE => {
-                error.get_or_insert(msg);
+                error.get_or_insert(Failed::Error(msg));
             }
             btag::COMMAND_COMPLETE => {
                 let t = std::str::from_utf8(&msg[5..]).unwrap_or("");
