@@ -424,10 +424,6 @@ async fn insert_select_into_sharded_tables() {
         ),
         ("INSERT INTO by_grp (id, v) SELECT 1, 'x'", "0A000"),
         (
-            "INSERT INTO by_grp SELECT grp, id, v FROM src ON CONFLICT DO NOTHING",
-            "0A000",
-        ),
-        (
             "INSERT INTO by_grp SELECT grp, id, v FROM src RETURNING id",
             "0A000",
         ),
@@ -438,6 +434,42 @@ async fn insert_select_into_sharded_tables() {
         assert_eq!(sqlstate_of(&e), code, "{sql}: {e:?}");
     }
     assert_placed(&c, &map, "by_grp", "grp || '/' || id", 1101);
+
+    // ON CONFLICT with carried rows: each owner gets an INSERT ... VALUES
+    // with the clause.
+    let n = client
+        .execute(
+            "INSERT INTO by_grp SELECT grp, id, v FROM src ON CONFLICT DO NOTHING",
+            &[],
+        )
+        .await
+        .expect("ON CONFLICT DO NOTHING");
+    assert_eq!(n, 3001 - 1101);
+    assert_placed(&c, &map, "by_grp", "grp || '/' || id", 3001);
+    let n = client
+        .execute(
+            "INSERT INTO by_grp (grp, id, v) SELECT grp, id, 'it''s \\ new' FROM src WHERE id <= $1 \
+             ON CONFLICT (grp, id) DO UPDATE SET v = excluded.v",
+            &[&10i64],
+        )
+        .await
+        .expect("ON CONFLICT DO UPDATE");
+    assert_eq!(n, 10);
+    assert_eq!(
+        per_shard_n(&c, "SELECT count(*) FROM by_grp WHERE v = 'it''s \\ new'")
+            .iter()
+            .sum::<i64>(),
+        10
+    );
+    assert_placed(&c, &map, "by_grp", "grp || '/' || id", 3001);
+    let e = client
+        .execute(
+            "INSERT INTO by_grp SELECT grp, id, v FROM src ON CONFLICT (grp, id) DO UPDATE SET v = $1",
+            &[&"x"],
+        )
+        .await
+        .expect_err("a parameter in ON CONFLICT of carried rows");
+    assert_eq!(sqlstate_of(&e), "0A000", "{e:?}");
     assert_eq!(
         per_shard_n(&c, "SELECT count(*) FROM pg_prepared_xacts"),
         [0, 0, 0]

@@ -28,6 +28,11 @@ pub struct InsertSource {
     pub on_conflict: bool,
     /// The statement has a `RETURNING` clause.
     pub returning: bool,
+    /// Byte span of what follows the query (`ON CONFLICT ...`,
+    /// `RETURNING ...`), without a trailing `;`; possibly empty.
+    pub rest: Range<usize>,
+    /// A `$n` parameter appears in that rest.
+    pub rest_has_params: bool,
 }
 
 /// Finds the source query of a top-level `INSERT INTO name [AS alias]
@@ -76,6 +81,8 @@ pub fn locate_source(sql: &str) -> Option<InsertSource> {
     let mut returning = false;
     let mut depth = 0usize;
     let mut last = None;
+    let mut rest_end = start;
+    let mut rest_has_params = false;
     for (j, t) in toks.iter().enumerate().skip(i) {
         if t.is_punct("(") {
             depth += 1;
@@ -91,10 +98,20 @@ pub fn locate_source(sql: &str) -> Option<InsertSource> {
                 returning |= t.is_keyword("returning");
             }
         }
-        if t.kind != TokenKind::Semicolon && end == sql.len() {
-            last = Some(t.offset + t.text.len());
+        if t.kind != TokenKind::Semicolon {
+            if end == sql.len() {
+                last = Some(t.offset + t.text.len());
+            } else {
+                rest_end = t.offset + t.text.len();
+                rest_has_params |= t.kind == TokenKind::Param;
+            }
         }
     }
+    let rest = if end == sql.len() {
+        sql.len()..sql.len()
+    } else {
+        end..rest_end.max(end)
+    };
     if end == sql.len() {
         end = last?;
     }
@@ -103,6 +120,8 @@ pub fn locate_source(sql: &str) -> Option<InsertSource> {
         query,
         on_conflict,
         returning,
+        rest,
+        rest_has_params,
     })
 }
 
@@ -291,6 +310,38 @@ pub fn pushdown(
     }
 }
 
+/// Appends one row as a parenthesised list of string literals (`NULL` for
+/// NULL), after a comma unless `out` is empty: a row of `INSERT ... VALUES`
+/// whose values the target columns read with their input functions, as
+/// COPY does. Escape-string syntax, so the text means the same whatever
+/// `standard_conforming_strings` is.
+pub fn values_row<'a>(fields: impl IntoIterator<Item = Option<&'a [u8]>>, out: &mut Vec<u8>) {
+    if !out.is_empty() {
+        out.extend_from_slice(b", ");
+    }
+    out.push(b'(');
+    for (i, f) in fields.into_iter().enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b", ");
+        }
+        match f {
+            None => out.extend_from_slice(b"NULL"),
+            Some(v) => {
+                out.extend_from_slice(b"E'");
+                for &b in v {
+                    match b {
+                        b'\\' => out.extend_from_slice(b"\\\\"),
+                        b'\'' => out.extend_from_slice(b"''"),
+                        _ => out.push(b),
+                    }
+                }
+                out.push(b'\'');
+            }
+        }
+    }
+    out.push(b')');
+}
+
 /// Appends one row in COPY text format (tab-separated, `\N` for NULL,
 /// backslash escapes, newline-terminated) from the text-format values of a
 /// row: what `COPY ... FROM STDIN` reads back as the same values.
@@ -354,6 +405,31 @@ mod tests {
     fn src(sql: &str) -> (String, bool, bool) {
         let s = locate_source(sql).expect("an INSERT ... SELECT");
         (sql[s.query].to_owned(), s.on_conflict, s.returning)
+    }
+
+    #[test]
+    fn the_rest_after_the_query_is_found() {
+        let sql = "INSERT INTO t SELECT a FROM u ON CONFLICT (a) DO UPDATE SET b = $1 ;";
+        let s = locate_source(sql).unwrap();
+        assert_eq!(&sql[s.rest], "ON CONFLICT (a) DO UPDATE SET b = $1");
+        assert!(s.rest_has_params && s.on_conflict && !s.returning);
+        let sql = "INSERT INTO t SELECT $1 ON CONFLICT DO NOTHING";
+        let s = locate_source(sql).unwrap();
+        assert_eq!(&sql[s.rest.clone()], "ON CONFLICT DO NOTHING");
+        assert!(!s.rest_has_params);
+        let s = locate_source("INSERT INTO t SELECT 1;").unwrap();
+        assert!(s.rest.is_empty());
+    }
+
+    #[test]
+    fn values_rows_quote_every_value() {
+        let mut out = Vec::new();
+        values_row([Some(&b"1"[..]), None], &mut out);
+        values_row([Some(&b"it's a \\ b"[..]), Some(b"")], &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "(E'1', NULL), (E'it''s a \\\\ b', E'')"
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use shardgate_protocol::{Header, PgError};
 use shardgate_router::lexer::first_keyword;
 use shardgate_router::merge_plan::MergeMode;
 use shardgate_router::shard::insert_select::{
-    copy_text_row, locate_source, pushdown, source_shape, SourceShape,
+    copy_text_row, locate_source, pushdown, source_shape, values_row, SourceShape,
 };
 use shardgate_router::shard::{InsertPlan, ShardPlan};
 use shardgate_shardmap::{ShardKey, ShardMap, TableRule};
@@ -70,6 +70,9 @@ pub(crate) struct StreamInsert {
     listed: bool,
     /// The position of the shard key among `columns`.
     key_index: usize,
+    /// The statement's `ON CONFLICT ...` clause: rows are then written
+    /// with `INSERT ... VALUES ... <clause>` instead of COPY.
+    on_conflict: Option<String>,
 }
 
 /// The Bind of an extended-protocol INSERT ... SELECT.
@@ -208,8 +211,11 @@ impl Session {
             )));
         }
         for (has, what) in [
-            (src.on_conflict, "ON CONFLICT"),
             (src.returning, "RETURNING"),
+            (
+                src.on_conflict && src.rest_has_params,
+                "a parameter in ON CONFLICT",
+            ),
         ] {
             if has {
                 return Err(unsupported(format!(
@@ -218,6 +224,9 @@ impl Session {
                 )));
             }
         }
+        let on_conflict = src
+            .on_conflict
+            .then(|| sql.get(src.rest.clone()).unwrap_or("").to_owned());
         refuse_explain(sql)?;
         let (columns, listed) = match &ins.columns {
             Some(c) => (c.clone(), true),
@@ -242,6 +251,7 @@ impl Session {
             columns,
             listed,
             key_index,
+            on_conflict,
         })))
     }
 
@@ -494,8 +504,9 @@ async fn carry(
             send(&mut parts[src], &fetch).await?;
             let fetched = read_batch(si, parts, src, &mut rows, &mut copy_sql, io).await?;
             let bytes: usize = rows.iter().map(Vec::len).sum();
-            let copy = copy_sql.as_deref().unwrap_or("");
-            total += write_owners(parts, &mut rows, used, copy, io).await?;
+            let head = copy_sql.as_deref().unwrap_or("");
+            let clause = si.on_conflict.as_deref();
+            total += write_owners(parts, &mut rows, used, head, clause, io).await?;
             if fetched < want {
                 break;
             }
@@ -547,7 +558,10 @@ async fn read_batch(
                         .iter()
                         .position(|s| *s == owner)
                         .ok_or_else(|| PgError::error("XX000", "owner shard missing"))?;
-                    copy_text_row(fields, &mut rows[i]);
+                    match si.on_conflict {
+                        None => copy_text_row(fields, &mut rows[i]),
+                        Some(_) => values_row(fields, &mut rows[i]),
+                    }
                     Ok(())
                 });
                 if let Err(e) = r {
@@ -565,8 +579,9 @@ async fn read_batch(
     }
 }
 
-/// `COPY target (columns) FROM STDIN` for a query with `n` output columns,
-/// or the error INSERT would give.
+/// How rows are written for a query with `n` output columns: `COPY target
+/// (columns) FROM STDIN`, or `INSERT INTO target (columns) VALUES ` when
+/// the statement has ON CONFLICT; or the error INSERT would give.
 fn copy_statement(si: &StreamInsert, n: usize) -> Result<String, PgError> {
     if n > si.columns.len() {
         return Err(PgError::error(
@@ -590,6 +605,13 @@ fn copy_statement(si: &StreamInsert, n: usize) -> Result<String, PgError> {
         ));
     }
     let cols: Vec<String> = si.columns[..n].iter().map(|c| quote_ident(c)).collect();
+    if si.on_conflict.is_some() {
+        return Ok(format!(
+            "INSERT INTO {} ({}) VALUES ",
+            si.target,
+            cols.join(", ")
+        ));
+    }
     Ok(format!(
         "COPY {} ({}) FROM STDIN",
         si.target,
@@ -634,13 +656,14 @@ fn data_row_fields(body: &[u8]) -> Option<Fields<'_>> {
     Some(out)
 }
 
-/// Writes each owner's buffered rows with one COPY; returns the rows the
-/// owners report.
+/// Writes each owner's buffered rows with one COPY (or one INSERT ending
+/// with `on_conflict`); returns the rows the owners report.
 async fn write_owners(
     parts: &mut [Part],
     rows: &mut [Vec<u8>],
     used: &mut [bool],
-    copy_sql: &str,
+    head: &str,
+    on_conflict: Option<&str>,
     io: &mut Io<'_>,
 ) -> Result<u64, Failed> {
     let mut sent = Vec::new();
@@ -649,12 +672,28 @@ async fn write_owners(
         if buf.is_empty() {
             continue;
         }
-        let mut out = BytesMut::with_capacity(buf.len() + 64);
-        frontend::encode_query(copy_sql, &mut out);
-        for chunk in buf.chunks(256 * 1024) {
-            super::fanout::copy_data(chunk, &mut out);
+        let mut out = BytesMut::with_capacity(buf.len() + head.len() + 64);
+        match on_conflict {
+            None => {
+                frontend::encode_query(head, &mut out);
+                for chunk in buf.chunks(256 * 1024) {
+                    super::fanout::copy_data(chunk, &mut out);
+                }
+                out.extend_from_slice(&[ftag::COPY_DONE, 0, 0, 0, 4]);
+            }
+            Some(clause) => {
+                // A Query message of raw bytes: the values are the
+                // server's text, in its encoding.
+                out.put_u8(ftag::QUERY);
+                out.put_i32(0);
+                out.extend_from_slice(head.as_bytes());
+                out.extend_from_slice(buf);
+                out.put_u8(b' ');
+                out.extend_from_slice(clause.as_bytes());
+                out.put_u8(0);
+                backend::patch_len(&mut out, 0);
+            }
         }
-        out.extend_from_slice(&[ftag::COPY_DONE, 0, 0, 0, 4]);
         buf.clear();
         used[i] = true;
         match send(&mut parts[i], &out).await {
@@ -672,7 +711,7 @@ async fn write_owners(
             Ok(()) => {
                 total += tags
                     .iter()
-                    .filter_map(|t| t.strip_prefix("COPY ")?.parse::<u64>().ok())
+                    .filter_map(|t| t.rsplit(' ').next()?.parse::<u64>().ok())
                     .sum::<u64>()
             }
             Err(e) => {
