@@ -31,6 +31,10 @@ table = "by_grp"
 column = "grp"
 
 [[sharded_tables]]
+table = "totals"
+column = "grp"
+
+[[sharded_tables]]
 table = "series"
 column = "id"
 
@@ -104,6 +108,7 @@ async fn insert_select_into_sharded_tables() {
         "CREATE TABLE countries (code bigint PRIMARY KEY, name text)",
         "CREATE TABLE per_country (code bigint PRIMARY KEY, name text, made text DEFAULT 'auto')",
         "CREATE TABLE ranged (id bigint PRIMARY KEY, v text)",
+        "CREATE TABLE totals (grp bigint PRIMARY KEY, n bigint)",
     ] {
         client.batch_execute(ddl).await.expect(ddl);
     }
@@ -470,6 +475,34 @@ async fn insert_select_into_sharded_tables() {
         .await
         .expect_err("a parameter in ON CONFLICT of carried rows");
     assert_eq!(sqlstate_of(&e), "0A000", "{e:?}");
+
+    // Co-located and grouped by the key: each shard's groups are whole,
+    // so the statement runs on every shard as it is.
+    let n = client
+        .execute(
+            "INSERT INTO totals SELECT grp, count(*) FROM by_grp GROUP BY grp HAVING count(*) > 0 ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("grouped by the key");
+    assert_eq!(n, 7);
+    assert_placed(&c, &map, "totals", "grp", 7);
+    assert_eq!(
+        per_shard_n(&c, "SELECT coalesce(sum(n), 0) FROM totals")
+            .iter()
+            .sum::<i64>(),
+        3001
+    );
+    // A window over all rows cannot run per shard, nor be carried.
+    let e = client
+        .execute(
+            "INSERT INTO totals SELECT grp + 10, row_number() OVER () FROM by_grp",
+            &[],
+        )
+        .await
+        .expect_err("a window over several shards");
+    assert_eq!(sqlstate_of(&e), "0A000", "{e:?}");
+    assert_placed(&c, &map, "totals", "grp", 7);
     assert_eq!(
         per_shard_n(&c, "SELECT count(*) FROM pg_prepared_xacts"),
         [0, 0, 0]
@@ -494,8 +527,9 @@ async fn insert_select_stops_on_cancel_and_when_the_client_leaves() {
     let slow = "INSERT INTO series SELECT g, pg_sleep(0.02)::text FROM generate_series(1, 1000) g";
 
     let token = client.cancel_token();
+    // The first batch is 100 rows (2 s); the cancel lands in the second.
     let canceller = tokio::spawn(async move {
-        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        tokio::time::sleep(std::time::Duration::from_secs(4)).await;
         token
             .cancel_query(tokio_postgres::NoTls)
             .await

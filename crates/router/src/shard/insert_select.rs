@@ -183,6 +183,9 @@ fn shape_inner(query: &str, tables: &dyn TableLookup) -> SourceShape {
     let SetExpr::Select(s) = &*q.body else {
         return SourceShape::Opaque;
     };
+    if matches!(s.distinct, Some(sqlparser::ast::Distinct::On(_))) {
+        return SourceShape::Opaque;
+    }
     let mut bindings = Vec::new();
     for twj in &s.from {
         let mut factors = vec![&twj.relation];
@@ -281,6 +284,21 @@ fn column_of(mut e: &Expr, bindings: &[Binding]) -> SourceColumn {
         },
         _ => SourceColumn::Other,
     }
+}
+
+/// Whether a query whose output holds a shard key column (a
+/// [`SourceShape`] that is not opaque: no `LIMIT`, set operation or
+/// `DISTINCT ON`) gives, shard by shard, exactly the rows it gives over all
+/// shards: rows that share a key share a shard, so grouping, `DISTINCT`,
+/// `HAVING` and `ORDER BY` stay within a shard. Not so with window
+/// functions or grouping sets (`ROLLUP`, `CUBE`, `GROUPING SETS`), which
+/// combine rows of different keys (judged by their keywords).
+pub fn rows_stay_per_shard(query: &str) -> bool {
+    !Lexer::new(query).any(|t| {
+        ["over", "window", "rollup", "cube", "grouping"]
+            .iter()
+            .any(|k| t.is_keyword(k))
+    })
 }
 
 /// Whether `INSERT INTO target ... <source>` can run on each shard as it
@@ -516,6 +534,30 @@ mod tests {
         assert!(pushdown(&star, 1, Some(1), target, &Tables));
         assert!(!pushdown(&star, 0, Some(1), target, &Tables));
         assert!(!pushdown(&star, 0, None, target, &Tables));
+    }
+
+    #[test]
+    fn grouped_rows_stay_per_shard_but_windows_do_not() {
+        assert!(rows_stay_per_shard(
+            "SELECT customer_id, sum(total) FROM orders GROUP BY customer_id HAVING sum(total) > 5 ORDER BY 2"
+        ));
+        assert!(rows_stay_per_shard(
+            "SELECT DISTINCT customer_id FROM orders"
+        ));
+        for q in [
+            "SELECT customer_id, row_number() OVER () FROM orders",
+            "SELECT customer_id, sum(x) FROM orders GROUP BY ROLLUP (customer_id)",
+            "SELECT customer_id FROM orders GROUP BY GROUPING SETS ((customer_id), ())",
+        ] {
+            assert!(!rows_stay_per_shard(q), "{q}");
+        }
+        assert_eq!(
+            source_shape(
+                "SELECT DISTINCT ON (total) customer_id FROM orders",
+                &Tables
+            ),
+            SourceShape::Opaque
+        );
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! cursor for it inside the statement's transaction, fetches a batch of
 //! rows, gives each row to the shard that owns its key (the same placement
 //! as the point-query planner and COPY), and writes each owner's rows with
-//! `COPY target (columns) FROM STDIN` on that owner; then the next batch.
+//! `COPY target (columns) FROM STDIN` on that owner (with ON CONFLICT, an
+//! `INSERT ... VALUES` of the rows plus the clause); then the next batch.
 //! Memory holds one batch. Every shard takes part in one transaction: the
 //! client's, or one the proxy opens and commits with two-phase commit.
 
@@ -20,7 +21,8 @@ use shardgate_protocol::{Header, PgError};
 use shardgate_router::lexer::first_keyword;
 use shardgate_router::merge_plan::MergeMode;
 use shardgate_router::shard::insert_select::{
-    copy_text_row, locate_source, pushdown, source_shape, values_row, SourceShape,
+    copy_text_row, locate_source, pushdown, rows_stay_per_shard, source_shape, values_row,
+    SourceShape,
 };
 use shardgate_router::shard::{InsertPlan, ShardPlan};
 use shardgate_shardmap::{ShardKey, ShardMap, TableRule};
@@ -171,17 +173,22 @@ impl Session {
                 "INSERT ... SELECT into sharded table {table} whose query writes or locks rows"
             )));
         }
-        let concat = sources.len() <= 1 || {
+        // Whether the shards' rows of the query are simply concatenated
+        // (`Err`: what the merge layer cannot answer).
+        let concat: Result<bool, String> = if sources.len() <= 1 {
+            Ok(true)
+        } else {
             let sharding = self.snap.sharding.as_ref().expect("sharded session");
             let merged = sharding
                 .merges
                 .plan_cached(&query, &MapLookup(&sharding.map));
             match &*merged {
-                Ok(p) => p.mode == MergeMode::Concat,
-                Err(e) => return Err(cross_shard_refusal(&e.construct)),
+                Ok(p) => Ok(p.mode == MergeMode::Concat),
+                Err(e) => Err(e.construct.clone()),
             }
         };
-        if sharded_source && concat {
+        let per_shard = matches!(concat, Ok(true)) || rows_stay_per_shard(&query);
+        if sharded_source && per_shard {
             let lookup = MapLookup(&map);
             let shape = source_shape(&query, &lookup);
             let star_key = match &shape {
@@ -204,11 +211,15 @@ impl Session {
                 });
             }
         }
-        if !concat {
-            return Err(unsupported(format!(
-                "INSERT ... SELECT into sharded table {table} whose SELECT over several shards \
-                 must merge their rows (ORDER BY, LIMIT, aggregates, DISTINCT, ...)"
-            )));
+        match concat {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(unsupported(format!(
+                    "INSERT ... SELECT into sharded table {table} whose SELECT over several \
+                     shards must merge their rows (ORDER BY, LIMIT, aggregates, DISTINCT, ...)"
+                )))
+            }
+            Err(construct) => return Err(cross_shard_refusal(&construct)),
         }
         for (has, what) in [
             (src.returning, "RETURNING"),
