@@ -73,6 +73,42 @@ fn assert_placed(c: &Cluster, map: &ShardMap, table: &str, pk: &str, total: usiz
     assert_eq!(count, total, "rows of {table}");
 }
 
+/// The sum over the shards of the number `sql` gives on each.
+fn total(c: &Cluster, sql: &str) -> i64 {
+    per_shard_n(c, sql).iter().sum()
+}
+
+/// Runs `sql` with `params`; returns the rows it wrote.
+async fn execute(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> u64 {
+    client
+        .execute(sql, params)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+}
+
+/// Runs `sql` with `params` and asserts it fails with SQLSTATE `code`.
+async fn fails_with(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    code: &str,
+) {
+    let e = client.execute(sql, params).await.expect_err(sql);
+    assert_eq!(sqlstate_of(&e), code, "{sql}: {e:?}");
+}
+
+/// No shard holds a prepared (two-phase) transaction.
+fn assert_no_prepared(c: &Cluster) {
+    assert_eq!(
+        per_shard_n(c, "SELECT count(*) FROM pg_prepared_xacts"),
+        [0, 0, 0]
+    );
+}
+
 fn sqlstate_of(e: &tokio_postgres::Error) -> String {
     sqlstate(e).unwrap_or_else(|| format!("no SQLSTATE: {e}"))
 }
@@ -114,28 +150,24 @@ async fn insert_select_into_sharded_tables() {
     }
 
     // A set-returning source with no table: every row to its owner.
-    let n = client
-        .execute(
-            "INSERT INTO src SELECT g, g % 7, 'v' || g FROM generate_series(1, 3000) g",
-            &[],
-        )
-        .await
-        .expect("load src");
+    let n = execute(
+        &client,
+        "INSERT INTO src SELECT g, g % 7, 'v' || g FROM generate_series(1, 3000) g",
+        &[],
+    )
+    .await;
     assert_eq!(n, 3000);
     assert_placed(&c, &map, "src", "id", 3000);
-    let n = client
-        .execute(
-            "INSERT INTO series SELECT g, 'x' || g FROM generate_series(1, 100000) g",
-            &[],
-        )
-        .await
-        .expect("generate_series");
+    let n = execute(
+        &client,
+        "INSERT INTO series SELECT g, 'x' || g FROM generate_series(1, 100000) g",
+        &[],
+    )
+    .await;
     assert_eq!(n, 100_000);
     assert_placed(&c, &map, "series", "id", 100_000);
     assert_eq!(
-        per_shard_n(&c, "SELECT count(*) FROM series WHERE label <> 'x' || id")
-            .iter()
-            .sum::<i64>(),
+        total(&c, "SELECT count(*) FROM series WHERE label <> 'x' || id"),
         0
     );
 
@@ -148,9 +180,7 @@ async fn insert_select_into_sharded_tables() {
     assert_eq!(simple_tag(&msgs), Some(3000));
     assert_placed(&c, &map, "dst", "id", 3000);
     assert_eq!(
-        per_shard_n(&c, "SELECT count(*) FROM dst WHERE note = 'dflt'")
-            .iter()
-            .sum::<i64>(),
+        total(&c, "SELECT count(*) FROM dst WHERE note = 'dflt'"),
         3000
     );
     // Co-located with ON CONFLICT and RETURNING: as on one server.
@@ -167,31 +197,22 @@ async fn insert_select_into_sharded_tables() {
         .filter(|m| matches!(m, SimpleQueryMessage::Row(_)))
         .count();
     assert_eq!(returned, 3);
-    assert_eq!(
-        per_shard_n(&c, "SELECT count(*) FROM dst WHERE v LIKE '%!'")
-            .iter()
-            .sum::<i64>(),
-        3
-    );
+    assert_eq!(total(&c, "SELECT count(*) FROM dst WHERE v LIKE '%!'"), 3);
     assert_placed(&c, &map, "dst", "id", 3000);
 
     // Reshuffle: the target's key comes from another column.
-    let n = client
-        .execute(
-            "INSERT INTO by_grp (grp, id, v) SELECT grp, id, v FROM src WHERE id <= 1000",
-            &[],
-        )
-        .await
-        .expect("reshuffle");
+    let n = execute(
+        &client,
+        "INSERT INTO by_grp (grp, id, v) SELECT grp, id, v FROM src WHERE id <= 1000",
+        &[],
+    )
+    .await;
     assert_eq!(n, 1000);
     assert_placed(&c, &map, "by_grp", "grp || '/' || id", 1000);
 
     // A hash-sharded source into a range-sharded target: not co-located
     // even though the key column is the source's key.
-    let n = client
-        .execute("INSERT INTO ranged SELECT id, v FROM src", &[])
-        .await
-        .expect("hash to range");
+    let n = execute(&client, "INSERT INTO ranged SELECT id, v FROM src", &[]).await;
     assert_eq!(n, 3000);
     assert_eq!(
         per_shard_n(&c, "SELECT count(*) FROM ranged"),
@@ -200,39 +221,34 @@ async fn insert_select_into_sharded_tables() {
 
     // A reference-table source, a column list, defaults for the rest.
     for code in 1..=20i64 {
-        client
-            .execute(
-                "INSERT INTO countries VALUES ($1, $2)",
-                &[&code, &format!("country {code}")],
-            )
-            .await
-            .expect("countries");
-    }
-    let n = client
-        .execute(
-            "INSERT INTO per_country (code, name) SELECT code, name FROM countries WHERE code <= 15",
-            &[],
+        execute(
+            &client,
+            "INSERT INTO countries VALUES ($1, $2)",
+            &[&code, &format!("country {code}")],
         )
-        .await
-        .expect("reference source");
+        .await;
+    }
+    let n = execute(
+        &client,
+        "INSERT INTO per_country (code, name) SELECT code, name FROM countries WHERE code <= 15",
+        &[],
+    )
+    .await;
     assert_eq!(n, 15);
     assert_placed(&c, &map, "per_country", "code", 15);
     assert_eq!(
-        per_shard_n(&c, "SELECT count(*) FROM per_country WHERE made = 'auto'")
-            .iter()
-            .sum::<i64>(),
+        total(&c, "SELECT count(*) FROM per_country WHERE made = 'auto'"),
         15
     );
 
     // Inside a transaction: visible to it, gone after ROLLBACK.
     client.batch_execute("BEGIN").await.unwrap();
-    let n = client
-        .execute(
-            "INSERT INTO by_grp (grp, id, v) SELECT grp, id, v FROM src WHERE id > 1000",
-            &[],
-        )
-        .await
-        .expect("in a transaction");
+    let n = execute(
+        &client,
+        "INSERT INTO by_grp (grp, id, v) SELECT grp, id, v FROM src WHERE id > 1000",
+        &[],
+    )
+    .await;
     assert_eq!(n, 2000);
     let inside: i64 = client
         .query_one("SELECT count(*) FROM by_grp", &[])
@@ -249,48 +265,37 @@ async fn insert_select_into_sharded_tables() {
         .execute("INSERT INTO src VALUES (5000, 3, 'new')", &[])
         .await
         .unwrap();
-    let n = client
-        .execute(
-            "INSERT INTO by_grp SELECT grp, id, v FROM src WHERE id = 5000",
-            &[],
-        )
-        .await
-        .expect("reads its own writes");
+    let n = execute(
+        &client,
+        "INSERT INTO by_grp SELECT grp, id, v FROM src WHERE id = 5000",
+        &[],
+    )
+    .await;
     assert_eq!(n, 1);
     client.batch_execute("COMMIT").await.unwrap();
     assert_placed(&c, &map, "by_grp", "grp || '/' || id", 1001);
-    assert_eq!(
-        per_shard_n(&c, "SELECT count(*) FROM by_grp WHERE id = 5000")
-            .iter()
-            .sum::<i64>(),
-        1
-    );
+    assert_eq!(total(&c, "SELECT count(*) FROM by_grp WHERE id = 5000"), 1);
 
     // A unique violation on one owner in the second batch: nothing is left
     // on any shard, and no prepared transaction either.
     let before = per_shard_n(&c, "SELECT count(*) FROM by_grp");
-    let e = client
-        .execute(
-            "INSERT INTO by_grp (grp, id, v) SELECT grp, id, v FROM src WHERE id >= 990 ORDER BY id",
-            &[],
-        )
-        .await;
     // ORDER BY makes the SELECT one the proxy must merge: refused.
-    let e = e.expect_err("a SELECT over several shards with ORDER BY");
-    assert_eq!(sqlstate_of(&e), "0A000", "{e:?}");
-    let e = client
-        .execute(
-            "INSERT INTO by_grp (grp, id, v) SELECT grp, id + 0, v FROM src WHERE id <> 5000",
-            &[],
-        )
-        .await
-        .expect_err("ids 1..1000 exist already");
-    assert_eq!(sqlstate_of(&e), "23505", "{e:?}");
+    fails_with(
+        &client,
+        "INSERT INTO by_grp (grp, id, v) SELECT grp, id, v FROM src WHERE id >= 990 ORDER BY id",
+        &[],
+        "0A000",
+    )
+    .await;
+    fails_with(
+        &client,
+        "INSERT INTO by_grp (grp, id, v) SELECT grp, id + 0, v FROM src WHERE id <> 5000",
+        &[],
+        "23505",
+    )
+    .await;
     assert_eq!(per_shard_n(&c, "SELECT count(*) FROM by_grp"), before);
-    assert_eq!(
-        per_shard_n(&c, "SELECT count(*) FROM pg_prepared_xacts"),
-        [0, 0, 0]
-    );
+    assert_no_prepared(&c);
     // The conflict comes after other batches went in (each source shard
     // is fetched in turn).
     client
@@ -298,19 +303,15 @@ async fn insert_select_into_sharded_tables() {
         .await
         .unwrap();
     let before = per_shard_n(&c, "SELECT count(*) FROM by_grp");
-    let e = client
-        .execute(
-            "INSERT INTO by_grp (grp, id, v) SELECT grp, id, v FROM src WHERE id > 1000 AND id <> 5000",
-            &[],
-        )
-        .await
-        .expect_err("2999 exists");
-    assert_eq!(sqlstate_of(&e), "23505", "{e:?}");
+    fails_with(
+        &client,
+        "INSERT INTO by_grp (grp, id, v) SELECT grp, id, v FROM src WHERE id > 1000 AND id <> 5000",
+        &[],
+        "23505",
+    )
+    .await;
     assert_eq!(per_shard_n(&c, "SELECT count(*) FROM by_grp"), before);
-    assert_eq!(
-        per_shard_n(&c, "SELECT count(*) FROM pg_prepared_xacts"),
-        [0, 0, 0]
-    );
+    assert_no_prepared(&c);
     // The session goes on.
     let one: i64 = client
         .query_one("SELECT 1::bigint", &[])
@@ -324,13 +325,12 @@ async fn insert_select_into_sharded_tables() {
         .batch_execute("DELETE FROM by_grp WHERE id = 2999")
         .await
         .unwrap();
-    let n = client
-        .execute(
-            "INSERT INTO by_grp (grp, id, v) SELECT grp, id, v FROM src WHERE id > $1 AND id <= $2",
-            &[&2000i64, &2100i64],
-        )
-        .await
-        .expect("parameters");
+    let n = execute(
+        &client,
+        "INSERT INTO by_grp (grp, id, v) SELECT grp, id, v FROM src WHERE id > $1 AND id <= $2",
+        &[&2000i64, &2100i64],
+    )
+    .await;
     assert_eq!(n, 100);
     assert_placed(&c, &map, "by_grp", "grp || '/' || id", 1101);
     let stmt = client
@@ -343,13 +343,12 @@ async fn insert_select_into_sharded_tables() {
     }
     assert_placed(&c, &map, "series", "id", 100_030);
     // Co-located with a parameter pinning one shard.
-    let n = client
-        .execute(
-            "INSERT INTO dst SELECT * FROM src WHERE id = $1 ON CONFLICT DO NOTHING",
-            &[&5000i64],
-        )
-        .await
-        .expect("co-located, one shard");
+    let n = execute(
+        &client,
+        "INSERT INTO dst SELECT * FROM src WHERE id = $1 ON CONFLICT DO NOTHING",
+        &[&5000i64],
+    )
+    .await;
     assert_eq!(n, 1);
     assert_placed(&c, &map, "dst", "id", 3001);
 
@@ -361,28 +360,25 @@ async fn insert_select_into_sharded_tables() {
         .execute("INSERT INTO by_grp VALUES (6, 777777, 'in tx')", &[])
         .await
         .unwrap();
-    let e = client
-        .execute("INSERT INTO by_grp SELECT grp, id, v FROM src", &[])
-        .await
-        .expect_err("duplicates");
-    assert_eq!(sqlstate_of(&e), "23505", "{e:?}");
-    let e = client
-        .execute("SELECT 1", &[])
-        .await
-        .expect_err("the transaction is aborted");
-    assert_eq!(sqlstate_of(&e), "25P02", "{e:?}");
+    fails_with(
+        &client,
+        "INSERT INTO by_grp SELECT grp, id, v FROM src",
+        &[],
+        "23505",
+    )
+    .await;
+    fails_with(&client, "SELECT 1", &[], "25P02").await;
     client.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(per_shard_n(&c, "SELECT count(*) FROM by_grp"), before);
 
     // The target is the source: each row read once (the rows the statement
     // writes are not read back), moved to the owner of its new key.
-    let n = client
-        .execute(
-            "INSERT INTO by_grp (grp, id, v) SELECT grp + 100, id, v FROM by_grp",
-            &[],
-        )
-        .await
-        .expect("target is the source");
+    let n = execute(
+        &client,
+        "INSERT INTO by_grp (grp, id, v) SELECT grp + 100, id, v FROM by_grp",
+        &[],
+    )
+    .await;
     assert_eq!(n, 1101);
     assert_placed(&c, &map, "by_grp", "grp || '/' || id", 2202);
     client
@@ -442,71 +438,51 @@ async fn insert_select_into_sharded_tables() {
 
     // ON CONFLICT with carried rows: each owner gets an INSERT ... VALUES
     // with the clause.
-    let n = client
-        .execute(
-            "INSERT INTO by_grp SELECT grp, id, v FROM src ON CONFLICT DO NOTHING",
-            &[],
-        )
-        .await
-        .expect("ON CONFLICT DO NOTHING");
+    let n = execute(
+        &client,
+        "INSERT INTO by_grp SELECT grp, id, v FROM src ON CONFLICT DO NOTHING",
+        &[],
+    )
+    .await;
     assert_eq!(n, 3001 - 1101);
     assert_placed(&c, &map, "by_grp", "grp || '/' || id", 3001);
-    let n = client
-        .execute(
-            "INSERT INTO by_grp (grp, id, v) SELECT grp, id, 'it''s \\ new' FROM src WHERE id <= $1 \
+    let n = execute(
+        &client,
+        "INSERT INTO by_grp (grp, id, v) SELECT grp, id, 'it''s \\ new' FROM src WHERE id <= $1 \
              ON CONFLICT (grp, id) DO UPDATE SET v = excluded.v",
-            &[&10i64],
-        )
-        .await
-        .expect("ON CONFLICT DO UPDATE");
+        &[&10i64],
+    )
+    .await;
     assert_eq!(n, 10);
     assert_eq!(
-        per_shard_n(&c, "SELECT count(*) FROM by_grp WHERE v = 'it''s \\ new'")
-            .iter()
-            .sum::<i64>(),
+        total(&c, "SELECT count(*) FROM by_grp WHERE v = 'it''s \\ new'"),
         10
     );
     assert_placed(&c, &map, "by_grp", "grp || '/' || id", 3001);
-    let e = client
-        .execute(
-            "INSERT INTO by_grp SELECT grp, id, v FROM src ON CONFLICT (grp, id) DO UPDATE SET v = $1",
-            &[&"x"],
-        )
-        .await
-        .expect_err("a parameter in ON CONFLICT of carried rows");
-    assert_eq!(sqlstate_of(&e), "0A000", "{e:?}");
+    fails_with(
+        &client,
+        "INSERT INTO by_grp SELECT grp, id, v FROM src ON CONFLICT (grp, id) DO UPDATE SET v = $1",
+        &[&"x"],
+        "0A000",
+    )
+    .await;
 
     // Co-located and grouped by the key: each shard's groups are whole,
     // so the statement runs on every shard as it is.
-    let n = client
-        .execute(
-            "INSERT INTO totals SELECT grp, count(*) FROM by_grp GROUP BY grp HAVING count(*) > 0 ORDER BY 1",
-            &[],
-        )
-        .await
-        .expect("grouped by the key");
+    let n = execute(&client, "INSERT INTO totals SELECT grp, count(*) FROM by_grp GROUP BY grp HAVING count(*) > 0 ORDER BY 1", &[]).await;
     assert_eq!(n, 7);
     assert_placed(&c, &map, "totals", "grp", 7);
-    assert_eq!(
-        per_shard_n(&c, "SELECT coalesce(sum(n), 0) FROM totals")
-            .iter()
-            .sum::<i64>(),
-        3001
-    );
+    assert_eq!(total(&c, "SELECT coalesce(sum(n), 0) FROM totals"), 3001);
     // A window over all rows cannot run per shard, nor be carried.
-    let e = client
-        .execute(
-            "INSERT INTO totals SELECT grp + 10, row_number() OVER () FROM by_grp",
-            &[],
-        )
-        .await
-        .expect_err("a window over several shards");
-    assert_eq!(sqlstate_of(&e), "0A000", "{e:?}");
+    fails_with(
+        &client,
+        "INSERT INTO totals SELECT grp + 10, row_number() OVER () FROM by_grp",
+        &[],
+        "0A000",
+    )
+    .await;
     assert_placed(&c, &map, "totals", "grp", 7);
-    assert_eq!(
-        per_shard_n(&c, "SELECT count(*) FROM pg_prepared_xacts"),
-        [0, 0, 0]
-    );
+    assert_no_prepared(&c);
     drop(proxy);
 }
 

@@ -275,18 +275,16 @@ impl Session {
         bound: Option<Bound<'_>>,
         describe: Option<bool>,
     ) -> Result<(), SessionError> {
-        let mut out = BytesMut::new();
-        if let Some(d) = describe {
-            backend::empty(btag::BIND_COMPLETE, &mut out);
-            if d {
-                backend::empty(btag::NO_DATA, &mut out);
-            }
-        }
-        self.cout.extend_from_slice(&out);
         if !self.leave_replica_for(Want::Primary).await? {
             return Ok(());
         }
         self.drain_current().await?;
+        if let Some(d) = describe {
+            backend::empty(btag::BIND_COMPLETE, &mut self.cout);
+            if d {
+                backend::empty(btag::NO_DATA, &mut self.cout);
+            }
+        }
         let wrap = self.vtx.is_none();
         let mut parts: Vec<Part> = Vec::new();
         let mut result: Result<u64, Failed> = Ok(0);
