@@ -1115,8 +1115,13 @@ impl Session {
                     bind,
                     param_types: &stmt.param_types,
                 };
-                self.insert_select_run(*si, Some(bound), Some(after.describe))
-                    .await
+                let timing = self.fanout_starts(&stmt.query);
+                let used = self.map().all_shards();
+                let r = self
+                    .insert_select_run(*si, Some(bound), Some(after.describe))
+                    .await;
+                self.fanout_ends(timing, &used);
+                r
             }
             Dest::Split(parts) => {
                 // Each shard prepares its rows of the statement, with only
