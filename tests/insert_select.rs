@@ -2,7 +2,13 @@
 //! primary, two-phase commit on): co-located copies run on the shards as
 //! they are; anything else is carried by the proxy, each row to the shard
 //! that owns its key. Every case checks what the client sees and the rows
-//! each shard holds afterwards (each on its owner, counts exact).
+//! each shard holds afterwards (each on its owner, counts exact, no row
+//! twice): generate_series sources, co-located copies (with ON CONFLICT,
+//! RETURNING, grouping), a reshuffle by another column, hash into range,
+//! a reference-table source with defaults, BEGIN/ROLLBACK and COMMIT, a
+//! unique violation midway (nothing left, no prepared transaction), bind
+//! parameters (tokio-postgres and the raw protocol), carried ON CONFLICT,
+//! what is refused, cancellation and a client that leaves.
 
 mod support;
 
