@@ -97,31 +97,6 @@ fn two_phase_extra(c_dir: &std::path::Path) -> (String, std::path::PathBuf) {
     )
 }
 
-/// Rows of `sql` on each shard's primary, as strings.
-fn per_shard(c: &Cluster, sql: &str) -> Vec<Vec<String>> {
-    c.shards()
-        .iter()
-        .map(|s| {
-            let out = s
-                .primary
-                .psql("app", sql)
-                .unwrap_or_else(|e| panic!("{sql}: {e}"));
-            out.lines()
-                .filter(|l| !l.is_empty())
-                .map(str::to_owned)
-                .collect()
-        })
-        .collect()
-}
-
-/// One number per shard.
-fn per_shard_n(c: &Cluster, sql: &str) -> Vec<i64> {
-    per_shard(c, sql)
-        .iter()
-        .map(|v| v.first().and_then(|x| x.parse().ok()).unwrap_or(0))
-        .collect()
-}
-
 /// Statements matching `pattern` (ILIKE) still active on each shard.
 fn active_on_shards(c: &Cluster, pattern: &str) -> Vec<i64> {
     per_shard_n(

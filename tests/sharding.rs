@@ -86,20 +86,6 @@ fn shard_of(map: &ShardMap, table: &str, key: ShardKey) -> usize {
     map.shard_for(rule, &key).expect("key has a shard")
 }
 
-/// Rows of `sql` on each shard's primary, as strings.
-fn per_shard(c: &Cluster, sql: &str) -> Vec<Vec<String>> {
-    c.shards()
-        .iter()
-        .map(|s| {
-            let out = s.primary.psql("app", sql).unwrap();
-            out.lines()
-                .filter(|l| !l.is_empty())
-                .map(str::to_owned)
-                .collect()
-        })
-        .collect()
-}
-
 async fn one_value(client: &tokio_postgres::Client, sql: &str) -> String {
     client
         .simple_query(sql)

@@ -70,6 +70,31 @@ pub fn cluster(spec: ClusterSpec) -> Cluster {
     cluster
 }
 
+/// Rows of `sql` on each shard's primary, as strings.
+pub fn per_shard(c: &Cluster, sql: &str) -> Vec<Vec<String>> {
+    c.shards()
+        .iter()
+        .map(|s| {
+            let out = s
+                .primary
+                .psql("app", sql)
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            out.lines()
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .collect()
+}
+
+/// One number per shard.
+pub fn per_shard_n(c: &Cluster, sql: &str) -> Vec<i64> {
+    per_shard(c, sql)
+        .iter()
+        .map(|v| v.first().and_then(|x| x.parse().ok()).unwrap_or(0))
+        .collect()
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -145,21 +145,11 @@ pub fn parse_copy(sql: &str) -> Option<CopyStatement> {
     if toks.get(i)?.is_punct("(") {
         query = true;
         let open = toks[i].offset + 1;
-        let mut depth = 0usize;
-        loop {
-            let t = toks.get(i)?;
-            if t.is_punct("(") {
-                depth += 1;
-            } else if t.is_punct(")") {
-                depth -= 1;
-                if depth == 0 {
-                    inner_query = sql.get(open..t.offset).map(|q| q.trim().to_owned());
-                    break;
-                }
-            }
-            i += 1;
-        }
-        i += 1;
+        let close = crate::lexer::closing_paren(&toks, i)?;
+        inner_query = sql
+            .get(open..toks[close].offset)
+            .map(|q| q.trim().to_owned());
+        i = close + 1;
     } else {
         if toks.get(i)?.is_keyword("binary") {
             opts.format = Some(CopyFormat::Binary);

@@ -372,8 +372,37 @@ pub(crate) fn octal_or_hex_escape(e: u8, raw: &[u8], i: &mut usize) -> Option<u8
     }
 }
 
+/// The index of the `)` closing the `(` at `toks[open]`; `None` if that
+/// token is no `(` or it is never closed.
+pub fn closing_paren(toks: &[Token<'_>], open: usize) -> Option<usize> {
+    if !toks.get(open)?.is_punct("(") {
+        return None;
+    }
+    let mut depth = 0usize;
+    for (j, t) in toks.iter().enumerate().skip(open) {
+        if t.is_punct("(") {
+            depth += 1;
+        } else if t.is_punct(")") {
+            depth -= 1;
+            if depth == 0 {
+                return Some(j);
+            }
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn closing_parens_are_matched() {
+        let toks: Vec<super::Token<'_>> = super::Lexer::new("f((a), ')') (").collect();
+        assert_eq!(super::closing_paren(&toks, 1), Some(7));
+        assert_eq!(super::closing_paren(&toks, 2), Some(4));
+        assert_eq!(super::closing_paren(&toks, 0), None);
+        assert_eq!(super::closing_paren(&toks, 8), None);
+    }
+
     use super::*;
 
     fn kinds(sql: &str) -> Vec<(TokenKind, &str)> {

@@ -152,9 +152,42 @@ pub struct TableRule {
     pub function: Function,
 }
 
+impl TableRule {
+    /// Whether equal key values of this table and of `other` always live on
+    /// the same shard of one map: the same key type and the same placement
+    /// (both hashed on the map's ring, or identical ranges or lists).
+    pub fn co_located(&self, other: &TableRule) -> bool {
+        self.key_type == other.key_type && self.function == other.function
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn co_location_needs_the_same_key_type_and_placement() {
+        let rule = |name: &str, key_type, function| TableRule {
+            table: TableName::new(None, name),
+            column: "k".into(),
+            key_type,
+            function,
+        };
+        let range = |end| {
+            Function::Range(vec![RangeEntry {
+                start: 0,
+                end,
+                shard: 0,
+            }])
+        };
+        let a = rule("a", KeyType::BigInt, Function::Hash);
+        assert!(a.co_located(&rule("b", KeyType::BigInt, Function::Hash)));
+        assert!(!a.co_located(&rule("b", KeyType::Text, Function::Hash)));
+        assert!(!a.co_located(&rule("b", KeyType::BigInt, range(10))));
+        let r = rule("r", KeyType::BigInt, range(10));
+        assert!(r.co_located(&rule("s", KeyType::BigInt, range(10))));
+        assert!(!r.co_located(&rule("s", KeyType::BigInt, range(20))));
+    }
 
     #[test]
     fn unquoted_configured_names_match_case_insensitively() {

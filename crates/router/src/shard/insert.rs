@@ -4,7 +4,7 @@
 
 use std::ops::Range;
 
-use crate::lexer::{Lexer, Token, TokenKind};
+use crate::lexer::{closing_paren, Lexer, Token, TokenKind};
 
 /// Spans of an `INSERT ... VALUES` statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,22 +49,8 @@ pub(super) fn locate(sql: &str) -> Option<InsertSpans> {
     let mut rows = Vec::new();
     let mut i = v + 1;
     loop {
-        let open = toks.get(i).filter(|t| t.is_punct("("))?;
-        let mut depth = 0usize;
-        let mut j = i;
-        let close = loop {
-            let t = toks.get(j)?;
-            if t.is_punct("(") {
-                depth += 1;
-            } else if t.is_punct(")") {
-                depth -= 1;
-                if depth == 0 {
-                    break t;
-                }
-            }
-            j += 1;
-        };
-        rows.push(open.offset..close.offset + 1);
+        let j = closing_paren(&toks, i)?;
+        rows.push(toks[i].offset..toks[j].offset + 1);
         i = j + 1;
         if toks.get(i).is_some_and(|t| t.is_punct(",")) {
             i += 1;

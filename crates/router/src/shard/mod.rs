@@ -60,6 +60,7 @@
 mod analyze;
 mod fallback;
 mod insert;
+pub mod insert_select;
 mod normalize;
 mod planner;
 
@@ -100,6 +101,15 @@ pub trait TableLookup {
     /// [`ShardPlanner::clear`] after a configuration change.
     fn version(&self) -> u64 {
         0
+    }
+
+    /// Whether sharded tables `a` and `b` (each `(schema, name)`) place
+    /// equal key values on the same shard (same key type, same placement
+    /// function), so rows of one can be written next to rows of the other
+    /// shard by shard. The default knows of no such pair.
+    fn co_located(&self, a: (Option<&str>, &str), b: (Option<&str>, &str)) -> bool {
+        let _ = (a, b);
+        false
     }
 }
 

@@ -12,6 +12,7 @@ mod commit;
 mod cursor;
 mod extended;
 mod fanout;
+mod insert_select;
 mod listen;
 mod local;
 mod login;

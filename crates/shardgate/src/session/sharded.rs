@@ -77,6 +77,9 @@ pub(super) enum Dest {
     /// A query over rows of several shards whose results are merged; the
     /// database collation when it does not order text bytewise.
     Merge(Vec<usize>, Arc<MergePlan>, Option<String>),
+    /// `INSERT ... SELECT` whose rows the proxy carries from the query to
+    /// the shards that own them.
+    Stream(Box<super::insert_select::StreamInsert>),
 }
 
 /// The shard map as the statement planner sees it.
@@ -97,6 +100,13 @@ impl TableLookup for MapLookup<'_> {
     fn version(&self) -> u64 {
         self.0.version()
     }
+
+    fn co_located(&self, a: (Option<&str>, &str), b: (Option<&str>, &str)) -> bool {
+        match (self.0.table(a.0, a.1), self.0.table(b.0, b.1)) {
+            (Some(a), Some(b)) => a.co_located(b),
+            _ => false,
+        }
+    }
 }
 
 /// Bind parameters, when the statement came through the extended protocol.
@@ -105,14 +115,14 @@ pub(super) type Params<'a> = Option<&'a Bind<'a>>;
 /// A key value could not be determined (an expression, a missing parameter).
 pub(super) struct Unknown;
 
-fn not_null(table: &str, column: &str) -> PgError {
+pub(super) fn not_null(table: &str, column: &str) -> PgError {
     PgError::error(
         "23502",
         format!("shard key {column} of sharded table {table} must not be NULL"),
     )
 }
 
-fn bad_key(rule: &TableRule, e: impl std::fmt::Display) -> PgError {
+pub(super) fn bad_key(rule: &TableRule, e: impl std::fmt::Display) -> PgError {
     PgError::error(
         "22P02",
         format!("invalid shard key for {}.{}: {e}", rule.table, rule.column),
@@ -156,7 +166,11 @@ pub(super) fn key_from(
 }
 
 /// The shard of a row key (errors for keys no range/list entry accepts).
-fn shard_of_key(map: &ShardMap, rule: &TableRule, key: &ShardKey) -> Result<usize, PgError> {
+pub(super) fn shard_of_key(
+    map: &ShardMap,
+    rule: &TableRule,
+    key: &ShardKey,
+) -> Result<usize, PgError> {
     map.shard_for(rule, key).map_err(|e| {
         PgError::error("23514", e.to_string())
             .with_hint("Add the value to the table's ranges or lists in proxy.toml.")
@@ -165,18 +179,18 @@ fn shard_of_key(map: &ShardMap, rule: &TableRule, key: &ShardKey) -> Result<usiz
 
 /// The Describe/Execute messages and the Sync that follow a Bind going to
 /// several shards.
-struct AfterBind {
+pub(super) struct AfterBind {
     /// The messages, Sync included.
     batch: BytesMut,
     /// A Describe is among them.
-    describe: bool,
+    pub(super) describe: bool,
     /// The row limit of the Execute, if it sets one.
     max_rows: Option<u64>,
     /// Bytes of `rest` they take.
-    consumed: usize,
+    pub(super) consumed: usize,
 }
 
-fn batch_after_bind(rest: &[u8], max_message: usize) -> Result<AfterBind, PgError> {
+pub(super) fn batch_after_bind(rest: &[u8], max_message: usize) -> Result<AfterBind, PgError> {
     let mut batch = BytesMut::new();
     let mut describe = false;
     let mut max_rows = None;
@@ -234,7 +248,7 @@ fn batch_after_bind(rest: &[u8], max_message: usize) -> Result<AfterBind, PgErro
 
 /// EXPLAIN of a statement that runs on several shards: each shard would
 /// describe its own part, and glued together they are no plan at all.
-fn refuse_explain(sql: &str) -> Result<(), PgError> {
+pub(super) fn refuse_explain(sql: &str) -> Result<(), PgError> {
     if first_keyword(sql).is_some_and(|k| k.eq_ignore_ascii_case("explain")) {
         return Err(cross_shard_refusal(
             "EXPLAIN of a statement that runs on several shards",
@@ -264,7 +278,7 @@ fn read_in_pieces(rest: &[u8], portal: &str, max: usize) -> bool {
 }
 
 /// The 0A000 error for a query that cannot be answered across shards.
-fn cross_shard_refusal(construct: &str) -> PgError {
+pub(super) fn cross_shard_refusal(construct: &str) -> PgError {
     PgError::error("0A000", format!("not supported across shards: {construct}")).with_hint(
         "Restrict the query to one shard key value, or add a /* shardgate: shard=N */ hint.",
     )
@@ -303,7 +317,7 @@ fn non_transactional(sql: &str) -> bool {
 }
 
 impl Session {
-    fn map(&self) -> Arc<ShardMap> {
+    pub(super) fn map(&self) -> Arc<ShardMap> {
         self.snap
             .sharding
             .as_ref()
@@ -538,11 +552,14 @@ impl Session {
             .table(ins.table.0.as_deref(), &ins.table.1)
             .cloned()
             .ok_or_else(|| PgError::error("XX000", format!("no rule for {}", ins.table.1)))?;
-        if ins.from_select || ins.rows.is_empty() {
+        if ins.from_select {
+            return self.insert_select_dest(&rule, sql, ins, params).await;
+        }
+        if ins.rows.is_empty() {
             return Err(PgError::error(
                 "0A000",
                 format!(
-                    "INSERT ... SELECT or DEFAULT VALUES into sharded table {} is not supported",
+                    "INSERT ... DEFAULT VALUES into sharded table {} is not supported",
                     rule.table
                 ),
             )
@@ -730,6 +747,13 @@ impl Session {
                 let used = shards.clone();
                 let timing = self.fanout_starts(sql);
                 let r = self.merge_query(shards, plan, want, req).await;
+                self.fanout_ends(timing, &used);
+                r
+            }
+            Dest::Stream(si) => {
+                let timing = self.fanout_starts(sql);
+                let used = self.map().all_shards();
+                let r = self.insert_select_run(*si, None, None).await;
                 self.fanout_ends(timing, &used);
                 r
             }
@@ -1081,6 +1105,24 @@ impl Session {
                 };
                 self.merge_query(shards, plan, want, req).await
             }
+            Dest::Stream(si) => {
+                let after = match batch_after_bind(rest, self.max_message) {
+                    Ok(b) => b,
+                    Err(e) => return self.refuse_pg(e),
+                };
+                self.extra_consumed = after.consumed;
+                let bound = super::insert_select::Bound {
+                    bind,
+                    param_types: &stmt.param_types,
+                };
+                let timing = self.fanout_starts(&stmt.query);
+                let used = self.map().all_shards();
+                let r = self
+                    .insert_select_run(*si, Some(bound), Some(after.describe))
+                    .await;
+                self.fanout_ends(timing, &used);
+                r
+            }
             Dest::Split(parts) => {
                 // Each shard prepares its rows of the statement, with only
                 // their parameters, renumbered (pgjdbc's
@@ -1264,7 +1306,7 @@ impl Session {
                 let req = MergeRequest::simple(collation, copy);
                 return self.merge_query(shards, plan, want, req).await;
             }
-            Dest::Split(_) => {
+            Dest::Split(_) | Dest::Stream(_) => {
                 return self.reply_error(cross_shard_refusal("COPY (INSERT ...) TO"));
             }
         };
@@ -1472,7 +1514,7 @@ fn send_rows(
 }
 
 /// Shards of a key filter; `None` when a key value cannot be known.
-fn shards_of_filter(
+pub(super) fn shards_of_filter(
     map: &ShardMap,
     rule: &TableRule,
     filter: &KeyFilter,
@@ -1545,7 +1587,7 @@ fn aborted() -> PgError {
     )
 }
 
-fn quote_ident(s: &str) -> String {
+pub(super) fn quote_ident(s: &str) -> String {
     let plain = !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
