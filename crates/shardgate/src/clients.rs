@@ -282,6 +282,16 @@ pub struct ClientRegistry {
 
 impl ClientRegistry {
     /// Registers a client until the returned guard drops.
+    /// Client connections of `user` open now.
+    pub fn count_user(&self, user: &str) -> usize {
+        self.clients
+            .lock()
+            .expect("clients lock")
+            .values()
+            .filter(|c| c.user == user)
+            .count()
+    }
+
     pub fn register(&self, c: NewClient<'_>) -> Registered<'_> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let info = Arc::new(ClientInfo {

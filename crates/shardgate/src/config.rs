@@ -339,6 +339,25 @@ pub struct ProxyConfig {
     /// an aggregate, gathered values); beyond it the query fails with
     /// `53400`.
     pub merge_memory_limit: usize,
+    /// A client that has not finished logging in by then is disconnected.
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
+    pub auth_timeout: Duration,
+    /// A client idle outside a transaction this long is disconnected
+    /// (`57P05`); 0 = never.
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
+    pub client_idle_timeout: Duration,
+    /// A client idle inside a transaction this long is disconnected
+    /// (`25P03`) and its transaction rolled back, freeing the server
+    /// connection; 0 = never.
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
+    pub idle_transaction_timeout: Duration,
+    /// A statement running this long is cancelled at the server (`57014`);
+    /// 0 = never.
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
+    pub query_timeout: Duration,
+    /// Most client connections of one user at once (`53300` beyond); 0 =
+    /// no limit other than `max_client_connections`.
+    pub max_connections_per_user: usize,
 }
 
 impl Default for ProxyConfig {
@@ -363,6 +382,11 @@ impl Default for ProxyConfig {
             two_phase_log: PathBuf::from("shardgate-2pc.log"),
             defer_begin: true,
             merge_memory_limit: 256 << 20,
+            auth_timeout: Duration::from_secs(60),
+            client_idle_timeout: Duration::ZERO,
+            idle_transaction_timeout: Duration::ZERO,
+            query_timeout: Duration::ZERO,
+            max_connections_per_user: 0,
             metrics_listen: None,
             slow_query_ms: 1000,
             slow_query_log_size: 1000,
@@ -600,6 +624,12 @@ impl Config {
         }
         if p.pool_size == 0 {
             return Err(invalid("proxy.pool_size", "must be at least 1".into()));
+        }
+        if p.auth_timeout.is_zero() {
+            return Err(invalid(
+                "proxy.auth_timeout",
+                "must be more than 0 (a silent client would hold its connection forever)".into(),
+            ));
         }
         if p.merge_memory_limit < 1 << 20 {
             return Err(invalid(

@@ -41,64 +41,39 @@ async fn send_fatal(stream: &mut ClientStream, err: &PgError) {
 /// Serves one client connection from its first byte to its last.
 pub async fn handle_client(runtime: Arc<Runtime>, socket: TcpStream, peer: SocketAddr) {
     let _ = socket.set_nodelay(true);
-    let mut buf = BytesMut::with_capacity(1024);
     let snap = runtime.snapshot();
-    let (stream, startup) =
-        read_startup(&runtime, &snap, ClientStream::Plain(socket), &mut buf).await;
-    let (mut stream, params) = match (stream, startup) {
-        (Some(stream), Ok(Startup::Login(params))) => (stream, params),
-        (Some(mut stream), Err(e)) => {
-            tracing::info!(%peer, error = %e, "bad startup packet");
-            send_fatal(&mut stream, &e).await;
+    // A client that is slow or silent before it is logged in holds nothing
+    // past auth_timeout.
+    let limit = snap.config.proxy.auth_timeout;
+    let logged_in = match tokio::time::timeout(limit, log_in(&runtime, &snap, socket, peer)).await {
+        Ok(Some(l)) => l,
+        Ok(None) => return,
+        Err(_) => {
+            tracing::info!(%peer, timeout_ms = limit.as_millis() as u64, "login not finished within auth_timeout; connection closed");
             return;
         }
-        (_, Ok(Startup::Cancelled)) | (None, _) => return,
     };
+    let LoggedIn {
+        mut stream,
+        buf,
+        params,
+        user_name,
+        database,
+        user,
+    } = logged_in;
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let Some(user_name) = get("user").filter(|u| !u.is_empty()).map(str::to_owned) else {
+    let per_user = snap.config.proxy.max_connections_per_user;
+    if per_user > 0 && runtime.clients.count_user(&user_name) >= per_user {
         send_fatal(
             &mut stream,
             &PgError::fatal(
-                "28000",
-                "no PostgreSQL user name specified in startup packet",
+                "53300",
+                format!("too many connections for role \"{user_name}\" (max_connections_per_user = {per_user})"),
             ),
         )
         .await;
         return;
-    };
-    let database = get("database")
-        .filter(|d| !d.is_empty())
-        .unwrap_or(&user_name)
-        .to_owned();
-    if get("replication").is_some_and(|r| r != "false" && r != "0" && r != "off") {
-        send_fatal(
-            &mut stream,
-            &PgError::fatal("0A000", "shardgate does not proxy replication connections")
-                .with_hint("Connect replication clients to the servers directly."),
-        )
-        .await;
-        return;
     }
-    if runtime.shutting_down() {
-        send_fatal(
-            &mut stream,
-            &PgError::fatal("57P03", "shardgate is shutting down"),
-        )
-        .await;
-        return;
-    }
-    let user = match snap
-        .users
-        .authenticate(&mut stream, &mut buf, &user_name)
-        .await
-    {
-        Ok(u) => u,
-        Err(e) => {
-            tracing::info!(%peer, user = %user_name, error = %e, "login failed");
-            send_fatal(&mut stream, &e.to_pg_error()).await;
-            return;
-        }
-    };
     if database == snap.config.proxy.admin_database {
         tracing::info!(%peer, user = %user_name, "admin console connected");
         crate::admin::serve(runtime.clone(), user, stream, buf).await;
@@ -142,6 +117,91 @@ pub async fn handle_client(runtime: Arc<Runtime>, socket: TcpStream, peer: Socke
         Err(e) => log_end(&peer, &user_name, &e),
     }
     drop(registered);
+}
+
+/// A client past its startup packet and authentication.
+struct LoggedIn {
+    stream: ClientStream,
+    buf: BytesMut,
+    params: Vec<(String, String)>,
+    user_name: String,
+    database: String,
+    user: Arc<crate::auth::User>,
+}
+
+/// Reads the startup packet and authenticates the client; `None` when the
+/// connection ended (the client was told why).
+async fn log_in(
+    runtime: &Arc<Runtime>,
+    snap: &Arc<crate::runtime::Snapshot>,
+    socket: TcpStream,
+    peer: SocketAddr,
+) -> Option<LoggedIn> {
+    let mut buf = BytesMut::with_capacity(1024);
+    let (stream, startup) =
+        read_startup(runtime, snap, ClientStream::Plain(socket), &mut buf).await;
+    let (mut stream, params) = match (stream, startup) {
+        (Some(stream), Ok(Startup::Login(params))) => (stream, params),
+        (Some(mut stream), Err(e)) => {
+            tracing::info!(%peer, error = %e, "bad startup packet");
+            send_fatal(&mut stream, &e).await;
+            return None;
+        }
+        (_, Ok(Startup::Cancelled)) | (None, _) => return None,
+    };
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let Some(user_name) = get("user").filter(|u| !u.is_empty()).map(str::to_owned) else {
+        send_fatal(
+            &mut stream,
+            &PgError::fatal(
+                "28000",
+                "no PostgreSQL user name specified in startup packet",
+            ),
+        )
+        .await;
+        return None;
+    };
+    let database = get("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or(&user_name)
+        .to_owned();
+    if get("replication").is_some_and(|r| r != "false" && r != "0" && r != "off") {
+        send_fatal(
+            &mut stream,
+            &PgError::fatal("0A000", "shardgate does not proxy replication connections")
+                .with_hint("Connect replication clients to the servers directly."),
+        )
+        .await;
+        return None;
+    }
+    if runtime.shutting_down() {
+        send_fatal(
+            &mut stream,
+            &PgError::fatal("57P03", "shardgate is shutting down"),
+        )
+        .await;
+        return None;
+    }
+    let user = match snap
+        .users
+        .authenticate(&mut stream, &mut buf, &user_name)
+        .await
+    {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::info!(%peer, user = %user_name, error = %e, "login failed");
+            send_fatal(&mut stream, &e.to_pg_error()).await;
+            return None;
+        }
+    };
+    Some(LoggedIn {
+        stream,
+        buf,
+        params,
+        user_name,
+        database,
+        user,
+    })
 }
 
 fn log_end(peer: &SocketAddr, user: &str, e: &SessionError) {

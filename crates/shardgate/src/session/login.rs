@@ -81,6 +81,7 @@ impl Session {
                 Event::Client(Err(e)) => return Err(SessionError::ClientIo(e)),
                 // Nobody listens during login.
                 Event::Shutdown | Event::Notification(_) => {}
+                Event::Timeout(t) => self.on_timeout(t)?,
             }
         }
         let b = self.backend.as_mut().expect("attached during login");

@@ -21,6 +21,7 @@ mod moving;
 mod server;
 mod sharded;
 mod split;
+mod timeouts;
 mod timing;
 
 pub(crate) use extended::is_set_statement;
@@ -156,6 +157,8 @@ enum Event {
     Shutdown,
     /// A notification for a channel the client listens to.
     Notification(Option<crate::notify::Notification>),
+    /// A timeout expired (see `timeouts.rs`).
+    Timeout(timeouts::Timeout),
 }
 
 /// How far [`Session::message_now`] got with a client message.
@@ -303,6 +306,10 @@ pub struct Session {
     logged_in: bool,
     /// A read whose node failed before answering, to run again.
     pending_retry: Option<server::PendingRetry>,
+    /// When the statement the server is running was sent (query_timeout).
+    query_started: Option<tokio::time::Instant>,
+    /// That statement was cancelled for query_timeout already.
+    query_cancelled: bool,
     /// How often the current read was retried.
     retry_attempt: usize,
     /// The expectation queue of the last released connection, kept so
@@ -405,6 +412,8 @@ impl Session {
             virtual_stmts: Default::default(),
             logged_in: false,
             pending_retry: None,
+            query_started: None,
+            query_cancelled: false,
             retry_attempt: 0,
             spare_queue: VecDeque::with_capacity(8),
         }
@@ -474,6 +483,7 @@ impl Session {
                 }
                 Event::Server(Err(e)) => self.server_lost(e.to_string())?,
                 Event::Shutdown => {}
+                Event::Timeout(t) => self.on_timeout(t)?,
                 Event::Notification(Some(n)) => self.notifications.held.push(n),
                 Event::Notification(None) => self.notifications.subscription = None,
             }
@@ -585,8 +595,13 @@ impl Session {
 
     async fn wait(&mut self) -> Event {
         reserve(&mut self.cbuf);
+        let timer = self.next_timeout();
+        let (deadline, why) = match timer {
+            Some((d, w)) => (Some(d), w),
+            None => (None, timeouts::Timeout::Query),
+        };
         if self.notifications.subscription.is_some() {
-            return self.wait_listening().await;
+            return self.wait_listening(deadline, why).await;
         }
         let client = &mut self.client;
         let cbuf = &mut self.cbuf;
@@ -598,10 +613,15 @@ impl Session {
                     biased;
                     r = conn.stream.read_buf(&mut conn.read_buf) => Event::Server(r),
                     r = client.read_buf(cbuf) => Event::Client(r),
+                    _ = timeouts::until(deadline) => Event::Timeout(why),
                 }
             }
             // A deferred BEGIN is an open transaction: shutdown lets it finish.
-            None if self.begin_deferred => Event::Client(client.read_buf(cbuf).await),
+            None if self.begin_deferred => tokio::select! {
+                biased;
+                r = client.read_buf(cbuf) => Event::Client(r),
+                _ = timeouts::until(deadline) => Event::Timeout(why),
+            },
             None => {
                 let shutdown = self.shutdown.as_mut();
                 // Biased: no random pick per wait; a client that keeps
@@ -610,13 +630,18 @@ impl Session {
                     biased;
                     r = client.read_buf(cbuf) => Event::Client(r),
                     _ = shutdown => Event::Shutdown,
+                    _ = timeouts::until(deadline) => Event::Timeout(why),
                 }
             }
         }
     }
 
     /// [`Session::wait`] for a client that listens: notifications too.
-    async fn wait_listening(&mut self) -> Event {
+    async fn wait_listening(
+        &mut self,
+        deadline: Option<tokio::time::Instant>,
+        why: timeouts::Timeout,
+    ) -> Event {
         let client = &mut self.client;
         let cbuf = &mut self.cbuf;
         let sub = self.notifications.subscription.as_mut().expect("listening");
@@ -629,6 +654,7 @@ impl Session {
                     r = conn.stream.read_buf(&mut conn.read_buf) => Event::Server(r),
                     r = client.read_buf(cbuf) => Event::Client(r),
                     n = sub.incoming.recv() => Event::Notification(n),
+                    _ = timeouts::until(deadline) => Event::Timeout(why),
                 }
             }
             None => {
@@ -638,6 +664,7 @@ impl Session {
                     r = client.read_buf(cbuf) => Event::Client(r),
                     n = sub.incoming.recv() => Event::Notification(n),
                     _ = shutdown, if !self.begin_deferred => Event::Shutdown,
+                    _ = timeouts::until(deadline) => Event::Timeout(why),
                 }
             }
         }
