@@ -117,3 +117,50 @@ fn simple_values(msgs: &[tokio_postgres::SimpleQueryMessage]) -> Vec<String> {
         })
         .collect()
 }
+
+/// `query_timeout` of a statement that runs on several shards: every shard
+/// still answering is cancelled, the client gets `57014`, the session and
+/// the shards' connections go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_timeout_cancels_every_shard() {
+    let c = cluster(ClusterSpec::new(2, 0));
+    let port = free_port();
+    let sharded = "\n[sharding]\ndefault_shard = 0\n\n[[sharded_tables]]\ntable = \"items\"\ncolumn = \"id\"\nfunction = \"hash\"\nkey_type = \"bigint\"\n";
+    let proxy = Proxy::start(
+        c.dir(),
+        port,
+        &config(&c, port, "query_timeout = \"1s\"", sharded),
+    );
+    let client = connect(&proxy.app()).await;
+    client
+        .batch_execute("CREATE TABLE items (id bigint PRIMARY KEY, v int)")
+        .await
+        .unwrap();
+    let values: Vec<String> = (1..=20).map(|i| format!("({i}, {i})")).collect();
+    client
+        .batch_execute(&format!("INSERT INTO items VALUES {}", values.join(", ")))
+        .await
+        .unwrap();
+    for sql in [
+        // Merged (aggregate) and concatenated reads over both shards.
+        "SELECT count(*) FROM items WHERE pg_sleep(0.5) IS NOT NULL",
+        "SELECT id FROM items WHERE pg_sleep(0.5) IS NOT NULL",
+    ] {
+        let start = Instant::now();
+        let err = client
+            .simple_query(sql)
+            .await
+            .expect_err("cancelled by query_timeout");
+        assert_eq!(sqlstate(&err).as_deref(), Some("57014"), "{sql}: {err:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(8),
+            "{sql}: {:?}",
+            start.elapsed()
+        );
+        let n = client
+            .simple_query("SELECT count(*) FROM items")
+            .await
+            .unwrap();
+        assert_eq!(simple_values(&n), vec!["20".to_owned()]);
+    }
+}

@@ -420,6 +420,7 @@ impl Session {
             }
         }
         let mut done: Vec<bool> = parts.iter().map(|p| p.b.conn.broken).collect();
+        let mut timer = super::fanout::QueryTimer::new(self.snap.config.proxy.query_timeout);
         loop {
             for (j, p) in parts.iter_mut().enumerate() {
                 while !done[j] {
@@ -450,7 +451,7 @@ impl Session {
                 break;
             }
             let wanted = |j: usize, _: &Part| !done[j];
-            let Ok((j, read)) = read_any(&mut parts, wanted, &self.client).await else {
+            let Ok((j, read)) = read_any(&mut parts, wanted, &self.client, &mut timer).await else {
                 super::fanout::abandon(&mut parts);
                 return Err(PgError::fatal("08006", "the client closed the connection"));
             };

@@ -75,6 +75,8 @@ pub(super) struct Fanout {
     /// Cancel requests to deliver before reading on (delivered, not just
     /// sent, so none can reach a later statement on the connection).
     to_cancel: Vec<shardgate_pool::CancelHandle>,
+    /// `query_timeout` of the statement.
+    timer: QueryTimer,
 }
 
 /// How a fan-out runs.
@@ -183,6 +185,7 @@ impl Session {
             ready,
             descs_sent: 0,
             to_cancel: Vec::new(),
+            timer: QueryTimer::new(self.snap.config.proxy.query_timeout),
         };
         self.write_parts(&mut fan).await;
         self.continue_fanout(fan).await
@@ -332,7 +335,9 @@ impl Session {
             }
             self.flush_client().await?;
             let wanted = |_: usize, p: &Part| p.needs_data();
-            let Ok((i, read)) = read_any(&mut fan.parts, wanted, &self.client).await else {
+            let Ok((i, read)) =
+                read_any(&mut fan.parts, wanted, &self.client, &mut fan.timer).await
+            else {
                 abandon(&mut fan.parts);
                 return Err(client_left());
             };
@@ -525,10 +530,53 @@ pub(super) struct ClientGone;
 /// client too: if it goes away meanwhile, the wait ends with [`ClientGone`]
 /// (a statement waiting on a lock must not keep its transaction open for
 /// a client that is no longer there).
+/// `query_timeout` of a statement that runs on several shards: when it
+/// expires, every shard still answering gets a cancel request (and answers
+/// `57014`).
+pub(super) struct QueryTimer {
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl QueryTimer {
+    /// A timer of `limit` from now (none when `limit` is zero).
+    pub(super) fn new(limit: std::time::Duration) -> QueryTimer {
+        QueryTimer {
+            sleep: (!limit.is_zero()).then(|| Box::pin(tokio::time::sleep(limit))),
+        }
+    }
+
+    /// No timer.
+    pub(super) fn off() -> QueryTimer {
+        QueryTimer { sleep: None }
+    }
+
+    /// Cancels the unfinished parts once the time is up (once).
+    fn poll_expired(&mut self, cx: &mut std::task::Context<'_>, parts: &[Part]) {
+        let Some(sleep) = self.sleep.as_mut() else {
+            return;
+        };
+        if std::future::Future::poll(sleep.as_mut(), cx).is_pending() {
+            return;
+        }
+        self.sleep = None;
+        let handles: Vec<_> = parts
+            .iter()
+            .filter(|p| p.done.is_none())
+            .map(|p| p.b.conn.cancel.clone())
+            .collect();
+        tracing::info!(
+            shards = handles.len(),
+            "statement cancelled on its shards: query_timeout"
+        );
+        tokio::spawn(deliver_cancels(handles));
+    }
+}
+
 pub(super) async fn read_any(
     parts: &mut [Part],
     wanted: impl Fn(usize, &Part) -> bool,
     client: &crate::client_io::ClientStream,
+    timer: &mut QueryTimer,
 ) -> Result<(usize, std::io::Result<usize>), ClientGone> {
     poll_fn(|cx| {
         for (i, p) in parts.iter_mut().enumerate() {
@@ -552,6 +600,7 @@ pub(super) async fn read_any(
         if client.poll_closed(cx).is_ready() {
             return Poll::Ready(Err(ClientGone));
         }
+        timer.poll_expired(cx, parts);
         Poll::Pending
     })
     .await

@@ -827,7 +827,13 @@ async fn next_msg(
                 return Err(lost(p, &format!("protocol error from server: {e}")));
             }
         }
-        let read = super::fanout::read_any(std::slice::from_mut(p), |_, _| true, client).await;
+        let read = super::fanout::read_any(
+            std::slice::from_mut(p),
+            |_, _| true,
+            client,
+            &mut super::fanout::QueryTimer::off(),
+        )
+        .await;
         match read {
             Err(_) => return Err(Failed::ClientGone),
             Ok((_, Ok(n))) if n > 0 => {}

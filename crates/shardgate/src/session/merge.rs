@@ -173,6 +173,7 @@ impl Session {
         }
         let mut run = Run::new(plan.clone(), visible, parts.len(), req.collation.clone());
         run.memory_limit = self.snap.config.proxy.merge_memory_limit;
+        run.timer = super::fanout::QueryTimer::new(self.snap.config.proxy.query_timeout);
         run.formats = req.bind.map(|b| b.result_formats()).unwrap_or_default();
         run.offset = limits.1;
         run.limit = match (limits.0, req.max_rows) {
@@ -340,7 +341,7 @@ impl Session {
             let draining = run.failed || run.stopping;
             let wanted =
                 |i: usize, p: &Part| p.done.is_none() && (draining || streams[i].head.is_none());
-            let Ok((i, read)) = read_any(parts, wanted, &self.client).await else {
+            let Ok((i, read)) = read_any(parts, wanted, &self.client, &mut run.timer).await else {
                 super::fanout::abandon(parts);
                 return Err(super::fanout::client_left());
             };
@@ -449,6 +450,8 @@ pub(super) struct Run {
     held: usize,
     /// `proxy.merge_memory_limit`.
     pub(super) memory_limit: usize,
+    /// `proxy.query_timeout` of this statement.
+    pub(super) timer: super::fanout::QueryTimer,
     /// `COPY (query) TO`: how the client's rows become COPY data.
     pub(super) copy: Option<shardgate_router::CopyRowsOut>,
     /// Where in the client buffer the merge's unconverted output starts.
@@ -500,6 +503,7 @@ impl Run {
             sorted_groups: Vec::new(),
             held: 0,
             memory_limit: crate::config::ProxyConfig::default().merge_memory_limit,
+            timer: super::fanout::QueryTimer::off(),
             copy: None,
             copy_mark: 0,
         }

@@ -337,6 +337,7 @@ impl Session {
             .iter()
             .find(|p| p.b.conn.broken)
             .map(|p| lost_shard(&p.b.conn.addr));
+        let mut timer = super::fanout::QueryTimer::new(self.snap.config.proxy.query_timeout);
         loop {
             for (part, r) in parts.iter_mut().zip(readings.iter_mut()) {
                 read_answers(part, r, &mut answers);
@@ -345,7 +346,7 @@ impl Session {
                 break;
             }
             let wanted = |i: usize, _: &Part| !readings[i].done;
-            let Ok((i, read)) = read_any(&mut parts, wanted, &self.client).await else {
+            let Ok((i, read)) = read_any(&mut parts, wanted, &self.client, &mut timer).await else {
                 super::fanout::abandon(&mut parts);
                 return Err(super::fanout::client_left());
             };
