@@ -817,6 +817,23 @@ async fn authentication_methods_and_tls() {
     let info = run(psql(&ci).args(["-c", "\\conninfo"]), LONG);
     assert!(String::from_utf8_lossy(&info.stdout).contains("SSL connection"));
     assert!(proxy.log_text().contains("tls=true"));
+    // Over TLS the proxy offers SCRAM-SHA-256-PLUS: libpq binds the login to
+    // the certificate (channel_binding=require fails unless the server
+    // completed a PLUS exchange), and plain SCRAM still works.
+    for binding in ["require", "disable"] {
+        let ci = format!(
+            "host=127.0.0.1 port={port} user=app password=secret dbname=app sslmode=require channel_binding={binding}"
+        );
+        assert_eq!(psql_ok(&ci, "SELECT 7"), "7", "channel_binding={binding}");
+    }
+    let ci = format!(
+        "host=127.0.0.1 port={port} user=app password=secret dbname=app sslmode=disable channel_binding=require"
+    );
+    let out = run(psql(&ci).args(["-c", "SELECT 1"]), LONG);
+    assert!(
+        !out.status.success(),
+        "channel binding without TLS must fail"
+    );
     // Without TLS configured the proxy answers N, so sslmode=require fails cleanly.
     let c2port = free_port();
     let plain = Proxy::start(c.dir(), c2port, &config(&c, c2port, "", ""));

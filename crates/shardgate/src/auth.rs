@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use rand::RngExt;
-use shardgate_protocol::auth::scram::{Exchange, Verifier, MECHANISM};
+use shardgate_protocol::auth::scram::{Exchange, Negotiation, Verifier, MECHANISM, MECHANISM_PLUS};
 use shardgate_protocol::auth::{md5, AuthError};
 use shardgate_protocol::backend::{self, auth_code};
 use shardgate_protocol::frontend::tag;
@@ -142,12 +142,15 @@ impl UserDirectory {
     }
 
     /// Runs the authentication exchange for `name`; on success the client has
-    /// been sent AuthenticationOk.
+    /// been sent AuthenticationOk. `binding`: the TLS certificate's
+    /// `tls-server-end-point` data on a TLS connection (SCRAM-SHA-256-PLUS
+    /// is offered then).
     pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         stream: &mut S,
         buf: &mut BytesMut,
         name: &str,
+        binding: Option<&[u8]>,
     ) -> Result<Arc<User>, LoginError> {
         let user = self.users.get(name);
         let fail = |reason| LoginError::Failed {
@@ -157,12 +160,17 @@ impl UserDirectory {
         let result = match user.map(|u| &u.secret) {
             Some(Secret::Trust) => Ok(()),
             Some(Secret::Md5(stored)) => md5_exchange(stream, buf, stored).await,
-            Some(Secret::Scram(v)) => scram_exchange(stream, buf, v.clone()).await,
+            Some(Secret::Scram(v)) => scram_exchange(stream, buf, v.clone(), binding).await,
             // Unknown users go through a SCRAM exchange that cannot succeed, so
             // they are indistinguishable from a wrong password.
-            None => scram_exchange(stream, buf, Verifier::mock(name, &self.mock_secret))
-                .await
-                .and(Err(Ok(AuthError::WrongPassword))),
+            None => scram_exchange(
+                stream,
+                buf,
+                Verifier::mock(name, &self.mock_secret),
+                binding,
+            )
+            .await
+            .and(Err(Ok(AuthError::WrongPassword))),
         };
         match (result, user) {
             (Ok(()), Some(u)) => {
@@ -221,8 +229,13 @@ async fn scram_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
     verifier: Verifier,
+    binding: Option<&[u8]>,
 ) -> ExchangeResult {
     let mut mechanisms = Vec::new();
+    if binding.is_some() {
+        mechanisms.extend_from_slice(MECHANISM_PLUS.as_bytes());
+        mechanisms.push(0);
+    }
     mechanisms.extend_from_slice(MECHANISM.as_bytes());
     mechanisms.extend_from_slice(b"\0\0");
     send(stream, auth_code::SASL, &mechanisms).await?;
@@ -231,7 +244,8 @@ async fn scram_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     let mechanism = r
         .str()
         .map_err(|_| Ok(AuthError::MalformedScram("SASLInitialResponse")))?;
-    if mechanism != MECHANISM {
+    let plus = binding.is_some() && mechanism == MECHANISM_PLUS;
+    if mechanism != MECHANISM && !plus {
         return Err(Ok(AuthError::UnsupportedMechanism(mechanism.to_owned())));
     }
     let len = r
@@ -243,7 +257,11 @@ async fn scram_exchange<S: AsyncRead + AsyncWrite + Unpin>(
         r.bytes(len as usize)
             .map_err(|_| Ok(AuthError::MalformedScram("SASLInitialResponse")))?
     };
-    let (exchange, server_first) = Exchange::start(verifier, data).map_err(Ok)?;
+    let negotiation = Negotiation {
+        plus,
+        offered_binding: binding,
+    };
+    let (exchange, server_first) = Exchange::start(verifier, data, negotiation).map_err(Ok)?;
     send(stream, auth_code::SASL_CONTINUE, server_first.as_bytes()).await?;
     let body = receive(stream, buf).await?;
     let server_final = exchange.finish(&body).map_err(Ok)?;

@@ -182,9 +182,15 @@ async fn log_in(
         .await;
         return None;
     }
+    // Over TLS SCRAM-SHA-256-PLUS binds the login to this connection.
+    let binding = snap
+        .tls
+        .as_ref()
+        .filter(|_| stream.is_tls())
+        .map(|t| t.end_point.clone());
     let user = match snap
         .users
-        .authenticate(&mut stream, &mut buf, &user_name)
+        .authenticate(&mut stream, &mut buf, &user_name, binding.as_deref())
         .await
     {
         Ok(u) => u,
@@ -267,7 +273,7 @@ async fn read_startup(
                     return (None, Err(io_err(e)));
                 }
                 stream = match &snap.tls {
-                    Some(acceptor) => match acceptor.accept(tcp).await {
+                    Some(tls) => match tls.acceptor.accept(tcp).await {
                         Ok(tls) => ClientStream::Tls(Box::new(tls)),
                         Err(e) => return (None, Err(io_err(e))),
                     },

@@ -16,7 +16,6 @@ use shardgate_router::shard::ShardPlanner;
 use shardgate_router::Classifier;
 use shardgate_shardmap::ShardMap;
 use tokio::sync::Notify;
-use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{User, UserDirectory};
 use crate::cancel::CancelRegistry;
@@ -44,7 +43,7 @@ pub struct Snapshot {
     /// The shard map and its planner; `None` for a single unsharded shard.
     pub sharding: Option<Arc<Sharding>>,
     /// TLS for clients, when configured.
-    pub tls: Option<TlsAcceptor>,
+    pub tls: Option<crate::tls::ClientTls>,
     /// The hold of a rebalancing move in progress, if any.
     pub move_gate: Option<Arc<crate::rebalance::gate::MoveGate>>,
 }

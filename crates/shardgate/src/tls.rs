@@ -36,8 +36,18 @@ fn open(path: &Path) -> Result<std::io::BufReader<std::fs::File>, TlsError> {
         })
 }
 
-/// Builds an acceptor from PEM files.
-pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+/// TLS towards clients: the acceptor, and the certificate's channel-binding
+/// data for SCRAM-SHA-256-PLUS.
+#[derive(Clone)]
+pub struct ClientTls {
+    /// Accepts TLS connections.
+    pub acceptor: TlsAcceptor,
+    /// `tls-server-end-point` of the (leaf) certificate.
+    pub end_point: Arc<[u8]>,
+}
+
+/// Builds the client TLS from PEM files.
+pub fn acceptor(cert: &Path, key: &Path) -> Result<ClientTls, TlsError> {
     let read_err = |path: &Path| {
         let path = path.display().to_string();
         move |source| TlsError::Read { path, source }
@@ -56,6 +66,9 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     ))
     .with_safe_default_protocol_versions()?
     .with_no_client_auth()
-    .with_single_cert(certs, key_der)?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    .with_single_cert(certs.clone(), key_der)?;
+    Ok(ClientTls {
+        acceptor: TlsAcceptor::from(Arc::new(config)),
+        end_point: shardgate_protocol::auth::scram::tls_server_end_point(&certs[0]).into(),
+    })
 }

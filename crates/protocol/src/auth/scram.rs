@@ -11,6 +11,40 @@ use super::AuthError;
 /// Mechanism name offered to clients.
 pub const MECHANISM: &str = "SCRAM-SHA-256";
 
+/// The channel-binding mechanism offered to clients over TLS (RFC 5929
+/// `tls-server-end-point`).
+pub const MECHANISM_PLUS: &str = "SCRAM-SHA-256-PLUS";
+
+/// `tls-server-end-point` channel-binding data (RFC 5929 §4.1) of a server
+/// certificate in DER: its hash with the certificate's signature hash
+/// algorithm (SHA-256 for MD5, SHA-1 and SHA-256 signatures; SHA-384 and
+/// SHA-512 for theirs), as Postgres computes it.
+pub fn tls_server_end_point(cert_der: &[u8]) -> Vec<u8> {
+    // Signature algorithm OIDs (DER contents) using SHA-384 / SHA-512.
+    const SHA384: [&[u8]; 2] = [
+        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c], // sha384WithRSAEncryption
+        &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03],       // ecdsa-with-SHA384
+    ];
+    const SHA512: [&[u8]; 2] = [
+        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d], // sha512WithRSAEncryption
+        &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04],       // ecdsa-with-SHA512
+    ];
+    // The outer signatureAlgorithm sits after the TBSCertificate: search
+    // the tail of the certificate for the OID.
+    let tail = &cert_der[cert_der.len().saturating_sub(600)..];
+    let has = |oids: &[&[u8]]| {
+        oids.iter()
+            .any(|oid| tail.windows(oid.len()).any(|w| w == *oid))
+    };
+    if has(&SHA512) {
+        sha2::Sha512::digest(cert_der).to_vec()
+    } else if has(&SHA384) {
+        sha2::Sha384::digest(cert_der).to_vec()
+    } else {
+        Sha256::digest(cert_der).to_vec()
+    }
+}
+
 /// A SCRAM-SHA-256 verifier as stored by Postgres
 /// (`SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`).
 #[derive(Clone, PartialEq, Eq)]
@@ -111,14 +145,31 @@ pub struct Exchange {
     server_first: String,
     gs2_header: String,
     nonce: String,
+    /// Channel-binding data the client-final message must carry (PLUS).
+    binding: Vec<u8>,
+}
+
+/// What the server offered and the client chose.
+#[derive(Debug, Clone, Copy)]
+pub struct Negotiation<'a> {
+    /// The client chose SCRAM-SHA-256-PLUS.
+    pub plus: bool,
+    /// The connection's `tls-server-end-point` data when the server offered
+    /// SCRAM-SHA-256-PLUS (a TLS connection).
+    pub offered_binding: Option<&'a [u8]>,
 }
 
 impl Exchange {
     /// Handles SASLInitialResponse data; returns the state and the server-first message.
-    pub fn start(verifier: Verifier, client_first: &[u8]) -> Result<(Exchange, String), AuthError> {
+    pub fn start(
+        verifier: Verifier,
+        client_first: &[u8],
+        negotiation: Negotiation<'_>,
+    ) -> Result<(Exchange, String), AuthError> {
         let msg = std::str::from_utf8(client_first)
             .map_err(|_| AuthError::MalformedScram("client-first-message is not UTF-8"))?;
         let (gs2_header, bare) = split_gs2(msg)?;
+        let binding = check_binding(gs2_header, negotiation)?;
         let client_nonce = bare
             .split(',')
             .find_map(|a| a.strip_prefix("r="))
@@ -145,6 +196,7 @@ impl Exchange {
             server_first: server_first.clone(),
             gs2_header: gs2_header.to_owned(),
             nonce,
+            binding,
         };
         Ok((ex, server_first))
     }
@@ -165,7 +217,9 @@ impl Exchange {
             .next()
             .and_then(|a| a.strip_prefix("r="))
             .ok_or(AuthError::MalformedScram("client-final-message lacks r="))?;
-        if binding != B64.encode(self.gs2_header.as_bytes()) {
+        let mut expected = self.gs2_header.as_bytes().to_vec();
+        expected.extend_from_slice(&self.binding);
+        if binding != B64.encode(expected) {
             return Err(AuthError::MalformedScram("channel binding does not match"));
         }
         if nonce != self.nonce {
@@ -192,17 +246,40 @@ impl Exchange {
     }
 }
 
-/// Splits `gs2-header` (`n,,` or `y,,`; channel binding `p=` is not offered)
-/// from `client-first-message-bare`.
+/// The channel-binding data the client must send back, from its gs2 flag
+/// and the mechanism it chose (Postgres's `read_client_first_message`).
+fn check_binding(gs2_header: &str, n: Negotiation<'_>) -> Result<Vec<u8>, AuthError> {
+    match (gs2_header.as_bytes()[0], n.plus, n.offered_binding) {
+        (b'p', true, Some(data)) => {
+            let name = gs2_header[..gs2_header.find(',').unwrap_or(0)]
+                .strip_prefix("p=")
+                .unwrap_or("");
+            if name != "tls-server-end-point" {
+                return Err(AuthError::MalformedScram(
+                    "unsupported SCRAM channel-binding type",
+                ));
+            }
+            Ok(data.to_vec())
+        }
+        (b'p', _, _) => Err(AuthError::MalformedScram(
+            "the client selected SCRAM-SHA-256 without channel binding, but the message includes channel binding data",
+        )),
+        (_, true, _) => Err(AuthError::MalformedScram(
+            "the client selected SCRAM-SHA-256-PLUS, but the message does not include channel binding data",
+        )),
+        (b'y', false, Some(_)) => Err(AuthError::MalformedScram(
+            "channel binding negotiation error: the client supports channel binding but thinks the server does not",
+        )),
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// Splits `gs2-header` (`n,,`, `y,,` or `p=<type>,,`) from
+/// `client-first-message-bare`.
 fn split_gs2(msg: &str) -> Result<(&str, &str), AuthError> {
     let flag = msg.as_bytes().first().copied();
     match flag {
-        Some(b'n') | Some(b'y') => {}
-        Some(b'p') => {
-            return Err(AuthError::MalformedScram(
-                "channel binding was requested but SCRAM-SHA-256-PLUS was not offered",
-            ))
-        }
+        Some(b'n') | Some(b'y') | Some(b'p') => {}
         _ => return Err(AuthError::MalformedScram("invalid gs2 header")),
     }
     // gs2-header = flag "," [authzid] ","
@@ -221,11 +298,20 @@ mod tests {
     use super::*;
     use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 
-    fn run(password_stored: &str, password_client: &str) -> Result<(), AuthError> {
+    const PLAIN: Negotiation<'static> = Negotiation {
+        plus: false,
+        offered_binding: None,
+    };
+
+    fn run_with(
+        password_stored: &str,
+        password_client: &str,
+        binding: ChannelBinding,
+        n: Negotiation<'_>,
+    ) -> Result<(), AuthError> {
         let verifier = Verifier::from_password(password_stored);
-        let mut client =
-            ScramSha256::new(password_client.as_bytes(), ChannelBinding::unsupported());
-        let (ex, server_first) = Exchange::start(verifier, client.message())?;
+        let mut client = ScramSha256::new(password_client.as_bytes(), binding);
+        let (ex, server_first) = Exchange::start(verifier, client.message(), n)?;
         client
             .update(server_first.as_bytes())
             .map_err(|_| AuthError::MalformedScram("client rejected server-first"))?;
@@ -233,6 +319,61 @@ mod tests {
         client
             .finish(server_final.as_bytes())
             .map_err(|_| AuthError::MalformedScram("client rejected server signature"))
+    }
+
+    fn run(password_stored: &str, password_client: &str) -> Result<(), AuthError> {
+        run_with(
+            password_stored,
+            password_client,
+            ChannelBinding::unsupported(),
+            PLAIN,
+        )
+    }
+
+    #[test]
+    fn channel_binding_over_tls() {
+        let data = tls_server_end_point(b"not really a certificate");
+        assert_eq!(data.len(), 32);
+        let offered = Negotiation {
+            plus: true,
+            offered_binding: Some(&data),
+        };
+        run_with(
+            "secret",
+            "secret",
+            ChannelBinding::tls_server_end_point(data.clone()),
+            offered,
+        )
+        .unwrap();
+        // Another certificate's data (a man in the middle) fails.
+        let other = tls_server_end_point(b"another certificate");
+        assert!(run_with(
+            "secret",
+            "secret",
+            ChannelBinding::tls_server_end_point(other),
+            offered
+        )
+        .is_err());
+        // A client that can bind but believes the server cannot (`y`) is a
+        // downgrade when the server offered PLUS.
+        let chose_plain = Negotiation {
+            plus: false,
+            offered_binding: Some(&data),
+        };
+        assert!(run_with(
+            "secret",
+            "secret",
+            ChannelBinding::unrequested(),
+            chose_plain
+        )
+        .is_err());
+        run_with(
+            "secret",
+            "secret",
+            ChannelBinding::unsupported(),
+            chose_plain,
+        )
+        .unwrap();
     }
 
     #[test]
@@ -247,8 +388,8 @@ mod tests {
         assert_eq!(v.iterations, 4096);
         assert!(Verifier::parse("SCRAM-SHA-256$4096:abc").is_err());
         assert!(Verifier::parse("md5abc").is_err());
-        assert!(Exchange::start(v.clone(), b"garbage").is_err());
-        assert!(Exchange::start(v, b"p=tls-server-end-point,,n=,r=abc").is_err());
+        assert!(Exchange::start(v.clone(), b"garbage", PLAIN).is_err());
+        assert!(Exchange::start(v, b"p=tls-server-end-point,,n=,r=abc", PLAIN).is_err());
     }
 
     #[test]
@@ -256,7 +397,7 @@ mod tests {
         let secret = [7u8; 16];
         let verifier = Verifier::mock("ghost", &secret);
         let mut client = ScramSha256::new(b"anything", ChannelBinding::unsupported());
-        let (ex, server_first) = Exchange::start(verifier, client.message()).unwrap();
+        let (ex, server_first) = Exchange::start(verifier, client.message(), PLAIN).unwrap();
         client.update(server_first.as_bytes()).unwrap();
         assert_eq!(ex.finish(client.message()), Err(AuthError::WrongPassword));
     }
