@@ -33,6 +33,8 @@ pub struct ConnectParams {
     pub connect_timeout: Duration,
     /// Capacity of each connection's prepared statement cache.
     pub prepared_capacity: usize,
+    /// TLS towards the server.
+    pub tls: Arc<crate::ServerTls>,
 }
 
 impl std::fmt::Debug for ConnectParams {
@@ -67,6 +69,14 @@ pub enum ConnectError {
         /// The server's error.
         fields: ErrorFields,
     },
+    /// TLS towards the server failed or was refused.
+    #[error("TLS to server {addr} failed: {reason}")]
+    Tls {
+        /// Node address.
+        addr: String,
+        /// What went wrong (certificate not trusted, not offered, ...).
+        reason: String,
+    },
     /// The server asked for a password but none is configured.
     #[error("server {0} requires a password but none is configured for this user")]
     PasswordRequired(String),
@@ -84,7 +94,7 @@ pub enum ConnectError {
 #[derive(Debug)]
 pub struct ServerConn {
     /// The socket; the session reads and writes it directly.
-    pub stream: TcpStream,
+    pub stream: crate::ServerStream,
     /// Bytes read from the server and not consumed yet.
     pub read_buf: BytesMut,
     /// Process id and secret for CancelRequest.
@@ -142,8 +152,9 @@ impl ServerConn {
             addr: params.addr.to_string(),
             source,
         };
-        let stream = TcpStream::connect(&*params.addr).await.map_err(io_err)?;
-        stream.set_nodelay(true).map_err(io_err)?;
+        let tcp = TcpStream::connect(&*params.addr).await.map_err(io_err)?;
+        tcp.set_nodelay(true).map_err(io_err)?;
+        let stream = negotiate_tls(tcp, params).await?;
         let now = Instant::now();
         let mut conn = ServerConn {
             stream,
@@ -172,7 +183,7 @@ impl ServerConn {
         ];
         startup.extend_from_slice(extra);
         encode_startup(&startup, &mut out);
-        conn.stream.write_all(&out).await.map_err(io_err)?;
+        conn.stream.send_all(&out).await.map_err(io_err)?;
         conn.login(params).await?;
         Ok(conn)
     }
@@ -215,7 +226,7 @@ impl ServerConn {
 
     async fn send(&mut self, out: &[u8]) -> Result<(), ConnectError> {
         self.stream
-            .write_all(out)
+            .send_all(out)
             .await
             .map_err(|source| ConnectError::Io {
                 addr: self.addr.to_string(),
@@ -362,10 +373,60 @@ impl ServerConn {
         }
         let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
         // The socket is non-blocking: nothing to read is WouldBlock.
-        match socket2::SockRef::from(&self.stream).peek(&mut probe) {
+        match socket2::SockRef::from(self.stream.tcp()).peek(&mut probe) {
             Ok(_) => false,
             Err(e) => e.kind() == io::ErrorKind::WouldBlock,
         }
+    }
+}
+
+/// SSLRequest and, when the server accepts, the TLS handshake, as
+/// `params.tls` asks (libpq's `sslmode`).
+async fn negotiate_tls(
+    mut tcp: TcpStream,
+    params: &ConnectParams,
+) -> Result<crate::ServerStream, ConnectError> {
+    use crate::TlsMode;
+    let mode = params.tls.mode;
+    if mode == TlsMode::Disable {
+        return Ok(crate::ServerStream::Plain(tcp));
+    }
+    let addr = params.addr.to_string();
+    let io_err = |source| ConnectError::Io {
+        addr: addr.clone(),
+        source,
+    };
+    // SSLRequest: length 8, code 80877103.
+    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .await
+        .map_err(io_err)?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.map_err(io_err)?;
+    match (answer[0], mode) {
+        (b'S', _) => {
+            let host = params
+                .addr
+                .rsplit_once(':')
+                .map_or(&*params.addr, |(h, _)| h)
+                .trim_matches(|c| c == '[' || c == ']');
+            params
+                .tls
+                .handshake(tcp, host)
+                .await
+                .map_err(|source| ConnectError::Tls {
+                    addr: addr.clone(),
+                    reason: source.to_string(),
+                })
+        }
+        (b'N', TlsMode::Prefer) => Ok(crate::ServerStream::Plain(tcp)),
+        (b'N', _) => Err(ConnectError::Tls {
+            addr: addr.clone(),
+            reason: "the server does not support TLS (server_tls requires it)".into(),
+        }),
+        (other, _) => Err(ConnectError::Protocol {
+            addr: addr.clone(),
+            reason: format!("unexpected answer {other:#x} to SSLRequest"),
+        }),
     }
 }
 

@@ -19,7 +19,9 @@ mod pool;
 mod prepared;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 pub use conn::{CancelHandle, ConnectError, ConnectParams, ServerConn};
 pub use pool::{Loan, Pool, PoolConfig, PoolError, PoolKey, PoolStats, PooledConn, Pools, Totals};
 pub use prepared::PreparedSet;
+pub use tls::{ServerStream, ServerTls, TlsConfigError, TlsMode};

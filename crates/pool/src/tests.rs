@@ -31,6 +31,7 @@ fn pool(cluster: &Cluster, size: usize, wait: Duration) -> Pool {
             database: "postgres".into(),
             connect_timeout: Duration::from_secs(10),
             prepared_capacity: 10,
+            tls: Arc::new(crate::ServerTls::disabled()),
         },
         PoolConfig {
             max_size: size,

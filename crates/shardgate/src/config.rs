@@ -267,6 +267,22 @@ pub enum PoolMode {
     Session,
 }
 
+/// TLS towards the servers (libpq's `sslmode` values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerTlsMode {
+    /// Never.
+    Disable,
+    /// When the server offers it (certificate not checked).
+    Prefer,
+    /// Always (certificate not checked).
+    Require,
+    /// Always, the certificate signed by `server_tls_root_cert`.
+    VerifyCa,
+    /// Always, signed by `server_tls_root_cert` and naming the host.
+    VerifyFull,
+}
+
 /// How a client proves who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum AuthMethod {
@@ -358,6 +374,10 @@ pub struct ProxyConfig {
     /// Most client connections of one user at once (`53300` beyond); 0 =
     /// no limit other than `max_client_connections`.
     pub max_connections_per_user: usize,
+    /// TLS towards the servers.
+    pub server_tls: ServerTlsMode,
+    /// PEM root certificate(s) for `verify-ca` / `verify-full`.
+    pub server_tls_root_cert: Option<PathBuf>,
 }
 
 impl Default for ProxyConfig {
@@ -387,6 +407,8 @@ impl Default for ProxyConfig {
             idle_transaction_timeout: Duration::ZERO,
             query_timeout: Duration::ZERO,
             max_connections_per_user: 0,
+            server_tls: ServerTlsMode::Prefer,
+            server_tls_root_cert: None,
             metrics_listen: None,
             slow_query_ms: 1000,
             slow_query_log_size: 1000,

@@ -20,7 +20,7 @@ use shardgate_pool::{ConnectParams, ServerConn};
 use shardgate_protocol::backend::{tag as btag, ErrorFields};
 use shardgate_protocol::{frontend, Header, MessageReader, PgError};
 use shardgate_router::quote_ident;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 
 /// A NotificationResponse message, whole.
@@ -281,7 +281,7 @@ async fn run(
 ) -> Result<Option<ErrorFields>, ()> {
     let mut out = BytesMut::new();
     frontend::encode_query(sql, &mut out);
-    c.stream.write_all(&out).await.map_err(drop)?;
+    c.stream.send_all(&out).await.map_err(drop)?;
     let mut error = None;
     loop {
         while let Some(h) = Header::complete(&c.read_buf, MAX_MESSAGE).map_err(drop)? {

@@ -44,6 +44,8 @@ pub struct Snapshot {
     pub sharding: Option<Arc<Sharding>>,
     /// TLS for clients, when configured.
     pub tls: Option<crate::tls::ClientTls>,
+    /// TLS towards the servers (`server_tls`).
+    pub server_tls: Arc<shardgate_pool::ServerTls>,
     /// The hold of a rebalancing move in progress, if any.
     pub move_gate: Option<Arc<crate::rebalance::gate::MoveGate>>,
 }
@@ -92,6 +94,7 @@ impl Snapshot {
             (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
             _ => None,
         };
+        let server_tls = Arc::new(crate::tls::server_tls(&config.proxy)?);
         let classifier = match previous {
             Some(p)
                 if p.config.routing.write_functions == config.routing.write_functions
@@ -129,6 +132,7 @@ impl Snapshot {
             classifier,
             sharding,
             tls,
+            server_tls,
             move_gate: None,
         })
     }
@@ -180,6 +184,7 @@ impl Snapshot {
                 database: database.to_owned(),
                 connect_timeout: p.connect_timeout,
                 prepared_capacity: p.prepared_statements_cache,
+                tls: self.server_tls.clone(),
             },
             PoolConfig {
                 max_size: user.config.pool_size.unwrap_or(p.pool_size),

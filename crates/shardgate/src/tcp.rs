@@ -25,6 +25,19 @@ pub async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Writes all of `buf` to a server connection: plain TCP as [`write_all`],
+/// TLS through rustls (then flushed to the socket).
+pub async fn write_server(stream: &mut shardgate_pool::ServerStream, buf: &[u8]) -> io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    match stream {
+        shardgate_pool::ServerStream::Plain(tcp) => write_all(tcp, buf).await,
+        tls => {
+            tls.write_all(buf).await?;
+            tls.flush().await
+        }
+    }
+}
+
 /// Waits until the socket takes bytes again and writes what it takes.
 async fn wait_and_write(stream: &TcpStream, buf: &[u8]) -> io::Result<usize> {
     loop {

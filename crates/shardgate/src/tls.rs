@@ -25,6 +25,32 @@ pub enum TlsError {
     /// rustls refused the certificate or key.
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
+    /// The server TLS settings cannot be used.
+    #[error(transparent)]
+    Server(#[from] shardgate_pool::TlsConfigError),
+}
+
+/// TLS towards the servers as `[proxy] server_tls` says.
+pub fn server_tls(
+    proxy: &crate::config::ProxyConfig,
+) -> Result<shardgate_pool::ServerTls, TlsError> {
+    use crate::config::ServerTlsMode as M;
+    use shardgate_pool::TlsMode;
+    let mode = match proxy.server_tls {
+        M::Disable => TlsMode::Disable,
+        M::Prefer => TlsMode::Prefer,
+        M::Require => TlsMode::Require,
+        M::VerifyCa => TlsMode::VerifyCa,
+        M::VerifyFull => TlsMode::VerifyFull,
+    };
+    let root = match &proxy.server_tls_root_cert {
+        Some(path) => Some(std::fs::read(path).map_err(|source| TlsError::Read {
+            path: path.display().to_string(),
+            source,
+        })?),
+        None => None,
+    };
+    Ok(shardgate_pool::ServerTls::new(mode, root.as_deref())?)
 }
 
 fn open(path: &Path) -> Result<std::io::BufReader<std::fs::File>, TlsError> {

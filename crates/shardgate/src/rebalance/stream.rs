@@ -97,6 +97,10 @@ impl SlotStream {
             database: config.sharding.rebalance_database.clone(),
             connect_timeout: Duration::from_secs(10),
             prepared_capacity: 0,
+            tls: std::sync::Arc::new(
+                crate::tls::server_tls(&config.proxy)
+                    .map_err(|e| stream_error(node, e.to_string()))?,
+            ),
         };
         let mut conn = ServerConn::connect_with(
             &params,
@@ -115,7 +119,7 @@ impl SlotStream {
             &mut out,
         );
         conn.stream
-            .write_all(&out)
+            .send_all(&out)
             .await
             .map_err(|e| stream_error(node, e.to_string()))?;
         // Up to CopyBothResponse.
@@ -237,7 +241,7 @@ async fn pump(
         mut read_buf,
         ..
     } = conn;
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let mut tick = tokio::time::interval(STATUS_EVERY);
     let mut pending: Vec<Streamed> = Vec::new();
     let result: Result<(), RebalanceError> = async {
@@ -283,10 +287,12 @@ async fn pump(
                 _ = tick.tick() => {
                     let out = status_update(confirmed.load(Ordering::Acquire), false);
                     wr.write_all(&out).await.map_err(|e| stream_error(&node, e.to_string()))?;
+                    wr.flush().await.map_err(|e| stream_error(&node, e.to_string()))?;
                 }
                 Some(()) = asked.recv() => {
                     let out = status_update(confirmed.load(Ordering::Acquire), true);
                     wr.write_all(&out).await.map_err(|e| stream_error(&node, e.to_string()))?;
+                    wr.flush().await.map_err(|e| stream_error(&node, e.to_string()))?;
                 }
             }
         }

@@ -5,7 +5,7 @@ use bytes::BytesMut;
 use shardgate_protocol::backend::{tag as btag, ErrorFields};
 use shardgate_protocol::frontend;
 use shardgate_protocol::{Header, PgError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use super::fanout::Part;
 use super::{reserve, Session};
@@ -29,7 +29,7 @@ impl Session {
             }
             let mut out = BytesMut::new();
             frontend::encode_query(&sql(i), &mut out);
-            sent[i] = p.b.conn.stream.write_all(&out).await.is_ok();
+            sent[i] = p.b.conn.stream.send_all(&out).await.is_ok();
             if !sent[i] {
                 p.b.conn.broken = true;
             }

@@ -22,7 +22,6 @@ use shardgate_protocol::frontend::{self, tag, Bind};
 use shardgate_protocol::{Header, PgError};
 use shardgate_router::merge_plan::MergePlan;
 use shardgate_router::FetchCount;
-use tokio::io::AsyncWriteExt;
 
 use super::fanout::{read_any, Part};
 use super::merge::{encode_bind_no_params, shard_formats, Run};
@@ -407,7 +406,7 @@ impl Session {
             match self.part_for(*shard, Want::Primary).await {
                 Ok((mut part, mut out)) => {
                     out.extend_from_slice(request);
-                    if part.b.conn.stream.write_all(&out).await.is_err() {
+                    if part.b.conn.stream.send_all(&out).await.is_err() {
                         part.b.conn.broken = true;
                         first_error.get_or_insert_with(|| lost(&part.b.conn.addr));
                     }

@@ -15,7 +15,6 @@ use bytes::BytesMut;
 use shardgate_protocol::backend::{self, tag as btag};
 use shardgate_protocol::frontend;
 use shardgate_protocol::{Header, PgError};
-use tokio::io::AsyncWriteExt;
 
 use super::sharded::CopyRoute;
 use super::{reserve, Backend, Session, SessionError};
@@ -199,7 +198,7 @@ impl Session {
                 continue;
             }
             part.b.conn.loan.bytes_sent += out.len() as u64;
-            if let Err(e) = part.b.conn.stream.write_all(out).await {
+            if let Err(e) = part.b.conn.stream.send_all(out).await {
                 fail_part(
                     part,
                     &format!("write failed: {e}"),

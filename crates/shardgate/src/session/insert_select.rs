@@ -26,7 +26,6 @@ use shardgate_router::shard::insert_select::{
 };
 use shardgate_router::shard::{InsertPlan, ShardPlan};
 use shardgate_shardmap::{ShardKey, ShardMap, TableRule};
-use tokio::io::AsyncWriteExt;
 
 use super::fanout::Part;
 use super::sharded::{
@@ -805,7 +804,7 @@ async fn send(p: &mut Part, bytes: &[u8]) -> Result<(), Failed> {
         return Err(lost(p, "connection broken"));
     }
     p.b.conn.loan.bytes_sent += bytes.len() as u64;
-    if let Err(e) = p.b.conn.stream.write_all(bytes).await {
+    if let Err(e) = p.b.conn.stream.send_all(bytes).await {
         p.b.conn.broken = true;
         return Err(lost(p, &e.to_string()));
     }

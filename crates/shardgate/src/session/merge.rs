@@ -30,7 +30,6 @@ use shardgate_protocol::{Header, PgError};
 use shardgate_router::merge_plan::{
     FinalKey, GroupPlan, GroupValue, MergeMode, MergePlan, OutputColumn, RowCount, SortKey,
 };
-use tokio::io::AsyncWriteExt;
 
 use super::fanout::{deliver_cancels, read_any, Part};
 use super::{Session, SessionError};
@@ -150,7 +149,7 @@ impl Session {
                     part.skip_parse = 1;
                     out.extend_from_slice(&batch);
                     part.b.conn.loan.bytes_sent += out.len() as u64;
-                    if let Err(e) = part.b.conn.stream.write_all(&out).await {
+                    if let Err(e) = part.b.conn.stream.send_all(&out).await {
                         part.b.conn.broken = true;
                         for p in parts {
                             let p: Part = p;

@@ -8,7 +8,7 @@ use shardgate_pool::PooledConn;
 use shardgate_protocol::backend::{self, tag as btag};
 use shardgate_protocol::frontend;
 use shardgate_protocol::{Header, PgError, Severity};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use super::{
     connect_timed_out, node_unreachable, pool_error, reserve, Backend, Proto, RetryLog, Session,
@@ -623,7 +623,7 @@ async fn reset_session_connection(conn: &mut PooledConn) {
     let mut out = BytesMut::new();
     frontend::encode_query("DISCARD ALL", &mut out);
     let ok = tokio::time::timeout(Duration::from_secs(2), async {
-        conn.stream.write_all(&out).await.ok()?;
+        conn.stream.send_all(&out).await.ok()?;
         loop {
             reserve(&mut conn.read_buf);
             if conn.stream.read_buf(&mut conn.read_buf).await.ok()? == 0 {

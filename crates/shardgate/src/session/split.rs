@@ -24,7 +24,6 @@ use bytes::BytesMut;
 use shardgate_protocol::backend::{self, tag as btag};
 use shardgate_protocol::frontend::{self, tag, Bind, DescribeOrClose, Execute, Parse, Target};
 use shardgate_protocol::{Header, PgError};
-use tokio::io::AsyncWriteExt;
 
 use super::fanout::{read_any, Part};
 use super::sharded::Dest;
@@ -317,7 +316,7 @@ impl Session {
             // shard's batch, and an error's skipping, there.
             frontend::encode_empty(tag::SYNC, &mut out);
             part.b.conn.loan.bytes_sent += out.len() as u64;
-            if let Err(e) = part.b.conn.stream.write_all(&out).await {
+            if let Err(e) = part.b.conn.stream.send_all(&out).await {
                 tracing::warn!(server = %part.b.conn.addr, error = %e, "write to a shard failed");
                 part.b.conn.broken = true;
             }
