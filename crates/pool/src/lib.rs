@@ -17,6 +17,7 @@
 mod conn;
 mod pool;
 mod prepared;
+mod stream;
 #[cfg(test)]
 mod tests;
 mod tls;
@@ -24,4 +25,5 @@ mod tls;
 pub use conn::{CancelHandle, ConnectError, ConnectParams, ServerConn};
 pub use pool::{Loan, Pool, PoolConfig, PoolError, PoolKey, PoolStats, PooledConn, Pools, Totals};
 pub use prepared::PreparedSet;
+pub use stream::{write_all, MaybeTls, TlsOverTcp};
 pub use tls::{ServerStream, ServerTls, TlsConfigError, TlsMode};

@@ -28,7 +28,6 @@ pub mod session;
 pub mod settings;
 pub mod state;
 pub mod stats;
-pub mod tcp;
 pub mod tls;
 pub mod twophase;
 

@@ -698,7 +698,7 @@ impl Session {
             return Ok(());
         };
         b.conn.loan.bytes_sent += self.sout.len() as u64;
-        let written = crate::tcp::write_server(&mut b.conn.stream, &self.sout).await;
+        let written = b.conn.stream.send_all(&self.sout).await;
         self.sout.clear();
         if let Err(e) = written {
             self.server_lost(e.to_string())?;
