@@ -21,8 +21,8 @@ pub enum WindowFunc {
     PercentRank,
     /// `cume_dist()`
     CumeDist,
-    /// `ntile(n)`, `n` > 0.
-    Ntile(i64),
+    /// `ntile(n)`, `n` > 0 (an `int4` result).
+    Ntile(i32),
     /// `lag(x, offset)`: argument `arg` of the row `offset` rows before.
     Lag {
         /// Index of the argument in [`WindowRow::args`].
@@ -55,6 +55,8 @@ pub enum WindowFunc {
 /// A computed window value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WindowValue {
+    /// An `int4` result.
+    Int4(i32),
     /// An `int8` result.
     Int8(i64),
     /// A `float8` result.
@@ -67,6 +69,8 @@ impl WindowValue {
     /// The value as a DataRow field in text or binary format (None: NULL).
     pub fn encode(&self, binary: bool) -> Option<Vec<u8>> {
         match self {
+            WindowValue::Int4(v) if binary => Some(v.to_be_bytes().to_vec()),
+            WindowValue::Int4(v) => Some(v.to_string().into_bytes()),
             WindowValue::Int8(v) if binary => Some(v.to_be_bytes().to_vec()),
             WindowValue::Int8(v) => Some(v.to_string().into_bytes()),
             WindowValue::Float8(v) if binary => Some(v.to_bits().to_be_bytes().to_vec()),
@@ -227,7 +231,7 @@ fn column<T>(f: WindowFunc, rows: &[WindowRow<T>], p: &Peers) -> Vec<WindowValue
             })
         }),
         WindowFunc::CumeDist => each(&|i| WindowValue::Float8((p.ends[i] + 1) as f64 / n as f64)),
-        WindowFunc::Ntile(b) => ntile(n, b).into_iter().map(WindowValue::Int8).collect(),
+        WindowFunc::Ntile(b) => ntile(n, b).into_iter().map(WindowValue::Int4).collect(),
         WindowFunc::Lag { arg, offset } => each(&|i| at((i as i64).saturating_sub(offset), arg)),
         WindowFunc::Lead { arg, offset } => each(&|i| at((i as i64).saturating_add(offset), arg)),
         WindowFunc::FirstValue(a) => each(&|_| WindowValue::Forward(arg(0, a))),
@@ -257,8 +261,8 @@ fn column<T>(f: WindowFunc, rows: &[WindowRow<T>], p: &Peers) -> Vec<WindowValue
 
 /// `ntile(buckets)` of each row of a partition of `total` rows, as
 /// Postgres's `window_ntile` deals them.
-fn ntile(total: usize, buckets: i64) -> Vec<i64> {
-    let buckets = buckets.max(1) as u64;
+fn ntile(total: usize, buckets: i32) -> Vec<i32> {
+    let buckets = u64::from(buckets.max(1).unsigned_abs());
     let total64 = total as u64;
     let mut boundary = total64 / buckets;
     let mut remainder = 0;
@@ -270,17 +274,17 @@ fn ntile(total: usize, buckets: i64) -> Vec<i64> {
             boundary += 1;
         }
     }
-    let mut tile = 1i64;
+    let mut tile = 1i32;
     let mut in_bucket = 0u64;
     let mut out = Vec::with_capacity(total);
     for _ in 0..total {
         in_bucket += 1;
         if boundary < in_bucket {
-            if remainder != 0 && tile as u64 == remainder {
+            if remainder != 0 && u64::from(tile.unsigned_abs()) == remainder {
                 remainder = 0;
                 boundary -= 1;
             }
-            tile += 1;
+            tile = tile.saturating_add(1);
             in_bucket = 1;
         }
         out.push(tile);

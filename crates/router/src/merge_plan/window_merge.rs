@@ -97,9 +97,11 @@ impl Planner {
                 Expr::Function(f) if f.over.is_some() => {
                     let s = window_spec(f.over.as_ref().expect("checked"), select)?;
                     match &spec {
-                        Some(first) if first.text() != s.text() => return refuse(format!(
+                        Some(first) if first.text() != s.text() => {
+                            return refuse(format!(
                             "window functions over different windows in one statement {NOT_PUSHED}"
-                        )),
+                        ))
+                        }
                         Some(_) => {}
                         None => spec = Some(s),
                     }
@@ -176,6 +178,7 @@ impl Planner {
             };
             let expr = match placeholder {
                 Placeholder::Argument => args[0].clone(),
+                Placeholder::Int4 => typed_null("integer")?,
                 Placeholder::Int8 => typed_null("bigint")?,
                 Placeholder::Float8 => typed_null("double precision")?,
             };
@@ -224,6 +227,8 @@ impl Planner {
 enum Placeholder {
     /// The call's first argument (its value, moved between rows).
     Argument,
+    /// A NULL `integer`.
+    Int4,
     /// A NULL `bigint`.
     Int8,
     /// A NULL `double precision`.
@@ -260,7 +265,14 @@ fn function(
         ("dense_rank", 0) => (WindowFunc::DenseRank, Int8, None),
         ("percent_rank", 0) => (WindowFunc::PercentRank, Float8, None),
         ("cume_dist", 0) => (WindowFunc::CumeDist, Float8, None),
-        ("ntile", 1) => (WindowFunc::Ntile(positive(0)?), Int8, None),
+        ("ntile", 1) => {
+            let n = i32::try_from(positive(0)?).or_else(|_| {
+                refuse(format!(
+                    "ntile() with an argument over 2147483647 {NOT_PUSHED}"
+                ))
+            })?;
+            (WindowFunc::Ntile(n), Int4, None)
+        }
         ("lag" | "lead", 1 | 2) => {
             let offset = if args.len() == 2 { literal(1)? } else { 1 };
             let func = if name == "lag" {

@@ -32,6 +32,8 @@ use shardgate_router::merge_plan::{
 };
 use tokio::io::AsyncWriteExt;
 
+mod window;
+
 use super::fanout::{deliver_cancels, read_any, Part};
 use super::{Session, SessionError};
 use crate::relay::MAX_SERVER_MESSAGE;
@@ -451,6 +453,8 @@ pub(super) struct Run {
     pub(super) memory_limit: usize,
     /// `COPY (query) TO`: how the client's rows become COPY data.
     pub(super) copy: Option<shardgate_router::CopyRowsOut>,
+    /// Window functions computed at the proxy (see `merge/window.rs`).
+    window: Option<shardgate_merge::ops::Window<BytesMut>>,
     /// Where in the client buffer the merge's unconverted output starts.
     pub(super) copy_mark: usize,
 }
@@ -502,6 +506,7 @@ impl Run {
             memory_limit: crate::config::ProxyConfig::default().merge_memory_limit,
             copy: None,
             copy_mark: 0,
+            window: None,
         }
     }
 
@@ -733,6 +738,9 @@ impl Run {
         match &plan.mode {
             MergeMode::Grouped(g) => self.add_to_group(g, head, cout),
             _ => {
+                if let Some(w) = &plan.window {
+                    return self.window_row(w, head, cout);
+                }
                 if let Some(f) = &mut self.first_per_key {
                     if !f.admit(&head.keys) {
                         return Ok(());
@@ -1017,6 +1025,7 @@ impl Run {
     /// Every shard finished its rows: the last group, the final sort, and
     /// CommandComplete.
     pub(super) fn end_rows(&mut self, cout: &mut BytesMut) -> Result<(), PgError> {
+        self.finish_window(cout)?;
         let plan = self.plan.clone();
         if let MergeMode::Grouped(g) = &plan.mode {
             if let Some(done) = self.group.take() {
