@@ -93,9 +93,13 @@ impl Planner {
         let mut found = Vec::new();
         for (j, (e, _)) in projection.items.iter().enumerate() {
             let Some(e) = e else { continue };
-            match strip_nested(e) {
-                Expr::Function(f) if f.over.is_some() => {
-                    let s = window_spec(f.over.as_ref().expect("checked"), select)?;
+            let call = match strip_nested(e) {
+                Expr::Function(f) => f.over.as_ref().map(|over| (f, over)),
+                _ => None,
+            };
+            match (call, strip_nested(e)) {
+                (Some((f, over)), _) => {
+                    let s = window_spec(over, select)?;
                     match &spec {
                         Some(first) if first.text() != s.text() => {
                             return refuse(format!(
@@ -107,7 +111,7 @@ impl Planner {
                     }
                     found.push((j, f.clone()));
                 }
-                other if count_windows(&other.to_string()) > 0 => {
+                (None, other) if count_windows(&other.to_string()) > 0 => {
                     return refuse(format!(
                         "a window function inside the expression {other} {NOT_PUSHED}"
                     ))
