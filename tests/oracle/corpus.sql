@@ -915,6 +915,13 @@ refuse: SELECT id, row_number() OVER (ORDER BY id ROWS BETWEEN 1 PRECEDING AND 1
 refuse: SELECT id, row_number() OVER (ORDER BY id) * 2 FROM orders
 refuse: SELECT *, row_number() OVER (ORDER BY id) FROM orders
 refuse: SELECT id, avg(qty) OVER (ORDER BY id) FROM orders
+SELECT id, qty, min(qty) OVER (ORDER BY id), max(qty) OVER (ORDER BY id) FROM orders
+SELECT id, status, min(amount) OVER (PARTITION BY status), max(amount) OVER (PARTITION BY status) FROM orders
+SELECT id, max(weight) OVER (PARTITION BY paid ORDER BY qty), min(placed) OVER (PARTITION BY paid ORDER BY qty) FROM orders
+SELECT id, min(status) OVER (ORDER BY id DESC), max(big) OVER (ORDER BY id DESC) FROM orders
+SELECT id, min(name) OVER (PARTITION BY tier ORDER BY score), max(created) OVER (PARTITION BY tier ORDER BY score) FROM customers
+SELECT k, min(v) OVER (), max(t) OVER () FROM empty_t
+refuse: SELECT id, min(note) OVER (ORDER BY id) FROM orders
 
 -- @set-operations
 -- UNION / INTERSECT / EXCEPT [ALL] across shards: duplicates removed and

@@ -50,6 +50,11 @@ pub enum WindowFunc {
     },
     /// `count(*)` (None) or `count(x)` over the frame.
     Count(Option<usize>),
+    /// `min(x)` over the frame: compared by [`WindowRow::keys`], the
+    /// value forwarded from [`WindowRow::args`].
+    Min(usize),
+    /// `max(x)` over the frame, as [`WindowFunc::Min`].
+    Max(usize),
 }
 
 /// A computed window value.
@@ -90,6 +95,9 @@ pub struct WindowRow<T> {
     pub order: Vec<Key>,
     /// Argument values (None: NULL), as forwarded.
     pub args: Vec<Option<Vec<u8>>>,
+    /// Argument values decoded for comparison (`min`/`max`; may be empty
+    /// otherwise).
+    pub keys: Vec<Key>,
     /// The caller's row.
     pub payload: T,
 }
@@ -256,7 +264,40 @@ fn column<T>(f: WindowFunc, rows: &[WindowRow<T>], p: &Peers) -> Vec<WindowValue
             }
             each(&|i| WindowValue::Int8(upto[p.ends[i]]))
         }
+        WindowFunc::Min(a) | WindowFunc::Max(a) => {
+            let upto = extremes(rows, a, matches!(f, WindowFunc::Max(_)));
+            each(&|i| WindowValue::Forward(upto[p.ends[i]].and_then(|b| arg(b, a))))
+        }
     }
+}
+
+/// Per row: the row holding the least (greatest with `max`) non-NULL
+/// argument `a` up to it; on ties the later row, as Postgres's
+/// `*_smaller`/`*_larger` keep the newer of two equal values.
+fn extremes<T>(rows: &[WindowRow<T>], a: usize, max: bool) -> Vec<Option<usize>> {
+    use std::cmp::Ordering;
+    let mut best: Option<usize> = None;
+    let mut out = Vec::with_capacity(rows.len());
+    for (r, row) in rows.iter().enumerate() {
+        if let Some(k) = row.keys.get(a).filter(|k| !k.is_null()) {
+            let replace = match best.and_then(|b| rows[b].keys.get(a)) {
+                None => true,
+                Some(cur) => {
+                    let o = k.cmp_value(cur);
+                    if max {
+                        o != Ordering::Less
+                    } else {
+                        o != Ordering::Greater
+                    }
+                }
+            };
+            if replace {
+                best = Some(r);
+            }
+        }
+        out.push(best);
+    }
+    out
 }
 
 /// `ntile(buckets)` of each row of a partition of `total` rows, as
@@ -301,6 +342,9 @@ mod tests {
             partition: vec![Key::Int(p)],
             order: vec![o.map_or(Key::Null, Key::Int)],
             args: vec![x.map(|s| s.as_bytes().to_vec())],
+            keys: vec![x.map_or(Key::Null, |s| {
+                Key::Bytes(bytes::Bytes::copy_from_slice(s.as_bytes()))
+            })],
             payload: 0,
         }
     }
@@ -393,6 +437,8 @@ mod tests {
             NthValue { arg: 0, n: 3 },
             Count(Some(0)),
             Count(None),
+            Min(0),
+            Max(0),
         ];
         let out = run(funcs, rows);
         assert_eq!(col(&out, 0), [None, Some("a"), None, None]);
@@ -402,6 +448,8 @@ mod tests {
         assert_eq!(col(&out, 4), [None, Some("c"), Some("c"), None]);
         assert_eq!(col(&out, 5), [Some("1"), Some("2"), Some("2"), Some("1")]);
         assert_eq!(col(&out, 6), [Some("1"), Some("3"), Some("3"), Some("1")]);
+        assert_eq!(col(&out, 7), [Some("a"), Some("a"), Some("a"), Some("d")]);
+        assert_eq!(col(&out, 8), [Some("a"), Some("c"), Some("c"), Some("d")]);
     }
 
     #[test]
@@ -411,6 +459,7 @@ mod tests {
             partition: vec![],
             order: vec![],
             args: vec![],
+            keys: vec![],
             payload: (),
         };
         assert!(w.push(r(), 10).is_ok());

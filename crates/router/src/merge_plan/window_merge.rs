@@ -47,6 +47,9 @@ pub struct WindowCall {
     pub output: usize,
     /// The column holding its argument's value per row.
     pub arg: Option<usize>,
+    /// `min`/`max`: the hidden column holding the argument in binary, to
+    /// compare.
+    pub key: Option<usize>,
 }
 
 /// A window's PARTITION BY and ORDER BY.
@@ -175,6 +178,12 @@ impl Planner {
             let (name, args) = call_parts(&f)?;
             let k = calls.len();
             let (func, placeholder, arg) = function(&name, &args, k)?;
+            let key = match (&func, &arg) {
+                (WindowFunc::Min(_) | WindowFunc::Max(_), Some(x)) => {
+                    Some(self.hide(visible, x.clone()))
+                }
+                _ => None,
+            };
             let arg = match (arg, &placeholder) {
                 (Some(_), Placeholder::Argument) => Some(j),
                 (Some(x), _) => Some(self.hide(visible, x)),
@@ -198,6 +207,7 @@ impl Planner {
                 func,
                 output: j,
                 arg,
+                key,
             });
         }
         select.named_window.clear();
@@ -296,6 +306,8 @@ fn function(
             Argument,
             value(),
         ),
+        ("min", 1) => (WindowFunc::Min(k), Argument, value()),
+        ("max", 1) => (WindowFunc::Max(k), Argument, value()),
         ("count", 0) => (WindowFunc::Count(None), Int8, None),
         ("count", 1) => (WindowFunc::Count(Some(k)), Int8, value()),
         _ => {

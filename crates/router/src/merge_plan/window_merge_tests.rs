@@ -25,7 +25,8 @@ fn ranks_become_typed_placeholders_and_keys_sort_the_shards() {
         vec![WindowCall {
             func: WindowFunc::Rank,
             output: 2,
-            arg: None
+            arg: None,
+            key: None
         }]
     );
     assert_eq!(p.hidden, 2);
@@ -104,4 +105,17 @@ fn what_the_proxy_cannot_compute_is_named() {
         let got = refused(sql);
         assert!(got.starts_with(want), "{sql}: {got}");
     }
+}
+
+#[test]
+fn min_and_max_forward_the_value_and_compare_a_binary_copy() {
+    let (p, w) = window("SELECT id, max(v) OVER (PARTITION BY g) FROM t");
+    assert!(
+        p.shard_sql
+            .starts_with("SELECT id, v AS \"max\", g AS \"__shardgate_0\", v AS \"__shardgate_1\""),
+        "{}",
+        p.shard_sql
+    );
+    assert_eq!(w.calls[0].func, WindowFunc::Max(0));
+    assert_eq!((w.calls[0].arg, w.calls[0].key), (Some(1), Some(3)));
 }

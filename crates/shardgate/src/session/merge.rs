@@ -647,6 +647,7 @@ impl Run {
         if self.describe {
             cout.extend_from_slice(&client_desc);
         }
+        self.check_window_types(&types)?;
         let exprs = match &self.plan.mode {
             MergeMode::Grouped(g) => bind_exprs(g, &types, visible)?,
             _ => Vec::new(),
@@ -1074,7 +1075,16 @@ impl Run {
 fn key_columns(plan: &MergePlan) -> Vec<usize> {
     match &plan.mode {
         MergeMode::Concat => Vec::new(),
-        MergeMode::Sorted { keys, .. } => keys.iter().map(|k| k.column).collect(),
+        MergeMode::Sorted { keys, .. } => keys
+            .iter()
+            .map(|k| k.column)
+            // min/max OVER (...) compare their arguments.
+            .chain(
+                plan.window
+                    .iter()
+                    .flat_map(|w| w.calls.iter().filter_map(|c| c.key)),
+            )
+            .collect(),
         MergeMode::Grouped(g) => g
             .merge_keys
             .iter()
