@@ -696,10 +696,10 @@ refuse: SELECT status, count(DISTINCT qty) FROM orders GROUP BY status HAVING co
 refuse: SELECT sum(DISTINCT amount) FROM orders
 refuse: SELECT status, avg(DISTINCT weight) FROM orders GROUP BY status
 refuse: SELECT 'x', count(DISTINCT qty) FROM orders
-refuse: SELECT id, row_number() OVER (ORDER BY id) FROM orders
+SELECT id, row_number() OVER (ORDER BY id) FROM orders
 refuse: SELECT id, sum(amount) OVER (PARTITION BY status ORDER BY id) FROM orders
-refuse: SELECT id, rank() OVER (ORDER BY amount) FROM orders
-refuse: SELECT customer_id, count(*) OVER () FROM orders
+SELECT id, rank() OVER (ORDER BY amount) FROM orders
+SELECT customer_id, count(*) OVER () FROM orders
 refuse: SELECT o.id, e.kind FROM orders o JOIN events e ON e.id = o.id
 refuse: SELECT count(*) FROM orders o JOIN events e ON e.id = o.id
 refuse: SELECT o.id, c.name FROM orders o JOIN customers c ON c.id = o.id
@@ -854,9 +854,74 @@ ordered: SELECT customer_id, id FROM orders ORDER BY row_number() OVER (PARTITIO
 ordered: SELECT DISTINCT customer_id, count(*) OVER (PARTITION BY customer_id) FROM orders ORDER BY customer_id
 ordered: SELECT c.id, o.id, sum(o.qty) OVER (PARTITION BY c.id ORDER BY o.id ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) FROM customers c JOIN orders o ON o.customer_id = c.id ORDER BY o.id LIMIT 100
 SELECT k, row_number() OVER (PARTITION BY k) FROM empty_t
-refuse: SELECT id, row_number() OVER (PARTITION BY status ORDER BY id) FROM orders
+SELECT id, row_number() OVER (PARTITION BY status ORDER BY id) FROM orders
 refuse: SELECT status, count(*), rank() OVER (ORDER BY count(*)) FROM orders GROUP BY status
 refuse: SELECT * FROM (SELECT id, row_number() OVER (ORDER BY id) AS r FROM orders) s WHERE r < 5
+
+-- @window-merged
+-- Window functions whose partitions span shards: the shards sort by the
+-- window's keys, the proxy merges and computes the window columns.
+SELECT id, row_number() OVER (ORDER BY id) FROM orders WHERE qty > 20
+ordered: SELECT id, row_number() OVER (ORDER BY id) FROM orders ORDER BY id LIMIT 10
+ordered: SELECT id, row_number() OVER (ORDER BY id DESC) FROM orders ORDER BY id DESC LIMIT 5 OFFSET 100
+SELECT id, status, row_number() OVER (PARTITION BY status ORDER BY id) FROM orders
+ordered: SELECT status, id, row_number() OVER (PARTITION BY status ORDER BY id) AS rn FROM orders ORDER BY status, id
+ordered: SELECT status, id, rank() OVER (PARTITION BY status ORDER BY id) FROM orders ORDER BY status DESC, id LIMIT 50
+SELECT status, id, count(*) OVER w FROM orders WINDOW w AS (PARTITION BY status ORDER BY id) ORDER BY status NULLS FIRST
+SELECT id, qty, rank() OVER (ORDER BY qty) FROM orders
+SELECT id, qty, dense_rank() OVER (ORDER BY qty DESC) FROM orders
+SELECT id, qty, percent_rank() OVER (ORDER BY qty NULLS FIRST) FROM orders
+SELECT id, qty, cume_dist() OVER (ORDER BY qty) FROM orders
+SELECT id, status, qty, rank() OVER (PARTITION BY status ORDER BY qty), dense_rank() OVER (PARTITION BY status ORDER BY qty) FROM orders
+SELECT id, status, percent_rank() OVER (PARTITION BY status ORDER BY amount), cume_dist() OVER (PARTITION BY status ORDER BY amount) FROM orders
+SELECT id, rank() OVER (), dense_rank() OVER (), percent_rank() OVER (), cume_dist() OVER () FROM orders
+SELECT id, ntile(4) OVER (ORDER BY id) FROM orders
+SELECT id, status, ntile(7) OVER (PARTITION BY status ORDER BY id) FROM orders
+SELECT id, ntile(5000) OVER (ORDER BY id) FROM orders
+SELECT id, tier, ntile(3) OVER (PARTITION BY tier ORDER BY id) FROM customers
+SELECT id, lag(amount) OVER (ORDER BY id) FROM orders
+SELECT id, lead(note, 3) OVER (ORDER BY id) FROM orders
+SELECT id, status, lag(weight, 2) OVER (PARTITION BY status ORDER BY id), lead(weight) OVER (PARTITION BY status ORDER BY id) FROM orders
+SELECT id, lag(id, 0) OVER (ORDER BY id), lag(placed, -1) OVER (ORDER BY id) FROM orders
+SELECT id, big, lag(big) OVER (ORDER BY id), lead(price) OVER (ORDER BY id) FROM orders
+SELECT id, first_value(amount) OVER (PARTITION BY status ORDER BY id), last_value(amount) OVER (PARTITION BY status ORDER BY id) FROM orders
+SELECT id, first_value(id) OVER (PARTITION BY paid ORDER BY id DESC) FROM orders
+SELECT id, nth_value(ratio, 3) OVER (PARTITION BY status ORDER BY id) FROM orders
+SELECT id, nth_value(note, 1) OVER (ORDER BY id) FROM orders
+SELECT id, qty, last_value(qty) OVER (PARTITION BY qty), first_value(qty) OVER (PARTITION BY qty) FROM orders
+SELECT id, qty, last_value(id) OVER (ORDER BY qty, id) FROM orders
+SELECT id, count(*) OVER () FROM orders
+SELECT id, count(*) OVER (PARTITION BY status), count(note) OVER (PARTITION BY status) FROM orders
+SELECT id, qty, count(*) OVER (ORDER BY qty), count(qty) OVER (ORDER BY qty) FROM orders
+SELECT id, count(amount) OVER (PARTITION BY paid ORDER BY placed) FROM orders
+SELECT k, row_number() OVER (ORDER BY k), lag(v) OVER (ORDER BY k), count(*) OVER (ORDER BY k) FROM empty_t
+SELECT k, rank() OVER (PARTITION BY t ORDER BY v), cume_dist() OVER (PARTITION BY t ORDER BY v) FROM empty_t
+ordered: SELECT id, row_number() OVER w, lag(amount) OVER w, lead(amount) OVER w FROM orders WINDOW w AS (ORDER BY id) ORDER BY id LIMIT 20
+SELECT id, row_number() OVER (PARTITION BY customer_id % 3 ORDER BY id) FROM orders
+SELECT o.id, rank() OVER (PARTITION BY o.status ORDER BY o.qty DESC NULLS LAST) FROM orders o WHERE o.qty > 10
+SELECT id, country, dense_rank() OVER (ORDER BY country) FROM customers
+SELECT id, kind, row_number() OVER (PARTITION BY kind ORDER BY at, id) FROM events
+SELECT id, value, rank() OVER (PARTITION BY ok ORDER BY value DESC) FROM events
+ordered: SELECT id, cume_dist() OVER (ORDER BY id) FROM events ORDER BY id OFFSET 1190
+SELECT id, vip, count(*) OVER (PARTITION BY vip ORDER BY credit) FROM customers
+ordered: SELECT id, row_number() OVER (ORDER BY id) FROM orders WHERE false ORDER BY id
+SELECT id, customer_id, row_number() OVER (ORDER BY id) FROM orders WHERE customer_id IN (1, 2, 3)
+ordered: SELECT id, rank() OVER (ORDER BY id) FROM orders ORDER BY 1 LIMIT 3
+ordered: SELECT id AS x, row_number() OVER (ORDER BY id) AS n FROM orders ORDER BY x LIMIT 3
+ordered: SELECT status, id, lead(id) OVER (PARTITION BY status ORDER BY id) FROM orders ORDER BY status NULLS FIRST, id LIMIT 30
+refuse: SELECT id, row_number() OVER (ORDER BY id) FROM orders ORDER BY qty
+refuse: SELECT id, rank() OVER (ORDER BY id), rank() OVER (ORDER BY qty) FROM orders
+refuse: SELECT id, row_number() OVER (ORDER BY id ROWS BETWEEN 1 PRECEDING AND 1 FOLLOWING) FROM orders
+refuse: SELECT id, row_number() OVER (ORDER BY id) * 2 FROM orders
+refuse: SELECT *, row_number() OVER (ORDER BY id) FROM orders
+refuse: SELECT id, avg(qty) OVER (ORDER BY id) FROM orders
+SELECT id, qty, min(qty) OVER (ORDER BY id), max(qty) OVER (ORDER BY id) FROM orders
+SELECT id, status, min(amount) OVER (PARTITION BY status), max(amount) OVER (PARTITION BY status) FROM orders
+SELECT id, max(weight) OVER (PARTITION BY paid ORDER BY qty), min(placed) OVER (PARTITION BY paid ORDER BY qty) FROM orders
+SELECT id, min(status) OVER (ORDER BY id DESC), max(big) OVER (ORDER BY id DESC) FROM orders
+SELECT id, min(name) OVER (PARTITION BY tier ORDER BY score), max(created) OVER (PARTITION BY tier ORDER BY score) FROM customers
+SELECT k, min(v) OVER (), max(t) OVER () FROM empty_t
+refuse: SELECT id, min(note) OVER (ORDER BY id) FROM orders
 
 -- @set-operations
 -- UNION / INTERSECT / EXCEPT [ALL] across shards: duplicates removed and

@@ -28,6 +28,20 @@ impl MergePlan {
             }
             ops.push((text, Vec::new()));
         }
+        if let Some(w) = &self.window {
+            ops.push((
+                format!(
+                    "WindowAgg at the proxy: {} call(s), partitions by the first {} sort key(s), peers by the next {}",
+                    w.calls.len(),
+                    w.partition_keys,
+                    w.order_keys
+                ),
+                w.calls
+                    .iter()
+                    .map(|c| format!("column {}: {:?}", c.output + 1, c.func))
+                    .collect(),
+            ));
+        }
         match &self.mode {
             MergeMode::Concat => {
                 ops.push(("Append shard rows as they arrive".to_owned(), Vec::new()))

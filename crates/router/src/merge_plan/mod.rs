@@ -44,6 +44,7 @@ mod set_op;
 #[cfg(test)]
 mod tests;
 mod window;
+mod window_merge;
 
 use sqlparser::ast::{
     Distinct, Expr, GroupByExpr, Ident, LimitClause, OrderBy, OrderByExpr, OrderByKind,
@@ -57,6 +58,7 @@ use sqlparser::parser::Parser;
 
 pub use aggregate::{partial_names, AggKind};
 pub use proxy_expr::ProxyExpr;
+pub use window_merge::{WindowCall, WindowFunc, WindowPlan};
 
 use aggregate::{aggregate_call, mentions_aggregate, AggCall};
 
@@ -103,6 +105,9 @@ pub struct MergePlan {
     /// `EXPLAIN` of the statement: the proxy answers with
     /// [`MergePlan::describe`] instead of running it.
     pub explain: bool,
+    /// Window functions the proxy computes over the merged rows (the
+    /// mode is then [`MergeMode::Sorted`] by the window's keys).
+    pub window: Option<WindowPlan>,
 }
 
 /// A table: its schema when the statement names one, and its name.
@@ -475,6 +480,7 @@ impl MergePlan {
             offset: None,
             group_aliases: Vec::new(),
             explain: false,
+            window: None,
         }
     }
 }
@@ -563,7 +569,7 @@ impl Planner {
             }
             _ => return refuse("ORDER BY or LIMIT on this kind of query"),
         };
-        let windows = window::check_windows(select, &order, &self.key_bindings)?;
+        let (windows, merged_windows) = window::check_windows(select, &order, &self.key_bindings)?;
         let calls = aggregate::count_windows(&select.to_string())
             + order
                 .iter()
@@ -605,7 +611,18 @@ impl Planner {
         if windows > 0 && aggregated {
             return refuse("window functions over grouped rows");
         }
-        let mode = if let Some(on) = distinct_on {
+        let mut window = None;
+        let mode = if merged_windows {
+            let (mode, w) = self.merged_windows(
+                select,
+                &projection,
+                &order,
+                visible_fixed,
+                &mut query.order_by,
+            )?;
+            window = Some(w);
+            mode
+        } else if let Some(on) = distinct_on {
             if aggregated {
                 return refuse("DISTINCT ON with GROUP BY or aggregates");
             }
@@ -659,7 +676,7 @@ impl Planner {
                     interpolate: None,
                 });
             }
-        } else if let Some(sum) = pushed_limit(&limit) {
+        } else if let Some(sum) = pushed_limit(&limit).filter(|_| window.is_none()) {
             query.limit_clause = Some(LimitClause::LimitOffset {
                 limit: Some(sum),
                 offset: None,
@@ -705,6 +722,7 @@ impl Planner {
             offset: limit.1,
             group_aliases,
             explain: false,
+            window,
         })
     }
 

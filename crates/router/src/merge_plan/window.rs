@@ -1,11 +1,12 @@
 //! Window functions across shards: pushed down when every window's
-//! partition lives on one shard.
+//! partition lives on one shard, otherwise computed at the proxy.
 //!
 //! A window whose `PARTITION BY` includes the shard key of a FROM table
 //! (not NULL-extended by an outer join) sees all the rows of each of its
 //! partitions on one shard, so each shard computes it exactly; the rows
 //! are then merged like any others (ORDER BY, LIMIT, DISTINCT). Windows
-//! over rows of several shards are refused.
+//! over rows of several shards are computed by the proxy
+//! ([`WindowPlan`], see `window_merge.rs`).
 
 use sqlparser::ast::{
     Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, NamedWindowExpr, OrderByExpr,
@@ -16,13 +17,14 @@ use super::aggregate::mentions_window;
 use super::distinct::{groups_on_one_shard, KeyBinding};
 use super::{ident_name, refuse, Unmergeable};
 
-/// How many window function calls the select list and ORDER BY hold;
-/// `Err` when one of them cannot run on each shard alone.
+/// How many window function calls the select list and ORDER BY hold, and
+/// whether one of them cannot run on each shard alone (the proxy computes
+/// them then).
 pub(super) fn check_windows(
     select: &Select,
     order: &[OrderByExpr],
     bindings: &[KeyBinding],
-) -> Result<usize, Unmergeable> {
+) -> Result<(usize, bool), Unmergeable> {
     let mut found = Vec::new();
     for item in &select.projection {
         if let SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } = item {
@@ -32,15 +34,12 @@ pub(super) fn check_windows(
     for o in order {
         collect(&o.expr, &mut found)?;
     }
+    let mut merged = false;
     for w in &found {
         let partition = partition_of(w, select, 0)?;
-        if !groups_on_one_shard(&partition, bindings) {
-            return refuse(
-                "window functions whose PARTITION BY does not include the shard key (each partition must live on one shard)",
-            );
-        }
+        merged |= !groups_on_one_shard(&partition, bindings);
     }
-    Ok(found.len())
+    Ok((found.len(), merged))
 }
 
 /// The PARTITION BY of a window, following named windows.

@@ -31,6 +31,8 @@ use shardgate_router::merge_plan::{
     FinalKey, GroupPlan, GroupValue, MergeMode, MergePlan, OutputColumn, RowCount, SortKey,
 };
 
+mod window;
+
 use super::fanout::{deliver_cancels, read_any, Part};
 use super::{Session, SessionError};
 use crate::relay::MAX_SERVER_MESSAGE;
@@ -453,6 +455,8 @@ pub(super) struct Run {
     pub(super) timer: super::fanout::QueryTimer,
     /// `COPY (query) TO`: how the client's rows become COPY data.
     pub(super) copy: Option<shardgate_router::CopyRowsOut>,
+    /// Window functions computed at the proxy (see `merge/window.rs`).
+    window: Option<shardgate_merge::ops::Window<BytesMut>>,
     /// Where in the client buffer the merge's unconverted output starts.
     pub(super) copy_mark: usize,
 }
@@ -505,6 +509,7 @@ impl Run {
             timer: super::fanout::QueryTimer::off(),
             copy: None,
             copy_mark: 0,
+            window: None,
         }
     }
 
@@ -645,6 +650,7 @@ impl Run {
         if self.describe {
             cout.extend_from_slice(&client_desc);
         }
+        self.check_window_types(&types)?;
         let exprs = match &self.plan.mode {
             MergeMode::Grouped(g) => bind_exprs(g, &types, visible)?,
             _ => Vec::new(),
@@ -736,6 +742,9 @@ impl Run {
         match &plan.mode {
             MergeMode::Grouped(g) => self.add_to_group(g, head, cout),
             _ => {
+                if let Some(w) = &plan.window {
+                    return self.window_row(w, head, cout);
+                }
                 if let Some(f) = &mut self.first_per_key {
                     if !f.admit(&head.keys) {
                         return Ok(());
@@ -1020,6 +1029,7 @@ impl Run {
     /// Every shard finished its rows: the last group, the final sort, and
     /// CommandComplete.
     pub(super) fn end_rows(&mut self, cout: &mut BytesMut) -> Result<(), PgError> {
+        self.finish_window(cout)?;
         let plan = self.plan.clone();
         if let MergeMode::Grouped(g) = &plan.mode {
             if let Some(done) = self.group.take() {
@@ -1068,7 +1078,16 @@ impl Run {
 fn key_columns(plan: &MergePlan) -> Vec<usize> {
     match &plan.mode {
         MergeMode::Concat => Vec::new(),
-        MergeMode::Sorted { keys, .. } => keys.iter().map(|k| k.column).collect(),
+        MergeMode::Sorted { keys, .. } => keys
+            .iter()
+            .map(|k| k.column)
+            // min/max OVER (...) compare their arguments.
+            .chain(
+                plan.window
+                    .iter()
+                    .flat_map(|w| w.calls.iter().filter_map(|c| c.key)),
+            )
+            .collect(),
         MergeMode::Grouped(g) => g
             .merge_keys
             .iter()
