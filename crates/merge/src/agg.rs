@@ -2,12 +2,14 @@
 
 use bytes::{Bytes, BytesMut};
 
+use crate::bits::{BitOp, Bits};
 use crate::error::MergeError;
 use crate::float::{float4_text, float8_text};
 use crate::gather::{Gathered, SortedGather};
 use crate::key::{decode_key, key_supported, Key};
 use crate::numeric::Numeric;
 use crate::oid;
+use crate::regression::{RegrState, RegrValue, Regression};
 use crate::variance::{StatState, StatValue, Statistic};
 
 /// The aggregates the proxy can combine.
@@ -35,6 +37,10 @@ pub enum AggKind {
     JsonAgg,
     /// `var_samp`/`var_pop`/`stddev_samp`/`stddev_pop` (see `variance.rs`).
     Statistic(Statistic),
+    /// `bit_and`/`bit_or`/`bit_xor` over int2/int4/int8 (see `bits.rs`).
+    Bits(BitOp),
+    /// `corr`, `covar_pop`, `covar_samp`, `regr_*` (see `regression.rs`).
+    Regression(Regression),
 }
 
 impl AggKind {
@@ -44,9 +50,12 @@ impl AggKind {
     /// BoolAnd → [bool_and(x)]; BoolOr → [bool_or(x)]; StringAgg → [string_agg(x, sep),
     /// sep::text]; ArrayAgg → [array_agg(x) in the client's format]; JsonAgg →
     /// [json_agg(x) or jsonb_agg(x) in the client's format]; Statistic →
-    /// [count(x), sum(x), sum(x::numeric * x::numeric), avg(x), var_pop(x)].
+    /// [count(x), sum(x), sum(x::numeric * x::numeric), avg(x), var_pop(x)]; Bits →
+    /// [the aggregate itself]; Regression → [regr_count, regr_avgx, regr_avgy, regr_sxx,
+    /// regr_syy, regr_sxy].
     pub fn partial_count(self) -> usize {
         match self {
+            AggKind::Regression(_) => 6,
             AggKind::Statistic(_) => 5,
             AggKind::Avg => 3,
             AggKind::Min | AggKind::Max | AggKind::StringAgg => 2,
@@ -55,7 +64,8 @@ impl AggKind {
             | AggKind::BoolAnd
             | AggKind::BoolOr
             | AggKind::ArrayAgg
-            | AggKind::JsonAgg => 1,
+            | AggKind::JsonAgg
+            | AggKind::Bits(_) => 1,
         }
     }
 
@@ -72,6 +82,8 @@ impl AggKind {
             AggKind::ArrayAgg => "array_agg",
             AggKind::JsonAgg => "json_agg",
             AggKind::Statistic(s) => s.name(),
+            AggKind::Bits(op) => op.name(),
+            AggKind::Regression(r) => r.name(),
         }
     }
 }
@@ -108,6 +120,10 @@ enum Acc {
     Bool { and: bool, value: Option<bool> },
     /// A variance or standard deviation.
     Stat { stat: Statistic, state: StatState },
+    /// bit_and / bit_or / bit_xor.
+    Bits(Bits),
+    /// A two-variable statistic.
+    Regr { stat: Regression, state: RegrState },
     /// string_agg / array_agg / json_agg.
     Gather(Gathered),
     /// The same with ORDER BY inside, its rows sorted before they combine.
@@ -274,6 +290,11 @@ impl AggState {
                 stat,
                 state: StatState::new(stat, partial_oids)?,
             },
+            AggKind::Bits(op) => Acc::Bits(Bits::new(op, partial_oids[0])?),
+            AggKind::Regression(stat) => Acc::Regr {
+                stat,
+                state: RegrState::new(stat, partial_oids)?,
+            },
             AggKind::StringAgg => Acc::Gather(Gathered::string_agg(partial_oids)?),
             AggKind::ArrayAgg => Acc::Gather(Gathered::array_agg(partial_oids[0])?),
             AggKind::JsonAgg => Acc::Gather(Gathered::json_agg(partial_oids[0])?),
@@ -418,6 +439,8 @@ impl AggState {
                 }
             }
             Acc::Stat { state, .. } => state.add(partials)?,
+            Acc::Bits(b) => b.add(partials[0])?,
+            Acc::Regr { state, .. } => state.add(partials)?,
             Acc::Gather(g) => g.add(partials)?,
             Acc::SortedGather(_) => {
                 return Err(MergeError::malformed(
@@ -539,6 +562,12 @@ impl AggState {
                 Some(StatValue::Numeric(v)) => Some(numeric_value(&v, format)),
                 Some(StatValue::Float(v)) => Some(float8_value(v, format)),
             },
+            Acc::Bits(b) => b.finish(format),
+            Acc::Regr { stat, state } => match state.result(*stat) {
+                None => None,
+                Some(RegrValue::Count(n)) => Some(int8_value(n, format)),
+                Some(RegrValue::Float(v)) => Some(float8_value(v, format)),
+            },
             Acc::Gather(g) => g.finish(),
             Acc::SortedGather(s) => s.combined()?.finish(),
         })
@@ -572,6 +601,12 @@ impl AggState {
             Acc::Best { best, .. } => best.as_ref().map_or(Key::Null, |(k, _)| k.clone()),
             Acc::Bool { value, .. } => value.map_or(Key::Null, Key::Bool),
             Acc::Stat { stat, state } => state.key(*stat)?,
+            Acc::Bits(b) => b.value().map_or(Key::Null, Key::Int),
+            Acc::Regr { stat, state } => match state.result(*stat) {
+                None => Key::Null,
+                Some(RegrValue::Count(n)) => Key::Int(n),
+                Some(RegrValue::Float(v)) => Key::Float(v),
+            },
             Acc::Gather(g) => g.key()?,
             Acc::SortedGather(s) => s.combined()?.key()?,
         })

@@ -1388,6 +1388,8 @@ fn output_oid(f: AggKind, partials: &[u32]) -> u32 {
             partials.first().copied().unwrap_or(0)
         }
         AggKind::Statistic(_) => shardgate_merge::statistic_output_oid(partials),
+        AggKind::Bits(_) => partials.first().copied().unwrap_or(0),
+        AggKind::Regression(r) => r.output_oid(),
     }
 }
 
