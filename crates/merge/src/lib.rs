@@ -82,4 +82,6 @@ pub mod oid {
 #[cfg(test)]
 mod gather_tests;
 #[cfg(test)]
+mod regression_tests;
+#[cfg(test)]
 mod tests;
