@@ -686,6 +686,43 @@ ordered: SELECT kind, stddev(value), var_pop(value) FROM events GROUP BY kind OR
 SELECT stddev(amount::float8), variance(qty::float4), stddev(price::float8) FROM orders
 refuse: SELECT stddev(DISTINCT qty) FROM orders
 
+-- @ordered-set
+-- percentile_cont/percentile_disc/mode() WITHIN GROUP (ORDER BY x): the shards
+-- also group by x and send count(x) per value; the proxy picks from the merged
+-- sorted values.
+SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY weight) FROM orders
+SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY amount) FROM orders
+SELECT percentile_cont(0) WITHIN GROUP (ORDER BY qty), percentile_cont(1) WITHIN GROUP (ORDER BY qty), percentile_cont(0.25) WITHIN GROUP (ORDER BY qty) FROM orders
+SELECT percentile_cont(0.37) WITHIN GROUP (ORDER BY big), percentile_cont(0.9) WITHIN GROUP (ORDER BY small DESC) FROM orders
+SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY amount) FROM orders
+SELECT percentile_disc(0) WITHIN GROUP (ORDER BY qty), percentile_disc(1) WITHIN GROUP (ORDER BY qty), percentile_disc(0.333) WITHIN GROUP (ORDER BY price) FROM orders
+SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY status), percentile_disc(0.5) WITHIN GROUP (ORDER BY placed) FROM orders
+SELECT percentile_disc(0.75) WITHIN GROUP (ORDER BY weight DESC), percentile_disc(0.1) WITHIN GROUP (ORDER BY ratio) FROM orders
+SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY note NULLS FIRST) FROM orders
+SELECT mode() WITHIN GROUP (ORDER BY status) FROM orders
+SELECT mode() WITHIN GROUP (ORDER BY qty), mode() WITHIN GROUP (ORDER BY qty DESC), mode() WITHIN GROUP (ORDER BY paid) FROM orders
+SELECT mode() WITHIN GROUP (ORDER BY kind), mode() WITHIN GROUP (ORDER BY ok) FROM events
+SELECT mode() WITHIN GROUP (ORDER BY country), mode() WITHIN GROUP (ORDER BY tier DESC) FROM customers
+SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY qty), mode() WITHIN GROUP (ORDER BY qty) FROM orders WHERE id = 5
+SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY qty), percentile_disc(0.5) WITHIN GROUP (ORDER BY qty), mode() WITHIN GROUP (ORDER BY qty) FROM orders WHERE qty IS NULL
+SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY f), percentile_disc(0.5) WITHIN GROUP (ORDER BY t), mode() WITHIN GROUP (ORDER BY v) FROM empty_t
+SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY qty) FILTER (WHERE paid), mode() WITHIN GROUP (ORDER BY status) FILTER (WHERE qty > 40) FROM orders
+ordered: SELECT status, percentile_cont(0.5) WITHIN GROUP (ORDER BY amount), percentile_disc(0.9) WITHIN GROUP (ORDER BY qty), mode() WITHIN GROUP (ORDER BY small) FROM orders GROUP BY status ORDER BY status
+SELECT customer_id, percentile_disc(0.5) WITHIN GROUP (ORDER BY qty), mode() WITHIN GROUP (ORDER BY status) FROM orders GROUP BY customer_id
+ordered: SELECT paid, percentile_cont(0.5) WITHIN GROUP (ORDER BY weight), count(*), sum(qty) FROM orders GROUP BY paid ORDER BY paid
+ordered: SELECT status, mode() WITHIN GROUP (ORDER BY qty) FROM orders GROUP BY status HAVING percentile_cont(0.5) WITHIN GROUP (ORDER BY qty) > 20 ORDER BY status
+ordered: SELECT status, percentile_disc(0.5) WITHIN GROUP (ORDER BY amount) FROM orders GROUP BY status ORDER BY percentile_disc(0.5) WITHIN GROUP (ORDER BY amount) DESC NULLS LAST, status LIMIT 3
+ordered: SELECT kind, percentile_cont(0.5) WITHIN GROUP (ORDER BY value), mode() WITHIN GROUP (ORDER BY value) FROM events GROUP BY kind ORDER BY kind
+SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY -qty::int8 * 1000000000), percentile_disc(0.5) WITHIN GROUP (ORDER BY -big) FROM orders
+SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY qty) + 1, mode() WITHIN GROUP (ORDER BY qty) * 2 FROM orders
+SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY weight), string_agg(status, ',' ORDER BY id) FROM orders WHERE id < 50
+ordered: SELECT tier, percentile_cont(0.5) WITHIN GROUP (ORDER BY o.amount), mode() WITHIN GROUP (ORDER BY o.status) FROM customers c JOIN orders o ON o.customer_id = c.id GROUP BY tier ORDER BY tier
+error: SELECT percentile_cont(1.5) WITHIN GROUP (ORDER BY qty) FROM orders
+error: SELECT percentile_disc(-0.1) WITHIN GROUP (ORDER BY qty) FROM orders
+refuse: SELECT percentile_cont(ARRAY[0.25, 0.5]) WITHIN GROUP (ORDER BY qty) FROM orders
+refuse: SELECT percentile_cont(abs(qty) / 100000.0) WITHIN GROUP (ORDER BY qty) FROM orders GROUP BY qty
+refuse: SELECT 'x', mode() WITHIN GROUP (ORDER BY status) FROM orders
+
 -- @regression
 -- Two-variable statistics (corr, covar_*, regr_*) combined from the shards'
 -- (N, Sx, Sxx, Sy, Syy, Sxy) as float8_regr_combine does; bit_and/bit_or/bit_xor
@@ -758,8 +795,6 @@ refuse: SELECT count(*) FROM orders a JOIN orders b ON a.id = b.id
 refuse: SELECT c.id, o.id FROM customers c JOIN orders o ON o.qty = c.tier
 refuse: SELECT id FROM orders WHERE id IN (SELECT id FROM events)
 refuse: SELECT count(*) FROM customers c WHERE c.name IN (SELECT status FROM orders)
-refuse: SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY amount) FROM orders
-refuse: SELECT mode() WITHIN GROUP (ORDER BY status) FROM orders
 refuse: SELECT status, count(*) FROM orders GROUP BY ROLLUP (status)
 refuse: SELECT status, paid, count(*) FROM orders GROUP BY GROUPING SETS ((status), (paid))
 refuse: SELECT count(*) FROM (SELECT * FROM orders ORDER BY id LIMIT 10) s

@@ -9,6 +9,7 @@ use crate::gather::{Gathered, SortedGather};
 use crate::key::{decode_key, key_supported, Key};
 use crate::numeric::Numeric;
 use crate::oid;
+use crate::ordered_set::{OrderedSet, OrderedSetState, PickedOwned};
 use crate::regression::{RegrState, RegrValue, Regression};
 use crate::variance::{StatState, StatValue, Statistic};
 
@@ -41,6 +42,8 @@ pub enum AggKind {
     Bits(BitOp),
     /// `corr`, `covar_pop`, `covar_samp`, `regr_*` (see `regression.rs`).
     Regression(Regression),
+    /// `percentile_cont`/`percentile_disc`/`mode` (see `ordered_set.rs`).
+    OrderedSet(OrderedSet),
 }
 
 impl AggKind {
@@ -52,9 +55,11 @@ impl AggKind {
     /// [json_agg(x) or jsonb_agg(x) in the client's format]; Statistic →
     /// [count(x), sum(x), sum(x::numeric * x::numeric), avg(x), var_pop(x)]; Bits →
     /// [the aggregate itself]; Regression → [regr_count, regr_avgx, regr_avgy, regr_sxx,
-    /// regr_syy, regr_sxy].
+    /// regr_syy, regr_sxy]; OrderedSet → [count(x), the aggregate itself,
+    /// (fraction)::float8] (mode: the first two).
     pub fn partial_count(self) -> usize {
         match self {
+            AggKind::OrderedSet(o) => o.partial_count(),
             AggKind::Regression(_) => 6,
             AggKind::Statistic(_) => 5,
             AggKind::Avg => 3,
@@ -84,6 +89,7 @@ impl AggKind {
             AggKind::Statistic(s) => s.name(),
             AggKind::Bits(op) => op.name(),
             AggKind::Regression(r) => r.name(),
+            AggKind::OrderedSet(o) => o.name(),
         }
     }
 }
@@ -124,6 +130,8 @@ enum Acc {
     Bits(Bits),
     /// A two-variable statistic.
     Regr { stat: Regression, state: RegrState },
+    /// An ordered-set aggregate's gathered values.
+    OrderedSet(OrderedSetState),
     /// string_agg / array_agg / json_agg.
     Gather(Gathered),
     /// The same with ORDER BY inside, its rows sorted before they combine.
@@ -295,6 +303,7 @@ impl AggState {
                 stat,
                 state: RegrState::new(stat, partial_oids)?,
             },
+            AggKind::OrderedSet(o) => Acc::OrderedSet(OrderedSetState::new(o, partial_oids)?),
             AggKind::StringAgg => Acc::Gather(Gathered::string_agg(partial_oids)?),
             AggKind::ArrayAgg => Acc::Gather(Gathered::array_agg(partial_oids[0])?),
             AggKind::JsonAgg => Acc::Gather(Gathered::json_agg(partial_oids[0])?),
@@ -442,7 +451,7 @@ impl AggState {
             Acc::Bits(b) => b.add(partials[0])?,
             Acc::Regr { state, .. } => state.add(partials)?,
             Acc::Gather(g) => g.add(partials)?,
-            Acc::SortedGather(_) => {
+            Acc::SortedGather(_) | Acc::OrderedSet(_) => {
                 return Err(MergeError::malformed(
                     self.output_oid,
                     "rows of an ordered aggregate without their ORDER BY keys",
@@ -459,6 +468,11 @@ impl AggState {
     pub fn ordered(mut self, order: Vec<(bool, bool)>) -> Result<AggState, MergeError> {
         self.acc = match self.acc {
             Acc::Gather(g) => Acc::SortedGather(SortedGather::new(g, order)),
+            Acc::OrderedSet(mut s) if order.len() == 1 => {
+                let (desc, nulls_first) = order[0];
+                s.set_order(desc, nulls_first);
+                Acc::OrderedSet(s)
+            }
             _ => {
                 return Err(MergeError::unsupported(
                     self.output_oid,
@@ -490,6 +504,7 @@ impl AggState {
                 }
                 s.add(keys, partials)
             }
+            Acc::OrderedSet(s) => s.add(keys, partials),
             _ => self.add(partials),
         }
     }
@@ -568,6 +583,11 @@ impl AggState {
                 Some(RegrValue::Count(n)) => Some(int8_value(n, format)),
                 Some(RegrValue::Float(v)) => Some(float8_value(v, format)),
             },
+            Acc::OrderedSet(s) => match s.pick()? {
+                None => None,
+                Some(PickedOwned::Float(v)) => Some(float8_value(v, format)),
+                Some(PickedOwned::Entry(_, bytes)) => bytes,
+            },
             Acc::Gather(g) => g.finish(),
             Acc::SortedGather(s) => s.combined()?.finish(),
         })
@@ -606,6 +626,11 @@ impl AggState {
                 None => Key::Null,
                 Some(RegrValue::Count(n)) => Key::Int(n),
                 Some(RegrValue::Float(v)) => Key::Float(v),
+            },
+            Acc::OrderedSet(s) => match s.pick()? {
+                None => Key::Null,
+                Some(PickedOwned::Float(v)) => Key::Float(v),
+                Some(PickedOwned::Entry(k, _)) => k,
             },
             Acc::Gather(g) => g.key()?,
             Acc::SortedGather(s) => s.combined()?.key()?,

@@ -21,6 +21,7 @@ mod gather;
 mod key;
 mod numeric;
 pub mod ops;
+mod ordered_set;
 mod regression;
 mod variance;
 
@@ -30,6 +31,7 @@ pub use error::MergeError;
 pub use float::{float4_text, float8_text};
 pub use key::{decode_key, key_supported, Key};
 pub use numeric::{Numeric, Rounding};
+pub use ordered_set::OrderedSet;
 pub use regression::{Regression, REGRESSION_PARTIALS};
 pub use variance::{statistic_output_oid, Statistic};
 

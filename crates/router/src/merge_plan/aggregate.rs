@@ -28,6 +28,7 @@ fn kind_from_name(name: &str) -> Option<AggKind> {
                 .map(AggKind::Statistic)
                 .or_else(|| shardgate_merge::BitOp::from_name(name).map(AggKind::Bits))
                 .or_else(|| shardgate_merge::Regression::from_name(name).map(AggKind::Regression))
+                .or_else(|| shardgate_merge::OrderedSet::from_name(name).map(AggKind::OrderedSet))
         }
     })
 }
@@ -57,6 +58,8 @@ pub fn partial_names(kind: AggKind) -> &'static [&'static str] {
             shardgate_merge::BitOp::Xor => &["bit_xor"],
         },
         AggKind::Regression(_) => &shardgate_merge::REGRESSION_PARTIALS,
+        // Expressions of their own (see `gather.rs`).
+        AggKind::OrderedSet(_) => &[],
     }
 }
 
@@ -150,7 +153,7 @@ pub(super) fn aggregate_call(e: &Expr) -> Result<Option<AggCall>, Unmergeable> {
     let Some(func) = kind_from_name(&name) else {
         return Ok(None);
     };
-    if !f.within_group.is_empty() {
+    if !f.within_group.is_empty() && !matches!(func, AggKind::OrderedSet(_)) {
         return refuse(format!("{name}() WITHIN GROUP"));
     }
     super::gather::check_call(func, &name, f)?;

@@ -1390,6 +1390,8 @@ fn output_oid(f: AggKind, partials: &[u32]) -> u32 {
         AggKind::Statistic(_) => shardgate_merge::statistic_output_oid(partials),
         AggKind::Bits(_) => partials.first().copied().unwrap_or(0),
         AggKind::Regression(r) => r.output_oid(),
+        AggKind::OrderedSet(shardgate_merge::OrderedSet::PercentileCont) => oid::FLOAT8,
+        AggKind::OrderedSet(_) => partials.get(1).copied().unwrap_or(0),
     }
 }
 
