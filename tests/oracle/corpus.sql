@@ -717,11 +717,12 @@ SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY -qty::int8 * 1000000000), per
 SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY qty) + 1, mode() WITHIN GROUP (ORDER BY qty) * 2 FROM orders
 SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY weight), string_agg(status, ',' ORDER BY id) FROM orders WHERE id < 50
 ordered: SELECT tier, percentile_cont(0.5) WITHIN GROUP (ORDER BY o.amount), mode() WITHIN GROUP (ORDER BY o.status) FROM customers c JOIN orders o ON o.customer_id = c.id GROUP BY tier ORDER BY tier
-error: SELECT percentile_cont(1.5) WITHIN GROUP (ORDER BY qty) FROM orders
-error: SELECT percentile_disc(-0.1) WITHIN GROUP (ORDER BY qty) FROM orders
 refuse: SELECT percentile_cont(ARRAY[0.25, 0.5]) WITHIN GROUP (ORDER BY qty) FROM orders
 refuse: SELECT percentile_cont(abs(qty) / 100000.0) WITHIN GROUP (ORDER BY qty) FROM orders GROUP BY qty
 refuse: SELECT 'x', mode() WITHIN GROUP (ORDER BY status) FROM orders
+SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY qty), percentile_cont(1) WITHIN GROUP (ORDER BY weight), mode() WITHIN GROUP (ORDER BY big) FROM orders WHERE customer_id = 42
+ordered: SELECT customer_id, percentile_cont(0.5) WITHIN GROUP (ORDER BY qty), mode() WITHIN GROUP (ORDER BY status DESC) FROM orders WHERE customer_id < 30 GROUP BY customer_id ORDER BY customer_id
+SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY score), percentile_cont(0.5) WITHIN GROUP (ORDER BY credit), mode() WITHIN GROUP (ORDER BY created) FROM customers
 
 -- @regression
 -- Two-variable statistics (corr, covar_*, regr_*) combined from the shards'

@@ -94,12 +94,14 @@ impl OrderedSetState {
         kind: OrderedSet,
         partial_oids: &[u32],
     ) -> Result<OrderedSetState, MergeError> {
-        let ok = match (kind, partial_oids) {
-            (OrderedSet::PercentileCont, [oid::INT8, oid::FLOAT8, oid::FLOAT8]) => true,
-            (OrderedSet::PercentileDisc, [oid::INT8, _, oid::FLOAT8]) => true,
-            (OrderedSet::Mode, [oid::INT8, _]) => true,
-            _ => false,
-        };
+        let ok = matches!(
+            (kind, partial_oids),
+            (
+                OrderedSet::PercentileCont,
+                [oid::INT8, oid::FLOAT8, oid::FLOAT8]
+            ) | (OrderedSet::PercentileDisc, [oid::INT8, _, oid::FLOAT8])
+                | (OrderedSet::Mode, [oid::INT8, _])
+        );
         if !ok {
             return Err(MergeError::unsupported(
                 partial_oids.get(1).copied().unwrap_or(0),

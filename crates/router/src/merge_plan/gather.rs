@@ -15,8 +15,8 @@
 //! - `percentile_cont(f)`, `percentile_disc(f)` and `mode()` `WITHIN GROUP (ORDER BY
 //!   x)`: gathered like an ordered `array_agg` (the shards also group by `x`), with
 //!   the partials `count(x)`, the aggregate itself (over one value: that value) and
-//!   `(f)::float8`; the fraction must be one constant (an array of fractions is
-//!   refused). The proxy picks the result (`shardgate_merge`'s `ordered_set.rs`).
+//!   `(f)::float8`; the fraction must be one number literal in [0, 1] (an array of
+//!   fractions, a parameter, or a fraction Postgres fails on are refused). The proxy picks the result (`shardgate_merge`'s `ordered_set.rs`).
 
 use sqlparser::ast::{
     DuplicateTreatment, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentClause,
@@ -68,28 +68,39 @@ fn check_ordered_set(
     }
     match (kind, args) {
         (OrderedSet::Mode, []) => Ok(()),
-        (OrderedSet::PercentileCont | OrderedSet::PercentileDisc, [fraction])
-            if is_number(fraction) =>
-        {
-            Ok(())
+        (OrderedSet::PercentileCont | OrderedSet::PercentileDisc, [fraction]) => {
+            match number(fraction) {
+                Some(f) if (0.0..=1.0).contains(&f) => Ok(()),
+                // Postgres fails with 22003 even over no rows, where the shards
+                // would send nothing to fail with.
+                Some(_) => refuse(format!("{name}() with a fraction outside [0, 1]")),
+                None => refuse(format!(
+                    "{name}() with a fraction that is not one number literal"
+                )),
+            }
         }
-        _ => refuse(format!(
-            "{name}() with a fraction that is not one numeric constant"
-        )),
+        _ => refuse(format!("{name}() with several fractions")),
     }
 }
 
-/// A number literal or a bind parameter, possibly signed, cast or parenthesised
-/// (not an array or string literal: an array of fractions is not combined).
-fn is_number(e: &Expr) -> bool {
+/// The value of a number literal, possibly signed, cast or parenthesised (not a
+/// parameter, an array or a string literal).
+fn number(e: &Expr) -> Option<f64> {
     match strip_nested(e) {
-        Expr::Value(v) => matches!(
-            v.value,
-            sqlparser::ast::Value::Number(..) | sqlparser::ast::Value::Placeholder(_)
-        ),
-        Expr::UnaryOp { expr, .. } => is_number(expr),
-        Expr::Cast { expr, .. } => is_number(expr),
-        _ => false,
+        Expr::Value(v) => match &v.value {
+            sqlparser::ast::Value::Number(n, _) => n.parse().ok(),
+            _ => None,
+        },
+        Expr::UnaryOp {
+            op: sqlparser::ast::UnaryOperator::Minus,
+            expr,
+        } => number(expr).map(|f| -f),
+        Expr::UnaryOp {
+            op: sqlparser::ast::UnaryOperator::Plus,
+            expr,
+        }
+        | Expr::Cast { expr, .. } => number(expr),
+        _ => None,
     }
 }
 

@@ -305,6 +305,18 @@ fn unmergeable_constructs_are_named() {
         "corr(DISTINCT ...)"
     );
     assert_eq!(
+        refused("SELECT percentile_cont(1.5) WITHIN GROUP (ORDER BY x) FROM t"),
+        "percentile_cont() with a fraction outside [0, 1]"
+    );
+    assert_eq!(
+        refused("SELECT percentile_disc($1) WITHIN GROUP (ORDER BY x) FROM t"),
+        "percentile_disc() with a fraction that is not one number literal"
+    );
+    assert_eq!(
+        refused("SELECT mode() WITHIN GROUP (ORDER BY x, y) FROM t"),
+        "mode() WITHIN GROUP without one ORDER BY expression"
+    );
+    assert_eq!(
         refused("SELECT g, rank() OVER (PARTITION BY id ORDER BY count(*)) FROM t GROUP BY g, id"),
         "window functions over grouped rows"
     );
