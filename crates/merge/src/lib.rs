@@ -84,6 +84,8 @@ pub mod oid {
 #[cfg(test)]
 mod gather_tests;
 #[cfg(test)]
+mod ordered_set_tests;
+#[cfg(test)]
 mod regression_tests;
 #[cfg(test)]
 mod tests;
