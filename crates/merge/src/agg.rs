@@ -315,6 +315,15 @@ impl AggState {
         })
     }
 
+    /// Estimated bytes of values this state holds until its group is complete
+    /// (ordered-set aggregates; 0 for the others).
+    pub fn held_bytes(&self) -> usize {
+        match &self.acc {
+            Acc::OrderedSet(s) => s.held_bytes(),
+            _ => 0,
+        }
+    }
+
     /// The aggregate kind.
     pub fn kind(&self) -> AggKind {
         self.kind

@@ -74,6 +74,8 @@ pub(crate) struct OrderedSetState {
     nulls_first: bool,
     entries: Vec<Entry>,
     fraction: Option<f64>,
+    /// Estimated bytes of `entries`.
+    held: usize,
 }
 
 fn read_i64(v: &[u8]) -> Result<i64, MergeError> {
@@ -114,7 +116,13 @@ impl OrderedSetState {
             nulls_first: false,
             entries: Vec::new(),
             fraction: None,
+            held: 0,
         })
+    }
+
+    /// Estimated bytes the gathered values take.
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.held
     }
 
     /// Sets the direction of the WITHIN GROUP ORDER BY key.
@@ -152,6 +160,11 @@ impl OrderedSetState {
             .copied()
             .flatten()
             .map(Bytes::copy_from_slice);
+        let key_heap = match &key {
+            Key::Bytes(b) => b.len(),
+            _ => 0,
+        };
+        self.held += std::mem::size_of::<Entry>() + key_heap + value.as_ref().map_or(0, Bytes::len);
         self.entries.push(Entry { key, count, value });
         Ok(())
     }

@@ -840,6 +840,26 @@ impl Run {
                 *counted = counts_a_value(slot.func, &values);
             }
         }
+        self.check_group_memory()
+    }
+
+    /// The values one group's ordered-set aggregates hold stay within
+    /// `memory_limit` (with the groups held for the final sort).
+    fn check_group_memory(&self) -> Result<(), PgError> {
+        let held: usize = self
+            .group
+            .as_ref()
+            .map_or(0, |cur| cur.aggs.iter().map(AggState::held_bytes).sum());
+        if held.saturating_add(self.held) > self.memory_limit {
+            return Err(PgError::error(
+                "53400",
+                format!(
+                    "shardgate: the values of one group's ordered-set aggregate in this cross-shard query need more than merge_memory_limit ({} bytes) of proxy memory",
+                    self.memory_limit
+                ),
+            )
+            .with_hint("Restrict the query to one shard, group it more finely, or raise proxy.merge_memory_limit in proxy.toml."));
+        }
         Ok(())
     }
 
