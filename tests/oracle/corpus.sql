@@ -720,6 +720,7 @@ ordered: SELECT tier, percentile_cont(0.5) WITHIN GROUP (ORDER BY o.amount), mod
 refuse: SELECT percentile_cont(ARRAY[0.25, 0.5]) WITHIN GROUP (ORDER BY qty) FROM orders
 refuse: SELECT percentile_cont(abs(qty) / 100000.0) WITHIN GROUP (ORDER BY qty) FROM orders GROUP BY qty
 refuse: SELECT 'x', mode() WITHIN GROUP (ORDER BY status) FROM orders
+refuse: SELECT rank(10) WITHIN GROUP (ORDER BY qty), cume_dist(10) WITHIN GROUP (ORDER BY qty) FROM orders
 SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY qty), percentile_cont(1) WITHIN GROUP (ORDER BY weight), mode() WITHIN GROUP (ORDER BY big) FROM orders WHERE customer_id = 42
 ordered: SELECT customer_id, percentile_cont(0.5) WITHIN GROUP (ORDER BY qty), mode() WITHIN GROUP (ORDER BY status DESC) FROM orders WHERE customer_id < 30 GROUP BY customer_id ORDER BY customer_id
 SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY score), percentile_cont(0.5) WITHIN GROUP (ORDER BY credit), mode() WITHIN GROUP (ORDER BY created) FROM customers

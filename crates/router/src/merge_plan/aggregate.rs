@@ -146,6 +146,10 @@ pub(super) fn aggregate_call(e: &Expr) -> Result<Option<AggCall>, Unmergeable> {
     if unmergeable(&name) && f.over.is_none() {
         return refuse(format!("aggregate {name}()"));
     }
+    // Hypothetical-set aggregates (`rank(v) WITHIN GROUP (...)`).
+    if !f.within_group.is_empty() && kind_from_name(&name).is_none() {
+        return refuse(format!("{name}() WITHIN GROUP"));
+    }
     // A window call (the planner checked windows already) is no aggregate.
     if f.over.is_some() {
         return Ok(None);
@@ -208,7 +212,11 @@ pub(super) fn mentions_aggregate(e: &Expr) -> bool {
             let name = function_name(f);
             // `sum(x) OVER (...)` is a window function, not an aggregate of
             // this query level (its arguments may still hold one).
-            if f.over.is_none() && (kind_from_name(&name).is_some() || unmergeable(&name)) {
+            if f.over.is_none()
+                && (kind_from_name(&name).is_some()
+                    || unmergeable(&name)
+                    || !f.within_group.is_empty())
+            {
                 return true;
             }
             match &f.args {
