@@ -17,6 +17,7 @@ use bytes::Bytes;
 use crate::error::MergeError;
 use crate::key::Key;
 use crate::oid;
+use crate::variance::{read_f64, read_i64};
 
 /// Which ordered-set aggregate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,18 +77,6 @@ pub(crate) struct OrderedSetState {
     fraction: Option<f64>,
     /// Estimated bytes of `entries`.
     held: usize,
-}
-
-fn read_i64(v: &[u8]) -> Result<i64, MergeError> {
-    v.try_into()
-        .map(i64::from_be_bytes)
-        .map_err(|_| MergeError::malformed(oid::INT8, "expected 8 bytes"))
-}
-
-fn read_f64(v: &[u8]) -> Result<f64, MergeError> {
-    v.try_into()
-        .map(f64::from_be_bytes)
-        .map_err(|_| MergeError::malformed(oid::FLOAT8, "expected 8 bytes"))
 }
 
 impl OrderedSetState {

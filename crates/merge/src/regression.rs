@@ -126,9 +126,7 @@ fn read_f64(v: Option<&[u8]>) -> Result<f64, MergeError> {
             "regression partial is NULL for a non-zero count",
         )
     })?;
-    v.try_into()
-        .map(f64::from_be_bytes)
-        .map_err(|_| MergeError::malformed(oid::FLOAT8, "expected 8 bytes"))
+    crate::variance::read_f64(v)
 }
 
 /// Postgres `float_overflow_error` when an infinite result came from finite inputs.
@@ -159,10 +157,7 @@ impl RegrState {
     /// `float8_regr_combine` does.
     pub(crate) fn add(&mut self, partials: &[Option<&[u8]>]) -> Result<(), MergeError> {
         let count = match partials.first().copied().flatten() {
-            Some(v) => v
-                .try_into()
-                .map(i64::from_be_bytes)
-                .map_err(|_| MergeError::malformed(oid::INT8, "expected 8 bytes"))?,
+            Some(v) => crate::variance::read_i64(v)?,
             None => 0,
         };
         if count < 0 {
