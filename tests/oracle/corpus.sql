@@ -771,6 +771,8 @@ SELECT bit_or(qty) FILTER (WHERE paid), bit_xor(small) FILTER (WHERE qty > 10) F
 ordered: SELECT paid, bit_xor(qty) FROM orders GROUP BY paid HAVING bit_or(qty) > 0 ORDER BY bit_xor(qty), paid
 SELECT bit_and(DISTINCT qty), bit_or(DISTINCT small) FROM orders
 refuse: SELECT bit_xor(DISTINCT qty) FROM orders
+refuse: SELECT bit_and(qty::bit(8)), bit_or(small::int4::bit(16)) FROM orders
+refuse: SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY (placed - date '2023-01-01') * interval '1 day') FROM orders
 SELECT every(paid), every(qty > 0) FROM orders
 ordered: SELECT status, every(paid), bool_or(paid) FROM orders GROUP BY status ORDER BY status
 ordered: SELECT score, bit_or(tier), bit_and(tier::int2), every(vip) FROM customers GROUP BY score ORDER BY score NULLS FIRST LIMIT 10
