@@ -717,6 +717,17 @@ async fn group_by_a_million_groups_stays_in_bounded_memory() {
     .unwrap();
     let top: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
     assert_eq!(top, vec![ROWS - 1, ROWS - 2, ROWS - 3]);
+    // An ordered-set aggregate holds its group's distinct values: a million
+    // do not fit either.
+    let err = within(
+        "percentile",
+        client.simple_query("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY k) FROM big"),
+    )
+    .await
+    .expect_err("over merge_memory_limit");
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "53400", "{db:?}");
+    assert!(db.message().contains("ordered-set"), "{}", db.message());
     stop.store(true, Ordering::Relaxed);
     sampler.join().unwrap();
     let grew = peak.load(Ordering::Relaxed).saturating_sub(base);

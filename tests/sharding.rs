@@ -575,12 +575,12 @@ async fn hints_and_cross_shard_transactions() {
     assert_eq!(row.get::<_, String>(0), "all,all");
     // What cannot be answered exactly across shards is refused, naming it.
     let err = client
-        .batch_execute("SELECT corr(id, id) FROM items")
+        .batch_execute("SELECT json_object_agg(id, name) FROM items")
         .await
-        .expect_err("corr across shards");
+        .expect_err("json_object_agg across shards");
     let db = err.as_db_error().unwrap();
     assert_eq!(db.code().code(), "0A000");
-    assert!(db.message().contains("corr"), "{}", db.message());
+    assert!(db.message().contains("json_object_agg"), "{}", db.message());
 }
 
 /// Item 7: replica routing works within each shard.

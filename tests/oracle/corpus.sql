@@ -686,6 +686,97 @@ ordered: SELECT kind, stddev(value), var_pop(value) FROM events GROUP BY kind OR
 SELECT stddev(amount::float8), variance(qty::float4), stddev(price::float8) FROM orders
 refuse: SELECT stddev(DISTINCT qty) FROM orders
 
+-- @ordered-set
+-- percentile_cont/percentile_disc/mode() WITHIN GROUP (ORDER BY x): the shards
+-- also group by x and send count(x) per value; the proxy picks from the merged
+-- sorted values.
+SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY weight) FROM orders
+SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY amount) FROM orders
+SELECT percentile_cont(0) WITHIN GROUP (ORDER BY qty), percentile_cont(1) WITHIN GROUP (ORDER BY qty), percentile_cont(0.25) WITHIN GROUP (ORDER BY qty) FROM orders
+SELECT percentile_cont(0.37) WITHIN GROUP (ORDER BY big), percentile_cont(0.9) WITHIN GROUP (ORDER BY small DESC) FROM orders
+SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY amount) FROM orders
+SELECT percentile_disc(0) WITHIN GROUP (ORDER BY qty), percentile_disc(1) WITHIN GROUP (ORDER BY qty), percentile_disc(0.333) WITHIN GROUP (ORDER BY price) FROM orders
+SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY status), percentile_disc(0.5) WITHIN GROUP (ORDER BY placed) FROM orders
+SELECT percentile_disc(0.75) WITHIN GROUP (ORDER BY weight DESC), percentile_disc(0.1) WITHIN GROUP (ORDER BY ratio) FROM orders
+SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY note NULLS FIRST) FROM orders
+SELECT mode() WITHIN GROUP (ORDER BY status) FROM orders
+SELECT mode() WITHIN GROUP (ORDER BY qty), mode() WITHIN GROUP (ORDER BY qty DESC), mode() WITHIN GROUP (ORDER BY paid) FROM orders
+SELECT mode() WITHIN GROUP (ORDER BY kind), mode() WITHIN GROUP (ORDER BY ok) FROM events
+SELECT mode() WITHIN GROUP (ORDER BY country), mode() WITHIN GROUP (ORDER BY tier DESC) FROM customers
+SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY qty), mode() WITHIN GROUP (ORDER BY qty) FROM orders WHERE id = 5
+SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY qty), percentile_disc(0.5) WITHIN GROUP (ORDER BY qty), mode() WITHIN GROUP (ORDER BY qty) FROM orders WHERE qty IS NULL
+SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY f), percentile_disc(0.5) WITHIN GROUP (ORDER BY t), mode() WITHIN GROUP (ORDER BY v) FROM empty_t
+SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY qty) FILTER (WHERE paid), mode() WITHIN GROUP (ORDER BY status) FILTER (WHERE qty > 40) FROM orders
+ordered: SELECT status, percentile_cont(0.5) WITHIN GROUP (ORDER BY amount), percentile_disc(0.9) WITHIN GROUP (ORDER BY qty), mode() WITHIN GROUP (ORDER BY small) FROM orders GROUP BY status ORDER BY status
+SELECT customer_id, percentile_disc(0.5) WITHIN GROUP (ORDER BY qty), mode() WITHIN GROUP (ORDER BY status) FROM orders GROUP BY customer_id
+ordered: SELECT paid, percentile_cont(0.5) WITHIN GROUP (ORDER BY weight), count(*), sum(qty) FROM orders GROUP BY paid ORDER BY paid
+ordered: SELECT status, mode() WITHIN GROUP (ORDER BY qty) FROM orders GROUP BY status HAVING percentile_cont(0.5) WITHIN GROUP (ORDER BY qty) > 20 ORDER BY status
+ordered: SELECT status, percentile_disc(0.5) WITHIN GROUP (ORDER BY amount) FROM orders GROUP BY status ORDER BY percentile_disc(0.5) WITHIN GROUP (ORDER BY amount) DESC NULLS LAST, status LIMIT 3
+ordered: SELECT kind, percentile_cont(0.5) WITHIN GROUP (ORDER BY value), mode() WITHIN GROUP (ORDER BY value) FROM events GROUP BY kind ORDER BY kind
+SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY -qty::int8 * 1000000000), percentile_disc(0.5) WITHIN GROUP (ORDER BY -big) FROM orders
+SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY qty) + 1, mode() WITHIN GROUP (ORDER BY qty) * 2 FROM orders
+SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY weight), string_agg(status, ',' ORDER BY id) FROM orders WHERE id < 50
+ordered: SELECT tier, percentile_cont(0.5) WITHIN GROUP (ORDER BY o.amount), mode() WITHIN GROUP (ORDER BY o.status) FROM customers c JOIN orders o ON o.customer_id = c.id GROUP BY tier ORDER BY tier
+refuse: SELECT percentile_cont(ARRAY[0.25, 0.5]) WITHIN GROUP (ORDER BY qty) FROM orders
+refuse: SELECT percentile_cont(abs(qty) / 100000.0) WITHIN GROUP (ORDER BY qty) FROM orders GROUP BY qty
+refuse: SELECT 'x', mode() WITHIN GROUP (ORDER BY status) FROM orders
+refuse: SELECT rank(10) WITHIN GROUP (ORDER BY qty), cume_dist(10) WITHIN GROUP (ORDER BY qty) FROM orders
+SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY qty), percentile_cont(1) WITHIN GROUP (ORDER BY weight), mode() WITHIN GROUP (ORDER BY big) FROM orders WHERE customer_id = 42
+ordered: SELECT customer_id, percentile_cont(0.5) WITHIN GROUP (ORDER BY qty), mode() WITHIN GROUP (ORDER BY status DESC) FROM orders WHERE customer_id < 30 GROUP BY customer_id ORDER BY customer_id
+SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY score), percentile_cont(0.5) WITHIN GROUP (ORDER BY credit), mode() WITHIN GROUP (ORDER BY created) FROM customers
+
+-- @regression
+-- Two-variable statistics (corr, covar_*, regr_*) combined from the shards'
+-- (N, Sx, Sxx, Sy, Syy, Sxy) as float8_regr_combine does; bit_and/bit_or/bit_xor
+-- over integers.
+SELECT corr(weight, qty) FROM orders
+SELECT covar_pop(weight, qty), covar_samp(weight, qty) FROM orders
+SELECT regr_count(weight, qty), regr_sxx(weight, qty), regr_syy(weight, qty), regr_sxy(weight, qty) FROM orders
+SELECT regr_avgx(weight, qty), regr_avgy(weight, qty) FROM orders
+SELECT regr_slope(weight, qty), regr_intercept(weight, qty), regr_r2(weight, qty) FROM orders
+SELECT corr(amount, price), regr_slope(amount, price), regr_intercept(amount, price) FROM orders
+SELECT corr(ratio, small), covar_pop(ratio, small), regr_r2(ratio, small) FROM orders
+SELECT corr(big, qty), covar_samp(big, qty), regr_sxx(qty, big), regr_avgy(big, qty) FROM orders
+SELECT corr(-qty * 1000000, weight), regr_slope(-weight, qty * 1e9) FROM orders
+SELECT corr(qty, qty), regr_r2(qty, qty), regr_slope(qty, qty) FROM orders
+SELECT corr(qty * 0, weight), regr_r2(qty * 0, weight), regr_slope(weight, qty * 0), regr_intercept(weight, qty * 0) FROM orders
+SELECT corr(weight, qty), regr_count(weight, qty), covar_samp(weight, qty) FROM orders WHERE id = 5
+SELECT corr(weight, qty), regr_count(weight, qty), covar_pop(weight, qty), regr_avgx(weight, qty) FROM orders WHERE weight IS NULL
+SELECT regr_count(f, v), corr(f, v), regr_sxx(f, v), covar_pop(f, n), regr_avgy(f, k) FROM empty_t
+SELECT corr(weight, qty) FILTER (WHERE paid), regr_slope(weight, qty) FILTER (WHERE qty > 10), regr_count(amount, qty) FILTER (WHERE price < 0) FROM orders
+ordered: SELECT status, corr(weight, qty), covar_samp(amount, small), regr_count(weight, ratio) FROM orders GROUP BY status ORDER BY status
+SELECT customer_id, regr_count(weight, qty), covar_pop(weight, qty), regr_sxy(weight, qty), regr_avgx(weight, qty) FROM orders GROUP BY customer_id
+ordered: SELECT paid, regr_slope(amount, qty), regr_intercept(amount, qty) FROM orders GROUP BY paid ORDER BY paid
+ordered: SELECT status, regr_r2(weight, qty) FROM orders GROUP BY status HAVING regr_count(weight, qty) > 100 ORDER BY regr_r2(weight, qty) DESC NULLS LAST, status
+ordered: SELECT status, corr(weight, qty) FROM orders GROUP BY status ORDER BY corr(weight, qty) NULLS FIRST, status LIMIT 3
+ordered: SELECT tier, corr(score, credit), covar_pop(score, tier), regr_count(credit, score) FROM customers GROUP BY tier ORDER BY tier
+ordered: SELECT kind, corr(value, id), regr_slope(value, id) FROM events GROUP BY kind ORDER BY kind
+SELECT corr(value, id), covar_samp(value, id), regr_sxx(value, id), regr_syy(value, id) FROM events
+SELECT regr_count(weight, qty) + 1, corr(weight, qty) * 2 FROM orders
+ordered: SELECT tier, corr(o.weight, o.qty), regr_avgx(o.amount, o.qty) FROM customers c JOIN orders o ON o.customer_id = c.id GROUP BY tier ORDER BY tier
+SELECT corr(weight, qty), stddev(weight), sum(qty), count(*) FROM orders
+SELECT corr(weight, qty), count(DISTINCT qty) FROM orders
+SELECT corr(weight, qty ORDER BY id) FROM orders
+SELECT covar_samp(weight, qty) FROM orders WHERE customer_id = 42
+refuse: SELECT corr(DISTINCT weight, qty) FROM orders
+SELECT bit_and(qty), bit_or(qty), bit_xor(qty) FROM orders
+SELECT bit_and(small), bit_or(small), bit_xor(small) FROM orders
+SELECT bit_and(big), bit_or(big), bit_xor(big) FROM orders
+SELECT bit_and(value), bit_or(value), bit_xor(value) FROM events
+SELECT bit_and(v), bit_or(v), bit_xor(k) FROM empty_t
+SELECT bit_xor(qty), bit_or(small) FROM orders WHERE qty IS NULL
+ordered: SELECT status, bit_and(qty), bit_or(small), bit_xor(big) FROM orders GROUP BY status ORDER BY status
+SELECT customer_id, bit_xor(qty), bit_and(id) FROM orders GROUP BY customer_id
+SELECT bit_or(qty) FILTER (WHERE paid), bit_xor(small) FILTER (WHERE qty > 10) FROM orders
+ordered: SELECT paid, bit_xor(qty) FROM orders GROUP BY paid HAVING bit_or(qty) > 0 ORDER BY bit_xor(qty), paid
+SELECT bit_and(DISTINCT qty), bit_or(DISTINCT small) FROM orders
+refuse: SELECT bit_xor(DISTINCT qty) FROM orders
+refuse: SELECT bit_and(qty::bit(8)), bit_or(small::int4::bit(16)) FROM orders
+refuse: SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY (placed - date '2023-01-01') * interval '1 day') FROM orders
+SELECT every(paid), every(qty > 0) FROM orders
+ordered: SELECT status, every(paid), bool_or(paid) FROM orders GROUP BY status ORDER BY status
+ordered: SELECT score, bit_or(tier), bit_and(tier::int2), every(vip) FROM customers GROUP BY score ORDER BY score NULLS FIRST LIMIT 10
+
 -- @refuse
 -- Cannot be answered exactly by merging per-shard results: must be 0A000
 -- (an exact answer is also accepted).
@@ -708,8 +799,6 @@ refuse: SELECT count(*) FROM orders a JOIN orders b ON a.id = b.id
 refuse: SELECT c.id, o.id FROM customers c JOIN orders o ON o.qty = c.tier
 refuse: SELECT id FROM orders WHERE id IN (SELECT id FROM events)
 refuse: SELECT count(*) FROM customers c WHERE c.name IN (SELECT status FROM orders)
-refuse: SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY amount) FROM orders
-refuse: SELECT mode() WITHIN GROUP (ORDER BY status) FROM orders
 refuse: SELECT status, count(*) FROM orders GROUP BY ROLLUP (status)
 refuse: SELECT status, paid, count(*) FROM orders GROUP BY GROUPING SETS ((status), (paid))
 refuse: SELECT count(*) FROM (SELECT * FROM orders ORDER BY id LIMIT 10) s

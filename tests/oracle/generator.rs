@@ -7,7 +7,9 @@
 //! `IS NULL`, IN lists, BETWEEN, LIKE, AND/OR/NOT, shard key = constant,
 //! co-located `IN` subqueries), GROUP BY with aggregates (`FILTER`,
 //! `DISTINCT`, `string_agg`/`array_agg`/`json(b)_agg` with a total `ORDER BY` inside,
-//! `stddev`/`variance` and their `_samp`/`_pop` forms,
+//! `stddev`/`variance` and their `_samp`/`_pop` forms, `percentile_cont`/
+//! `percentile_disc`/`mode() WITHIN GROUP (ORDER BY ...)`, `corr`/`covar_*`/`regr_*`,
+//! `bit_and`/`bit_or`/`bit_xor`,
 //! expressions over aggregates), HAVING, ORDER BY, LIMIT/OFFSET, DISTINCT,
 //! joins (orders with customers on the shard key, customers with the
 //! countries reference table) and subqueries in FROM. Some shapes aim at
@@ -860,6 +862,67 @@ fn aggregate(rng: &mut Rng, src: &Source) -> Agg {
                 Ty::Numeric
             };
             agg(format!("{name}({s}){f}"), false, ty, e.dom)
+        }
+        95 if e.ty.is_number() => {
+            let p = rng.pick(&["0", "0.25", "0.5", "0.9", "1"]);
+            let d = rng.pick(&["", " DESC"]);
+            agg(
+                format!("percentile_cont({p}) WITHIN GROUP (ORDER BY {s}{d}){f}"),
+                false,
+                Ty::Float8,
+                e.dom,
+            )
+        }
+        96 => {
+            // Rounded for the same reason as numeric group keys.
+            let s = if e.ty == Ty::Numeric {
+                format!("round({s}, 2)")
+            } else {
+                s
+            };
+            let d = rng.pick(&["", " DESC"]);
+            let call = if rng.chance(50) {
+                "mode()".to_owned()
+            } else {
+                format!(
+                    "percentile_disc({})",
+                    rng.pick(&["0", "0.3", "0.5", "0.75", "1"])
+                )
+            };
+            agg(
+                format!("{call} WITHIN GROUP (ORDER BY {s}{d}){f}"),
+                true,
+                e.ty,
+                e.dom,
+            )
+        }
+        97 if e.ty.is_number() => {
+            let x = scalar(rng, src, 1);
+            let x = if x.ty.is_number() { x.sql } else { s.clone() };
+            let name = rng.pick(&[
+                "corr",
+                "covar_pop",
+                "covar_samp",
+                "regr_count",
+                "regr_sxx",
+                "regr_syy",
+                "regr_sxy",
+                "regr_avgx",
+                "regr_avgy",
+                "regr_slope",
+                "regr_intercept",
+                "regr_r2",
+            ]);
+            let ty = if *name == "regr_count" {
+                Ty::Int8
+            } else {
+                Ty::Float8
+            };
+            agg(format!("{name}({s}, {x}){f}"), false, ty, e.dom)
+        }
+        98 if e.ty.is_int() => {
+            let name = rng.pick(&["bit_and", "bit_or", "bit_xor"]);
+            agg(format!("{name}({s}){f}"), true, e.ty, e.dom)
         }
         _ => agg(format!("count({s})"), true, Ty::Int8, Dom::Small(0, 300)),
     }

@@ -2,12 +2,15 @@
 
 use bytes::{Bytes, BytesMut};
 
+use crate::bits::{BitOp, Bits};
 use crate::error::MergeError;
 use crate::float::{float4_text, float8_text};
 use crate::gather::{Gathered, SortedGather};
 use crate::key::{decode_key, key_supported, Key};
 use crate::numeric::Numeric;
 use crate::oid;
+use crate::ordered_set::{OrderedSet, OrderedSetState, PickedOwned};
+use crate::regression::{RegrState, RegrValue, Regression};
 use crate::variance::{StatState, StatValue, Statistic};
 
 /// The aggregates the proxy can combine.
@@ -35,6 +38,12 @@ pub enum AggKind {
     JsonAgg,
     /// `var_samp`/`var_pop`/`stddev_samp`/`stddev_pop` (see `variance.rs`).
     Statistic(Statistic),
+    /// `bit_and`/`bit_or`/`bit_xor` over int2/int4/int8 (see `bits.rs`).
+    Bits(BitOp),
+    /// `corr`, `covar_pop`, `covar_samp`, `regr_*` (see `regression.rs`).
+    Regression(Regression),
+    /// `percentile_cont`/`percentile_disc`/`mode` (see `ordered_set.rs`).
+    OrderedSet(OrderedSet),
 }
 
 impl AggKind {
@@ -44,9 +53,14 @@ impl AggKind {
     /// BoolAnd → [bool_and(x)]; BoolOr → [bool_or(x)]; StringAgg → [string_agg(x, sep),
     /// sep::text]; ArrayAgg → [array_agg(x) in the client's format]; JsonAgg →
     /// [json_agg(x) or jsonb_agg(x) in the client's format]; Statistic →
-    /// [count(x), sum(x), sum(x::numeric * x::numeric), avg(x), var_pop(x)].
+    /// [count(x), sum(x), sum(x::numeric * x::numeric), avg(x), var_pop(x)]; Bits →
+    /// [the aggregate itself]; Regression → [regr_count, regr_avgx, regr_avgy, regr_sxx,
+    /// regr_syy, regr_sxy]; OrderedSet → [count(x), the aggregate itself,
+    /// (fraction)::float8] (mode: the first two).
     pub fn partial_count(self) -> usize {
         match self {
+            AggKind::OrderedSet(o) => o.partial_count(),
+            AggKind::Regression(_) => 6,
             AggKind::Statistic(_) => 5,
             AggKind::Avg => 3,
             AggKind::Min | AggKind::Max | AggKind::StringAgg => 2,
@@ -55,7 +69,8 @@ impl AggKind {
             | AggKind::BoolAnd
             | AggKind::BoolOr
             | AggKind::ArrayAgg
-            | AggKind::JsonAgg => 1,
+            | AggKind::JsonAgg
+            | AggKind::Bits(_) => 1,
         }
     }
 
@@ -72,6 +87,9 @@ impl AggKind {
             AggKind::ArrayAgg => "array_agg",
             AggKind::JsonAgg => "json_agg",
             AggKind::Statistic(s) => s.name(),
+            AggKind::Bits(op) => op.name(),
+            AggKind::Regression(r) => r.name(),
+            AggKind::OrderedSet(o) => o.name(),
         }
     }
 }
@@ -108,6 +126,12 @@ enum Acc {
     Bool { and: bool, value: Option<bool> },
     /// A variance or standard deviation.
     Stat { stat: Statistic, state: StatState },
+    /// bit_and / bit_or / bit_xor.
+    Bits(Bits),
+    /// A two-variable statistic.
+    Regr { stat: Regression, state: RegrState },
+    /// An ordered-set aggregate's gathered values.
+    OrderedSet(OrderedSetState),
     /// string_agg / array_agg / json_agg.
     Gather(Gathered),
     /// The same with ORDER BY inside, its rows sorted before they combine.
@@ -274,6 +298,12 @@ impl AggState {
                 stat,
                 state: StatState::new(stat, partial_oids)?,
             },
+            AggKind::Bits(op) => Acc::Bits(Bits::new(op, partial_oids[0])?),
+            AggKind::Regression(stat) => Acc::Regr {
+                stat,
+                state: RegrState::new(stat, partial_oids)?,
+            },
+            AggKind::OrderedSet(o) => Acc::OrderedSet(OrderedSetState::new(o, partial_oids)?),
             AggKind::StringAgg => Acc::Gather(Gathered::string_agg(partial_oids)?),
             AggKind::ArrayAgg => Acc::Gather(Gathered::array_agg(partial_oids[0])?),
             AggKind::JsonAgg => Acc::Gather(Gathered::json_agg(partial_oids[0])?),
@@ -283,6 +313,15 @@ impl AggState {
             output_oid,
             acc,
         })
+    }
+
+    /// Estimated bytes of values this state holds until its group is complete
+    /// (ordered-set aggregates; 0 for the others).
+    pub fn held_bytes(&self) -> usize {
+        match &self.acc {
+            Acc::OrderedSet(s) => s.held_bytes(),
+            _ => 0,
+        }
     }
 
     /// The aggregate kind.
@@ -418,8 +457,10 @@ impl AggState {
                 }
             }
             Acc::Stat { state, .. } => state.add(partials)?,
+            Acc::Bits(b) => b.add(partials[0])?,
+            Acc::Regr { state, .. } => state.add(partials)?,
             Acc::Gather(g) => g.add(partials)?,
-            Acc::SortedGather(_) => {
+            Acc::SortedGather(_) | Acc::OrderedSet(_) => {
                 return Err(MergeError::malformed(
                     self.output_oid,
                     "rows of an ordered aggregate without their ORDER BY keys",
@@ -436,6 +477,11 @@ impl AggState {
     pub fn ordered(mut self, order: Vec<(bool, bool)>) -> Result<AggState, MergeError> {
         self.acc = match self.acc {
             Acc::Gather(g) => Acc::SortedGather(SortedGather::new(g, order)),
+            Acc::OrderedSet(mut s) if order.len() == 1 => {
+                let (desc, nulls_first) = order[0];
+                s.set_order(desc, nulls_first);
+                Acc::OrderedSet(s)
+            }
             _ => {
                 return Err(MergeError::unsupported(
                     self.output_oid,
@@ -467,6 +513,7 @@ impl AggState {
                 }
                 s.add(keys, partials)
             }
+            Acc::OrderedSet(s) => s.add(keys, partials),
             _ => self.add(partials),
         }
     }
@@ -539,6 +586,17 @@ impl AggState {
                 Some(StatValue::Numeric(v)) => Some(numeric_value(&v, format)),
                 Some(StatValue::Float(v)) => Some(float8_value(v, format)),
             },
+            Acc::Bits(b) => b.finish(format),
+            Acc::Regr { stat, state } => match state.result(*stat) {
+                None => None,
+                Some(RegrValue::Count(n)) => Some(int8_value(n, format)),
+                Some(RegrValue::Float(v)) => Some(float8_value(v, format)),
+            },
+            Acc::OrderedSet(s) => match s.pick()? {
+                None => None,
+                Some(PickedOwned::Float(v)) => Some(float8_value(v, format)),
+                Some(PickedOwned::Entry(_, bytes)) => bytes,
+            },
             Acc::Gather(g) => g.finish(),
             Acc::SortedGather(s) => s.combined()?.finish(),
         })
@@ -572,6 +630,17 @@ impl AggState {
             Acc::Best { best, .. } => best.as_ref().map_or(Key::Null, |(k, _)| k.clone()),
             Acc::Bool { value, .. } => value.map_or(Key::Null, Key::Bool),
             Acc::Stat { stat, state } => state.key(*stat)?,
+            Acc::Bits(b) => b.value().map_or(Key::Null, Key::Int),
+            Acc::Regr { stat, state } => match state.result(*stat) {
+                None => Key::Null,
+                Some(RegrValue::Count(n)) => Key::Int(n),
+                Some(RegrValue::Float(v)) => Key::Float(v),
+            },
+            Acc::OrderedSet(s) => match s.pick()? {
+                None => Key::Null,
+                Some(PickedOwned::Float(v)) => Key::Float(v),
+                Some(PickedOwned::Entry(k, _)) => k,
+            },
             Acc::Gather(g) => g.key()?,
             Acc::SortedGather(s) => s.combined()?.key()?,
         })

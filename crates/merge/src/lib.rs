@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 mod agg;
+mod bits;
 mod error;
 pub mod expr;
 mod float;
@@ -20,13 +21,18 @@ mod gather;
 mod key;
 mod numeric;
 pub mod ops;
+mod ordered_set;
+mod regression;
 mod variance;
 
 pub use agg::{AggKind, AggState};
+pub use bits::BitOp;
 pub use error::MergeError;
 pub use float::{float4_text, float8_text};
 pub use key::{decode_key, key_supported, Key};
 pub use numeric::{Numeric, Rounding};
+pub use ordered_set::OrderedSet;
+pub use regression::{Regression, REGRESSION_PARTIALS};
 pub use variance::{statistic_output_oid, Statistic};
 
 /// PostgreSQL type OIDs this crate knows about.
@@ -77,5 +83,9 @@ pub mod oid {
 
 #[cfg(test)]
 mod gather_tests;
+#[cfg(test)]
+mod ordered_set_tests;
+#[cfg(test)]
+mod regression_tests;
 #[cfg(test)]
 mod tests;

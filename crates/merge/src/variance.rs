@@ -86,13 +86,15 @@ pub(crate) enum StatState {
     },
 }
 
-fn read_i64(v: &[u8]) -> Result<i64, MergeError> {
+/// A binary int8.
+pub(crate) fn read_i64(v: &[u8]) -> Result<i64, MergeError> {
     v.try_into()
         .map(i64::from_be_bytes)
         .map_err(|_| MergeError::malformed(oid::INT8, "expected 8 bytes"))
 }
 
-fn read_f64(v: &[u8]) -> Result<f64, MergeError> {
+/// A binary float8.
+pub(crate) fn read_f64(v: &[u8]) -> Result<f64, MergeError> {
     v.try_into()
         .map(f64::from_be_bytes)
         .map_err(|_| MergeError::malformed(oid::FLOAT8, "expected 8 bytes"))

@@ -23,14 +23,21 @@ fn kind_from_name(name: &str) -> Option<AggKind> {
         "string_agg" => AggKind::StringAgg,
         "array_agg" => AggKind::ArrayAgg,
         "json_agg" | "jsonb_agg" => AggKind::JsonAgg,
-        _ => return shardgate_merge::Statistic::from_name(name).map(AggKind::Statistic),
+        _ => {
+            return shardgate_merge::Statistic::from_name(name)
+                .map(AggKind::Statistic)
+                .or_else(|| shardgate_merge::BitOp::from_name(name).map(AggKind::Bits))
+                .or_else(|| shardgate_merge::Regression::from_name(name).map(AggKind::Regression))
+                .or_else(|| shardgate_merge::OrderedSet::from_name(name).map(AggKind::OrderedSet))
+        }
     })
 }
 
 /// The partial aggregates each shard computes, in the order
 /// [`shardgate_merge::AggState::add`] takes them: count → [count];
 /// sum → [sum]; avg → [sum, count, avg]; min/max → [value (binary), value
-/// for the client]; bool_and/bool_or → [value]; the gathered and statistical
+/// for the client]; bool_and/bool_or → [value]; bit_and/bit_or/bit_xor → [value];
+/// corr/covar_*/regr_* → [`shardgate_merge::REGRESSION_PARTIALS`]; the gathered and statistical
 /// aggregates' partials are expressions of their own (see `gather.rs`).
 pub fn partial_names(kind: AggKind) -> &'static [&'static str] {
     match kind {
@@ -45,6 +52,14 @@ pub fn partial_names(kind: AggKind) -> &'static [&'static str] {
         AggKind::ArrayAgg => &["array_agg"],
         AggKind::JsonAgg => &["json_agg"],
         AggKind::Statistic(_) => &["count", "sum", "sum", "avg", "var_pop"],
+        AggKind::Bits(op) => match op {
+            shardgate_merge::BitOp::And => &["bit_and"],
+            shardgate_merge::BitOp::Or => &["bit_or"],
+            shardgate_merge::BitOp::Xor => &["bit_xor"],
+        },
+        AggKind::Regression(_) => &shardgate_merge::REGRESSION_PARTIALS,
+        // Expressions of their own (see `gather.rs`).
+        AggKind::OrderedSet(_) => &[],
     }
 }
 
@@ -131,6 +146,10 @@ pub(super) fn aggregate_call(e: &Expr) -> Result<Option<AggCall>, Unmergeable> {
     if unmergeable(&name) && f.over.is_none() {
         return refuse(format!("aggregate {name}()"));
     }
+    // Hypothetical-set aggregates (`rank(v) WITHIN GROUP (...)`).
+    if !f.within_group.is_empty() && kind_from_name(&name).is_none() {
+        return refuse(format!("{name}() WITHIN GROUP"));
+    }
     // A window call (the planner checked windows already) is no aggregate.
     if f.over.is_some() {
         return Ok(None);
@@ -138,16 +157,27 @@ pub(super) fn aggregate_call(e: &Expr) -> Result<Option<AggCall>, Unmergeable> {
     let Some(func) = kind_from_name(&name) else {
         return Ok(None);
     };
-    if !f.within_group.is_empty() {
+    if !f.within_group.is_empty() && !matches!(func, AggKind::OrderedSet(_)) {
         return refuse(format!("{name}() WITHIN GROUP"));
     }
     super::gather::check_call(func, &name, f)?;
-    // min/max(DISTINCT) and bool_and/or(DISTINCT) combine as without it.
-    let distinct = matches!(
+    let any_distinct = matches!(
         &f.args,
         FunctionArguments::List(list)
             if matches!(list.duplicate_treatment, Some(DuplicateTreatment::Distinct))
-    ) && matches!(func, AggKind::Count | AggKind::Sum | AggKind::Avg);
+    );
+    // A value on two shards would count twice in these.
+    if any_distinct
+        && matches!(
+            func,
+            AggKind::Bits(shardgate_merge::BitOp::Xor) | AggKind::Regression(_)
+        )
+    {
+        return refuse(format!("{name}(DISTINCT ...)"));
+    }
+    // min/max(DISTINCT), bool_and/or(DISTINCT) and bit_and/or(DISTINCT)
+    // combine as without it.
+    let distinct = any_distinct && matches!(func, AggKind::Count | AggKind::Sum | AggKind::Avg);
     Ok(Some(AggCall {
         func,
         text: e.to_string(),
@@ -182,7 +212,11 @@ pub(super) fn mentions_aggregate(e: &Expr) -> bool {
             let name = function_name(f);
             // `sum(x) OVER (...)` is a window function, not an aggregate of
             // this query level (its arguments may still hold one).
-            if f.over.is_none() && (kind_from_name(&name).is_some() || unmergeable(&name)) {
+            if f.over.is_none()
+                && (kind_from_name(&name).is_some()
+                    || unmergeable(&name)
+                    || !f.within_group.is_empty())
+            {
                 return true;
             }
             match &f.args {

@@ -12,6 +12,11 @@
 //!   arbitrary, as in Postgres). Without ORDER BY the order is unspecified and any
 //!   concatenation is right.
 //!   The separator must be a constant (the shards send it back as a partial).
+//! - `percentile_cont(f)`, `percentile_disc(f)` and `mode()` `WITHIN GROUP (ORDER BY
+//!   x)`: gathered like an ordered `array_agg` (the shards also group by `x`), with
+//!   the partials `count(x)`, the aggregate itself (over one value: that value) and
+//!   `(f)::float8`; the fraction must be one number literal in [0, 1] (an array of
+//!   fractions, a parameter, or a fraction Postgres fails on are refused). The proxy picks the result (`shardgate_merge`'s `ordered_set.rs`).
 
 use sqlparser::ast::{
     DuplicateTreatment, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentClause,
@@ -24,14 +29,79 @@ use sqlparser::parser::Parser;
 use super::aggregate::{mentions_aggregate, strip_nested, AggCall};
 use super::{direction, refuse, Planner, Unmergeable};
 use super::{OutputColumn, SortKey};
-use shardgate_merge::AggKind;
+use shardgate_merge::{AggKind, OrderedSet};
+
+/// The argument list of a call without parentheses' contents (`mode()`).
+static EMPTY_ARGS: FunctionArgumentList = FunctionArgumentList {
+    duplicate_treatment: None,
+    args: Vec::new(),
+    clauses: Vec::new(),
+};
 
 /// Whether `kind` is gathered or statistical (handled here).
 fn handled(kind: AggKind) -> bool {
     matches!(
         kind,
-        AggKind::StringAgg | AggKind::ArrayAgg | AggKind::JsonAgg | AggKind::Statistic(_)
+        AggKind::StringAgg
+            | AggKind::ArrayAgg
+            | AggKind::JsonAgg
+            | AggKind::Statistic(_)
+            | AggKind::OrderedSet(_)
     )
+}
+
+/// Refuses the ordered-set forms the merge cannot answer: several or constant
+/// WITHIN GROUP keys, a fraction that is not one numeric constant.
+fn check_ordered_set(
+    kind: OrderedSet,
+    name: &str,
+    f: &Function,
+    args: &[&Expr],
+) -> Result<(), Unmergeable> {
+    match f.within_group.as_slice() {
+        [o] if !matches!(strip_nested(&o.expr), Expr::Value(_)) => {}
+        _ => {
+            return refuse(format!(
+                "{name}() WITHIN GROUP without one ORDER BY expression"
+            ))
+        }
+    }
+    match (kind, args) {
+        (OrderedSet::Mode, []) => Ok(()),
+        (OrderedSet::PercentileCont | OrderedSet::PercentileDisc, [fraction]) => {
+            match number(fraction) {
+                Some(f) if (0.0..=1.0).contains(&f) => Ok(()),
+                // Postgres fails with 22003 even over no rows, where the shards
+                // would send nothing to fail with.
+                Some(_) => refuse(format!("{name}() with a fraction outside [0, 1]")),
+                None => refuse(format!(
+                    "{name}() with a fraction that is not one number literal"
+                )),
+            }
+        }
+        _ => refuse(format!("{name}() with several fractions")),
+    }
+}
+
+/// The value of a number literal, possibly signed, cast or parenthesised (not a
+/// parameter, an array or a string literal).
+fn number(e: &Expr) -> Option<f64> {
+    match strip_nested(e) {
+        Expr::Value(v) => match &v.value {
+            sqlparser::ast::Value::Number(n, _) => n.parse().ok(),
+            _ => None,
+        },
+        Expr::UnaryOp {
+            op: sqlparser::ast::UnaryOperator::Minus,
+            expr,
+        } => number(expr).map(|f| -f),
+        Expr::UnaryOp {
+            op: sqlparser::ast::UnaryOperator::Plus,
+            expr,
+        }
+        | Expr::Cast { expr, .. } => number(expr),
+        _ => None,
+    }
 }
 
 /// The unnamed arguments of a call (`None` when some are named or `*`).
@@ -56,9 +126,14 @@ pub(super) fn check_call(kind: AggKind, name: &str, f: &Function) -> Result<(), 
     if !handled(kind) {
         return Ok(());
     }
-    let Some((list, args)) = plain_args(f) else {
+    let Some((list, args)) = plain_args(f)
+        .or_else(|| matches!(f.args, FunctionArguments::None).then(|| (&EMPTY_ARGS, Vec::new())))
+    else {
         return refuse(format!("{name}() with named or * arguments"));
     };
+    if let AggKind::OrderedSet(o) = kind {
+        return check_ordered_set(o, name, f, &args);
+    }
     if matches!(list.duplicate_treatment, Some(DuplicateTreatment::Distinct)) {
         return refuse(format!("{name}(DISTINCT ...)"));
     }
@@ -95,9 +170,11 @@ fn parse_expr(text: &str) -> Result<Expr, Unmergeable> {
         .or_else(|_| refuse(format!("the aggregate argument {text}")))
 }
 
-/// `f` renamed to `name` with the one argument `arg` (FILTER kept, ORDER BY dropped).
+/// `f` renamed to `name` with the one argument `arg` (FILTER kept, ORDER BY and
+/// WITHIN GROUP dropped).
 fn call(f: &Function, name: &str, arg: Expr) -> Expr {
     let mut g = f.clone();
+    g.within_group = Vec::new();
     g.name = ObjectName(vec![ObjectNamePart::Identifier(Ident::new(name))]);
     g.args = FunctionArguments::List(FunctionArgumentList {
         duplicate_treatment: None,
@@ -114,6 +191,9 @@ pub(super) fn partial_exprs(kind: AggKind, f: &Function) -> Option<Result<Vec<Ex
         return None;
     }
     let args = plain_args(f).map(|(_, a)| a).unwrap_or_default();
+    if let AggKind::OrderedSet(o) = kind {
+        return Some(ordered_set_partials(o, f, &args));
+    }
     Some(match (kind, args.as_slice()) {
         (AggKind::StringAgg, [_, sep]) => {
             parse_expr(&format!("({sep})::text")).map(|s| vec![Expr::Function(f.clone()), s])
@@ -133,8 +213,30 @@ pub(super) fn partial_exprs(kind: AggKind, f: &Function) -> Option<Result<Vec<Ex
     })
 }
 
-/// The ORDER BY inside a call without constant keys (empty without one).
+/// `[count(x), the call itself, (fraction)::float8]` (mode: the first two).
+fn ordered_set_partials(
+    kind: OrderedSet,
+    f: &Function,
+    args: &[&Expr],
+) -> Result<Vec<Expr>, Unmergeable> {
+    let Some(x) = f.within_group.first() else {
+        return refuse(format!("{f} (no WITHIN GROUP)"));
+    };
+    let mut partials = vec![call(f, "count", x.expr.clone()), Expr::Function(f.clone())];
+    match (kind, args) {
+        (OrderedSet::Mode, []) => {}
+        (_, [fraction]) => partials.push(parse_expr(&format!("({fraction})::float8"))?),
+        _ => return refuse(format!("{f} (unexpected arguments)")),
+    }
+    Ok(partials)
+}
+
+/// The ORDER BY inside a call without constant keys (empty without one); the
+/// WITHIN GROUP ORDER BY of an ordered-set aggregate.
 fn inner_order(f: &Function) -> Vec<OrderByExpr> {
+    if !f.within_group.is_empty() {
+        return f.within_group.clone();
+    }
     let FunctionArguments::List(list) = &f.args else {
         return Vec::new();
     };
@@ -159,11 +261,13 @@ impl Planner {
         call: &AggCall,
         visible: usize,
     ) -> Result<Vec<SortKey>, Unmergeable> {
+        // Ordered-set partials are per value of x, also when a group is on one shard.
+        let ordered_set = matches!(call.func, AggKind::OrderedSet(_));
         let gathered = matches!(
             call.func,
             AggKind::StringAgg | AggKind::ArrayAgg | AggKind::JsonAgg
         );
-        if !gathered || self.groups_on_one_shard {
+        if !ordered_set && (!gathered || self.groups_on_one_shard) {
             return Ok(Vec::new());
         }
         let mut keys = Vec::new();
@@ -232,6 +336,7 @@ pub(super) fn client_format_partial(kind: AggKind) -> Option<usize> {
     match kind {
         AggKind::Min | AggKind::Max => Some(1),
         AggKind::StringAgg | AggKind::ArrayAgg | AggKind::JsonAgg => Some(0),
+        AggKind::OrderedSet(OrderedSet::PercentileDisc | OrderedSet::Mode) => Some(1),
         _ => None,
     }
 }

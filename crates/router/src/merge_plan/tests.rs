@@ -136,6 +136,22 @@ fn aggregates_push_partials() {
 }
 
 #[test]
+fn two_variable_statistics_push_their_state() {
+    let p = plan("SELECT corr(y, x) FILTER (WHERE x > 0), bit_xor(x) FROM t");
+    assert_eq!(
+        p.shard_sql,
+        "SELECT corr(y, x) FILTER (WHERE x > 0), bit_xor(x), \
+         regr_count(y, x) FILTER (WHERE x > 0) AS \"__shardgate_0\", \
+         regr_avgx(y, x) FILTER (WHERE x > 0) AS \"__shardgate_1\", \
+         regr_avgy(y, x) FILTER (WHERE x > 0) AS \"__shardgate_2\", \
+         regr_sxx(y, x) FILTER (WHERE x > 0) AS \"__shardgate_3\", \
+         regr_syy(y, x) FILTER (WHERE x > 0) AS \"__shardgate_4\", \
+         regr_sxy(y, x) FILTER (WHERE x > 0) AS \"__shardgate_5\", \
+         bit_xor(x) AS \"__shardgate_6\" FROM t"
+    );
+}
+
+#[test]
 fn group_by_sorts_shards_and_keeps_having_local() {
     let p = plan("SELECT g, max(v) FROM t GROUP BY g HAVING count(*) > 2 ORDER BY g DESC LIMIT 3");
     assert_eq!(
@@ -278,7 +294,30 @@ fn unmergeable_constructs_are_named() {
         refused("SELECT row_number() OVER (ROWS 2 PRECEDING) FROM t")
             .starts_with("a window frame clause")
     );
-    assert_eq!(refused("SELECT corr(x, y) FROM t"), "aggregate corr()");
+    assert_eq!(
+        refused("SELECT json_object_agg(x, y) FROM t"),
+        "aggregate json_object_agg()"
+    );
+    assert_eq!(
+        refused("SELECT bit_xor(DISTINCT x) FROM t"),
+        "bit_xor(DISTINCT ...)"
+    );
+    assert_eq!(
+        refused("SELECT corr(DISTINCT x, y) FROM t"),
+        "corr(DISTINCT ...)"
+    );
+    assert_eq!(
+        refused("SELECT percentile_cont(1.5) WITHIN GROUP (ORDER BY x) FROM t"),
+        "percentile_cont() with a fraction outside [0, 1]"
+    );
+    assert_eq!(
+        refused("SELECT percentile_disc($1) WITHIN GROUP (ORDER BY x) FROM t"),
+        "percentile_disc() with a fraction that is not one number literal"
+    );
+    assert_eq!(
+        refused("SELECT mode() WITHIN GROUP (ORDER BY x, y) FROM t"),
+        "mode() WITHIN GROUP without one ORDER BY expression"
+    );
     assert_eq!(
         refused("SELECT g, rank() OVER (PARTITION BY id ORDER BY count(*)) FROM t GROUP BY g, id"),
         "window functions over grouped rows"

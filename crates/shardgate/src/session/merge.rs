@@ -852,6 +852,26 @@ impl Run {
                 *counted = counts_a_value(slot.func, &values);
             }
         }
+        self.check_group_memory()
+    }
+
+    /// The values one group's ordered-set aggregates hold stay within
+    /// `memory_limit` (with the groups held for the final sort).
+    fn check_group_memory(&self) -> Result<(), PgError> {
+        let held: usize = self
+            .group
+            .as_ref()
+            .map_or(0, |cur| cur.aggs.iter().map(AggState::held_bytes).sum());
+        if held.saturating_add(self.held) > self.memory_limit {
+            return Err(PgError::error(
+                "53400",
+                format!(
+                    "shardgate: the values of one group's ordered-set aggregate in this cross-shard query need more than merge_memory_limit ({} bytes) of proxy memory",
+                    self.memory_limit
+                ),
+            )
+            .with_hint("Restrict the query to one shard, group it more finely, or raise proxy.merge_memory_limit in proxy.toml."));
+        }
         Ok(())
     }
 
@@ -1410,6 +1430,10 @@ fn output_oid(f: AggKind, partials: &[u32]) -> u32 {
             partials.first().copied().unwrap_or(0)
         }
         AggKind::Statistic(_) => shardgate_merge::statistic_output_oid(partials),
+        AggKind::Bits(_) => partials.first().copied().unwrap_or(0),
+        AggKind::Regression(r) => r.output_oid(),
+        AggKind::OrderedSet(shardgate_merge::OrderedSet::PercentileCont) => oid::FLOAT8,
+        AggKind::OrderedSet(_) => partials.get(1).copied().unwrap_or(0),
     }
 }
 
