@@ -151,7 +151,7 @@ fn load_shard(cluster: &Cluster, i: usize, bounds: &[i64], groups: u64) {
     let sql = format!(
         "CREATE TABLE t (id bigint PRIMARY KEY, g int NOT NULL, v int NOT NULL, note text NOT NULL);
          INSERT INTO t SELECT i, i % {groups}, (i * 7919) % 1000003, md5(i::text)
-           FROM generate_series({from}, {to}) i;
+           FROM generate_series({from}::bigint, {to}) i;
          CREATE TABLE ti (LIKE t INCLUDING ALL);
          INSERT INTO ti SELECT * FROM t;
          CREATE INDEX ON ti (v);

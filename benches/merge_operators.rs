@@ -5,7 +5,7 @@
 //! first-row-per-key filter.
 //!
 //! ```sh
-//! cargo bench -p shardgate-merge --bench merge_operators -- --warm-up-time 1 --measurement-time 3
+//! cargo bench -p shardgate-merge --bench merge_operators -- --warm-up-time 0.5 --measurement-time 2
 //! ```
 //!
 //! The key and aggregate operators predate the expression evaluator and
