@@ -6,7 +6,7 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use shardgate_harness::{ClusterSpec, Node};
@@ -727,29 +727,25 @@ async fn many_clients_small_pool_and_pool_timeout() {
 }
 
 fn make_cert(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let cert = dir.join("server.crt");
-    let key = dir.join("server.key");
-    let out = run(
-        Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=localhost",
-                "-keyout",
-            ])
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert),
-        Duration::from_secs(60),
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.crt",
+        ],
     );
-    assert_success(&out, "openssl req");
-    (cert, key)
+    (dir.join("server.crt"), dir.join("server.key"))
 }
 
 /// Item 8: SCRAM, md5 and trust; uniform failure for wrong password and unknown

@@ -553,6 +553,55 @@ async fn load_big(c: &Cluster, client: &tokio_postgres::Client, rows: i64) {
     assert_eq!(total, rows);
 }
 
+/// Samples a process's resident memory every 5 ms until stopped.
+struct RssPeak {
+    base: u64,
+    peak: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    sampler: std::thread::JoinHandle<()>,
+}
+
+impl RssPeak {
+    fn start(pid: u32) -> RssPeak {
+        let base = rss_kb(pid);
+        let peak = Arc::new(AtomicU64::new(base));
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = {
+            let (peak, stop) = (peak.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    peak.fetch_max(rss_kb(pid), Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        };
+        RssPeak {
+            base,
+            peak,
+            stop,
+            sampler,
+        }
+    }
+
+    /// The largest growth over the start so far, in kB.
+    fn grew(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed).saturating_sub(self.base)
+    }
+
+    /// Stops sampling; the largest growth, in kB.
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let RssPeak {
+            base,
+            peak,
+            sampler,
+            ..
+        } = self;
+        sampler.join().unwrap();
+        peak.load(Ordering::Relaxed).saturating_sub(base)
+    }
+}
+
 /// Resident memory of a process, in kB.
 fn rss_kb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -580,17 +629,7 @@ async fn order_by_streams_in_bounded_memory() {
 
     let pid = proxy.pid();
     let base = rss_kb(pid);
-    let peak = Arc::new(AtomicU64::new(base));
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (peak, stop) = (peak.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                peak.fetch_max(rss_kb(pid), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-    };
+    let rss = RssPeak::start(pid);
 
     let start = Instant::now();
     let no_params: [&(dyn ToSql + Sync); 0] = [];
@@ -627,10 +666,8 @@ async fn order_by_streams_in_bounded_memory() {
     })
     .await;
     let total = start.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    sampler.join().unwrap();
+    let grew = rss.stop();
     assert_eq!(next, ROWS, "row count");
-    let grew = peak.load(Ordering::Relaxed).saturating_sub(base);
     println!(
         "first row after {to_first:?}, all {ROWS} rows after {total:?}; proxy RSS {base} kB, +{grew} kB at most"
     );
@@ -656,17 +693,7 @@ async fn group_by_a_million_groups_stays_in_bounded_memory() {
     load_big(&env.c, &client, ROWS).await;
     let pid = proxy.pid();
     let base = rss_kb(pid);
-    let peak = Arc::new(AtomicU64::new(base));
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (peak, stop) = (peak.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                peak.fetch_max(rss_kb(pid), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-    };
+    let rss = RssPeak::start(pid);
     // Each k is a group of its own, on its own shard: 1M groups streamed.
     let no_params: [&(dyn ToSql + Sync); 0] = [];
     let groups = within("GROUP BY", async {
@@ -689,7 +716,7 @@ async fn group_by_a_million_groups_stays_in_bounded_memory() {
     })
     .await;
     assert_eq!(groups, ROWS);
-    let streamed = peak.load(Ordering::Relaxed).saturating_sub(base);
+    let streamed = rss.grew();
     // Ordered by an aggregate, the groups are sorted at the proxy: 1M of
     // them do not fit in 16 MiB.
     let err = within(
@@ -728,9 +755,7 @@ async fn group_by_a_million_groups_stays_in_bounded_memory() {
     let db = err.as_db_error().expect("a server error");
     assert_eq!(db.code().code(), "53400", "{db:?}");
     assert!(db.message().contains("ordered-set"), "{}", db.message());
-    stop.store(true, Ordering::Relaxed);
-    sampler.join().unwrap();
-    let grew = peak.load(Ordering::Relaxed).saturating_sub(base);
+    let grew = rss.stop();
     println!(
         "{ROWS} groups: proxy RSS {base} kB, +{streamed} kB at most while streaming them, +{grew} kB at most with the sorts"
     );

@@ -10,14 +10,6 @@ use std::time::Duration;
 use shardgate_harness::ClusterSpec;
 use support::*;
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = run(
-        Command::new("openssl").current_dir(dir).args(args),
-        Duration::from_secs(60),
-    );
-    assert_success(&out, &format!("openssl {args:?}"));
-}
-
 /// A CA and a server certificate it signed for `san` (e.g. `IP:127.0.0.1`).
 fn ca_and_server(dir: &Path, name: &str, san: &str) -> (PathBuf, PathBuf, PathBuf) {
     let ca_key = format!("{name}-ca.key");

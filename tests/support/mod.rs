@@ -456,3 +456,12 @@ pub fn write_config(proxy: &Proxy, text: &str) {
 pub fn proxy_config_path(proxy: &Proxy) -> std::path::PathBuf {
     proxy.log.with_extension("toml")
 }
+
+/// Runs `openssl` with `args` in `dir` (certificates for TLS tests).
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = run(
+        Command::new("openssl").current_dir(dir).args(args),
+        Duration::from_secs(60),
+    );
+    assert_success(&out, &format!("openssl {args:?}"));
+}
