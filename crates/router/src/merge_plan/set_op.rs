@@ -24,7 +24,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 use super::aggregate::{mentions_aggregate, mentions_window};
-use super::{ident_name, output_name, refuse, Unmergeable};
+use super::{figure_name, ident_name, refuse, Unmergeable};
 
 /// A set operation rewritten as a SELECT the merge plans; `repeat`: its
 /// last output column says how many times to send each row.
@@ -188,9 +188,7 @@ fn output_names(e: &SetExpr) -> Result<Vec<String>, Unmergeable> {
             .projection
             .iter()
             .map(|item| match item {
-                SelectItem::UnnamedExpr(e) => {
-                    Ok(output_name(e).unwrap_or_else(|| "?column?".to_owned()))
-                }
+                SelectItem::UnnamedExpr(e) => Ok(figure_name(e)),
                 SelectItem::ExprWithAlias { alias, .. } => Ok(ident_name(alias)),
                 _ => refuse("a set operation over SELECT *"),
             })

@@ -578,6 +578,8 @@ pub(super) async fn read_any(
     timer: &mut QueryTimer,
 ) -> Result<(usize, std::io::Result<usize>), ClientGone> {
     poll_fn(|cx| {
+        // First, so shards that keep sending cannot starve the timer.
+        timer.poll_expired(cx, parts);
         for (i, p) in parts.iter_mut().enumerate() {
             if !wanted(i, p) {
                 continue;
@@ -599,7 +601,6 @@ pub(super) async fn read_any(
         if client.poll_closed(cx).is_ready() {
             return Poll::Ready(Err(ClientGone));
         }
-        timer.poll_expired(cx, parts);
         Poll::Pending
     })
     .await
