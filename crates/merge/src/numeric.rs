@@ -418,7 +418,7 @@ impl Numeric {
     }
 
     /// The finite value's digits and dscale; `None` for NaN and the infinities.
-    fn finite(&self) -> Option<(&BigInt, u16)> {
+    pub(crate) fn finite(&self) -> Option<(&BigInt, u16)> {
         match &self.repr {
             Repr::Finite { digits, dscale } => Some((digits, *dscale)),
             _ => None,

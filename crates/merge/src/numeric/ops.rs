@@ -98,53 +98,34 @@ impl Numeric {
             Repr::Finite { digits, .. } => digits.sign(),
             Repr::NaN => Sign::NoSign,
         };
-        match (&self.repr, &other.repr) {
-            (Repr::NaN, _) | (_, Repr::NaN) => Ok(Numeric::nan()),
-            (
-                Repr::Finite {
-                    digits: a,
-                    dscale: sa,
-                },
-                Repr::Finite {
-                    digits: b,
-                    dscale: sb,
-                },
-            ) => Numeric::from_parts(a * b, sa.saturating_add(*sb))
-                .ok_or_else(|| MergeError::Overflow("value overflows numeric format".to_owned())),
-            (a, b) => Ok(match (sign_of(a), sign_of(b)) {
-                (Sign::NoSign, _) | (_, Sign::NoSign) => Numeric::nan(),
-                (x, y) => Numeric::infinity(x != y),
-            }),
+        if let (Some((a, sa)), Some((b, sb))) = (self.finite(), other.finite()) {
+            return Numeric::from_parts(a * b, sa.saturating_add(sb))
+                .ok_or_else(|| MergeError::Overflow("value overflows numeric format".to_owned()));
         }
+        Ok(match (sign_of(&self.repr), sign_of(&other.repr)) {
+            (Sign::NoSign, _) | (_, Sign::NoSign) => Numeric::nan(),
+            (x, y) => Numeric::infinity(x != y),
+        })
     }
 
     /// Postgres `numeric_mod`: the remainder of the division truncated
     /// toward zero, dscale = max of both; `x % Infinity = x`.
     pub fn rem(&self, other: &Numeric) -> Result<Numeric, MergeError> {
+        if let (Some((a, sa)), Some((b, sb))) = (self.finite(), other.finite()) {
+            if b.is_zero() {
+                return Err(MergeError::DivisionByZero);
+            }
+            let s = sa.max(sb);
+            return Ok(finite(rescale(a, sa, s) % rescale(b, sb, s), s));
+        }
         match (&self.repr, &other.repr) {
             (Repr::NaN, _) | (_, Repr::NaN) => Ok(Numeric::nan()),
             (Repr::PosInf | Repr::NegInf, Repr::Finite { digits, .. }) if digits.is_zero() => {
                 Err(MergeError::DivisionByZero)
             }
             (Repr::PosInf | Repr::NegInf, _) => Ok(Numeric::nan()),
-            (Repr::Finite { .. }, Repr::PosInf | Repr::NegInf) => Ok(self.clone()),
-            (
-                Repr::Finite {
-                    digits: a,
-                    dscale: sa,
-                },
-                Repr::Finite {
-                    digits: b,
-                    dscale: sb,
-                },
-            ) => {
-                if b.is_zero() {
-                    return Err(MergeError::DivisionByZero);
-                }
-                let s = (*sa).max(*sb);
-                let (a, b) = (rescale(a, *sa, s), rescale(b, *sb, s));
-                Ok(finite(a % b, s))
-            }
+            // A finite value modulo an infinity.
+            _ => Ok(self.clone()),
         }
     }
 
