@@ -25,6 +25,14 @@ pub enum MergeError {
     /// Numeric division by zero.
     #[error("division by zero")]
     DivisionByZero,
+    /// The merge would hold more than `proxy.merge_memory_limit` (53400).
+    #[error("{message}")]
+    MemoryLimit {
+        /// What needs the memory, and the limit.
+        message: String,
+        /// What the user can do about it.
+        hint: &'static str,
+    },
     /// Any other PostgreSQL error, with its SQLSTATE and message (e.g.
     /// 22P02 for a literal that is not a valid value of its type).
     #[error("{message}")]
@@ -44,7 +52,16 @@ impl MergeError {
             MergeError::Malformed { .. } => "XX000",
             MergeError::Overflow(_) => "22003",
             MergeError::DivisionByZero => "22012",
+            MergeError::MemoryLimit { .. } => "53400",
             MergeError::Sql { sqlstate, .. } => sqlstate,
+        }
+    }
+
+    /// A hint for the client, when there is one.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            MergeError::MemoryLimit { hint, .. } => Some(hint),
+            _ => None,
         }
     }
 

@@ -22,7 +22,10 @@ mod key;
 mod numeric;
 pub mod ops;
 mod ordered_set;
+pub mod plan;
 mod regression;
+pub mod row;
+pub mod tree;
 mod variance;
 
 pub use agg::{AggKind, AggState};

@@ -142,13 +142,13 @@ impl<T> Window<T> {
         if self.held > self.limit {
             self.rows.clear();
             self.held = 0;
-            return Err(MergeError::sql(
-                "53400",
-                format!(
+            return Err(MergeError::MemoryLimit {
+                message: format!(
                     "shardgate: a window partition of this cross-shard query needs more than merge_memory_limit ({} bytes) of proxy memory",
                     self.limit
                 ),
-            ));
+                hint: "Add a PARTITION BY, restrict the query to one shard, or raise proxy.merge_memory_limit in proxy.toml.",
+            });
         }
         self.rows.push(row);
         Ok(done)

@@ -43,6 +43,8 @@ mod proxy_expr;
 mod set_op;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tree_tests;
 mod window;
 mod window_merge;
 
@@ -57,8 +59,11 @@ use crate::shard::TableLookup;
 use sqlparser::parser::Parser;
 
 pub use aggregate::{partial_names, AggKind};
-pub use proxy_expr::ProxyExpr;
-pub use window_merge::{WindowCall, WindowFunc, WindowPlan};
+pub use shardgate_merge::ops::WindowFunc;
+pub use shardgate_merge::plan::{
+    AggSlot, FinalKey, GroupPlan, GroupValue, MergeMode, OutputColumn, ProxyExpr, SortKey,
+    WindowCall, WindowPlan,
+};
 
 use aggregate::{aggregate_call, mentions_aggregate, AggCall};
 
@@ -120,121 +125,6 @@ pub enum RowCount {
     Literal(u64),
     /// A bind parameter (0-based index).
     Param(usize),
-}
-
-/// How rows from the shards are combined.
-#[derive(Debug, Clone, PartialEq)]
-pub enum MergeMode {
-    /// Forward rows as they arrive.
-    Concat,
-    /// K-way merge on hidden sort keys (no keys: arrival order with LIMIT).
-    Sorted {
-        /// The sort keys, most significant first.
-        keys: Vec<SortKey>,
-        /// `DISTINCT ON`: only the first row of each value of the first
-        /// `distinct_on` keys is sent (0: every row).
-        distinct_on: usize,
-    },
-    /// Aggregation and grouping.
-    Grouped(GroupPlan),
-}
-
-/// One sort key: a hidden column and its direction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SortKey {
-    /// Absolute column position in the shard's row (0-based).
-    pub column: usize,
-    /// `DESC`.
-    pub desc: bool,
-    /// Where NULLs go (already resolved: ASC → last, DESC → first unless
-    /// stated).
-    pub nulls_first: bool,
-}
-
-/// How grouped rows are combined.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GroupPlan {
-    /// The order of the shards' rows: final-order keys first (when the
-    /// final order streams), then every group key. Empty without GROUP BY.
-    pub merge_keys: Vec<SortKey>,
-    /// Columns whose equality makes two rows the same group.
-    pub group_columns: Vec<usize>,
-    /// The aggregates to combine.
-    pub aggregates: Vec<AggSlot>,
-    /// Per visible column: where its value comes from.
-    pub outputs: Vec<OutputColumn>,
-    /// Expressions evaluated at the proxy per combined group (outputs,
-    /// HAVING, final-order keys over aggregates).
-    pub exprs: Vec<ProxyExpr>,
-    /// HAVING, evaluated on the combined groups: an index into `exprs`.
-    pub having: Option<usize>,
-    /// The final order when it needs an aggregate (groups are sorted in
-    /// memory); empty when the merge order already is the final order.
-    pub final_sort: Vec<FinalKey>,
-    /// Without GROUP BY: exactly one output row, even over no rows.
-    pub single_row: bool,
-    /// INTERSECT ALL / EXCEPT ALL: expression `n` of `exprs` says how many
-    /// times each combined group's row is sent.
-    pub repeat: Option<usize>,
-    /// The argument of the [`AggSlot::distinct`] aggregates (one for all):
-    /// its binary column, the last merge key, so a group's rows arrive
-    /// sorted by it and equal values from several shards are adjacent.
-    pub distinct_value: Option<usize>,
-    /// The shards also group by the ORDER BY keys of `string_agg`/`array_agg`/
-    /// `json_agg` ([`AggSlot::order`]): without GROUP BY they send no row
-    /// over no rows.
-    pub gathered: bool,
-}
-
-/// One aggregate: its function and the columns of its partial values.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AggSlot {
-    /// The aggregate.
-    pub func: AggKind,
-    /// Absolute columns of the partials, in [`partial_names`] order.
-    pub partials: Vec<usize>,
-    /// A `DISTINCT` aggregate whose values may repeat across shards: the
-    /// shards group by [`GroupPlan::distinct_value`] too, and the proxy
-    /// adds, per distinct value of a group, the partials of its first row
-    /// that holds the value (FILTER may leave it out on some shards).
-    pub distinct: bool,
-    /// The ORDER BY inside a gathered aggregate (`string_agg`, `array_agg`,
-    /// `json_agg`): its keys' hidden columns, which the shards also group
-    /// by; the proxy orders a group's rows by them before combining.
-    pub order: Vec<SortKey>,
-}
-
-/// Where a visible column's value comes from in grouped mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutputColumn {
-    /// The shard's own value for the group (same for all its rows).
-    Group,
-    /// The combined aggregate in slot `n`.
-    Aggregate(usize),
-    /// Expression `n` of [`GroupPlan::exprs`].
-    Expr(usize),
-}
-
-/// A value of a combined group used for HAVING or the final order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GroupValue {
-    /// A per-group column of the shard rows (binary hidden column).
-    Column(usize),
-    /// The combined aggregate in slot `n`.
-    Aggregate(usize),
-    /// Expression `n` of [`GroupPlan::exprs`].
-    Expr(usize),
-}
-
-/// One key of the final (in-memory) order of groups.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FinalKey {
-    /// The value.
-    pub value: GroupValue,
-    /// `DESC`.
-    pub desc: bool,
-    /// NULLs first.
-    pub nulls_first: bool,
 }
 
 /// Plans the merge of `sql`, one statement that the shard planner sends to
@@ -465,6 +355,24 @@ fn check_outer_joins(select: &Select, tables: &dyn TableLookup) -> Result<(), Un
         }
     }
     Ok(())
+}
+
+impl shardgate_merge::plan::MergeSpec for MergePlan {
+    fn mode(&self) -> &MergeMode {
+        &self.mode
+    }
+    fn window(&self) -> Option<&WindowPlan> {
+        self.window.as_ref()
+    }
+    fn hidden(&self) -> usize {
+        self.hidden
+    }
+    fn visible(&self) -> Option<usize> {
+        self.visible
+    }
+    fn visible_fixed(&self) -> usize {
+        self.visible_fixed
+    }
 }
 
 impl MergePlan {

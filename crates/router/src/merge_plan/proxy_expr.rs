@@ -19,19 +19,7 @@ use sqlparser::ast::{
 };
 
 use super::aggregate::mentions_aggregate;
-use super::{refuse, GroupValue, Unmergeable};
-
-/// An expression evaluated at the proxy for each combined group.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProxyExpr {
-    /// The tree; [`Node::Input`] `i` is `inputs[i]`.
-    pub tree: Node,
-    /// The values the tree reads: combined aggregates and per-group
-    /// columns (never [`GroupValue::Expr`]).
-    pub inputs: Vec<GroupValue>,
-    /// The probe columns (absolute positions) typing its operator nodes.
-    pub probes: Vec<usize>,
-}
+use super::{refuse, GroupValue, ProxyExpr, Unmergeable};
 
 /// What the compiler asks of the planner.
 pub(super) trait ExprSource {

@@ -18,39 +18,14 @@ use sqlparser::ast::{
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
-pub use shardgate_merge::ops::WindowFunc;
+use shardgate_merge::ops::WindowFunc;
+use shardgate_merge::plan::{WindowCall, WindowPlan};
 
 use super::aggregate::{count_windows, strip_nested};
 use super::{
     direction, figure_name, ident_name, position_order, refuse, resolve_output_ref, MergeMode,
     Planner, Projection, SortKey, Unmergeable,
 };
-
-/// Window functions the proxy computes over the merged rows.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WindowPlan {
-    /// The first merge keys: the window's PARTITION BY.
-    pub partition_keys: usize,
-    /// The merge keys after them: the window's ORDER BY.
-    pub order_keys: usize,
-    /// The calls, each filling one visible column.
-    pub calls: Vec<WindowCall>,
-}
-
-/// One window function call of the select list.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WindowCall {
-    /// The function; its argument index is this call's index in
-    /// [`WindowPlan::calls`].
-    pub func: WindowFunc,
-    /// The visible column it fills.
-    pub output: usize,
-    /// The column holding its argument's value per row.
-    pub arg: Option<usize>,
-    /// `min`/`max`: the hidden column holding the argument in binary, to
-    /// compare.
-    pub key: Option<usize>,
-}
 
 /// A window's PARTITION BY and ORDER BY.
 struct Spec {

@@ -24,10 +24,11 @@ use shardgate_router::merge_plan::MergePlan;
 use shardgate_router::FetchCount;
 
 use super::fanout::{read_any, Part};
-use super::merge::{encode_bind_no_params, shard_formats, Run};
+use super::merge::{encode_bind_no_params, merge_error, shard_formats, Run};
 use super::{Session, SessionError, VirtualTx};
 use crate::relay::MAX_SERVER_MESSAGE;
 use crate::routing::Want;
+use shardgate_merge::tree::Step as TreeStep;
 
 /// Fewest and most rows asked of one shard at a time.
 const BATCH_MIN: u64 = 64;
@@ -123,10 +124,14 @@ impl Session {
         let requests: Vec<(usize, BytesMut)> =
             shards.iter().map(|&s| (s, request.clone())).collect();
         self.run_on_shards(requests, |_, _, _| {}).await?;
-        let mut run = Run::new(plan, visible, shards.len(), collation);
-        run.memory_limit = self.snap.config.proxy.merge_memory_limit;
-        run.limit = limit;
-        run.offset = offset;
+        let mut run = Run::new(
+            plan,
+            visible,
+            shards.len(),
+            collation,
+            self.snap.config.proxy.merge_memory_limit,
+        );
+        run.set_limit(limit, offset);
         let n = shards.len();
         self.merged_cursors.insert(
             key,
@@ -254,7 +259,7 @@ impl Session {
         out: &mut BytesMut,
         discard: bool,
     ) -> Result<u64, PgError> {
-        cur.run.formats = formats.to_vec();
+        cur.run.tree.set_formats(formats.to_vec());
         self.ensure_described(cur, formats).await?;
         let mut sent = 0u64;
         let mut scratch = BytesMut::new();
@@ -274,17 +279,18 @@ impl Session {
             }
             // Heads from the rows each shard sent.
             for i in 0..cur.shards.len() {
-                if cur.run.streams[i].head.is_none() {
+                if cur.run.tree.is_empty(i) {
                     if let Some(row) = cur.rows[i].pop_front() {
-                        cur.run.streams[i].head = Some(cur.run.head_of(row)?);
+                        cur.run.tree.push(i, row).map_err(merge_error)?;
                     }
                 }
-                cur.run.streams[i].complete =
-                    cur.exhausted[i] && cur.rows[i].is_empty() && cur.run.streams[i].head.is_none();
+                if cur.exhausted[i] && cur.rows[i].is_empty() {
+                    cur.run.tree.end(i);
+                }
             }
             let need: Vec<usize> = (0..cur.shards.len())
                 .filter(|&i| {
-                    cur.run.streams[i].head.is_none() && cur.rows[i].is_empty() && !cur.exhausted[i]
+                    cur.run.tree.is_empty(i) && cur.rows[i].is_empty() && !cur.exhausted[i]
                 })
                 .collect();
             if !need.is_empty() {
@@ -295,15 +301,18 @@ impl Session {
             scratch.clear();
             if cur.run.limit_reached() {
                 cur.finished = true;
-            } else if let Some(i) = cur.run.pick() {
-                let head = cur.run.streams[i].head.take().expect("picked");
-                cur.run.emit(head, &mut scratch)?;
-            } else if cur.run.streams.iter().all(|s| s.complete) {
-                cur.run.end_rows(&mut scratch)?;
-                cur.finished = true;
             } else {
-                // Every stream shows a head or is complete after a refill.
-                return Err(PgError::error("XX000", "shardgate: cursor merge stalled"));
+                match cur.run.tree.step(&mut scratch).map_err(merge_error)? {
+                    TreeStep::Moved => {}
+                    TreeStep::Drained => {
+                        cur.run.end_rows(&mut scratch)?;
+                        cur.finished = true;
+                    }
+                    TreeStep::Waiting => {
+                        // Every stream shows a head or ended after a refill.
+                        return Err(PgError::error("XX000", "shardgate: cursor merge stalled"));
+                    }
+                }
             }
             split_rows(&scratch, &mut cur.ready);
         }
@@ -790,7 +799,7 @@ pub(super) fn with_formats(desc: &[u8], formats: &[i16]) -> BytesMut {
         if format_at + 2 > out.len() {
             break;
         }
-        let f = super::merge::format_of(formats, j);
+        let f = shardgate_merge::ops::format_of(formats, j);
         out[format_at..format_at + 2].copy_from_slice(&f.to_be_bytes());
         pos = format_at + 2;
     }

@@ -17,21 +17,17 @@
 //!   in memory when the final ORDER BY uses an aggregate (memory bounded by
 //!   the number of groups).
 
-use std::cmp::Ordering;
 use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
-use shardgate_merge::expr::{encodable, encode_value, Bound};
-use shardgate_merge::ops::FirstPerKey;
-use shardgate_merge::{decode_key, AggKind, AggState, Key, MergeError};
+use shardgate_merge::ops::format_of;
+use shardgate_merge::plan::compared_columns;
+use shardgate_merge::tree::{MergeTree, Step as TreeStep};
+use shardgate_merge::MergeError;
 use shardgate_protocol::backend::{self, tag as btag};
 use shardgate_protocol::frontend::{self, Bind};
 use shardgate_protocol::{Header, PgError};
-use shardgate_router::merge_plan::{
-    FinalKey, GroupPlan, GroupValue, MergeMode, MergePlan, OutputColumn, RowCount, SortKey,
-};
-
-mod window;
+use shardgate_router::merge_plan::{MergePlan, RowCount};
 
 use super::fanout::{deliver_cancels, read_any, Part};
 use super::{Session, SessionError};
@@ -81,18 +77,8 @@ impl MergeRequest<'_> {
 pub(super) struct Stream {
     /// RowDescription received.
     pub(super) desc: Option<BytesMut>,
-    /// The next row, not yet merged.
-    pub(super) head: Option<Head>,
-    /// CommandComplete received: no more rows.
-    pub(super) complete: bool,
     /// The first error the shard sent.
     pub(super) error: Option<BytesMut>,
-}
-
-/// A row waiting to be merged, with its sort keys decoded.
-pub(super) struct Head {
-    pub(super) row: BytesMut,
-    pub(super) keys: Vec<Key>,
 }
 
 /// A message of a shard's answer that matters to the merge.
@@ -103,25 +89,6 @@ enum Step {
     Ready(u8),
     Error(BytesMut),
     NeedData,
-}
-
-/// The columns of one result, from the RowDescription.
-pub(super) struct Columns {
-    types: Vec<u32>,
-    /// [`GroupPlan::exprs`] typed by this result.
-    exprs: Vec<Bound>,
-}
-
-/// Per-group accumulation.
-pub(super) struct Group {
-    first: BytesMut,
-    keys: Vec<Key>,
-    aggs: Vec<AggState>,
-    /// The last value of [`GroupPlan::distinct_value`] added.
-    last_distinct: Option<Key>,
-    /// Per aggregate: a DISTINCT one counted that value already (a row of
-    /// a shard where FILTER left it out counts nothing).
-    counted: Vec<bool>,
 }
 
 impl Session {
@@ -172,15 +139,21 @@ impl Session {
                 }
             }
         }
-        let mut run = Run::new(plan.clone(), visible, parts.len(), req.collation.clone());
-        run.memory_limit = self.snap.config.proxy.merge_memory_limit;
+        let mut run = Run::new(
+            plan.clone(),
+            visible,
+            parts.len(),
+            req.collation.clone(),
+            self.snap.config.proxy.merge_memory_limit,
+        );
         run.timer = super::fanout::QueryTimer::new(self.snap.config.proxy.query_timeout);
-        run.formats = req.bind.map(|b| b.result_formats()).unwrap_or_default();
-        run.offset = limits.1;
-        run.limit = match (limits.0, req.max_rows) {
+        run.tree
+            .set_formats(req.bind.map(|b| b.result_formats()).unwrap_or_default());
+        let limit = match (limits.0, req.max_rows) {
             (Some(l), Some(m)) => Some(l.min(m)),
             (l, m) => l.or(m),
         };
+        run.set_limit(limit, limits.1);
         run.max_rows = req.max_rows;
         run.extended = extended;
         run.describe = req.describe;
@@ -310,38 +283,44 @@ impl Session {
                     }
                     continue;
                 }
-            } else if let Some(i) = run.pick() {
-                let head = run.streams[i].head.take().expect("picked");
-                if let Err(e) = run.emit(head, &mut self.cout) {
-                    run.fail_with(e, parts, &mut self.cout, self.vtx.is_none());
-                } else if run.limit_reached() {
-                    cancel_parts(parts, self.vtx.is_none(), &mut run.to_cancel);
-                    if let Err(e) = run.end_rows(&mut self.cout) {
-                        run.fail_with(e, parts, &mut self.cout, false);
+            } else {
+                match run.tree.step(&mut self.cout) {
+                    Err(e) => {
+                        run.fail_with(merge_error(e), parts, &mut self.cout, self.vtx.is_none());
+                        continue;
                     }
-                    run.stopping = true;
-                }
-                if self.cout.len() >= FLUSH_AT {
-                    self.convert_to_copy(run);
-                    self.flush_client().await?;
-                }
-                continue;
-            } else if run.streams.iter().all(|s| s.complete && s.head.is_none()) {
-                if let Err(e) = run.end_rows(&mut self.cout) {
-                    run.fail_with(e, parts, &mut self.cout, self.vtx.is_none());
-                }
-                run.stopping = true;
-                if parts.iter().all(|p| p.done.is_some()) {
-                    return Ok(());
+                    Ok(TreeStep::Moved) => {
+                        if run.limit_reached() {
+                            cancel_parts(parts, self.vtx.is_none(), &mut run.to_cancel);
+                            if let Err(e) = run.end_rows(&mut self.cout) {
+                                run.fail_with(e, parts, &mut self.cout, false);
+                            }
+                            run.stopping = true;
+                        }
+                        if self.cout.len() >= FLUSH_AT {
+                            self.convert_to_copy(run);
+                            self.flush_client().await?;
+                        }
+                        continue;
+                    }
+                    Ok(TreeStep::Drained) => {
+                        if let Err(e) = run.end_rows(&mut self.cout) {
+                            run.fail_with(e, parts, &mut self.cout, self.vtx.is_none());
+                        }
+                        run.stopping = true;
+                        if parts.iter().all(|p| p.done.is_some()) {
+                            return Ok(());
+                        }
+                    }
+                    Ok(TreeStep::Waiting) => {}
                 }
             }
             deliver_cancels(std::mem::take(&mut run.to_cancel)).await;
             self.convert_to_copy(run);
             self.flush_client().await?;
-            let streams = &run.streams;
+            let tree = &run.tree;
             let draining = run.failed || run.stopping;
-            let wanted =
-                |i: usize, p: &Part| p.done.is_none() && (draining || streams[i].head.is_none());
+            let wanted = |i: usize, p: &Part| p.done.is_none() && (draining || tree.is_empty(i));
             let Ok((i, read)) = read_any(parts, wanted, &self.client, &mut run.timer).await else {
                 super::fanout::abandon(parts);
                 return Err(super::fanout::client_left());
@@ -416,72 +395,50 @@ fn cancel_parts(parts: &[Part], allowed: bool, to_cancel: &mut Vec<CancelHandle>
     }
 }
 
-/// A merge in progress.
+/// A merge in progress: the shards' streams as the protocol sees them,
+/// and the operator tree ([`MergeTree`]) their rows go through.
 pub(super) struct Run {
     pub(super) plan: Arc<MergePlan>,
     pub(super) visible: usize,
-    pub(super) formats: Vec<i16>,
-    /// LIMIT, or the Execute's row limit if smaller.
-    pub(super) limit: Option<u64>,
     /// The Execute's row limit.
     pub(super) max_rows: Option<u64>,
-    pub(super) offset: u64,
     pub(super) extended: bool,
     pub(super) describe: bool,
     pub(super) collation: Option<String>,
     pub(super) streams: Vec<Stream>,
-    pub(super) columns: Option<Columns>,
+    /// The merge operators.
+    pub(super) tree: MergeTree,
     /// BindComplete and RowDescription went to the client.
     pub(super) announced: bool,
-    /// Rows sent to the client.
-    pub(super) sent: u64,
-    /// Rows skipped for OFFSET.
-    pub(super) skipped: u64,
     /// LIMIT reached or rows ended: the rest is drained.
     pub(super) stopping: bool,
     /// An error went to the client: the rest is drained.
     pub(super) failed: bool,
     /// Cancel requests to deliver before reading on.
     pub(super) to_cancel: Vec<CancelHandle>,
-    pub(super) group: Option<Group>,
-    /// `DISTINCT ON`: passes the first row of each distinct key.
-    pub(super) first_per_key: Option<FirstPerKey>,
-    pub(super) sorted_groups: Vec<(Vec<Key>, BytesMut)>,
-    /// Bytes of `sorted_groups` (estimated), bounded by `memory_limit`.
-    held: usize,
-    /// `proxy.merge_memory_limit`.
-    pub(super) memory_limit: usize,
     /// `proxy.query_timeout` of this statement.
     pub(super) timer: super::fanout::QueryTimer,
     /// `COPY (query) TO`: how the client's rows become COPY data.
     pub(super) copy: Option<shardgate_router::CopyRowsOut>,
-    /// Window functions computed at the proxy (see `merge/window.rs`).
-    window: Option<shardgate_merge::ops::Window<BytesMut>>,
     /// Where in the client buffer the merge's unconverted output starts.
     pub(super) copy_mark: usize,
 }
 
 impl Run {
     /// A merge of `plan` over `streams` shard streams with `visible`
-    /// columns for the client; no LIMIT, OFFSET or row limit yet.
+    /// columns for the client, holding at most `memory_limit` bytes; no
+    /// LIMIT, OFFSET or row limit yet.
     pub(super) fn new(
         plan: Arc<MergePlan>,
         visible: usize,
         streams: usize,
         collation: Option<String>,
+        memory_limit: usize,
     ) -> Run {
-        let first_per_key = match &plan.mode {
-            MergeMode::Sorted { distinct_on, .. } if *distinct_on > 0 => {
-                Some(FirstPerKey::new(*distinct_on))
-            }
-            _ => None,
-        };
         Run {
+            tree: MergeTree::new(plan.clone(), streams, memory_limit),
             plan,
             visible,
-            formats: Vec::new(),
-            offset: 0,
-            limit: None,
             max_rows: None,
             extended: false,
             describe: true,
@@ -489,36 +446,25 @@ impl Run {
             streams: (0..streams)
                 .map(|_| Stream {
                     desc: None,
-                    head: None,
-                    complete: false,
                     error: None,
                 })
                 .collect(),
-            columns: None,
             announced: false,
-            sent: 0,
-            skipped: 0,
             stopping: false,
             failed: false,
             to_cancel: Vec::new(),
-            group: None,
-            first_per_key,
-            sorted_groups: Vec::new(),
-            held: 0,
-            memory_limit: crate::config::ProxyConfig::default().merge_memory_limit,
             timer: super::fanout::QueryTimer::off(),
             copy: None,
             copy_mark: 0,
-            window: None,
         }
     }
 
-    /// Handles part `i`'s buffered messages until it yields a row (kept as
-    /// its head), needs more bytes, or is done.
+    /// Handles part `i`'s buffered messages until it yields a row (into
+    /// the tree), needs more bytes, or is done.
     fn pump(&mut self, part: &mut Part, i: usize, cout: &mut BytesMut) {
         let draining = self.failed || self.stopping;
         loop {
-            if part.done.is_some() || (!draining && self.streams[i].head.is_some()) {
+            if part.done.is_some() || (!draining && !self.tree.is_empty(i)) {
                 return;
             }
             match next_step(part, cout) {
@@ -527,22 +473,14 @@ impl Run {
                     if draining {
                         continue;
                     }
-                    match self.head_of(row) {
-                        Ok(h) => self.streams[i].head = Some(h),
-                        Err(e) => {
-                            self.streams[i].error = Some(encode_error(&e));
-                        }
+                    if let Err(e) = self.tree.push(i, row) {
+                        self.streams[i].error = Some(encode_error(&merge_error(e)));
                     }
                 }
                 Step::Described(d) => {
-                    if self.columns.is_none() {
+                    if !self.tree.has_types() {
                         match parse_row_description(&d) {
-                            Ok((types, _)) => {
-                                self.columns = Some(Columns {
-                                    types,
-                                    exprs: Vec::new(),
-                                })
-                            }
+                            Ok((types, _)) => self.tree.set_types(types),
                             Err(()) => {
                                 self.streams[i].error = Some(encode_error(&PgError::error(
                                     "08P01",
@@ -553,14 +491,14 @@ impl Run {
                     }
                     self.streams[i].desc = Some(d);
                 }
-                Step::Complete => self.streams[i].complete = true,
+                Step::Complete => self.tree.end(i),
                 Step::Ready(status) => {
                     part.b.ex.status = status;
                     part.done = Some(status);
-                    self.streams[i].complete = true;
+                    self.tree.end(i);
                 }
                 Step::Error(e) => {
-                    self.streams[i].complete = true;
+                    self.tree.end(i);
                     if self.streams[i].error.is_none() {
                         self.streams[i].error = Some(e);
                     }
@@ -576,19 +514,20 @@ impl Run {
             cout.extend_from_slice(&e);
         }
         self.failed = true;
-        for s in &mut self.streams {
-            s.head = None;
-        }
+        self.tree.clear();
         cancel_parts(parts, cancel, &mut self.to_cancel);
     }
 
     fn fail_with(&mut self, e: PgError, parts: &[Part], cout: &mut BytesMut, cancel: bool) {
         e.encode(cout);
         self.failed = true;
-        for s in &mut self.streams {
-            s.head = None;
-        }
+        self.tree.clear();
         cancel_parts(parts, cancel, &mut self.to_cancel);
+    }
+
+    /// LIMIT and OFFSET (the Execute's row limit applies when smaller).
+    pub(super) fn set_limit(&mut self, limit: Option<u64>, offset: u64) {
+        self.tree.set_limit(limit, offset);
     }
 
     /// All shards described the result: checks they agree and sends the
@@ -621,7 +560,7 @@ impl Run {
                 Some(_) => 0,
                 None => visible.saturating_sub(self.plan.visible_fixed),
             };
-            let text_key = key_columns(&self.plan)
+            let text_key = compared_columns(&*self.plan)
                 .into_iter()
                 .any(|c| matches!(types.get(c + shift), Some(25 | 1042 | 1043)));
             if text_key {
@@ -650,503 +589,33 @@ impl Run {
         if self.describe {
             cout.extend_from_slice(&client_desc);
         }
-        self.check_window_types(&types)?;
-        let exprs = match &self.plan.mode {
-            MergeMode::Grouped(g) => bind_exprs(g, &types, visible)?,
-            _ => Vec::new(),
-        };
-        self.columns = Some(Columns { types, exprs });
+        self.tree.set_types(types);
+        self.tree.describe(visible).map_err(merge_error)?;
         self.announced = true;
         Ok(())
     }
 
-    /// The next head to emit, when the order is decided.
-    pub(super) fn pick(&self) -> Option<usize> {
-        let keys: &[SortKey] = match &self.plan.mode {
-            MergeMode::Sorted { keys, .. } => keys,
-            MergeMode::Grouped(g) => &g.merge_keys,
-            MergeMode::Concat => &[],
-        };
-        if keys.is_empty() && !matches!(self.plan.mode, MergeMode::Grouped(_)) {
-            return self.streams.iter().position(|s| s.head.is_some());
-        }
-        // Every stream must show its head (or be finished) before choosing.
-        if self.streams.iter().any(|s| s.head.is_none() && !s.complete) {
-            return None;
-        }
-        let mut best: Option<usize> = None;
-        for (i, s) in self.streams.iter().enumerate() {
-            let Some(h) = &s.head else { continue };
-            best = match best {
-                None => Some(i),
-                Some(b) => {
-                    let bh = self.streams[b].head.as_ref().expect("head");
-                    if compare_keys(&h.keys, &bh.keys, keys) == Ordering::Less {
-                        Some(i)
-                    } else {
-                        Some(b)
-                    }
-                }
-            };
-        }
-        best
-    }
-
-    /// Decodes a row's merge keys.
-    pub(super) fn head_of(&self, row: BytesMut) -> Result<Head, PgError> {
-        let keys: &[SortKey] = match &self.plan.mode {
-            MergeMode::Sorted { keys, .. } => keys,
-            MergeMode::Grouped(g) => &g.merge_keys,
-            MergeMode::Concat => &[],
-        };
-        if keys.is_empty() {
-            return Ok(Head {
-                row,
-                keys: Vec::new(),
-            });
-        }
-        let columns = self.columns.as_ref().ok_or_else(|| {
-            PgError::error(
-                "08P01",
-                "shardgate: a shard sent rows before describing them",
-            )
-        })?;
-        let fields = row_fields(&row)?;
-        // With `SELECT *` the plan counted only the other visible columns.
-        let shift = match self.plan.visible {
-            Some(_) => 0,
-            None => columns
-                .types
-                .len()
-                .saturating_sub(self.plan.hidden + self.plan.visible_fixed),
-        };
-        let keys = keys
-            .iter()
-            .map(|k| key_at(&row, &fields, columns, k.column + shift))
-            .collect::<Result<_, _>>()?;
-        Ok(Head { row, keys })
-    }
-
     /// The Execute's row limit cut the result short.
     pub(super) fn suspended(&self) -> bool {
-        !self.failed && self.max_rows.is_some_and(|m| self.sent >= m)
+        !self.failed && self.max_rows.is_some_and(|m| self.tree.sent() >= m)
     }
 
     pub(super) fn limit_reached(&self) -> bool {
-        self.limit.is_some_and(|l| self.sent >= l)
+        self.tree.limit_reached()
     }
 
-    /// Emits one merged row (sorted/concat) or adds it to its group.
-    pub(super) fn emit(&mut self, head: Head, cout: &mut BytesMut) -> Result<(), PgError> {
-        let plan = self.plan.clone();
-        match &plan.mode {
-            MergeMode::Grouped(g) => self.add_to_group(g, head, cout),
-            _ => {
-                if let Some(w) = &plan.window {
-                    return self.window_row(w, head, cout);
-                }
-                if let Some(f) = &mut self.first_per_key {
-                    if !f.admit(&head.keys) {
-                        return Ok(());
-                    }
-                }
-                self.output(cout, |visible, out| strip_hidden(&head.row, visible, out))
-            }
-        }
-    }
-
-    /// Applies OFFSET and LIMIT to one output row built by `build`.
-    fn output(
-        &mut self,
-        cout: &mut BytesMut,
-        build: impl FnOnce(usize, &mut BytesMut) -> Result<(), PgError>,
-    ) -> Result<(), PgError> {
-        if self.limit_reached() {
-            return Ok(());
-        }
-        if self.skipped < self.offset {
-            self.skipped += 1;
-            return Ok(());
-        }
-        build(self.visible, cout)?;
-        self.sent += 1;
-        Ok(())
-    }
-
-    fn add_to_group(
-        &mut self,
-        g: &GroupPlan,
-        head: Head,
-        cout: &mut BytesMut,
-    ) -> Result<(), PgError> {
-        let fields = row_fields(&head.row)?;
-        let group_keys: Vec<Key> = {
-            let columns = self.columns.as_ref().expect("described");
-            g.group_columns
-                .iter()
-                .map(|c| key_at(&head.row, &fields, columns, *c))
-                .collect::<Result<_, _>>()?
-        };
-        let same = self.group.as_ref().is_some_and(|cur| {
-            cur.keys.len() == group_keys.len()
-                && cur.keys.iter().zip(&group_keys).all(|(a, b)| a.group_eq(b))
-        });
-        if !same {
-            if let Some(done) = self.group.take() {
-                self.finish_group(g, done, cout)?;
-            }
-            self.group = Some(Group {
-                first: head.row.clone(),
-                keys: group_keys,
-                aggs: self.new_aggs(g)?,
-                last_distinct: None,
-                counted: vec![false; g.aggregates.len()],
-            });
-        }
-        // A DISTINCT aggregate's value repeated on several shards arrives
-        // in adjacent rows of the group: only the first one counts.
-        let distinct_value = match g.distinct_value {
-            Some(c) => {
-                let columns = self.columns.as_ref().expect("described");
-                Some(key_at(&head.row, &fields, columns, c)?)
-            }
-            None => None,
-        };
-        let cur = self.group.as_mut().expect("group");
-        let repeated = match (&distinct_value, &cur.last_distinct) {
-            (Some(v), Some(last)) => v.group_eq(last),
-            _ => false,
-        };
-        if distinct_value.is_some() {
-            cur.last_distinct = distinct_value;
-        }
-        if !repeated {
-            cur.counted.iter_mut().for_each(|c| *c = false);
-        }
-        for ((slot, state), counted) in g
-            .aggregates
-            .iter()
-            .zip(cur.aggs.iter_mut())
-            .zip(cur.counted.iter_mut())
-        {
-            if slot.distinct && *counted {
-                continue;
-            }
-            let values: Vec<Option<&[u8]>> = slot
-                .partials
-                .iter()
-                .map(|c| field(&head.row, &fields, *c))
-                .collect();
-            if slot.order.is_empty() {
-                state.add(&values).map_err(merge_error)?;
-            } else {
-                let columns = self.columns.as_ref().expect("described");
-                let keys = slot
-                    .order
-                    .iter()
-                    .map(|k| key_at(&head.row, &fields, columns, k.column))
-                    .collect::<Result<_, _>>()?;
-                state.add_keyed(keys, &values).map_err(merge_error)?;
-            }
-            if slot.distinct {
-                *counted = counts_a_value(slot.func, &values);
-            }
-        }
-        self.check_group_memory()
-    }
-
-    /// The values one group's ordered-set aggregates hold stay within
-    /// `memory_limit` (with the groups held for the final sort).
-    fn check_group_memory(&self) -> Result<(), PgError> {
-        let held: usize = self
-            .group
-            .as_ref()
-            .map_or(0, |cur| cur.aggs.iter().map(AggState::held_bytes).sum());
-        if held.saturating_add(self.held) > self.memory_limit {
-            return Err(PgError::error(
-                "53400",
-                format!(
-                    "shardgate: the values of one group's ordered-set aggregate in this cross-shard query need more than merge_memory_limit ({} bytes) of proxy memory",
-                    self.memory_limit
-                ),
-            )
-            .with_hint("Restrict the query to one shard, group it more finely, or raise proxy.merge_memory_limit in proxy.toml."));
-        }
-        Ok(())
-    }
-
-    /// The aggregates of a new group, typed from the shards' columns.
-    fn new_aggs(&self, g: &GroupPlan) -> Result<Vec<AggState>, PgError> {
-        let columns = self.columns.as_ref().ok_or_else(|| {
-            PgError::error("XX000", "shardgate: rows of a merge before its columns")
-        })?;
-        let oid_of = |c: usize| columns.types.get(c).copied().unwrap_or(0);
-        g.aggregates
-            .iter()
-            .map(|slot| {
-                let oids: Vec<u32> = slot.partials.iter().map(|c| oid_of(*c)).collect();
-                if slot.distinct && matches!(slot.func, AggKind::Sum | AggKind::Avg) {
-                    // Equal values of other types may differ (1.0 and 1.00,
-                    // 0 and -0): which one a shard kept would show.
-                    use shardgate_merge::oid;
-                    let arg = g.distinct_value.map_or(0, oid_of);
-                    if !matches!(arg, oid::INT2 | oid::INT4 | oid::INT8) {
-                        return Err(PgError::error(
-                            "0A000",
-                            "shardgate: sum/avg(DISTINCT ...) of a type other than smallint, integer or bigint across shards is not supported",
-                        ));
-                    }
-                }
-                let state = AggState::new(slot.func, output_oid(slot.func, &oids), &oids);
-                match &slot.order[..] {
-                    [] => state,
-                    keys => state.and_then(|s| {
-                        s.ordered(keys.iter().map(|k| (k.desc, k.nulls_first)).collect())
-                    }),
-                }
-                .map_err(merge_error)
-            })
-            .collect()
-    }
-
-    /// A group is complete: HAVING, then output or keep for the final sort.
-    fn finish_group(
-        &mut self,
-        g: &GroupPlan,
-        group: Group,
-        cout: &mut BytesMut,
-    ) -> Result<(), PgError> {
-        let columns = self.columns.as_ref().expect("described");
-        let fields = row_fields(&group.first)?;
-        let input = |v: GroupValue| -> Result<Key, PgError> {
-            match v {
-                GroupValue::Column(c) => key_at(&group.first, &fields, columns, c),
-                GroupValue::Aggregate(s) => group.aggs[s].key().map_err(merge_error),
-                GroupValue::Expr(_) => Err(PgError::error("XX000", "shardgate: nested expression")),
-            }
-        };
-        let value = |v: GroupValue| -> Result<Key, PgError> {
-            let GroupValue::Expr(n) = v else {
-                return input(v);
-            };
-            let values = g.exprs[n]
-                .inputs
-                .iter()
-                .map(|i| input(*i))
-                .collect::<Result<Vec<_>, _>>()?;
-            let bound = columns.exprs.get(n).ok_or_else(|| {
-                PgError::error("XX000", "shardgate: an expression before its types")
-            })?;
-            bound.eval(&values).map_err(merge_error)
-        };
-        if let Some(h) = g.having {
-            match value(GroupValue::Expr(h))? {
-                Key::Bool(true) => {}
-                Key::Bool(false) | Key::Null => return Ok(()),
-                _ => {
-                    return Err(PgError::error(
-                        "42804",
-                        "argument of HAVING must be type boolean",
-                    ))
-                }
-            }
-        }
-        let mut row = BytesMut::new();
-        let visible = self.visible;
-        row.put_u8(btag::DATA_ROW);
-        row.put_i32(0);
-        row.put_i16(visible as i16);
-        for (j, out) in g.outputs.iter().enumerate().take(visible) {
-            match out {
-                OutputColumn::Group => match field(&group.first, &fields, j) {
-                    Some(v) => {
-                        row.put_i32(v.len() as i32);
-                        row.extend_from_slice(v);
-                    }
-                    None => row.put_i32(-1),
-                },
-                OutputColumn::Aggregate(s) => {
-                    let v = group.aggs[*s]
-                        .finish(format_of(&self.formats, j))
-                        .map_err(merge_error)?;
-                    put_field(&mut row, v.as_deref());
-                }
-                OutputColumn::Expr(n) => {
-                    let v = value(GroupValue::Expr(*n))?;
-                    let oid = columns.types.get(j).copied().unwrap_or(0);
-                    let v =
-                        encode_value(&v, oid, format_of(&self.formats, j)).map_err(merge_error)?;
-                    put_field(&mut row, v.as_deref());
-                }
-            }
-        }
-        backend::patch_len(&mut row, 0);
-        // INTERSECT ALL / EXCEPT ALL send a row as often as it survives.
-        let copies = match g.repeat {
-            None => 1,
-            Some(n) => match value(GroupValue::Expr(n))? {
-                Key::Int(c) => c.max(0) as u64,
-                _ => 0,
-            },
-        };
-        if g.final_sort.is_empty() {
-            for _ in 0..copies {
-                if self.limit_reached() {
-                    break;
-                }
-                self.output(cout, |_, out| {
-                    out.extend_from_slice(&row);
-                    Ok(())
-                })?;
-            }
-            return Ok(());
-        }
-        let keys: Vec<Key> = g
-            .final_sort
-            .iter()
-            .map(|k| value(k.value))
-            .collect::<Result<_, _>>()?;
-        for _ in 0..copies {
-            self.hold_group(keys.clone(), row.clone())?;
-        }
-        Ok(())
-    }
-
-    /// Keeps a group for the final sort: within `memory_limit`, and with a
-    /// LIMIT only the best `limit + offset` (pruned in batches).
-    fn hold_group(&mut self, keys: Vec<Key>, row: BytesMut) -> Result<(), PgError> {
-        self.held += group_bytes(&keys, &row);
-        self.sorted_groups.push((keys, row));
-        let MergeMode::Grouped(g) = &self.plan.mode else {
-            return Ok(());
-        };
-        if let Some(keep) = self.limit.map(|l| l.saturating_add(self.offset) as usize) {
-            if self.sorted_groups.len() >= keep.saturating_mul(2).max(1024) {
-                let order = &g.final_sort;
-                self.sorted_groups
-                    .sort_by(|a, b| compare_final(&a.0, &b.0, order));
-                self.sorted_groups.truncate(keep);
-                self.held = self
-                    .sorted_groups
-                    .iter()
-                    .map(|(k, r)| group_bytes(k, r))
-                    .sum();
-            }
-        }
-        if self.held > self.memory_limit {
-            return Err(PgError::error(
-                "53400",
-                format!(
-                    "shardgate: sorting the groups of this cross-shard query needs more than merge_memory_limit ({} bytes) of proxy memory",
-                    self.memory_limit
-                ),
-            )
-            .with_hint("Add a LIMIT, restrict the query to one shard, or raise proxy.merge_memory_limit in proxy.toml."));
-        }
-        Ok(())
-    }
-
-    /// Every shard finished its rows: the last group, the final sort, and
-    /// CommandComplete.
+    /// Every shard finished its rows: what the tree still holds goes out,
+    /// then CommandComplete (or PortalSuspended).
     pub(super) fn end_rows(&mut self, cout: &mut BytesMut) -> Result<(), PgError> {
-        self.finish_window(cout)?;
-        let plan = self.plan.clone();
-        if let MergeMode::Grouped(g) = &plan.mode {
-            if let Some(done) = self.group.take() {
-                self.finish_group(g, done, cout)?;
-            } else if g.single_row && (g.distinct_value.is_some() || g.gathered) && self.sent == 0 {
-                // Grouped by the DISTINCT argument (or the ORDER BY keys of a
-                // gathered aggregate), the shards sent no row
-                // over no rows; the one row holds only aggregates (the plan
-                // checked), so its other fields are NULL.
-                let n = self.columns.as_ref().map_or(0, |c| c.types.len());
-                let mut first = BytesMut::new();
-                backend::data_row::<&str>(&vec![None; n], &mut first);
-                let empty = Group {
-                    first,
-                    keys: Vec::new(),
-                    aggs: self.new_aggs(g)?,
-                    last_distinct: None,
-                    counted: vec![false; g.aggregates.len()],
-                };
-                self.finish_group(g, empty, cout)?;
-            }
-            if !g.final_sort.is_empty() {
-                let order = &g.final_sort;
-                let mut groups = std::mem::take(&mut self.sorted_groups);
-                groups.sort_by(|a, b| compare_final(&a.0, &b.0, order));
-                for (_, row) in groups {
-                    self.output(cout, |_, out| {
-                        out.extend_from_slice(&row);
-                        Ok(())
-                    })?;
-                }
-            }
-        }
+        self.tree.finish(cout).map_err(merge_error)?;
         if self.suspended() {
             // As Postgres: the Execute's row limit reached, the portal is
             // suspended (a later Execute of it is refused).
             backend::empty(btag::PORTAL_SUSPENDED, cout);
         } else {
-            backend::command_complete(&format!("SELECT {}", self.sent), cout);
+            backend::command_complete(&format!("SELECT {}", self.tree.sent()), cout);
         }
         Ok(())
-    }
-}
-
-/// Columns the merge compares (sort, group and final-order keys).
-fn key_columns(plan: &MergePlan) -> Vec<usize> {
-    match &plan.mode {
-        MergeMode::Concat => Vec::new(),
-        MergeMode::Sorted { keys, .. } => keys
-            .iter()
-            .map(|k| k.column)
-            // min/max OVER (...) compare their arguments.
-            .chain(
-                plan.window
-                    .iter()
-                    .flat_map(|w| w.calls.iter().filter_map(|c| c.key)),
-            )
-            .collect(),
-        MergeMode::Grouped(g) => g
-            .merge_keys
-            .iter()
-            .map(|k| k.column)
-            .chain(g.group_columns.iter().copied())
-            .chain(g.final_sort.iter().filter_map(|k| match k.value {
-                GroupValue::Column(c) => Some(c),
-                GroupValue::Aggregate(_) | GroupValue::Expr(_) => None,
-            }))
-            // Expressions compare and order their text inputs.
-            .chain(g.exprs.iter().flat_map(|x| {
-                x.inputs
-                    .iter()
-                    .filter_map(|i| match i {
-                        GroupValue::Column(c) => Some(*c),
-                        _ => None,
-                    })
-                    .chain(x.probes.iter().copied())
-            }))
-            .chain(
-                g.aggregates
-                    .iter()
-                    .filter(|a| matches!(a.func, AggKind::Min | AggKind::Max))
-                    .map(|a| a.partials[0]),
-            )
-            // The ORDER BY keys inside gathered aggregates.
-            .chain(
-                g.aggregates
-                    .iter()
-                    .flat_map(|a| a.order.iter().map(|k| k.column)),
-            )
-            // A string_agg compared in HAVING or ORDER BY (a hidden partial).
-            .chain(
-                g.aggregates
-                    .iter()
-                    .filter(|a| a.func == AggKind::StringAgg && a.partials[0] >= plan.visible_fixed)
-                    .map(|a| a.partials[0]),
-            )
-            .collect(),
     }
 }
 
@@ -1205,16 +674,13 @@ pub(super) fn encode_error(e: &PgError) -> BytesMut {
     out
 }
 
-fn merge_error(e: MergeError) -> PgError {
-    PgError::error(e.sqlstate(), e.to_string())
-}
-
-/// Format code of visible column `j` under the client's codes.
-pub(super) fn format_of(codes: &[i16], j: usize) -> i16 {
-    match codes {
-        [] => 0,
-        [one] => *one,
-        many => many.get(j).copied().unwrap_or(0),
+/// A merge error as the client sees it (with its hint, if any).
+pub(super) fn merge_error(e: MergeError) -> PgError {
+    let hint = e.hint();
+    let err = PgError::error(e.sqlstate(), e.to_string());
+    match hint {
+        Some(h) => err.with_hint(h),
+        None => err,
     }
 }
 
@@ -1301,7 +767,10 @@ pub(super) fn parse_row_description(msg: &[u8]) -> Result<(Vec<u32>, Vec<usize>)
     let mut types = Vec::with_capacity(n.max(0) as usize);
     let mut ends = Vec::with_capacity(n.max(0) as usize);
     for _ in 0..n {
-        let nul = memchr_zero(msg.get(pos..).ok_or(())?).ok_or(())?;
+        let nul = msg
+            .get(pos..)
+            .and_then(|b| b.iter().position(|c| *c == 0))
+            .ok_or(())?;
         pos += nul + 1;
         let rest = msg.get(pos..pos + 18).ok_or(())?;
         types.push(u32::from_be_bytes(rest[6..10].try_into().map_err(|_| ())?));
@@ -1309,352 +778,4 @@ pub(super) fn parse_row_description(msg: &[u8]) -> Result<(Vec<u32>, Vec<usize>)
         ends.push(pos);
     }
     Ok((types, ends))
-}
-
-fn memchr_zero(b: &[u8]) -> Option<usize> {
-    b.iter().position(|c| *c == 0)
-}
-
-/// Byte ranges of a DataRow's fields (`None` = NULL).
-fn row_fields(row: &[u8]) -> Result<Vec<Option<(usize, usize)>>, PgError> {
-    let bad = || PgError::error("08P01", "shardgate: a shard sent a malformed DataRow");
-    let n = i16::from_be_bytes(
-        row.get(5..7)
-            .ok_or_else(bad)?
-            .try_into()
-            .map_err(|_| bad())?,
-    );
-    let mut pos = 7;
-    let mut out = Vec::with_capacity(n.max(0) as usize);
-    for _ in 0..n {
-        let len = i32::from_be_bytes(
-            row.get(pos..pos + 4)
-                .ok_or_else(bad)?
-                .try_into()
-                .map_err(|_| bad())?,
-        );
-        pos += 4;
-        if len < 0 {
-            out.push(None);
-        } else {
-            let end = pos + len as usize;
-            if end > row.len() {
-                return Err(bad());
-            }
-            out.push(Some((pos, end)));
-            pos = end;
-        }
-    }
-    Ok(out)
-}
-
-fn field<'r>(row: &'r [u8], fields: &[Option<(usize, usize)>], c: usize) -> Option<&'r [u8]> {
-    fields.get(c).copied().flatten().map(|(a, b)| &row[a..b])
-}
-
-fn key_at(
-    row: &[u8],
-    fields: &[Option<(usize, usize)>],
-    columns: &Columns,
-    c: usize,
-) -> Result<Key, PgError> {
-    let oid = columns.types.get(c).copied().unwrap_or(0);
-    decode_key(oid, field(row, fields, c)).map_err(merge_error)
-}
-
-/// Copies a DataRow without its hidden trailing columns.
-fn strip_hidden(row: &[u8], visible: usize, out: &mut BytesMut) -> Result<(), PgError> {
-    let n = i16::from_be_bytes([row[5], row[6]]) as usize;
-    if n <= visible {
-        out.extend_from_slice(row);
-        return Ok(());
-    }
-    let fields = row_fields(row)?;
-    let mut end = 7;
-    for f in &fields[..visible] {
-        end = match f {
-            Some((_, e)) => *e,
-            None => end + 4,
-        };
-    }
-    let start = out.len();
-    out.put_u8(btag::DATA_ROW);
-    out.put_i32(0);
-    out.put_i16(visible as i16);
-    out.extend_from_slice(&row[7..end]);
-    backend::patch_len(out, start);
-    Ok(())
-}
-
-fn compare_keys(a: &[Key], b: &[Key], keys: &[SortKey]) -> Ordering {
-    for ((x, y), k) in a.iter().zip(b).zip(keys) {
-        match x.cmp_sort(y, k.desc, k.nulls_first) {
-            Ordering::Equal => continue,
-            o => return o,
-        }
-    }
-    Ordering::Equal
-}
-
-fn compare_final(a: &[Key], b: &[Key], keys: &[FinalKey]) -> Ordering {
-    for ((x, y), k) in a.iter().zip(b).zip(keys) {
-        match x.cmp_sort(y, k.desc, k.nulls_first) {
-            Ordering::Equal => continue,
-            o => return o,
-        }
-    }
-    Ordering::Equal
-}
-
-/// Whether a DISTINCT aggregate's partials of one row (one value of its
-/// argument) hold that value: count 1, a sum, an average over 1 (not a
-/// NULL argument or one FILTER left out, which add nothing).
-fn counts_a_value(f: AggKind, partials: &[Option<&[u8]>]) -> bool {
-    let nonzero = |v: Option<&[u8]>| v.is_some_and(|b| b.iter().any(|x| *x != 0));
-    match f {
-        AggKind::Count => nonzero(partials.first().copied().flatten()),
-        AggKind::Avg => nonzero(partials.get(1).copied().flatten()),
-        _ => partials.first().is_some_and(|v| v.is_some()),
-    }
-}
-
-/// The type Postgres gives the aggregate's result, from its partials' types.
-fn output_oid(f: AggKind, partials: &[u32]) -> u32 {
-    use shardgate_merge::oid;
-    match f {
-        AggKind::Count => oid::INT8,
-        AggKind::BoolAnd | AggKind::BoolOr => oid::BOOL,
-        AggKind::Avg => partials.get(2).copied().unwrap_or(oid::NUMERIC),
-        AggKind::Sum | AggKind::Min | AggKind::Max => partials.first().copied().unwrap_or(0),
-        AggKind::StringAgg | AggKind::ArrayAgg | AggKind::JsonAgg => {
-            partials.first().copied().unwrap_or(0)
-        }
-        AggKind::Statistic(_) => shardgate_merge::statistic_output_oid(partials),
-        AggKind::Bits(_) => partials.first().copied().unwrap_or(0),
-        AggKind::Regression(r) => r.output_oid(),
-        AggKind::OrderedSet(shardgate_merge::OrderedSet::PercentileCont) => oid::FLOAT8,
-        AggKind::OrderedSet(_) => partials.get(1).copied().unwrap_or(0),
-    }
-}
-
-/// Estimated bytes one kept group takes.
-fn group_bytes(keys: &[Key], row: &BytesMut) -> usize {
-    let heap: usize = keys
-        .iter()
-        .map(|k| match k {
-            Key::Bytes(b) => b.len(),
-            Key::Numeric(_) => 32,
-            _ => 0,
-        })
-        .sum();
-    row.capacity() + heap + std::mem::size_of_val(keys) + 64
-}
-
-/// Appends one DataRow field (`None`: NULL).
-fn put_field(row: &mut BytesMut, v: Option<&[u8]>) {
-    match v {
-        Some(v) => {
-            row.put_i32(v.len() as i32);
-            row.extend_from_slice(v);
-        }
-        None => row.put_i32(-1),
-    }
-}
-
-/// Types the plan's expressions with the shards' columns; an output
-/// expression must be one the proxy can encode as the column's type.
-fn bind_exprs(g: &GroupPlan, types: &[u32], visible: usize) -> Result<Vec<Bound>, PgError> {
-    let oid_of = |c: usize| types.get(c).copied().unwrap_or(0);
-    let input_oid = |v: &GroupValue| match v {
-        GroupValue::Column(c) => oid_of(*c),
-        GroupValue::Aggregate(s) => {
-            let slot = &g.aggregates[*s];
-            let oids: Vec<u32> = slot.partials.iter().map(|c| oid_of(*c)).collect();
-            output_oid(slot.func, &oids)
-        }
-        GroupValue::Expr(_) => 0,
-    };
-    let bound = g
-        .exprs
-        .iter()
-        .map(|x| {
-            let inputs: Vec<u32> = x.inputs.iter().map(input_oid).collect();
-            let probes: Vec<u32> = x.probes.iter().map(|c| oid_of(*c)).collect();
-            x.tree.bind(&inputs, &probes).map_err(merge_error)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    for (j, out) in g.outputs.iter().enumerate().take(visible) {
-        if let OutputColumn::Expr(n) = out {
-            let (want, got) = (oid_of(j), bound[*n].type_oid());
-            let text = |o: u32| matches!(o, 25 | 1043);
-            if !encodable(want) || !(want == got || (text(want) && text(got))) {
-                return Err(PgError::error(
-                    "0A000",
-                    format!("not supported across shards: an expression over aggregates of type oid {want} (column {})", j + 1),
-                ));
-            }
-        }
-    }
-    Ok(bound)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use shardgate_merge::oid;
-    use shardgate_router::{ShardedTable, TableLookup};
-
-    struct Tables;
-
-    impl TableLookup for Tables {
-        fn sharded(&self, _schema: Option<&str>, name: &str) -> Option<ShardedTable> {
-            (name == "t").then(|| ShardedTable {
-                column: "id".into(),
-                ranged: false,
-            })
-        }
-        fn is_reference(&self, _schema: Option<&str>, _name: &str) -> bool {
-            false
-        }
-    }
-
-    fn run(sql: &str, types: Vec<u32>) -> Run {
-        let plan = shardgate_router::merge_plan::plan_merge(sql, &Tables).expect(sql);
-        let visible = plan.visible.expect("visible");
-        let mut run = Run::new(Arc::new(plan), visible, 2, None);
-        let exprs = match &run.plan.mode {
-            MergeMode::Grouped(g) => bind_exprs(g, &types, visible).expect("typed"),
-            _ => Vec::new(),
-        };
-        run.columns = Some(Columns { types, exprs });
-        run
-    }
-
-    /// A DataRow of binary int8 (`Some`) and NULL (`None`) fields, the last
-    /// one an int4.
-    fn row(values: &[Option<i64>]) -> Head {
-        let mut r = BytesMut::new();
-        r.put_u8(btag::DATA_ROW);
-        r.put_i32(0);
-        r.put_i16(values.len() as i16);
-        for (i, v) in values.iter().enumerate() {
-            match v {
-                Some(v) if i + 1 == values.len() => {
-                    r.put_i32(4);
-                    r.put_i32(*v as i32);
-                }
-                Some(v) => {
-                    r.put_i32(8);
-                    r.put_i64(*v);
-                }
-                None => r.put_i32(-1),
-            }
-        }
-        backend::patch_len(&mut r, 0);
-        Head {
-            row: r,
-            keys: Vec::new(),
-        }
-    }
-
-    /// The text fields of the DataRows in `out`.
-    fn rows(out: &[u8]) -> Vec<Vec<Option<String>>> {
-        let mut res = Vec::new();
-        let mut pos = 0;
-        while pos + 5 <= out.len() {
-            let len = i32::from_be_bytes(out[pos + 1..pos + 5].try_into().unwrap()) as usize;
-            let msg = &out[pos..pos + 1 + len];
-            if msg[0] == btag::DATA_ROW {
-                let fields = row_fields(msg).unwrap();
-                res.push(
-                    (0..fields.len())
-                        .map(|c| {
-                            field(msg, &fields, c).map(|v| String::from_utf8(v.to_vec()).unwrap())
-                        })
-                        .collect(),
-                );
-            }
-            pos += 1 + len;
-        }
-        res
-    }
-
-    const DISTINCT: &str = "SELECT count(DISTINCT x), count(*), sum(DISTINCT x) FROM t";
-
-    fn distinct_types() -> Vec<u32> {
-        // Visible count, count, sum; hidden partials; the argument x (int4).
-        vec![
-            oid::INT8,
-            oid::INT8,
-            oid::INT8,
-            oid::INT8,
-            oid::INT8,
-            oid::INT8,
-            oid::INT4,
-        ]
-    }
-
-    #[test]
-    fn distinct_values_repeated_across_shards_count_once() {
-        let mut run = run(DISTINCT, distinct_types());
-        let mut out = BytesMut::new();
-        // Rows in x order: x = 1 from two shards, 2 from one, NULL from two.
-        for (cd, c, sd, x) in [
-            (Some(1), 2, Some(1), Some(1)),
-            (Some(1), 3, Some(1), Some(1)),
-            (Some(1), 1, Some(2), Some(2)),
-            (Some(0), 4, None, None),
-            (Some(0), 1, None, None),
-        ] {
-            run.emit(row(&[cd, Some(c), sd, cd, Some(c), sd, x]), &mut out)
-                .unwrap();
-        }
-        run.end_rows(&mut out).unwrap();
-        let s = |v: &str| Some(v.to_owned());
-        assert_eq!(rows(&out), vec![vec![s("2"), s("11"), s("3")]]);
-    }
-
-    #[test]
-    fn a_value_left_out_by_filter_on_one_shard_counts_from_another() {
-        let sql = "SELECT count(DISTINCT x) FILTER (WHERE y), count(*), sum(DISTINCT x) FILTER (WHERE y) FROM t";
-        let mut run = run(sql, distinct_types());
-        let mut out = BytesMut::new();
-        // x = 1: the first shard's rows all filtered out, the second's not.
-        for (cd, c, sd, x) in [
-            (Some(0), 2, None, Some(1)),
-            (Some(1), 3, Some(1), Some(1)),
-            (Some(1), 1, Some(2), Some(2)),
-            (Some(1), 1, Some(2), Some(2)),
-            (Some(0), 1, None, Some(3)),
-        ] {
-            run.emit(row(&[cd, Some(c), sd, cd, Some(c), sd, x]), &mut out)
-                .unwrap();
-        }
-        run.end_rows(&mut out).unwrap();
-        let s = |v: &str| Some(v.to_owned());
-        assert_eq!(rows(&out), vec![vec![s("2"), s("8"), s("3")]]);
-    }
-
-    #[test]
-    fn distinct_aggregates_over_no_rows_give_one_row() {
-        let mut run = run(DISTINCT, distinct_types());
-        let mut out = BytesMut::new();
-        run.end_rows(&mut out).unwrap();
-        assert_eq!(
-            rows(&out),
-            vec![vec![Some("0".to_owned()), Some("0".to_owned()), None]]
-        );
-    }
-
-    #[test]
-    fn distinct_sums_of_non_integers_are_refused() {
-        let mut types = distinct_types();
-        types[2] = oid::NUMERIC;
-        types[5] = oid::NUMERIC;
-        types[6] = oid::NUMERIC;
-        let mut run = run(DISTINCT, types);
-        let mut out = BytesMut::new();
-        let err = run.end_rows(&mut out).unwrap_err();
-        assert_eq!(err.code.as_str(), "0A000");
-    }
 }
