@@ -755,6 +755,35 @@ async fn group_by_a_million_groups_stays_in_bounded_memory() {
     let db = err.as_db_error().expect("a server error");
     assert_eq!(db.code().code(), "53400", "{db:?}");
     assert!(db.message().contains("ordered-set"), "{}", db.message());
+    // A grouped subquery under an outer query is merged, then the outer
+    // query runs on one shard over its rows: 1000 groups fit (with the
+    // client's parameter in the subquery), a million do not.
+    let rows = within(
+        "materialized subquery",
+        client.query(
+            "SELECT count(*), min(n), max(n) FROM (SELECT k % 1000 AS g, count(*) AS n FROM big WHERE k < $1 GROUP BY 1) s",
+            &[&ROWS],
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            rows[0].get::<_, i64>(0),
+            rows[0].get::<_, i64>(1),
+            rows[0].get::<_, i64>(2)
+        ),
+        (1000, ROWS / 1000, ROWS / 1000)
+    );
+    let err = within(
+        "materialized subquery over the limit",
+        client.simple_query("SELECT count(*) FROM (SELECT k, count(*) FROM big GROUP BY k) s"),
+    )
+    .await
+    .expect_err("over merge_memory_limit");
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "53400", "{db:?}");
+    assert!(db.message().contains("subquery"), "{}", db.message());
     let grew = rss.stop();
     println!(
         "{ROWS} groups: proxy RSS {base} kB, +{streamed} kB at most while streaming them, +{grew} kB at most with the sorts"

@@ -1026,6 +1026,7 @@ async def s_cross_shard_read(ctx):
                               " ORDER BY balance DESC, id LIMIT 5 OFFSET 2",
         "join": "SELECT a.id, a.owner, c.name FROM accounts a JOIN currencies c ON c.code = a.currency"
                 " WHERE a.id BETWEEN $1 AND $2 ORDER BY a.id",
+        "grouped subquery": "SELECT s.currency, s.n, s.total FROM (SELECT currency, count(*) AS n, sum(balance) AS total FROM accounts WHERE id BETWEEN $1 AND $2 GROUP BY currency) s ORDER BY s.currency",
     }
     ref = await ctx.ref()
     for name, q in queries.items():

@@ -1067,12 +1067,13 @@ sc_read_your_writes() {
 sc_cross_shard_read() {
     load_cursor_rows
     local lo=$CUR_LO hi=$CUR_HI
-    local -a names=(aggregates group_by limit_offset join)
+    local -a names=(aggregates group_by limit_offset join grouped_subquery)
     local -a queries=(
         "SELECT count(*) AS n, sum(balance) AS total, min(id) AS lo, max(id) AS hi FROM accounts WHERE id BETWEEN \$1 AND \$2"
         "SELECT currency, count(*) AS n FROM accounts WHERE id BETWEEN \$1 AND \$2 GROUP BY currency ORDER BY currency"
         "SELECT id FROM accounts WHERE id BETWEEN \$1 AND \$2 ORDER BY balance DESC, id LIMIT 5 OFFSET 2"
         "SELECT a.id, a.owner, c.name FROM accounts a JOIN currencies c ON c.code = a.currency WHERE a.id BETWEEN \$1 AND \$2 ORDER BY a.id"
+        "SELECT s.currency, s.n, s.total FROM (SELECT currency, count(*) AS n, sum(balance) AS total FROM accounts WHERE id BETWEEN \$1 AND \$2 GROUP BY currency) s ORDER BY s.currency"
     )
     local i plain reference bench_expected=""
     for i in "${!queries[@]}"; do

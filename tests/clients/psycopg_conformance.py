@@ -1160,6 +1160,7 @@ def s_cross_shard_read():
                               " ORDER BY balance DESC, id LIMIT 5 OFFSET 2",
         "join": "SELECT a.id, a.owner, c.name FROM accounts a JOIN currencies c ON c.code = a.currency"
                 " WHERE a.id BETWEEN %s AND %s ORDER BY a.id",
+        "grouped subquery": "SELECT s.currency, s.n, s.total FROM (SELECT currency, count(*) AS n, sum(balance) AS total FROM accounts WHERE id BETWEEN %s AND %s GROUP BY currency) s ORDER BY s.currency",
     }
     expected = reference(rows, lambda ref: {n: ref.execute(q, (lo, hi)).fetchall() for n, q in queries.items()})
     variants = {

@@ -801,9 +801,6 @@ refuse: SELECT id FROM orders WHERE id IN (SELECT id FROM events)
 refuse: SELECT count(*) FROM customers c WHERE c.name IN (SELECT status FROM orders)
 refuse: SELECT status, count(*) FROM orders GROUP BY ROLLUP (status)
 refuse: SELECT status, paid, count(*) FROM orders GROUP BY GROUPING SETS ((status), (paid))
-refuse: SELECT count(*) FROM (SELECT * FROM orders ORDER BY id LIMIT 10) s
-refuse: SELECT count(*) FROM (SELECT DISTINCT status FROM orders) d
-refuse: WITH s AS (SELECT status, count(*) AS n FROM orders GROUP BY status) SELECT * FROM s
 refuse: SELECT id FROM orders WHERE qty > (SELECT avg(qty) FROM orders)
 refuse: SELECT k.code, count(c.id) FROM countries k LEFT JOIN customers c ON c.country = k.code GROUP BY k.code
 refuse: SELECT k.code, c.id FROM countries k LEFT JOIN customers c ON c.country = k.code
@@ -945,7 +942,6 @@ ordered: SELECT c.id, o.id, sum(o.qty) OVER (PARTITION BY c.id ORDER BY o.id ROW
 SELECT k, row_number() OVER (PARTITION BY k) FROM empty_t
 SELECT id, row_number() OVER (PARTITION BY status ORDER BY id) FROM orders
 refuse: SELECT status, count(*), rank() OVER (ORDER BY count(*)) FROM orders GROUP BY status
-refuse: SELECT * FROM (SELECT id, row_number() OVER (ORDER BY id) AS r FROM orders) s WHERE r < 5
 
 -- @window-merged
 -- Window functions whose partitions span shards: the shards sort by the
@@ -1040,3 +1036,22 @@ SELECT amount FROM orders WHERE qty = 3 INTERSECT SELECT credit FROM customers
 refuse: SELECT count(*) FROM orders UNION ALL SELECT count(*) FROM events
 refuse: SELECT status FROM orders INTERSECT (SELECT kind FROM events EXCEPT SELECT name FROM countries)
 refuse: (SELECT id FROM orders ORDER BY id LIMIT 3) UNION SELECT id FROM events
+
+-- @materialized-subquery
+-- A subquery (FROM or WITH) that combines rows of several shards, under an
+-- outer query that reads nothing else sharded: the subquery is merged,
+-- then the outer query runs on one shard over its rows.
+WITH s AS (SELECT status, count(*) AS n FROM orders GROUP BY status) SELECT * FROM s
+SELECT count(*) FROM (SELECT * FROM orders ORDER BY id LIMIT 10) s
+SELECT count(*) FROM (SELECT DISTINCT status FROM orders) d
+ordered: SELECT * FROM (SELECT id, row_number() OVER (ORDER BY id) AS r FROM orders) s WHERE r < 5 ORDER BY id
+SELECT count(*), sum(n), max(sq) FROM (SELECT status, count(*) AS n, sum(qty) AS sq FROM orders GROUP BY status) s
+ordered: SELECT s.n, count(*) FROM (SELECT customer_id, count(*) AS n FROM orders GROUP BY customer_id) s GROUP BY s.n ORDER BY s.n
+ordered: SELECT status, total, rank() OVER (ORDER BY total DESC NULLS LAST) FROM (SELECT status, sum(amount) AS total FROM orders GROUP BY status) s ORDER BY 3, 1 NULLS FIRST
+ordered: WITH t AS (SELECT customer_id, sum(amount) AS spent FROM orders GROUP BY customer_id) SELECT c.code, count(*) FROM t JOIN countries c ON c.code = (SELECT 'DE') GROUP BY c.code ORDER BY 1
+SELECT avg(spent), min(spent), percentile_disc(0.5) WITHIN GROUP (ORDER BY spent) FROM (SELECT customer_id, sum(amount) AS spent FROM orders GROUP BY customer_id) s
+WITH k AS (SELECT kind, count(*) AS n, bool_and(ok) AS all_ok FROM events GROUP BY kind) SELECT a.kind, b.kind FROM k a JOIN k b ON a.n = b.n AND a.kind < b.kind
+SELECT x.placed, x.n FROM (SELECT placed, count(*) AS n, min(note) AS note FROM orders GROUP BY placed) x WHERE x.note IS NULL
+SELECT * FROM (SELECT k, sum(v) FROM empty_t GROUP BY k) s
+refuse: SELECT count(*) FROM (SELECT o.status FROM orders o JOIN events e ON e.value = o.qty GROUP BY o.status) s
+refuse: SELECT * FROM orders o JOIN (SELECT status, count(*) AS n FROM orders GROUP BY status) s USING (status)

@@ -20,6 +20,7 @@ pub mod consistency;
 pub mod copy;
 pub mod hints;
 pub mod lexer;
+pub mod materialize;
 pub mod merge_plan;
 pub mod scan;
 pub mod session_cmd;

@@ -1649,6 +1649,8 @@ public class Conformance {
             "SELECT id FROM accounts WHERE id BETWEEN ? AND ? ORDER BY balance DESC, id LIMIT 5 OFFSET 2",
             "SELECT a.id, a.owner, c.name FROM accounts a JOIN currencies c ON c.code = a.currency "
                 + "WHERE a.id BETWEEN ? AND ? ORDER BY a.id",
+            "SELECT s.currency, s.n, s.total FROM (SELECT currency, count(*) AS n, sum(balance) AS total "
+                + "FROM accounts WHERE id BETWEEN ? AND ? GROUP BY currency) s ORDER BY s.currency",
         };
         Connection ref = c.ref();
         Connection p = c.proxy();

@@ -1049,6 +1049,7 @@ scenario('cross_shard_read', async (ctx) => {
     limit_offset: 'SELECT id FROM accounts WHERE id BETWEEN $1 AND $2 ORDER BY balance DESC, id LIMIT 5 OFFSET 2',
     join: `SELECT a.id, a.currency, c.name FROM accounts a JOIN currencies c ON c.code = a.currency
             WHERE a.id BETWEEN $1 AND $2 ORDER BY a.id`,
+    grouped_subquery: 'SELECT s.currency, s.n, s.total FROM (SELECT currency, count(*) AS n, sum(balance) AS total FROM accounts WHERE id BETWEEN $1 AND $2 GROUP BY currency) s ORDER BY s.currency',
   }
   const reference = await withRefRows(ctx, lo, hi, rows, async (r) => {
     const out = {}

@@ -376,7 +376,8 @@ impl shardgate_merge::plan::MergeSpec for MergePlan {
 }
 
 impl MergePlan {
-    fn concat(sql: &str) -> MergePlan {
+    /// Rows forwarded as the shards send them, nothing hidden.
+    pub fn concat(sql: &str) -> MergePlan {
         MergePlan {
             shard_sql: sql.to_owned(),
             visible: None,

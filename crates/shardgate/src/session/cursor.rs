@@ -104,7 +104,7 @@ impl Session {
                 implicit: true,
             });
         }
-        let (visible, limit, offset) = self.merge_shape(&plan, bind).await?;
+        let (visible, limit, offset) = self.merge_shape(&plan, bind, None).await?;
         self.next_cursor += 1;
         let shard_cursor = format!("sg_cursor_{}", self.next_cursor);
         let declare = format!(

@@ -53,6 +53,12 @@ pub(super) struct MergeRequest<'a> {
     pub collation: Option<String>,
     /// `COPY (query) TO STDOUT`: the merged rows go out as COPY data.
     pub copy: Option<shardgate_router::CopyRowsOut>,
+    /// The shards run a statement the proxy derived, with these
+    /// parameters instead of the client's Bind as it is.
+    pub params: Option<super::materialize::ParamSet>,
+    /// Keep the merged rows (binary) instead of answering the client:
+    /// the first step of a materialized subquery.
+    pub capture: bool,
 }
 
 impl MergeRequest<'_> {
@@ -69,8 +75,32 @@ impl MergeRequest<'_> {
             max_rows: None,
             collation,
             copy,
+            params: None,
+            capture: false,
         }
     }
+}
+
+/// How a merge ended.
+pub(super) enum MergeEnd {
+    /// The client got its whole answer (ReadyForQuery included).
+    Answered,
+    /// The rows are done; ReadyForQuery with `status` is still to send.
+    /// A capturing merge that succeeded has its rows in `captured`.
+    Finished {
+        status: u8,
+        captured: Option<Captured>,
+    },
+}
+
+/// The rows of a capturing merge.
+pub(super) struct Captured {
+    /// The shards' RowDescription (hidden columns included).
+    pub desc: BytesMut,
+    /// Its columns the rows hold (the visible ones).
+    pub visible: usize,
+    /// The DataRow messages, back to back, binary.
+    pub rows: BytesMut,
 }
 
 /// One shard's stream during a merge.
@@ -100,14 +130,33 @@ impl Session {
         want: Want,
         req: MergeRequest<'_>,
     ) -> Result<(), SessionError> {
-        let extended = req.bind.is_some();
+        match self.merge_run(shards, plan, want, req).await? {
+            MergeEnd::Answered => Ok(()),
+            MergeEnd::Finished { status, .. } => {
+                backend::ready_for_query(status, &mut self.cout);
+                self.flush_client().await
+            }
+        }
+    }
+
+    /// Runs `plan` on `shards`: the merged rows go to the client (or are
+    /// captured), ReadyForQuery is left to the caller.
+    pub(super) async fn merge_run(
+        &mut self,
+        shards: Vec<usize>,
+        plan: Arc<MergePlan>,
+        want: Want,
+        req: MergeRequest<'_>,
+    ) -> Result<MergeEnd, SessionError> {
+        let extended = req.bind.is_some() && !req.capture;
         if plan.explain {
             self.answer_explain(&shards, &plan, &req);
-            return self.flush_client().await;
+            self.flush_client().await?;
+            return Ok(MergeEnd::Answered);
         }
         let prepared = match self.prepare_merge(&plan, &req).await {
             Ok(p) => p,
-            Err(e) => return self.merge_refused(e),
+            Err(e) => return self.merge_refused(e).map(|()| MergeEnd::Answered),
         };
         let (batch, visible, limits) = prepared;
         self.drain_current().await?;
@@ -124,10 +173,12 @@ impl Session {
                             let p: Part = p;
                             self.return_part(p.b);
                         }
-                        return self.merge_refused(PgError::error(
-                            "08006",
-                            format!("connection to a shard failed: {e}"),
-                        ));
+                        return self
+                            .merge_refused(PgError::error(
+                                "08006",
+                                format!("connection to a shard failed: {e}"),
+                            ))
+                            .map(|()| MergeEnd::Answered);
                     }
                     parts.push(part);
                 }
@@ -135,7 +186,7 @@ impl Session {
                     for p in parts {
                         self.return_part(p.b);
                     }
-                    return self.merge_refused(e);
+                    return self.merge_refused(e).map(|()| MergeEnd::Answered);
                 }
             }
         }
@@ -147,8 +198,11 @@ impl Session {
             self.snap.config.proxy.merge_memory_limit,
         );
         run.timer = super::fanout::QueryTimer::new(self.snap.config.proxy.query_timeout);
-        run.tree
-            .set_formats(req.bind.map(|b| b.result_formats()).unwrap_or_default());
+        let formats = match req.capture {
+            true => vec![1],
+            false => req.bind.map(|b| b.result_formats()).unwrap_or_default(),
+        };
+        run.tree.set_formats(formats);
         let limit = match (limits.0, req.max_rows) {
             (Some(l), Some(m)) => Some(l.min(m)),
             (l, m) => l.or(m),
@@ -156,9 +210,12 @@ impl Session {
         run.set_limit(limit, limits.1);
         run.max_rows = req.max_rows;
         run.extended = extended;
-        run.describe = req.describe;
+        run.describe = req.describe && !req.capture;
         run.copy = req.copy.clone();
         run.copy_mark = self.cout.len();
+        if req.capture {
+            run.capture = Some((self.cout.len(), self.snap.config.proxy.merge_memory_limit));
+        }
         let result = self.run_merge(&mut parts, &mut run).await;
         let status = self.finish_merge(&mut parts, &mut run);
         self.convert_to_copy(&mut run);
@@ -166,8 +223,45 @@ impl Session {
             self.return_part(p.b);
         }
         result?;
-        backend::ready_for_query(status, &mut self.cout);
-        self.flush_client().await
+        let captured = match run.capture {
+            Some((mark, _)) => self.take_captured(mark, &run),
+            None => None,
+        };
+        Ok(MergeEnd::Finished { status, captured })
+    }
+
+    /// Splits a capturing merge's output off the client buffer: DataRows
+    /// are kept, errors and notices stay for the client.
+    fn take_captured(&mut self, mark: usize, run: &Run) -> Option<Captured> {
+        let written = self.cout.split_off(mark.min(self.cout.len()));
+        let mut rows = BytesMut::new();
+        let mut pos = 0;
+        while pos + 5 <= written.len() {
+            let len = i32::from_be_bytes([
+                written[pos + 1],
+                written[pos + 2],
+                written[pos + 3],
+                written[pos + 4],
+            ]) as usize;
+            let end = (pos + 1 + len).min(written.len());
+            let msg = &written[pos..end];
+            match msg[0] {
+                btag::DATA_ROW if !run.failed => rows.extend_from_slice(msg),
+                btag::DATA_ROW => {}
+                btag::COMMAND_COMPLETE | btag::PORTAL_SUSPENDED => {}
+                _ => self.cout.extend_from_slice(msg),
+            }
+            pos = end;
+        }
+        if run.failed {
+            return None;
+        }
+        let desc = run.streams.first().and_then(|s| s.desc.clone())?;
+        Some(Captured {
+            desc,
+            visible: run.visible,
+            rows,
+        })
     }
 
     /// The batch each shard runs, the visible column count and the client's
@@ -177,17 +271,29 @@ impl Session {
         plan: &MergePlan,
         req: &MergeRequest<'_>,
     ) -> Result<(BytesMut, usize, (Option<u64>, u64)), PgError> {
-        let (visible, limit, offset) = self.merge_shape(plan, req.bind).await?;
+        let used = req.params.as_ref().map(|p| p.used.as_slice());
+        let (visible, limit, offset) = self.merge_shape(plan, req.bind, used).await?;
         let client_formats = match &req.copy {
+            _ if req.capture => vec![1],
             Some(c) if c.binary() => vec![1],
             _ => req.bind.map(|b| b.result_formats()).unwrap_or_default(),
         };
         let formats = shard_formats(plan, visible, &client_formats);
         let mut batch = BytesMut::new();
-        frontend::encode_parse("", &plan.shard_sql, req.param_types, &mut batch);
-        match req.bind {
-            Some(b) => b.encode_with_results("", &formats, &mut batch),
-            None => encode_bind_no_params(&formats, &mut batch),
+        match (&req.params, req.bind) {
+            (Some(p), bind) => {
+                let types = p.param_types(req.param_types);
+                frontend::encode_parse("", &plan.shard_sql, &types, &mut batch);
+                p.encode_bind(bind, &formats, &mut batch);
+            }
+            (None, Some(b)) => {
+                frontend::encode_parse("", &plan.shard_sql, req.param_types, &mut batch);
+                b.encode_with_results("", &formats, &mut batch);
+            }
+            (None, None) => {
+                frontend::encode_parse("", &plan.shard_sql, req.param_types, &mut batch);
+                encode_bind_no_params(&formats, &mut batch);
+            }
         }
         encode_describe_portal(&mut batch);
         encode_execute_all(&mut batch);
@@ -201,6 +307,7 @@ impl Session {
         &mut self,
         plan: &MergePlan,
         bind: Option<&Bind<'_>>,
+        used: Option<&[usize]>,
     ) -> Result<(usize, Option<u64>, u64), PgError> {
         for (name, tables) in &plan.group_aliases {
             for (schema, table) in tables {
@@ -228,8 +335,8 @@ impl Session {
                 n
             }
         };
-        let limit = row_count(plan.limit.as_ref(), bind, "LIMIT")?;
-        let offset = row_count(plan.offset.as_ref(), bind, "OFFSET")?.unwrap_or(0);
+        let limit = row_count(plan.limit.as_ref(), bind, used, "LIMIT")?;
+        let offset = row_count(plan.offset.as_ref(), bind, used, "OFFSET")?.unwrap_or(0);
         Ok((visible, limit, offset))
     }
 
@@ -297,7 +404,12 @@ impl Session {
                             }
                             run.stopping = true;
                         }
-                        if self.cout.len() >= FLUSH_AT {
+                        if let Some((mark, limit)) = run.capture {
+                            if self.cout.len() - mark > limit {
+                                let e = capture_too_large(limit);
+                                run.fail_with(e, parts, &mut self.cout, self.vtx.is_none());
+                            }
+                        } else if self.cout.len() >= FLUSH_AT {
                             self.convert_to_copy(run);
                             self.flush_client().await?;
                         }
@@ -316,8 +428,10 @@ impl Session {
                 }
             }
             deliver_cancels(std::mem::take(&mut run.to_cancel)).await;
-            self.convert_to_copy(run);
-            self.flush_client().await?;
+            if run.capture.is_none() {
+                self.convert_to_copy(run);
+                self.flush_client().await?;
+            }
             let tree = &run.tree;
             let draining = run.failed || run.stopping;
             let wanted = |i: usize, p: &Part| p.done.is_none() && (draining || tree.is_empty(i));
@@ -422,6 +536,9 @@ pub(super) struct Run {
     pub(super) copy: Option<shardgate_router::CopyRowsOut>,
     /// Where in the client buffer the merge's unconverted output starts.
     pub(super) copy_mark: usize,
+    /// A capturing merge: where its output starts in the client buffer
+    /// (never flushed) and the bytes it may hold there.
+    pub(super) capture: Option<(usize, usize)>,
 }
 
 impl Run {
@@ -456,6 +573,7 @@ impl Run {
             timer: super::fanout::QueryTimer::off(),
             copy: None,
             copy_mark: 0,
+            capture: None,
         }
     }
 
@@ -674,6 +792,15 @@ pub(super) fn encode_error(e: &PgError) -> BytesMut {
     out
 }
 
+/// A captured subquery result over `proxy.merge_memory_limit`.
+fn capture_too_large(limit: usize) -> PgError {
+    PgError::error(
+        "53400",
+        format!("shardgate: the rows of a subquery over several shards need more than merge_memory_limit ({limit} bytes) of proxy memory"),
+    )
+    .with_hint("Filter the subquery further, restrict it to one shard, or raise proxy.merge_memory_limit in proxy.toml.")
+}
+
 /// A merge error as the client sees it (with its hint, if any).
 pub(super) fn merge_error(e: MergeError) -> PgError {
     let hint = e.hint();
@@ -688,12 +815,15 @@ pub(super) fn merge_error(e: MergeError) -> PgError {
 fn row_count(
     c: Option<&RowCount>,
     bind: Option<&Bind<'_>>,
+    used: Option<&[usize]>,
     what: &str,
 ) -> Result<Option<u64>, PgError> {
     let v: i64 = match c {
         None => return Ok(None),
         Some(RowCount::Literal(n)) => return Ok(Some(*n)),
         Some(RowCount::Param(i)) => {
+            // A derived statement's parameter `i` is the client's `used[i]`.
+            let i = &used.and_then(|u| u.get(*i).copied()).unwrap_or(*i);
             let Some(b) = bind else { return Ok(None) };
             let Some(raw) = b.param(*i) else {
                 return Ok(None);

@@ -16,6 +16,7 @@ mod insert_select;
 mod listen;
 mod local;
 mod login;
+mod materialize;
 mod merge;
 mod moving;
 mod server;

@@ -80,6 +80,9 @@ pub(super) enum Dest {
     /// `INSERT ... SELECT` whose rows the proxy carries from the query to
     /// the shards that own them.
     Stream(Box<super::insert_select::StreamInsert>),
+    /// A subquery merged across shards, then the outer query on one shard
+    /// over its rows.
+    Materialize(Box<shardgate_router::materialize::Materialize>),
 }
 
 /// The shard map as the statement planner sees it.
@@ -285,7 +288,7 @@ pub(super) fn cross_shard_refusal(construct: &str) -> PgError {
 }
 
 /// The first call of a user-defined aggregate in `sql`.
-fn user_aggregate_call(
+pub(super) fn user_aggregate_call(
     sql: &str,
     aggregates: &std::collections::HashSet<String>,
 ) -> Option<String> {
@@ -462,10 +465,18 @@ impl Session {
                     self.merge_dest(sql, map.all_shards()).await
                 }
             }
-            ShardPlan::Unsupported { construct } => Err(PgError::error(
-                "0A000",
-                format!("not supported across shards: {construct}"),
-            )),
+            ShardPlan::Unsupported { construct } => {
+                if !self.writes_rows(sql) {
+                    let lookup = MapLookup(&map);
+                    if let Some(m) = shardgate_router::materialize::plan(sql, &lookup) {
+                        return Ok(Dest::Materialize(Box::new(m)));
+                    }
+                }
+                Err(PgError::error(
+                    "0A000",
+                    format!("not supported across shards: {construct}"),
+                ))
+            }
         }
     }
 
@@ -508,7 +519,9 @@ impl Session {
     }
 
     /// Collation and user-defined aggregates of the client's database.
-    async fn database_facts(&mut self) -> Result<Arc<crate::catalog::DatabaseFacts>, PgError> {
+    pub(super) async fn database_facts(
+        &mut self,
+    ) -> Result<Arc<crate::catalog::DatabaseFacts>, PgError> {
         let (addr, user, password) = self.catalog_source_parts();
         let sharding = self.snap.sharding.as_ref().expect("sharded session");
         let src = CatalogSource {
@@ -747,6 +760,14 @@ impl Session {
                 let used = shards.clone();
                 let timing = self.fanout_starts(sql);
                 let r = self.merge_query(shards, plan, want, req).await;
+                self.fanout_ends(timing, &used);
+                r
+            }
+            Dest::Materialize(m) => {
+                let req = MergeRequest::simple(None, None);
+                let used = self.map().all_shards();
+                let timing = self.fanout_starts(sql);
+                let r = self.materialize_query(&m, want, req).await;
                 self.fanout_ends(timing, &used);
                 r
             }
@@ -1102,8 +1123,36 @@ impl Session {
                     max_rows: after.max_rows,
                     collation,
                     copy: None,
+                    params: None,
+                    capture: false,
                 };
                 self.merge_query(shards, plan, want, req).await
+            }
+            Dest::Materialize(_) if read_in_pieces(rest, bind.portal, self.max_message) => self
+                .refuse_pg(cross_shard_refusal(
+                    "a subquery over several shards read in pieces (Execute with a row limit)",
+                )),
+            Dest::Materialize(m) => {
+                let after = match batch_after_bind(rest, self.max_message) {
+                    Ok(b) => b,
+                    Err(e) => return self.refuse_pg(e),
+                };
+                self.extra_consumed = after.consumed;
+                let req = MergeRequest {
+                    bind: Some(bind),
+                    param_types: &stmt.param_types,
+                    describe: after.describe,
+                    max_rows: after.max_rows,
+                    collation: None,
+                    copy: None,
+                    params: None,
+                    capture: false,
+                };
+                let timing = self.fanout_starts(&stmt.query);
+                let used = self.map().all_shards();
+                let r = self.materialize_query(&m, want, req).await;
+                self.fanout_ends(timing, &used);
+                r
             }
             Dest::Stream(si) => {
                 let after = match batch_after_bind(rest, self.max_message) {
@@ -1308,6 +1357,11 @@ impl Session {
             }
             Dest::Split(_) | Dest::Stream(_) => {
                 return self.reply_error(cross_shard_refusal("COPY (INSERT ...) TO"));
+            }
+            Dest::Materialize(_) => {
+                return self.reply_error(cross_shard_refusal(
+                    "COPY of a query whose subquery combines rows of several shards",
+                ));
             }
         };
         if let [one] = shards.as_slice() {

@@ -1,0 +1,263 @@
+//! A subquery over several shards under an outer query one server
+//! evaluates (`shardgate_router::materialize`): the subquery runs as a
+//! capturing merge, its rows become one binary array per column, and the
+//! outer query runs on one shard reading them through `unnest(...)`
+//! (docs/ARCHITECTURE.md §9).
+
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+use shardgate_protocol::backend;
+use shardgate_protocol::frontend::{self, Bind};
+use shardgate_protocol::PgError;
+use shardgate_router::materialize::{outer_sql, renumber_params, Materialize};
+use shardgate_router::merge_plan::MergePlan;
+
+use super::merge::{Captured, MergeEnd, MergeRequest};
+use super::sharded::{cross_shard_refusal, user_aggregate_call, MapLookup};
+use super::{Session, SessionError};
+use crate::routing::Want;
+
+/// The parameters a statement derived by the proxy runs with: some of the
+/// client's, then values of the proxy's own.
+pub(super) struct ParamSet {
+    /// The client's parameters it uses (0-based), `$1` first.
+    pub used: Vec<usize>,
+    /// Parameters after them: type OID and binary value.
+    pub appended: Appended,
+}
+
+impl ParamSet {
+    /// The Parse message's parameter types (raw, 4 bytes each): the
+    /// client's declared type of each used parameter (0 when it declared
+    /// none), then the appended ones'.
+    pub(super) fn param_types(&self, client: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(4 * (self.used.len() + self.appended.len()));
+        for &i in &self.used {
+            match client.get(4 * i..4 * i + 4) {
+                Some(t) => out.extend_from_slice(t),
+                None => out.extend_from_slice(&0u32.to_be_bytes()),
+            }
+        }
+        for (oid, _) in &self.appended {
+            out.extend_from_slice(&oid.to_be_bytes());
+        }
+        out
+    }
+
+    /// The Bind message: the used client parameters in their formats, the
+    /// appended ones binary, results in `formats`.
+    pub(super) fn encode_bind(&self, bind: Option<&Bind<'_>>, formats: &[i16], out: &mut BytesMut) {
+        let start = out.len();
+        out.put_u8(frontend::tag::BIND);
+        out.put_i32(0);
+        out.put_u8(0);
+        out.put_u8(0);
+        out.put_i16((self.used.len() + self.appended.len()) as i16);
+        for &i in &self.used {
+            out.put_i16(bind.map_or(0, |b| b.param_format(i)));
+        }
+        for _ in &self.appended {
+            out.put_i16(1);
+        }
+        out.put_i16((self.used.len() + self.appended.len()) as i16);
+        for &i in &self.used {
+            match bind.and_then(|b| b.param(i)) {
+                Some(v) => {
+                    out.put_i32(v.len() as i32);
+                    out.extend_from_slice(v);
+                }
+                None => out.put_i32(-1),
+            }
+        }
+        for (_, v) in &self.appended {
+            out.put_i32(v.len() as i32);
+            out.extend_from_slice(v);
+        }
+        out.put_i16(formats.len() as i16);
+        for f in formats {
+            out.put_i16(*f);
+        }
+        backend::patch_len(out, start);
+    }
+}
+
+impl Session {
+    /// Answers `m`: the subquery across every shard, then the outer query
+    /// on the default shard over its rows. `req` is what the client sent
+    /// for the whole statement (its collation is looked up here).
+    pub(super) async fn materialize_query(
+        &mut self,
+        m: &Materialize,
+        want: Want,
+        req: MergeRequest<'_>,
+    ) -> Result<(), SessionError> {
+        let (inner_sql, inner_used) = renumber_params(&m.inner);
+        let facts = match self.database_facts().await {
+            Ok(f) => f,
+            Err(e) => return self.refuse_materialized(e),
+        };
+        if let Some(name) = user_aggregate_call(&inner_sql, &facts.user_aggregates) {
+            let construct = format!("the user-defined aggregate {name}()");
+            return self.refuse_materialized(cross_shard_refusal(&construct));
+        }
+        let collation = (!facts.bytewise_collation).then(|| facts.collation.clone());
+        let sharding = self.snap.sharding.as_ref().expect("sharded session");
+        let plan = match &*sharding
+            .merges
+            .plan_cached(&inner_sql, &MapLookup(&sharding.map))
+        {
+            Ok(p) => Arc::new(p.clone()),
+            Err(e) => return self.refuse_materialized(cross_shard_refusal(&e.construct)),
+        };
+        let shards = sharding.map.all_shards();
+        let default_shard = sharding.map.default_shard();
+        let inner = MergeRequest {
+            bind: req.bind,
+            param_types: req.param_types,
+            describe: false,
+            max_rows: None,
+            collation,
+            copy: None,
+            params: Some(ParamSet {
+                used: inner_used,
+                appended: Vec::new(),
+            }),
+            capture: true,
+        };
+        let captured = match self.merge_run(shards, plan, want, inner).await? {
+            MergeEnd::Answered => return Ok(()),
+            MergeEnd::Finished {
+                captured: Some(c), ..
+            } => c,
+            MergeEnd::Finished { status, .. } => {
+                backend::ready_for_query(status, &mut self.cout);
+                return self.flush_client().await;
+            }
+        };
+        let (names, arrays) = match column_arrays(&captured) {
+            Ok(c) => c,
+            Err(e) => return self.refuse_materialized(e),
+        };
+        let (outer_text, outer_used) = renumber_params(&m.outer);
+        let sql = outer_sql(&outer_text, outer_used.len() + 1, &names);
+        let outer = MergeRequest {
+            params: Some(ParamSet {
+                used: outer_used,
+                appended: arrays,
+            }),
+            collation: None,
+            ..req
+        };
+        let plan = Arc::new(MergePlan::concat(&sql));
+        self.merge_query(vec![default_shard], plan, want, outer)
+            .await
+    }
+
+    fn refuse_materialized(&mut self, e: PgError) -> Result<(), SessionError> {
+        if let Some(v) = self.vtx.as_mut() {
+            v.failed = true;
+        }
+        e.encode(&mut self.cout);
+        backend::ready_for_query(self.client_status(), &mut self.cout);
+        Ok(())
+    }
+}
+
+/// Parameters of the proxy's own: type OID and binary value each.
+type Appended = Vec<(u32, BytesMut)>;
+
+/// The captured rows as one binary array per column, with the columns'
+/// names.
+fn column_arrays(c: &Captured) -> Result<(Vec<String>, Appended), PgError> {
+    let mut columns = describe_columns(&c.desc).ok_or_else(|| {
+        PgError::error(
+            "08P01",
+            "shardgate: a shard sent a malformed RowDescription",
+        )
+    })?;
+    columns.truncate(c.visible);
+    let mut rows = Vec::new();
+    let mut rest = &c.rows[..];
+    while rest.len() >= 5 {
+        let len = i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        let end = (1 + len).min(rest.len());
+        let row = shardgate_merge::row::DataRow::parse(&rest[..end])
+            .map_err(super::merge::merge_error)?;
+        rows.push(row);
+        rest = &rest[end..];
+    }
+    let mut names = Vec::with_capacity(columns.len());
+    let mut arrays = Vec::with_capacity(columns.len());
+    for (j, (name, elem)) in columns.into_iter().enumerate() {
+        let array = array_type(elem).ok_or_else(|| {
+            cross_shard_refusal(&format!(
+                "a subquery column of type oid {elem} ({name}) read by an outer query"
+            ))
+        })?;
+        let mut a = BytesMut::new();
+        if rows.is_empty() {
+            a.put_i32(0);
+            a.put_i32(0);
+            a.put_u32(elem);
+        } else {
+            let has_null = rows.iter().any(|r| r.field(j).is_none());
+            a.put_i32(1);
+            a.put_i32(has_null as i32);
+            a.put_u32(elem);
+            a.put_i32(rows.len() as i32);
+            a.put_i32(1);
+            for r in &rows {
+                shardgate_merge::row::RowWriter::put(&mut a, r.field(j));
+            }
+        }
+        names.push(name);
+        arrays.push((array, a));
+    }
+    Ok((names, arrays))
+}
+
+/// Name and type OID of each column of a RowDescription.
+fn describe_columns(msg: &[u8]) -> Option<Vec<(String, u32)>> {
+    let n = i16::from_be_bytes(msg.get(5..7)?.try_into().ok()?);
+    let mut pos = 7;
+    let mut out = Vec::with_capacity(n.max(0) as usize);
+    for _ in 0..n {
+        let nul = msg.get(pos..)?.iter().position(|c| *c == 0)?;
+        let name = String::from_utf8_lossy(&msg[pos..pos + nul]).into_owned();
+        pos += nul + 1;
+        let rest = msg.get(pos..pos + 18)?;
+        out.push((name, u32::from_be_bytes(rest[6..10].try_into().ok()?)));
+        pos += 18;
+    }
+    Some(out)
+}
+
+/// The array type of a built-in element type.
+fn array_type(elem: u32) -> Option<u32> {
+    Some(match elem {
+        16 => 1000,   // bool
+        17 => 1001,   // bytea
+        18 => 1002,   // "char"
+        19 => 1003,   // name
+        20 => 1016,   // int8
+        21 => 1005,   // int2
+        23 => 1007,   // int4
+        25 => 1009,   // text
+        26 => 1028,   // oid
+        114 => 199,   // json
+        700 => 1021,  // float4
+        701 => 1022,  // float8
+        1042 => 1014, // bpchar
+        1043 => 1015, // varchar
+        1082 => 1182, // date
+        1083 => 1183, // time
+        1114 => 1115, // timestamp
+        1184 => 1185, // timestamptz
+        1186 => 1187, // interval
+        1700 => 1231, // numeric
+        2950 => 2951, // uuid
+        3802 => 3807, // jsonb
+        _ => return None,
+    })
+}
