@@ -95,11 +95,11 @@ impl Session {
         let (inner_sql, inner_used) = renumber_params(&m.inner);
         let facts = match self.database_facts().await {
             Ok(f) => f,
-            Err(e) => return self.refuse_materialized(e),
+            Err(e) => return self.merge_refused(e),
         };
         if let Some(name) = user_aggregate_call(&inner_sql, &facts.user_aggregates) {
             let construct = format!("the user-defined aggregate {name}()");
-            return self.refuse_materialized(cross_shard_refusal(&construct));
+            return self.merge_refused(cross_shard_refusal(&construct));
         }
         let collation = (!facts.bytewise_collation).then(|| facts.collation.clone());
         let sharding = self.snap.sharding.as_ref().expect("sharded session");
@@ -108,7 +108,7 @@ impl Session {
             .plan_cached(&inner_sql, &MapLookup(&sharding.map))
         {
             Ok(p) => Arc::new(p.clone()),
-            Err(e) => return self.refuse_materialized(cross_shard_refusal(&e.construct)),
+            Err(e) => return self.merge_refused(cross_shard_refusal(&e.construct)),
         };
         let shards = sharding.map.all_shards();
         let default_shard = sharding.map.default_shard();
@@ -137,7 +137,7 @@ impl Session {
         };
         let (names, arrays) = match column_arrays(&captured) {
             Ok(c) => c,
-            Err(e) => return self.refuse_materialized(e),
+            Err(e) => return self.merge_refused(e),
         };
         let (outer_text, outer_used) = renumber_params(&m.outer);
         let sql = outer_sql(&outer_text, outer_used.len() + 1, &names);
@@ -152,15 +152,6 @@ impl Session {
         let plan = Arc::new(MergePlan::concat(&sql));
         self.merge_query(vec![default_shard], plan, want, outer)
             .await
-    }
-
-    fn refuse_materialized(&mut self, e: PgError) -> Result<(), SessionError> {
-        if let Some(v) = self.vtx.as_mut() {
-            v.failed = true;
-        }
-        e.encode(&mut self.cout);
-        backend::ready_for_query(self.client_status(), &mut self.cout);
-        Ok(())
     }
 }
 

@@ -61,7 +61,27 @@ pub(super) struct MergeRequest<'a> {
     pub capture: bool,
 }
 
-impl MergeRequest<'_> {
+impl<'a> MergeRequest<'a> {
+    /// An extended-protocol request: the client's Bind, its statement's
+    /// parameter types, and what followed the Bind in its batch.
+    pub(super) fn bound(
+        bind: &'a Bind<'a>,
+        param_types: &'a [u8],
+        after: &super::sharded::AfterBind,
+        collation: Option<String>,
+    ) -> Self {
+        MergeRequest {
+            bind: Some(bind),
+            param_types,
+            describe: after.describe,
+            max_rows: after.max_rows,
+            collation,
+            copy: None,
+            params: None,
+            capture: false,
+        }
+    }
+
     /// A simple-protocol query (no Bind, described), its rows as COPY data
     /// when `copy` says how.
     pub(super) fn simple(
@@ -357,7 +377,7 @@ impl Session {
     }
 
     /// Tells the client the merge cannot run (nothing was sent to a shard).
-    fn merge_refused(&mut self, e: PgError) -> Result<(), SessionError> {
+    pub(super) fn merge_refused(&mut self, e: PgError) -> Result<(), SessionError> {
         if let Some(v) = self.vtx.as_mut() {
             v.failed = true;
         }

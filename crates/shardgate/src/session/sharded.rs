@@ -188,7 +188,7 @@ pub(super) struct AfterBind {
     /// A Describe is among them.
     pub(super) describe: bool,
     /// The row limit of the Execute, if it sets one.
-    max_rows: Option<u64>,
+    pub(super) max_rows: Option<u64>,
     /// Bytes of `rest` they take.
     pub(super) consumed: usize,
 }
@@ -1116,16 +1116,7 @@ impl Session {
                     Err(e) => return self.refuse_pg(e),
                 };
                 self.extra_consumed = after.consumed;
-                let req = MergeRequest {
-                    bind: Some(bind),
-                    param_types: &stmt.param_types,
-                    describe: after.describe,
-                    max_rows: after.max_rows,
-                    collation,
-                    copy: None,
-                    params: None,
-                    capture: false,
-                };
+                let req = MergeRequest::bound(bind, &stmt.param_types, &after, collation);
                 self.merge_query(shards, plan, want, req).await
             }
             Dest::Materialize(_) if read_in_pieces(rest, bind.portal, self.max_message) => self
@@ -1138,16 +1129,7 @@ impl Session {
                     Err(e) => return self.refuse_pg(e),
                 };
                 self.extra_consumed = after.consumed;
-                let req = MergeRequest {
-                    bind: Some(bind),
-                    param_types: &stmt.param_types,
-                    describe: after.describe,
-                    max_rows: after.max_rows,
-                    collation: None,
-                    copy: None,
-                    params: None,
-                    capture: false,
-                };
+                let req = MergeRequest::bound(bind, &stmt.param_types, &after, None);
                 let timing = self.fanout_starts(&stmt.query);
                 let used = self.map().all_shards();
                 let r = self.materialize_query(&m, want, req).await;
