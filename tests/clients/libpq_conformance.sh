@@ -1103,6 +1103,8 @@ sc_cross_shard_read() {
         echo "\\shell echo limit_offset :q2_id >> $returned"
         echo "$(with_variables "${queries[3]}") \\aset q3_"
         echo "\\shell echo join :q3_id :q3_owner :q3_name >> $returned"
+        echo "$(with_variables "${queries[4]}") \\aset q4_"
+        echo "\\shell echo grouped_subquery :q4_currency :q4_n :q4_total >> $returned"
     } >"$script"
     bench_once() {
         rm -f "$returned"
