@@ -117,7 +117,17 @@ pub(crate) fn promote(data_dir: &Path) -> Result<()> {
 
 /// Last resort for a server that ignored an immediate shutdown: SIGKILL.
 pub(crate) fn kill_hard(pid: u32) -> Result<()> {
+    signal(&[pid], "KILL")
+}
+
+/// Sends signal `name` (`KILL`, `STOP`, `CONT`, ...) to the processes `pids`.
+pub(crate) fn signal(pids: &[u32], name: &str) -> Result<()> {
+    if pids.is_empty() {
+        return Ok(());
+    }
     let mut command = Command::new("kill");
-    command.args(["-KILL", &pid.to_string()]);
+    command
+        .arg(format!("-{name}"))
+        .args(pids.iter().map(u32::to_string));
     run_ok(&mut command, None, Duration::from_secs(10)).map(drop)
 }
