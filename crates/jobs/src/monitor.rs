@@ -179,6 +179,9 @@ async fn watch_node(
                         format!("health check failed: {e}")
                     };
                     node.ban(now, config.ban.as_millis() as u64, &reason);
+                    // Nothing answered a client during the check either:
+                    // statements waiting on the node will not be answered.
+                    node.abort_waits();
                 }
             }
         }
