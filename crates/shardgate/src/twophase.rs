@@ -367,7 +367,7 @@ pub async fn finish_later(
                 }
                 Err(e) => {
                     left += 1;
-                    if attempt % 20 == 0 {
+                    if attempt.is_multiple_of(20) {
                         tracing::warn!(node = %addr, %gid, action, error = %e, "cannot finish a two-phase transaction yet; retrying");
                     }
                 }
