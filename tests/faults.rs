@@ -187,7 +187,21 @@ const READ: &str = "SELECT inet_server_port()";
 
 /// Replica faults under read load: reads go on elsewhere without one error,
 /// the node is banned, and serves again once it is back.
-async fn replica_fault(stall: bool) {
+/// How a replica fails in [`replica_fault`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum ReplicaFault {
+    /// SIGKILL to all its processes; started again afterwards.
+    Kill,
+    /// Its network stalls (fault proxy); healed afterwards.
+    Stall,
+    /// SIGSTOP to all its processes; SIGCONT afterwards.
+    Freeze,
+}
+
+async fn replica_fault(fault: ReplicaFault) {
+    let stall = fault == ReplicaFault::Stall;
+    // Both leave the node silent rather than refusing connections.
+    let silent = fault != ReplicaFault::Kill;
     let c = cluster(ClusterSpec::new(1, 2));
     let victim = &c.shard(0).replicas[0];
     let via = if stall {
@@ -212,18 +226,18 @@ async fn replica_fault(stall: bool) {
     let load = Load::start(&proxy.app(), 16, READ).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let faulted = Instant::now();
-    if stall {
-        via[victim.name()].stall();
-    } else {
-        victim.kill().unwrap();
+    match fault {
+        ReplicaFault::Kill => victim.kill().unwrap(),
+        ReplicaFault::Stall => via[victim.name()].stall(),
+        ReplicaFault::Freeze => victim.pause().unwrap(),
     }
     let banned = time_to_ban(&proxy, &victim_addr, faulted, Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let healed = Instant::now();
-    if stall {
-        via[victim.name()].heal();
-    } else {
-        victim.start().unwrap();
+    match fault {
+        ReplicaFault::Kill => victim.start().unwrap(),
+        ReplicaFault::Stall => via[victim.name()].heal(),
+        ReplicaFault::Freeze => victim.resume().unwrap(),
     }
     // Reads reach the node again (after its ban ends).
     let back = loop {
@@ -252,8 +266,7 @@ async fn replica_fault(stall: bool) {
         .filter(|(t, _)| *t > faulted + banned && *t < healed)
         .count();
     println!(
-        "replica {}: {} reads, {} errors, slowest read {:?}, banned after {banned:?}, {during} reads while banned, serving again {back:?} after it was back",
-        if stall { "stalled" } else { "killed" },
+        "replica {fault:?}: {} reads, {} errors, slowest read {:?}, banned after {banned:?}, {during} reads while banned, serving again {back:?} after it was back",
         tally.ok,
         tally.errors.len(),
         tally.slowest,
@@ -264,7 +277,7 @@ async fn replica_fault(stall: bool) {
         tally.errors
     );
     assert!(during > 0, "no reads were served while the replica was out");
-    let limit = Duration::from_millis(if stall {
+    let limit = Duration::from_millis(if silent {
         // A silent node needs two unanswered checks (an overloaded machine
         // is not banned on one), plus the machine's own slowness.
         2 * health_check_ms + 1500
@@ -285,14 +298,20 @@ async fn replica_fault(stall: bool) {
 /// A replica killed with SIGKILL under read load.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_killed_reads_move_on() {
-    replica_fault(false).await;
+    replica_fault(ReplicaFault::Kill).await;
 }
 
 /// A replica behind a stalled network (connections open, nothing answers)
 /// under read load.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_stalled_reads_move_on() {
-    replica_fault(true).await;
+    replica_fault(ReplicaFault::Stall).await;
+}
+
+/// A replica frozen with SIGSTOP (all its processes) under read load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_frozen_reads_move_on() {
+    replica_fault(ReplicaFault::Freeze).await;
 }
 
 /// Primary killed under mixed load: writes fail fast with 08006, reads go
