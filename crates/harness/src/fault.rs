@@ -471,10 +471,12 @@ impl Pump {
         seen.extend_from_slice(chunk);
         let mut fired = None;
         self.state.send_if_modified(|s| {
-            let found = s
-                .triggers
-                .iter()
-                .position(|t| t.direction == self.direction && contains(&seen, &t.pattern));
+            let found = s.triggers.iter().position(|t| {
+                // Only matches that end in this chunk: the tail is there
+                // for a pattern split across the two, not to match again.
+                let from = tail.len() - tail.len().min(t.pattern.len().saturating_sub(1));
+                t.direction == self.direction && contains(&seen[from..], &t.pattern)
+            });
             match found {
                 Some(i) => {
                     fired = Some(s.triggers.remove(i).fault);

@@ -143,6 +143,15 @@ fn pattern_stalls_or_cuts_only_its_connection() {
     let proxy = FaultProxy::start(&echo_server()).unwrap();
     let mut victim = connect(&proxy);
     let mut other = connect(&proxy);
+    // What went through before the watch was armed does not fire it.
+    assert_eq!(
+        echo(&mut victim, b"COMMIT PREPARED 'a'").unwrap(),
+        b"COMMIT PREPARED 'a'"
+    );
+    proxy.on_match(Direction::ToServer, b"COMMIT PREPARED", ConnFault::Stall);
+    assert_eq!(echo(&mut victim, b"SELECT 1").unwrap(), b"SELECT 1");
+    assert_eq!(proxy.fired(), 0);
+    proxy.disarm();
     proxy.on_match(Direction::ToServer, b"COMMIT PREPARED", ConnFault::Stall);
     victim.write_all(b"xx COMMIT PRE").unwrap();
     assert_eq!(
