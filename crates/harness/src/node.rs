@@ -147,7 +147,8 @@ impl Node {
         if self.is_running() {
             return Ok(());
         }
-        server::start(&self.data_dir, &self.log_path)
+        server::wait_reaped(&self.data_dir, STOP_TIMEOUT)
+            .and_then(|()| server::start(&self.data_dir, &self.log_path))
             .map_err(|e| self.error(format!("start failed: {e}")))
     }
 

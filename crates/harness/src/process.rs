@@ -121,6 +121,12 @@ pub(crate) fn process_alive(pid: u32) -> bool {
     }
 }
 
+/// Whether process `pid` is a zombie (dead, not yet reaped by its parent).
+pub(crate) fn is_zombie(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat_fields(&stat).first() == Some(&"Z"))
+}
+
 /// The start time (in clock ticks since boot) of process `pid`, to tell reused pids apart.
 pub(crate) fn process_start_time(pid: u32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
