@@ -196,10 +196,12 @@ enum ReplicaFault {
     Stall,
     /// SIGSTOP to all its processes; SIGCONT afterwards.
     Freeze,
+    /// Its answers are dropped on the way back (fault proxy); healed afterwards.
+    DropAnswers,
 }
 
 async fn replica_fault(fault: ReplicaFault) {
-    let stall = fault == ReplicaFault::Stall;
+    let stall = matches!(fault, ReplicaFault::Stall | ReplicaFault::DropAnswers);
     // Both leave the node silent rather than refusing connections.
     let silent = fault != ReplicaFault::Kill;
     let c = cluster(ClusterSpec::new(1, 2));
@@ -230,6 +232,7 @@ async fn replica_fault(fault: ReplicaFault) {
         ReplicaFault::Kill => victim.kill().unwrap(),
         ReplicaFault::Stall => via[victim.name()].stall(),
         ReplicaFault::Freeze => victim.pause().unwrap(),
+        ReplicaFault::DropAnswers => via[victim.name()].drop_direction(Direction::ToClient),
     }
     let banned = time_to_ban(&proxy, &victim_addr, faulted, Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -238,6 +241,7 @@ async fn replica_fault(fault: ReplicaFault) {
         ReplicaFault::Kill => victim.start().unwrap(),
         ReplicaFault::Stall => via[victim.name()].heal(),
         ReplicaFault::Freeze => victim.resume().unwrap(),
+        ReplicaFault::DropAnswers => via[victim.name()].heal(),
     }
     // Reads reach the node again (after its ban ends).
     let back = loop {
@@ -306,6 +310,13 @@ async fn replica_killed_reads_move_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_stalled_reads_move_on() {
     replica_fault(ReplicaFault::Stall).await;
+}
+
+/// A replica whose answers are lost on the way back (one direction of its
+/// network dropped) under read load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_answers_dropped_reads_move_on() {
+    replica_fault(ReplicaFault::DropAnswers).await;
 }
 
 /// A replica frozen with SIGSTOP (all its processes) under read load.
