@@ -25,7 +25,7 @@ pub(super) enum Timeout {
 /// How long a server has to end a statement after its cancel request
 /// (never longer than `query_timeout` itself). A server that does not (its
 /// network went silent, it is frozen) no longer holds the client.
-const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+pub(super) const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Sleeps until `deadline`; forever without one.
 pub(super) async fn until(deadline: Option<Instant>) {
