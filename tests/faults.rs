@@ -897,3 +897,67 @@ async fn two_phase_commit_survives_cuts_and_proxy_kills() {
         acked.len()
     );
 }
+
+/// A statement over several shards, one of which stalls mid-answer: the
+/// client gets 57014 shortly after `query_timeout` instead of waiting for
+/// that shard forever; other clients go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stall_mid_answer_on_one_shard_of_several() {
+    let c = cluster(ClusterSpec::new(2, 0));
+    let via = via(&c, &["shard1-primary"]);
+    let shard1 = &via["shard1-primary"];
+    let port = free_port();
+    let query_timeout = Duration::from_secs(2);
+    let proxy = Proxy::start(
+        c.dir(),
+        port,
+        &config_via(
+            &c,
+            &via,
+            port,
+            "pool_size = 20\nquery_timeout = \"2s\"",
+            "[[sharded_tables]]\ntable = \"big\"\ncolumn = \"id\"\n",
+        ),
+    );
+    let app = connect(&proxy.app()).await;
+    app.batch_execute("CREATE TABLE big (id bigint PRIMARY KEY, m text)")
+        .await
+        .unwrap();
+    app.batch_execute("INSERT INTO big SELECT g, NULL FROM generate_series(1, 200) g")
+        .await
+        .unwrap();
+    let on1: Vec<String> = per_shard(&c, "SELECT id FROM big ORDER BY id")[1].clone();
+    let marker = &on1[on1.len() / 2];
+    app.batch_execute(&format!(
+        "UPDATE big SET m = 'stall-marker' WHERE id = {marker}"
+    ))
+    .await
+    .unwrap();
+    let others = Load::start(&proxy.app(), 4, READ).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    shard1.on_match(Direction::ToClient, b"stall-marker", ConnFault::Stall);
+    let started = Instant::now();
+    let r = tokio::time::timeout(
+        HANG,
+        app.simple_query("SELECT id, m, repeat('x', 1000) AS pad FROM big"),
+    )
+    .await
+    .expect("the statement hung past query_timeout");
+    let waited = started.elapsed();
+    let err = r.expect_err("an answer through a stalled network");
+    assert_eq!(shard1.fired(), 1, "the stall fired");
+    let tally = others.finish().await;
+    println!(
+        "cross-shard statement with a stalled shard: {:?} after {waited:?}; others: {} queries, {} errors",
+        sqlstate(&err),
+        tally.ok,
+        tally.errors.len()
+    );
+    assert_eq!(sqlstate(&err).as_deref(), Some("57014"), "{err:?}");
+    assert!(
+        waited < query_timeout + Duration::from_secs(8),
+        "waited {waited:?} with query_timeout {query_timeout:?}"
+    );
+    assert!(tally.errors.is_empty(), "errors: {:?}", tally.errors);
+    assert_eq!(first_value(&app, "SELECT 1").await.unwrap(), "1");
+}
