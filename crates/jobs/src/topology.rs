@@ -52,6 +52,8 @@ pub struct NodeState {
     bans: AtomicU64,
     /// Wakes the sessions waiting on the node when the monitor bans it.
     unresponsive: tokio::sync::Notify,
+    /// Times [`Self::abort_waits`] was called.
+    silenced: AtomicU64,
 }
 
 impl NodeState {
@@ -73,6 +75,7 @@ impl NodeState {
             last_error: Mutex::new(None),
             bans: AtomicU64::new(0),
             unresponsive: tokio::sync::Notify::new(),
+            silenced: AtomicU64::new(0),
         }
     }
 
@@ -234,7 +237,14 @@ impl NodeState {
     /// session waiting on it for an answer is woken to give up or rerun its
     /// statement elsewhere (see [`Self::unresponsive`]).
     pub fn abort_waits(&self) {
+        self.silenced.fetch_add(1, Ordering::Relaxed);
         self.unresponsive.notify_waiters();
+    }
+
+    /// How often [`Self::abort_waits`] was called: a waiter that polls
+    /// rather than awaits [`Self::unresponsive`] compares two readings.
+    pub fn silenced(&self) -> u64 {
+        self.silenced.load(Ordering::Relaxed)
     }
 
     /// Completes at the next [`Self::abort_waits`] after it is first polled.

@@ -553,7 +553,22 @@ pub(super) struct QueryTimer {
     cancelled: bool,
     /// The grace after the cancel ran out too.
     expired: bool,
+    /// Ticks while the statement waits, to see whether a node it waits on
+    /// was banned for not answering; `None` until the first wait.
+    watch: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// Whether to watch at all (not for [`QueryTimer::off`]).
+    watching: bool,
+    /// Each part's node's `silenced` reading when the statement began.
+    silenced: Vec<u64>,
 }
+
+/// How often a statement on several shards checks whether a node it waits
+/// on was banned for not answering.
+const SILENCE_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The message of the error a part gets when its node was banned for not
+/// answering while the statement waited on it.
+pub(super) const SILENCED: &str = "the node stopped answering (banned by its health check)";
 
 /// The message of the error a part gets when [`QueryTimer`] gives it up.
 pub(super) const GIVEN_UP: &str =
@@ -567,6 +582,9 @@ impl QueryTimer {
             grace: limit.min(super::timeouts::CANCEL_GRACE),
             cancelled: false,
             expired: false,
+            watch: None,
+            watching: true,
+            silenced: Vec::new(),
         }
     }
 
@@ -577,7 +595,40 @@ impl QueryTimer {
             grace: std::time::Duration::ZERO,
             cancelled: false,
             expired: false,
+            watch: None,
+            watching: false,
+            silenced: Vec::new(),
         }
+    }
+
+    /// A wanted part whose node the monitor banned for not answering since
+    /// the statement began (checked every [`SILENCE_CHECK`] while waiting).
+    fn poll_silenced(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        parts: &[Part],
+        wanted: impl Fn(usize, &Part) -> bool,
+    ) -> Option<usize> {
+        if !self.watching {
+            return None;
+        }
+        if self.silenced.len() != parts.len() {
+            self.silenced = parts.iter().map(|p| p.b.node.node().silenced()).collect();
+        }
+        let watch = self
+            .watch
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(SILENCE_CHECK)));
+        if std::future::Future::poll(watch.as_mut(), cx).is_pending() {
+            return None;
+        }
+        watch
+            .as_mut()
+            .reset(tokio::time::Instant::now() + SILENCE_CHECK);
+        let _ = std::future::Future::poll(watch.as_mut(), cx);
+        parts
+            .iter()
+            .enumerate()
+            .position(|(i, p)| wanted(i, p) && p.b.node.node().silenced() != self.silenced[i])
     }
 
     /// Cancels the unfinished parts once the time is up (once); returns
@@ -627,6 +678,10 @@ pub(super) async fn read_any(
                 let given_up = std::io::Error::new(std::io::ErrorKind::TimedOut, GIVEN_UP);
                 return Poll::Ready(Ok((i, Err(given_up))));
             }
+        }
+        if let Some(i) = timer.poll_silenced(cx, parts, &wanted) {
+            let silenced = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, SILENCED);
+            return Poll::Ready(Ok((i, Err(silenced))));
         }
         for (i, p) in parts.iter_mut().enumerate() {
             if !wanted(i, p) {
