@@ -961,3 +961,69 @@ async fn stall_mid_answer_on_one_shard_of_several() {
     assert!(tally.errors.is_empty(), "errors: {:?}", tally.errors);
     assert_eq!(first_value(&app, "SELECT 1").await.unwrap(), "1");
 }
+
+/// A replica's network stalls under reads that run on both shards: those
+/// caught on it end when it is banned (with 08006: a read over several
+/// shards is not run again yet) instead of waiting for the network, and
+/// the reads after go elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_stalled_under_cross_shard_reads() {
+    let c = cluster(ClusterSpec::new(2, 1));
+    let via = via(&c, &["shard1-replica0"]);
+    let replica = &via["shard1-replica0"];
+    let port = free_port();
+    let proxy = Proxy::start(
+        c.dir(),
+        port,
+        &config_via(
+            &c,
+            &via,
+            port,
+            "pool_size = 20",
+            "[routing]\ndefault_consistency = \"eventual\"\nhealth_check_ms = 1000\nban_ms = 2000\n\n\
+             [[sharded_tables]]\ntable = \"cs\"\ncolumn = \"id\"\n",
+        ),
+    );
+    let app = connect(&proxy.app()).await;
+    app.batch_execute("CREATE TABLE cs (id bigint PRIMARY KEY)")
+        .await
+        .unwrap();
+    app.batch_execute("INSERT INTO cs SELECT generate_series(1, 100)")
+        .await
+        .unwrap();
+    c.wait_replicas_caught_up(Duration::from_secs(30)).unwrap();
+    // Every read runs on both shards; its value is a row count, not a port.
+    let load = Load::start(&proxy.app(), 8, "SELECT count(*)::int FROM cs").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    replica.stall();
+    let stalled = Instant::now();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let tally = load.finish().await;
+    replica.heal();
+    let after: Vec<&(Instant, u16)> = tally
+        .served
+        .iter()
+        .filter(|(t, _)| *t > stalled + Duration::from_secs(4))
+        .collect();
+    let codes: BTreeSet<String> = tally
+        .errors
+        .iter()
+        .map(|(_, e)| e.split(':').next().unwrap().to_owned())
+        .collect();
+    println!(
+        "replica stalled under cross-shard reads: {} reads, {} errors {codes:?}, slowest {:?}, {} reads in the last 2 s of the stall",
+        tally.ok,
+        tally.errors.len(),
+        tally.slowest,
+        after.len()
+    );
+    assert!(
+        codes.iter().all(|c| c == "08006"),
+        "errors other than 08006: {:?}",
+        tally.errors
+    );
+    // Two unanswered checks of health_check_ms, plus the machine's slowness.
+    let limit = Duration::from_millis(2 * 1000 + 1500 + 2000);
+    assert!(tally.slowest <= limit, "a read waited {:?}", tally.slowest);
+    assert!(!after.is_empty(), "no reads once the replica was banned");
+}
