@@ -10,6 +10,11 @@
 //! refuses to run as root); clients such as `psql` connect over TCP with the superuser
 //! `postgres`, password `postgres`.
 //!
+//! A [`FaultProxy`] placed between shardgate and a node injects network faults (latency,
+//! stalls, cut connections, one dropped direction, faults triggered by a byte pattern);
+//! [`Node::kill`], [`Node::pause`], [`Node::resume`] and [`Node::restart`] are the
+//! node-level faults.
+//!
 //! Environment:
 //! - `SHARDGATE_PG_BIN`: directory of the PostgreSQL programs (see [`pg_bin`]).
 //! - `SHARDGATE_HARNESS_DIR`: base directory instead of `<temp dir>/shardgate-harness`. On
@@ -31,6 +36,7 @@
 mod cluster;
 mod config;
 mod error;
+mod fault;
 mod node;
 mod ports;
 mod process;
@@ -40,5 +46,6 @@ mod workdir;
 
 pub use cluster::{Cluster, ClusterSpec, Shard};
 pub use error::{HarnessError, Result};
+pub use fault::{ConnFault, Direction, FaultProxy, NewConnections};
 pub use node::{Node, NodeRole, StopMode};
 pub use process::{pg_bin, postgres_command};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::config::{conninfo_value, node_conf, write_file, NODE_CONF};
 use crate::error::{HarnessError, Result};
-use crate::process::{pg_bin, run_ok};
+use crate::process::{pg_bin, process_tree, run_ok};
 use crate::server::{log_len, log_since};
 use crate::{ports, server};
 
@@ -147,8 +147,50 @@ impl Node {
         if self.is_running() {
             return Ok(());
         }
-        server::start(&self.data_dir, &self.log_path)
+        server::wait_reaped(&self.data_dir, STOP_TIMEOUT)
+            .and_then(|()| server::start(&self.data_dir, &self.log_path))
             .map_err(|e| self.error(format!("start failed: {e}")))
+    }
+
+    /// Crashes the server: SIGKILL to the postmaster and every server process at once
+    /// (as when the machine dies), then waits until they are gone. The next
+    /// [`Node::start`] runs crash recovery. A no-op if it is not running.
+    pub fn kill(&self) -> Result<()> {
+        let Some(pid) = server::running_pid(&self.data_dir) else {
+            return Ok(());
+        };
+        let tree = process_tree(pid);
+        server::signal(&tree, "KILL")
+            .and_then(|()| {
+                tree.iter()
+                    .try_for_each(|&p| server::wait_stopped(p, STOP_TIMEOUT))
+            })
+            .map_err(|e| self.error(format!("kill -9 failed: {e}")))
+    }
+
+    /// Freezes the server: SIGSTOP to the postmaster and every server process. Its sockets
+    /// stay open but nothing answers (connections are accepted by the kernel's backlog)
+    /// until [`Node::resume`].
+    pub fn pause(&self) -> Result<()> {
+        self.signal_all("STOP")
+    }
+
+    /// Thaws a server frozen by [`Node::pause`] (SIGCONT to all its processes).
+    pub fn resume(&self) -> Result<()> {
+        self.signal_all("CONT")
+    }
+
+    /// Restarts the server: an immediate stop (if it runs) then [`Node::start`].
+    pub fn restart(&self) -> Result<()> {
+        self.stop(StopMode::Immediate)?;
+        self.start()
+    }
+
+    fn signal_all(&self, signal: &str) -> Result<()> {
+        let pid = server::running_pid(&self.data_dir)
+            .ok_or_else(|| self.error(format!("SIG{signal}: the server is not running")))?;
+        server::signal(&process_tree(pid), signal)
+            .map_err(|e| self.error(format!("SIG{signal} failed: {e}")))
     }
 
     /// Promotes a replica to a primary (`pg_ctl promote -w -t 60`).

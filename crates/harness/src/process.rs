@@ -121,11 +121,45 @@ pub(crate) fn process_alive(pid: u32) -> bool {
     }
 }
 
+/// Whether process `pid` is a zombie (dead, not yet reaped by its parent).
+pub(crate) fn is_zombie(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat_fields(&stat).first() == Some(&"Z"))
+}
+
 /// The start time (in clock ticks since boot) of process `pid`, to tell reused pids apart.
 pub(crate) fn process_start_time(pid: u32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Field 22 of /proc/<pid>/stat; the fields after the command name start at field 3.
     stat_fields(&stat).get(19)?.parse().ok()
+}
+
+/// Process `pid` and all its descendants (from `/proc`), parents before children.
+pub(crate) fn process_tree(pid: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let child: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+            let parent = stat_fields(&stat).get(1)?.parse().ok()?;
+            Some((child, parent))
+        })
+        .collect();
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|&&(_, p)| p == parent)
+                .map(|&(c, _)| c),
+        );
+        i += 1;
+    }
+    tree
 }
 
 fn stat_fields(stat: &str) -> Vec<&str> {

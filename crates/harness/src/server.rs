@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::error::{HarnessError, Result};
 use crate::node::StopMode;
-use crate::process::{pg_bin, poll_until, postgres_command, process_alive, run_ok};
+use crate::process::{is_zombie, pg_bin, poll_until, postgres_command, process_alive, run_ok};
 
 /// Time limit for a start, and the one given to `pg_ctl promote -t`.
 pub(crate) const PG_CTL_WAIT_SECS: u64 = 60;
@@ -27,6 +27,21 @@ fn running_postmaster(data_dir: &Path) -> Option<(u32, String)> {
     let pid = lines.next()?.trim().parse().ok()?;
     let status = lines.nth(6).unwrap_or_default().trim().to_owned();
     process_alive(pid).then_some((pid, status))
+}
+
+/// Waits while the postmaster named in `data_dir`'s `postmaster.pid` is a zombie: a
+/// killed postmaster stays one until its parent (init) reaps it, and a new postmaster
+/// takes a zombie's pid there (and in its socket's lock file) for a running server.
+pub(crate) fn wait_reaped(data_dir: &Path, timeout: Duration) -> Result<()> {
+    let Some(pid) = fs::read_to_string(data_dir.join("postmaster.pid"))
+        .ok()
+        .and_then(|text| text.lines().next()?.trim().parse::<u32>().ok())
+    else {
+        return Ok(());
+    };
+    poll_until("a killed postmaster to be reaped", timeout, || {
+        Ok((!is_zombie(pid)).then_some(()))
+    })
 }
 
 fn pg_ctl() -> Command {
@@ -117,7 +132,17 @@ pub(crate) fn promote(data_dir: &Path) -> Result<()> {
 
 /// Last resort for a server that ignored an immediate shutdown: SIGKILL.
 pub(crate) fn kill_hard(pid: u32) -> Result<()> {
+    signal(&[pid], "KILL")
+}
+
+/// Sends signal `name` (`KILL`, `STOP`, `CONT`, ...) to the processes `pids`.
+pub(crate) fn signal(pids: &[u32], name: &str) -> Result<()> {
+    if pids.is_empty() {
+        return Ok(());
+    }
     let mut command = Command::new("kill");
-    command.args(["-KILL", &pid.to_string()]);
+    command
+        .arg(format!("-{name}"))
+        .args(pids.iter().map(u32::to_string));
     run_ok(&mut command, None, Duration::from_secs(10)).map(drop)
 }

@@ -255,3 +255,34 @@ fn restart_on_a_taken_port_fails_fast() {
     );
     assert!(!primary.is_running());
 }
+
+#[test]
+fn node_faults_kill_freeze_and_restart() {
+    let cluster = Cluster::start(ClusterSpec::new(1, 0)).unwrap();
+    let node = &cluster.shard(0).primary;
+    node.psql(
+        "postgres",
+        "CREATE TABLE f (id int); INSERT INTO f VALUES (1)",
+    )
+    .unwrap();
+    // SIGKILL takes every server process down at once; a start recovers.
+    node.kill().unwrap();
+    assert!(!node.is_running());
+    assert!(!accepts_connections(node.port()));
+    node.start().unwrap();
+    assert_eq!(
+        node.psql("postgres", "SELECT count(*) FROM f").unwrap(),
+        "1"
+    );
+    // Frozen: the port accepts (the kernel's backlog) but nothing answers.
+    node.pause().unwrap();
+    let frozen = node.psql_with_timeout("postgres", "SELECT 1", Duration::from_secs(2));
+    assert!(frozen.is_err(), "a frozen server answered: {frozen:?}");
+    node.resume().unwrap();
+    assert_eq!(node.psql("postgres", "SELECT 1").unwrap(), "1");
+    node.restart().unwrap();
+    assert_eq!(
+        node.psql("postgres", "SELECT count(*) FROM f").unwrap(),
+        "1"
+    );
+}

@@ -179,6 +179,13 @@ async fn watch_node(
                         format!("health check failed: {e}")
                     };
                     node.ban(now, config.ban.as_millis() as u64, &reason);
+                    if timed_out {
+                        // The node is silent (nothing answered a client
+                        // during the checks either): statements waiting on
+                        // it will not be answered. A refused or closed
+                        // check connection shows on theirs by itself.
+                        node.abort_waits();
+                    }
                 }
             }
         }

@@ -50,6 +50,10 @@ pub struct NodeState {
     last_error: Mutex<Option<String>>,
     /// Times the node was banned.
     bans: AtomicU64,
+    /// Wakes the sessions waiting on the node when the monitor bans it.
+    unresponsive: tokio::sync::Notify,
+    /// Times [`Self::abort_waits`] was called.
+    silenced: AtomicU64,
 }
 
 impl NodeState {
@@ -70,6 +74,8 @@ impl NodeState {
             answered_epoch: AtomicU64::new(0),
             last_error: Mutex::new(None),
             bans: AtomicU64::new(0),
+            unresponsive: tokio::sync::Notify::new(),
+            silenced: AtomicU64::new(0),
         }
     }
 
@@ -225,6 +231,25 @@ impl NodeState {
             tracing::warn!(node = %self.addr, shard = self.shard, ban_ms, reason, "node banned");
         }
         was
+    }
+
+    /// The monitor found the node unresponsive (and banned it): every
+    /// session waiting on it for an answer is woken to give up or rerun its
+    /// statement elsewhere (see [`Self::unresponsive`]).
+    pub fn abort_waits(&self) {
+        self.silenced.fetch_add(1, Ordering::Relaxed);
+        self.unresponsive.notify_waiters();
+    }
+
+    /// How often [`Self::abort_waits`] was called: a waiter that polls
+    /// rather than awaits [`Self::unresponsive`] compares two readings.
+    pub fn silenced(&self) -> u64 {
+        self.silenced.load(Ordering::Relaxed)
+    }
+
+    /// Completes at the next [`Self::abort_waits`] after it is first polled.
+    pub fn unresponsive(&self) -> tokio::sync::futures::Notified<'_> {
+        self.unresponsive.notified()
     }
 
     /// A health check succeeded at `now_ms`: lifts an expired ban.

@@ -19,7 +19,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::RngExt;
@@ -271,6 +271,28 @@ async fn recover_node(
     target: &RecoveryTarget,
     addr: &str,
 ) -> Result<usize, String> {
+    let n = resolve_node(target, addr, |gid| {
+        coordinator.recovers(gid).then(|| {
+            if decided.contains(gid) {
+                "COMMIT PREPARED"
+            } else {
+                "ROLLBACK PREPARED"
+            }
+        })
+    })
+    .await?;
+    coordinator.recovered.fetch_add(n as u64, Ordering::Relaxed);
+    Ok(n)
+}
+
+/// Finishes, on `addr`, the prepared transactions shardgate wrote for
+/// which `action` names what to do (`COMMIT PREPARED` or `ROLLBACK
+/// PREPARED`); returns how many it finished.
+async fn resolve_node(
+    target: &RecoveryTarget,
+    addr: &str,
+    action: impl Fn(&str) -> Option<&'static str>,
+) -> Result<usize, String> {
     let client = connect(addr, target, &target.database).await?;
     let rows = client
         .query(
@@ -283,13 +305,8 @@ async fn recover_node(
     for row in rows {
         let gid: String = row.get(0);
         let database: String = row.get(1);
-        if !coordinator.recovers(&gid) {
+        let Some(action) = action(&gid) else {
             continue;
-        }
-        let action = if decided.contains(&gid) {
-            "COMMIT PREPARED"
-        } else {
-            "ROLLBACK PREPARED"
         };
         let db_client = if database == target.database {
             None
@@ -301,10 +318,70 @@ async fn recover_node(
             .await
             .map_err(|e| format!("{action} {gid}: {e}"))?;
         tracing::info!(node = %addr, %gid, action, "resolved an in-doubt transaction");
-        coordinator.recovered.fetch_add(1, Ordering::Relaxed);
         n += 1;
     }
     Ok(n)
+}
+
+/// How often [`finish_later`] tries again while a shard is unreachable.
+const FINISH_RETRY: Duration = Duration::from_millis(500);
+/// [`finish_later`] keeps looking this long for a transaction whose
+/// `PREPARE TRANSACTION` may still be finishing on a server whose
+/// connection was lost.
+const FINISH_SETTLE: Duration = Duration::from_secs(2);
+
+/// What [`finish_later`] does with the prepared transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// Its commit was decided (and logged).
+    Commit,
+    /// Its commit was not decided: a participant failed to prepare.
+    Rollback,
+}
+
+/// Finishes a two-phase transaction on the shards whose connection was lost
+/// in the middle of it (`COMMIT PREPARED` or `ROLLBACK PREPARED` not sent or
+/// not answered, or a `PREPARE TRANSACTION` whose answer was lost): retries
+/// on every primary until each was reached with `gid` no longer prepared,
+/// then, for a commit, notes it finished. A prepared transaction keeps its
+/// locks, so this runs at once rather than at the next start's recovery; if
+/// the proxy stops first, that recovery finishes it from the decision log.
+pub async fn finish_later(
+    coordinator: Arc<Coordinator>,
+    target: RecoveryTarget,
+    gid: String,
+    resolution: Resolution,
+) {
+    let action = match resolution {
+        Resolution::Commit => "COMMIT PREPARED",
+        Resolution::Rollback => "ROLLBACK PREPARED",
+    };
+    let started = tokio::time::Instant::now();
+    let mut attempt = 0u32;
+    loop {
+        let mut left = 0;
+        for addr in &target.primaries {
+            match resolve_node(&target, addr, |g| (g == gid).then_some(action)).await {
+                Ok(n) => {
+                    coordinator.recovered.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    left += 1;
+                    if attempt.is_multiple_of(20) {
+                        tracing::warn!(node = %addr, %gid, action, error = %e, "cannot finish a two-phase transaction yet; retrying");
+                    }
+                }
+            }
+        }
+        if left == 0 && started.elapsed() >= FINISH_SETTLE {
+            if resolution == Resolution::Commit {
+                coordinator.finished(&gid);
+            }
+            return;
+        }
+        attempt += 1;
+        tokio::time::sleep(FINISH_RETRY).await;
+    }
 }
 
 /// Test hook: when `SHARDGATE_FAILPOINT` names `name`, the SQL in

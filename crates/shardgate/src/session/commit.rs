@@ -1,6 +1,8 @@
 //! Ending a transaction on several shards: plain COMMIT/ROLLBACK, or
 //! two-phase commit when `two_phase_commit = true`.
 
+use std::sync::Arc;
+
 use bytes::BytesMut;
 use shardgate_protocol::backend::{tag as btag, ErrorFields};
 use shardgate_protocol::frontend;
@@ -10,7 +12,7 @@ use tokio::io::AsyncReadExt;
 use super::fanout::Part;
 use super::{reserve, Session};
 use crate::relay::MAX_SERVER_MESSAGE;
-use crate::twophase::failpoint;
+use crate::twophase::{failpoint, finish_later, Coordinator, Resolution};
 
 /// What one statement did on one part.
 type Outcome = Result<(), ErrorFields>;
@@ -69,7 +71,7 @@ impl Session {
             // Whatever prepared is rolled back; the failed ones already were.
             let prepared: Vec<bool> = outcomes.iter().map(Result::is_ok).collect();
             let rollback = format!("ROLLBACK PREPARED '{gid}'");
-            let _ = self
+            let rolled_back = self
                 .exec_all(parts, |i| {
                     if prepared[i] {
                         rollback.clone()
@@ -78,6 +80,12 @@ impl Session {
                     }
                 })
                 .await;
+            // A participant whose connection was lost may have prepared
+            // without the answer arriving, or missed its ROLLBACK PREPARED:
+            // left alone, it would hold its locks until the next start.
+            if outcomes.iter().chain(&rolled_back).any(is_lost) {
+                self.finish_later(coordinator, gid, Resolution::Rollback);
+            }
             return Some(e);
         }
         failpoint("before_decision");
@@ -93,17 +101,36 @@ impl Session {
         if outcomes.iter().all(Result::is_ok) {
             coordinator.finished(&gid);
         } else {
-            // Committed by decision; recovery finishes it on that shard.
-            tracing::warn!(%gid, "COMMIT PREPARED failed on a shard; the proxy's recovery will finish it");
+            // Committed by decision: finished on the shards that missed the
+            // COMMIT PREPARED as soon as they can be reached (the prepared
+            // transaction holds its locks until then).
+            self.finish_later(coordinator, gid, Resolution::Commit);
         }
         None
     }
 }
 
+impl Session {
+    /// Finishes `gid` on the shards in the background ([`finish_later`]).
+    fn finish_later(&self, coordinator: Arc<Coordinator>, gid: String, resolution: Resolution) {
+        tracing::warn!(%gid, ?resolution, "a shard's connection was lost during two-phase commit; finishing it in the background");
+        let target = self.runtime.snapshot().recovery_target();
+        tokio::spawn(finish_later(coordinator, target, gid, resolution));
+    }
+}
+
+/// Whether an outcome is a lost connection (see [`lost`]).
+fn is_lost(outcome: &Outcome) -> bool {
+    matches!(outcome, Err(e) if e.code == LOST)
+}
+
+/// SQLSTATE of a participant whose connection was lost.
+const LOST: &str = "08006";
+
 fn lost(addr: &str) -> ErrorFields {
     ErrorFields {
         severity: "ERROR".into(),
-        code: "08006".into(),
+        code: LOST.into(),
         message: format!("connection to server {addr} was lost"),
     }
 }

@@ -348,6 +348,17 @@ impl Session {
                     &mut fan.errored,
                 ),
                 Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    let part = &mut fan.parts[i];
+                    let err = PgError::error(
+                        "57014",
+                        format!(
+                            "canceling statement due to statement timeout: {e} ({})",
+                            part.b.conn.addr
+                        ),
+                    );
+                    fail_part_with(part, err, &mut self.cout, &mut fan.errored);
+                }
                 Err(e) => fail_part(
                     &mut fan.parts[i],
                     &e.to_string(),
@@ -532,32 +543,114 @@ pub(super) struct ClientGone;
 /// `query_timeout` of a statement that runs on several shards: when it
 /// expires, every shard still answering gets a cancel request (and answers
 /// `57014`).
+/// A shard that has not ended its statement [`super::timeouts::CANCEL_GRACE`]
+/// after the cancel is given up: its part fails with this (`TimedOut`) error.
 pub(super) struct QueryTimer {
     sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// How long the shards have to end the statement after the cancel.
+    grace: std::time::Duration,
+    /// The cancel requests went out.
+    cancelled: bool,
+    /// The grace after the cancel ran out too.
+    expired: bool,
+    /// Ticks while the statement waits, to see whether a node it waits on
+    /// was banned for not answering; `None` until the first wait.
+    watch: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// Whether to watch at all (not for [`QueryTimer::off`]).
+    watching: bool,
+    /// Each part's node's `silenced` reading when the statement began.
+    silenced: Vec<u64>,
 }
+
+/// How often a statement on several shards checks whether a node it waits
+/// on was banned for not answering.
+const SILENCE_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The message of the error a part gets when its node was banned for not
+/// answering while the statement waited on it.
+pub(super) const SILENCED: &str = "the node stopped answering (banned by its health check)";
+
+/// The message of the error a part gets when [`QueryTimer`] gives it up.
+pub(super) const GIVEN_UP: &str =
+    "the shard did not end the statement within query_timeout and its cancel";
 
 impl QueryTimer {
     /// A timer of `limit` from now (none when `limit` is zero).
     pub(super) fn new(limit: std::time::Duration) -> QueryTimer {
         QueryTimer {
             sleep: (!limit.is_zero()).then(|| Box::pin(tokio::time::sleep(limit))),
+            grace: limit.min(super::timeouts::CANCEL_GRACE),
+            cancelled: false,
+            expired: false,
+            watch: None,
+            watching: true,
+            silenced: Vec::new(),
         }
     }
 
     /// No timer.
     pub(super) fn off() -> QueryTimer {
-        QueryTimer { sleep: None }
+        QueryTimer {
+            sleep: None,
+            grace: std::time::Duration::ZERO,
+            cancelled: false,
+            expired: false,
+            watch: None,
+            watching: false,
+            silenced: Vec::new(),
+        }
     }
 
-    /// Cancels the unfinished parts once the time is up (once).
-    fn poll_expired(&mut self, cx: &mut std::task::Context<'_>, parts: &[Part]) {
+    /// A wanted part whose node the monitor banned for not answering since
+    /// the statement began (checked every [`SILENCE_CHECK`] while waiting).
+    fn poll_silenced(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        parts: &[Part],
+        wanted: impl Fn(usize, &Part) -> bool,
+    ) -> Option<usize> {
+        if !self.watching {
+            return None;
+        }
+        if self.silenced.len() != parts.len() {
+            self.silenced = parts.iter().map(|p| p.b.node.node().silenced()).collect();
+        }
+        let watch = self
+            .watch
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(SILENCE_CHECK)));
+        if std::future::Future::poll(watch.as_mut(), cx).is_pending() {
+            return None;
+        }
+        watch
+            .as_mut()
+            .reset(tokio::time::Instant::now() + SILENCE_CHECK);
+        let _ = std::future::Future::poll(watch.as_mut(), cx);
+        parts
+            .iter()
+            .enumerate()
+            .position(|(i, p)| wanted(i, p) && p.b.node.node().silenced() != self.silenced[i])
+    }
+
+    /// Cancels the unfinished parts once the time is up (once); returns
+    /// whether the grace after the cancel ran out as well, so the parts
+    /// still answering are to be given up.
+    fn poll_expired(&mut self, cx: &mut std::task::Context<'_>, parts: &[Part]) -> bool {
         let Some(sleep) = self.sleep.as_mut() else {
-            return;
+            return self.expired;
         };
         if std::future::Future::poll(sleep.as_mut(), cx).is_pending() {
-            return;
+            return false;
         }
-        self.sleep = None;
+        if self.cancelled {
+            self.sleep = None;
+            self.expired = true;
+            return true;
+        }
+        self.cancelled = true;
+        let mut grace = Box::pin(tokio::time::sleep(self.grace));
+        // Registers the waker for the end of the grace.
+        let _ = std::future::Future::poll(grace.as_mut(), cx);
+        self.sleep = Some(grace);
         let handles: Vec<_> = parts
             .iter()
             .filter(|p| p.done.is_none())
@@ -568,6 +661,7 @@ impl QueryTimer {
             "statement cancelled on its shards: query_timeout"
         );
         tokio::spawn(deliver_cancels(handles));
+        false
     }
 }
 
@@ -579,7 +673,16 @@ pub(super) async fn read_any(
 ) -> Result<(usize, std::io::Result<usize>), ClientGone> {
     poll_fn(|cx| {
         // First, so shards that keep sending cannot starve the timer.
-        timer.poll_expired(cx, parts);
+        if timer.poll_expired(cx, parts) {
+            if let Some(i) = parts.iter().enumerate().position(|(i, p)| wanted(i, p)) {
+                let given_up = std::io::Error::new(std::io::ErrorKind::TimedOut, GIVEN_UP);
+                return Poll::Ready(Ok((i, Err(given_up))));
+            }
+        }
+        if let Some(i) = timer.poll_silenced(cx, parts, &wanted) {
+            let silenced = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, SILENCED);
+            return Poll::Ready(Ok((i, Err(silenced))));
+        }
         for (i, p) in parts.iter_mut().enumerate() {
             if !wanted(i, p) {
                 continue;
@@ -663,18 +766,23 @@ pub(super) async fn deliver_cancels(handles: Vec<shardgate_pool::CancelHandle>) 
 /// A shard's connection failed during a fan-out: the client hears about it
 /// once, and the part counts as done with a failed transaction.
 fn fail_part(part: &mut Part, why: &str, cout: &mut BytesMut, errored: &mut bool) {
+    let err = PgError::error(
+        "08006",
+        format!("connection to server {} was lost: {why}", part.b.conn.addr),
+    )
+    .with_hint("The statement failed on that shard; if it wrote, check the other shards.");
+    fail_part_with(part, err, cout, errored);
+}
+
+/// [`fail_part`] with the error the client gets (if it is the first).
+fn fail_part_with(part: &mut Part, err: PgError, cout: &mut BytesMut, errored: &mut bool) {
     part.b.conn.broken = true;
     part.b.conn.read_buf.clear();
     part.pending = None;
     part.hidden = 0;
     part.done = Some(b'E');
     if !*errored {
-        PgError::error(
-            "08006",
-            format!("connection to server {} was lost: {why}", part.b.conn.addr),
-        )
-        .with_hint("The statement failed on that shard; if it wrote, check the other shards.")
-        .encode(cout);
+        err.encode(cout);
     }
     *errored = true;
 }

@@ -610,11 +610,20 @@ impl Session {
             Some(b) => {
                 let conn = &mut *b.conn;
                 reserve(&mut conn.read_buf);
+                // A statement waiting on a node the monitor finds
+                // unresponsive ends as if its connection were lost: a read
+                // runs again elsewhere, anything else fails with 08006.
+                let waiting = !b.ex.expect.is_empty();
+                let node = b.node.node();
                 tokio::select! {
                     biased;
                     r = conn.stream.read_buf(&mut conn.read_buf) => Event::Server(r),
                     r = client.read_buf(cbuf) => Event::Client(r),
                     _ = timeouts::until(deadline) => Event::Timeout(why),
+                    _ = node.unresponsive(), if waiting => Event::Server(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the node stopped answering (banned by its health check)",
+                    ))),
                 }
             }
             // A deferred BEGIN is an open transaction: shutdown lets it finish.

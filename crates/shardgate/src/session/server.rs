@@ -503,6 +503,20 @@ impl Session {
     /// the client gets an error and may go on; inside one the session ends,
     /// as with Postgres.
     pub(super) fn server_lost(&mut self, why: String) -> Result<(), SessionError> {
+        let Some(addr) = self.backend.as_ref().map(|b| b.conn.addr.clone()) else {
+            return Ok(());
+        };
+        let err = PgError::error(
+            "08006",
+            format!("connection to server {addr} was lost: {why}"),
+        )
+        .with_hint("The transaction, if any, was rolled back. Retry it.");
+        self.give_up_server(err, why)
+    }
+
+    /// [`Session::server_lost`] with the error the client gets when the
+    /// statement is not run again (and `why` for the log).
+    pub(super) fn give_up_server(&mut self, err: PgError, why: String) -> Result<(), SessionError> {
         let Some(mut b) = self.backend.take() else {
             return Ok(());
         };
@@ -539,11 +553,6 @@ impl Session {
             self.sout.clear();
             return Ok(());
         }
-        let err = PgError::error(
-            "08006",
-            format!("connection to server {} was lost: {why}", b.conn.addr),
-        )
-        .with_hint("The transaction, if any, was rolled back. Retry it.");
         if b.ex.status != b'I' {
             return Err(SessionError::Fatal(PgError {
                 severity: Severity::Fatal,

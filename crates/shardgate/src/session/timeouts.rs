@@ -12,11 +12,20 @@ use super::{Session, SessionError};
 pub(super) enum Timeout {
     /// A statement ran for `query_timeout`: it is cancelled at the server.
     Query,
+    /// The server did not end a cancelled statement within
+    /// [`CANCEL_GRACE`]: the connection is given up and the client gets
+    /// `57014` from the proxy.
+    CancelIgnored,
     /// The client sat in a transaction for `idle_transaction_timeout`.
     IdleInTransaction,
     /// The client sat outside a transaction for `client_idle_timeout`.
     ClientIdle,
 }
+
+/// How long a server has to end a statement after its cancel request
+/// (never longer than `query_timeout` itself). A server that does not (its
+/// network went silent, it is frozen) no longer holds the client.
+pub(super) const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Sleeps until `deadline`; forever without one.
 pub(super) async fn until(deadline: Option<Instant>) {
@@ -45,8 +54,16 @@ impl Session {
             .is_some_and(|b| !b.ex.expect.is_empty() && !b.ex.copy_in);
         if running {
             let started = *self.query_started.get_or_insert(now);
-            return (!query.is_zero() && !self.query_cancelled)
-                .then(|| (started + query, Timeout::Query));
+            return (!query.is_zero()).then(|| {
+                if self.query_cancelled {
+                    (
+                        started + query + query.min(CANCEL_GRACE),
+                        Timeout::CancelIgnored,
+                    )
+                } else {
+                    (started + query, Timeout::Query)
+                }
+            });
         }
         self.query_started = None;
         self.query_cancelled = false;
@@ -72,6 +89,18 @@ impl Session {
                     });
                 }
                 Ok(())
+            }
+            Timeout::CancelIgnored => {
+                tracing::warn!(user = %self.user.config.name, "the server did not end a statement cancelled for query_timeout; giving up its connection");
+                if let Some(b) = self.backend.as_mut() {
+                    // The client set a limit: the statement is not run again.
+                    b.retry = None;
+                }
+                let why = format!(
+                    "canceling statement due to statement timeout: the server did not answer within shardgate query_timeout = {} and its cancel",
+                    crate::config::format_duration(p.query_timeout)
+                );
+                self.give_up_server(PgError::error("57014", why.clone()), why)
             }
             // The server connection of an open transaction is discarded
             // when the session ends (rolled back), so it is free again.
