@@ -350,13 +350,7 @@ impl Session {
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                     let part = &mut fan.parts[i];
-                    let err = PgError::error(
-                        "57014",
-                        format!(
-                            "canceling statement due to statement timeout: {e} ({})",
-                            part.b.conn.addr
-                        ),
-                    );
+                    let err = given_up(&e, &part.b.conn.addr);
                     fail_part_with(part, err, &mut self.cout, &mut fan.errored);
                 }
                 Err(e) => fail_part(
@@ -772,6 +766,15 @@ fn fail_part(part: &mut Part, why: &str, cout: &mut BytesMut, errored: &mut bool
     )
     .with_hint("The statement failed on that shard; if it wrote, check the other shards.");
     fail_part_with(part, err, cout, errored);
+}
+
+/// The error of a part [`QueryTimer`] gave up on (`e`: the `TimedOut`
+/// read error it reported), as Postgres reports a statement timeout.
+pub(super) fn given_up(e: &std::io::Error, addr: &str) -> PgError {
+    PgError::error(
+        "57014",
+        format!("canceling statement due to statement timeout: {e} ({addr})"),
+    )
 }
 
 /// [`fail_part`] with the error the client gets (if it is the first).

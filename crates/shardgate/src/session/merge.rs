@@ -466,10 +466,19 @@ impl Session {
                     p.b.conn.read_buf.clear();
                     p.done = Some(b'E');
                     if !run.failed && !run.stopping {
-                        PgError::error(
-                            "08006",
-                            format!("connection to server {} was lost", p.b.conn.addr),
-                        )
+                        match &read {
+                            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                                super::fanout::given_up(e, &p.b.conn.addr)
+                            }
+                            Err(e) => PgError::error(
+                                "08006",
+                                format!("connection to server {} was lost: {e}", p.b.conn.addr),
+                            ),
+                            Ok(_) => PgError::error(
+                                "08006",
+                                format!("connection to server {} was lost", p.b.conn.addr),
+                            ),
+                        }
                         .encode(&mut self.cout);
                         run.failed = true;
                         cancel_parts(parts, self.vtx.is_none(), &mut run.to_cancel);
