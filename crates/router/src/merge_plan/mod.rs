@@ -1445,11 +1445,11 @@ fn pushed_limit(limit: &(Option<RowCount>, Option<RowCount>)) -> Option<Expr> {
 /// when the shard map's version changes).
 #[derive(Debug)]
 pub struct MergePlanner {
-    cache: crate::cache::GenerationalCache<std::sync::Arc<MergeResult>>,
+    cache: crate::cache::GenerationalCache<MergeResult>,
 }
 
 /// A cached planning result.
-pub type MergeResult = Result<MergePlan, Unmergeable>;
+pub type MergeResult = Result<std::sync::Arc<MergePlan>, Unmergeable>;
 
 /// Statements cached at most.
 const MERGE_CACHE_CAPACITY: usize = 4096;
@@ -1464,12 +1464,13 @@ impl Default for MergePlanner {
 
 impl MergePlanner {
     /// The plan for `sql`, from the cache when present.
-    pub fn plan_cached(&self, sql: &str, tables: &dyn TableLookup) -> std::sync::Arc<MergeResult> {
+    /// The plan is shared: a hit clones an `Arc`, not the plan.
+    pub fn plan_cached(&self, sql: &str, tables: &dyn TableLookup) -> MergeResult {
         let version = tables.version();
         if let Some(hit) = self.cache.get(sql, version) {
             return hit;
         }
-        let plan = std::sync::Arc::new(plan_merge(sql, tables));
+        let plan = plan_merge(sql, tables).map(std::sync::Arc::new);
         self.cache.insert(sql, plan.clone(), version);
         plan
     }

@@ -510,8 +510,8 @@ impl Session {
             super::sharded::Dest::Many(shards) => {
                 let sharding = self.snap.sharding.as_ref().expect("sharded session");
                 let lookup = super::sharded::MapLookup(&sharding.map);
-                match &*sharding.merges.plan_cached(&declare.query, &lookup) {
-                    Ok(p) => (shards, Arc::new(p.clone()), None),
+                match sharding.merges.plan_cached(&declare.query, &lookup) {
+                    Ok(p) => (shards, p, None),
                     Err(e) => {
                         return Err(PgError::error(
                             "0A000",

@@ -181,7 +181,7 @@ impl Session {
             let merged = sharding
                 .merges
                 .plan_cached(&query, &MapLookup(&sharding.map));
-            match &*merged {
+            match &merged {
                 Ok(p) => Ok(p.mode == MergeMode::Concat),
                 Err(e) => Err(e.construct.clone()),
             }

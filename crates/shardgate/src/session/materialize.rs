@@ -103,11 +103,11 @@ impl Session {
         }
         let collation = (!facts.bytewise_collation).then(|| facts.collation.clone());
         let sharding = self.snap.sharding.as_ref().expect("sharded session");
-        let plan = match &*sharding
+        let plan = match sharding
             .merges
             .plan_cached(&inner_sql, &MapLookup(&sharding.map))
         {
-            Ok(p) => Arc::new(p.clone()),
+            Ok(p) => p,
             Err(e) => return self.merge_refused(cross_shard_refusal(&e.construct)),
         };
         let shards = sharding.map.all_shards();

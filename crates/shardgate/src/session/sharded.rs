@@ -497,11 +497,11 @@ impl Session {
             )));
         }
         let sharding = self.snap.sharding.as_ref().expect("sharded session");
-        match &*sharding.merges.plan_cached(sql, &MapLookup(&sharding.map)) {
+        match sharding.merges.plan_cached(sql, &MapLookup(&sharding.map)) {
             Ok(plan) if plan.mode == MergeMode::Concat && !plan.explain => Ok(Dest::Many(shards)),
             Ok(plan) => {
                 let collation = (!facts.bytewise_collation).then(|| facts.collation.clone());
-                Ok(Dest::Merge(shards, Arc::new(plan.clone()), collation))
+                Ok(Dest::Merge(shards, plan, collation))
             }
             Err(e) => Err(cross_shard_refusal(&e.construct)),
         }
@@ -1101,9 +1101,8 @@ impl Session {
             Dest::Many(shards) => {
                 let sharding = self.snap.sharding.as_ref().expect("sharded session");
                 let lookup = MapLookup(&sharding.map);
-                match &*sharding.merges.plan_cached(&stmt.query, &lookup) {
+                match sharding.merges.plan_cached(&stmt.query, &lookup) {
                     Ok(plan) => {
-                        let plan = Arc::new(plan.clone());
                         self.open_portal_cursor(bind, &stmt, shards, plan, None)
                             .await
                     }
