@@ -801,7 +801,7 @@ refuse: SELECT id FROM orders WHERE id IN (SELECT id FROM events)
 refuse: SELECT count(*) FROM customers c WHERE c.name IN (SELECT status FROM orders)
 refuse: SELECT status, count(*) FROM orders GROUP BY ROLLUP (status)
 refuse: SELECT status, paid, count(*) FROM orders GROUP BY GROUPING SETS ((status), (paid))
-refuse: SELECT id FROM orders WHERE qty > (SELECT avg(qty) FROM orders)
+SELECT id FROM orders WHERE qty > (SELECT avg(qty) FROM orders)
 refuse: SELECT k.code, count(c.id) FROM countries k LEFT JOIN customers c ON c.country = k.code GROUP BY k.code
 refuse: SELECT k.code, c.id FROM countries k LEFT JOIN customers c ON c.country = k.code
 refuse: SELECT id FROM orders ORDER BY id FETCH FIRST 5 ROWS WITH TIES
@@ -1055,3 +1055,16 @@ SELECT x.placed, x.n FROM (SELECT placed, count(*) AS n, min(note) AS note FROM 
 SELECT * FROM (SELECT k, sum(v) FROM empty_t GROUP BY k) s
 refuse: SELECT count(*) FROM (SELECT o.status FROM orders o JOIN events e ON e.value = o.qty GROUP BY o.status) s
 refuse: SELECT * FROM orders o JOIN (SELECT status, count(*) AS n FROM orders GROUP BY status) s USING (status)
+
+-- @scalar-subquery
+-- An uncorrelated scalar subquery over several shards: merged once, its
+-- value bound as a parameter of the statement, which then runs as any other.
+ordered: SELECT id FROM orders WHERE qty > (SELECT avg(qty) FROM orders) ORDER BY id LIMIT 20
+SELECT count(*) FROM orders WHERE amount >= (SELECT max(amount) FROM orders WHERE status = 'paid')
+SELECT (SELECT count(*) FROM events), (SELECT 1)
+ordered: SELECT status, count(*) FROM orders GROUP BY status HAVING count(*) > (SELECT count(*) / 10 FROM orders) ORDER BY 1 NULLS FIRST
+SELECT name FROM countries WHERE code = (SELECT min(country) FROM customers)
+SELECT count(*) FROM orders WHERE placed > (SELECT max(placed) FROM orders WHERE false)
+SELECT id FROM customers WHERE id = (SELECT max(customer_id) FROM orders WHERE customer_id < 100)
+error: SELECT id FROM orders WHERE qty = (SELECT qty FROM orders)
+refuse: SELECT id FROM orders o WHERE qty > (SELECT avg(e.value) FROM events e WHERE e.kind = o.status)

@@ -11,7 +11,12 @@
 //! evaluates the outer query (any SQL: aggregates, windows, joins with
 //! reference tables), so its answer is exactly the unsharded one.
 
-use sqlparser::ast::{Query, SetExpr, Statement, TableFactor, TableWithJoins};
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    Expr, Ident, Query, SelectItem, SetExpr, Statement, TableFactor, TableWithJoins, VisitMut,
+    VisitorMut,
+};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
@@ -21,14 +26,72 @@ use crate::shard::{ShardPlan, TableLookup};
 /// The name the outer query reads the materialized rows under.
 pub const ROWS: &str = "__shardgate_rows";
 
+/// The name standing for a scalar subquery's value in the outer query.
+pub const VALUE: &str = "__shardgate_value";
+
 /// A statement answered by materializing one subquery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Materialize {
     /// The subquery, run across the shards.
     pub inner: String,
-    /// The statement with the subquery's body replaced by
-    /// `SELECT * FROM __shardgate_rows` (see [`outer_sql`]).
+    /// The statement with the subquery replaced: by `SELECT * FROM
+    /// __shardgate_rows` (see [`outer_sql`]) for [`Kind::Rows`], by the
+    /// name `__shardgate_value` (see [`value_sql`]) for [`Kind::Value`].
     pub outer: String,
+    /// What the outer query reads of the subquery.
+    pub kind: Kind,
+}
+
+/// How the outer query reads a materialized subquery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Its rows, as a table (`FROM`, `WITH`): the outer query reads
+    /// nothing else sharded and runs on one shard.
+    Rows,
+    /// Its one value (an uncorrelated scalar subquery): the outer query
+    /// is planned as any other statement, the value bound as a parameter.
+    Value,
+}
+
+/// The alias standing for the subquery's column name where the subquery
+/// is an output column of its own (Postgres names the column after it).
+pub const VALUE_NAME: &str = "__shardgate_value_name";
+
+/// `outer` (a [`Kind::Value`] statement) reading the subquery's value as
+/// parameter `$n`; `name`: the subquery's column name.
+pub fn value_sql(outer: &str, n: usize, name: &str) -> String {
+    let mut out = String::with_capacity(outer.len());
+    let mut last = 0;
+    for t in Lexer::new(outer) {
+        let by = match t.text {
+            VALUE if t.kind == TokenKind::Word => format!("${n}"),
+            VALUE_NAME if t.kind == TokenKind::Word => crate::quote_ident(name),
+            _ => continue,
+        };
+        out.push_str(&outer[last..t.offset]);
+        out.push_str(&by);
+        last = t.offset + t.text.len();
+    }
+    out.push_str(&outer[last..]);
+    out
+}
+
+/// Names the output columns that are a scalar subquery over sharded
+/// tables by [`VALUE_NAME`], as Postgres names them after the subquery.
+fn alias_subquery_outputs(query: &mut Query, tables: &dyn TableLookup) {
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return;
+    };
+    for item in &mut select.projection {
+        if let SelectItem::UnnamedExpr(e @ Expr::Subquery(_)) = item {
+            if matches!(e, Expr::Subquery(q) if reads_shards(q, tables)) {
+                *item = SelectItem::ExprWithAlias {
+                    expr: e.clone(),
+                    alias: Ident::new(VALUE_NAME),
+                };
+            }
+        }
+    }
 }
 
 /// `outer` (a [`Materialize::outer`], its parameters renumbered or not)
@@ -47,20 +110,99 @@ pub fn outer_sql(outer: &str, first: usize, columns: &[String]) -> String {
     outer.replacen(&format!("FROM {ROWS}"), &from, 1)
 }
 
-/// The [`Materialize`] plan of `sql` when exactly one derived table or
-/// CTE reads sharded tables and the rest of the statement reads none
-/// (`None` otherwise: the statement is refused as before).
+/// The [`Materialize`] plan of a read `sql` the shard planner refused:
+/// exactly one derived table or CTE reads sharded tables and the rest of
+/// the statement reads none ([`Kind::Rows`]), or exactly one scalar
+/// subquery reads sharded tables and the statement without it is one the
+/// shards can run ([`Kind::Value`]). `None` otherwise: the statement is
+/// refused as before.
 pub fn plan(sql: &str, tables: &dyn TableLookup) -> Option<Materialize> {
+    plan_rows(sql, tables).or_else(|| plan_value(sql, tables))
+}
+
+/// Whether `q` reads sharded tables.
+fn reads_shards(q: &Query, tables: &dyn TableLookup) -> bool {
+    !matches!(
+        crate::shard::plan(&q.to_string(), tables),
+        ShardPlan::Unsharded | ShardPlan::NoTable | ShardPlan::ReferenceRead
+    )
+}
+
+/// Whether the shards can each run `sql` over their own rows (so its
+/// results merge).
+fn runs_per_shard(sql: &str, tables: &dyn TableLookup) -> bool {
+    matches!(
+        crate::shard::plan(sql, tables),
+        ShardPlan::Keyed { .. } | ShardPlan::NoKey { .. }
+    )
+}
+
+/// Replaces the one scalar subquery over sharded tables by [`VALUE`].
+struct ScalarSubquery<'t> {
+    tables: &'t dyn TableLookup,
+    found: Option<String>,
+}
+
+impl VisitorMut for ScalarSubquery<'_> {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        if let Expr::Subquery(q) = expr {
+            if reads_shards(q, self.tables) {
+                if self.found.is_some() {
+                    return ControlFlow::Break(());
+                }
+                self.found = Some(q.to_string());
+                *expr = Expr::Identifier(Ident::new(VALUE));
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// [`Kind::Value`]: the statement's one scalar subquery over sharded
+/// tables, when it runs on the shards by itself (uncorrelated) and the
+/// statement without it is one the shard planner accepts.
+fn plan_value(sql: &str, tables: &dyn TableLookup) -> Option<Materialize> {
+    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    let [statement @ Statement::Query(_)] = statements.as_mut_slice() else {
+        return None;
+    };
+    if let Statement::Query(q) = statement {
+        alias_subquery_outputs(q, tables);
+    }
+    let mut finder = ScalarSubquery {
+        tables,
+        found: None,
+    };
+    if statement.visit(&mut finder).is_break() {
+        return None;
+    }
+    let inner = finder.found?;
+    if !runs_per_shard(&inner, tables) {
+        return None;
+    }
+    let outer = statement.to_string();
+    if matches!(
+        crate::shard::plan(&outer, tables),
+        ShardPlan::Unsupported { .. } | ShardPlan::Insert(_)
+    ) {
+        return None;
+    }
+    Some(Materialize {
+        inner,
+        outer,
+        kind: Kind::Value,
+    })
+}
+
+/// [`Kind::Rows`]: see [`plan`].
+fn plan_rows(sql: &str, tables: &dyn TableLookup) -> Option<Materialize> {
     let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
     let [Statement::Query(query)] = statements.as_mut_slice() else {
         return None;
     };
-    let reads_shards = |q: &Query| {
-        !matches!(
-            crate::shard::plan(&q.to_string(), tables),
-            ShardPlan::Unsharded | ShardPlan::NoTable | ShardPlan::ReferenceRead
-        )
-    };
+    let reads_shards = |q: &Query| reads_shards(q, tables);
     let placeholder = || -> Option<Box<Query>> {
         let parsed = Parser::parse_sql(&PostgreSqlDialect {}, &format!("SELECT * FROM {ROWS}"));
         match parsed.ok()?.pop()? {
@@ -106,17 +248,18 @@ pub fn plan(sql: &str, tables: &dyn TableLookup) -> Option<Materialize> {
     let inner = inner?;
     // The subquery itself must be one the shards can each run over their
     // own rows (co-located joins, nothing itself needing this).
-    if !matches!(
-        crate::shard::plan(&inner, tables),
-        ShardPlan::Keyed { .. } | ShardPlan::NoKey { .. }
-    ) {
+    if !runs_per_shard(&inner, tables) {
         return None;
     }
     let outer = query.to_string();
     if reads_shards(query) {
         return None;
     }
-    Some(Materialize { inner, outer })
+    Some(Materialize {
+        inner,
+        outer,
+        kind: Kind::Rows,
+    })
 }
 
 /// The table factors of one FROM item (joined ones included).
@@ -239,6 +382,29 @@ mod tests {
         );
         assert_eq!(plan("SELECT * FROM statuses", &Tables), None);
         assert_eq!(plan("DELETE FROM orders", &Tables), None);
+    }
+
+    #[test]
+    fn an_uncorrelated_scalar_subquery_becomes_a_parameter() {
+        let m = plan(
+            "SELECT id FROM orders WHERE qty > (SELECT avg(qty) FROM orders) ORDER BY id",
+            &Tables,
+        )
+        .expect("materialized");
+        assert_eq!(m.kind, Kind::Value);
+        assert_eq!(m.inner, "SELECT avg(qty) FROM orders");
+        assert_eq!(
+            value_sql(&m.outer, 3, "avg"),
+            "SELECT id FROM orders WHERE qty > $3 ORDER BY id"
+        );
+        assert_eq!(
+            plan(
+                "SELECT (SELECT max(id) FROM orders), (SELECT min(id) FROM orders)",
+                &Tables
+            ),
+            None,
+            "two subqueries over shards"
+        );
     }
 
     #[test]

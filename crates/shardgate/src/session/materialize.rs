@@ -10,8 +10,9 @@ use bytes::{BufMut, BytesMut};
 use shardgate_protocol::backend;
 use shardgate_protocol::frontend::{self, Bind};
 use shardgate_protocol::PgError;
-use shardgate_router::materialize::{outer_sql, renumber_params, Materialize};
+use shardgate_router::materialize::{outer_sql, renumber_params, value_sql, Kind, Materialize};
 use shardgate_router::merge_plan::MergePlan;
+use shardgate_router::ShardPlan;
 
 use super::merge::{Captured, MergeEnd, MergeRequest};
 use super::sharded::{cross_shard_refusal, user_aggregate_call, MapLookup};
@@ -71,8 +72,13 @@ impl ParamSet {
             }
         }
         for (_, v) in &self.appended {
-            out.put_i32(v.len() as i32);
-            out.extend_from_slice(v);
+            match v {
+                Some(v) => {
+                    out.put_i32(v.len() as i32);
+                    out.extend_from_slice(v);
+                }
+                None => out.put_i32(-1),
+            }
         }
         out.put_i16(formats.len() as i16);
         for f in formats {
@@ -102,6 +108,7 @@ impl Session {
             return self.merge_refused(cross_shard_refusal(&construct));
         }
         let collation = (!facts.bytewise_collation).then(|| facts.collation.clone());
+        let outer_collation = collation.clone();
         let sharding = self.snap.sharding.as_ref().expect("sharded session");
         let plan = match sharding
             .merges
@@ -125,16 +132,32 @@ impl Session {
             }),
             capture: true,
         };
+        let mark = self.cout.len();
         let captured = match self.merge_run(shards, plan, want, inner).await? {
             MergeEnd::Answered => return Ok(()),
             MergeEnd::Finished {
                 captured: Some(c), ..
             } => c,
             MergeEnd::Finished { status, .. } => {
+                if m.kind == Kind::Value && names_outer_column(&self.cout[mark..]) {
+                    // The subquery read a column of the outer query.
+                    self.cout.truncate(mark);
+                    cross_shard_refusal("a correlated scalar subquery over several shards")
+                        .encode(&mut self.cout);
+                }
                 backend::ready_for_query(status, &mut self.cout);
                 return self.flush_client().await;
             }
         };
+        if m.kind == Kind::Value {
+            let value = match scalar_value(&captured) {
+                Ok(v) => v,
+                Err(e) => return self.merge_refused(e),
+            };
+            return self
+                .run_with_value(m, want, req, value, outer_collation)
+                .await;
+        }
         let (names, arrays) = match column_arrays(&captured) {
             Ok(c) => c,
             Err(e) => return self.merge_refused(e),
@@ -153,10 +176,104 @@ impl Session {
         self.merge_query(vec![default_shard], plan, want, outer)
             .await
     }
+
+    /// The outer statement of a [`Kind::Value`] subquery, its value bound
+    /// as the last parameter: on the default shard when it reads no
+    /// sharded table, else on every shard, merged as its plan says.
+    async fn run_with_value(
+        &mut self,
+        m: &Materialize,
+        want: Want,
+        req: MergeRequest<'_>,
+        (name, value): (String, (u32, Option<BytesMut>)),
+        collation: Option<String>,
+    ) -> Result<(), SessionError> {
+        let (outer_text, outer_used) = renumber_params(&m.outer);
+        let sql = value_sql(&outer_text, outer_used.len() + 1, &name);
+        let sharding = self.snap.sharding.as_ref().expect("sharded session");
+        let lookup = MapLookup(&sharding.map);
+        let (shards, plan) = match shardgate_router::plan_shards(&sql, &lookup) {
+            ShardPlan::Unsharded | ShardPlan::NoTable | ShardPlan::ReferenceRead => (
+                vec![sharding.map.default_shard()],
+                Arc::new(MergePlan::concat(&sql)),
+            ),
+            ShardPlan::Keyed { .. } | ShardPlan::NoKey { .. } => {
+                match sharding.merges.plan_cached(&sql, &lookup) {
+                    Ok(p) => (sharding.map.all_shards(), p),
+                    Err(e) => return self.merge_refused(cross_shard_refusal(&e.construct)),
+                }
+            }
+            ShardPlan::Unsupported { construct } => {
+                return self.merge_refused(cross_shard_refusal(&construct))
+            }
+            _ => {
+                return self.merge_refused(cross_shard_refusal(
+                    "a scalar subquery over several shards in this statement",
+                ))
+            }
+        };
+        let outer = MergeRequest {
+            params: Some(ParamSet {
+                used: outer_used,
+                appended: vec![value],
+            }),
+            collation,
+            ..req
+        };
+        self.merge_query(shards, plan, want, outer).await
+    }
 }
 
-/// Parameters of the proxy's own: type OID and binary value each.
-type Appended = Vec<(u32, BytesMut)>;
+/// Whether the errors in `out` say a column or table is unknown (the
+/// subquery, run by itself, named one of the outer query's).
+fn names_outer_column(out: &[u8]) -> bool {
+    [&b"C42703\0"[..], &b"C42P01\0"[..]]
+        .iter()
+        .any(|code| out.windows(code.len()).any(|w| w == *code))
+}
+
+/// The column name and the one value of a scalar subquery's rows, typed:
+/// NULL over no rows; more than one row or column fails as Postgres fails.
+fn scalar_value(c: &Captured) -> Result<(String, (u32, Option<BytesMut>)), PgError> {
+    let columns = describe_columns(&c.desc).unwrap_or_default();
+    let columns = &columns[..c.visible.min(columns.len())];
+    let [(name, type_oid)] = columns else {
+        return Err(PgError::error(
+            "42601",
+            "subquery must return only one column",
+        ));
+    };
+    let rows = data_rows(&c.rows)?;
+    let value = match rows.as_slice() {
+        [] => None,
+        [row] => row.field(0).map(BytesMut::from),
+        _ => {
+            return Err(PgError::error(
+                "21000",
+                "more than one row returned by a subquery used as an expression",
+            ))
+        }
+    };
+    Ok((name.clone(), (*type_oid, value)))
+}
+
+/// The DataRows of a capture.
+fn data_rows(mut rest: &[u8]) -> Result<Vec<shardgate_merge::row::DataRow<'_>>, PgError> {
+    let mut rows = Vec::new();
+    while rest.len() >= 5 {
+        let len = i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        let end = (1 + len).min(rest.len());
+        let row = shardgate_merge::row::DataRow::parse(&rest[..end])
+            .map_err(super::merge::merge_error)?;
+        rows.push(row);
+        rest = &rest[end..];
+    }
+    Ok(rows)
+}
+
+/// Parameters of the proxy's own: type OID and binary value (`None`:
+/// NULL) each.
+type Appended = Vec<(u32, Option<BytesMut>)>;
 
 /// The captured rows as one binary array per column, with the columns'
 /// names.
@@ -168,16 +285,7 @@ fn column_arrays(c: &Captured) -> Result<(Vec<String>, Appended), PgError> {
         )
     })?;
     columns.truncate(c.visible);
-    let mut rows = Vec::new();
-    let mut rest = &c.rows[..];
-    while rest.len() >= 5 {
-        let len = i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
-        let end = (1 + len).min(rest.len());
-        let row = shardgate_merge::row::DataRow::parse(&rest[..end])
-            .map_err(super::merge::merge_error)?;
-        rows.push(row);
-        rest = &rest[end..];
-    }
+    let rows = data_rows(&c.rows)?;
     let mut names = Vec::with_capacity(columns.len());
     let mut arrays = Vec::with_capacity(columns.len());
     for (j, (name, elem)) in columns.into_iter().enumerate() {
@@ -203,7 +311,7 @@ fn column_arrays(c: &Captured) -> Result<(Vec<String>, Appended), PgError> {
             }
         }
         names.push(name);
-        arrays.push((array, a));
+        arrays.push((array, Some(a)));
     }
     Ok((names, arrays))
 }
