@@ -287,6 +287,8 @@ pub struct Session {
     cancel: CancelKey,
     mode: PoolMode,
     max_message: usize,
+    /// `max_client_buffer`: most bytes of client input held at once.
+    max_buffer: usize,
     /// Completes when the proxy starts shutting down (registered once).
     shutdown: Pin<Box<OwnedNotified>>,
     /// The proxy refused a message of the current extended batch: drop
@@ -357,6 +359,7 @@ impl Session {
         } = setup;
         let mode = snap.config.proxy.pool_mode;
         let max_message = snap.config.proxy.max_message_size;
+        let max_buffer = snap.config.proxy.max_client_buffer;
         let shutdown = Box::pin(runtime.shutdown_notify.clone().notified_owned());
         let shards = snap.topology.shards.clone();
         let route_reads = routes_reads(&shards);
@@ -403,6 +406,7 @@ impl Session {
             cancel,
             mode,
             max_message,
+            max_buffer,
             shutdown,
             skip_until_sync: false,
             unnamed_route: None,
@@ -572,6 +576,7 @@ impl Session {
         self.route_reads = routes_reads(&self.shards);
         self.gathers = self.route_reads || self.sharded;
         self.max_message = snap.config.proxy.max_message_size;
+        self.max_buffer = snap.config.proxy.max_client_buffer;
         self.defer_begin =
             snap.config.proxy.defer_begin && self.mode == PoolMode::Transaction && !self.sharded;
         self.snap = snap;
@@ -740,6 +745,7 @@ impl Session {
         // Messages before this offset belong to a batch known to be whole.
         let mut batch_whole_until = 0;
         while let Some(h) = Header::complete(&buf[*pos..], self.max_message)? {
+            self.within_buffer(h.total)?;
             if self.gathers && *pos >= batch_whole_until && continues_batch(h.tag) {
                 // A batch is routed as a whole: wait for its Sync or Flush.
                 match batch_end(&buf[*pos..], self.batch_scanned, self.max_message)? {
@@ -747,8 +753,8 @@ impl Session {
                         batch_whole_until = *pos + n;
                         self.batch_scanned = 0;
                     }
-                    BatchEnd::Incomplete(n) if n > self.max_message => {
-                        return Err(SessionError::Fatal(batch_too_large(self.max_message)));
+                    BatchEnd::Incomplete(_) if buf.len() - *pos > self.max_buffer => {
+                        return Err(SessionError::Fatal(batch_too_large(self.max_buffer)));
                     }
                     BatchEnd::Incomplete(n) => {
                         self.batch_scanned = n;
@@ -791,8 +797,31 @@ impl Session {
             }
         }
         // Reject an oversized message as soon as its header is in.
-        Header::peek(&buf[*pos..], self.max_message)?;
+        if let Some(h) = Header::peek(&buf[*pos..], self.max_message)? {
+            self.within_buffer(h.total)?;
+        }
         Ok(Flow::Continue)
+    }
+
+    /// Fails the session with `54000` when holding `len` bytes of one
+    /// client's input would pass `max_client_buffer`: what Postgres says
+    /// when a message would grow its own buffer past its limit ("out of
+    /// memory", program_limit_exceeded), not 53200, which reports the
+    /// allocator running dry.
+    fn within_buffer(&self, len: usize) -> Result<(), SessionError> {
+        if len <= self.max_buffer {
+            return Ok(());
+        }
+        Err(SessionError::Fatal(
+            PgError::fatal(
+                "54000",
+                format!(
+                    "out of memory: a message of {len} bytes exceeds max_client_buffer ({} bytes)",
+                    self.max_buffer
+                ),
+            )
+            .with_hint("Send smaller statements, or raise max_client_buffer in proxy.toml."),
+        ))
     }
 
     /// Handles one client message; `rest` holds the messages after it that
@@ -1103,14 +1132,14 @@ fn reserve(buf: &mut BytesMut) {
     }
 }
 
-/// An extended-protocol batch grew past `max_message_size` without a Sync
+/// An extended-protocol batch grew past `max_client_buffer` without a Sync
 /// or Flush.
 fn batch_too_large(max: usize) -> PgError {
     PgError::fatal(
         "54000",
-        format!("extended-protocol batch exceeds max_message_size ({max} bytes) before its Sync or Flush"),
+        format!("out of memory: an extended-protocol batch exceeds max_client_buffer ({max} bytes) before its Sync or Flush"),
     )
-    .with_hint("Send Sync or Flush more often, or raise max_message_size in proxy.toml.")
+    .with_hint("Send Sync or Flush more often, or raise max_client_buffer in proxy.toml.")
 }
 
 fn shutdown_error() -> PgError {
