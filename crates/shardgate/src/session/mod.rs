@@ -289,6 +289,9 @@ pub struct Session {
     max_message: usize,
     /// `max_client_buffer`: most bytes of client input held at once.
     max_buffer: usize,
+    /// Client input was refused for its size: the client may still be
+    /// sending it when the session ends.
+    input_refused: bool,
     /// Completes when the proxy starts shutting down (registered once).
     shutdown: Pin<Box<OwnedNotified>>,
     /// The proxy refused a message of the current extended batch: drop
@@ -407,6 +410,7 @@ impl Session {
             mode,
             max_message,
             max_buffer,
+            input_refused: false,
             shutdown,
             skip_until_sync: false,
             unnamed_route: None,
@@ -455,6 +459,13 @@ impl Session {
         };
         self.detach_at_end().await;
         let _ = self.client.shutdown().await;
+        if matches!(
+            &result,
+            Err(SessionError::ClientProtocol(ProtocolError::TooLarge { .. }))
+        ) || self.input_refused
+        {
+            linger(&mut self.client).await;
+        }
         result
     }
 
@@ -754,6 +765,7 @@ impl Session {
                         self.batch_scanned = 0;
                     }
                     BatchEnd::Incomplete(_) if buf.len() - *pos > self.max_buffer => {
+                        self.input_refused = true;
                         return Err(SessionError::Fatal(batch_too_large(self.max_buffer)));
                     }
                     BatchEnd::Incomplete(n) => {
@@ -808,10 +820,11 @@ impl Session {
     /// when a message would grow its own buffer past its limit ("out of
     /// memory", program_limit_exceeded), not 53200, which reports the
     /// allocator running dry.
-    fn within_buffer(&self, len: usize) -> Result<(), SessionError> {
+    fn within_buffer(&mut self, len: usize) -> Result<(), SessionError> {
         if len <= self.max_buffer {
             return Ok(());
         }
+        self.input_refused = true;
         Err(SessionError::Fatal(
             PgError::fatal(
                 "54000",
@@ -1124,6 +1137,22 @@ fn hint_error(e: shardgate_router::HintError) -> PgError {
 /// Asks the primary for its WAL position right after a client's cycle: the
 /// answer is at or past the client's commit, and costs the client no round trip.
 const COMMIT_LSN_SQL: &str = "SELECT pg_current_wal_lsn()::text";
+
+/// After refusing a client's input for its size: reads and drops what the
+/// client still sends, for up to a second, so the connection ends with a
+/// FIN the client reads after the error (closing a socket with input
+/// unread resets it, and the client may lose the error sent just before).
+async fn linger(client: &mut ClientStream) {
+    let mut sink = [0u8; 8192];
+    let drain = async {
+        while let Ok(n) = client.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+}
 
 #[inline]
 fn reserve(buf: &mut BytesMut) {
