@@ -84,8 +84,9 @@ SQL
 # The probe: a short statement through the proxy every 200 ms; each must
 # answer within 10 s.
 probe() {
-  local ok=0 bad=0
+  local ok=0 bad=0 start=$SECONDS
   while [ ! -e "$work/probe.stop" ]; do
+    [ $(((ok + bad) % 50)) = 0 ] && echo "$((SECONDS - start)) $(rss_kb)" >>"$work/rss.txt"
     if out=$(PGCONNECT_TIMEOUT=10 timeout 10 "${psql[@]}" -d "$proxy_db" -c "SELECT count(*) FROM customers" 2>&1) && [ "$out" = 200 ]; then
       ok=$((ok + 1))
     else
@@ -154,6 +155,9 @@ none=$("${psql[@]}" -d "$log_db" -c "SELECT count(*) FROM error WHERE id = (SELE
 broken=$("${psql[@]}" -d "$log_db" -c "SELECT string_agg(DISTINCT sqlstate, ',') FROM error WHERE id = (SELECT min(id) FROM instance) AND sqlstate LIKE '08%'")
 [ -z "$broken" ] || fail "connection errors through the proxy: $broken"
 echo "probe: $probe_ok answered, $probe_bad failed"
+echo "proxy RSS during the proxy run (seconds kB): $(tr '\n' ',' <"$work/rss.txt")"
+stats=$("${psql[@]}" -d "$admin_db" -c "SELECT count(*) || ' fingerprints, ' || coalesce(sum(length(query)), 0) || ' bytes of text' FROM shardgate.query_stats")
+echo "shardgate.query_stats after the run (bounded by query_stats_max): $stats"
 echo "proxy RSS: ${rss_before} kB before, ${rss_after} kB after"
 grep -q panicked "$work/demo.err" && fail "the proxy panicked (see $work/demo.err)"
 echo "work directory: $work"
