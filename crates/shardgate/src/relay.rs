@@ -545,7 +545,9 @@ fn response(
 }
 
 /// Whether an ErrorResponse body has severity FATAL or PANIC.
-fn is_fatal(body: &[u8]) -> bool {
+/// Whether an ErrorResponse body has severity FATAL or PANIC (the server
+/// is ending the connection).
+pub fn is_fatal(body: &[u8]) -> bool {
     body.starts_with(b"SFATAL\0") || body.starts_with(b"SPANIC\0")
 }
 
