@@ -464,3 +464,61 @@ fn client_buffer_cap() {
     }
     servers_clean(&c, 2 * POOL_SIZE);
 }
+
+/// A shard's server connection ended by the server in the middle of a
+/// statement on several shards (`pg_terminate_backend`): the client gets
+/// an ERROR `08006` naming the shard, not the server's FATAL (its session
+/// goes on), and its status is idle outside a transaction and failed inside.
+#[test]
+fn a_shard_connection_ended_mid_statement() {
+    let c = cluster(ClusterSpec::new(2, 0));
+    create_t(&c);
+    let proxy = limits_proxy(&c, true);
+    let mut raw = Raw::connect(proxy.port, "raw", "app");
+    raw_ok(
+        &mut raw,
+        "INSERT INTO t SELECT g FROM generate_series(1, 20) g",
+    );
+    for in_tx in [false, true] {
+        if in_tx {
+            raw_ok(&mut raw, "BEGIN");
+        }
+        // About 2 s on each shard.
+        raw.send(&query_msg("SELECT k, pg_sleep(0.2) FROM t"));
+        let ended = eventually(Duration::from_secs(10), || {
+            c.shard(1)
+                .primary
+                .psql(
+                    "app",
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE usename = 'app' AND state = 'active' AND query LIKE '%pg_sleep%'",
+                )
+                .is_ok_and(|n| n.trim() == "1")
+        });
+        assert!(ended, "no statement to end on shard 1");
+        let msgs = raw.until_ready();
+        let errs: Vec<(String, String)> = msgs
+            .iter()
+            .filter(|(t, _)| *t == b'E')
+            .map(|(_, p)| (field(p, b'V'), field(p, b'C')))
+            .collect();
+        assert_eq!(
+            errs,
+            vec![("ERROR".to_owned(), "08006".to_owned())],
+            "in_tx {in_tx}"
+        );
+        assert_eq!(
+            status(&msgs),
+            if in_tx { b'E' } else { b'I' },
+            "in_tx {in_tx}"
+        );
+        if in_tx {
+            raw_ok(&mut raw, "ROLLBACK");
+        }
+        assert_eq!(
+            first_column(&raw_ok(&mut raw, "SELECT count(*) FROM t")),
+            vec!["20"]
+        );
+    }
+    no_active_servers(&proxy);
+}
