@@ -6,6 +6,8 @@ use std::io::Read;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shardgate_harness::{Cluster, ClusterSpec};
@@ -464,4 +466,64 @@ pub fn openssl(dir: &Path, args: &[&str]) {
         Duration::from_secs(60),
     );
     assert_success(&out, &format!("openssl {args:?}"));
+}
+
+/// Samples a process's resident memory every 5 ms until stopped.
+pub struct RssPeak {
+    base: u64,
+    peak: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    sampler: std::thread::JoinHandle<()>,
+}
+
+impl RssPeak {
+    /// Starts sampling process `pid`.
+    pub fn start(pid: u32) -> RssPeak {
+        let base = rss_kb(pid);
+        let peak = Arc::new(AtomicU64::new(base));
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = {
+            let (peak, stop) = (peak.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    peak.fetch_max(rss_kb(pid), Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        };
+        RssPeak {
+            base,
+            peak,
+            stop,
+            sampler,
+        }
+    }
+
+    /// The largest growth over the start so far, in kB.
+    pub fn grew(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed).saturating_sub(self.base)
+    }
+
+    /// Stops sampling; the largest growth, in kB.
+    pub fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let RssPeak {
+            base,
+            peak,
+            sampler,
+            ..
+        } = self;
+        sampler.join().unwrap();
+        peak.load(Ordering::Relaxed).saturating_sub(base)
+    }
+}
+
+/// Resident memory of a process, in kB.
+pub fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }

@@ -326,6 +326,10 @@ pub struct ProxyConfig {
     pub shutdown_timeout: Duration,
     /// Largest message a client may send, in bytes.
     pub max_message_size: usize,
+    /// Bytes of one client's input the proxy holds at once (one message, or
+    /// an extended-protocol batch gathered up to its Sync); beyond it the
+    /// client gets `54000` and is disconnected.
+    pub max_client_buffer: usize,
     /// Most client connections at once.
     pub max_client_connections: usize,
     /// Runtime worker threads; 0 means one per CPU core.
@@ -393,6 +397,7 @@ impl Default for ProxyConfig {
             server_lifetime: Duration::from_secs(3600),
             shutdown_timeout: Duration::from_secs(30),
             max_message_size: 256 << 20,
+            max_client_buffer: 16 << 20,
             max_client_connections: 10_000,
             workers: 0,
             tls_cert: None,
@@ -657,6 +662,12 @@ impl Config {
             return Err(invalid(
                 "proxy.merge_memory_limit",
                 "must be at least 1048576 (1 MiB)".into(),
+            ));
+        }
+        if p.max_client_buffer < 64 * 1024 {
+            return Err(invalid(
+                "proxy.max_client_buffer",
+                "must be at least 65536 bytes".into(),
             ));
         }
         if p.max_message_size < 1024 {

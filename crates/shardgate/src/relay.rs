@@ -23,6 +23,11 @@ use crate::state::{SessionState, DIRTY};
 /// Largest message accepted from a server (Postgres's own limit is 1 GB).
 pub const MAX_SERVER_MESSAGE: usize = 1 << 30;
 
+/// A message passed to the client verbatim that is larger than this (a wide
+/// row, a large COPY chunk) goes on in pieces as it arrives instead of being
+/// held whole at the proxy.
+pub const STREAM_ABOVE: usize = 256 * 1024;
+
 /// A response the proxy is waiting for, or one it will produce itself.
 #[derive(Debug)]
 pub enum Expect {
@@ -119,6 +124,9 @@ pub struct Exchange {
     /// Statements to run hidden once the connection is idle: the client's
     /// startup values after its `RESET`s.
     pub restore: Option<String>,
+    /// Bytes still to come of a large verbatim message whose start already
+    /// went to the client (see [`STREAM_ABOVE`]).
+    pub streaming: usize,
 }
 
 impl Default for Exchange {
@@ -136,6 +144,7 @@ impl Default for Exchange {
             copy_may_follow: false,
             batch_sync_swallowed: false,
             restore: None,
+            streaming: 0,
         }
     }
 }
@@ -293,10 +302,29 @@ pub fn relay(
     // rows goes to the client with one copy instead of one per message.
     let mut run_start = 0;
     let result = loop {
+        if ex.streaming > 0 {
+            // The rest of a large verbatim message: on to the client as it comes.
+            let n = ex.streaming.min(rbuf.len() - pos);
+            pos += n;
+            ex.streaming -= n;
+            if ex.streaming > 0 {
+                break Ok(());
+            }
+            continue;
+        }
         let buf = &rbuf[pos..];
         let h = match Header::complete(buf, MAX_SERVER_MESSAGE) {
             Ok(Some(h)) => h,
-            Ok(None) => break Ok(()),
+            Ok(None) => {
+                if let Ok(Some(h)) = Header::peek(buf, MAX_SERVER_MESSAGE) {
+                    if h.total > STREAM_ABOVE && ex.passes_verbatim(h.tag) {
+                        // Not held whole: what arrived goes now, the rest as it comes.
+                        ex.streaming = h.total - buf.len();
+                        pos = rbuf.len();
+                    }
+                }
+                break Ok(());
+            }
             Err(e) => break Err(e),
         };
         if ex.passes_verbatim(h.tag) {
@@ -517,7 +545,9 @@ fn response(
 }
 
 /// Whether an ErrorResponse body has severity FATAL or PANIC.
-fn is_fatal(body: &[u8]) -> bool {
+/// Whether an ErrorResponse body has severity FATAL or PANIC (the server
+/// is ending the connection).
+pub fn is_fatal(body: &[u8]) -> bool {
     body.starts_with(b"SFATAL\0") || body.starts_with(b"SPANIC\0")
 }
 

@@ -434,6 +434,21 @@ impl Session {
                         }
                     }
                 }
+                btag::ERROR_RESPONSE if crate::relay::is_fatal(&msg[5..]) => {
+                    // The server is ending this connection (terminated, shut
+                    // down): for the client that is a lost shard, not a
+                    // FATAL of its own session, which goes on.
+                    let first = !fan.errored;
+                    let why = backend::ErrorFields::decode(&msg[5..]).map_or_else(
+                        |_| "the server ended the connection".to_owned(),
+                        |f| format!("{} ({})", f.message, f.code),
+                    );
+                    fail_part(part, &why, &mut self.cout, &mut fan.errored);
+                    if first {
+                        cancel_running(fan, i);
+                    }
+                    return;
+                }
                 btag::ERROR_RESPONSE => {
                     // The first error goes to the client at once; the other
                     // shards are cancelled and their answers drained.
@@ -758,7 +773,9 @@ pub(super) async fn deliver_cancels(handles: Vec<shardgate_pool::CancelHandle>) 
 }
 
 /// A shard's connection failed during a fan-out: the client hears about it
-/// once, and the part counts as done with a failed transaction.
+/// once, and the part counts as done. It holds no transaction any more
+/// (`I`): outside a transaction the client is idle again, inside one the
+/// failed request makes the combined status `E`.
 fn fail_part(part: &mut Part, why: &str, cout: &mut BytesMut, errored: &mut bool) {
     let err = PgError::error(
         "08006",
@@ -783,7 +800,7 @@ fn fail_part_with(part: &mut Part, err: PgError, cout: &mut BytesMut, errored: &
     part.b.conn.read_buf.clear();
     part.pending = None;
     part.hidden = 0;
-    part.done = Some(b'E');
+    part.done = Some(b'I');
     if !*errored {
         err.encode(cout);
     }

@@ -288,6 +288,11 @@ pub struct Session {
     cancel: CancelKey,
     mode: PoolMode,
     max_message: usize,
+    /// `max_client_buffer`: most bytes of client input held at once.
+    max_buffer: usize,
+    /// Client input was refused for its size: the client may still be
+    /// sending it when the session ends.
+    input_refused: bool,
     /// Completes when the proxy starts shutting down (registered once).
     shutdown: Pin<Box<OwnedNotified>>,
     /// The proxy refused a message of the current extended batch: drop
@@ -358,6 +363,7 @@ impl Session {
         } = setup;
         let mode = snap.config.proxy.pool_mode;
         let max_message = snap.config.proxy.max_message_size;
+        let max_buffer = snap.config.proxy.max_client_buffer;
         let shutdown = Box::pin(runtime.shutdown_notify.clone().notified_owned());
         let shards = snap.topology.shards.clone();
         let route_reads = routes_reads(&shards);
@@ -404,6 +410,8 @@ impl Session {
             cancel,
             mode,
             max_message,
+            max_buffer,
+            input_refused: false,
             shutdown,
             skip_until_sync: false,
             unnamed_route: None,
@@ -452,6 +460,13 @@ impl Session {
         };
         self.detach_at_end().await;
         let _ = self.client.shutdown().await;
+        if matches!(
+            &result,
+            Err(SessionError::ClientProtocol(ProtocolError::TooLarge { .. }))
+        ) || self.input_refused
+        {
+            linger(&mut self.client).await;
+        }
         result
     }
 
@@ -573,6 +588,7 @@ impl Session {
         self.route_reads = routes_reads(&self.shards);
         self.gathers = self.route_reads || self.sharded;
         self.max_message = snap.config.proxy.max_message_size;
+        self.max_buffer = snap.config.proxy.max_client_buffer;
         self.defer_begin =
             snap.config.proxy.defer_begin && self.mode == PoolMode::Transaction && !self.sharded;
         self.snap = snap;
@@ -750,6 +766,7 @@ impl Session {
         // Messages before this offset belong to a batch known to be whole.
         let mut batch_whole_until = 0;
         while let Some(h) = Header::complete(&buf[*pos..], self.max_message)? {
+            self.within_buffer(h.total)?;
             if self.gathers && *pos >= batch_whole_until && continues_batch(h.tag) {
                 // A batch is routed as a whole: wait for its Sync or Flush.
                 match batch_end(&buf[*pos..], self.batch_scanned, self.max_message)? {
@@ -757,8 +774,9 @@ impl Session {
                         batch_whole_until = *pos + n;
                         self.batch_scanned = 0;
                     }
-                    BatchEnd::Incomplete(n) if n > self.max_message => {
-                        return Err(SessionError::Fatal(batch_too_large(self.max_message)));
+                    BatchEnd::Incomplete(_) if buf.len() - *pos > self.max_buffer => {
+                        self.input_refused = true;
+                        return Err(SessionError::Fatal(batch_too_large(self.max_buffer)));
                     }
                     BatchEnd::Incomplete(n) => {
                         self.batch_scanned = n;
@@ -801,8 +819,32 @@ impl Session {
             }
         }
         // Reject an oversized message as soon as its header is in.
-        Header::peek(&buf[*pos..], self.max_message)?;
+        if let Some(h) = Header::peek(&buf[*pos..], self.max_message)? {
+            self.within_buffer(h.total)?;
+        }
         Ok(Flow::Continue)
+    }
+
+    /// Fails the session with `54000` when holding `len` bytes of one
+    /// client's input would pass `max_client_buffer`: what Postgres says
+    /// when a message would grow its own buffer past its limit ("out of
+    /// memory", program_limit_exceeded), not 53200, which reports the
+    /// allocator running dry.
+    fn within_buffer(&mut self, len: usize) -> Result<(), SessionError> {
+        if len <= self.max_buffer {
+            return Ok(());
+        }
+        self.input_refused = true;
+        Err(SessionError::Fatal(
+            PgError::fatal(
+                "54000",
+                format!(
+                    "out of memory: a message of {len} bytes exceeds max_client_buffer ({} bytes)",
+                    self.max_buffer
+                ),
+            )
+            .with_hint("Send smaller statements, or raise max_client_buffer in proxy.toml."),
+        ))
     }
 
     /// Handles one client message; `rest` holds the messages after it that
@@ -1106,6 +1148,22 @@ fn hint_error(e: shardgate_router::HintError) -> PgError {
 /// answer is at or past the client's commit, and costs the client no round trip.
 const COMMIT_LSN_SQL: &str = "SELECT pg_current_wal_lsn()::text";
 
+/// After refusing a client's input for its size: reads and drops what the
+/// client still sends, for up to a second, so the connection ends with a
+/// FIN the client reads after the error (closing a socket with input
+/// unread resets it, and the client may lose the error sent just before).
+async fn linger(client: &mut ClientStream) {
+    let mut sink = [0u8; 8192];
+    let drain = async {
+        while let Ok(n) = client.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+}
+
 #[inline]
 fn reserve(buf: &mut BytesMut) {
     if buf.capacity() - buf.len() < 2048 {
@@ -1113,14 +1171,14 @@ fn reserve(buf: &mut BytesMut) {
     }
 }
 
-/// An extended-protocol batch grew past `max_message_size` without a Sync
+/// An extended-protocol batch grew past `max_client_buffer` without a Sync
 /// or Flush.
 fn batch_too_large(max: usize) -> PgError {
     PgError::fatal(
         "54000",
-        format!("extended-protocol batch exceeds max_message_size ({max} bytes) before its Sync or Flush"),
+        format!("out of memory: an extended-protocol batch exceeds max_client_buffer ({max} bytes) before its Sync or Flush"),
     )
-    .with_hint("Send Sync or Flush more often, or raise max_message_size in proxy.toml.")
+    .with_hint("Send Sync or Flush more often, or raise max_client_buffer in proxy.toml.")
 }
 
 fn shutdown_error() -> PgError {

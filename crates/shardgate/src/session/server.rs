@@ -601,6 +601,12 @@ impl Session {
     /// The client is gone: return a clean connection, discard any other.
     pub(super) async fn detach_at_end(&mut self) {
         self.cancel.slot.clear();
+        if let Some(mut fan) = self.fanout_state.take() {
+            // A request on several shards parked while the client sent COPY
+            // data: every shard still waits for the rest of it.
+            super::fanout::abandon(&mut fan.parts);
+            tracing::info!(user = %self.user.config.name, "client left mid-COPY on several shards; server connections discarded");
+        }
         let mut all: Vec<Backend> = std::mem::take(&mut self.parked);
         all.extend(self.backend.take());
         for b in all {
