@@ -532,6 +532,16 @@ impl Session {
         if let Some(pool) = self.pools[b.shard][node.index].as_ref() {
             pool.discard_dead_idle();
         }
+        if b.ex.streaming > 0 {
+            // Part of a large message already went to the client: nothing
+            // can follow it on this connection but the rest of it.
+            return Err(SessionError::ClientIo(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                format!(
+                    "the server was lost in the middle of a message streamed to the client: {why}"
+                ),
+            )));
+        }
         let attempt = self.retry_attempt + 1;
         tracing::debug!(retryable = b.retry.is_some(), status = %(b.ex.status as char), attempt, "deciding whether to retry");
         if let Some(retry) = b.retry.take() {
