@@ -18,6 +18,7 @@ mod local;
 mod login;
 mod merge;
 mod moving;
+pub mod probe;
 mod server;
 mod sharded;
 mod split;
