@@ -405,7 +405,7 @@ fn cache_key(sql: &str, out: &mut String) {
     out.clear();
     for t in Lexer::new(sql) {
         let piece = match t.kind {
-            TokenKind::Number => NUMBER_PLACEHOLDER,
+            TokenKind::Number if plain_number(t.text) => NUMBER_PLACEHOLDER,
             TokenKind::String => STRING_PLACEHOLDER,
             TokenKind::BlockComment if !mentions_shardgate(t.text) => continue,
             _ => t.text,
@@ -415,6 +415,36 @@ fn cache_key(sql: &str, out: &mut String) {
         }
         out.push_str(piece);
     }
+}
+
+/// Whether a lexer number token is one numeric literal (`42`, `1_000`,
+/// `1.5e-3`, `.5`, `0x1F`, `0o17`, `0b101`). The lexer also takes letters
+/// that follow digits into the token (`1P0`, `1into`), which the parser
+/// reads as a number followed by a word: such a token stays verbatim in the
+/// cache key, or `... OFFSET 1P0` (no statement) would share the entry of
+/// `... OFFSET 100`, and `SELECT 1into t` (a write) that of `SELECT 5 t`.
+fn plain_number(t: &str) -> bool {
+    let b = t.as_bytes();
+    if b.len() > 2 && b[0] == b'0' && matches!(b[1], b'x' | b'X' | b'o' | b'O' | b'b' | b'B') {
+        return b[2..].iter().all(|c| c.is_ascii_hexdigit() || *c == b'_');
+    }
+    let (mantissa, exponent) = match b.iter().position(|c| matches!(c, b'e' | b'E')) {
+        Some(i) => (&b[..i], Some(&b[i + 1..])),
+        None => (b, None),
+    };
+    let digits = |d: &[u8]| d.iter().all(|c| c.is_ascii_digit() || *c == b'_');
+    let mantissa_ok = mantissa.iter().any(u8::is_ascii_digit)
+        && mantissa
+            .iter()
+            .all(|c| c.is_ascii_digit() || *c == b'_' || *c == b'.');
+    mantissa_ok
+        && exponent.is_none_or(|e| {
+            let e = e
+                .strip_prefix(b"-")
+                .or_else(|| e.strip_prefix(b"+"))
+                .unwrap_or(e);
+            !e.is_empty() && digits(e)
+        })
 }
 
 fn parse(stmt: &str) -> Option<Vec<Statement>> {

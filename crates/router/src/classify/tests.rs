@@ -721,3 +721,24 @@ fn never_panics() {
         let _ = parse_hints(sql);
     }
 }
+
+/// Fuzzing found it (fuzz/regressions/classify/): the lexer takes `1P0` as
+/// one number, so `OFFSET 1P0` (which does not parse) shared the cache
+/// entry of `OFFSET 100` and was answered from it.
+#[test]
+fn number_tokens_with_letters_keep_their_own_cache_entry() {
+    let c = Classifier::new(&[], 64);
+    let ok = "SELECT id FROM orders ORDER BY id LIMIT 5 OFFSET 100";
+    let junk = "SELECT id FROM orders ORDER BY id LIMIT 5 OFFSET 1P0";
+    assert_eq!(c.classify(ok), c.classify_uncached(ok));
+    assert_eq!(c.classify(junk), c.classify_uncached(junk));
+    assert_ne!(c.classify(ok), c.classify(junk));
+    for n in [
+        "42", "1_000", "1.5e-3", ".5", "5.", "1E+10", "0x1F", "0o17", "0b101",
+    ] {
+        assert!(plain_number(n), "{n}");
+    }
+    for n in ["1P0", "1into", "1e", "1e+", "0xZ", "12abc", "1.5ex"] {
+        assert!(!plain_number(n), "{n}");
+    }
+}
