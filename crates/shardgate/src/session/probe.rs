@@ -54,8 +54,8 @@ pub fn copy_rows_by_shard(
     let mut routed = Vec::new();
     let bad = |e: shardgate_router::CopyError| PgError::error("22P04", e.to_string());
     let mut rows: Vec<CopyRow> = Vec::new();
-    let mut chunks = chunks.iter().map(Some).chain([None]);
-    while let Some(chunk) = chunks.next() {
+    // The chunks, then `None`: the end of the data.
+    for chunk in chunks.iter().map(Some).chain([None]) {
         rows.clear();
         match chunk {
             Some(c) => splitter.feed_into(c, &mut rows).map_err(bad)?,
