@@ -403,17 +403,25 @@ const STRING_PLACEHOLDER: &str = "\u{1}S";
 /// hint values stay in the key.
 fn cache_key(sql: &str, out: &mut String) {
     out.clear();
+    // Tokens are joined by a space, except two punctuation tokens that touch
+    // in the text: `::` and `: :` (no statement) are both two `:` tokens.
+    let mut prev_punct_end = None;
     for t in Lexer::new(sql) {
         let piece = match t.kind {
             TokenKind::Number if plain_number(t.text) => NUMBER_PLACEHOLDER,
             TokenKind::String => STRING_PLACEHOLDER,
-            TokenKind::BlockComment if !mentions_shardgate(t.text) => continue,
+            // An unterminated comment (no statement) stays in the key.
+            TokenKind::BlockComment if !mentions_shardgate(t.text) && t.text.ends_with("*/") => {
+                continue
+            }
             _ => t.text,
         };
-        if !out.is_empty() {
+        let punct = t.kind == TokenKind::Punct;
+        if !out.is_empty() && !(punct && prev_punct_end == Some(t.offset)) {
             out.push(' ');
         }
         out.push_str(piece);
+        prev_punct_end = punct.then_some(t.offset + t.text.len());
     }
 }
 
@@ -425,8 +433,16 @@ fn cache_key(sql: &str, out: &mut String) {
 /// `... OFFSET 100`, and `SELECT 1into t` (a write) that of `SELECT 5 t`.
 fn plain_number(t: &str) -> bool {
     let b = t.as_bytes();
-    if b.len() > 2 && b[0] == b'0' && matches!(b[1], b'x' | b'X' | b'o' | b'O' | b'b' | b'B') {
-        return b[2..].iter().all(|c| c.is_ascii_hexdigit() || *c == b'_');
+    if b.len() > 2 && b[0] == b'0' {
+        let digit: Option<fn(&u8) -> bool> = match b[1] {
+            b'x' | b'X' => Some(u8::is_ascii_hexdigit),
+            b'o' | b'O' => Some(|c| (b'0'..=b'7').contains(c)),
+            b'b' | b'B' => Some(|c| matches!(c, b'0' | b'1')),
+            _ => None,
+        };
+        if let Some(digit) = digit {
+            return b[2..].iter().all(|c| digit(c) || *c == b'_');
+        }
     }
     let (mantissa, exponent) = match b.iter().position(|c| matches!(c, b'e' | b'E')) {
         Some(i) => (&b[..i], Some(&b[i + 1..])),

@@ -738,7 +738,32 @@ fn number_tokens_with_letters_keep_their_own_cache_entry() {
     ] {
         assert!(plain_number(n), "{n}");
     }
-    for n in ["1P0", "1into", "1e", "1e+", "0xZ", "12abc", "1.5ex"] {
+    for n in [
+        "1P0", "1into", "1e", "1e+", "0xZ", "12abc", "1.5ex", "0Occc", "0b12",
+    ] {
         assert!(!plain_number(n), "{n}");
     }
+}
+
+/// Fuzzing found it (fuzz/regressions/classify/): `::` and `: :` are both
+/// two `:` tokens, and the key joined every token with a space, so the
+/// second (no statement) took the cached route of the first.
+#[test]
+fn spacing_between_punctuation_is_part_of_the_cache_key() {
+    let c = Classifier::new(&[], 64);
+    let cast = "SELECT (count(*) + 1)::int FROM orders";
+    let junk = "SELECT (count(*) + 1): :int FROM orders";
+    assert_eq!(c.classify(cast), c.classify_uncached(cast));
+    assert_eq!(c.classify(junk), c.classify_uncached(junk));
+    let (mut a, mut b) = (String::new(), String::new());
+    cache_key(cast, &mut a);
+    cache_key(junk, &mut b);
+    assert_ne!(a, b);
+    cache_key("SELECT  1 /* x */ FROM\n t", &mut a);
+    cache_key("SELECT 2 FROM t", &mut b);
+    assert_eq!(a, b, "space, comments and literals still share a key");
+    // An unterminated comment is no comment to skip.
+    let open = "DECLARE c CURSOR FOR SELECT/* FROM orders";
+    c.classify("DECLARE c CURSOR FOR SELECT");
+    assert_eq!(c.classify(open), c.classify_uncached(open));
 }
