@@ -417,7 +417,8 @@ fn cache_key(sql: &str, out: &mut String) {
             _ => t.text,
         };
         let punct = t.kind == TokenKind::Punct;
-        if !out.is_empty() && !(punct && prev_punct_end == Some(t.offset)) {
+        let touches = punct && prev_punct_end == Some(t.offset);
+        if !out.is_empty() && !touches {
             out.push(' ');
         }
         out.push_str(piece);
