@@ -51,6 +51,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("copy", copy),
     ("numeric", numeric),
     ("merge_key", merge_key),
+    ("merge_expr", merge_expr),
     ("admin_sql", admin_sql),
     ("admin_command", admin_command),
     ("config", config),
@@ -496,6 +497,65 @@ pub fn merge_key(data: &[u8]) {
         let _ = float4_text(f32::from_be_bytes(bytes));
     }
     let _ = Key::from_literal_number(&text(a));
+}
+
+/// Takes one value off `data`: a type selector byte (into [`KEY_TYPES`]),
+/// a length byte (255: NULL) and that many bytes.
+fn take_value(data: &[u8]) -> Option<(u32, Option<&[u8]>, &[u8])> {
+    let (&selector, rest) = data.split_first()?;
+    let (&len, rest) = rest.split_first()?;
+    let ty = KEY_TYPES[usize::from(selector) % KEY_TYPES.len()];
+    if len == 255 {
+        return Some((ty, None, rest));
+    }
+    let len = usize::from(len).min(rest.len());
+    Some((ty, Some(&rest[..len]), &rest[len..]))
+}
+
+/// Expressions the proxy evaluates per combined group (arithmetic, casts,
+/// comparisons and functions over aggregates, HAVING): a statement planned
+/// by the merge planner, then (after a NUL) values for each expression's
+/// inputs and types for its operator probes (see [`take_value`]), bound and
+/// evaluated as the session does, the result encoded as it is sent.
+pub fn merge_expr(data: &[u8]) {
+    use shardgate_router::merge_plan::{plan_merge, MergeMode};
+    let (sql, mut rest) = split_nul(data);
+    let Ok(plan) = plan_merge(&text(sql), &probe::table_lookup(fixture_map())) else {
+        return;
+    };
+    let MergeMode::Grouped(g) = &plan.mode else {
+        return;
+    };
+    for x in &g.exprs {
+        let mut types = Vec::new();
+        let mut keys = Vec::new();
+        for _ in &x.inputs {
+            let Some((ty, value, r)) = take_value(rest) else {
+                return;
+            };
+            rest = r;
+            let Ok(key) = decode_key(ty, value) else {
+                return;
+            };
+            types.push(ty);
+            keys.push(key);
+        }
+        let mut probes = Vec::new();
+        for _ in &x.probes {
+            let Some((ty, _, r)) = take_value(rest) else {
+                return;
+            };
+            rest = r;
+            probes.push(ty);
+        }
+        if let Ok(bound) = x.tree.bind(&types, &probes) {
+            if let Ok(v) = bound.eval(&keys) {
+                for format in [0, 1] {
+                    let _ = encode_value(&v, bound.type_oid(), format);
+                }
+            }
+        }
+    }
 }
 
 /// SQL over the admin console's tables (embedded SQLite), with a Bind
