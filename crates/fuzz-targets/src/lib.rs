@@ -499,9 +499,13 @@ pub fn merge_key(data: &[u8]) {
     let _ = Key::from_literal_number(&text(a));
 }
 
+/// A typed value read off an input: type OID, bytes (`None`: NULL), and
+/// the rest of the input.
+type Taken<'a> = (u32, Option<&'a [u8]>, &'a [u8]);
+
 /// Takes one value off `data`: a type selector byte (into [`KEY_TYPES`]),
 /// a length byte (255: NULL) and that many bytes.
-fn take_value(data: &[u8]) -> Option<(u32, Option<&[u8]>, &[u8])> {
+fn take_value(data: &[u8]) -> Option<Taken<'_>> {
     let (&selector, rest) = data.split_first()?;
     let (&len, rest) = rest.split_first()?;
     let ty = KEY_TYPES[usize::from(selector) % KEY_TYPES.len()];
