@@ -403,18 +403,65 @@ const STRING_PLACEHOLDER: &str = "\u{1}S";
 /// hint values stay in the key.
 fn cache_key(sql: &str, out: &mut String) {
     out.clear();
+    // Tokens are joined by a space, except two punctuation tokens that touch
+    // in the text: `::` and `: :` (no statement) are both two `:` tokens.
+    let mut prev_punct_end = None;
     for t in Lexer::new(sql) {
         let piece = match t.kind {
-            TokenKind::Number => NUMBER_PLACEHOLDER,
+            TokenKind::Number if plain_number(t.text) => NUMBER_PLACEHOLDER,
             TokenKind::String => STRING_PLACEHOLDER,
-            TokenKind::BlockComment if !mentions_shardgate(t.text) => continue,
+            // An unterminated comment (no statement) stays in the key.
+            TokenKind::BlockComment if !mentions_shardgate(t.text) && t.text.ends_with("*/") => {
+                continue
+            }
             _ => t.text,
         };
-        if !out.is_empty() {
+        let punct = t.kind == TokenKind::Punct;
+        let touches = punct && prev_punct_end == Some(t.offset);
+        if !out.is_empty() && !touches {
             out.push(' ');
         }
         out.push_str(piece);
+        prev_punct_end = punct.then_some(t.offset + t.text.len());
     }
+}
+
+/// Whether a lexer number token is one numeric literal (`42`, `1_000`,
+/// `1.5e-3`, `.5`, `0x1F`, `0o17`, `0b101`). The lexer also takes letters
+/// that follow digits into the token (`1P0`, `1into`), which the parser
+/// reads as a number followed by a word: such a token stays verbatim in the
+/// cache key, or `... OFFSET 1P0` (no statement) would share the entry of
+/// `... OFFSET 100`, and `SELECT 1into t` (a write) that of `SELECT 5 t`.
+fn plain_number(t: &str) -> bool {
+    let b = t.as_bytes();
+    if b.len() > 2 && b[0] == b'0' {
+        let digit: Option<fn(&u8) -> bool> = match b[1] {
+            b'x' | b'X' => Some(u8::is_ascii_hexdigit),
+            b'o' | b'O' => Some(|c| (b'0'..=b'7').contains(c)),
+            b'b' | b'B' => Some(|c| matches!(c, b'0' | b'1')),
+            _ => None,
+        };
+        if let Some(digit) = digit {
+            return b[2..].iter().all(|c| digit(c) || *c == b'_');
+        }
+    }
+    let (mantissa, exponent) = match b.iter().position(|c| matches!(c, b'e' | b'E')) {
+        Some(i) => (&b[..i], Some(&b[i + 1..])),
+        None => (b, None),
+    };
+    let digits = |d: &[u8]| d.iter().all(|c| c.is_ascii_digit() || *c == b'_');
+    let mantissa_ok = mantissa.iter().any(u8::is_ascii_digit)
+        && mantissa
+            .iter()
+            .all(|c| c.is_ascii_digit() || *c == b'_' || *c == b'.');
+    mantissa_ok
+        && exponent.is_none_or(|e| {
+            let e = e
+                .strip_prefix(b"-")
+                .or_else(|| e.strip_prefix(b"+"))
+                .unwrap_or(e);
+            !e.is_empty() && digits(e)
+        })
 }
 
 fn parse(stmt: &str) -> Option<Vec<Statement>> {

@@ -34,6 +34,22 @@ pub struct Token<'a> {
     pub offset: usize,
 }
 
+impl<'a> Token<'a> {
+    /// The text between the quotes of a `'...'` string or a `"..."`
+    /// identifier, escapes (doubled quotes) left as they are; an
+    /// unterminated one (which runs to the end of the input) gives all after
+    /// its opening quote. `None` for other tokens (`E'...'`, `$$...$$`).
+    pub fn quoted_body(&self) -> Option<&'a str> {
+        let q = match self.kind {
+            TokenKind::String => '\'',
+            TokenKind::QuotedIdent => '"',
+            _ => return None,
+        };
+        let body = self.text.strip_prefix(q)?;
+        Some(body.strip_suffix(q).unwrap_or(body))
+    }
+}
+
 impl Token<'_> {
     /// Whether this is the keyword `kw` (ASCII case-insensitive).
     #[inline]

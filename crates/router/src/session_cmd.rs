@@ -355,9 +355,7 @@ pub fn leaves_session_state(stmt: &str) -> bool {
 fn ident(t: &Token<'_>) -> Option<String> {
     match t.kind {
         TokenKind::Word => Some(t.text.to_ascii_lowercase()),
-        TokenKind::QuotedIdent => {
-            Some(t.text[1..t.text.len().saturating_sub(1)].replace("\"\"", "\""))
-        }
+        TokenKind::QuotedIdent => t.quoted_body().map(|b| b.replace("\"\"", "\"")),
         _ => None,
     }
 }
@@ -488,6 +486,22 @@ impl SessionCommand {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fuzzing found it: an unterminated quoted identifier ending inside a
+    /// multi-byte character panicked where its name was read.
+    #[test]
+    fn unterminated_quoted_identifiers_do_not_panic() {
+        for stmt in [
+            "SET \"\u{e9}",
+            "DEALLOCATE \"\u{e9}",
+            "RESET \"\u{e9}",
+            "LISTEN \"\u{e9}",
+            "CLOSE \"\u{e9}",
+        ] {
+            let _ = SessionCommand::parse(stmt);
+            let _ = leaves_session_state(stmt);
+        }
+    }
 
     fn set(stmt: &str) -> (String, String) {
         match SessionCommand::parse(stmt) {

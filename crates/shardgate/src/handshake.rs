@@ -80,14 +80,13 @@ pub async fn handle_client(runtime: Arc<Runtime>, socket: TcpStream, peer: Socke
         return;
     }
     let base = ReadLevel::configured(&snap.config, &user.config);
-    let (session_params, routing) =
-        match session_params(&params).and_then(|p| split_routing(p, base)) {
-            Ok(p) => p,
-            Err(e) => {
-                send_fatal(&mut stream, &e).await;
-                return;
-            }
-        };
+    let (session_params, routing) = match startup_settings(&params, base) {
+        Ok(p) => p,
+        Err(e) => {
+            send_fatal(&mut stream, &e).await;
+            return;
+        }
+    };
     let cancel = runtime.cancels.register();
     let state = SessionState::from_startup(&session_params);
     tracing::info!(%peer, user = %user_name, %database, tls = stream.is_tls(), "client connected");
@@ -294,6 +293,16 @@ async fn read_startup(
             }
         }
     }
+}
+
+/// The session parameters and routing state a startup packet's parameters
+/// ask for over `base`: `options` (`-c name=value`) unfolded, `shardgate.*`
+/// settings taken out; `Err` is the FATAL error the client gets.
+pub fn startup_settings(
+    params: &[(String, String)],
+    base: ReadLevel,
+) -> Result<(Vec<(String, String)>, RoutingState), PgError> {
+    session_params(params).and_then(|p| split_routing(p, base))
 }
 
 /// Takes `shardgate.*` startup options (`-c shardgate.consistency=...`) out

@@ -721,3 +721,49 @@ fn never_panics() {
         let _ = parse_hints(sql);
     }
 }
+
+/// Fuzzing found it (fuzz/regressions/classify/): the lexer takes `1P0` as
+/// one number, so `OFFSET 1P0` (which does not parse) shared the cache
+/// entry of `OFFSET 100` and was answered from it.
+#[test]
+fn number_tokens_with_letters_keep_their_own_cache_entry() {
+    let c = Classifier::new(&[], 64);
+    let ok = "SELECT id FROM orders ORDER BY id LIMIT 5 OFFSET 100";
+    let junk = "SELECT id FROM orders ORDER BY id LIMIT 5 OFFSET 1P0";
+    assert_eq!(c.classify(ok), c.classify_uncached(ok));
+    assert_eq!(c.classify(junk), c.classify_uncached(junk));
+    assert_ne!(c.classify(ok), c.classify(junk));
+    for n in [
+        "42", "1_000", "1.5e-3", ".5", "5.", "1E+10", "0x1F", "0o17", "0b101",
+    ] {
+        assert!(plain_number(n), "{n}");
+    }
+    for n in [
+        "1P0", "1into", "1e", "1e+", "0xZ", "12abc", "1.5ex", "0Occc", "0b12",
+    ] {
+        assert!(!plain_number(n), "{n}");
+    }
+}
+
+/// Fuzzing found it (fuzz/regressions/classify/): `::` and `: :` are both
+/// two `:` tokens, and the key joined every token with a space, so the
+/// second (no statement) took the cached route of the first.
+#[test]
+fn spacing_between_punctuation_is_part_of_the_cache_key() {
+    let c = Classifier::new(&[], 64);
+    let cast = "SELECT (count(*) + 1)::int FROM orders";
+    let junk = "SELECT (count(*) + 1): :int FROM orders";
+    assert_eq!(c.classify(cast), c.classify_uncached(cast));
+    assert_eq!(c.classify(junk), c.classify_uncached(junk));
+    let (mut a, mut b) = (String::new(), String::new());
+    cache_key(cast, &mut a);
+    cache_key(junk, &mut b);
+    assert_ne!(a, b);
+    cache_key("SELECT  1 /* x */ FROM\n t", &mut a);
+    cache_key("SELECT 2 FROM t", &mut b);
+    assert_eq!(a, b, "space, comments and literals still share a key");
+    // An unterminated comment is no comment to skip.
+    let open = "DECLARE c CURSOR FOR SELECT/* FROM orders";
+    c.classify("DECLARE c CURSOR FOR SELECT");
+    assert_eq!(c.classify(open), c.classify_uncached(open));
+}

@@ -234,15 +234,17 @@ pub fn parse(stmt: &str) -> Result<Command, CommandError> {
 /// An identifier's name: unquoted ones folded to lower case.
 fn ident(t: &Token<'_>) -> String {
     match t.kind {
-        TokenKind::QuotedIdent => t.text[1..t.text.len() - 1].replace("\"\"", "\""),
+        TokenKind::QuotedIdent => t.quoted_body().unwrap_or_default().replace("\"\"", "\""),
         _ => t.text.to_ascii_lowercase(),
     }
 }
 
 /// A string literal's value (plain `'...'` only).
 fn string_value(t: &Token<'_>) -> Option<String> {
-    (t.kind == TokenKind::String && t.text.starts_with('\'') && t.text.len() >= 2)
-        .then(|| t.text[1..t.text.len() - 1].replace("''", "'"))
+    // An unterminated string is a syntax error in the console too.
+    t.quoted_body()
+        .filter(|_| t.kind == TokenKind::String && t.text.len() >= 2 && t.text.ends_with('\''))
+        .map(|b| b.replace("''", "'"))
 }
 
 const ADD_SHARD_HINT: &str =
@@ -518,6 +520,17 @@ fn set(rest: &[Token<'_>]) -> Result<Command, CommandError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fuzzing found it (fuzz/regressions/admin_command/): an unterminated
+    /// string or identifier ending inside a multi-byte character panicked.
+    #[test]
+    fn unterminated_quotes_are_errors_not_panics() {
+        for stmt in ["BAN '1:2' FOR '71r\u{fffd}", "BAN '\u{e9}", "KILL '"] {
+            assert!(parse(stmt).is_err(), "{stmt}");
+        }
+        let _ = parse("SHOW \"\u{e9}");
+        assert!(parse("BAN '127.0.0.1:5433' FOR '30s'").is_ok());
+    }
 
     fn ok(s: &str) -> Command {
         parse(s).unwrap()

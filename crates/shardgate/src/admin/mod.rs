@@ -5,6 +5,8 @@
 //! PAUSE, BAN, ...), over the simple and the extended query protocol.
 
 mod command;
+/// Parses one console statement (a command such as `SHOW POOLS` or `BAN`).
+pub use command::{parse as parse_command, Command, CommandError};
 mod exec;
 pub mod tables;
 mod wire;
@@ -23,7 +25,6 @@ use tokio::io::AsyncWriteExt;
 use crate::auth::User;
 use crate::client_io::{read_message, ClientStream, ReadError};
 use crate::runtime::Runtime;
-use command::Command;
 use tables::{Source, TABLES};
 
 /// Largest admin message accepted.

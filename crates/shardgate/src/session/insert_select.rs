@@ -628,7 +628,7 @@ fn copy_statement(si: &StreamInsert, n: usize) -> Result<String, PgError> {
 }
 
 /// The values of a DataRow (`None` for NULL).
-type Fields<'a> = Vec<Option<&'a [u8]>>;
+pub(super) type Fields<'a> = Vec<Option<&'a [u8]>>;
 
 /// The owner shard of a DataRow and its text fields.
 fn row_owner<'a>(si: &StreamInsert, body: &'a [u8]) -> Result<(usize, Fields<'a>), PgError> {
@@ -646,7 +646,7 @@ fn row_owner<'a>(si: &StreamInsert, body: &'a [u8]) -> Result<(usize, Fields<'a>
 }
 
 /// The values of a DataRow body (`None` for NULL); `None` if malformed.
-fn data_row_fields(body: &[u8]) -> Option<Fields<'_>> {
+pub(super) fn data_row_fields(body: &[u8]) -> Option<Fields<'_>> {
     let n = u16::from_be_bytes([*body.first()?, *body.get(1)?]) as usize;
     let mut pos = 2;
     let mut out = Vec::with_capacity(n);

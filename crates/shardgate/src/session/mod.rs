@@ -19,6 +19,7 @@ mod login;
 mod materialize;
 mod merge;
 mod moving;
+pub mod probe;
 mod server;
 mod sharded;
 mod split;

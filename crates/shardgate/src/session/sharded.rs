@@ -1418,7 +1418,7 @@ pub(super) enum CopyRoute {
     },
 }
 
-enum CopyFailure {
+pub(super) enum CopyFailure {
     /// The client sent CopyFail.
     Client(BytesMut),
     /// The data could not be split.
@@ -1507,7 +1507,7 @@ fn finish_copy(fan: &mut super::fanout::Fanout) -> Result<(), CopyFailure> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn send_rows(
+pub(super) fn send_rows(
     outs: &mut [BytesMut],
     shard_index: &[usize],
     splitter: &CopySplitter,

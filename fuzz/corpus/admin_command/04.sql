@@ -1,0 +1,1 @@
+PAUSE SHARD 1

@@ -1,0 +1,1 @@
+SET query_timeout = '5s'

@@ -1,0 +1,1 @@
+SELECT max(small) FROM orders

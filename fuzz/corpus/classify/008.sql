@@ -1,0 +1,1 @@
+SELECT bool_or(ok) FROM events

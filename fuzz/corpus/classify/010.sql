@@ -1,0 +1,1 @@
+SELECT ratio, count(*) FROM orders WHERE ratio > 20 GROUP BY ratio ORDER BY ratio

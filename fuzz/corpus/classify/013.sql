@@ -1,0 +1,1 @@
+SELECT bool_and(paid) FILTER (WHERE qty > 25), bool_or(paid) FILTER (WHERE qty < -5) FROM orders

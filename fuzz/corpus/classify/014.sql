@@ -1,0 +1,1 @@
+SELECT sum(n), avg(n), sum(f), avg(f), min(t), max(d), bool_and(b), bool_or(b) FROM empty_t

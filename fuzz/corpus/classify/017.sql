@@ -1,0 +1,1 @@
+SELECT count(*) FROM orders WHERE customer_id IN (SELECT id FROM customers WHERE score > 50)

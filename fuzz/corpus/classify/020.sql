@@ -1,0 +1,1 @@
+SELECT status, count(DISTINCT customer_id) AS n, sum(DISTINCT customer_id) FROM orders GROUP BY status ORDER BY n DESC, status NULLS FIRST

@@ -1,0 +1,1 @@
+SELECT tier FROM customers GROUP BY tier HAVING count(DISTINCT country) FILTER (WHERE vip) > 2

@@ -1,0 +1,1 @@
+SELECT status, string_agg(note, ',' ORDER BY id) AS s FROM orders GROUP BY status ORDER BY count(*) DESC, status

@@ -1,0 +1,1 @@
+SELECT bit_and(big), bit_or(big), bit_xor(big) FROM orders

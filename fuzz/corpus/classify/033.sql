@@ -1,0 +1,1 @@
+SELECT status, max(qty) - min(qty) FROM orders GROUP BY status ORDER BY status NULLS FIRST

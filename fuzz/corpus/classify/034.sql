@@ -1,0 +1,1 @@
+SELECT status, count(*) FROM orders GROUP BY status HAVING count(*) - count(paid) > 10 OR max(qty) / 2 = 5 ORDER BY status NULLS FIRST

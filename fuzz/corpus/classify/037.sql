@@ -1,0 +1,1 @@
+SELECT customer_id, id FROM orders ORDER BY row_number() OVER (PARTITION BY customer_id ORDER BY id DESC), id LIMIT 20

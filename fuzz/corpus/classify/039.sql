@@ -1,0 +1,1 @@
+SELECT id, row_number() OVER w, lag(amount) OVER w, lead(amount) OVER w FROM orders WINDOW w AS (ORDER BY id) ORDER BY id LIMIT 20

@@ -1,0 +1,1 @@
+INSERT INTO orders (id, customer_id, amount) VALUES (1, 7, 2.50), (2, 8, 3.00)

@@ -1,0 +1,1 @@
+SELECT * FROM devices WHERE id = '6ba7b810-9dad-11d1-80b4-00c04fd430c8'

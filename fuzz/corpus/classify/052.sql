@@ -1,0 +1,1 @@
+WITH w AS (UPDATE customers SET vip = true WHERE id = 3 RETURNING *) SELECT * FROM w

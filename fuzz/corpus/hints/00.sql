@@ -1,0 +1,1 @@
+/* shardgate: shard=1 */ SELECT 1

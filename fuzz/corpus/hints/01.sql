@@ -1,0 +1,1 @@
+/* shardgate: sharding_key=42 */ SELECT * FROM orders

@@ -1,0 +1,1 @@
+/* shardgate: consistency=strong */ SELECT 1

@@ -1,0 +1,1 @@
+/* shardgate: consistency=bounded, max_lag_ms=500 */ SELECT 1

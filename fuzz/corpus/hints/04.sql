@@ -1,0 +1,1 @@
+/* shardgate: route=primary */ SELECT 1

@@ -1,0 +1,1 @@
+/* other */ SELECT 1

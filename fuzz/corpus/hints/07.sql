@@ -1,0 +1,1 @@
+/* shardgate: bogus */ SELECT

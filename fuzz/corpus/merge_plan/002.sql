@@ -1,0 +1,1 @@
+SELECT id, created FROM customers ORDER BY created NULLS FIRST, id

@@ -1,0 +1,1 @@
+SELECT count(paid) FROM orders

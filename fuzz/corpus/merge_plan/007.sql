@@ -1,0 +1,1 @@
+SELECT max(created) FROM customers

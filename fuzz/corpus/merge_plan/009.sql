@@ -1,0 +1,1 @@
+SELECT tier, count(vip), bool_and(vip), bool_or(vip) FROM customers GROUP BY tier ORDER BY tier

@@ -1,0 +1,1 @@
+SELECT paid, count(*) FROM orders GROUP BY paid HAVING min(placed) < date '2023-01-03' ORDER BY paid

@@ -1,0 +1,1 @@
+SELECT c.id, k.name FROM customers c JOIN countries k ON k.code = c.country

@@ -1,0 +1,1 @@
+SELECT DISTINCT ON (status) status, id FROM orders WHERE customer_id = 66 ORDER BY status, id

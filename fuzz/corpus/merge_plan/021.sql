@@ -1,0 +1,1 @@
+SELECT id, count(DISTINCT kind) FROM events GROUP BY id HAVING count(DISTINCT kind) = 0

@@ -1,0 +1,1 @@
+SELECT json_agg(ARRAY[id, qty] ORDER BY id) FROM orders

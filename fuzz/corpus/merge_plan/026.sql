@@ -1,0 +1,1 @@
+SELECT stddev(weight), variance(weight), var_pop(ratio), stddev_pop(ratio), stddev(ratio), var_samp(weight) FROM orders

@@ -1,0 +1,1 @@
+SELECT percentile_cont(0.37) WITHIN GROUP (ORDER BY big), percentile_cont(0.9) WITHIN GROUP (ORDER BY small DESC) FROM orders

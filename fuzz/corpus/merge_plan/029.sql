@@ -1,0 +1,1 @@
+SELECT corr(weight, qty), regr_count(weight, qty), covar_samp(weight, qty) FROM orders WHERE id = 5

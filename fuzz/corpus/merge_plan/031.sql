@@ -1,0 +1,1 @@
+SELECT 'x', count(DISTINCT qty) FROM orders

@@ -1,0 +1,1 @@
+SELECT (count(*) + 1)::int, sum(qty)::int8 / 3, -(sum(qty)) FROM orders

@@ -1,0 +1,1 @@
+SELECT id, ntile(4) OVER (ORDER BY id) FROM orders

@@ -1,0 +1,1 @@
+UPDATE customers SET name = 'x' WHERE id = $1

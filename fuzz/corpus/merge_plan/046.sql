@@ -1,0 +1,1 @@
+SELECT * FROM events WHERE id >= 999 AND id < 2001

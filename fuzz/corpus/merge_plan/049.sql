@@ -1,0 +1,1 @@
+SELECT * FROM accounts_geo WHERE region = 'us'

@@ -1,0 +1,1 @@
+SELECT * FROM countries JOIN customers ON countries.code = customers.country WHERE customers.id = 5

@@ -1,0 +1,1 @@
+SELECT id, weight FROM orders ORDER BY weight DESC NULLS LAST, id LIMIT 5 OFFSET 100

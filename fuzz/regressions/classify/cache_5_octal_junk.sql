@@ -1,0 +1,1 @@
+SELECT (count(*) + 1)::int, sum(qty)::int8 / 3,0OccccccEccc -(sum(qty)) FROM orders
