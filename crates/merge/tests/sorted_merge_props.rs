@@ -5,15 +5,16 @@
 //! antisymmetric, NULLs and NaN, -0 and 0, numerics of different scales
 //! included), which is what is checked here.
 //!
-//! The k-way merge itself lives in the proxy's session code
-//! (`crates/shardgate/src/session/merge.rs`, `Run::pick`): it takes the
-//! stream whose head sorts first, the earliest stream on ties, as
-//! `kway_merge` below does.
+//! The k-way merge is the proxy's own operator
+//! (`shardgate_merge::ops::SortedMerge`): it takes the stream whose head
+//! sorts first, the earliest stream on ties.
 
 use std::cmp::Ordering;
 
 use bytes::BytesMut;
 use proptest::prelude::*;
+use shardgate_merge::ops::SortedMerge;
+use shardgate_merge::plan::SortKey;
 use shardgate_merge::{decode_key, oid, Key, Numeric};
 
 /// Binary values of one column type, NULL included, as shards send them.
@@ -66,26 +67,30 @@ fn column() -> impl Strategy<Value = (u32, Vec<Option<Vec<u8>>>)> {
     ]
 }
 
-fn kway_merge(mut streams: Vec<Vec<(Key, usize)>>, desc: bool, nulls_first: bool) -> Vec<usize> {
+/// The rows in the order [`SortedMerge`] gives, each input refilled as
+/// soon as it wants its next row.
+fn kway_merge(streams: Vec<Vec<(Key, usize)>>, desc: bool, nulls_first: bool) -> Vec<usize> {
+    let key = SortKey {
+        column: 0,
+        desc,
+        nulls_first,
+    };
+    let mut merge = SortedMerge::new(streams.len(), vec![key], true);
+    let mut inputs: Vec<_> = streams.into_iter().map(Vec::into_iter).collect();
     let mut out = Vec::new();
-    for s in &mut streams {
-        s.reverse();
-    }
     loop {
-        let mut best: Option<usize> = None;
-        for (i, s) in streams.iter().enumerate() {
-            let Some((k, _)) = s.last() else { continue };
-            let better = best.is_none_or(|b| {
-                let (bk, _) = streams[b].last().expect("head");
-                k.cmp_sort(bk, desc, nulls_first) == Ordering::Less
-            });
-            if better {
-                best = Some(i);
+        for (i, input) in inputs.iter_mut().enumerate() {
+            if merge.wants(i) {
+                match input.next() {
+                    Some((k, row)) => merge.push(i, vec![k], row),
+                    None => merge.end(i),
+                }
             }
         }
-        match best {
-            Some(i) => out.push(streams[i].pop().expect("head").1),
-            None => return out,
+        match merge.pop() {
+            Some((_, row)) => out.push(row),
+            None if merge.exhausted() => return out,
+            None => {}
         }
     }
 }
