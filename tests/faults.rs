@@ -40,6 +40,13 @@ fn addr_of(via: &Via, node: &shardgate_harness::Node) -> String {
 
 /// A configuration like `support::config`, with the admin user `ops`, and
 /// nodes reached through their fault proxies.
+/// A proxy on a free port over `c`, its connections to the nodes of `via`
+/// going through their fault proxies.
+fn proxy_via(c: &Cluster, via: &Via, proxy_extra: &str, rest: &str) -> Proxy {
+    let port = free_port();
+    Proxy::start(c.dir(), port, &config_via(c, via, port, proxy_extra, rest))
+}
+
 fn config_via(c: &Cluster, via: &Via, port: u16, proxy_extra: &str, rest: &str) -> String {
     let mut shards = String::new();
     for s in c.shards() {
@@ -111,6 +118,33 @@ struct Tally {
     served: Vec<(Instant, u16)>,
     /// The longest a statement took.
     slowest: Duration,
+}
+
+impl Tally {
+    /// How many errors of each SQLSTATE (or message start) the load saw.
+    fn codes(&self) -> BTreeMap<String, usize> {
+        self.errors.iter().fold(BTreeMap::new(), |mut m, (_, e)| {
+            *m.entry(e.split(':').next().unwrap().to_owned())
+                .or_default() += 1;
+            m
+        })
+    }
+}
+
+/// Runs `sql` every 100 ms until it succeeds (within 30 s, else the test
+/// fails); how long that took.
+async fn until_it_works(client: &tokio_postgres::Client, sql: &str) -> Duration {
+    let start = Instant::now();
+    loop {
+        match client.batch_execute(sql).await {
+            Ok(()) => return start.elapsed(),
+            Err(e) => assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "writes did not resume: {e:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Clients running one statement in a loop until stopped; statements that
@@ -331,18 +365,12 @@ async fn replica_frozen_reads_move_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_killed_writes_fail_fast_reads_go_on() {
     let c = cluster(ClusterSpec::new(1, 2));
-    let port = free_port();
     let connect_timeout = Duration::from_secs(2);
-    let proxy = Proxy::start(
-        c.dir(),
-        port,
-        &config_via(
-            &c,
-            &Via::new(),
-            port,
-            "pool_size = 20\nconnect_timeout = \"2s\"",
-            "[routing]\ndefault_consistency = \"eventual\"\nhealth_check_ms = 1000\nban_ms = 1000\n",
-        ),
+    let proxy = proxy_via(
+        &c,
+        &Via::new(),
+        "pool_size = 20\nconnect_timeout = \"2s\"",
+        "[routing]\ndefault_consistency = \"eventual\"\nhealth_check_ms = 1000\nban_ms = 1000\n",
     );
     let app = connect(&proxy.app()).await;
     app.batch_execute("CREATE TABLE pk (id serial PRIMARY KEY, at timestamptz DEFAULT now())")
@@ -376,27 +404,9 @@ async fn primary_killed_writes_fail_fast_reads_go_on() {
     }
     let write_tally = writes.finish().await;
     primary.start().unwrap();
-    let restarted = Instant::now();
-    let resumed = loop {
-        match writer.batch_execute("INSERT INTO pk DEFAULT VALUES").await {
-            Ok(()) => break restarted.elapsed(),
-            Err(e) => assert!(
-                restarted.elapsed() < Duration::from_secs(30),
-                "writes did not resume: {e:?}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let resumed = until_it_works(&writer, "INSERT INTO pk DEFAULT VALUES").await;
     let read_tally = reads.finish().await;
-    let load_codes: BTreeMap<String, usize> =
-        write_tally
-            .errors
-            .iter()
-            .fold(BTreeMap::new(), |mut m, (_, e)| {
-                *m.entry(e.split(':').next().unwrap().to_owned())
-                    .or_default() += 1;
-                m
-            });
+    let load_codes = write_tally.codes();
     println!(
         "primary killed: {} reads, {} read errors; fresh writes failed with {codes:?}, slowest in {slowest:?}; \
          load writes {} ok, errors by code {load_codes:?}; writes resumed {resumed:?} after restart",
@@ -429,18 +439,12 @@ async fn primary_stalled_writes_fail_not_hang() {
     let c = cluster(ClusterSpec::new(1, 2));
     let primary = &c.shard(0).primary;
     let via = via(&c, &[primary.name()]);
-    let port = free_port();
     let connect_timeout = Duration::from_secs(3);
-    let proxy = Proxy::start(
-        c.dir(),
-        port,
-        &config_via(
-            &c,
-            &via,
-            port,
-            "pool_size = 20\nconnect_timeout = \"3s\"",
-            "[routing]\ndefault_consistency = \"eventual\"\nhealth_check_ms = 1000\nban_ms = 1000\n",
-        ),
+    let proxy = proxy_via(
+        &c,
+        &via,
+        "pool_size = 20\nconnect_timeout = \"3s\"",
+        "[routing]\ndefault_consistency = \"eventual\"\nhealth_check_ms = 1000\nban_ms = 1000\n",
     );
     let app = connect(&proxy.app()).await;
     app.batch_execute("CREATE TABLE ps (id serial PRIMARY KEY)")
@@ -460,23 +464,9 @@ async fn primary_stalled_writes_fail_not_hang() {
     tokio::time::sleep(Duration::from_secs(6)).await;
     let write_tally = writes.finish().await;
     via[primary.name()].heal();
-    let healed = Instant::now();
-    let resumed = loop {
-        match app.batch_execute("INSERT INTO ps DEFAULT VALUES").await {
-            Ok(()) => break healed.elapsed(),
-            Err(e) => assert!(
-                healed.elapsed() < Duration::from_secs(30),
-                "writes did not resume: {e:?}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let resumed = until_it_works(&app, "INSERT INTO ps DEFAULT VALUES").await;
     let read_tally = reads.finish().await;
-    let codes: BTreeSet<String> = write_tally
-        .errors
-        .iter()
-        .map(|(_, e)| e.split(':').next().unwrap().to_owned())
-        .collect();
+    let codes: BTreeSet<String> = write_tally.codes().into_keys().collect();
     let first_error = write_tally
         .errors
         .iter()
@@ -513,18 +503,12 @@ async fn stall_mid_answer_holds_only_its_client() {
     let c = cluster(ClusterSpec::new(1, 0));
     let primary = &c.shard(0).primary;
     let via = via(&c, &[primary.name()]);
-    let port = free_port();
     let query_timeout = Duration::from_secs(2);
-    let proxy = Proxy::start(
-        c.dir(),
-        port,
-        &config_via(
-            &c,
-            &via,
-            port,
-            "pool_size = 20\nquery_timeout = \"2s\"",
-            "[routing]\nhealth_check_ms = 1000\n",
-        ),
+    let proxy = proxy_via(
+        &c,
+        &via,
+        "pool_size = 20\nquery_timeout = \"2s\"",
+        "[routing]\nhealth_check_ms = 1000\n",
     );
     let others = Load::start(&proxy.app(), 8, READ).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -906,18 +890,12 @@ async fn stall_mid_answer_on_one_shard_of_several() {
     let c = cluster(ClusterSpec::new(2, 0));
     let via = via(&c, &["shard1-primary"]);
     let shard1 = &via["shard1-primary"];
-    let port = free_port();
     let query_timeout = Duration::from_secs(2);
-    let proxy = Proxy::start(
-        c.dir(),
-        port,
-        &config_via(
-            &c,
-            &via,
-            port,
-            "pool_size = 20\nquery_timeout = \"2s\"",
-            "[[sharded_tables]]\ntable = \"big\"\ncolumn = \"id\"\n",
-        ),
+    let proxy = proxy_via(
+        &c,
+        &via,
+        "pool_size = 20\nquery_timeout = \"2s\"",
+        "[[sharded_tables]]\ntable = \"big\"\ncolumn = \"id\"\n",
     );
     let app = connect(&proxy.app()).await;
     app.batch_execute("CREATE TABLE big (id bigint PRIMARY KEY, m text)")
@@ -1005,11 +983,7 @@ async fn replica_stalled_under_cross_shard_reads() {
         .iter()
         .filter(|(t, _)| *t > stalled + Duration::from_secs(4))
         .collect();
-    let codes: BTreeSet<String> = tally
-        .errors
-        .iter()
-        .map(|(_, e)| e.split(':').next().unwrap().to_owned())
-        .collect();
+    let codes: BTreeSet<String> = tally.codes().into_keys().collect();
     println!(
         "replica stalled under cross-shard reads: {} reads, {} errors {codes:?}, slowest {:?}, {} reads in the last 2 s of the stall",
         tally.ok,
