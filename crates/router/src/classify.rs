@@ -409,7 +409,11 @@ fn cache_key(sql: &str, out: &mut String) {
     for t in Lexer::new(sql) {
         let piece = match t.kind {
             TokenKind::Number if plain_number(t.text) => NUMBER_PLACEHOLDER,
-            TokenKind::String => STRING_PLACEHOLDER,
+            // An unterminated literal (no statement) stays in the key: it
+            // runs to the end of the text, which a literal cannot stand for.
+            TokenKind::String if t.offset + t.text.len() < sql.len() || closed(t.text) => {
+                STRING_PLACEHOLDER
+            }
             // An unterminated comment (no statement) stays in the key.
             TokenKind::BlockComment if !mentions_shardgate(t.text) && t.text.ends_with("*/") => {
                 continue
@@ -424,6 +428,34 @@ fn cache_key(sql: &str, out: &mut String) {
         out.push_str(piece);
         prev_punct_end = punct.then_some(t.offset + t.text.len());
     }
+}
+
+/// Whether a string token that runs to the end of the text is closed
+/// there: `'...'` and `B'...'`/`X'...'`/`U&'...'` by an odd run of
+/// closing quotes (`''` inside is a quote), `$tag$...$tag$` by its tag.
+/// `E'...'` with a backslash is taken as open (a backslash may escape
+/// the last quote): such a statement is only not shared in the cache.
+fn closed(t: &str) -> bool {
+    if let Some(rest) = t.strip_prefix('$') {
+        return match rest.find('$') {
+            Some(i) => {
+                let tag = &t[..i + 2];
+                t.len() >= 2 * tag.len() && t.ends_with(tag)
+            }
+            None => false,
+        };
+    }
+    let Some(open) = t.find('\'') else {
+        return false;
+    };
+    let prefix = &t[..open];
+    if prefix.eq_ignore_ascii_case("e") && t.contains('\\') {
+        return false;
+    }
+    // After the opening quote: pairs of quotes, then the closing one.
+    let body = &t[open + 1..];
+    let run = body.len() - body.trim_end_matches('\'').len();
+    run % 2 == 1
 }
 
 /// Whether a lexer number token is one numeric literal (`42`, `1_000`,

@@ -767,3 +767,27 @@ fn spacing_between_punctuation_is_part_of_the_cache_key() {
     c.classify("DECLARE c CURSOR FOR SELECT");
     assert_eq!(c.classify(open), c.classify_uncached(open));
 }
+
+#[test]
+fn an_unterminated_literal_does_not_share_a_terminated_ones_cache_key() {
+    let key = |sql: &str| {
+        let mut k = String::new();
+        super::cache_key(sql, &mut k);
+        k
+    };
+    let closed = key("SELECT * FROM t WHERE name = 'alice'");
+    assert_eq!(closed, key("SELECT * FROM t WHERE name = 'bob'"));
+    assert_eq!(closed, key("SELECT * FROM t WHERE name = 'it''s'"));
+    assert_eq!(closed, key("SELECT * FROM t WHERE name = $$x$$"));
+    assert_eq!(closed, key("SELECT * FROM t WHERE name = ''"));
+    for open in [
+        "SELECT * FROM t WHERE name = 'asmfc!",
+        "SELECT * FROM t WHERE name = 'it''",
+        "SELECT * FROM t WHERE name = '''",
+        "SELECT * FROM t WHERE name = $$x",
+        "SELECT * FROM t WHERE name = $a$x$b$",
+        "SELECT * FROM t WHERE name = E'x\\'",
+    ] {
+        assert_ne!(closed, key(open), "{open}");
+    }
+}
