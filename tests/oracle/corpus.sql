@@ -822,7 +822,8 @@ ordered: SELECT extract(month FROM placed), id FROM orders ORDER BY extract, id 
 -- by the column (these grouped by the aliased expression).
 SELECT qty % 3 AS qty, count(*) FROM orders GROUP BY qty
 SELECT upper(status) AS status, count(*) FROM orders GROUP BY status
-refuse: SELECT status AS qty, count(*) FROM orders GROUP BY status, qty
+SELECT status AS qty, count(*) FROM orders GROUP BY status, qty
+SELECT id % 5 AS tier, count(*), max(score) FROM customers GROUP BY tier, id % 5
 -- A quoted literal in HAVING has the other side's type in Postgres (these
 -- compared it as text with a timestamp or a count).
 SELECT c.tier, count(*) FROM customers c GROUP BY c.tier HAVING min(c.created) < '2023-01-05'

@@ -131,6 +131,18 @@ pub enum RowCount {
 /// several shards. Statements other than queries are concatenated (their
 /// row counts summed by the caller).
 pub fn plan_merge(sql: &str, tables: &dyn TableLookup) -> Result<MergePlan, Unmergeable> {
+    plan_merge_with(sql, tables, &[])
+}
+
+/// [`plan_merge`] knowing that `input_columns` are columns of the FROM
+/// tables: a GROUP BY of one of those names groups by the column, as
+/// Postgres does, even where an output column has that name (see
+/// [`MergePlan::group_aliases`]).
+pub fn plan_merge_with(
+    sql: &str,
+    tables: &dyn TableLookup,
+    input_columns: &[String],
+) -> Result<MergePlan, Unmergeable> {
     if sql.len() > crate::classify::MAX_PARSE_BYTES {
         return refuse(format!(
             "a query over {} KiB (too long to analyse; restrict it to one shard key)",
@@ -222,6 +234,7 @@ pub fn plan_merge(sql: &str, tables: &dyn TableLookup) -> Result<MergePlan, Unme
     let mut plan = Planner {
         ctes,
         key_bindings,
+        input_columns: input_columns.to_vec(),
         ..Planner::default()
     }
     .plan(sql, &mut query)?;
@@ -414,6 +427,9 @@ struct Planner {
     /// GROUP BY names resolved to output aliases (see
     /// [`MergePlan::group_aliases`]).
     group_aliases: Vec<String>,
+    /// Names known to be columns of the FROM tables (GROUP BY groups by
+    /// them, not by an output column of the same name).
+    input_columns: Vec<String>,
     /// The sharded tables of the FROM clause and their shard keys.
     key_bindings: Vec<distinct::KeyBinding>,
     /// Every group's rows are on one shard (grouped by a shard key), so
@@ -782,7 +798,9 @@ impl Planner {
         } else {
             group_by
                 .iter()
-                .map(|g| resolve_group_ref(g, projection, &mut self.group_aliases))
+                .map(|g| {
+                    resolve_group_ref(g, projection, &self.input_columns, &mut self.group_aliases)
+                })
                 .collect::<Result<_, _>>()?
         };
         let single_row = group_exprs.is_empty();
@@ -1337,6 +1355,7 @@ fn resolve_output_ref(e: &Expr, p: &Projection) -> Result<Expr, Unmergeable> {
 fn resolve_group_ref(
     e: &Expr,
     p: &Projection,
+    input_columns: &[String],
     aliases: &mut Vec<String>,
 ) -> Result<Expr, Unmergeable> {
     if let Some(n) = ordinal(e) {
@@ -1347,6 +1366,9 @@ fn resolve_group_ref(
     }
     if let Expr::Identifier(i) = e {
         let name = ident_name(i);
+        if input_columns.contains(&name) {
+            return Ok(e.clone());
+        }
         for (expr, n) in &p.items {
             if let (Some(expr), Some(n)) = (expr, n) {
                 if *n == name && column_name(expr).as_deref() != Some(name.as_str()) {

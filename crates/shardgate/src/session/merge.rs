@@ -321,6 +321,24 @@ impl Session {
         Ok((batch, visible, (limit, offset)))
     }
 
+    /// The names the plan took as output aliases in GROUP BY that are
+    /// also columns of its FROM tables (Postgres groups by the column).
+    pub(super) async fn group_alias_columns(
+        &mut self,
+        plan: &MergePlan,
+    ) -> Result<Vec<String>, PgError> {
+        let mut names = Vec::new();
+        for (name, tables) in &plan.group_aliases {
+            for (schema, table) in tables {
+                let columns = self.table_columns(schema.as_deref(), table).await?;
+                if columns.iter().any(|c| c == name) && !names.contains(name) {
+                    names.push(name.clone());
+                }
+            }
+        }
+        Ok(names)
+    }
+
     /// The visible column count of a merged query, and its LIMIT and
     /// OFFSET values (from the Bind when they are parameters).
     pub(super) async fn merge_shape(
@@ -329,20 +347,11 @@ impl Session {
         bind: Option<&Bind<'_>>,
         used: Option<&[usize]>,
     ) -> Result<(usize, Option<u64>, u64), PgError> {
-        for (name, tables) in &plan.group_aliases {
-            for (schema, table) in tables {
-                if self
-                    .table_columns(schema.as_deref(), table)
-                    .await?
-                    .iter()
-                    .any(|c| c == name)
-                {
-                    return Err(PgError::error(
-                        "0A000",
-                        format!("not supported across shards: GROUP BY {name}, both an output column's name and a column of {table} (Postgres groups by the column)"),
-                    ));
-                }
-            }
+        if let Some(name) = self.group_alias_columns(plan).await?.first() {
+            return Err(PgError::error(
+                "0A000",
+                format!("not supported across shards: GROUP BY {name}, both an output column's name and an input column here (Postgres groups by the column)"),
+            ));
         }
         let visible = match plan.visible {
             Some(v) => v,

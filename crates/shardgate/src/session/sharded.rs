@@ -499,8 +499,18 @@ impl Session {
         let sharding = self.snap.sharding.as_ref().expect("sharded session");
         match sharding.merges.plan_cached(sql, &MapLookup(&sharding.map)) {
             Ok(plan) if plan.mode == MergeMode::Concat && !plan.explain => Ok(Dest::Many(shards)),
-            Ok(plan) => {
+            Ok(mut plan) => {
                 let collation = (!facts.bytewise_collation).then(|| facts.collation.clone());
+                let columns = self.group_alias_columns(&plan).await?;
+                if !columns.is_empty() {
+                    // GROUP BY a name that is also an input column: Postgres
+                    // groups by the column, so the plan must too.
+                    let sharding = self.snap.sharding.as_ref().expect("sharded session");
+                    let lookup = MapLookup(&sharding.map);
+                    plan = shardgate_router::merge_plan::plan_merge_with(sql, &lookup, &columns)
+                        .map(Arc::new)
+                        .map_err(|e| cross_shard_refusal(&e.construct))?;
+                }
                 Ok(Dest::Merge(shards, plan, collation))
             }
             Err(e) => Err(cross_shard_refusal(&e.construct)),
