@@ -60,19 +60,22 @@ impl ColType {
         }
     }
 
+    /// Every column type.
+    pub const ALL: [ColType; 6] = [
+        ColType::Int4,
+        ColType::Int8,
+        ColType::Float8,
+        ColType::Bool,
+        ColType::Text,
+        ColType::Timestamptz,
+    ];
+
     /// The type whose [`sqlite_decl`](Self::sqlite_decl) is `decl`
     /// (ASCII case-insensitive).
     pub fn from_decl(decl: &str) -> Option<ColType> {
-        [
-            ColType::Int4,
-            ColType::Int8,
-            ColType::Float8,
-            ColType::Bool,
-            ColType::Text,
-            ColType::Timestamptz,
-        ]
-        .into_iter()
-        .find(|t| t.sqlite_decl().eq_ignore_ascii_case(decl))
+        ColType::ALL
+            .into_iter()
+            .find(|t| t.sqlite_decl().eq_ignore_ascii_case(decl))
     }
 
     /// The name Postgres uses in error messages (`bigint`, `boolean`, ...).

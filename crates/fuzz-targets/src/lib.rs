@@ -584,14 +584,7 @@ pub fn admin_sql(data: &[u8]) {
         Column::new("healthy", ColType::Bool),
         Column::new("since", ColType::Timestamptz),
     ];
-    const TYPES: [ColType; 6] = [
-        ColType::Int4,
-        ColType::Int8,
-        ColType::Float8,
-        ColType::Bool,
-        ColType::Text,
-        ColType::Timestamptz,
-    ];
+    const TYPES: [ColType; 6] = ColType::ALL;
     let Some((&selector, rest)) = data.split_first() else {
         return;
     };
