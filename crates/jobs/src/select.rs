@@ -25,11 +25,17 @@ pub struct ReadPolicy {
     pub max_lag_ms: u64,
     /// For `session`: the client's last commit position (0 when it wrote nothing).
     pub min_lsn: u64,
+    /// Nodes to pass over (bit `i` for node `i`), e.g. those a login to just
+    /// timed out on for this read.
+    pub avoid: u64,
 }
 
 impl ReadPolicy {
     /// Whether `c` may serve the read.
     pub fn accepts(&self, c: &Candidate) -> bool {
+        if self.avoids(c.node) {
+            return false;
+        }
         match self.consistency {
             Consistency::Strong => false,
             Consistency::Bounded => c.lag_ms <= self.max_lag_ms,
@@ -38,20 +44,26 @@ impl ReadPolicy {
         }
     }
 
+    /// Whether node `index` is to be passed over.
+    pub fn avoids(&self, index: usize) -> bool {
+        index < 64 && self.avoid & (1 << index) != 0
+    }
+
     /// The replica to use among `candidates`: fewest queries in flight, ties
     /// broken round robin by `turn`; `None` when none is acceptable.
     pub fn choose(&self, candidates: &[Candidate], turn: usize) -> Option<usize> {
+        let tied = |c: &&Candidate, fewest: u32| self.accepts(c) && c.in_flight == fewest;
         let fewest = candidates
             .iter()
             .filter(|c| self.accepts(c))
             .map(|c| c.in_flight)
             .min()?;
-        let tied: Vec<usize> = candidates
+        let count = candidates.iter().filter(|c| tied(c, fewest)).count();
+        candidates
             .iter()
-            .filter(|c| self.accepts(c) && c.in_flight == fewest)
+            .filter(|c| tied(c, fewest))
+            .nth(turn % count)
             .map(|c| c.node)
-            .collect();
-        Some(tied[turn % tied.len()])
     }
 }
 
@@ -73,6 +85,7 @@ mod tests {
             consistency,
             max_lag_ms: 500,
             min_lsn: 100,
+            avoid: 0,
         }
     }
 
@@ -97,5 +110,17 @@ mod tests {
         assert_eq!(p.choose(&cands, 0), Some(2));
         assert_eq!(p.choose(&cands, 1), Some(3));
         assert_eq!(p.choose(&[], 0), None);
+    }
+
+    #[test]
+    fn avoided_nodes_are_passed_over() {
+        let cands = [c(1, 0, 0, 0), c(2, 5, 0, 0)];
+        let mut p = policy(Consistency::Eventual);
+        assert_eq!(p.choose(&cands, 0), Some(1));
+        p.avoid = 1 << 1;
+        assert_eq!(p.choose(&cands, 0), Some(2));
+        assert_eq!(p.choose(&cands, 1), Some(2));
+        p.avoid |= 1 << 2;
+        assert_eq!(p.choose(&cands, 0), None);
     }
 }

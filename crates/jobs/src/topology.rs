@@ -735,6 +735,7 @@ mod tests {
             consistency: Consistency::Bounded,
             max_lag_ms: 500,
             min_lsn: 0,
+            avoid: 0,
         };
         for _ in 0..4 {
             assert_eq!(s.choose_replica(&p, 1000).unwrap().index, 2);
@@ -764,6 +765,7 @@ mod tests {
             consistency: Consistency::Eventual,
             max_lag_ms: 0,
             min_lsn: 0,
+            avoid: 0,
         };
         for _ in 0..4 {
             assert_eq!(s.choose_replica(&p, 0).unwrap().index, 2);

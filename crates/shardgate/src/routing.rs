@@ -151,12 +151,14 @@ pub struct Choice {
     pub replica: bool,
 }
 
-/// Picks the node for `want` in `shard` at `now_ms`.
+/// Picks the node for `want` in `shard` at `now_ms`, passing over the nodes
+/// in `avoid` (bit `i` for node `i`).
 pub fn choose(
     shard: &ShardState,
     want: Want,
     min_lsn: u64,
     now_ms: u64,
+    avoid: u64,
 ) -> Result<Choice, PgError> {
     let level = match want {
         Want::Primary => return primary(shard, now_ms),
@@ -166,12 +168,18 @@ pub fn choose(
         consistency: level.consistency,
         max_lag_ms: level.max_lag_ms,
         min_lsn,
+        avoid,
     };
     match shard.choose_replica(&policy, now_ms) {
         Some(node) => Ok(Choice {
             node: node.clone(),
             replica: true,
         }),
+        None if policy.avoids(shard.writer().index) => Err(PgError::error(
+            "08006",
+            format!("shardgate: no node of shard {} accepted a connection in time", shard.index),
+        )
+        .with_hint("The servers are slow to log in; retry, or raise connect_timeout.")),
         None => primary(shard, now_ms).map_err(|e| {
             e.with_detail(format!(
                 "No replica of shard {} satisfies consistency {} right now, so the read needs the primary.",

@@ -43,8 +43,9 @@ impl Session {
         })
     }
 
-    /// The node of `shard` to serve `want`.
-    fn pick(&self, shard: usize, want: Want) -> Result<Choice, PgError> {
+    /// The node of `shard` to serve `want`, passing over the nodes in
+    /// `avoid` (bit `i` for node `i`).
+    fn pick(&self, shard: usize, want: Want, avoid: u64) -> Result<Choice, PgError> {
         let state = &self.shards[shard];
         if want == Want::Primary && state.writer().is_clear() {
             // The common case needs no clock.
@@ -58,6 +59,7 @@ impl Session {
             want,
             self.routing.min_lsn,
             self.snap.topology.now_ms(),
+            avoid,
         )
     }
 
@@ -76,8 +78,9 @@ impl Session {
         }
         let attempts = self.shards[shard].nodes.len();
         let mut last_err = None;
+        let mut slow = 0u64;
         for _ in 0..attempts {
-            let choice = match self.pick(shard, want) {
+            let choice = match self.pick(shard, want, slow) {
                 Ok(c) => c,
                 Err(e) => return Err(last_err.unwrap_or(e)),
             };
@@ -99,8 +102,13 @@ impl Session {
                     // The node answers other clients: a stalled machine or a
                     // busy postmaster, not an outage. Banning it would fail
                     // everyone; the health check decides if it is really down.
+                    // A read tries the other nodes first.
                     tracing::warn!(node = %choice.node.addr, error = %e, "slow login to a serving node; not banned");
-                    return Err(pool_error(&e));
+                    if want == Want::Primary || choice.node.index >= 64 {
+                        return Err(pool_error(&e));
+                    }
+                    slow |= 1 << choice.node.index;
+                    last_err = Some(pool_error(&e));
                 }
                 Err(e) if node_unreachable(&e) => {
                     choice.node.ban(
@@ -135,7 +143,7 @@ impl Session {
         if !self.parked.is_empty() || want != Want::Primary || self.runtime.pause.any() {
             return false;
         }
-        let Ok(choice) = self.pick(shard, want) else {
+        let Ok(choice) = self.pick(shard, want, 0) else {
             return false;
         };
         match self.pool_of(shard, choice.node.index).get_idle() {
