@@ -904,7 +904,8 @@ CREATE TABLE orders (id bigint NOT NULL, customer_id bigint NOT NULL, amount num
     qty int4, big int8, weight float8, ratio float4, status text, placed date,
     note varchar(20), small int2, price numeric, paid bool);
 CREATE TABLE events (id bigint PRIMARY KEY, kind text, value int8, ok bool, at timestamp);
-CREATE TABLE empty_t (k bigint, v int4, n numeric, f float8, t text, b bool, d date)";
+CREATE TABLE empty_t (k bigint, v int4, n numeric, f float8, t text, b bool, d date);
+CREATE TABLE tiers (tier int4, label text)";
 
 /// Customer ids: 1..=500 and -1..=-20.
 fn customer_id(i: u64) -> i64 {
@@ -946,6 +947,13 @@ fn data_statements(shuffled: bool) -> Vec<String> {
     batch(
         "countries",
         country_rows.iter().map(|r| r.to_string()).collect(),
+        &mut out,
+    );
+    // Unsharded: on the default shard only.
+    let tier_rows = ["(1, 'bronze')", "(2, 'silver')", "(3, 'gold')", "(9, NULL)"];
+    batch(
+        "tiers",
+        tier_rows.iter().map(|r| r.to_string()).collect(),
         &mut out,
     );
     let countries = ["fr", "jp", "br", "us", "de", "xx", "FR"];
@@ -1058,8 +1066,9 @@ fn data_statements(shuffled: bool) -> Vec<String> {
     out
 }
 
-const TABLES: [(&str, &str); 5] = [
+const TABLES: [(&str, &str); 6] = [
     ("countries", "code"),
+    ("tiers", "tier"),
     ("customers", "id"),
     ("orders", "id"),
     ("events", "id"),

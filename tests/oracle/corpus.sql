@@ -36,6 +36,7 @@
 --             1200 rows, ids 3,6,...,3450 and -1151..-1200
 --   countries(code text PK, name text, region text)                  reference table (7 rows)
 --   empty_t(k bigint, v int4, n numeric, f float8, t text, b bool, d date)  sharded by k, empty
+--   tiers(tier int4, label text)                   unsharded (default shard only, 4 rows)
 -- Most columns have NULLs; customers.country has codes not in countries
 -- ('xx', 'FR'); customers, orders and events text columns have duplicates,
 -- case variants and trailing spaces.
@@ -1056,6 +1057,61 @@ SELECT x.placed, x.n FROM (SELECT placed, count(*) AS n, min(note) AS note FROM 
 SELECT * FROM (SELECT k, sum(v) FROM empty_t GROUP BY k) s
 refuse: SELECT count(*) FROM (SELECT o.status FROM orders o JOIN events e ON e.value = o.qty GROUP BY o.status) s
 refuse: SELECT * FROM orders o JOIN (SELECT status, count(*) AS n FROM orders GROUP BY status) s USING (status)
+
+-- @reference-driven
+-- Reference-table rows that reach the answer without a sharded row of
+-- their own (preserved side of an outer join, EXISTS/IN/NOT EXISTS over a
+-- sharded table, a set-operation branch): run on every shard, each shard
+-- would answer them once.
+refuse: SELECT k.code FROM countries k WHERE EXISTS (SELECT 1 FROM customers c WHERE c.country = k.code)
+refuse: SELECT code FROM countries WHERE code IN (SELECT country FROM customers)
+refuse: SELECT code FROM countries k WHERE NOT EXISTS (SELECT 1 FROM customers c WHERE c.country = k.code)
+refuse: SELECT c.id, k.code FROM customers c RIGHT JOIN countries k ON k.code = c.country
+refuse: SELECT c.id, k.code FROM customers c FULL JOIN countries k ON k.code = c.country
+refuse: SELECT g, count(o.id) FROM generate_series(1, 5) g LEFT JOIN orders o ON o.qty = g GROUP BY g
+refuse: SELECT code FROM countries UNION ALL SELECT country FROM customers
+refuse: SELECT k.code, (SELECT count(*) FROM customers c WHERE c.country = k.code) FROM countries k
+refuse: SELECT count(*) FROM (SELECT k.code FROM countries k WHERE EXISTS (SELECT 1 FROM customers c WHERE c.country = k.code)) s JOIN orders o ON o.status = s.code
+SELECT country FROM customers EXCEPT SELECT code FROM countries
+SELECT country FROM customers INTERSECT SELECT code FROM countries
+SELECT code FROM countries UNION SELECT country FROM customers
+refuse: SELECT code FROM countries EXCEPT ALL SELECT country FROM customers
+refuse: SELECT country FROM customers INTERSECT ALL SELECT code FROM countries
+SELECT c.id, k.code FROM countries k RIGHT JOIN customers c ON k.code = c.country
+SELECT c.id, k.code FROM customers c LEFT JOIN countries k ON k.code = c.country
+SELECT count(*) FROM customers c JOIN countries k ON k.code = c.country WHERE EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.id)
+
+-- @gathered-join
+-- A sharded table gathered (its named columns, filtered by the statement's
+-- own conditions on it) and joined on every shard, or on one shard when the
+-- rest reads no sharded table: joins not on the shard keys, reference rows
+-- kept by an outer join or filtered by EXISTS over a sharded table.
+ordered: SELECT o.id, e.kind FROM orders o JOIN events e ON e.id = o.id ORDER BY o.id LIMIT 50
+SELECT count(*), sum(o.qty), max(e.value) FROM orders o JOIN events e ON e.id = o.id
+ordered: SELECT e.kind, count(*), sum(o.qty) FROM orders o JOIN events e ON e.value = o.qty WHERE e.ok GROUP BY e.kind ORDER BY 1 NULLS FIRST
+SELECT o.status, count(e.id) FROM orders o LEFT JOIN events e ON e.value = o.qty AND e.ok GROUP BY o.status
+ordered: SELECT c.tier, avg(o.amount), count(*) FROM customers c JOIN orders o ON o.qty = c.tier GROUP BY c.tier ORDER BY 1
+SELECT count(*) FROM orders o, events e WHERE e.id = o.id AND o.qty > 20 AND e.kind IS NOT NULL
+SELECT c.name, o.id, e.kind FROM customers c JOIN orders o ON o.customer_id = c.id JOIN events e ON e.id = o.id WHERE c.tier = 2
+SELECT a.id, b.id FROM customers a JOIN customers b ON a.name = b.name AND a.id < b.id
+SELECT count(*) FROM orders NATURAL JOIN events
+SELECT * FROM customers c JOIN events e ON e.id = c.score WHERE c.vip
+ordered: SELECT c.id, c.credit, c.created, o.placed, o.ratio, o.note FROM customers c JOIN orders o ON o.id = c.id ORDER BY c.id LIMIT 40
+SELECT count(*) FROM orders o JOIN empty_t t ON t.v = o.qty
+SELECT t.k, o.id FROM empty_t t RIGHT JOIN orders o ON t.v = o.qty WHERE o.id < 30
+SELECT count(*) FROM orders o WHERE o.id IN (SELECT id FROM events WHERE ok)
+SELECT count(*) FROM orders o WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.id = o.id)
+ordered: SELECT k.code, count(c.id) FROM countries k LEFT JOIN customers c ON c.country = k.code GROUP BY k.code ORDER BY k.code
+SELECT k.name FROM countries k WHERE k.code IN (SELECT country FROM customers WHERE vip)
+SELECT count(DISTINCT qty), count(DISTINCT status) FROM orders
+SELECT * FROM tiers
+SELECT c.id, t.label FROM customers c JOIN tiers t ON t.tier = c.tier WHERE c.id < 50
+ordered: SELECT t.label, count(c.id) FROM tiers t LEFT JOIN customers c ON c.tier = t.tier GROUP BY t.label ORDER BY 1 NULLS FIRST
+SELECT count(*) FROM orders WHERE qty IN (SELECT tier FROM tiers)
+SELECT o.id FROM orders o JOIN tiers t ON t.tier = o.qty WHERE o.customer_id = 7
+tx,refuse: UPDATE orders SET qty = qty + 1 WHERE qty IN (SELECT tier FROM tiers)
+refuse: SELECT * FROM orders o FULL JOIN events e ON e.id = o.id
+refuse: SELECT count(DISTINCT o.qty), count(DISTINCT e.kind) FROM orders o JOIN events e ON e.value = o.qty
 
 -- @scalar-subquery
 -- An uncorrelated scalar subquery over several shards: merged once, its

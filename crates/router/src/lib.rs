@@ -18,6 +18,7 @@ pub mod cache;
 pub mod classify;
 pub mod consistency;
 pub mod copy;
+pub mod gather;
 pub mod hints;
 pub mod lexer;
 pub mod materialize;

@@ -51,6 +51,10 @@ pub enum Kind {
     /// Its one value (an uncorrelated scalar subquery): the outer query
     /// is planned as any other statement, the value bound as a parameter.
     Value,
+    /// Its rows, standing for a sharded table the statement reads
+    /// ([`crate::gather`]): the outer query is planned as any other
+    /// statement (on every shard when it still reads a sharded table).
+    Table,
 }
 
 /// The alias standing for the subquery's column name where the subquery

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shardgate_protocol::PgError;
 
@@ -15,7 +15,11 @@ pub type Columns = Arc<Vec<String>>;
 pub struct Catalog {
     columns: Mutex<HashMap<(String, String), Columns>>,
     facts: Mutex<HashMap<String, Arc<DatabaseFacts>>>,
+    estimates: Mutex<HashMap<(String, String), (Instant, f64)>>,
 }
+
+/// How long a table's estimated row count is reused.
+const ESTIMATE_TTL: Duration = Duration::from_secs(60);
 
 /// What merging rows of several shards needs to know about a database.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,10 +113,38 @@ impl Catalog {
         Ok(facts)
     }
 
+    /// The planner's estimate of `table`'s rows on the server of `src`
+    /// (`pg_class.reltuples`; negative when never analysed), reused for a
+    /// minute.
+    pub async fn row_estimate(&self, src: &CatalogSource<'_>, table: &str) -> Result<f64, PgError> {
+        let key = (src.database.to_owned(), table.to_owned());
+        if let Some((at, n)) = self.estimates.lock().expect("catalog lock").get(&key) {
+            if at.elapsed() < ESTIMATE_TTL {
+                return Ok(*n);
+            }
+        }
+        let what = format!("the size of {table}");
+        let client = connect(src, &what).await?;
+        let row = client
+            .query_one(
+                "SELECT reltuples::float8 FROM pg_catalog.pg_class WHERE oid = $1::text::regclass",
+                &[&table],
+            )
+            .await
+            .map_err(|e| catalog_error(&what, e))?;
+        let n: f64 = row.get(0);
+        self.estimates
+            .lock()
+            .expect("catalog lock")
+            .insert(key, (Instant::now(), n));
+        Ok(n)
+    }
+
     /// Forgets everything (after DDL).
     pub fn clear(&self) {
         self.columns.lock().expect("catalog lock").clear();
         self.facts.lock().expect("catalog lock").clear();
+        self.estimates.lock().expect("catalog lock").clear();
     }
 }
 
@@ -157,17 +189,21 @@ async fn connect(src: &CatalogSource<'_>, what: &str) -> Result<tokio_postgres::
 async fn fetch(src: &CatalogSource<'_>, table: &str) -> Result<Vec<String>, PgError> {
     let what = format!("the column list of {table}");
     let client = connect(src, &what).await?;
-    let unreachable =
-        |e: String| PgError::error("08006", format!("shardgate: cannot read {what}: {e}"));
     let rows = client
         .query(
             "SELECT attname::text FROM pg_catalog.pg_attribute WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
             &[&table],
         )
         .await
-        .map_err(|e| match e.as_db_error() {
-            Some(db) => PgError::error(db.code().code(), db.message().to_owned()),
-            None => unreachable(e.to_string()),
-        })?;
+        .map_err(|e| catalog_error(&what, e))?;
     Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+}
+
+/// A catalog query's failure: the server's error as it is, or the
+/// connection's.
+fn catalog_error(what: &str, e: tokio_postgres::Error) -> PgError {
+    match e.as_db_error() {
+        Some(db) => PgError::error(db.code().code(), db.message().to_owned()),
+        None => PgError::error("08006", format!("shardgate: cannot read {what}: {e}")),
+    }
 }

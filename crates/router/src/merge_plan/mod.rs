@@ -228,7 +228,6 @@ pub fn plan_merge_with(
     }
     let mut key_bindings = Vec::new();
     if let SetExpr::Select(s) = query.body.as_ref() {
-        check_outer_joins(s, tables)?;
         key_bindings = distinct::key_bindings(s, tables, &ctes);
     }
     let mut plan = Planner {
@@ -328,46 +327,15 @@ fn factor_may_be_sharded(f: &TableFactor, tables: &dyn TableLookup, ctes: &[Stri
                     .iter()
                     .any(|j| factor_may_be_sharded(&j.relation, tables, ctes))
         }
-        // A derived table was analysed by the shard planner.
+        // A derived table holds sharded rows when it reads a sharded table.
+        TableFactor::Derived { subquery, .. } => !matches!(
+            crate::shard::plan(&subquery.to_string(), tables),
+            crate::ShardPlan::Unsharded
+                | crate::ShardPlan::NoTable
+                | crate::ShardPlan::ReferenceRead
+        ),
         _ => true,
     }
-}
-
-/// Rows of a reference (or unsharded) table on the preserved side of an
-/// outer join with a sharded table would come back once per shard.
-fn check_outer_joins(select: &Select, tables: &dyn TableLookup) -> Result<(), Unmergeable> {
-    use sqlparser::ast::JoinOperator as J;
-    let sharded = |f: &TableFactor| match f {
-        TableFactor::Table { name, .. } => {
-            let parts = name_parts(name);
-            match parts.as_slice() {
-                [t] => tables.sharded(None, t).is_some(),
-                [s, t] => tables.sharded(Some(s), t).is_some(),
-                _ => true,
-            }
-        }
-        // A derived table or function may hold sharded rows.
-        _ => true,
-    };
-    for twj in &select.from {
-        let mut left = sharded(&twj.relation);
-        for j in &twj.joins {
-            let right = sharded(&j.relation);
-            let wrong = match &j.join_operator {
-                J::Left(_) | J::LeftOuter(_) => !left && right,
-                J::Right(_) | J::RightOuter(_) => left && !right,
-                J::FullOuter(_) => left != right,
-                _ => false,
-            };
-            if wrong {
-                return refuse(
-                    "an outer join that keeps rows of a reference table unmatched by a sharded table",
-                );
-            }
-            left |= right;
-        }
-    }
-    Ok(())
 }
 
 impl shardgate_merge::plan::MergeSpec for MergePlan {

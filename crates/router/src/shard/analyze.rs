@@ -317,7 +317,7 @@ fn assigns_column(t: &AssignmentTarget, column: &str) -> bool {
 }
 
 /// An identifier as PostgreSQL sees it: lower-cased unless quoted.
-pub(super) fn ident_name(id: &sqlparser::ast::Ident) -> String {
+pub(crate) fn ident_name(id: &sqlparser::ast::Ident) -> String {
     if id.quote_style.is_some() {
         id.value.clone()
     } else {
@@ -327,7 +327,7 @@ pub(super) fn ident_name(id: &sqlparser::ast::Ident) -> String {
 
 /// `(schema, name)` of a possibly qualified name (`db.schema.name` keeps
 /// schema and name). `None` for names with function parts.
-pub(super) fn object_name(n: &ObjectName) -> Option<(Option<String>, String)> {
+pub(crate) fn object_name(n: &ObjectName) -> Option<(Option<String>, String)> {
     let mut parts = n.0.iter().map(|p| match p {
         ObjectNamePart::Identifier(id) => Some(ident_name(id)),
         ObjectNamePart::Function(_) => None,
@@ -560,6 +560,9 @@ struct Analyzer<'a> {
     writes: Vec<usize>,
     opaque: bool,
     unsupported: Option<String>,
+    /// An outer join keeps rows that hold no sharded row unmatched: every
+    /// shard would answer them once.
+    keeps_unsharded: bool,
     select_into: bool,
     /// The statement's top-level SELECTs: one, or the branches of a
     /// top-level set operation (the merge layer combines their rows).
@@ -581,6 +584,7 @@ impl<'a> Analyzer<'a> {
             writes: Vec::new(),
             opaque: false,
             unsupported: None,
+            keeps_unsharded: false,
             select_into: false,
             root_selects: Vec::new(),
             depth: 0,
@@ -994,7 +998,9 @@ impl<'a> Analyzer<'a> {
     fn table_with_joins(&mut self, twj: &'a TableWithJoins, sc: usize) -> Vec<usize> {
         // A comma-separated FROM item is an inner join (LATERAL sees the
         // items before it).
+        let start = self.insts.len();
         let mut left = self.factor(&twj.relation, sc, Pos::Semi);
+        let mut left_sharded = self.sharded_since(start);
         for j in &twj.joins {
             #[derive(PartialEq)]
             enum K {
@@ -1021,7 +1027,16 @@ impl<'a> Analyzer<'a> {
             } else {
                 Pos::Other
             };
+            let before = self.insts.len();
             let right = self.factor(&j.relation, sc, lateral_pos);
+            let right_sharded = self.sharded_since(before);
+            self.keeps_unsharded |= match kind {
+                K::Inner => false,
+                K::Left => right_sharded && !left_sharded,
+                K::Right => left_sharded && !right_sharded,
+                K::Full => left_sharded != right_sharded,
+            };
+            left_sharded |= right_sharded;
             let ctx = match kind {
                 K::Inner => Ctx::Inner,
                 K::Left => Ctx::Outer { nullable: &right },
@@ -1067,6 +1082,11 @@ impl<'a> Analyzer<'a> {
             left.extend(right);
         }
         left
+    }
+
+    /// Whether a sharded instance was created from index `start` on.
+    fn sharded_since(&self, start: usize) -> bool {
+        self.insts[start..].iter().any(|i| i.sharded().is_some())
     }
 
     fn factor(&mut self, f: &'a TableFactor, sc: usize, lateral_pos: Pos) -> Vec<usize> {
@@ -2005,6 +2025,11 @@ impl<'a> Analyzer<'a> {
                 .find(|&w| k(&self.insts[w].kind))
         };
         let ref_write = write_of(|k| matches!(k, Kind::Reference));
+        // An unsharded table's rows are on the default shard only.
+        let unsharded = self
+            .insts
+            .iter()
+            .position(|i| matches!(i.kind, Kind::Unsharded));
         let unsharded_write = write_of(|k| matches!(k, Kind::Unsharded));
         let sharded_write = write_of(|k| matches!(k, Kind::Sharded(_)));
         if let Some(r) = ref_write {
@@ -2029,6 +2054,13 @@ impl<'a> Analyzer<'a> {
                     self.insts[u].display()
                 ));
             }
+            if let Some(u) = unsharded {
+                return unsupported(format!(
+                    "write to reference table {} using unsharded table {}",
+                    self.insts[r].display(),
+                    self.insts[u].display()
+                ));
+            }
             return ShardPlan::ReferenceWrite;
         }
         if let Some(u) = unsharded_write {
@@ -2049,12 +2081,20 @@ impl<'a> Analyzer<'a> {
             return ShardPlan::Unsharded;
         }
         let Some(&first) = sharded.first() else {
-            return if self.insts.iter().any(|i| matches!(i.kind, Kind::Reference)) {
+            let reference = self.insts.iter().any(|i| matches!(i.kind, Kind::Reference));
+            return if reference && unsharded.is_none() {
                 ShardPlan::ReferenceRead
             } else {
                 ShardPlan::Unsharded
             };
         };
+        if let Some(u) = unsharded {
+            return unsupported(format!(
+                "unsharded table {} (its rows are on the default shard only) with sharded table {}",
+                self.insts[u].display(),
+                self.insts[first].display()
+            ));
+        }
         // Branches of a top-level set operation are separate queries: each
         // must be co-located within itself, and together they run on
         // every shard.
@@ -2109,6 +2149,12 @@ impl<'a> Analyzer<'a> {
         let single =
             matches!(&plan, ShardPlan::Keyed { filter: KeyFilter::Eq(v), .. } if v.len() == 1);
         if !single {
+            if self.keeps_unsharded {
+                return unsupported(
+                    "an outer join that keeps rows of a reference table unmatched by a sharded table"
+                        .into(),
+                );
+            }
             if let Some(msg) = self.cross_shard_combining(&sharded) {
                 return unsupported(msg);
             }

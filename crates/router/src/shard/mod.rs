@@ -69,7 +69,7 @@ mod tests;
 
 use std::ops::Range;
 
-pub(crate) use analyze::AGGREGATES;
+pub(crate) use analyze::{ident_name, object_name, AGGREGATES};
 pub use insert::renumber_params;
 pub(crate) use normalize::decode_string;
 pub use planner::{ShardPlanner, MAX_CACHED_SQL};

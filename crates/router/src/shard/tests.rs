@@ -240,10 +240,40 @@ fn cases() -> Vec<(&'static str, Expect)> {
         ("SELECT * FROM pgbench_accounts a JOIN pgbench_branches b ON a.bid = b.bid", nokey("pgbench_accounts")),
         (
             "SELECT * FROM pgbench_accounts a JOIN local_t l ON l.x = a.bid WHERE a.aid = 4",
-            keyed("pgbench_accounts", vec![lit("4")]),
+            unsupported("unsharded table local_t (its rows are on the default shard only) with sharded table pgbench_accounts"),
+        ),
+        (
+            "SELECT * FROM pgbench_accounts WHERE bid IN (SELECT x FROM local_t)",
+            unsupported("unsharded table local_t (its rows are on the default shard only) with sharded table pgbench_accounts"),
+        ),
+        (
+            "UPDATE pgbench_accounts SET abalance = (SELECT max(x) FROM local_t)",
+            unsupported("unsharded table local_t (its rows are on the default shard only) with sharded table pgbench_accounts"),
         ),
         ("SELECT * FROM pgbench_branches b JOIN countries c ON b.cc = c.code", REF_READ),
-        ("SELECT * FROM pgbench_branches b JOIN local_t l ON true", REF_READ),
+        ("SELECT * FROM pgbench_branches b JOIN local_t l ON true", UNSHARDED),
+        // Reference rows an outer join keeps unmatched would come from every shard.
+        (
+            "SELECT * FROM countries c LEFT JOIN pgbench_accounts a ON a.cc = c.code",
+            unsupported("an outer join that keeps rows of a reference table unmatched by a sharded table"),
+        ),
+        (
+            "SELECT * FROM (SELECT * FROM countries) c LEFT JOIN pgbench_accounts a ON a.cc = c.code",
+            unsupported("an outer join that keeps rows of a reference table unmatched by a sharded table"),
+        ),
+        (
+            "SELECT * FROM pgbench_accounts a FULL JOIN generate_series(1, 3) g ON a.bid = g",
+            unsupported("an outer join that keeps rows of a reference table unmatched by a sharded table"),
+        ),
+        (
+            "SELECT count(*) FROM (SELECT c.code FROM countries c RIGHT JOIN pgbench_branches b ON true LEFT JOIN pgbench_accounts a ON a.cc = c.code) s",
+            unsupported("an outer join that keeps rows of a reference table unmatched by a sharded table"),
+        ),
+        (
+            "SELECT * FROM countries c LEFT JOIN pgbench_accounts a ON a.cc = c.code AND a.aid = 7",
+            keyed("pgbench_accounts", vec![lit("7")]),
+        ),
+        ("SELECT * FROM pgbench_accounts a LEFT JOIN countries c ON a.cc = c.code", nokey("pgbench_accounts")),
         // Subqueries.
         ("SELECT * FROM (SELECT * FROM pgbench_accounts WHERE aid = 5) s", keyed("pgbench_accounts", vec![lit("5")])),
         (
@@ -390,13 +420,23 @@ fn cases() -> Vec<(&'static str, Expect)> {
             unsupported("write to unsharded table local_t using sharded table pgbench_accounts"),
         ),
         ("INSERT INTO countries VALUES ('fr', 'France')", REF_WRITE),
-        ("INSERT INTO public.settings SELECT * FROM local_t", REF_WRITE),
+        (
+            "INSERT INTO public.settings SELECT * FROM local_t",
+            unsupported("write to reference table public.settings using unsharded table local_t"),
+        ),
         ("INSERT INTO local_t VALUES (1)", UNSHARDED),
         (
             "MERGE INTO pgbench_accounts a USING src s ON a.aid = s.aid WHEN MATCHED THEN DELETE",
             unsupported("MERGE into sharded table pgbench_accounts"),
         ),
-        ("MERGE INTO countries c USING src s ON c.code = s.code WHEN MATCHED THEN DELETE", REF_WRITE),
+        (
+            "MERGE INTO countries c USING src s ON c.code = s.code WHEN MATCHED THEN DELETE",
+            unsupported("write to reference table countries using unsharded table src"),
+        ),
+        (
+            "MERGE INTO countries c USING countries s ON c.code = s.code WHEN MATCHED THEN DELETE",
+            REF_WRITE,
+        ),
         // DDL and maintenance: every shard.
         ("CREATE TABLE t (a int)", BROADCAST),
         ("create table pgbench_history(tid int,bid int,aid bigint,delta int,mtime timestamp,filler char(22))", BROADCAST),

@@ -10,6 +10,7 @@ use bytes::{BufMut, BytesMut};
 use shardgate_protocol::backend;
 use shardgate_protocol::frontend::{self, Bind};
 use shardgate_protocol::PgError;
+use shardgate_router::gather::{self, Gather};
 use shardgate_router::materialize::{outer_sql, renumber_params, value_sql, Kind, Materialize};
 use shardgate_router::merge_plan::MergePlan;
 use shardgate_router::ShardPlan;
@@ -89,6 +90,34 @@ impl ParamSet {
 }
 
 impl Session {
+    /// A statement the shards cannot run as it is, answered by gathering
+    /// one of its sharded tables ([`shardgate_router::gather`]): the
+    /// candidate with the fewest rows by the default shard's estimate,
+    /// reading the columns the statement names. `None` when no table can
+    /// be gathered.
+    pub(super) async fn gathered(&mut self, sql: &str) -> Result<Option<Materialize>, PgError> {
+        let sharding = self.snap.sharding.as_ref().expect("sharded session");
+        let candidates = gather::candidates(sql, &MapLookup(&sharding.map));
+        let mut best: Option<(f64, Gather)> = None;
+        for g in candidates {
+            let rows = self.catalog_estimate(&g.table).await?;
+            // Never analysed (negative): assume large.
+            let rows = if rows < 0.0 { f64::MAX } else { rows };
+            if best.as_ref().is_none_or(|(n, _)| rows < *n) {
+                best = Some((rows, g));
+            }
+        }
+        let Some((_, g)) = best else {
+            return Ok(None);
+        };
+        let columns = self.catalog_columns(&g.table).await?;
+        Ok(Some(Materialize {
+            inner: g.inner_sql(&g.needed(&columns)),
+            outer: g.outer,
+            kind: Kind::Table,
+        }))
+    }
+
     /// Answers `m`: the subquery across every shard, then the outer query
     /// on the default shard over its rows. `req` is what the client sent
     /// for the whole statement (its collation is looked up here).
@@ -164,11 +193,17 @@ impl Session {
         };
         let (outer_text, outer_used) = renumber_params(&m.outer);
         let sql = outer_sql(&outer_text, outer_used.len() + 1, &names);
+        let params = ParamSet {
+            used: outer_used,
+            appended: arrays,
+        };
+        if m.kind == Kind::Table {
+            return self
+                .run_outer(&sql, params, want, req, outer_collation)
+                .await;
+        }
         let outer = MergeRequest {
-            params: Some(ParamSet {
-                used: outer_used,
-                appended: arrays,
-            }),
+            params: Some(params),
             collation: None,
             ..req
         };
@@ -178,8 +213,7 @@ impl Session {
     }
 
     /// The outer statement of a [`Kind::Value`] subquery, its value bound
-    /// as the last parameter: on the default shard when it reads no
-    /// sharded table, else on every shard, merged as its plan says.
+    /// as the last parameter.
     async fn run_with_value(
         &mut self,
         m: &Materialize,
@@ -190,15 +224,41 @@ impl Session {
     ) -> Result<(), SessionError> {
         let (outer_text, outer_used) = renumber_params(&m.outer);
         let sql = value_sql(&outer_text, outer_used.len() + 1, &name);
+        let params = ParamSet {
+            used: outer_used,
+            appended: vec![value],
+        };
+        self.run_outer(&sql, params, want, req, collation).await
+    }
+
+    /// An outer statement reading materialized values as `params`: on the
+    /// default shard when it reads no sharded table, else on every shard,
+    /// merged as its plan says.
+    async fn run_outer(
+        &mut self,
+        sql: &str,
+        params: ParamSet,
+        want: Want,
+        req: MergeRequest<'_>,
+        collation: Option<String>,
+    ) -> Result<(), SessionError> {
+        let facts = match self.database_facts().await {
+            Ok(f) => f,
+            Err(e) => return self.merge_refused(e),
+        };
         let sharding = self.snap.sharding.as_ref().expect("sharded session");
         let lookup = MapLookup(&sharding.map);
-        let (shards, plan) = match shardgate_router::plan_shards(&sql, &lookup) {
+        let (shards, plan) = match shardgate_router::plan_shards(sql, &lookup) {
             ShardPlan::Unsharded | ShardPlan::NoTable | ShardPlan::ReferenceRead => (
                 vec![sharding.map.default_shard()],
-                Arc::new(MergePlan::concat(&sql)),
+                Arc::new(MergePlan::concat(sql)),
             ),
             ShardPlan::Keyed { .. } | ShardPlan::NoKey { .. } => {
-                match sharding.merges.plan_cached(&sql, &lookup) {
+                if let Some(name) = user_aggregate_call(sql, &facts.user_aggregates) {
+                    let construct = format!("the user-defined aggregate {name}()");
+                    return self.merge_refused(cross_shard_refusal(&construct));
+                }
+                match sharding.merges.plan_cached(sql, &lookup) {
                     Ok(p) => (sharding.map.all_shards(), p),
                     Err(e) => return self.merge_refused(cross_shard_refusal(&e.construct)),
                 }
@@ -208,15 +268,12 @@ impl Session {
             }
             _ => {
                 return self.merge_refused(cross_shard_refusal(
-                    "a scalar subquery over several shards in this statement",
+                    "this statement over rows gathered from several shards",
                 ))
             }
         };
         let outer = MergeRequest {
-            params: Some(ParamSet {
-                used: outer_used,
-                appended: vec![value],
-            }),
+            params: Some(params),
             collation,
             ..req
         };

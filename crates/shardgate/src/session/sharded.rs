@@ -471,6 +471,9 @@ impl Session {
                     if let Some(m) = shardgate_router::materialize::plan(sql, &lookup) {
                         return Ok(Dest::Materialize(Box::new(m)));
                     }
+                    if let Some(m) = self.gathered(sql).await? {
+                        return Ok(Dest::Materialize(Box::new(m)));
+                    }
                 }
                 Err(PgError::error(
                     "0A000",
@@ -513,11 +516,15 @@ impl Session {
                 }
                 Ok(Dest::Merge(shards, plan, collation))
             }
-            Err(e) => Err(cross_shard_refusal(&e.construct)),
+            Err(e) => match self.gathered(sql).await? {
+                Some(m) => Ok(Dest::Materialize(Box::new(m))),
+                None => Err(cross_shard_refusal(&e.construct)),
+            },
         }
     }
 
-    /// Where the catalog of the default shard is read.
+    /// Where the catalog of the default shard is read: address, user,
+    /// password.
     fn catalog_source_parts(&self) -> (String, String, Option<String>) {
         let addr = self.shards[self.map().default_shard()]
             .writer()
@@ -528,10 +535,11 @@ impl Session {
         (addr, user, password)
     }
 
-    /// Collation and user-defined aggregates of the client's database.
-    pub(super) async fn database_facts(
-        &mut self,
-    ) -> Result<Arc<crate::catalog::DatabaseFacts>, PgError> {
+    /// Asks the catalog of the default shard with `ask`.
+    async fn ask_catalog<T>(
+        &self,
+        ask: impl AsyncFnOnce(&crate::catalog::Catalog, &CatalogSource<'_>) -> Result<T, PgError>,
+    ) -> Result<T, PgError> {
         let (addr, user, password) = self.catalog_source_parts();
         let sharding = self.snap.sharding.as_ref().expect("sharded session");
         let src = CatalogSource {
@@ -540,7 +548,14 @@ impl Session {
             password: password.as_deref(),
             database: &self.database,
         };
-        sharding.catalog.facts(&src).await
+        ask(&sharding.catalog, &src).await
+    }
+
+    /// Collation and user-defined aggregates of the client's database.
+    pub(super) async fn database_facts(
+        &mut self,
+    ) -> Result<Arc<crate::catalog::DatabaseFacts>, PgError> {
+        self.ask_catalog(async |c, src| c.facts(src).await).await
     }
 
     /// The column order of a table, from the catalog of the default shard.
@@ -553,15 +568,19 @@ impl Session {
             Some(s) => format!("{}.{}", quote_ident(s), quote_ident(name)),
             None => quote_ident(name),
         };
-        let (addr, user, password) = self.catalog_source_parts();
-        let sharding = self.snap.sharding.as_ref().expect("sharded session");
-        let src = CatalogSource {
-            addr: &addr,
-            user: &user,
-            password: password.as_deref(),
-            database: &self.database,
-        };
-        sharding.catalog.columns(&src, &qualified).await
+        self.catalog_columns(&qualified).await
+    }
+
+    /// The column order of `table` (as SQL names it).
+    pub(super) async fn catalog_columns(&self, table: &str) -> Result<Arc<Vec<String>>, PgError> {
+        self.ask_catalog(async |c, src| c.columns(src, table).await)
+            .await
+    }
+
+    /// The default shard's estimate of `table`'s rows (as SQL names it).
+    pub(super) async fn catalog_estimate(&self, table: &str) -> Result<f64, PgError> {
+        self.ask_catalog(async |c, src| c.row_estimate(src, table).await)
+            .await
     }
 
     async fn insert_dest(
