@@ -1259,6 +1259,7 @@ async fn oracle_corpus_matches_unsharded_postgres() {
     let mut random_tally = Tally::default();
     // Refused random queries by reason (each query counted once).
     let mut random_refusals: BTreeMap<String, usize> = BTreeMap::new();
+    let mut corpus_refusals: Vec<String> = Vec::new();
     for e in &entries {
         let mut refusal: Option<String> = None;
         let mut failed = false;
@@ -1351,6 +1352,9 @@ async fn oracle_corpus_matches_unsharded_postgres() {
                 }
             }
         }
+        if let (false, Some(r)) = (e.flags.random, &refusal) {
+            corpus_refusals.push(format!("{} [{}] {}\n      {r}", e.place, e.category, e.sql));
+        }
         if e.flags.random {
             if failed {
                 random_tally.mismatched += 1;
@@ -1375,6 +1379,10 @@ async fn oracle_corpus_matches_unsharded_postgres() {
         for m in &mismatches {
             println!("{m}");
         }
+    }
+    println!("\ncorpus entries refused (0A000), with the reason:");
+    for r in &corpus_refusals {
+        println!("  {r}");
     }
     if random > 0 {
         println!("\nrandom queries refused (0A000), by reason:");

@@ -87,13 +87,10 @@ impl Gather {
     }
 }
 
-/// The sharded tables of `sql` (a query) whose gathering makes the
-/// statement one the shards (or the default shard) can run, in statement
-/// order. Empty when there is none, or the statement runs as it is.
+/// The sharded tables of `sql` (a query the shards cannot run as it is,
+/// or whose answer they cannot merge) whose gathering makes the statement
+/// one the shards (or the default shard) can run, in statement order.
 pub fn candidates(sql: &str, tables: &dyn TableLookup) -> Vec<Gather> {
-    if runnable(sql, tables) {
-        return Vec::new();
-    }
     let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
         return Vec::new();
     };

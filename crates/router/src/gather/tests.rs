@@ -132,7 +132,6 @@ fn only_named_columns_are_gathered_unless_rows_are_read_whole() {
 #[test]
 fn statements_that_cannot_be_helped_have_no_candidate() {
     for sql in [
-        "SELECT * FROM orders",
         "SELECT count(DISTINCT o.qty), count(DISTINCT e.kind) FROM orders o JOIN events e ON e.value = o.qty",
         "SELECT * FROM orders o JOIN events e ON e.value = o.qty JOIN customers c ON c.name = e.kind AND c.tier = o.qty",
         "SELECT * FROM orders o FULL JOIN events e ON e.value = o.qty",

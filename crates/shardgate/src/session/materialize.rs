@@ -167,6 +167,7 @@ impl Session {
             MergeEnd::Finished {
                 captured: Some(c), ..
             } => c,
+            MergeEnd::Refused(e) => return self.merge_refused(e),
             MergeEnd::Finished { status, .. } => {
                 if m.kind == Kind::Value && names_outer_column(&self.cout[mark..]) {
                     // The subquery read a column of the outer query.

@@ -111,6 +111,11 @@ pub(super) enum MergeEnd {
         status: u8,
         captured: Option<Captured>,
     },
+    /// The shards' columns turned out to be of types the merge cannot
+    /// combine (`0A000`), before anything of the answer went out: nothing
+    /// was sent, the error is for the caller to send or to answer
+    /// otherwise.
+    Refused(PgError),
 }
 
 /// The rows of a capturing merge.
@@ -154,6 +159,41 @@ impl Session {
             MergeEnd::Answered => Ok(()),
             MergeEnd::Finished { status, .. } => {
                 backend::ready_for_query(status, &mut self.cout);
+                self.flush_client().await
+            }
+            MergeEnd::Refused(e) => {
+                self.merge_refused(e)?;
+                self.flush_client().await
+            }
+        }
+    }
+
+    /// [`Session::merge_query`] of the client's statement `sql`; when the
+    /// merge refuses the shards' column types, the statement is answered by
+    /// gathering one of its tables instead ([`Session::gathered`]), with
+    /// the request `again` builds.
+    pub(super) async fn merge_or_gather<'r>(
+        &mut self,
+        sql: &str,
+        (shards, plan, want): (Vec<usize>, Arc<MergePlan>, Want),
+        again: impl Fn() -> MergeRequest<'r>,
+    ) -> Result<(), SessionError> {
+        let e = match self.merge_run(shards, plan, want, again()).await? {
+            MergeEnd::Answered => return Ok(()),
+            MergeEnd::Finished { status, .. } => {
+                backend::ready_for_query(status, &mut self.cout);
+                return self.flush_client().await;
+            }
+            MergeEnd::Refused(e) => e,
+        };
+        match self.gathered(sql).await {
+            Ok(Some(m)) => self.materialize_query(&m, want, again()).await,
+            Ok(None) => {
+                self.merge_refused(e)?;
+                self.flush_client().await
+            }
+            Err(e) => {
+                self.merge_refused(e)?;
                 self.flush_client().await
             }
         }
@@ -243,6 +283,9 @@ impl Session {
             self.return_part(p.b);
         }
         result?;
+        if let Some(e) = run.refused_types.take() {
+            return Ok(MergeEnd::Refused(e));
+        }
         let captured = match run.capture {
             Some((mark, _)) => self.take_captured(mark, &run),
             None => None,
@@ -413,7 +456,13 @@ impl Session {
             } else if !run.announced {
                 if run.streams.iter().all(|s| s.desc.is_some()) {
                     if let Err(e) = run.describe(&mut self.cout) {
-                        e.encode(&mut self.cout);
+                        if e.code.as_str() == "0A000" {
+                            // Nothing was sent yet: the caller may answer
+                            // the statement another way.
+                            run.refused_types = Some(e);
+                        } else {
+                            e.encode(&mut self.cout);
+                        }
                         run.failed = true;
                         cancel_parts(parts, self.vtx.is_none(), &mut run.to_cancel);
                     }
@@ -577,6 +626,9 @@ pub(super) struct Run {
     /// A capturing merge: where its output starts in the client buffer
     /// (never flushed) and the bytes it may hold there.
     pub(super) capture: Option<(usize, usize)>,
+    /// The merge refused the shards' column types before announcing the
+    /// answer (nothing of it was written).
+    pub(super) refused_types: Option<PgError>,
 }
 
 impl Run {
@@ -612,6 +664,7 @@ impl Run {
             copy: None,
             copy_mark: 0,
             capture: None,
+            refused_types: None,
         }
     }
 
@@ -686,8 +739,9 @@ impl Run {
         self.tree.set_limit(limit, offset);
     }
 
-    /// All shards described the result: checks they agree and sends the
-    /// client's BindComplete and RowDescription.
+    /// All shards described the result: checks they agree and that the
+    /// merge handles their types, then sends the client's BindComplete and
+    /// RowDescription (nothing when it fails).
     pub(super) fn describe(&mut self, cout: &mut BytesMut) -> Result<(), PgError> {
         let desc = self.streams[0].desc.clone().expect("described");
         let (types, ends) = parse_row_description(&desc).map_err(|_| {
@@ -739,14 +793,15 @@ impl Run {
         };
         client_desc.extend_from_slice(&desc[start..end]);
         backend::patch_len(&mut client_desc, 0);
+        // Types first: a refusal leaves nothing written.
+        self.tree.set_types(types);
+        self.tree.describe(visible).map_err(merge_error)?;
         if self.extended {
             backend::empty(btag::BIND_COMPLETE, cout);
         }
         if self.describe {
             cout.extend_from_slice(&client_desc);
         }
-        self.tree.set_types(types);
-        self.tree.describe(visible).map_err(merge_error)?;
         self.announced = true;
         Ok(())
     }

@@ -495,9 +495,14 @@ impl Session {
         }
         let facts = self.database_facts().await?;
         if let Some(name) = user_aggregate_call(sql, &facts.user_aggregates) {
-            return Err(cross_shard_refusal(&format!(
-                "the user-defined aggregate {name}()"
-            )));
+            // Its per-shard results cannot be combined: one server runs it
+            // over the gathered rows.
+            return match self.gathered(sql).await? {
+                Some(m) => Ok(Dest::Materialize(Box::new(m))),
+                None => Err(cross_shard_refusal(&format!(
+                    "the user-defined aggregate {name}()"
+                ))),
+            };
         }
         let sharding = self.snap.sharding.as_ref().expect("sharded session");
         match sharding.merges.plan_cached(sql, &MapLookup(&sharding.map)) {
@@ -785,10 +790,10 @@ impl Session {
                 r
             }
             Dest::Merge(shards, plan, collation) => {
-                let req = MergeRequest::simple(collation, None);
                 let used = shards.clone();
                 let timing = self.fanout_starts(sql);
-                let r = self.merge_query(shards, plan, want, req).await;
+                let again = || MergeRequest::simple(collation.clone(), None);
+                let r = self.merge_or_gather(sql, (shards, plan, want), again).await;
                 self.fanout_ends(timing, &used);
                 r
             }
@@ -1144,8 +1149,10 @@ impl Session {
                     Err(e) => return self.refuse_pg(e),
                 };
                 self.extra_consumed = after.consumed;
-                let req = MergeRequest::bound(bind, &stmt.param_types, &after, collation);
-                self.merge_query(shards, plan, want, req).await
+                let again =
+                    || MergeRequest::bound(bind, &stmt.param_types, &after, collation.clone());
+                self.merge_or_gather(&stmt.query, (shards, plan, want), again)
+                    .await
             }
             Dest::Materialize(_) if read_in_pieces(rest, bind.portal, self.max_message) => self
                 .refuse_pg(cross_shard_refusal(
