@@ -1138,3 +1138,75 @@ async fn flush_prepared_statements_and_row_limits_across_shards() {
     raw_ok(&mut raw, "ROLLBACK");
     raw_ok(&mut raw, "SELECT 1");
 }
+
+/// A join not on the shard keys gathers the smaller table (its named
+/// columns, its own conditions) and runs on every shard, with client
+/// parameters on both steps; `EXPLAIN` of it, and of a materialized
+/// subquery, describes both steps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_step_statements_run_and_explain_their_steps() {
+    let env = env("");
+    let proxy = env.start();
+    let client = connect(&proxy.app()).await;
+    create_t(&client).await;
+    client
+        .batch_execute("CREATE TABLE acct (k bigint PRIMARY KEY, g int, note text)")
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO acct SELECT k, k % 7, 'n' || k FROM generate_series(0, 2999, 100) k",
+        )
+        .await
+        .unwrap();
+    // acct (30 rows) joined to t (3000 rows) on g, not on k.
+    let sql =
+        "SELECT count(*), sum(t.v) FROM t JOIN acct a ON a.g = t.g WHERE a.k >= $1 AND t.k < $2";
+    let row = client.query_one(sql, &[&1000i64, &2500i64]).await.unwrap();
+    let count: i64 = row.get(0);
+    // Every acct row with k >= 1000 matches the t rows (k < 2500) of its g.
+    let want: i64 = (1000..3000i64)
+        .step_by(100)
+        .map(|ak| (0..2500i64).filter(|tk| tk % 7 == ak % 7).count() as i64)
+        .sum();
+    assert_eq!(count, want);
+    let lines = |msgs: Vec<SimpleQueryMessage>| -> Vec<String> {
+        simple_rows(&msgs)
+            .into_iter()
+            .map(|r| r[0].clone().unwrap_or_default())
+            .collect()
+    };
+    let plan = lines(
+        client
+            .simple_query(
+                "EXPLAIN SELECT count(*) FROM t JOIN acct a ON a.g = t.g WHERE a.k >= 1000",
+            )
+            .await
+            .unwrap(),
+    );
+    let text = plan.join("\n");
+    assert!(text.contains("Gather a sharded table"), "{text}");
+    assert!(
+        text.contains(r#"SELECT "k", "g" FROM acct AS a WHERE (a.k >= 1000)"#),
+        "the smaller table, its named columns and its own condition: {text}"
+    );
+    assert!(text.contains("on shards 0, 1, 2, merged"), "{text}");
+    // The extended protocol answers EXPLAIN too.
+    let rows = client
+        .query(
+            "EXPLAIN SELECT g, count(*) FROM (SELECT g, count(*) AS n FROM t GROUP BY g) s GROUP BY g",
+            &[],
+        )
+        .await
+        .unwrap();
+    let text: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let text = text.join("\n");
+    assert!(text.contains("Materialize a subquery"), "{text}");
+    assert!(text.contains("on shard 0"), "{text}");
+    // EXPLAIN ANALYZE would run the statement: refused.
+    let err = client
+        .simple_query("EXPLAIN ANALYZE SELECT count(*) FROM t JOIN acct a ON a.g = t.g")
+        .await
+        .expect_err("EXPLAIN ANALYZE of a gathered join");
+    assert_eq!(err.as_db_error().unwrap().code().code(), "0A000");
+}

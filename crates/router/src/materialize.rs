@@ -40,6 +40,9 @@ pub struct Materialize {
     pub outer: String,
     /// What the outer query reads of the subquery.
     pub kind: Kind,
+    /// The client asked `EXPLAIN` of the statement: the steps are
+    /// described, not run.
+    pub explain: bool,
 }
 
 /// How the outer query reads a materialized subquery.
@@ -197,6 +200,7 @@ fn plan_value(sql: &str, tables: &dyn TableLookup) -> Option<Materialize> {
         inner,
         outer,
         kind: Kind::Value,
+        explain: false,
     })
 }
 
@@ -263,6 +267,7 @@ fn plan_rows(sql: &str, tables: &dyn TableLookup) -> Option<Materialize> {
         inner,
         outer,
         kind: Kind::Rows,
+        explain: false,
     })
 }
 

@@ -113,10 +113,10 @@ impl Catalog {
         Ok(facts)
     }
 
-    /// The planner's estimate of `table`'s rows on the server of `src`
-    /// (`pg_class.reltuples`; negative when never analysed), reused for a
-    /// minute.
-    pub async fn row_estimate(&self, src: &CatalogSource<'_>, table: &str) -> Result<f64, PgError> {
+    /// The size of `table` on the server of `src` in bytes
+    /// (`pg_relation_size`: known even before the table was analysed),
+    /// reused for a minute.
+    pub async fn table_size(&self, src: &CatalogSource<'_>, table: &str) -> Result<f64, PgError> {
         let key = (src.database.to_owned(), table.to_owned());
         if let Some((at, n)) = self.estimates.lock().expect("catalog lock").get(&key) {
             if at.elapsed() < ESTIMATE_TTL {
@@ -127,7 +127,7 @@ impl Catalog {
         let client = connect(src, &what).await?;
         let row = client
             .query_one(
-                "SELECT reltuples::float8 FROM pg_catalog.pg_class WHERE oid = $1::text::regclass",
+                "SELECT pg_catalog.pg_relation_size($1::text::regclass)::float8",
                 &[&table],
             )
             .await

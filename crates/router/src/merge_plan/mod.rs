@@ -167,25 +167,8 @@ pub fn plan_merge_with(
     };
     let query = match statements.as_slice() {
         [Statement::Query(query)] => query,
-        [Statement::Explain {
-            analyze,
-            statement,
-            options,
-            ..
-        }] => {
-            let analyze = *analyze
-                || options.as_ref().is_some_and(|o| {
-                    o.iter().any(|u| {
-                        u.name.value.eq_ignore_ascii_case("analyze")
-                            && !u.arg.as_ref().is_some_and(|a| {
-                                matches!(
-                                    a.to_string().to_ascii_lowercase().as_str(),
-                                    "false" | "off" | "0"
-                                )
-                            })
-                    })
-                });
-            if analyze {
+        [explain @ Statement::Explain { statement, .. }] => {
+            if explains_analyze(explain) {
                 return refuse("EXPLAIN ANALYZE of a query that runs on several shards");
             }
             if !matches!(statement.as_ref(), Statement::Query(_)) {
@@ -251,6 +234,41 @@ pub fn plan_merge_with(
         plan.hidden += 1;
     }
     Ok(plan)
+}
+
+/// Whether an `EXPLAIN` runs its statement (`ANALYZE`).
+fn explains_analyze(explain: &Statement) -> bool {
+    let Statement::Explain {
+        analyze, options, ..
+    } = explain
+    else {
+        return false;
+    };
+    *analyze
+        || options.as_ref().is_some_and(|o| {
+            o.iter().any(|u| {
+                u.name.value.eq_ignore_ascii_case("analyze")
+                    && !u.arg.as_ref().is_some_and(|a| {
+                        matches!(
+                            a.to_string().to_ascii_lowercase().as_str(),
+                            "false" | "off" | "0"
+                        )
+                    })
+            })
+        })
+}
+
+/// The query of `EXPLAIN <query>` (not `ANALYZE`), as text.
+pub fn explained_query(sql: &str) -> Option<String> {
+    let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    match statements.as_slice() {
+        [explain @ Statement::Explain { statement, .. }]
+            if !explains_analyze(explain) && matches!(statement.as_ref(), Statement::Query(_)) =>
+        {
+            Some(statement.to_string())
+        }
+        _ => None,
+    }
 }
 
 /// Whether every row of `body` comes from a sharded table in a FROM clause

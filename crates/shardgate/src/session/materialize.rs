@@ -12,7 +12,7 @@ use shardgate_protocol::frontend::{self, Bind};
 use shardgate_protocol::PgError;
 use shardgate_router::gather::{self, Gather};
 use shardgate_router::materialize::{outer_sql, renumber_params, value_sql, Kind, Materialize};
-use shardgate_router::merge_plan::MergePlan;
+use shardgate_router::merge_plan::{self, MergePlan};
 use shardgate_router::ShardPlan;
 
 use super::merge::{Captured, MergeEnd, MergeRequest};
@@ -92,22 +92,24 @@ impl ParamSet {
 impl Session {
     /// A statement the shards cannot run as it is, answered by gathering
     /// one of its sharded tables ([`shardgate_router::gather`]): the
-    /// candidate with the fewest rows by the default shard's estimate,
-    /// reading the columns the statement names. `None` when no table can
-    /// be gathered.
+    /// smallest candidate (on the default shard), reading the columns the
+    /// statement names. `None` when no table can be gathered.
     pub(super) async fn gathered(&mut self, sql: &str) -> Result<Option<Materialize>, PgError> {
         let sharding = self.snap.sharding.as_ref().expect("sharded session");
         let candidates = gather::candidates(sql, &MapLookup(&sharding.map));
-        let mut best: Option<(f64, Gather)> = None;
-        for g in candidates {
-            let rows = self.catalog_estimate(&g.table).await?;
-            // Never analysed (negative): assume large.
-            let rows = if rows < 0.0 { f64::MAX } else { rows };
-            if best.as_ref().is_none_or(|(n, _)| rows < *n) {
-                best = Some((rows, g));
+        let chosen = if candidates.len() < 2 {
+            candidates.into_iter().next()
+        } else {
+            let mut best: Option<(f64, Gather)> = None;
+            for g in candidates {
+                let size = self.catalog_size(&g.table).await?;
+                if best.as_ref().is_none_or(|(n, _)| size < *n) {
+                    best = Some((size, g));
+                }
             }
-        }
-        let Some((_, g)) = best else {
+            best.map(|(_, g)| g)
+        };
+        let Some(g) = chosen else {
             return Ok(None);
         };
         let columns = self.catalog_columns(&g.table).await?;
@@ -115,6 +117,26 @@ impl Session {
             inner: g.inner_sql(&g.needed(&columns)),
             outer: g.outer,
             kind: Kind::Table,
+            explain: false,
+        }))
+    }
+
+    /// A read the shards cannot answer as it is, answered in two steps: a
+    /// subquery materialized ([`shardgate_router::materialize::plan`]) or a
+    /// table gathered ([`Session::gathered`]). `EXPLAIN` of such a read
+    /// describes the steps.
+    pub(super) async fn materialized(&mut self, sql: &str) -> Result<Option<Materialize>, PgError> {
+        let explained = merge_plan::explained_query(sql);
+        let query = explained.as_deref().unwrap_or(sql);
+        let sharding = self.snap.sharding.as_ref().expect("sharded session");
+        let planned = shardgate_router::materialize::plan(query, &MapLookup(&sharding.map));
+        let m = match planned {
+            Some(m) => Some(m),
+            None => self.gathered(query).await?,
+        };
+        Ok(m.map(|m| Materialize {
+            explain: explained.is_some(),
+            ..m
         }))
     }
 
@@ -148,6 +170,11 @@ impl Session {
         };
         let shards = sharding.map.all_shards();
         let default_shard = sharding.map.default_shard();
+        if m.explain {
+            let lines = steps(m, &plan.describe(&shards), self.outer_shards(m));
+            self.answer_plan_lines(&lines, &req);
+            return self.flush_client().await;
+        }
         let inner = MergeRequest {
             bind: req.bind,
             param_types: req.param_types,
@@ -211,6 +238,20 @@ impl Session {
         let plan = Arc::new(MergePlan::concat(&sql));
         self.merge_query(vec![default_shard], plan, want, outer)
             .await
+    }
+
+    /// The shards step 2 of `m` runs on.
+    fn outer_shards(&self, m: &Materialize) -> Vec<usize> {
+        let sharding = self.snap.sharding.as_ref().expect("sharded session");
+        let probe = match m.kind {
+            Kind::Rows => return vec![sharding.map.default_shard()],
+            Kind::Value => value_sql(&m.outer, 65_000, "v"),
+            Kind::Table => outer_sql(&m.outer, 65_000, &["c".to_owned()]),
+        };
+        match shardgate_router::plan_shards(&probe, &MapLookup(&sharding.map)) {
+            ShardPlan::Keyed { .. } | ShardPlan::NoKey { .. } => sharding.map.all_shards(),
+            _ => vec![sharding.map.default_shard()],
+        }
     }
 
     /// The outer statement of a [`Kind::Value`] subquery, its value bound
@@ -280,6 +321,43 @@ impl Session {
         };
         self.merge_query(shards, plan, want, outer).await
     }
+}
+
+/// `EXPLAIN` of a two-step statement: what step 1 gathers (`inner`: its
+/// merge's plan lines) and where step 2 runs (`outer_shards`).
+fn steps(m: &Materialize, inner: &[String], outer_shards: Vec<usize>) -> Vec<String> {
+    let list = |s: &[usize]| {
+        s.iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (what, bound) = match m.kind {
+        Kind::Rows => (
+            "Materialize a subquery over several shards",
+            "its rows, one array parameter per column",
+        ),
+        Kind::Value => (
+            "Evaluate a scalar subquery over several shards once",
+            "its value, as a parameter",
+        ),
+        Kind::Table => (
+            "Gather a sharded table (the columns the statement names, its own conditions)",
+            "the gathered rows, one array parameter per column",
+        ),
+    };
+    let mut out = vec![format!("Shardgate Two Steps  ({what})")];
+    out.push("  ->  Step 1 (captured at the proxy):".to_owned());
+    out.extend(inner.iter().map(|l| format!("        {l}")));
+    let place = match outer_shards.as_slice() {
+        [one] => format!("on shard {one}"),
+        many => format!("on shards {}, merged", list(many)),
+    };
+    out.push(format!(
+        "  ->  Step 2 (the statement reading {bound}; {place}):"
+    ));
+    out.push(format!("        {}", m.outer));
+    out
 }
 
 /// Whether the errors in `out` say a column or table is unknown (the

@@ -415,13 +415,18 @@ impl Session {
     /// `EXPLAIN` of a statement over several shards: the plan's own lines,
     /// as Postgres sends an EXPLAIN result (one text column `QUERY PLAN`).
     fn answer_explain(&mut self, shards: &[usize], plan: &MergePlan, req: &MergeRequest<'_>) {
+        self.answer_plan_lines(&plan.describe(shards), req);
+    }
+
+    /// An `EXPLAIN` answer of `lines`, one `QUERY PLAN` row each.
+    pub(super) fn answer_plan_lines(&mut self, lines: &[String], req: &MergeRequest<'_>) {
         if req.bind.is_some() {
             backend::empty(btag::BIND_COMPLETE, &mut self.cout);
         }
         if req.describe {
             backend::row_description(&[("QUERY PLAN", 25)], &mut self.cout);
         }
-        for line in plan.describe(shards) {
+        for line in lines {
             backend::data_row(&[Some(line.as_str())], &mut self.cout);
         }
         backend::command_complete("EXPLAIN", &mut self.cout);

@@ -467,11 +467,7 @@ impl Session {
             }
             ShardPlan::Unsupported { construct } => {
                 if !self.writes_rows(sql) {
-                    let lookup = MapLookup(&map);
-                    if let Some(m) = shardgate_router::materialize::plan(sql, &lookup) {
-                        return Ok(Dest::Materialize(Box::new(m)));
-                    }
-                    if let Some(m) = self.gathered(sql).await? {
+                    if let Some(m) = self.materialized(sql).await? {
                         return Ok(Dest::Materialize(Box::new(m)));
                     }
                 }
@@ -497,7 +493,7 @@ impl Session {
         if let Some(name) = user_aggregate_call(sql, &facts.user_aggregates) {
             // Its per-shard results cannot be combined: one server runs it
             // over the gathered rows.
-            return match self.gathered(sql).await? {
+            return match self.materialized(sql).await? {
                 Some(m) => Ok(Dest::Materialize(Box::new(m))),
                 None => Err(cross_shard_refusal(&format!(
                     "the user-defined aggregate {name}()"
@@ -521,7 +517,7 @@ impl Session {
                 }
                 Ok(Dest::Merge(shards, plan, collation))
             }
-            Err(e) => match self.gathered(sql).await? {
+            Err(e) => match self.materialized(sql).await? {
                 Some(m) => Ok(Dest::Materialize(Box::new(m))),
                 None => Err(cross_shard_refusal(&e.construct)),
             },
@@ -582,9 +578,9 @@ impl Session {
             .await
     }
 
-    /// The default shard's estimate of `table`'s rows (as SQL names it).
-    pub(super) async fn catalog_estimate(&self, table: &str) -> Result<f64, PgError> {
-        self.ask_catalog(async |c, src| c.row_estimate(src, table).await)
+    /// The size in bytes of `table` (as SQL names it) on the default shard.
+    pub(super) async fn catalog_size(&self, table: &str) -> Result<f64, PgError> {
+        self.ask_catalog(async |c, src| c.table_size(src, table).await)
             .await
     }
 
