@@ -481,11 +481,17 @@ impl Session {
                     }
                     Ok(TreeStep::Moved) => {
                         if run.limit_reached() {
-                            cancel_parts(parts, self.vtx.is_none(), &mut run.to_cancel);
                             if let Err(e) = run.end_rows(&mut self.cout) {
                                 run.fail_with(e, parts, &mut self.cout, false);
                             }
                             run.stopping = true;
+                            // What the shards already sent may end their
+                            // answers: only those still working are
+                            // cancelled (a cancel costs each a connection).
+                            for (i, part) in parts.iter_mut().enumerate() {
+                                run.pump(part, i, &mut self.cout);
+                            }
+                            cancel_parts(parts, self.vtx.is_none(), &mut run.to_cancel);
                         }
                         if let Some((mark, limit)) = run.capture {
                             if self.cout.len() - mark > limit {
