@@ -186,13 +186,37 @@ async fn server_tls_modes() {
         let port = free_port();
         let proxy = Proxy::start(c.dir(), port, &config(&c, port, extra, ""));
         if !*works {
+            // The pool's connection or the health check (which then marks
+            // the node unavailable) says why.
             let e = refused(&proxy.app()).await;
-            assert!(e.contains("TLS to server"), "{extra}: {e}");
+            assert!(
+                e.contains("TLS to server")
+                    || e.contains("invalid peer certificate: UnknownIssuer"),
+                "{extra}: {e}"
+            );
             continue;
         }
         let client = connect(&proxy.app()).await;
         let r = client.query_one("SELECT 1", &[]).await;
         assert!(r.is_ok(), "{extra}: {r:?}");
+        // The proxy's own connections (here the health monitor's) use TLS
+        // as the pooled ones do.
+        let mut seen = String::new();
+        let monitor_tls = eventually(Duration::from_secs(20), || {
+            seen = node
+                .psql(
+                    "postgres",
+                    "SELECT count(*) FILTER (WHERE s.ssl) || '/' || count(*) FROM pg_stat_ssl s \
+                     JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'shardgate-monitor'",
+                )
+                .unwrap_or_default();
+            let (tls, all) = seen.trim().split_once('/').unwrap_or(("0", "0"));
+            all != "0" && tls == all
+        });
+        assert!(
+            monitor_tls,
+            "{extra}: monitor connections with TLS / all: {seen}"
+        );
         {
             assert!(server_side_ssl(&client).await, "{extra}: not encrypted");
             // A whole transaction and a larger answer over TLS.

@@ -41,6 +41,8 @@ pub struct MonitorConfig {
     pub password: Option<String>,
     /// Database it connects to.
     pub database: String,
+    /// TLS towards the servers (`proxy.server_tls`).
+    pub tls: shardgate_pool::ServerTls,
 }
 
 impl std::fmt::Debug for MonitorConfig {
@@ -102,12 +104,27 @@ struct Sample {
 /// Why a poll failed.
 #[derive(Debug, thiserror::Error)]
 enum ProbeError {
-    #[error("{0}")]
+    #[error("{}", with_causes(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("no answer within {0} ms")]
     Timeout(u128),
     #[error("unexpected answer: {0}")]
     Answer(String),
+}
+
+/// An error and what caused it (a TLS handshake error says why).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// Timed-out checks in a row after which the monitor opens a new connection.
@@ -277,9 +294,5 @@ async fn connect(
     if let Some(pw) = &config.password {
         pg.password(pw);
     }
-    let (client, connection) = pg.connect(tokio_postgres::NoTls).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
+    Ok(config.tls.connect_pg(&mut pg).await?)
 }

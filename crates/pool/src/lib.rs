@@ -15,6 +15,7 @@
 //! checkout and a release each take one uncontended lock.
 
 mod conn;
+mod pg_tls;
 mod pool;
 mod prepared;
 mod stream;
@@ -23,6 +24,7 @@ mod tests;
 mod tls;
 
 pub use conn::{CancelHandle, ConnectError, ConnectParams, ServerConn};
+pub use pg_tls::{PgTlsConnect, PgTlsStream};
 pub use pool::{Loan, Pool, PoolConfig, PoolError, PoolKey, PoolStats, PooledConn, Pools, Totals};
 pub use prepared::PreparedSet;
 pub use stream::{write_all, MaybeTls, TlsOverTcp};

@@ -46,7 +46,7 @@ pub enum TlsConfigError {
 pub struct ServerTls {
     /// The mode.
     pub mode: TlsMode,
-    connector: Option<tokio_rustls::TlsConnector>,
+    pub(crate) connector: Option<tokio_rustls::TlsConnector>,
 }
 
 impl std::fmt::Debug for ServerTls {

@@ -44,6 +44,8 @@ pub struct CatalogSource<'a> {
     pub password: Option<&'a str>,
     /// Database.
     pub database: &'a str,
+    /// TLS towards the servers (`proxy.server_tls`).
+    pub tls: &'a shardgate_pool::ServerTls,
 }
 
 impl Catalog {
@@ -176,14 +178,10 @@ async fn connect(src: &CatalogSource<'_>, what: &str) -> Result<tokio_postgres::
     if let Some(pw) = src.password {
         cfg.password(pw);
     }
-    let (client, conn) = cfg
-        .connect(tokio_postgres::NoTls)
+    src.tls
+        .connect_pg(&mut cfg)
         .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
+        .map_err(|e| unreachable(e.to_string()))
 }
 
 async fn fetch(src: &CatalogSource<'_>, table: &str) -> Result<Vec<String>, PgError> {

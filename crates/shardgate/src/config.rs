@@ -283,6 +283,19 @@ pub enum ServerTlsMode {
     VerifyFull,
 }
 
+impl ServerTlsMode {
+    /// The mode as libpq's `sslmode` names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerTlsMode::Disable => "disable",
+            ServerTlsMode::Prefer => "prefer",
+            ServerTlsMode::Require => "require",
+            ServerTlsMode::VerifyCa => "verify-ca",
+            ServerTlsMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
 /// How a client proves who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum AuthMethod {

@@ -160,12 +160,13 @@ impl Snapshot {
             user: m.user,
             password: m.password,
             database: m.database,
+            tls: m.tls,
         }
     }
 
     /// Settings of the health and lag monitor.
     pub fn monitor_config(&self) -> MonitorConfig {
-        monitor_config(&self.config)
+        monitor_config(&self.config, (*self.server_tls).clone())
     }
 
     /// How connections of `user` to `addr` and `database` are opened and limited.
@@ -207,8 +208,8 @@ impl Snapshot {
 }
 
 /// Settings of the health and lag monitor (its login is also the one
-/// rebalancing and the admin probes use).
-pub fn monitor_config(config: &Config) -> MonitorConfig {
+/// rebalancing and the admin probes use), with `tls` towards the servers.
+pub fn monitor_config(config: &Config, tls: shardgate_pool::ServerTls) -> MonitorConfig {
     let r = &config.routing;
     let first = &config.users[0];
     MonitorConfig {
@@ -228,6 +229,7 @@ pub fn monitor_config(config: &Config) -> MonitorConfig {
             .clone()
             .or_else(|| first.server_password().map(str::to_owned)),
         database: r.monitor_database.clone(),
+        tls,
     }
 }
 

@@ -210,6 +210,8 @@ pub struct RecoveryTarget {
     pub password: Option<String>,
     /// A database to connect to first (`pg_prepared_xacts` lists all).
     pub database: String,
+    /// TLS towards the servers (`proxy.server_tls`).
+    pub tls: shardgate_pool::ServerTls,
 }
 
 /// Commits or rolls back every prepared transaction shardgate left behind
@@ -255,14 +257,11 @@ async fn connect(
     if let Some(pw) = &target.password {
         cfg.password(pw);
     }
-    let (client, conn) = cfg
-        .connect(tokio_postgres::NoTls)
+    target
+        .tls
+        .connect_pg(&mut cfg)
         .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
+        .map_err(|e| e.to_string())
 }
 
 async fn recover_node(

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use shardgate_shardmap::{TableName, TableRule};
 use tokio::sync::Notify;
 
-use tokio_postgres::{AsyncMessage, Client, Config as PgConfig, NoTls};
+use tokio_postgres::{AsyncMessage, Client, Config as PgConfig};
 
 use super::RebalanceError;
 use crate::config::Config;
@@ -69,8 +69,8 @@ impl Conn {
         mut on_message: impl FnMut(AsyncMessage) + Send + 'static,
         on_end: impl FnOnce() + Send + 'static,
     ) -> Result<Conn, RebalanceError> {
-        let cfg = pg_config(config, node, database)?;
-        let (client, mut conn) = cfg.connect(NoTls).await.map_err(|e| RebalanceError::Db {
+        let (cfg, tls) = pg_config(config, node, database)?;
+        let (client, mut conn) = cfg.connect(tls).await.map_err(|e| RebalanceError::Db {
             node: node.to_owned(),
             source: e,
         })?;
@@ -136,9 +136,24 @@ impl Conn {
     }
 }
 
-/// The driver's settings for `node`'s database `database`, as the monitor user.
-fn pg_config(config: &Config, node: &str, database: &str) -> Result<PgConfig, RebalanceError> {
-    let m = crate::runtime::monitor_config(config);
+/// The login the rebalancing jobs use: the monitor's, with TLS towards the
+/// servers as `proxy.server_tls` says.
+pub(super) fn login(
+    config: &Config,
+) -> Result<shardgate_jobs::monitor::MonitorConfig, RebalanceError> {
+    let tls = crate::tls::server_tls(&config.proxy)
+        .map_err(|e| RebalanceError::Invalid(e.to_string()))?;
+    Ok(crate::runtime::monitor_config(config, tls))
+}
+
+/// The driver's settings for `node`'s database `database`, as the monitor
+/// user, and the TLS to connect with.
+fn pg_config(
+    config: &Config,
+    node: &str,
+    database: &str,
+) -> Result<(PgConfig, shardgate_pool::ServerTls), RebalanceError> {
+    let m = login(config)?;
     let (host, port) = node
         .rsplit_once(':')
         .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
@@ -149,9 +164,10 @@ fn pg_config(config: &Config, node: &str, database: &str) -> Result<PgConfig, Re
         .user(&m.user)
         .dbname(database)
         .application_name("shardgate-rebalance")
-        .connect_timeout(Duration::from_secs(10));
+        .connect_timeout(Duration::from_secs(10))
+        .ssl_mode(m.tls.ssl_mode());
     if let Some(pw) = &m.password {
         cfg.password(pw);
     }
-    Ok(cfg)
+    Ok((cfg, m.tls))
 }

@@ -49,9 +49,9 @@ pub(super) async fn copy_schema(
                 .await?;
         }
     }
-    let m = crate::runtime::monitor_config(config);
+    let m = super::db::login(config)?;
     let db = &config.sharding.rebalance_database;
-    let mut dump = client_command("pg_dump", source, &m.user, m.password.as_deref())?;
+    let mut dump = client_command("pg_dump", source, &m, config)?;
     dump.args(["--schema-only", "--no-owner", "--no-privileges", "-d", db]);
     for t in &missing {
         dump.arg("-t").arg(t.to_string());
@@ -67,7 +67,7 @@ pub(super) async fn copy_schema(
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    let mut restore = client_command("psql", &target.node, &m.user, m.password.as_deref())?;
+    let mut restore = client_command("psql", &target.node, &m, config)?;
     restore
         .args([
             "-X",
@@ -106,16 +106,21 @@ pub(super) async fn copy_schema(
 fn client_command(
     program: &str,
     node: &str,
-    user: &str,
-    password: Option<&str>,
+    login: &shardgate_jobs::monitor::MonitorConfig,
+    config: &Config,
 ) -> Result<Command, RebalanceError> {
     let (host, port) = node
         .rsplit_once(':')
         .ok_or_else(|| RebalanceError::Invalid(format!("{node} is not host:port")))?;
     let mut cmd = Command::new(find_program(program));
-    cmd.args(["-h", host, "-p", port, "-U", user]);
-    if let Some(pw) = password {
+    cmd.args(["-h", host, "-p", port, "-U", &login.user]);
+    if let Some(pw) = &login.password {
         cmd.env("PGPASSWORD", pw);
+    }
+    // TLS as the proxy's own server connections use it.
+    cmd.env("PGSSLMODE", config.proxy.server_tls.as_str());
+    if let Some(root) = &config.proxy.server_tls_root_cert {
+        cmd.env("PGSSLROOTCERT", root);
     }
     Ok(cmd)
 }

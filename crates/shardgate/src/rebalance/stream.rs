@@ -89,7 +89,7 @@ impl SlotStream {
         node: &str,
         slot: &str,
     ) -> Result<SlotStream, RebalanceError> {
-        let m = crate::runtime::monitor_config(config);
+        let m = super::db::login(config)?;
         let params = ConnectParams {
             addr: node.into(),
             user: m.user.clone(),
@@ -97,10 +97,7 @@ impl SlotStream {
             database: config.sharding.rebalance_database.clone(),
             connect_timeout: Duration::from_secs(10),
             prepared_capacity: 0,
-            tls: std::sync::Arc::new(
-                crate::tls::server_tls(&config.proxy)
-                    .map_err(|e| stream_error(node, e.to_string()))?,
-            ),
+            tls: std::sync::Arc::new(m.tls.clone()),
         };
         let mut conn = ServerConn::connect_with(
             &params,

@@ -548,6 +548,7 @@ impl Session {
             user: &user,
             password: password.as_deref(),
             database: &self.database,
+            tls: &self.snap.server_tls,
         };
         ask(&sharding.catalog, &src).await
     }

@@ -32,15 +32,12 @@ pub async fn query(
         cfg.password(pw);
     }
     let run = async {
-        let (client, conn) = cfg
-            .connect(tokio_postgres::NoTls)
+        let client = m
+            .tls
+            .connect_pg(&mut cfg)
             .await
             .map_err(|e| e.to_string())?;
-        let conn = tokio::spawn(conn);
-        let result = client.simple_query(sql).await.map_err(|e| e.to_string());
-        drop(client);
-        conn.abort();
-        result
+        client.simple_query(sql).await.map_err(|e| e.to_string())
     };
     let messages = tokio::time::timeout(PROBE_TIMEOUT, run)
         .await
