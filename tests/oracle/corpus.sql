@@ -1110,8 +1110,10 @@ ordered: SELECT t.label, count(c.id) FROM tiers t LEFT JOIN customers c ON c.tie
 SELECT count(*) FROM orders WHERE qty IN (SELECT tier FROM tiers)
 SELECT o.id FROM orders o JOIN tiers t ON t.tier = o.qty WHERE o.customer_id = 7
 tx,refuse: UPDATE orders SET qty = qty + 1 WHERE qty IN (SELECT tier FROM tiers)
-refuse: SELECT * FROM orders o FULL JOIN events e ON e.id = o.id
-refuse: SELECT count(DISTINCT o.qty), count(DISTINCT e.kind) FROM orders o JOIN events e ON e.value = o.qty
+SELECT * FROM orders o FULL JOIN events e ON e.id = o.id
+SELECT o.status, count(e.id) FROM orders o FULL JOIN events e ON e.value = o.qty GROUP BY o.status
+SELECT count(DISTINCT o.qty), count(DISTINCT e.kind) FROM orders o JOIN events e ON e.value = o.qty
+SELECT (SELECT count(*) FROM orders) + (SELECT count(*) FROM events)
 
 -- @scalar-subquery
 -- An uncorrelated scalar subquery over several shards: merged once, its

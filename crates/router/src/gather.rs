@@ -31,7 +31,7 @@ use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Location;
 
 use crate::lexer::{Lexer, TokenKind};
-use crate::materialize::{outer_sql, ROWS};
+use crate::materialize::ROWS;
 use crate::shard::{ident_name, object_name, ShardPlan, TableLookup, AGGREGATES};
 
 /// One sharded table of a statement that can be gathered.
@@ -108,41 +108,92 @@ pub fn candidates(sql: &str, tables: &dyn TableLookup) -> Vec<Gather> {
         SetExpr::Select(select) => Some(select.as_ref()),
         _ => None,
     };
-    let natural = words.contains("natural");
     let mut out = Vec::new();
-    for (at, factor) in found.factors {
-        let TableFactor::Table { name, alias, .. } = &factor else {
+    for (at, factor) in &found.factors {
+        let Some(g) = table_gather(factor, *at, root, (sql, &words)) else {
             continue;
         };
-        let Some((_, table)) = object_name(name) else {
-            continue;
-        };
-        if alias.as_ref().is_some_and(|a| !a.columns.is_empty()) {
-            continue;
-        }
-        let (binding, bound) = match alias {
-            Some(a) => (a.name.to_string(), ident_name(&a.name)),
-            None => (crate::quote_ident(&table), table.clone()),
-        };
-        let filter = root
-            .map(|select| own_filter(select, at, &bound))
-            .unwrap_or_default();
-        let Some(outer) = replaced(sql, at, &binding, tables) else {
+        let Some(outer) = replaced(sql, *at, &g.binding, tables) else {
             continue;
         };
         if !runnable(&outer, tables) {
             continue;
         }
-        out.push(Gather {
-            table: name.to_string(),
-            binding: binding.clone(),
-            filter: (!filter.is_empty()).then(|| filter.join(" AND ")),
-            outer,
-            all_columns: natural || whole_rows(sql, &bound),
-            words: words.clone(),
-        });
+        out.push(Gather { outer, ..g });
     }
     out
+}
+
+/// Every sharded table of `sql` (a query) gathered, so that the statement
+/// reads none and one server answers it: the tables in statement order,
+/// and the statement with each replaced by a placeholder (in the same
+/// order). For what no single table's gathering answers (a `FULL JOIN` of
+/// two sharded tables not on their keys, a set operation over two).
+pub fn gather_all(sql: &str, tables: &dyn TableLookup) -> Option<(Vec<Gather>, String)> {
+    let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    let [statement @ Statement::Query(query)] = statements.as_slice() else {
+        return None;
+    };
+    let mut found = ShardedFactors {
+        tables,
+        factors: Vec::new(),
+    };
+    let _ = statement.visit(&mut found);
+    found.factors.sort_by_key(|(at, _)| (at.line, at.column));
+    let words = statement_words(sql);
+    let root = match query.body.as_ref() {
+        SetExpr::Select(select) => Some(select.as_ref()),
+        _ => None,
+    };
+    let each: Vec<(Location, Gather)> = found
+        .factors
+        .iter()
+        .map(|(at, f)| table_gather(f, *at, root, (sql, &words)).map(|g| (*at, g)))
+        .collect::<Option<_>>()?;
+    if each.len() < 2 {
+        return None;
+    }
+    let at: Vec<(Location, &str)> = each.iter().map(|(l, g)| (*l, g.binding.as_str())).collect();
+    let outer = replaced_all(sql, &at, tables)?;
+    if !matches!(
+        crate::shard::plan(&crate::materialize::probe_sql(&outer), tables),
+        ShardPlan::Unsharded | ShardPlan::NoTable | ShardPlan::ReferenceRead
+    ) {
+        return None;
+    }
+    Some((each.into_iter().map(|(_, g)| g).collect(), outer))
+}
+
+/// What gathering the sharded table `factor` (named at `at`) reads; its
+/// `outer` is left empty.
+fn table_gather(
+    factor: &TableFactor,
+    at: Location,
+    root: Option<&Select>,
+    (sql, words): (&str, &HashSet<String>),
+) -> Option<Gather> {
+    let TableFactor::Table { name, alias, .. } = factor else {
+        return None;
+    };
+    let (_, table) = object_name(name)?;
+    if alias.as_ref().is_some_and(|a| !a.columns.is_empty()) {
+        return None;
+    }
+    let (binding, bound) = match alias {
+        Some(a) => (a.name.to_string(), ident_name(&a.name)),
+        None => (crate::quote_ident(&table), table.clone()),
+    };
+    let filter = root
+        .map(|select| own_filter(select, at, &bound))
+        .unwrap_or_default();
+    Some(Gather {
+        table: name.to_string(),
+        binding,
+        filter: (!filter.is_empty()).then(|| filter.join(" AND ")),
+        outer: String::new(),
+        all_columns: words.contains("natural") || whole_rows(sql, &bound),
+        words: words.clone(),
+    })
 }
 
 /// Where a table is named in the statement's text: it tells the table's
@@ -251,32 +302,43 @@ fn is_inner(op: &JoinOperator) -> bool {
 /// `sql` with the sharded table named at `at` replaced by the
 /// materialized rows' placeholder.
 fn replaced(sql: &str, at: Location, binding: &str, tables: &dyn TableLookup) -> Option<String> {
+    replaced_all(sql, &[(at, binding)], tables)
+}
+
+/// `sql` with each sharded table named at one of `at` replaced by the
+/// materialized rows' placeholder under its binding.
+fn replaced_all(sql: &str, at: &[(Location, &str)], tables: &dyn TableLookup) -> Option<String> {
     let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
     let statement = statements.first_mut()?;
     let mut replace = Replace {
         tables,
-        at,
-        placeholder: Some(placeholder_factor(binding)?),
+        placeholders: at
+            .iter()
+            .map(|(l, b)| Some((*l, placeholder_factor(b)?)))
+            .collect::<Option<Vec<_>>>()?,
     };
     let _ = statement.visit(&mut replace);
-    replace.placeholder.is_none().then(|| statement.to_string())
+    replace
+        .placeholders
+        .is_empty()
+        .then(|| statement.to_string())
 }
 
-/// Replaces the sharded table named at `at` by `placeholder`.
+/// Replaces each sharded table named at a location of `placeholders` by
+/// its placeholder.
 struct Replace<'t> {
     tables: &'t dyn TableLookup,
-    at: Location,
-    placeholder: Option<TableFactor>,
+    placeholders: Vec<(Location, TableFactor)>,
 }
 
 impl VisitorMut for Replace<'_> {
     type Break = ();
 
     fn pre_visit_table_factor(&mut self, f: &mut TableFactor) -> ControlFlow<()> {
-        if is_sharded_table(f, self.tables) && location(f) == Some(self.at) {
-            if let Some(p) = self.placeholder.take() {
-                *f = p;
-                return ControlFlow::Break(());
+        if is_sharded_table(f, self.tables) {
+            let at = location(f);
+            if let Some(i) = self.placeholders.iter().position(|(l, _)| Some(*l) == at) {
+                *f = self.placeholders.swap_remove(i).1;
             }
         }
         ControlFlow::Continue(())
@@ -300,7 +362,7 @@ fn placeholder_factor(binding: &str) -> Option<TableFactor> {
 /// parameters: its shard plan is not refused, and when it runs on several
 /// shards its results merge.
 fn runnable(outer: &str, tables: &dyn TableLookup) -> bool {
-    let sql = outer_sql(outer, 65_000, &["c".to_owned()]);
+    let sql = crate::materialize::probe_sql(outer);
     match crate::shard::plan(&sql, tables) {
         ShardPlan::Unsharded | ShardPlan::NoTable | ShardPlan::ReferenceRead => true,
         ShardPlan::Keyed { .. } | ShardPlan::NoKey { .. } => {

@@ -34,6 +34,9 @@ pub const VALUE: &str = "__shardgate_value";
 pub struct Materialize {
     /// The subquery, run across the shards.
     pub inner: String,
+    /// For [`Kind::Table`]: further gathered tables' reads, for the
+    /// placeholders after the first, in order.
+    pub also: Vec<String>,
     /// The statement with the subquery replaced: by `SELECT * FROM
     /// __shardgate_rows` (see [`outer_sql`]) for [`Kind::Rows`], by the
     /// name `__shardgate_value` (see [`value_sql`]) for [`Kind::Value`].
@@ -117,6 +120,15 @@ pub fn outer_sql(outer: &str, first: usize, columns: &[String]) -> String {
     outer.replacen(&format!("FROM {ROWS}"), &from, 1)
 }
 
+/// `outer` with every placeholder reading a parameter that stands for no
+/// value: for planning where the statement runs, not for running it.
+pub fn probe_sql(outer: &str) -> String {
+    outer.replace(
+        &format!("FROM {ROWS}"),
+        &format!("FROM unnest($65000) AS {ROWS}(c)"),
+    )
+}
+
 /// The [`Materialize`] plan of a read `sql` the shard planner refused:
 /// exactly one derived table or CTE reads sharded tables and the rest of
 /// the statement reads none ([`Kind::Rows`]), or exactly one scalar
@@ -198,6 +210,7 @@ fn plan_value(sql: &str, tables: &dyn TableLookup) -> Option<Materialize> {
     }
     Some(Materialize {
         inner,
+        also: Vec::new(),
         outer,
         kind: Kind::Value,
         explain: false,
@@ -265,6 +278,7 @@ fn plan_rows(sql: &str, tables: &dyn TableLookup) -> Option<Materialize> {
     }
     Some(Materialize {
         inner,
+        also: Vec::new(),
         outer,
         kind: Kind::Rows,
         explain: false,

@@ -163,3 +163,27 @@ fn parse_expr(e: &str) -> Expr {
     };
     s.selection.unwrap()
 }
+
+#[test]
+fn what_no_one_table_answers_gathers_them_all() {
+    let sql = "SELECT o.id, e.kind FROM orders o FULL JOIN events e ON e.id = o.id WHERE o.qty > 1";
+    assert!(candidates(sql, &Tables).is_empty());
+    let (all, outer) = gather_all(sql, &Tables).expect("both gathered");
+    assert_eq!(
+        all.iter().map(|g| g.binding.as_str()).collect::<Vec<_>>(),
+        ["o", "e"]
+    );
+    assert_eq!(all[0].filter, None, "a full join keeps unmatched rows");
+    assert_eq!(
+        outer,
+        "SELECT o.id, e.kind FROM (SELECT * FROM __shardgate_rows) AS o FULL JOIN (SELECT * FROM __shardgate_rows) AS e ON e.id = o.id WHERE o.qty > 1"
+    );
+    let union = "SELECT count(*) FROM orders UNION ALL SELECT count(*) FROM events WHERE ok";
+    let (all, _) = gather_all(union, &Tables).expect("both gathered");
+    assert_eq!(all.len(), 2);
+    assert_eq!(
+        gather_all("SELECT * FROM orders", &Tables),
+        None,
+        "one table"
+    );
+}

@@ -109,13 +109,31 @@ impl Session {
             }
             best.map(|(_, g)| g)
         };
-        let Some(g) = chosen else {
+        if let Some(g) = chosen {
+            let columns = self.catalog_columns(&g.table).await?;
+            return Ok(Some(Materialize {
+                inner: g.inner_sql(&g.needed(&columns)),
+                also: Vec::new(),
+                outer: g.outer,
+                kind: Kind::Table,
+                explain: false,
+            }));
+        }
+        // No one table does: every sharded table, one server answering.
+        let sharding = self.snap.sharding.as_ref().expect("sharded session");
+        let Some((all, outer)) = gather::gather_all(sql, &MapLookup(&sharding.map)) else {
             return Ok(None);
         };
-        let columns = self.catalog_columns(&g.table).await?;
+        let mut reads = Vec::with_capacity(all.len());
+        for g in &all {
+            let columns = self.catalog_columns(&g.table).await?;
+            reads.push(g.inner_sql(&g.needed(&columns)));
+        }
+        let mut reads = reads.into_iter();
         Ok(Some(Materialize {
-            inner: g.inner_sql(&g.needed(&columns)),
-            outer: g.outer,
+            inner: reads.next().unwrap_or_default(),
+            also: reads.collect(),
+            outer,
             kind: Kind::Table,
             explain: false,
         }))
@@ -175,27 +193,13 @@ impl Session {
             self.answer_plan_lines(&lines, &req);
             return self.flush_client().await;
         }
-        let inner = MergeRequest {
-            bind: req.bind,
-            param_types: req.param_types,
-            describe: false,
-            max_rows: None,
-            collation,
-            copy: None,
-            params: Some(ParamSet {
-                used: inner_used,
-                appended: Vec::new(),
-            }),
-            capture: true,
-        };
-        let mark = self.cout.len();
-        let captured = match self.merge_run(shards, plan, want, inner).await? {
-            MergeEnd::Answered => return Ok(()),
-            MergeEnd::Finished {
-                captured: Some(c), ..
-            } => c,
-            MergeEnd::Refused(e) => return self.merge_refused(e),
-            MergeEnd::Finished { status, .. } => {
+        let captured = match self
+            .capture(inner_used, plan, want, &req, collation.clone())
+            .await?
+        {
+            Capture::Rows(c) => c,
+            Capture::Answered => return Ok(()),
+            Capture::Failed { status, mark } => {
                 if m.kind == Kind::Value && names_outer_column(&self.cout[mark..]) {
                     // The subquery read a column of the outer query.
                     self.cout.truncate(mark);
@@ -220,11 +224,34 @@ impl Session {
             Err(e) => return self.merge_refused(e),
         };
         let (outer_text, outer_used) = renumber_params(&m.outer);
-        let sql = outer_sql(&outer_text, outer_used.len() + 1, &names);
-        let params = ParamSet {
+        let mut sql = outer_sql(&outer_text, outer_used.len() + 1, &names);
+        let mut params = ParamSet {
             used: outer_used,
             appended: arrays,
         };
+        // Further gathered tables, their placeholders in the same order.
+        for also in &m.also {
+            let (also_sql, also_used) = renumber_params(also);
+            let plan = Arc::new(MergePlan::concat(&also_sql));
+            let step = self
+                .capture(also_used, plan, want, &req, collation.clone())
+                .await?;
+            let captured = match step {
+                Capture::Rows(c) => c,
+                Capture::Answered => return Ok(()),
+                Capture::Failed { status, .. } => {
+                    backend::ready_for_query(status, &mut self.cout);
+                    return self.flush_client().await;
+                }
+            };
+            let (names, arrays) = match column_arrays(&captured) {
+                Ok(c) => c,
+                Err(e) => return self.merge_refused(e),
+            };
+            let first = params.used.len() + params.appended.len() + 1;
+            sql = outer_sql(&sql, first, &names);
+            params.appended.extend(arrays);
+        }
         if m.kind == Kind::Table {
             return self
                 .run_outer(&sql, params, want, req, outer_collation)
@@ -240,13 +267,52 @@ impl Session {
             .await
     }
 
+    /// Runs `plan` (with the client's parameters `used`) on every shard
+    /// and captures its merged rows.
+    async fn capture(
+        &mut self,
+        used: Vec<usize>,
+        plan: Arc<MergePlan>,
+        want: Want,
+        req: &MergeRequest<'_>,
+        collation: Option<String>,
+    ) -> Result<Capture, SessionError> {
+        let sharding = self.snap.sharding.as_ref().expect("sharded session");
+        let shards = sharding.map.all_shards();
+        let inner = MergeRequest {
+            bind: req.bind,
+            param_types: req.param_types,
+            describe: false,
+            max_rows: None,
+            collation,
+            copy: None,
+            params: Some(ParamSet {
+                used,
+                appended: Vec::new(),
+            }),
+            capture: true,
+        };
+        let mark = self.cout.len();
+        Ok(match self.merge_run(shards, plan, want, inner).await? {
+            MergeEnd::Answered => Capture::Answered,
+            MergeEnd::Finished {
+                captured: Some(c), ..
+            } => Capture::Rows(c),
+            MergeEnd::Refused(e) => {
+                self.merge_refused(e)?;
+                Capture::Answered
+            }
+            MergeEnd::Finished { status, .. } => Capture::Failed { status, mark },
+        })
+    }
+
     /// The shards step 2 of `m` runs on.
     fn outer_shards(&self, m: &Materialize) -> Vec<usize> {
         let sharding = self.snap.sharding.as_ref().expect("sharded session");
         let probe = match m.kind {
             Kind::Rows => return vec![sharding.map.default_shard()],
             Kind::Value => value_sql(&m.outer, 65_000, "v"),
-            Kind::Table => outer_sql(&m.outer, 65_000, &["c".to_owned()]),
+            Kind::Table => shardgate_router::materialize::probe_sql(&m.outer),
         };
         match shardgate_router::plan_shards(&probe, &MapLookup(&sharding.map)) {
             ShardPlan::Keyed { .. } | ShardPlan::NoKey { .. } => sharding.map.all_shards(),
@@ -349,6 +415,9 @@ fn steps(m: &Materialize, inner: &[String], outer_shards: Vec<usize>) -> Vec<Str
     let mut out = vec![format!("Shardgate Two Steps  ({what})")];
     out.push("  ->  Step 1 (captured at the proxy):".to_owned());
     out.extend(inner.iter().map(|l| format!("        {l}")));
+    for also in &m.also {
+        out.push(format!("        and from every shard: {also}"));
+    }
     let place = match outer_shards.as_slice() {
         [one] => format!("on shard {one}"),
         many => format!("on shards {}, merged", list(many)),
@@ -358,6 +427,17 @@ fn steps(m: &Materialize, inner: &[String], outer_shards: Vec<usize>) -> Vec<Str
     ));
     out.push(format!("        {}", m.outer));
     out
+}
+
+/// How capturing a step's rows ended.
+enum Capture {
+    /// Its rows.
+    Rows(Captured),
+    /// The client got its answer (an error and ReadyForQuery).
+    Answered,
+    /// It failed: the error is in the client buffer from `mark` on,
+    /// ReadyForQuery with `status` is still to send.
+    Failed { status: u8, mark: usize },
 }
 
 /// Whether the errors in `out` say a column or table is unknown (the
