@@ -198,7 +198,7 @@ fn plan_value(sql: &str, tables: &dyn TableLookup) -> Option<Materialize> {
         return None;
     }
     let inner = finder.found?;
-    if !runs_per_shard(&inner, tables) {
+    if !runs_per_shard(&inner, tables) || names_outer_tables(&inner) {
         return None;
     }
     let outer = statement.to_string();
@@ -215,6 +215,54 @@ fn plan_value(sql: &str, tables: &dyn TableLookup) -> Option<Materialize> {
         kind: Kind::Value,
         explain: false,
     })
+}
+
+/// Whether `query` qualifies a column by a name none of its own tables
+/// has (`c.country = k.code` where `k` is the outer query's): correlated.
+fn names_outer_tables(query: &str) -> bool {
+    let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, query) else {
+        return false;
+    };
+    let mut bound = std::collections::HashSet::new();
+    let _ = sqlparser::ast::visit_relations(&statements, |r| {
+        if let Some(name) = r.0.last().and_then(|p| p.as_ident()) {
+            bound.insert(crate::shard::ident_name(name));
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    let _ = sqlparser::ast::Visit::visit(&statements, &mut AliasCollector(&mut bound));
+    let mut outer = false;
+    let _ = sqlparser::ast::visit_expressions(&statements, |e| {
+        if let Expr::CompoundIdentifier(parts) = e {
+            if parts.len() == 2 && !bound.contains(&crate::shard::ident_name(&parts[0])) {
+                outer = true;
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    });
+    outer
+}
+
+/// Collects the aliases of table factors.
+struct AliasCollector<'a>(&'a mut std::collections::HashSet<String>);
+
+impl sqlparser::ast::Visitor for AliasCollector<'_> {
+    type Break = ();
+
+    fn pre_visit_table_factor(&mut self, f: &TableFactor) -> ControlFlow<()> {
+        let alias = match f {
+            TableFactor::Table { alias, .. }
+            | TableFactor::Derived { alias, .. }
+            | TableFactor::Function { alias, .. }
+            | TableFactor::UNNEST { alias, .. } => alias.as_ref(),
+            _ => None,
+        };
+        if let Some(a) = alias {
+            self.0.insert(crate::shard::ident_name(&a.name));
+        }
+        ControlFlow::Continue(())
+    }
 }
 
 /// [`Kind::Rows`]: see [`plan`].
@@ -428,6 +476,23 @@ mod tests {
             None,
             "two subqueries over shards"
         );
+    }
+
+    #[test]
+    fn a_correlated_scalar_subquery_is_not_evaluated_alone() {
+        assert_eq!(
+            plan(
+                "SELECT s.code, (SELECT count(*) FROM orders o WHERE o.status = s.code) FROM statuses s",
+                &Tables
+            ),
+            None
+        );
+        assert!(!names_outer_tables(
+            "SELECT count(*) FROM orders o JOIN statuses s ON s.code = o.status WHERE o.id > 3"
+        ));
+        assert!(names_outer_tables(
+            "SELECT max(o.id) FROM orders o WHERE o.qty = x.qty"
+        ));
     }
 
     #[test]

@@ -273,6 +273,7 @@ impl Session {
         run.describe = req.describe && !req.capture;
         run.copy = req.copy.clone();
         run.copy_mark = self.cout.len();
+        run.unsent = Some(self.cout.len());
         if req.capture {
             run.capture = Some((self.cout.len(), self.snap.config.proxy.merge_memory_limit));
         }
@@ -476,7 +477,12 @@ impl Session {
             } else {
                 match run.tree.step(&mut self.cout) {
                     Err(e) => {
-                        run.fail_with(merge_error(e), parts, &mut self.cout, self.vtx.is_none());
+                        run.fail_or_refuse(
+                            merge_error(e),
+                            parts,
+                            &mut self.cout,
+                            self.vtx.is_none(),
+                        );
                         continue;
                     }
                     Ok(TreeStep::Moved) => {
@@ -501,12 +507,13 @@ impl Session {
                         } else if self.cout.len() >= FLUSH_AT {
                             self.convert_to_copy(run);
                             self.flush_client().await?;
+                            run.unsent = None;
                         }
                         continue;
                     }
                     Ok(TreeStep::Drained) => {
                         if let Err(e) = run.end_rows(&mut self.cout) {
-                            run.fail_with(e, parts, &mut self.cout, self.vtx.is_none());
+                            run.fail_or_refuse(e, parts, &mut self.cout, self.vtx.is_none());
                         }
                         run.stopping = true;
                         if parts.iter().all(|p| p.done.is_some()) {
@@ -517,9 +524,13 @@ impl Session {
                 }
             }
             deliver_cancels(std::mem::take(&mut run.to_cancel)).await;
-            if run.capture.is_none() {
+            // The answer's head waits for its first row (so that a type the
+            // merge refuses can still be answered another way).
+            let holding = run.announced && run.tree.sent() == 0 && !run.failed && !run.stopping;
+            if run.capture.is_none() && !holding {
                 self.convert_to_copy(run);
                 self.flush_client().await?;
+                run.unsent = (!run.announced).then_some(0);
             }
             let tree = &run.tree;
             let draining = run.failed || run.stopping;
@@ -637,9 +648,12 @@ pub(super) struct Run {
     /// A capturing merge: where its output starts in the client buffer
     /// (never flushed) and the bytes it may hold there.
     pub(super) capture: Option<(usize, usize)>,
-    /// The merge refused the shards' column types before announcing the
-    /// answer (nothing of it was written).
+    /// The merge refused the shards' column types before any of the
+    /// answer left the proxy (what it wrote was taken back).
     pub(super) refused_types: Option<PgError>,
+    /// Where the answer starts in the client buffer while none of it was
+    /// sent; `None` once some may have been.
+    pub(super) unsent: Option<usize>,
 }
 
 impl Run {
@@ -676,6 +690,7 @@ impl Run {
             copy_mark: 0,
             capture: None,
             refused_types: None,
+            unsent: None,
         }
     }
 
@@ -736,6 +751,23 @@ impl Run {
         self.failed = true;
         self.tree.clear();
         cancel_parts(parts, cancel, &mut self.to_cancel);
+    }
+
+    /// [`Run::fail_with`], unless `e` refuses types the merge cannot
+    /// combine before any row of the answer left the proxy: then what was
+    /// written is taken back and the refusal kept for the caller, who may
+    /// answer another way.
+    fn fail_or_refuse(&mut self, e: PgError, parts: &[Part], cout: &mut BytesMut, cancel: bool) {
+        match self.unsent {
+            Some(start) if e.code.as_str() == "0A000" && self.tree.sent() == 0 => {
+                cout.truncate(start);
+                self.refused_types = Some(e);
+                self.failed = true;
+                self.tree.clear();
+                cancel_parts(parts, cancel, &mut self.to_cancel);
+            }
+            _ => self.fail_with(e, parts, cout, cancel),
+        }
     }
 
     fn fail_with(&mut self, e: PgError, parts: &[Part], cout: &mut BytesMut, cancel: bool) {
