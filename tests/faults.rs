@@ -436,9 +436,27 @@ async fn primary_killed_writes_fail_fast_reads_go_on() {
 /// and writes work again once the network is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_stalled_writes_fail_not_hang() {
+    primary_silent(NodeFault::Stall).await;
+}
+
+/// The primary frozen with SIGSTOP (all its processes; the kernel still
+/// accepts connections): as [`primary_stalled_writes_fail_not_hang`], and
+/// writes resume after SIGCONT without restarting the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_frozen_writes_fail_not_hang() {
+    primary_silent(NodeFault::Freeze).await;
+}
+
+/// The primary goes silent (`fault`: its network stalled, or frozen) under
+/// read and write load, for 6 s, then comes back.
+async fn primary_silent(fault: NodeFault) {
     let c = cluster(ClusterSpec::new(1, 2));
     let primary = &c.shard(0).primary;
-    let via = via(&c, &[primary.name()]);
+    let via = if fault == NodeFault::Stall {
+        via(&c, &[primary.name()])
+    } else {
+        Via::new()
+    };
     let connect_timeout = Duration::from_secs(3);
     let proxy = proxy_via(
         &c,
@@ -459,21 +477,28 @@ async fn primary_stalled_writes_fail_not_hang() {
     )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    via[primary.name()].stall();
-    let stalled = Instant::now();
+    match fault {
+        NodeFault::Stall => via[primary.name()].stall(),
+        NodeFault::Freeze => primary.pause().unwrap(),
+        other => unreachable!("{other:?}"),
+    }
+    let silenced = Instant::now();
     tokio::time::sleep(Duration::from_secs(6)).await;
     let write_tally = writes.finish().await;
-    via[primary.name()].heal();
+    match fault {
+        NodeFault::Stall => via[primary.name()].heal(),
+        _ => primary.resume().unwrap(),
+    }
     let resumed = until_it_works(&app, "INSERT INTO ps DEFAULT VALUES").await;
     let read_tally = reads.finish().await;
     let codes: BTreeSet<String> = write_tally.codes().into_keys().collect();
     let first_error = write_tally
         .errors
         .iter()
-        .map(|(t, _)| t.saturating_duration_since(stalled))
+        .map(|(t, _)| t.saturating_duration_since(silenced))
         .min();
     println!(
-        "primary stalled: {} reads, {} read errors; writes {} ok, {} failed with {codes:?}, first after {first_error:?}, slowest write {:?}; writes resumed {resumed:?} after the network came back",
+        "primary {fault:?}: {} reads, {} read errors; writes {} ok, {} failed with {codes:?}, first after {first_error:?}, slowest write {:?}; writes resumed {resumed:?} after it was back",
         read_tally.ok,
         read_tally.errors.len(),
         write_tally.ok,
