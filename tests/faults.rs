@@ -1057,3 +1057,68 @@ async fn replica_stalled_under_cross_shard_reads() {
 async fn replica_killed_under_cross_shard_reads() {
     replica_fault_under_cross_shard_reads(NodeFault::Kill).await;
 }
+
+/// A shard's primary frozen with SIGSTOP for 6 s under the two-shard ledger
+/// (two-phase commit): transfers caught on it fail with 08006, and after
+/// SIGCONT, with the proxy still running, every transfer is on both shards
+/// or on neither and nothing is left prepared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_frozen_under_two_phase_commit() {
+    let c = cluster(ClusterSpec::new(2, 0));
+    let port = free_port();
+    let log = c.dir().join("faults-2pc-freeze.log");
+    let cfg = config_via(
+        &c,
+        &Via::new(),
+        port,
+        &format!(
+            "pool_size = 20\nconnect_timeout = \"2s\"\ntwo_phase_commit = true\ntwo_phase_log = {:?}",
+            log.display().to_string()
+        ),
+        "[routing]\nhealth_check_ms = 1000\nban_ms = 1000\n\n[[sharded_tables]]\ntable = \"accounts\"\ncolumn = \"id\"\n\n\
+         [[sharded_tables]]\ntable = \"transfers\"\ncolumn = \"account_id\"\n",
+    );
+    let proxy = Proxy::start(c.dir(), port, &cfg);
+    let app = connect(&proxy.app()).await;
+    for sql in [
+        "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL)".to_owned(),
+        "CREATE TABLE transfers (account_id bigint NOT NULL, txid bigint NOT NULL, \
+         delta bigint NOT NULL, PRIMARY KEY (account_id, txid))"
+            .to_owned(),
+        format!(
+            "INSERT INTO accounts SELECT g, {START_BALANCE} FROM generate_series(1, {ACCOUNTS}) g"
+        ),
+    ] {
+        app.batch_execute(&sql).await.unwrap();
+    }
+    let held = per_shard(&c, "SELECT id FROM accounts ORDER BY id");
+    let s0: Vec<i64> = held[0].iter().map(|v| v.parse().unwrap()).collect();
+    let s1: Vec<i64> = held[1].iter().map(|v| v.parse().unwrap()).collect();
+    let ledger = Ledger::start(&proxy.app(), 6, 1, &s0, &s1);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.shard(1).primary.pause().unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    c.shard(1).primary.resume().unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let t = ledger.finish().await;
+    let resumed = Instant::now();
+    while per_shard_n(&c, "SELECT count(*) FROM pg_prepared_xacts") != vec![0, 0] {
+        if resumed.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "primary frozen under two-phase commit: {} acked, errors {:?}, nothing prepared {:?} after the load stopped\n{}",
+        t.acked.len(),
+        t.errors,
+        resumed.elapsed(),
+        two_phase_lines(&proxy)
+    );
+    assert!(
+        t.errors.keys().all(|c| c == "08006"),
+        "errors other than 08006: {:?}",
+        t.errors
+    );
+    check_ledger(&c, &t.acked);
+}
