@@ -221,9 +221,9 @@ const READ: &str = "SELECT inet_server_port()";
 
 /// Replica faults under read load: reads go on elsewhere without one error,
 /// the node is banned, and serves again once it is back.
-/// How a replica fails in [`replica_fault`].
+/// How a node fails in [`replica_fault`] and the other scenarios.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum ReplicaFault {
+enum NodeFault {
     /// SIGKILL to all its processes; started again afterwards.
     Kill,
     /// Its network stalls (fault proxy); healed afterwards.
@@ -234,10 +234,10 @@ enum ReplicaFault {
     DropAnswers,
 }
 
-async fn replica_fault(fault: ReplicaFault) {
-    let stall = matches!(fault, ReplicaFault::Stall | ReplicaFault::DropAnswers);
+async fn replica_fault(fault: NodeFault) {
+    let stall = matches!(fault, NodeFault::Stall | NodeFault::DropAnswers);
     // Both leave the node silent rather than refusing connections.
-    let silent = fault != ReplicaFault::Kill;
+    let silent = fault != NodeFault::Kill;
     let c = cluster(ClusterSpec::new(1, 2));
     let victim = &c.shard(0).replicas[0];
     let via = if stall {
@@ -263,19 +263,19 @@ async fn replica_fault(fault: ReplicaFault) {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let faulted = Instant::now();
     match fault {
-        ReplicaFault::Kill => victim.kill().unwrap(),
-        ReplicaFault::Stall => via[victim.name()].stall(),
-        ReplicaFault::Freeze => victim.pause().unwrap(),
-        ReplicaFault::DropAnswers => via[victim.name()].drop_direction(Direction::ToClient),
+        NodeFault::Kill => victim.kill().unwrap(),
+        NodeFault::Stall => via[victim.name()].stall(),
+        NodeFault::Freeze => victim.pause().unwrap(),
+        NodeFault::DropAnswers => via[victim.name()].drop_direction(Direction::ToClient),
     }
     let banned = time_to_ban(&proxy, &victim_addr, faulted, Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let healed = Instant::now();
     match fault {
-        ReplicaFault::Kill => victim.start().unwrap(),
-        ReplicaFault::Stall => via[victim.name()].heal(),
-        ReplicaFault::Freeze => victim.resume().unwrap(),
-        ReplicaFault::DropAnswers => via[victim.name()].heal(),
+        NodeFault::Kill => victim.start().unwrap(),
+        NodeFault::Stall => via[victim.name()].heal(),
+        NodeFault::Freeze => victim.resume().unwrap(),
+        NodeFault::DropAnswers => via[victim.name()].heal(),
     }
     // Reads reach the node again (after its ban ends).
     let back = loop {
@@ -336,27 +336,27 @@ async fn replica_fault(fault: ReplicaFault) {
 /// A replica killed with SIGKILL under read load.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_killed_reads_move_on() {
-    replica_fault(ReplicaFault::Kill).await;
+    replica_fault(NodeFault::Kill).await;
 }
 
 /// A replica behind a stalled network (connections open, nothing answers)
 /// under read load.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_stalled_reads_move_on() {
-    replica_fault(ReplicaFault::Stall).await;
+    replica_fault(NodeFault::Stall).await;
 }
 
 /// A replica whose answers are lost on the way back (one direction of its
 /// network dropped) under read load.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_answers_dropped_reads_move_on() {
-    replica_fault(ReplicaFault::DropAnswers).await;
+    replica_fault(NodeFault::DropAnswers).await;
 }
 
 /// A replica frozen with SIGSTOP (all its processes) under read load.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_frozen_reads_move_on() {
-    replica_fault(ReplicaFault::Freeze).await;
+    replica_fault(NodeFault::Freeze).await;
 }
 
 /// Primary killed under mixed load: writes fail fast with 08006, reads go
@@ -436,9 +436,27 @@ async fn primary_killed_writes_fail_fast_reads_go_on() {
 /// and writes work again once the network is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_stalled_writes_fail_not_hang() {
+    primary_silent(NodeFault::Stall).await;
+}
+
+/// The primary frozen with SIGSTOP (all its processes; the kernel still
+/// accepts connections): as [`primary_stalled_writes_fail_not_hang`], and
+/// writes resume after SIGCONT without restarting the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_frozen_writes_fail_not_hang() {
+    primary_silent(NodeFault::Freeze).await;
+}
+
+/// The primary goes silent (`fault`: its network stalled, or frozen) under
+/// read and write load, for 6 s, then comes back.
+async fn primary_silent(fault: NodeFault) {
     let c = cluster(ClusterSpec::new(1, 2));
     let primary = &c.shard(0).primary;
-    let via = via(&c, &[primary.name()]);
+    let via = if fault == NodeFault::Stall {
+        via(&c, &[primary.name()])
+    } else {
+        Via::new()
+    };
     let connect_timeout = Duration::from_secs(3);
     let proxy = proxy_via(
         &c,
@@ -459,21 +477,28 @@ async fn primary_stalled_writes_fail_not_hang() {
     )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    via[primary.name()].stall();
-    let stalled = Instant::now();
+    match fault {
+        NodeFault::Stall => via[primary.name()].stall(),
+        NodeFault::Freeze => primary.pause().unwrap(),
+        other => unreachable!("{other:?}"),
+    }
+    let silenced = Instant::now();
     tokio::time::sleep(Duration::from_secs(6)).await;
     let write_tally = writes.finish().await;
-    via[primary.name()].heal();
+    match fault {
+        NodeFault::Stall => via[primary.name()].heal(),
+        _ => primary.resume().unwrap(),
+    }
     let resumed = until_it_works(&app, "INSERT INTO ps DEFAULT VALUES").await;
     let read_tally = reads.finish().await;
     let codes: BTreeSet<String> = write_tally.codes().into_keys().collect();
     let first_error = write_tally
         .errors
         .iter()
-        .map(|(t, _)| t.saturating_duration_since(stalled))
+        .map(|(t, _)| t.saturating_duration_since(silenced))
         .min();
     println!(
-        "primary stalled: {} reads, {} read errors; writes {} ok, {} failed with {codes:?}, first after {first_error:?}, slowest write {:?}; writes resumed {resumed:?} after the network came back",
+        "primary {fault:?}: {} reads, {} read errors; writes {} ok, {} failed with {codes:?}, first after {first_error:?}, slowest write {:?}; writes resumed {resumed:?} after it was back",
         read_tally.ok,
         read_tally.errors.len(),
         write_tally.ok,
@@ -940,15 +965,19 @@ async fn stall_mid_answer_on_one_shard_of_several() {
     assert_eq!(first_value(&app, "SELECT 1").await.unwrap(), "1");
 }
 
-/// A replica's network stalls under reads that run on both shards: those
-/// caught on it end when it is banned (with 08006: a read over several
-/// shards is not run again yet) instead of waiting for the network, and
-/// the reads after go elsewhere.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replica_stalled_under_cross_shard_reads() {
+/// A replica fails under reads that run on both shards, merged (an
+/// aggregate) and concatenated (plain rows): the reads caught on it run
+/// again on the shard's other node before anything reached the client, so
+/// no client sees an error, and the reads after go elsewhere.
+async fn replica_fault_under_cross_shard_reads(fault: NodeFault) {
     let c = cluster(ClusterSpec::new(2, 1));
-    let via = via(&c, &["shard1-replica0"]);
-    let replica = &via["shard1-replica0"];
+    let stall = fault == NodeFault::Stall;
+    let via = if stall {
+        via(&c, &["shard1-replica0"])
+    } else {
+        Via::new()
+    };
+    let victim = &c.shard(1).replicas[0];
     let port = free_port();
     let proxy = Proxy::start(
         c.dir(),
@@ -970,34 +999,126 @@ async fn replica_stalled_under_cross_shard_reads() {
         .await
         .unwrap();
     c.wait_replicas_caught_up(Duration::from_secs(30)).unwrap();
-    // Every read runs on both shards; its value is a row count, not a port.
-    let load = Load::start(&proxy.app(), 8, "SELECT count(*)::int FROM cs").await;
+    // Every read runs on both shards; its value is a row count or an id,
+    // not a port (a range of the key: both shards answer, one has the row).
+    let merged = Load::start(&proxy.app(), 4, "SELECT count(*)::int FROM cs").await;
+    let concatenated = Load::start(&proxy.app(), 4, "SELECT id::int FROM cs WHERE id < 2").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    replica.stall();
-    let stalled = Instant::now();
+    match fault {
+        NodeFault::Kill => victim.kill().unwrap(),
+        NodeFault::Stall => via[victim.name()].stall(),
+        other => unreachable!("{other:?}"),
+    }
+    let faulted = Instant::now();
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let tally = load.finish().await;
-    replica.heal();
-    let after: Vec<&(Instant, u16)> = tally
+    let mut tally = merged.finish().await;
+    let concat = concatenated.finish().await;
+    if stall {
+        via[victim.name()].heal();
+    }
+    let concat_ok = concat.ok;
+    tally.ok += concat.ok;
+    tally.errors.extend(concat.errors);
+    tally.served.extend(concat.served);
+    tally.slowest = tally.slowest.max(concat.slowest);
+    let after = tally
         .served
         .iter()
-        .filter(|(t, _)| *t > stalled + Duration::from_secs(4))
-        .collect();
-    let codes: BTreeSet<String> = tally.codes().into_keys().collect();
+        .filter(|(t, _)| *t > faulted + Duration::from_secs(4))
+        .count();
     println!(
-        "replica stalled under cross-shard reads: {} reads, {} errors {codes:?}, slowest {:?}, {} reads in the last 2 s of the stall",
+        "replica {fault:?} under cross-shard reads: {} reads ({concat_ok} concatenated), {} errors {:?}, slowest {:?}, {after} reads in the last 2 s",
         tally.ok,
         tally.errors.len(),
+        tally.codes(),
         tally.slowest,
-        after.len()
     );
     assert!(
-        codes.iter().all(|c| c == "08006"),
-        "errors other than 08006: {:?}",
-        tally.errors
+        tally.errors.is_empty(),
+        "client-visible errors: {:?}",
+        &tally.errors[..tally.errors.len().min(5)]
     );
     // Two unanswered checks of health_check_ms, plus the machine's slowness.
     let limit = Duration::from_millis(2 * 1000 + 1500 + 2000);
     assert!(tally.slowest <= limit, "a read waited {:?}", tally.slowest);
-    assert!(!after.is_empty(), "no reads once the replica was banned");
+    assert!(after > 0, "no reads once the replica was out");
+}
+
+/// A replica's network stalls under reads that run on both shards: those
+/// caught on it run again elsewhere when it is banned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_stalled_under_cross_shard_reads() {
+    replica_fault_under_cross_shard_reads(NodeFault::Stall).await;
+}
+
+/// A replica killed with SIGKILL under reads that run on both shards: those
+/// caught on it run again on the shard's primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_killed_under_cross_shard_reads() {
+    replica_fault_under_cross_shard_reads(NodeFault::Kill).await;
+}
+
+/// A shard's primary frozen with SIGSTOP for 6 s under the two-shard ledger
+/// (two-phase commit): transfers caught on it fail with 08006, and after
+/// SIGCONT, with the proxy still running, every transfer is on both shards
+/// or on neither and nothing is left prepared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_frozen_under_two_phase_commit() {
+    let c = cluster(ClusterSpec::new(2, 0));
+    let port = free_port();
+    let log = c.dir().join("faults-2pc-freeze.log");
+    let cfg = config_via(
+        &c,
+        &Via::new(),
+        port,
+        &format!(
+            "pool_size = 20\nconnect_timeout = \"2s\"\ntwo_phase_commit = true\ntwo_phase_log = {:?}",
+            log.display().to_string()
+        ),
+        "[routing]\nhealth_check_ms = 1000\nban_ms = 1000\n\n[[sharded_tables]]\ntable = \"accounts\"\ncolumn = \"id\"\n\n\
+         [[sharded_tables]]\ntable = \"transfers\"\ncolumn = \"account_id\"\n",
+    );
+    let proxy = Proxy::start(c.dir(), port, &cfg);
+    let app = connect(&proxy.app()).await;
+    for sql in [
+        "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL)".to_owned(),
+        "CREATE TABLE transfers (account_id bigint NOT NULL, txid bigint NOT NULL, \
+         delta bigint NOT NULL, PRIMARY KEY (account_id, txid))"
+            .to_owned(),
+        format!(
+            "INSERT INTO accounts SELECT g, {START_BALANCE} FROM generate_series(1, {ACCOUNTS}) g"
+        ),
+    ] {
+        app.batch_execute(&sql).await.unwrap();
+    }
+    let held = per_shard(&c, "SELECT id FROM accounts ORDER BY id");
+    let s0: Vec<i64> = held[0].iter().map(|v| v.parse().unwrap()).collect();
+    let s1: Vec<i64> = held[1].iter().map(|v| v.parse().unwrap()).collect();
+    let ledger = Ledger::start(&proxy.app(), 6, 1, &s0, &s1);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.shard(1).primary.pause().unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    c.shard(1).primary.resume().unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let t = ledger.finish().await;
+    let resumed = Instant::now();
+    while per_shard_n(&c, "SELECT count(*) FROM pg_prepared_xacts") != vec![0, 0] {
+        if resumed.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "primary frozen under two-phase commit: {} acked, errors {:?}, nothing prepared {:?} after the load stopped\n{}",
+        t.acked.len(),
+        t.errors,
+        resumed.elapsed(),
+        two_phase_lines(&proxy)
+    );
+    assert!(
+        t.errors.keys().all(|c| c == "08006"),
+        "errors other than 08006: {:?}",
+        t.errors
+    );
+    check_ledger(&c, &t.acked);
 }

@@ -38,6 +38,9 @@ pub(super) struct Part {
     pub(super) closing: bool,
     /// ReadyForQuery status once this shard has answered everything.
     pub(super) done: Option<u8>,
+    /// The connection was lost (closed, failed, or its node banned as
+    /// silent) rather than the statement failing on it.
+    pub(super) lost: bool,
 }
 
 impl Part {
@@ -134,8 +137,8 @@ impl Session {
             ready,
             sum,
             skip_parse,
-            copy,
-            copy_out,
+            mut copy,
+            mut copy_out,
         } = opts;
         if !self.leave_replica_for(want).await? {
             // A batch the replica holds failed: the server skips to Sync.
@@ -143,51 +146,68 @@ impl Session {
         }
         self.drain_current().await?;
         let wrap = wrap && self.vtx.is_none();
-        let mut parts = Vec::with_capacity(requests.len());
-        let mut outs = Vec::with_capacity(requests.len());
-        for (shard, request) in requests {
-            match self.part_for(shard, want).await {
-                Ok((mut part, mut out)) => {
-                    part.skip_parse = skip_parse;
-                    if wrap {
-                        frontend::encode_query("BEGIN", &mut out);
-                        part.hidden += 1;
+        let shards: Vec<usize> = requests.iter().map(|(s, _)| *s).collect();
+        let retryable = !wrap && copy.is_none() && copy_out.is_none();
+        let mut attempt = 0;
+        loop {
+            let mut parts = Vec::with_capacity(requests.len());
+            let mut outs = Vec::with_capacity(requests.len());
+            for (shard, request) in &requests {
+                match self.part_for(*shard, want).await {
+                    Ok((mut part, mut out)) => {
+                        part.skip_parse = skip_parse;
+                        if wrap {
+                            frontend::encode_query("BEGIN", &mut out);
+                            part.hidden += 1;
+                        }
+                        out.extend_from_slice(request);
+                        parts.push(part);
+                        outs.push(out);
                     }
-                    out.extend_from_slice(&request);
-                    parts.push(part);
-                    outs.push(out);
-                }
-                Err(e) => {
-                    // Nothing was sent yet: give back what was taken.
-                    for p in parts {
-                        self.return_part(p.b);
+                    Err(e) => {
+                        // Nothing was sent yet: give back what was taken.
+                        for p in parts {
+                            self.return_part(p.b);
+                        }
+                        e.encode(&mut self.cout);
+                        if ready {
+                            backend::ready_for_query(self.client_status(), &mut self.cout);
+                        } else {
+                            self.skip_until_sync = true;
+                        }
+                        return Ok(());
                     }
-                    e.encode(&mut self.cout);
-                    if ready {
-                        backend::ready_for_query(self.client_status(), &mut self.cout);
-                    } else {
-                        self.skip_until_sync = true;
-                    }
-                    return Ok(());
                 }
             }
+            let mut fan = Fanout {
+                parts,
+                outs,
+                sum,
+                wrap,
+                errored: false,
+                copy_in: false,
+                copy: copy.take(),
+                copy_out: copy_out.take(),
+                ready,
+                descs_sent: 0,
+                to_cancel: Vec::new(),
+                timer: QueryTimer::new(self.snap.config.proxy.query_timeout),
+            };
+            self.hold_multi_read(retryable, want, &shards, attempt);
+            self.write_parts(&mut fan).await;
+            if self.held_read.is_none() {
+                return self.continue_fanout(fan).await;
+            }
+            // A read: it never waits for COPY data.
+            self.drive(&mut fan).await?;
+            if !self.rerun_lost_read(&fan.parts) {
+                return self.end_fanout(fan).await;
+            }
+            for p in fan.parts {
+                self.return_part(p.b);
+            }
+            attempt += 1;
         }
-        let mut fan = Fanout {
-            parts,
-            outs,
-            sum,
-            wrap,
-            errored: false,
-            copy_in: false,
-            copy,
-            copy_out,
-            ready,
-            descs_sent: 0,
-            to_cancel: Vec::new(),
-            timer: QueryTimer::new(self.snap.config.proxy.query_timeout),
-        };
-        self.write_parts(&mut fan).await;
-        self.continue_fanout(fan).await
     }
 
     /// Sends every part what is queued for it.
@@ -217,11 +237,15 @@ impl Session {
             Stage::CopyIn => {
                 fan.copy_in = true;
                 self.fanout_state = Some(fan);
-                self.flush_client().await?;
-                return Ok(());
+                self.flush_client().await
             }
-            Stage::Done => {}
+            Stage::Done => self.end_fanout(fan).await,
         }
+    }
+
+    /// Sends the end of a fan-out every shard has answered (commits or
+    /// rolls back a wrapped request) and gives back the connections.
+    async fn end_fanout(&mut self, mut fan: Fanout) -> Result<(), SessionError> {
         let mut status = combined_status(&fan);
         if fan.wrap {
             let commit = !fan.errored && status == b'T';
@@ -295,6 +319,7 @@ impl Session {
                 descs: 0,
                 closing: false,
                 done: None,
+                lost: false,
             },
             out,
         ))
@@ -536,6 +561,7 @@ impl Part {
             descs: 0,
             closing: false,
             done: None,
+            lost: false,
         }
     }
 }
@@ -777,6 +803,7 @@ pub(super) async fn deliver_cancels(handles: Vec<shardgate_pool::CancelHandle>) 
 /// (`I`): outside a transaction the client is idle again, inside one the
 /// failed request makes the combined status `E`.
 fn fail_part(part: &mut Part, why: &str, cout: &mut BytesMut, errored: &mut bool) {
+    part.lost = true;
     let err = PgError::error(
         "08006",
         format!("connection to server {} was lost: {why}", part.b.conn.addr),

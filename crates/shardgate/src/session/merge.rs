@@ -220,70 +220,57 @@ impl Session {
         };
         let (batch, visible, limits) = prepared;
         self.drain_current().await?;
-        let mut parts = Vec::with_capacity(shards.len());
-        for shard in shards {
-            match self.part_for(shard, want).await {
-                Ok((mut part, mut out)) => {
-                    part.skip_parse = 1;
-                    out.extend_from_slice(&batch);
-                    part.b.conn.loan.bytes_sent += out.len() as u64;
-                    if let Err(e) = part.b.conn.stream.send_all(&out).await {
-                        part.b.conn.broken = true;
-                        for p in parts {
-                            let p: Part = p;
-                            self.return_part(p.b);
-                        }
-                        return self
-                            .merge_refused(PgError::error(
-                                "08006",
-                                format!("connection to a shard failed: {e}"),
-                            ))
-                            .map(|()| MergeEnd::Answered);
-                    }
-                    parts.push(part);
-                }
-                Err(e) => {
-                    for p in parts {
-                        self.return_part(p.b);
-                    }
-                    return self.merge_refused(e).map(|()| MergeEnd::Answered);
-                }
+        let mut attempt = 0;
+        let (mut run, status) = loop {
+            let mut parts = match self.merge_parts(&shards, want, &batch).await {
+                Ok(parts) => parts,
+                Err(e) => return self.merge_refused(e).map(|()| MergeEnd::Answered),
+            };
+            let mut run = Run::new(
+                plan.clone(),
+                visible,
+                parts.len(),
+                req.collation.clone(),
+                self.snap.config.proxy.merge_memory_limit,
+            );
+            run.timer = super::fanout::QueryTimer::new(self.snap.config.proxy.query_timeout);
+            let formats = match req.capture {
+                true => vec![1],
+                false => req.bind.map(|b| b.result_formats()).unwrap_or_default(),
+            };
+            run.tree.set_formats(formats);
+            let limit = match (limits.0, req.max_rows) {
+                (Some(l), Some(m)) => Some(l.min(m)),
+                (l, m) => l.or(m),
+            };
+            run.set_limit(limit, limits.1);
+            run.max_rows = req.max_rows;
+            run.extended = extended;
+            run.describe = req.describe && !req.capture;
+            run.copy = req.copy.clone();
+            run.copy_mark = self.cout.len();
+            run.unsent = Some(self.cout.len());
+            if req.capture {
+                run.capture = Some((self.cout.len(), self.snap.config.proxy.merge_memory_limit));
             }
-        }
-        let mut run = Run::new(
-            plan.clone(),
-            visible,
-            parts.len(),
-            req.collation.clone(),
-            self.snap.config.proxy.merge_memory_limit,
-        );
-        run.timer = super::fanout::QueryTimer::new(self.snap.config.proxy.query_timeout);
-        let formats = match req.capture {
-            true => vec![1],
-            false => req.bind.map(|b| b.result_formats()).unwrap_or_default(),
+            self.hold_multi_read(true, want, &shards, attempt);
+            let result = self.run_merge(&mut parts, &mut run).await;
+            let again = self.rerun_lost_read(&parts) && result.is_ok();
+            if again {
+                for p in parts {
+                    self.return_part(p.b);
+                }
+                attempt += 1;
+                continue;
+            }
+            let status = self.finish_merge(&mut parts, &mut run);
+            self.convert_to_copy(&mut run);
+            for p in parts {
+                self.return_part(p.b);
+            }
+            result?;
+            break (run, status);
         };
-        run.tree.set_formats(formats);
-        let limit = match (limits.0, req.max_rows) {
-            (Some(l), Some(m)) => Some(l.min(m)),
-            (l, m) => l.or(m),
-        };
-        run.set_limit(limit, limits.1);
-        run.max_rows = req.max_rows;
-        run.extended = extended;
-        run.describe = req.describe && !req.capture;
-        run.copy = req.copy.clone();
-        run.copy_mark = self.cout.len();
-        run.unsent = Some(self.cout.len());
-        if req.capture {
-            run.capture = Some((self.cout.len(), self.snap.config.proxy.merge_memory_limit));
-        }
-        let result = self.run_merge(&mut parts, &mut run).await;
-        let status = self.finish_merge(&mut parts, &mut run);
-        self.convert_to_copy(&mut run);
-        for p in parts {
-            self.return_part(p.b);
-        }
-        result?;
         if let Some(e) = run.refused_types.take() {
             return Ok(MergeEnd::Refused(e));
         }
@@ -292,6 +279,47 @@ impl Session {
             None => None,
         };
         Ok(MergeEnd::Finished { status, captured })
+    }
+
+    /// Connections to `shards` for a merge, each sent `batch`; nothing
+    /// was answered when this fails (the connections taken are given back).
+    async fn merge_parts(
+        &mut self,
+        shards: &[usize],
+        want: Want,
+        batch: &[u8],
+    ) -> Result<Vec<Part>, PgError> {
+        let mut parts: Vec<Part> = Vec::with_capacity(shards.len());
+        for &shard in shards {
+            let sent = match self.part_for(shard, want).await {
+                Ok((mut part, mut out)) => {
+                    part.skip_parse = 1;
+                    out.extend_from_slice(batch);
+                    part.b.conn.loan.bytes_sent += out.len() as u64;
+                    match part.b.conn.stream.send_all(&out).await {
+                        Ok(()) => Ok(part),
+                        Err(e) => {
+                            part.b.conn.broken = true;
+                            Err(PgError::error(
+                                "08006",
+                                format!("connection to a shard failed: {e}"),
+                            ))
+                        }
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(part) => parts.push(part),
+                Err(e) => {
+                    for p in parts {
+                        self.return_part(p.b);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(parts)
     }
 
     /// Splits a capturing merge's output off the client buffer: DataRows
@@ -507,7 +535,9 @@ impl Session {
                         } else if self.cout.len() >= FLUSH_AT {
                             self.convert_to_copy(run);
                             self.flush_client().await?;
-                            run.unsent = None;
+                            if self.cout.is_empty() {
+                                run.unsent = None;
+                            }
                         }
                         continue;
                     }
@@ -530,7 +560,10 @@ impl Session {
             if run.capture.is_none() && !holding {
                 self.convert_to_copy(run);
                 self.flush_client().await?;
-                run.unsent = (!run.announced).then_some(0);
+                if self.cout.is_empty() {
+                    // Sent (unless held back for a retry, then still here).
+                    run.unsent = (!run.announced).then_some(0);
+                }
             }
             let tree = &run.tree;
             let draining = run.failed || run.stopping;
@@ -542,6 +575,7 @@ impl Session {
             match read {
                 Ok(0) | Err(_) => {
                     let p = &mut parts[i];
+                    p.lost = !matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::TimedOut);
                     p.b.conn.broken = true;
                     p.b.conn.read_buf.clear();
                     p.done = Some(b'E');

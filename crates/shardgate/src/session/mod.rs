@@ -319,6 +319,10 @@ pub struct Session {
     query_cancelled: bool,
     /// How often the current read was retried.
     retry_attempt: usize,
+    /// A read on several shards that may still run again elsewhere: where
+    /// its answer starts in the client buffer (held back until complete,
+    /// up to [`RETRY_HOLD_LIMIT`]).
+    held_read: Option<usize>,
     /// The expectation queue of the last released connection, kept so
     /// lending a connection allocates nothing.
     spare_queue: VecDeque<Expect>,
@@ -425,6 +429,7 @@ impl Session {
             query_started: None,
             query_cancelled: false,
             retry_attempt: 0,
+            held_read: None,
             spare_queue: VecDeque::with_capacity(8),
         }
     }
@@ -698,6 +703,13 @@ impl Session {
     }
 
     async fn flush_client(&mut self) -> Result<(), SessionError> {
+        if let Some(mark) = self.held_read {
+            if self.cout.len().saturating_sub(mark) <= RETRY_HOLD_LIMIT {
+                return Ok(());
+            }
+            // Too large to hold: streamed, and no longer run again.
+            self.held_read = None;
+        }
         if !self.cout.is_empty() && !self.holding_answer() {
             self.client.send_all(&self.cout).await?;
             self.cout.clear();

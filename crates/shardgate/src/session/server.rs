@@ -530,16 +530,13 @@ impl Session {
         };
         self.cancel.slot.clear();
         b.conn.broken = true;
-        let node = b.node.node().clone();
         tracing::warn!(server = %b.conn.addr, user = %self.user.config.name, reason = %why, "server connection lost");
         // One connection's end is not the node's (pg_terminate_backend, an
         // idle timeout on the server): the node is banned only on what shows
         // it down, a failed health poll or a refused connection. The pool's
         // other idle connections are checked now, so a crashed node's are
         // not handed out again.
-        if let Some(pool) = self.pools[b.shard][node.index].as_ref() {
-            pool.discard_dead_idle();
-        }
+        self.discard_dead_idle(&b);
         if b.ex.streaming > 0 {
             // Part of a large message already went to the client: nothing
             // can follow it on this connection but the rest of it.
@@ -595,6 +592,58 @@ impl Session {
         }
         self.sout.clear();
         Ok(())
+    }
+
+    /// Checks the idle connections of the pool `b` came from (its own
+    /// connection was lost), so a crashed node's are not handed out again.
+    fn discard_dead_idle(&self, b: &Backend) {
+        if let Some(pool) = self.pools[b.shard][b.node.node().index].as_ref() {
+            pool.discard_dead_idle();
+        }
+    }
+
+    /// Before one attempt of a read on `shards`: holds its answer back
+    /// from the client (so it can run again if a node fails under it) when
+    /// it is `retryable` (no COPY, nothing wrapped), a read outside any
+    /// transaction, and `attempt` leaves another node to try.
+    pub(super) fn hold_multi_read(
+        &mut self,
+        retryable: bool,
+        want: Want,
+        shards: &[usize],
+        attempt: usize,
+    ) {
+        let nodes = shards
+            .iter()
+            .map(|&s| self.shards[s].nodes.len())
+            .max()
+            .unwrap_or(0);
+        let hold = retryable
+            && matches!(want, Want::Read(_))
+            && self.vtx.is_none()
+            && self.client_status() == b'I'
+            && attempt + 1 < nodes;
+        self.held_read = hold.then_some(self.cout.len());
+    }
+
+    /// After an attempt of a read on several shards: whether it runs again
+    /// because one of its connections was lost while nothing of the answer
+    /// had reached the client. The answer so far is dropped, and the lost
+    /// connections' pools check their idle ones. Ends the hold either way.
+    pub(super) fn rerun_lost_read(&mut self, parts: &[super::fanout::Part]) -> bool {
+        let Some(mark) = self.held_read.take() else {
+            return false;
+        };
+        let mut lost = false;
+        for p in parts.iter().filter(|p| p.lost) {
+            tracing::info!(server = %p.b.conn.addr, "retrying the read on several shards on other nodes");
+            self.discard_dead_idle(&p.b);
+            lost = true;
+        }
+        if lost {
+            self.cout.truncate(mark);
+        }
+        lost
     }
 
     /// Runs a read again after its node failed before answering.
