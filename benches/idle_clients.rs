@@ -10,9 +10,9 @@
 //! that log in with SCRAM-SHA-256 (the `pool` crate's login over a raw socket: startup,
 //! SASL, up to ReadyForQuery) and then send nothing, waits `BENCH_SETTLE_SECS`, and reads
 //! `VmRSS` again. The difference over the client count is the proxy's memory per idle
-//! client. With those clients still connected, one more client (tokio-postgres, simple
-//! protocol) sends a statement of `BENCH_LARGE_MB` MB (`SELECT length('xxx...')`), goes idle,
-//! then reads a row of that size (`SELECT repeat('x', n)`) and goes idle; `VmRSS` after each
+//! client. Then one idle client leaves and another (tokio-postgres, simple protocol)
+//! takes its place (shardgate's default `max_client_connections` is 10,000), sends a
+//! statement of `BENCH_LARGE_MB` MB (`SELECT length('xxx...')`), goes idle, then reads a row of that size (`SELECT repeat('x', n)`) and goes idle; `VmRSS` after each
 //! (and the peak, `VmHWM`, reset before each through `/proc/<pid>/clear_refs`) tells what
 //! the proxy kept. Last, every client disconnects and `VmRSS` is read once more.
 //!
@@ -254,7 +254,7 @@ async fn measure(params: &Params, name: &str, port: u16, pid: u32) -> Measured {
     tokio::time::sleep(Duration::from_millis(500)).await;
     m.before = status_kb(pid, "VmRSS");
     let started = Instant::now();
-    let idle = open_idle(params, port).await;
+    let mut idle = open_idle(params, port).await;
     m.connect_secs = started.elapsed().as_secs_f64();
     tokio::time::sleep(params.settle).await;
     m.idle = status_kb(pid, "VmRSS");
@@ -266,6 +266,10 @@ async fn measure(params: &Params, name: &str, port: u16, pid: u32) -> Measured {
         m.idle
     );
     if params.large_bytes > 0 {
+        // The large client takes an idle one's place: shardgate's default
+        // `max_client_connections` is 10,000, the bench's default client count.
+        drop(idle.pop());
+        tokio::time::sleep(Duration::from_millis(200)).await;
         let client = connect_pg(port).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         m.large_before = status_kb(pid, "VmRSS");
