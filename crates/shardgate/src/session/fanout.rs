@@ -216,7 +216,7 @@ impl Session {
         match self.drive(&mut fan).await? {
             Stage::CopyIn => {
                 fan.copy_in = true;
-                self.fanout_state = Some(fan);
+                self.fanout_state = Some(Box::new(fan));
                 self.flush_client().await?;
                 return Ok(());
             }
