@@ -347,6 +347,14 @@ pub struct Session {
     stat_cache: std::collections::HashMap<u64, Arc<crate::stats::queries::QueryStat>>,
 }
 
+impl Drop for Session {
+    /// The client socket closes after this (a field): the registry forgets
+    /// its descriptor first, also when the session panics.
+    fn drop(&mut self) {
+        self.info.forget_socket();
+    }
+}
+
 impl Session {
     /// A session for an authenticated client.
     pub fn new(setup: SessionSetup) -> Session {
