@@ -38,23 +38,22 @@
 use std::fmt::Write as _;
 use std::fs;
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt;
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::str::FromStr;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use shardgate_harness::{pg_bin, postgres_command, Cluster, ClusterSpec};
+use shardgate_harness::{pg_bin, Cluster, ClusterSpec};
 
-const USER: &str = "app";
-const PASSWORD: &str = "secret";
-const DATABASE: &str = "app";
-const PGBOUNCER: &str = "/usr/sbin/pgbouncer";
-/// util-linux `setsid`: runs a program in a new session. It execs in place (same pid)
-/// because the bench's children are not process-group leaders.
-const SETSID: &str = "/usr/bin/setsid";
+#[path = "common/mod.rs"]
+mod common;
+use common::{
+    free_port, in_own_session, mib, pgbouncer_version, start_pgbouncer as start_pgbouncer_process,
+    status_kb, tail, write_readable, Process, DATABASE, PASSWORD, USER,
+};
+
 /// pgbench threads (`-j`).
 const JOBS: usize = 2;
 /// Clients and duration of the run that measures the proxies' memory with many clients.
@@ -67,18 +66,12 @@ const REPLICAS: usize = 2;
 const MAX_CONNECTIONS: &str = "300";
 /// How long the replicas may take to replay the data loaded by `pgbench -i`.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long a proxy may take to accept connections after it was started.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a proxy may take to exit after SIGTERM before it is killed.
-const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a pgbench run gets beyond its `-T` (connecting, reporting) before it is killed.
 const PGBENCH_GRACE: Duration = Duration::from_secs(120);
 /// Time limit for `pgbench -i`.
 const INIT_TIMEOUT: Duration = Duration::from_secs(1800);
 /// How often a running pgbench is polled (and the proxies' memory sampled).
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
-/// Lines of a log or of pgbench's output quoted when something fails.
-const TAIL_LINES: usize = 20;
 
 /// One pgbench workload.
 struct Mode {
@@ -1072,59 +1065,13 @@ fn describe_shardgate_eventual(params: &Params) -> String {
 /// cluster directory, which that user owns.
 fn start_pgbouncer(clusters: &Clusters, params: &Params) -> Started {
     let cluster = &clusters.one;
-    let port = free_port();
-    let dir = cluster.dir();
-    let users = dir.join("pgbouncer-users.txt");
-    let pidfile = dir.join("pgbouncer.pid");
-    let config = dir.join("pgbouncer.ini");
-    write_readable(&users, &format!("\"{USER}\" \"{PASSWORD}\"\n"));
-    let text = pgbouncer_config(cluster, params, port, &users, &pidfile);
-    write_readable(&config, &text);
-    let mut command = postgres_command(Path::new(SETSID));
-    command.arg(PGBOUNCER).arg(&config);
-    let mut process = Process::spawn("pgbouncer", command, &dir.join("pgbouncer.log"));
-    process.wait_listening(port);
-    // Under `runuser` the child is the wrapper; memory is read from PgBouncer itself.
-    process.pid = fs::read_to_string(&pidfile)
-        .ok()
-        .and_then(|pid| pid.trim().parse().ok())
-        .unwrap_or_else(|| panic!("read PgBouncer's pid from {}", pidfile.display()));
+    let server_port = cluster.shard(0).primary.port();
+    let (port, process) = start_pgbouncer_process(cluster.dir(), server_port, params.pool, 5000);
     Started {
         port,
         process: Some(process),
         observer: None,
     }
-}
-
-fn pgbouncer_config(
-    cluster: &Cluster,
-    params: &Params,
-    port: u16,
-    users: &Path,
-    pidfile: &Path,
-) -> String {
-    format!(
-        "[databases]\n\
-         {DATABASE} = host=127.0.0.1 port={server_port} dbname={DATABASE}\n\
-         \n\
-         [pgbouncer]\n\
-         listen_addr = 127.0.0.1\n\
-         listen_port = {port}\n\
-         unix_socket_dir =\n\
-         pidfile = {pidfile}\n\
-         auth_type = scram-sha-256\n\
-         auth_file = {users}\n\
-         pool_mode = transaction\n\
-         default_pool_size = {pool}\n\
-         min_pool_size = 0\n\
-         reserve_pool_size = 0\n\
-         max_client_conn = 5000\n\
-         ignore_startup_parameters = extra_float_digits\n",
-        server_port = cluster.shard(0).primary.port(),
-        pidfile = pidfile.display(),
-        users = users.display(),
-        pool = params.pool,
-    )
 }
 
 fn describe_pgbouncer(params: &Params) -> String {
@@ -1136,124 +1083,6 @@ fn describe_pgbouncer(params: &Params) -> String {
     )
 }
 
-/// Writes `path` readable by everyone (PgBouncer reads it as another OS user).
-fn write_readable(path: &Path, text: &str) {
-    fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-    fs::set_permissions(path, fs::Permissions::from_mode(0o644))
-        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
-}
-
-/// A free TCP port on 127.0.0.1.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("find a free port")
-}
-
-// ---------------------------------------------------------------------------------------
-// Proxy processes
-// ---------------------------------------------------------------------------------------
-
-/// A proxy process; stopped (SIGTERM, then SIGKILL) when dropped, also during a panic.
-struct Process {
-    name: &'static str,
-    child: Child,
-    /// The proxy itself; differs from the child's pid when it runs under `runuser`.
-    pid: u32,
-    log: PathBuf,
-}
-
-impl Process {
-    /// Starts `command` with stdout and stderr going to `log`.
-    fn spawn(name: &'static str, mut command: Command, log: &Path) -> Process {
-        let log_file = fs::File::create(log)
-            .unwrap_or_else(|e| panic!("create {name} log {}: {e}", log.display()));
-        let stdout = log_file
-            .try_clone()
-            .unwrap_or_else(|e| panic!("duplicate {name} log handle: {e}"));
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(log_file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {name} ({command:?}): {e}"));
-        Process {
-            name,
-            pid: child.id(),
-            child,
-            log: log.to_owned(),
-        }
-    }
-
-    /// Waits until the proxy accepts TCP connections on `port`.
-    fn wait_listening(&mut self, port: u16) {
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "{} exited with {status} before listening:\n{}",
-                    self.name,
-                    self.log_tail()
-                );
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "{} did not listen on port {port} within {STARTUP_TIMEOUT:?}:\n{}",
-                    self.name,
-                    self.log_tail()
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        format!("--- tail of {} ---\n{}", self.log.display(), tail(&text))
-    }
-
-    fn has_exited(&mut self) -> bool {
-        !matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// Waits up to `timeout` for the child to exit; returns whether it did.
-    fn wait_exit(&mut self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.has_exited() {
-                return true;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        // Only signal `pid` while the child still runs, so a reused pid is never hit.
-        if !self.has_exited() {
-            signal(self.pid, "TERM");
-            if !self.wait_exit(STOP_TIMEOUT) {
-                eprintln!("{} did not exit after SIGTERM; killing it", self.name);
-                signal(self.pid, "KILL");
-                let _ = self.child.kill();
-            }
-        }
-        let _ = self.child.wait();
-    }
-}
-
-/// Sends `SIG<name>` to `pid`; failures (e.g. the process is gone) are ignored.
-fn signal(pid: u32, name: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .stderr(Stdio::null())
-        .status();
-}
-
 // ---------------------------------------------------------------------------------------
 // Running pgbench
 // ---------------------------------------------------------------------------------------
@@ -1262,16 +1091,6 @@ fn signal(pid: u32, name: &str) {
 fn pgbench(port: u16, args: &[&str]) -> Command {
     let mut command = in_own_session(pg_bin("pgbench"));
     command.args(args).arg(conninfo(port));
-    command
-}
-
-/// `program` in a session of its own, as a proxy started as a service and a client started
-/// from a shell would be. With the kernel's autogroup scheduling (on by default), the CPU is
-/// shared between sessions first: a proxy in the bench's own session would share one
-/// session's CPU share with pgbench (and every Postgres backend has a session of its own).
-fn in_own_session(program: impl AsRef<std::ffi::OsStr>) -> Command {
-    let mut command = Command::new(SETSID);
-    command.arg(program);
     command
 }
 
@@ -1513,12 +1332,6 @@ fn number_after(line: &str, prefix: &str) -> Option<f64> {
         .ok()
 }
 
-/// The last [`TAIL_LINES`] lines of `text`.
-fn tail(text: &str) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
-}
-
 // ---------------------------------------------------------------------------------------
 // The benchmark
 // ---------------------------------------------------------------------------------------
@@ -1585,21 +1398,6 @@ fn report_run(params: &Params, round: usize, mode: &Mode, target: &Target, outco
 // ---------------------------------------------------------------------------------------
 // Memory
 // ---------------------------------------------------------------------------------------
-
-/// A `kB` field of `/proc/<pid>/status`, e.g. `VmHWM` (peak RSS) or `VmRSS`.
-fn status_kb(pid: u32, field: &str) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))?;
-    line.split_whitespace().next()?.parse().ok()
-}
-
-fn mib(kb: Option<u64>) -> String {
-    kb.map_or("unknown".to_owned(), |kb| {
-        format!("{:.1} MiB", kb as f64 / 1024.0)
-    })
-}
 
 /// Peak RSS (`VmHWM`) after the main run of every proxy whose memory is reported.
 fn peak_rss(targets: &[Target]) -> Vec<(&'static str, Option<u64>)> {
@@ -1942,18 +1740,6 @@ fn print_parameters(params: &Params, cluster: &Cluster, targets: &[Target]) {
         "- machine: {} CPU(s)",
         thread::available_parallelism().map_or(0, |n| n.get())
     );
-}
-
-fn pgbouncer_version() -> String {
-    Command::new(PGBOUNCER)
-        .arg("--version")
-        .output()
-        .ok()
-        .and_then(|out| {
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            text.lines().next().map(str::to_owned)
-        })
-        .unwrap_or_else(|| "PgBouncer (unknown version)".to_owned())
 }
 
 // ---------------------------------------------------------------------------------------

@@ -477,7 +477,9 @@ impl Pool {
             grant = next.map_or(Grant::Open, Grant::Idle);
         }
         let params = inner.params.lock().expect("pool params lock").clone();
-        let mut conn = Box::new(ServerConn::connect(&params).await?);
+        // Boxed: connecting (TLS, login) would otherwise make every
+        // checkout's future, and so every client session's, that large.
+        let mut conn = Box::new(Box::pin(ServerConn::connect(&params)).await?);
         conn.retire_at = conn.created + config.max_lifetime;
         inner.open.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(server = %inner.key.addr, user = %inner.key.user, database = %inner.key.database, "server connection opened");

@@ -108,9 +108,13 @@ pub struct ClientInfo {
     consistency: AtomicU8,
     end: Mutex<Option<EndReason>>,
     links: Mutex<Vec<ServerLink>>,
-    /// A second handle on the client's socket: shutting down its read side
-    /// makes the session see the client leave, wherever it is waiting.
-    socket: Option<socket2::Socket>,
+    /// The client's socket (its descriptor, not a second one: a proxy with
+    /// 10,000 clients would need twice the descriptors): shutting down its
+    /// read side makes the session see the client leave, wherever it is
+    /// waiting. The session clears it ([`ClientInfo::forget_socket`]) before
+    /// the socket closes, under this lock, so a descriptor number reused by
+    /// another connection is never shut down.
+    socket: Mutex<Option<std::os::fd::RawFd>>,
 }
 
 impl ClientInfo {
@@ -200,9 +204,19 @@ impl ClientInfo {
             .expect("client end lock")
             .get_or_insert(reason);
         self.ended.store(true, Ordering::SeqCst);
-        if let Some(s) = &self.socket {
-            let _ = s.shutdown(std::net::Shutdown::Read);
+        let socket = self.socket.lock().expect("client socket lock");
+        if let Some(fd) = *socket {
+            // SAFETY: `fd` is the client's open socket: the session clears
+            // it under this lock before closing the socket.
+            let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            let _ = socket2::SockRef::from(&sock).shutdown(std::net::Shutdown::Read);
         }
+    }
+
+    /// The session's socket is about to close: [`ClientInfo::end`] must not
+    /// touch its descriptor any more.
+    pub fn forget_socket(&self) {
+        *self.socket.lock().expect("client socket lock") = None;
     }
 
     /// Whether the proxy ended the session ([`ClientInfo::end`]): input
@@ -310,7 +324,7 @@ impl ClientRegistry {
             consistency: AtomicU8::new(0),
             end: Mutex::new(None),
             links: Mutex::new(Vec::new()),
-            socket: socket2::SockRef::from(c.socket).try_clone().ok(),
+            socket: Mutex::new(Some(std::os::fd::AsRawFd::as_raw_fd(c.socket))),
         });
         info.set_consistency(c.consistency);
         self.clients

@@ -45,7 +45,10 @@ pub async fn handle_client(runtime: Arc<Runtime>, socket: TcpStream, peer: Socke
     // A client that is slow or silent before it is logged in holds nothing
     // past auth_timeout.
     let limit = snap.config.proxy.auth_timeout;
-    let logged_in = match tokio::time::timeout(limit, log_in(&runtime, &snap, socket, peer)).await {
+    // Boxed: the login's state (TLS handshake, SCRAM) would otherwise stay
+    // part of the task's future, which an idle client holds all along.
+    let login = Box::pin(log_in(&runtime, &snap, socket, peer));
+    let logged_in = match tokio::time::timeout(limit, login).await {
         Ok(Some(l)) => l,
         Ok(None) => return,
         Err(_) => {
@@ -76,7 +79,8 @@ pub async fn handle_client(runtime: Arc<Runtime>, socket: TcpStream, peer: Socke
     }
     if database == snap.config.proxy.admin_database {
         tracing::info!(%peer, user = %user_name, "admin console connected");
-        crate::admin::serve(runtime.clone(), user, stream, buf).await;
+        // Boxed: the console's future is not part of every client's task.
+        Box::pin(crate::admin::serve(runtime.clone(), user, stream, buf)).await;
         return;
     }
     let base = ReadLevel::configured(&snap.config, &user.config);
@@ -99,7 +103,7 @@ pub async fn handle_client(runtime: Arc<Runtime>, socket: TcpStream, peer: Socke
         consistency: routing.level().consistency,
         socket: stream.tcp(),
     });
-    let session = Session::new(SessionSetup {
+    let session = Box::new(Session::new(SessionSetup {
         runtime: runtime.clone(),
         snap: snap.clone(),
         info: registered.info.clone(),
@@ -110,7 +114,7 @@ pub async fn handle_client(runtime: Arc<Runtime>, socket: TcpStream, peer: Socke
         state,
         routing,
         cancel,
-    });
+    }));
     match session.run().await {
         Ok(()) => tracing::info!(%peer, user = %user_name, "client disconnected"),
         Err(e) => log_end(&peer, &user_name, &e),

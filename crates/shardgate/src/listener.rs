@@ -42,10 +42,12 @@ pub async fn serve(
                         continue;
                     }
                     let guard = runtime.enter();
-                    tokio::spawn(async move {
+                    let task = async move {
                         crate::handshake::handle_client(guard.runtime().clone(), socket, peer).await;
                         drop(guard);
-                    });
+                    };
+                    log_task_size_once(std::mem::size_of_val(&task));
+                    tokio::spawn(task);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -93,6 +95,18 @@ pub async fn serve(
     }
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Logs (debug) the size of a client's task once: every client holds it
+/// for its whole life (`benches/idle_clients.rs` measures what idle clients
+/// cost; `RUST_LOG=shardgate::listener=debug` shows it).
+fn log_task_size_once(bytes: usize) {
+    static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !LOGGED.load(std::sync::atomic::Ordering::Relaxed)
+        && !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        tracing::debug!(bytes, "size of a client's task future");
+    }
 }
 
 /// In-doubt two-phase transactions of an earlier run are resolved before

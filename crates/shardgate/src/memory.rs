@@ -26,6 +26,86 @@ pub fn shrink_if_idle(buf: &mut BytesMut) -> bool {
     false
 }
 
+/// A session's three buffers (client input, client output, server output)
+/// while it waits for an idle client: given to a per-thread cache, so an
+/// idle client holds none of them and an active one gets them back without
+/// allocating.
+pub struct Buffers<'a> {
+    /// Client input.
+    pub input: &'a mut BytesMut,
+    /// Output to the client.
+    pub output: &'a mut BytesMut,
+    /// Output to the server.
+    pub server: &'a mut BytesMut,
+}
+
+/// Capacities of a session's buffers when they are allocated: what one
+/// read from the client takes, one ordinary answer, one ordinary statement.
+pub const INPUT_CAPACITY: usize = 16 * 1024;
+/// See [`INPUT_CAPACITY`].
+pub const OUTPUT_CAPACITY: usize = 4096;
+/// See [`INPUT_CAPACITY`].
+pub const SERVER_CAPACITY: usize = 1024;
+
+/// Buffer sets each worker thread keeps for sessions that become active:
+/// about as many as its clients active at once; beyond that they are freed.
+const SPARE_SETS: usize = 64;
+
+type Set = (BytesMut, BytesMut, BytesMut);
+
+thread_local! {
+    static SPARE: std::cell::RefCell<Vec<Set>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Buffers<'_> {
+    /// Gives the (empty) buffers to this thread's cache, or frees them,
+    /// leaving empty ones without capacity. Buffers that grew past
+    /// [`SHRINK_ABOVE`] are freed.
+    #[inline]
+    pub fn park(self) {
+        debug_assert!(self.input.is_empty() && self.output.is_empty() && self.server.is_empty());
+        let set = (
+            std::mem::take(self.input),
+            std::mem::take(self.output),
+            std::mem::take(self.server),
+        );
+        if set.0.capacity() < INPUT_CAPACITY
+            || set.0.capacity() > SHRINK_ABOVE
+            || set.1.capacity() < OUTPUT_CAPACITY
+            || set.1.capacity() > SHRINK_ABOVE
+            || set.2.capacity() < SERVER_CAPACITY
+            || set.2.capacity() > SHRINK_ABOVE
+        {
+            return;
+        }
+        SPARE.with_borrow_mut(|spare| {
+            if spare.len() < SPARE_SETS {
+                spare.push(set);
+            }
+        });
+    }
+
+    /// Gives buffers without capacity a set from this thread's cache, or
+    /// new ones.
+    #[inline]
+    pub fn unpark(self) {
+        if self.input.capacity() != 0 || self.output.capacity() != 0 || self.server.capacity() != 0
+        {
+            return;
+        }
+        let (input, output, server) = SPARE.with_borrow_mut(Vec::pop).unwrap_or_else(|| {
+            (
+                BytesMut::with_capacity(INPUT_CAPACITY),
+                BytesMut::with_capacity(OUTPUT_CAPACITY),
+                BytesMut::with_capacity(SERVER_CAPACITY),
+            )
+        });
+        *self.input = input;
+        *self.output = output;
+        *self.server = server;
+    }
+}
+
 /// Returns the allocator's free memory to the system (glibc keeps freed
 /// pages of its heaps otherwise: 215 MB stayed after one 9 MB statement).
 pub fn give_back() {
@@ -52,5 +132,47 @@ mod tests {
         assert!(shrink_if_idle(&mut big));
         assert_eq!(big.capacity(), 0);
         give_back();
+    }
+
+    #[test]
+    fn parked_buffers_come_back_without_allocating() {
+        let (mut a, mut b, mut c) = (BytesMut::new(), BytesMut::new(), BytesMut::new());
+        Buffers {
+            input: &mut a,
+            output: &mut b,
+            server: &mut c,
+        }
+        .unpark();
+        assert_eq!(a.capacity(), INPUT_CAPACITY);
+        let at = a.as_ptr();
+        Buffers {
+            input: &mut a,
+            output: &mut b,
+            server: &mut c,
+        }
+        .park();
+        assert_eq!((a.capacity(), b.capacity(), c.capacity()), (0, 0, 0));
+        Buffers {
+            input: &mut a,
+            output: &mut b,
+            server: &mut c,
+        }
+        .unpark();
+        assert_eq!(a.as_ptr(), at, "the parked set is reused");
+        // A grown buffer is not kept.
+        a.reserve(SHRINK_ABOVE * 2);
+        Buffers {
+            input: &mut a,
+            output: &mut b,
+            server: &mut c,
+        }
+        .park();
+        Buffers {
+            input: &mut a,
+            output: &mut b,
+            server: &mut c,
+        }
+        .unpark();
+        assert_eq!(a.capacity(), INPUT_CAPACITY);
     }
 }

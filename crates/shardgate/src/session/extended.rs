@@ -384,7 +384,7 @@ impl Session {
             return Ok(());
         }
         if self.sharded {
-            return self.bind_sharded(msg, &bind, rest).await;
+            return Box::pin(self.bind_sharded(msg, &bind, rest)).await;
         }
         let want = self.want_of_statement(bind.statement);
         if !self.attach_extended(msg, want, rest).await? {
@@ -431,8 +431,8 @@ impl Session {
         let d = DescribeOrClose::decode(&msg[5..], "Describe")?;
         if self.sharded && !self.merged_cursors.is_empty() {
             let desc = match d.target {
-                Target::Portal => self.describe_cursor_portal(d.name).await,
-                Target::Statement => self.describe_cursor_statement(d.name).await,
+                Target::Portal => Box::pin(self.describe_cursor_portal(d.name)).await,
+                Target::Statement => Box::pin(self.describe_cursor_statement(d.name)).await,
             };
             if let Some(desc) = desc {
                 match desc {
@@ -471,7 +471,7 @@ impl Session {
     pub(super) async fn on_execute(&mut self, msg: &[u8], rest: &[u8]) -> Result<(), SessionError> {
         let execute = Execute::decode(&msg[5..])?;
         let portal = execute.portal;
-        if self.execute_virtual(portal).await? {
+        if self.virtual_stmts.is_portal(portal) && Box::pin(self.execute_virtual(portal)).await? {
             return Ok(());
         }
         if self.sharded {
@@ -483,9 +483,8 @@ impl Session {
                     n => shardgate_router::FetchCount::Rows(n as u64),
                 };
                 let end = super::cursor::FetchEnd::Portal;
-                if let Err(e) = self
-                    .fetch_cursor(&key, count, None, false, false, end)
-                    .await
+                if let Err(e) =
+                    Box::pin(self.fetch_cursor(&key, count, None, false, false, end)).await
                 {
                     return self.refuse_pg(e);
                 }
@@ -511,7 +510,7 @@ impl Session {
         let c = DescribeOrClose::decode(&msg[5..], "Close")?;
         if self.sharded && c.target == Target::Portal {
             let key = super::cursor::CursorKey::Portal(c.name.to_owned());
-            if self.close_cursor(&key).await {
+            if Box::pin(self.close_cursor(&key)).await {
                 let mut bytes = BytesMut::new();
                 backend::empty(btag::CLOSE_COMPLETE, &mut bytes);
                 self.emit_local(bytes.freeze());

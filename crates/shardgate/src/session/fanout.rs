@@ -236,7 +236,7 @@ impl Session {
         match self.drive(&mut fan).await? {
             Stage::CopyIn => {
                 fan.copy_in = true;
-                self.fanout_state = Some(fan);
+                self.fanout_state = Some(Box::new(fan));
                 self.flush_client().await
             }
             Stage::Done => self.end_fanout(fan).await,

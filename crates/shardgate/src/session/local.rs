@@ -142,6 +142,12 @@ impl VirtualStatements {
         self.unnamed.is_none() && self.portals.is_empty()
     }
 
+    /// Whether the portal `name` is a shardgate command's.
+    #[inline]
+    pub fn is_portal(&self, name: &str) -> bool {
+        !self.portals.is_empty() && self.portals.contains_key(name)
+    }
+
     /// Whether no statement or portal at all is a shardgate command.
     pub fn is_empty(&self) -> bool {
         self.named.is_empty() && self.no_unnamed_or_portals()

@@ -266,7 +266,7 @@ pub struct Session {
     /// BEGIN reaches each shard when the transaction first uses it.
     vtx: Option<VirtualTx>,
     /// A request running on several shards, parked while the client sends COPY data.
-    fanout_state: Option<fanout::Fanout>,
+    fanout_state: Option<Box<fanout::Fanout>>,
     /// Statements are routed by shard key (several shards or sharded tables).
     sharded: bool,
     /// `SET shardgate.shard`.
@@ -349,6 +349,14 @@ pub struct Session {
     cycle: Option<timing::Cycle>,
     /// Query statistics counters by hash of the raw statement text.
     stat_cache: std::collections::HashMap<u64, Arc<crate::stats::queries::QueryStat>>,
+}
+
+impl Drop for Session {
+    /// The client socket closes after this (a field): the registry forgets
+    /// its descriptor first, also when the session panics.
+    fn drop(&mut self) {
+        self.info.forget_socket();
+    }
 }
 
 impl Session {
@@ -435,8 +443,13 @@ impl Session {
     }
 
     /// Logs the client in and serves it until it leaves; returns why it ended.
-    pub async fn run(mut self) -> Result<(), SessionError> {
-        let result = match self.login().await {
+    /// The session is boxed: an `async fn` taking it by value would keep it
+    /// twice in its future (the argument and the moved local), and the task
+    /// holds that future for the client's whole life.
+    pub async fn run(mut self: Box<Self>) -> Result<(), SessionError> {
+        // Boxed, as every path a session rarely takes: the task's future is
+        // as large as its largest state, and an idle client holds it all.
+        let result = match Box::pin(self.login()).await {
             Ok(()) => self.serve().await,
             Err(e) => Err(e),
         };
@@ -480,7 +493,7 @@ impl Session {
         loop {
             self.at_turn()?;
             if let Some(retry) = self.pending_retry.take() {
-                self.retry_read(retry).await?;
+                Box::pin(self.retry_read(retry)).await?;
             }
             self.flush_client().await?;
             if self.backend.is_none() && !self.begin_deferred && self.runtime.shutting_down() {
@@ -617,15 +630,25 @@ impl Session {
     }
 
     async fn wait(&mut self) -> Event {
-        reserve(&mut self.cbuf);
         let timer = self.next_timeout();
         let (deadline, why) = match timer {
             Some((d, w)) => (Some(d), w),
             None => (None, timeouts::Timeout::Query),
         };
         if self.notifications.subscription.is_some() {
+            reserve(&mut self.cbuf);
             return self.wait_listening(deadline, why).await;
         }
+        if self.backend.is_none()
+            && !self.begin_deferred
+            && self.cbuf.is_empty()
+            && self.cout.is_empty()
+            && self.sout.is_empty()
+            && !self.client.is_tls()
+        {
+            return self.wait_idle(deadline, why).await;
+        }
+        reserve(&mut self.cbuf);
         let client = &mut self.client;
         let cbuf = &mut self.cbuf;
         match &mut self.backend {
@@ -666,6 +689,66 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// [`Session::wait`] for a client between statements with nothing
+    /// buffered (plain TCP): the session's buffers go to the thread's cache
+    /// while it waits for the socket to become readable and come back (from
+    /// the cache, so without allocating while clients keep coming) before it
+    /// reads. An idle client thus holds no buffer (docs/ARCHITECTURE.md §1).
+    /// Over TLS the session reads as usual: the TLS layer may hold decrypted
+    /// bytes the socket's readiness does not show.
+    async fn wait_idle(
+        &mut self,
+        deadline: Option<tokio::time::Instant>,
+        why: timeouts::Timeout,
+    ) -> Event {
+        let Session {
+            client,
+            cbuf,
+            cout,
+            sout,
+            shutdown,
+            ..
+        } = self;
+        let shardgate_pool::MaybeTls::Plain(tcp) = client else {
+            unreachable!("wait_idle is for plain TCP clients");
+        };
+        crate::memory::Buffers {
+            input: cbuf,
+            output: cout,
+            server: sout,
+        }
+        .park();
+        // Readiness first, buffers then: a read that finds nothing after
+        // all (stale readiness, rare) waits holding them.
+        let read = std::future::poll_fn(|cx| {
+            if cbuf.capacity() == 0 {
+                std::task::ready!(tcp.poll_read_ready(cx))?;
+                crate::memory::Buffers {
+                    input: &mut *cbuf,
+                    output: &mut *cout,
+                    server: &mut *sout,
+                }
+                .unpark();
+            }
+            tokio_util::io::poll_read_buf(Pin::new(&mut *tcp), cx, &mut *cbuf)
+        });
+        // Biased: no random pick per wait; a client that keeps sending
+        // still sees shutdown, checked on every turn of serve.
+        let event = tokio::select! {
+            biased;
+            r = read => Event::Client(r),
+            _ = shutdown.as_mut() => Event::Shutdown,
+            _ = timeouts::until(deadline) => Event::Timeout(why),
+        };
+        crate::memory::Buffers {
+            input: cbuf,
+            output: cout,
+            server: sout,
+        }
+        .unpark();
+        event
     }
 
     /// [`Session::wait`] for a client that listens: notifications too.
@@ -889,12 +972,12 @@ impl Session {
             tag::EXECUTE => self.on_execute(msg, rest).await?,
             tag::FLUSH => self.on_flush(msg),
             tag::SYNC if self.vtx.as_ref().is_some_and(|v| v.implicit) => {
-                self.end_batch_tx().await?
+                Box::pin(self.end_batch_tx()).await?
             }
             tag::SYNC => self.on_sync(msg),
             tag::TERMINATE => return Ok(Flow::Stop),
             tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL if self.fanout_state.is_some() => {
-                self.copy_message(t, msg).await?
+                Box::pin(self.copy_message(t, msg)).await?
             }
             tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => {
                 // Outside COPY these are ignored, as Postgres does.
@@ -1097,7 +1180,7 @@ impl Session {
             }
         }
         if self.sharded {
-            return self.on_query_sharded(msg, sql).await;
+            return Box::pin(self.on_query_sharded(msg, sql)).await;
         }
         // Classified once: to leave a replica a batch holds, and to attach.
         let mut classified = None;
@@ -1166,7 +1249,8 @@ const COMMIT_LSN_SQL: &str = "SELECT pg_current_wal_lsn()::text";
 /// FIN the client reads after the error (closing a socket with input
 /// unread resets it, and the client may lose the error sent just before).
 async fn linger(client: &mut ClientStream) {
-    let mut sink = [0u8; 8192];
+    // On the heap: this future is part of every session's.
+    let mut sink = vec![0u8; 8192];
     let drain = async {
         while let Ok(n) = client.read(&mut sink).await {
             if n == 0 {

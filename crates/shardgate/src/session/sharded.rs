@@ -1429,7 +1429,7 @@ impl Session {
         if done {
             fan.copy_in = false;
             fan.copy = None;
-            self.continue_fanout(fan).await
+            self.continue_fanout(*fan).await
         } else {
             self.fanout_state = Some(fan);
             Ok(())
