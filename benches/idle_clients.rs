@@ -41,8 +41,8 @@ use shardgate_pool::{ConnectParams, ServerConn, ServerTls};
 #[path = "common/mod.rs"]
 mod common;
 use common::{
-    free_port, in_own_session, pgbouncer_version, start_pgbouncer, status_kb, write_readable,
-    Process, DATABASE, PASSWORD, USER,
+    create_app, free_port, in_own_session, pgbouncer_version, start_pgbouncer, status_kb,
+    write_readable, Process, DATABASE, PASSWORD, USER,
 };
 
 /// Server connections per proxy: shardgate's shipped `pool_size`, and PgBouncer's
@@ -134,14 +134,7 @@ fn main() {
     eprintln!("starting the primary");
     let cluster = Cluster::start(ClusterSpec::new(1, 0).setting("max_connections", "200"))
         .expect("start the cluster");
-    cluster
-        .execute_on_primaries(&format!(
-            "CREATE ROLE {USER} LOGIN SUPERUSER PASSWORD '{PASSWORD}'"
-        ))
-        .expect("create the app role");
-    cluster
-        .execute_on_primaries(&format!("CREATE DATABASE {DATABASE} OWNER {USER}"))
-        .expect("create the app database");
+    create_app(&cluster);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

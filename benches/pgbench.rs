@@ -50,8 +50,9 @@ use shardgate_harness::{pg_bin, Cluster, ClusterSpec};
 #[path = "common/mod.rs"]
 mod common;
 use common::{
-    free_port, in_own_session, mib, pgbouncer_version, start_pgbouncer as start_pgbouncer_process,
-    status_kb, tail, write_readable, Process, DATABASE, PASSWORD, USER,
+    create_app, free_port, in_own_session, mib, pgbouncer_version,
+    start_pgbouncer as start_pgbouncer_process, status_kb, tail, write_readable, Process, DATABASE,
+    PASSWORD, USER,
 };
 
 /// pgbench threads (`-j`).
@@ -673,14 +674,7 @@ fn start_cluster(params: &Params) -> Cluster {
     let cluster =
         Cluster::start(ClusterSpec::new(1, REPLICAS).setting("max_connections", MAX_CONNECTIONS))
             .expect("start the cluster");
-    cluster
-        .execute_on_primaries(&format!(
-            "CREATE ROLE {USER} LOGIN SUPERUSER PASSWORD '{PASSWORD}'"
-        ))
-        .expect("create the app role");
-    cluster
-        .execute_on_primaries(&format!("CREATE DATABASE {DATABASE} OWNER {USER}"))
-        .expect("create the app database");
+    create_app(&cluster);
     eprintln!("pgbench -i -s {}", params.scale);
     let scale = params.scale.to_string();
     let init = run(

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use shardgate_harness::postgres_command;
+use shardgate_harness::{postgres_command, Cluster};
 
 pub const USER: &str = "app";
 pub const PASSWORD: &str = "secret";
@@ -257,4 +257,17 @@ pub fn pgbouncer_version() -> String {
             text.lines().next().map(str::to_owned)
         })
         .unwrap_or_else(|| "PgBouncer (unknown version)".to_owned())
+}
+
+/// Creates the bench's role (a superuser, so pgbench may create its tables)
+/// and database on every primary of `cluster`.
+pub fn create_app(cluster: &Cluster) {
+    cluster
+        .execute_on_primaries(&format!(
+            "CREATE ROLE {USER} LOGIN SUPERUSER PASSWORD '{PASSWORD}'"
+        ))
+        .expect("create the app role");
+    cluster
+        .execute_on_primaries(&format!("CREATE DATABASE {DATABASE} OWNER {USER}"))
+        .expect("create the app database");
 }

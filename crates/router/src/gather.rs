@@ -87,30 +87,57 @@ impl Gather {
     }
 }
 
+/// One query's sharded tables, in statement order, and its words.
+struct TablesRead {
+    statement: Statement,
+    factors: Vec<(Location, TableFactor)>,
+    words: HashSet<String>,
+}
+
+impl TablesRead {
+    /// `sql` when it is one query.
+    fn of(sql: &str, tables: &dyn TableLookup) -> Option<TablesRead> {
+        let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+        if statements.len() != 1 || !matches!(statements[0], Statement::Query(_)) {
+            return None;
+        }
+        let statement = statements.pop()?;
+        let mut found = ShardedFactors {
+            tables,
+            factors: Vec::new(),
+        };
+        let _ = statement.visit(&mut found);
+        found.factors.sort_by_key(|(at, _)| (at.line, at.column));
+        Some(TablesRead {
+            statement,
+            factors: found.factors,
+            words: statement_words(sql),
+        })
+    }
+
+    /// The top-level `SELECT` (none under a set operation).
+    fn root(&self) -> Option<&Select> {
+        match &self.statement {
+            Statement::Query(q) => match q.body.as_ref() {
+                SetExpr::Select(select) => Some(select.as_ref()),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
 /// The sharded tables of `sql` (a query the shards cannot run as it is,
 /// or whose answer they cannot merge) whose gathering makes the statement
 /// one the shards (or the default shard) can run, in statement order.
 pub fn candidates(sql: &str, tables: &dyn TableLookup) -> Vec<Gather> {
-    let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
+    let Some(tables_read) = TablesRead::of(sql, tables) else {
         return Vec::new();
     };
-    let [statement @ Statement::Query(query)] = statements.as_slice() else {
-        return Vec::new();
-    };
-    let mut found = ShardedFactors {
-        tables,
-        factors: Vec::new(),
-    };
-    let _ = statement.visit(&mut found);
-    found.factors.sort_by_key(|(at, _)| (at.line, at.column));
-    let words = statement_words(sql);
-    let root = match query.body.as_ref() {
-        SetExpr::Select(select) => Some(select.as_ref()),
-        _ => None,
-    };
+    let (root, words) = (tables_read.root(), &tables_read.words);
     let mut out = Vec::new();
-    for (at, factor) in &found.factors {
-        let Some(g) = table_gather(factor, *at, root, (sql, &words)) else {
+    for (at, factor) in &tables_read.factors {
+        let Some(g) = table_gather(factor, *at, root, (sql, words)) else {
             continue;
         };
         let Some(outer) = replaced(sql, *at, &g.binding, tables) else {
@@ -130,25 +157,12 @@ pub fn candidates(sql: &str, tables: &dyn TableLookup) -> Vec<Gather> {
 /// order). For what no single table's gathering answers (a `FULL JOIN` of
 /// two sharded tables not on their keys, a set operation over two).
 pub fn gather_all(sql: &str, tables: &dyn TableLookup) -> Option<(Vec<Gather>, String)> {
-    let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
-    let [statement @ Statement::Query(query)] = statements.as_slice() else {
-        return None;
-    };
-    let mut found = ShardedFactors {
-        tables,
-        factors: Vec::new(),
-    };
-    let _ = statement.visit(&mut found);
-    found.factors.sort_by_key(|(at, _)| (at.line, at.column));
-    let words = statement_words(sql);
-    let root = match query.body.as_ref() {
-        SetExpr::Select(select) => Some(select.as_ref()),
-        _ => None,
-    };
-    let each: Vec<(Location, Gather)> = found
+    let tables_read = TablesRead::of(sql, tables)?;
+    let (root, words) = (tables_read.root(), &tables_read.words);
+    let each: Vec<(Location, Gather)> = tables_read
         .factors
         .iter()
-        .map(|(at, f)| table_gather(f, *at, root, (sql, &words)).map(|g| (*at, g)))
+        .map(|(at, f)| table_gather(f, *at, root, (sql, words)).map(|g| (*at, g)))
         .collect::<Option<_>>()?;
     if each.len() < 2 {
         return None;

@@ -134,45 +134,28 @@ mod tests {
         give_back();
     }
 
+    fn set<'a>(a: &'a mut BytesMut, b: &'a mut BytesMut, c: &'a mut BytesMut) -> Buffers<'a> {
+        Buffers {
+            input: a,
+            output: b,
+            server: c,
+        }
+    }
+
     #[test]
     fn parked_buffers_come_back_without_allocating() {
         let (mut a, mut b, mut c) = (BytesMut::new(), BytesMut::new(), BytesMut::new());
-        Buffers {
-            input: &mut a,
-            output: &mut b,
-            server: &mut c,
-        }
-        .unpark();
+        set(&mut a, &mut b, &mut c).unpark();
         assert_eq!(a.capacity(), INPUT_CAPACITY);
         let at = a.as_ptr();
-        Buffers {
-            input: &mut a,
-            output: &mut b,
-            server: &mut c,
-        }
-        .park();
+        set(&mut a, &mut b, &mut c).park();
         assert_eq!((a.capacity(), b.capacity(), c.capacity()), (0, 0, 0));
-        Buffers {
-            input: &mut a,
-            output: &mut b,
-            server: &mut c,
-        }
-        .unpark();
+        set(&mut a, &mut b, &mut c).unpark();
         assert_eq!(a.as_ptr(), at, "the parked set is reused");
         // A grown buffer is not kept.
         a.reserve(SHRINK_ABOVE * 2);
-        Buffers {
-            input: &mut a,
-            output: &mut b,
-            server: &mut c,
-        }
-        .park();
-        Buffers {
-            input: &mut a,
-            output: &mut b,
-            server: &mut c,
-        }
-        .unpark();
+        set(&mut a, &mut b, &mut c).park();
+        set(&mut a, &mut b, &mut c).unpark();
         assert_eq!(a.capacity(), INPUT_CAPACITY);
     }
 }
