@@ -95,10 +95,13 @@ struct TablesRead {
 }
 
 impl TablesRead {
-    /// `sql` when it is one query.
+    /// `sql` when it is one query that locks no rows (gathered rows
+    /// cannot be locked: `FOR UPDATE` is not gathered).
     fn of(sql: &str, tables: &dyn TableLookup) -> Option<TablesRead> {
         let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
-        if statements.len() != 1 || !matches!(statements[0], Statement::Query(_)) {
+        if statements.len() != 1
+            || !matches!(&statements[0], Statement::Query(q) if q.locks.is_empty())
+        {
             return None;
         }
         let statement = statements.pop()?;

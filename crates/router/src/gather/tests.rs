@@ -135,6 +135,7 @@ fn statements_that_cannot_be_helped_have_no_candidate() {
         "SELECT count(DISTINCT o.qty), count(DISTINCT e.kind) FROM orders o JOIN events e ON e.value = o.qty",
         "SELECT * FROM orders o JOIN events e ON e.value = o.qty JOIN customers c ON c.name = e.kind AND c.tier = o.qty",
         "SELECT * FROM orders o FULL JOIN events e ON e.value = o.qty",
+        "SELECT * FROM orders o JOIN events e ON e.value = o.qty FOR UPDATE",
         "DELETE FROM orders USING events e WHERE e.value = orders.qty",
     ] {
         assert_eq!(bindings(sql), Vec::<String>::new(), "{sql}");
