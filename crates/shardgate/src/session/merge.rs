@@ -224,7 +224,13 @@ impl Session {
         let (mut run, status) = loop {
             let mut parts = match self.merge_parts(&shards, want, &batch).await {
                 Ok(parts) => parts,
-                Err(e) => return self.merge_refused(e).map(|()| MergeEnd::Answered),
+                // A pooled connection found dead on sending: nothing ran.
+                Err((_, true)) if self.may_rerun_read(want, &shards, attempt) => {
+                    tracing::info!("retrying the read on several shards on other nodes");
+                    attempt += 1;
+                    continue;
+                }
+                Err((e, _)) => return self.merge_refused(e).map(|()| MergeEnd::Answered),
             };
             let mut run = Run::new(
                 plan.clone(),
@@ -282,13 +288,15 @@ impl Session {
     }
 
     /// Connections to `shards` for a merge, each sent `batch`; nothing
-    /// was answered when this fails (the connections taken are given back).
+    /// was answered when this fails (the connections taken are given back),
+    /// `true` with the error when a connection was found lost on sending
+    /// (its pool's idle connections are checked).
     async fn merge_parts(
         &mut self,
         shards: &[usize],
         want: Want,
         batch: &[u8],
-    ) -> Result<Vec<Part>, PgError> {
+    ) -> Result<Vec<Part>, (PgError, bool)> {
         let mut parts: Vec<Part> = Vec::with_capacity(shards.len());
         for &shard in shards {
             let sent = match self.part_for(shard, want).await {
@@ -300,14 +308,18 @@ impl Session {
                         Ok(()) => Ok(part),
                         Err(e) => {
                             part.b.conn.broken = true;
-                            Err(PgError::error(
-                                "08006",
-                                format!("connection to a shard failed: {e}"),
+                            self.discard_dead_idle(&part.b);
+                            Err((
+                                PgError::error(
+                                    "08006",
+                                    format!("connection to a shard failed: {e}"),
+                                ),
+                                true,
                             ))
                         }
                     }
                 }
-                Err(e) => Err(e),
+                Err(e) => Err((e, false)),
             };
             match sent {
                 Ok(part) => parts.push(part),

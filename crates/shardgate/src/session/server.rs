@@ -596,7 +596,7 @@ impl Session {
 
     /// Checks the idle connections of the pool `b` came from (its own
     /// connection was lost), so a crashed node's are not handed out again.
-    fn discard_dead_idle(&self, b: &Backend) {
+    pub(super) fn discard_dead_idle(&self, b: &Backend) {
         if let Some(pool) = self.pools[b.shard][b.node.node().index].as_ref() {
             pool.discard_dead_idle();
         }
@@ -613,17 +613,22 @@ impl Session {
         shards: &[usize],
         attempt: usize,
     ) {
+        let hold = retryable && self.may_rerun_read(want, shards, attempt);
+        self.held_read = hold.then_some(self.cout.len());
+    }
+
+    /// Whether attempt `attempt` of a read on `shards` may be followed by
+    /// another: a read outside any transaction, with another node to try.
+    pub(super) fn may_rerun_read(&self, want: Want, shards: &[usize], attempt: usize) -> bool {
         let nodes = shards
             .iter()
             .map(|&s| self.shards[s].nodes.len())
             .max()
             .unwrap_or(0);
-        let hold = retryable
-            && matches!(want, Want::Read(_))
+        matches!(want, Want::Read(_))
             && self.vtx.is_none()
             && self.client_status() == b'I'
-            && attempt + 1 < nodes;
-        self.held_read = hold.then_some(self.cout.len());
+            && attempt + 1 < nodes
     }
 
     /// After an attempt of a read on several shards: whether it runs again
