@@ -342,14 +342,7 @@ fn decode_binary(b: &[u8], ty: ColType) -> Result<Value, AdminError> {
 mod tests {
     use super::*;
 
-    const ALL: [ColType; 6] = [
-        ColType::Int4,
-        ColType::Int8,
-        ColType::Float8,
-        ColType::Bool,
-        ColType::Text,
-        ColType::Timestamptz,
-    ];
+    const ALL: [ColType; 6] = ColType::ALL;
 
     fn text(v: &Value, ty: ColType) -> Result<String, AdminError> {
         let mut out = Vec::new();
