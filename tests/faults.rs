@@ -189,7 +189,12 @@ impl Load {
                         }
                         Ok(Err(e)) => {
                             let what = sqlstate(&e).unwrap_or_else(|| e.to_string());
-                            tally.errors.push((Instant::now(), format!("{what}: {e}")));
+                            let message = e
+                                .as_db_error()
+                                .map_or_else(|| e.to_string(), |d| d.message().to_owned());
+                            tally
+                                .errors
+                                .push((Instant::now(), format!("{what}: {message}")));
                             if client.is_closed() {
                                 break;
                             }

@@ -149,6 +149,7 @@ impl Session {
         let shards: Vec<usize> = requests.iter().map(|(s, _)| *s).collect();
         let retryable = !wrap && copy.is_none() && copy_out.is_none();
         let mut attempt = 0;
+        self.lost_nodes.clear();
         loop {
             let mut parts = Vec::with_capacity(requests.len());
             let mut outs = Vec::with_capacity(requests.len());

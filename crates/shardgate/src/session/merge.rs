@@ -221,6 +221,7 @@ impl Session {
         let (batch, visible, limits) = prepared;
         self.drain_current().await?;
         let mut attempt = 0;
+        self.lost_nodes.clear();
         let (mut run, status) = loop {
             let mut parts = match self.merge_parts(&shards, want, &batch).await {
                 Ok(parts) => parts,
@@ -309,6 +310,7 @@ impl Session {
                         Err(e) => {
                             part.b.conn.broken = true;
                             self.discard_dead_idle(&part.b);
+                            self.note_lost(&part.b);
                             Err((
                                 PgError::error(
                                     "08006",

@@ -323,6 +323,9 @@ pub struct Session {
     /// its answer starts in the client buffer (held back until complete,
     /// up to [`RETRY_HOLD_LIMIT`]).
     held_read: Option<usize>,
+    /// Nodes (shard, node index) the current read lost a connection to:
+    /// its next attempt passes over them, even before they are banned.
+    lost_nodes: Vec<(usize, usize)>,
     /// The expectation queue of the last released connection, kept so
     /// lending a connection allocates nothing.
     spare_queue: VecDeque<Expect>,
@@ -438,6 +441,7 @@ impl Session {
             query_cancelled: false,
             retry_attempt: 0,
             held_read: None,
+            lost_nodes: Vec::new(),
             spare_queue: VecDeque::with_capacity(8),
         }
     }

@@ -78,7 +78,7 @@ impl Session {
         }
         let attempts = self.shards[shard].nodes.len();
         let mut last_err = None;
-        let mut slow = 0u64;
+        let mut slow = self.lost_on(shard);
         for _ in 0..attempts {
             let choice = match self.pick(shard, want, slow) {
                 Ok(c) => c,
@@ -491,6 +491,7 @@ impl Session {
         if let Some(b) = &self.backend {
             if b.ex.idle() && self.sout.is_empty() && b.conn.read_buf.is_empty() {
                 self.retry_attempt = 0;
+                self.lost_nodes.clear();
                 if let Some(mut b) = self.backend.take() {
                     // A large answer grew it: pooled connections keep little.
                     crate::memory::shrink_if_idle(&mut b.conn.read_buf);
@@ -552,6 +553,7 @@ impl Session {
         if let Some(retry) = b.retry.take() {
             if b.ex.status == b'I' && attempt < self.shards[b.shard].nodes.len() {
                 tracing::info!(server = %b.conn.addr, "retrying the read on another node");
+                self.note_lost(&b);
                 self.sout.clear();
                 // The client has not seen any of the answer: it was held back.
                 self.cout.truncate(retry.cout_mark);
@@ -617,6 +619,24 @@ impl Session {
         self.held_read = hold.then_some(self.cout.len());
     }
 
+    /// Remembers that the current read lost its connection to `b`'s node,
+    /// so its next attempt goes elsewhere.
+    pub(super) fn note_lost(&mut self, b: &Backend) {
+        let node = (b.shard, b.node.node().index);
+        if !self.lost_nodes.contains(&node) {
+            self.lost_nodes.push(node);
+        }
+    }
+
+    /// The nodes of `shard` the current read lost a connection to (bit `i`
+    /// for node `i`).
+    fn lost_on(&self, shard: usize) -> u64 {
+        self.lost_nodes
+            .iter()
+            .filter(|&&(s, i)| s == shard && i < 64)
+            .fold(0, |mask, &(_, i)| mask | 1 << i)
+    }
+
     /// Whether attempt `attempt` of a read on `shards` may be followed by
     /// another: a read outside any transaction, with another node to try.
     pub(super) fn may_rerun_read(&self, want: Want, shards: &[usize], attempt: usize) -> bool {
@@ -643,6 +663,7 @@ impl Session {
         for p in parts.iter().filter(|p| p.lost) {
             tracing::info!(server = %p.b.conn.addr, "retrying the read on several shards on other nodes");
             self.discard_dead_idle(&p.b);
+            self.note_lost(&p.b);
             lost = true;
         }
         if lost {
