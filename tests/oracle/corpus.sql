@@ -1126,4 +1126,9 @@ SELECT name FROM countries WHERE code = (SELECT min(country) FROM customers)
 SELECT count(*) FROM orders WHERE placed > (SELECT max(placed) FROM orders WHERE false)
 SELECT id FROM customers WHERE id = (SELECT max(customer_id) FROM orders WHERE customer_id < 100)
 error: SELECT id FROM orders WHERE qty = (SELECT qty FROM orders)
-refuse: SELECT id FROM orders o WHERE qty > (SELECT avg(e.value) FROM events e WHERE e.kind = o.status)
+SELECT id FROM orders o WHERE qty > (SELECT avg(e.value) FROM events e WHERE e.kind = o.status)
+-- Correlated through a column only the outer query has, unqualified: the
+-- subquery fails by itself, so the statement is answered by gathering.
+SELECT id FROM orders WHERE qty > (SELECT avg(e.value) FROM events e WHERE e.kind = status)
+SELECT id FROM customers WHERE score < (SELECT count(*) FROM events WHERE value < tier)
+ordered: SELECT id, (SELECT count(*) FROM orders WHERE customer_id = -score) AS n FROM customers WHERE vip ORDER BY id

@@ -158,6 +158,37 @@ impl Session {
         }))
     }
 
+    /// Answers `m` for the client's statement `sql` (with the request
+    /// `again` builds). A scalar subquery found correlated when it ran by
+    /// itself (it named a column only the outer query has) is answered by
+    /// gathering instead ([`Session::gathered`]), outside a transaction.
+    pub(super) async fn materialize_or_gather<'r>(
+        &mut self,
+        sql: &str,
+        m: &Materialize,
+        want: Want,
+        again: impl Fn() -> MergeRequest<'r>,
+    ) -> Result<(), SessionError> {
+        let mut correlated = None;
+        self.materialize_steps(m, want, again(), &mut correlated)
+            .await?;
+        let Some(status) = correlated else {
+            return Ok(());
+        };
+        let gathered = match status {
+            b'I' => self.gathered(sql).await,
+            _ => Ok(None),
+        };
+        match gathered {
+            Ok(Some(g)) => self.materialize_query(&g, want, again()).await,
+            Ok(None) => self.refuse_correlated(status).await,
+            Err(e) => {
+                self.merge_refused(e)?;
+                self.flush_client().await
+            }
+        }
+    }
+
     /// Answers `m`: the subquery across every shard, then the outer query
     /// on the default shard over its rows. `req` is what the client sent
     /// for the whole statement (its collation is looked up here).
@@ -166,6 +197,34 @@ impl Session {
         m: &Materialize,
         want: Want,
         req: MergeRequest<'_>,
+    ) -> Result<(), SessionError> {
+        let mut correlated = None;
+        self.materialize_steps(m, want, req, &mut correlated)
+            .await?;
+        match correlated {
+            Some(status) => self.refuse_correlated(status).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The refusal of a correlated scalar subquery nothing else answered,
+    /// with ReadyForQuery in `status`.
+    async fn refuse_correlated(&mut self, status: u8) -> Result<(), SessionError> {
+        cross_shard_refusal("a correlated scalar subquery over several shards")
+            .encode(&mut self.cout);
+        backend::ready_for_query(status, &mut self.cout);
+        self.flush_client().await
+    }
+
+    /// [`Session::materialize_query`], except that a scalar subquery that
+    /// failed as correlated leaves the client buffer as it was and sets
+    /// `correlated` to the transaction status it left.
+    async fn materialize_steps(
+        &mut self,
+        m: &Materialize,
+        want: Want,
+        req: MergeRequest<'_>,
+        correlated: &mut Option<u8>,
     ) -> Result<(), SessionError> {
         let (inner_sql, inner_used) = renumber_params(&m.inner);
         let facts = match self.database_facts().await {
@@ -203,8 +262,8 @@ impl Session {
                 if m.kind == Kind::Value && names_outer_column(&self.cout[mark..]) {
                     // The subquery read a column of the outer query.
                     self.cout.truncate(mark);
-                    cross_shard_refusal("a correlated scalar subquery over several shards")
-                        .encode(&mut self.cout);
+                    *correlated = Some(status);
+                    return Ok(());
                 }
                 backend::ready_for_query(status, &mut self.cout);
                 return self.flush_client().await;

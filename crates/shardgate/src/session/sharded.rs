@@ -795,10 +795,10 @@ impl Session {
                 r
             }
             Dest::Materialize(m) => {
-                let req = MergeRequest::simple(None, None);
+                let again = || MergeRequest::simple(None, None);
                 let used = self.map().all_shards();
                 let timing = self.fanout_starts(sql);
-                let r = self.materialize_query(&m, want, req).await;
+                let r = self.materialize_or_gather(sql, &m, want, again).await;
                 self.fanout_ends(timing, &used);
                 r
             }
@@ -1161,10 +1161,12 @@ impl Session {
                     Err(e) => return self.refuse_pg(e),
                 };
                 self.extra_consumed = after.consumed;
-                let req = MergeRequest::bound(bind, &stmt.param_types, &after, None);
+                let again = || MergeRequest::bound(bind, &stmt.param_types, &after, None);
                 let timing = self.fanout_starts(&stmt.query);
                 let used = self.map().all_shards();
-                let r = self.materialize_query(&m, want, req).await;
+                let r = self
+                    .materialize_or_gather(&stmt.query, &m, want, again)
+                    .await;
                 self.fanout_ends(timing, &used);
                 r
             }
