@@ -608,6 +608,17 @@ SELECT string_agg(status, ',' ORDER BY id) FROM orders
 SELECT array_agg(id ORDER BY id) FROM orders
 SELECT customer_id, array_agg(id ORDER BY id) FROM orders GROUP BY customer_id
 SELECT array_agg(amount ORDER BY id) FROM orders
+-- Results the merge cannot compare (arrays, records as sort or group keys):
+-- refused before any row left the proxy, then answered by gathering.
+ordered: SELECT status, array_agg(qty ORDER BY id) AS a FROM orders GROUP BY status ORDER BY a, status NULLS FIRST
+SELECT DISTINCT array_agg(qty ORDER BY id) FROM orders GROUP BY customer_id
+SELECT DISTINCT json_agg(qty ORDER BY id)::text FROM orders GROUP BY customer_id
+SELECT string_agg(DISTINCT status, ',' ORDER BY status) FROM orders
+SELECT count(DISTINCT (qty, status)) FROM orders
+SELECT status, count(DISTINCT qty), sum(DISTINCT small) FROM orders GROUP BY status
+SELECT DISTINCT ARRAY[qty, small] FROM orders
+ordered: SELECT customer_id, array_agg(qty ORDER BY id) FROM orders GROUP BY customer_id ORDER BY 2, 1 LIMIT 10
+SELECT DISTINCT row(qty, status)::text FROM orders
 SELECT array_agg(id ORDER BY id DESC) FROM orders WHERE qty > 20
 ordered: SELECT status, string_agg(note, '; ' ORDER BY id) FROM orders GROUP BY status ORDER BY status
 ordered: SELECT status, array_agg(note ORDER BY id), count(*), sum(qty) FROM orders GROUP BY status ORDER BY status

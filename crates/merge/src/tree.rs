@@ -117,6 +117,16 @@ impl MergeTree {
     pub fn describe(&mut self, visible: usize) -> Result<(), MergeError> {
         self.visible = visible;
         let types = self.types.as_deref().unwrap_or_default();
+        // Refused before any row is read, so the caller may answer the
+        // statement another way.
+        for k in self.input.keys() {
+            match types.get(k.column + self.shift) {
+                Some(&t) if !crate::key::key_supported(t) => {
+                    return Err(MergeError::unsupported(t, "ORDER BY / GROUP BY"));
+                }
+                _ => {}
+            }
+        }
         if let Some(w) = self.spec.window() {
             WindowRows::check_types(w, types)?;
         }

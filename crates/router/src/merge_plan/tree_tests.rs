@@ -242,6 +242,19 @@ fn distinct_sums_of_non_integers_are_refused() {
 }
 
 #[test]
+fn a_sort_key_of_a_type_the_merge_cannot_order_is_refused_before_any_row() {
+    // int4[]: the shards order it, the merge cannot compare it.
+    let e = merge(
+        "SELECT x FROM t ORDER BY x",
+        vec![1007, 1007],
+        vec![vec![], vec![]],
+        1 << 20,
+    )
+    .unwrap_err();
+    assert_eq!(e.sqlstate(), "0A000");
+}
+
+#[test]
 fn sorting_more_groups_than_the_budget_fails_with_53400() {
     let r = |yi: i32| row(&[F::Text("y"), F::Text("?"), F::Int8(1), F::Int4(yi)]);
     let e = merge(

@@ -493,6 +493,14 @@ impl Session {
             for (i, part) in parts.iter_mut().enumerate() {
                 run.pump(part, i, &mut self.cout);
             }
+            if let Some(e) = run
+                .row_refusal
+                .take()
+                .filter(|_| !run.failed && !run.stopping)
+            {
+                run.fail_or_refuse(e, parts, &mut self.cout, self.vtx.is_none());
+                continue;
+            }
             if run.streams.iter().any(|s| s.error.is_some()) && !run.failed && !run.stopping {
                 run.fail(parts, &mut self.cout, self.vtx.is_none());
             }
@@ -699,6 +707,9 @@ pub(super) struct Run {
     /// The merge refused the shards' column types before any of the
     /// answer left the proxy (what it wrote was taken back).
     pub(super) refused_types: Option<PgError>,
+    /// A shard row the merge could not take because of its types (`0A000`),
+    /// not yet acted on.
+    row_refusal: Option<PgError>,
     /// Where the answer starts in the client buffer while none of it was
     /// sent; `None` once some may have been.
     pub(super) unsent: Option<usize>,
@@ -738,6 +749,7 @@ impl Run {
             copy_mark: 0,
             capture: None,
             refused_types: None,
+            row_refusal: None,
             unsent: None,
         }
     }
@@ -757,7 +769,12 @@ impl Run {
                         continue;
                     }
                     if let Err(e) = self.tree.push(i, row) {
-                        self.streams[i].error = Some(encode_error(&merge_error(e)));
+                        let e = merge_error(e);
+                        if e.code.as_str() == "0A000" {
+                            self.row_refusal.get_or_insert(e);
+                        } else {
+                            self.streams[i].error = Some(encode_error(&e));
+                        }
                     }
                 }
                 Step::Described(d) => {
