@@ -43,6 +43,7 @@ const SCENARIOS: &[&str] = &[
     "cross_shard_read",
     "client_killed",
     "backend_terminated",
+    "multi_statement",
 ];
 
 /// The topologies, in table order.

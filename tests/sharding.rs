@@ -656,3 +656,116 @@ async fn asyncpg_on_sharded_tables_with_replicas() {
     let out = run_client_script("asyncpg_client.py", vec![dsn]).await;
     assert!(out.contains("ok"), "asyncpg on sharded tables: {out}");
 }
+
+/// Rows of `users` with `filter` on each shard's primary, read directly.
+fn users_per_shard(c: &Cluster, filter: &str) -> Vec<String> {
+    c.shards()
+        .iter()
+        .map(|s| {
+            s.primary
+                .psql(
+                    "app",
+                    &format!("SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM users WHERE {filter}"),
+                )
+                .unwrap()
+        })
+        .collect()
+}
+
+/// The rows of `keys` as the shard map places them: the ids on each shard.
+fn placed(map: &ShardMap, keys: &[i64]) -> Vec<String> {
+    (0..3)
+        .map(|shard| {
+            keys.iter()
+                .filter(|&&k| shard_of(map, "users", ShardKey::Int(k)) == shard)
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect()
+}
+
+/// A query string whose statements go to different places (DDL on every
+/// shard, rows split by key, an unsharded table on the default shard, a
+/// merged read) runs as Postgres runs one: each statement's answer in
+/// turn, in one transaction, the first error undoing the whole string.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_strings_whose_statements_go_to_different_places() {
+    let (c, proxy, map) = sharded("default_consistency = \"strong\"");
+    let client = connect(&proxy.app()).await;
+    let answer = client
+        .simple_query(
+            "CREATE TABLE ms_local (id int, v text); INSERT INTO ms_local VALUES (1, 'a'), (2, 'b');
+             CREATE TABLE users (id bigint PRIMARY KEY, name text);
+             INSERT INTO users (id, name) VALUES (1, 'one'), (2, 'two'), (3, 'three'), (4, 'four');
+             SELECT count(*) FROM users; SELECT v FROM ms_local ORDER BY id",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e} {:?}", e.as_db_error()));
+    let rows: Vec<&str> = answer
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0),
+            _ => None,
+        })
+        .collect();
+    let counts: Vec<u64> = answer
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::CommandComplete(n) => Some(*n),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rows, ["4", "a", "b"]);
+    assert_eq!(counts, [0, 2, 0, 4, 1, 2]);
+    assert_eq!(users_per_shard(&c, "true"), placed(&map, &[1, 2, 3, 4]));
+
+    // An error stops the string and undoes what it did on every shard.
+    let e = client
+        .simple_query(
+            "INSERT INTO users VALUES (10, 'x'), (11, 'y'), (12, 'z'), (13, 'w');
+             INSERT INTO ms_local VALUES (3, 'c'); SELECT 1 / 0; INSERT INTO users VALUES (14, 'v')",
+        )
+        .await
+        .expect_err("division by zero");
+    assert_eq!(sqlstate(&e).as_deref(), Some("22012"), "{e:?}");
+    assert_eq!(users_per_shard(&c, "id >= 10"), ["", "", ""]);
+    assert_eq!(
+        one_value(&client, "SELECT count(*) FROM ms_local").await,
+        "2"
+    );
+
+    // A string with its own transaction commits it on every shard.
+    client
+        .batch_execute(
+            "BEGIN; INSERT INTO users VALUES (20, 'a'), (21, 'b'), (22, 'c'), (23, 'd');
+             INSERT INTO ms_local VALUES (5, 'e'); COMMIT",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e} {:?}", e.as_db_error()));
+    assert_eq!(
+        users_per_shard(&c, "id >= 20"),
+        placed(&map, &[20, 21, 22, 23])
+    );
+    assert_eq!(
+        one_value(&client, "SELECT count(*) FROM ms_local").await,
+        "3"
+    );
+
+    // Inside the client's transaction: part of it, rolled back with it.
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .batch_execute("INSERT INTO users VALUES (30, 'a'), (31, 'b'), (32, 'c'); INSERT INTO ms_local VALUES (6, 'f')")
+        .await
+        .unwrap();
+    assert_eq!(
+        one_value(&client, "SELECT count(*) FROM users WHERE id >= 30").await,
+        "3"
+    );
+    client.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(users_per_shard(&c, "id >= 30"), ["", "", ""]);
+    assert_eq!(
+        one_value(&client, "SELECT count(*) FROM ms_local").await,
+        "3"
+    );
+}

@@ -1165,6 +1165,29 @@ async def s_backend_terminated(ctx):
     check(found == [k1], f"the INSERT after the termination: row {k1} found {len(found)} times on the primaries")
 
 
+async def s_multi_statement(ctx):
+    """Query strings of several statements (conn.execute without arguments:
+    the simple protocol), going to different shards where sharded: each
+    runs; an error in one undoes the whole string."""
+    conn = await ctx.proxy()
+    k = keys(21, 4)
+
+    def ins(*ks):
+        values = ", ".join(f"({x}, 'multi', 'USD', 1)" for x in ks)
+        return f"INSERT INTO accounts (id, owner, currency, balance) VALUES {values}"
+    ctx.step = "a string of three statements"
+    await conn.execute(f"{ins(k[0])}; {ins(k[1], k[2])}; UPDATE accounts SET balance = 5 WHERE id = {k[0]}")
+    ctx.step = "a string failing in its second statement"
+    await expect_error(conn.execute(f"{ins(k[3])}; {ins(k[0])}"), "23505", "the duplicate in the string")
+    check(await conn.fetchval("SELECT 1") == 1, "SELECT 1 after the failed string")
+    ctx.step = "check primaries"
+    await expect_accounts(ctx, 21, {
+        k[0]: (k[0], "multi", "USD", Decimal(5)),
+        k[1]: (k[1], "multi", "USD", Decimal(1)),
+        k[2]: (k[2], "multi", "USD", Decimal(1)),
+    })
+
+
 SCENARIOS = [
     ("autocommit", s_autocommit),
     ("tx_commit", s_tx_commit),
@@ -1186,6 +1209,7 @@ SCENARIOS = [
     ("cross_shard_read", s_cross_shard_read),
     ("client_killed", s_client_killed),
     ("backend_terminated", s_backend_terminated),
+    ("multi_statement", s_multi_statement),
 ]
 
 

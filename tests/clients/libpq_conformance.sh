@@ -35,7 +35,7 @@ SCENARIOS=(
     autocommit tx_commit tx_rollback savepoint error_in_tx prepared_reuse
     batch returning cursor_fetch copy_text copy_csv copy_binary listen_notify
     cancel_timeout types metadata read_your_writes cross_shard_read
-    client_killed backend_terminated
+    client_killed backend_terminated multi_statement
 )
 
 IFS=, read -r -a PRIMARIES <<<"$SG_PRIMARIES"
@@ -1223,6 +1223,29 @@ sc_backend_terminated() {
     expect_equal "output of the 5 statements" "$(printf '%s\n' 'after 1' 'INSERT 0 1' 'after 3' 'UPDATE 1' 'after 5')" "$OUT"
     count_on_primaries "SELECT count(*) FROM accounts WHERE id = $k AND balance = 20"
     expect_equal "the write after the termination, on the primaries" 1 "$OUT"
+}
+
+# 21. multi_statement: query strings of several statements (psql -c sends
+# the whole string as one simple-protocol Query), going to different shards
+# where sharded: each runs; an error in one undoes the whole string.
+sc_multi_statement() {
+    local k=$KB
+    ins() {
+        local v="" x
+        for x in "$@"; do v+="${v:+, }($((k + x)), 'multi', 'USD', 1)"; done
+        echo "INSERT INTO accounts (id, owner, currency, balance) VALUES $v"
+    }
+    step "a string of three statements"
+    run_or_fail "the string of three statements" sg_psql -c "$(ins 0); $(ins 1 2); UPDATE accounts SET balance = 5 WHERE id = $k"
+    step "a string failing in its second statement"
+    if sg_psql -c "$(ins 3); $(ins 0)" >/dev/null 2>"$SCEN_DIR/multi.err" ||
+        ! grep -q 23505 "$SCEN_DIR/multi.err"; then
+        problem "the string with a duplicate: expected SQLSTATE 23505, got: $(error_text "$SCEN_DIR/multi.err")"
+    fi
+    count_on_primaries "SELECT count(*) FROM accounts WHERE id BETWEEN $k AND $((k + 999))"
+    expect_equal "rows of the strings on the primaries" 3 "$OUT"
+    count_on_primaries "SELECT count(*) FROM accounts WHERE id = $k AND balance = 5"
+    expect_equal "the update of the first string on the primaries" 1 "$OUT"
 }
 
 # ---------------------------------------------------------------------------

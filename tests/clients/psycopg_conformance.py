@@ -1274,6 +1274,37 @@ def s_backend_terminated():
     expect_accounts(k, k, [(k, "after terminate", "USD", Decimal(20))])
 
 
+def multi_statement_strings(i):
+    """The two query strings of scenario `multi_statement` (i): one that
+    writes keys 0-2 of i and updates key 0, one that writes key 3 and then
+    fails on key 0 (23505)."""
+    def ins(*ks):
+        values = ", ".join(f"({key(i, k)}, 'multi', 'USD', 1)" for k in ks)
+        return f"INSERT INTO accounts ({ACCOUNT_COLUMNS}) VALUES {values}"
+    good = f"{ins(0)}; {ins(1, 2)}; UPDATE accounts SET balance = 5 WHERE id = {key(i, 0)}"
+    bad = f"{ins(3)}; {ins(0)}"
+    return good, bad
+
+
+def s_multi_statement():
+    """21. Query strings of several statements (no parameters: the simple
+    protocol), going to different shards where sharded: each runs; an error
+    in one undoes the whole string."""
+    good, bad = multi_statement_strings(21)
+    with proxy() as conn:
+        step("a string of three statements")
+        conn.execute(good)
+        step("a string failing in its second statement")
+        expect_error("23505", "the duplicate in the string", lambda: conn.execute(bad))
+        check(conn.execute("SELECT 1").fetchone() == (1,), "SELECT 1 after the failed string")
+    step("check primaries")
+    expect_accounts(key(21, 0), key(21, 999), [
+        (key(21, 0), "multi", "USD", Decimal(5)),
+        (key(21, 1), "multi", "USD", Decimal(1)),
+        (key(21, 2), "multi", "USD", Decimal(1)),
+    ])
+
+
 SCENARIOS = [
     ("autocommit", s_autocommit),
     ("tx_commit", s_tx_commit),
@@ -1295,6 +1326,7 @@ SCENARIOS = [
     ("cross_shard_read", s_cross_shard_read),
     ("client_killed", s_client_killed),
     ("backend_terminated", s_backend_terminated),
+    ("multi_statement", s_multi_statement),
 ]
 
 

@@ -193,7 +193,15 @@ async fn fetch(src: &CatalogSource<'_>, table: &str) -> Result<Vec<String>, PgEr
             &[&table],
         )
         .await
-        .map_err(|e| catalog_error(&what, e))?;
+        .map_err(|e| {
+            let e = catalog_error(&what, e);
+            match e.code.as_str() {
+                "42P01" => e.with_hint(
+                    "shardgate reads a table's columns outside your transaction, so a table created in it is not seen yet: name the columns (INSERT INTO t (a, b) ...), or commit the CREATE TABLE first.",
+                ),
+                _ => e,
+            }
+        })?;
     Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
 }
 

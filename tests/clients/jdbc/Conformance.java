@@ -523,6 +523,7 @@ public class Conformance {
         new Scenario("cross_shard_read", Conformance::crossShardRead),
         new Scenario("client_killed", Conformance::clientKilled),
         new Scenario("backend_terminated", Conformance::backendTerminated),
+        new Scenario("multi_statement", Conformance::multiStatement),
     };
 
     /**
@@ -1802,6 +1803,44 @@ public class Conformance {
             System.out.flush();
             System.exit(1);
         }
+    }
+
+    /**
+     * 21. multi_statement: Statement.execute of strings of several statements (pgjdbc splits
+     * them and sends them in one batch with one Sync), going to different shards where sharded:
+     * each runs; an error in one undoes the whole string.
+     */
+    static String multiStatement(Ctx c) throws Exception {
+        Connection p = c.proxy();
+        List<String> problems = new ArrayList<>();
+        java.util.function.Function<long[], String> ins = ks -> {
+            StringBuilder v = new StringBuilder();
+            for (long k : ks) {
+                v.append(v.length() == 0 ? "" : ", ").append("(").append(c.key((int) k)).append(", 'multi', 'USD', 1)");
+            }
+            return "INSERT INTO accounts (id, owner, currency, balance) VALUES " + v;
+        };
+        c.step("a string of three statements");
+        problems.add(expectOk("the string of three statements", () -> {
+            try (Statement st = p.createStatement()) {
+                st.execute(ins.apply(new long[] {0}) + "; " + ins.apply(new long[] {1, 2})
+                        + "; UPDATE accounts SET balance = 5 WHERE id = " + c.key(0));
+            }
+        }));
+        c.step("a string failing in its second statement");
+        problems.add(expectState("the string with a duplicate", "23505", () -> {
+            try (Statement st = p.createStatement()) {
+                st.execute(ins.apply(new long[] {3}) + "; " + ins.apply(new long[] {0}));
+            }
+        }));
+        problems.add(expectOk("SELECT 1 after the failed string", () -> plainQuery(p, "SELECT 1")));
+        List<List<String>> expected = new ArrayList<>();
+        expected.add(row(c.key(0), "multi", "USD", new BigDecimal("5.00")));
+        expected.add(row(c.key(1), "multi", "USD", new BigDecimal("1.00")));
+        expected.add(row(c.key(2), "multi", "USD", new BigDecimal("1.00")));
+        problems.add(diff("accounts on the primaries", expected, accountsOnPrimaries(c)));
+        check(problems);
+        return "";
     }
 
     /**

@@ -1171,6 +1171,21 @@ scenario('backend_terminated', async (ctx) => {
   await checkAccounts(ctx, 'the write after the termination', ...range(i), [Object.assign({}, a, { balance: '9.99' })])
 })
 
+scenario('multi_statement', async (ctx) => {
+  // client.query() without values: one simple-protocol Query message.
+  const i = 21
+  const ins = (...ks) => `INSERT INTO accounts (id, owner, currency, balance) VALUES ${ks.map((k) => `(${key(i, k)}, 'multi', 'USD', 1)`).join(', ')}`
+  const c = await ctx.proxy()
+  ctx.at = 'a string of three statements'
+  await c.query(`${ins(0)}; ${ins(1, 2)}; UPDATE accounts SET balance = 5 WHERE id = ${key(i, 0)}`)
+  ctx.at = 'a string failing in its second statement'
+  await expectError('the duplicate in the string', '23505', c.query(`${ins(3)}; ${ins(0)}`))
+  const one = await c.query('SELECT 1 AS one')
+  if (!isDeepStrictEqual(one.rows, [{ one: 1 }])) throw new Fail(`SELECT 1 after the failed string gave ${JSON.stringify(one.rows)}`)
+  const row = (k, balance) => ({ id: key(i, k), owner: 'multi', currency: 'USD', balance })
+  await checkAccounts(ctx, 'the strings', ...range(i), [row(0, '5.00'), row(1, '1.00'), row(2, '1.00')])
+})
+
 // ================================================================ main
 
 async function runScenario({ name, fn }) {

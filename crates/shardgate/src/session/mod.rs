@@ -19,6 +19,7 @@ mod login;
 mod materialize;
 mod merge;
 mod moving;
+mod multi;
 pub mod probe;
 mod server;
 mod sharded;
@@ -326,6 +327,9 @@ pub struct Session {
     /// Nodes (shard, node index) the current read lost a connection to:
     /// its next attempt passes over them, even before they are banned.
     lost_nodes: Vec<(usize, usize)>,
+    /// A query string run one statement at a time: the client output is
+    /// held until the statement's answer is complete (see `multi`).
+    batch_hold: bool,
     /// The expectation queue of the last released connection, kept so
     /// lending a connection allocates nothing.
     spare_queue: VecDeque<Expect>,
@@ -442,6 +446,7 @@ impl Session {
             retry_attempt: 0,
             held_read: None,
             lost_nodes: Vec::new(),
+            batch_hold: false,
             spare_queue: VecDeque::with_capacity(8),
         }
     }
@@ -790,6 +795,9 @@ impl Session {
     }
 
     async fn flush_client(&mut self) -> Result<(), SessionError> {
+        if self.batch_hold {
+            return Ok(());
+        }
         if let Some(mark) = self.held_read {
             if self.cout.len().saturating_sub(mark) <= RETRY_HOLD_LIMIT {
                 return Ok(());

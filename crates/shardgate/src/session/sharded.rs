@@ -731,6 +731,8 @@ impl Session {
             let plan = self.plan_of(stmt);
             let d = match self.dest_for(stmt, &plan, &hints, None).await {
                 Ok(d) => d,
+                // A later statement may need what an earlier one creates.
+                Err(_) if stmts.len() > 1 => return self.statements_apart(&stmts).await,
                 Err(e) => return self.reply_error(e),
             };
             dest = match (dest, d) {
@@ -739,13 +741,7 @@ impl Session {
                 (Some(Dest::Everywhere(a)), Dest::Everywhere(b)) if a == b => {
                     Some(Dest::Everywhere(a))
                 }
-                _ => return self.reply_error(
-                    PgError::error(
-                        "0A000",
-                        "a query string whose statements go to different shards is not supported",
-                    )
-                    .with_hint("Send the statements one at a time."),
-                ),
+                _ => return self.statements_apart(&stmts).await,
             };
         }
         let want = self.want_sharded(sql);
@@ -827,6 +823,24 @@ impl Session {
                 r
             }
         }
+    }
+
+    /// A query string whose statements go to different places: run one at
+    /// a time ([`Session::run_one_by_one`]); COPY among them is refused.
+    async fn statements_apart(&mut self, stmts: &[&str]) -> Result<(), SessionError> {
+        let copies = stmts
+            .iter()
+            .any(|s| first_keyword(s).is_some_and(|k| k.eq_ignore_ascii_case("copy")));
+        if copies {
+            return self.reply_error(
+                PgError::error(
+                    "0A000",
+                    "COPY in a query string whose statements go to different shards is not supported",
+                )
+                .with_hint("Send the COPY by itself."),
+            );
+        }
+        self.run_one_by_one(stmts).await
     }
 
     pub(super) fn is_write(&self, sql: &str) -> bool {
