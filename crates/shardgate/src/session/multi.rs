@@ -39,6 +39,11 @@ impl Session {
             Box::pin(self.on_query_sharded(&msg, stmt)).await?;
             // A statement for one shard was forwarded: its answer is relayed here.
             self.drain_current().await?;
+            // A read whose node failed before answering runs again now.
+            while let Some(retry) = self.pending_retry.take() {
+                Box::pin(self.retry_read(retry)).await?;
+                self.drain_current().await?;
+            }
             failed = take_ready(&mut self.cout, mark);
             // The statement's answer is complete: the client may have it.
             self.batch_hold = false;
