@@ -752,6 +752,18 @@ async fn query_strings_whose_statements_go_to_different_places() {
         "3"
     );
 
+    // A COMMIT in the string ends its implicit block (with Postgres's
+    // warning); the error after it undoes only what followed.
+    let e = client
+        .simple_query(
+            "INSERT INTO users VALUES (40, 'a'), (41, 'b'), (42, 'c'); COMMIT;
+             INSERT INTO users VALUES (43, 'd'), (44, 'e'), (45, 'f'); SELECT 1 / 0",
+        )
+        .await
+        .expect_err("division by zero");
+    assert_eq!(sqlstate(&e).as_deref(), Some("22012"), "{e:?}");
+    assert_eq!(users_per_shard(&c, "id >= 40"), placed(&map, &[40, 41, 42]));
+
     // Inside the client's transaction: part of it, rolled back with it.
     client.batch_execute("BEGIN").await.unwrap();
     client
@@ -759,11 +771,15 @@ async fn query_strings_whose_statements_go_to_different_places() {
         .await
         .unwrap();
     assert_eq!(
-        one_value(&client, "SELECT count(*) FROM users WHERE id >= 30").await,
+        one_value(
+            &client,
+            "SELECT count(*) FROM users WHERE id BETWEEN 30 AND 39"
+        )
+        .await,
         "3"
     );
     client.batch_execute("ROLLBACK").await.unwrap();
-    assert_eq!(users_per_shard(&c, "id >= 30"), ["", "", ""]);
+    assert_eq!(users_per_shard(&c, "id BETWEEN 30 AND 39"), ["", "", ""]);
     assert_eq!(
         one_value(&client, "SELECT count(*) FROM ms_local").await,
         "3"

@@ -1,38 +1,38 @@
 //! A simple-protocol query string whose statements go to different places
 //! (`CREATE TABLE t (...); INSERT INTO t ...` on a sharded cluster): run
-//! one statement at a time, inside one transaction unless the string
-//! controls its own, as Postgres runs a query string: each statement's
-//! answer in turn, the first error stops the rest and undoes the earlier
-//! ones, one ReadyForQuery at the end.
+//! one statement at a time as Postgres runs a query string: outside a
+//! transaction its statements share an implicit transaction block (a
+//! `COMMIT` or `ROLLBACK` in the string ends it with a warning, a `BEGIN`
+//! makes it the client's), each statement's answer goes out in turn, the
+//! first error stops the rest and undoes the implicit block, and one
+//! ReadyForQuery ends the string.
 
 use bytes::BytesMut;
 use shardgate_protocol::backend::{self, tag as btag};
 use shardgate_protocol::frontend;
 
-use super::sharded::tx_control;
+use super::sharded::{tx_control, TxControl};
 use super::{Session, SessionError};
 
 impl Session {
     /// Runs `stmts` (one query string, more than one statement) one at a
     /// time; see the module documentation.
     pub(super) async fn run_one_by_one(&mut self, stmts: &[&str]) -> Result<(), SessionError> {
-        let implicit = self.vtx.is_none() && stmts.iter().all(|s| tx_control(s).is_none());
         self.flush_client().await?;
         self.batch_hold = true;
-        let r = self.run_statements(stmts, implicit).await;
+        let r = self.run_statements(stmts).await;
         self.batch_hold = false;
         r?;
         backend::ready_for_query(self.client_status(), &mut self.cout);
         self.flush_client().await
     }
 
-    async fn run_statements(&mut self, stmts: &[&str], implicit: bool) -> Result<(), SessionError> {
-        if implicit {
-            // Its CommandComplete and ReadyForQuery are not the client's.
-            self.begin_virtual("BEGIN", &mut BytesMut::new());
-        }
+    async fn run_statements(&mut self, stmts: &[&str]) -> Result<(), SessionError> {
         let mut failed = false;
         for stmt in stmts {
+            if self.enter_statement(tx_control(stmt)) {
+                continue;
+            }
             let mark = self.cout.len();
             let mut msg = BytesMut::new();
             frontend::encode_query(stmt, &mut msg);
@@ -53,13 +53,51 @@ impl Session {
                 break;
             }
         }
-        if implicit {
+        if self.vtx.as_ref().is_some_and(|v| v.implicit) {
             let mark = self.cout.len();
             self.end_virtual(!failed, true).await?;
-            // The client sees COMMIT's errors, not its CommandComplete.
+            // The client sees the end's errors, not its ReadyForQuery.
             keep_errors(&mut self.cout, mark);
         }
         Ok(())
+    }
+
+    /// Before statement `tc` (its transaction control, if any) of a string:
+    /// opens the string's implicit block when no transaction is open, and
+    /// handles a `BEGIN` inside that block (it becomes the client's) by
+    /// itself, returning true. A `COMMIT` or `ROLLBACK` in the block ends
+    /// it as the client's would, after Postgres's warning.
+    fn enter_statement(&mut self, tc: Option<TxControl>) -> bool {
+        let in_block = self.vtx.as_ref().is_some_and(|v| v.implicit);
+        match tc {
+            None if self.vtx.is_none() => {
+                // Its CommandComplete and ReadyForQuery are not the client's.
+                self.begin_virtual("BEGIN", &mut BytesMut::new());
+                if let Some(v) = self.vtx.as_mut() {
+                    v.implicit = true;
+                }
+                false
+            }
+            Some(TxControl::Begin) if in_block => {
+                if let Some(v) = self.vtx.as_mut() {
+                    v.implicit = false;
+                }
+                backend::command_complete("BEGIN", &mut self.cout);
+                true
+            }
+            Some(TxControl::End(_)) if in_block => {
+                backend::warning(
+                    "25P01",
+                    "there is no transaction in progress",
+                    &mut self.cout,
+                );
+                if let Some(v) = self.vtx.as_mut() {
+                    v.implicit = false;
+                }
+                false
+            }
+            _ => false,
+        }
     }
 }
 
