@@ -785,23 +785,13 @@ fn split_rows(msgs: &[u8], ready: &mut VecDeque<BytesMut>) {
 /// (the client's codes: none, one for all, or one per column).
 pub(super) fn with_formats(desc: &[u8], formats: &[i16]) -> BytesMut {
     let mut out = BytesMut::from(desc);
-    if out.len() < 7 {
-        return out;
-    }
-    let count = i16::from_be_bytes([out[5], out[6]]).max(0) as usize;
-    let mut pos = 7;
-    for j in 0..count {
-        let Some(end) = out[pos..].iter().position(|&b| b == 0) else {
-            break;
-        };
-        // Name, NUL, table oid, attribute, type oid, size, modifier, format.
-        let format_at = pos + end + 1 + 4 + 2 + 4 + 2 + 4;
-        if format_at + 2 > out.len() {
-            break;
-        }
+    let ends: Vec<usize> = match shardgate_merge::row::RowDescription::parse(desc) {
+        Some(d) => d.columns().iter().map(|c| c.end).collect(),
+        None => return out,
+    };
+    for (j, end) in ends.into_iter().enumerate() {
         let f = shardgate_merge::ops::format_of(formats, j);
-        out[format_at..format_at + 2].copy_from_slice(&f.to_be_bytes());
-        pos = format_at + 2;
+        out[end - 2..end].copy_from_slice(&f.to_be_bytes());
     }
     out
 }

@@ -647,21 +647,8 @@ fn row_owner<'a>(si: &StreamInsert, body: &'a [u8]) -> Result<(usize, Fields<'a>
 
 /// The values of a DataRow body (`None` for NULL); `None` if malformed.
 pub(super) fn data_row_fields(body: &[u8]) -> Option<Fields<'_>> {
-    let n = u16::from_be_bytes([*body.first()?, *body.get(1)?]) as usize;
-    let mut pos = 2;
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        let len = i32::from_be_bytes(body.get(pos..pos + 4)?.try_into().ok()?);
-        pos += 4;
-        if len < 0 {
-            out.push(None);
-        } else {
-            let end = pos + len as usize;
-            out.push(Some(body.get(pos..end)?));
-            pos = end;
-        }
-    }
-    Some(out)
+    let row = shardgate_merge::row::DataRow::parse_body(body).ok()?;
+    Some(row.fields().collect())
 }
 
 /// Writes each owner's buffered rows with one COPY (or one INSERT ending

@@ -593,18 +593,13 @@ fn column_arrays(c: &Captured) -> Result<(Vec<String>, Appended), PgError> {
 
 /// Name and type OID of each column of a RowDescription.
 fn describe_columns(msg: &[u8]) -> Option<Vec<(String, u32)>> {
-    let n = i16::from_be_bytes(msg.get(5..7)?.try_into().ok()?);
-    let mut pos = 7;
-    let mut out = Vec::with_capacity(n.max(0) as usize);
-    for _ in 0..n {
-        let nul = msg.get(pos..)?.iter().position(|c| *c == 0)?;
-        let name = String::from_utf8_lossy(&msg[pos..pos + nul]).into_owned();
-        pos += nul + 1;
-        let rest = msg.get(pos..pos + 18)?;
-        out.push((name, u32::from_be_bytes(rest[6..10].try_into().ok()?)));
-        pos += 18;
-    }
-    Some(out)
+    let d = shardgate_merge::row::RowDescription::parse(msg)?;
+    let columns = d.columns().iter();
+    Some(
+        columns
+            .map(|c| (d.name(c).into_owned(), c.type_oid))
+            .collect(),
+    )
 }
 
 /// The array type of a built-in element type.

@@ -1093,20 +1093,6 @@ fn encode_execute_all(out: &mut BytesMut) {
 
 /// Field types of a RowDescription and the end offset of each field.
 pub(super) fn parse_row_description(msg: &[u8]) -> Result<(Vec<u32>, Vec<usize>), ()> {
-    let n = i16::from_be_bytes(msg.get(5..7).ok_or(())?.try_into().map_err(|_| ())?);
-    let mut pos = 7;
-    let mut types = Vec::with_capacity(n.max(0) as usize);
-    let mut ends = Vec::with_capacity(n.max(0) as usize);
-    for _ in 0..n {
-        let nul = msg
-            .get(pos..)
-            .and_then(|b| b.iter().position(|c| *c == 0))
-            .ok_or(())?;
-        pos += nul + 1;
-        let rest = msg.get(pos..pos + 18).ok_or(())?;
-        types.push(u32::from_be_bytes(rest[6..10].try_into().map_err(|_| ())?));
-        pos += 18;
-        ends.push(pos);
-    }
-    Ok((types, ends))
+    let d = shardgate_merge::row::RowDescription::parse(msg).ok_or(())?;
+    Ok(d.columns().iter().map(|c| (c.type_oid, c.end)).unzip())
 }
