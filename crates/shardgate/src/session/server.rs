@@ -485,24 +485,28 @@ impl Session {
 
     /// Returns the server connection to its pool when the transaction is over.
     pub(super) fn maybe_release(&mut self) {
+        let idle = self.backend.as_ref().is_some_and(|b| {
+            b.ex.idle() && self.sout.is_empty() && b.conn.read_buf.is_empty()
+        });
+        if idle {
+            // The read (if any) is answered: the next one starts afresh.
+            self.retry_attempt = 0;
+            self.lost_nodes.clear();
+        }
         if self.mode != PoolMode::Transaction || self.vtx.is_some() {
             return;
         }
-        if let Some(b) = &self.backend {
-            if b.ex.idle() && self.sout.is_empty() && b.conn.read_buf.is_empty() {
-                self.retry_attempt = 0;
-                self.lost_nodes.clear();
-                if let Some(mut b) = self.backend.take() {
-                    // A large answer grew it: pooled connections keep little.
-                    crate::memory::shrink_if_idle(&mut b.conn.read_buf);
-                    self.spare_queue = std::mem::take(&mut b.ex.expect);
-                }
-                // Connections kept for a finished multi-shard transaction go too.
-                self.parked
-                    .retain(|p| !(p.ex.idle() && p.conn.read_buf.is_empty()));
-                if self.parked.is_empty() {
-                    self.cancel.slot.clear();
-                }
+        if idle {
+            if let Some(mut b) = self.backend.take() {
+                // A large answer grew it: pooled connections keep little.
+                crate::memory::shrink_if_idle(&mut b.conn.read_buf);
+                self.spare_queue = std::mem::take(&mut b.ex.expect);
+            }
+            // Connections kept for a finished multi-shard transaction go too.
+            self.parked
+                .retain(|p| !(p.ex.idle() && p.conn.read_buf.is_empty()));
+            if self.parked.is_empty() {
+                self.cancel.slot.clear();
             }
         }
     }
