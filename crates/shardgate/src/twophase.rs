@@ -27,10 +27,16 @@ use rand::RngExt;
 /// Prefix of every global transaction id shardgate creates.
 pub const GID_PREFIX: &str = "shardgate_";
 
+/// Log size past which it is rewritten with only what recovery still
+/// needs (the owner and the unfinished decisions).
+const COMPACT_AT: u64 = 8 << 20;
+
 /// The decision log and the id source of this proxy instance.
 pub struct Coordinator {
     path: PathBuf,
-    file: Mutex<File>,
+    log: Mutex<Log>,
+    /// Size past which the log is compacted.
+    compact_at: u64,
     /// This proxy's owner id (from the log).
     owner: String,
     /// This run.
@@ -40,6 +46,39 @@ pub struct Coordinator {
     commits: AtomicU64,
     /// In-doubt transactions finished by recovery.
     recovered: AtomicU64,
+}
+
+/// The open log file and what it says.
+struct Log {
+    file: File,
+    /// Bytes in the file.
+    size: u64,
+    /// Commit decisions not yet finished everywhere (the file's `commit`
+    /// lines without their `done`).
+    pending: HashSet<String>,
+}
+
+/// The owner and the unfinished decisions of the log at `path` (nothing
+/// when it does not exist).
+fn read_log(path: &Path) -> (Option<String>, HashSet<String>) {
+    let Ok(f) = File::open(path) else {
+        return (None, HashSet::new());
+    };
+    let mut owner = None;
+    let mut pending = HashSet::new();
+    for line in BufReader::new(f).lines().map_while(Result::ok) {
+        match line.split_once(' ') {
+            Some(("owner", o)) if owner.is_none() => owner = Some(o.to_owned()),
+            Some(("commit", gid)) => {
+                pending.insert(gid.to_owned());
+            }
+            Some(("done", gid)) => {
+                pending.remove(gid);
+            }
+            _ => {}
+        }
+    }
+    (owner, pending)
 }
 
 /// A global id shardgate's two-phase commit wrote.
@@ -85,16 +124,16 @@ pub struct LogError {
 impl Coordinator {
     /// Opens (creating) the decision log.
     pub fn open(path: &Path) -> Result<Coordinator, LogError> {
+        Coordinator::open_compacting_at(path, COMPACT_AT)
+    }
+
+    /// [`Coordinator::open`], compacting the log past `compact_at` bytes.
+    fn open_compacting_at(path: &Path, compact_at: u64) -> Result<Coordinator, LogError> {
         let err = |source| LogError {
             path: path.display().to_string(),
             source,
         };
-        let owner = File::open(path).ok().and_then(|f| {
-            BufReader::new(f)
-                .lines()
-                .map_while(Result::ok)
-                .find_map(|l| l.strip_prefix("owner ").map(str::to_owned))
-        });
+        let (owner, pending) = read_log(path);
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -110,9 +149,15 @@ impl Coordinator {
                 o
             }
         };
+        let size = file.metadata().map_err(err)?.len();
         Ok(Coordinator {
             path: path.to_owned(),
-            file: Mutex::new(file),
+            log: Mutex::new(Log {
+                file,
+                size,
+                pending,
+            }),
+            compact_at,
             owner,
             run: format!("{:x}", rand::rng().random::<u32>()),
             next: AtomicU64::new(1),
@@ -142,22 +187,23 @@ impl Coordinator {
         }
     }
 
-    fn append(&self, line: &str, sync: bool) -> Result<(), LogError> {
-        let mut f = self.file.lock().expect("2pc log lock");
-        let err = |source| LogError {
-            path: self.path.display().to_string(),
-            source,
-        };
-        f.write_all(line.as_bytes()).map_err(err)?;
-        if sync {
-            f.sync_data().map_err(err)?;
-        }
-        Ok(())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Log> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Records, durably, that `gid` commits.
     pub fn decide_commit(&self, gid: &str) -> Result<(), LogError> {
-        self.append(&format!("commit {gid}\n"), true)?;
+        let err = |source| LogError {
+            path: self.path.display().to_string(),
+            source,
+        };
+        let line = format!("commit {gid}\n");
+        let mut log = self.lock();
+        log.file.write_all(line.as_bytes()).map_err(err)?;
+        log.file.sync_data().map_err(err)?;
+        log.size += line.len() as u64;
+        log.pending.insert(gid.to_owned());
+        drop(log);
         self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -172,31 +218,57 @@ impl Coordinator {
         self.recovered.load(Ordering::Relaxed)
     }
 
-    /// Notes that every participant of `gid` finished.
+    /// Notes that every participant of `gid` finished. A log grown past
+    /// its limit is then compacted.
     pub fn finished(&self, gid: &str) {
-        if let Err(e) = self.append(&format!("done {gid}\n"), false) {
-            tracing::warn!(error = %e, "two-phase commit log");
+        let line = format!("done {gid}\n");
+        let mut log = self.lock();
+        if let Err(e) = log.file.write_all(line.as_bytes()) {
+            tracing::warn!(error = %e, path = %self.path.display(), "two-phase commit log");
+            return;
         }
+        log.size += line.len() as u64;
+        log.pending.remove(gid);
+        if log.size > self.compact_at {
+            if let Err(e) = self.compact(&mut log) {
+                tracing::warn!(error = %e, path = %self.path.display(), "cannot compact the two-phase commit log; it keeps growing");
+            }
+        }
+    }
+
+    /// Rewrites the log with only the owner and the unfinished decisions:
+    /// written to a new file and synced, then renamed over the log, so a
+    /// crash at any point leaves one complete log.
+    fn compact(&self, log: &mut Log) -> std::io::Result<()> {
+        let mut text = format!("owner {}\n", self.owner);
+        for gid in &log.pending {
+            text.push_str(&format!("commit {gid}\n"));
+        }
+        let mut tmp = self.path.clone().into_os_string();
+        tmp.push(".compacting");
+        let tmp = PathBuf::from(tmp);
+        let mut file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&tmp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &self.path)?;
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        File::open(dir)?.sync_all()?;
+        log.file = OpenOptions::new().append(true).open(&self.path)?;
+        log.size = text.len() as u64;
+        tracing::info!(path = %self.path.display(), unfinished = log.pending.len(), "two-phase commit log compacted");
+        Ok(())
     }
 
     /// Global ids whose commit was decided and not yet finished everywhere.
     pub fn decided(&self) -> HashSet<String> {
-        let Ok(f) = File::open(&self.path) else {
-            return HashSet::new();
-        };
-        let mut decided = HashSet::new();
-        for line in BufReader::new(f).lines().map_while(Result::ok) {
-            match line.split_once(' ') {
-                Some(("commit", gid)) => {
-                    decided.insert(gid.to_owned());
-                }
-                Some(("done", gid)) => {
-                    decided.remove(gid);
-                }
-                _ => {}
-            }
-        }
-        decided
+        self.lock().pending.clone()
     }
 }
 
@@ -437,6 +509,32 @@ mod gid_tests {
         assert!(!again.recovers("shardgate_move_12_0"), "a move's");
         assert!(!again.recovers("someone_else_1"));
         assert!(again.recovers("shardgate_1f2e_7"), "the older form");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_compacted_log_keeps_the_owner_and_the_unfinished_decisions() {
+        let dir = std::env::temp_dir().join(format!("sg-2pc-compact-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("decisions.log");
+        let _ = std::fs::remove_file(&path);
+        let c = Coordinator::open_compacting_at(&path, 4096).expect("opens");
+        let mut unfinished = HashSet::new();
+        for i in 0..500 {
+            let gid = c.next_gid();
+            c.decide_commit(&gid).expect("decides");
+            if i % 100 == 7 {
+                unfinished.insert(gid);
+            } else {
+                c.finished(&gid);
+            }
+        }
+        let size = std::fs::metadata(&path).expect("log").len();
+        assert!(size < 8192, "compacted: {size} bytes");
+        assert_eq!(c.decided(), unfinished);
+        let again = Coordinator::open(&path).expect("opens again");
+        assert_eq!(again.owner, c.owner);
+        assert_eq!(again.decided(), unfinished, "what recovery reads");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

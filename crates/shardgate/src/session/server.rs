@@ -485,9 +485,10 @@ impl Session {
 
     /// Returns the server connection to its pool when the transaction is over.
     pub(super) fn maybe_release(&mut self) {
-        let idle = self.backend.as_ref().is_some_and(|b| {
-            b.ex.idle() && self.sout.is_empty() && b.conn.read_buf.is_empty()
-        });
+        let idle = self
+            .backend
+            .as_ref()
+            .is_some_and(|b| b.ex.idle() && self.sout.is_empty() && b.conn.read_buf.is_empty());
         if idle {
             // The read (if any) is answered: the next one starts afresh.
             self.retry_attempt = 0;
