@@ -720,6 +720,26 @@ async fn query_strings_whose_statements_go_to_different_places() {
     assert_eq!(counts, [0, 2, 0, 4, 1, 2]);
     assert_eq!(users_per_shard(&c, "true"), placed(&map, &[1, 2, 3, 4]));
 
+    // Answers larger than the proxy's buffers stream through: a 300 kB
+    // value from one shard (relayed in pieces), then 2,000 merged rows.
+    let answer = client
+        .simple_query(
+            "SELECT repeat('x', 300000) FROM ms_local WHERE id = 1;
+             SELECT u.id, g, repeat('y', 500) FROM users u, generate_series(1, 500) g ORDER BY u.id, g",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e} {:?}", e.as_db_error()));
+    let rows: Vec<&tokio_postgres::SimpleQueryRow> = answer
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rows.len(), 1 + 2000);
+    assert_eq!(rows[0].get(0).map(str::len), Some(300_000));
+    assert_eq!(rows[2000].get(0), Some("4"));
+
     // An error stops the string and undoes what it did on every shard.
     let e = client
         .simple_query(

@@ -327,9 +327,10 @@ pub struct Session {
     /// Nodes (shard, node index) the current read lost a connection to:
     /// its next attempt passes over them, even before they are banned.
     lost_nodes: Vec<(usize, usize)>,
-    /// A query string run one statement at a time: the client output is
-    /// held until the statement's answer is complete (see `multi`).
-    batch_hold: bool,
+    /// A query string run one statement at a time: its statements'
+    /// ReadyForQuery messages are taken out of the client output (see
+    /// `multi`).
+    batch: Option<Box<multi::Batch>>,
     /// The expectation queue of the last released connection, kept so
     /// lending a connection allocates nothing.
     spare_queue: VecDeque<Expect>,
@@ -446,7 +447,7 @@ impl Session {
             retry_attempt: 0,
             held_read: None,
             lost_nodes: Vec::new(),
-            batch_hold: false,
+            batch: None,
             spare_queue: VecDeque::with_capacity(8),
         }
     }
@@ -795,9 +796,6 @@ impl Session {
     }
 
     async fn flush_client(&mut self) -> Result<(), SessionError> {
-        if self.batch_hold {
-            return Ok(());
-        }
         if let Some(mark) = self.held_read {
             if self.cout.len().saturating_sub(mark) <= RETRY_HOLD_LIMIT {
                 return Ok(());
@@ -806,6 +804,12 @@ impl Session {
             self.held_read = None;
         }
         if !self.cout.is_empty() && !self.holding_answer() {
+            if let Some(batch) = self.batch.as_deref_mut() {
+                let ready = batch.pass(&mut self.cout);
+                self.client.send_all(&self.cout[..ready]).await?;
+                bytes::Buf::advance(&mut self.cout, ready);
+                return Ok(());
+            }
             self.client.send_all(&self.cout).await?;
             self.cout.clear();
             if self.cout.capacity() > RETRY_HOLD_LIMIT {

@@ -14,14 +14,59 @@ use shardgate_protocol::frontend;
 use super::sharded::{tx_control, TxControl};
 use super::{Session, SessionError};
 
+/// The client output of a query string run one statement at a time: it
+/// streams as usual, minus each statement's ReadyForQuery.
+#[derive(Debug, Default)]
+pub(super) struct Batch {
+    /// Bytes at the start of the output that end a message partly sent.
+    partial: usize,
+    /// An ErrorResponse went by since the last statement began.
+    failed: bool,
+}
+
+impl Batch {
+    /// Takes the ReadyForQuery messages out of `out` (which starts at a
+    /// message boundary, past `partial`) and notes errors; returns how many
+    /// bytes of it may go to the client (all but a message header cut short).
+    pub(super) fn pass(&mut self, out: &mut BytesMut) -> usize {
+        if self.partial >= out.len() {
+            self.partial -= out.len();
+            return out.len();
+        }
+        let mut pos = std::mem::take(&mut self.partial);
+        while pos + 5 <= out.len() {
+            let len = i32::from_be_bytes([out[pos + 1], out[pos + 2], out[pos + 3], out[pos + 4]]);
+            let end = pos + 1 + len.max(4) as usize;
+            match out[pos] {
+                btag::READY_FOR_QUERY if end <= out.len() => {
+                    out.copy_within(end.., pos);
+                    out.truncate(out.len() - (end - pos));
+                    continue;
+                }
+                // Not all here yet: it waits.
+                btag::READY_FOR_QUERY => return pos,
+                btag::ERROR_RESPONSE => self.failed = true,
+                _ => {}
+            }
+            if end > out.len() {
+                // A large message streamed: the rest of it follows later.
+                self.partial = end - out.len();
+                return out.len();
+            }
+            pos = end;
+        }
+        pos
+    }
+}
+
 impl Session {
     /// Runs `stmts` (one query string, more than one statement) one at a
     /// time; see the module documentation.
     pub(super) async fn run_one_by_one(&mut self, stmts: &[&str]) -> Result<(), SessionError> {
         self.flush_client().await?;
-        self.batch_hold = true;
+        self.batch = Some(Box::default());
         let r = self.run_statements(stmts).await;
-        self.batch_hold = false;
+        self.batch = None;
         r?;
         backend::ready_for_query(self.client_status(), &mut self.cout);
         self.flush_client().await
@@ -33,7 +78,6 @@ impl Session {
             if self.enter_statement(tx_control(stmt)) {
                 continue;
             }
-            let mark = self.cout.len();
             let mut msg = BytesMut::new();
             frontend::encode_query(stmt, &mut msg);
             Box::pin(self.on_query_sharded(&msg, stmt)).await?;
@@ -44,22 +88,22 @@ impl Session {
                 Box::pin(self.retry_read(retry)).await?;
                 self.drain_current().await?;
             }
-            failed = take_ready(&mut self.cout, mark);
-            // The statement's answer is complete: the client may have it.
-            self.batch_hold = false;
+            // Its whole answer goes by the filter, which saw any error.
             self.flush_client().await?;
-            self.batch_hold = true;
+            failed = self
+                .batch
+                .as_deref_mut()
+                .is_some_and(|b| std::mem::take(&mut b.failed));
             if failed {
                 break;
             }
         }
         if self.vtx.as_ref().is_some_and(|v| v.implicit) {
-            let mark = self.cout.len();
+            // The implicit block ends without a tag of its own: the client
+            // sees only its errors.
             self.end_virtual(!failed, true).await?;
-            // The client sees the end's errors, not its ReadyForQuery.
-            keep_errors(&mut self.cout, mark);
         }
-        Ok(())
+        self.flush_client().await
     }
 
     /// Before statement `tc` (its transaction control, if any) of a string:
@@ -101,78 +145,59 @@ impl Session {
     }
 }
 
-/// The messages of `out` from `mark` (a message boundary) on: their
-/// starts and type bytes.
-fn messages(out: &[u8], mark: usize) -> Vec<(usize, u8)> {
-    let mut found = Vec::new();
-    let mut pos = mark;
-    while pos + 5 <= out.len() {
-        found.push((pos, out[pos]));
-        let len = i32::from_be_bytes([out[pos + 1], out[pos + 2], out[pos + 3], out[pos + 4]]);
-        pos += 1 + len.max(4) as usize;
-    }
-    found
-}
-
-/// Removes the ReadyForQuery that ends one statement's answer (written
-/// from `mark` on); whether the answer holds an error.
-fn take_ready(out: &mut BytesMut, mark: usize) -> bool {
-    let found = messages(out, mark);
-    if let Some(&(at, btag::READY_FOR_QUERY)) = found.last() {
-        out.truncate(at);
-    }
-    found.iter().any(|&(_, t)| t == btag::ERROR_RESPONSE)
-}
-
-/// Keeps only the errors and notices of what was written from `mark` on.
-fn keep_errors(out: &mut BytesMut, mark: usize) {
-    let found = messages(out, mark);
-    let tail = out.split_off(mark);
-    let mut ends = found.iter().map(|&(at, _)| at - mark).skip(1);
-    for &(at, t) in &found {
-        let start = at - mark;
-        let end = ends.next().unwrap_or(tail.len()).min(tail.len());
-        if matches!(t, btag::ERROR_RESPONSE | btag::NOTICE_RESPONSE) {
-            out.extend_from_slice(&tail[start..end]);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use shardgate_protocol::PgError;
 
+    /// The message types in `out`.
+    fn kinds(out: &[u8]) -> Vec<u8> {
+        let mut found = Vec::new();
+        let mut pos = 0;
+        while pos + 5 <= out.len() {
+            found.push(out[pos]);
+            let len = i32::from_be_bytes([out[pos + 1], out[pos + 2], out[pos + 3], out[pos + 4]]);
+            pos += 1 + len as usize;
+        }
+        found
+    }
+
     #[test]
-    fn the_ready_for_query_ending_an_answer_is_taken_off() {
-        let mut out = BytesMut::from(&b"x"[..]);
+    fn ready_for_query_is_taken_out_and_errors_are_noted() {
+        let mut out = BytesMut::new();
         backend::command_complete("INSERT 0 1", &mut out);
         backend::ready_for_query(b'T', &mut out);
-        let mut want = BytesMut::from(&b"x"[..]);
-        backend::command_complete("INSERT 0 1", &mut want);
-        assert!(!take_ready(&mut out, 1));
-        assert_eq!(out, want);
-    }
-
-    #[test]
-    fn an_answer_with_an_error_is_reported_failed() {
-        let mut out = BytesMut::new();
-        PgError::error("42P01", "relation \"t\" does not exist").encode(&mut out);
+        PgError::error("22012", "division by zero").encode(&mut out);
         backend::ready_for_query(b'E', &mut out);
-        assert!(take_ready(&mut out, 0));
-        assert_eq!(messages(&out, 0).len(), 1);
+        let mut batch = Batch::default();
+        let ready = batch.pass(&mut out);
+        assert_eq!(ready, out.len());
+        assert_eq!(kinds(&out), vec![b'C', b'E']);
+        assert!(batch.failed);
     }
 
     #[test]
-    fn only_errors_and_notices_of_a_commit_are_kept() {
-        let mut out = BytesMut::from(&b"ab"[..]);
-        backend::notice("25P01", "there is no transaction in progress", &mut out);
-        backend::command_complete("COMMIT", &mut out);
-        PgError::error("40001", "could not serialize").encode(&mut out);
-        backend::ready_for_query(b'I', &mut out);
-        keep_errors(&mut out, 2);
-        let kinds: Vec<u8> = messages(&out, 2).into_iter().map(|(_, t)| t).collect();
-        assert_eq!(kinds, vec![btag::NOTICE_RESPONSE, btag::ERROR_RESPONSE]);
-        assert_eq!(&out[..2], b"ab");
+    fn a_message_streamed_in_pieces_is_passed_through_whole() {
+        let mut row = BytesMut::new();
+        backend::command_complete("SELECT 1", &mut row);
+        let mut batch = Batch::default();
+        // The first 3 bytes of a message: its header is not complete yet.
+        let mut out = BytesMut::from(&row[..3]);
+        assert_eq!(batch.pass(&mut out), 0);
+        // Its header and part of its body: sent, the rest announced.
+        let mut out = BytesMut::from(&row[..7]);
+        assert_eq!(batch.pass(&mut out), 7);
+        // The rest, then the first byte of a ReadyForQuery header and
+        // then all of it: held back until whole, then taken out.
+        let mut out = BytesMut::from(&row[7..]);
+        let mut ready_msg = BytesMut::new();
+        backend::ready_for_query(b'I', &mut ready_msg);
+        out.extend_from_slice(&ready_msg[..5]);
+        let ready = batch.pass(&mut out);
+        assert_eq!(&out[..ready], &row[7..]);
+        let mut out = BytesMut::from(&ready_msg[..]);
+        assert_eq!(batch.pass(&mut out), 0);
+        assert!(out.is_empty());
+        assert!(!batch.failed);
     }
 }
