@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use shardgate_router::Classifier;
+use shardgate_router::{Classifier, ShardPlan};
 
 use crate::routing::StatementRouting;
 
@@ -26,6 +26,9 @@ pub struct Statement {
     /// transaction can be answered without a server connection.
     validated: std::sync::atomic::AtomicBool,
     routing: std::sync::OnceLock<StatementRouting>,
+    /// Its shard plan (literals resolved) and the shard map version it
+    /// was made for: a statement is planned once, not at every Bind.
+    shard_plan: std::sync::OnceLock<(u64, Arc<ShardPlan>)>,
     /// Its query statistics counters (found once).
     pub stats: std::sync::OnceLock<Arc<crate::stats::queries::QueryStat>>,
 }
@@ -35,6 +38,20 @@ impl Statement {
     pub fn routing(&self, classifier: &Classifier) -> &StatementRouting {
         self.routing
             .get_or_init(|| StatementRouting::of(&self.query, classifier))
+    }
+
+    /// Its shard plan for shard map `version`, made by `plan` the first
+    /// time (and again, uncached, for another version after a reload).
+    pub fn shard_plan(&self, version: u64, plan: impl FnOnce() -> ShardPlan) -> Arc<ShardPlan> {
+        match self.shard_plan.get() {
+            Some((v, p)) if *v == version => p.clone(),
+            Some(_) => Arc::new(plan()),
+            None => self
+                .shard_plan
+                .get_or_init(|| (version, Arc::new(plan())))
+                .1
+                .clone(),
+        }
     }
 
     /// Whether a server has parsed this statement successfully.
@@ -77,6 +94,7 @@ impl StatementRegistry {
             is_set: crate::session::is_set_statement(query),
             validated: Default::default(),
             routing: Default::default(),
+            shard_plan: Default::default(),
             stats: Default::default(),
         });
         map.entry(query.to_owned()).or_default().push(stmt.clone());
@@ -125,5 +143,29 @@ impl ClientStatements {
     /// Forgets every name.
     pub fn clear(&mut self) {
         self.by_name.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_statement_is_planned_once_per_shard_map_version() {
+        let registry = StatementRegistry::default();
+        let stmt = registry.intern("SELECT 1", &[]);
+        let calls = std::cell::Cell::new(0);
+        let plan = || {
+            calls.set(calls.get() + 1);
+            ShardPlan::NoTable
+        };
+        stmt.shard_plan(7, plan);
+        stmt.shard_plan(7, plan);
+        assert_eq!(calls.get(), 1, "planned once for version 7");
+        stmt.shard_plan(8, plan);
+        stmt.shard_plan(8, plan);
+        assert_eq!(calls.get(), 3, "another version is planned every time");
+        assert!(matches!(*stmt.shard_plan(7, plan), ShardPlan::NoTable));
+        assert_eq!(calls.get(), 3);
     }
 }

@@ -861,6 +861,12 @@ impl Session {
             })
     }
 
+    /// The plan of a prepared statement, made once per shard map version.
+    pub(super) fn statement_plan(&self, stmt: &crate::prepared::Statement) -> Arc<ShardPlan> {
+        let sharding = self.snap.sharding.as_ref().expect("sharded session");
+        stmt.shard_plan(sharding.map.version(), || self.plan_of(&stmt.query))
+    }
+
     /// The cached plan of one statement, literals resolved.
     pub(super) fn plan_of(&self, sql: &str) -> ShardPlan {
         let sharding = self.snap.sharding.as_ref().expect("sharded session");
@@ -1107,7 +1113,7 @@ impl Session {
                 return Ok(declared);
             }
         }
-        let plan = self.plan_of(&stmt.query);
+        let plan = self.statement_plan(&stmt);
         let hints = stmt.routing(&self.snap.classifier).hints.clone();
         let dest = match self.dest_for(&stmt.query, &plan, &hints, Some(bind)).await {
             Ok(d) => d,

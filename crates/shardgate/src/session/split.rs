@@ -144,7 +144,7 @@ impl Session {
                     let Some(stmt) = plan.statement(&self.statements, bind.statement) else {
                         return Ok(None);
                     };
-                    let sp = self.plan_of(&stmt.query);
+                    let sp = self.statement_plan(&stmt);
                     let hints = stmt.routing(&self.snap.classifier).hints.clone();
                     let slot = plan.slots.len();
                     match self.dest_for(&stmt.query, &sp, &hints, Some(&bind)).await {
