@@ -462,6 +462,16 @@ impl Session {
             Ok(()) => self.serve().await,
             Err(e) => Err(e),
         };
+        // Boxed too: the end runs once, and its state (returning or closing
+        // server connections, telling the client why) would otherwise stay
+        // part of the task's future all along.
+        Box::pin(self.finish(result)).await
+    }
+
+    /// The session is over with `result`: tells the client why if it must,
+    /// gives back or closes its server connections, closes the client's
+    /// connection; returns `result` as the client was told it.
+    async fn finish(&mut self, result: Result<(), SessionError>) -> Result<(), SessionError> {
         // Ended by the proxy (KILL CLIENT, user removed): the client saw its
         // socket close for reading; it is told why.
         let result = match (self.info.end_reason(), result) {
