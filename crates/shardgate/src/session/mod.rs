@@ -331,7 +331,8 @@ pub struct Session {
     /// held until the statement's answer is complete (see `multi`).
     batch_hold: bool,
     /// The expectation queue of the last released connection, kept so
-    /// lending a connection allocates nothing.
+    /// lending a connection allocates nothing (in the thread's cache while
+    /// the client is idle, with the buffers: see [`Session::wait_idle`]).
     spare_queue: VecDeque<Expect>,
     /// A plain BEGIN may be answered by the proxy and sent with the next
     /// message (`defer_begin`, transaction pooling, not sharded).
@@ -447,7 +448,7 @@ impl Session {
             held_read: None,
             lost_nodes: Vec::new(),
             batch_hold: false,
-            spare_queue: VecDeque::with_capacity(8),
+            spare_queue: VecDeque::with_capacity(crate::memory::QUEUE_CAPACITY),
         }
     }
 
@@ -663,6 +664,7 @@ impl Session {
             && self.cbuf.is_empty()
             && self.cout.is_empty()
             && self.sout.is_empty()
+            && self.spare_queue.is_empty()
             && !self.client.is_tls()
         {
             return self.wait_idle(deadline, why).await;
@@ -711,10 +713,11 @@ impl Session {
     }
 
     /// [`Session::wait`] for a client between statements with nothing
-    /// buffered (plain TCP): the session's buffers go to the thread's cache
-    /// while it waits for the socket to become readable and come back (from
-    /// the cache, so without allocating while clients keep coming) before it
-    /// reads. An idle client thus holds no buffer (docs/ARCHITECTURE.md §1).
+    /// buffered (plain TCP): the session's buffers and spare expectation
+    /// queue go to the thread's cache while it waits for the socket to
+    /// become readable and come back (from the cache, so without allocating
+    /// while clients keep coming) before it reads. An idle client thus holds
+    /// no buffer (docs/ARCHITECTURE.md §1).
     /// Over TLS the session reads as usual: the TLS layer may hold decrypted
     /// bytes the socket's readiness does not show.
     async fn wait_idle(
@@ -727,6 +730,7 @@ impl Session {
             cbuf,
             cout,
             sout,
+            spare_queue,
             shutdown,
             ..
         } = self;
@@ -737,6 +741,7 @@ impl Session {
             input: cbuf,
             output: cout,
             server: sout,
+            queue: spare_queue,
         }
         .park();
         // Readiness first, buffers then: a read that finds nothing after
@@ -748,6 +753,7 @@ impl Session {
                     input: &mut *cbuf,
                     output: &mut *cout,
                     server: &mut *sout,
+                    queue: &mut *spare_queue,
                 }
                 .unpark();
             }
@@ -765,6 +771,7 @@ impl Session {
             input: cbuf,
             output: cout,
             server: sout,
+            queue: spare_queue,
         }
         .unpark();
         event
