@@ -524,7 +524,11 @@ impl Session {
                 Event::Client(Ok(0)) => return Err(ProtocolError::Incomplete.into()),
                 Event::Client(Ok(_)) => {
                     self.enter_input()?;
-                    if self.handle_client_input().await? == Flow::Stop {
+                    // Boxed: handling input (statements, waiting for a
+                    // server connection) is most of this future's size, and
+                    // an idle client would hold it all; allocated per read
+                    // of client input instead.
+                    if Box::pin(self.handle_client_input()).await? == Flow::Stop {
                         return Ok(());
                     }
                 }
