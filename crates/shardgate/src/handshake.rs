@@ -11,7 +11,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::client_io::{fill, ClientStream};
-use crate::clients::NewClient;
+use crate::clients::{NewClient, Registered};
 use crate::routing::{ReadLevel, RoutingState};
 use crate::runtime::Runtime;
 use crate::session::{Session, SessionError, SessionSetup};
@@ -40,6 +40,28 @@ async fn send_fatal(stream: &mut ClientStream, err: &PgError) {
 
 /// Serves one client connection from its first byte to its last.
 pub async fn handle_client(runtime: Arc<Runtime>, socket: TcpStream, peer: SocketAddr) {
+    // Boxed: what comes before the session (login, the startup parameters,
+    // the checks) is done once, and its state would otherwise stay part of
+    // the task's future, which an idle client holds all along.
+    let Some((session, registered)) = Box::pin(start_session(&runtime, socket, peer)).await else {
+        return;
+    };
+    let user_name = &registered.info.user;
+    match session.run().await {
+        Ok(()) => tracing::info!(%peer, user = %user_name, "client disconnected"),
+        Err(e) => log_end(&peer, user_name, &e),
+    }
+}
+
+/// Logs the client in and builds its session, registered with the
+/// runtime's clients until the returned guard drops; `None` when the
+/// connection ended before (the client was told why) or was the admin
+/// console's, served here.
+async fn start_session(
+    runtime: &Arc<Runtime>,
+    socket: TcpStream,
+    peer: SocketAddr,
+) -> Option<(Box<Session>, Registered<'_>)> {
     let _ = socket.set_nodelay(true);
     let snap = runtime.snapshot();
     // A client that is slow or silent before it is logged in holds nothing
@@ -47,13 +69,13 @@ pub async fn handle_client(runtime: Arc<Runtime>, socket: TcpStream, peer: Socke
     let limit = snap.config.proxy.auth_timeout;
     // Boxed: the login's state (TLS handshake, SCRAM) would otherwise stay
     // part of the task's future, which an idle client holds all along.
-    let login = Box::pin(log_in(&runtime, &snap, socket, peer));
+    let login = Box::pin(log_in(runtime, &snap, socket, peer));
     let logged_in = match tokio::time::timeout(limit, login).await {
         Ok(Some(l)) => l,
-        Ok(None) => return,
+        Ok(None) => return None,
         Err(_) => {
             tracing::info!(%peer, timeout_ms = limit.as_millis() as u64, "login not finished within auth_timeout; connection closed");
-            return;
+            return None;
         }
     };
     let LoggedIn {
@@ -75,20 +97,20 @@ pub async fn handle_client(runtime: Arc<Runtime>, socket: TcpStream, peer: Socke
             ),
         )
         .await;
-        return;
+        return None;
     }
     if database == snap.config.proxy.admin_database {
         tracing::info!(%peer, user = %user_name, "admin console connected");
         // Boxed: the console's future is not part of every client's task.
         Box::pin(crate::admin::serve(runtime.clone(), user, stream, buf)).await;
-        return;
+        return None;
     }
     let base = ReadLevel::configured(&snap.config, &user.config);
     let (session_params, routing) = match startup_settings(&params, base) {
         Ok(p) => p,
         Err(e) => {
             send_fatal(&mut stream, &e).await;
-            return;
+            return None;
         }
     };
     let cancel = runtime.cancels.register();
@@ -115,11 +137,7 @@ pub async fn handle_client(runtime: Arc<Runtime>, socket: TcpStream, peer: Socke
         routing,
         cancel,
     }));
-    match session.run().await {
-        Ok(()) => tracing::info!(%peer, user = %user_name, "client disconnected"),
-        Err(e) => log_end(&peer, &user_name, &e),
-    }
-    drop(registered);
+    Some((session, registered))
 }
 
 /// A client past its startup packet and authentication.

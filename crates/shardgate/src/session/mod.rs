@@ -332,7 +332,8 @@ pub struct Session {
     /// `multi`).
     batch: Option<Box<multi::Batch>>,
     /// The expectation queue of the last released connection, kept so
-    /// lending a connection allocates nothing.
+    /// lending a connection allocates nothing (in the thread's cache while
+    /// the client is idle, with the buffers: see [`Session::wait_idle`]).
     spare_queue: VecDeque<Expect>,
     /// A plain BEGIN may be answered by the proxy and sent with the next
     /// message (`defer_begin`, transaction pooling, not sharded).
@@ -448,7 +449,7 @@ impl Session {
             held_read: None,
             lost_nodes: Vec::new(),
             batch: None,
-            spare_queue: VecDeque::with_capacity(8),
+            spare_queue: VecDeque::with_capacity(crate::memory::QUEUE_CAPACITY),
         }
     }
 
@@ -463,6 +464,16 @@ impl Session {
             Ok(()) => self.serve().await,
             Err(e) => Err(e),
         };
+        // Boxed too: the end runs once, and its state (returning or closing
+        // server connections, telling the client why) would otherwise stay
+        // part of the task's future all along.
+        Box::pin(self.finish(result)).await
+    }
+
+    /// The session is over with `result`: tells the client why if it must,
+    /// gives back or closes its server connections, closes the client's
+    /// connection; returns `result` as the client was told it.
+    async fn finish(&mut self, result: Result<(), SessionError>) -> Result<(), SessionError> {
         // Ended by the proxy (KILL CLIENT, user removed): the client saw its
         // socket close for reading; it is told why.
         let result = match (self.info.end_reason(), result) {
@@ -514,7 +525,11 @@ impl Session {
                 Event::Client(Ok(0)) => return Err(ProtocolError::Incomplete.into()),
                 Event::Client(Ok(_)) => {
                     self.enter_input()?;
-                    if self.handle_client_input().await? == Flow::Stop {
+                    // Boxed: handling input (statements, waiting for a
+                    // server connection) is most of this future's size, and
+                    // an idle client would hold it all; allocated per read
+                    // of client input instead.
+                    if Box::pin(self.handle_client_input()).await? == Flow::Stop {
                         return Ok(());
                     }
                 }
@@ -654,6 +669,7 @@ impl Session {
             && self.cbuf.is_empty()
             && self.cout.is_empty()
             && self.sout.is_empty()
+            && self.spare_queue.is_empty()
             && !self.client.is_tls()
         {
             return self.wait_idle(deadline, why).await;
@@ -702,10 +718,11 @@ impl Session {
     }
 
     /// [`Session::wait`] for a client between statements with nothing
-    /// buffered (plain TCP): the session's buffers go to the thread's cache
-    /// while it waits for the socket to become readable and come back (from
-    /// the cache, so without allocating while clients keep coming) before it
-    /// reads. An idle client thus holds no buffer (docs/ARCHITECTURE.md §1).
+    /// buffered (plain TCP): the session's buffers and spare expectation
+    /// queue go to the thread's cache while it waits for the socket to
+    /// become readable and come back (from the cache, so without allocating
+    /// while clients keep coming) before it reads. An idle client thus holds
+    /// no buffer (docs/ARCHITECTURE.md §1).
     /// Over TLS the session reads as usual: the TLS layer may hold decrypted
     /// bytes the socket's readiness does not show.
     async fn wait_idle(
@@ -718,6 +735,7 @@ impl Session {
             cbuf,
             cout,
             sout,
+            spare_queue,
             shutdown,
             ..
         } = self;
@@ -728,6 +746,7 @@ impl Session {
             input: cbuf,
             output: cout,
             server: sout,
+            queue: spare_queue,
         }
         .park();
         // Readiness first, buffers then: a read that finds nothing after
@@ -739,6 +758,7 @@ impl Session {
                     input: &mut *cbuf,
                     output: &mut *cout,
                     server: &mut *sout,
+                    queue: &mut *spare_queue,
                 }
                 .unpark();
             }
@@ -756,6 +776,7 @@ impl Session {
             input: cbuf,
             output: cout,
             server: sout,
+            queue: spare_queue,
         }
         .unpark();
         event
