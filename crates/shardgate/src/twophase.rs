@@ -488,12 +488,18 @@ pub fn failpoint(name: &str) {
 mod gid_tests {
     use super::*;
 
+    /// A fresh directory of this test process, named after `what`.
+    fn scratch_dir(what: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sg-2pc-{what}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        dir
+    }
+
     #[test]
     fn recovery_touches_only_this_proxys_earlier_runs() {
-        let dir = std::env::temp_dir().join(format!("sg-2pc-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
+        let dir = scratch_dir("owners");
         let log = dir.join("a.log");
-        let _ = std::fs::remove_file(&log);
         let first = Coordinator::open(&log).expect("opens");
         let old = first.next_gid();
         let again = Coordinator::open(&log).expect("opens again");
@@ -514,10 +520,8 @@ mod gid_tests {
 
     #[test]
     fn a_compacted_log_keeps_the_owner_and_the_unfinished_decisions() {
-        let dir = std::env::temp_dir().join(format!("sg-2pc-compact-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
+        let dir = scratch_dir("compact");
         let path = dir.join("decisions.log");
-        let _ = std::fs::remove_file(&path);
         let c = Coordinator::open_compacting_at(&path, 4096).expect("opens");
         let mut unfinished = HashSet::new();
         for i in 0..500 {
