@@ -2,10 +2,12 @@
 # Coverage-guided fuzzing with afl (cargo-afl, stable toolchain).
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
+#   FUZZ_EXECS=10000000 scripts/fuzz.sh 0 [TARGET...]
 #
 # Builds the afl driver in fuzz/ (one binary, the target named by its first
 # argument; bodies in crates/fuzz-targets), then runs each target for
-# SECONDS_PER_TARGET (default 10) on one core, one after another, starting
+# SECONDS_PER_TARGET (default 10), or until FUZZ_EXECS executions in all
+# (runs resumed from fuzz/out count theirs), on one core, one after another, starting
 # from fuzz/corpus/<target>/ and resuming fuzz/out/<target>/ when present.
 # Prints execs, crashes and hangs per target from afl's fuzzer_stats and
 # exits 1 if any target has a crash or a hang (inputs under
@@ -43,7 +45,8 @@ for t in "${targets[@]}"; do
   mkdir -p fuzz/out
   # -m: an input that makes the target allocate over 2 GiB is a crash;
   # -t: one that runs over 1 s is a hang.
-  cargo afl fuzz -i "fuzz/corpus/$t" -o "fuzz/out/$t" -V "$secs" -m 2048 -t 1000 \
+  if [ -n "${FUZZ_EXECS:-}" ]; then limit=(-E "$FUZZ_EXECS"); else limit=(-V "$secs"); fi
+  cargo afl fuzz -i "fuzz/corpus/$t" -o "fuzz/out/$t" "${limit[@]}" -m 2048 -t 1000 \
     -- "$bin" "$t" >"fuzz/out/$t.log" 2>&1 || { echo "fuzz: afl failed on $t, see fuzz/out/$t.log" >&2; failed=1; continue; }
   stats="fuzz/out/$t/default/fuzzer_stats"
   stat() { awk -F' *: *' -v k="$1" '$1 == k { print $2 }' "$stats"; }
