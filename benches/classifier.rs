@@ -4,7 +4,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use shardgate_router::Classifier;
+use shardgate_router::{Analyzer, Classifier};
 
 const PGBENCH_SELECT: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = ";
 const SHORT_SELECT: &str = "SELECT 1";
@@ -24,8 +24,8 @@ fn pgbench_selects() -> Vec<String> {
 }
 
 fn bench(c: &mut Criterion) {
-    let cached = Classifier::new(&[], 10_000);
-    let uncached = Classifier::new(&[], 0);
+    let cached = Analyzer::new(Classifier::new(&[]), 10_000);
+    let uncached = Analyzer::new(Classifier::new(&[]), 0);
     let selects = pgbench_selects();
 
     let mut g = c.benchmark_group("classify");
@@ -33,13 +33,13 @@ fn bench(c: &mut Criterion) {
     g.bench_function("pgbench_select/cached", |b| {
         b.iter(|| {
             i = (i + 1) % selects.len();
-            black_box(cached.classify(black_box(&selects[i])))
+            black_box(cached.classify(black_box(&selects[i]), None))
         })
     });
     g.bench_function("pgbench_select/uncached", |b| {
         b.iter(|| {
             i = (i + 1) % selects.len();
-            black_box(uncached.classify(black_box(&selects[i])))
+            black_box(uncached.classify(black_box(&selects[i]), None))
         })
     });
     for (name, sql) in [
@@ -48,10 +48,10 @@ fn bench(c: &mut Criterion) {
         ("three_statements", THREE_STATEMENTS),
     ] {
         g.bench_function(format!("{name}/cached"), |b| {
-            b.iter(|| black_box(cached.classify(black_box(sql))))
+            b.iter(|| black_box(cached.classify(black_box(sql), None)))
         });
         g.bench_function(format!("{name}/uncached"), |b| {
-            b.iter(|| black_box(uncached.classify(black_box(sql))))
+            b.iter(|| black_box(uncached.classify(black_box(sql), None)))
         });
     }
     g.finish();

@@ -1,5 +1,5 @@
 //! Micro-benchmarks of shard-key routing per statement: planning the
-//! statement (`ShardPlanner::plan_cached`: cache hit with varying literals, or
+//! statement (`Analyzer::plan`: cache hit with varying literals, or
 //! a full sqlparser analysis with the cache off), resolving the key values
 //! and looking them up in the shard map (xxhash64 ring, 3 shards x 256
 //! virtual nodes), the same steps a sharded session takes before it picks a
@@ -9,9 +9,8 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use shardgate::config::Config;
-use shardgate_router::shard::{
-    KeyFilter, ShardPlan, ShardPlanner, ShardedTable, TableLookup, ValueSource,
-};
+use shardgate_router::shard::{KeyFilter, ShardPlan, ShardedTable, TableLookup, ValueSource};
+use shardgate_router::{Analyzer, Classifier};
 use shardgate_shardmap::{Function, ShardKey, ShardMap};
 
 /// Three equally weighted shards; hash-sharded tables as in the demo and in
@@ -92,14 +91,14 @@ impl TableLookup for Lookup<'_> {
 /// The shards a statement goes to: plan, resolve literals (and `$n` from
 /// `params`, text format), parse the keys, look them up.
 fn route(
-    planner: &ShardPlanner,
+    planner: &Analyzer,
     map: &ShardMap,
     sql: &str,
     params: &[&str],
     shards: &mut Vec<usize>,
 ) -> usize {
     shards.clear();
-    let (plan, literals) = planner.plan_cached(sql, &Lookup(map));
+    let (plan, literals) = planner.plan(sql, &Lookup(map));
     let (table, values): (&(Option<String>, String), Vec<ValueSource>) = match &*plan {
         ShardPlan::Keyed {
             table,
@@ -153,8 +152,8 @@ fn bench(c: &mut Criterion) {
         .expect("valid config")
         .shard_map()
         .expect("valid shard map");
-    let cached = ShardPlanner::new(10_000);
-    let uncached = ShardPlanner::new(0);
+    let cached = Analyzer::new(Classifier::default(), 10_000);
+    let uncached = Analyzer::new(Classifier::default(), 0);
     let mut shards = Vec::with_capacity(8);
 
     let mut g = c.benchmark_group("shard_route");

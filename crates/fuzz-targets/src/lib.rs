@@ -29,8 +29,7 @@ use shardgate_protocol::frontend::{self, tag, Bind, DescribeOrClose, Execute, Pa
 use shardgate_protocol::startup::StartupPacket;
 use shardgate_protocol::Header;
 use shardgate_router::copy::{parse_copy, CopySplitter};
-use shardgate_router::shard::ShardPlanner;
-use shardgate_router::{Classifier, SessionCommand};
+use shardgate_router::{Analyzer, Classifier, SessionCommand};
 use shardgate_shardmap::ShardMap;
 
 /// A fuzz target: takes any bytes, panics only on a bug.
@@ -278,18 +277,19 @@ pub fn scram(data: &[u8]) {
 }
 
 /// The statement classifier (read or write, and the session effects the
-/// session looks for) over arbitrary SQL text.
+/// session looks for) over arbitrary SQL text, through the analyzer's
+/// cache as a proxy without sharding asks it.
 pub fn classify(data: &[u8]) {
-    static CLASSIFIER: OnceLock<Classifier> = OnceLock::new();
+    static ANALYZER: OnceLock<Analyzer> = OnceLock::new();
     let sql = text(data);
-    let classifier = CLASSIFIER.get_or_init(|| {
+    let analyzer = ANALYZER.get_or_init(|| {
         let r = &fixture_config().routing;
-        Classifier::new(&r.write_functions, r.classifier_cache)
+        Analyzer::new(Classifier::new(&r.write_functions), r.classifier_cache)
     });
-    let cached = classifier.classify(&sql);
+    let cached = analyzer.classify(&sql, None);
     assert_eq!(
         cached,
-        classifier.classify_uncached(&sql),
+        analyzer.classifier().classify(&sql),
         "cache changed the answer"
     );
     let _ = shardgate_router::quick_scan(&sql);
@@ -300,14 +300,19 @@ pub fn classify(data: &[u8]) {
 /// The shard-key planner as a sharded session runs it: SQL text, then
 /// (after a NUL) a Bind body whose parameters are the key values.
 pub fn planner(data: &[u8]) {
-    static PLANNER: OnceLock<ShardPlanner> = OnceLock::new();
+    static ANALYZER: OnceLock<Analyzer> = OnceLock::new();
     let (sql, bind) = split_nul(data);
     let sql = text(sql);
-    let planner = PLANNER.get_or_init(|| ShardPlanner::new(64));
+    let analyzer = ANALYZER.get_or_init(|| Analyzer::new(Classifier::default(), 64));
     let map = fixture_map();
     let bind = Bind::decode(bind).ok();
     let uncached = shardgate_router::plan_shards(&sql, &probe::table_lookup(map));
-    let shards = probe::point_shards(planner, map, &sql, bind.as_ref());
+    let shards = probe::point_shards(analyzer, map, &sql, bind.as_ref());
+    assert_eq!(
+        analyzer.classify(&sql, Some(&probe::table_lookup(map))),
+        analyzer.classifier().classify(&sql),
+        "the shared analysis changed the route"
+    );
     // Control characters other than tab and line ends (`\x0b` between
     // words) are read differently by the planner's lexer and sqlparser;
     // with an unterminated string (no statement) the cached plan was keyed
@@ -329,10 +334,22 @@ pub fn planner(data: &[u8]) {
     }
 }
 
-/// The merge planner for statements over several shards.
+/// The merge planner for statements over several shards: the plan made
+/// from the analysis's cached tree with the text's literals bound in must
+/// be the plan of the text parsed as written.
 pub fn merge_plan(data: &[u8]) {
+    static ANALYZER: OnceLock<Analyzer> = OnceLock::new();
     let sql = text(data);
-    let _ = shardgate_router::merge_plan::plan_merge(&sql, &probe::table_lookup(fixture_map()));
+    let lookup = probe::table_lookup(fixture_map());
+    let analyzer = ANALYZER.get_or_init(|| Analyzer::new(Classifier::default(), 64));
+    let direct = shardgate_router::merge_plan::plan_merge(&sql, &lookup);
+    let bound = analyzer.merge_plan(&sql, &lookup);
+    if let (Ok(direct), Ok(bound)) = (&direct, &bound) {
+        assert_eq!(
+            direct, &**bound,
+            "binding literals changed the merge plan of {sql:?}"
+        );
+    }
 }
 
 /// `/* shardgate: ... */` hint comments.

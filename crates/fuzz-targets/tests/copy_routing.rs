@@ -9,7 +9,7 @@ use shardgate::session::probe;
 use shardgate_fuzz_targets::fixture_map;
 use shardgate_protocol::frontend::Bind;
 use shardgate_router::copy::{parse_copy, CopySplitter};
-use shardgate_router::shard::ShardPlanner;
+use shardgate_router::{Analyzer, Classifier};
 
 /// A table of `fixture.toml` and a strategy for keys it accepts.
 fn table_and_keys() -> impl Strategy<Value = (&'static str, &'static str, bool, Vec<String>)> {
@@ -62,7 +62,7 @@ proptest! {
         chunk in 1usize..64,
     ) {
         let map = fixture_map();
-        let planner = ShardPlanner::new(16);
+        let planner = Analyzer::new(Classifier::default(), 16);
         let (cols, format) = match (key_first, csv) {
             (true, false) => (format!("{column}, note"), ""),
             (false, false) => (format!("note, {column}"), ""),

@@ -23,7 +23,6 @@
 //! The parsed tree is only looked at, never printed: the proxy forwards the
 //! client's original text (docs/ARCHITECTURE.md §10).
 
-use std::cell::RefCell;
 use std::collections::HashSet;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -35,7 +34,6 @@ use sqlparser::ast::{
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
-use crate::cache::GenerationalCache;
 use crate::hints::{mentions_shardgate, parse_hints, HintError, Hints};
 use crate::lexer::{split_statements, Lexer, Token, TokenKind};
 
@@ -100,6 +98,26 @@ pub struct Classification {
 static NO_HINTS: Hints = Hints::EMPTY;
 
 impl Classification {
+    /// The decision for `sql` whose statements have `routes`; `fallback`:
+    /// the lexer decided at least one of them. Reads the hint comments.
+    pub(crate) fn of(sql: &str, routes: &[Route], fallback: bool) -> Classification {
+        let hints = if mentions_shardgate(sql) {
+            match parse_hints(sql) {
+                Ok(h) if h.is_empty() => None,
+                r => Some(Arc::new(r)),
+            }
+        } else {
+            None
+        };
+        Classification {
+            route: combine(routes),
+            statements: routes.len(),
+            changes_session: routes.contains(&Route::Session),
+            fallback,
+            hints,
+        }
+    }
+
     /// The `/* shardgate: ... */` hints of the query string (the same as
     /// [`parse_hints`] on the text, but cached with the decision).
     pub fn hints(&self) -> Result<&Hints, &HintError> {
@@ -197,43 +215,32 @@ const WRITE_KEYWORDS: &[&str] = &[
     "load",
 ];
 
-/// Statements longer than this are classified without the cache (their keys
-/// would be large and they are unlikely to repeat).
-pub const MAX_CACHED_SQL: usize = 8 * 1024;
-
-/// Decides routes for statements, caching decisions by normalised text.
-///
-/// The decision is a pure function of the text and the configured write
-/// functions, so the cache can never return a stale answer.
+/// Decides routes for statements: a pure function of the text and the
+/// configured write functions ([`crate::Analyzer`] caches the decisions).
 pub struct Classifier {
     write_functions: HashSet<Box<str>>,
-    cache: Option<GenerationalCache<Classification>>,
-    cache_capacity: usize,
 }
 
 impl fmt::Debug for Classifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Classifier")
             .field("write_functions", &self.write_functions.len())
-            .field("cache_capacity", &self.cache_capacity)
-            .field("cache_len", &self.cache_len())
             .finish()
     }
 }
 
 impl Default for Classifier {
-    /// No extra write functions and a cache of 10,000 entries.
+    /// No extra write functions.
     fn default() -> Self {
-        Classifier::new(&[], 10_000)
+        Classifier::new(&[])
     }
 }
 
 impl Classifier {
     /// A classifier that also treats `write_functions` (names, ASCII
     /// case-insensitive; a qualified name like `app.f` counts as `f`) as
-    /// writing, with a cache of at most `cache_capacity` decisions (0 turns
-    /// the cache off).
-    pub fn new(write_functions: &[String], cache_capacity: usize) -> Classifier {
+    /// writing.
+    pub fn new(write_functions: &[String]) -> Classifier {
         let write_functions = BUILTIN_WRITE_FUNCTIONS
             .iter()
             .copied()
@@ -244,50 +251,12 @@ impl Classifier {
                 (!last.is_empty()).then(|| last.to_ascii_lowercase().into_boxed_str())
             })
             .collect();
-        Classifier {
-            write_functions,
-            cache: (cache_capacity > 0).then(|| GenerationalCache::new(cache_capacity)),
-            cache_capacity,
-        }
-    }
-
-    /// Number of cached decisions.
-    pub fn cache_len(&self) -> usize {
-        self.cache.as_ref().map_or(0, GenerationalCache::len)
+        Classifier { write_functions }
     }
 
     /// Classifies a query string (one statement, or several separated by
     /// semicolons as the simple query protocol allows). Never panics.
     pub fn classify(&self, sql: &str) -> Classification {
-        let Some(cache) = &self.cache else {
-            return self.classify_uncached(sql);
-        };
-        if sql.len() > MAX_CACHED_SQL {
-            return self.classify_uncached(sql);
-        }
-        KEY_BUF.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut buf) => self.classify_cached(cache, sql, &mut buf),
-            Err(_) => self.classify_cached(cache, sql, &mut String::new()),
-        })
-    }
-
-    fn classify_cached(
-        &self,
-        cache: &GenerationalCache<Classification>,
-        sql: &str,
-        key: &mut String,
-    ) -> Classification {
-        cache_key(sql, key);
-        if let Some(c) = cache.get(key, 0) {
-            return c;
-        }
-        let c = self.classify_uncached(sql);
-        cache.insert(key, c.clone(), 0);
-        c
-    }
-
-    /// Classifies without looking at or filling the cache.
-    pub fn classify_uncached(&self, sql: &str) -> Classification {
         let stmts = split_statements(sql);
         let mut routes = Vec::with_capacity(stmts.len());
         let mut fallback = false;
@@ -296,21 +265,7 @@ impl Classifier {
             routes.push(route);
             fallback |= fb;
         }
-        let hints = if mentions_shardgate(sql) {
-            match parse_hints(sql) {
-                Ok(h) if h.is_empty() => None,
-                r => Some(Arc::new(r)),
-            }
-        } else {
-            None
-        };
-        Classification {
-            route: combine(&routes),
-            statements: stmts.len(),
-            changes_session: routes.contains(&Route::Session),
-            fallback,
-            hints,
-        }
+        Classification::of(sql, &routes, fallback)
     }
 
     /// One statement (no semicolon): its route and whether the lexer fallback decided it.
@@ -323,21 +278,8 @@ impl Classifier {
                 .filter(|t| t.kind != TokenKind::BlockComment)
                 .collect()
         };
-        if self.calls_write_function(&toks) || has_locking_clause(&toks) {
-            return (Route::Write, false);
-        }
-        let first = toks.iter().find(|t| !t.is_punct("("));
-        if let Some(first) = first.filter(|t| t.kind == TokenKind::Word) {
-            if first.is_keyword("prepare") {
-                return if is_prepare_transaction(&toks) {
-                    (Route::TransactionControl, false)
-                } else {
-                    (Route::Write, false)
-                };
-            }
-            if WRITE_KEYWORDS.iter().any(|k| first.is_keyword(k)) {
-                return (Route::Write, false);
-            }
+        if let Some(route) = self.route_by_tokens(&toks) {
+            return (route, false);
         }
         let parsed = if long || too_complex_to_parse(&toks) {
             None
@@ -351,6 +293,30 @@ impl Classifier {
             }
             _ => (fallback_route(&toks), true),
         }
+    }
+
+    /// The route of a statement that its tokens (comments left out) decide
+    /// without parsing: a call of a writing function, a locking clause,
+    /// `PREPARE [TRANSACTION]`, a first keyword that always writes.
+    pub(crate) fn route_by_tokens(&self, toks: &[Token<'_>]) -> Option<Route> {
+        if self.calls_write_function(toks) || has_locking_clause(toks) {
+            return Some(Route::Write);
+        }
+        let first = toks.iter().find(|t| !t.is_punct("("))?;
+        if first.kind != TokenKind::Word {
+            return None;
+        }
+        if first.is_keyword("prepare") {
+            return Some(if is_prepare_transaction(toks) {
+                Route::TransactionControl
+            } else {
+                Route::Write
+            });
+        }
+        WRITE_KEYWORDS
+            .iter()
+            .any(|k| first.is_keyword(k))
+            .then_some(Route::Write)
     }
 
     /// Whether a token sequence calls a writing function: a name (last
@@ -385,57 +351,12 @@ impl Classifier {
     }
 }
 
-thread_local! {
-    /// Reused buffer for cache keys, so a cache hit allocates nothing.
-    static KEY_BUF: RefCell<String> = const { RefCell::new(String::new()) };
-}
-
-/// Placeholders for literals in cache keys. No token can have this text (a
-/// one-character punctuation token is one character, operator runs are made
-/// of operator characters only, and no other token starts with `\u{1}`).
-const NUMBER_PLACEHOLDER: &str = "\u{1}N";
-const STRING_PLACEHOLDER: &str = "\u{1}S";
-
-/// Builds the cache key of `sql` into `out`: tokens separated by one space,
-/// numeric and string literals replaced by placeholders, `--` comments and
-/// block comments that cannot hold hints (no `shardgate` in them) dropped,
-/// other block comments kept verbatim. Literals never change a route, and
-/// hint values stay in the key.
-fn cache_key(sql: &str, out: &mut String) {
-    out.clear();
-    // Tokens are joined by a space, except two punctuation tokens that touch
-    // in the text: `::` and `: :` (no statement) are both two `:` tokens.
-    let mut prev_punct_end = None;
-    for t in Lexer::new(sql) {
-        let piece = match t.kind {
-            TokenKind::Number if plain_number(t.text) => NUMBER_PLACEHOLDER,
-            // An unterminated literal (no statement) stays in the key: it
-            // runs to the end of the text, which a literal cannot stand for.
-            TokenKind::String if t.offset + t.text.len() < sql.len() || closed(t.text) => {
-                STRING_PLACEHOLDER
-            }
-            // An unterminated comment (no statement) stays in the key.
-            TokenKind::BlockComment if !mentions_shardgate(t.text) && t.text.ends_with("*/") => {
-                continue
-            }
-            _ => t.text,
-        };
-        let punct = t.kind == TokenKind::Punct;
-        let touches = punct && prev_punct_end == Some(t.offset);
-        if !out.is_empty() && !touches {
-            out.push(' ');
-        }
-        out.push_str(piece);
-        prev_punct_end = punct.then_some(t.offset + t.text.len());
-    }
-}
-
 /// Whether a string token that runs to the end of the text is closed
 /// there: `'...'` and `B'...'`/`X'...'`/`U&'...'` by an odd run of
 /// closing quotes (`''` inside is a quote), `$tag$...$tag$` by its tag.
 /// `E'...'` with a backslash is taken as open (a backslash may escape
 /// the last quote): such a statement is only not shared in the cache.
-fn closed(t: &str) -> bool {
+pub(crate) fn closed(t: &str) -> bool {
     if let Some(rest) = t.strip_prefix('$') {
         return match rest.find('$') {
             Some(i) => {
@@ -464,7 +385,7 @@ fn closed(t: &str) -> bool {
 /// reads as a number followed by a word: such a token stays verbatim in the
 /// cache key, or `... OFFSET 1P0` (no statement) would share the entry of
 /// `... OFFSET 100`, and `SELECT 1into t` (a write) that of `SELECT 5 t`.
-fn plain_number(t: &str) -> bool {
+pub(crate) fn plain_number(t: &str) -> bool {
     let b = t.as_bytes();
     if b.len() > 2 && b[0] == b'0' {
         let digit: Option<fn(&u8) -> bool> = match b[1] {
@@ -593,7 +514,7 @@ fn is_prepare_transaction(toks: &[Token<'_>]) -> bool {
 }
 
 /// Route of one statement parsed by sqlparser.
-fn statement_route(stmt: &Statement) -> Route {
+pub(crate) fn statement_route(stmt: &Statement) -> Route {
     match stmt {
         Statement::Query(q) => read_unless(query_writes(q)),
         // EXPLAIN of a read is a read; anything else (EXPLAIN [ANALYZE] of a
@@ -659,7 +580,7 @@ fn set_expr_writes(e: &SetExpr) -> bool {
 }
 
 /// Route of a statement sqlparser rejected, from its tokens (comments removed).
-fn fallback_route(toks: &[Token<'_>]) -> Route {
+pub(crate) fn fallback_route(toks: &[Token<'_>]) -> Route {
     let Some(first) = toks.first().filter(|t| t.kind == TokenKind::Word) else {
         // `(TABLE t)` and the like.
         return match toks.iter().find(|t| !t.is_punct("(")) {

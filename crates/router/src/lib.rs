@@ -1,19 +1,22 @@
 //! Statement analysis for shardgate: everything that decides where a statement
 //! goes, as pure functions of the SQL text and session state (no sockets).
 //!
+//! - [`Analyzer`] analyses each statement once (one parse) and caches the
+//!   result by literal-normalised text: its route, shard plan and merge plan.
 //! - [`Classifier`] decides whether a query string may run on a replica
-//!   ([`Route`]), with a cache keyed by literal-normalised text.
+//!   ([`Route`]).
 //! - [`parse_hints`] reads `/* shardgate: ... */` hint comments ([`Hints`]).
 //! - [`Consistency`] and [`parse_max_lag_ms`] parse consistency settings.
 //! - [`SessionCommand`] recognises statements that change session state.
-//! - [`shard::plan`] and [`ShardPlanner`] tell which shard-key values a
-//!   statement is restricted to ([`ShardPlan`]).
+//! - [`shard::plan`] tells which shard-key values a statement is restricted
+//!   to ([`ShardPlan`]).
 //! - [`copy::parse_copy`] reads `COPY` statements and [`CopySplitter`] cuts
 //!   `COPY FROM STDIN` data into rows with their shard key.
 //! - [`lexer`] is the PostgreSQL-aware tokenizer underneath.
 
 #![warn(missing_docs)]
 
+pub mod analysis;
 pub mod cache;
 pub mod classify;
 pub mod consistency;
@@ -27,8 +30,9 @@ pub mod scan;
 pub mod session_cmd;
 pub mod shard;
 
+pub use analysis::{Analysis, Analyzed, Analyzer, MergeResult, MAX_CACHED_SQL};
 pub use classify::{
-    Classification, Classifier, Route, BUILTIN_WRITE_FUNCTIONS, MAX_CACHED_SQL, MAX_PARSE_OPERATORS,
+    Classification, Classifier, Route, BUILTIN_WRITE_FUNCTIONS, MAX_PARSE_OPERATORS,
 };
 pub use consistency::{parse_max_lag_ms, Consistency, ParseConsistencyError, ParseLagError};
 pub use copy::{
@@ -43,6 +47,6 @@ pub use session_cmd::{
     FetchCount, ListenCommand, SavepointCommand, SessionCommand, SetValue,
 };
 pub use shard::{
-    plan as plan_shards, InsertPlan, InsertRow, KeyFilter, ShardPlan, ShardPlanner, ShardedTable,
-    TableLookup, ValueSource,
+    plan as plan_shards, InsertPlan, InsertRow, KeyFilter, ShardPlan, ShardedTable, TableLookup,
+    ValueSource,
 };

@@ -215,7 +215,8 @@ pub struct RoutingConfig {
     pub monitor_password: Option<String>,
     /// Database the monitor connects to.
     pub monitor_database: String,
-    /// Routing decisions cached by normalised statement text.
+    /// Statement analyses (route, shard plan, merge tree) cached by
+    /// normalised statement text.
     pub classifier_cache: usize,
 }
 

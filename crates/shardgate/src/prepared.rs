@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use shardgate_router::{Classifier, ShardPlan};
+use shardgate_router::{Classification, ShardPlan};
 
 use crate::routing::StatementRouting;
 
@@ -34,10 +34,10 @@ pub struct Statement {
 }
 
 impl Statement {
-    /// How the statement routes (computed on first use).
-    pub fn routing(&self, classifier: &Classifier) -> &StatementRouting {
+    /// How the statement routes, `classify`ing its text on first use.
+    pub fn routing(&self, classify: impl FnOnce() -> Classification) -> &StatementRouting {
         self.routing
-            .get_or_init(|| StatementRouting::of(&self.query, classifier))
+            .get_or_init(|| StatementRouting::of(&classify()))
     }
 
     /// Its shard plan for shard map `version`, made by `plan` the first

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use shardgate_jobs::topology::NodeState;
 use shardgate_jobs::{ReadPolicy, ShardState};
 use shardgate_protocol::PgError;
-use shardgate_router::{Classifier, Consistency, Hints, Route};
+use shardgate_router::{Classification, Consistency, Hints, Route};
 
 /// What a transaction needs from the node that serves it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,10 +30,9 @@ pub struct StatementRouting {
 }
 
 impl StatementRouting {
-    /// Classifies `sql` (cached) and reads its hints; invalid hints are
+    /// The routing of a statement classified as `c`; invalid hints are
     /// ignored here (they are refused when the statement arrives).
-    pub fn of(sql: &str, classifier: &Classifier) -> StatementRouting {
-        let c = classifier.classify(sql);
+    pub fn of(c: &Classification) -> StatementRouting {
         StatementRouting {
             route: c.route,
             hints: c.hints().cloned().unwrap_or_default(),

@@ -12,8 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use shardgate_jobs::{MonitorConfig, Monitors, RoleDetection, Topology};
 use shardgate_pool::{ConnectParams, Pool, PoolConfig, PoolKey, Pools};
-use shardgate_router::shard::ShardPlanner;
-use shardgate_router::Classifier;
+use shardgate_router::{Analyzer, Classifier};
 use shardgate_shardmap::ShardMap;
 use tokio::sync::Notify;
 
@@ -38,9 +37,9 @@ pub struct Snapshot {
     pub users: Arc<UserDirectory>,
     /// Every shard's nodes with their live state (shared across snapshots).
     pub topology: Arc<Topology>,
-    /// Statement classification (cached).
-    pub classifier: Arc<Classifier>,
-    /// The shard map and its planner; `None` for a single unsharded shard.
+    /// Statement analysis: route, shard plan and merge plan (cached).
+    pub analyzer: Arc<Analyzer>,
+    /// The shard map and table catalog; `None` for a single unsharded shard.
     pub sharding: Option<Arc<Sharding>>,
     /// TLS for clients, when configured.
     pub tls: Option<crate::tls::ClientTls>,
@@ -54,12 +53,8 @@ pub struct Snapshot {
 pub struct Sharding {
     /// The shard map.
     pub map: Arc<ShardMap>,
-    /// Statement plans (cached).
-    pub planner: ShardPlanner,
     /// Column order of tables (kept across reloads).
     pub catalog: Arc<Catalog>,
-    /// Merge plans of statements that run on several shards (cached).
-    pub merges: shardgate_router::merge_plan::MergePlanner,
 }
 
 /// Why the proxy could not start.
@@ -95,15 +90,15 @@ impl Snapshot {
             _ => None,
         };
         let server_tls = Arc::new(crate::tls::server_tls(&config.proxy)?);
-        let classifier = match previous {
+        let analyzer = match previous {
             Some(p)
                 if p.config.routing.write_functions == config.routing.write_functions
                     && p.config.routing.classifier_cache == config.routing.classifier_cache =>
             {
-                p.classifier.clone()
+                p.analyzer.clone()
             }
-            _ => Arc::new(Classifier::new(
-                &config.routing.write_functions,
+            _ => Arc::new(Analyzer::new(
+                Classifier::new(&config.routing.write_functions),
                 config.routing.classifier_cache,
             )),
         };
@@ -118,9 +113,7 @@ impl Snapshot {
                 Some(s) if s.map.same_rules(&map) => s.clone(),
                 _ => Arc::new(Sharding {
                     map: Arc::new(map.with_version(prev.map_or(1, |s| s.map.version() + 1))),
-                    planner: ShardPlanner::new(config.routing.classifier_cache),
                     catalog: prev.map_or_else(Default::default, |s| s.catalog.clone()),
-                    merges: Default::default(),
                 }),
             }
         });
@@ -129,7 +122,7 @@ impl Snapshot {
             users: Arc::new(UserDirectory::reusing(&config, previous.map(|p| &*p.users))),
             config: Arc::new(config),
             topology,
-            classifier,
+            analyzer,
             sharding,
             tls,
             server_tls,

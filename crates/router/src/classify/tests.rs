@@ -1,5 +1,40 @@
 use super::*;
 use crate::consistency::Consistency;
+use crate::shard::{normalize, LiteralSink};
+use crate::{Analyzer, MAX_CACHED_SQL};
+
+/// A classifier behind the analyzer's cache, as the proxy uses it.
+struct Cached(Analyzer);
+
+impl Cached {
+    fn classify(&self, sql: &str) -> Classification {
+        self.0.classify(sql, None)
+    }
+
+    fn classify_uncached(&self, sql: &str) -> Classification {
+        self.0.classifier().classify(sql)
+    }
+
+    fn cache_len(&self) -> usize {
+        self.0.cache_len()
+    }
+
+    fn calls_write_function(&self, toks: &[Token<'_>]) -> bool {
+        self.0.classifier().calls_write_function(toks)
+    }
+}
+
+/// [`Cached`] with `write_functions` and a cache of `capacity` entries.
+fn cached(write_functions: &[String], capacity: usize) -> Cached {
+    Cached(Analyzer::new(Classifier::new(write_functions), capacity))
+}
+
+/// The analyzer's cache key of `sql`.
+fn cache_key(sql: &str, out: &mut String) {
+    use std::fmt::Write as _;
+    let n = normalize(sql, out, &mut LiteralSink::new(None, None)).unwrap();
+    let _ = write!(out, "\u{1}{}", n.base);
+}
 
 const R: Route = Route::Read;
 const W: Route = Route::Write;
@@ -214,7 +249,7 @@ const TABLE: &[(&str, Route)] = &[
 #[test]
 fn routes_table() {
     assert!(TABLE.len() >= 60);
-    let c = Classifier::new(&[], 1000);
+    let c = cached(&[], 1000);
     let mut failures = Vec::new();
     for (sql, want) in TABLE {
         let got = c.classify(sql);
@@ -230,7 +265,7 @@ fn routes_table() {
 
 #[test]
 fn every_builtin_write_function() {
-    let c = Classifier::new(&[], 0);
+    let c = cached(&[], 0);
     for f in BUILTIN_WRITE_FUNCTIONS {
         for sql in [
             format!("SELECT {f}(1)"),
@@ -281,8 +316,8 @@ fn configured_write_functions() {
         "Audit_Log".to_owned(),
         " \"Touch\" ".to_owned(),
     ];
-    let c = Classifier::new(&fns, 100);
-    let plain = Classifier::new(&[], 100);
+    let c = cached(&fns, 100);
+    let plain = cached(&[], 100);
     for sql in [
         "SELECT bump_counter(1)",
         "SELECT app.bump_counter(1)",
@@ -300,7 +335,7 @@ fn configured_write_functions() {
 
 #[test]
 fn write_functions_found_in_unparseable_statements() {
-    let c = Classifier::new(&["f".to_owned()], 0);
+    let c = cached(&["f".to_owned()], 0);
     // sqlparser rejects these, but the token scan still sees the calls.
     let toks: Vec<Token<'_>> = Lexer::new("SELEKT f(1) FROM ))").collect();
     assert!(c.calls_write_function(&toks));
@@ -316,7 +351,7 @@ fn psql_catalog_queries_are_reads() {
     let sql = include_str!("psql_catalog.sql");
     let stmts = split_statements(sql);
     assert_eq!(stmts.len(), 10);
-    let c = Classifier::new(&[], 100);
+    let c = cached(&[], 100);
     for stmt in stmts {
         let got = c.classify(stmt);
         assert_eq!(got.route, R, "{stmt}");
@@ -329,7 +364,7 @@ fn psql_catalog_queries_are_reads() {
 
 #[test]
 fn classification_details() {
-    let c = Classifier::new(&[], 100);
+    let c = cached(&[], 100);
     let x = c.classify("SET a = 1; SELECT 1; ; -- nothing\n");
     assert_eq!(x.statements, 2);
     assert!(x.changes_session);
@@ -366,13 +401,13 @@ fn classification_details() {
 
 #[test]
 fn cache_normalises_literals() {
-    let c = Classifier::new(&[], 100);
+    let c = cached(&[], 100);
     let a = c.classify("SELECT abalance FROM pgbench_accounts WHERE aid = 123");
     assert_eq!(c.cache_len(), 1);
     let b = c.classify("SELECT abalance FROM pgbench_accounts WHERE aid = 456");
     assert_eq!(c.cache_len(), 1);
     assert_eq!(a, b);
-    let b = c.classify("SELECT  abalance\n FROM pgbench_accounts   WHERE aid =789 -- x");
+    let b = c.classify("SELECT  abalance\n FROM pgbench_accounts   WHERE aid = 789 -- x");
     assert_eq!(c.cache_len(), 1);
     assert_eq!(a, b);
 
@@ -426,7 +461,7 @@ fn cache_normalises_literals() {
 
 #[test]
 fn cached_equals_uncached_for_literal_variants() {
-    let c = Classifier::new(&[], 1000);
+    let c = cached(&[], 1000);
     for (sql, _) in TABLE {
         let variant = sql.replace('1', "987").replace("'x'", "'zz'");
         assert_eq!(c.classify(sql), c.classify_uncached(sql), "{sql}");
@@ -441,7 +476,7 @@ fn cached_equals_uncached_for_literal_variants() {
 #[test]
 fn cache_is_bounded() {
     for cap in [1usize, 2, 3, 10, 101] {
-        let c = Classifier::new(&[], cap);
+        let c = cached(&[], cap);
         for i in 0..500 {
             let sql = format!("SELECT c{i} FROM t WHERE id = {i}");
             assert_eq!(c.classify(&sql).route, R);
@@ -449,22 +484,22 @@ fn cache_is_bounded() {
         }
     }
     // A statement in constant use survives a stream of one-off statements.
-    let c = Classifier::new(&[], 10);
+    let c = cached(&[], 10);
     let hot = "SELECT abalance FROM pgbench_accounts WHERE aid = 1";
     c.classify(hot);
     for i in 0..100 {
         c.classify(&format!("SELECT c{i} FROM t"));
         c.classify(hot);
-        let mut key = String::new();
-        cache_key(hot, &mut key);
-        assert!(c.cache.as_ref().unwrap().get(&key, 0).is_some());
+        let len = c.cache_len();
+        c.classify(hot);
+        assert_eq!(c.cache_len(), len, "the hot statement stays cached");
     }
     // Capacity 0: no cache at all.
-    let c = Classifier::new(&[], 0);
+    let c = cached(&[], 0);
     c.classify("SELECT 1");
     assert_eq!(c.cache_len(), 0);
     // Long statements are decided but not cached.
-    let c = Classifier::new(&[], 10);
+    let c = cached(&[], 10);
     let long = format!(
         "SELECT * FROM t WHERE id IN ({}1)",
         "1, ".repeat(MAX_CACHED_SQL)
@@ -483,8 +518,9 @@ fn cache_is_bounded() {
 fn classifier_is_shareable() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Classifier>();
+    assert_send_sync::<Analyzer>();
     assert_send_sync::<Classification>();
-    let c = Arc::new(Classifier::new(&[], 64));
+    let c = Arc::new(cached(&[], 64));
     let threads: Vec<_> = (0..4)
         .map(|t| {
             let c = c.clone();
@@ -553,7 +589,7 @@ impl Rng {
 
 #[test]
 fn never_panics() {
-    let c = Classifier::new(&["f".to_owned(), "".to_owned(), ".".to_owned()], 50);
+    let c = cached(&["f".to_owned(), "".to_owned(), ".".to_owned()], 50);
     let mut inputs: Vec<String> = [
         "",
         ";",
@@ -727,7 +763,7 @@ fn never_panics() {
 /// entry of `OFFSET 100` and was answered from it.
 #[test]
 fn number_tokens_with_letters_keep_their_own_cache_entry() {
-    let c = Classifier::new(&[], 64);
+    let c = cached(&[], 64);
     let ok = "SELECT id FROM orders ORDER BY id LIMIT 5 OFFSET 100";
     let junk = "SELECT id FROM orders ORDER BY id LIMIT 5 OFFSET 1P0";
     assert_eq!(c.classify(ok), c.classify_uncached(ok));
@@ -750,7 +786,7 @@ fn number_tokens_with_letters_keep_their_own_cache_entry() {
 /// second (no statement) took the cached route of the first.
 #[test]
 fn spacing_between_punctuation_is_part_of_the_cache_key() {
-    let c = Classifier::new(&[], 64);
+    let c = cached(&[], 64);
     let cast = "SELECT (count(*) + 1)::int FROM orders";
     let junk = "SELECT (count(*) + 1): :int FROM orders";
     assert_eq!(c.classify(cast), c.classify_uncached(cast));
@@ -772,7 +808,7 @@ fn spacing_between_punctuation_is_part_of_the_cache_key() {
 fn an_unterminated_literal_does_not_share_a_terminated_ones_cache_key() {
     let key = |sql: &str| {
         let mut k = String::new();
-        super::cache_key(sql, &mut k);
+        cache_key(sql, &mut k);
         k
     };
     let closed = key("SELECT * FROM t WHERE name = 'alice'");

@@ -159,13 +159,23 @@ pub fn plan_merge_with(
     let statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
         Ok(s) => s,
         // Without a parse nothing says how the shards' rows combine.
-        Err(_) => {
-            return refuse(
-                "a query shardgate cannot parse (too deeply nested, too long, or syntax it does not know)",
-            )
-        }
+        Err(_) => return refuse(UNPARSED),
     };
-    let query = match statements.as_slice() {
+    plan_merge_parsed(&statements, sql, tables, input_columns)
+}
+
+/// Why a statement shardgate cannot parse is not merged.
+pub(crate) const UNPARSED: &str =
+    "a query shardgate cannot parse (too deeply nested, too long, or syntax it does not know)";
+
+/// [`plan_merge_with`] of `sql` already parsed into `statements`.
+pub(crate) fn plan_merge_parsed(
+    statements: &[Statement],
+    sql: &str,
+    tables: &dyn TableLookup,
+    input_columns: &[String],
+) -> Result<MergePlan, Unmergeable> {
+    let query = match statements {
         [Statement::Query(query)] => query,
         [explain @ Statement::Explain { statement, .. }] => {
             if explains_analyze(explain) {
@@ -1447,39 +1457,4 @@ fn pushed_limit(limit: &(Option<RowCount>, Option<RowCount>)) -> Option<Expr> {
         .try_with_sql(&text)
         .and_then(|mut p| p.parse_expr())
         .ok()
-}
-
-/// [`plan_merge`] with a cache keyed by statement text (bounded, emptied
-/// when the shard map's version changes).
-#[derive(Debug)]
-pub struct MergePlanner {
-    cache: crate::cache::GenerationalCache<MergeResult>,
-}
-
-/// A cached planning result.
-pub type MergeResult = Result<std::sync::Arc<MergePlan>, Unmergeable>;
-
-/// Statements cached at most.
-const MERGE_CACHE_CAPACITY: usize = 4096;
-
-impl Default for MergePlanner {
-    fn default() -> Self {
-        MergePlanner {
-            cache: crate::cache::GenerationalCache::new(MERGE_CACHE_CAPACITY),
-        }
-    }
-}
-
-impl MergePlanner {
-    /// The plan for `sql`, from the cache when present.
-    /// The plan is shared: a hit clones an `Arc`, not the plan.
-    pub fn plan_cached(&self, sql: &str, tables: &dyn TableLookup) -> MergeResult {
-        let version = tables.version();
-        if let Some(hit) = self.cache.get(sql, version) {
-            return hit;
-        }
-        let plan = plan_merge(sql, tables).map(std::sync::Arc::new);
-        self.cache.insert(sql, plan.clone(), version);
-        plan
-    }
 }

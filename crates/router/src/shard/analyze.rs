@@ -339,7 +339,7 @@ pub(crate) fn object_name(n: &ObjectName) -> Option<(Option<String>, String)> {
 }
 
 /// Where a value comes from (`base`: placeholders above it are normalised
-/// literals, see [`super::ShardPlanner`]).
+/// literals, see [`crate::Analyzer`]).
 pub(super) fn value_source(e: &Expr, base: Option<usize>) -> ValueSource {
     match e {
         Expr::Nested(x) => value_source(x, base),

@@ -51,7 +51,7 @@
 //!    after `INTO`/`UPDATE`/`DELETE FROM` → [`ShardPlan::ReferenceWrite`];
 //!    otherwise [`ShardPlan::Unsharded`].
 //!
-//! [`ShardPlanner`] caches plans by literal-normalised text.
+//! [`crate::Analyzer`] caches plans by literal-normalised text.
 //!
 //! Planning never panics: the parser and the analysis run under
 //! `catch_unwind`, deep or huge statements skip the parser, and any surprise
@@ -71,8 +71,11 @@ use std::ops::Range;
 
 pub(crate) use analyze::{ident_name, object_name, AGGREGATES};
 pub use insert::renumber_params;
-pub(crate) use normalize::decode_string;
-pub use planner::{ShardPlanner, MAX_CACHED_SQL};
+pub(crate) use normalize::{decode_string, normalize, LiteralSink};
+pub(crate) use planner::{
+    combine as combine_plans, needs_parse, parse_statement, plan_parsed, planned_by_lexer,
+    statement_tokens, with_spans,
+};
 
 /// How the caller shards a table.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -96,9 +99,9 @@ pub trait TableLookup {
     fn is_reference(&self, schema: Option<&str>, name: &str) -> bool;
 
     /// A number that changes whenever the answers of this lookup change.
-    /// [`ShardPlanner`] clears its cache when it sees a new value; a lookup
-    /// that keeps the default (0) must have the caller call
-    /// [`ShardPlanner::clear`] after a configuration change.
+    /// [`crate::Analyzer`] empties its cache when it sees a new value; a
+    /// lookup that keeps the default (0) must have the caller call
+    /// [`crate::Analyzer::clear`] after a configuration change.
     fn version(&self) -> u64 {
         0
     }
@@ -122,7 +125,7 @@ pub enum ValueSource {
     /// A `$n` parameter (1-based), possibly cast (`$1::int8`).
     Param(usize),
     /// The i-th literal (0-based, in lexer order) of the text given to
-    /// [`ShardPlanner::plan_cached`], which returns the literal texts with
+    /// [`crate::Analyzer::plan`], which returns the literal texts with
     /// the plan; never produced by [`plan`].
     LiteralIndex(usize),
     /// The literal `NULL` (no shard holds a NULL key).
@@ -214,7 +217,7 @@ pub enum ShardPlan {
 
 impl ShardPlan {
     /// The same plan with [`ValueSource::LiteralIndex`] values replaced by the
-    /// literals they name (see [`ShardPlanner::plan_cached`]).
+    /// literals they name (see [`crate::Analyzer::plan`]).
     pub fn resolve_literals(&self, literals: &[String]) -> ShardPlan {
         match self {
             ShardPlan::Keyed { table, filter } => ShardPlan::Keyed {

@@ -15,7 +15,10 @@
 //! PostgreSQL does (an operator made only of `+-*/<>=` cannot end in `-`).
 
 use std::fmt::Write as _;
+use std::ops::Range;
 
+use crate::classify::{closed, plain_number};
+use crate::hints::mentions_shardgate;
 use crate::lexer::{Lexer, Token, TokenKind};
 
 /// Keywords after which a `-` is a sign, not a subtraction.
@@ -52,7 +55,7 @@ const VALUE_KEYWORDS: &[&str] = &[
 ];
 
 /// Result of [`normalize`].
-pub(super) struct Normalized {
+pub(crate) struct Normalized {
     /// Highest `$n` of the original text (placeholder `$k` with `k > base`
     /// stands for literal `k - base - 1`).
     pub base: usize,
@@ -60,16 +63,71 @@ pub(super) struct Normalized {
     pub multi: bool,
 }
 
-/// Writes the normalised text of `sql` into `out` and its literals
-/// (decoded: numbers as written with a folded sign, strings unquoted and
-/// unescaped) into `literals`. `None` if parameter numbers overflow.
-pub(super) fn normalize(
+/// Where [`normalize`] reports the literals it replaces, in text order.
+#[derive(Debug, Default)]
+pub(crate) struct LiteralSink<'a> {
+    /// Decoded values (numbers as written with a folded sign, strings
+    /// unquoted and unescaped), when wanted.
+    pub values: Option<&'a mut Vec<String>>,
+    /// Byte ranges of the literals in the original text (a folded sign
+    /// included), when wanted.
+    pub spans: Option<&'a mut Vec<Range<usize>>>,
+    count: usize,
+}
+
+impl<'a> LiteralSink<'a> {
+    /// A sink filling `values` and `spans` (each when given).
+    pub(crate) fn new(
+        values: Option<&'a mut Vec<String>>,
+        spans: Option<&'a mut Vec<Range<usize>>>,
+    ) -> LiteralSink<'a> {
+        LiteralSink {
+            values,
+            spans,
+            count: 0,
+        }
+    }
+
+    fn push(
+        &mut self,
+        out: &mut String,
+        base: usize,
+        span: Range<usize>,
+        value: impl FnOnce() -> String,
+    ) -> Option<()> {
+        let n = base.checked_add(self.count)?.checked_add(1)?;
+        let _ = write!(out, "${n}");
+        self.count += 1;
+        if let Some(v) = self.values.as_deref_mut() {
+            v.push(value());
+        }
+        if let Some(s) = self.spans.as_deref_mut() {
+            s.push(span);
+        }
+        Some(())
+    }
+}
+
+/// Writes the normalised text of `sql` into `out` and reports its literals
+/// to `literals`. Numbers the parser would not read as one literal (`1P0`,
+/// `1into`) and strings left open at the end of the text stay as written,
+/// as do block comments holding hints (`/* shardgate: ... */`) or left
+/// open, so texts
+/// sharing a normalised form share their route and hints. `None` if
+/// parameter numbers overflow.
+pub(crate) fn normalize(
     sql: &str,
     out: &mut String,
-    literals: &mut Vec<String>,
+    literals: &mut LiteralSink<'_>,
 ) -> Option<Normalized> {
     out.clear();
-    literals.clear();
+    if let Some(v) = literals.values.as_deref_mut() {
+        v.clear();
+    }
+    if let Some(s) = literals.spans.as_deref_mut() {
+        s.clear();
+    }
+    literals.count = 0;
     let mut base = 0usize;
     let mut multi = false;
     let mut after_semicolon = false;
@@ -87,9 +145,7 @@ pub(super) fn normalize(
     // Whether a `-` here would be a sign.
     let mut sign_ok = true;
     while let Some(t) = lx.next() {
-        if t.kind == TokenKind::BlockComment {
-            continue;
-        }
+        let end = t.offset + t.text.len();
         let gap = t.offset > prev_end;
         let sep = |out: &mut String| {
             if gap && !out.is_empty() {
@@ -97,14 +153,23 @@ pub(super) fn normalize(
             }
         };
         match t.kind {
-            TokenKind::Number => {
+            TokenKind::BlockComment => {
+                // Hints stay, and so does a comment left open (no statement).
+                if mentions_shardgate(t.text) || !t.text.ends_with("*/") {
+                    sep(out);
+                    out.push_str(t.text);
+                    prev_end = end;
+                }
+                continue;
+            }
+            TokenKind::Number if plain_number(t.text) => {
                 sep(out);
-                push_literal(out, literals, base, t.text.to_owned())?;
+                literals.push(out, base, t.offset..end, || t.text.to_owned())?;
                 sign_ok = false;
             }
-            TokenKind::String => {
+            TokenKind::String if end < sql.len() || closed(t.text) => {
                 sep(out);
-                push_literal(out, literals, base, decode_string(t.text))?;
+                literals.push(out, base, t.offset..end, || decode_string(t.text))?;
                 sign_ok = false;
             }
             TokenKind::Punct => {
@@ -113,11 +178,13 @@ pub(super) fn normalize(
                     if let Some(num) = next_number(&mut lx) {
                         sep(out);
                         out.push_str(op);
-                        if !op.is_empty() && num.offset > t.offset + t.text.len() {
+                        if !op.is_empty() && num.offset > end {
                             out.push(' ');
                         }
-                        push_literal(out, literals, base, format!("-{}", num.text))?;
-                        prev_end = num.offset + num.text.len();
+                        let sign = t.offset + op.len();
+                        let num_end = num.offset + num.text.len();
+                        literals.push(out, base, sign..num_end, || format!("-{}", num.text))?;
+                        prev_end = num_end;
                         sign_ok = false;
                         continue;
                     }
@@ -139,21 +206,9 @@ pub(super) fn normalize(
                 sign_ok = t.kind == TokenKind::Semicolon;
             }
         }
-        prev_end = t.offset + t.text.len();
+        prev_end = end;
     }
     Some(Normalized { base, multi })
-}
-
-fn push_literal(
-    out: &mut String,
-    literals: &mut Vec<String>,
-    base: usize,
-    lit: String,
-) -> Option<()> {
-    let n = base.checked_add(literals.len())?.checked_add(1)?;
-    let _ = write!(out, "${n}");
-    literals.push(lit);
-    Some(())
 }
 
 /// `op` without a trailing `-` PostgreSQL would split off, and whether one
@@ -181,7 +236,7 @@ fn sign_ok_after(op: &str, before: bool) -> bool {
 fn next_number<'a>(lx: &mut Lexer<'a>) -> Option<Token<'a>> {
     let mut peek = lx.clone();
     let t = peek.find(|t| t.kind != TokenKind::BlockComment)?;
-    if t.kind == TokenKind::Number {
+    if t.kind == TokenKind::Number && plain_number(t.text) {
         *lx = peek;
         Some(t)
     } else {
@@ -276,7 +331,8 @@ mod tests {
     fn norm(sql: &str) -> (String, Vec<String>) {
         let mut out = String::new();
         let mut lits = Vec::new();
-        normalize(sql, &mut out, &mut lits).unwrap();
+        let mut sink = LiteralSink::new(Some(&mut lits), None);
+        normalize(sql, &mut out, &mut sink).unwrap();
         (out, lits)
     }
 

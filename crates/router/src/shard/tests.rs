@@ -550,11 +550,11 @@ fn plan_table() {
 /// The cached planner agrees with `plan` once literals are resolved.
 #[test]
 fn cached_plans_agree() {
-    let planner = ShardPlanner::new(1000);
+    let planner = crate::Analyzer::new(crate::Classifier::default(), 1000);
     for round in 0..2 {
         for (sql, _) in cases() {
             let expected = plan(sql, &Tables);
-            let (got, lits) = planner.plan_cached(sql, &Tables);
+            let (got, lits) = planner.plan(sql, &Tables);
             let got = got.resolve_literals(&lits);
             // The intersection of literal IN lists needs the values, which a
             // normalised plan does not have: it keeps the first (also correct).
@@ -707,12 +707,12 @@ fn other_inserts() {
 
 #[test]
 fn planner_shares_literal_variants() {
-    let planner = ShardPlanner::new(100);
-    let (a, la) = planner.plan_cached(
+    let planner = crate::Analyzer::new(crate::Classifier::default(), 100);
+    let (a, la) = planner.plan(
         "SELECT abalance FROM pgbench_accounts WHERE aid = 123",
         &Tables,
     );
-    let (b, lb) = planner.plan_cached(
+    let (b, lb) = planner.plan(
         "SELECT abalance FROM pgbench_accounts WHERE aid = 456",
         &Tables,
     );
@@ -724,7 +724,7 @@ fn planner_shares_literal_variants() {
     );
     assert_eq!((la, lb), (vec!["123".to_string()], vec!["456".to_string()]));
     // Whitespace and comments do not matter; signs are folded.
-    let (c, lc) = planner.plan_cached(
+    let (c, lc) = planner.plan(
         "SELECT abalance\n FROM pgbench_accounts /* x */ WHERE aid = -7",
         &Tables,
     );
@@ -733,13 +733,13 @@ fn planner_shares_literal_variants() {
         c.resolve_literals(&lc),
         keyed_plan("pgbench_accounts", vec![lit("-7")])
     );
-    let (d, ld) = planner.plan_cached(
+    let (d, ld) = planner.plan(
         "SELECT abalance FROM pgbench_accounts WHERE aid = - 8",
         &Tables,
     );
     assert!(Arc::ptr_eq(&a, &d));
     assert_eq!(ld, ["-8"]);
-    let (e, le) = planner.plan_cached(
+    let (e, le) = planner.plan(
         "SELECT abalance FROM pgbench_accounts WHERE aid=-9",
         &Tables,
     );
@@ -748,7 +748,7 @@ fn planner_shares_literal_variants() {
         keyed_plan("pgbench_accounts", vec![lit("-9")])
     );
     // Parameters keep their numbers; literals are numbered above them.
-    let (e, le) = planner.plan_cached(
+    let (e, le) = planner.plan(
         "SELECT * FROM pgbench_accounts WHERE bid = $1 AND aid IN ('12', $2, -3)",
         &Tables,
     );
@@ -765,26 +765,26 @@ fn planner_shares_literal_variants() {
     );
     assert_eq!(le, ["12", "-3"]);
     // Shared answers for statements decided by their first keyword.
-    let (x, _) = planner.plan_cached("BEGIN", &Tables);
-    let (y, _) = planner.plan_cached("begin", &Tables);
+    let (x, _) = planner.plan("BEGIN", &Tables);
+    let (y, _) = planner.plan("begin", &Tables);
     assert!(Arc::ptr_eq(&x, &y));
     assert_eq!(*x, ShardPlan::NoTable);
     // A text whose normalised form does not parse is planned as written.
     let sql = "SELECT * FROM pgbench_accounts WHERE aid = 1 AND d > DATE '2020-01-01'";
-    let (f, lf) = planner.plan_cached(sql, &Tables);
+    let (f, lf) = planner.plan(sql, &Tables);
     assert_eq!(f.resolve_literals(&lf), plan(sql, &Tables));
-    let (g, _) = planner.plan_cached(sql, &Tables);
+    let (g, _) = planner.plan(sql, &Tables);
     assert!(Arc::ptr_eq(&f, &g));
 }
 
 #[test]
 fn planner_insert_spans_follow_the_text() {
-    let planner = ShardPlanner::new(100);
+    let planner = crate::Analyzer::new(crate::Classifier::default(), 100);
     let s1 = "INSERT INTO pgbench_accounts (aid, filler) VALUES (1, 'a'), (2, 'b')";
     let s2 =
         "INSERT INTO pgbench_accounts (aid, filler)  VALUES  (1000, 'long value'),\n (-2, 'x')";
-    let (a, la) = planner.plan_cached(s1, &Tables);
-    let (b, lb) = planner.plan_cached(s2, &Tables);
+    let (a, la) = planner.plan(s1, &Tables);
+    let (b, lb) = planner.plan(s2, &Tables);
     assert_eq!(planner.cache_len(), 1);
     for (sql, p, l, second) in [(s1, a, la, "(2, 'b')"), (s2, b, lb, "(-2, 'x')")] {
         let resolved = p.resolve_literals(&l);
@@ -819,40 +819,40 @@ impl TableLookup for Changing {
 
 #[test]
 fn planner_follows_configuration() {
-    let planner = ShardPlanner::new(100);
+    let planner = crate::Analyzer::new(crate::Classifier::default(), 100);
     let t = Changing {
         sharded: Cell::new(false),
         version: Cell::new(1),
     };
     let sql = "SELECT * FROM t WHERE id = 5";
-    assert_eq!(*planner.plan_cached(sql, &t).0, ShardPlan::Unsharded);
+    assert_eq!(*planner.plan(sql, &t).0, ShardPlan::Unsharded);
     t.sharded.set(true);
     // Same version: the cached plan stays until clear().
-    assert_eq!(*planner.plan_cached(sql, &t).0, ShardPlan::Unsharded);
+    assert_eq!(*planner.plan(sql, &t).0, ShardPlan::Unsharded);
     planner.clear();
     assert_eq!(planner.cache_len(), 0);
-    let (p, l) = planner.plan_cached(sql, &t);
+    let (p, l) = planner.plan(sql, &t);
     assert_eq!(p.resolve_literals(&l), keyed_plan("t", vec![lit("5")]));
     // A new version clears the cache by itself.
     t.sharded.set(false);
     t.version.set(2);
-    assert_eq!(*planner.plan_cached(sql, &t).0, ShardPlan::Unsharded);
+    assert_eq!(*planner.plan(sql, &t).0, ShardPlan::Unsharded);
     assert_eq!(planner.cache_len(), 1);
     // Capacity is respected.
-    let small = ShardPlanner::new(4);
+    let small = crate::Analyzer::new(crate::Classifier::default(), 4);
     for i in 0..50 {
-        small.plan_cached(&format!("SELECT * FROM t{i} WHERE id = 1"), &t);
+        small.plan(&format!("SELECT * FROM t{i} WHERE id = 1"), &t);
         assert!(small.cache_len() <= 4);
     }
     // Cache off.
-    let off = ShardPlanner::new(0);
-    assert_eq!(*off.plan_cached(sql, &t).0, ShardPlan::Unsharded);
+    let off = crate::Analyzer::new(crate::Classifier::default(), 0);
+    assert_eq!(*off.plan(sql, &t).0, ShardPlan::Unsharded);
     assert_eq!(off.cache_len(), 0);
 }
 
 #[test]
 fn never_panics_on_garbage() {
-    let planner = ShardPlanner::new(64);
+    let planner = crate::Analyzer::new(crate::Classifier::default(), 64);
     let frags = [
         "SELECT",
         "INSERT",
@@ -929,13 +929,13 @@ fn never_panics_on_garbage() {
             .collect();
         let sql = sql.join(" ");
         let _ = plan(&sql, &Tables);
-        let _ = planner.plan_cached(&sql, &Tables);
+        let _ = planner.plan(&sql, &Tables);
     }
     // Every prefix of every table case, and each case with a token dropped.
     for (sql, _) in cases() {
         for (i, _) in sql.char_indices() {
             let _ = plan(&sql[..i], &Tables);
-            let _ = planner.plan_cached(&sql[..i], &Tables);
+            let _ = planner.plan(&sql[..i], &Tables);
         }
         let words: Vec<&str> = sql.split(' ').collect();
         for skip in 0..words.len() {
@@ -986,7 +986,7 @@ fn never_panics_on_garbage() {
     );
     for sql in [deep, long_and, unions, subqueries, ctes, chain] {
         let _ = plan(&sql, &Tables);
-        let _ = planner.plan_cached(&sql, &Tables);
+        let _ = planner.plan(&sql, &Tables);
     }
     assert_eq!(
         plan(
@@ -1005,7 +1005,7 @@ fn never_panics_on_garbage() {
 #[ignore]
 fn timings() {
     use std::time::Instant;
-    let planner = ShardPlanner::new(1000);
+    let planner = crate::Analyzer::new(crate::Classifier::default(), 1000);
     let stmts = [
         "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;",
         "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2",
@@ -1022,7 +1022,7 @@ fn timings() {
         let uncached = t.elapsed() / n;
         let t = Instant::now();
         for _ in 0..n {
-            std::hint::black_box(planner.plan_cached(std::hint::black_box(sql), &Tables));
+            std::hint::black_box(planner.plan(std::hint::black_box(sql), &Tables));
         }
         let cached = t.elapsed() / n;
         println!("{uncached:>10?} plan   {cached:>10?} plan_cached   {sql}");
@@ -1032,19 +1032,19 @@ fn timings() {
 #[test]
 fn psql_catalog_queries_are_unsharded_and_parsed() {
     let sql = include_str!("../classify/psql_catalog.sql");
-    let planner = ShardPlanner::new(100);
+    let planner = crate::Analyzer::new(crate::Classifier::default(), 100);
     for stmt in crate::lexer::split_statements(sql) {
         let (p, understood) = super::planner::plan_text(stmt, &Tables, None);
         assert_eq!(p, ShardPlan::Unsharded, "{stmt}");
         assert!(understood, "sqlparser should parse {stmt}");
         // The normalised text parses too (the cache is used).
         let mut key = String::new();
-        let mut lits = Vec::new();
-        let norm = super::normalize::normalize(stmt, &mut key, &mut lits).unwrap();
+        let norm =
+            super::normalize(stmt, &mut key, &mut super::LiteralSink::new(None, None)).unwrap();
         assert!(
             super::planner::plan_text(&key, &Tables, Some(norm.base)).1,
             "{key}"
         );
-        assert_eq!(*planner.plan_cached(stmt, &Tables).0, ShardPlan::Unsharded);
+        assert_eq!(*planner.plan(stmt, &Tables).0, ShardPlan::Unsharded);
     }
 }

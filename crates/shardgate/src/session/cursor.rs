@@ -510,7 +510,7 @@ impl Session {
             super::sharded::Dest::Many(shards) => {
                 let sharding = self.snap.sharding.as_ref().expect("sharded session");
                 let lookup = super::sharded::MapLookup(&sharding.map);
-                match sharding.merges.plan_cached(&declare.query, &lookup) {
+                match self.snap.analyzer.merge_plan(&declare.query, &lookup) {
                     Ok(p) => (shards, p, None),
                     Err(e) => {
                         return Err(PgError::error(

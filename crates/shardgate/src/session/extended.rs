@@ -33,7 +33,7 @@ impl Session {
         }
         match self.statements.get(name) {
             Some(s) if self.route_reads => {
-                let r = s.routing(&self.snap.classifier);
+                let r = s.routing(|| self.snap.classify(&s.query));
                 self.routing.want(r.route, &r.hints)
             }
             _ => Want::Primary,
@@ -142,7 +142,7 @@ impl Session {
                 };
             }
             if p.name.is_empty() && self.route_reads {
-                self.unnamed_route = Some(StatementRouting::of(p.query, &self.snap.classifier));
+                self.unnamed_route = Some(StatementRouting::of(&self.snap.classify(p.query)));
             }
             if self.attach_extended(msg, want, rest).await? {
                 if p.name.is_empty() {

@@ -178,9 +178,10 @@ impl Session {
             Ok(true)
         } else {
             let sharding = self.snap.sharding.as_ref().expect("sharded session");
-            let merged = sharding
-                .merges
-                .plan_cached(&query, &MapLookup(&sharding.map));
+            let merged = self
+                .snap
+                .analyzer
+                .merge_plan(&query, &MapLookup(&sharding.map));
             match &merged {
                 Ok(p) => Ok(p.mode == MergeMode::Concat),
                 Err(e) => Err(e.construct.clone()),

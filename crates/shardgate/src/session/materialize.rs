@@ -238,9 +238,10 @@ impl Session {
         let collation = (!facts.bytewise_collation).then(|| facts.collation.clone());
         let outer_collation = collation.clone();
         let sharding = self.snap.sharding.as_ref().expect("sharded session");
-        let plan = match sharding
-            .merges
-            .plan_cached(&inner_sql, &MapLookup(&sharding.map))
+        let plan = match self
+            .snap
+            .analyzer
+            .merge_plan(&inner_sql, &MapLookup(&sharding.map))
         {
             Ok(p) => p,
             Err(e) => return self.merge_refused(cross_shard_refusal(&e.construct)),
@@ -425,7 +426,7 @@ impl Session {
                     let construct = format!("the user-defined aggregate {name}()");
                     return self.merge_refused(cross_shard_refusal(&construct));
                 }
-                match sharding.merges.plan_cached(sql, &lookup) {
+                match self.snap.analyzer.merge_plan(sql, &lookup) {
                     Ok(p) => (sharding.map.all_shards(), p),
                     Err(e) => return self.merge_refused(cross_shard_refusal(&e.construct)),
                 }

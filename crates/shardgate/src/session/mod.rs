@@ -1122,7 +1122,7 @@ impl Session {
             }
             return Ok(Want::Primary);
         }
-        let c = self.snap.classifier.classify(sql);
+        let c = self.snap.classify(sql);
         let hints = c.hints().map_err(|e| hint_error(e.clone()))?;
         Ok(self.routing.want(c.route, hints))
     }

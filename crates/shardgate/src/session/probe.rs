@@ -9,24 +9,25 @@ use bytes::BytesMut;
 use shardgate_protocol::frontend::Bind;
 use shardgate_protocol::{Header, PgError};
 use shardgate_router::copy::{CopyRow, CopySplitter};
-use shardgate_router::shard::{ShardPlan, ShardPlanner, TableLookup};
+use shardgate_router::shard::{ShardPlan, TableLookup};
+use shardgate_router::Analyzer;
 use shardgate_shardmap::{ShardMap, TableRule};
 
 use super::sharded::{send_rows, shards_of_filter, CopyFailure, MapLookup};
 
 /// Shards a statement with key filter reaches, as a sharded session decides
-/// it: the cached planner's plan, literals resolved, key values (literals
+/// it: the cached analysis's plan, literals resolved, key values (literals
 /// or `params`) placed by `map`. `Ok(None)` when the plan is not keyed to one
 /// sharded table (the session then routes by the plan's kind), or when a
 /// key value cannot be known (a parameter without a Bind); `Err` is the
 /// Postgres error the client would get.
 pub fn point_shards(
-    planner: &ShardPlanner,
+    analyzer: &Analyzer,
     map: &ShardMap,
     sql: &str,
     params: Option<&Bind<'_>>,
 ) -> Result<Option<Vec<usize>>, PgError> {
-    let (plan, literals) = planner.plan_cached(sql, &MapLookup(map));
+    let (plan, literals) = analyzer.plan(sql, &MapLookup(map));
     match plan.resolve_literals(&literals) {
         ShardPlan::Keyed { table, filter } => match map.table(table.0.as_deref(), &table.1) {
             Some(rule) => shards_of_filter(map, rule, &filter, params),

@@ -112,6 +112,17 @@ impl TableLookup for MapLookup<'_> {
     }
 }
 
+impl crate::runtime::Snapshot {
+    /// How `sql` routes (the cached analysis; with the shard map's tables
+    /// when the proxy shards, so one cache version serves both questions).
+    pub(crate) fn classify(&self, sql: &str) -> shardgate_router::Classification {
+        match &self.sharding {
+            Some(s) => self.analyzer.classify(sql, Some(&MapLookup(&s.map))),
+            None => self.analyzer.classify(sql, None),
+        }
+    }
+}
+
 /// Bind parameters, when the statement came through the extended protocol.
 pub(super) type Params<'a> = Option<&'a Bind<'a>>;
 
@@ -501,7 +512,11 @@ impl Session {
             };
         }
         let sharding = self.snap.sharding.as_ref().expect("sharded session");
-        match sharding.merges.plan_cached(sql, &MapLookup(&sharding.map)) {
+        match self
+            .snap
+            .analyzer
+            .merge_plan(sql, &MapLookup(&sharding.map))
+        {
             Ok(plan) if plan.mode == MergeMode::Concat && !plan.explain => Ok(Dest::Many(shards)),
             Ok(mut plan) => {
                 let collation = (!facts.bytewise_collation).then(|| facts.collation.clone());
@@ -844,7 +859,7 @@ impl Session {
     }
 
     pub(super) fn is_write(&self, sql: &str) -> bool {
-        self.snap.classifier.classify(sql).route != shardgate_router::Route::Read
+        self.snap.classify(sql).route != shardgate_router::Route::Read
     }
 
     /// Whether a statement over several shards is a write whose answers
@@ -870,7 +885,7 @@ impl Session {
     /// The cached plan of one statement, literals resolved.
     pub(super) fn plan_of(&self, sql: &str) -> ShardPlan {
         let sharding = self.snap.sharding.as_ref().expect("sharded session");
-        let (plan, literals) = sharding.planner.plan_cached(sql, &MapLookup(&sharding.map));
+        let (plan, literals) = self.snap.analyzer.plan(sql, &MapLookup(&sharding.map));
         plan.resolve_literals(&literals)
     }
 
@@ -969,7 +984,7 @@ impl Session {
             backend::notice("25001", "there is already a transaction in progress", out);
         } else {
             let read_only = matches!(
-                self.snap.classifier.classify(sql).route,
+                self.snap.classify(sql).route,
                 shardgate_router::Route::Begin { read_only: true }
             );
             self.vtx = Some(VirtualTx {
@@ -1114,7 +1129,10 @@ impl Session {
             }
         }
         let plan = self.statement_plan(&stmt);
-        let hints = stmt.routing(&self.snap.classifier).hints.clone();
+        let hints = stmt
+            .routing(|| self.snap.classify(&stmt.query))
+            .hints
+            .clone();
         let dest = match self.dest_for(&stmt.query, &plan, &hints, Some(bind)).await {
             Ok(d) => d,
             Err(e) => return self.refuse_pg(e),
@@ -1152,7 +1170,7 @@ impl Session {
             Dest::Many(shards) => {
                 let sharding = self.snap.sharding.as_ref().expect("sharded session");
                 let lookup = MapLookup(&sharding.map);
-                match sharding.merges.plan_cached(&stmt.query, &lookup) {
+                match self.snap.analyzer.merge_plan(&stmt.query, &lookup) {
                     Ok(plan) => {
                         self.open_portal_cursor(bind, &stmt, shards, plan, None)
                             .await

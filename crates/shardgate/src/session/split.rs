@@ -145,7 +145,10 @@ impl Session {
                         return Ok(None);
                     };
                     let sp = self.statement_plan(&stmt);
-                    let hints = stmt.routing(&self.snap.classifier).hints.clone();
+                    let hints = stmt
+                        .routing(|| self.snap.classify(&stmt.query))
+                        .hints
+                        .clone();
                     let slot = plan.slots.len();
                     match self.dest_for(&stmt.query, &sp, &hints, Some(&bind)).await {
                         Ok(Dest::One(shard)) => {
