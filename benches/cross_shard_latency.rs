@@ -31,7 +31,8 @@
 //! Environment: `BENCH_ROWS` [1000000] rows of `t` (and of `ti`),
 //! `BENCH_GROUPS` [50] distinct values of `g`, `BENCH_ROUNDS` [60] measured
 //! rounds (after `BENCH_WARMUP` [3]), `BENCH_ONLY` [all] a comma-separated
-//! list of query names to run.
+//! list of query names to run, `BENCH_WORKERS` [the shipped default] the
+//! proxy's runtime threads.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -261,7 +262,11 @@ fn main() {
         })
         .collect::<String>();
     let port = support::free_port();
-    let config = support::config(&cluster, port, "", "") + &tables;
+    // The shipped defaults, unless `BENCH_WORKERS` sets the runtime threads.
+    let proxy_extra = std::env::var("BENCH_WORKERS")
+        .map(|w| format!("workers = {w}"))
+        .unwrap_or_default();
+    let config = support::config(&cluster, port, &proxy_extra, "") + &tables;
     let proxy = support::Proxy::start(cluster.dir(), port, &config);
     let pid = proxy.pid();
 
