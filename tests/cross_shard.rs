@@ -1210,3 +1210,88 @@ async fn two_step_statements_run_and_explain_their_steps() {
         .expect_err("EXPLAIN ANALYZE of a gathered join");
     assert_eq!(err.as_db_error().unwrap().code().code(), "0A000");
 }
+
+/// A prepared statement merged across shards keeps a prepared statement of
+/// its own on each shard's connection (parsed and planned once there), and
+/// behaves as a prepared statement on Postgres does: right every time; a
+/// shard statement that failed to prepare is prepared again once it can be
+/// (not "does not exist"); after DDL changed its result columns it fails
+/// once with `0A000`, and prepared again it answers with the new columns;
+/// with a cache of two statements per connection, statements that evict
+/// each other stay right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_prepared_statements_stay_prepared_on_the_shards() {
+    let env = env("prepared_statements_cache = 2");
+    let proxy = env.start();
+    let client = connect(&proxy.app()).await;
+    create_t(&client).await;
+    let top = client
+        .prepare("SELECT k, v FROM t ORDER BY v DESC, k LIMIT $1")
+        .await
+        .unwrap();
+    for limit in [3i64, 5, 3] {
+        let rows = client.query(&top, &[&limit]).await.unwrap();
+        let keys: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        let mut want: Vec<i64> = (0..3000i64).filter(|k| k % 100 == 99).collect();
+        want.sort_by_key(|k| (std::cmp::Reverse(k % 13), *k));
+        want.truncate(limit as usize);
+        assert_eq!(keys, want, "LIMIT {limit}");
+    }
+
+    // The column goes away between Parse and the first run: every shard
+    // refuses the statement, and it is not left half prepared.
+    client
+        .batch_execute("ALTER TABLE t ADD COLUMN w int")
+        .await
+        .unwrap();
+    let later = client
+        .prepare("SELECT count(*) FROM t WHERE g = 1 AND w IS NULL")
+        .await
+        .unwrap();
+    client
+        .batch_execute("ALTER TABLE t DROP COLUMN w")
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let err = client.query(&later, &[]).await.unwrap_err();
+        let code = err.as_db_error().map(|e| e.code().code());
+        assert_eq!(code, Some("42703"), "{err}");
+    }
+    client
+        .batch_execute("ALTER TABLE t ADD COLUMN w int")
+        .await
+        .unwrap();
+    let n: i64 = client.query_one(&later, &[]).await.unwrap().get(0);
+    assert_eq!(n, (0..3000).filter(|k| k % 7 == 1).count() as i64);
+
+    // `SELECT *` prepared, then a column added: as on Postgres, the old
+    // statement fails once; prepared again it has the new column.
+    let star_sql = "SELECT * FROM t ORDER BY k LIMIT 2";
+    let star = client.prepare(star_sql).await.unwrap();
+    assert_eq!(client.query(&star, &[]).await.unwrap()[0].len(), 4);
+    client
+        .batch_execute("ALTER TABLE t ADD COLUMN z int")
+        .await
+        .unwrap();
+    let err = client.query(&star, &[]).await.unwrap_err();
+    let code = err.as_db_error().map(|e| e.code().code());
+    assert_eq!(code, Some("0A000"), "{err}");
+    let star = client.prepare(star_sql).await.unwrap();
+    let rows = client.query(&star, &[]).await.unwrap();
+    assert_eq!((rows.len(), rows[0].len()), (2, 5));
+
+    // Five statements through a cache of two: each evicts another.
+    let mut stmts = Vec::new();
+    for g in 0..5 {
+        let sql = format!("SELECT count(*), max(k) FROM t WHERE g = {g}");
+        stmts.push((g, client.prepare(&sql).await.unwrap()));
+    }
+    for _ in 0..3 {
+        for (g, s) in &stmts {
+            let row = client.query_one(s, &[]).await.unwrap();
+            let keys: Vec<i64> = (0..3000).filter(|k| k % 7 == *g).collect();
+            assert_eq!(row.get::<_, i64>(0), keys.len() as i64, "g = {g}");
+            assert_eq!(row.get::<_, i64>(1), *keys.last().unwrap(), "g = {g}");
+        }
+    }
+}

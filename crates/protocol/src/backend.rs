@@ -199,6 +199,8 @@ pub struct ErrorFields {
     pub code: String,
     /// Primary message.
     pub message: String,
+    /// The server routine that raised it (`R`), empty when absent.
+    pub routine: String,
 }
 
 impl ErrorFields {
@@ -217,6 +219,7 @@ impl ErrorFields {
                 b'S' if out.severity.is_empty() => out.severity = v,
                 b'C' => out.code = v,
                 b'M' => out.message = v,
+                b'R' => out.routine = v,
                 _ => {}
             }
         }
@@ -226,6 +229,13 @@ impl ErrorFields {
     /// Whether the session ended (FATAL or PANIC).
     pub fn is_fatal(&self) -> bool {
         self.severity == "FATAL" || self.severity == "PANIC"
+    }
+
+    /// Whether a prepared statement's saved plan no longer fits its tables
+    /// ("cached plan must not change result type", after DDL): the named
+    /// statement fails on every run until it is prepared again.
+    pub fn is_stale_cached_plan(&self) -> bool {
+        self.code == "0A000" && self.routine == "RevalidateCachedQuery"
     }
 }
 

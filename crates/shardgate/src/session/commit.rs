@@ -132,6 +132,7 @@ fn lost(addr: &str) -> ErrorFields {
         severity: "ERROR".into(),
         code: LOST.into(),
         message: format!("connection to server {addr} was lost"),
+        ..ErrorFields::default()
     }
 }
 

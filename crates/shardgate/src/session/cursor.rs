@@ -470,7 +470,7 @@ impl Session {
             }
         }
         for p in parts {
-            self.return_part(p.b);
+            self.return_part(p.settle());
         }
         match first_error {
             Some(e) => {

@@ -32,6 +32,9 @@ pub(super) struct Part {
     pub(super) pending: Option<BytesMut>,
     /// ParseComplete answers of a Parse the proxy added, still to drop.
     pub(super) skip_parse: usize,
+    /// A proxy-named statement (its id) this request prepares, until the
+    /// server confirms it with ParseComplete.
+    pub(super) preparing: Option<u64>,
     /// RowDescriptions this shard sent for the request so far.
     descs: usize,
     /// Only hidden queries remain: done after them.
@@ -168,7 +171,7 @@ impl Session {
                     Err(e) => {
                         // Nothing was sent yet: give back what was taken.
                         for p in parts {
-                            self.return_part(p.b);
+                            self.return_part(p.settle());
                         }
                         e.encode(&mut self.cout);
                         if ready {
@@ -205,7 +208,7 @@ impl Session {
                 return self.end_fanout(fan).await;
             }
             for p in fan.parts {
-                self.return_part(p.b);
+                self.return_part(p.settle());
             }
             attempt += 1;
         }
@@ -275,7 +278,7 @@ impl Session {
             backend::ready_for_query(status, &mut self.cout);
         }
         for p in fan.parts {
-            self.return_part(p.b);
+            self.return_part(p.settle());
         }
         self.flush_client().await?;
         Ok(())
@@ -317,6 +320,7 @@ impl Session {
                 hidden,
                 pending: None,
                 skip_parse: 0,
+                preparing: None,
                 descs: 0,
                 closing: false,
                 done: None,
@@ -559,11 +563,27 @@ impl Part {
             hidden: 0,
             pending: None,
             skip_parse: 0,
+            preparing: None,
             descs: 0,
             closing: false,
             done: None,
             lost: false,
         }
+    }
+
+    /// The connection, its prepared-statement bookkeeping settled: a
+    /// statement this request prepared without a ParseComplete is not
+    /// there when the shard answered everything (its Parse failed), and
+    /// unknown otherwise (the connection is not reused).
+    pub(super) fn settle(mut self) -> Backend {
+        if let Some(id) = self.preparing.take() {
+            if self.done.is_some() {
+                self.b.conn.prepared.remove(id);
+            } else {
+                self.b.conn.broken = true;
+            }
+        }
+        self.b
     }
 }
 

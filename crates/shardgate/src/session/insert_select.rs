@@ -365,7 +365,7 @@ impl Session {
             self.cout.extend_from_slice(&e);
         }
         for p in parts {
-            self.return_part(p.b);
+            self.return_part(p.settle());
         }
         if self.vtx.is_none() && self.parked.is_empty() && self.backend.is_none() {
             // The connections went back to their pools.

@@ -24,7 +24,7 @@ use shardgate_merge::ops::format_of;
 use shardgate_merge::plan::compared_columns;
 use shardgate_merge::tree::{MergeTree, Step as TreeStep};
 use shardgate_merge::MergeError;
-use shardgate_protocol::backend::{self, tag as btag};
+use shardgate_protocol::backend::{self, tag as btag, ErrorFields};
 use shardgate_protocol::frontend::{self, Bind};
 use shardgate_protocol::{Header, PgError};
 use shardgate_router::merge_plan::{MergePlan, RowCount};
@@ -59,6 +59,48 @@ pub(super) struct MergeRequest<'a> {
     /// Keep the merged rows (binary) instead of answering the client:
     /// the first step of a materialized subquery.
     pub capture: bool,
+}
+
+/// What each shard of a merge is sent: a Parse of the shard statement
+/// (skipped where a named one is already prepared), then Bind, Describe,
+/// Execute and Sync.
+#[derive(Default)]
+pub(super) struct ShardRequest {
+    /// The proxy-named statement, for a client's prepared statement.
+    statement: Option<Arc<crate::prepared::Statement>>,
+    /// Its Parse (unnamed without `statement`).
+    parse: BytesMut,
+    /// Bind, Describe, Execute, Sync.
+    run: BytesMut,
+}
+
+impl ShardRequest {
+    /// Writes the request for `part` into `out`: with a Parse unless the
+    /// named statement is prepared on its connection (then recorded as
+    /// prepared there, closing the least recently used one when full).
+    fn encode_for(&self, part: &mut Part, out: &mut BytesMut) {
+        let conn = &mut part.b.conn;
+        match &self.statement {
+            Some(stmt) if conn.prepared.touch(stmt.id) => part.skip_parse = 0,
+            Some(stmt) => {
+                if let Some(evicted) = conn.prepared.insert(stmt.id) {
+                    let close = shardgate_protocol::frontend::DescribeOrClose {
+                        target: shardgate_protocol::frontend::Target::Statement,
+                        name: "",
+                    };
+                    close.encode_as(frontend::tag::CLOSE, &format!("sg_{evicted}"), out);
+                }
+                out.extend_from_slice(&self.parse);
+                part.skip_parse = 1;
+                part.preparing = Some(stmt.id);
+            }
+            None => {
+                out.extend_from_slice(&self.parse);
+                part.skip_parse = 1;
+            }
+        }
+        out.extend_from_slice(&self.run);
+    }
 }
 
 impl<'a> MergeRequest<'a> {
@@ -218,12 +260,12 @@ impl Session {
             Ok(p) => p,
             Err(e) => return self.merge_refused(e).map(|()| MergeEnd::Answered),
         };
-        let (batch, visible, limits) = prepared;
+        let (request, visible, limits) = prepared;
         self.drain_current().await?;
         let mut attempt = 0;
         self.lost_nodes.clear();
         let (mut run, status) = loop {
-            let mut parts = match self.merge_parts(&shards, want, &batch).await {
+            let mut parts = match self.merge_parts(&shards, want, &request).await {
                 Ok(parts) => parts,
                 // A pooled connection found dead on sending: nothing ran.
                 Err((_, true)) if self.may_rerun_read(want, &shards, attempt) => {
@@ -265,7 +307,7 @@ impl Session {
             let again = self.rerun_lost_read(&parts) && result.is_ok();
             if again {
                 for p in parts {
-                    self.return_part(p.b);
+                    self.return_part(p.settle());
                 }
                 attempt += 1;
                 continue;
@@ -273,7 +315,7 @@ impl Session {
             let status = self.finish_merge(&mut parts, &mut run);
             self.convert_to_copy(&mut run);
             for p in parts {
-                self.return_part(p.b);
+                self.return_part(p.settle());
             }
             result?;
             break (run, status);
@@ -288,7 +330,7 @@ impl Session {
         Ok(MergeEnd::Finished { status, captured })
     }
 
-    /// Connections to `shards` for a merge, each sent `batch`; nothing
+    /// Connections to `shards` for a merge, each sent `request`; nothing
     /// was answered when this fails (the connections taken are given back),
     /// `true` with the error when a connection was found lost on sending
     /// (its pool's idle connections are checked).
@@ -296,14 +338,13 @@ impl Session {
         &mut self,
         shards: &[usize],
         want: Want,
-        batch: &[u8],
+        request: &ShardRequest,
     ) -> Result<Vec<Part>, (PgError, bool)> {
         let mut parts: Vec<Part> = Vec::with_capacity(shards.len());
         for &shard in shards {
             let sent = match self.part_for(shard, want).await {
                 Ok((mut part, mut out)) => {
-                    part.skip_parse = 1;
-                    out.extend_from_slice(batch);
+                    request.encode_for(&mut part, &mut out);
                     part.b.conn.loan.bytes_sent += out.len() as u64;
                     match part.b.conn.stream.send_all(&out).await {
                         Ok(()) => Ok(part),
@@ -327,7 +368,7 @@ impl Session {
                 Ok(part) => parts.push(part),
                 Err(e) => {
                     for p in parts {
-                        self.return_part(p.b);
+                        self.return_part(p.settle());
                     }
                     return Err(e);
                 }
@@ -376,7 +417,7 @@ impl Session {
         &mut self,
         plan: &MergePlan,
         req: &MergeRequest<'_>,
-    ) -> Result<(BytesMut, usize, (Option<u64>, u64)), PgError> {
+    ) -> Result<(ShardRequest, usize, (Option<u64>, u64)), PgError> {
         let used = req.params.as_ref().map(|p| p.used.as_slice());
         let (visible, limit, offset) = self.merge_shape(plan, req.bind, used).await?;
         let client_formats = match &req.copy {
@@ -385,26 +426,38 @@ impl Session {
             _ => req.bind.map(|b| b.result_formats()).unwrap_or_default(),
         };
         let formats = shard_formats(plan, visible, &client_formats);
-        let mut batch = BytesMut::new();
+        let mut request = ShardRequest::default();
         match (&req.params, req.bind) {
             (Some(p), bind) => {
                 let types = p.param_types(req.param_types);
-                frontend::encode_parse("", &plan.shard_sql, &types, &mut batch);
-                p.encode_bind(bind, &formats, &mut batch);
+                frontend::encode_parse("", &plan.shard_sql, &types, &mut request.parse);
+                p.encode_bind(bind, &formats, &mut request.run);
             }
             (None, Some(b)) => {
-                frontend::encode_parse("", &plan.shard_sql, req.param_types, &mut batch);
-                b.encode_with_results("", &formats, &mut batch);
+                // A client's prepared statement: the shards keep theirs
+                // prepared too (parsed and planned once per connection).
+                let stmt = self
+                    .runtime
+                    .statements
+                    .intern(&plan.shard_sql, req.param_types);
+                frontend::encode_parse(
+                    &stmt.server_name,
+                    &stmt.query,
+                    &stmt.param_types,
+                    &mut request.parse,
+                );
+                b.encode_with_results(&stmt.server_name, &formats, &mut request.run);
+                request.statement = Some(stmt);
             }
             (None, None) => {
-                frontend::encode_parse("", &plan.shard_sql, req.param_types, &mut batch);
-                encode_bind_no_params(&formats, &mut batch);
+                frontend::encode_parse("", &plan.shard_sql, req.param_types, &mut request.parse);
+                encode_bind_no_params(&formats, &mut request.run);
             }
         }
-        encode_describe_portal(&mut batch);
-        encode_execute_all(&mut batch);
-        frontend::encode_empty(frontend::tag::SYNC, &mut batch);
-        Ok((batch, visible, (limit, offset)))
+        encode_describe_portal(&mut request.run);
+        encode_execute_all(&mut request.run);
+        frontend::encode_empty(frontend::tag::SYNC, &mut request.run);
+        Ok((request, visible, (limit, offset)))
     }
 
     /// The names the plan took as output aliases in GROUP BY that are
@@ -955,6 +1008,9 @@ fn next_step(part: &mut Part, cout: &mut BytesMut) -> Step {
             }
         };
         let msg = buf.split_to(h.total);
+        if h.tag == btag::PARSE_COMPLETE && part.hidden == 0 {
+            part.preparing = None;
+        }
         if part.hidden > 0 {
             match h.tag {
                 btag::READY_FOR_QUERY => part.hidden -= 1,
@@ -970,7 +1026,14 @@ fn next_step(part: &mut Part, cout: &mut BytesMut) -> Step {
                 return Step::Complete
             }
             btag::READY_FOR_QUERY => return Step::Ready(msg.get(5).copied().unwrap_or(b'E')),
-            btag::ERROR_RESPONSE => return Step::Error(msg),
+            btag::ERROR_RESPONSE => {
+                if ErrorFields::decode(&msg[5..]).is_ok_and(|e| e.is_stale_cached_plan()) {
+                    // Its named shard statement would fail every run: the
+                    // connection is not reused (a new one prepares afresh).
+                    part.b.conn.broken = true;
+                }
+                return Step::Error(msg);
+            }
             btag::NOTICE_RESPONSE | btag::NOTIFICATION => cout.extend_from_slice(&msg),
             btag::NO_DATA => {
                 return Step::Described({

@@ -1060,7 +1060,7 @@ impl Session {
         }
         self.cout.extend_from_slice(&out);
         for p in parts {
-            self.return_part(p.b);
+            self.return_part(p.settle());
         }
         self.flush_client().await
     }

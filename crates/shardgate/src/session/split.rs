@@ -309,7 +309,7 @@ impl Session {
                 Ok(p) => p,
                 Err(e) => {
                     for p in parts {
-                        self.return_part(p.b);
+                        self.return_part(p.settle());
                     }
                     return self.answer_split_refused(e, ends_with_sync).await;
                 }
@@ -389,7 +389,7 @@ impl Session {
             v.failed |= failed;
         }
         for p in parts {
-            self.return_part(p.b);
+            self.return_part(p.settle());
         }
         if ends_with_sync {
             self.end_batch_tx().await
