@@ -279,6 +279,46 @@ async fn prepared_statements_across_server_connections() {
     );
 }
 
+/// A table changed under a prepared `SELECT *`: the statement the proxy
+/// keeps on the pooled server connection under its own name goes stale.
+/// The client that prepared it before the change gets Postgres's `0A000`
+/// ("cached plan must not change result type"), as it would from Postgres;
+/// a client preparing the same text afterwards gets the new columns, not
+/// the stale statement of the connection it happens to be given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_statement_made_stale_by_ddl_is_prepared_afresh() {
+    let (_c, proxy) = start(ClusterSpec::new(1, 0), "pool_size = 1", "");
+    let first = connect(&proxy.app()).await;
+    first
+        .batch_execute(
+            "CREATE TABLE stale (id int PRIMARY KEY, a text); INSERT INTO stale VALUES (1, 'x')",
+        )
+        .await
+        .unwrap();
+    let sql = "SELECT * FROM stale WHERE id = $1";
+    let before = first.prepare(sql).await.unwrap();
+    assert_eq!(first.query_one(&before, &[&1i32]).await.unwrap().len(), 2);
+    first
+        .batch_execute("ALTER TABLE stale ADD COLUMN b int DEFAULT 7")
+        .await
+        .unwrap();
+    let err = first.query_one(&before, &[&1i32]).await.unwrap_err();
+    assert_eq!(
+        err.as_db_error().map(|e| e.code().code()),
+        Some("0A000"),
+        "{err}"
+    );
+    for _ in 0..3 {
+        let later = connect(&proxy.app()).await;
+        let stmt = later.prepare(sql).await.unwrap();
+        let row = later.query_one(&stmt, &[&1i32]).await.unwrap();
+        assert_eq!((row.len(), row.get::<_, i32>(2)), (3, 7));
+    }
+    // The first client's session is intact: it prepares again and goes on.
+    let again = first.prepare(sql).await.unwrap();
+    assert_eq!(first.query_one(&again, &[&1i32]).await.unwrap().len(), 3);
+}
+
 /// Item 5: Two clients sharing one server connection keep their own settings.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_state_follows_the_client() {

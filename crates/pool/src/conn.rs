@@ -108,6 +108,9 @@ pub struct ServerConn {
     pub addr: Arc<str>,
     /// Set when the connection must not be reused (unclean state, I/O error).
     pub broken: bool,
+    /// Set when the connection still serves its current client but must
+    /// not be given to another (a proxy-named statement on it went stale).
+    pub retire: bool,
     /// Fingerprint of the session state (SET parameters) applied to it.
     pub state_fingerprint: u64,
     /// Proxy-named prepared statements that exist on it.
@@ -168,6 +171,7 @@ impl ServerConn {
             server_params: Vec::new(),
             addr: params.addr.clone(),
             broken: false,
+            retire: false,
             state_fingerprint: 0,
             prepared: PreparedSet::new(params.prepared_capacity),
             pending_closes: Vec::new(),
@@ -368,7 +372,7 @@ impl ServerConn {
     /// or closed the socket. Peeks at the socket itself (one system call),
     /// not at tokio's cached readiness, which may be stale either way.
     pub fn looks_healthy(&mut self) -> bool {
-        if self.broken || !self.read_buf.is_empty() {
+        if self.broken || self.retire || !self.read_buf.is_empty() {
             return false;
         }
         let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];

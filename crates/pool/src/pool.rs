@@ -732,7 +732,7 @@ impl Drop for PooledConn {
             }
         }
         let grant = match self.conn.take() {
-            Some(conn) if conn.broken || !conn.read_buf.is_empty() => {
+            Some(conn) if conn.broken || conn.retire || !conn.read_buf.is_empty() => {
                 self.pool.open.fetch_sub(1, Ordering::Relaxed);
                 tracing::debug!(server = %self.pool.key.addr, broken = conn.broken, "server connection closed");
                 // Closed here, outside the pool's lock.

@@ -378,6 +378,13 @@ pub fn relay(
                 }
                 if t == tag::ERROR_RESPONSE {
                     conn.loan.note_error(&msg[5..]);
+                    if ErrorFields::decode(&msg[5..]).is_ok_and(|e| e.is_stale_cached_plan()) {
+                        // A proxy-named statement here would fail for every
+                        // later client: this one sees the error (as Postgres
+                        // answers a stale prepared statement), then the
+                        // connection closes instead of going back to the pool.
+                        conn.retire = true;
+                    }
                 }
                 if let Err(e) = response(conn, ex, cx, t, msg) {
                     break Err(e);

@@ -1030,7 +1030,7 @@ fn next_step(part: &mut Part, cout: &mut BytesMut) -> Step {
                 if ErrorFields::decode(&msg[5..]).is_ok_and(|e| e.is_stale_cached_plan()) {
                     // Its named shard statement would fail every run: the
                     // connection is not reused (a new one prepares afresh).
-                    part.b.conn.broken = true;
+                    part.b.conn.retire = true;
                 }
                 return Step::Error(msg);
             }
