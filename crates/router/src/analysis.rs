@@ -16,7 +16,7 @@
 //! cached under it; texts over [`MAX_CACHED_SQL`] are analysed uncached.
 
 use std::cell::RefCell;
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::ops::{ControlFlow, Range};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, LazyLock};
@@ -222,7 +222,8 @@ impl Analyzer {
             // The same text means other things when `$2` is a parameter or
             // a literal: the key ends with the parameter base.
             let text_len = key.len();
-            let _ = write!(key, "\u{1}{}", norm.base);
+            key.push('\u{1}');
+            push_number(key, norm.base);
             if let Some(a) = cache.get(key, version) {
                 return (a, literals);
             }
@@ -382,6 +383,25 @@ impl Analyzer {
             tree: tree.filter(|_| keep_tree).map(Arc::new),
             base,
         })
+    }
+}
+
+/// Appends `n` in decimal (without the formatting machinery: this is on
+/// every statement's path).
+pub(crate) fn push_number(out: &mut String, n: usize) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for d in &digits[i..] {
+        out.push(char::from(*d));
     }
 }
 

@@ -14,7 +14,6 @@
 //! operator the lexer read together with the minus (`=-5`) is split the way
 //! PostgreSQL does (an operator made only of `+-*/<>=` cannot end in `-`).
 
-use std::fmt::Write as _;
 use std::ops::Range;
 
 use crate::classify::{closed, plain_number};
@@ -96,7 +95,8 @@ impl<'a> LiteralSink<'a> {
         value: impl FnOnce() -> String,
     ) -> Option<()> {
         let n = base.checked_add(self.count)?.checked_add(1)?;
-        let _ = write!(out, "${n}");
+        out.push('$');
+        crate::analysis::push_number(out, n);
         self.count += 1;
         if let Some(v) = self.values.as_deref_mut() {
             v.push(value());
@@ -120,6 +120,23 @@ pub(crate) fn normalize(
     out: &mut String,
     literals: &mut LiteralSink<'_>,
 ) -> Option<Normalized> {
+    // One pass numbering literals from `$1`; a text with parameters too is
+    // written again with the literals numbered above them.
+    let first = normalize_pass(sql, out, literals, 0)?;
+    if first.base == 0 || literals.count == 0 {
+        return Some(first);
+    }
+    normalize_pass(sql, out, literals, first.base)
+}
+
+/// [`normalize`] numbering literals above `base`; returns the text's
+/// highest parameter number (which the numbering needs to be above).
+fn normalize_pass(
+    sql: &str,
+    out: &mut String,
+    literals: &mut LiteralSink<'_>,
+    base: usize,
+) -> Option<Normalized> {
     out.clear();
     if let Some(v) = literals.values.as_deref_mut() {
         v.clear();
@@ -128,23 +145,22 @@ pub(crate) fn normalize(
         s.clear();
     }
     literals.count = 0;
-    let mut base = 0usize;
+    let mut max_param = 0usize;
     let mut multi = false;
     let mut after_semicolon = false;
-    for t in Lexer::new(sql) {
+    let mut lx = Lexer::new(sql);
+    let mut prev_end = 0usize;
+    // Whether a `-` here would be a sign.
+    // (a word's answer is looked up only when a `-` follows it).
+    let mut sign_ok = Sign::Yes;
+    while let Some(t) = lx.next() {
         match t.kind {
-            TokenKind::Param => base = base.max(t.text[1..].parse::<usize>().ok()?),
+            TokenKind::Param => max_param = max_param.max(t.text[1..].parse::<usize>().ok()?),
             TokenKind::Semicolon => after_semicolon = true,
             TokenKind::BlockComment => {}
             _ if after_semicolon => multi = true,
             _ => {}
         }
-    }
-    let mut lx = Lexer::new(sql);
-    let mut prev_end = 0usize;
-    // Whether a `-` here would be a sign.
-    let mut sign_ok = true;
-    while let Some(t) = lx.next() {
         let end = t.offset + t.text.len();
         let gap = t.offset > prev_end;
         let sep = |out: &mut String| {
@@ -165,16 +181,16 @@ pub(crate) fn normalize(
             TokenKind::Number if plain_number(t.text) => {
                 sep(out);
                 literals.push(out, base, t.offset..end, || t.text.to_owned())?;
-                sign_ok = false;
+                sign_ok = Sign::No;
             }
             TokenKind::String if end < sql.len() || closed(t.text) => {
                 sep(out);
                 literals.push(out, base, t.offset..end, || decode_string(t.text))?;
-                sign_ok = false;
+                sign_ok = Sign::No;
             }
             TokenKind::Punct => {
                 let (op, minus) = split_trailing_minus(t.text);
-                if minus && sign_ok_after(op, sign_ok) {
+                if minus && sign_ok_after(op, sign_ok.resolve()) {
                     if let Some(num) = next_number(&mut lx) {
                         sep(out);
                         out.push_str(op);
@@ -185,30 +201,58 @@ pub(crate) fn normalize(
                         let num_end = num.offset + num.text.len();
                         literals.push(out, base, sign..num_end, || format!("-{}", num.text))?;
                         prev_end = num_end;
-                        sign_ok = false;
+                        sign_ok = Sign::No;
                         continue;
                     }
                 }
                 sep(out);
                 out.push_str(t.text);
-                sign_ok = !matches!(t.text, ")" | "]");
+                sign_ok = if matches!(t.text, ")" | "]") {
+                    Sign::No
+                } else {
+                    Sign::Yes
+                };
             }
             TokenKind::Word => {
                 sep(out);
                 out.push_str(t.text);
-                sign_ok = VALUE_KEYWORDS
-                    .iter()
-                    .any(|k| t.text.eq_ignore_ascii_case(k));
+                sign_ok = Sign::AfterWord(t.text);
             }
             _ => {
                 sep(out);
                 out.push_str(t.text);
-                sign_ok = t.kind == TokenKind::Semicolon;
+                sign_ok = if t.kind == TokenKind::Semicolon {
+                    Sign::Yes
+                } else {
+                    Sign::No
+                };
             }
         }
         prev_end = end;
     }
-    Some(Normalized { base, multi })
+    Some(Normalized {
+        base: max_param,
+        multi,
+    })
+}
+
+/// Whether a `-` at this point would be a sign.
+#[derive(Clone, Copy)]
+enum Sign<'a> {
+    Yes,
+    No,
+    /// After this word: a sign if it is one of [`VALUE_KEYWORDS`].
+    AfterWord(&'a str),
+}
+
+impl Sign<'_> {
+    fn resolve(self) -> bool {
+        match self {
+            Sign::Yes => true,
+            Sign::No => false,
+            Sign::AfterWord(w) => VALUE_KEYWORDS.iter().any(|k| w.eq_ignore_ascii_case(k)),
+        }
+    }
 }
 
 /// `op` without a trailing `-` PostgreSQL would split off, and whether one
