@@ -308,19 +308,29 @@ pub fn planner(data: &[u8]) {
     let bind = Bind::decode(bind).ok();
     let uncached = shardgate_router::plan_shards(&sql, &probe::table_lookup(map));
     let shards = probe::point_shards(analyzer, map, &sql, bind.as_ref());
-    assert_eq!(
-        analyzer.classify(&sql, Some(&probe::table_lookup(map))),
-        analyzer.classifier().classify(&sql),
-        "the shared analysis changed the route"
-    );
     // Control characters other than tab and line ends (`\x0b` between
     // words) are read differently by the planner's lexer and sqlparser;
     // with an unterminated string (no statement) the cached plan was keyed
     // and the uncached one not (fuzz/regressions/planner/). The server
-    // rejects such text wherever it goes, so the comparison skips it.
+    // rejects such text wherever it goes, so the comparison skips it. So
+    // does a lone `\r`: it ends a `--` comment for Postgres and the lexer,
+    // not for sqlparser.
     let plain = !sql
         .chars()
-        .any(|c| c.is_ascii_control() && !matches!(c, '\t' | '\n' | '\r'));
+        .any(|c| c.is_ascii_control() && !matches!(c, '\t' | '\n' | '\r'))
+        && !sql.replace("\r\n", "\n").contains('\r');
+    // The route from the shared (normalised) analysis is the classifier's
+    // for every text sqlparser understands. Where it does not (no
+    // statement: every server rejects the text), the two may differ, as
+    // normalising changes such text (fuzz/regressions/planner/glued_*).
+    let direct = analyzer.classifier().classify(&sql);
+    if plain && !direct.fallback {
+        assert_eq!(
+            analyzer.classify(&sql, Some(&probe::table_lookup(map))),
+            direct,
+            "the shared analysis changed the route of {sql:?}"
+        );
+    }
     if let Ok(Some(set)) = shards {
         assert!(set.iter().all(|s| *s < map.shard_count()));
         assert!(

@@ -280,14 +280,29 @@ impl Analyzer {
     fn analyse_exact(&self, sql: &str, tables: Option<&dyn TableLookup>) -> Analysis {
         let stmts = split_statements(sql);
         if stmts.len() <= 1 {
-            return self
+            let mut a = self
                 .analyse_guarded(sql, None, sql, tables)
                 .expect("an exact text is always analysed");
+            if has_open_comment(sql) {
+                // The statement splitter leaves a comment left open at the
+                // end out of the statement: route it as the classifier does.
+                a.classification = self.classifier.classify(sql);
+            }
+            return a;
         }
         let mut routes = Vec::with_capacity(stmts.len());
         let mut plans = Vec::with_capacity(stmts.len());
         let mut fallback = false;
         for s in &stmts {
+            if statement_tokens(s).is_empty() {
+                // Only comments (one left open): the classifier's answer
+                // for such a statement of a string.
+                let (route, fb) = self.classifier.classify_statement(s);
+                routes.push(route);
+                fallback |= fb;
+                plans.push(ShardPlan::NoTable);
+                continue;
+            }
             let a = self
                 .analyse_guarded(s, None, s, tables)
                 .expect("an exact text is always analysed");
@@ -342,8 +357,10 @@ impl Analyzer {
     ) -> Option<Analysis> {
         let toks = statement_tokens(text);
         if toks.is_empty() {
+            // Nothing but comments (maybe one left open): decided as the
+            // classifier decides such a text.
             return Some(Analysis {
-                classification: Classification::of(sql, &[], false),
+                classification: self.classifier.classify(sql),
                 shard: tables.map(|_| Arc::new(ShardPlan::NoTable)),
                 tree: None,
                 base,
@@ -403,6 +420,12 @@ pub(crate) fn push_number(out: &mut String, n: usize) {
     for d in &digits[i..] {
         out.push(char::from(*d));
     }
+}
+
+/// Whether `sql` ends in a block comment that is never closed.
+fn has_open_comment(sql: &str) -> bool {
+    crate::lexer::Lexer::new(sql)
+        .any(|t| t.kind == crate::lexer::TokenKind::BlockComment && !t.text.ends_with("*/"))
 }
 
 /// `plan` in an `Arc`; the plans that carry no data are shared by every

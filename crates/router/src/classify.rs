@@ -269,7 +269,7 @@ impl Classifier {
     }
 
     /// One statement (no semicolon): its route and whether the lexer fallback decided it.
-    fn classify_statement(&self, stmt: &str) -> (Route, bool) {
+    pub(crate) fn classify_statement(&self, stmt: &str) -> (Route, bool) {
         let long = stmt.len() > MAX_PARSE_BYTES;
         let toks: Vec<Token<'_>> = if long {
             crate::lexer::lean_tokens(stmt)

@@ -95,6 +95,10 @@ impl<'a> LiteralSink<'a> {
         value: impl FnOnce() -> String,
     ) -> Option<()> {
         let n = base.checked_add(self.count)?.checked_add(1)?;
+        // `WHERE'x'` must not become the identifier `WHERE$1`.
+        if out.chars().next_back().is_some_and(word_char) {
+            out.push(' ');
+        }
         out.push('$');
         crate::analysis::push_number(out, n);
         self.count += 1;
@@ -149,6 +153,8 @@ fn normalize_pass(
     let mut multi = false;
     let mut after_semicolon = false;
     let mut lx = Lexer::new(sql);
+    // The last token read was a literal (written as a placeholder).
+    let mut after_literal = false;
     let mut prev_end = 0usize;
     // Whether a `-` here would be a sign.
     // (a word's answer is looked up only when a `-` follows it).
@@ -162,7 +168,10 @@ fn normalize_pass(
             _ => {}
         }
         let end = t.offset + t.text.len();
-        let gap = t.offset > prev_end;
+        // `'x'AS` must not become `$1AS`, nor `'x'1` the parameter `$11`.
+        let gap =
+            t.offset > prev_end || (after_literal && t.text.chars().next().is_some_and(word_char));
+        after_literal = matches!(t.kind, TokenKind::Number | TokenKind::String);
         let sep = |out: &mut String| {
             if gap && !out.is_empty() {
                 out.push(' ');
@@ -178,6 +187,12 @@ fn normalize_pass(
                 }
                 continue;
             }
+            // A literal right after a `.` (`c..20`, no statement) stays as
+            // written: `c.$1` would parse as a qualified name.
+            TokenKind::Number | TokenKind::String if !gap && out.ends_with('.') => {
+                out.push_str(t.text);
+                sign_ok = Sign::No;
+            }
             TokenKind::Number if plain_number(t.text) => {
                 sep(out);
                 literals.push(out, base, t.offset..end, || t.text.to_owned())?;
@@ -190,7 +205,7 @@ fn normalize_pass(
             }
             TokenKind::Punct => {
                 let (op, minus) = split_trailing_minus(t.text);
-                if minus && sign_ok_after(op, sign_ok.resolve()) {
+                if minus && sign_ok_after(op, sign_ok.resolve()) && !out.ends_with('.') {
                     if let Some(num) = next_number(&mut lx) {
                         sep(out);
                         out.push_str(op);
@@ -202,6 +217,7 @@ fn normalize_pass(
                         literals.push(out, base, sign..num_end, || format!("-{}", num.text))?;
                         prev_end = num_end;
                         sign_ok = Sign::No;
+                        after_literal = true;
                         continue;
                     }
                 }
@@ -234,6 +250,13 @@ fn normalize_pass(
         base: max_param,
         multi,
     })
+}
+
+/// A character that continues an identifier, keyword, number or
+/// parameter: a placeholder must not touch one.
+fn word_char(c: char) -> bool {
+    // Every non-ASCII character continues an identifier, as in Postgres.
+    c.is_ascii_alphanumeric() || c == '_' || c == '$' || !c.is_ascii()
 }
 
 /// Whether a `-` at this point would be a sign.
@@ -409,5 +432,26 @@ mod tests {
             ["a\nbAAé", "x"]
         );
         assert_eq!(norm("x BETWEEN -1 AND -2").1, ["-1", "-2"]);
+    }
+
+    /// Fuzzing found it (fuzz/regressions/planner/): a literal touching a
+    /// word became part of an identifier (`orders ORD''''I` gave `ORD$1I`,
+    /// a valid alias), so the normalised text parsed where the text did not.
+    #[test]
+    fn placeholders_never_touch_words_or_digits() {
+        assert_eq!(
+            norm("SELECT * FROM orders ORD'x'I'y'").0,
+            "SELECT * FROM orders ORD $1 I $2"
+        );
+        assert_eq!(norm("SELECT c.id, k.0000000").0, "SELECT c.id, k $1");
+        assert_eq!(norm("SELECT c..20 FROM t").0, "SELECT c..20 FROM t");
+        assert_eq!(
+            norm("SELECT 'a'AS x, 'b'1, x=-5").0,
+            "SELECT $1 AS x, $2 $3, x=$4"
+        );
+        assert_eq!(
+            norm("SELECT a+1, f('x'), $2::int").0,
+            "SELECT a+$3, f($4), $2::int"
+        );
     }
 }
