@@ -72,6 +72,18 @@ pub struct Analyzed {
     pub literals: Vec<String>,
 }
 
+/// A statement's shard plan, its literal values and its route
+/// ([`Analyzer::plan_and_classify`]).
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// The shard plan; values from literals index into `literals`.
+    pub plan: Arc<ShardPlan>,
+    /// Literal values in lexer order.
+    pub literals: Vec<String>,
+    /// How the statement routes.
+    pub classification: Classification,
+}
+
 /// A merge plan, or why the statement cannot be merged (both are cached).
 pub type MergeResult = Result<Arc<MergePlan>, Unmergeable>;
 
@@ -156,13 +168,24 @@ impl Analyzer {
     /// `... WHERE aid = 456` share one plan. [`crate::InsertPlan`] spans
     /// always refer to `sql`.
     pub fn plan(&self, sql: &str, tables: &dyn TableLookup) -> (Arc<ShardPlan>, Vec<String>) {
+        let planned = self.plan_and_classify(sql, tables);
+        (planned.plan, planned.literals)
+    }
+
+    /// [`Analyzer::plan`] and [`Analyzer::classify`] of `sql` from one
+    /// cache lookup (a sharded session needs both for each statement).
+    pub fn plan_and_classify(&self, sql: &str, tables: &dyn TableLookup) -> Planned {
         let Analyzed { analysis, literals } = self.analyze(sql, Some(tables));
         let plan = match &analysis.shard {
             Some(p) if analysis.base.is_some() => with_spans(p.clone(), sql, tables),
             Some(p) => p.clone(),
             None => Arc::new(crate::shard::plan(sql, tables)),
         };
-        (plan, literals)
+        Planned {
+            plan,
+            literals,
+            classification: analysis.classification.clone(),
+        }
     }
 
     /// How the rows of `sql` (a statement the shard plan sends to several

@@ -30,7 +30,7 @@ pub mod scan;
 pub mod session_cmd;
 pub mod shard;
 
-pub use analysis::{Analysis, Analyzed, Analyzer, MergeResult, MAX_CACHED_SQL};
+pub use analysis::{Analysis, Analyzed, Analyzer, MergeResult, Planned, MAX_CACHED_SQL};
 pub use classify::{
     Classification, Classifier, Route, BUILTIN_WRITE_FUNCTIONS, MAX_PARSE_OPERATORS,
 };

@@ -73,6 +73,9 @@ fn classification_with_tables_is_the_classifiers() {
         assert_eq!(a.classify(sql, Some(&Tables)), want, "{sql}");
         assert_eq!(a.classify(sql, Some(&Tables)), want, "{sql} (cached)");
         assert_eq!(a.classify(sql, None), want, "{sql} (without tables)");
+        let planned = a.plan_and_classify(sql, &Tables);
+        assert_eq!(planned.classification, want, "{sql} (with its plan)");
+        assert_eq!(planned.plan, a.plan(sql, &Tables).0, "{sql} (plan)");
     }
 }
 

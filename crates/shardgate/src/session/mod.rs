@@ -1122,7 +1122,11 @@ impl Session {
             }
             return Ok(Want::Primary);
         }
-        let c = self.snap.classify(sql);
+        self.want_of(&self.snap.classify(sql))
+    }
+
+    /// What a statement classified as `c` needs (when reads are routed).
+    fn want_of(&self, c: &shardgate_router::Classification) -> Result<Want, PgError> {
         let hints = c.hints().map_err(|e| hint_error(e.clone()))?;
         Ok(self.routing.want(c.route, hints))
     }

@@ -697,6 +697,16 @@ impl Session {
     /// What the statement needs from each shard's node, inside or outside a
     /// transaction spread over shards.
     pub(super) fn want_sharded(&self, sql: &str) -> Want {
+        self.want_sharded_classified(sql, None)
+    }
+
+    /// [`Session::want_sharded`] when the statement's classification is at
+    /// hand (`known`), so it is not looked up again.
+    fn want_sharded_classified(
+        &self,
+        sql: &str,
+        known: Option<&shardgate_router::Classification>,
+    ) -> Want {
         match &self.vtx {
             Some(v) if v.read_only => match self.routing.want(
                 shardgate_router::Route::Begin { read_only: true },
@@ -706,7 +716,12 @@ impl Session {
                 _ => Want::Primary,
             },
             Some(_) => Want::Primary,
-            None => self.want_for(sql).unwrap_or(Want::Primary),
+            None if !self.route_reads => self.want_for(sql).unwrap_or(Want::Primary),
+            None => match known {
+                Some(c) => self.want_of(c),
+                None => self.want_for(sql),
+            }
+            .unwrap_or(Want::Primary),
         }
     }
 
@@ -742,8 +757,13 @@ impl Session {
             Err(e) => return self.reply_error(super::hint_error(e)),
         };
         let mut dest = None;
+        // A single statement's route comes with its plan (one lookup).
+        let mut classified = None;
         for stmt in &stmts {
-            let plan = self.plan_of(stmt);
+            let (plan, c) = self.plan_and_route(stmt);
+            if stmts.len() == 1 && *stmt == sql {
+                classified = Some(c);
+            }
             let d = match self.dest_for(stmt, &plan, &hints, None).await {
                 Ok(d) => d,
                 // A later statement may need what an earlier one creates.
@@ -759,7 +779,7 @@ impl Session {
                 _ => return self.statements_apart(&stmts).await,
             };
         }
-        let want = self.want_sharded(sql);
+        let want = self.want_sharded_classified(sql, classified.as_ref());
         let dest = dest.unwrap_or(Dest::One(self.default_shard()));
         let d_kind = if matches!(dest, Dest::Everywhere(_)) {
             DestKind::Copies
@@ -783,7 +803,11 @@ impl Session {
             }
             Dest::Many(shards) | Dest::Everywhere(shards) => {
                 let copies = matches!(d_kind, DestKind::Copies);
-                let wrap = self.is_write(sql) && !non_transactional(sql);
+                let write = match &classified {
+                    Some(c) => c.route != shardgate_router::Route::Read,
+                    None => self.is_write(sql),
+                };
+                let wrap = write && !non_transactional(sql);
                 let mut q = BytesMut::new();
                 frontend::encode_query(sql, &mut q);
                 let requests: Vec<(usize, BytesMut)> =
@@ -884,9 +908,19 @@ impl Session {
 
     /// The cached plan of one statement, literals resolved.
     pub(super) fn plan_of(&self, sql: &str) -> ShardPlan {
+        self.plan_and_route(sql).0
+    }
+
+    /// [`Session::plan_of`] and the statement's classification, from one
+    /// analysis.
+    fn plan_and_route(&self, sql: &str) -> (ShardPlan, shardgate_router::Classification) {
         let sharding = self.snap.sharding.as_ref().expect("sharded session");
-        let (plan, literals) = self.snap.analyzer.plan(sql, &MapLookup(&sharding.map));
-        plan.resolve_literals(&literals)
+        let planned = self
+            .snap
+            .analyzer
+            .plan_and_classify(sql, &MapLookup(&sharding.map));
+        let plan = planned.plan.resolve_literals(&planned.literals);
+        (plan, planned.classification)
     }
 
     /// An error answering a simple query (the transaction, if any, fails).
