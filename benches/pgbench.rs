@@ -24,9 +24,11 @@
 //! without two-phase commit.
 //!
 //! Environment (defaults in brackets): `BENCH_SUITE` [replica] (or `sharding`, `cross_shard`),
-//! `BENCH_ROUNDS` [2], `BENCH_SECONDS` [20] per run, `BENCH_CLIENTS` [32], `BENCH_POOL` [20]
-//! server connections per proxy, `BENCH_SCALE` [10], `BENCH_WORKERS` [1] shardgate runtime
-//! threads (0 = one per core; 1 like PgBouncer's single thread), `BENCH_MODES` and `BENCH_TARGETS`: comma-separated names
+//! `BENCH_ROUNDS` [2], `BENCH_SECONDS` [20] per run, `BENCH_CLIENTS` [32], `BENCH_POOL` [10 and
+//! the client count] server connections per proxy (a comma-separated list: the whole run is
+//! repeated for each, one table each), `BENCH_SCALE` [10], `BENCH_WORKERS` [not set:
+//! shardgate's shipped default] shardgate runtime threads (0 = one per core; 1 like
+//! PgBouncer's single thread), `BENCH_MODES` and `BENCH_TARGETS`: comma-separated names
 //! from [`MODES`] and [`TARGETS`] (any suite's; default: the suite's entries),
 //! `BENCH_MERGE_ROUNDS` [3] rounds of the merge-throughput reads (`cross_shard`; 0 skips),
 //! `BENCH_BASELINE`: another shardgate binary, run as target `shardgate-baseline` (configured
@@ -498,9 +500,13 @@ struct Params {
     rounds: usize,
     seconds: u64,
     clients: usize,
+    /// Server connections per proxy in the run under way (one of `pools`).
     pool: usize,
+    /// The pool sizes to run, one after another (`BENCH_POOL`).
+    pools: Vec<usize>,
     scale: usize,
-    workers: usize,
+    /// shardgate's `workers`; `None` leaves it out of the configuration (the shipped default).
+    workers: Option<usize>,
     suite: &'static str,
     modes: Vec<&'static Mode>,
     targets: Vec<&'static TargetDef>,
@@ -546,13 +552,21 @@ impl Params {
                 Some(_) => {}
             }
         }
+        let clients = env_number("BENCH_CLIENTS", 32);
+        // Fewer server connections than clients, and as many.
+        let pools = env_numbers("BENCH_POOL", &[10.min(clients), clients]);
+        let workers = std::env::var("BENCH_WORKERS")
+            .ok()
+            .filter(|w| !w.trim().is_empty())
+            .map(|_| env_number("BENCH_WORKERS", 0));
         Params {
             rounds: env_number("BENCH_ROUNDS", 2),
             seconds: env_number("BENCH_SECONDS", 20),
-            clients: env_number("BENCH_CLIENTS", 32),
-            pool: env_number("BENCH_POOL", 20),
+            clients,
+            pool: pools[0],
+            pools,
             scale: env_number("BENCH_SCALE", 10),
-            workers: env_number("BENCH_WORKERS", 1),
+            workers,
             suite,
             modes: env_selection(
                 "BENCH_MODES",
@@ -564,6 +578,15 @@ impl Params {
             script_dir: PathBuf::new(),
             merge_rounds: env_number("BENCH_MERGE_ROUNDS", 3),
             baseline,
+        }
+    }
+
+    /// shardgate's `workers` as configured, for the report.
+    fn workers_text(&self) -> String {
+        match self.workers {
+            None => "default (not set)".to_owned(),
+            Some(0) => "0 (one per core)".to_owned(),
+            Some(n) => n.to_string(),
         }
     }
 
@@ -589,6 +612,25 @@ where
             .parse()
             .unwrap_or_else(|e| panic!("{name}={value:?} is not a valid number: {e}")),
         _ => default,
+    }
+}
+
+/// The comma-separated numbers of `$name` (at least one), or `default` when unset or empty.
+fn env_numbers(name: &str, default: &[usize]) -> Vec<usize> {
+    let value = std::env::var(name).unwrap_or_default();
+    let numbers: Vec<usize> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse()
+                .unwrap_or_else(|e| panic!("{name}={value:?}: {s:?} is not a valid number: {e}"))
+        })
+        .collect();
+    if numbers.is_empty() {
+        default.to_vec()
+    } else {
+        numbers
     }
 }
 
@@ -643,24 +685,30 @@ fn main() {
         one: cluster,
         three,
     };
-    let mut targets: Vec<Target> = params
-        .targets
-        .iter()
-        .map(|def| Target::start(def, &clusters, &params))
-        .collect();
-    // Before the pgbench runs, so every target still holds the rows `pgbench -i` loaded.
-    let merge = (params.suite == "cross_shard" && params.merge_rounds > 0)
-        .then(|| merge_throughput(&params, &targets));
-    let results = run_rounds(&params, &clusters, &mut targets);
-    let peaks = peak_rss(&targets);
-    let with_clients = rss_with_clients(&params, &targets);
-    print_table(&params, &targets, &results);
-    if let Some(merge) = &merge {
-        print_merge(&params, merge);
+    for (i, &pool) in params.pools.clone().iter().enumerate() {
+        params.pool = pool;
+        let mut targets: Vec<Target> = params
+            .targets
+            .iter()
+            .map(|def| Target::start(def, &clusters, &params))
+            .collect();
+        // Before the pgbench runs, so every target still holds the rows `pgbench -i` loaded.
+        let merge = (i == 0 && params.suite == "cross_shard" && params.merge_rounds > 0)
+            .then(|| merge_throughput(&params, &targets));
+        let results = run_rounds(&params, &clusters, &mut targets);
+        let peaks = peak_rss(&targets);
+        let with_clients = rss_with_clients(&params, &targets);
+        println!("\n### pool_size = {pool}, {} clients", params.clients);
+        print_table(&params, &targets, &results);
+        if let Some(merge) = &merge {
+            print_merge(&params, merge);
+        }
+        print_memory(&peaks, &with_clients);
+        if i + 1 == params.pools.len() {
+            print_parameters(&params, &clusters.one, &targets);
+        }
+        // `targets` (stopping the proxies) is dropped before `clusters` (stopping Postgres).
     }
-    print_memory(&peaks, &with_clients);
-    print_parameters(&params, &clusters.one, &targets);
-    // `targets` (stopping the proxies) is dropped before `clusters` (stopping Postgres).
 }
 
 // ---------------------------------------------------------------------------------------
@@ -941,9 +989,12 @@ fn spawn_shardgate_binary(
 fn shardgate_config(cluster: &Cluster, params: &Params, port: u16, routing: Routing) -> String {
     let mut config = format!(
         "[proxy]\nlisten = \"127.0.0.1:{port}\"\npool_mode = \"transaction\"\n\
-         pool_size = {}\nworkers = {}\n",
-        params.pool, params.workers
+         pool_size = {}\n",
+        params.pool
     );
+    if let Some(workers) = params.workers {
+        let _ = writeln!(config, "workers = {workers}");
+    }
     if let Routing::Sharded { two_phase: true } = routing {
         let log = cluster.dir().join(format!("shardgate-2pc-{port}.log"));
         let _ = writeln!(
@@ -994,9 +1045,10 @@ fn shardgate_config(cluster: &Cluster, params: &Params, port: u16, routing: Rout
 
 fn describe_shardgate(params: &Params) -> String {
     format!(
-        "transaction mode, pool_size={}, workers={} (0 = one per core), SCRAM; \
+        "transaction mode, pool_size={}, workers={}, SCRAM; \
          config lists the primary only (replicas = []), so no statement classification",
-        params.pool, params.workers
+        params.pool,
+        params.workers_text()
     )
 }
 
@@ -1176,6 +1228,8 @@ struct Stats {
     proxy_cpu_us: Option<f64>,
     /// pgbench's CPU time per transaction, in µs.
     pgbench_cpu_us: Option<f64>,
+    /// CPU time of every Postgres process on the machine per transaction, in µs.
+    postgres_cpu_us: Option<f64>,
     /// Busy CPU time of the whole machine per transaction, in µs.
     machine_cpu_us: Option<f64>,
     /// Context switches of the whole machine per transaction.
@@ -1201,11 +1255,13 @@ fn bench_once(params: &Params, target: &Target, mode: &Mode) -> Outcome {
     let timeout = Duration::from_secs(params.seconds) + PGBENCH_GRACE;
     let cpu_before = target.pid().and_then(cpu_ticks);
     let children_before = children_cpu_ticks();
+    let postgres_before = postgres_cpu_ticks();
     let machine_before = machine_busy_ticks();
     let switches_before = machine_context_switches();
     let finished = run(pgbench(target.port, &args), timeout, || {})?.check()?;
     let cpu_after = target.pid().and_then(cpu_ticks);
     let children_after = children_cpu_ticks();
+    let postgres_after = postgres_cpu_ticks();
     let machine_after = machine_busy_ticks();
     let switches_after = machine_context_switches();
     if finished.stderr.to_lowercase().contains("error") {
@@ -1227,6 +1283,7 @@ fn bench_once(params: &Params, target: &Target, mode: &Mode) -> Outcome {
     };
     stats.proxy_cpu_us = per_transaction(cpu_before, cpu_after);
     stats.pgbench_cpu_us = per_transaction(children_before, children_after);
+    stats.postgres_cpu_us = per_transaction(postgres_before, postgres_after);
     stats.machine_cpu_us = per_transaction(machine_before, machine_after);
     stats.switches = per_transaction(switches_before, switches_after)
         .map(|scaled| scaled * CLOCK_TICKS_PER_SECOND / 1e6);
@@ -1270,6 +1327,37 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     stat_ticks(&format!("/proc/{pid}/stat"), 14)
 }
 
+/// CPU time of every Postgres process so far, in clock ticks: each live `postgres`
+/// process's own, plus, for each postmaster (a `postgres` whose parent is not one), that of
+/// its children that have exited (`cutime` and `cstime`), so backends that end between two
+/// readings still count.
+fn postgres_cpu_ticks() -> Option<u64> {
+    let mut total = 0;
+    for entry in fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if !stat.contains("(postgres)") {
+            continue;
+        }
+        let path = format!("/proc/{pid}/stat");
+        total += stat_ticks(&path, 14).unwrap_or(0);
+        let parent_is_postgres = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+            .and_then(|ppid| fs::read_to_string(format!("/proc/{ppid}/stat")).ok())
+            .is_some_and(|parent| parent.contains("(postgres)"));
+        if !parent_is_postgres {
+            total += stat_ticks(&path, 16).unwrap_or(0);
+        }
+    }
+    Some(total)
+}
+
 /// CPU time of this program's waited-for children so far (pgbench runs), in clock ticks
 /// (`/proc/self/stat` fields 16 and 17).
 fn children_cpu_ticks() -> Option<u64> {
@@ -1307,6 +1395,7 @@ fn parse_stats(stdout: &str) -> Outcome {
             failed_transactions: failed as u64,
             proxy_cpu_us: None,
             pgbench_cpu_us: None,
+            postgres_cpu_us: None,
             machine_cpu_us: None,
             switches: None,
         }),
@@ -1371,12 +1460,13 @@ fn report_run(params: &Params, round: usize, mode: &Mode, target: &Target, outco
     );
     match outcome {
         Ok(stats) => eprintln!(
-            "{run} {:>10.0} tps {:>8.3} ms avg latency {} failed; CPU µs/txn: proxy {}, pgbench {}, machine {}; context switches/txn {}",
+            "{run} {:>10.0} tps {:>8.3} ms avg latency {} failed; CPU µs/txn: proxy {}, pgbench {}, postgres {}, machine {}; context switches/txn {}",
             stats.tps,
             stats.latency_ms,
             stats.failed_transactions,
             micros(stats.proxy_cpu_us),
             micros(stats.pgbench_cpu_us),
+            micros(stats.postgres_cpu_us),
             micros(stats.machine_cpu_us),
             stats.switches.map_or("-".to_owned(), |n| format!("{n:.2}")),
         ),
@@ -1459,6 +1549,8 @@ struct Summary {
     tps: Option<f64>,
     latency_ms: Option<f64>,
     proxy_cpu_us: Option<f64>,
+    pgbench_cpu_us: Option<f64>,
+    postgres_cpu_us: Option<f64>,
     /// Mean over the runs of the proxy's CPU per transaction divided by pgbench's.
     proxy_per_pgbench_cpu: Option<f64>,
     failed_transactions: u64,
@@ -1473,6 +1565,8 @@ impl Summary {
             tps: mean(ok.iter().map(|s| s.tps)),
             latency_ms: mean(ok.iter().map(|s| s.latency_ms)),
             proxy_cpu_us: mean(ok.iter().filter_map(|s| s.proxy_cpu_us)),
+            pgbench_cpu_us: mean(ok.iter().filter_map(|s| s.pgbench_cpu_us)),
+            postgres_cpu_us: mean(ok.iter().filter_map(|s| s.postgres_cpu_us)),
             proxy_per_pgbench_cpu: mean(
                 ok.iter()
                     .filter_map(|s| Some(s.proxy_cpu_us? / s.pgbench_cpu_us?)),
@@ -1512,6 +1606,15 @@ impl Summary {
         micros(self.proxy_cpu_us)
     }
 
+    /// Mean CPU µs per transaction of pgbench and of Postgres, `pgbench + postgres`.
+    fn others_cpu_text(&self) -> String {
+        format!(
+            "{} + {}",
+            micros(self.pgbench_cpu_us),
+            micros(self.postgres_cpu_us)
+        )
+    }
+
     /// Proxy CPU relative to pgbench's; `-` for targets without a proxy process.
     fn relative_cpu_text(&self) -> String {
         self.proxy_per_pgbench_cpu
@@ -1549,6 +1652,14 @@ fn row_text(ratios: &[(usize, usize)], row: &[Option<Summary>], runs: &[Vec<Outc
         .map(|s| s.as_ref().map_or("n/a".to_owned(), Summary::cpu_text))
         .collect();
     cells.push(cpu.join(" / "));
+    let others: Vec<String> = row
+        .iter()
+        .map(|s| {
+            s.as_ref()
+                .map_or("n/a".to_owned(), Summary::others_cpu_text)
+        })
+        .collect();
+    cells.push(others.join(" / "));
     let relative: Vec<String> = row
         .iter()
         .map(|s| {
@@ -1608,6 +1719,7 @@ fn print_table(params: &Params, targets: &[Target], results: &Results) {
     let names: Vec<&str> = targets.iter().map(|t| t.name).collect();
     header.push(format!("avg latency (ms) {}", names.join("/")));
     header.push(format!("proxy CPU µs/txn {}", names.join("/")));
+    header.push(format!("pgbench + Postgres CPU µs/txn {}", names.join("/")));
     header.push(format!("proxy CPU / pgbench CPU {}", names.join("/")));
     println!();
     println!("| {} |", header.join(" | "));
@@ -1666,9 +1778,14 @@ fn print_parameters(params: &Params, cluster: &Cluster, targets: &[Target]) {
         params.rounds,
         params.seconds,
         params.clients,
-        params.pool,
+        params
+            .pools
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
         params.scale,
-        params.workers,
+        params.workers.map_or(String::new(), |w| w.to_string()),
         names(params.modes.iter().map(|m| m.name).collect()),
         names(targets.iter().map(|t| t.name).collect()),
     );
