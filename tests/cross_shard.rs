@@ -671,6 +671,20 @@ async fn group_by_a_million_groups_stays_in_bounded_memory() {
         "{}",
         db.message()
     );
+    // Fifty thousand sorted groups fit, and are more than the proxy sorts
+    // on its runtime thread: the sort runs on the blocking pool, and every
+    // group comes back in order.
+    let rows = within(
+        "sorted groups off the runtime thread",
+        client.query(
+            "SELECT k, count(*) FROM big WHERE k < 50000 GROUP BY k ORDER BY count(*) DESC, k DESC",
+            &[],
+        ),
+    )
+    .await
+    .unwrap();
+    let keys: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(keys, (0..50_000).rev().collect::<Vec<i64>>());
     // With a LIMIT only the best rows are kept.
     let rows = within(
         "top rows",

@@ -86,6 +86,18 @@ impl MergeTree {
         }
     }
 
+    /// The plan this tree runs.
+    pub fn spec(&self) -> Arc<dyn MergeSpec> {
+        self.spec.clone()
+    }
+
+    /// Estimated bytes held for the end: groups being combined and rows
+    /// waiting for the final sort. [`MergeTree::finish`] works through
+    /// them all at once, so a caller may run it off its thread when large.
+    pub fn held(&self) -> usize {
+        self.aggregate.held() + self.sort.as_ref().map_or(0, BoundedSort::held)
+    }
+
     /// LIMIT (or the Execute's row limit when smaller) and OFFSET.
     pub fn set_limit(&mut self, limit: Option<u64>, offset: u64) {
         self.limit = LimitOffset::new(limit, offset);
@@ -274,8 +286,7 @@ impl MergeTree {
         if let Some(done) = self.aggregate.add(g, types, row)? {
             self.finish_group(g, done, out)?;
         }
-        let held = self.aggregate.held() + self.sort.as_ref().map_or(0, BoundedSort::held);
-        if held > self.budget {
+        if self.held() > self.budget {
             return Err(MergeError::MemoryLimit {
                 message: format!(
                     "shardgate: the values of one group's ordered-set aggregate in this cross-shard query need more than merge_memory_limit ({} bytes) of proxy memory",

@@ -346,7 +346,7 @@ pub struct ProxyConfig {
     pub max_client_buffer: usize,
     /// Most client connections at once.
     pub max_client_connections: usize,
-    /// Runtime worker threads; 0 means one per CPU core.
+    /// Runtime worker threads; 0 means automatic ([`ProxyConfig::worker_threads`]).
     pub workers: usize,
     /// PEM certificate chain for TLS to clients.
     pub tls_cert: Option<PathBuf>,
@@ -396,6 +396,22 @@ pub struct ProxyConfig {
     pub server_tls: ServerTlsMode,
     /// PEM root certificate(s) for `verify-ca` / `verify-full`.
     pub server_tls_root_cert: Option<PathBuf>,
+}
+
+impl ProxyConfig {
+    /// The runtime threads to start: `workers`, or when it is 0 half the
+    /// CPU cores the process may use, at least one. Most of the proxy's
+    /// time per statement is the kernel's socket work, and on a machine of
+    /// few cores it shares them with Postgres or the clients: on 2 cores one
+    /// thread gave 15–18% more `-S` throughput at 10–15% less CPU per
+    /// transaction than two (README, *Benchmarks*), where the second
+    /// thread's wake-ups compete with the processes it serves.
+    pub fn worker_threads(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+            n => n,
+        }
+    }
 }
 
 impl Default for ProxyConfig {

@@ -275,15 +275,8 @@ fn serve_with_sample(
     port: u16,
     banner: String,
 ) -> Result<(), String> {
-    let workers = match config.proxy.workers {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let workers = config.proxy.worker_threads();
+    let runtime = crate::build_runtime(workers)?;
     runtime.block_on(async move {
         let listener = crate::listener::bind(&config)
             .await

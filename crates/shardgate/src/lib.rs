@@ -48,11 +48,21 @@ pub fn init_logging() {
 /// Builds the runtime `config` asks for and serves until SIGTERM or SIGINT;
 /// `path` is the file RELOAD and SIGHUP read again.
 pub fn run_blocking(config: Config, path: std::path::PathBuf) -> Result<(), String> {
-    let workers = match config.proxy.workers {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
-    let runtime = if workers == 1 {
+    let workers = config.proxy.worker_threads();
+    let runtime = build_runtime(workers)?;
+    runtime.block_on(async move {
+        let listener = listener::bind(&config).await.map_err(|e| e.to_string())?;
+        tracing::info!(listen = %config.proxy.listen, workers, pool_mode = ?config.proxy.pool_mode, "shardgate listening");
+        listener::serve(config, Some(path), listener, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// The runtime of `workers` threads: single-threaded for one (the
+/// process's main thread runs everything), multi-threaded otherwise.
+pub fn build_runtime(workers: usize) -> Result<tokio::runtime::Runtime, String> {
+    if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -65,14 +75,7 @@ pub fn run_blocking(config: Config, path: std::path::PathBuf) -> Result<(), Stri
             .enable_all()
             .build()
     }
-    .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(async move {
-        let listener = listener::bind(&config).await.map_err(|e| e.to_string())?;
-        tracing::info!(listen = %config.proxy.listen, workers, pool_mode = ?config.proxy.pool_mode, "shardgate listening");
-        listener::serve(config, Some(path), listener, shutdown_signal())
-            .await
-            .map_err(|e| e.to_string())
-    })
+    .map_err(|e| format!("cannot start the runtime: {e}"))
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -191,12 +191,18 @@ impl Coordinator {
         self.log.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records, durably, that `gid` commits.
-    pub fn decide_commit(&self, gid: &str) -> Result<(), LogError> {
-        let err = |source| LogError {
+    /// An error about the decision log.
+    pub fn log_error(&self, source: std::io::Error) -> LogError {
+        LogError {
             path: self.path.display().to_string(),
             source,
-        };
+        }
+    }
+
+    /// Records, durably, that `gid` commits (it syncs the log: call it
+    /// off the runtime's threads, e.g. in `spawn_blocking`).
+    pub fn decide_commit(&self, gid: &str) -> Result<(), LogError> {
+        let err = |source| self.log_error(source);
         let line = format!("commit {gid}\n");
         let mut log = self.lock();
         log.file.write_all(line.as_bytes()).map_err(err)?;

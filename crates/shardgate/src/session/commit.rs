@@ -89,7 +89,15 @@ impl Session {
             return Some(e);
         }
         failpoint("before_decision");
-        if let Err(e) = coordinator.decide_commit(&gid) {
+        // Synced on the blocking pool: an fsync must not hold up the
+        // runtime thread's other clients (the only thread with `workers = 1`).
+        let decided = {
+            let (c, g) = (coordinator.clone(), gid.clone());
+            tokio::task::spawn_blocking(move || c.decide_commit(&g))
+                .await
+                .unwrap_or_else(|e| Err(coordinator.log_error(std::io::Error::other(e))))
+        };
+        if let Err(e) = decided {
             tracing::error!(error = %e, %gid, "cannot record the commit decision; rolling back");
             let rollback = format!("ROLLBACK PREPARED '{gid}'");
             let _ = self.exec_all(parts, |_| rollback.clone()).await;

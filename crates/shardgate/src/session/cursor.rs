@@ -305,7 +305,7 @@ impl Session {
                 match cur.run.tree.step(&mut scratch).map_err(merge_error)? {
                     TreeStep::Moved => {}
                     TreeStep::Drained => {
-                        cur.run.end_rows(&mut scratch)?;
+                        cur.run.end_rows_unblocking(&mut scratch).await?;
                         cur.finished = true;
                     }
                     TreeStep::Waiting => {

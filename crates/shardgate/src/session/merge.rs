@@ -38,6 +38,11 @@ use shardgate_pool::CancelHandle;
 /// Flush rows to the client once this much is buffered.
 const FLUSH_AT: usize = 64 * 1024;
 
+/// Bytes a merge may hold for its end (groups, rows to sort) before that
+/// end runs on the blocking pool ([`Run::end_rows_unblocking`]); below it
+/// the few milliseconds of work cost less than handing it to a thread.
+const FINISH_OFF_THREAD_AT: usize = 4 << 20;
+
 /// What the client sent for a merged statement.
 pub(super) struct MergeRequest<'a> {
     /// The Bind (extended protocol); `None` for a simple query.
@@ -617,7 +622,7 @@ impl Session {
                         continue;
                     }
                     Ok(TreeStep::Drained) => {
-                        if let Err(e) = run.end_rows(&mut self.cout) {
+                        if let Err(e) = run.end_rows_unblocking(&mut self.cout).await {
                             run.fail_or_refuse(e, parts, &mut self.cout, self.vtx.is_none());
                         }
                         run.stopping = true;
@@ -980,6 +985,46 @@ impl Run {
     /// then CommandComplete (or PortalSuspended).
     pub(super) fn end_rows(&mut self, cout: &mut BytesMut) -> Result<(), PgError> {
         self.tree.finish(cout).map_err(merge_error)?;
+        self.complete(cout);
+        Ok(())
+    }
+
+    /// [`Run::end_rows`], on the blocking pool when the tree holds more
+    /// than [`FINISH_OFF_THREAD_AT`] bytes: sorting a million groups takes
+    /// a CPU for a good part of a second, which would stall every other
+    /// client of the runtime thread (all of them with `workers = 1`).
+    pub(super) async fn end_rows_unblocking(&mut self, cout: &mut BytesMut) -> Result<(), PgError> {
+        if self.tree.held() < FINISH_OFF_THREAD_AT {
+            return self.end_rows(cout);
+        }
+        tracing::debug!(
+            bytes = self.tree.held(),
+            "cross-shard merge: final step on the blocking pool"
+        );
+        let spare = MergeTree::new(self.tree.spec(), 0, 0);
+        let mut tree = std::mem::replace(&mut self.tree, spare);
+        let mut out = std::mem::take(cout);
+        let finished = tokio::task::spawn_blocking(move || {
+            let r = tree.finish(&mut out);
+            (tree, out, r)
+        })
+        .await;
+        let (tree, out, r) = finished.map_err(|e| {
+            PgError::error(
+                "XX000",
+                format!("shardgate: the merge's final step failed: {e}"),
+            )
+        })?;
+        self.tree = tree;
+        *cout = out;
+        r.map_err(merge_error)?;
+        self.complete(cout);
+        Ok(())
+    }
+
+    /// CommandComplete, or PortalSuspended when the Execute's row limit cut
+    /// the rows short.
+    fn complete(&self, cout: &mut BytesMut) {
         if self.suspended() {
             // As Postgres: the Execute's row limit reached, the portal is
             // suspended (a later Execute of it is refused).
@@ -987,7 +1032,6 @@ impl Run {
         } else {
             backend::command_complete(&format!("SELECT {}", self.tree.sent()), cout);
         }
-        Ok(())
     }
 }
 
