@@ -403,7 +403,7 @@ impl ProxyConfig {
     /// CPU cores the process may use, at least one. Most of the proxy's
     /// time per statement is the kernel's socket work, and on a machine of
     /// few cores it shares them with Postgres or the clients: on 2 cores one
-    /// thread gave 15–18% more `-S` throughput at 10–15% less CPU per
+    /// thread gave 13–18% more `-S` throughput at 3–6% less CPU per
     /// transaction than two (README, *Benchmarks*), where the second
     /// thread's wake-ups compete with the processes it serves.
     pub fn worker_threads(&self) -> usize {
