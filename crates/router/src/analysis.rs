@@ -32,7 +32,7 @@ use crate::lexer::split_statements;
 use crate::merge_plan::{plan_merge, plan_merge_parsed, MergePlan, Unmergeable};
 use crate::shard::{
     combine_plans, needs_parse, normalize, parse_statement, plan_parsed, planned_by_lexer,
-    statement_tokens, with_spans, LiteralSink, ShardPlan, TableLookup,
+    statement_tokens, unlike_sqlparser, with_spans, LiteralSink, ShardPlan, TableLookup,
 };
 
 /// Texts longer than this are analysed without the cache (their keys would
@@ -306,9 +306,11 @@ impl Analyzer {
             let mut a = self
                 .analyse_guarded(sql, None, sql, tables)
                 .expect("an exact text is always analysed");
-            if has_open_comment(sql) {
+            if has_open_comment(sql) || unlike_sqlparser(sql) {
                 // The statement splitter leaves a comment left open at the
-                // end out of the statement: route it as the classifier does.
+                // end out of the statement, and control characters read
+                // differently for the lexer and sqlparser: route such text
+                // as the classifier does.
                 a.classification = self.classifier.classify(sql);
             }
             return a;
@@ -333,8 +335,13 @@ impl Analyzer {
             fallback |= a.classification.fallback;
             plans.extend(a.shard.map(Arc::unwrap_or_clone));
         }
+        let classification = if unlike_sqlparser(sql) {
+            self.classifier.classify(sql)
+        } else {
+            Classification::of(sql, &routes, fallback)
+        };
         Analysis {
-            classification: Classification::of(sql, &routes, fallback),
+            classification,
             shard: tables.map(|_| Arc::new(combine_plans(plans))),
             tree: None,
             base: None,

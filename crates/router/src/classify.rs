@@ -395,8 +395,11 @@ pub(crate) fn plain_number(t: &str) -> bool {
             _ => None,
         };
         if let Some(digit) = digit {
-            return b[2..].iter().all(|c| digit(c) || *c == b'_');
+            return b[2..].iter().all(|c| digit(c) || *c == b'_') && separated(&b[2..], digit);
         }
+    }
+    if !separated(b, u8::is_ascii_digit) {
+        return false;
     }
     let (mantissa, exponent) = match b.iter().position(|c| matches!(c, b'e' | b'E')) {
         Some(i) => (&b[..i], Some(&b[i + 1..])),
@@ -404,6 +407,7 @@ pub(crate) fn plain_number(t: &str) -> bool {
     };
     let digits = |d: &[u8]| d.iter().all(|c| c.is_ascii_digit() || *c == b'_');
     let mantissa_ok = mantissa.iter().any(u8::is_ascii_digit)
+        && mantissa.iter().filter(|c| **c == b'.').count() <= 1
         && mantissa
             .iter()
             .all(|c| c.is_ascii_digit() || *c == b'_' || *c == b'.');
@@ -415,6 +419,15 @@ pub(crate) fn plain_number(t: &str) -> bool {
                 .unwrap_or(e);
             !e.is_empty() && digits(e)
         })
+}
+
+/// Whether every `_` in `b` stands between two digits (`1_000`, not `1__0`,
+/// `1_` or `1_.5`): sqlparser, as Postgres 16, reads other underscores as
+/// not part of the number.
+fn separated(b: &[u8], digit: fn(&u8) -> bool) -> bool {
+    b.iter()
+        .enumerate()
+        .all(|(i, c)| *c != b'_' || (i > 0 && digit(&b[i - 1]) && b.get(i + 1).is_some_and(digit)))
 }
 
 fn parse(stmt: &str) -> Option<Vec<Statement>> {

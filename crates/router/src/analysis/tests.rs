@@ -185,3 +185,28 @@ fn without_a_cache_everything_is_analysed_as_written() {
     );
     assert_eq!(a.cache_len(), 0);
 }
+
+/// Fuzzing found texts whose normalised form sqlparser read otherwise than
+/// the exact text: a number with stray underscores or dots, a `--` comment
+/// ended by a lone `\r`, control characters between tokens. Each is
+/// routed as the classifier routes it.
+#[test]
+fn texts_sqlparser_reads_apart_route_as_written() {
+    let a = analyzer();
+    for sql in [
+        "SELECT (v / 1) AS b, count(*) FROM orders GROUP BY 1________ ORDER BY 1",
+        "SELECT (v / 100000.......) AS b FROM orders GROUP BY 1",
+        "SELECT --\r1 FROM orders",
+        "SELECT 1 --x\r; DELETE FROM orders",
+        "\u{b}\n\tSET\u{5}\t\u{c}\0 x",
+        "SELECT 1\u{c}FROM orders",
+    ] {
+        let want = a.classifier().classify(sql);
+        assert_eq!(a.classify(sql, None), want, "{sql:?}");
+        assert_eq!(
+            a.classify(sql, Some(&Tables)),
+            want,
+            "{sql:?} (with tables)"
+        );
+    }
+}

@@ -452,8 +452,8 @@ fn cache_normalises_literals() {
     assert_ne!(k1, k2);
     cache_key("SELECT ?", &mut k2);
     assert_ne!(k1, k2);
-    cache_key("SELECT \u{1}N", &mut k2);
-    assert_ne!(k1, k2);
+    // A control character between tokens: analysed as written, no key.
+    assert!(normalize("SELECT \u{1}N", &mut k2, &mut LiteralSink::new(None, None)).is_none());
     cache_key("SELECT a b", &mut k1);
     cache_key("SELECT ab", &mut k2);
     assert_ne!(k1, k2);
@@ -770,12 +770,25 @@ fn number_tokens_with_letters_keep_their_own_cache_entry() {
     assert_eq!(c.classify(junk), c.classify_uncached(junk));
     assert_ne!(c.classify(ok), c.classify(junk));
     for n in [
-        "42", "1_000", "1.5e-3", ".5", "5.", "1E+10", "0x1F", "0o17", "0b101",
+        "42",
+        "1_000",
+        "1.5e-3",
+        ".5",
+        "5.",
+        "1E+10",
+        "0x1F",
+        "0o17",
+        "0b101",
+        "1_000.5_5",
+        "0x1_F",
     ] {
         assert!(plain_number(n), "{n}");
     }
     for n in [
         "1P0", "1into", "1e", "1e+", "0xZ", "12abc", "1.5ex", "0Occc", "0b12",
+        // Underscores not between two digits end the number for sqlparser
+        // (fuzzing found `GROUP BY 1______` routed apart from its key's).
+        "1__0", "1_", "1____", "1_.5", "0x_1", "1e_5",
     ] {
         assert!(!plain_number(n), "{n}");
     }

@@ -71,7 +71,7 @@ use std::ops::Range;
 
 pub(crate) use analyze::{ident_name, object_name, AGGREGATES};
 pub use insert::renumber_params;
-pub(crate) use normalize::{decode_string, normalize, LiteralSink};
+pub(crate) use normalize::{decode_string, normalize, unlike_sqlparser, LiteralSink};
 pub(crate) use planner::{
     combine as combine_plans, needs_parse, parse_statement, plan_parsed, planned_by_lexer,
     statement_tokens, with_spans,

@@ -118,7 +118,8 @@ impl<'a> LiteralSink<'a> {
 /// as do block comments holding hints (`/* shardgate: ... */`) or left
 /// open, so texts
 /// sharing a normalised form share their route and hints. `None` if
-/// parameter numbers overflow.
+/// parameter numbers overflow, or where the normalised text would not say
+/// what sqlparser reads in the exact one ([`unlike_sqlparser`]).
 pub(crate) fn normalize(
     sql: &str,
     out: &mut String,
@@ -131,6 +132,26 @@ pub(crate) fn normalize(
         return Some(first);
     }
     normalize_pass(sql, out, literals, first.base)
+}
+
+/// Whether text between tokens (whitespace and comments) or an operator
+/// reads differently for the lexer, which drops it, and for sqlparser
+/// (fuzzing found both): a control character other than tab and line ends
+/// (`\x0b`, `\x0c`, NUL), or a `--` comment with a lone `\r`, which ends
+/// the comment for Postgres and the lexer and not for sqlparser (only at
+/// `\n`). Such a text is analysed as written.
+pub(crate) fn unlike_sqlparser(between: &str) -> bool {
+    let b = between.as_bytes();
+    let mut lone_cr = false;
+    for (i, c) in b.iter().enumerate() {
+        match c {
+            b'\t' | b'\n' => {}
+            b'\r' => lone_cr |= b.get(i + 1) != Some(&b'\n'),
+            0..=0x1f | 0x7f => return true,
+            _ => {}
+        }
+    }
+    lone_cr && between.contains("--")
 }
 
 /// [`normalize`] numbering literals above `base`; returns the text's
@@ -168,6 +189,9 @@ fn normalize_pass(
             _ => {}
         }
         let end = t.offset + t.text.len();
+        if t.offset > prev_end && unlike_sqlparser(&sql[prev_end..t.offset]) {
+            return None;
+        }
         // `'x'AS` must not become `$1AS`, nor `'x'1` the parameter `$11`.
         let gap =
             t.offset > prev_end || (after_literal && t.text.chars().next().is_some_and(word_char));
@@ -193,7 +217,8 @@ fn normalize_pass(
                 out.push_str(t.text);
                 sign_ok = Sign::No;
             }
-            TokenKind::Number if plain_number(t.text) => {
+            // `100000.` then `.`: sqlparser reads no number there.
+            TokenKind::Number if plain_number(t.text) && !sql[end..].starts_with('.') => {
                 sep(out);
                 literals.push(out, base, t.offset..end, || t.text.to_owned())?;
                 sign_ok = Sign::No;
@@ -203,6 +228,7 @@ fn normalize_pass(
                 literals.push(out, base, t.offset..end, || decode_string(t.text))?;
                 sign_ok = Sign::No;
             }
+            TokenKind::Punct if unlike_sqlparser(t.text) => return None,
             TokenKind::Punct => {
                 let (op, minus) = split_trailing_minus(t.text);
                 if minus && sign_ok_after(op, sign_ok.resolve()) && !out.ends_with('.') {
@@ -245,6 +271,9 @@ fn normalize_pass(
             }
         }
         prev_end = end;
+    }
+    if unlike_sqlparser(&sql[prev_end..]) {
+        return None;
     }
     Some(Normalized {
         base: max_param,

@@ -1,0 +1,1 @@
+SELECT ------*---OM edÿÔSELECT  (qîtá) + 1)::ins, sum(qty)::int8 / 3, ers

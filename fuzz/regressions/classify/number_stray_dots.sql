@@ -1,0 +1,1 @@
+SELECT (value / 100000.........................) AS bucket, count(*) FROM ekents GROUP BY 1 ORDER BY 1

@@ -1,0 +1,1 @@
+SELECT (value / 100000) AS bucket, count(*) FROM events GROUP BY 1________________________ ORDER BY 1
