@@ -200,6 +200,7 @@ fn texts_sqlparser_reads_apart_route_as_written() {
         "SELECT 1 --x\r; DELETE FROM orders",
         "\u{b}\n\tSET\u{5}\t\u{c}\0 x",
         "SELECT 1\u{c}FROM orders",
+        "SELECT@--+\n$5$E ers",
     ] {
         let want = a.classifier().classify(sql);
         assert_eq!(a.classify(sql, None), want, "{sql:?}");

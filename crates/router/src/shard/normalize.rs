@@ -176,6 +176,8 @@ fn normalize_pass(
     let mut lx = Lexer::new(sql);
     // The last token read was a literal (written as a placeholder).
     let mut after_literal = false;
+    // The last token read was an operator.
+    let mut after_punct = false;
     let mut prev_end = 0usize;
     // Whether a `-` here would be a sign.
     // (a word's answer is looked up only when a `-` follows it).
@@ -189,9 +191,16 @@ fn normalize_pass(
             _ => {}
         }
         let end = t.offset + t.text.len();
-        if t.offset > prev_end && unlike_sqlparser(&sql[prev_end..t.offset]) {
-            return None;
+        if t.offset > prev_end {
+            let between = &sql[prev_end..t.offset];
+            // A comment right after an operator (`@--`): sqlparser may read
+            // the operator on into it.
+            let glued = after_punct && (between.starts_with("--") || between.starts_with("/*"));
+            if glued || unlike_sqlparser(between) {
+                return None;
+            }
         }
+        after_punct = t.kind == TokenKind::Punct;
         // `'x'AS` must not become `$1AS`, nor `'x'1` the parameter `$11`.
         let gap =
             t.offset > prev_end || (after_literal && t.text.chars().next().is_some_and(word_char));
@@ -228,7 +237,13 @@ fn normalize_pass(
                 literals.push(out, base, t.offset..end, || decode_string(t.text))?;
                 sign_ok = Sign::No;
             }
-            TokenKind::Punct if unlike_sqlparser(t.text) => return None,
+            // An operator run holding `--` or `/*`: sqlparser starts a
+            // comment there.
+            TokenKind::Punct
+                if unlike_sqlparser(t.text) || t.text.contains("--") || t.text.contains("/*") =>
+            {
+                return None
+            }
             TokenKind::Punct => {
                 let (op, minus) = split_trailing_minus(t.text);
                 if minus && sign_ok_after(op, sign_ok.resolve()) && !out.ends_with('.') {
