@@ -201,6 +201,8 @@ fn texts_sqlparser_reads_apart_route_as_written() {
         "\u{b}\n\tSET\u{5}\t\u{c}\0 x",
         "SELECT 1\u{c}FROM orders",
         "SELECT@--+\n$5$E ers",
+        "SELECT/**/S (value . 100000) AS b FROM orders",
+        "SELECT (100000 . value) AS b FROM orders",
     ] {
         let want = a.classifier().classify(sql);
         assert_eq!(a.classify(sql, None), want, "{sql:?}");

@@ -220,14 +220,17 @@ fn normalize_pass(
                 }
                 continue;
             }
-            // A literal right after a `.` (`c..20`, no statement) stays as
-            // written: `c.$1` would parse as a qualified name.
-            TokenKind::Number | TokenKind::String if !gap && out.ends_with('.') => {
+            // A literal after a `.` (`c..20`, `c . 20`, no statement) stays
+            // as written: `c.$1` would parse as a qualified name.
+            TokenKind::Number | TokenKind::String if out.ends_with('.') => {
+                sep(out);
                 out.push_str(t.text);
                 sign_ok = Sign::No;
             }
-            // `100000.` then `.`: sqlparser reads no number there.
-            TokenKind::Number if plain_number(t.text) && !sql[end..].starts_with('.') => {
+            // `100000.` then `.`, or `1 . x`: sqlparser reads no number there.
+            TokenKind::Number
+                if plain_number(t.text) && !sql[end..].trim_start().starts_with('.') =>
+            {
                 sep(out);
                 literals.push(out, base, t.offset..end, || t.text.to_owned())?;
                 sign_ok = Sign::No;

@@ -1,0 +1,2 @@
+SELECT/**/S (value . 100000) AS bmcket, unt(
+) FÎÎWH
