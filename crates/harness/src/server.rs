@@ -135,8 +135,29 @@ pub(crate) fn kill_hard(pid: u32) -> Result<()> {
     signal(&[pid], "KILL")
 }
 
-/// Sends signal `name` (`KILL`, `STOP`, `CONT`, ...) to the processes `pids`.
+/// Sends signal `name` (`KILL`, `STOP`, `CONT`, ...) to the processes `pids`; one that
+/// ended meanwhile is not a failure.
 pub(crate) fn signal(pids: &[u32], name: &str) -> Result<()> {
+    match send_signal(pids, name) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            // A process listed may have ended before the signal (a backend
+            // whose client just left); `kill` signalled the others. Once more
+            // to those still there, so only a real failure fails.
+            let alive: Vec<u32> = pids
+                .iter()
+                .copied()
+                .filter(|p| Path::new(&format!("/proc/{p}")).exists())
+                .collect();
+            if alive.len() == pids.len() {
+                return Err(e);
+            }
+            send_signal(&alive, name)
+        }
+    }
+}
+
+fn send_signal(pids: &[u32], name: &str) -> Result<()> {
     if pids.is_empty() {
         return Ok(());
     }
