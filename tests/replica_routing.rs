@@ -872,7 +872,13 @@ async fn stalled_health_check_does_not_ban_a_serving_node() {
         .batch_execute("CREATE TABLE hc (id int)")
         .await
         .unwrap();
-    let stalled = monitor_pids(primary);
+    // The monitor's session may not be open yet this soon after the start.
+    let mut stalled = monitor_pids(primary);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stalled.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stalled = monitor_pids(primary);
+    }
     assert_eq!(stalled.len(), 1, "one health-check session: {stalled:?}");
     let stalled = stalled[0];
 
