@@ -15,6 +15,13 @@
 //! - `alone`: the shard query on each shard in turn, the slowest one's time
 //!   (each shard has the machine to itself).
 //!
+//! Two reference cases measure what one proxy hop costs on the machine,
+//! which no fan-out can go below: a single-shard point query (`point`,
+//! `point-simple`) through shardgate and the same through PgBouncer
+//! (`point-pgbouncer`, transaction pooling in front of shard 0), each
+//! against shard 0 answering it directly. The `added` column is the proxy's
+//! median minus the direct one, in µs.
+//!
 //! Within a round the three measurements of a query follow each other, in
 //! an order that rotates from round to round, so machine noise hits them
 //! alike. Extended-protocol queries are prepared once and executed each
@@ -22,7 +29,8 @@
 //! through `simple_query` (text). The report gives the median and p95 of
 //! each, the ratio of the medians `proxy ÷ together` and `proxy ÷ alone`
 //! (with the 25th–75th percentile of the per-round ratios), and the proxy's
-//! CPU time per query (all its threads, from `/proc/<pid>/task/*/schedstat`).
+//! CPU time per query (all its threads, from `/proc/<pid>/task/*/schedstat`;
+//! PgBouncer's for `point-pgbouncer`).
 //!
 //! ```sh
 //! SHARDGATE_HARNESS_DIR=/dev/shm/sgh-bench cargo bench -p shardgate --bench cross_shard_latency
@@ -34,6 +42,8 @@
 //! list of query names to run, `BENCH_WORKERS` [the shipped default] the
 //! proxy's runtime threads.
 
+#[path = "common/mod.rs"]
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -58,11 +68,23 @@ enum Protocol {
     Simple,
 }
 
+/// What a query goes through.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// shardgate, merging the shards' answers.
+    Merge,
+    /// shardgate, to the one shard that holds the row.
+    Single,
+    /// PgBouncer in front of shard 0 (the reference hop).
+    PgBouncer,
+}
+
 /// One query of the bench.
 struct Case {
     name: &'static str,
     sql: &'static str,
     protocol: Protocol,
+    via: Via,
 }
 
 const CASES: &[Case] = &[
@@ -70,31 +92,55 @@ const CASES: &[Case] = &[
         name: "group-agg",
         sql: "SELECT g, count(*), sum(v), avg(v) FROM t GROUP BY g",
         protocol: Protocol::Extended,
+        via: Via::Merge,
     },
     Case {
         name: "group-agg-simple",
         sql: "SELECT g, count(*), sum(v), avg(v) FROM t GROUP BY g",
         protocol: Protocol::Simple,
+        via: Via::Merge,
     },
     Case {
         name: "total-agg",
         sql: "SELECT count(*), sum(v), avg(v) FROM t",
         protocol: Protocol::Extended,
+        via: Via::Merge,
     },
     Case {
         name: "top10-noindex",
         sql: "SELECT * FROM t ORDER BY v DESC LIMIT 10",
         protocol: Protocol::Extended,
+        via: Via::Merge,
     },
     Case {
         name: "top10-index",
         sql: "SELECT * FROM ti ORDER BY v DESC LIMIT 10",
         protocol: Protocol::Extended,
+        via: Via::Merge,
     },
     Case {
         name: "top10-index-simple",
         sql: "SELECT * FROM ti ORDER BY v DESC LIMIT 10",
         protocol: Protocol::Simple,
+        via: Via::Merge,
+    },
+    Case {
+        name: "point",
+        sql: "SELECT * FROM ti WHERE id = 5",
+        protocol: Protocol::Extended,
+        via: Via::Single,
+    },
+    Case {
+        name: "point-simple",
+        sql: "SELECT * FROM ti WHERE id = 5",
+        protocol: Protocol::Simple,
+        via: Via::Single,
+    },
+    Case {
+        name: "point-pgbouncer",
+        sql: "SELECT * FROM ti WHERE id = 5",
+        protocol: Protocol::Extended,
+        via: Via::PgBouncer,
     },
 ];
 
@@ -276,6 +322,22 @@ fn main() {
         .expect("runtime");
     runtime.block_on(async {
         let client = support::connect(&proxy.app()).await;
+        let pgbouncer = cases.iter().any(|c| c.via == Via::PgBouncer).then(|| {
+            let port = cluster.shard(0).primary.port();
+            common::start_pgbouncer(cluster.dir(), port, 1, 10)
+        });
+        let bouncer_client = match &pgbouncer {
+            Some((port, _)) => Some(
+                support::connect(&format!(
+                    "host=127.0.0.1 port={port} user={} password={} dbname={}",
+                    common::USER,
+                    common::PASSWORD,
+                    common::DATABASE
+                ))
+                .await,
+            ),
+            None => None,
+        };
         let mut shards = Vec::new();
         for shard in cluster.shards() {
             shards.push(
@@ -285,22 +347,34 @@ fn main() {
         }
         let mut prepared = Vec::new();
         for case in &cases {
-            let shard_sql = shard_query(&client, case.sql).await;
+            let (shard_sql, direct_shards) = match case.via {
+                Via::Merge => (shard_query(&client, case.sql).await, &shards[..]),
+                // The point's row is in shard 0's range.
+                Via::Single | Via::PgBouncer => (case.sql.to_owned(), &shards[..1]),
+            };
             eprintln!(
                 "{}: {}\n  each shard runs: {shard_sql}",
                 case.name, case.sql
             );
-            let through = Ready::prepare(&client, case.sql, case.protocol).await;
+            let via = match case.via {
+                Via::PgBouncer => bouncer_client.as_ref().expect("PgBouncer started"),
+                Via::Merge | Via::Single => &client,
+            };
+            let through = Ready::prepare(via, case.sql, case.protocol).await;
             let mut direct = Vec::new();
-            for shard in &shards {
+            for shard in direct_shards {
                 direct.push(Ready::prepare(shard, &shard_sql, case.protocol).await);
             }
-            prepared.push((through, direct));
+            prepared.push((via, through, direct));
         }
         let mut series: Vec<Series> = cases.iter().map(|_| Series::default()).collect();
         let started = Instant::now();
         for round in 0..warmup + rounds {
-            for (c, (through, direct)) in prepared.iter().enumerate() {
+            for (c, (via, through, direct)) in prepared.iter().enumerate() {
+                let pid = match cases[c].via {
+                    Via::PgBouncer => pgbouncer.as_ref().expect("PgBouncer started").1.pid,
+                    Via::Merge | Via::Single => pid,
+                };
                 let mut proxy_ms = 0.0;
                 let mut cpu_ms = 0.0;
                 let mut together_ms = 0.0;
@@ -310,7 +384,7 @@ fn main() {
                     match (round + step) % 3 {
                         0 => {
                             let cpu = cpu_ns(pid);
-                            let (d, n) = through.run(&client).await;
+                            let (d, n) = through.run(via).await;
                             cpu_ms = (cpu_ns(pid) - cpu) as f64 / 1e6;
                             proxy_ms = ms(d);
                             assert!(n > 0, "{}: no rows through the proxy", cases[c].name);
@@ -360,8 +434,8 @@ fn report(cases: &[&Case], series: &[Series], rows: i64, groups: u64, rounds: us
         "\n{rows} rows over 3 shards, {groups} groups, {rounds} rounds; ms median / p95; \
          ratio of medians [25th–75th percentile of the per-round ratios]\n"
     );
-    println!("| query | protocol | proxy | shards together (slowest) | shards alone (slowest) | proxy ÷ together | proxy ÷ alone | proxy CPU ms/query |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| query | through | protocol | proxy | shards together (slowest) | shards alone (slowest) | proxy ÷ together | proxy ÷ alone | added µs | proxy CPU ms/query |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (case, s) in cases.iter().zip(series) {
         let cell = |v: &[f64]| format!("{:.2} / {:.2}", quantile(v, 0.5), quantile(v, 0.95));
         let ratio = |a: &[f64], b: &[f64]| {
@@ -374,8 +448,13 @@ fn report(cases: &[&Case], series: &[Series], rows: i64, groups: u64, rounds: us
             )
         };
         println!(
-            "| `{}` | {} | {} | {} | {} | {} | {} | {:.2} |",
+            "| `{}` | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.2} |",
             case.sql,
+            match case.via {
+                Via::Merge => "shardgate, 3 shards",
+                Via::Single => "shardgate, 1 shard",
+                Via::PgBouncer => "PgBouncer",
+            },
             match case.protocol {
                 Protocol::Extended => "extended",
                 Protocol::Simple => "simple",
@@ -385,6 +464,7 @@ fn report(cases: &[&Case], series: &[Series], rows: i64, groups: u64, rounds: us
             cell(&s.alone),
             ratio(&s.proxy, &s.together),
             ratio(&s.proxy, &s.alone),
+            (quantile(&s.proxy, 0.5) - quantile(&s.together, 0.5)) * 1e3,
             quantile(&s.proxy_cpu, 0.5),
         );
     }
