@@ -293,21 +293,28 @@ pub fn lean_tokens(sql: &str) -> Vec<Token<'_>> {
 /// (no data) reaches the statistics.
 pub fn fingerprint(sql: &str, max_len: usize) -> String {
     let mut out = String::with_capacity(sql.len().min(max_len) + 3);
+    fingerprint_into(sql, max_len, &mut out);
+    out
+}
+
+/// [`fingerprint`] written into `out`, which is cleared first and keeps its
+/// capacity: a caller that fingerprints every statement allocates nothing.
+pub fn fingerprint_into(sql: &str, max_len: usize, out: &mut String) {
+    out.clear();
     for t in Lexer::new(sql) {
-        let lower;
         let piece = match t.kind {
             TokenKind::Number | TokenKind::String => "?",
             TokenKind::BlockComment => continue,
-            TokenKind::Word => {
-                lower = t.text.to_ascii_lowercase();
-                &lower
-            }
             _ => t.text,
         };
         if !out.is_empty() && !(t.kind == TokenKind::Semicolon) {
             out.push(' ');
         }
+        let start = out.len();
         out.push_str(piece);
+        if t.kind == TokenKind::Word {
+            out[start..].make_ascii_lowercase();
+        }
         if out.len() > max_len {
             let mut cut = max_len;
             while !out.is_char_boundary(cut) {
@@ -318,7 +325,6 @@ pub fn fingerprint(sql: &str, max_len: usize) -> String {
             break;
         }
     }
-    out
 }
 
 /// Splits a query string into statements at top-level semicolons; empty

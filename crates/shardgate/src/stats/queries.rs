@@ -1,9 +1,13 @@
 //! Per-statement statistics by fingerprint (`shardgate.query_stats`),
 //! bounded in memory: when full, the least-called tenth is evicted.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use twox_hash::XxHash64;
 
 /// Longest fingerprint kept, in bytes.
 pub const MAX_FINGERPRINT: usize = 2048;
@@ -160,27 +164,57 @@ pub fn shard_bit(shard: usize) -> u64 {
     }
 }
 
+/// Fingerprints to their counters.
+type StatMap = HashMap<Box<str>, Arc<QueryStat>, SeededXxHash>;
+
 /// Every fingerprint seen, up to a limit.
 #[derive(Debug, Default)]
 pub struct QueryStats {
-    map: Mutex<HashMap<Box<str>, Arc<QueryStat>>>,
+    map: Mutex<StatMap>,
+}
+
+/// xxHash64 under a seed drawn when the map is made (from std's random
+/// keys), so that clients cannot pick texts whose fingerprints collide.
+#[derive(Debug, Clone)]
+struct SeededXxHash(u64);
+
+impl Default for SeededXxHash {
+    fn default() -> Self {
+        SeededXxHash(std::collections::hash_map::RandomState::new().hash_one(0u64))
+    }
+}
+
+impl BuildHasher for SeededXxHash {
+    type Hasher = XxHash64;
+
+    fn build_hasher(&self) -> XxHash64 {
+        XxHash64::with_seed(self.0)
+    }
+}
+
+thread_local! {
+    /// Where each statement's fingerprint is written: looking up a known
+    /// one allocates nothing.
+    static FINGERPRINT: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
 impl QueryStats {
     /// The counters of `sql`'s fingerprint, created if new; at most `max`
     /// fingerprints are kept.
     pub fn get(&self, sql: &str, max: usize) -> Arc<QueryStat> {
-        let fp = shardgate_router::lexer::fingerprint(sql, MAX_FINGERPRINT);
-        let mut map = self.map.lock().expect("query stats lock");
-        if let Some(s) = map.get(fp.as_str()) {
-            return s.clone();
-        }
-        if map.len() >= max.max(1) {
-            evict(&mut map, max.max(1));
-        }
-        let stat = Arc::new(QueryStat::new(fp.clone()));
-        map.insert(fp.into_boxed_str(), stat.clone());
-        stat
+        FINGERPRINT.with_borrow_mut(|fp| {
+            shardgate_router::lexer::fingerprint_into(sql, MAX_FINGERPRINT, fp);
+            let mut map = self.map.lock().expect("query stats lock");
+            if let Some(s) = map.get(fp.as_str()) {
+                return s.clone();
+            }
+            if map.len() >= max.max(1) {
+                evict(&mut map, max.max(1));
+            }
+            let stat = Arc::new(QueryStat::new(fp.clone()));
+            map.insert(fp.as_str().into(), stat.clone());
+            stat
+        })
     }
 
     /// Every fingerprint's counters.
@@ -207,7 +241,7 @@ impl QueryStats {
 }
 
 /// Drops the least-called tenth (at least one) so a new entry fits under `max`.
-fn evict(map: &mut HashMap<Box<str>, Arc<QueryStat>>, max: usize) {
+fn evict(map: &mut StatMap, max: usize) {
     let mut calls: Vec<(u64, Box<str>)> = map.iter().map(|(k, v)| (v.calls(), k.clone())).collect();
     calls.sort_unstable();
     let drop = (map.len() + 1).saturating_sub(max).max(max / 10).max(1);
