@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use super::Session;
-use crate::stats::queries::{shard_bit, QueryStat, Route};
+use crate::stats::queries::{literal_blind_key, shard_bit, QueryStat, Route};
 use crate::stats::slow::SlowQuery;
 
-/// Most raw statement texts a session remembers the counters of.
+/// Most statement keys a session remembers the counters of.
 const SESSION_STAT_CACHE: usize = 256;
 
 /// A statement on its way.
@@ -32,11 +32,13 @@ impl Cycle {
 }
 
 impl Session {
-    /// The counters of `sql`'s fingerprint: looked up by a hash of the raw
-    /// text in the session's cache first, so a repeated statement is not
-    /// normalised again.
+    /// The counters of `sql`'s fingerprint: looked up in the session's
+    /// cache first, by a key that ignores numeric literals where it can
+    /// ([`literal_blind_key`]), so a statement repeated with other numbers
+    /// is not lexed again.
     fn stat_for(&mut self, sql: &str) -> Arc<QueryStat> {
-        let h = twox_hash::XxHash64::oneshot(0, sql.as_bytes());
+        let h = literal_blind_key(sql)
+            .unwrap_or_else(|| twox_hash::XxHash64::oneshot(1, sql.as_bytes()));
         if let Some(s) = self.stat_cache.get(&h) {
             return s.clone();
         }

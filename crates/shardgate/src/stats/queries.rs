@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -250,6 +250,55 @@ fn evict(map: &mut StatMap, max: usize) {
     }
 }
 
+/// A key of `sql` under which statements that differ only in their numeric
+/// literals meet, found without lexing: a hash of the text in which every
+/// run of ASCII digits between a delimiter (whitespace, `=`, `(`, `,`, `<`,
+/// `>`) and a terminator (whitespace, `)`, `,`, `;`, the end) is one `0`.
+/// Such a run is a numeric literal or lies inside a string or comment,
+/// where [`shardgate_router::lexer::fingerprint`] keeps no digit either, so
+/// texts with equal keys have equal fingerprints (up to a 64-bit hash
+/// collision). `None` when the text holds a double quote: a quoted
+/// identifier keeps its digits in the fingerprint.
+pub fn literal_blind_key(sql: &str) -> Option<u64> {
+    let b = sql.as_bytes();
+    if b.contains(&b'"') {
+        return None;
+    }
+    let mut h = XxHash64::with_seed(0);
+    let (mut kept, mut i) = (0, 1);
+    while i < b.len() {
+        if !(b[i].is_ascii_digit() && opens_number(b[i - 1])) {
+            i += 1;
+            continue;
+        }
+        let end = b[i..]
+            .iter()
+            .position(|c| !c.is_ascii_digit())
+            .map_or(b.len(), |n| i + n);
+        if end == b.len() || closes_number(b[end]) {
+            h.write(&b[kept..i]);
+            h.write(b"0");
+            kept = end;
+        }
+        i = end;
+    }
+    h.write(&b[kept..]);
+    Some(h.finish())
+}
+
+/// A byte after which a run of digits starts a token of its own.
+fn opens_number(c: u8) -> bool {
+    matches!(
+        c,
+        b' ' | b'\t' | b'\n' | b'\r' | b'=' | b'(' | b',' | b'<' | b'>'
+    )
+}
+
+/// A byte that ends a numeric literal and belongs to no number.
+fn closes_number(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\n' | b'\r' | b')' | b',' | b';')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,5 +337,87 @@ mod tests {
             .rows()
             .iter()
             .any(|r| r.fingerprint == "select ? from hot"));
+    }
+
+    #[test]
+    fn literal_blind_keys_meet_only_where_fingerprints_do() {
+        use shardgate_router::lexer::fingerprint;
+        let key = |s: &str| literal_blind_key(s);
+        let same = [
+            (
+                "SELECT abalance FROM pgbench_accounts WHERE aid = 42;",
+                "SELECT abalance FROM pgbench_accounts WHERE aid = 99017;",
+            ),
+            (
+                "select * from t where a in (1,2, 3)",
+                "select * from t where a in (7,8, 9)",
+            ),
+            ("select '= 5 ' /* = 12 */", "select '= 77 ' /* = 3 */"),
+        ];
+        for (a, b) in same {
+            assert_eq!(key(a), key(b), "{a} / {b}");
+            assert_eq!(fingerprint(a, 1000), fingerprint(b, 1000));
+        }
+        // Digits that belong to a name, a parameter or a longer literal are kept.
+        let apart = [
+            (
+                "select * from t1 where a = 1",
+                "select * from t2 where a = 1",
+            ),
+            ("select $1 , 2", "select $2 , 2"),
+            ("select 1.5 ", "select 2.5 "),
+            ("select 1e5 ", "select 1e6 "),
+            ("select 5a ", "select 6a "),
+        ];
+        for (a, b) in apart {
+            assert_ne!(key(a), key(b), "{a} / {b}");
+        }
+        assert_eq!(key("select \"c1\" = 1"), None);
+    }
+
+    /// Random texts over the characters that decide tokens, each against
+    /// copies with digit runs rewritten: an equal key always comes with an
+    /// equal fingerprint.
+    #[test]
+    fn equal_literal_blind_keys_mean_equal_fingerprints() {
+        use shardgate_router::lexer::fingerprint;
+        const ALPHABET: &[u8] = b" \n=(),;<>'$-/*.:eEaxU&\\_190";
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let mut met = 0;
+        for _ in 0..200_000 {
+            let len = 1 + next(24);
+            let a: Vec<u8> = (0..len).map(|_| ALPHABET[next(ALPHABET.len())]).collect();
+            let mut b = Vec::with_capacity(a.len() + 8);
+            let mut i = 0;
+            while i < a.len() {
+                if a[i].is_ascii_digit() {
+                    while i < a.len() && a[i].is_ascii_digit() {
+                        i += 1;
+                    }
+                    for _ in 0..1 + next(3) {
+                        b.push(b'0' + next(10) as u8);
+                    }
+                } else {
+                    b.push(a[i]);
+                    i += 1;
+                }
+            }
+            let (a, b) = (String::from_utf8(a).unwrap(), String::from_utf8(b).unwrap());
+            if literal_blind_key(&a).is_some() && literal_blind_key(&a) == literal_blind_key(&b) {
+                met += 1;
+                assert_eq!(
+                    fingerprint(&a, 1000),
+                    fingerprint(&b, 1000),
+                    "{a:?} / {b:?}"
+                );
+            }
+        }
+        assert!(met > 10_000, "only {met} texts met");
     }
 }
