@@ -186,6 +186,52 @@ fn without_a_cache_everything_is_analysed_as_written() {
     assert_eq!(a.cache_len(), 0);
 }
 
+/// sqlparser keeps an optimizer hint comment (pg_hint_plan's `/*+ ... */`,
+/// or `--+`) in the statement: the shards must get it, and two texts with
+/// different hints must not share a plan (merge_plan fuzzing found both
+/// plans differing).
+#[test]
+fn optimizer_hints_reach_the_shard_query() {
+    let a = analyzer();
+    for sql in [
+        "SELECT /*+ SeqScan(orders) */ qty, count(*) FROM orders GROUP BY qty",
+        "SELECT/*abc+x*/qty, count(*) FROM orders GROUP BY qty",
+        "SELECT --+ SeqScan(orders)\n qty, count(*) FROM orders GROUP BY qty",
+    ] {
+        let plan = a.merge_plan(sql, &Tables).map(|p| (*p).clone());
+        assert_eq!(plan, plan_merge(sql, &Tables), "{sql:?}");
+    }
+    let hinted = a
+        .merge_plan(
+            "SELECT /*+ SeqScan(orders) */ qty FROM orders ORDER BY qty",
+            &Tables,
+        )
+        .expect("planned");
+    assert!(
+        hinted.shard_sql.contains("SeqScan(orders)"),
+        "{}",
+        hinted.shard_sql
+    );
+    let other = a
+        .merge_plan(
+            "SELECT /*+ IndexScan(orders) */ qty FROM orders ORDER BY qty",
+            &Tables,
+        )
+        .expect("planned");
+    assert!(
+        other.shard_sql.contains("IndexScan(orders)"),
+        "{}",
+        other.shard_sql
+    );
+    // A plain comment is dropped, as before.
+    let plain = a.merge_plan(
+        "SELECT /* note + 1 */ qty FROM orders ORDER BY qty",
+        &Tables,
+    );
+    let bare = a.merge_plan("SELECT qty FROM orders ORDER BY qty", &Tables);
+    assert_eq!(plain.expect("planned"), bare.expect("planned"));
+}
+
 /// Fuzzing found texts whose normalised form sqlparser read otherwise than
 /// the exact text: a number with stray underscores or dots, a `--` comment
 /// ended by a lone `\r`, control characters between tokens. Each is

@@ -154,6 +154,22 @@ pub(crate) fn unlike_sqlparser(between: &str) -> bool {
     lone_cr && between.contains("--")
 }
 
+/// Whether a comment's text (after `/*` or `--`) is what sqlparser reads as
+/// an optimizer hint (pg_hint_plan's `/*+ ... */`): ASCII letters and digits,
+/// then `+`. sqlparser keeps such a comment in the statement it parses.
+fn optimizer_hint(body: &str) -> bool {
+    body.split_once('+')
+        .is_some_and(|(before, _)| before.bytes().all(|c| c.is_ascii_alphanumeric()))
+}
+
+/// Whether text between tokens holds a `--` comment that is an optimizer
+/// hint ([`optimizer_hint`]).
+fn holds_line_hint(between: &str) -> bool {
+    between
+        .match_indices("--")
+        .any(|(i, _)| optimizer_hint(between[i + 2..].lines().next().unwrap_or("")))
+}
+
 /// [`normalize`] numbering literals above `base`; returns the text's
 /// highest parameter number (which the numbering needs to be above).
 fn normalize_pass(
@@ -196,7 +212,7 @@ fn normalize_pass(
             // A comment right after an operator (`@--`): sqlparser may read
             // the operator on into it.
             let glued = after_punct && (between.starts_with("--") || between.starts_with("/*"));
-            if glued || unlike_sqlparser(between) {
+            if glued || unlike_sqlparser(between) || holds_line_hint(between) {
                 return None;
             }
         }
@@ -211,6 +227,9 @@ fn normalize_pass(
             }
         };
         match t.kind {
+            // sqlparser keeps an optimizer hint (`/*+ SeqScan(t) */`) in
+            // the statement, so it must not be dropped here.
+            TokenKind::BlockComment if optimizer_hint(&t.text[2..]) => return None,
             TokenKind::BlockComment => {
                 // Hints stay, and so does a comment left open (no statement).
                 if mentions_shardgate(t.text) || !t.text.ends_with("*/") {

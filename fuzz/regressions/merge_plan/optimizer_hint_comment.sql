@@ -1,0 +1,1 @@
+SELECT/*+SCCCCCCCCCú0E+;C N*/Sratio, count(*) FROM orders 
