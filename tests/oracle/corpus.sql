@@ -1143,3 +1143,12 @@ SELECT id FROM orders o WHERE qty > (SELECT avg(e.value) FROM events e WHERE e.k
 SELECT id FROM orders WHERE qty > (SELECT avg(e.value) FROM events e WHERE e.kind = status)
 SELECT id FROM customers WHERE score < (SELECT count(*) FROM events WHERE value < tier)
 ordered: SELECT id, (SELECT count(*) FROM orders WHERE customer_id = -score) AS n FROM customers WHERE vip ORDER BY id
+
+-- @glued-signs
+-- A sign written against an operator (`>-1`): PostgreSQL reads `> -1`,
+-- and so must the proxy where it plans or evaluates the expression.
+ordered: SELECT status, sum(qty)>-5 AS pos, count(*)*-1 AS neg FROM orders GROUP BY status ORDER BY status
+SELECT count(*) FROM orders WHERE qty>-1 AND amount<>-1
+ordered: SELECT customer_id FROM orders GROUP BY customer_id HAVING min(qty)>=-3 ORDER BY customer_id LIMIT 5
+ordered: SELECT id, name FROM customers WHERE id=-5
+ordered: SELECT id FROM customers WHERE id<-15 ORDER BY id

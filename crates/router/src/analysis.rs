@@ -22,9 +22,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, LazyLock};
 
 use sqlparser::ast::{visit_expressions_mut, Expr, Statement, Value};
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
-use sqlparser::tokenizer::Token as SqlToken;
 
 use crate::cache::GenerationalCache;
 use crate::classify::{fallback_route, statement_route, Classification, Classifier, Route};
@@ -516,9 +513,7 @@ fn bind_literals(tree: &Statement, base: usize, sql: &str) -> Option<Statement> 
 /// The expression of one literal's text (`42`, `-5`, `'x''y'`, `E'\n'`,
 /// `$$...$$`, `B'101'`), all of it or `None`.
 fn literal_expr(text: &str) -> Option<Expr> {
-    let mut parser = Parser::new(&PostgreSqlDialect {}).try_with_sql(text).ok()?;
-    let e = parser.parse_expr().ok()?;
-    (parser.peek_token().token == SqlToken::EOF).then_some(e)
+    crate::sql_parse::parse_expr(text).ok()
 }
 
 #[cfg(test)]

@@ -31,8 +31,6 @@ use std::sync::Arc;
 use sqlparser::ast::{
     CopySource, Query, SetExpr, Statement, TransactionAccessMode, TransactionMode,
 };
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
 
 use crate::hints::{mentions_shardgate, parse_hints, HintError, Hints};
 use crate::lexer::{split_statements, Lexer, Token, TokenKind};
@@ -434,7 +432,7 @@ fn parse(stmt: &str) -> Option<Vec<Statement>> {
     // sqlparser limits its recursion depth; catching a panic guards against
     // parser bugs on odd input (the statement then goes to the fallback).
     catch_unwind(AssertUnwindSafe(|| {
-        Parser::parse_sql(&PostgreSqlDialect {}, stmt).ok()
+        crate::sql_parse::parse_statements(stmt).ok()
     }))
     .ok()
     .flatten()

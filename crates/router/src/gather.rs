@@ -26,8 +26,6 @@ use sqlparser::ast::{
     visit_expressions, BinaryOperator, Expr, InTarget, JoinConstraint, JoinOperator, Select,
     SetExpr, Statement, TableFactor, Visit, VisitMut, Visitor, VisitorMut,
 };
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Location;
 
 use crate::lexer::{Lexer, TokenKind};
@@ -98,7 +96,7 @@ impl TablesRead {
     /// `sql` when it is one query that locks no rows (gathered rows
     /// cannot be locked: `FOR UPDATE` is not gathered).
     fn of(sql: &str, tables: &dyn TableLookup) -> Option<TablesRead> {
-        let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+        let mut statements = crate::sql_parse::parse_statements(sql).ok()?;
         if statements.len() != 1
             || !matches!(&statements[0], Statement::Query(q) if q.locks.is_empty())
         {
@@ -325,7 +323,7 @@ fn replaced(sql: &str, at: Location, binding: &str, tables: &dyn TableLookup) ->
 /// `sql` with each sharded table named at one of `at` replaced by the
 /// materialized rows' placeholder under its binding.
 fn replaced_all(sql: &str, at: &[(Location, &str)], tables: &dyn TableLookup) -> Option<String> {
-    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    let mut statements = crate::sql_parse::parse_statements(sql).ok()?;
     let statement = statements.first_mut()?;
     let mut replace = Replace {
         tables,
@@ -365,7 +363,7 @@ impl VisitorMut for Replace<'_> {
 /// `(SELECT * FROM __shardgate_rows) AS binding`, parsed.
 fn placeholder_factor(binding: &str) -> Option<TableFactor> {
     let sql = format!("SELECT * FROM (SELECT * FROM {ROWS}) AS {binding}");
-    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, &sql).ok()?;
+    let mut statements = crate::sql_parse::parse_statements(&sql).ok()?;
     let Statement::Query(query) = statements.pop()? else {
         return None;
     };

@@ -29,6 +29,7 @@ pub mod merge_plan;
 pub mod scan;
 pub mod session_cmd;
 pub mod shard;
+pub mod sql_parse;
 
 pub use analysis::{Analysis, Analyzed, Analyzer, MergeResult, Planned, MAX_CACHED_SQL};
 pub use classify::{

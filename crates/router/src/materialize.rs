@@ -17,8 +17,6 @@ use sqlparser::ast::{
     Expr, Ident, Query, SelectItem, SetExpr, Statement, TableFactor, TableWithJoins, VisitMut,
     VisitorMut,
 };
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
 
 use crate::lexer::{Lexer, TokenKind};
 use crate::shard::{ShardPlan, TableLookup};
@@ -183,7 +181,7 @@ impl VisitorMut for ScalarSubquery<'_> {
 /// tables, when it runs on the shards by itself (uncorrelated) and the
 /// statement without it is one the shard planner accepts.
 fn plan_value(sql: &str, tables: &dyn TableLookup) -> Option<Materialize> {
-    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    let mut statements = crate::sql_parse::parse_statements(sql).ok()?;
     let [statement @ Statement::Query(_)] = statements.as_mut_slice() else {
         return None;
     };
@@ -220,7 +218,7 @@ fn plan_value(sql: &str, tables: &dyn TableLookup) -> Option<Materialize> {
 /// Whether `query` qualifies a column by a name none of its own tables
 /// has (`c.country = k.code` where `k` is the outer query's): correlated.
 fn names_outer_tables(query: &str) -> bool {
-    let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, query) else {
+    let Ok(statements) = crate::sql_parse::parse_statements(query) else {
         return false;
     };
     let mut bound = std::collections::HashSet::new();
@@ -267,13 +265,13 @@ impl sqlparser::ast::Visitor for AliasCollector<'_> {
 
 /// [`Kind::Rows`]: see [`plan`].
 fn plan_rows(sql: &str, tables: &dyn TableLookup) -> Option<Materialize> {
-    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    let mut statements = crate::sql_parse::parse_statements(sql).ok()?;
     let [Statement::Query(query)] = statements.as_mut_slice() else {
         return None;
     };
     let reads_shards = |q: &Query| reads_shards(q, tables);
     let placeholder = || -> Option<Box<Query>> {
-        let parsed = Parser::parse_sql(&PostgreSqlDialect {}, &format!("SELECT * FROM {ROWS}"));
+        let parsed = crate::sql_parse::parse_statements(&format!("SELECT * FROM {ROWS}"));
         match parsed.ok()?.pop()? {
             Statement::Query(q) => Some(q),
             _ => None,

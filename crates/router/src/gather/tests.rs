@@ -153,10 +153,7 @@ fn volatile_and_foreign_conditions_are_not_pushed() {
 
 fn parse_expr(e: &str) -> Expr {
     let sql = format!("SELECT 1 WHERE {e}");
-    let Statement::Query(q) = Parser::parse_sql(&PostgreSqlDialect {}, &sql)
-        .unwrap()
-        .remove(0)
-    else {
+    let Statement::Query(q) = crate::sql_parse::parse_statements(&sql).unwrap().remove(0) else {
         unreachable!()
     };
     let SetExpr::Select(s) = *q.body else {

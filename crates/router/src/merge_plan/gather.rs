@@ -23,8 +23,6 @@ use sqlparser::ast::{
     FunctionArgumentList, FunctionArguments, GroupByExpr, Ident, ObjectName, ObjectNamePart,
     OrderByExpr, Select,
 };
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
 
 use super::aggregate::{mentions_aggregate, strip_nested, AggCall};
 use super::{direction, refuse, Planner, Unmergeable};
@@ -164,10 +162,7 @@ fn is_constant(e: &Expr) -> bool {
 }
 
 fn parse_expr(text: &str) -> Result<Expr, Unmergeable> {
-    Parser::new(&PostgreSqlDialect {})
-        .try_with_sql(text)
-        .and_then(|mut p| p.parse_expr())
-        .or_else(|_| refuse(format!("the aggregate argument {text}")))
+    crate::sql_parse::parse_expr(text).or_else(|_| refuse(format!("the aggregate argument {text}")))
 }
 
 /// `f` renamed to `name` with the one argument `arg` (FILTER kept, ORDER BY and

@@ -53,10 +53,8 @@ use sqlparser::ast::{
     OrderByOptions, OrderBySort, Query, Select, SelectItem, SetExpr, SetOperator, SetQuantifier,
     Statement, TableFactor, Value,
 };
-use sqlparser::dialect::PostgreSqlDialect;
 
 use crate::shard::TableLookup;
-use sqlparser::parser::Parser;
 
 pub use aggregate::{partial_names, AggKind};
 pub use shardgate_merge::ops::WindowFunc;
@@ -156,7 +154,7 @@ pub fn plan_merge_with(
         );
     }
     drop(toks);
-    let statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+    let statements = match crate::sql_parse::parse_statements(sql) {
         Ok(s) => s,
         // Without a parse nothing says how the shards' rows combine.
         Err(_) => return refuse(UNPARSED),
@@ -270,7 +268,7 @@ fn explains_analyze(explain: &Statement) -> bool {
 
 /// The query of `EXPLAIN <query>` (not `ANALYZE`), as text.
 pub fn explained_query(sql: &str) -> Option<String> {
-    let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    let statements = crate::sql_parse::parse_statements(sql).ok()?;
     match statements.as_slice() {
         [explain @ Statement::Explain { statement, .. }]
             if !explains_analyze(explain) && matches!(statement.as_ref(), Statement::Query(_)) =>
@@ -1453,8 +1451,5 @@ fn pushed_limit(limit: &(Option<RowCount>, Option<RowCount>)) -> Option<Expr> {
         (_, Some(o)) => format!("(({})::bigint + ({})::bigint)", render(l), render(o)),
         (_, None) => render(l),
     };
-    Parser::new(&PostgreSqlDialect {})
-        .try_with_sql(&text)
-        .and_then(|mut p| p.parse_expr())
-        .ok()
+    crate::sql_parse::parse_expr(&text).ok()
 }

@@ -20,8 +20,6 @@
 use sqlparser::ast::{
     GroupByExpr, Query, Select, SelectItem, SetExpr, SetOperator, SetQuantifier, Statement,
 };
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
 
 use super::aggregate::{mentions_aggregate, mentions_window};
 use super::{figure_name, ident_name, refuse, Unmergeable};
@@ -106,7 +104,7 @@ pub(super) fn wrap(query: &Query) -> Result<Option<Wrapped>, Unmergeable> {
         }
         other => return refuse(format!("{other}")),
     };
-    let mut wrapped = match Parser::parse_sql(&PostgreSqlDialect {}, &sql) {
+    let mut wrapped = match crate::sql_parse::parse_statements(&sql) {
         Ok(mut s) if s.len() == 1 => match s.pop() {
             Some(Statement::Query(q)) => *q,
             _ => return refuse(format!("{op} of these queries")),

@@ -15,8 +15,6 @@ use sqlparser::ast::{
     Expr, Function, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, NamedWindowExpr,
     OrderBy, OrderByExpr, OrderByKind, Select, SelectItem, WindowSpec, WindowType,
 };
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
 
 use shardgate_merge::ops::WindowFunc;
 use shardgate_merge::plan::{WindowCall, WindowPlan};
@@ -365,9 +363,7 @@ fn window_spec(w: &WindowType, select: &Select) -> Result<Spec, Unmergeable> {
 }
 
 fn typed_null(data_type: &str) -> Result<Expr, Unmergeable> {
-    Parser::new(&PostgreSqlDialect {})
-        .try_with_sql(&format!("CAST(NULL AS {data_type})"))
-        .and_then(|mut p| p.parse_expr())
+    crate::sql_parse::parse_expr(&format!("CAST(NULL AS {data_type})"))
         .or_else(|_| refuse("a window placeholder"))
 }
 

@@ -11,8 +11,6 @@ use sqlparser::ast::{
     Expr, JoinOperator, SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Statement,
     TableFactor,
 };
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
 
 use super::analyze::{ident_name, object_name};
 use super::TableLookup;
@@ -171,7 +169,7 @@ pub fn source_shape(query: &str, tables: &dyn TableLookup) -> SourceShape {
 }
 
 fn shape_inner(query: &str, tables: &dyn TableLookup) -> SourceShape {
-    let Ok(mut stmts) = Parser::parse_sql(&PostgreSqlDialect {}, query) else {
+    let Ok(mut stmts) = crate::sql_parse::parse_statements(query) else {
         return SourceShape::Opaque;
     };
     let (Some(Statement::Query(q)), true) = (stmts.pop(), stmts.is_empty()) else {

@@ -5,8 +5,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use sqlparser::ast::Statement;
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
 
 use crate::lexer::{split_statements, Lexer, Token, TokenKind};
 
@@ -133,7 +131,7 @@ pub(crate) fn plan_parsed(
 }
 
 fn parse_one(sql: &str) -> Option<Statement> {
-    let mut v = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    let mut v = crate::sql_parse::parse_statements(sql).ok()?;
     if v.len() == 1 {
         v.pop()
     } else {

@@ -1,0 +1,1 @@
+SELECT DISTINCT ON (qty, paid) qty, paid, id FROM orders ORDER BY qty NULLS FIRST, paid, idue / 10>>>>>>>>>>>>>>-000
